@@ -1,0 +1,191 @@
+//! Compaction: the small parts of a tenant's day are merged into one, so that a day ends as few large
+//! parts (better compression, fewer files to open) whatever the flush rhythm was.
+//!
+//! Every part is sorted by (stream id, time), so a k-way merge over sequential readers produces the
+//! output in order while holding only one record batch per input in memory.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::interleave;
+use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::head::table_schema;
+use crate::manifest::PartMeta;
+use crate::part::{Part, PartWriter, WriteOptions};
+use crate::scan::conform;
+
+/// Groups of parts to merge: per tenant and day, the parts below the size cap, oldest first, once there
+/// are `compaction_min_parts` of them (or two, for a day that is over), up to the size cap in total.
+pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Vec<Arc<Part>>> {
+    let cap = cfg.compaction_max_part_size.as_u64();
+    let mut groups: BTreeMap<(&str, i64), Vec<&Arc<Part>>> = BTreeMap::new();
+    for p in parts.iter().filter(|p| p.meta.disk_bytes() < cap) {
+        groups
+            .entry((p.meta.tenant.as_str(), p.meta.day))
+            .or_default()
+            .push(p);
+    }
+    let mut jobs = Vec::new();
+    for ((_, day), mut group) in groups {
+        let min = if day < today {
+            2
+        } else {
+            cfg.compaction_min_parts
+        };
+        if group.len() < min {
+            continue;
+        }
+        group.sort_by_key(|p| p.meta.id);
+        let mut job = Vec::new();
+        let mut bytes = 0;
+        for p in group {
+            if job.len() >= 2 && bytes + p.meta.disk_bytes() > cap {
+                break;
+            }
+            bytes += p.meta.disk_bytes();
+            job.push(p.clone());
+        }
+        if job.len() >= 2 {
+            jobs.push(job);
+        }
+    }
+    jobs
+}
+
+struct Cursor {
+    reader: ParquetRecordBatchReader,
+    slot: usize,
+    row: usize,
+    done: bool,
+}
+
+/// Merges `inputs` (one tenant, one day) into a new part described by `meta`.
+pub(crate) fn merge(
+    inputs: &[Arc<Part>],
+    dir: &Path,
+    mut meta: PartMeta,
+    options: WriteOptions,
+    rg_rows: usize,
+) -> Result<Arc<Part>> {
+    let labels: BTreeSet<String> = inputs
+        .iter()
+        .flat_map(|p| p.meta.labels.iter().cloned())
+        .collect();
+    let fields: BTreeSet<String> = inputs
+        .iter()
+        .flat_map(|p| p.meta.fields.iter().cloned())
+        .filter(|f| !labels.contains(f))
+        .collect();
+    meta.labels = labels.iter().cloned().collect();
+    meta.fields = fields.iter().cloned().collect();
+    let schema = table_schema(labels.iter(), fields.iter());
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+
+    let mut writer = PartWriter::create(dir, meta, schema.clone(), options)?;
+    let res = (|| {
+        let mut slots: Vec<RecordBatch> = Vec::new();
+        let mut cursors: Vec<Cursor> = Vec::new();
+        let mut heap = BinaryHeap::new();
+        for part in inputs {
+            let Some(mut reader) = part.reader(&columns, None, 8192)? else {
+                continue;
+            };
+            if let Some(batch) = next_batch(&mut reader, &schema)? {
+                let c = cursors.len();
+                heap.push(Reverse((key(&batch, 0), c)));
+                slots.push(batch);
+                cursors.push(Cursor {
+                    reader,
+                    slot: slots.len() - 1,
+                    row: 0,
+                    done: false,
+                });
+            }
+        }
+        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rg_rows);
+        while let Some(Reverse((_, c))) = heap.pop() {
+            let cur = &mut cursors[c];
+            picks.push((cur.slot, cur.row));
+            cur.row += 1;
+            if cur.row == slots[cur.slot].num_rows() {
+                match next_batch(&mut cur.reader, &schema)? {
+                    Some(batch) => {
+                        slots.push(batch);
+                        cur.slot = slots.len() - 1;
+                        cur.row = 0;
+                        heap.push(Reverse((key(&slots[cur.slot], 0), c)));
+                    }
+                    None => cur.done = true,
+                }
+            } else {
+                heap.push(Reverse((key(&slots[cur.slot], cur.row), c)));
+            }
+            if picks.len() == rg_rows {
+                emit(&mut writer, &schema, &slots, &picks)?;
+                picks.clear();
+                // Keep only the batches the cursors still read from.
+                let mut kept = Vec::new();
+                for cur in cursors.iter_mut().filter(|c| !c.done) {
+                    {
+                        kept.push(slots[cur.slot].clone());
+                        cur.slot = kept.len() - 1;
+                    }
+                }
+                slots = kept;
+            }
+        }
+        if !picks.is_empty() {
+            emit(&mut writer, &schema, &slots, &picks)?;
+        }
+        Ok::<_, Error>(())
+    })();
+    match res {
+        Ok(()) => writer.finish(dir),
+        Err(e) => {
+            writer.abort();
+            Err(e)
+        }
+    }
+}
+
+fn next_batch(
+    reader: &mut ParquetRecordBatchReader,
+    schema: &SchemaRef,
+) -> Result<Option<RecordBatch>> {
+    loop {
+        match reader.next() {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(Error::Arrow(e)),
+            Some(Ok(b)) if b.num_rows() == 0 => continue,
+            Some(Ok(b)) => return Ok(Some(conform(&b, schema, None)?)),
+        }
+    }
+}
+
+fn key(batch: &RecordBatch, row: usize) -> (u64, i64) {
+    let ids = batch.column(1).as_primitive::<UInt64Type>();
+    let times = batch.column(0).as_primitive::<TimestampNanosecondType>();
+    (ids.value(row), times.value(row))
+}
+
+fn emit(
+    writer: &mut PartWriter,
+    schema: &SchemaRef,
+    slots: &[RecordBatch],
+    picks: &[(usize, usize)],
+) -> Result<()> {
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for c in 0..schema.fields().len() {
+        let arrays: Vec<&dyn Array> = slots.iter().map(|b| b.column(c).as_ref()).collect();
+        cols.push(interleave(&arrays, picks)?);
+    }
+    writer.write_row_group(&RecordBatch::try_new(schema.clone(), cols)?)
+}

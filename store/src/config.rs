@@ -1,0 +1,120 @@
+//! The `[store]` section of the configuration: engine tuning, each key with a default that suits a small
+//! server. The data directory and retention come from `[server]`, as the flags name them.
+
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// Engine tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Flush the in-memory head to Parquet once it holds this much Arrow data.
+    pub head_max_size: ByteSize,
+    /// Flush the head at the latest this long after its first write.
+    #[serde(with = "duration")]
+    pub head_max_age: Duration,
+    /// Start a new write-ahead-log segment past this size.
+    pub wal_segment_size: ByteSize,
+    /// Rows per Parquet row group: the unit of the time and token indexes.
+    pub row_group_rows: usize,
+    /// zstd level of Parquet pages written by flushes (1 fastest .. 22 smallest).
+    pub zstd_level: i32,
+    /// zstd level of pages written by compaction, which runs in the background and once per row.
+    pub compaction_zstd_level: i32,
+    /// Bits per distinct token in the full-text token filters (10 gives about 1% false positives).
+    pub token_filter_bits: u32,
+    /// Put tokens made only of digits into the token filters too.
+    pub index_numbers: bool,
+    /// Merge the small parts of a day once it has this many.
+    pub compaction_min_parts: usize,
+    /// Parts at least this large are not merged again.
+    pub compaction_max_part_size: ByteSize,
+    /// How often compaction and retention look for work.
+    #[serde(with = "duration")]
+    pub maintenance_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            head_max_size: ByteSize::mib(48),
+            head_max_age: Duration::from_secs(60),
+            wal_segment_size: ByteSize::mib(64),
+            row_group_rows: 65_536,
+            zstd_level: 3,
+            compaction_zstd_level: 6,
+            token_filter_bits: 10,
+            index_numbers: false,
+            compaction_min_parts: 4,
+            compaction_max_part_size: ByteSize::gib(1),
+            maintenance_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks that the values can work.
+    ///
+    /// # Errors
+    /// A message naming the key and what it needs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.row_group_rows < 1024 {
+            return Err(format!(
+                "store.row_group_rows = {} is below the minimum of 1024",
+                self.row_group_rows
+            ));
+        }
+        if !(1..=22).contains(&self.zstd_level) || !(1..=22).contains(&self.compaction_zstd_level) {
+            return Err(
+                "store.zstd_level and store.compaction_zstd_level must be within 1..=22"
+                    .to_string(),
+            );
+        }
+        if !(4..=64).contains(&self.token_filter_bits) {
+            return Err(format!(
+                "store.token_filter_bits = {} must be within 4..=64",
+                self.token_filter_bits
+            ));
+        }
+        if self.compaction_min_parts < 2 {
+            return Err("store.compaction_min_parts must be at least 2".to_string());
+        }
+        if self.head_max_size.as_u64() < 1024 * 1024 {
+            return Err("store.head_max_size must be at least 1MiB".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Options fixed by the server for one store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: std::path::PathBuf,
+    /// Delete days older than this.
+    pub retention: Duration,
+    /// Delete the oldest days while the parts take more than this; `None` for no budget.
+    pub retention_max_disk: Option<ByteSize>,
+    pub tuning: StoreConfig,
+}
+
+/// Serde for durations written as `"30s"`, `"5m"`, `"30d"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"30d\""
+            ))
+        })
+    }
+}

@@ -1,0 +1,822 @@
+//! [`LogStore`]: the engine that ties the write-ahead log, the head, the parts and the catalog together.
+//!
+//! Write path: a request's batch is registered in the catalog, encoded for the WAL and converted to
+//! Arrow on the caller's task; the WAL thread writes and syncs it with whatever else is pending, then
+//! appends it to the active memtable and acknowledges, in sequence order.
+//!
+//! Flush: the WAL thread swaps the active memtable for an empty one at a segment boundary (so the frozen
+//! memtables hold exactly the records up to that sequence number); the frozen memtables are written as
+//! parts, the new streams appended to the catalog, and one manifest write adds the parts and moves the
+//! WAL checkpoint. Only then are the memtables dropped and the old WAL segments deleted.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::interleave;
+use arrow::datatypes::{Schema, SchemaRef, TimestampNanosecondType, UInt64Type};
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::codec;
+use crate::config::StoreOptions;
+use crate::error::{Error, Result};
+use crate::head::{self, MemTable, label_column, table_schema};
+use crate::manifest::{Manifest, PartMeta};
+use crate::metrics::StoreMetrics;
+use crate::model::{LogBatch, Tenant};
+use crate::part::{Part, PartWriter, WriteOptions};
+use crate::scan::{Scan, ScanPlan, ScanRequest, conform};
+use crate::time::{day_of_ns, now_ns};
+use crate::wal::Wal;
+
+/// A handle to the log store; cheap to clone.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct State {
+    parts: Vec<Arc<Part>>,
+    frozen: Vec<Arc<MemTable>>,
+}
+
+struct Inner {
+    options: StoreOptions,
+    metrics: Arc<StoreMetrics>,
+    catalog: Catalog,
+    wal: Wal,
+    active: Arc<Mutex<MemTable>>,
+    state: RwLock<State>,
+    manifest: Mutex<Manifest>,
+    /// Serialises flushes (and their manifest commits) with one another.
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Serialises compactions and retention with one another.
+    maintenance_lock: tokio::sync::Mutex<()>,
+    flush_wanted: Arc<Notify>,
+    flushed: Notify,
+    _lock: File,
+}
+
+/// Figures about the store, for tests, benchmarks and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub parts: usize,
+    pub part_rows: u64,
+    pub disk_bytes: u64,
+    pub head_rows: usize,
+    pub head_bytes: usize,
+}
+
+impl LogStore {
+    /// Opens (or creates) the store in `options.data_dir`: takes the directory lock, loads the manifest
+    /// and catalog, deletes files of unfinished flushes, and replays the write-ahead log into the head.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process holds the directory; I/O and corruption errors otherwise.
+    pub fn open(options: StoreOptions, registry: &mut Registry) -> Result<LogStore> {
+        options.tuning.validate().map_err(Error::Config)?;
+        let dir = options.data_dir.clone();
+        fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+        let lock = lock_dir(&dir)?;
+        let metrics = StoreMetrics::register(registry);
+        let manifest = Manifest::load(&dir)?;
+        let catalog = Catalog::load(&dir)?;
+        let mut parts = Vec::with_capacity(manifest.parts.len());
+        for meta in &manifest.parts {
+            parts.push(Arc::new(Part::open(&dir, meta.clone())?));
+        }
+        remove_unlisted_files(&dir, &manifest)?;
+
+        let active = Arc::new(Mutex::new(MemTable::default()));
+        let mut replayed = 0usize;
+        let wal = {
+            let active = active.clone();
+            let catalog = &catalog;
+            Wal::open(
+                &dir.join("wal"),
+                manifest.wal_checkpoint,
+                options.tuning.wal_segment_size.as_u64(),
+                metrics.clone(),
+                |r| {
+                    let (tenant, batch) =
+                        codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
+                            what: "wal record",
+                            path: dir.join("wal"),
+                            reason: format!("record {}: {reason}", r.seq),
+                        })?;
+                    catalog.register(&tenant, &batch.streams);
+                    let rb = head::to_record_batch(&batch)?;
+                    replayed += batch.entries.len();
+                    active.lock().insert(&tenant, rb, r.seq);
+                    Ok(())
+                },
+            )?
+        };
+        tracing::info!(
+            data_dir = %dir.display(),
+            parts = parts.len(),
+            replayed_entries = replayed,
+            checkpoint = manifest.wal_checkpoint,
+            "log store opened"
+        );
+        let store = LogStore {
+            inner: Arc::new(Inner {
+                options,
+                metrics,
+                catalog,
+                wal,
+                active,
+                state: RwLock::new(State {
+                    parts,
+                    frozen: Vec::new(),
+                }),
+                manifest: Mutex::new(manifest),
+                flush_lock: tokio::sync::Mutex::new(()),
+                maintenance_lock: tokio::sync::Mutex::new(()),
+                flush_wanted: Arc::new(Notify::new()),
+                flushed: Notify::new(),
+                _lock: lock,
+            }),
+        };
+        store.update_gauges();
+        Ok(store)
+    }
+
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.inner.metrics
+    }
+
+    /// Stores a tenant's batch durably. Resolves once it is in the fsynced write-ahead log and visible to
+    /// scans; only then may the caller acknowledge its client.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the batch: it may still be stored.
+    pub async fn append(&self, tenant: &Tenant, batch: LogBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        // Backpressure: while flushes fall behind, hold new writes instead of growing without bound.
+        let limit = 3 * inner.options.tuning.head_max_size.as_u64() as usize;
+        while self.head_bytes() > limit {
+            inner.flush_wanted.notify_one();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
+        }
+        inner.catalog.register(tenant, &batch.streams);
+        let payload = codec::encode(tenant, &batch);
+        let rb = head::to_record_batch(&batch)?;
+        drop(batch);
+        let active = inner.active.clone();
+        let wanted = inner.flush_wanted.clone();
+        let max = inner.options.tuning.head_max_size.as_u64() as usize;
+        let tenant = tenant.clone();
+        inner
+            .wal
+            .append(
+                payload,
+                Box::new(move |seq| {
+                    let mut a = active.lock();
+                    a.insert(&tenant, rb, seq);
+                    if a.bytes >= max {
+                        wanted.notify_one();
+                    }
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn head_bytes(&self) -> usize {
+        let st = self.inner.state.read();
+        st.frozen.iter().map(|m| m.bytes).sum::<usize>() + self.inner.active.lock().bytes
+    }
+
+    /// Writes everything in the head to parts now and truncates the write-ahead log.
+    ///
+    /// # Errors
+    /// I/O errors writing parts or the manifest; the head keeps the data and a later flush retries.
+    pub async fn flush(&self) -> Result<()> {
+        let _guard = self.inner.flush_lock.lock().await;
+        let inner = self.inner.clone();
+        let rotated = inner.clone();
+        let checkpoint = inner
+            .wal
+            .rotate(Box::new(move |_| {
+                let mut st = rotated.state.write();
+                let mut active = rotated.active.lock();
+                if !active.is_empty() {
+                    let full = std::mem::take(&mut *active);
+                    st.frozen.push(Arc::new(full));
+                }
+            }))
+            .await?;
+        let frozen: Vec<Arc<MemTable>> = inner.state.read().frozen.clone();
+        let this = self.clone();
+        let res = tokio::task::spawn_blocking(move || this.persist(&frozen, checkpoint))
+            .await
+            .map_err(|e| Error::WalClosed {
+                reason: format!("flush task failed: {e}"),
+            })?;
+        self.inner.flushed.notify_waiters();
+        self.update_gauges();
+        res
+    }
+
+    /// Writes frozen memtables as parts and commits them with the new checkpoint.
+    fn persist(&self, frozen: &[Arc<MemTable>], checkpoint: u64) -> Result<()> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let mut new_parts: Vec<Arc<Part>> = Vec::new();
+        let mut rows = 0;
+        for mem in frozen {
+            match self.write_memtable(mem) {
+                Ok(parts) => new_parts.extend(parts),
+                Err(e) => {
+                    for p in &new_parts {
+                        p.mark_obsolete();
+                    }
+                    return Err(e);
+                }
+            }
+            rows += mem.rows;
+        }
+        inner.catalog.persist()?;
+        {
+            let mut manifest = inner.manifest.lock();
+            let mut next = manifest.clone();
+            next.parts.extend(new_parts.iter().map(|p| p.meta.clone()));
+            next.wal_checkpoint = next.wal_checkpoint.max(checkpoint);
+            if let Err(e) = next.store(&inner.options.data_dir) {
+                for p in &new_parts {
+                    p.mark_obsolete();
+                }
+                return Err(e);
+            }
+            *manifest = next;
+            let mut st = inner.state.write();
+            st.parts.extend(new_parts.iter().cloned());
+            st.frozen
+                .retain(|m| !frozen.iter().any(|f| Arc::ptr_eq(f, m)));
+        }
+        let removed = inner.wal.truncate(checkpoint)?;
+        inner.metrics.flushes.inc();
+        inner.metrics.flushed_rows.inc_by(rows as u64);
+        inner
+            .metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if rows > 0 {
+            tracing::debug!(
+                rows,
+                parts = new_parts.len(),
+                checkpoint,
+                wal_segments_removed = removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "flushed head"
+            );
+        }
+        Ok(())
+    }
+
+    fn next_part_id(&self) -> u64 {
+        let mut m = self.inner.manifest.lock();
+        let id = m.next_part_id;
+        m.next_part_id += 1;
+        id
+    }
+
+    /// Writes one memtable as parts: one per tenant and day, rows sorted by stream then time.
+    fn write_memtable(&self, mem: &MemTable) -> Result<Vec<Arc<Part>>> {
+        let inner = &self.inner;
+        let dir = &inner.options.data_dir;
+        let rg_rows = inner.options.tuning.row_group_rows;
+        let mut out = Vec::new();
+        for (tenant, tm) in &mem.tenants {
+            let streams = inner.catalog.tenant(tenant);
+            let streams = streams.read();
+            // The head schema (built-ins and fields) shared by all of this tenant's batches.
+            let head_schema = table_schema([], tm.fields.iter());
+            let batches: Vec<RecordBatch> = tm
+                .batches
+                .iter()
+                .map(|b| conform(b, &head_schema, None))
+                .collect::<Result<_>>()?;
+            // Sort keys: (day, stream, time, batch, row).
+            let mut keys: Vec<(i64, u64, i64, u32, u32)> = Vec::with_capacity(tm.rows);
+            let mut present: HashSet<u64> = HashSet::new();
+            for (b, batch) in batches.iter().enumerate() {
+                let times = batch.column(0).as_primitive::<TimestampNanosecondType>();
+                let ids = batch.column(1).as_primitive::<UInt64Type>();
+                for r in 0..batch.num_rows() {
+                    let (t, id) = (times.value(r), ids.value(r));
+                    present.insert(id);
+                    keys.push((day_of_ns(t), id, t, b as u32, r as u32));
+                }
+            }
+            keys.sort_unstable();
+            let mut label_names: BTreeSet<String> = BTreeSet::new();
+            for id in &present {
+                if let Some(l) = streams.labels(*id) {
+                    label_names.extend(l.iter().map(|(n, _)| n.to_string()));
+                }
+            }
+            let label_cols: Vec<String> = label_names.iter().map(|n| label_column(n)).collect();
+            let col_map: HashMap<String, String> = label_names
+                .iter()
+                .map(|n| (label_column(n), n.clone()))
+                .collect();
+            let fields: Vec<String> = tm
+                .fields
+                .iter()
+                .filter(|f| !label_cols.contains(f))
+                .cloned()
+                .collect();
+            let part_schema = table_schema(label_cols.iter(), fields.iter());
+            let arrays: Vec<Vec<&dyn Array>> = (0..head_schema.fields().len())
+                .map(|c| batches.iter().map(|b| b.column(c).as_ref()).collect())
+                .collect();
+
+            let mut start = 0;
+            while start < keys.len() {
+                let day = keys[start].0;
+                let end = start + keys[start..].iter().take_while(|k| k.0 == day).count();
+                let meta = PartMeta {
+                    id: self.next_part_id(),
+                    tenant: tenant.as_str().to_string(),
+                    day,
+                    min_time: 0,
+                    max_time: 0,
+                    rows: 0,
+                    parquet_bytes: 0,
+                    index_bytes: 0,
+                    labels: label_cols.clone(),
+                    fields: fields.clone(),
+                    level: 0,
+                };
+                let mut writer =
+                    PartWriter::create(dir, meta, part_schema.clone(), self.write_options(0))?;
+                let res = (|| {
+                    for chunk in keys[start..end].chunks(rg_rows) {
+                        let idx: Vec<(usize, usize)> =
+                            chunk.iter().map(|k| (k.3 as usize, k.4 as usize)).collect();
+                        let cols: Vec<ArrayRef> = arrays
+                            .iter()
+                            .map(|a| interleave(a, &idx))
+                            .collect::<Result<_, _>>()?;
+                        let rb = RecordBatch::try_new(head_schema.clone(), cols)?;
+                        let rb = conform(&rb, writer.schema(), Some((&streams, &col_map)))?;
+                        writer.write_row_group(&rb)?;
+                    }
+                    Ok::<_, Error>(())
+                })();
+                match res {
+                    Ok(()) => out.push(writer.finish(dir)?),
+                    Err(e) => {
+                        writer.abort();
+                        for p in &out {
+                            p.mark_obsolete();
+                        }
+                        return Err(e);
+                    }
+                }
+                start = end;
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_options(&self, level: u32) -> WriteOptions {
+        let t = &self.inner.options.tuning;
+        WriteOptions {
+            zstd_level: if level == 0 {
+                t.zstd_level
+            } else {
+                t.compaction_zstd_level
+            },
+            token_filter_bits: t.token_filter_bits,
+            index_numbers: t.index_numbers,
+        }
+    }
+
+    /// The columns of a tenant's logs: `time`, `_stream_id`, `message`, then labels and fields.
+    pub fn schema(&self, tenant: &Tenant) -> SchemaRef {
+        let inner = &self.inner;
+        let mut labels: BTreeSet<String> = BTreeSet::new();
+        let mut fields: BTreeSet<String> = BTreeSet::new();
+        if let Some(streams) = inner.catalog.get(tenant) {
+            labels.extend(streams.read().label_names().iter().map(|n| label_column(n)));
+        }
+        let st = inner.state.read();
+        for p in st.parts.iter().filter(|p| p.meta.tenant == tenant.as_str()) {
+            labels.extend(p.meta.labels.iter().cloned());
+            fields.extend(p.meta.fields.iter().cloned());
+        }
+        let active = inner.active.lock();
+        for mem in st
+            .frozen
+            .iter()
+            .map(|m| m.as_ref())
+            .chain(std::iter::once(&*active))
+        {
+            if let Some(t) = mem.tenants.get(tenant) {
+                fields.extend(t.fields.iter().cloned());
+            }
+        }
+        table_schema(labels.iter(), fields.iter())
+    }
+
+    /// Tenants that have written anything.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        self.inner.catalog.tenants()
+    }
+
+    /// Starts a scan; see [`ScanRequest`]. Must be called within a Tokio runtime: the reading runs on a
+    /// blocking thread and streams its batches back.
+    ///
+    /// # Errors
+    /// None today; reading errors arrive in the stream.
+    pub fn scan(&self, req: ScanRequest) -> Result<Scan> {
+        let inner = &self.inner;
+        inner.metrics.scans.inc();
+        let full = self.schema(&req.tenant);
+        let output = match &req.columns {
+            None => full,
+            Some(cols) => {
+                let fields: Vec<arrow::datatypes::Field> = cols
+                    .iter()
+                    .map(|c| match full.field_with_name(c) {
+                        Ok(f) => f.clone(),
+                        Err(_) => arrow::datatypes::Field::new(
+                            c.as_str(),
+                            arrow::datatypes::DataType::Utf8,
+                            true,
+                        ),
+                    })
+                    .collect();
+                Arc::new(Schema::new(fields))
+            }
+        };
+        let streams = inner.catalog.matching(&req.tenant, &req.matchers);
+        let overlaps = |min: i64, max: i64| max >= req.start_ns && min < req.end_ns;
+        let (head, parts) = {
+            let st = inner.state.read();
+            let active = inner.active.lock();
+            let mut head = Vec::new();
+            for mem in st
+                .frozen
+                .iter()
+                .map(|m| m.as_ref())
+                .chain(std::iter::once(&*active))
+            {
+                if let Some(t) = mem.tenants.get(&req.tenant) {
+                    if overlaps(t.min_time, t.max_time) {
+                        head.extend(t.batches.iter().cloned());
+                    }
+                }
+            }
+            let parts: Vec<Arc<Part>> = st
+                .parts
+                .iter()
+                .filter(|p| {
+                    p.meta.tenant == req.tenant.as_str()
+                        && overlaps(p.meta.min_time, p.meta.max_time)
+                })
+                .cloned()
+                .collect();
+            (head, parts)
+        };
+        let plan = ScanPlan {
+            output: output.clone(),
+            head,
+            parts,
+            streams,
+            catalog: inner.catalog.get(&req.tenant),
+            index_numbers: inner.options.tuning.index_numbers,
+            metrics: inner.metrics.clone(),
+            req,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || plan.run(tx));
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Scan {
+            schema: output,
+            stream: Box::pin(stream),
+        })
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let st = self.inner.state.read();
+        let active = self.inner.active.lock();
+        let mems = st
+            .frozen
+            .iter()
+            .map(|m| m.as_ref())
+            .chain(std::iter::once(&*active));
+        let (head_rows, head_bytes) = mems.fold((0, 0), |(r, b), m| (r + m.rows, b + m.bytes));
+        StoreStats {
+            parts: st.parts.len(),
+            part_rows: st.parts.iter().map(|p| p.meta.rows).sum(),
+            disk_bytes: st.parts.iter().map(|p| p.meta.disk_bytes()).sum(),
+            head_rows,
+            head_bytes,
+        }
+    }
+
+    fn update_gauges(&self) {
+        let s = self.stats();
+        let m = &self.inner.metrics;
+        m.parts.set(s.parts as i64);
+        m.disk_bytes.set(s.disk_bytes as i64);
+        m.head_rows.set(s.head_rows as i64);
+        m.head_bytes.set(s.head_bytes as i64);
+    }
+
+    /// Merges small parts; see `compact.rs`. Returns the number of parts merged away.
+    ///
+    /// # Errors
+    /// I/O errors; the inputs stay in place.
+    pub async fn compact(&self) -> Result<usize> {
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let this = self.clone();
+        let n = tokio::task::spawn_blocking(move || this.compact_blocking())
+            .await
+            .map_err(|e| Error::WalClosed {
+                reason: format!("compaction task failed: {e}"),
+            })??;
+        self.update_gauges();
+        Ok(n)
+    }
+
+    fn compact_blocking(&self) -> Result<usize> {
+        let inner = &self.inner;
+        let parts = inner.state.read().parts.clone();
+        let today = day_of_ns(now_ns());
+        let jobs = crate::compact::plan(&parts, &inner.options.tuning, today);
+        let mut merged = 0;
+        for job in jobs {
+            let first = &job[0].meta;
+            let meta = PartMeta {
+                id: self.next_part_id(),
+                tenant: first.tenant.clone(),
+                day: first.day,
+                min_time: 0,
+                max_time: 0,
+                rows: 0,
+                parquet_bytes: 0,
+                index_bytes: 0,
+                labels: Vec::new(),
+                fields: Vec::new(),
+                level: job.iter().map(|p| p.meta.level).max().unwrap_or(0) + 1,
+            };
+            let level = meta.level;
+            let started = Instant::now();
+            let output = crate::compact::merge(
+                &job,
+                &inner.options.data_dir,
+                meta,
+                self.write_options(level),
+                inner.options.tuning.row_group_rows,
+            )?;
+            // Commit, unless retention removed an input meanwhile.
+            let mut manifest = inner.manifest.lock();
+            let mut st = inner.state.write();
+            let all_live = job
+                .iter()
+                .all(|p| st.parts.iter().any(|q| Arc::ptr_eq(p, q)));
+            if !all_live {
+                output.mark_obsolete();
+                continue;
+            }
+            let mut next = manifest.clone();
+            next.parts
+                .retain(|m| !job.iter().any(|p| p.meta.id == m.id));
+            next.parts.push(output.meta.clone());
+            if let Err(e) = next.store(&inner.options.data_dir) {
+                output.mark_obsolete();
+                return Err(e);
+            }
+            *manifest = next;
+            st.parts.retain(|q| !job.iter().any(|p| Arc::ptr_eq(p, q)));
+            st.parts.push(output.clone());
+            for p in &job {
+                p.mark_obsolete();
+            }
+            inner.metrics.compactions.inc();
+            inner.metrics.compacted_parts.inc_by(job.len() as u64);
+            merged += job.len();
+            tracing::info!(
+                tenant = %output.meta.tenant,
+                day = %crate::time::format_day(output.meta.day),
+                inputs = job.len(),
+                rows = output.meta.rows,
+                bytes = output.meta.disk_bytes(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "compacted parts"
+            );
+        }
+        Ok(merged)
+    }
+
+    /// Deletes whole days past the retention period, then the oldest days while the parts exceed the
+    /// disk budget (today's data is never deleted for the budget). Returns the parts deleted.
+    ///
+    /// # Errors
+    /// I/O errors writing the manifest.
+    pub async fn apply_retention(&self) -> Result<usize> {
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let inner = &self.inner;
+        let now = now_ns();
+        let retention_ns = i64::try_from(inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff_day = day_of_ns(now.saturating_sub(retention_ns));
+        let today = day_of_ns(now);
+        let mut manifest = inner.manifest.lock();
+        let mut st = inner.state.write();
+        let mut doomed: HashSet<u64> = st
+            .parts
+            .iter()
+            .filter(|p| p.meta.day < cutoff_day)
+            .map(|p| p.meta.id)
+            .collect();
+        if let Some(budget) = inner.options.retention_max_disk {
+            let mut by_day: std::collections::BTreeMap<i64, Vec<&Arc<Part>>> = Default::default();
+            for p in st.parts.iter().filter(|p| !doomed.contains(&p.meta.id)) {
+                by_day.entry(p.meta.day).or_default().push(p);
+            }
+            let mut total: u64 = by_day.values().flatten().map(|p| p.meta.disk_bytes()).sum();
+            for (day, parts) in by_day {
+                if total <= budget.as_u64() || day >= today {
+                    break;
+                }
+                for p in parts {
+                    total -= p.meta.disk_bytes();
+                    doomed.insert(p.meta.id);
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut next = manifest.clone();
+        next.parts.retain(|m| !doomed.contains(&m.id));
+        next.store(&inner.options.data_dir)?;
+        *manifest = next;
+        let mut dirs = BTreeSet::new();
+        st.parts.retain(|p| {
+            if doomed.contains(&p.meta.id) {
+                p.mark_obsolete();
+                dirs.insert(inner.options.data_dir.join(p.meta.partition_dir()));
+                false
+            } else {
+                true
+            }
+        });
+        drop(st);
+        drop(manifest);
+        // Partition directories go once empty; a scan still holding a part keeps its files until it ends.
+        for d in dirs {
+            let _ = fs::remove_dir(&d);
+        }
+        inner
+            .metrics
+            .retention_deleted_parts
+            .inc_by(doomed.len() as u64);
+        tracing::info!(parts = doomed.len(), cutoff = %crate::time::format_day(cutoff_day), "retention deleted parts");
+        self.update_gauges();
+        Ok(doomed.len())
+    }
+
+    /// Flushes by size and age, compacts and applies retention until `shutdown`, then flushes the head
+    /// and stops the write-ahead log.
+    ///
+    /// # Errors
+    /// The final flush's error; errors on the way are logged and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let inner = self.inner.clone();
+        let tuning = inner.options.tuning.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_maintenance = Instant::now() - tuning.maintenance_interval;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = inner.flush_wanted.notified() => {
+                    if let Err(error) = self.flush().await {
+                        tracing::error!(%error, "flush failed; the head keeps the data and will retry");
+                    }
+                }
+                _ = tick.tick() => {
+                    let old = inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= tuning.head_max_age);
+                    let stuck = !inner.state.read().frozen.is_empty();
+                    if old || stuck {
+                        if let Err(error) = self.flush().await {
+                            tracing::error!(%error, "flush failed; the head keeps the data and will retry");
+                        }
+                    }
+                    if last_maintenance.elapsed() >= tuning.maintenance_interval {
+                        last_maintenance = Instant::now();
+                        if let Err(error) = self.apply_retention().await {
+                            tracing::error!(%error, "retention failed");
+                        }
+                        if let Err(error) = self.compact().await {
+                            tracing::error!(%error, "compaction failed; inputs kept");
+                        }
+                    }
+                    self.update_gauges();
+                }
+            }
+        }
+        let res = self.flush().await;
+        inner.wal.close();
+        res
+    }
+}
+
+/// Takes the exclusive lock on `<data>/lock`, writing our pid into it for the next one to name.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(Error::io("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = writeln!(file, "pid {}", std::process::id());
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            Err(Error::Locked {
+                path: dir.to_path_buf(),
+                holder: if holder.is_empty() {
+                    "unknown pid".to_string()
+                } else {
+                    holder.to_string()
+                },
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io {
+            op: "lock",
+            path,
+            source: e,
+        }),
+    }
+}
+
+/// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
+/// before its commit.
+fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let listed: HashSet<PathBuf> = manifest
+        .parts
+        .iter()
+        .flat_map(|m| [m.parquet_path(dir), m.index_path(dir)])
+        .collect();
+    let logs = dir.join("logs");
+    let Ok(tenants) = fs::read_dir(&logs) else {
+        return Ok(());
+    };
+    for tenant in tenants.flatten() {
+        let Ok(days) = fs::read_dir(tenant.path()) else {
+            continue;
+        };
+        for day in days.flatten() {
+            if !day.file_name().to_string_lossy().starts_with("date=") {
+                continue;
+            }
+            let Ok(files) = fs::read_dir(day.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                let ext = path.extension().and_then(|e| e.to_str());
+                if matches!(ext, Some("parquet" | "idx")) && !listed.contains(&path) {
+                    tracing::info!(file = %path.display(), "removing part file of an unfinished flush");
+                    fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+                }
+            }
+            let _ = fs::remove_dir(day.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use futures::StreamExt;
+
+use super::*;
+use crate::config::StoreConfig;
+use crate::model::{Labels, LogEntry};
+use crate::scan::{LabelMatcher, MatchOp};
+use crate::time::NANOS_PER_DAY;
+
+fn options(dir: &Path) -> StoreOptions {
+    StoreOptions {
+        data_dir: dir.to_path_buf(),
+        retention: Duration::from_secs(30 * 86_400),
+        retention_max_disk: None,
+        tuning: StoreConfig {
+            row_group_rows: 1024,
+            ..StoreConfig::default()
+        },
+    }
+}
+
+fn batch(app: &str, from: usize, n: usize, t0: i64) -> LogBatch {
+    let mut b = LogBatch::default();
+    let s = b.stream_index(Labels::from_pairs(vec![("app".into(), app.into())]));
+    for i in from..from + n {
+        b.entries.push(LogEntry {
+            stream: s,
+            time_ns: t0 + i as i64,
+            line: format!("line {i} from {app} with word{}", i % 7),
+            fields: if i % 2 == 0 {
+                vec![("level".into(), "info".into())]
+            } else {
+                vec![]
+            },
+        });
+    }
+    b
+}
+
+async fn collect(store: &LogStore, req: ScanRequest) -> Vec<RecordBatch> {
+    let scan = store.scan(req).unwrap();
+    scan.stream.map(|b| b.unwrap()).collect().await
+}
+
+async fn count(store: &LogStore, req: ScanRequest) -> usize {
+    collect(store, req)
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum()
+}
+
+fn tenant() -> Tenant {
+    Tenant::default_tenant()
+}
+
+#[tokio::test]
+async fn append_scan_flush_reopen_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns();
+    {
+        let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+        store
+            .append(&tenant(), batch("api", 0, 3000, t0))
+            .await
+            .unwrap();
+        store
+            .append(&tenant(), batch("web", 0, 500, t0))
+            .await
+            .unwrap();
+        assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3500);
+
+        store.flush().await.unwrap();
+        assert_eq!(store.stats().head_rows, 0);
+        assert_eq!(store.stats().part_rows, 3500);
+        store
+            .append(&tenant(), batch("api", 3000, 100, t0))
+            .await
+            .unwrap();
+
+        // Matchers, substrings and time bounds, across part and head.
+        let mut req = ScanRequest::all(tenant());
+        req.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, "web").unwrap()];
+        assert_eq!(count(&store, req.clone()).await, 500);
+        req.line_contains = vec![" word3".into()];
+        assert_eq!(
+            count(&store, req.clone()).await,
+            (0..500).filter(|i| i % 7 == 3).count()
+        );
+        let mut req = ScanRequest::all(tenant());
+        req.start_ns = t0 + 10;
+        req.end_ns = t0 + 20;
+        req.columns = Some(vec!["message".into(), "app".into(), "level".into()]);
+        let got = collect(&store, req).await;
+        assert_eq!(got.iter().map(RecordBatch::num_rows).sum::<usize>(), 20);
+        let b = &got[0];
+        assert_eq!(b.num_columns(), 3);
+        assert!(
+            b.column(1)
+                .as_string::<i32>()
+                .iter()
+                .all(|v| matches!(v, Some("api" | "web")))
+        );
+        // Not closed cleanly: the last append is only in the WAL.
+    }
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3600);
+    assert_eq!(store.stats().head_rows, 100);
+
+    for i in 0..4 {
+        store
+            .append(&tenant(), batch("db", i * 10, 10, t0))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let before = store.stats();
+    let merged = store.compact().await.unwrap();
+    assert!(merged >= 4, "merged {merged}");
+    let after = store.stats();
+    assert!(after.parts < before.parts);
+    assert_eq!(after.part_rows, 3640);
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3640);
+    let mut req = ScanRequest::all(tenant());
+    req.matchers = vec![LabelMatcher::new("app", MatchOp::Re, "db|web").unwrap()];
+    assert_eq!(count(&store, req).await, 540);
+}
+
+#[tokio::test]
+async fn retention_drops_old_days_and_lock_excludes_a_second_opener() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.retention = Duration::from_secs(2 * 86_400);
+    let store = LogStore::open(opts.clone(), &mut Registry::default()).unwrap();
+    assert!(matches!(
+        LogStore::open(opts.clone(), &mut Registry::default()),
+        Err(Error::Locked { .. })
+    ));
+    let now = now_ns();
+    store
+        .append(&tenant(), batch("old", 0, 10, now - 5 * NANOS_PER_DAY))
+        .await
+        .unwrap();
+    store
+        .append(&tenant(), batch("new", 0, 10, now))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().parts, 2);
+    assert_eq!(store.apply_retention().await.unwrap(), 1);
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 10);
+    let old_day = crate::time::format_day(day_of_ns(now - 5 * NANOS_PER_DAY));
+    assert!(
+        !dir.path()
+            .join(format!("logs/tenant=default/date={old_day}"))
+            .exists()
+    );
+}

@@ -1,0 +1,77 @@
+//! The store's error type: one enum, typed fields, messages that name the offending value.
+
+use std::path::PathBuf;
+
+use crate::wire;
+
+/// Everything that can go wrong inside the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tenant id that cannot name a directory or a Loki tenant.
+    #[error("invalid tenant {tenant:?}: {reason}")]
+    InvalidTenant {
+        tenant: String,
+        reason: &'static str,
+    },
+
+    /// A request body that could not be decoded; the caller answers 4xx.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+
+    /// An I/O error on a named file.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// The data directory is held by another process.
+    #[error(
+        "data directory {} is locked by another lumen process ({holder}); stop that process or choose another --data-dir",
+        path.display()
+    )]
+    Locked { path: PathBuf, holder: String },
+
+    /// A persisted file failed its checks.
+    #[error("corrupt {what} {}: {reason}", path.display())]
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error("parquet error on {}: {source}", path.display())]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    /// The write-ahead log thread has stopped, after an I/O error or at shutdown.
+    #[error("write-ahead log is not accepting writes: {reason}")]
+    WalClosed { reason: String },
+
+    /// A value in the configuration that cannot work.
+    #[error("invalid store config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    /// True when the error was caused by the request (bad input), not by the server.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Error::InvalidTenant { .. } | Error::Wire(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

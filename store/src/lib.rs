@@ -1,0 +1,41 @@
+//! The store: Lumen's data model, wire formats, write-ahead log, Arrow head, Parquet parts, indexes,
+//! compaction, retention and the scan API. It knows nothing of HTTP or query languages.
+//!
+//! - [`model`]: tenants, labels, entries, batches.
+//! - [`wire`]: decoders of the ingest formats (Loki push, JSON lines, Elasticsearch bulk).
+//! - [`LogStore`]: the engine. [`LogStore::append`] resolves only once a batch is fsynced in the
+//!   write-ahead log and visible to scans; [`LogStore::scan`] answers with Arrow record batches.
+//!
+//! On disk, under the data directory:
+//!
+//! ```text
+//! lock                                   held by the running process
+//! manifest.json                          live parts and the WAL checkpoint (the commit point)
+//! wal/<first seq>.wal                    write-ahead-log segments
+//! logs/tenant=<t>/streams.bin            the tenant's stream catalog
+//! logs/tenant=<t>/date=<YYYY-MM-DD>/<id>.parquet, <id>.idx   parts and their indexes
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod time;
+pub mod wire;
+
+mod catalog;
+mod codec;
+mod compact;
+mod engine;
+mod head;
+mod manifest;
+mod part;
+mod scan;
+mod tokens;
+mod wal;
+
+pub use config::{StoreConfig, StoreOptions};
+pub use engine::{LogStore, StoreStats};
+pub use error::{Error, Result};
+pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
+pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest};

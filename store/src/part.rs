@@ -1,0 +1,450 @@
+//! Parquet parts and their index files.
+//!
+//! A part holds one tenant's rows of one day, sorted by stream id then time, in Parquet with zstd: `time`
+//! delta-encoded, `_stream_id` and label columns dictionary-encoded (a sorted column of few values is
+//! nearly free), `message` plain. Next to `<id>.parquet` lies `<id>.idx`:
+//!
+//! ```text
+//! "LUMNIDX1" | u32le n_streams | u32le n_row_groups
+//! | n_streams × (u64 id, u64 first_row, u64 rows, i64 min_time, i64 max_time)
+//! | n_row_groups × (u64 first_row, u64 rows, i64 min_time, i64 max_time, u64 filter_offset, u64 filter_len)
+//! | u32le crc32 of all the above | token filters
+//! ```
+//!
+//! The header (streams and row groups) is read when the part is opened and kept in memory: it turns label
+//! matchers into exact row ranges and time bounds into row-group skips. Token filters stay on disk and
+//! are read only for full-text searches.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::{KeyValue, PageIndexPolicy};
+use parquet::file::properties::{WriterProperties, WriterVersion};
+
+use crate::error::{Error, Result};
+use crate::head::{MESSAGE, TIME};
+use crate::manifest::PartMeta;
+use crate::tokens::{TokenCollector, TokenFilter};
+
+const MAGIC: &[u8; 8] = b"LUMNIDX1";
+const STREAM_REC: usize = 40;
+const RG_REC: usize = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamRange {
+    pub(crate) id: u64,
+    pub(crate) first_row: u64,
+    pub(crate) rows: u64,
+    pub(crate) min_time: i64,
+    pub(crate) max_time: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowGroupIndex {
+    pub(crate) first_row: u64,
+    pub(crate) rows: u64,
+    pub(crate) min_time: i64,
+    pub(crate) max_time: i64,
+    filter_offset: u64,
+    filter_len: u64,
+}
+
+/// A live part: its manifest entry and index header. When the part leaves the manifest (compaction,
+/// retention) it is marked obsolete and its files are deleted once the last scan holding it lets go.
+pub(crate) struct Part {
+    pub(crate) meta: PartMeta,
+    pub(crate) parquet_path: PathBuf,
+    index_path: PathBuf,
+    pub(crate) streams: Vec<StreamRange>,
+    pub(crate) row_groups: Vec<RowGroupIndex>,
+    obsolete: AtomicBool,
+}
+
+impl Part {
+    pub(crate) fn open(data_dir: &Path, meta: PartMeta) -> Result<Part> {
+        let index_path = meta.index_path(data_dir);
+        let parquet_path = meta.parquet_path(data_dir);
+        let corrupt = |reason: &str| Error::Corrupt {
+            what: "part index",
+            path: index_path.clone(),
+            reason: reason.to_string(),
+        };
+        let file = File::open(&index_path).map_err(Error::io("open", &index_path))?;
+        let mut head = [0u8; 16];
+        file.read_exact_at(&mut head, 0)
+            .map_err(Error::io("read", &index_path))?;
+        if &head[0..8] != MAGIC {
+            return Err(corrupt("bad magic"));
+        }
+        let n_streams = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+        let n_rgs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
+        let header_len = 16 + n_streams * STREAM_REC + n_rgs * RG_REC;
+        let mut header = vec![0u8; header_len + 4];
+        file.read_exact_at(&mut header, 0)
+            .map_err(Error::io("read", &index_path))?;
+        let crc = u32::from_le_bytes(header[header_len..].try_into().unwrap_or_default());
+        if crc32fast::hash(&header[..header_len]) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let u64_at = |b: &[u8], i: usize| {
+            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+        };
+        let streams = header[16..16 + n_streams * STREAM_REC]
+            .chunks_exact(STREAM_REC)
+            .map(|c| StreamRange {
+                id: u64_at(c, 0),
+                first_row: u64_at(c, 1),
+                rows: u64_at(c, 2),
+                min_time: u64_at(c, 3) as i64,
+                max_time: u64_at(c, 4) as i64,
+            })
+            .collect();
+        let row_groups = header[16 + n_streams * STREAM_REC..header_len]
+            .chunks_exact(RG_REC)
+            .map(|c| RowGroupIndex {
+                first_row: u64_at(c, 0),
+                rows: u64_at(c, 1),
+                min_time: u64_at(c, 2) as i64,
+                max_time: u64_at(c, 3) as i64,
+                filter_offset: u64_at(c, 4),
+                filter_len: u64_at(c, 5),
+            })
+            .collect();
+        Ok(Part {
+            meta,
+            parquet_path,
+            index_path,
+            streams,
+            row_groups,
+            obsolete: AtomicBool::new(false),
+        })
+    }
+
+    /// Reads a row group's token filter.
+    pub(crate) fn token_filter(&self, rg: usize) -> Result<Option<TokenFilter>> {
+        let rg = &self.row_groups[rg];
+        if rg.filter_len == 0 {
+            return Ok(None);
+        }
+        let file = File::open(&self.index_path).map_err(Error::io("open", &self.index_path))?;
+        let mut buf = vec![0u8; rg.filter_len as usize];
+        file.read_exact_at(&mut buf, rg.filter_offset)
+            .map_err(Error::io("read", &self.index_path))?;
+        Ok(TokenFilter::from_bytes(&buf))
+    }
+
+    /// A reader of the named columns that exist in this part, over the given row ranges (sorted, disjoint)
+    /// or every row.
+    pub(crate) fn reader(
+        &self,
+        columns: &[&str],
+        ranges: Option<&[Range<u64>]>,
+        batch_size: usize,
+    ) -> Result<Option<ParquetRecordBatchReader>> {
+        let perr = |source| Error::Parquet {
+            path: self.parquet_path.clone(),
+            source,
+        };
+        let file = File::open(&self.parquet_path).map_err(Error::io("open", &self.parquet_path))?;
+        let policy = if ranges.is_some() {
+            PageIndexPolicy::Optional
+        } else {
+            PageIndexPolicy::Skip
+        };
+        let options = ArrowReaderOptions::new().with_page_index_policy(policy);
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(perr)?;
+        let schema = builder.parquet_schema();
+        let roots: Vec<usize> = builder
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(schema, roots);
+        let mut builder = builder.with_projection(mask).with_batch_size(batch_size);
+        if let Some(ranges) = ranges {
+            // Keep only the row groups that hold selected rows, and express the selection in the
+            // coordinates of those row groups laid end to end.
+            let mut groups = Vec::new();
+            let mut local: Vec<Range<usize>> = Vec::new();
+            let mut offset = 0u64;
+            let mut ri = 0;
+            for (g, rg) in self.row_groups.iter().enumerate() {
+                let (start, end) = (rg.first_row, rg.first_row + rg.rows);
+                while ri < ranges.len() && ranges[ri].end <= start {
+                    ri += 1;
+                }
+                let mut any = false;
+                let mut j = ri;
+                while j < ranges.len() && ranges[j].start < end {
+                    let s = ranges[j].start.max(start) - start + offset;
+                    let e = ranges[j].end.min(end) - start + offset;
+                    local.push(s as usize..e as usize);
+                    any = true;
+                    j += 1;
+                }
+                if any {
+                    groups.push(g);
+                    offset += rg.rows;
+                }
+            }
+            if groups.is_empty() {
+                return Ok(None);
+            }
+            let selection =
+                RowSelection::from_consecutive_ranges(local.into_iter(), offset as usize);
+            builder = builder
+                .with_row_groups(groups)
+                .with_row_selection(selection);
+        }
+        builder.build().map(Some).map_err(perr)
+    }
+
+    pub(crate) fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            for path in [&self.parquet_path, &self.index_path] {
+                if let Err(error) = fs::remove_file(path) {
+                    tracing::warn!(%error, file = %path.display(), "failed to delete obsolete part file");
+                }
+            }
+        }
+    }
+}
+
+/// Settings of one part write.
+pub(crate) struct WriteOptions {
+    pub(crate) zstd_level: i32,
+    pub(crate) token_filter_bits: u32,
+    pub(crate) index_numbers: bool,
+}
+
+/// Writes a part from record batches that arrive in (stream id, time) order, one row group per call.
+pub(crate) struct PartWriter {
+    meta: PartMeta,
+    writer: ArrowWriter<File>,
+    parquet_path: PathBuf,
+    index_path: PathBuf,
+    schema: SchemaRef,
+    options: WriteOptions,
+    streams: Vec<StreamRange>,
+    row_groups: Vec<RowGroupIndex>,
+    filters: Vec<u8>,
+    tokens: TokenCollector,
+}
+
+impl PartWriter {
+    /// Creates the part's files. `meta` gives id, tenant, day, level, labels and fields; the figures are
+    /// filled in by [`PartWriter::finish`].
+    pub(crate) fn create(
+        data_dir: &Path,
+        meta: PartMeta,
+        schema: SchemaRef,
+        options: WriteOptions,
+    ) -> Result<PartWriter> {
+        let dir = data_dir.join(meta.partition_dir());
+        fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+        let parquet_path = meta.parquet_path(data_dir);
+        let index_path = meta.index_path(data_dir);
+        let file = File::create(&parquet_path).map_err(Error::io("create", &parquet_path))?;
+        let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
+        let labels_json = serde_json::to_string(&meta.labels).unwrap_or_default();
+        let props = WriterProperties::builder()
+            .set_writer_version(WriterVersion::PARQUET_2_0)
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(usize::MAX))
+            .set_data_page_size_limit(1024 * 1024)
+            .set_dictionary_enabled(true)
+            .set_column_dictionary_enabled(TIME.into(), false)
+            .set_column_encoding(TIME.into(), Encoding::DELTA_BINARY_PACKED)
+            .set_column_dictionary_enabled(MESSAGE.into(), false)
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new("lumen.format".to_string(), "logs/1".to_string()),
+                KeyValue::new("lumen.labels".to_string(), labels_json),
+            ]))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
+            Error::Parquet {
+                path: parquet_path.clone(),
+                source,
+            }
+        })?;
+        Ok(PartWriter {
+            meta,
+            writer,
+            parquet_path,
+            index_path,
+            schema,
+            options,
+            streams: Vec::new(),
+            row_groups: Vec::new(),
+            filters: Vec::new(),
+            tokens: TokenCollector::default(),
+        })
+    }
+
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Writes one row group; `batch` must have the part's schema.
+    pub(crate) fn write_row_group(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let first_row = self.row_groups.last().map_or(0, |g| g.first_row + g.rows);
+        let times = batch.column(0).as_primitive::<TimestampNanosecondType>();
+        let ids = batch.column(1).as_primitive::<UInt64Type>();
+        let messages = batch.column(2).as_string::<i32>();
+        let (mut rg_min, mut rg_max) = (i64::MAX, i64::MIN);
+        for row in 0..rows {
+            let (id, t) = (ids.value(row), times.value(row));
+            rg_min = rg_min.min(t);
+            rg_max = rg_max.max(t);
+            match self.streams.last_mut() {
+                Some(s) if s.id == id => {
+                    s.rows += 1;
+                    s.min_time = s.min_time.min(t);
+                    s.max_time = s.max_time.max(t);
+                }
+                _ => self.streams.push(StreamRange {
+                    id,
+                    first_row: first_row + row as u64,
+                    rows: 1,
+                    min_time: t,
+                    max_time: t,
+                }),
+            }
+        }
+        for row in 0..rows {
+            if messages.is_valid(row) {
+                self.tokens
+                    .add_text(messages.value(row), self.options.index_numbers);
+            }
+        }
+        let filter = self.tokens.build(self.options.token_filter_bits).to_bytes();
+        self.row_groups.push(RowGroupIndex {
+            first_row,
+            rows: rows as u64,
+            min_time: rg_min,
+            max_time: rg_max,
+            filter_offset: self.filters.len() as u64,
+            filter_len: filter.len() as u64,
+        });
+        self.filters.extend_from_slice(&filter);
+        let perr = |source| Error::Parquet {
+            path: self.parquet_path.clone(),
+            source,
+        };
+        self.writer.write(batch).map_err(perr)?;
+        self.writer.flush().map_err(perr)
+    }
+
+    /// Finishes both files, syncs them, and returns the part's manifest entry.
+    pub(crate) fn finish(self, data_dir: &Path) -> Result<Arc<Part>> {
+        let PartWriter {
+            mut meta,
+            writer,
+            parquet_path,
+            index_path,
+            streams,
+            mut row_groups,
+            filters,
+            ..
+        } = self;
+        let file = writer.into_inner().map_err(|source| Error::Parquet {
+            path: parquet_path.clone(),
+            source,
+        })?;
+        file.sync_all().map_err(Error::io("sync", &parquet_path))?;
+        let parquet_bytes = file
+            .metadata()
+            .map_err(Error::io("stat", &parquet_path))?
+            .len();
+
+        let header_len = 16 + streams.len() * STREAM_REC + row_groups.len() * RG_REC;
+        let filters_start = (header_len + 4) as u64;
+        for rg in &mut row_groups {
+            rg.filter_offset += filters_start;
+        }
+        let mut buf = Vec::with_capacity(header_len + 4 + filters.len());
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&(streams.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(row_groups.len() as u32).to_le_bytes());
+        for s in &streams {
+            for v in [
+                s.id,
+                s.first_row,
+                s.rows,
+                s.min_time as u64,
+                s.max_time as u64,
+            ] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        for g in &row_groups {
+            for v in [
+                g.first_row,
+                g.rows,
+                g.min_time as u64,
+                g.max_time as u64,
+                g.filter_offset,
+                g.filter_len,
+            ] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.extend_from_slice(&filters);
+        let mut f = File::create(&index_path).map_err(Error::io("create", &index_path))?;
+        f.write_all(&buf)
+            .and_then(|()| f.sync_all())
+            .map_err(Error::io("write", &index_path))?;
+
+        meta.rows = row_groups.iter().map(|g| g.rows).sum();
+        meta.min_time = row_groups.iter().map(|g| g.min_time).min().unwrap_or(0);
+        meta.max_time = row_groups.iter().map(|g| g.max_time).max().unwrap_or(0);
+        meta.parquet_bytes = parquet_bytes;
+        meta.index_bytes = buf.len() as u64;
+        crate::manifest::sync_dir(&data_dir.join(meta.partition_dir()))?;
+        Ok(Arc::new(Part {
+            meta,
+            parquet_path,
+            index_path,
+            streams,
+            row_groups,
+            obsolete: AtomicBool::new(false),
+        }))
+    }
+
+    /// Abandons a half-written part, deleting its files.
+    pub(crate) fn abort(self) {
+        drop(self.writer);
+        let _ = fs::remove_file(&self.parquet_path);
+        let _ = fs::remove_file(&self.index_path);
+    }
+}

@@ -1,0 +1,386 @@
+//! The scan API: the one way out of the store. A [`ScanRequest`] names a tenant, a time range, label
+//! matchers, substrings the line must contain, and the columns wanted; the answer is a stream of Arrow
+//! record batches with exactly the requested schema, from the head and from the parts the indexes
+//! could not rule out. Rows come in no particular order.
+//!
+//! Pushdown, from coarse to fine: the manifest drops parts outside the time range; the catalog turns
+//! matchers into stream ids and each part's index turns those into row ranges; row groups outside the
+//! time range, or whose token filter lacks a word of a searched substring, are skipped; the remaining
+//! rows are filtered exactly.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, StringArray, new_null_array,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use futures::stream::BoxStream;
+use parking_lot::RwLock;
+use regex::Regex;
+
+use crate::catalog::TenantStreams;
+use crate::error::{Error, Result};
+use crate::head::{MESSAGE, STREAM_ID, TIME, label_column};
+use crate::metrics::StoreMetrics;
+use crate::model::{Labels, Tenant};
+use crate::part::Part;
+use crate::tokens::required_tokens;
+
+/// How a matcher compares a label's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Eq,
+    Neq,
+    Re,
+    Nre,
+}
+
+/// A label matcher as in Prometheus and Loki selectors. A missing label matches as the empty string.
+#[derive(Debug, Clone)]
+pub struct LabelMatcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    regex: Option<Regex>,
+}
+
+impl LabelMatcher {
+    /// Builds a matcher; regular expressions are anchored at both ends, as in PromQL and LogQL.
+    ///
+    /// # Errors
+    /// The regex compiler's message for an invalid pattern.
+    pub fn new(
+        name: impl Into<String>,
+        op: MatchOp,
+        value: impl Into<String>,
+    ) -> Result<LabelMatcher, regex::Error> {
+        let value = value.into();
+        let regex = match op {
+            MatchOp::Re | MatchOp::Nre => Some(Regex::new(&format!("^(?:{value})$"))?),
+            MatchOp::Eq | MatchOp::Neq => None,
+        };
+        Ok(LabelMatcher {
+            name: name.into(),
+            op,
+            value,
+            regex,
+        })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match (self.op, &self.regex) {
+            (MatchOp::Eq, _) => value == self.value,
+            (MatchOp::Neq, _) => value != self.value,
+            (MatchOp::Re, Some(re)) => re.is_match(value),
+            (MatchOp::Nre, Some(re)) => !re.is_match(value),
+            _ => false,
+        }
+    }
+}
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    pub tenant: Tenant,
+    /// Inclusive start, nanoseconds.
+    pub start_ns: i64,
+    /// Exclusive end, nanoseconds.
+    pub end_ns: i64,
+    /// Every matcher must match the entry's stream.
+    pub matchers: Vec<LabelMatcher>,
+    /// Every substring must occur in the line (case-sensitive).
+    pub line_contains: Vec<String>,
+    /// Columns wanted, by name; `None` for all of the tenant's columns. Unknown names are an error.
+    pub columns: Option<Vec<String>>,
+}
+
+impl ScanRequest {
+    /// Everything of a tenant.
+    pub fn all(tenant: Tenant) -> ScanRequest {
+        ScanRequest {
+            tenant,
+            start_ns: i64::MIN,
+            end_ns: i64::MAX,
+            matchers: Vec::new(),
+            line_contains: Vec::new(),
+            columns: None,
+        }
+    }
+}
+
+/// A running scan.
+pub struct Scan {
+    pub schema: SchemaRef,
+    pub stream: BoxStream<'static, Result<RecordBatch>>,
+}
+
+/// Everything a scan reads, captured at one instant so that no row is seen twice or missed while a
+/// flush moves data from the head to a part.
+pub(crate) struct ScanPlan {
+    pub(crate) req: ScanRequest,
+    pub(crate) output: SchemaRef,
+    pub(crate) head: Vec<RecordBatch>,
+    pub(crate) parts: Vec<Arc<Part>>,
+    pub(crate) streams: Option<HashSet<u64>>,
+    pub(crate) catalog: Option<Arc<RwLock<TenantStreams>>>,
+    pub(crate) index_numbers: bool,
+    pub(crate) metrics: Arc<StoreMetrics>,
+}
+
+const BATCH_ROWS: usize = 8192;
+
+impl ScanPlan {
+    /// Runs the scan on the current (blocking) thread, sending batches until done or until the receiver
+    /// is dropped.
+    pub(crate) fn run(self, tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>) {
+        if let Err(e) = self.run_inner(&tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+
+    fn run_inner(&self, tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
+        let send = |batch: RecordBatch| -> bool {
+            batch.num_rows() == 0 || tx.blocking_send(Ok(batch)).is_ok()
+        };
+        let labels = self.catalog.as_ref().map(|c| c.read());
+        let label_cols: HashMap<String, String> = labels
+            .as_ref()
+            .map(|l| {
+                l.label_names()
+                    .iter()
+                    .map(|n| (label_column(n), n.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for batch in &self.head {
+            let filtered = self.filter(batch)?;
+            if filtered.num_rows() == 0 {
+                continue;
+            }
+            let out = conform(
+                &filtered,
+                &self.output,
+                labels.as_deref().map(|l| (l, &label_cols)),
+            )?;
+            if !send(out) {
+                return Ok(());
+            }
+        }
+        drop(labels);
+
+        let needed = self.read_columns();
+        let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
+        let tokens: Vec<u64> = self
+            .req
+            .line_contains
+            .iter()
+            .flat_map(|s| required_tokens(s, self.index_numbers))
+            .collect();
+        for part in &self.parts {
+            let Some(ranges) = self.part_ranges(part, &tokens)? else {
+                continue;
+            };
+            let Some(reader) = part.reader(&needed, Some(&ranges), BATCH_ROWS)? else {
+                continue;
+            };
+            for batch in reader {
+                let batch = batch.map_err(Error::Arrow)?;
+                let filtered = self.filter(&batch)?;
+                if filtered.num_rows() == 0 {
+                    continue;
+                }
+                if !send(conform(&filtered, &self.output, None)?) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Columns to read from parts: the output plus what the filters need.
+    fn read_columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = self
+            .output
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        for c in [TIME, STREAM_ID] {
+            if !cols.iter().any(|x| x == c) {
+                cols.push(c.to_string());
+            }
+        }
+        if !self.req.line_contains.is_empty() && !cols.iter().any(|x| x == MESSAGE) {
+            cols.push(MESSAGE.to_string());
+        }
+        cols
+    }
+
+    /// The part's row ranges that may hold matching rows, or `None` when none can.
+    fn part_ranges(&self, part: &Part, tokens: &[u64]) -> Result<Option<Vec<Range<u64>>>> {
+        let (start, end) = (self.req.start_ns, self.req.end_ns);
+        let overlaps = |min: i64, max: i64| max >= start && min < end;
+        // Row groups that survive the time bounds and the token filters.
+        let mut keep = Vec::with_capacity(part.row_groups.len());
+        for (i, rg) in part.row_groups.iter().enumerate() {
+            let mut ok = overlaps(rg.min_time, rg.max_time);
+            if ok && !tokens.is_empty() {
+                if let Some(filter) = part.token_filter(i)? {
+                    ok = tokens.iter().all(|&h| filter.may_contain(h));
+                }
+            }
+            if !ok {
+                self.metrics.scan_skipped_row_groups.inc();
+                continue;
+            }
+            keep.push(rg.first_row..rg.first_row + rg.rows);
+        }
+        if keep.is_empty() {
+            return Ok(None);
+        }
+        let streams: Vec<Range<u64>> = match &self.streams {
+            None => return Ok(Some(keep)),
+            Some(set) => part
+                .streams
+                .iter()
+                .filter(|s| set.contains(&s.id) && overlaps(s.min_time, s.max_time))
+                .map(|s| s.first_row..s.first_row + s.rows)
+                .collect(),
+        };
+        let out = intersect(&streams, &keep);
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// Applies the time range, the stream set and the substrings exactly.
+    fn filter(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let mut mask = BooleanBufferBuilder::new(n);
+        mask.append_n(n, true);
+        if let Some(times) = batch.column_by_name(TIME) {
+            let times = times.as_primitive::<TimestampNanosecondType>();
+            for (i, t) in times.values().iter().enumerate() {
+                if *t < self.req.start_ns || *t >= self.req.end_ns {
+                    mask.set_bit(i, false);
+                }
+            }
+        }
+        if let (Some(set), Some(ids)) = (&self.streams, batch.column_by_name(STREAM_ID)) {
+            let ids = ids.as_primitive::<UInt64Type>();
+            for (i, id) in ids.values().iter().enumerate() {
+                if !set.contains(id) {
+                    mask.set_bit(i, false);
+                }
+            }
+        }
+        if !self.req.line_contains.is_empty() {
+            if let Some(msgs) = batch.column_by_name(MESSAGE) {
+                let msgs = msgs.as_string::<i32>();
+                let finders: Vec<memchr::memmem::Finder<'_>> = self
+                    .req
+                    .line_contains
+                    .iter()
+                    .map(|s| memchr::memmem::Finder::new(s.as_bytes()))
+                    .collect();
+                for i in 0..n {
+                    if mask.get_bit(i) {
+                        let line = msgs.value(i).as_bytes();
+                        if !finders.iter().all(|f| f.find(line).is_some()) {
+                            mask.set_bit(i, false);
+                        }
+                    }
+                }
+            }
+        }
+        let mask = BooleanArray::new(mask.finish(), None);
+        if mask.true_count() == n {
+            return Ok(batch.clone());
+        }
+        Ok(filter_record_batch(batch, &mask)?)
+    }
+}
+
+/// The intersection of two sorted lists of disjoint ranges.
+fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let s = a[i].start.max(b[j].start);
+        let e = a[i].end.min(b[j].end);
+        if s < e {
+            out.push(s..e);
+        }
+        if a[i].end < b[j].end { i += 1 } else { j += 1 }
+    }
+    out
+}
+
+/// Shapes a batch to `schema`: columns by name, missing ones as nulls, label columns of head data built
+/// from the catalog (`labels` maps a label column to its label name).
+pub(crate) fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    labels: Option<(&TenantStreams, &HashMap<String, String>)>,
+) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        if let Some(col) = batch.column_by_name(field.name()) {
+            if col.data_type() == field.data_type() {
+                columns.push(col.clone());
+            } else {
+                columns.push(arrow::compute::cast(col, field.data_type())?);
+            }
+            continue;
+        }
+        let from_labels = labels.and_then(|(streams, cols)| {
+            let label = cols.get(field.name())?;
+            let ids = batch
+                .column_by_name(STREAM_ID)?
+                .as_primitive::<UInt64Type>();
+            let mut cache: HashMap<u64, Option<Arc<Labels>>> = HashMap::new();
+            let values: StringArray = ids
+                .values()
+                .iter()
+                .map(|id| {
+                    let labels = cache
+                        .entry(*id)
+                        .or_insert_with(|| streams.labels(*id).cloned());
+                    labels
+                        .as_ref()
+                        .and_then(|l| l.get(label).map(str::to_string))
+                })
+                .collect();
+            Some(Arc::new(values) as ArrayRef)
+        });
+        columns.push(from_labels.unwrap_or_else(|| new_null_array(field.data_type(), n)));
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(n));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers() {
+        let m = LabelMatcher::new("app", MatchOp::Re, "api|web").unwrap();
+        assert!(m.matches("api") && !m.matches("api2"));
+        let m = LabelMatcher::new("app", MatchOp::Nre, "a.*").unwrap();
+        assert!(m.matches("") && !m.matches("abc"));
+        assert!(LabelMatcher::new("a", MatchOp::Re, "(").is_err());
+    }
+
+    #[test]
+    fn range_intersection() {
+        assert_eq!(intersect(&[0..10, 20..30], &[5..25]), vec![5..10, 20..25]);
+        assert_eq!(intersect(&[0..5], &[5..9]), vec![]);
+    }
+}

@@ -1,0 +1,226 @@
+//! Wire formats of log ingest, as pure decoders from request bytes to a [`LogBatch`]: Loki push (JSON and
+//! protobuf with snappy), JSON lines and Elasticsearch bulk (with VictoriaLogs' `_time_field`,
+//! `_msg_field` and `_stream_fields` parameters), and the body encodings they arrive in.
+//!
+//! Decoders know nothing of HTTP: the caller passes the content type, encoding and parameters, and maps
+//! [`WireError`] to a status code. A decoder either fails the whole request (malformed input: nothing of
+//! it is stored) or returns a batch plus per-entry [`Rejection`]s (an over-long line is dropped alone and
+//! counted).
+//!
+//! Invalid UTF-8 is replaced, not rejected: each invalid sequence becomes U+FFFD and the entry is kept, so
+//! a binary byte in one line never costs the rest of a batch. [`Decoded::invalid_utf8`] says when it
+//! happened.
+
+pub mod body;
+pub mod esbulk;
+pub mod jsonline;
+pub mod loki;
+
+mod flatten;
+
+use crate::model::LogBatch;
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted line in bytes; longer lines are rejected one by one.
+    pub max_line_bytes: usize,
+    /// Most labels a stream may have.
+    pub max_labels: usize,
+    /// Largest body, before and after decompression.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: 256 * 1024,
+            max_labels: 15,
+            max_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A request that cannot be stored at all.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WireError {
+    #[error("unsupported content type {content_type:?}; {expected}")]
+    UnsupportedContentType {
+        content_type: String,
+        expected: &'static str,
+    },
+
+    #[error("unsupported content encoding {encoding:?}; use gzip, deflate, zstd or none")]
+    UnsupportedEncoding { encoding: String },
+
+    #[error("request body is larger than the limit of {limit} bytes{}", if *.decompressed { " once decompressed" } else { "" })]
+    BodyTooLarge { limit: usize, decompressed: bool },
+
+    #[error("invalid {encoding} body: {reason}")]
+    Compression {
+        encoding: &'static str,
+        reason: String,
+    },
+
+    #[error("invalid protobuf PushRequest: {reason}")]
+    Protobuf { reason: String },
+
+    #[error("invalid JSON at line {line}, column {column}: {reason}")]
+    Json {
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+
+    #[error("stream {stream}: invalid labels {labels:?}: {reason}")]
+    Labels {
+        stream: usize,
+        labels: String,
+        reason: String,
+    },
+
+    #[error("stream {stream} has {count} labels, more than the limit of {limit}")]
+    TooManyLabels {
+        stream: usize,
+        count: usize,
+        limit: usize,
+    },
+
+    #[error("{location}: invalid timestamp {value:?}: {reason}")]
+    Timestamp {
+        location: String,
+        value: String,
+        reason: &'static str,
+    },
+
+    #[error("line {line}: {reason}")]
+    Bulk { line: usize, reason: String },
+}
+
+/// Why one entry of an otherwise good request was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    LineTooLong { bytes: usize, limit: usize },
+    UnsupportedAction { action: String },
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::LineTooLong { bytes, limit } => {
+                write!(
+                    f,
+                    "line of {bytes} bytes is longer than the limit of {limit} bytes"
+                )
+            }
+            RejectReason::UnsupportedAction { action } => {
+                write!(
+                    f,
+                    "bulk action {action:?} is not supported; use create or index"
+                )
+            }
+        }
+    }
+}
+
+impl RejectReason {
+    /// A short stable name, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RejectReason::LineTooLong { .. } => "line_too_long",
+            RejectReason::UnsupportedAction { .. } => "unsupported_action",
+        }
+    }
+}
+
+/// One dropped entry: its position among the request's entries (0-based) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    pub reason: RejectReason,
+}
+
+/// The outcome of decoding one request.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub batch: LogBatch,
+    /// Entries the request held, accepted and rejected.
+    pub total: usize,
+    pub rejected: Vec<Rejection>,
+    /// Bytes of the rejected lines.
+    pub rejected_bytes: usize,
+    /// True when invalid UTF-8 was replaced with U+FFFD somewhere in the request.
+    pub invalid_utf8: bool,
+}
+
+impl Decoded {
+    pub(crate) fn reject(&mut self, index: usize, bytes: usize, reason: RejectReason) {
+        self.rejected_bytes += bytes;
+        self.rejected.push(Rejection { index, reason });
+    }
+}
+
+/// VictoriaLogs-style field mapping of the JSON-lines and bulk endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldMapping {
+    /// Candidate names of the time field; the first present wins.
+    pub time_fields: Vec<String>,
+    /// Candidate names of the message field; the first non-empty wins.
+    pub msg_fields: Vec<String>,
+    /// Fields that name the stream and become its labels.
+    pub stream_fields: Vec<String>,
+    /// Fields to drop; a trailing `*` matches a prefix.
+    pub ignore_fields: Vec<String>,
+}
+
+impl FieldMapping {
+    /// The mapping from comma-separated parameter values, with the endpoint's default names for time and
+    /// message.
+    pub fn from_params(
+        time_field: Option<&str>,
+        msg_field: Option<&str>,
+        stream_fields: Option<&str>,
+        ignore_fields: Option<&str>,
+        default_time: &str,
+        default_msg: &str,
+    ) -> FieldMapping {
+        fn list(v: Option<&str>) -> Vec<String> {
+            v.map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+        }
+        let or_default =
+            |v: Vec<String>, d: &str| if v.is_empty() { vec![d.to_string()] } else { v };
+        FieldMapping {
+            time_fields: or_default(list(time_field), default_time),
+            msg_fields: or_default(list(msg_field), default_msg),
+            stream_fields: list(stream_fields),
+            ignore_fields: list(ignore_fields),
+        }
+    }
+
+    fn ignored(&self, name: &str) -> bool {
+        self.ignore_fields
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => p == name,
+            })
+    }
+}
+
+/// Replaces invalid UTF-8, remembering that it did.
+pub(crate) fn lossy_utf8<'a>(bytes: &'a [u8], invalid: &mut bool) -> std::borrow::Cow<'a, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => {
+            *invalid = true;
+            String::from_utf8_lossy(bytes)
+        }
+    }
+}
