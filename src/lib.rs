@@ -1,1 +1,16 @@
-//! placeholder
+//! The `lumen` binary's library half: configuration, the server wiring and its HTTP router, the log
+//! ingest handlers, and the server's own metrics. `main.rs` only parses the command line and dispatches;
+//! keeping the rest here lets the integration tests start a server in-process.
+//!
+//! **Architecture Invariant:** only this crate reads files and the environment, installs the tracing
+//! subscriber and builds the Tokio runtime.
+
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Running, start};

@@ -44,6 +44,14 @@ pub struct LogStore {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("data_dir", &self.inner.options.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 struct State {
     parts: Vec<Arc<Part>>,
     frozen: Vec<Arc<MemTable>>,
@@ -435,6 +443,15 @@ impl LogStore {
         table_schema(labels.iter(), fields.iter())
     }
 
+    /// The label names of a tenant's streams.
+    pub fn label_names(&self, tenant: &Tenant) -> Vec<String> {
+        self.inner
+            .catalog
+            .get(tenant)
+            .map(|t| t.read().label_names().iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Tenants that have written anything.
     pub fn tenants(&self) -> Vec<Tenant> {
         self.inner.catalog.tenants()
@@ -478,10 +495,10 @@ impl LogStore {
                 .map(|m| m.as_ref())
                 .chain(std::iter::once(&*active))
             {
-                if let Some(t) = mem.tenants.get(&req.tenant) {
-                    if overlaps(t.min_time, t.max_time) {
-                        head.extend(t.batches.iter().cloned());
-                    }
+                if let Some(t) = mem.tenants.get(&req.tenant)
+                    && overlaps(t.min_time, t.max_time)
+                {
+                    head.extend(t.batches.iter().cloned());
                 }
             }
             let parts: Vec<Arc<Part>> = st
@@ -719,11 +736,10 @@ impl LogStore {
                 _ = tick.tick() => {
                     let old = inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= tuning.head_max_age);
                     let stuck = !inner.state.read().frozen.is_empty();
-                    if old || stuck {
-                        if let Err(error) = self.flush().await {
+                    if (old || stuck)
+                        && let Err(error) = self.flush().await {
                             tracing::error!(%error, "flush failed; the head keeps the data and will retry");
                         }
-                    }
                     if last_maintenance.elapsed() >= tuning.maintenance_interval {
                         last_maintenance = Instant::now();
                         if let Err(error) = self.apply_retention().await {

@@ -228,10 +228,11 @@ impl ScanPlan {
         let mut keep = Vec::with_capacity(part.row_groups.len());
         for (i, rg) in part.row_groups.iter().enumerate() {
             let mut ok = overlaps(rg.min_time, rg.max_time);
-            if ok && !tokens.is_empty() {
-                if let Some(filter) = part.token_filter(i)? {
-                    ok = tokens.iter().all(|&h| filter.may_contain(h));
-                }
+            if ok
+                && !tokens.is_empty()
+                && let Some(filter) = part.token_filter(i)?
+            {
+                ok = tokens.iter().all(|&h| filter.may_contain(h));
             }
             if !ok {
                 self.metrics.scan_skipped_row_groups.inc();
@@ -276,21 +277,21 @@ impl ScanPlan {
                 }
             }
         }
-        if !self.req.line_contains.is_empty() {
-            if let Some(msgs) = batch.column_by_name(MESSAGE) {
-                let msgs = msgs.as_string::<i32>();
-                let finders: Vec<memchr::memmem::Finder<'_>> = self
-                    .req
-                    .line_contains
-                    .iter()
-                    .map(|s| memchr::memmem::Finder::new(s.as_bytes()))
-                    .collect();
-                for i in 0..n {
-                    if mask.get_bit(i) {
-                        let line = msgs.value(i).as_bytes();
-                        if !finders.iter().all(|f| f.find(line).is_some()) {
-                            mask.set_bit(i, false);
-                        }
+        if !self.req.line_contains.is_empty()
+            && let Some(msgs) = batch.column_by_name(MESSAGE)
+        {
+            let msgs = msgs.as_string::<i32>();
+            let finders: Vec<memchr::memmem::Finder<'_>> = self
+                .req
+                .line_contains
+                .iter()
+                .map(|s| memchr::memmem::Finder::new(s.as_bytes()))
+                .collect();
+            for i in 0..n {
+                if mask.get_bit(i) {
+                    let line = msgs.value(i).as_bytes();
+                    if !finders.iter().all(|f| f.find(line).is_some()) {
+                        mask.set_bit(i, false);
                     }
                 }
             }
@@ -379,6 +380,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // single ranges are the case under test
     fn range_intersection() {
         assert_eq!(intersect(&[0..10, 20..30], &[5..25]), vec![5..10, 20..25]);
         assert_eq!(intersect(&[0..5], &[5..9]), vec![]);

@@ -111,7 +111,7 @@ impl TokenFilter {
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<TokenFilter> {
-        if bytes.is_empty() || bytes.len() % 32 != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(32) {
             return None;
         }
         let blocks = bytes

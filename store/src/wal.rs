@@ -338,10 +338,11 @@ impl Writer {
                 }
             }
             self.commit(&mut buf, &mut group);
-            if self.failed.is_none() && self.segment.bytes >= self.segment_bytes {
-                if let Err(error) = self.rotate() {
-                    self.fail(error.to_string());
-                }
+            if self.failed.is_none()
+                && self.segment.bytes >= self.segment_bytes
+                && let Err(error) = self.rotate()
+            {
+                self.fail(error.to_string());
             }
         }
     }

@@ -29,6 +29,27 @@ pub struct Limits {
     pub max_labels: usize,
     /// Largest body, before and after decompression.
     pub max_body_bytes: usize,
+    /// Entries older than this (ns) are rejected: retention would delete them at once.
+    pub oldest_ns: i64,
+    /// Entries newer than this (ns) are rejected: a clock that far ahead is wrong.
+    pub newest_ns: i64,
+}
+
+impl Limits {
+    /// The rejection of an entry at `time_ns`, if its time is outside the accepted window.
+    pub(crate) fn check_time(&self, time_ns: i64) -> Option<RejectReason> {
+        if time_ns < self.oldest_ns {
+            Some(RejectReason::TooOld {
+                time: crate::time::format_rfc3339_ns(time_ns),
+            })
+        } else if time_ns > self.newest_ns {
+            Some(RejectReason::TooNew {
+                time: crate::time::format_rfc3339_ns(time_ns),
+            })
+        } else {
+            None
+        }
+    }
 }
 
 impl Default for Limits {
@@ -37,6 +58,8 @@ impl Default for Limits {
             max_line_bytes: 256 * 1024,
             max_labels: 15,
             max_body_bytes: 64 * 1024 * 1024,
+            oldest_ns: i64::MIN,
+            newest_ns: i64::MAX,
         }
     }
 }
@@ -102,6 +125,8 @@ pub enum WireError {
 pub enum RejectReason {
     LineTooLong { bytes: usize, limit: usize },
     UnsupportedAction { action: String },
+    TooOld { time: String },
+    TooNew { time: String },
 }
 
 impl std::fmt::Display for RejectReason {
@@ -119,6 +144,12 @@ impl std::fmt::Display for RejectReason {
                     "bulk action {action:?} is not supported; use create or index"
                 )
             }
+            RejectReason::TooOld { time } => {
+                write!(f, "timestamp {time} is older than the retention period")
+            }
+            RejectReason::TooNew { time } => {
+                write!(f, "timestamp {time} is more than 2 days in the future")
+            }
         }
     }
 }
@@ -129,6 +160,8 @@ impl RejectReason {
         match self {
             RejectReason::LineTooLong { .. } => "line_too_long",
             RejectReason::UnsupportedAction { .. } => "unsupported_action",
+            RejectReason::TooOld { .. } => "too_old",
+            RejectReason::TooNew { .. } => "too_new",
         }
     }
 }

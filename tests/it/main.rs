@@ -1,1 +1,11 @@
+//! The one integration-test binary. Servers run in-process on 127.0.0.1:0 with a temporary data
+//! directory, except where a real process is needed (kill -9, the directory lock, the CLI).
 
+mod bad_input;
+mod config;
+mod durability;
+#[cfg(feature = "external-tests")]
+mod elasticsearch_client;
+mod harness;
+mod ingest;
+mod retention;

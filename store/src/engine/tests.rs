@@ -158,3 +158,31 @@ async fn retention_drops_old_days_and_lock_excludes_a_second_opener() {
             .exists()
     );
 }
+
+#[tokio::test]
+async fn compaction_of_large_multi_stream_parts_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns() - 3 * NANOS_PER_DAY;
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    for k in 0..16 {
+        store
+            .append(&tenant(), batch(&format!("app{k}"), 0, 2000, t0))
+            .await
+            .unwrap();
+        if k == 7 {
+            store.flush().await.unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().parts, 2);
+    drop(store);
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 32_000);
+    assert_eq!(store.compact().await.unwrap(), 2);
+    assert_eq!(store.stats().parts, 1);
+    assert_eq!(store.stats().part_rows, 32_000);
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 32_000);
+    let mut req = ScanRequest::all(tenant());
+    req.columns = Some(vec!["app".into()]);
+    assert_eq!(count(&store, req).await, 32_000);
+}

@@ -100,6 +100,10 @@ impl<'m> DocSink<'m> {
             self.decoded.reject(index, line.len(), reason);
             return Ok(());
         }
+        if let Some(reason) = self.limits.check_time(time_ns.unwrap_or(self.received_ns)) {
+            self.decoded.reject(index, line.len(), reason);
+            return Ok(());
+        }
 
         // Stream labels, sorted by name, hashed before anything is allocated for them.
         let mut labels: Vec<(&str, usize)> = Vec::with_capacity(self.label_names.len());

@@ -364,6 +364,10 @@ fn push_entry(
         out.reject(index, line.len(), reason);
         return;
     }
+    if let Some(reason) = limits.check_time(time_ns) {
+        out.reject(index, line.len(), reason);
+        return;
+    }
     out.batch.entries.push(LogEntry {
         stream,
         time_ns,

@@ -1,0 +1,58 @@
+//! The query HTTP handlers and what they share: the tenant header, error envelopes, and timing.
+//! **API Boundary:** only this module knows the JSON shapes of the query APIs.
+
+pub mod sql;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use store::LogStore;
+use store::model::Tenant;
+
+use crate::config::QueryConfig;
+use crate::metrics::QueryMetrics;
+
+/// The header that names the tenant, as in Loki.
+pub const TENANT_HEADER: &str = "X-Scope-OrgID";
+
+/// What every query handler needs.
+#[derive(Clone)]
+pub struct QueryState {
+    pub store: LogStore,
+    pub config: QueryConfig,
+    pub metrics: Arc<QueryMetrics>,
+}
+
+/// The routes of the query APIs.
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/sql",
+            axum::routing::get(sql::handle).post(sql::handle),
+        )
+        .with_state(state)
+}
+
+/// The tenant named by `X-Scope-OrgID`, or `default`.
+///
+/// # Errors
+/// A 400 response naming the invalid tenant id.
+#[allow(clippy::result_large_err)]
+pub fn tenant(headers: &HeaderMap) -> Result<Tenant, Response> {
+    match headers.get(TENANT_HEADER) {
+        None => Ok(Tenant::default_tenant()),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("{TENANT_HEADER} is not valid ASCII\n"),
+                )
+                    .into_response()
+            })?;
+            Tenant::new(v.trim())
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response())
+        }
+    }
+}

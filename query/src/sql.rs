@@ -1,0 +1,268 @@
+//! SQL over the log store: the table `logs` of one tenant, answered by DataFusion.
+//!
+//! [`LogsTable`] hands DataFusion a single streaming partition fed by [`LogStore::scan`]. Filters that the
+//! store's indexes can use are pushed down as *inexact* (DataFusion still applies them): bounds on
+//! `time`, equality on a label column, and `message LIKE '%text%'`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use store::model::Tenant;
+use store::{LabelMatcher, LogStore, MatchOp, ScanRequest};
+
+/// The `logs` table of one tenant.
+#[derive(Debug)]
+pub struct LogsTable {
+    store: LogStore,
+    tenant: Tenant,
+    schema: SchemaRef,
+    label_columns: Vec<(String, String)>,
+}
+
+impl LogsTable {
+    pub fn new(store: LogStore, tenant: Tenant) -> LogsTable {
+        let schema = store.schema(&tenant);
+        let label_columns = store
+            .label_names(&tenant)
+            .into_iter()
+            .map(|name| (store::label_column(&name), name))
+            .collect();
+        LogsTable {
+            store,
+            tenant,
+            schema,
+            label_columns,
+        }
+    }
+
+    fn label_of(&self, column: &str) -> Option<&str> {
+        self.label_columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, l)| l.as_str())
+    }
+
+    /// Applies what the store can use of `expr` to `req`; true when it could use it.
+    fn push_down(&self, expr: &Expr, req: &mut ScanRequest) -> bool {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    let l = self.push_down(left, req);
+                    let r = self.push_down(right, req);
+                    return l || r;
+                }
+                let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(c), Expr::Literal(v, _)) => (c.name.as_str(), *op, v),
+                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
+                        Some(op) => (c.name.as_str(), op, v),
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+                if col == store::TIME {
+                    let Some(ns) = timestamp_ns(lit) else {
+                        return false;
+                    };
+                    match op {
+                        Operator::Gt => req.start_ns = req.start_ns.max(ns.saturating_add(1)),
+                        Operator::GtEq => req.start_ns = req.start_ns.max(ns),
+                        Operator::Lt => req.end_ns = req.end_ns.min(ns),
+                        Operator::LtEq => req.end_ns = req.end_ns.min(ns.saturating_add(1)),
+                        Operator::Eq => {
+                            req.start_ns = req.start_ns.max(ns);
+                            req.end_ns = req.end_ns.min(ns.saturating_add(1));
+                        }
+                        _ => return false,
+                    }
+                    return true;
+                }
+                if op == Operator::Eq
+                    && let (
+                        Some(label),
+                        ScalarValue::Utf8(Some(v)) | ScalarValue::Utf8View(Some(v)),
+                    ) = (self.label_of(col), lit)
+                    && let Ok(m) = LabelMatcher::new(label, MatchOp::Eq, v.clone())
+                {
+                    req.matchers.push(m);
+                    return true;
+                }
+                false
+            }
+            Expr::Like(like)
+                if !like.negated && !like.case_insensitive && like.escape_char.is_none() =>
+            {
+                let (
+                    Expr::Column(c),
+                    Expr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _),
+                ) = (like.expr.as_ref(), like.pattern.as_ref())
+                else {
+                    return false;
+                };
+                if c.name != store::MESSAGE {
+                    return false;
+                }
+                // Only '%literal%' with no wildcard inside is a plain substring search.
+                let inner = p.strip_prefix('%').and_then(|s| s.strip_suffix('%'));
+                match inner {
+                    Some(s) if !s.is_empty() && !s.contains(['%', '_', '\\']) => {
+                        req.line_contains.push(s.to_string());
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Expr::Between(b) if !b.negated => {
+                let Expr::Column(c) = b.expr.as_ref() else {
+                    return false;
+                };
+                let (Expr::Literal(lo, _), Expr::Literal(hi, _)) =
+                    (b.low.as_ref(), b.high.as_ref())
+                else {
+                    return false;
+                };
+                match (c.name == store::TIME, timestamp_ns(lo), timestamp_ns(hi)) {
+                    (true, Some(lo), Some(hi)) => {
+                        req.start_ns = req.start_ns.max(lo);
+                        req.end_ns = req.end_ns.min(hi.saturating_add(1));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+fn timestamp_ns(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for LogsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                let mut probe = ScanRequest::all(self.tenant.clone());
+                if self.push_down(f, &mut probe) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut req = ScanRequest::all(self.tenant.clone());
+        for f in filters {
+            self.push_down(f, &mut req);
+        }
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        req.columns = Some(schema.fields().iter().map(|f| f.name().clone()).collect());
+        let partition = Arc::new(ScanPartition {
+            store: self.store.clone(),
+            req,
+            schema: schema.clone(),
+        });
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema,
+            vec![partition],
+            None,
+            [],
+            false,
+            limit,
+        )?))
+    }
+}
+
+/// One streaming partition: a store scan.
+struct ScanPartition {
+    store: LogStore,
+    req: ScanRequest,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for ScanPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanPartition")
+            .field("tenant", &self.req.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for ScanPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let stream = match self.store.scan(self.req.clone()) {
+            Ok(scan) => scan
+                .stream
+                .map(|r| r.map_err(|e| DataFusionError::External(Box::new(e))))
+                .boxed(),
+            Err(e) => {
+                futures::stream::once(async move { Err(DataFusionError::External(Box::new(e))) })
+                    .boxed()
+            }
+        };
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// A session with the tenant's `logs` table registered.
+///
+/// # Errors
+/// DataFusion's registration error, which cannot happen for a fresh context.
+pub fn session(store: &LogStore, tenant: &Tenant) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "logs",
+        Arc::new(LogsTable::new(store.clone(), tenant.clone())),
+    )?;
+    Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! The configuration file. Every key has a default, so no file is needed to start; the common settings are
+//! also flags and `LUMEN_*` environment variables, which win over the file. `deploy/config.example.toml`
+//! lists every key with its default and a line of documentation, and a test keeps the two equal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub server: ServerConfig,
+    pub store: store::StoreConfig,
+    pub query: query::QueryConfig,
+}
+
+/// `[log]`: the server's own logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter in `RUST_LOG` syntax, e.g. "info" or "info,store=debug"; `RUST_LOG` wins when set.
+    pub level: String,
+    /// "text" for people, "json" for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[server]`: what `lumen server` listens on and where it keeps its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Directory of the write-ahead log, parts and catalog; locked by one process.
+    pub data_dir: PathBuf,
+    /// HTTP listen address: ingest, query, /metrics, /health, /ready.
+    pub http_addr: SocketAddr,
+    /// OTLP gRPC listen address (accepted now, served once OTLP ingest lands).
+    pub otlp_grpc_addr: SocketAddr,
+    /// Embedded MQTT endpoint address, or "off" (accepted now, served once MQTT ingest lands).
+    pub mqtt_listen: String,
+    /// Delete whole days of data older than this.
+    #[serde(with = "store::config::duration")]
+    pub retention: Duration,
+    /// Delete the oldest days while the data takes more than this on disk; "0" for no budget.
+    pub retention_max_disk: ByteSize,
+    /// Longest log line accepted; longer lines are rejected one by one and counted.
+    pub max_line_size: ByteSize,
+    /// Most labels a stream may have.
+    pub max_labels_per_stream: usize,
+    /// Largest request body, compressed or decompressed.
+    pub max_request_size: ByteSize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./lumen-data"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9700)),
+            otlp_grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            mqtt_listen: "127.0.0.1:1883".to_string(),
+            retention: Duration::from_secs(30 * 86_400),
+            retention_max_disk: ByteSize::b(0),
+            max_line_size: ByteSize::kib(256),
+            max_labels_per_stream: 15,
+            max_request_size: ByteSize::mib(64),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds an unknown key or a bad value (the message names it).
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks values that parse but cannot work.
+    ///
+    /// # Errors
+    /// A message that names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.store.validate().map_err(anyhow::Error::msg)?;
+        let s = &self.server;
+        if s.mqtt_listen != "off" && s.mqtt_listen.parse::<SocketAddr>().is_err() {
+            bail!(
+                "server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"",
+                s.mqtt_listen
+            );
+        }
+        if s.retention < Duration::from_secs(3600) {
+            bail!(
+                "server.retention = {} is below the minimum of 1h",
+                humantime::format_duration(s.retention)
+            );
+        }
+        if s.max_line_size.as_u64() == 0 || s.max_line_size > s.max_request_size {
+            bail!("server.max_line_size must be above 0 and at most server.max_request_size");
+        }
+        if s.max_labels_per_stream == 0 {
+            bail!("server.max_labels_per_stream must be at least 1");
+        }
+        if self.query.sql_max_rows == 0 {
+            bail!("query.sql_max_rows must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The defaults as TOML, for `lumen config defaults`.
+    pub fn defaults_toml() -> String {
+        toml::to_string(&Config::default()).unwrap_or_default()
+    }
+
+    pub fn wire_limits(&self) -> store::wire::Limits {
+        store::wire::Limits {
+            max_line_bytes: self.server.max_line_size.as_u64() as usize,
+            max_labels: self.server.max_labels_per_stream,
+            max_body_bytes: self.server.max_request_size.as_u64() as usize,
+            ..store::wire::Limits::default()
+        }
+    }
+}

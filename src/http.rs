@@ -1,0 +1,91 @@
+//! The HTTP router: ingest, query, and operations (`/health`, `/ready`, `/metrics`,
+//! `POST /api/v1/admin/flush`), all on one port.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use store::LogStore;
+
+use crate::metrics::IngestMetrics;
+
+pub use query::http::tenant;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: LogStore,
+    pub limits: store::wire::Limits,
+    /// The retention period: older entries are rejected at ingest.
+    pub retention: std::time::Duration,
+    pub ingest: Arc<IngestMetrics>,
+    pub registry: Arc<Registry>,
+    /// False once shutdown has begun, so that load balancers stop sending.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(app: AppState, query: query::http::QueryState) -> Router {
+    let limit = app.limits.max_body_bytes;
+    let ops = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/admin/flush", post(flush));
+    ops.merge(crate::ingest::router())
+        .with_state(app)
+        .merge(query::http::router(query))
+        .layer(DefaultBodyLimit::max(limit))
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    if app.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &app.registry) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Flushes the head to Parquet and answers with the store's figures.
+async fn flush(State(app): State<AppState>, _headers: HeaderMap) -> Response {
+    match app.store.flush().await {
+        Ok(()) => {
+            let s = app.store.stats();
+            let body = json!({"parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes, "head_rows": s.head_rows});
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flush failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,129 @@
+//! `lumen server`: opens the store, binds the HTTP port and runs until shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use store::{LogStore, StoreOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::AppState;
+use crate::metrics::IngestMetrics;
+
+/// A started server.
+pub struct Running {
+    /// The bound HTTP address (useful when the config asked for port 0).
+    pub http_addr: SocketAddr,
+    pub store: LogStore,
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+    http: JoinHandle<std::io::Result<()>>,
+    engine: JoinHandle<store::Result<()>>,
+}
+
+/// Opens the store (replaying its write-ahead log), binds the HTTP listener and starts serving.
+///
+/// # Errors
+/// An invalid config, a locked or unreadable data directory, or an address in use.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    config.validate()?;
+    let s = &config.server;
+    let mut registry = Registry::default();
+    let options = StoreOptions {
+        data_dir: s.data_dir.clone(),
+        retention: s.retention,
+        retention_max_disk: (s.retention_max_disk.as_u64() > 0).then_some(s.retention_max_disk),
+        tuning: config.store.clone(),
+    };
+    let store = tokio::task::block_in_place(|| LogStore::open(options, &mut registry))
+        .with_context(|| format!("cannot open the data directory {}", s.data_dir.display()))?;
+    let ingest = IngestMetrics::register(&mut registry);
+    let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
+    let listener = tokio::net::TcpListener::bind(s.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.http_addr / --http-addr)",
+                s.http_addr
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+    if s.mqtt_listen != "off" {
+        tracing::info!(addr = %s.mqtt_listen, "embedded MQTT endpoint is configured; it is not served by this version yet");
+    }
+    tracing::info!(addr = %s.otlp_grpc_addr, "OTLP gRPC is configured; it is not served by this version yet");
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let app = AppState {
+        store: store.clone(),
+        limits: config.wire_limits(),
+        retention: s.retention,
+        ingest,
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let query = query::http::QueryState {
+        store: store.clone(),
+        config: config.query.clone(),
+        metrics: query_metrics,
+    };
+    let router = crate::http::router(app, query);
+    let shutdown = CancellationToken::new();
+    let http = tokio::spawn({
+        let token = shutdown.clone();
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        }
+    });
+    let engine = tokio::spawn(store.clone().run(shutdown.clone()));
+    tracing::info!(%http_addr, data_dir = %s.data_dir.display(), "lumen server started");
+    Ok(Running {
+        http_addr,
+        store,
+        shutdown,
+        ready,
+        http,
+        engine,
+    })
+}
+
+impl Running {
+    /// Stops accepting work, finishes in-flight requests, flushes the head and closes the store.
+    ///
+    /// # Errors
+    /// The HTTP server's or the final flush's error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        self.http
+            .await
+            .context("http server task failed")?
+            .context("http server failed")?;
+        self.engine
+            .await
+            .context("store task failed")?
+            .context("final flush failed")?;
+        tracing::info!("lumen server stopped");
+        Ok(())
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops.
+    ///
+    /// # Errors
+    /// See [`Running::stop`].
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        self.stop().await
+    }
+}

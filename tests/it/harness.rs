@@ -1,0 +1,203 @@
+//! Shared helpers: servers in-process and as child processes, and an HTTP client.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lumen::Config;
+use serde_json::Value;
+
+/// The Loghub samples in `../shared/data/loghub`, as (system name, lines).
+pub fn loghub() -> Vec<(String, Vec<String>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub");
+    let mut out = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_2k.log"))
+        .collect();
+    names.sort();
+    for path in names {
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<String> = text
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect();
+        let name = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches("_2k.log")
+            .to_lowercase();
+        out.push((name, lines));
+    }
+    assert_eq!(out.len(), 16, "expected the 16 Loghub samples");
+    out
+}
+
+/// A config for a test server: loopback port 0, a temporary directory, MQTT off.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.data_dir = dir.to_path_buf();
+    c.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    c.server.mqtt_listen = "off".to_string();
+    c
+}
+
+/// An in-process server and a client for it.
+pub struct TestServer {
+    pub running: Option<lumen::Running>,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let running = lumen::start(config).await.expect("server starts");
+        let base = format!("http://{}", running.http_addr);
+        TestServer {
+            running: Some(running),
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.running.take().unwrap().stop().await.unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Runs SQL for a tenant and returns the rows.
+    pub async fn sql(&self, tenant: &str, sql: &str) -> Vec<Value> {
+        sql_rows(&self.client, &self.base, tenant, sql).await
+    }
+
+    pub async fn count(&self, tenant: &str) -> i64 {
+        self.sql(tenant, "SELECT count(*) AS n FROM logs").await[0]["n"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn flush(&self) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/admin/flush"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "flush: {}", r.text().await.unwrap());
+    }
+}
+
+pub async fn sql_rows(client: &reqwest::Client, base: &str, tenant: &str, sql: &str) -> Vec<Value> {
+    let r = client
+        .post(format!("{base}/api/v1/sql"))
+        .header("X-Scope-OrgID", tenant)
+        .body(sql.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{sql}: {body}");
+    body["rows"].as_array().unwrap().clone()
+}
+
+/// A free loopback port (bound and released; good enough for tests that start at once).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A `lumen server` child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    pub fn spawn(data_dir: &Path, addr: SocketAddr, extra: &[&str]) -> ServerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_lumen"))
+            .args([
+                "server",
+                "--mqtt-listen",
+                "off",
+                "--http-addr",
+                &addr.to_string(),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lumen");
+        ServerProcess {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("lumen exited with {status} before it was ready: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lumen did not become ready in 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no flush, no cleanup.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "lumen exited with {status} after SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
