@@ -32,10 +32,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".to_string(),
-            format: LogFormat::Text,
-        }
+        LogConfig { level: "info".to_string(), format: LogFormat::Text }
     }
 }
 
@@ -93,8 +90,8 @@ impl Config {
     /// # Errors
     /// When the file cannot be read or holds an unknown key or a bad value (the message names it).
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -110,16 +107,10 @@ impl Config {
         self.store.validate().map_err(anyhow::Error::msg)?;
         let s = &self.server;
         if s.mqtt_listen != "off" && s.mqtt_listen.parse::<SocketAddr>().is_err() {
-            bail!(
-                "server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"",
-                s.mqtt_listen
-            );
+            bail!("server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"", s.mqtt_listen);
         }
         if s.retention < Duration::from_secs(3600) {
-            bail!(
-                "server.retention = {} is below the minimum of 1h",
-                humantime::format_duration(s.retention)
-            );
+            bail!("server.retention = {} is below the minimum of 1h", humantime::format_duration(s.retention));
         }
         if s.max_line_size.as_u64() == 0 || s.max_line_size > s.max_request_size {
             bail!("server.max_line_size must be above 0 and at most server.max_request_size");

@@ -36,7 +36,8 @@ pub fn router(app: AppState, query: query::http::QueryState) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/api/v1/admin/flush", post(flush));
+        .route("/api/v1/admin/flush", post(flush))
+        .route("/api/v1/admin/compact", post(compact));
     ops.merge(crate::ingest::router())
         .with_state(app)
         .merge(query::http::router(query))
@@ -54,20 +55,9 @@ async fn ready(State(app): State<AppState>) -> Response {
 async fn metrics(State(app): State<AppState>) -> Response {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &app.registry) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode metrics: {e}\n"),
-        )
-            .into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}\n")).into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
 /// Flushes the head to Parquet and answers with the store's figures.
@@ -76,16 +66,26 @@ async fn flush(State(app): State<AppState>, _headers: HeaderMap) -> Response {
         Ok(()) => {
             let s = app.store.stats();
             let body = json!({"parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes, "head_rows": s.head_rows});
-            (
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response()
+            ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("flush failed: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("flush failed: {e}\n")).into_response(),
+    }
+}
+
+/// Flushes, then compacts now whatever compaction would merge at its next round.
+async fn compact(State(app): State<AppState>) -> Response {
+    let res = async {
+        app.store.flush().await?;
+        app.store.compact().await
+    }
+    .await;
+    match res {
+        Ok(merged) => {
+            let s = app.store.stats();
+            let body =
+                json!({"merged_parts": merged, "parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes});
+            ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("compaction failed: {e}\n")).into_response(),
     }
 }

@@ -42,10 +42,7 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{ES}/_ingest/{{*rest}}"), any(es_empty))
         .route(&format!("{ES}/_nodes/{{*rest}}"), any(es_empty))
         .layer(axum::middleware::map_response(es_product_header));
-    Router::new()
-        .route("/loki/api/v1/push", post(loki_push))
-        .route("/insert/jsonline", post(jsonline_insert))
-        .merge(es)
+    Router::new().route("/loki/api/v1/push", post(loki_push)).route("/insert/jsonline", post(jsonline_insert)).merge(es)
 }
 
 /// The decoding limits of a request received at `now`: entries must fall between the retention cutoff
@@ -97,8 +94,7 @@ fn decode_with<T>(
     decode: impl FnOnce(&[u8]) -> Result<T, WireError>,
 ) -> Result<T, (StatusCode, String)> {
     let limit = app.limits.max_body_bytes;
-    let res = body::decode(header_str(headers, header::CONTENT_ENCODING), body, limit)
-        .and_then(|b| decode(&b));
+    let res = body::decode(header_str(headers, header::CONTENT_ENCODING), body, limit).and_then(|b| decode(&b));
     res.map_err(|e| {
         let status = wire_status(&e);
         app.ingest.rejected_request(protocol, status.as_u16());
@@ -184,12 +180,7 @@ fn mapping(
     default_time: &str,
     default_msg: &str,
 ) -> FieldMapping {
-    let get = |param: &str, hdr: &str| {
-        params
-            .get(param)
-            .map(String::as_str)
-            .or_else(|| header_str(headers, hdr))
-    };
+    let get = |param: &str, hdr: &str| params.get(param).map(String::as_str).or_else(|| header_str(headers, hdr));
     FieldMapping::from_params(
         get("_time_field", "VL-Time-Field"),
         get("_msg_field", "VL-Msg-Field"),
@@ -222,18 +213,10 @@ async fn jsonline_insert(
     if let Err(r) = store_decoded(&app, "jsonline", &tenant, &mut decoded).await {
         return r;
     }
-    let errors: Vec<String> = decoded
-        .rejected
-        .iter()
-        .take(10)
-        .map(|r| format!("line {}: {}", r.index + 1, r.reason))
-        .collect();
+    let errors: Vec<String> =
+        decoded.rejected.iter().take(10).map(|r| format!("line {}: {}", r.index + 1, r.reason)).collect();
     let body = json!({"accepted": decoded.total - decoded.rejected.len(), "rejected": decoded.rejected.len(), "errors": errors});
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// `POST|PUT /insert/elasticsearch/[<index>/]_bulk`: always 200 with per-item statuses, as Elasticsearch
@@ -258,23 +241,14 @@ async fn es_bulk(
         Ok(d) => d,
         Err((status, msg)) => {
             let body = json!({"error": {"type": "parse_exception", "reason": msg}, "status": status.as_u16()});
-            return (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response();
+            return (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
         }
     };
     if let Err(r) = store_decoded(&app, "elasticsearch", &tenant, &mut decoded).await {
         return r;
     }
     let took = started.elapsed().as_millis() as u64;
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        bulk_response(took, &items, &decoded),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], bulk_response(took, &items, &decoded)).into_response()
 }
 
 /// `{"took":N,"errors":false,"items":[{"create":{"_index":"x","status":201}}, ...]}`, compact: Vector
@@ -292,16 +266,12 @@ fn bulk_response(took: u64, items: &[BulkItem], decoded: &Decoded) -> String {
                 body.insert("status".into(), json!(400));
                 let kind = match r.reason {
                     store::wire::RejectReason::LineTooLong { .. } => "document_too_large_exception",
-                    store::wire::RejectReason::UnsupportedAction { .. } => {
-                        "action_request_validation_exception"
+                    store::wire::RejectReason::UnsupportedAction { .. } => "action_request_validation_exception",
+                    store::wire::RejectReason::TooOld { .. } | store::wire::RejectReason::TooNew { .. } => {
+                        "illegal_argument_exception"
                     }
-                    store::wire::RejectReason::TooOld { .. }
-                    | store::wire::RejectReason::TooNew { .. } => "illegal_argument_exception",
                 };
-                body.insert(
-                    "error".into(),
-                    json!({"type": kind, "reason": r.reason.to_string()}),
-                );
+                body.insert("error".into(), json!({"type": kind, "reason": r.reason.to_string()}));
             }
             None => {
                 body.insert("status".into(), json!(201));
@@ -314,10 +284,7 @@ fn bulk_response(took: u64, items: &[BulkItem], decoded: &Decoded) -> String {
 }
 
 async fn es_product_header(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        "x-elastic-product",
-        HeaderValue::from_static("Elasticsearch"),
-    );
+    response.headers_mut().insert("x-elastic-product", HeaderValue::from_static("Elasticsearch"));
     response
 }
 
@@ -328,30 +295,18 @@ async fn es_root() -> Response {
         "version": {"number": ES_VERSION, "build_flavor": "default", "lucene_version": "9.12.0", "minimum_wire_compatibility_version": "7.17.0", "minimum_index_compatibility_version": "7.0.0"},
         "tagline": "You Know, for Search"
     });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        [("x-elastic-product", "Elasticsearch")],
-        body.to_string(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], [("x-elastic-product", "Elasticsearch")], body.to_string())
         .into_response()
 }
 
 async fn es_license() -> Response {
     let body = json!({"license": {"uid": "lumen", "type": "basic", "status": "active", "expiry_date_in_millis": 4_000_000_000_000u64}});
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn es_health() -> Response {
     let body = json!({"cluster_name": "lumen", "status": "green", "timed_out": false, "number_of_nodes": 1, "number_of_data_nodes": 1});
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn es_empty() -> Response {

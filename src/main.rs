@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand};
 use lumen::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(
-    name = "lumen",
-    version,
-    about = "Logs, metrics and device telemetry in one lean binary"
-)]
+#[command(name = "lumen", version, about = "Logs, metrics and device telemetry in one lean binary")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,19 +93,14 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Server(args) => server_config(args).and_then(|config| {
             lumen::telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("lumen")
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lumen").build()?;
             runtime.block_on(async { lumen::start(config).await?.run_until_signal().await })
         }),
-        Command::Config(ConfigCommand::Check { config }) => {
-            Config::from_file(&config).and_then(|c| {
-                c.validate()?;
-                eprintln!("{}: ok", config.display());
-                Ok(())
-            })
-        }
+        Command::Config(ConfigCommand::Check { config }) => Config::from_file(&config).and_then(|c| {
+            c.validate()?;
+            eprintln!("{}: ok", config.display());
+            Ok(())
+        }),
         Command::Config(ConfigCommand::Defaults) => {
             #[allow(clippy::print_stdout)] // this command's output is the document itself
             {

@@ -34,28 +34,15 @@ impl IngestMetrics {
         };
         let r = registry.sub_registry_with_prefix("lumen_ingest");
         r.register("lines", "log lines stored, by protocol", m.lines.clone());
-        r.register_with_unit(
-            "line",
-            "bytes of log lines stored, by protocol",
-            Unit::Bytes,
-            m.bytes.clone(),
-        );
-        r.register(
-            "rejected_lines",
-            "log lines rejected one by one, by protocol and reason",
-            m.rejected_lines.clone(),
-        );
+        r.register_with_unit("line", "bytes of log lines stored, by protocol", Unit::Bytes, m.bytes.clone());
+        r.register("rejected_lines", "log lines rejected one by one, by protocol and reason", m.rejected_lines.clone());
         r.register_with_unit(
             "rejected_line",
             "bytes of rejected log lines, by protocol",
             Unit::Bytes,
             m.rejected_bytes.clone(),
         );
-        r.register(
-            "rejected_requests",
-            "whole requests rejected, by protocol and status",
-            m.rejected_requests.clone(),
-        );
+        r.register("rejected_requests", "whole requests rejected, by protocol and status", m.rejected_requests.clone());
         r.register(
             "invalid_utf8_requests",
             "requests in which invalid UTF-8 was replaced with U+FFFD, by protocol",
@@ -65,21 +52,15 @@ impl IngestMetrics {
     }
 
     pub fn accepted(&self, protocol: &str, lines: usize, bytes: usize) {
-        self.lines
-            .get_or_create(&proto(protocol))
-            .inc_by(lines as u64);
-        self.bytes
-            .get_or_create(&proto(protocol))
-            .inc_by(bytes as u64);
+        self.lines.get_or_create(&proto(protocol)).inc_by(lines as u64);
+        self.bytes.get_or_create(&proto(protocol)).inc_by(bytes as u64);
     }
 
     pub fn rejected(&self, protocol: &str, reason: &str, bytes: usize) {
         let mut l = proto(protocol);
         l.push(("reason".to_string(), reason.to_string()));
         self.rejected_lines.get_or_create(&l).inc();
-        self.rejected_bytes
-            .get_or_create(&proto(protocol))
-            .inc_by(bytes as u64);
+        self.rejected_bytes.get_or_create(&proto(protocol)).inc_by(bytes as u64);
     }
 
     pub fn rejected_request(&self, protocol: &str, status: u16) {
@@ -89,8 +70,6 @@ impl IngestMetrics {
     }
 
     pub fn invalid_utf8(&self, protocol: &str) {
-        self.invalid_utf8_requests
-            .get_or_create(&proto(protocol))
-            .inc();
+        self.invalid_utf8_requests.get_or_create(&proto(protocol)).inc();
     }
 }

@@ -45,12 +45,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
     let listener = tokio::net::TcpListener::bind(s.http_addr)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.http_addr / --http-addr)",
-                s.http_addr
-            )
-        })?;
+        .with_context(|| format!("cannot listen on {} (server.http_addr / --http-addr)", s.http_addr))?;
     let http_addr = listener.local_addr()?;
     if s.mqtt_listen != "off" {
         tracing::info!(addr = %s.mqtt_listen, "embedded MQTT endpoint is configured; it is not served by this version yet");
@@ -66,31 +61,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Arc::new(registry),
         ready: ready.clone(),
     };
-    let query = query::http::QueryState {
-        store: store.clone(),
-        config: config.query.clone(),
-        metrics: query_metrics,
-    };
+    let query = query::http::QueryState { store: store.clone(), config: config.query.clone(), metrics: query_metrics };
     let router = crate::http::router(app, query);
     let shutdown = CancellationToken::new();
     let http = tokio::spawn({
         let token = shutdown.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-        }
+        async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     tracing::info!(%http_addr, data_dir = %s.data_dir.display(), "lumen server started");
-    Ok(Running {
-        http_addr,
-        store,
-        shutdown,
-        ready,
-        http,
-        engine,
-    })
+    Ok(Running { http_addr, store, shutdown, ready, http, engine })
 }
 
 impl Running {
@@ -101,14 +81,8 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
-        self.http
-            .await
-            .context("http server task failed")?
-            .context("http server failed")?;
-        self.engine
-            .await
-            .context("store task failed")?
-            .context("final flush failed")?;
+        self.http.await.context("http server task failed")?.context("http server failed")?;
+        self.engine.await.context("store task failed")?.context("final flush failed")?;
         tracing::info!("lumen server stopped");
         Ok(())
     }

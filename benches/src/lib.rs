@@ -1,1 +1,72 @@
+//! Inputs shared by the criterion benches: request bodies built from the Loghub samples, seeded, so that
+//! every run measures the same bytes.
 
+use std::path::Path;
+
+use serde_json::json;
+use store::wire::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
+
+/// Loghub lines of all 16 systems, interleaved.
+pub fn loghub_lines() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with("_2k.log")).collect())
+        .unwrap_or_default();
+    names.sort();
+    for path in names {
+        let app = path
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches("_2k.log").to_lowercase())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            out.push((app.clone(), line.to_string()));
+        }
+    }
+    out
+}
+
+/// `n` lines as a JSON-lines body with five stream fields, as `gen_logs.py` writes them.
+pub fn jsonline_body(lines: &[(String, String)], n: usize, t0: i64) -> Vec<u8> {
+    let mut body = String::new();
+    for (i, (app, line)) in lines.iter().cycle().take(n).enumerate() {
+        let pod = i % 200;
+        let v = json!({"_time": store::time::format_rfc3339_ns(t0 + i as i64 * 100_000), "_msg": line,
+            "namespace": format!("ns-{}", pod % 10), "pod": format!("{app}-{pod:05}"), "container": app, "app": app,
+            "node": format!("node-{}", pod % 8)});
+        body.push_str(&v.to_string());
+        body.push('\n');
+    }
+    body.into_bytes()
+}
+
+/// `n` lines as a Loki push JSON body, one stream per app.
+pub fn loki_json_body(lines: &[(String, String)], n: usize, t0: i64) -> Vec<u8> {
+    let mut streams: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = Default::default();
+    for (i, (app, line)) in lines.iter().cycle().take(n).enumerate() {
+        streams.entry(app).or_default().push(json!([(t0 + i as i64).to_string(), line]));
+    }
+    let streams: Vec<_> =
+        streams.into_iter().map(|(app, values)| json!({"stream": {"app": app}, "values": values})).collect();
+    json!({ "streams": streams }).to_string().into_bytes()
+}
+
+/// `n` lines as a Loki push protobuf body (snappy), one stream per app.
+pub fn loki_proto_body(lines: &[(String, String)], n: usize, t0: i64) -> Vec<u8> {
+    let mut streams: std::collections::BTreeMap<&str, Vec<EntryAdapter>> = Default::default();
+    for (i, (app, line)) in lines.iter().cycle().take(n).enumerate() {
+        let ns = t0 + i as i64;
+        streams.entry(app).or_default().push(EntryAdapter {
+            timestamp: Some(Timestamp { seconds: ns / 1_000_000_000, nanos: (ns % 1_000_000_000) as i32 }),
+            line: line.clone().into_bytes(),
+            structured_metadata: vec![],
+            parsed: vec![],
+        });
+    }
+    let streams = streams
+        .into_iter()
+        .map(|(app, entries)| StreamAdapter { labels: format!("{{app=\"{app}\"}}").into_bytes(), entries, hash: 0 })
+        .collect();
+    encode_protobuf(&PushRequest { streams })
+}

@@ -17,9 +17,6 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig {
-            timeout: Duration::from_secs(60),
-            sql_max_rows: 100_000,
-        }
+        QueryConfig { timeout: Duration::from_secs(60), sql_max_rows: 100_000 }
     }
 }

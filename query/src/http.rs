@@ -27,12 +27,7 @@ pub struct QueryState {
 
 /// The routes of the query APIs.
 pub fn router(state: QueryState) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/sql",
-            axum::routing::get(sql::handle).post(sql::handle),
-        )
-        .with_state(state)
+    Router::new().route("/api/v1/sql", axum::routing::get(sql::handle).post(sql::handle)).with_state(state)
 }
 
 /// The tenant named by `X-Scope-OrgID`, or `default`.
@@ -45,14 +40,9 @@ pub fn tenant(headers: &HeaderMap) -> Result<Tenant, Response> {
         None => Ok(Tenant::default_tenant()),
         Some(v) => {
             let v = v.to_str().map_err(|_| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("{TENANT_HEADER} is not valid ASCII\n"),
-                )
-                    .into_response()
+                (StatusCode::BAD_REQUEST, format!("{TENANT_HEADER} is not valid ASCII\n")).into_response()
             })?;
-            Tenant::new(v.trim())
-                .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response())
+            Tenant::new(v.trim()).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response())
         }
     }
 }

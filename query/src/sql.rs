@@ -35,24 +35,13 @@ pub struct LogsTable {
 impl LogsTable {
     pub fn new(store: LogStore, tenant: Tenant) -> LogsTable {
         let schema = store.schema(&tenant);
-        let label_columns = store
-            .label_names(&tenant)
-            .into_iter()
-            .map(|name| (store::label_column(&name), name))
-            .collect();
-        LogsTable {
-            store,
-            tenant,
-            schema,
-            label_columns,
-        }
+        let label_columns =
+            store.label_names(&tenant).into_iter().map(|name| (store::label_column(&name), name)).collect();
+        LogsTable { store, tenant, schema, label_columns }
     }
 
     fn label_of(&self, column: &str) -> Option<&str> {
-        self.label_columns
-            .iter()
-            .find(|(c, _)| c == column)
-            .map(|(_, l)| l.as_str())
+        self.label_columns.iter().find(|(c, _)| c == column).map(|(_, l)| l.as_str())
     }
 
     /// Applies what the store can use of `expr` to `req`; true when it could use it.
@@ -90,10 +79,8 @@ impl LogsTable {
                     return true;
                 }
                 if op == Operator::Eq
-                    && let (
-                        Some(label),
-                        ScalarValue::Utf8(Some(v)) | ScalarValue::Utf8View(Some(v)),
-                    ) = (self.label_of(col), lit)
+                    && let (Some(label), ScalarValue::Utf8(Some(v)) | ScalarValue::Utf8View(Some(v))) =
+                        (self.label_of(col), lit)
                     && let Ok(m) = LabelMatcher::new(label, MatchOp::Eq, v.clone())
                 {
                     req.matchers.push(m);
@@ -101,13 +88,9 @@ impl LogsTable {
                 }
                 false
             }
-            Expr::Like(like)
-                if !like.negated && !like.case_insensitive && like.escape_char.is_none() =>
-            {
-                let (
-                    Expr::Column(c),
-                    Expr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _),
-                ) = (like.expr.as_ref(), like.pattern.as_ref())
+            Expr::Like(like) if !like.negated && !like.case_insensitive && like.escape_char.is_none() => {
+                let (Expr::Column(c), Expr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _)) =
+                    (like.expr.as_ref(), like.pattern.as_ref())
                 else {
                     return false;
                 };
@@ -128,9 +111,7 @@ impl LogsTable {
                 let Expr::Column(c) = b.expr.as_ref() else {
                     return false;
                 };
-                let (Expr::Literal(lo, _), Expr::Literal(hi, _)) =
-                    (b.low.as_ref(), b.high.as_ref())
-                else {
+                let (Expr::Literal(lo, _), Expr::Literal(hi, _)) = (b.low.as_ref(), b.high.as_ref()) else {
                     return false;
                 };
                 match (c.name == store::TIME, timestamp_ns(lo), timestamp_ns(hi)) {
@@ -167,10 +148,7 @@ impl TableProvider for LogsTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
             .map(|f| {
@@ -200,19 +178,8 @@ impl TableProvider for LogsTable {
             None => self.schema.clone(),
         };
         req.columns = Some(schema.fields().iter().map(|f| f.name().clone()).collect());
-        let partition = Arc::new(ScanPartition {
-            store: self.store.clone(),
-            req,
-            schema: schema.clone(),
-        });
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            vec![partition],
-            None,
-            [],
-            false,
-            limit,
-        )?))
+        let partition = Arc::new(ScanPartition { store: self.store.clone(), req, schema: schema.clone() });
+        Ok(Arc::new(StreamingTableExec::try_new(schema, vec![partition], None, [], false, limit)?))
     }
 }
 
@@ -225,9 +192,7 @@ struct ScanPartition {
 
 impl std::fmt::Debug for ScanPartition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScanPartition")
-            .field("tenant", &self.req.tenant)
-            .finish_non_exhaustive()
+        f.debug_struct("ScanPartition").field("tenant", &self.req.tenant).finish_non_exhaustive()
     }
 }
 
@@ -238,14 +203,8 @@ impl PartitionStream for ScanPartition {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let stream = match self.store.scan(self.req.clone()) {
-            Ok(scan) => scan
-                .stream
-                .map(|r| r.map_err(|e| DataFusionError::External(Box::new(e))))
-                .boxed(),
-            Err(e) => {
-                futures::stream::once(async move { Err(DataFusionError::External(Box::new(e))) })
-                    .boxed()
-            }
+            Ok(scan) => scan.stream.map(|r| r.map_err(|e| DataFusionError::External(Box::new(e)))).boxed(),
+            Err(e) => futures::stream::once(async move { Err(DataFusionError::External(Box::new(e))) }).boxed(),
         };
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
@@ -257,10 +216,7 @@ impl PartitionStream for ScanPartition {
 /// DataFusion's registration error, which cannot happen for a fresh context.
 pub fn session(store: &LogStore, tenant: &Tenant) -> Result<SessionContext> {
     let ctx = SessionContext::new();
-    ctx.register_table(
-        "logs",
-        Arc::new(LogsTable::new(store.clone(), tenant.clone())),
-    )?;
+    ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone())))?;
     Ok(ctx)
 }
 

@@ -58,10 +58,7 @@ pub(crate) struct Catalog {
 impl Catalog {
     /// Loads every tenant's stream file under `<data>/logs`.
     pub(crate) fn load(data_dir: &Path) -> Result<Catalog> {
-        let catalog = Catalog {
-            data_dir: data_dir.to_path_buf(),
-            tenants: RwLock::default(),
-        };
+        let catalog = Catalog { data_dir: data_dir.to_path_buf(), tenants: RwLock::default() };
         let logs = data_dir.join("logs");
         let Ok(dir) = fs::read_dir(&logs) else {
             return Ok(catalog);
@@ -91,11 +88,7 @@ impl Catalog {
         if let Some(t) = self.tenants.read().get(tenant) {
             return t.clone();
         }
-        self.tenants
-            .write()
-            .entry(tenant.clone())
-            .or_default()
-            .clone()
+        self.tenants.write().entry(tenant.clone()).or_default().clone()
     }
 
     pub(crate) fn get(&self, tenant: &Tenant) -> Option<Arc<RwLock<TenantStreams>>> {
@@ -122,11 +115,7 @@ impl Catalog {
 
     /// The ids of the tenant's streams that match every matcher; `None` when there are no matchers
     /// (every stream matches).
-    pub(crate) fn matching(
-        &self,
-        tenant: &Tenant,
-        matchers: &[LabelMatcher],
-    ) -> Option<HashSet<u64>> {
+    pub(crate) fn matching(&self, tenant: &Tenant, matchers: &[LabelMatcher]) -> Option<HashSet<u64>> {
         if matchers.is_empty() {
             return None;
         }
@@ -137,11 +126,7 @@ impl Catalog {
         Some(
             t.by_id
                 .iter()
-                .filter(|(_, labels)| {
-                    matchers
-                        .iter()
-                        .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
-                })
+                .filter(|(_, labels)| matchers.iter().all(|m| m.matches(labels.get(&m.name).unwrap_or(""))))
                 .map(|(&id, _)| id)
                 .collect(),
         )
@@ -171,14 +156,8 @@ impl Catalog {
                 buf.extend_from_slice(&crc32fast::hash(&rec).to_le_bytes());
                 buf.extend_from_slice(&rec);
             }
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(Error::io("open", &path))?;
-            f.write_all(&buf)
-                .and_then(|()| f.sync_data())
-                .map_err(Error::io("write", &path))?;
+            let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io("open", &path))?;
+            f.write_all(&buf).and_then(|()| f.sync_data()).map_err(Error::io("write", &path))?;
             crate::manifest::sync_dir(&dir)?;
             streams.unpersisted.clear();
         }
@@ -190,9 +169,7 @@ impl Catalog {
 /// the WAL.
 fn read_stream_file(path: &Path, mut f: impl FnMut(StreamId, Labels)) -> Result<()> {
     let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut file| file.read_to_end(&mut data))
-        .map_err(Error::io("read", path))?;
+    File::open(path).and_then(|mut file| file.read_to_end(&mut data)).map_err(Error::io("read", path))?;
     let mut pos = 0;
     while pos + 8 <= data.len() {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
@@ -216,11 +193,7 @@ fn read_stream_file(path: &Path, mut f: impl FnMut(StreamId, Labels)) -> Result<
         match parsed {
             Ok(labels) => f(id, labels),
             Err(reason) => {
-                return Err(Error::Corrupt {
-                    what: "stream catalog",
-                    path: path.to_path_buf(),
-                    reason,
-                });
+                return Err(Error::Corrupt { what: "stream catalog", path: path.to_path_buf(), reason });
             }
         }
         pos += 8 + len;

@@ -14,12 +14,7 @@ const KIND_LOGS_V1: u8 = 1;
 
 /// Encodes a tenant's batch as a WAL payload.
 pub(crate) fn encode(tenant: &Tenant, batch: &LogBatch) -> Vec<u8> {
-    let estimate = 64
-        + batch
-            .entries
-            .iter()
-            .map(|e| e.line.len() + 8 + e.fields.len() * 16)
-            .sum::<usize>();
+    let estimate = 64 + batch.entries.iter().map(|e| e.line.len() + 8 + e.fields.len() * 16).sum::<usize>();
     let mut out = Vec::with_capacity(estimate);
     out.push(KIND_LOGS_V1);
     put_str(&mut out, tenant.as_str());
@@ -64,18 +59,13 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch), String> {
     let n_streams = r.len()?;
     let mut streams = Vec::with_capacity(n_streams);
     for _ in 0..n_streams {
-        let id = crate::model::StreamId(u64::from_le_bytes(
-            r.take(8)?.try_into().unwrap_or_default(),
-        ));
+        let id = crate::model::StreamId(u64::from_le_bytes(r.take(8)?.try_into().unwrap_or_default()));
         let n = r.len()?;
         let mut pairs = Vec::with_capacity(n);
         for _ in 0..n {
             pairs.push((r.str()?.to_string(), r.str()?.to_string()));
         }
-        streams.push(BatchStream {
-            id,
-            labels: Labels::from_pairs(pairs),
-        });
+        streams.push(BatchStream { id, labels: Labels::from_pairs(pairs) });
     }
     let n_entries = r.len()?;
     let mut entries = Vec::with_capacity(n_entries);
@@ -83,10 +73,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch), String> {
     for _ in 0..n_entries {
         let stream = r.varint()? as u32;
         if stream as usize >= streams.len() {
-            return Err(format!(
-                "entry points at stream {stream} of {}",
-                streams.len()
-            ));
+            return Err(format!("entry points at stream {stream} of {}", streams.len()));
         }
         let z = r.varint()?;
         let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
@@ -98,12 +85,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch), String> {
         for _ in 0..n {
             fields.push((r.str()?.to_string(), r.str()?.to_string()));
         }
-        entries.push(LogEntry {
-            stream,
-            time_ns,
-            line,
-            fields,
-        });
+        entries.push(LogEntry { stream, time_ns, line, fields });
     }
     if r.pos != buf.len() {
         return Err(format!("{} trailing bytes", buf.len() - r.pos));
@@ -131,11 +113,7 @@ pub(crate) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or("truncated record")?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("truncated record")?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)

@@ -23,23 +23,22 @@ use crate::part::{Part, PartWriter, WriteOptions};
 use crate::scan::conform;
 
 /// Groups of parts to merge: per tenant and day, the parts below the size cap, oldest first, once there
-/// are `compaction_min_parts` of them (or two, for a day that is over), up to the size cap in total.
+/// are `compaction_min_parts` of them (or two, for a day that is over), up to the size cap in total. A day
+/// that is over and holds a single flushed (level 0) part gets that part rewritten alone, so that every
+/// finished day rests at the compaction zstd level.
 pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Vec<Arc<Part>>> {
     let cap = cfg.compaction_max_part_size.as_u64();
     let mut groups: BTreeMap<(&str, i64), Vec<&Arc<Part>>> = BTreeMap::new();
     for p in parts.iter().filter(|p| p.meta.disk_bytes() < cap) {
-        groups
-            .entry((p.meta.tenant.as_str(), p.meta.day))
-            .or_default()
-            .push(p);
+        groups.entry((p.meta.tenant.as_str(), p.meta.day)).or_default().push(p);
     }
     let mut jobs = Vec::new();
     for ((_, day), mut group) in groups {
-        let min = if day < today {
-            2
-        } else {
-            cfg.compaction_min_parts
-        };
+        if day < today && group.len() == 1 && group[0].meta.level == 0 {
+            jobs.push(vec![group[0].clone()]);
+            continue;
+        }
+        let min = if day < today { 2 } else { cfg.compaction_min_parts };
         if group.len() < min {
             continue;
         }
@@ -75,15 +74,9 @@ pub(crate) fn merge(
     options: WriteOptions,
     rg_rows: usize,
 ) -> Result<Arc<Part>> {
-    let labels: BTreeSet<String> = inputs
-        .iter()
-        .flat_map(|p| p.meta.labels.iter().cloned())
-        .collect();
-    let fields: BTreeSet<String> = inputs
-        .iter()
-        .flat_map(|p| p.meta.fields.iter().cloned())
-        .filter(|f| !labels.contains(f))
-        .collect();
+    let labels: BTreeSet<String> = inputs.iter().flat_map(|p| p.meta.labels.iter().cloned()).collect();
+    let fields: BTreeSet<String> =
+        inputs.iter().flat_map(|p| p.meta.fields.iter().cloned()).filter(|f| !labels.contains(f)).collect();
     meta.labels = labels.iter().cloned().collect();
     meta.fields = fields.iter().cloned().collect();
     let schema = table_schema(labels.iter(), fields.iter());
@@ -102,12 +95,7 @@ pub(crate) fn merge(
                 let c = cursors.len();
                 heap.push(Reverse((key(&batch, 0), c)));
                 slots.push(batch);
-                cursors.push(Cursor {
-                    reader,
-                    slot: slots.len() - 1,
-                    row: 0,
-                    done: false,
-                });
+                cursors.push(Cursor { reader, slot: slots.len() - 1, row: 0, done: false });
             }
         }
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rg_rows);
@@ -156,10 +144,7 @@ pub(crate) fn merge(
     }
 }
 
-fn next_batch(
-    reader: &mut ParquetRecordBatchReader,
-    schema: &SchemaRef,
-) -> Result<Option<RecordBatch>> {
+fn next_batch(reader: &mut ParquetRecordBatchReader, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
     loop {
         match reader.next() {
             None => return Ok(None),
@@ -176,12 +161,7 @@ fn key(batch: &RecordBatch, row: usize) -> (u64, i64) {
     (ids.value(row), times.value(row))
 }
 
-fn emit(
-    writer: &mut PartWriter,
-    schema: &SchemaRef,
-    slots: &[RecordBatch],
-    picks: &[(usize, usize)],
-) -> Result<()> {
+fn emit(writer: &mut PartWriter, schema: &SchemaRef, slots: &[RecordBatch], picks: &[(usize, usize)]) -> Result<()> {
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for c in 0..schema.fields().len() {
         let arrays: Vec<&dyn Array> = slots.iter().map(|b| b.column(c).as_ref()).collect();

@@ -44,7 +44,7 @@ impl Default for StoreConfig {
             wal_segment_size: ByteSize::mib(64),
             row_group_rows: 65_536,
             zstd_level: 3,
-            compaction_zstd_level: 6,
+            compaction_zstd_level: 9,
             token_filter_bits: 10,
             index_numbers: false,
             compaction_min_parts: 4,
@@ -61,22 +61,13 @@ impl StoreConfig {
     /// A message naming the key and what it needs.
     pub fn validate(&self) -> Result<(), String> {
         if self.row_group_rows < 1024 {
-            return Err(format!(
-                "store.row_group_rows = {} is below the minimum of 1024",
-                self.row_group_rows
-            ));
+            return Err(format!("store.row_group_rows = {} is below the minimum of 1024", self.row_group_rows));
         }
         if !(1..=22).contains(&self.zstd_level) || !(1..=22).contains(&self.compaction_zstd_level) {
-            return Err(
-                "store.zstd_level and store.compaction_zstd_level must be within 1..=22"
-                    .to_string(),
-            );
+            return Err("store.zstd_level and store.compaction_zstd_level must be within 1..=22".to_string());
         }
         if !(4..=64).contains(&self.token_filter_bits) {
-            return Err(format!(
-                "store.token_filter_bits = {} must be within 4..=64",
-                self.token_filter_bits
-            ));
+            return Err(format!("store.token_filter_bits = {} must be within 4..=64", self.token_filter_bits));
         }
         if self.compaction_min_parts < 2 {
             return Err("store.compaction_min_parts must be at least 2".to_string());
@@ -112,9 +103,7 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"30d\""
-            ))
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"30d\""))
         })
     }
 }

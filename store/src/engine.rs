@@ -30,7 +30,7 @@ use crate::codec;
 use crate::config::StoreOptions;
 use crate::error::{Error, Result};
 use crate::head::{self, MemTable, label_column, table_schema};
-use crate::manifest::{Manifest, PartMeta};
+use crate::manifest::{Manifest, PartMeta, TimeUnitTag};
 use crate::metrics::StoreMetrics;
 use crate::model::{LogBatch, Tenant};
 use crate::part::{Part, PartWriter, WriteOptions};
@@ -46,9 +46,7 @@ pub struct LogStore {
 
 impl std::fmt::Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore")
-            .field("data_dir", &self.inner.options.data_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("LogStore").field("data_dir", &self.inner.options.data_dir).finish_non_exhaustive()
     }
 }
 
@@ -115,12 +113,11 @@ impl LogStore {
                 options.tuning.wal_segment_size.as_u64(),
                 metrics.clone(),
                 |r| {
-                    let (tenant, batch) =
-                        codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
-                            what: "wal record",
-                            path: dir.join("wal"),
-                            reason: format!("record {}: {reason}", r.seq),
-                        })?;
+                    let (tenant, batch) = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
+                        what: "wal record",
+                        path: dir.join("wal"),
+                        reason: format!("record {}: {reason}", r.seq),
+                    })?;
                     catalog.register(&tenant, &batch.streams);
                     let rb = head::to_record_batch(&batch)?;
                     replayed += batch.entries.len();
@@ -143,10 +140,7 @@ impl LogStore {
                 catalog,
                 wal,
                 active,
-                state: RwLock::new(State {
-                    parts,
-                    frozen: Vec::new(),
-                }),
+                state: RwLock::new(State { parts, frozen: Vec::new() }),
                 manifest: Mutex::new(manifest),
                 flush_lock: tokio::sync::Mutex::new(()),
                 maintenance_lock: tokio::sync::Mutex::new(()),
@@ -177,8 +171,7 @@ impl LogStore {
         let limit = 3 * inner.options.tuning.head_max_size.as_u64() as usize;
         while self.head_bytes() > limit {
             inner.flush_wanted.notify_one();
-            let _ =
-                tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
         inner.catalog.register(tenant, &batch.streams);
         let payload = codec::encode(tenant, &batch);
@@ -232,9 +225,7 @@ impl LogStore {
         let this = self.clone();
         let res = tokio::task::spawn_blocking(move || this.persist(&frozen, checkpoint))
             .await
-            .map_err(|e| Error::WalClosed {
-                reason: format!("flush task failed: {e}"),
-            })?;
+            .map_err(|e| Error::WalClosed { reason: format!("flush task failed: {e}") })?;
         self.inner.flushed.notify_waiters();
         self.update_gauges();
         res
@@ -273,16 +264,12 @@ impl LogStore {
             *manifest = next;
             let mut st = inner.state.write();
             st.parts.extend(new_parts.iter().cloned());
-            st.frozen
-                .retain(|m| !frozen.iter().any(|f| Arc::ptr_eq(f, m)));
+            st.frozen.retain(|m| !frozen.iter().any(|f| Arc::ptr_eq(f, m)));
         }
         let removed = inner.wal.truncate(checkpoint)?;
         inner.metrics.flushes.inc();
         inner.metrics.flushed_rows.inc_by(rows as u64);
-        inner
-            .metrics
-            .flush_seconds
-            .observe(started.elapsed().as_secs_f64());
+        inner.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
         if rows > 0 {
             tracing::debug!(
                 rows,
@@ -314,11 +301,8 @@ impl LogStore {
             let streams = streams.read();
             // The head schema (built-ins and fields) shared by all of this tenant's batches.
             let head_schema = table_schema([], tm.fields.iter());
-            let batches: Vec<RecordBatch> = tm
-                .batches
-                .iter()
-                .map(|b| conform(b, &head_schema, None))
-                .collect::<Result<_>>()?;
+            let batches: Vec<RecordBatch> =
+                tm.batches.iter().map(|b| conform(b, &head_schema, None)).collect::<Result<_>>()?;
             // Sort keys: (day, stream, time, batch, row).
             let mut keys: Vec<(i64, u64, i64, u32, u32)> = Vec::with_capacity(tm.rows);
             let mut present: HashSet<u64> = HashSet::new();
@@ -339,16 +323,8 @@ impl LogStore {
                 }
             }
             let label_cols: Vec<String> = label_names.iter().map(|n| label_column(n)).collect();
-            let col_map: HashMap<String, String> = label_names
-                .iter()
-                .map(|n| (label_column(n), n.clone()))
-                .collect();
-            let fields: Vec<String> = tm
-                .fields
-                .iter()
-                .filter(|f| !label_cols.contains(f))
-                .cloned()
-                .collect();
+            let col_map: HashMap<String, String> = label_names.iter().map(|n| (label_column(n), n.clone())).collect();
+            let fields: Vec<String> = tm.fields.iter().filter(|f| !label_cols.contains(f)).cloned().collect();
             let part_schema = table_schema(label_cols.iter(), fields.iter());
             let arrays: Vec<Vec<&dyn Array>> = (0..head_schema.fields().len())
                 .map(|c| batches.iter().map(|b| b.column(c).as_ref()).collect())
@@ -370,17 +346,14 @@ impl LogStore {
                     labels: label_cols.clone(),
                     fields: fields.clone(),
                     level: 0,
+                    time_unit: keys[start..end].iter().map(|k| TimeUnitTag::of(k.2)).max().unwrap_or_default(),
                 };
-                let mut writer =
-                    PartWriter::create(dir, meta, part_schema.clone(), self.write_options(0))?;
+                let mut writer = PartWriter::create(dir, meta, part_schema.clone(), self.write_options(0))?;
                 let res = (|| {
                     for chunk in keys[start..end].chunks(rg_rows) {
-                        let idx: Vec<(usize, usize)> =
-                            chunk.iter().map(|k| (k.3 as usize, k.4 as usize)).collect();
-                        let cols: Vec<ArrayRef> = arrays
-                            .iter()
-                            .map(|a| interleave(a, &idx))
-                            .collect::<Result<_, _>>()?;
+                        let idx: Vec<(usize, usize)> = chunk.iter().map(|k| (k.3 as usize, k.4 as usize)).collect();
+                        let cols: Vec<ArrayRef> =
+                            arrays.iter().map(|a| interleave(a, &idx)).collect::<Result<_, _>>()?;
                         let rb = RecordBatch::try_new(head_schema.clone(), cols)?;
                         let rb = conform(&rb, writer.schema(), Some((&streams, &col_map)))?;
                         writer.write_row_group(&rb)?;
@@ -406,11 +379,7 @@ impl LogStore {
     fn write_options(&self, level: u32) -> WriteOptions {
         let t = &self.inner.options.tuning;
         WriteOptions {
-            zstd_level: if level == 0 {
-                t.zstd_level
-            } else {
-                t.compaction_zstd_level
-            },
+            zstd_level: if level == 0 { t.zstd_level } else { t.compaction_zstd_level },
             token_filter_bits: t.token_filter_bits,
             index_numbers: t.index_numbers,
         }
@@ -430,12 +399,7 @@ impl LogStore {
             fields.extend(p.meta.fields.iter().cloned());
         }
         let active = inner.active.lock();
-        for mem in st
-            .frozen
-            .iter()
-            .map(|m| m.as_ref())
-            .chain(std::iter::once(&*active))
-        {
+        for mem in st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active)) {
             if let Some(t) = mem.tenants.get(tenant) {
                 fields.extend(t.fields.iter().cloned());
             }
@@ -445,11 +409,7 @@ impl LogStore {
 
     /// The label names of a tenant's streams.
     pub fn label_names(&self, tenant: &Tenant) -> Vec<String> {
-        self.inner
-            .catalog
-            .get(tenant)
-            .map(|t| t.read().label_names().iter().cloned().collect())
-            .unwrap_or_default()
+        self.inner.catalog.get(tenant).map(|t| t.read().label_names().iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Tenants that have written anything.
@@ -473,11 +433,7 @@ impl LogStore {
                     .iter()
                     .map(|c| match full.field_with_name(c) {
                         Ok(f) => f.clone(),
-                        Err(_) => arrow::datatypes::Field::new(
-                            c.as_str(),
-                            arrow::datatypes::DataType::Utf8,
-                            true,
-                        ),
+                        Err(_) => arrow::datatypes::Field::new(c.as_str(), arrow::datatypes::DataType::Utf8, true),
                     })
                     .collect();
                 Arc::new(Schema::new(fields))
@@ -489,12 +445,7 @@ impl LogStore {
             let st = inner.state.read();
             let active = inner.active.lock();
             let mut head = Vec::new();
-            for mem in st
-                .frozen
-                .iter()
-                .map(|m| m.as_ref())
-                .chain(std::iter::once(&*active))
-            {
+            for mem in st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active)) {
                 if let Some(t) = mem.tenants.get(&req.tenant)
                     && overlaps(t.min_time, t.max_time)
                 {
@@ -504,10 +455,7 @@ impl LogStore {
             let parts: Vec<Arc<Part>> = st
                 .parts
                 .iter()
-                .filter(|p| {
-                    p.meta.tenant == req.tenant.as_str()
-                        && overlaps(p.meta.min_time, p.meta.max_time)
-                })
+                .filter(|p| p.meta.tenant == req.tenant.as_str() && overlaps(p.meta.min_time, p.meta.max_time))
                 .cloned()
                 .collect();
             (head, parts)
@@ -524,23 +472,14 @@ impl LogStore {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || plan.run(tx));
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Scan {
-            schema: output,
-            stream: Box::pin(stream),
-        })
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        Ok(Scan { schema: output, stream: Box::pin(stream) })
     }
 
     pub fn stats(&self) -> StoreStats {
         let st = self.inner.state.read();
         let active = self.inner.active.lock();
-        let mems = st
-            .frozen
-            .iter()
-            .map(|m| m.as_ref())
-            .chain(std::iter::once(&*active));
+        let mems = st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active));
         let (head_rows, head_bytes) = mems.fold((0, 0), |(r, b), m| (r + m.rows, b + m.bytes));
         StoreStats {
             parts: st.parts.len(),
@@ -569,9 +508,7 @@ impl LogStore {
         let this = self.clone();
         let n = tokio::task::spawn_blocking(move || this.compact_blocking())
             .await
-            .map_err(|e| Error::WalClosed {
-                reason: format!("compaction task failed: {e}"),
-            })??;
+            .map_err(|e| Error::WalClosed { reason: format!("compaction task failed: {e}") })??;
         self.update_gauges();
         Ok(n)
     }
@@ -596,6 +533,7 @@ impl LogStore {
                 labels: Vec::new(),
                 fields: Vec::new(),
                 level: job.iter().map(|p| p.meta.level).max().unwrap_or(0) + 1,
+                time_unit: job.iter().map(|p| p.meta.time_unit).max().unwrap_or_default(),
             };
             let level = meta.level;
             let started = Instant::now();
@@ -609,16 +547,13 @@ impl LogStore {
             // Commit, unless retention removed an input meanwhile.
             let mut manifest = inner.manifest.lock();
             let mut st = inner.state.write();
-            let all_live = job
-                .iter()
-                .all(|p| st.parts.iter().any(|q| Arc::ptr_eq(p, q)));
+            let all_live = job.iter().all(|p| st.parts.iter().any(|q| Arc::ptr_eq(p, q)));
             if !all_live {
                 output.mark_obsolete();
                 continue;
             }
             let mut next = manifest.clone();
-            next.parts
-                .retain(|m| !job.iter().any(|p| p.meta.id == m.id));
+            next.parts.retain(|m| !job.iter().any(|p| p.meta.id == m.id));
             next.parts.push(output.meta.clone());
             if let Err(e) = next.store(&inner.options.data_dir) {
                 output.mark_obsolete();
@@ -660,12 +595,7 @@ impl LogStore {
         let today = day_of_ns(now);
         let mut manifest = inner.manifest.lock();
         let mut st = inner.state.write();
-        let mut doomed: HashSet<u64> = st
-            .parts
-            .iter()
-            .filter(|p| p.meta.day < cutoff_day)
-            .map(|p| p.meta.id)
-            .collect();
+        let mut doomed: HashSet<u64> = st.parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
         if let Some(budget) = inner.options.retention_max_disk {
             let mut by_day: std::collections::BTreeMap<i64, Vec<&Arc<Part>>> = Default::default();
             for p in st.parts.iter().filter(|p| !doomed.contains(&p.meta.id)) {
@@ -705,10 +635,7 @@ impl LogStore {
         for d in dirs {
             let _ = fs::remove_dir(&d);
         }
-        inner
-            .metrics
-            .retention_deleted_parts
-            .inc_by(doomed.len() as u64);
+        inner.metrics.retention_deleted_parts.inc_by(doomed.len() as u64);
         tracing::info!(parts = doomed.len(), cutoff = %crate::time::format_day(cutoff_day), "retention deleted parts");
         self.update_gauges();
         Ok(doomed.len())
@@ -782,29 +709,18 @@ fn lock_dir(dir: &Path) -> Result<File> {
             let holder = holder.trim();
             Err(Error::Locked {
                 path: dir.to_path_buf(),
-                holder: if holder.is_empty() {
-                    "unknown pid".to_string()
-                } else {
-                    holder.to_string()
-                },
+                holder: if holder.is_empty() { "unknown pid".to_string() } else { holder.to_string() },
             })
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io {
-            op: "lock",
-            path,
-            source: e,
-        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io { op: "lock", path, source: e }),
     }
 }
 
 /// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
 /// before its commit.
 fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let listed: HashSet<PathBuf> = manifest
-        .parts
-        .iter()
-        .flat_map(|m| [m.parquet_path(dir), m.index_path(dir)])
-        .collect();
+    let listed: HashSet<PathBuf> =
+        manifest.parts.iter().flat_map(|m| [m.parquet_path(dir), m.index_path(dir)]).collect();
     let logs = dir.join("logs");
     let Ok(tenants) = fs::read_dir(&logs) else {
         return Ok(());

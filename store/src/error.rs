@@ -9,10 +9,7 @@ use crate::wire;
 pub enum Error {
     /// A tenant id that cannot name a directory or a Loki tenant.
     #[error("invalid tenant {tenant:?}: {reason}")]
-    InvalidTenant {
-        tenant: String,
-        reason: &'static str,
-    },
+    InvalidTenant { tenant: String, reason: &'static str },
 
     /// A request body that could not be decoded; the caller answers 4xx.
     #[error(transparent)]
@@ -20,11 +17,7 @@ pub enum Error {
 
     /// An I/O error on a named file.
     #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
 
     /// The data directory is held by another process.
     #[error(
@@ -35,17 +28,10 @@ pub enum Error {
 
     /// A persisted file failed its checks.
     #[error("corrupt {what} {}: {reason}", path.display())]
-    Corrupt {
-        what: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
+    Corrupt { what: &'static str, path: PathBuf, reason: String },
 
     #[error("parquet error on {}: {source}", path.display())]
-    Parquet {
-        path: PathBuf,
-        source: parquet::errors::ParquetError,
-    },
+    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
 
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -60,10 +46,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { op, path, source }
     }

@@ -30,11 +30,7 @@ pub(crate) fn is_reserved(name: &str) -> bool {
 
 /// The column that holds a label: its name, unless it collides with a built-in column.
 pub fn label_column(name: &str) -> String {
-    if is_reserved(name) {
-        format!("{name}_label")
-    } else {
-        name.to_string()
-    }
+    if is_reserved(name) { format!("{name}_label") } else { name.to_string() }
 }
 
 /// The type of the time column.
@@ -54,16 +50,10 @@ pub(crate) fn base_fields() -> [Field; 3] {
 /// label of its own stream is stored as `<name>_extracted`, as Loki names such parsed labels.
 pub(crate) fn to_record_batch(batch: &LogBatch) -> Result<RecordBatch> {
     let n = batch.entries.len();
-    let times = TimestampNanosecondArray::from_iter_values(batch.entries.iter().map(|e| e.time_ns))
-        .with_timezone("UTC");
-    let ids = UInt64Array::from_iter_values(
-        batch
-            .entries
-            .iter()
-            .map(|e| batch.streams[e.stream as usize].id.0),
-    );
-    let mut messages =
-        StringBuilder::with_capacity(n, batch.entries.iter().map(|e| e.line.len()).sum());
+    let times =
+        TimestampNanosecondArray::from_iter_values(batch.entries.iter().map(|e| e.time_ns)).with_timezone("UTC");
+    let ids = UInt64Array::from_iter_values(batch.entries.iter().map(|e| batch.streams[e.stream as usize].id.0));
+    let mut messages = StringBuilder::with_capacity(n, batch.entries.iter().map(|e| e.line.len()).sum());
     let mut columns: Vec<(String, Vec<Option<&str>>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (row, e) in batch.entries.iter().enumerate() {
@@ -83,8 +73,7 @@ pub(crate) fn to_record_batch(batch: &LogBatch) -> Result<RecordBatch> {
         }
     }
     let mut fields: Vec<Field> = base_fields().into();
-    let mut arrays: Vec<ArrayRef> =
-        vec![Arc::new(times), Arc::new(ids), Arc::new(messages.finish())];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(times), Arc::new(ids), Arc::new(messages.finish())];
     for (name, values) in columns {
         fields.push(Field::new(name, DataType::Utf8, true));
         arrays.push(Arc::new(StringArray::from(values)));
@@ -121,30 +110,19 @@ impl MemTable {
             self.last_seq = self.last_seq.max(seq);
             return;
         }
-        let times = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>();
+        let times = batch.column(0).as_any().downcast_ref::<TimestampNanosecondArray>();
         let (min, max) = times
-            .map(|t| {
-                (
-                    arrow::compute::min(t).unwrap_or(i64::MAX),
-                    arrow::compute::max(t).unwrap_or(i64::MIN),
-                )
-            })
+            .map(|t| (arrow::compute::min(t).unwrap_or(i64::MAX), arrow::compute::max(t).unwrap_or(i64::MIN)))
             .unwrap_or((i64::MAX, i64::MIN));
         self.bytes += batch.get_array_memory_size();
         self.rows += rows;
         self.first_write.get_or_insert_with(Instant::now);
         self.last_seq = self.last_seq.max(seq);
-        let t = self
-            .tenants
-            .entry(tenant.clone())
-            .or_insert_with(|| TenantMem {
-                min_time: i64::MAX,
-                max_time: i64::MIN,
-                ..TenantMem::default()
-            });
+        let t = self.tenants.entry(tenant.clone()).or_insert_with(|| TenantMem {
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            ..TenantMem::default()
+        });
         for f in batch.schema().fields().iter().skip(3) {
             if !t.fields.contains(f.name()) {
                 t.fields.insert(f.name().clone());
@@ -169,16 +147,8 @@ pub(crate) fn table_schema<'a>(
     let labels: BTreeSet<&String> = labels.into_iter().collect();
     let fields: BTreeSet<&String> = fields.into_iter().filter(|f| !labels.contains(f)).collect();
     let mut out: Vec<Field> = base_fields().into();
-    out.extend(
-        labels
-            .into_iter()
-            .map(|l| Field::new(l.as_str(), DataType::Utf8, true)),
-    );
-    out.extend(
-        fields
-            .into_iter()
-            .map(|f| Field::new(f.as_str(), DataType::Utf8, true)),
-    );
+    out.extend(labels.into_iter().map(|l| Field::new(l.as_str(), DataType::Utf8, true)));
+    out.extend(fields.into_iter().map(|f| Field::new(f.as_str(), DataType::Utf8, true)));
     Arc::new(Schema::new(out))
 }
 
@@ -197,32 +167,13 @@ mod tests {
             stream: s,
             time_ns: 5,
             line: "l1".into(),
-            fields: vec![
-                ("app".into(), "y".into()),
-                ("message".into(), "m".into()),
-                ("k".into(), "v".into()),
-            ],
+            fields: vec![("app".into(), "y".into()), ("message".into(), "m".into()), ("k".into(), "v".into())],
         });
-        b.entries.push(LogEntry {
-            stream: s,
-            time_ns: 6,
-            line: "l2".into(),
-            fields: vec![],
-        });
+        b.entries.push(LogEntry { stream: s, time_ns: 6, line: "l2".into(), fields: vec![] });
         let rb = to_record_batch(&b).unwrap();
         let schema = rb.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "time",
-                "_stream_id",
-                "message",
-                "app_extracted",
-                "message_extracted",
-                "k"
-            ]
-        );
+        assert_eq!(names, ["time", "_stream_id", "message", "app_extracted", "message_extracted", "k"]);
         let k = rb.column(5).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((k.value(0), k.is_null(1)), ("v", true));
 

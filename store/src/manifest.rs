@@ -41,6 +41,41 @@ pub(crate) struct PartMeta {
     pub(crate) fields: Vec<String>,
     /// 0 for a flushed part, one more than its highest input for a compacted one.
     pub(crate) level: u32,
+    /// Unit of the stored `time` column: the coarsest of ns, us and ms that loses nothing. Coarser units
+    /// give smaller deltas, which encode in fewer bits.
+    #[serde(default)]
+    pub(crate) time_unit: TimeUnitTag,
+}
+
+/// The unit a part stores its times in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TimeUnitTag {
+    Ms,
+    Us,
+    #[default]
+    Ns,
+}
+
+impl TimeUnitTag {
+    /// The coarsest unit that represents `ns` exactly.
+    pub(crate) fn of(ns: i64) -> TimeUnitTag {
+        if ns % 1_000_000 == 0 {
+            TimeUnitTag::Ms
+        } else if ns % 1_000 == 0 {
+            TimeUnitTag::Us
+        } else {
+            TimeUnitTag::Ns
+        }
+    }
+
+    pub(crate) fn arrow(self) -> arrow::datatypes::TimeUnit {
+        match self {
+            TimeUnitTag::Ms => arrow::datatypes::TimeUnit::Millisecond,
+            TimeUnitTag::Us => arrow::datatypes::TimeUnit::Microsecond,
+            TimeUnitTag::Ns => arrow::datatypes::TimeUnit::Nanosecond,
+        }
+    }
 }
 
 impl PartMeta {
@@ -50,15 +85,11 @@ impl PartMeta {
     }
 
     pub(crate) fn parquet_path(&self, data_dir: &Path) -> PathBuf {
-        data_dir
-            .join(self.partition_dir())
-            .join(format!("{:016x}.parquet", self.id))
+        data_dir.join(self.partition_dir()).join(format!("{:016x}.parquet", self.id))
     }
 
     pub(crate) fn index_path(&self, data_dir: &Path) -> PathBuf {
-        data_dir
-            .join(self.partition_dir())
-            .join(format!("{:016x}.idx", self.id))
+        data_dir.join(self.partition_dir()).join(format!("{:016x}.idx", self.id))
     }
 
     pub(crate) fn disk_bytes(&self) -> u64 {
@@ -67,9 +98,7 @@ impl PartMeta {
 }
 
 pub(crate) fn partition_dir(tenant: &str, day: i64) -> PathBuf {
-    PathBuf::from("logs")
-        .join(format!("tenant={tenant}"))
-        .join(format!("date={}", crate::time::format_day(day)))
+    PathBuf::from("logs").join(format!("tenant={tenant}")).join(format!("date={}", crate::time::format_day(day)))
 }
 
 impl Manifest {
@@ -98,17 +127,10 @@ impl Manifest {
                 }
                 Ok(m)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest {
-                version: MANIFEST_VERSION,
-                wal_checkpoint: 0,
-                next_part_id: 1,
-                parts: Vec::new(),
-            }),
-            Err(e) => Err(Error::Io {
-                op: "read",
-                path,
-                source: e,
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Manifest { version: MANIFEST_VERSION, wal_checkpoint: 0, next_part_id: 1, parts: Vec::new() })
+            }
+            Err(e) => Err(Error::Io { op: "read", path, source: e }),
         }
     }
 
@@ -121,16 +143,12 @@ impl Manifest {
             reason: e.to_string(),
         })?;
         let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(Error::io("write", &tmp))?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(Error::io("write", &tmp))?;
         fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
         sync_dir(data_dir)
     }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("sync", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync", dir))
 }

@@ -31,11 +31,7 @@ pub struct StoreMetrics {
 impl StoreMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<StoreMetrics> {
-        let latency = || {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ])
-        };
+        let latency = || Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
         let m = StoreMetrics {
             wal_fsyncs: Counter::default(),
             wal_fsync_seconds: latency(),
@@ -55,44 +51,27 @@ impl StoreMetrics {
             scan_skipped_row_groups: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("lumen_store");
-        r.register(
-            "wal_fsyncs",
-            "fsyncs of the write-ahead log (one per commit group)",
-            m.wal_fsyncs.clone(),
-        );
+        r.register("wal_fsyncs", "fsyncs of the write-ahead log (one per commit group)", m.wal_fsyncs.clone());
         r.register_with_unit(
             "wal_fsync_duration",
             "latency of a write-ahead-log commit: write plus fdatasync",
             Unit::Seconds,
             m.wal_fsync_seconds.clone(),
         );
-        r.register_with_unit(
-            "wal_written",
-            "bytes written to the write-ahead log",
-            Unit::Bytes,
-            m.wal_bytes.clone(),
-        );
+        r.register_with_unit("wal_written", "bytes written to the write-ahead log", Unit::Bytes, m.wal_bytes.clone());
         r.register(
             "wal_records",
             "records written to the write-ahead log (one per request and tenant)",
             m.wal_records.clone(),
         );
-        r.register(
-            "flushes",
-            "flushes of the in-memory head to Parquet parts",
-            m.flushes.clone(),
-        );
+        r.register("flushes", "flushes of the in-memory head to Parquet parts", m.flushes.clone());
         r.register_with_unit(
             "flush_duration",
             "time to write one flush's parts",
             Unit::Seconds,
             m.flush_seconds.clone(),
         );
-        r.register(
-            "flushed_rows",
-            "rows written to Parquet by flushes",
-            m.flushed_rows.clone(),
-        );
+        r.register("flushed_rows", "rows written to Parquet by flushes", m.flushed_rows.clone());
         r.register("parts", "Parquet parts in the store", m.parts.clone());
         r.register_with_unit(
             "parts_disk",
@@ -100,37 +79,16 @@ impl StoreMetrics {
             Unit::Bytes,
             m.disk_bytes.clone(),
         );
-        r.register(
-            "compactions",
-            "compactions of small parts into larger ones",
-            m.compactions.clone(),
-        );
-        r.register(
-            "compacted_parts",
-            "parts merged away by compaction",
-            m.compacted_parts.clone(),
-        );
+        r.register("compactions", "compactions of small parts into larger ones", m.compactions.clone());
+        r.register("compacted_parts", "parts merged away by compaction", m.compacted_parts.clone());
         r.register(
             "retention_deleted_parts",
             "parts deleted by retention (age or disk budget)",
             m.retention_deleted_parts.clone(),
         );
-        r.register_with_unit(
-            "head",
-            "bytes of Arrow data in the in-memory head",
-            Unit::Bytes,
-            m.head_bytes.clone(),
-        );
-        r.register(
-            "head_rows",
-            "rows in the in-memory head",
-            m.head_rows.clone(),
-        );
-        r.register(
-            "scans",
-            "scans served (each query scans one or more times)",
-            m.scans.clone(),
-        );
+        r.register_with_unit("head", "bytes of Arrow data in the in-memory head", Unit::Bytes, m.head_bytes.clone());
+        r.register("head_rows", "rows in the in-memory head", m.head_rows.clone());
+        r.register("scans", "scans served (each query scans one or more times)", m.scans.clone());
         r.register(
             "scan_skipped_row_groups",
             "row groups skipped by the time, stream and token indexes",

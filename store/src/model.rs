@@ -32,19 +32,13 @@ impl Tenant {
             Some("is longer than 150 bytes")
         } else if id == "." || id == ".." {
             Some("may not be . or ..")
-        } else if !id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!-_.*'()".contains(&c))
-        {
+        } else if !id.bytes().all(|c| c.is_ascii_alphanumeric() || b"!-_.*'()".contains(&c)) {
             Some("may only hold ASCII letters, digits and !-_.*'()")
         } else {
             None
         };
         match reason {
-            Some(reason) => Err(Error::InvalidTenant {
-                tenant: id.to_string(),
-                reason,
-            }),
+            Some(reason) => Err(Error::InvalidTenant { tenant: id.to_string(), reason }),
             None => Ok(Tenant(id.to_string())),
         }
     }
@@ -78,16 +72,7 @@ pub fn is_valid_label_name(name: &str) -> bool {
 
 /// Turns an arbitrary field name (`kubernetes.pod.name`) into a valid label name (`kubernetes_pod_name`).
 pub fn sanitize_label_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     if out.is_empty() || out.as_bytes()[0].is_ascii_digit() {
         out.insert(0, '_');
     }
@@ -120,10 +105,7 @@ impl Labels {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)).ok().map(|i| self.0[i].1.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -233,19 +215,12 @@ mod tests {
     use super::*;
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     #[test]
     fn labels_are_sorted_deduplicated_and_hashed_by_content() {
-        let a = Labels::from_pairs(pairs(&[
-            ("pod", "x"),
-            ("app", "api"),
-            ("app", "web"),
-            ("empty", ""),
-        ]));
+        let a = Labels::from_pairs(pairs(&[("pod", "x"), ("app", "api"), ("app", "web"), ("empty", "")]));
         assert_eq!(a.to_string(), r#"{app="web", pod="x"}"#);
         let b = Labels::from_pairs(pairs(&[("app", "web"), ("pod", "x")]));
         assert_eq!(a.stream_id(), b.stream_id());
@@ -269,10 +244,7 @@ mod tests {
         assert!(is_valid_label_name("_a1"));
         assert!(!is_valid_label_name("1a"));
         assert!(!is_valid_label_name("a.b"));
-        assert_eq!(
-            sanitize_label_name("kubernetes.pod-name"),
-            "kubernetes_pod_name"
-        );
+        assert_eq!(sanitize_label_name("kubernetes.pod-name"), "kubernetes_pod_name");
         assert_eq!(sanitize_label_name("1x"), "_1x");
     }
 }

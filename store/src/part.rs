@@ -78,15 +78,11 @@ impl Part {
     pub(crate) fn open(data_dir: &Path, meta: PartMeta) -> Result<Part> {
         let index_path = meta.index_path(data_dir);
         let parquet_path = meta.parquet_path(data_dir);
-        let corrupt = |reason: &str| Error::Corrupt {
-            what: "part index",
-            path: index_path.clone(),
-            reason: reason.to_string(),
-        };
+        let corrupt =
+            |reason: &str| Error::Corrupt { what: "part index", path: index_path.clone(), reason: reason.to_string() };
         let file = File::open(&index_path).map_err(Error::io("open", &index_path))?;
         let mut head = [0u8; 16];
-        file.read_exact_at(&mut head, 0)
-            .map_err(Error::io("read", &index_path))?;
+        file.read_exact_at(&mut head, 0).map_err(Error::io("read", &index_path))?;
         if &head[0..8] != MAGIC {
             return Err(corrupt("bad magic"));
         }
@@ -94,15 +90,12 @@ impl Part {
         let n_rgs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
         let header_len = 16 + n_streams * STREAM_REC + n_rgs * RG_REC;
         let mut header = vec![0u8; header_len + 4];
-        file.read_exact_at(&mut header, 0)
-            .map_err(Error::io("read", &index_path))?;
+        file.read_exact_at(&mut header, 0).map_err(Error::io("read", &index_path))?;
         let crc = u32::from_le_bytes(header[header_len..].try_into().unwrap_or_default());
         if crc32fast::hash(&header[..header_len]) != crc {
             return Err(corrupt("checksum mismatch"));
         }
-        let u64_at = |b: &[u8], i: usize| {
-            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default())
-        };
+        let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let streams = header[16..16 + n_streams * STREAM_REC]
             .chunks_exact(STREAM_REC)
             .map(|c| StreamRange {
@@ -124,14 +117,7 @@ impl Part {
                 filter_len: u64_at(c, 5),
             })
             .collect();
-        Ok(Part {
-            meta,
-            parquet_path,
-            index_path,
-            streams,
-            row_groups,
-            obsolete: AtomicBool::new(false),
-        })
+        Ok(Part { meta, parquet_path, index_path, streams, row_groups, obsolete: AtomicBool::new(false) })
     }
 
     /// Reads a row group's token filter.
@@ -142,8 +128,7 @@ impl Part {
         }
         let file = File::open(&self.index_path).map_err(Error::io("open", &self.index_path))?;
         let mut buf = vec![0u8; rg.filter_len as usize];
-        file.read_exact_at(&mut buf, rg.filter_offset)
-            .map_err(Error::io("read", &self.index_path))?;
+        file.read_exact_at(&mut buf, rg.filter_offset).map_err(Error::io("read", &self.index_path))?;
         Ok(TokenFilter::from_bytes(&buf))
     }
 
@@ -155,19 +140,11 @@ impl Part {
         ranges: Option<&[Range<u64>]>,
         batch_size: usize,
     ) -> Result<Option<ParquetRecordBatchReader>> {
-        let perr = |source| Error::Parquet {
-            path: self.parquet_path.clone(),
-            source,
-        };
+        let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
         let file = File::open(&self.parquet_path).map_err(Error::io("open", &self.parquet_path))?;
-        let policy = if ranges.is_some() {
-            PageIndexPolicy::Optional
-        } else {
-            PageIndexPolicy::Skip
-        };
+        let policy = if ranges.is_some() { PageIndexPolicy::Optional } else { PageIndexPolicy::Skip };
         let options = ArrowReaderOptions::new().with_page_index_policy(policy);
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(perr)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(perr)?;
         let schema = builder.parquet_schema();
         let roots: Vec<usize> = builder
             .schema()
@@ -208,11 +185,8 @@ impl Part {
             if groups.is_empty() {
                 return Ok(None);
             }
-            let selection =
-                RowSelection::from_consecutive_ranges(local.into_iter(), offset as usize);
-            builder = builder
-                .with_row_groups(groups)
-                .with_row_selection(selection);
+            let selection = RowSelection::from_consecutive_ranges(local.into_iter(), offset as usize);
+            builder = builder.with_row_groups(groups).with_row_selection(selection);
         }
         builder.build().map(Some).map_err(perr)
     }
@@ -220,6 +194,22 @@ impl Part {
     pub(crate) fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::Release);
     }
+}
+
+/// Brings a batch read from a part to nanosecond `time`, whatever unit the part stores.
+pub(crate) fn time_to_ns(batch: RecordBatch) -> Result<RecordBatch> {
+    let Some((i, field)) = batch.schema().column_with_name(TIME).map(|(i, f)| (i, f.clone())) else {
+        return Ok(batch);
+    };
+    let ns = crate::head::time_type();
+    if field.data_type() == &ns {
+        return Ok(batch);
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[i] = arrow::compute::cast(&columns[i], &ns)?;
+    let mut fields: Vec<arrow::datatypes::Field> = batch.schema().fields().iter().map(|f| (**f).clone()).collect();
+    fields[i] = arrow::datatypes::Field::new(TIME, ns, false);
+    Ok(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?)
 }
 
 impl Drop for Part {
@@ -247,7 +237,10 @@ pub(crate) struct PartWriter {
     writer: ArrowWriter<File>,
     parquet_path: PathBuf,
     index_path: PathBuf,
+    /// The schema callers write in (`time` in nanoseconds).
     schema: SchemaRef,
+    /// The schema on disk (`time` in the part's unit).
+    stored: SchemaRef,
     options: WriteOptions,
     streams: Vec<StreamRange>,
     row_groups: Vec<RowGroupIndex>,
@@ -285,18 +278,22 @@ impl PartWriter {
                 KeyValue::new("lumen.labels".to_string(), labels_json),
             ]))
             .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
-            Error::Parquet {
-                path: parquet_path.clone(),
-                source,
-            }
-        })?;
+        let mut fields: Vec<arrow::datatypes::Field> = schema.fields().iter().map(|f| (**f).clone()).collect();
+        fields[0] = arrow::datatypes::Field::new(
+            TIME,
+            arrow::datatypes::DataType::Timestamp(meta.time_unit.arrow(), Some("UTC".into())),
+            false,
+        );
+        let stored: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
+        let writer = ArrowWriter::try_new(file, stored.clone(), Some(props))
+            .map_err(|source| Error::Parquet { path: parquet_path.clone(), source })?;
         Ok(PartWriter {
             meta,
             writer,
             parquet_path,
             index_path,
             schema,
+            stored,
             options,
             streams: Vec::new(),
             row_groups: Vec::new(),
@@ -341,8 +338,7 @@ impl PartWriter {
         }
         for row in 0..rows {
             if messages.is_valid(row) {
-                self.tokens
-                    .add_text(messages.value(row), self.options.index_numbers);
+                self.tokens.add_text(messages.value(row), self.options.index_numbers);
             }
         }
         let filter = self.tokens.build(self.options.token_filter_bits).to_bytes();
@@ -355,35 +351,20 @@ impl PartWriter {
             filter_len: filter.len() as u64,
         });
         self.filters.extend_from_slice(&filter);
-        let perr = |source| Error::Parquet {
-            path: self.parquet_path.clone(),
-            source,
-        };
-        self.writer.write(batch).map_err(perr)?;
+        let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
+        let mut columns = batch.columns().to_vec();
+        columns[0] = arrow::compute::cast(&columns[0], self.stored.field(0).data_type())?;
+        let batch = RecordBatch::try_new(self.stored.clone(), columns)?;
+        self.writer.write(&batch).map_err(perr)?;
         self.writer.flush().map_err(perr)
     }
 
     /// Finishes both files, syncs them, and returns the part's manifest entry.
     pub(crate) fn finish(self, data_dir: &Path) -> Result<Arc<Part>> {
-        let PartWriter {
-            mut meta,
-            writer,
-            parquet_path,
-            index_path,
-            streams,
-            mut row_groups,
-            filters,
-            ..
-        } = self;
-        let file = writer.into_inner().map_err(|source| Error::Parquet {
-            path: parquet_path.clone(),
-            source,
-        })?;
+        let PartWriter { mut meta, writer, parquet_path, index_path, streams, mut row_groups, filters, .. } = self;
+        let file = writer.into_inner().map_err(|source| Error::Parquet { path: parquet_path.clone(), source })?;
         file.sync_all().map_err(Error::io("sync", &parquet_path))?;
-        let parquet_bytes = file
-            .metadata()
-            .map_err(Error::io("stat", &parquet_path))?
-            .len();
+        let parquet_bytes = file.metadata().map_err(Error::io("stat", &parquet_path))?.len();
 
         let header_len = 16 + streams.len() * STREAM_REC + row_groups.len() * RG_REC;
         let filters_start = (header_len + 4) as u64;
@@ -395,25 +376,12 @@ impl PartWriter {
         buf.extend_from_slice(&(streams.len() as u32).to_le_bytes());
         buf.extend_from_slice(&(row_groups.len() as u32).to_le_bytes());
         for s in &streams {
-            for v in [
-                s.id,
-                s.first_row,
-                s.rows,
-                s.min_time as u64,
-                s.max_time as u64,
-            ] {
+            for v in [s.id, s.first_row, s.rows, s.min_time as u64, s.max_time as u64] {
                 buf.extend_from_slice(&v.to_le_bytes());
             }
         }
         for g in &row_groups {
-            for v in [
-                g.first_row,
-                g.rows,
-                g.min_time as u64,
-                g.max_time as u64,
-                g.filter_offset,
-                g.filter_len,
-            ] {
+            for v in [g.first_row, g.rows, g.min_time as u64, g.max_time as u64, g.filter_offset, g.filter_len] {
                 buf.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -421,9 +389,7 @@ impl PartWriter {
         buf.extend_from_slice(&crc.to_le_bytes());
         buf.extend_from_slice(&filters);
         let mut f = File::create(&index_path).map_err(Error::io("create", &index_path))?;
-        f.write_all(&buf)
-            .and_then(|()| f.sync_all())
-            .map_err(Error::io("write", &index_path))?;
+        f.write_all(&buf).and_then(|()| f.sync_all()).map_err(Error::io("write", &index_path))?;
 
         meta.rows = row_groups.iter().map(|g| g.rows).sum();
         meta.min_time = row_groups.iter().map(|g| g.min_time).min().unwrap_or(0);
@@ -431,14 +397,7 @@ impl PartWriter {
         meta.parquet_bytes = parquet_bytes;
         meta.index_bytes = buf.len() as u64;
         crate::manifest::sync_dir(&data_dir.join(meta.partition_dir()))?;
-        Ok(Arc::new(Part {
-            meta,
-            parquet_path,
-            index_path,
-            streams,
-            row_groups,
-            obsolete: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(Part { meta, parquet_path, index_path, streams, row_groups, obsolete: AtomicBool::new(false) }))
     }
 
     /// Abandons a half-written part, deleting its files.

@@ -12,9 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, StringArray, new_null_array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, StringArray, new_null_array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -53,22 +51,13 @@ impl LabelMatcher {
     ///
     /// # Errors
     /// The regex compiler's message for an invalid pattern.
-    pub fn new(
-        name: impl Into<String>,
-        op: MatchOp,
-        value: impl Into<String>,
-    ) -> Result<LabelMatcher, regex::Error> {
+    pub fn new(name: impl Into<String>, op: MatchOp, value: impl Into<String>) -> Result<LabelMatcher, regex::Error> {
         let value = value.into();
         let regex = match op {
             MatchOp::Re | MatchOp::Nre => Some(Regex::new(&format!("^(?:{value})$"))?),
             MatchOp::Eq | MatchOp::Neq => None,
         };
-        Ok(LabelMatcher {
-            name: name.into(),
-            op,
-            value,
-            regex,
-        })
+        Ok(LabelMatcher { name: name.into(), op, value, regex })
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -143,29 +132,18 @@ impl ScanPlan {
     }
 
     fn run_inner(&self, tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
-        let send = |batch: RecordBatch| -> bool {
-            batch.num_rows() == 0 || tx.blocking_send(Ok(batch)).is_ok()
-        };
+        let send = |batch: RecordBatch| -> bool { batch.num_rows() == 0 || tx.blocking_send(Ok(batch)).is_ok() };
         let labels = self.catalog.as_ref().map(|c| c.read());
         let label_cols: HashMap<String, String> = labels
             .as_ref()
-            .map(|l| {
-                l.label_names()
-                    .iter()
-                    .map(|n| (label_column(n), n.clone()))
-                    .collect()
-            })
+            .map(|l| l.label_names().iter().map(|n| (label_column(n), n.clone())).collect())
             .unwrap_or_default();
         for batch in &self.head {
             let filtered = self.filter(batch)?;
             if filtered.num_rows() == 0 {
                 continue;
             }
-            let out = conform(
-                &filtered,
-                &self.output,
-                labels.as_deref().map(|l| (l, &label_cols)),
-            )?;
+            let out = conform(&filtered, &self.output, labels.as_deref().map(|l| (l, &label_cols)))?;
             if !send(out) {
                 return Ok(());
             }
@@ -174,12 +152,8 @@ impl ScanPlan {
 
         let needed = self.read_columns();
         let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
-        let tokens: Vec<u64> = self
-            .req
-            .line_contains
-            .iter()
-            .flat_map(|s| required_tokens(s, self.index_numbers))
-            .collect();
+        let tokens: Vec<u64> =
+            self.req.line_contains.iter().flat_map(|s| required_tokens(s, self.index_numbers)).collect();
         for part in &self.parts {
             let Some(ranges) = self.part_ranges(part, &tokens)? else {
                 continue;
@@ -188,7 +162,7 @@ impl ScanPlan {
                 continue;
             };
             for batch in reader {
-                let batch = batch.map_err(Error::Arrow)?;
+                let batch = crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?;
                 let filtered = self.filter(&batch)?;
                 if filtered.num_rows() == 0 {
                     continue;
@@ -203,12 +177,7 @@ impl ScanPlan {
 
     /// Columns to read from parts: the output plus what the filters need.
     fn read_columns(&self) -> Vec<String> {
-        let mut cols: Vec<String> = self
-            .output
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let mut cols: Vec<String> = self.output.fields().iter().map(|f| f.name().clone()).collect();
         for c in [TIME, STREAM_ID] {
             if !cols.iter().any(|x| x == c) {
                 cols.push(c.to_string());
@@ -281,12 +250,8 @@ impl ScanPlan {
             && let Some(msgs) = batch.column_by_name(MESSAGE)
         {
             let msgs = msgs.as_string::<i32>();
-            let finders: Vec<memchr::memmem::Finder<'_>> = self
-                .req
-                .line_contains
-                .iter()
-                .map(|s| memchr::memmem::Finder::new(s.as_bytes()))
-                .collect();
+            let finders: Vec<memchr::memmem::Finder<'_>> =
+                self.req.line_contains.iter().map(|s| memchr::memmem::Finder::new(s.as_bytes())).collect();
             for i in 0..n {
                 if mask.get_bit(i) {
                     let line = msgs.value(i).as_bytes();
@@ -338,20 +303,14 @@ pub(crate) fn conform(
         }
         let from_labels = labels.and_then(|(streams, cols)| {
             let label = cols.get(field.name())?;
-            let ids = batch
-                .column_by_name(STREAM_ID)?
-                .as_primitive::<UInt64Type>();
+            let ids = batch.column_by_name(STREAM_ID)?.as_primitive::<UInt64Type>();
             let mut cache: HashMap<u64, Option<Arc<Labels>>> = HashMap::new();
             let values: StringArray = ids
                 .values()
                 .iter()
                 .map(|id| {
-                    let labels = cache
-                        .entry(*id)
-                        .or_insert_with(|| streams.labels(*id).cloned());
-                    labels
-                        .as_ref()
-                        .and_then(|l| l.get(label).map(str::to_string))
+                    let labels = cache.entry(*id).or_insert_with(|| streams.labels(*id).cloned());
+                    labels.as_ref().and_then(|l| l.get(label).map(str::to_string))
                 })
                 .collect();
             Some(Arc::new(values) as ArrayRef)
@@ -359,11 +318,7 @@ pub(crate) fn conform(
         columns.push(from_labels.unwrap_or_else(|| new_null_array(field.data_type(), n)));
     }
     let options = RecordBatchOptions::new().with_row_count(Some(n));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &options,
-    )?)
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
 #[cfg(test)]

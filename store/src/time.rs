@@ -9,10 +9,7 @@ pub const NANOS_PER_DAY: i64 = 86_400 * NANOS_PER_SEC;
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
@@ -164,12 +161,7 @@ pub fn format_rfc3339_ns(ns: i64) -> String {
     let frac = ns.rem_euclid(NANOS_PER_SEC);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, sod / 60 % 60, sod % 60)
 }
 
 #[cfg(test)]
@@ -191,14 +183,8 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ns("1970-01-01T00:00:01.5Z"),
-            Some(1_500_000_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ns("2024-01-01T00:00:00.123456789Z"),
-            Some(19_723 * NANOS_PER_DAY + 123_456_789)
-        );
+        assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(parse_rfc3339_ns("2024-01-01T00:00:00.123456789Z"), Some(19_723 * NANOS_PER_DAY + 123_456_789));
         assert_eq!(parse_rfc3339_ns("1970-01-01T02:00:00+02:00"), Some(0));
         assert_eq!(parse_rfc3339_ns("1970-01-01 00:00:00"), Some(0));
         assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Zjunk"), None);
@@ -209,26 +195,11 @@ mod tests {
 
     #[test]
     fn epoch_units_by_magnitude() {
-        assert_eq!(
-            epoch_auto_ns_int(1_700_000_000),
-            Some(1_700_000_000 * NANOS_PER_SEC)
-        );
-        assert_eq!(
-            epoch_auto_ns_int(1_700_000_000_000),
-            Some(1_700_000_000_000_000_000)
-        );
-        assert_eq!(
-            epoch_auto_ns_int(1_700_000_000_000_000),
-            Some(1_700_000_000_000_000_000)
-        );
-        assert_eq!(
-            epoch_auto_ns_int(1_700_000_000_000_000_000),
-            Some(1_700_000_000_000_000_000)
-        );
-        assert_eq!(
-            epoch_auto_ns(1_700_000_000.5),
-            Some(1_700_000_000_500_000_000)
-        );
+        assert_eq!(epoch_auto_ns_int(1_700_000_000), Some(1_700_000_000 * NANOS_PER_SEC));
+        assert_eq!(epoch_auto_ns_int(1_700_000_000_000), Some(1_700_000_000_000_000_000));
+        assert_eq!(epoch_auto_ns_int(1_700_000_000_000_000), Some(1_700_000_000_000_000_000));
+        assert_eq!(epoch_auto_ns_int(1_700_000_000_000_000_000), Some(1_700_000_000_000_000_000));
+        assert_eq!(epoch_auto_ns(1_700_000_000.5), Some(1_700_000_000_500_000_000));
         assert_eq!(epoch_auto_ns(-1.0), None);
     }
 }

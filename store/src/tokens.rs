@@ -43,11 +43,7 @@ pub(crate) fn required_tokens(needle: &str, index_numbers: bool) -> Vec<u64> {
     if b.last().is_some_and(|&c| is_token_byte(c)) && !tokens.is_empty() {
         tokens.pop();
     }
-    tokens
-        .into_iter()
-        .filter(|t| index_numbers || !is_number(t))
-        .map(token_hash)
-        .collect()
+    tokens.into_iter().filter(|t| index_numbers || !is_number(t)).map(token_hash).collect()
 }
 
 pub(crate) fn is_number(token: &str) -> bool {
@@ -59,9 +55,7 @@ pub(crate) fn token_hash(token: &str) -> u64 {
 }
 
 /// Salts of the split-block Bloom filter, the odd constants of the Parquet specification's SBBF.
-const SALT: [u32; 8] = [
-    0x47b6137b, 0x44974d91, 0x8824ad5b, 0xa2b7289d, 0x705495c7, 0x2df1424b, 0x9efc4947, 0x5c6bfb31,
-];
+const SALT: [u32; 8] = [0x47b6137b, 0x44974d91, 0x8824ad5b, 0xa2b7289d, 0x705495c7, 0x2df1424b, 0x9efc4947, 0x5c6bfb31];
 
 /// A split-block Bloom filter: 256-bit blocks, 8 bits set per key, one cache line touched per lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +67,7 @@ impl TokenFilter {
     /// A filter sized for `distinct` keys at `bits_per_key` bits each.
     pub(crate) fn with_capacity(distinct: usize, bits_per_key: u32) -> TokenFilter {
         let bits = (distinct as u64 * u64::from(bits_per_key)).max(256);
-        TokenFilter {
-            blocks: vec![[0; 8]; bits.div_ceil(256) as usize],
-        }
+        TokenFilter { blocks: vec![[0; 8]; bits.div_ceil(256) as usize] }
     }
 
     fn block(&self, hash: u64) -> usize {
@@ -96,18 +88,11 @@ impl TokenFilter {
 
     pub(crate) fn may_contain(&self, hash: u64) -> bool {
         let block = &self.blocks[self.block(hash)];
-        block
-            .iter()
-            .zip(Self::mask(hash))
-            .all(|(word, bit)| word & bit != 0)
+        block.iter().zip(Self::mask(hash)).all(|(word, bit)| word & bit != 0)
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        self.blocks
-            .iter()
-            .flatten()
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
+        self.blocks.iter().flatten().flat_map(|w| w.to_le_bytes()).collect()
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<TokenFilter> {
@@ -116,11 +101,7 @@ impl TokenFilter {
         }
         let blocks = bytes
             .chunks_exact(32)
-            .map(|c| {
-                std::array::from_fn(|i| {
-                    u32::from_le_bytes(c[i * 4..i * 4 + 4].try_into().unwrap_or_default())
-                })
-            })
+            .map(|c| std::array::from_fn(|i| u32::from_le_bytes(c[i * 4..i * 4 + 4].try_into().unwrap_or_default())))
             .collect();
         Some(TokenFilter { blocks })
     }
@@ -178,19 +159,10 @@ mod tests {
         for_each_token("GET /api/v1?x=12 ok_go naïve", |s| t.push(s.to_string()));
         assert_eq!(t, ["GET", "api", "v1", "x", "12", "ok_go", "naïve"]);
         // "nnection refused by" may sit inside "connection refused by_x": only "refused" is certain.
-        assert_eq!(
-            required_tokens("nnection refused by", true),
-            vec![token_hash("refused")]
-        );
-        assert_eq!(
-            required_tokens(" refused ", true),
-            vec![token_hash("refused")]
-        );
+        assert_eq!(required_tokens("nnection refused by", true), vec![token_hash("refused")]);
+        assert_eq!(required_tokens(" refused ", true), vec![token_hash("refused")]);
         assert_eq!(required_tokens("port 8080 ", false), Vec::<u64>::new());
-        assert_eq!(
-            required_tokens("port 8080 ", true),
-            vec![token_hash("8080")]
-        );
+        assert_eq!(required_tokens("port 8080 ", true), vec![token_hash("8080")]);
     }
 
     #[test]
@@ -202,9 +174,7 @@ mod tests {
         let f = c.build(10);
         let f = TokenFilter::from_bytes(&f.to_bytes()).unwrap();
         assert!((0..10_000).all(|i| f.may_contain(token_hash(&format!("word{i}")))));
-        let false_pos = (0..10_000)
-            .filter(|i| f.may_contain(token_hash(&format!("other{i}"))))
-            .count();
+        let false_pos = (0..10_000).filter(|i| f.may_contain(token_hash(&format!("other{i}")))).count();
         assert!(false_pos < 300, "{false_pos} false positives in 10000");
     }
 }

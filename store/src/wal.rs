@@ -30,15 +30,8 @@ pub(crate) type OnDurable = Box<dyn FnOnce(u64) + Send>;
 pub(crate) type OnRotate = Box<dyn FnOnce(u64) + Send>;
 
 enum Msg {
-    Append {
-        payload: Vec<u8>,
-        on_durable: OnDurable,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    Rotate {
-        on_rotate: OnRotate,
-        reply: oneshot::Sender<Result<u64>>,
-    },
+    Append { payload: Vec<u8>, on_durable: OnDurable, reply: oneshot::Sender<Result<u64>> },
+    Rotate { on_rotate: OnRotate, reply: oneshot::Sender<Result<u64>> },
 }
 
 /// The handle to the WAL thread.
@@ -72,24 +65,13 @@ impl Wal {
             let is_last = i + 1 == n_segments;
             read_segment(&path, is_last, |seq, payload| {
                 last_seq = last_seq.max(seq);
-                if seq > checkpoint {
-                    replay(Replayed { seq, payload })
-                } else {
-                    Ok(())
-                }
+                if seq > checkpoint { replay(Replayed { seq, payload }) } else { Ok(()) }
             })?;
         }
         let next_seq = last_seq + 1;
         let segment = Segment::create(dir, next_seq)?;
         let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            dir: dir.to_path_buf(),
-            segment,
-            next_seq,
-            segment_bytes,
-            metrics,
-            failed: None,
-        };
+        let writer = Writer { dir: dir.to_path_buf(), segment, next_seq, segment_bytes, metrics, failed: None };
         let thread = std::thread::Builder::new()
             .name("lumen-wal".to_string())
             .spawn(move || writer.run(rx))
@@ -107,14 +89,8 @@ impl Wal {
     /// Dropping the future does not withdraw the record: it may still be written and applied.
     pub(crate) async fn append(&self, payload: Vec<u8>, on_durable: OnDurable) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Append {
-            payload,
-            on_durable,
-            reply,
-        })?;
-        rx.await.map_err(|_| Error::WalClosed {
-            reason: "the wal thread stopped".to_string(),
-        })?
+        self.send(Msg::Append { payload, on_durable, reply })?;
+        rx.await.map_err(|_| Error::WalClosed { reason: "the wal thread stopped".to_string() })?
     }
 
     /// Starts a new segment; `on_rotate` runs on the WAL thread between the last record of the old
@@ -122,19 +98,13 @@ impl Wal {
     pub(crate) async fn rotate(&self, on_rotate: OnRotate) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Rotate { on_rotate, reply })?;
-        rx.await.map_err(|_| Error::WalClosed {
-            reason: "the wal thread stopped".to_string(),
-        })?
+        rx.await.map_err(|_| Error::WalClosed { reason: "the wal thread stopped".to_string() })?
     }
 
     fn send(&self, msg: Msg) -> Result<()> {
         let tx = self.tx.lock();
-        let tx = tx.as_ref().ok_or_else(|| Error::WalClosed {
-            reason: "the store is shutting down".to_string(),
-        })?;
-        tx.send(msg).map_err(|_| Error::WalClosed {
-            reason: "the wal thread stopped".to_string(),
-        })
+        let tx = tx.as_ref().ok_or_else(|| Error::WalClosed { reason: "the store is shutting down".to_string() })?;
+        tx.send(msg).map_err(|_| Error::WalClosed { reason: "the wal thread stopped".to_string() })
     }
 
     /// Deletes the segments whose records are all at or below `checkpoint`.
@@ -172,11 +142,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in fs::read_dir(dir).map_err(Error::io("read", dir))? {
         let entry = entry.map_err(Error::io("read", dir))?;
         let name = entry.file_name();
-        let Some(seq) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".wal"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok()) else {
             continue;
         };
         out.push((seq, entry.path()));
@@ -188,28 +154,19 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Reads a segment's frames. A torn or corrupt tail of the newest segment is what `kill -9` during a write
 /// leaves: it was never acknowledged, so it is cut off. Damage inside an older segment is data loss and
 /// is reported as an error.
-fn read_segment(
-    path: &Path,
-    is_last: bool,
-    mut f: impl FnMut(u64, Vec<u8>) -> Result<()>,
-) -> Result<()> {
+fn read_segment(path: &Path, is_last: bool, mut f: impl FnMut(u64, Vec<u8>) -> Result<()>) -> Result<()> {
     let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut file| file.read_to_end(&mut data))
-        .map_err(Error::io("read", path))?;
+    File::open(path).and_then(|mut file| file.read_to_end(&mut data)).map_err(Error::io("read", path))?;
     let mut pos = 0;
     while pos < data.len() {
         let bad = |reason: &str| reason.to_string();
         let frame = (|| {
-            let header = data
-                .get(pos..pos + FRAME_HEADER)
-                .ok_or_else(|| bad("truncated frame header"))?;
+            let header = data.get(pos..pos + FRAME_HEADER).ok_or_else(|| bad("truncated frame header"))?;
             let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
             let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
             let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-            let payload = data
-                .get(pos + FRAME_HEADER..pos + FRAME_HEADER + len)
-                .ok_or_else(|| bad("truncated frame payload"))?;
+            let payload =
+                data.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len).ok_or_else(|| bad("truncated frame payload"))?;
             let mut hasher = crc32fast::Hasher::new();
             hasher.update(&header[8..16]);
             hasher.update(payload);
@@ -256,16 +213,10 @@ struct Segment {
 impl Segment {
     fn create(dir: &Path, first_seq: u64) -> Result<Segment> {
         let path = dir.join(format!("{first_seq:020}.wal"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(Error::io("create", &path))?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io("create", &path))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         // The new name must be durable before anything in it is acknowledged.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io("sync", dir))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync", dir))?;
         Ok(Segment { file, path, bytes })
     }
 }
@@ -301,32 +252,20 @@ impl Writer {
             }
             for msg in msgs {
                 match msg {
-                    Msg::Append {
-                        payload,
-                        on_durable,
-                        reply,
-                    } => {
+                    Msg::Append { payload, on_durable, reply } => {
                         if let Some(reason) = &self.failed {
-                            let _ = reply.send(Err(Error::WalClosed {
-                                reason: reason.clone(),
-                            }));
+                            let _ = reply.send(Err(Error::WalClosed { reason: reason.clone() }));
                             continue;
                         }
                         let seq = self.next_seq;
                         self.next_seq += 1;
                         frame(&mut buf, seq, &payload);
-                        group.push(Pending {
-                            seq,
-                            on_durable,
-                            reply,
-                        });
+                        group.push(Pending { seq, on_durable, reply });
                     }
                     Msg::Rotate { on_rotate, reply } => {
                         self.commit(&mut buf, &mut group);
                         let res = match &self.failed {
-                            Some(reason) => Err(Error::WalClosed {
-                                reason: reason.clone(),
-                            }),
+                            Some(reason) => Err(Error::WalClosed { reason: reason.clone() }),
                             None => self.rotate().map(|()| {
                                 let last = self.next_seq - 1;
                                 on_rotate(last);
@@ -353,15 +292,9 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let res = self
-            .segment
-            .file
-            .write_all(buf)
-            .and_then(|()| self.segment.file.sync_data());
+        let res = self.segment.file.write_all(buf).and_then(|()| self.segment.file.sync_data());
         self.metrics.wal_fsyncs.inc();
-        self.metrics
-            .wal_fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.wal_bytes.inc_by(buf.len() as u64);
         self.metrics.wal_records.inc_by(group.len() as u64);
         self.segment.bytes += buf.len() as u64;
@@ -378,9 +311,7 @@ impl Writer {
                 tracing::error!(%reason, records = group.len(), "wal write failed; refusing further writes");
                 self.fail(reason.clone());
                 for p in group.drain(..) {
-                    let _ = p.reply.send(Err(Error::WalClosed {
-                        reason: reason.clone(),
-                    }));
+                    let _ = p.reply.send(Err(Error::WalClosed { reason: reason.clone() }));
                 }
             }
         }
@@ -423,13 +354,7 @@ mod tests {
         let applied = Arc::new(Mutex::new(Vec::new()));
         for i in 0..5u8 {
             let applied = applied.clone();
-            let seq = wal
-                .append(
-                    vec![i; 10],
-                    Box::new(move |seq| applied.lock().unwrap().push(seq)),
-                )
-                .await
-                .unwrap();
+            let seq = wal.append(vec![i; 10], Box::new(move |seq| applied.lock().unwrap().push(seq))).await.unwrap();
             assert_eq!(seq, u64::from(i) + 1);
         }
         assert_eq!(*applied.lock().unwrap(), vec![1, 2, 3, 4, 5]);

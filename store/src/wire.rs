@@ -39,13 +39,9 @@ impl Limits {
     /// The rejection of an entry at `time_ns`, if its time is outside the accepted window.
     pub(crate) fn check_time(&self, time_ns: i64) -> Option<RejectReason> {
         if time_ns < self.oldest_ns {
-            Some(RejectReason::TooOld {
-                time: crate::time::format_rfc3339_ns(time_ns),
-            })
+            Some(RejectReason::TooOld { time: crate::time::format_rfc3339_ns(time_ns) })
         } else if time_ns > self.newest_ns {
-            Some(RejectReason::TooNew {
-                time: crate::time::format_rfc3339_ns(time_ns),
-            })
+            Some(RejectReason::TooNew { time: crate::time::format_rfc3339_ns(time_ns) })
         } else {
             None
         }
@@ -68,10 +64,7 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WireError {
     #[error("unsupported content type {content_type:?}; {expected}")]
-    UnsupportedContentType {
-        content_type: String,
-        expected: &'static str,
-    },
+    UnsupportedContentType { content_type: String, expected: &'static str },
 
     #[error("unsupported content encoding {encoding:?}; use gzip, deflate, zstd or none")]
     UnsupportedEncoding { encoding: String },
@@ -80,41 +73,22 @@ pub enum WireError {
     BodyTooLarge { limit: usize, decompressed: bool },
 
     #[error("invalid {encoding} body: {reason}")]
-    Compression {
-        encoding: &'static str,
-        reason: String,
-    },
+    Compression { encoding: &'static str, reason: String },
 
     #[error("invalid protobuf PushRequest: {reason}")]
     Protobuf { reason: String },
 
     #[error("invalid JSON at line {line}, column {column}: {reason}")]
-    Json {
-        line: usize,
-        column: usize,
-        reason: String,
-    },
+    Json { line: usize, column: usize, reason: String },
 
     #[error("stream {stream}: invalid labels {labels:?}: {reason}")]
-    Labels {
-        stream: usize,
-        labels: String,
-        reason: String,
-    },
+    Labels { stream: usize, labels: String, reason: String },
 
     #[error("stream {stream} has {count} labels, more than the limit of {limit}")]
-    TooManyLabels {
-        stream: usize,
-        count: usize,
-        limit: usize,
-    },
+    TooManyLabels { stream: usize, count: usize, limit: usize },
 
     #[error("{location}: invalid timestamp {value:?}: {reason}")]
-    Timestamp {
-        location: String,
-        value: String,
-        reason: &'static str,
-    },
+    Timestamp { location: String, value: String, reason: &'static str },
 
     #[error("line {line}: {reason}")]
     Bulk { line: usize, reason: String },
@@ -133,16 +107,10 @@ impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RejectReason::LineTooLong { bytes, limit } => {
-                write!(
-                    f,
-                    "line of {bytes} bytes is longer than the limit of {limit} bytes"
-                )
+                write!(f, "line of {bytes} bytes is longer than the limit of {limit} bytes")
             }
             RejectReason::UnsupportedAction { action } => {
-                write!(
-                    f,
-                    "bulk action {action:?} is not supported; use create or index"
-                )
+                write!(f, "bulk action {action:?} is not supported; use create or index")
             }
             RejectReason::TooOld { time } => {
                 write!(f, "timestamp {time} is older than the retention period")
@@ -218,17 +186,10 @@ impl FieldMapping {
         default_msg: &str,
     ) -> FieldMapping {
         fn list(v: Option<&str>) -> Vec<String> {
-            v.map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
+            v.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+                .unwrap_or_default()
         }
-        let or_default =
-            |v: Vec<String>, d: &str| if v.is_empty() { vec![d.to_string()] } else { v };
+        let or_default = |v: Vec<String>, d: &str| if v.is_empty() { vec![d.to_string()] } else { v };
         FieldMapping {
             time_fields: or_default(list(time_field), default_time),
             msg_fields: or_default(list(msg_field), default_msg),
@@ -238,12 +199,10 @@ impl FieldMapping {
     }
 
     fn ignored(&self, name: &str) -> bool {
-        self.ignore_fields
-            .iter()
-            .any(|p| match p.strip_suffix('*') {
-                Some(prefix) => name.starts_with(prefix),
-                None => p == name,
-            })
+        self.ignore_fields.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
     }
 }
 

@@ -18,17 +18,8 @@ fn loki_json(labels: Value, lines: &[&str]) -> String {
     json!({"streams": [{"stream": labels, "values": values}]}).to_string()
 }
 
-async fn post(
-    server: &TestServer,
-    path: &str,
-    tenant: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (u16, String) {
-    let mut req = server
-        .client
-        .post(server.url(path))
-        .header("X-Scope-OrgID", tenant);
+async fn post(server: &TestServer, path: &str, tenant: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String) {
+    let mut req = server.client.post(server.url(path)).header("X-Scope-OrgID", tenant);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -49,73 +40,38 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
 
     // A line over 256 KiB is rejected alone; its neighbour is stored; the answer counts it.
     let long = "x".repeat(300 * 1024);
-    let (status, msg) = post(
-        s,
-        "/loki/api/v1/push",
-        "long",
-        &[JSON],
-        loki_json(json!({"app": "a"}), &["fine", &long]).into_bytes(),
-    )
-    .await;
+    let (status, msg) =
+        post(s, "/loki/api/v1/push", "long", &[JSON], loki_json(json!({"app": "a"}), &["fine", &long]).into_bytes())
+            .await;
     assert_eq!(status, 400);
-    assert!(
-        msg.contains("1 of 2 entries rejected")
-            && msg.contains("longer than the limit of 262144 bytes"),
-        "{msg}"
-    );
+    assert!(msg.contains("1 of 2 entries rejected") && msg.contains("longer than the limit of 262144 bytes"), "{msg}");
     assert_eq!(s.count("long").await, 1);
     let body = format!("{}\n{}\n", json!({"_msg": "ok"}), json!({"_msg": long}));
     let (status, msg) = post(s, "/insert/jsonline", "long", &[], body.into_bytes()).await;
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_str(&msg).unwrap();
-    assert_eq!(
-        (answer["accepted"].as_i64(), answer["rejected"].as_i64()),
-        (Some(1), Some(1)),
-        "{answer}"
-    );
+    assert_eq!((answer["accepted"].as_i64(), answer["rejected"].as_i64()), (Some(1), Some(1)), "{answer}");
     assert!(answer["errors"][0].as_str().unwrap().contains("line 2"));
     let body = format!(
         "{{\"create\":{{}}}}\n{}\n{{\"create\":{{}}}}\n{}\n",
         json!({"message": long}),
         json!({"message": "ok"})
     );
-    let (status, msg) = post(
-        s,
-        "/insert/elasticsearch/_bulk",
-        "long",
-        &[],
-        body.into_bytes(),
-    )
-    .await;
+    let (status, msg) = post(s, "/insert/elasticsearch/_bulk", "long", &[], body.into_bytes()).await;
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_str(&msg).unwrap();
     assert_eq!(answer["errors"], true);
     assert_eq!(answer["items"][0]["create"]["status"], 400);
-    assert!(
-        answer["items"][0]["create"]["error"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("longer than the limit")
-    );
+    assert!(answer["items"][0]["create"]["error"]["reason"].as_str().unwrap().contains("longer than the limit"));
     assert_eq!(answer["items"][1]["create"]["status"], 201);
     assert_eq!(s.count("long").await, 3);
 
     // Too many labels, an invalid label name, no labels at all: the whole request is refused.
-    let labels: serde_json::Map<String, Value> =
-        (0..16).map(|i| (format!("l{i}"), json!("v"))).collect();
-    let (status, msg) = post(
-        s,
-        "/loki/api/v1/push",
-        "labels",
-        &[JSON],
-        loki_json(Value::Object(labels), &["x"]).into_bytes(),
-    )
-    .await;
+    let labels: serde_json::Map<String, Value> = (0..16).map(|i| (format!("l{i}"), json!("v"))).collect();
+    let (status, msg) =
+        post(s, "/loki/api/v1/push", "labels", &[JSON], loki_json(Value::Object(labels), &["x"]).into_bytes()).await;
     assert_eq!(status, 400);
-    assert!(
-        msg.contains("has 16 labels, more than the limit of 15"),
-        "{msg}"
-    );
+    assert!(msg.contains("has 16 labels, more than the limit of 15"), "{msg}");
     let (status, msg) = post(
         s,
         "/loki/api/v1/push",
@@ -126,14 +82,8 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
     .await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid label name \"bad-name\""), "{msg}");
-    let (status, msg) = post(
-        s,
-        "/loki/api/v1/push",
-        "labels",
-        &[JSON],
-        loki_json(json!({}), &["x"]).into_bytes(),
-    )
-    .await;
+    let (status, msg) =
+        post(s, "/loki/api/v1/push", "labels", &[JSON], loki_json(json!({}), &["x"]).into_bytes()).await;
     assert_eq!(status, 400);
     assert!(msg.contains("at least one label"), "{msg}");
     let (status, msg) = post(
@@ -149,140 +99,58 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
     assert_eq!(s.count("labels").await, 0);
 
     // Malformed JSON, with where it is wrong; the good first line is not stored either.
-    let (status, msg) = post(
-        s,
-        "/insert/jsonline",
-        "json",
-        &[],
-        b"{\"_msg\":\"good\"}\n{\"_msg\": oops}\n".to_vec(),
-    )
-    .await;
+    let (status, msg) =
+        post(s, "/insert/jsonline", "json", &[], b"{\"_msg\":\"good\"}\n{\"_msg\": oops}\n".to_vec()).await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid JSON at line 2, column"), "{msg}");
-    let (status, msg) = post(
-        s,
-        "/loki/api/v1/push",
-        "json",
-        &[JSON],
-        b"{\"streams\":[".to_vec(),
-    )
-    .await;
+    let (status, msg) = post(s, "/loki/api/v1/push", "json", &[JSON], b"{\"streams\":[".to_vec()).await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid JSON at line 1"), "{msg}");
-    let (status, msg) = post(
-        s,
-        "/insert/elasticsearch/_bulk",
-        "json",
-        &[],
-        b"{\"create\":{}}\n{not json}\n".to_vec(),
-    )
-    .await;
+    let (status, msg) =
+        post(s, "/insert/elasticsearch/_bulk", "json", &[], b"{\"create\":{}}\n{not json}\n".to_vec()).await;
     assert_eq!(status, 400);
     let err: Value = serde_json::from_str(&msg).unwrap();
-    assert!(
-        err["error"]["reason"].as_str().unwrap().contains("line 2"),
-        "{err}"
-    );
+    assert!(err["error"]["reason"].as_str().unwrap().contains("line 2"), "{err}");
     assert_eq!(s.count("json").await, 0);
 
     // Broken snappy, broken protobuf inside good snappy, broken gzip.
     let proto = [("Content-Type", "application/x-protobuf")];
-    let (status, msg) = post(
-        s,
-        "/loki/api/v1/push",
-        "proto",
-        &proto,
-        b"\xff\xff\xff\xff\xffnot snappy".to_vec(),
-    )
-    .await;
+    let (status, msg) = post(s, "/loki/api/v1/push", "proto", &proto, b"\xff\xff\xff\xff\xffnot snappy".to_vec()).await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid snappy body"), "{msg}");
-    let bad_proto = snap::raw::Encoder::new()
-        .compress_vec(b"\x0a\xff\xff\xff\xff\x0f garbage")
-        .unwrap();
+    let bad_proto = snap::raw::Encoder::new().compress_vec(b"\x0a\xff\xff\xff\xff\x0f garbage").unwrap();
     let (status, msg) = post(s, "/loki/api/v1/push", "proto", &proto, bad_proto).await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid protobuf PushRequest"), "{msg}");
-    let (status, msg) = post(
-        s,
-        "/insert/jsonline",
-        "proto",
-        &[("Content-Encoding", "gzip")],
-        b"this is not gzip".to_vec(),
-    )
-    .await;
+    let (status, msg) =
+        post(s, "/insert/jsonline", "proto", &[("Content-Encoding", "gzip")], b"this is not gzip".to_vec()).await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid gzip body"), "{msg}");
     assert_eq!(s.count("proto").await, 0);
 
     // A content type Loki push does not know, and an encoding nobody knows.
-    let (status, msg) = post(
-        s,
-        "/loki/api/v1/push",
-        "ct",
-        &[("Content-Type", "text/plain")],
-        b"hello".to_vec(),
-    )
-    .await;
+    let (status, msg) = post(s, "/loki/api/v1/push", "ct", &[("Content-Type", "text/plain")], b"hello".to_vec()).await;
     assert_eq!(status, 415);
-    assert!(
-        msg.contains("unsupported content type \"text/plain\""),
-        "{msg}"
-    );
-    let (status, _) = post(
-        s,
-        "/insert/jsonline",
-        "ct",
-        &[("Content-Encoding", "br")],
-        b"{}".to_vec(),
-    )
-    .await;
+    assert!(msg.contains("unsupported content type \"text/plain\""), "{msg}");
+    let (status, _) = post(s, "/insert/jsonline", "ct", &[("Content-Encoding", "br")], b"{}".to_vec()).await;
     assert_eq!(status, 415);
 
     // Bodies over the 1 MiB limit, as sent and once decompressed.
-    let (status, _) = post(
-        s,
-        "/insert/jsonline",
-        "big",
-        &[],
-        vec![b' '; 2 * 1024 * 1024],
-    )
-    .await;
+    let (status, _) = post(s, "/insert/jsonline", "big", &[], vec![b' '; 2 * 1024 * 1024]).await;
     assert_eq!(status, 413);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 8 * 1024 * 1024]).unwrap();
-    let (status, msg) = post(
-        s,
-        "/insert/jsonline",
-        "big",
-        &[("Content-Encoding", "gzip")],
-        gz.finish().unwrap(),
-    )
-    .await;
+    let (status, msg) = post(s, "/insert/jsonline", "big", &[("Content-Encoding", "gzip")], gz.finish().unwrap()).await;
     assert_eq!(status, 413);
     assert!(msg.contains("once decompressed"), "{msg}");
 
     // An invalid tenant id.
-    let (status, msg) = post(
-        s,
-        "/insert/jsonline",
-        "../etc",
-        &[],
-        b"{\"_msg\":\"x\"}".to_vec(),
-    )
-    .await;
+    let (status, msg) = post(s, "/insert/jsonline", "../etc", &[], b"{\"_msg\":\"x\"}".to_vec()).await;
     assert_eq!(status, 400);
     assert!(msg.contains("invalid tenant"), "{msg}");
 
     // Invalid UTF-8 is replaced, not rejected: the entry is kept.
-    let (status, _) = post(
-        s,
-        "/insert/jsonline",
-        "utf8",
-        &[],
-        b"{\"_msg\":\"bad \xff byte\"}\n".to_vec(),
-    )
-    .await;
+    let (status, _) = post(s, "/insert/jsonline", "utf8", &[], b"{\"_msg\":\"bad \xff byte\"}\n".to_vec()).await;
     assert_eq!(status, 200);
     let rows = s.sql("utf8", "SELECT message FROM logs").await;
     assert_eq!(rows[0]["message"], "bad \u{fffd} byte");
@@ -298,58 +166,28 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
             hash: 0,
         }],
     };
-    let (status, _) = post(
-        s,
-        "/loki/api/v1/push",
-        "utf8",
-        &proto,
-        encode_protobuf(&req),
-    )
-    .await;
+    let (status, _) = post(s, "/loki/api/v1/push", "utf8", &proto, encode_protobuf(&req)).await;
     assert_eq!(status, 204);
     assert_eq!(s.count("utf8").await, 2);
 
     // Broken SQL is a 400 that says what is wrong.
-    let r = s
-        .client
-        .post(s.url("/api/v1/sql"))
-        .body("SELEC nothing")
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/api/v1/sql")).body("SELEC nothing").send().await.unwrap();
     assert_eq!(r.status(), 400);
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["errorType"], "bad_data");
-    let r = s
-        .client
-        .post(s.url("/api/v1/sql"))
-        .body("SELECT nope FROM logs")
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/api/v1/sql")).body("SELECT nope FROM logs").send().await.unwrap();
     assert_eq!(r.status(), 400);
 
     // The server is still up, and its metrics counted the rejections.
     let r = s.client.get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains(
-            "lumen_ingest_rejected_lines_total{protocol=\"loki\",reason=\"line_too_long\"} 1"
-        ),
+        metrics.contains("lumen_ingest_rejected_lines_total{protocol=\"loki\",reason=\"line_too_long\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics
-            .contains("lumen_ingest_rejected_requests_total{protocol=\"jsonline\",status=\"400\"}"),
+        metrics.contains("lumen_ingest_rejected_requests_total{protocol=\"jsonline\",status=\"400\"}"),
         "{metrics}"
     );
     assert!(metrics.contains("lumen_store_wal_fsyncs_total"));
@@ -368,14 +206,7 @@ async fn entries_outside_the_retention_window_are_rejected_one_by_one() {
         [(now + 3 * day).to_string(), "too new"]
     ]);
     let body = json!({"streams": [{"stream": {"app": "a"}, "values": values}]}).to_string();
-    let (status, msg) = post(
-        &server,
-        "/loki/api/v1/push",
-        "window",
-        &[JSON],
-        body.into_bytes(),
-    )
-    .await;
+    let (status, msg) = post(&server, "/loki/api/v1/push", "window", &[JSON], body.into_bytes()).await;
     assert_eq!(status, 400);
     assert!(
         msg.contains("2 of 3 entries rejected")

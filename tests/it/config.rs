@@ -16,15 +16,9 @@ fn example_config_lists_every_default() {
     let defaults: toml::Table = toml::from_str(&Config::defaults_toml()).unwrap();
     let text = std::fs::read_to_string(example()).unwrap();
     for (section, keys) in &defaults {
-        assert!(
-            text.contains(&format!("[{section}]")),
-            "section [{section}] missing from the example"
-        );
+        assert!(text.contains(&format!("[{section}]")), "section [{section}] missing from the example");
         for key in keys.as_table().unwrap().keys() {
-            assert!(
-                text.contains(&format!("\n{key} = ")),
-                "{section}.{key} missing from the example"
-            );
+            assert!(text.contains(&format!("\n{key} = ")), "{section}.{key} missing from the example");
         }
     }
 }
@@ -36,11 +30,7 @@ fn config_check_accepts_the_example_and_names_a_bad_key() {
         .arg(example())
         .output()
         .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nretention = \"soon\"\n").unwrap();

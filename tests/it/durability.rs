@@ -19,11 +19,7 @@ const LINES_PER_REQUEST: usize = 50;
 async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lumen.toml");
-    std::fs::write(
-        &config,
-        "[store]\nhead_max_size = \"1 MiB\"\n[query]\nsql_max_rows = 1000000\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[store]\nhead_max_size = \"1 MiB\"\n[query]\nsql_max_rows = 1000000\n").unwrap();
     let cfg = config.to_str().unwrap().to_string();
     let data = dir.path().join("data");
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -42,7 +38,12 @@ async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_n
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let id = format!("r{round}-w{w}-q{r}");
                     let body: String = (0..LINES_PER_REQUEST)
-                        .map(|i| format!("{}\n", json!({"_msg": format!("{id}-l{i} payload"), "req": id, "writer": w.to_string()})))
+                        .map(|i| {
+                            format!(
+                                "{}\n",
+                                json!({"_msg": format!("{id}-l{i} payload"), "req": id, "writer": w.to_string()})
+                            )
+                        })
                         .collect();
                     let res = client
                         .post(format!("{base}/insert/jsonline?_stream_fields=writer"))
@@ -67,11 +68,7 @@ async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_n
         }
     }
     let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 20,
-        "only {} requests were acknowledged",
-        acked.len()
-    );
+    assert!(acked.len() > 20, "only {} requests were acknowledged", acked.len());
 
     let addr = free_addr();
     let mut server = ServerProcess::spawn(&data, addr, &["--config", &cfg]);
@@ -86,20 +83,11 @@ async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_n
     .await;
     let stored: HashMap<String, (i64, i64)> = rows
         .iter()
-        .map(|r| {
-            (
-                r["req"].as_str().unwrap().to_string(),
-                (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap()),
-            )
-        })
+        .map(|r| (r["req"].as_str().unwrap().to_string(), (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())))
         .collect();
     let want = (LINES_PER_REQUEST as i64, LINES_PER_REQUEST as i64);
     for id in &acked {
-        assert_eq!(
-            stored.get(id),
-            Some(&want),
-            "acknowledged request {id} is not stored exactly once"
-        );
+        assert_eq!(stored.get(id), Some(&want), "acknowledged request {id} is not stored exactly once");
     }
     // Requests in flight at the kill are all or nothing, and never doubled.
     for (id, got) in &stored {
@@ -107,10 +95,7 @@ async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_n
     }
     let acked: HashSet<&String> = acked.iter().collect();
     let extra = stored.keys().filter(|k| !acked.contains(k)).count();
-    assert!(
-        extra <= 3 * WRITERS,
-        "{extra} unacknowledged requests stored; at most one per writer per kill can be"
-    );
+    assert!(extra <= 3 * WRITERS, "{extra} unacknowledged requests stored; at most one per writer per kill can be");
     server.terminate();
 }
 
@@ -121,82 +106,38 @@ async fn flush_then_restart_keeps_everything_and_a_second_process_is_refused() {
     let mut server = ServerProcess::spawn(dir.path(), addr, &[]);
     server.wait_ready().await;
     let client = reqwest::Client::new();
-    let body: String = (0..1000)
-        .map(|i| format!("{}\n", json!({"_msg": format!("line {i}"), "app": "a"})))
-        .collect();
+    let body: String = (0..1000).map(|i| format!("{}\n", json!({"_msg": format!("line {i}"), "app": "a"}))).collect();
     let r = client
-        .post(format!(
-            "{}/insert/jsonline?_stream_fields=app",
-            server.base
-        ))
+        .post(format!("{}/insert/jsonline?_stream_fields=app", server.base))
         .body(body.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .post(format!("{}/api/v1/admin/flush", server.base))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(format!("{}/api/v1/admin/flush", server.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .post(format!(
-            "{}/insert/jsonline?_stream_fields=app",
-            server.base
-        ))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(format!("{}/insert/jsonline?_stream_fields=app", server.base)).body(body).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     // A second server on the same directory is refused with a message that says why.
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_lumen"))
-        .args([
-            "server",
-            "--mqtt-listen",
-            "off",
-            "--http-addr",
-            &free_addr().to_string(),
-            "--data-dir",
-        ])
+        .args(["server", "--mqtt-listen", "off", "--http-addr", &free_addr().to_string(), "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        stderr.contains("locked by another lumen process"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("locked by another lumen process"), "{stderr}");
 
     // A clean stop flushes the head; the restart finds parts and an empty log.
     server.terminate();
     let mut server = ServerProcess::spawn(dir.path(), addr, &[]);
     server.wait_ready().await;
-    let rows = sql_rows(
-        &client,
-        &server.base,
-        "default",
-        "SELECT count(*) AS n, count(DISTINCT message) AS d FROM logs",
-    )
-    .await;
-    assert_eq!(
-        (rows[0]["n"].as_i64(), rows[0]["d"].as_i64()),
-        (Some(2000), Some(1000))
-    );
-    let metrics = client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("lumen_store_head_rows 0"),
-        "the clean stop should have flushed the head"
-    );
+    let rows =
+        sql_rows(&client, &server.base, "default", "SELECT count(*) AS n, count(DISTINCT message) AS d FROM logs")
+            .await;
+    assert_eq!((rows[0]["n"].as_i64(), rows[0]["d"].as_i64()), (Some(2000), Some(1000)));
+    let metrics = client.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lumen_store_head_rows 0"), "the clean stop should have flushed the head");
     server.terminate();
 }

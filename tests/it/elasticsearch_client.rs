@@ -20,26 +20,13 @@ assert ok == 5000 and not errors, (ok, errors)
 print(ok)
 "#;
     let base = server.url("/insert/elasticsearch/");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args(["-c", script, &base])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "elasticsearch-py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        tokio::task::spawn_blocking(move || Command::new("python3").args(["-c", script, &base]).output().unwrap())
+            .await
+            .unwrap();
+    assert!(out.status.success(), "elasticsearch-py failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(server.count("default").await, 5000);
-    let rows = server
-        .sql(
-            "default",
-            "SELECT count(*) AS n FROM logs WHERE app = 'py' AND message = 'doc 4999'",
-        )
-        .await;
+    let rows = server.sql("default", "SELECT count(*) AS n FROM logs WHERE app = 'py' AND message = 'doc 4999'").await;
     assert_eq!(rows[0]["n"], 1);
     server.stop().await;
 }

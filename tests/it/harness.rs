@@ -27,12 +27,7 @@ pub fn loghub() -> Vec<(String, Vec<String>)> {
             .filter(|l| !l.trim().is_empty())
             .map(String::from)
             .collect();
-        let name = path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .trim_end_matches("_2k.log")
-            .to_lowercase();
+        let name = path.file_name().unwrap().to_string_lossy().trim_end_matches("_2k.log").to_lowercase();
         out.push((name, lines));
     }
     assert_eq!(out.len(), 16, "expected the 16 Loghub samples");
@@ -59,11 +54,7 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let running = lumen::start(config).await.expect("server starts");
         let base = format!("http://{}", running.http_addr);
-        TestServer {
-            running: Some(running),
-            base,
-            client: reqwest::Client::new(),
-        }
+        TestServer { running: Some(running), base, client: reqwest::Client::new() }
     }
 
     pub async fn stop(mut self) {
@@ -80,18 +71,11 @@ impl TestServer {
     }
 
     pub async fn count(&self, tenant: &str) -> i64 {
-        self.sql(tenant, "SELECT count(*) AS n FROM logs").await[0]["n"]
-            .as_i64()
-            .unwrap()
+        self.sql(tenant, "SELECT count(*) AS n FROM logs").await[0]["n"].as_i64().unwrap()
     }
 
     pub async fn flush(&self) {
-        let r = self
-            .client
-            .post(self.url("/api/v1/admin/flush"))
-            .send()
-            .await
-            .unwrap();
+        let r = self.client.post(self.url("/api/v1/admin/flush")).send().await.unwrap();
         assert_eq!(r.status(), 200, "flush: {}", r.text().await.unwrap());
     }
 }
@@ -112,10 +96,7 @@ pub async fn sql_rows(client: &reqwest::Client, base: &str, tenant: &str, sql: &
 
 /// A free loopback port (bound and released; good enough for tests that start at once).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A `lumen server` child process.
@@ -127,14 +108,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn spawn(data_dir: &Path, addr: SocketAddr, extra: &[&str]) -> ServerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_lumen"))
-            .args([
-                "server",
-                "--mqtt-listen",
-                "off",
-                "--http-addr",
-                &addr.to_string(),
-                "--data-dir",
-            ])
+            .args(["server", "--mqtt-listen", "off", "--http-addr", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -142,10 +116,7 @@ impl ServerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn lumen");
-        ServerProcess {
-            child,
-            base: format!("http://{addr}"),
-        }
+        ServerProcess { child, base: format!("http://{addr}") }
     }
 
     /// Waits until `/ready` answers 200.
@@ -161,18 +132,10 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
                 panic!("lumen exited with {status} before it was ready: {err}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "lumen did not become ready in 30s"
-            );
+            assert!(Instant::now() < deadline, "lumen did not become ready in 30s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -185,10 +148,7 @@ impl ServerProcess {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(sent.success());
         let status = self.child.wait().unwrap();
         assert!(status.success(), "lumen exited with {status} after SIGTERM");

@@ -4,9 +4,7 @@
 use std::io::Write;
 
 use serde_json::{Value, json};
-use store::wire::loki::{
-    EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf,
-};
+use store::wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
 
 use crate::harness::{TestServer, loghub, test_config};
 
@@ -19,30 +17,11 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// Per-app counts as SQL sees them, compared with what was sent.
 async fn assert_counts(server: &TestServer, tenant: &str, sent: &[(String, Vec<String>)]) {
     let total: usize = sent.iter().map(|(_, l)| l.len()).sum();
-    assert_eq!(
-        server.count(tenant).await as usize,
-        total,
-        "tenant {tenant}"
-    );
-    let rows = server
-        .sql(
-            tenant,
-            "SELECT app, count(*) AS n FROM logs GROUP BY app ORDER BY app",
-        )
-        .await;
-    let got: Vec<(String, i64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["app"].as_str().unwrap().to_string(),
-                r["n"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    let mut want: Vec<(String, i64)> = sent
-        .iter()
-        .map(|(a, l)| (a.clone(), l.len() as i64))
-        .collect();
+    assert_eq!(server.count(tenant).await as usize, total, "tenant {tenant}");
+    let rows = server.sql(tenant, "SELECT app, count(*) AS n FROM logs GROUP BY app ORDER BY app").await;
+    let got: Vec<(String, i64)> =
+        rows.iter().map(|r| (r["app"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap())).collect();
+    let mut want: Vec<(String, i64)> = sent.iter().map(|(a, l)| (a.clone(), l.len() as i64)).collect();
     want.sort();
     assert_eq!(got, want, "tenant {tenant}");
 }
@@ -63,16 +42,10 @@ async fn loghub_through_every_protocol_is_counted_back_exactly() {
             .enumerate()
             .map(|(i, l)| {
                 let ts = (t0 + i as i64).to_string();
-                if i % 10 == 0 {
-                    json!([ts, l, {"line_no": i.to_string()}])
-                } else {
-                    json!([ts, l])
-                }
+                if i % 10 == 0 { json!([ts, l, {"line_no": i.to_string()}]) } else { json!([ts, l]) }
             })
             .collect();
-        let body =
-            json!({"streams": [{"stream": {"app": app, "job": "loghub"}, "values": values}]})
-                .to_string();
+        let body = json!({"streams": [{"stream": {"app": app, "job": "loghub"}, "values": values}]}).to_string();
         let r = server
             .client
             .post(server.url("/loki/api/v1/push"))
@@ -92,10 +65,7 @@ async fn loghub_through_every_protocol_is_counted_back_exactly() {
             .iter()
             .enumerate()
             .map(|(i, l)| EntryAdapter {
-                timestamp: Some(Timestamp {
-                    seconds: t0 / 1_000_000_000 + i as i64,
-                    nanos: 0,
-                }),
+                timestamp: Some(Timestamp { seconds: t0 / 1_000_000_000 + i as i64, nanos: 0 }),
                 line: l.clone().into_bytes(),
                 structured_metadata: vec![LabelPairAdapter {
                     name: b"trace_id".to_vec(),
@@ -124,33 +94,25 @@ async fn loghub_through_every_protocol_is_counted_back_exactly() {
     }
 
     // JSON lines, each system with a different content type and encoding that real shippers use.
-    let content_types = [
-        Some("application/json"),
-        Some("application/x-ndjson"),
-        Some("application/stream+json"),
-        None,
-    ];
+    let content_types = [Some("application/json"), Some("application/x-ndjson"), Some("application/stream+json"), None];
     for (k, (app, lines)) in data.iter().enumerate() {
         let mut body = String::new();
         for (i, l) in lines.iter().enumerate() {
-            body.push_str(&json!({"_time": (t0 + i as i64).to_string(), "_msg": l, "app": app, "host": {"name": "h1"}}).to_string());
+            body.push_str(
+                &json!({"_time": (t0 + i as i64).to_string(), "_msg": l, "app": app, "host": {"name": "h1"}})
+                    .to_string(),
+            );
             body.push('\n');
         }
-        let mut req = server
-            .client
-            .post(server.url("/insert/jsonline?_stream_fields=app"))
-            .header("X-Scope-OrgID", "jsonline");
+        let mut req =
+            server.client.post(server.url("/insert/jsonline?_stream_fields=app")).header("X-Scope-OrgID", "jsonline");
         if let Some(ct) = content_types[k % 4] {
             req = req.header("Content-Type", ct);
         }
         let req = match k % 3 {
             0 => req.body(body),
-            1 => req
-                .header("Content-Encoding", "gzip")
-                .body(gzip(body.as_bytes())),
-            _ => req
-                .header("Content-Encoding", "zstd")
-                .body(zstd::encode_all(body.as_bytes(), 1).unwrap()),
+            1 => req.header("Content-Encoding", "gzip").body(gzip(body.as_bytes())),
+            _ => req.header("Content-Encoding", "zstd").body(zstd::encode_all(body.as_bytes(), 1).unwrap()),
         };
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -165,22 +127,15 @@ async fn loghub_through_every_protocol_is_counted_back_exactly() {
             let action = if i % 2 == 0 { "create" } else { "index" };
             body.push_str(&json!({action: {"_index": "logs"}}).to_string());
             body.push('\n');
-            body.push_str(
-                &json!({"@timestamp": es_time, "message": l, "app": app, "level": "info"})
-                    .to_string(),
-            );
+            body.push_str(&json!({"@timestamp": es_time, "message": l, "app": app, "level": "info"}).to_string());
             body.push('\n');
         }
         let req = server
             .client
             .post(server.url("/insert/elasticsearch/_bulk?_stream_fields=app"))
             .header("X-Scope-OrgID", "esbulk");
-        let req = if k % 2 == 0 {
-            req.header("Content-Type", "application/x-ndjson")
-                .body(body)
-        } else {
-            req.body(body)
-        };
+        let req =
+            if k % 2 == 0 { req.header("Content-Type", "application/x-ndjson").body(body) } else { req.body(body) };
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-elastic-product"], "Elasticsearch");
@@ -195,23 +150,10 @@ async fn loghub_through_every_protocol_is_counted_back_exactly() {
         assert_counts(&server, tenant, &data).await;
     }
     // Structured metadata and nested fields became columns.
-    let rows = server
-        .sql(
-            "loki-proto",
-            "SELECT count(*) AS n FROM logs WHERE trace_id = 't7'",
-        )
-        .await;
+    let rows = server.sql("loki-proto", "SELECT count(*) AS n FROM logs WHERE trace_id = 't7'").await;
     assert_eq!(rows[0]["n"], 16);
-    let rows = server
-        .sql(
-            "jsonline",
-            "SELECT count(*) AS n FROM logs WHERE \"host.name\" = 'h1'",
-        )
-        .await;
-    assert_eq!(
-        rows[0]["n"].as_i64().unwrap() as usize,
-        data.iter().map(|(_, l)| l.len()).sum::<usize>()
-    );
+    let rows = server.sql("jsonline", "SELECT count(*) AS n FROM logs WHERE \"host.name\" = 'h1'").await;
+    assert_eq!(rows[0]["n"].as_i64().unwrap() as usize, data.iter().map(|(_, l)| l.len()).sum::<usize>());
 
     // The same counts after the head is flushed to Parquet, and after a restart.
     server.flush().await;
@@ -219,11 +161,7 @@ async fn loghub_through_every_protocol_is_counted_back_exactly() {
         assert_counts(&server, tenant, &data).await;
     }
     let (first_app, first_lines) = &data[0];
-    let needle = first_lines[0]
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let needle = first_lines[0].split_whitespace().last().unwrap().to_string();
     let rows = server
         .sql(
             "loki-json",
@@ -250,49 +188,19 @@ async fn elasticsearch_handshake_endpoints_answer_like_elasticsearch() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let c = &server.client;
-    let root: Value = c
-        .get(server.url("/insert/elasticsearch/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        root["version"]["number"]
-            .as_str()
-            .unwrap()
-            .starts_with("8.")
-    );
-    let r = c
-        .get(server.url("/insert/elasticsearch/_license"))
-        .send()
-        .await
-        .unwrap();
+    let root: Value = c.get(server.url("/insert/elasticsearch/")).send().await.unwrap().json().await.unwrap();
+    assert!(root["version"]["number"].as_str().unwrap().starts_with("8."));
+    let r = c.get(server.url("/insert/elasticsearch/_license")).send().await.unwrap();
     assert_eq!(r.headers()["x-elastic-product"], "Elasticsearch");
     let lic: Value = r.json().await.unwrap();
     assert_eq!(lic["license"]["status"], "active");
-    let r = c
-        .get(server.url("/insert/elasticsearch/_cluster/health"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(server.url("/insert/elasticsearch/_cluster/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = c
-        .put(server.url("/insert/elasticsearch/_index_template/logs"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(server.url("/insert/elasticsearch/_index_template/logs")).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 200);
     // An index in the path, and PUT, as elasticsearch-py sends.
     let body = "{\"create\":{}}\n{\"message\":\"hi\"}\n";
-    let r = c
-        .put(server.url("/insert/elasticsearch/myindex/_bulk"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(server.url("/insert/elasticsearch/myindex/_bulk")).body(body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(server.count("default").await, 1);
     server.stop().await;

@@ -16,26 +16,13 @@ async fn retention_removes_an_old_day() {
     let body: String = [(old, "old"), (now, "new")]
         .iter()
         .flat_map(|&(t, tag)| {
-            (0..10).map(move |i| {
-                format!(
-                    "{}\n",
-                    json!({"_time": t + i, "_msg": format!("{tag} {i}")})
-                )
-            })
+            (0..10).map(move |i| format!("{}\n", json!({"_time": t + i, "_msg": format!("{tag} {i}")})))
         })
         .collect();
-    let r = server
-        .client
-        .post(server.url("/insert/jsonline"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = server.client.post(server.url("/insert/jsonline")).body(body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     server.flush().await;
-    let old_dir = dir
-        .path()
-        .join(format!("logs/tenant=default/date={old_day}"));
+    let old_dir = dir.path().join(format!("logs/tenant=default/date={old_day}"));
     assert!(old_dir.exists());
     server.stop().await;
 
@@ -45,18 +32,10 @@ async fn retention_removes_an_old_day() {
     let server = TestServer::start(config).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while server.count("default").await != 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention did not run"
-        );
+        assert!(std::time::Instant::now() < deadline, "retention did not run");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rows = server
-        .sql(
-            "default",
-            "SELECT count(*) AS n FROM logs WHERE message LIKE 'new%'",
-        )
-        .await;
+    let rows = server.sql("default", "SELECT count(*) AS n FROM logs WHERE message LIKE 'new%'").await;
     assert_eq!(rows[0]["n"], 10);
     assert!(!old_dir.exists(), "{} should be deleted", old_dir.display());
     server.stop().await;

@@ -28,26 +28,17 @@ pub(crate) async fn handle(
         Ok(r) => ("ok", r),
         Err((outcome, r)) => (outcome, r),
     };
-    state
-        .metrics
-        .observe("sql", outcome, started.elapsed().as_secs_f64());
+    state.metrics.observe("sql", outcome, started.elapsed().as_secs_f64());
     response
 }
 
 fn error(status: StatusCode, kind: &str, message: impl std::fmt::Display) -> Response {
     let body = json!({"status": "error", "errorType": kind, "error": message.to_string()});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 fn form_value(form: &[u8], key: &str) -> Option<String> {
-    form_urlencoded::parse(form)
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(form).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 async fn run(
@@ -56,38 +47,23 @@ async fn run(
     raw_query: Option<&str>,
     body: &[u8],
 ) -> Result<Response, (&'static str, Response)> {
-    let bad = |msg: String| {
-        (
-            "bad_request",
-            error(StatusCode::BAD_REQUEST, "bad_data", msg),
-        )
-    };
+    let bad = |msg: String| ("bad_request", error(StatusCode::BAD_REQUEST, "bad_data", msg));
     let tenant = tenant(headers).map_err(|r| ("bad_request", r))?;
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     // `curl -d 'SELECT ...'` labels a plain SQL body as a form, so a form without `query` is read as SQL.
-    let form_query = if is_form {
-        form_value(body, "query")
-    } else {
-        None
-    };
+    let form_query = if is_form { form_value(body, "query") } else { None };
     let sql = if form_query.is_some() {
         form_query
     } else if !body.is_empty() {
-        Some(
-            String::from_utf8(body.to_vec())
-                .map_err(|_| bad("the SQL text is not valid UTF-8".to_string()))?,
-        )
+        Some(String::from_utf8(body.to_vec()).map_err(|_| bad("the SQL text is not valid UTF-8".to_string()))?)
     } else {
         raw_query.and_then(|q| form_value(q.as_bytes(), "query"))
     };
     let sql = sql.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-        bad(
-            "no SQL given: send it as the body, or as the form or query parameter `query`"
-                .to_string(),
-        )
+        bad("no SQL given: send it as the body, or as the form or query parameter `query`".to_string())
     })?;
 
     let max_rows = state.config.sql_max_rows;
@@ -111,54 +87,28 @@ async fn run(
         }
         Ok::<_, DataFusionError>((schema, batches, truncated))
     };
-    let (schema, batches, truncated) = match tokio::time::timeout(state.config.timeout, work).await
-    {
+    let (schema, batches, truncated) = match tokio::time::timeout(state.config.timeout, work).await {
         Err(_) => {
-            let msg = format!(
-                "query timed out after {}",
-                humantime::format_duration(state.config.timeout)
-            );
-            return Err((
-                "timeout",
-                error(StatusCode::SERVICE_UNAVAILABLE, "timeout", msg),
-            ));
+            let msg = format!("query timed out after {}", humantime::format_duration(state.config.timeout));
+            return Err(("timeout", error(StatusCode::SERVICE_UNAVAILABLE, "timeout", msg)));
         }
         Ok(Err(e)) => return Err(classify(e)),
         Ok(Ok(r)) => r,
     };
-    let mut writer = WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, JsonArray>(Vec::new());
+    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(Vec::new());
     for b in &batches {
-        writer.write(b).map_err(|e| {
-            (
-                "error",
-                error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-            )
-        })?;
+        writer.write(b).map_err(|e| ("error", error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)))?;
     }
-    writer.finish().map_err(|e| {
-        (
-            "error",
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-        )
-    })?;
+    writer.finish().map_err(|e| ("error", error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)))?;
     let mut rows = writer.into_inner();
     if rows.is_empty() {
         rows = b"[]".to_vec();
     }
-    let columns: Vec<serde_json::Value> = schema
-        .fields()
-        .iter()
-        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-        .collect();
+    let columns: Vec<serde_json::Value> =
+        schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect();
     let mut out = Vec::with_capacity(rows.len() + 256);
     out.extend_from_slice(b"{\"columns\":");
-    out.extend_from_slice(
-        serde_json::to_string(&columns)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    out.extend_from_slice(serde_json::to_string(&columns).unwrap_or_default().as_bytes());
     out.extend_from_slice(b",\"rows\":");
     out.extend_from_slice(&rows);
     out.extend_from_slice(format!(",\"truncated\":{truncated}}}").as_bytes());
@@ -173,17 +123,10 @@ fn classify(e: DataFusionError) -> (&'static str, Response) {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => (
-            "bad_request",
-            error(StatusCode::BAD_REQUEST, "bad_data", root),
-        ),
-        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => (
-            "error",
-            error(StatusCode::UNPROCESSABLE_ENTITY, "execution", root),
-        ),
-        _ => (
-            "error",
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", root),
-        ),
+        | DataFusionError::NotImplemented(_) => ("bad_request", error(StatusCode::BAD_REQUEST, "bad_data", root)),
+        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => {
+            ("error", error(StatusCode::UNPROCESSABLE_ENTITY, "execution", root))
+        }
+        _ => ("error", error(StatusCode::INTERNAL_SERVER_ERROR, "internal", root)),
     }
 }

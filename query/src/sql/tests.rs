@@ -27,14 +27,8 @@ async fn store_with_rows(dir: &std::path::Path) -> LogStore {
             b.entries.push(LogEntry {
                 stream: s,
                 time_ns: now - i64::from(i) * 1_000_000_000,
-                line: format!(
-                    "{app} request {i} status={}",
-                    if i % 10 == 0 { 500 } else { 200 }
-                ),
-                fields: vec![(
-                    "level".into(),
-                    if i % 10 == 0 { "error" } else { "info" }.into(),
-                )],
+                line: format!("{app} request {i} status={}", if i % 10 == 0 { 500 } else { 200 }),
+                fields: vec![("level".into(), if i % 10 == 0 { "error" } else { "info" }.into())],
             });
         }
         store.append(&Tenant::default_tenant(), b).await.unwrap();
@@ -56,38 +50,11 @@ async fn counts_filters_and_groups_over_head_and_parts() {
     store.flush().await.unwrap();
     let ctx = session(&store, &Tenant::default_tenant()).unwrap();
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs").await, 500);
-    assert_eq!(
-        scalar(&ctx, "SELECT count(*) FROM logs WHERE app = 'web'").await,
-        200
-    );
-    assert_eq!(
-        scalar(
-            &ctx,
-            "SELECT count(*) FROM logs WHERE message LIKE '%status=500%'"
-        )
-        .await,
-        50
-    );
-    assert_eq!(
-        scalar(
-            &ctx,
-            "SELECT count(*) FROM logs WHERE level = 'error' AND app = 'api'"
-        )
-        .await,
-        30
-    );
-    assert_eq!(
-        scalar(
-            &ctx,
-            "SELECT count(*) FROM logs WHERE time > now() - interval '100 seconds'"
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        scalar(&ctx, "SELECT count(DISTINCT app) FROM logs").await,
-        2
-    );
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE app = 'web'").await, 200);
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE message LIKE '%status=500%'").await, 50);
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE level = 'error' AND app = 'api'").await, 30);
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE time > now() - interval '100 seconds'").await, 200);
+    assert_eq!(scalar(&ctx, "SELECT count(DISTINCT app) FROM logs").await, 2);
     let other = session(&store, &Tenant::new("other").unwrap()).unwrap();
     assert_eq!(scalar(&other, "SELECT count(*) FROM logs").await, 0);
 }
@@ -106,13 +73,8 @@ async fn group_by_label_column() {
         .unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 2, "{batches:?}");
-    let batches = ctx
-        .sql("SELECT level, count(*) AS n FROM logs GROUP BY level")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches =
+        ctx.sql("SELECT level, count(*) AS n FROM logs GROUP BY level").await.unwrap().collect().await.unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 }
 

@@ -14,10 +14,7 @@ fn options(dir: &Path) -> StoreOptions {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         retention_max_disk: None,
-        tuning: StoreConfig {
-            row_group_rows: 1024,
-            ..StoreConfig::default()
-        },
+        tuning: StoreConfig { row_group_rows: 1024, ..StoreConfig::default() },
     }
 }
 
@@ -29,11 +26,7 @@ fn batch(app: &str, from: usize, n: usize, t0: i64) -> LogBatch {
             stream: s,
             time_ns: t0 + i as i64,
             line: format!("line {i} from {app} with word{}", i % 7),
-            fields: if i % 2 == 0 {
-                vec![("level".into(), "info".into())]
-            } else {
-                vec![]
-            },
+            fields: if i % 2 == 0 { vec![("level".into(), "info".into())] } else { vec![] },
         });
     }
     b
@@ -45,11 +38,7 @@ async fn collect(store: &LogStore, req: ScanRequest) -> Vec<RecordBatch> {
 }
 
 async fn count(store: &LogStore, req: ScanRequest) -> usize {
-    collect(store, req)
-        .await
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum()
+    collect(store, req).await.iter().map(RecordBatch::num_rows).sum()
 }
 
 fn tenant() -> Tenant {
@@ -62,33 +51,21 @@ async fn append_scan_flush_reopen_compact() {
     let t0 = now_ns();
     {
         let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
-        store
-            .append(&tenant(), batch("api", 0, 3000, t0))
-            .await
-            .unwrap();
-        store
-            .append(&tenant(), batch("web", 0, 500, t0))
-            .await
-            .unwrap();
+        store.append(&tenant(), batch("api", 0, 3000, t0)).await.unwrap();
+        store.append(&tenant(), batch("web", 0, 500, t0)).await.unwrap();
         assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3500);
 
         store.flush().await.unwrap();
         assert_eq!(store.stats().head_rows, 0);
         assert_eq!(store.stats().part_rows, 3500);
-        store
-            .append(&tenant(), batch("api", 3000, 100, t0))
-            .await
-            .unwrap();
+        store.append(&tenant(), batch("api", 3000, 100, t0)).await.unwrap();
 
         // Matchers, substrings and time bounds, across part and head.
         let mut req = ScanRequest::all(tenant());
         req.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, "web").unwrap()];
         assert_eq!(count(&store, req.clone()).await, 500);
         req.line_contains = vec![" word3".into()];
-        assert_eq!(
-            count(&store, req.clone()).await,
-            (0..500).filter(|i| i % 7 == 3).count()
-        );
+        assert_eq!(count(&store, req.clone()).await, (0..500).filter(|i| i % 7 == 3).count());
         let mut req = ScanRequest::all(tenant());
         req.start_ns = t0 + 10;
         req.end_ns = t0 + 20;
@@ -97,12 +74,7 @@ async fn append_scan_flush_reopen_compact() {
         assert_eq!(got.iter().map(RecordBatch::num_rows).sum::<usize>(), 20);
         let b = &got[0];
         assert_eq!(b.num_columns(), 3);
-        assert!(
-            b.column(1)
-                .as_string::<i32>()
-                .iter()
-                .all(|v| matches!(v, Some("api" | "web")))
-        );
+        assert!(b.column(1).as_string::<i32>().iter().all(|v| matches!(v, Some("api" | "web"))));
         // Not closed cleanly: the last append is only in the WAL.
     }
     let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
@@ -110,10 +82,7 @@ async fn append_scan_flush_reopen_compact() {
     assert_eq!(store.stats().head_rows, 100);
 
     for i in 0..4 {
-        store
-            .append(&tenant(), batch("db", i * 10, 10, t0))
-            .await
-            .unwrap();
+        store.append(&tenant(), batch("db", i * 10, 10, t0)).await.unwrap();
         store.flush().await.unwrap();
     }
     let before = store.stats();
@@ -134,29 +103,16 @@ async fn retention_drops_old_days_and_lock_excludes_a_second_opener() {
     let mut opts = options(dir.path());
     opts.retention = Duration::from_secs(2 * 86_400);
     let store = LogStore::open(opts.clone(), &mut Registry::default()).unwrap();
-    assert!(matches!(
-        LogStore::open(opts.clone(), &mut Registry::default()),
-        Err(Error::Locked { .. })
-    ));
+    assert!(matches!(LogStore::open(opts.clone(), &mut Registry::default()), Err(Error::Locked { .. })));
     let now = now_ns();
-    store
-        .append(&tenant(), batch("old", 0, 10, now - 5 * NANOS_PER_DAY))
-        .await
-        .unwrap();
-    store
-        .append(&tenant(), batch("new", 0, 10, now))
-        .await
-        .unwrap();
+    store.append(&tenant(), batch("old", 0, 10, now - 5 * NANOS_PER_DAY)).await.unwrap();
+    store.append(&tenant(), batch("new", 0, 10, now)).await.unwrap();
     store.flush().await.unwrap();
     assert_eq!(store.stats().parts, 2);
     assert_eq!(store.apply_retention().await.unwrap(), 1);
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 10);
     let old_day = crate::time::format_day(day_of_ns(now - 5 * NANOS_PER_DAY));
-    assert!(
-        !dir.path()
-            .join(format!("logs/tenant=default/date={old_day}"))
-            .exists()
-    );
+    assert!(!dir.path().join(format!("logs/tenant=default/date={old_day}")).exists());
 }
 
 #[tokio::test]
@@ -165,10 +121,7 @@ async fn compaction_of_large_multi_stream_parts_keeps_every_row() {
     let t0 = now_ns() - 3 * NANOS_PER_DAY;
     let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
     for k in 0..16 {
-        store
-            .append(&tenant(), batch(&format!("app{k}"), 0, 2000, t0))
-            .await
-            .unwrap();
+        store.append(&tenant(), batch(&format!("app{k}"), 0, 2000, t0)).await.unwrap();
         if k == 7 {
             store.flush().await.unwrap();
         }
@@ -185,4 +138,41 @@ async fn compaction_of_large_multi_stream_parts_keeps_every_row() {
     let mut req = ScanRequest::all(tenant());
     req.columns = Some(vec!["app".into()]);
     assert_eq!(count(&store, req).await, 32_000);
+}
+
+#[tokio::test]
+async fn coarse_timestamps_are_stored_in_a_coarse_unit_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    let t0 = (now_ns() / 1_000_000) * 1_000_000;
+    let mut b = batch("ms", 0, 100, 0);
+    for (i, e) in b.entries.iter_mut().enumerate() {
+        e.time_ns = t0 + i as i64 * 1_000_000;
+    }
+    store.append(&tenant(), b).await.unwrap();
+    store.flush().await.unwrap();
+    let units: Vec<TimeUnitTag> = store.inner.state.read().parts.iter().map(|p| p.meta.time_unit).collect();
+    assert_eq!(units, vec![TimeUnitTag::Ms]);
+    // A nanosecond entry of the same day makes the merged part nanosecond again, losing nothing.
+    let mut b = batch("ns", 0, 1, 0);
+    b.entries[0].time_ns = t0 + 7;
+    store.append(&tenant(), b).await.unwrap();
+    store.flush().await.unwrap();
+    for _ in 0..2 {
+        store.append(&tenant(), batch("more", 0, 1, t0 + 1_000_000_000)).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    assert!(store.compact().await.unwrap() >= 4);
+    let units: Vec<TimeUnitTag> = store.inner.state.read().parts.iter().map(|p| p.meta.time_unit).collect();
+    assert_eq!(units, vec![TimeUnitTag::Ns]);
+    let mut req = ScanRequest::all(tenant());
+    req.columns = Some(vec!["time".into()]);
+    let mut times: Vec<i64> = collect(&store, req)
+        .await
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<arrow::datatypes::TimestampNanosecondType>().values().to_vec())
+        .collect();
+    times.sort_unstable();
+    assert_eq!(times.len(), 103);
+    assert_eq!((times[0], times[1], times[2]), (t0, t0 + 7, t0 + 1_000_000));
 }

@@ -33,44 +33,27 @@ pub fn decode(
     let mut items = Vec::new();
     let mut invalid_utf8 = false;
     let text = lossy_utf8(body, &mut invalid_utf8);
-    let mut lines = text
-        .split('\n')
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text.split('\n').enumerate().filter(|(_, l)| !l.trim().is_empty());
     let mut pairs: Vec<Pair<'_>> = Vec::with_capacity(16);
     while let Some((n, action_line)) = lines.next() {
-        let bulk_err = |reason: String| WireError::Bulk {
+        let bulk_err = |reason: String| WireError::Bulk { line: n + 1, reason };
+        let action: Value = serde_json::from_str(action_line.trim()).map_err(|e| WireError::Json {
             line: n + 1,
-            reason,
+            column: e.column(),
+            reason: e.to_string(),
+        })?;
+        let Some((name, meta)) = action.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) else {
+            return Err(bulk_err("expected an action line such as {\"create\":{}}".to_string()));
         };
-        let action: Value =
-            serde_json::from_str(action_line.trim()).map_err(|e| WireError::Json {
-                line: n + 1,
-                column: e.column(),
-                reason: e.to_string(),
-            })?;
-        let Some((name, meta)) = action
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .and_then(|o| o.iter().next())
-        else {
-            return Err(bulk_err(
-                "expected an action line such as {\"create\":{}}".to_string(),
-            ));
-        };
-        let item = BulkItem {
-            action: name.clone(),
-            index: meta.get("_index").and_then(Value::as_str).map(String::from),
-        };
+        let item =
+            BulkItem { action: name.clone(), index: meta.get("_index").and_then(Value::as_str).map(String::from) };
         let index = items.len();
         items.push(item);
         sink.decoded.total += 1;
         match name.as_str() {
             "create" | "index" => {
                 let Some((m, doc)) = lines.next() else {
-                    return Err(bulk_err(format!(
-                        "{name} action has no document line after it"
-                    )));
+                    return Err(bulk_err(format!("{name} action has no document line after it")));
                 };
                 pairs.clear();
                 flatten_object(doc.trim(), &mut pairs).map_err(|e| WireError::Json {
@@ -82,22 +65,10 @@ pub fn decode(
             }
             "update" => {
                 lines.next();
-                sink.decoded.reject(
-                    index,
-                    0,
-                    RejectReason::UnsupportedAction {
-                        action: name.clone(),
-                    },
-                );
+                sink.decoded.reject(index, 0, RejectReason::UnsupportedAction { action: name.clone() });
             }
             "delete" => {
-                sink.decoded.reject(
-                    index,
-                    0,
-                    RejectReason::UnsupportedAction {
-                        action: name.clone(),
-                    },
-                );
+                sink.decoded.reject(index, 0, RejectReason::UnsupportedAction { action: name.clone() });
             }
             other => return Err(bulk_err(format!("unknown bulk action {other:?}"))),
         }
@@ -131,35 +102,17 @@ mod tests {
         assert_eq!(d.total, 4);
         assert_eq!(d.batch.entries.len(), 2);
         assert_eq!(d.batch.entries[1].time_ns, 1_704_067_200_000_000_000);
-        assert_eq!(
-            d.rejected.iter().map(|r| r.index).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
-        assert_eq!(
-            d.batch.entries[0].fields,
-            vec![("level".to_string(), "info".to_string())]
-        );
+        assert_eq!(d.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(d.batch.entries[0].fields, vec![("level".to_string(), "info".to_string())]);
     }
 
     #[test]
     fn malformed_bodies_fail_with_their_line() {
-        let err = decode(
-            b"{\"create\":{}}\n{bad json}\n",
-            &mapping(),
-            Limits::default(),
-            0,
-        )
-        .unwrap_err();
+        let err = decode(b"{\"create\":{}}\n{bad json}\n", &mapping(), Limits::default(), 0).unwrap_err();
         assert!(matches!(err, WireError::Json { line: 2, .. }), "{err:?}");
         let err = decode(b"{\"create\":{}}\n", &mapping(), Limits::default(), 0).unwrap_err();
         assert!(err.to_string().contains("no document line"), "{err}");
-        let err = decode(
-            b"{\"frobnicate\":{}}\n{}\n",
-            &mapping(),
-            Limits::default(),
-            0,
-        )
-        .unwrap_err();
+        let err = decode(b"{\"frobnicate\":{}}\n{}\n", &mapping(), Limits::default(), 0).unwrap_err();
         assert!(err.to_string().contains("unknown bulk action"), "{err}");
     }
 }

@@ -12,10 +12,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 pub(crate) type Pair<'de> = (Cow<'de, str>, Cow<'de, str>);
 
 /// Parses `line` as one JSON object into `out`.
-pub(crate) fn flatten_object<'de>(
-    line: &'de str,
-    out: &mut Vec<Pair<'de>>,
-) -> Result<(), serde_json::Error> {
+pub(crate) fn flatten_object<'de>(line: &'de str, out: &mut Vec<Pair<'de>>) -> Result<(), serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(line);
     ObjectSeed { prefix: None, out }.deserialize(&mut de)?;
     de.end()
@@ -47,10 +44,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, 'de> {
                 Some(prefix) => Cow::Owned(format!("{prefix}.{key}")),
                 None => key,
             };
-            map.next_value_seed(ValueSeed {
-                name,
-                out: self.out,
-            })?;
+            map.next_value_seed(ValueSeed { name, out: self.out })?;
         }
         Ok(())
     }
@@ -88,11 +82,7 @@ pub(crate) struct ScalarText<'de>(pub(crate) Option<Cow<'de, str>>);
 impl<'de: 'a, 'a> de::Deserialize<'de> for ScalarText<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut out: Vec<Pair<'de>> = Vec::with_capacity(1);
-        deserializer.deserialize_any(ValueVisitor {
-            name: Cow::Borrowed(""),
-            out: &mut out,
-            nest: false,
-        })?;
+        deserializer.deserialize_any(ValueVisitor { name: Cow::Borrowed(""), out: &mut out, nest: false })?;
         Ok(ScalarText(out.pop().map(|(_, v)| v)))
     }
 }
@@ -106,11 +96,7 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(ValueVisitor {
-            name: self.name,
-            out: self.out,
-            nest: true,
-        })
+        deserializer.deserialize_any(ValueVisitor { name: self.name, out: self.out, nest: true })
     }
 }
 
@@ -165,11 +151,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, 'de> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(Cow::Owned(
-            serde_json::Number::from_f64(v)
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-        ));
+        self.push(Cow::Owned(serde_json::Number::from_f64(v).map(|n| n.to_string()).unwrap_or_default()));
         Ok(())
     }
 
@@ -193,11 +175,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         if self.nest {
             let prefix = self.name;
-            return ObjectSeed {
-                prefix: Some(&prefix),
-                out: self.out,
-            }
-            .visit_map(map);
+            return ObjectSeed { prefix: Some(&prefix), out: self.out }.visit_map(map);
         }
         let value = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
         self.push(Cow::Owned(value.to_string()));
@@ -214,27 +192,17 @@ mod tests {
     fn flat(s: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         flatten_object(s, &mut out).unwrap();
-        out.into_iter()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
+        out.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
     }
 
     #[test]
     fn flattens_nested_objects_and_keeps_scalars_as_text() {
-        let got = flat(
-            r#"{"a":"x","n":{"b":1,"c":{"d":true}},"arr":[1,"2"],"z":null,"f":1.5,"e":"q\"uote"}"#,
-        );
-        let want: Vec<(String, String)> = [
-            ("a", "x"),
-            ("n.b", "1"),
-            ("n.c.d", "true"),
-            ("arr", r#"[1,"2"]"#),
-            ("f", "1.5"),
-            ("e", "q\"uote"),
-        ]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+        let got = flat(r#"{"a":"x","n":{"b":1,"c":{"d":true}},"arr":[1,"2"],"z":null,"f":1.5,"e":"q\"uote"}"#);
+        let want: Vec<(String, String)> =
+            [("a", "x"), ("n.b", "1"), ("n.c.d", "true"), ("arr", r#"[1,"2"]"#), ("f", "1.5"), ("e", "q\"uote")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
         assert_eq!(got, want);
     }
 

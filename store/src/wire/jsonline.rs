@@ -14,12 +14,7 @@ use crate::wire::{Decoded, FieldMapping, Limits, RejectReason, WireError, lossy_
 /// # Errors
 /// A line that is not a JSON object, or whose time field cannot be read, fails the whole request with
 /// its line number, so that nothing of a malformed request is stored.
-pub fn decode(
-    body: &[u8],
-    mapping: &FieldMapping,
-    limits: Limits,
-    received_ns: i64,
-) -> Result<Decoded, WireError> {
+pub fn decode(body: &[u8], mapping: &FieldMapping, limits: Limits, received_ns: i64) -> Result<Decoded, WireError> {
     let mut sink = DocSink::new(mapping, limits, received_ns);
     let mut invalid_utf8 = false;
     let text = lossy_utf8(body, &mut invalid_utf8);
@@ -61,11 +56,7 @@ impl<'m> DocSink<'m> {
             mapping,
             limits,
             received_ns,
-            label_names: mapping
-                .stream_fields
-                .iter()
-                .map(|f| sanitize_label_name(f))
-                .collect(),
+            label_names: mapping.stream_fields.iter().map(|f| sanitize_label_name(f)).collect(),
             streams: HashMap::new(),
             decoded: Decoded::default(),
         }
@@ -93,10 +84,7 @@ impl<'m> DocSink<'m> {
             None => String::new(),
         };
         if line.len() > self.limits.max_line_bytes {
-            let reason = RejectReason::LineTooLong {
-                bytes: line.len(),
-                limit: self.limits.max_line_bytes,
-            };
+            let reason = RejectReason::LineTooLong { bytes: line.len(), limit: self.limits.max_line_bytes };
             self.decoded.reject(index, line.len(), reason);
             return Ok(());
         }
@@ -114,11 +102,7 @@ impl<'m> DocSink<'m> {
         }
         labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
         labels.dedup_by(|a, b| a.0 == b.0);
-        let id = stream_id_of(
-            labels
-                .iter()
-                .map(|&(name, pos)| (name, pairs[pos].1.as_ref())),
-        );
+        let id = stream_id_of(labels.iter().map(|&(name, pos)| (name, pairs[pos].1.as_ref())));
         let stream = match self.streams.get(&id.0) {
             Some(&i) => i,
             None => {
@@ -129,10 +113,7 @@ impl<'m> DocSink<'m> {
                         limit: self.limits.max_labels,
                     });
                 }
-                let owned = labels
-                    .iter()
-                    .map(|&(n, pos)| (n.to_string(), pairs[pos].1.to_string()))
-                    .collect();
+                let owned = labels.iter().map(|&(n, pos)| (n.to_string(), pairs[pos].1.to_string())).collect();
                 let labels = Labels::from_pairs(owned);
                 let i = self.decoded.batch.streams.len() as u32;
                 self.decoded.batch.streams.push(BatchStream { id, labels });
@@ -143,11 +124,7 @@ impl<'m> DocSink<'m> {
 
         let fields = pairs
             .drain(..)
-            .filter(|(k, v)| {
-                !v.is_empty()
-                    && !mapping.stream_fields.iter().any(|f| f == k)
-                    && !mapping.ignored(k)
-            })
+            .filter(|(k, v)| !v.is_empty() && !mapping.stream_fields.iter().any(|f| f == k) && !mapping.ignored(k))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         self.decoded.batch.entries.push(LogEntry {
@@ -166,12 +143,9 @@ fn first_named<'p, 'de>(
     names: &[String],
     accept: impl Fn(&str) -> bool,
 ) -> Option<(usize, &'p str)> {
-    names.iter().find_map(|name| {
-        pairs
-            .iter()
-            .position(|(k, v)| k == name && accept(v))
-            .map(|pos| (pos, pairs[pos].1.as_ref()))
-    })
+    names
+        .iter()
+        .find_map(|name| pairs.iter().position(|(k, v)| k == name && accept(v)).map(|pos| (pos, pairs[pos].1.as_ref())))
 }
 
 /// A time value: RFC 3339, or an epoch number in s, ms, µs or ns by magnitude. Empty, `0` and `-` mean
@@ -190,13 +164,9 @@ pub(crate) fn parse_time(value: &str) -> Result<Option<i64>, &'static str> {
             .ok_or("epoch number out of range");
     }
     if let Ok(v) = value.parse::<f64>() {
-        return epoch_auto_ns(v)
-            .map(Some)
-            .ok_or("epoch number out of range");
+        return epoch_auto_ns(v).map(Some).ok_or("epoch number out of range");
     }
-    parse_rfc3339_ns(value)
-        .map(Some)
-        .ok_or("expected RFC 3339 or a Unix epoch number")
+    parse_rfc3339_ns(value).map(Some).ok_or("expected RFC 3339 or a Unix epoch number")
 }
 
 #[cfg(test)]
@@ -220,10 +190,7 @@ mod tests {
         let d = decode(body.as_bytes(), &mapping("app,pod"), Limits::default(), 42).unwrap();
         assert_eq!(d.total, 3);
         assert_eq!(d.batch.streams.len(), 2);
-        assert_eq!(
-            d.batch.streams[0].labels.to_string(),
-            r#"{app="api", pod="p1"}"#
-        );
+        assert_eq!(d.batch.streams[0].labels.to_string(), r#"{app="api", pod="p1"}"#);
         let e = &d.batch.entries;
         assert_eq!(e[0].time_ns, 1_704_067_200_000_000_000);
         assert_eq!(e[0].fields, vec![("user.id".to_string(), "7".to_string())]);
@@ -237,37 +204,14 @@ mod tests {
     fn malformed_line_fails_the_request_with_its_position() {
         let body = "{\"_msg\":\"ok\"}\n{\"_msg\": nope}\n";
         let err = decode(body.as_bytes(), &mapping(""), Limits::default(), 0).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                WireError::Json {
-                    line: 2,
-                    column: 11,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        let err = decode(
-            b"{\"_time\":\"yesterday\"}",
-            &mapping(""),
-            Limits::default(),
-            0,
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("line 1: invalid timestamp \"yesterday\""),
-            "{err}"
-        );
+        assert!(matches!(err, WireError::Json { line: 2, column: 11, .. }), "{err:?}");
+        let err = decode(b"{\"_time\":\"yesterday\"}", &mapping(""), Limits::default(), 0).unwrap_err();
+        assert!(err.to_string().contains("line 1: invalid timestamp \"yesterday\""), "{err}");
     }
 
     #[test]
     fn long_lines_are_rejected_alone() {
-        let limits = Limits {
-            max_line_bytes: 5,
-            ..Limits::default()
-        };
+        let limits = Limits { max_line_bytes: 5, ..Limits::default() };
         let body = "{\"_msg\":\"short\"}\n{\"_msg\":\"too long\"}\n";
         let d = decode(body.as_bytes(), &mapping(""), limits, 0).unwrap();
         assert_eq!(d.batch.entries.len(), 1);

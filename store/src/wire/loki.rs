@@ -77,17 +77,9 @@ impl PushFormat {
     /// # Errors
     /// [`WireError::UnsupportedContentType`] for anything else; answer 415.
     pub fn from_content_type(content_type: Option<&str>) -> Result<PushFormat, WireError> {
-        let essence = content_type.map(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+        let essence = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
         match essence.as_deref() {
-            None | Some("") | Some("application/x-protobuf" | "application/protobuf") => {
-                Ok(PushFormat::Protobuf)
-            }
+            None | Some("") | Some("application/x-protobuf" | "application/protobuf") => Ok(PushFormat::Protobuf),
             Some("application/json") => Ok(PushFormat::Json),
             Some(other) => Err(WireError::UnsupportedContentType {
                 content_type: other.to_string(),
@@ -102,12 +94,7 @@ impl PushFormat {
 /// # Errors
 /// Malformed protobuf, snappy or JSON, an invalid label set, too many labels or a bad timestamp fail the
 /// whole request: nothing of it is stored.
-pub fn decode(
-    format: PushFormat,
-    body: &[u8],
-    limits: Limits,
-    received_ns: i64,
-) -> Result<Decoded, WireError> {
+pub fn decode(format: PushFormat, body: &[u8], limits: Limits, received_ns: i64) -> Result<Decoded, WireError> {
     match format {
         PushFormat::Protobuf => decode_protobuf(body, limits, received_ns),
         PushFormat::Json => decode_json(body, limits, received_ns),
@@ -116,9 +103,7 @@ pub fn decode(
 
 fn decode_protobuf(body: &[u8], limits: Limits, received_ns: i64) -> Result<Decoded, WireError> {
     let raw = body::snappy_block(body, limits.max_body_bytes)?;
-    let req = PushRequest::decode(&raw[..]).map_err(|e| WireError::Protobuf {
-        reason: e.to_string(),
-    })?;
+    let req = PushRequest::decode(&raw[..]).map_err(|e| WireError::Protobuf { reason: e.to_string() })?;
     let mut out = Decoded::default();
     let mut invalid = false;
     for (i, stream) in req.streams.into_iter().enumerate() {
@@ -131,9 +116,7 @@ fn decode_protobuf(body: &[u8], limits: Limits, received_ns: i64) -> Result<Deco
         let stream_ix = add_stream(&mut out, i, pairs, &text, limits)?;
         for entry in stream.entries {
             let time_ns = match entry.timestamp {
-                Some(ts) if ts.seconds != 0 || ts.nanos != 0 => {
-                    ts.seconds * 1_000_000_000 + i64::from(ts.nanos)
-                }
+                Some(ts) if ts.seconds != 0 || ts.nanos != 0 => ts.seconds * 1_000_000_000 + i64::from(ts.nanos),
                 _ => received_ns,
             };
             let line = lossy_utf8(&entry.line, &mut invalid).into_owned();
@@ -141,10 +124,7 @@ fn decode_protobuf(body: &[u8], limits: Limits, received_ns: i64) -> Result<Deco
                 .structured_metadata
                 .iter()
                 .map(|p| {
-                    (
-                        lossy_utf8(&p.name, &mut invalid).into_owned(),
-                        lossy_utf8(&p.value, &mut invalid).into_owned(),
-                    )
+                    (lossy_utf8(&p.name, &mut invalid).into_owned(), lossy_utf8(&p.value, &mut invalid).into_owned())
                 })
                 .collect();
             push_entry(&mut out, stream_ix, time_ns, line, fields, limits);
@@ -181,21 +161,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for EntryJson<'a> {
         impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
             type Value = EntryJson<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "an entry [\"<unix ns>\", \"<line>\"] with optional structured metadata",
-                )
+                f.write_str("an entry [\"<unix ns>\", \"<line>\"] with optional structured metadata")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let ts: ScalarText<'a> = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let BorrowedStr(line): BorrowedStr<'a> = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
-                let metadata: Option<Vec<(String, ScalarText<'a>)>> = seq
-                    .next_element::<Option<MapAsPairs<'a>>>()?
-                    .flatten()
-                    .map(|m| m.0);
+                let ts: ScalarText<'a> = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let BorrowedStr(line): BorrowedStr<'a> =
+                    seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let metadata: Option<Vec<(String, ScalarText<'a>)>> =
+                    seq.next_element::<Option<MapAsPairs<'a>>>()?.flatten().map(|m| m.0);
                 if seq.next_element::<de::IgnoredAny>()?.is_some() {
                     return Err(de::Error::invalid_length(4, &self));
                 }
@@ -204,11 +177,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for EntryJson<'a> {
                     .into_iter()
                     .filter_map(|(k, v)| v.0.map(|v| (k, v.into_owned())))
                     .collect();
-                Ok(EntryJson {
-                    ts: ts.0.unwrap_or(Cow::Borrowed("")),
-                    line,
-                    metadata,
-                })
+                Ok(EntryJson { ts: ts.0.unwrap_or(Cow::Borrowed("")), line, metadata })
             }
         }
         deserializer.deserialize_seq(V(std::marker::PhantomData))
@@ -251,9 +220,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for MapAsPairs<'a> {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some((BorrowedStr(k), v)) =
-                    map.next_entry::<BorrowedStr<'a>, ScalarText<'a>>()?
-                {
+                while let Some((BorrowedStr(k), v)) = map.next_entry::<BorrowedStr<'a>, ScalarText<'a>>()? {
                     out.push((k.into_owned(), v));
                 }
                 Ok(MapAsPairs(out))
@@ -273,12 +240,8 @@ fn decode_json(body: &[u8], limits: Limits, received_ns: i64) -> Result<Decoded,
     })?;
     let mut out = Decoded::default();
     for (i, stream) in req.streams.into_iter().enumerate() {
-        let pairs: Vec<(String, String)> = stream
-            .stream
-            .0
-            .into_iter()
-            .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
-            .collect();
+        let pairs: Vec<(String, String)> =
+            stream.stream.0.into_iter().map(|(k, v)| (k.0.into_owned(), v.0.into_owned())).collect();
         let shown = || format!("{}", Labels::from_pairs(pairs.clone()));
         for (name, _) in &pairs {
             if !is_valid_label_name(name) {
@@ -302,14 +265,7 @@ fn decode_json(body: &[u8], limits: Limits, received_ns: i64) -> Result<Decoded,
                     });
                 }
             };
-            push_entry(
-                &mut out,
-                stream_ix,
-                time_ns,
-                entry.line.into_owned(),
-                entry.metadata,
-                limits,
-            );
+            push_entry(&mut out, stream_ix, time_ns, entry.line.into_owned(), entry.metadata, limits);
         }
     }
     out.invalid_utf8 = invalid;
@@ -332,11 +288,7 @@ fn add_stream(
         });
     }
     if labels.len() > limits.max_labels {
-        return Err(WireError::TooManyLabels {
-            stream: i,
-            count: labels.len(),
-            limit: limits.max_labels,
-        });
+        return Err(WireError::TooManyLabels { stream: i, count: labels.len(), limit: limits.max_labels });
     }
     let id = labels.stream_id();
     if let Some(ix) = out.batch.streams.iter().position(|s| s.id == id) {
@@ -357,10 +309,7 @@ fn push_entry(
     let index = out.total;
     out.total += 1;
     if line.len() > limits.max_line_bytes {
-        let reason = RejectReason::LineTooLong {
-            bytes: line.len(),
-            limit: limits.max_line_bytes,
-        };
+        let reason = RejectReason::LineTooLong { bytes: line.len(), limit: limits.max_line_bytes };
         out.reject(index, line.len(), reason);
         return;
     }
@@ -368,12 +317,7 @@ fn push_entry(
         out.reject(index, line.len(), reason);
         return;
     }
-    out.batch.entries.push(LogEntry {
-        stream,
-        time_ns,
-        line,
-        fields,
-    });
+    out.batch.entries.push(LogEntry { stream, time_ns, line, fields });
 }
 
 /// Parses a label set in Prometheus notation, `{a="b", c="d"}`, with Go string escapes in values.
@@ -415,9 +359,7 @@ pub fn parse_label_set(s: &str) -> Result<Vec<(String, String)>, String> {
         i += 1;
         skip_ws(&mut i);
         if b.get(i) != Some(&b'"') {
-            return Err(format!(
-                "expected '\"' to open the value of {name:?} at byte {i}"
-            ));
+            return Err(format!("expected '\"' to open the value of {name:?} at byte {i}"));
         }
         i += 1;
         let mut value = String::new();
@@ -440,9 +382,7 @@ pub fn parse_label_set(s: &str) -> Result<Vec<(String, String)>, String> {
                         Some(b'"') => '"',
                         Some(b'\'') => '\'',
                         _ => {
-                            return Err(format!(
-                                "unsupported escape in value of label {name:?} at byte {i}"
-                            ));
+                            return Err(format!("unsupported escape in value of label {name:?} at byte {i}"));
                         }
                     });
                     i += 2;
@@ -476,9 +416,7 @@ pub fn parse_label_set(s: &str) -> Result<Vec<(String, String)>, String> {
 /// and, later, the agent's Loki sink.
 pub fn encode_protobuf(req: &PushRequest) -> Vec<u8> {
     let raw = req.encode_to_vec();
-    snap::raw::Encoder::new()
-        .compress_vec(&raw)
-        .unwrap_or_default()
+    snap::raw::Encoder::new().compress_vec(&raw).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -489,35 +427,22 @@ mod tests {
     fn label_sets() {
         assert_eq!(
             parse_label_set(r#"{app="api", pod = "a\"b\\c"}"#).unwrap(),
-            vec![
-                ("app".to_string(), "api".to_string()),
-                ("pod".to_string(), "a\"b\\c".to_string())
-            ]
+            vec![("app".to_string(), "api".to_string()), ("pod".to_string(), "a\"b\\c".to_string())]
         );
         assert_eq!(parse_label_set("{}").unwrap(), vec![]);
-        assert!(
-            parse_label_set(r#"{1a="x"}"#)
-                .unwrap_err()
-                .contains("invalid label name")
-        );
-        assert!(
-            parse_label_set(r#"{a="x""#)
-                .unwrap_err()
-                .contains("expected ','")
-        );
+        assert!(parse_label_set(r#"{1a="x"}"#).unwrap_err().contains("invalid label name"));
+        assert!(parse_label_set(r#"{a="x""#).unwrap_err().contains("expected ','"));
         assert!(parse_label_set(r#"{a="x"} tail"#).is_err());
     }
 
     #[test]
     fn json_push_with_metadata() {
-        let body = r#"{"streams":[{"stream":{"app":"api"},"values":[["1000","one"],["2000","two",{"trace_id":"abc"}]]}]}"#;
+        let body =
+            r#"{"streams":[{"stream":{"app":"api"},"values":[["1000","one"],["2000","two",{"trace_id":"abc"}]]}]}"#;
         let d = decode(PushFormat::Json, body.as_bytes(), Limits::default(), 0).unwrap();
         assert_eq!(d.batch.entries.len(), 2);
         assert_eq!(d.batch.entries[1].time_ns, 2000);
-        assert_eq!(
-            d.batch.entries[1].fields,
-            vec![("trace_id".to_string(), "abc".to_string())]
-        );
+        assert_eq!(d.batch.entries[1].fields, vec![("trace_id".to_string(), "abc".to_string())]);
         let bad = r#"{"streams":[{"stream":{"app":"api"},"values":[["x","one"]]}]}"#;
         assert!(matches!(
             decode(PushFormat::Json, bad.as_bytes(), Limits::default(), 0),
@@ -536,40 +461,22 @@ mod tests {
             streams: vec![StreamAdapter {
                 labels: br#"{job="x", host="h"}"#.to_vec(),
                 entries: vec![EntryAdapter {
-                    timestamp: Some(Timestamp {
-                        seconds: 1,
-                        nanos: 5,
-                    }),
+                    timestamp: Some(Timestamp { seconds: 1, nanos: 5 }),
                     line: b"hello \xff".to_vec(),
-                    structured_metadata: vec![LabelPairAdapter {
-                        name: b"k".to_vec(),
-                        value: b"v".to_vec(),
-                    }],
+                    structured_metadata: vec![LabelPairAdapter { name: b"k".to_vec(), value: b"v".to_vec() }],
                     parsed: vec![],
                 }],
                 hash: 0,
             }],
         };
-        let d = decode(
-            PushFormat::Protobuf,
-            &encode_protobuf(&req),
-            Limits::default(),
-            0,
-        )
-        .unwrap();
+        let d = decode(PushFormat::Protobuf, &encode_protobuf(&req), Limits::default(), 0).unwrap();
         assert!(d.invalid_utf8);
         assert_eq!(d.batch.entries[0].time_ns, 1_000_000_005);
         assert_eq!(d.batch.entries[0].line, "hello \u{fffd}");
-        assert_eq!(
-            d.batch.streams[0].labels.to_string(),
-            r#"{host="h", job="x"}"#
-        );
+        assert_eq!(d.batch.streams[0].labels.to_string(), r#"{host="h", job="x"}"#);
         assert!(matches!(
             decode(PushFormat::Protobuf, b"garbage", Limits::default(), 0),
-            Err(WireError::Compression {
-                encoding: "snappy",
-                ..
-            })
+            Err(WireError::Compression { encoding: "snappy", .. })
         ));
     }
 }
