@@ -56,6 +56,10 @@ fn append(c: &mut Criterion) {
     let decoded = jsonline::decode(&body, &mapping, Limits::default(), t0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = rt.block_on(async { open(dir.path()) });
+    // The background task flushes the head by size, as in the server; without it appends would stall
+    // in backpressure once the head is full.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    rt.spawn(store.clone().run(shutdown.clone()));
     let tenant = Tenant::default_tenant();
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(LINES as u64));
@@ -67,6 +71,7 @@ fn append(c: &mut Criterion) {
         )
     });
     g.finish();
+    shutdown.cancel();
 }
 
 /// Flush of 100,000 head rows: sort, Parquet encoding with zstd, token filters, index, fsync, manifest.

@@ -158,7 +158,8 @@ impl LogStore {
     }
 
     /// Stores a tenant's batch durably. Resolves once it is in the fsynced write-ahead log and visible to
-    /// scans; only then may the caller acknowledge its client.
+    /// scans; only then may the caller acknowledge its client. [`LogStore::run`] must be running: it
+    /// flushes the head, and appends wait while the head holds more than three times `head_max_size`.
     ///
     /// # Cancel safety
     /// Dropping the future does not withdraw the batch: it may still be stored.

@@ -264,20 +264,31 @@ impl PartWriter {
         let file = File::create(&parquet_path).map_err(Error::io("create", &parquet_path))?;
         let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
         let labels_json = serde_json::to_string(&meta.labels).unwrap_or_default();
-        let props = WriterProperties::builder()
+        // The configured level pays off only on the message column; the others are dictionary or delta
+        // encoded already and take the cheap level 1.
+        let cheap = Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default());
+        let mut props = WriterProperties::builder()
             .set_writer_version(WriterVersion::PARQUET_2_0)
-            .set_compression(Compression::ZSTD(level))
+            .set_compression(cheap)
+            .set_column_compression(MESSAGE.into(), Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(usize::MAX))
             .set_data_page_size_limit(1024 * 1024)
             .set_dictionary_enabled(true)
             .set_column_dictionary_enabled(TIME.into(), false)
             .set_column_encoding(TIME.into(), Encoding::DELTA_BINARY_PACKED)
             .set_column_dictionary_enabled(MESSAGE.into(), false)
+            // PLAIN beats DELTA_BYTE_ARRAY under zstd on log lines (measured with
+            // benches/src/bin/encode_experiment.rs on the benchmark workload).
+            .set_column_encoding(MESSAGE.into(), Encoding::PLAIN)
             .set_key_value_metadata(Some(vec![
                 KeyValue::new("lumen.format".to_string(), "logs/1".to_string()),
                 KeyValue::new("lumen.labels".to_string(), labels_json),
-            ]))
-            .build();
+            ]));
+        // Fields are free text of unknown shape: give them the configured level too.
+        for f in &meta.fields {
+            props = props.set_column_compression(f.as_str().into(), Compression::ZSTD(level));
+        }
+        let props = props.build();
         let mut fields: Vec<arrow::datatypes::Field> = schema.fields().iter().map(|f| (**f).clone()).collect();
         fields[0] = arrow::datatypes::Field::new(
             TIME,

@@ -176,3 +176,26 @@ async fn coarse_timestamps_are_stored_in_a_coarse_unit_and_read_back_exactly() {
     assert_eq!(times.len(), 103);
     assert_eq!((times[0], times[1], times[2]), (t0, t0 + 7, t0 + 1_000_000));
 }
+
+#[tokio::test]
+async fn disk_budget_deletes_the_oldest_days_first_but_never_today() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    let now = now_ns();
+    {
+        let store = LogStore::open(opts.clone(), &mut Registry::default()).unwrap();
+        for (age, app) in [(3, "d3"), (2, "d2"), (0, "today")] {
+            store.append(&tenant(), batch(app, 0, 2000, now - age * NANOS_PER_DAY)).await.unwrap();
+        }
+        store.flush().await.unwrap();
+        assert_eq!(store.stats().parts, 3);
+    }
+    // A budget that two days' parts exceed: the oldest day goes, then the next, today stays.
+    opts.retention_max_disk = Some(bytesize::ByteSize::b(1));
+    let store = LogStore::open(opts, &mut Registry::default()).unwrap();
+    assert_eq!(store.apply_retention().await.unwrap(), 2);
+    let mut req = ScanRequest::all(tenant());
+    req.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, "today").unwrap()];
+    assert_eq!(count(&store, req).await, 2000);
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 2000);
+}
