@@ -115,14 +115,9 @@ async fn store_decoded(
         app.ingest.invalid_utf8(protocol);
     }
     for r in &decoded.rejected {
-        app.ingest.rejected(protocol, r.reason.kind(), 0);
+        app.ingest.rejected(protocol, r.reason.kind());
     }
-    if decoded.rejected_bytes > 0 {
-        app.ingest
-            .rejected_bytes
-            .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
-            .inc_by(decoded.rejected_bytes as u64);
-    }
+    app.ingest.rejected_bytes(protocol, decoded.rejected_bytes);
     app.store.append(tenant, batch).await.map_err(|e| {
         app.ingest.rejected_request(protocol, 503);
         store_error(&e)

@@ -56,11 +56,17 @@ impl IngestMetrics {
         self.bytes.get_or_create(&proto(protocol)).inc_by(bytes as u64);
     }
 
-    pub fn rejected(&self, protocol: &str, reason: &str, bytes: usize) {
+    /// Counts one line rejected for `reason`.
+    pub fn rejected(&self, protocol: &str, reason: &str) {
         let mut l = proto(protocol);
         l.push(("reason".to_string(), reason.to_string()));
         self.rejected_lines.get_or_create(&l).inc();
-        self.rejected_bytes.get_or_create(&proto(protocol)).inc_by(bytes as u64);
+    }
+
+    pub fn rejected_bytes(&self, protocol: &str, bytes: usize) {
+        if bytes > 0 {
+            self.rejected_bytes.get_or_create(&proto(protocol)).inc_by(bytes as u64);
+        }
     }
 
     pub fn rejected_request(&self, protocol: &str, status: u16) {

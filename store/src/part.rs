@@ -120,13 +120,17 @@ impl Part {
         Ok(Part { meta, parquet_path, index_path, streams, row_groups, obsolete: AtomicBool::new(false) })
     }
 
-    /// Reads a row group's token filter.
-    pub(crate) fn token_filter(&self, rg: usize) -> Result<Option<TokenFilter>> {
+    /// Opens the index file for [`Part::token_filter`]; one open serves all row groups of a scan.
+    pub(crate) fn open_index(&self) -> Result<File> {
+        File::open(&self.index_path).map_err(Error::io("open", &self.index_path))
+    }
+
+    /// Reads a row group's token filter from the index file opened by [`Part::open_index`].
+    pub(crate) fn token_filter(&self, file: &File, rg: usize) -> Result<Option<TokenFilter>> {
         let rg = &self.row_groups[rg];
         if rg.filter_len == 0 {
             return Ok(None);
         }
-        let file = File::open(&self.index_path).map_err(Error::io("open", &self.index_path))?;
         let mut buf = vec![0u8; rg.filter_len as usize];
         file.read_exact_at(&mut buf, rg.filter_offset).map_err(Error::io("read", &self.index_path))?;
         Ok(TokenFilter::from_bytes(&buf))

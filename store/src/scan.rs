@@ -194,12 +194,13 @@ impl ScanPlan {
         let (start, end) = (self.req.start_ns, self.req.end_ns);
         let overlaps = |min: i64, max: i64| max >= start && min < end;
         // Row groups that survive the time bounds and the token filters.
+        let index = if tokens.is_empty() { None } else { Some(part.open_index()?) };
         let mut keep = Vec::with_capacity(part.row_groups.len());
         for (i, rg) in part.row_groups.iter().enumerate() {
             let mut ok = overlaps(rg.min_time, rg.max_time);
             if ok
-                && !tokens.is_empty()
-                && let Some(filter) = part.token_filter(i)?
+                && let Some(index) = &index
+                && let Some(filter) = part.token_filter(index, i)?
             {
                 ok = tokens.iter().all(|&h| filter.may_contain(h));
             }
