@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Limits of the query endpoints.
+use crate::logql::Limits;
+
+/// Limits of the query endpoints. The LogQL limits default to Loki's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
@@ -13,10 +15,41 @@ pub struct QueryConfig {
     pub timeout: Duration,
     /// Most rows a SQL answer carries; more are cut off and the answer says `"truncated": true`.
     pub sql_max_rows: usize,
+    /// Most log entries one LogQL query may ask for (`limit`); more is a 400.
+    pub max_entries_limit_per_query: usize,
+    /// Most series a LogQL metric query may answer with; more is a 400.
+    pub max_query_series: usize,
+    /// Longest time range (end - start) of one LogQL query.
+    #[serde(with = "store::config::duration")]
+    pub max_query_length: Duration,
+    /// Threads one LogQL query scans with; 0 means one per core.
+    pub query_parallelism: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { timeout: Duration::from_secs(60), sql_max_rows: 100_000 }
+        QueryConfig {
+            timeout: Duration::from_secs(60),
+            sql_max_rows: 100_000,
+            max_entries_limit_per_query: 5000,
+            max_query_series: 500,
+            max_query_length: Duration::from_secs(721 * 3600),
+            query_parallelism: 0,
+        }
+    }
+}
+
+impl QueryConfig {
+    /// The LogQL engine's limits.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            max_entries: self.max_entries_limit_per_query,
+            max_series: self.max_query_series,
+            max_query_length: self.max_query_length,
+            timeout: self.timeout,
+            partitions: if self.query_parallelism == 0 { defaults.partitions } else { self.query_parallelism },
+            ..defaults
+        }
     }
 }

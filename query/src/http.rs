@@ -1,6 +1,7 @@
 //! The query HTTP handlers and what they share: the tenant header, error envelopes, and timing.
 //! **API Boundary:** only this module knows the JSON shapes of the query APIs.
 
+pub mod loki;
 pub mod sql;
 
 use std::sync::Arc;
@@ -27,7 +28,10 @@ pub struct QueryState {
 
 /// The routes of the query APIs.
 pub fn router(state: QueryState) -> Router {
-    Router::new().route("/api/v1/sql", axum::routing::get(sql::handle).post(sql::handle)).with_state(state)
+    Router::new()
+        .route("/api/v1/sql", axum::routing::get(sql::handle).post(sql::handle))
+        .merge(loki::routes())
+        .with_state(state)
 }
 
 /// The tenant named by `X-Scope-OrgID`, or `default`.

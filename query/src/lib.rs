@@ -1,15 +1,18 @@
-//! Lumen's query side: SQL over the log store through DataFusion, and the HTTP handlers that speak the
-//! query APIs. LogQL and PromQL come with their issues.
+//! Lumen's query side: LogQL and SQL over the log store, and the HTTP handlers that speak the query
+//! APIs (Loki's and Lumen's SQL). PromQL comes with its issue.
 //!
+//! - [`logql`]: the LogQL parser and engine.
 //! - [`sql::LogsTable`]: a DataFusion table provider over [`store::LogStore::scan`], pushing time
 //!   bounds, label equalities and `LIKE '%text%'` searches down to the store's indexes.
-//! - [`http`]: `/api/v1/sql`, the tenant header, and the JSON shapes of answers and errors.
+//! - [`http`]: `/api/v1/sql`, the Loki API under `/loki/api/v1/`, the tenant header, and the JSON
+//!   shapes of answers and errors.
 //!
 //! **Architecture Invariant:** this crate never opens WAL or Parquet files; everything it reads comes
 //! through the store's scan API as Arrow record batches.
 
 pub mod config;
 pub mod http;
+pub mod logql;
 pub mod metrics;
 pub mod sql;
 

@@ -30,11 +30,12 @@ use crate::codec;
 use crate::config::StoreOptions;
 use crate::error::{Error, Result};
 use crate::head::{self, MemTable, label_column, table_schema};
+use crate::head::{STREAM_ID, TIME};
 use crate::manifest::{Manifest, PartMeta, TimeUnitTag};
 use crate::metrics::StoreMetrics;
-use crate::model::{LogBatch, Tenant};
+use crate::model::{Labels, LogBatch, Tenant};
 use crate::part::{Part, PartWriter, WriteOptions};
-use crate::scan::{Scan, ScanPlan, ScanRequest, conform};
+use crate::scan::{LabelMatcher, PartSlice, Scan, ScanPlan, ScanRequest, ScanTask, conform};
 use crate::time::{day_of_ns, now_ns};
 use crate::wal::Wal;
 
@@ -408,6 +409,23 @@ impl LogStore {
         table_schema(labels.iter(), fields.iter())
     }
 
+    /// The names of a tenant's structured-metadata fields (some may also name labels of other streams).
+    pub fn field_names(&self, tenant: &Tenant) -> BTreeSet<String> {
+        let inner = &self.inner;
+        let mut fields: BTreeSet<String> = BTreeSet::new();
+        let st = inner.state.read();
+        for p in st.parts.iter().filter(|p| p.meta.tenant == tenant.as_str()) {
+            fields.extend(p.meta.fields.iter().cloned());
+        }
+        let active = inner.active.lock();
+        for mem in st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active)) {
+            if let Some(t) = mem.tenants.get(tenant) {
+                fields.extend(t.fields.iter().cloned());
+            }
+        }
+        fields
+    }
+
     /// The label names of a tenant's streams.
     pub fn label_names(&self, tenant: &Tenant) -> Vec<String> {
         self.inner.catalog.get(tenant).map(|t| t.read().label_names().iter().cloned().collect()).unwrap_or_default()
@@ -424,6 +442,19 @@ impl LogStore {
     /// # Errors
     /// None today; reading errors arrive in the stream.
     pub fn scan(&self, req: ScanRequest) -> Result<Scan> {
+        let (schema, mut tasks) = self.plan_scan(req, 1);
+        let plan = tasks.pop().map(|t| t.0);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        if let Some(plan) = plan {
+            tokio::task::spawn_blocking(move || plan.run(tx));
+        }
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        Ok(Scan { schema, stream: Box::pin(stream) })
+    }
+
+    /// Plans a scan as up to `partitions` tasks of about equal size, to run on as many threads; together
+    /// they read what [`LogStore::scan`] would. The head goes to the first task.
+    pub fn plan_scan(&self, req: ScanRequest, partitions: usize) -> (SchemaRef, Vec<ScanTask>) {
         let inner = &self.inner;
         inner.metrics.scans.inc();
         let full = self.schema(&req.tenant);
@@ -441,40 +472,178 @@ impl LogStore {
             }
         };
         let streams = inner.catalog.matching(&req.tenant, &req.matchers);
-        let overlaps = |min: i64, max: i64| max >= req.start_ns && min < req.end_ns;
-        let (head, parts) = {
-            let st = inner.state.read();
-            let active = inner.active.lock();
-            let mut head = Vec::new();
-            for mem in st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active)) {
-                if let Some(t) = mem.tenants.get(&req.tenant)
-                    && overlaps(t.min_time, t.max_time)
-                {
-                    head.extend(t.batches.iter().cloned());
+        let (head, parts) = self.snapshot(&req.tenant, req.start_ns, req.end_ns);
+        // Each part's candidate rows: its matching streams' ranges that overlap the time range.
+        let (start, end) = (req.start_ns, req.end_ns);
+        let mut units: Vec<(u64, Arc<Part>, Vec<std::ops::Range<u64>>)> = parts
+            .into_iter()
+            .filter_map(|p| {
+                let ranges: Vec<std::ops::Range<u64>> = p
+                    .streams
+                    .iter()
+                    .filter(|s| streams.as_ref().is_none_or(|set| set.contains(&s.id)))
+                    .filter(|s| s.max_time >= start && s.min_time < end)
+                    .map(|s| s.first_row..s.first_row + s.rows)
+                    .collect();
+                let rows: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+                (rows > 0).then_some((rows, p, ranges))
+            })
+            .collect();
+        let n = partitions.max(1);
+        // Too few parts to keep every thread busy: cut each part's candidate rows into `n` slices.
+        let split = n > 1 && units.len() < 2 * n;
+        let mut pieces: Vec<(u64, PartSlice)> = Vec::new();
+        for (rows, part, ranges) in units.drain(..) {
+            if !split || rows < 2 * 8192 {
+                pieces.push((rows, (part, None)));
+                continue;
+            }
+            for slice in split_ranges(&ranges, rows.div_ceil(n as u64)) {
+                let r: u64 = slice.iter().map(|x| x.end - x.start).sum();
+                pieces.push((r, (part.clone(), Some(slice))));
+            }
+        }
+        // Largest pieces first, each to the lightest partition.
+        pieces.sort_by_key(|p| std::cmp::Reverse(p.0));
+        let n = n.min(pieces.len().max(1));
+        let mut groups: Vec<(u64, Vec<PartSlice>)> = vec![(0, Vec::new()); n];
+        groups[0].0 = head.iter().map(|b| b.num_rows() as u64).sum();
+        for (rows, slice) in pieces {
+            let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one partition");
+            lightest.0 += rows;
+            lightest.1.push(slice);
+        }
+        let mut head = Some(head);
+        let tasks = groups
+            .into_iter()
+            .map(|(_, parts)| {
+                ScanTask(ScanPlan {
+                    output: output.clone(),
+                    head: head.take().unwrap_or_default(),
+                    parts,
+                    streams: streams.clone(),
+                    catalog: inner.catalog.get(&req.tenant),
+                    index_numbers: inner.options.tuning.index_numbers,
+                    metrics: inner.metrics.clone(),
+                    req: req.clone(),
+                })
+            })
+            .collect();
+        (output, tasks)
+    }
+
+    /// The head batches and parts of a tenant that may hold rows in `[start, end)`.
+    fn snapshot(&self, tenant: &Tenant, start: i64, end: i64) -> (Vec<RecordBatch>, Vec<Arc<Part>>) {
+        let inner = &self.inner;
+        let overlaps = |min: i64, max: i64| max >= start && min < end;
+        let st = inner.state.read();
+        let active = inner.active.lock();
+        let mut head = Vec::new();
+        for mem in st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active)) {
+            if let Some(t) = mem.tenants.get(tenant)
+                && overlaps(t.min_time, t.max_time)
+            {
+                head.extend(t.batches.iter().cloned());
+            }
+        }
+        let parts: Vec<Arc<Part>> = st
+            .parts
+            .iter()
+            .filter(|p| p.meta.tenant == tenant.as_str() && overlaps(p.meta.min_time, p.meta.max_time))
+            .cloned()
+            .collect();
+        (head, parts)
+    }
+
+    /// The labels of the given streams of a tenant (unknown ids are left out).
+    pub fn stream_labels(&self, tenant: &Tenant, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, Arc<Labels>> {
+        let Some(streams) = self.inner.catalog.get(tenant) else {
+            return HashMap::new();
+        };
+        let streams = streams.read();
+        ids.into_iter().filter_map(|id| streams.labels(id).map(|l| (id, l.clone()))).collect()
+    }
+
+    /// Entries per stream of the streams matching `matchers` in `[start, end)`, exactly. A part's stream
+    /// whose time bounds lie inside the range is counted from the index alone; the others read only the
+    /// time column of their rows.
+    ///
+    /// # Errors
+    /// I/O or Parquet errors while reading.
+    pub fn count_by_stream(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        start: i64,
+        end: i64,
+    ) -> Result<HashMap<u64, u64>> {
+        let set = self.inner.catalog.matching(tenant, matchers);
+        let wanted = |id: &u64| set.as_ref().is_none_or(|s| s.contains(id));
+        let (head, parts) = self.snapshot(tenant, start, end);
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        let count_batch = |counts: &mut HashMap<u64, u64>, batch: &RecordBatch| {
+            let (Some(times), Some(ids)) = (batch.column_by_name(TIME), batch.column_by_name(STREAM_ID)) else {
+                return;
+            };
+            let times = times.as_primitive::<arrow::datatypes::TimestampNanosecondType>().values();
+            let ids = ids.as_primitive::<arrow::datatypes::UInt64Type>().values();
+            for (t, id) in times.iter().zip(ids.iter()) {
+                if *t >= start && *t < end && wanted(id) {
+                    *counts.entry(*id).or_default() += 1;
                 }
             }
-            let parts: Vec<Arc<Part>> = st
-                .parts
-                .iter()
-                .filter(|p| p.meta.tenant == req.tenant.as_str() && overlaps(p.meta.min_time, p.meta.max_time))
-                .cloned()
-                .collect();
-            (head, parts)
         };
-        let plan = ScanPlan {
-            output: output.clone(),
-            head,
-            parts,
-            streams,
-            catalog: inner.catalog.get(&req.tenant),
-            index_numbers: inner.options.tuning.index_numbers,
-            metrics: inner.metrics.clone(),
-            req,
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || plan.run(tx));
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        Ok(Scan { schema: output, stream: Box::pin(stream) })
+        for batch in &head {
+            count_batch(&mut counts, batch);
+        }
+        for part in &parts {
+            let mut partial = Vec::new();
+            for s in part.streams.iter().filter(|s| wanted(&s.id) && s.max_time >= start && s.min_time < end) {
+                if s.min_time >= start && s.max_time < end {
+                    *counts.entry(s.id).or_default() += s.rows;
+                } else {
+                    partial.push(s.first_row..s.first_row + s.rows);
+                }
+            }
+            if partial.is_empty() {
+                continue;
+            }
+            if let Some(reader) = part.reader(&[TIME, STREAM_ID], Some(&partial), 8192)? {
+                for batch in reader {
+                    count_batch(&mut counts, &crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?);
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The streams matching `matchers` that have entries in `[start, end)` (by the index's time bounds
+    /// for parts, exactly for the head), with their labels.
+    pub fn series(&self, tenant: &Tenant, matchers: &[LabelMatcher], start: i64, end: i64) -> Vec<(u64, Arc<Labels>)> {
+        let set = self.inner.catalog.matching(tenant, matchers);
+        let wanted = |id: &u64| set.as_ref().is_none_or(|s| s.contains(id));
+        let (head, parts) = self.snapshot(tenant, start, end);
+        let mut ids: HashSet<u64> = HashSet::new();
+        for batch in &head {
+            let (Some(times), Some(sids)) = (batch.column_by_name(TIME), batch.column_by_name(STREAM_ID)) else {
+                continue;
+            };
+            let times = times.as_primitive::<arrow::datatypes::TimestampNanosecondType>().values();
+            let sids = sids.as_primitive::<arrow::datatypes::UInt64Type>().values();
+            for (t, id) in times.iter().zip(sids.iter()) {
+                if *t >= start && *t < end && wanted(id) {
+                    ids.insert(*id);
+                }
+            }
+        }
+        for part in &parts {
+            ids.extend(
+                part.streams.iter().filter(|s| wanted(&s.id) && s.max_time >= start && s.min_time < end).map(|s| s.id),
+            );
+        }
+        let mut out: Vec<(u64, Arc<Labels>)> = self.stream_labels(tenant, ids).into_iter().collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -753,3 +922,27 @@ fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// Cuts sorted, disjoint row ranges into consecutive slices of about `chunk` rows each.
+fn split_ranges(ranges: &[std::ops::Range<u64>], chunk: u64) -> Vec<Vec<std::ops::Range<u64>>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut filled = 0;
+    for r in ranges {
+        let mut start = r.start;
+        while start < r.end {
+            let take = (chunk - filled).min(r.end - start);
+            current.push(start..start + take);
+            filled += take;
+            start += take;
+            if filled == chunk {
+                out.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}

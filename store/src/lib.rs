@@ -38,4 +38,4 @@ pub use config::{StoreConfig, StoreOptions};
 pub use engine::{LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
-pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest};
+pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest, ScanTask, StreamLimit};

@@ -80,7 +80,7 @@ pub fn sanitize_label_name(name: &str) -> String {
 }
 
 /// A stream's label set, sorted by name, names unique.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Labels(Vec<(String, String)>);
 
 impl Labels {

@@ -85,6 +85,17 @@ pub struct ScanRequest {
     pub line_contains: Vec<String>,
     /// Columns wanted, by name; `None` for all of the tenant's columns. Unknown names are an error.
     pub columns: Option<Vec<String>>,
+    /// Read at most this many rows per stream and part, at the newest or oldest end. Only for requests
+    /// without `line_contains`, whose caller keeps the newest (oldest) rows overall: a part holds each
+    /// stream's rows in time order, so its last rows of a stream are its newest. Head rows are all read.
+    pub stream_limit: Option<StreamLimit>,
+}
+
+/// See [`ScanRequest::stream_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimit {
+    pub rows: u64,
+    pub newest: bool,
 }
 
 impl ScanRequest {
@@ -97,6 +108,7 @@ impl ScanRequest {
             matchers: Vec::new(),
             line_contains: Vec::new(),
             columns: None,
+            stream_limit: None,
         }
     }
 }
@@ -107,13 +119,32 @@ pub struct Scan {
     pub stream: BoxStream<'static, Result<RecordBatch>>,
 }
 
+/// One partition of a planned scan (see [`crate::LogStore::plan_scan`]), run on the caller's thread.
+pub struct ScanTask(pub(crate) ScanPlan);
+
+impl ScanTask {
+    /// Reads, calling `f` with each non-empty batch (in the plan's output schema) until done or until `f`
+    /// returns false. Blocking: run it on a blocking thread.
+    ///
+    /// # Errors
+    /// I/O, Parquet or Arrow errors while reading.
+    pub fn run(self, f: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+        self.0.for_each(f)
+    }
+}
+
+/// A part, optionally restricted to some of its rows.
+pub(crate) type PartSlice = (Arc<Part>, Option<Vec<Range<u64>>>);
+
 /// Everything a scan reads, captured at one instant so that no row is seen twice or missed while a
 /// flush moves data from the head to a part.
 pub(crate) struct ScanPlan {
     pub(crate) req: ScanRequest,
     pub(crate) output: SchemaRef,
     pub(crate) head: Vec<RecordBatch>,
-    pub(crate) parts: Vec<Arc<Part>>,
+    /// Parts to read, each optionally restricted to some of its rows (sorted, disjoint ranges), so that
+    /// one part can be shared among tasks.
+    pub(crate) parts: Vec<PartSlice>,
     pub(crate) streams: Option<HashSet<u64>>,
     pub(crate) catalog: Option<Arc<RwLock<TenantStreams>>>,
     pub(crate) index_numbers: bool,
@@ -126,13 +157,14 @@ impl ScanPlan {
     /// Runs the scan on the current (blocking) thread, sending batches until done or until the receiver
     /// is dropped.
     pub(crate) fn run(self, tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>) {
-        if let Err(e) = self.run_inner(&tx) {
+        let result = self.for_each(|batch| tx.blocking_send(Ok(batch)).is_ok());
+        if let Err(e) = result {
             let _ = tx.blocking_send(Err(e));
         }
     }
 
-    fn run_inner(&self, tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
-        let send = |batch: RecordBatch| -> bool { batch.num_rows() == 0 || tx.blocking_send(Ok(batch)).is_ok() };
+    fn for_each(&self, mut f: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+        let mut send = |batch: RecordBatch| -> bool { batch.num_rows() == 0 || f(batch) };
         let labels = self.catalog.as_ref().map(|c| c.read());
         let label_cols: HashMap<String, String> = labels
             .as_ref()
@@ -154,10 +186,16 @@ impl ScanPlan {
         let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
         let tokens: Vec<u64> =
             self.req.line_contains.iter().flat_map(|s| required_tokens(s, self.index_numbers)).collect();
-        for part in &self.parts {
-            let Some(ranges) = self.part_ranges(part, &tokens)? else {
+        for (part, restrict) in &self.parts {
+            let Some(mut ranges) = self.part_ranges(part, &tokens)? else {
                 continue;
             };
+            if let Some(only) = restrict {
+                ranges = intersect(&ranges, only);
+                if ranges.is_empty() {
+                    continue;
+                }
+            }
             let Some(reader) = part.reader(&needed, Some(&ranges), BATCH_ROWS)? else {
                 continue;
             };
@@ -213,17 +251,30 @@ impl ScanPlan {
         if keep.is_empty() {
             return Ok(None);
         }
-        let streams: Vec<Range<u64>> = match &self.streams {
-            None => return Ok(Some(keep)),
-            Some(set) => part
-                .streams
-                .iter()
-                .filter(|s| set.contains(&s.id) && overlaps(s.min_time, s.max_time))
-                .map(|s| s.first_row..s.first_row + s.rows)
-                .collect(),
-        };
+        if self.streams.is_none() && self.req.stream_limit.is_none() {
+            return Ok(Some(keep));
+        }
+        let streams: Vec<Range<u64>> = part
+            .streams
+            .iter()
+            .filter(|s| self.streams.as_ref().is_none_or(|set| set.contains(&s.id)) && overlaps(s.min_time, s.max_time))
+            .map(|s| self.limited(s.first_row..s.first_row + s.rows, s.min_time, s.max_time))
+            .collect();
         let out = intersect(&streams, &keep);
         Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// A stream's rows in a part, cut to the stream limit when every row is inside the time range (else
+    /// the rows inside are not known to be at the end, and all are read).
+    fn limited(&self, rows: Range<u64>, min_time: i64, max_time: i64) -> Range<u64> {
+        match self.req.stream_limit {
+            Some(l)
+                if min_time >= self.req.start_ns && max_time < self.req.end_ns && rows.end - rows.start > l.rows =>
+            {
+                if l.newest { rows.end - l.rows..rows.end } else { rows.start..rows.start + l.rows }
+            }
+            _ => rows,
+        }
     }
 
     /// Applies the time range, the stream set and the substrings exactly.
@@ -271,7 +322,7 @@ impl ScanPlan {
 }
 
 /// The intersection of two sorted lists of disjoint ranges.
-fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+pub(crate) fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < a.len() && j < b.len() {
         let s = a[i].start.max(b[j].start);

@@ -8,4 +8,5 @@ mod durability;
 mod elasticsearch_client;
 mod harness;
 mod ingest;
+mod loki_api;
 mod retention;
