@@ -1,4 +1,4 @@
-//! Criterion benches of the log ingest hot paths. Ids: `store/<op>/<size>`.
+//! Criterion benches of the log ingest and LogQL hot paths. Ids: `store/<op>/<size>`, `logql/<op>/<size>`.
 //! Run: `cargo bench -p benches` (add `-- <filter>` for one).
 
 use std::time::Duration;
@@ -117,5 +117,49 @@ fn flush(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, append, flush);
+/// LogQL: parsing a query, and pipelines over 2000 Loghub lines (as they are, as logfmt, as JSON).
+fn logql(c: &mut Criterion) {
+    use query::logql::ast::{Expr, LogExpr};
+    use query::logql::pipeline::{LabelSet, Pipeline};
+    let lines = loghub_lines();
+    let lines: Vec<&(String, String)> = lines.iter().cycle().take(LINES).collect();
+    const LEVELS: [&str; 2] = ["info", "error"];
+    let mut g = c.benchmark_group("logql");
+    let complex = r#"sum by (app) (rate({app=~"hdfs|spark", pod!=""} |= "error" != "debug" | logfmt | level=~"error|warn" and took > 10ms | line_format "{{.app}} {{.msg | ToUpper}}" [5m] offset 1m)) / ignoring (pod) group_left sum by (app) (count_over_time({app=~".+"}[5m]))"#;
+    g.bench_function("parse/complex", |b| b.iter(|| query::logql::parse(complex).unwrap()));
+    let pipeline = |q: &str| match query::logql::parse(q).unwrap() {
+        Expr::Log(LogExpr { stages, .. }) => Pipeline::new(&stages, false),
+        Expr::Metric(_) => unreachable!("a log query"),
+    };
+    let labels = store::model::Labels::from_pairs(vec![("app".into(), "bench".into())]);
+    g.throughput(Throughput::Elements(LINES as u64));
+    let run = |p: &Pipeline, texts: &[String]| {
+        let mut kept = 0usize;
+        for (i, t) in texts.iter().enumerate() {
+            let mut set = LabelSet::from_stream(&labels);
+            kept += usize::from(p.process(i as i64, t, &mut set).is_some());
+        }
+        kept
+    };
+    let raw: Vec<String> = lines.iter().map(|(_, l)| l.clone()).collect();
+    let filter = pipeline(r#"{app="x"} |= "error" or "WARN" |~ "(?i)fail(ed|ure)?""#);
+    g.bench_function("line_filters/2000", |b| b.iter(|| raw.iter().filter(|l| filter.filter_line(l)).count()));
+    let logfmt: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (app, l))| format!("level={} app={app} took={}ms msg={:?}", LEVELS[i % 2], i % 97, l))
+        .collect();
+    let p = pipeline(r#"{app="x"} | logfmt | level="error" and took > 50ms"#);
+    g.bench_function("logfmt_label_filter/2000", |b| b.iter(|| run(&p, &logfmt)));
+    let json: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (app, l))| serde_json::json!({"level": LEVELS[i % 2], "app": app, "status": 200 + i % 400, "msg": l, "req": {"path": "/x", "ms": i % 97}}).to_string())
+        .collect();
+    let p = pipeline(r#"{app="x"} | json | status >= 500 | line_format "{{.app}}: {{.msg}}""#);
+    g.bench_function("json_filter_format/2000", |b| b.iter(|| run(&p, &json)));
+    g.finish();
+}
+
+criterion_group!(benches, decode, append, flush, logql);
 criterion_main!(benches);

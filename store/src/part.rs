@@ -20,8 +20,8 @@ use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
@@ -29,7 +29,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, PageIndexPolicy};
@@ -72,6 +72,8 @@ pub(crate) struct Part {
     pub(crate) streams: Vec<StreamRange>,
     pub(crate) row_groups: Vec<RowGroupIndex>,
     obsolete: AtomicBool,
+    /// The Parquet footer and page index, read by the first scan and kept: parts never change.
+    metadata: OnceLock<ArrowReaderMetadata>,
 }
 
 impl Part {
@@ -117,7 +119,15 @@ impl Part {
                 filter_len: u64_at(c, 5),
             })
             .collect();
-        Ok(Part { meta, parquet_path, index_path, streams, row_groups, obsolete: AtomicBool::new(false) })
+        Ok(Part {
+            meta,
+            parquet_path,
+            index_path,
+            streams,
+            row_groups,
+            obsolete: AtomicBool::new(false),
+            metadata: OnceLock::new(),
+        })
     }
 
     /// Opens the index file for [`Part::token_filter`]; one open serves all row groups of a scan.
@@ -146,9 +156,15 @@ impl Part {
     ) -> Result<Option<ParquetRecordBatchReader>> {
         let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
         let file = File::open(&self.parquet_path).map_err(Error::io("open", &self.parquet_path))?;
-        let policy = if ranges.is_some() { PageIndexPolicy::Optional } else { PageIndexPolicy::Skip };
-        let options = ArrowReaderOptions::new().with_page_index_policy(policy);
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(perr)?;
+        let metadata = match self.metadata.get() {
+            Some(m) => m.clone(),
+            None => {
+                let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+                let m = ArrowReaderMetadata::load(&file, options).map_err(perr)?;
+                self.metadata.get_or_init(|| m).clone()
+            }
+        };
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
         let schema = builder.parquet_schema();
         let roots: Vec<usize> = builder
             .schema()
@@ -412,7 +428,15 @@ impl PartWriter {
         meta.parquet_bytes = parquet_bytes;
         meta.index_bytes = buf.len() as u64;
         crate::manifest::sync_dir(&data_dir.join(meta.partition_dir()))?;
-        Ok(Arc::new(Part { meta, parquet_path, index_path, streams, row_groups, obsolete: AtomicBool::new(false) }))
+        Ok(Arc::new(Part {
+            meta,
+            parquet_path,
+            index_path,
+            streams,
+            row_groups,
+            obsolete: AtomicBool::new(false),
+            metadata: OnceLock::new(),
+        }))
     }
 
     /// Abandons a half-written part, deleting its files.

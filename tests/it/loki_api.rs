@@ -426,3 +426,25 @@ async fn live_tail_over_websocket() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_timeout_is_a_504_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.query.timeout = Duration::ZERO;
+    let server = TestServer::start(config).await;
+    let client = reqwest::Client::new();
+    let t = (store::time::now_ns() - 10 * NS).to_string();
+    push(&client, &server, "default", json!({"streams": [{"stream": {"app": "a"}, "values": [[t, "x"]]}]})).await;
+    let r = client
+        .get(server.url("/loki/api/v1/query"))
+        .query(&[("query", r#"count_over_time({app="a"} |~ "x" [1m])"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(r.text().await.unwrap().contains("timed out"));
+    let r = client.get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
