@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use store::model::Tenant;
 
@@ -182,33 +181,35 @@ fn parse_selector(q: &str) -> Result<Vec<store::LabelMatcher>, Response> {
     }
 }
 
-/// Extracts the tenant, or answers 400.
-pub(crate) struct TenantOf(pub Tenant);
-
-impl<S: Send + Sync> FromRequestParts<S> for TenantOf {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        tenant(&parts.headers).map(TenantOf)
-    }
+/// What every Loki handler starts from: the state, the tenant (`X-Scope-OrgID`), and the parameters of
+/// the query string and of a form body.
+pub(crate) struct LokiRequest {
+    state: QueryState,
+    tenant: Tenant,
+    p: Params,
 }
 
-macro_rules! params {
-    ($headers:expr, $raw:expr, $body:expr) => {
-        Params::from($headers, $raw.as_deref(), &$body)
-    };
+/// Largest form body a query endpoint reads.
+const MAX_FORM_BYTES: usize = 8 << 20;
+
+impl FromRequest<QueryState> for LokiRequest {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &QueryState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let tenant = tenant(&parts.headers)?;
+        let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
+            .await
+            .map_err(|e| bad(format!("cannot read the form body (at most {MAX_FORM_BYTES} bytes): {e}")))?;
+        let p = Params::from(parts.headers, parts.uri.query(), &body);
+        Ok(LokiRequest { state: state.clone(), tenant, p })
+    }
 }
 
 // ----- query and query_range -----
 
-async fn query(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
+async fn query(req: LokiRequest) -> Response {
+    let LokiRequest { state, tenant, p } = req;
     let started = Instant::now();
     let r = async {
         let expr = parse_query(p.get("query"))?;
@@ -228,14 +229,8 @@ async fn query(
     finish(&state, "loki_query", started, r)
 }
 
-async fn query_range(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
+async fn query_range(req: LokiRequest) -> Response {
+    let LokiRequest { state, tenant, p } = req;
     let started = Instant::now();
     let r = async {
         let expr = parse_query(p.get("query"))?;
@@ -412,95 +407,51 @@ async fn matching_series(
 
 const HIDDEN_LABELS: [&str; 3] = ["__aggregated_metric__", "__tenant_id__", "__stream_shard__"];
 
-async fn labels(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let sels: Vec<&str> = p.get("query").into_iter().collect();
-        let series = matching_series(&state, &tenant, &p, &sels).await?;
-        let names: BTreeSet<&str> =
-            series.iter().flat_map(|l| l.iter().map(|(k, _)| k)).filter(|k| !HIDDEN_LABELS.contains(k)).collect();
-        Ok(success(json!(names)))
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn labels(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let sels: Vec<&str> = p.get("query").into_iter().collect();
+    let series = matching_series(&state, &tenant, &p, &sels).await?;
+    let names: BTreeSet<&str> =
+        series.iter().flat_map(|l| l.iter().map(|(k, _)| k)).filter(|k| !HIDDEN_LABELS.contains(k)).collect();
+    Ok(success(json!(names)))
 }
 
-async fn label_values(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let sels: Vec<&str> = p.get("query").into_iter().collect();
-        let series = matching_series(&state, &tenant, &p, &sels).await?;
-        let values: BTreeSet<&str> = series.iter().filter_map(|l| l.get(&name)).collect();
-        Ok(success(json!(values)))
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn label_values(Path(name): Path<String>, req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let sels: Vec<&str> = p.get("query").into_iter().collect();
+    let series = matching_series(&state, &tenant, &p, &sels).await?;
+    let values: BTreeSet<&str> = series.iter().filter_map(|l| l.get(&name)).collect();
+    Ok(success(json!(values)))
 }
 
-async fn series(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let mut sels = p.all("match[]");
-        sels.extend(p.all("match"));
-        sels.retain(|s| !s.is_empty());
-        let series = matching_series(&state, &tenant, &p, &sels).await?;
-        if series.len() > state.config.max_query_series * 20 {
-            tracing::debug!(series = series.len(), "large series answer");
-        }
-        let data: Vec<Value> = series
-            .iter()
-            .map(|l| Value::Object(l.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect()))
-            .collect();
-        Ok(success(json!(data)))
+async fn series(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let mut sels = p.all("match[]");
+    sels.extend(p.all("match"));
+    sels.retain(|s| !s.is_empty());
+    let series = matching_series(&state, &tenant, &p, &sels).await?;
+    if series.len() > state.config.max_query_series * 20 {
+        tracing::debug!(series = series.len(), "large series answer");
     }
-    .await;
-    r.unwrap_or_else(|e| e)
+    let data: Vec<Value> = series
+        .iter()
+        .map(|l| Value::Object(l.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect()))
+        .collect();
+    Ok(success(json!(data)))
 }
 
 /// Entries and streams from the index; bytes estimated from a sample of lines (Loki's answer is an
 /// estimate too).
-async fn index_stats(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let q =
-            p.get("query").ok_or_else(|| bad("missing the query parameter: a stream selector such as {app=\"x\"}"))?;
-        let matchers = parse_selector(q)?;
-        let (start, end) = p.range(Duration::from_secs(3600))?;
-        let counts =
-            state.store.count_by_stream(&tenant, &matchers, start, end + 1).map_err(|e| query_error(e.into()))?;
-        let entries: u64 = counts.values().sum();
-        let streams = counts.values().filter(|c| **c > 0).count();
-        let bytes = if entries == 0 { 0 } else { estimate_bytes(&state, &tenant, q, start, end, entries).await? };
-        Ok(axum::Json(json!({"streams": streams, "chunks": streams, "entries": entries, "bytes": bytes}))
-            .into_response())
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn index_stats(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let q = p.get("query").ok_or_else(|| bad("missing the query parameter: a stream selector such as {app=\"x\"}"))?;
+    let matchers = parse_selector(q)?;
+    let (start, end) = p.range(Duration::from_secs(3600))?;
+    let counts = state.store.count_by_stream(&tenant, &matchers, start, end + 1).map_err(|e| query_error(e.into()))?;
+    let entries: u64 = counts.values().sum();
+    let streams = counts.values().filter(|c| **c > 0).count();
+    let bytes = if entries == 0 { 0 } else { estimate_bytes(&state, &tenant, q, start, end, entries).await? };
+    Ok(axum::Json(json!({"streams": streams, "chunks": streams, "entries": entries, "bytes": bytes})).into_response())
 }
 
 async fn estimate_bytes(
@@ -550,77 +501,57 @@ fn volume_query(p: &Params, range_ns: i64) -> Result<(String, usize), Response> 
     Ok((format!("sum by ({}) (bytes_over_time({sel} [{range}]))", target.join(", ")), limit))
 }
 
-async fn volume(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let (start, end) = p.range(Duration::from_secs(3600))?;
-        let (q, limit) = volume_query(&p, end - start)?;
-        let expr = parse_query(Some(&q))?;
-        let params = QueryParams {
-            start_ns: end,
-            end_ns: end,
-            step_ns: 0,
-            limit: 100,
-            direction: Direction::Backward,
-            instant: true,
-            categorize: false,
-        };
-        let (value, _) = engine(&state).query(&tenant, &expr, &params).await.map_err(query_error)?;
-        let QueryValue::Vector(mut samples) = value else {
-            return Ok(success(json!({"resultType": "vector", "result": []})));
-        };
-        samples.sort_by(|a, b| b.2.total_cmp(&a.2));
-        samples.truncate(limit);
-        Ok(success(encode_value(QueryValue::Vector(samples), false)))
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn volume(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let (start, end) = p.range(Duration::from_secs(3600))?;
+    let (q, limit) = volume_query(&p, end - start)?;
+    let expr = parse_query(Some(&q))?;
+    let params = QueryParams {
+        start_ns: end,
+        end_ns: end,
+        step_ns: 0,
+        limit: 100,
+        direction: Direction::Backward,
+        instant: true,
+        categorize: false,
+    };
+    let (value, _) = engine(&state).query(&tenant, &expr, &params).await.map_err(query_error)?;
+    let QueryValue::Vector(mut samples) = value else {
+        return Ok(success(json!({"resultType": "vector", "result": []})));
+    };
+    samples.sort_by(|a, b| b.2.total_cmp(&a.2));
+    samples.truncate(limit);
+    Ok(success(encode_value(QueryValue::Vector(samples), false)))
 }
 
-async fn volume_range(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let (start, end) = p.range(Duration::from_secs(3600))?;
-        let step = match p.get("step") {
-            Some(s) => parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}")))?,
-            None => (((end - start) / 250) / 1_000_000_000).max(1) * 1_000_000_000,
-        };
-        let (q, limit) = volume_query(&p, step)?;
-        let expr = parse_query(Some(&q))?;
-        let params = QueryParams {
-            start_ns: start,
-            end_ns: end,
-            step_ns: step,
-            limit: 100,
-            direction: Direction::Backward,
-            instant: false,
-            categorize: false,
-        };
-        let (value, _) = engine(&state).query(&tenant, &expr, &params).await.map_err(query_error)?;
-        let QueryValue::Matrix(mut series) = value else {
-            return Ok(success(json!({"resultType": "matrix", "result": []})));
-        };
-        series.sort_by(|a, b| {
-            let total = |s: &Vec<(i64, f64)>| s.iter().map(|x| x.1).sum::<f64>();
-            total(&b.1).total_cmp(&total(&a.1))
-        });
-        series.truncate(limit);
-        Ok(success(encode_value(QueryValue::Matrix(series), false)))
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn volume_range(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let (start, end) = p.range(Duration::from_secs(3600))?;
+    let step = match p.get("step") {
+        Some(s) => parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}")))?,
+        None => (((end - start) / 250) / 1_000_000_000).max(1) * 1_000_000_000,
+    };
+    let (q, limit) = volume_query(&p, step)?;
+    let expr = parse_query(Some(&q))?;
+    let params = QueryParams {
+        start_ns: start,
+        end_ns: end,
+        step_ns: step,
+        limit: 100,
+        direction: Direction::Backward,
+        instant: false,
+        categorize: false,
+    };
+    let (value, _) = engine(&state).query(&tenant, &expr, &params).await.map_err(query_error)?;
+    let QueryValue::Matrix(mut series) = value else {
+        return Ok(success(json!({"resultType": "matrix", "result": []})));
+    };
+    series.sort_by(|a, b| {
+        let total = |s: &Vec<(i64, f64)>| s.iter().map(|x| x.1).sum::<f64>();
+        total(&b.1).total_cmp(&total(&a.1))
+    });
+    series.truncate(limit);
+    Ok(success(encode_value(QueryValue::Matrix(series), false)))
 }
 
 // ----- detected fields and labels, patterns -----
@@ -716,77 +647,46 @@ fn detect_fields(lines: &[(i64, String, LabelPairs)]) -> BTreeMap<String, FieldI
     fields
 }
 
-async fn detected_fields(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let line_limit = p.usize("line_limit", 1000)?.min(state.config.max_entries_limit_per_query);
-        let limit = p.get("field_limit").map_or(p.usize("limit", 1000), |_| p.usize("field_limit", 1000))?;
-        let lines = sample_lines(&state, &tenant, &p, line_limit).await?;
-        let fields: Vec<Value> = detect_fields(&lines)
-            .into_iter()
-            .take(limit)
-            .map(|(name, f)| {
-                let parsers: Option<Vec<&str>> = if f.parsers.is_empty() { None } else { Some(f.parsers.into_iter().collect()) };
-                json!({"label": name, "type": f.kind.unwrap_or("string"), "cardinality": f.values.len(), "parsers": parsers})
-            })
-            .collect();
-        Ok(axum::Json(json!({"fields": fields, "limit": limit})).into_response())
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn detected_fields(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let line_limit = p.usize("line_limit", 1000)?.min(state.config.max_entries_limit_per_query);
+    let limit = p.get("field_limit").map_or(p.usize("limit", 1000), |_| p.usize("field_limit", 1000))?;
+    let lines = sample_lines(&state, &tenant, &p, line_limit).await?;
+    let fields: Vec<Value> = detect_fields(&lines)
+        .into_iter()
+        .take(limit)
+        .map(|(name, f)| {
+            let parsers: Option<Vec<&str>> = if f.parsers.is_empty() { None } else { Some(f.parsers.into_iter().collect()) };
+            json!({"label": name, "type": f.kind.unwrap_or("string"), "cardinality": f.values.len(), "parsers": parsers})
+        })
+        .collect();
+    Ok(axum::Json(json!({"fields": fields, "limit": limit})).into_response())
 }
 
-async fn detected_field_values(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let line_limit = p.usize("line_limit", 1000)?.min(state.config.max_entries_limit_per_query);
-        let limit = p.usize("limit", 1000)?;
-        let lines = sample_lines(&state, &tenant, &p, line_limit).await?;
-        let values: Vec<String> =
-            detect_fields(&lines).remove(&name).map(|f| f.values.into_iter().take(limit).collect()).unwrap_or_default();
-        Ok(axum::Json(json!({"values": values, "limit": limit})).into_response())
-    }
-    .await;
-    r.unwrap_or_else(|e| e)
+async fn detected_field_values(Path(name): Path<String>, req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let line_limit = p.usize("line_limit", 1000)?.min(state.config.max_entries_limit_per_query);
+    let limit = p.usize("limit", 1000)?;
+    let lines = sample_lines(&state, &tenant, &p, line_limit).await?;
+    let values: Vec<String> =
+        detect_fields(&lines).remove(&name).map(|f| f.values.into_iter().take(limit).collect()).unwrap_or_default();
+    Ok(axum::Json(json!({"values": values, "limit": limit})).into_response())
 }
 
-async fn detected_labels(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let sels: Vec<&str> = p.get("query").into_iter().collect();
-        let series = matching_series(&state, &tenant, &p, &sels).await?;
-        let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for l in &series {
-            for (k, v) in l.iter() {
-                if !HIDDEN_LABELS.contains(&k) {
-                    values.entry(k).or_default().insert(v);
-                }
+async fn detected_labels(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let sels: Vec<&str> = p.get("query").into_iter().collect();
+    let series = matching_series(&state, &tenant, &p, &sels).await?;
+    let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for l in &series {
+        for (k, v) in l.iter() {
+            if !HIDDEN_LABELS.contains(&k) {
+                values.entry(k).or_default().insert(v);
             }
         }
-        let labels: Vec<Value> = values.into_iter().map(|(k, v)| json!({"label": k, "cardinality": v.len()})).collect();
-        Ok(axum::Json(json!({"detectedLabels": labels})).into_response())
     }
-    .await;
-    r.unwrap_or_else(|e| e)
+    let labels: Vec<Value> = values.into_iter().map(|(k, v)| json!({"label": k, "cardinality": v.len()})).collect();
+    Ok(axum::Json(json!({"detectedLabels": labels})).into_response())
 }
 
 /// A line's pattern: its whitespace-separated tokens, with any token holding a digit replaced by `<_>`.
@@ -809,39 +709,29 @@ fn line_pattern(line: &str) -> String {
     out
 }
 
-async fn patterns(
-    State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let p = params!(headers, raw, body);
-    let r = async {
-        let (start, end) = p.range(Duration::from_secs(3600))?;
-        let step = match p.get("step") {
-            Some(s) => parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}")))?,
-            None => ((end - start) / 100).max(1_000_000_000),
-        };
-        let lines = sample_lines(&state, &tenant, &p, state.config.max_entries_limit_per_query).await?;
-        let mut by_pattern: HashMap<String, BTreeMap<i64, u64>> = HashMap::new();
-        for (ts, line, _) in &lines {
-            let bucket = start + (ts - start) / step * step;
-            *by_pattern.entry(line_pattern(line)).or_default().entry(bucket).or_default() += 1;
-        }
-        let mut data: Vec<(u64, Value)> = by_pattern
-            .into_iter()
-            .map(|(pattern, samples)| {
-                let total = samples.values().sum();
-                let samples: Vec<Value> = samples.into_iter().map(|(t, c)| json!([t / 1_000_000_000, c])).collect();
-                (total, json!({"pattern": pattern, "samples": samples}))
-            })
-            .collect();
-        data.sort_by_key(|d| std::cmp::Reverse(d.0));
-        Ok(success(Value::Array(data.into_iter().take(100).map(|x| x.1).collect())))
+async fn patterns(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let (start, end) = p.range(Duration::from_secs(3600))?;
+    let step = match p.get("step") {
+        Some(s) => parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}")))?,
+        None => ((end - start) / 100).max(1_000_000_000),
+    };
+    let lines = sample_lines(&state, &tenant, &p, state.config.max_entries_limit_per_query).await?;
+    let mut by_pattern: HashMap<String, BTreeMap<i64, u64>> = HashMap::new();
+    for (ts, line, _) in &lines {
+        let bucket = start + (ts - start) / step * step;
+        *by_pattern.entry(line_pattern(line)).or_default().entry(bucket).or_default() += 1;
     }
-    .await;
-    r.unwrap_or_else(|e| e)
+    let mut data: Vec<(u64, Value)> = by_pattern
+        .into_iter()
+        .map(|(pattern, samples)| {
+            let total = samples.values().sum();
+            let samples: Vec<Value> = samples.into_iter().map(|(t, c)| json!([t / 1_000_000_000, c])).collect();
+            (total, json!({"pattern": pattern, "samples": samples}))
+        })
+        .collect();
+    data.sort_by_key(|d| std::cmp::Reverse(d.0));
+    Ok(success(Value::Array(data.into_iter().take(100).map(|x| x.1).collect())))
 }
 
 // ----- misc -----
@@ -858,23 +748,23 @@ async fn buildinfo() -> Response {
     .into_response()
 }
 
-async fn format_query(headers: HeaderMap, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let p = params!(headers, raw, body);
-    match parse_query(p.get("query")) {
-        Ok(expr) => success(json!(expr.to_string())),
-        Err(e) => e,
-    }
+async fn format_query(req: LokiRequest) -> Result<Response, Response> {
+    let expr = parse_query(req.p.get("query"))?;
+    Ok(success(json!(expr.to_string())))
 }
 
 // ----- tail -----
 
 async fn tail(
     State(state): State<QueryState>,
-    TenantOf(tenant): TenantOf,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let p = Params::from(headers, raw.as_deref(), &[]);
     let setup = (|| {
         let expr = parse_query(p.get("query"))?;

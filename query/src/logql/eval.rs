@@ -154,6 +154,8 @@ impl Engine {
             }
         };
         let value = match tokio::time::timeout(self.limits.timeout, run).await {
+            // One that finished, but late, is late all the same.
+            Ok(_) if started.elapsed() > self.limits.timeout => return Err(QueryError::Timeout(self.limits.timeout)),
             Ok(v) => v?,
             Err(_) => {
                 ctx.cancelled.store(true, Ordering::Relaxed);
