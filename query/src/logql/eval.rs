@@ -558,6 +558,13 @@ trait Sink: Send + 'static {
     /// An entry that passed the pipeline. `labels` is `None` when the entry's labels are exactly its
     /// stream's.
     fn accept(&mut self, ts: i64, sid: u64, line: &str, labels: Option<&mut LabelSet>, stream: &Arc<Labels>);
+
+    /// An entry whose labels are its stream's plus `detected_level`.
+    fn accept_with_level(&mut self, ts: i64, sid: u64, line: &str, level: &'static str, stream: &Arc<Labels>) {
+        let mut set = LabelSet::from_stream(stream);
+        set.set(DETECTED_LEVEL, level, Category::Metadata);
+        self.accept(ts, sid, line, Some(&mut set), stream);
+    }
 }
 
 fn feed<S: Sink>(
@@ -585,8 +592,11 @@ fn feed<S: Sink>(
         .collect();
     let meta_nonnull: Vec<&(&str, &StringArray)> = meta.iter().filter(|(_, c)| c.null_count() < c.len()).collect();
     let line_only = pipeline.line_only();
+    let only_level = pipeline.only_detects_level();
     let (mut n_lines, mut n_bytes) = (0u64, 0u64);
     let mut last: Option<(u64, Arc<Labels>)> = None;
+    // The level the stream's labels decide, for the stream of `last`.
+    let mut stream_level: Option<&'static str> = None;
     for i in 0..n {
         let ts = times[i];
         if !sink.wants(ts) {
@@ -598,6 +608,9 @@ fn feed<S: Sink>(
             _ => {
                 let Some(l) = labels.get(&sid) else { continue };
                 last = Some((sid, l.clone()));
+                if only_level {
+                    stream_level = extract::level_from_labels(&|n| l.get(n).map(str::to_string));
+                }
                 l.clone()
             }
         };
@@ -612,6 +625,11 @@ fn feed<S: Sink>(
             if pipeline.filter_line(line) {
                 sink.accept(ts, sid, line, None, &stream);
             }
+            continue;
+        }
+        if only_level && !has_meta && stream.get(DETECTED_LEVEL).is_none() {
+            let level = stream_level.unwrap_or_else(|| extract::level_from_line(line));
+            sink.accept_with_level(ts, sid, line, level, &stream);
             continue;
         }
         let mut set = LabelSet::from_stream(&stream);
@@ -899,13 +917,20 @@ fn loki_rate_counter(samples: &[(i64, f64)], range_ns: i64) -> f64 {
 struct MetricSink {
     spec: Arc<RangeSpec>,
     by_stream: HashMap<u64, usize>,
+    by_stream_level: HashMap<(u64, &'static str), usize>,
     by_labels: HashMap<LabelPairs, usize>,
     series: Vec<(LabelPairs, Vec<Option<Acc>>)>,
 }
 
 impl MetricSink {
     fn new(spec: Arc<RangeSpec>) -> MetricSink {
-        MetricSink { spec, by_stream: HashMap::new(), by_labels: HashMap::new(), series: Vec::new() }
+        MetricSink {
+            spec,
+            by_stream: HashMap::new(),
+            by_stream_level: HashMap::new(),
+            by_labels: HashMap::new(),
+            series: Vec::new(),
+        }
     }
 
     fn slot_for_labels(&mut self, labels: LabelPairs) -> usize {
@@ -956,6 +981,31 @@ impl MetricSink {
 }
 
 impl Sink for MetricSink {
+    fn accept_with_level(&mut self, ts: i64, sid: u64, line: &str, level: &'static str, stream: &Arc<Labels>) {
+        if self.spec.unwrap.is_some() || self.spec.grouping.is_some() {
+            let mut set = LabelSet::from_stream(stream);
+            set.set(DETECTED_LEVEL, level, Category::Metadata);
+            return self.accept(ts, sid, line, Some(&mut set), stream);
+        }
+        let slot = match self.by_stream_level.get(&(sid, level)) {
+            Some(&slot) => slot,
+            None => {
+                let mut key = pairs(stream);
+                key.retain(|(k, _)| k != DETECTED_LEVEL);
+                key.push((DETECTED_LEVEL.to_string(), level.to_string()));
+                key.sort();
+                let slot = self.slot_for_labels(key);
+                self.by_stream_level.insert((sid, level), slot);
+                slot
+            }
+        };
+        let value = match self.spec.op {
+            RangeOp::Bytes | RangeOp::BytesRate => line.len() as f64,
+            _ => 1.0,
+        };
+        self.add(slot, ts, value);
+    }
+
     fn accept(&mut self, ts: i64, sid: u64, line: &str, labels: Option<&mut LabelSet>, stream: &Arc<Labels>) {
         let spec = self.spec.clone();
         let mut value = match spec.op {

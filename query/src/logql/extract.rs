@@ -1441,17 +1441,20 @@ const LEVEL_WORDS: [(&str, &str); 9] = [
 ///
 /// Empty label values count as absent.
 pub fn detect_level(labels: &dyn Fn(&str) -> Option<String>, line: &str) -> &'static str {
+    level_from_labels(labels).unwrap_or_else(|| level_from_line(line))
+}
+
+/// The level the labels decide, if any of the level labels is present (the first steps of
+/// [`detect_level`]); `None` when only the line can tell.
+pub fn level_from_labels(labels: &dyn Fn(&str) -> Option<String>) -> Option<&'static str> {
     let present = |name: &str| labels(name).filter(|v| !v.is_empty());
     if let Some(value) = present(DETECTED_LEVEL) {
-        return normalize_level(&value).unwrap_or(UNKNOWN_LEVEL);
+        return Some(normalize_level(&value).unwrap_or(UNKNOWN_LEVEL));
     }
     if let Some(value) = LEVEL_FIELDS.iter().find_map(|f| present(f)) {
-        return normalize_level(&value).unwrap_or(UNKNOWN_LEVEL);
+        return Some(normalize_level(&value).unwrap_or(UNKNOWN_LEVEL));
     }
-    if let Some(number) = present(OTLP_SEVERITY_NUMBER) {
-        return otlp_level(&number);
-    }
-    level_from_line(line)
+    present(OTLP_SEVERITY_NUMBER).map(|number| otlp_level(&number))
 }
 
 fn normalize_level(value: &str) -> Option<&'static str> {
@@ -1475,7 +1478,8 @@ fn otlp_level(number: &str) -> &'static str {
     }
 }
 
-fn level_from_line(line: &str) -> &'static str {
+/// The level the line's own words decide (the last steps of [`detect_level`]).
+pub fn level_from_line(line: &str) -> &'static str {
     let value = if is_json_object_line(line) {
         json_level(line).map(Cow::Borrowed)
     } else if memchr(b'=', line.as_bytes()).is_some() {

@@ -168,6 +168,11 @@ impl Pipeline {
         self.stages.is_empty() && !self.detect_level
     }
 
+    /// No stages, only `detected_level` to add: the caller may derive it without a label set.
+    pub fn only_detects_level(&self) -> bool {
+        self.stages.is_empty() && self.detect_level
+    }
+
     /// Only line filters: [`Pipeline::filter_line`] is all there is to run.
     pub fn line_only(&self) -> bool {
         !self.touches_labels
