@@ -292,6 +292,14 @@ impl Engine {
             line_contains.push(f.values[0].text.clone());
             stages = &stages[1..];
         }
+        // A leading `|~` keeps its stage, but the store may drop lines without its required literal.
+        if let Some(Stage::LineFilter(f)) = stages.first()
+            && f.op == FilterOp::Regex
+            && f.values.len() == 1
+            && let Some(lit) = super::pipeline::required_literal(&f.values[0].text)
+        {
+            line_contains.push(lit);
+        }
         let pipeline = Arc::new(Pipeline::new(stages, ctx.detect_level));
         let needs_line = !pipeline.is_empty() || needs_line;
         let mut columns = vec![TIME.to_string(), STREAM_ID.to_string()];

@@ -370,3 +370,57 @@ pub fn eval_label_filter(f: &LabelFilter, labels: &mut LabelSet) -> bool {
         }
     }
 }
+
+/// A substring that every match of `pattern` contains, if there is one worth searching for: the
+/// longest literal run of a top-level concatenation (through capture groups). Case-insensitive parts,
+/// alternations and repetitions yield none. Used to let the store prefilter lines for `|~`.
+pub fn required_literal(pattern: &str) -> Option<String> {
+    use regex_syntax::hir::{Hir, HirKind};
+    fn literal(h: &Hir) -> Option<String> {
+        match h.kind() {
+            HirKind::Literal(l) => std::str::from_utf8(&l.0).ok().map(str::to_string),
+            HirKind::Capture(c) => literal(&c.sub),
+            _ => None,
+        }
+    }
+    fn best(h: &Hir) -> Option<String> {
+        match h.kind() {
+            HirKind::Capture(c) => best(&c.sub),
+            HirKind::Concat(parts) => {
+                // Adjacent literal pieces join into one run.
+                let mut runs: Vec<String> = vec![String::new()];
+                for p in parts {
+                    match literal(p) {
+                        Some(s) => runs.last_mut().expect("one run at least").push_str(&s),
+                        None => {
+                            if let Some(inner) = best(p) {
+                                runs.push(inner);
+                            }
+                            runs.push(String::new());
+                        }
+                    }
+                }
+                runs.into_iter().max_by_key(String::len).filter(|s| !s.is_empty())
+            }
+            _ => literal(h),
+        }
+    }
+    let hir = regex_syntax::ParserBuilder::new().build().parse(pattern).ok()?;
+    best(&hir).filter(|s| s.len() >= 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::required_literal;
+
+    #[test]
+    fn required_literals_of_regexes() {
+        assert_eq!(required_literal("Receiving").as_deref(), Some("Receiving"));
+        assert_eq!(required_literal(r"error: \d+ blocks").as_deref(), Some(" blocks"));
+        assert_eq!(required_literal(r"(GET|POST) /api/v1/(\w+)").as_deref(), Some(" /api/v1/"));
+        assert_eq!(required_literal("(?i)error"), None);
+        assert_eq!(required_literal("error|warn"), None);
+        assert_eq!(required_literal("a.*b"), None);
+        assert_eq!(required_literal("(timeout)+"), None);
+    }
+}
