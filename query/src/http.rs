@@ -30,7 +30,7 @@ pub struct QueryState {
 pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/api/v1/sql", axum::routing::get(sql::handle).post(sql::handle))
-        .merge(loki::routes())
+        .merge(loki::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), loki::observe)))
         .with_state(state)
 }
 

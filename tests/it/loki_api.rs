@@ -303,6 +303,18 @@ async fn grafana_loki_data_source_against_loghub() {
     assert_eq!(v["data"]["result"], json!([]), "{v}");
 
     check_errors(&l).await;
+
+    // Every Loki route is counted by route and outcome.
+    let metrics = l.client.get(l.server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"lumen_query_queries_total{api="loki_query",outcome="ok"}"#,
+        r#"lumen_query_queries_total{api="loki_query",outcome="bad_request"}"#,
+        r#"lumen_query_queries_total{api="loki_query_range",outcome="ok"}"#,
+        r#"lumen_query_queries_total{api="loki_label_values",outcome="ok"}"#,
+        r#"lumen_query_queries_total{api="loki_detected_field_values",outcome="ok"}"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
     l.server.stop().await;
 }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
@@ -208,69 +209,68 @@ impl FromRequest<QueryState> for LokiRequest {
 
 // ----- query and query_range -----
 
-async fn query(req: LokiRequest) -> Response {
+async fn query(req: LokiRequest) -> Result<Response, Response> {
     let LokiRequest { state, tenant, p } = req;
-    let started = Instant::now();
-    let r = async {
-        let expr = parse_query(p.get("query"))?;
-        let t = p.time("time", p.now_ns)?;
-        let params = QueryParams {
-            start_ns: t,
-            end_ns: t,
-            step_ns: 0,
-            limit: p.usize("limit", 100)?,
-            direction: p.direction()?,
-            instant: true,
-            categorize: p.categorize(),
-        };
-        run_query(&state, &tenant, &expr, &params).await
-    }
-    .await;
-    finish(&state, "loki_query", started, r)
-}
-
-async fn query_range(req: LokiRequest) -> Response {
-    let LokiRequest { state, tenant, p } = req;
-    let started = Instant::now();
-    let r = async {
-        let expr = parse_query(p.get("query"))?;
-        let (start, end) = p.range(Duration::from_secs(3600))?;
-        let step = match p.get("step") {
-            Some(s) => {
-                parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}: expected a duration or float seconds")))?
-            }
-            // Loki's default: a 250th of the range, at least a second.
-            None => (((end - start) / 250) / 1_000_000_000).max(1) * 1_000_000_000,
-        };
-        if let Some(i) = p.get("interval") {
-            parse_step(i)
-                .ok_or_else(|| bad(format!("invalid interval {i:?}: expected a duration or float seconds")))?;
-        }
-        let params = QueryParams {
-            start_ns: start,
-            end_ns: end,
-            step_ns: step,
-            limit: p.usize("limit", 100)?,
-            direction: p.direction()?,
-            instant: false,
-            categorize: p.categorize(),
-        };
-        run_query(&state, &tenant, &expr, &params).await
-    }
-    .await;
-    finish(&state, "loki_query_range", started, r)
-}
-
-fn finish(state: &QueryState, api: &'static str, started: Instant, r: Result<Response, Response>) -> Response {
-    let response = r.unwrap_or_else(|e| e);
-    let outcome = if response.status().is_success() {
-        "ok"
-    } else if response.status().is_client_error() {
-        "bad_request"
-    } else {
-        "error"
+    let expr = parse_query(p.get("query"))?;
+    let t = p.time("time", p.now_ns)?;
+    let params = QueryParams {
+        start_ns: t,
+        end_ns: t,
+        step_ns: 0,
+        limit: p.usize("limit", 100)?,
+        direction: p.direction()?,
+        instant: true,
+        categorize: p.categorize(),
     };
-    state.metrics.observe(api, outcome, started.elapsed().as_secs_f64());
+    run_query(&state, &tenant, &expr, &params).await
+}
+
+async fn query_range(req: LokiRequest) -> Result<Response, Response> {
+    let LokiRequest { state, tenant, p } = req;
+    let expr = parse_query(p.get("query"))?;
+    let (start, end) = p.range(Duration::from_secs(3600))?;
+    let step = match p.get("step") {
+        Some(s) => {
+            parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}: expected a duration or float seconds")))?
+        }
+        // Loki's default: a 250th of the range, at least a second.
+        None => (((end - start) / 250) / 1_000_000_000).max(1) * 1_000_000_000,
+    };
+    if let Some(i) = p.get("interval") {
+        parse_step(i).ok_or_else(|| bad(format!("invalid interval {i:?}: expected a duration or float seconds")))?;
+    }
+    let params = QueryParams {
+        start_ns: start,
+        end_ns: end,
+        step_ns: step,
+        limit: p.usize("limit", 100)?,
+        direction: p.direction()?,
+        instant: false,
+        categorize: p.categorize(),
+    };
+    run_query(&state, &tenant, &expr, &params).await
+}
+
+/// Counts every Loki API answer in `lumen_query_queries_total` and `lumen_query_duration_seconds`, with
+/// the route as `api` (`loki_query_range`, `loki_label_values`, ...) and the status as the outcome.
+pub(crate) async fn observe(State(state): State<QueryState>, req: Request, next: Next) -> Response {
+    let api = req.extensions().get::<MatchedPath>().map_or_else(
+        || "loki_other".to_string(),
+        |m| format!("loki_{}", m.as_str().trim_start_matches("/loki/api/v1/").replace("/{name}", "").replace('/', "_")),
+    );
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status();
+    let outcome = if status == StatusCode::GATEWAY_TIMEOUT {
+        "timeout"
+    } else if status.is_client_error() {
+        "bad_request"
+    } else if status.is_server_error() {
+        "error"
+    } else {
+        "ok"
+    };
+    state.metrics.observe(&api, outcome, started.elapsed().as_secs_f64());
     response
 }
 
