@@ -345,7 +345,12 @@ pub(crate) fn conform(
     let n = batch.num_rows();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
-        if let Some(col) = batch.column_by_name(field.name()) {
+        // A field named like a label of other streams shares the label's column: the label for rows of
+        // streams that have it, the field for the others.
+        let shared = labels.is_some_and(|(_, cols)| cols.contains_key(field.name()));
+        if let Some(col) = batch.column_by_name(field.name())
+            && !(shared && col.null_count() > 0)
+        {
             if col.data_type() == field.data_type() {
                 columns.push(col.clone());
             } else {
@@ -353,6 +358,7 @@ pub(crate) fn conform(
             }
             continue;
         }
+        let own = batch.column_by_name(field.name()).map(|c| c.as_string::<i32>());
         let from_labels = labels.and_then(|(streams, cols)| {
             let label = cols.get(field.name())?;
             let ids = batch.column_by_name(STREAM_ID)?.as_primitive::<UInt64Type>();
@@ -360,7 +366,11 @@ pub(crate) fn conform(
             let values: StringArray = ids
                 .values()
                 .iter()
-                .map(|id| {
+                .enumerate()
+                .map(|(row, id)| {
+                    if let Some(own) = own.filter(|c| c.is_valid(row)) {
+                        return Some(own.value(row).to_string());
+                    }
                     let labels = cache.entry(*id).or_insert_with(|| streams.labels(*id).cloned());
                     labels.as_ref().and_then(|l| l.get(label).map(str::to_string))
                 })

@@ -199,3 +199,39 @@ async fn disk_budget_deletes_the_oldest_days_first_but_never_today() {
     assert_eq!(count(&store, req).await, 2000);
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 2000);
 }
+
+/// A field named like another stream's label shares that label's column in parts and scans: neither the
+/// label values nor the field values are lost.
+#[tokio::test]
+async fn a_field_named_like_another_streams_label_keeps_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    let t0 = crate::time::now_ns() - 1_000_000_000;
+    let mut b = LogBatch::default();
+    let labelled =
+        b.stream_index(Labels::from_pairs(vec![("app".into(), "a".into()), ("level".into(), "error".into())]));
+    let plain = b.stream_index(Labels::from_pairs(vec![("app".into(), "b".into())]));
+    b.entries.push(LogEntry { stream: labelled, time_ns: t0, line: "x".into(), fields: vec![] });
+    b.entries.push(LogEntry {
+        stream: plain,
+        time_ns: t0 + 1,
+        line: "y".into(),
+        fields: vec![("level".into(), "warn".into())],
+    });
+    store.append(&tenant(), b).await.unwrap();
+    for flushed in [false, true] {
+        if flushed {
+            store.flush().await.unwrap();
+        }
+        let req = ScanRequest { columns: Some(vec!["app".into(), "level".into()]), ..ScanRequest::all(tenant()) };
+        let mut got: Vec<(String, String)> = Vec::new();
+        for batch in collect(&store, req).await {
+            let (apps, levels) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+            for i in 0..batch.num_rows() {
+                got.push((apps.value(i).to_string(), levels.value(i).to_string()));
+            }
+        }
+        got.sort();
+        assert_eq!(got, vec![("a".into(), "error".into()), ("b".into(), "warn".into())], "flushed: {flushed}");
+    }
+}
