@@ -77,8 +77,14 @@ pub(crate) fn merge(
     let labels: BTreeSet<String> = inputs.iter().flat_map(|p| p.meta.labels.iter().cloned()).collect();
     let fields: BTreeSet<String> =
         inputs.iter().flat_map(|p| p.meta.fields.iter().cloned()).filter(|f| !labels.contains(f)).collect();
+    let shared: BTreeSet<String> = inputs
+        .iter()
+        .flat_map(|p| p.meta.shared_fields.iter().chain(p.meta.fields.iter()).cloned())
+        .filter(|f| labels.contains(f))
+        .collect();
     meta.labels = labels.iter().cloned().collect();
     meta.fields = fields.iter().cloned().collect();
+    meta.shared_fields = shared.into_iter().collect();
     let schema = table_schema(labels.iter(), fields.iter());
     let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
 

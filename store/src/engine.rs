@@ -327,6 +327,7 @@ impl LogStore {
             let label_cols: Vec<String> = label_names.iter().map(|n| label_column(n)).collect();
             let col_map: HashMap<String, String> = label_names.iter().map(|n| (label_column(n), n.clone())).collect();
             let fields: Vec<String> = tm.fields.iter().filter(|f| !label_cols.contains(f)).cloned().collect();
+            let shared_fields: Vec<String> = tm.fields.iter().filter(|f| label_cols.contains(f)).cloned().collect();
             let part_schema = table_schema(label_cols.iter(), fields.iter());
             let arrays: Vec<Vec<&dyn Array>> = (0..head_schema.fields().len())
                 .map(|c| batches.iter().map(|b| b.column(c).as_ref()).collect())
@@ -347,6 +348,7 @@ impl LogStore {
                     index_bytes: 0,
                     labels: label_cols.clone(),
                     fields: fields.clone(),
+                    shared_fields: shared_fields.clone(),
                     level: 0,
                     time_unit: keys[start..end].iter().map(|k| TimeUnitTag::of(k.2)).max().unwrap_or_default(),
                 };
@@ -416,6 +418,7 @@ impl LogStore {
         let st = inner.state.read();
         for p in st.parts.iter().filter(|p| p.meta.tenant == tenant.as_str()) {
             fields.extend(p.meta.fields.iter().cloned());
+            fields.extend(p.meta.shared_fields.iter().cloned());
         }
         let active = inner.active.lock();
         for mem in st.frozen.iter().map(|m| m.as_ref()).chain(std::iter::once(&*active)) {
@@ -702,6 +705,7 @@ impl LogStore {
                 index_bytes: 0,
                 labels: Vec::new(),
                 fields: Vec::new(),
+                shared_fields: Vec::new(),
                 level: job.iter().map(|p| p.meta.level).max().unwrap_or(0) + 1,
                 time_unit: job.iter().map(|p| p.meta.time_unit).max().unwrap_or_default(),
             };

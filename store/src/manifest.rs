@@ -39,6 +39,9 @@ pub(crate) struct PartMeta {
     pub(crate) labels: Vec<String>,
     /// Columns that hold structured fields.
     pub(crate) fields: Vec<String>,
+    /// Fields named like a label of other streams: they live in that label's column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) shared_fields: Vec<String>,
     /// 0 for a flushed part, one more than its highest input for a compacted one.
     pub(crate) level: u32,
     /// Unit of the stored `time` column: the coarsest of ns, us and ms that loses nothing. Coarser units

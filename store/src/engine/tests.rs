@@ -233,5 +233,6 @@ async fn a_field_named_like_another_streams_label_keeps_both() {
         }
         got.sort();
         assert_eq!(got, vec![("a".into(), "error".into()), ("b".into(), "warn".into())], "flushed: {flushed}");
+        assert!(store.field_names(&tenant()).contains("level"), "the shared field stays known; flushed: {flushed}");
     }
 }
