@@ -343,6 +343,14 @@ async fn check_errors(l: &Loaded) {
     p.push(("end", (800 * 3600).to_string()));
     let e = l.error("/loki/api/v1/query_range", &p).await;
     assert!(e.contains("the query time range exceeds the limit"), "{e}");
+    // Extreme times are a limit error, not an overflow.
+    let mut p = q(r#"rate({app="hdfs"}[1m])"#);
+    p.push(("start", "-1.5e300".into()));
+    p.push(("end", "1.5e300".into()));
+    let e = l.error("/loki/api/v1/query_range", &p).await;
+    assert!(e.contains("the query time range exceeds the limit"), "{e}");
+    let e = l.error("/loki/api/v1/query", &q(r#"rate({app="hdfs"}[20y])"#)).await;
+    assert!(e.contains("at most 10y"), "{e}");
     let mut p = q(r#"rate({app="hdfs"}[1m])"#);
     p.push(("step", "0.001".into()));
     p.extend(l.range());

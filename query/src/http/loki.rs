@@ -91,7 +91,7 @@ impl Params {
             }
             None => default_span.as_nanos() as i64,
         };
-        let start = self.time("start", end - span)?;
+        let start = self.time("start", end.saturating_sub(span))?;
         Ok((start, end))
     }
 
@@ -132,6 +132,11 @@ pub(crate) fn parse_time(v: &str) -> Option<i64> {
         return Some(if v.trim_start_matches('-').len() <= 10 { n.saturating_mul(1_000_000_000) } else { n });
     }
     store::time::parse_rfc3339_ns(v)
+}
+
+/// Loki's default step: a 250th of the range, in whole seconds, at least one.
+fn default_step(start: i64, end: i64) -> i64 {
+    ((end.saturating_sub(start) / 250) / 1_000_000_000).max(1) * 1_000_000_000
 }
 
 /// A duration parameter: a Prometheus duration or float seconds.
@@ -234,7 +239,7 @@ async fn query_range(req: LokiRequest) -> Result<Response, Response> {
             parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}: expected a duration or float seconds")))?
         }
         // Loki's default: a 250th of the range, at least a second.
-        None => (((end - start) / 250) / 1_000_000_000).max(1) * 1_000_000_000,
+        None => default_step(start, end),
     };
     if let Some(i) = p.get("interval") {
         parse_step(i).ok_or_else(|| bad(format!("invalid interval {i:?}: expected a duration or float seconds")))?;
@@ -392,13 +397,13 @@ async fn matching_series(
     let (start, end) = p.range(Duration::from_secs(6 * 3600))?;
     let mut out: BTreeMap<u64, std::sync::Arc<store::model::Labels>> = BTreeMap::new();
     if selectors.is_empty() {
-        for (id, l) in state.store.series(tenant, &[], start, end + 1) {
+        for (id, l) in state.store.series(tenant, &[], start, end.saturating_add(1)) {
             out.insert(id, l);
         }
     }
     for sel in selectors {
         let matchers = parse_selector(sel)?;
-        for (id, l) in state.store.series(tenant, &matchers, start, end + 1) {
+        for (id, l) in state.store.series(tenant, &matchers, start, end.saturating_add(1)) {
             out.insert(id, l);
         }
     }
@@ -447,7 +452,10 @@ async fn index_stats(req: LokiRequest) -> Result<Response, Response> {
     let q = p.get("query").ok_or_else(|| bad("missing the query parameter: a stream selector such as {app=\"x\"}"))?;
     let matchers = parse_selector(q)?;
     let (start, end) = p.range(Duration::from_secs(3600))?;
-    let counts = state.store.count_by_stream(&tenant, &matchers, start, end + 1).map_err(|e| query_error(e.into()))?;
+    let counts = state
+        .store
+        .count_by_stream(&tenant, &matchers, start, end.saturating_add(1))
+        .map_err(|e| query_error(e.into()))?;
     let entries: u64 = counts.values().sum();
     let streams = counts.values().filter(|c| **c > 0).count();
     let bytes = if entries == 0 { 0 } else { estimate_bytes(&state, &tenant, q, start, end, entries).await? };
@@ -465,7 +473,7 @@ async fn estimate_bytes(
     let expr = parse_query(Some(selector))?;
     let params = QueryParams {
         start_ns: start,
-        end_ns: end + 1,
+        end_ns: end.saturating_add(1),
         step_ns: 1,
         limit: 1000,
         direction: Direction::Backward,
@@ -504,7 +512,7 @@ fn volume_query(p: &Params, range_ns: i64) -> Result<(String, usize), Response> 
 async fn volume(req: LokiRequest) -> Result<Response, Response> {
     let LokiRequest { state, tenant, p } = req;
     let (start, end) = p.range(Duration::from_secs(3600))?;
-    let (q, limit) = volume_query(&p, end - start)?;
+    let (q, limit) = volume_query(&p, end.saturating_sub(start))?;
     let expr = parse_query(Some(&q))?;
     let params = QueryParams {
         start_ns: end,
@@ -529,7 +537,7 @@ async fn volume_range(req: LokiRequest) -> Result<Response, Response> {
     let (start, end) = p.range(Duration::from_secs(3600))?;
     let step = match p.get("step") {
         Some(s) => parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}")))?,
-        None => (((end - start) / 250) / 1_000_000_000).max(1) * 1_000_000_000,
+        None => default_step(start, end),
     };
     let (q, limit) = volume_query(&p, step)?;
     let expr = parse_query(Some(&q))?;
@@ -570,7 +578,7 @@ async fn sample_lines(
     let (start, end) = p.range(Duration::from_secs(3600))?;
     let params = QueryParams {
         start_ns: start,
-        end_ns: end + 1,
+        end_ns: end.saturating_add(1),
         step_ns: 1,
         limit,
         direction: Direction::Backward,
@@ -714,12 +722,12 @@ async fn patterns(req: LokiRequest) -> Result<Response, Response> {
     let (start, end) = p.range(Duration::from_secs(3600))?;
     let step = match p.get("step") {
         Some(s) => parse_step(s).ok_or_else(|| bad(format!("invalid step {s:?}")))?,
-        None => ((end - start) / 100).max(1_000_000_000),
+        None => (end.saturating_sub(start) / 100).max(1_000_000_000),
     };
     let lines = sample_lines(&state, &tenant, &p, state.config.max_entries_limit_per_query).await?;
     let mut by_pattern: HashMap<String, BTreeMap<i64, u64>> = HashMap::new();
     for (ts, line, _) in &lines {
-        let bucket = start + (ts - start) / step * step;
+        let bucket = start.saturating_add(ts.saturating_sub(start) / step * step);
         *by_pattern.entry(line_pattern(line)).or_default().entry(bucket).or_default() += 1;
     }
     let mut data: Vec<(u64, Value)> = by_pattern

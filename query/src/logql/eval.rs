@@ -184,7 +184,7 @@ impl Engine {
                 p.end_ns, p.start_ns
             )));
         }
-        let length = Duration::from_nanos((p.end_ns - p.start_ns) as u64);
+        let length = Duration::from_nanos(p.end_ns.saturating_sub(p.start_ns).unsigned_abs());
         if length > self.limits.max_query_length {
             return Err(QueryError::BadRequest(format!(
                 "the query time range exceeds the limit (query length: {}, limit: {}); narrow the time range",
@@ -459,8 +459,8 @@ impl Engine {
 
     async fn range_agg(&self, ctx: &Arc<Ctx>, r: &RangeAgg, steps: &Steps, meta: MetaNeed) -> QResult<Vec<Series>> {
         // Rows that can fall in some window: (first - offset - range, last - offset].
-        let lo = steps.at(0) - r.offset_ns - r.range_ns + 1;
-        let hi = steps.at(steps.n - 1) - r.offset_ns + 1;
+        let lo = steps.at(0).saturating_sub(r.offset_ns).saturating_sub(r.range_ns).saturating_add(1);
+        let hi = steps.at(steps.n - 1).saturating_sub(r.offset_ns).saturating_add(1);
         let meta = if r.op.is_linear() { meta } else { MetaNeed::All };
         let linear_count = matches!(r.op, RangeOp::Count | RangeOp::Rate) && r.unwrap.is_none();
         let mut series = if steps.n == 1
@@ -753,8 +753,8 @@ impl Steps {
 
     /// Steps whose window `(t - offset - range, t - offset]` holds `ts`.
     fn covering(&self, ts: i64, range: i64, offset: i64) -> std::ops::Range<usize> {
-        let lo_t = ts + offset; // t >= lo_t
-        let hi_t = ts + offset + range - 1; // t <= hi_t
+        let lo_t = ts.saturating_add(offset); // t >= lo_t
+        let hi_t = lo_t.saturating_add(range - 1); // t <= hi_t
         if self.step == 0 {
             return if self.start >= lo_t && self.start <= hi_t { 0..1 } else { 0..0 };
         }

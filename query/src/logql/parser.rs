@@ -288,6 +288,9 @@ pub fn parse_duration_ns(text: &str) -> Option<i64> {
 
 // ----- parser -----
 
+/// Longest range or offset accepted: ten years keeps every window computation far from overflow.
+const MAX_RANGE_NS: i64 = 10 * 365 * 86_400 * 1_000_000_000;
+
 /// What a sub-expression parsed to.
 enum Ast {
     Log(LogExpr),
@@ -731,6 +734,9 @@ impl QueryParser<'_> {
                     if ns <= 0 {
                         return Err(self.error_at(rpos, format!("invalid range [{text}]: must be positive")));
                     }
+                    if ns > MAX_RANGE_NS {
+                        return Err(self.error_at(rpos, format!("invalid range [{text}]: at most 10y")));
+                    }
                     range_ns = Some(ns);
                 }
                 Some(Tok::Sym("|")) if matches!(self.peek_at(1), Some(Tok::Ident(s)) if s == "unwrap") => {
@@ -764,6 +770,9 @@ impl QueryParser<'_> {
                 }
                 _ => return Err(self.unexpected("a duration after offset")),
             };
+            if offset_ns.abs() > MAX_RANGE_NS {
+                return Err(self.error_at(opos, "invalid offset: at most 10y".into()));
+            }
         }
         Ok(Ast::LogRange(pos, Box::new(LogRangeParts { log, range_ns, offset_ns, unwrap })))
     }
