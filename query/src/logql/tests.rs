@@ -466,3 +466,42 @@ fn parse_errors_point_at_the_problem() {
     let e = parse(r#"nosuch({app="a"}[1m])"#).unwrap_err();
     assert!(e.msg.contains("unknown function"), "{e}");
 }
+
+/// Every prefix of a set of valid queries, and each with one byte replaced, parses or fails cleanly;
+/// whatever parses prints back to text that parses again.
+#[test]
+fn mangled_queries_never_panic() {
+    let queries = [
+        r#"sum by (app) (rate({app=~"a|b", pod!="x"} |= "err" or "warn" |~ "(?i)fail" | json a="b.c[0]" | logfmt --strict | level="error" and dur > 1.5s or size <= 10KiB | line_format "{{ .a | ToUpper }}" | label_format x=y, z="{{.a}}" | drop a, b="c" | keep z | decolorize | unwrap bytes(size) | __error__="" [5m] offset 1h))"#,
+        r#"topk(2, sum without (pod) (count_over_time({app="x"} | pattern "<ip> - <_>" | regexp "(?P<n>\\d+)" | unpack [1m]))) / on (app) group_left (team) label_replace(vector(1), "d", "$1", "s", "(.*)") > bool 0.5"#,
+        r#"quantile_over_time(0.99, {a="b"} | logfmt | unwrap duration(latency) [10m]) by (a) ^ 2 % 3 unless absent_over_time({a="b"}[1m])"#,
+    ];
+    let replacements =
+        [b'{', b'}', b'(', b')', b'"', b'[', b']', b'|', b'=', b'~', b'!', b' ', b'0', b'x', b'\\', b'`'];
+    let mut checked = 0;
+    for q in queries {
+        let bytes = q.as_bytes();
+        for end in 0..=bytes.len() {
+            if let Ok(prefix) = std::str::from_utf8(&bytes[..end]) {
+                check_round_trip(prefix);
+                checked += 1;
+            }
+        }
+        for i in 0..bytes.len() {
+            let mut mangled = bytes.to_vec();
+            mangled[i] = replacements[i % replacements.len()];
+            if let Ok(text) = std::str::from_utf8(&mangled) {
+                check_round_trip(text);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000);
+}
+
+fn check_round_trip(text: &str) {
+    if let Ok(expr) = parse(text) {
+        let printed = expr.to_string();
+        assert!(parse(&printed).is_ok(), "{text:?} printed as {printed:?}, which does not parse");
+    }
+}
