@@ -471,15 +471,7 @@ async fn estimate_bytes(
     entries: u64,
 ) -> Result<u64, Response> {
     let expr = parse_query(Some(selector))?;
-    let params = QueryParams {
-        start_ns: start,
-        end_ns: end.saturating_add(1),
-        step_ns: 1,
-        limit: 1000,
-        direction: Direction::Backward,
-        instant: false,
-        categorize: false,
-    };
+    let params = QueryParams { limit: 1000, ..QueryParams::range(start, end.saturating_add(1), 1) };
     let (value, _) = engine(state).query(tenant, &expr, &params).await.map_err(query_error)?;
     let QueryValue::Streams(streams) = value else { return Ok(0) };
     let (n, total) =
@@ -514,15 +506,7 @@ async fn volume(req: LokiRequest) -> Result<Response, Response> {
     let (start, end) = p.range(Duration::from_secs(3600))?;
     let (q, limit) = volume_query(&p, end.saturating_sub(start))?;
     let expr = parse_query(Some(&q))?;
-    let params = QueryParams {
-        start_ns: end,
-        end_ns: end,
-        step_ns: 0,
-        limit: 100,
-        direction: Direction::Backward,
-        instant: true,
-        categorize: false,
-    };
+    let params = QueryParams::instant(end);
     let (value, _) = engine(&state).query(&tenant, &expr, &params).await.map_err(query_error)?;
     let QueryValue::Vector(mut samples) = value else {
         return Ok(success(json!({"resultType": "vector", "result": []})));
@@ -541,15 +525,7 @@ async fn volume_range(req: LokiRequest) -> Result<Response, Response> {
     };
     let (q, limit) = volume_query(&p, step)?;
     let expr = parse_query(Some(&q))?;
-    let params = QueryParams {
-        start_ns: start,
-        end_ns: end,
-        step_ns: step,
-        limit: 100,
-        direction: Direction::Backward,
-        instant: false,
-        categorize: false,
-    };
+    let params = QueryParams::range(start, end, step);
     let (value, _) = engine(&state).query(&tenant, &expr, &params).await.map_err(query_error)?;
     let QueryValue::Matrix(mut series) = value else {
         return Ok(success(json!({"resultType": "matrix", "result": []})));
@@ -576,15 +552,7 @@ async fn sample_lines(
         return Err(bad("expected a log query such as {app=\"x\"} |= \"y\""));
     };
     let (start, end) = p.range(Duration::from_secs(3600))?;
-    let params = QueryParams {
-        start_ns: start,
-        end_ns: end.saturating_add(1),
-        step_ns: 1,
-        limit,
-        direction: Direction::Backward,
-        instant: false,
-        categorize: true,
-    };
+    let params = QueryParams { limit, categorize: true, ..QueryParams::range(start, end.saturating_add(1), 1) };
     let (value, _) = engine(state).query(tenant, &expr, &params).await.map_err(query_error)?;
     let QueryValue::Streams(streams) = value else { return Ok(Vec::new()) };
     Ok(streams.into_iter().flat_map(|s| s.entries.into_iter().map(|e| (e.ts, e.line, e.metadata))).collect())

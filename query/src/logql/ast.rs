@@ -466,20 +466,7 @@ pub struct LabelReplace {
 
 /// Quotes a string as LogQL (Go) does.
 pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    super::template::go_quote(s)
 }
 
 /// Prints a duration in nanoseconds as Prometheus does (`1h30m`, `5m`, `250ms`).

@@ -67,6 +67,26 @@ pub struct QueryParams {
     pub categorize: bool,
 }
 
+impl QueryParams {
+    /// An instant query at `t` (limit 100, backward).
+    pub fn instant(t: i64) -> QueryParams {
+        QueryParams {
+            start_ns: t,
+            end_ns: t,
+            step_ns: 0,
+            limit: 100,
+            direction: Direction::Backward,
+            instant: true,
+            categorize: false,
+        }
+    }
+
+    /// A range query over `[start, end]` at `step` (limit 100, backward).
+    pub fn range(start: i64, end: i64, step: i64) -> QueryParams {
+        QueryParams { start_ns: start, end_ns: end, step_ns: step, instant: false, ..QueryParams::instant(end) }
+    }
+}
+
 pub type LabelPairs = Vec<(String, String)>;
 
 /// An answer.

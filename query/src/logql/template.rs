@@ -1684,7 +1684,8 @@ fn pad(out: &mut String, body: &str, spec: &Spec, numeric: bool) {
     }
 }
 
-fn go_quote(s: &str) -> String {
+/// Quotes a string as Go's `strconv.Quote` does.
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
