@@ -60,6 +60,12 @@ impl Loaded {
         self.client.get(self.server.url(path)).query(params).send().await.unwrap()
     }
 
+    /// A GET with one extra header, answered with JSON.
+    async fn json_with(&self, path: &str, params: &[(&str, String)], header: (&str, &str)) -> Value {
+        let r = self.client.get(self.server.url(path)).query(params).header(header.0, header.1).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
     async fn ok(&self, path: &str, params: &[(&str, String)]) -> Value {
         let r = self.get(path, params).await;
         let status = r.status();
@@ -205,17 +211,8 @@ async fn grafana_loki_data_source_against_loghub() {
     // Structured metadata, categorized on request.
     let mut params = l.range();
     params.push(("query", r#"{app="apache"} | trace_id="t100""#.into()));
-    let v = l
-        .client
-        .get(l.server.url("/loki/api/v1/query_range"))
-        .query(&params)
-        .header("X-Loki-Response-Encoding-Flags", "categorize-labels")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let v =
+        l.json_with("/loki/api/v1/query_range", &params, ("X-Loki-Response-Encoding-Flags", "categorize-labels")).await;
     assert_eq!(v["data"]["encodingFlags"], json!(["categorize-labels"]), "{v}");
     let stream = &v["data"]["result"][0];
     assert_eq!(stream["stream"], json!({"app": "apache", "pod": "apache-0"}), "{v}");
@@ -289,17 +286,8 @@ async fn grafana_loki_data_source_against_loghub() {
     assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
 
     // Tenants do not see each other.
-    let v = l
-        .client
-        .get(l.server.url("/loki/api/v1/query"))
-        .query(&[("query", r#"count_over_time({app="hdfs"}[1h])"#)])
-        .header("X-Scope-OrgID", "other")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let q = [("query", r#"count_over_time({app="hdfs"}[1h])"#.to_string())];
+    let v = l.json_with("/loki/api/v1/query", &q, ("X-Scope-OrgID", "other")).await;
     assert_eq!(v["data"]["result"], json!([]), "{v}");
 
     check_errors(&l).await;

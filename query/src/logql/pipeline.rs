@@ -220,7 +220,8 @@ fn run_stage(
     scratch: &mut extract::Extracted,
 ) -> bool {
     match stage {
-        Stage::LineFilter(f) => CompiledFilter::new(f).passes(line),
+        // Pipeline::new compiles line filters into `Compiled::Filter`; none reach here.
+        Stage::LineFilter(_) => true,
         Stage::Parser(p) => {
             scratch.clear();
             parse(p, line, labels, scratch);
