@@ -140,34 +140,42 @@ impl Catalog {
                 continue;
             }
             let dir = self.data_dir.join("logs").join(format!("tenant={tenant}"));
-            fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
-            let path = dir.join("streams.bin");
-            let mut buf = Vec::new();
-            for id in &streams.unpersisted {
-                let labels = &streams.by_id[id];
-                let mut rec = Vec::new();
-                rec.extend_from_slice(&id.to_le_bytes());
-                put_varint(&mut rec, labels.len() as u64);
-                for (n, v) in labels.iter() {
-                    put_str(&mut rec, n);
-                    put_str(&mut rec, v);
-                }
-                buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
-                buf.extend_from_slice(&crc32fast::hash(&rec).to_le_bytes());
-                buf.extend_from_slice(&rec);
-            }
-            let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io("open", &path))?;
-            f.write_all(&buf).and_then(|()| f.sync_data()).map_err(Error::io("write", &path))?;
-            crate::manifest::sync_dir(&dir)?;
+            let records = streams.unpersisted.iter().map(|id| (*id, streams.by_id[id].as_ref()));
+            append_label_records(&dir.join("streams.bin"), records)?;
             streams.unpersisted.clear();
         }
         Ok(())
     }
 }
 
-/// Reads a stream file; a torn tail (a crash during an append) is cut off, as those streams are still in
-/// the WAL.
-fn read_stream_file(path: &Path, mut f: impl FnMut(StreamId, Labels)) -> Result<()> {
+/// Appends `(id, labels)` records to a catalog file (streams or series) and syncs it and its directory.
+pub(crate) fn append_label_records<'a>(path: &Path, records: impl Iterator<Item = (u64, &'a Labels)>) -> Result<()> {
+    let mut buf = Vec::new();
+    for (id, labels) in records {
+        let mut rec = Vec::new();
+        rec.extend_from_slice(&id.to_le_bytes());
+        put_varint(&mut rec, labels.len() as u64);
+        for (n, v) in labels.iter() {
+            put_str(&mut rec, n);
+            put_str(&mut rec, v);
+        }
+        buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(&rec).to_le_bytes());
+        buf.extend_from_slice(&rec);
+    }
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(Error::io("open", path))?;
+    f.write_all(&buf).and_then(|()| f.sync_data()).map_err(Error::io("write", path))?;
+    crate::manifest::sync_dir(dir)
+}
+
+/// Reads a catalog file (streams or series); a torn tail (a crash during an append) is cut off, as those
+/// records are still in the WAL.
+pub(crate) fn read_stream_file(path: &Path, mut f: impl FnMut(StreamId, Labels)) -> Result<()> {
     let mut data = Vec::new();
     File::open(path).and_then(|mut file| file.read_to_end(&mut data)).map_err(Error::io("read", path))?;
     let mut pos = 0;
@@ -193,7 +201,7 @@ fn read_stream_file(path: &Path, mut f: impl FnMut(StreamId, Labels)) -> Result<
         match parsed {
             Ok(labels) => f(id, labels),
             Err(reason) => {
-                return Err(Error::Corrupt { what: "stream catalog", path: path.to_path_buf(), reason });
+                return Err(Error::Corrupt { what: "label catalog", path: path.to_path_buf(), reason });
             }
         }
         pos += 8 + len;

@@ -861,7 +861,7 @@ impl LogStore {
 }
 
 /// Takes the exclusive lock on `<data>/lock`, writing our pid into it for the next one to name.
-fn lock_dir(dir: &Path) -> Result<File> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let mut file = OpenOptions::new()
         .read(true)

@@ -14,10 +14,12 @@
 //! wal/<first seq>.wal                    write-ahead-log segments
 //! logs/tenant=<t>/streams.bin            the tenant's stream catalog
 //! logs/tenant=<t>/date=<YYYY-MM-DD>/<id>.parquet, <id>.idx   parts and their indexes
+//! metrics/...                            the metric store, laid out the same way (see [`metric`])
 //! ```
 
 pub mod config;
 pub mod error;
+pub mod metric;
 pub mod metrics;
 pub mod model;
 pub mod time;
@@ -38,4 +40,5 @@ pub use config::{StoreConfig, StoreOptions};
 pub use engine::{LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
+pub use metric::{MetricBatch, MetricStats, MetricStore, SelectedSeries};
 pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest, ScanTask, StreamLimit};

@@ -110,46 +110,60 @@ impl Manifest {
     }
 
     pub(crate) fn load(data_dir: &Path) -> Result<Manifest> {
-        let path = Self::path(data_dir);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    what: "manifest",
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                if m.version != MANIFEST_VERSION {
-                    return Err(Error::Corrupt {
-                        what: "manifest",
-                        path,
-                        reason: format!(
-                            "version {} is not {MANIFEST_VERSION}; this lumen is too old for it",
-                            m.version
-                        ),
-                    });
-                }
-                Ok(m)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Manifest { version: MANIFEST_VERSION, wal_checkpoint: 0, next_part_id: 1, parts: Vec::new() })
-            }
-            Err(e) => Err(Error::Io { op: "read", path, source: e }),
-        }
+        let m: Option<Manifest> = load_json(data_dir, "manifest.json", "manifest")?;
+        let Some(m) = m else {
+            return Ok(Manifest { version: MANIFEST_VERSION, wal_checkpoint: 0, next_part_id: 1, parts: Vec::new() });
+        };
+        check_version(m.version, &Self::path(data_dir))?;
+        Ok(m)
     }
 
     pub(crate) fn store(&self, data_dir: &Path) -> Result<()> {
-        let path = Self::path(data_dir);
-        let tmp = data_dir.join("manifest.json.tmp");
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Corrupt {
-            what: "manifest",
+        store_json(data_dir, "manifest.json", "manifest", self)
+    }
+}
+
+/// Reads `<dir>/<name>` as JSON; `None` when the file does not exist.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<T>> {
+    let path = dir.join(name);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
+            what,
             path: path.clone(),
             reason: e.to_string(),
-        })?;
-        let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(Error::io("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
-        sync_dir(data_dir)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io { op: "read", path, source: e }),
     }
+}
+
+/// Refuses a manifest written by a newer format.
+pub(crate) fn check_version(version: u32, path: &Path) -> Result<()> {
+    if version == MANIFEST_VERSION {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        what: "manifest",
+        path: path.to_path_buf(),
+        reason: format!("version {version} is not {MANIFEST_VERSION}; this lumen is too old for it"),
+    })
+}
+
+/// Replaces `<dir>/<name>` atomically with `value` as JSON: write a temporary file, fsync, rename, fsync
+/// the directory.
+pub(crate) fn store_json<T: Serialize>(dir: &Path, name: &str, what: &'static str, value: &T) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| Error::Corrupt { what, path: path.clone(), reason: e.to_string() })?;
+    let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(Error::io("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
+    sync_dir(dir)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

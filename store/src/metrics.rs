@@ -29,8 +29,13 @@ pub struct StoreMetrics {
 }
 
 impl StoreMetrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the log store's metrics and registers them in `registry` under `lumen_store_`.
     pub fn register(registry: &mut Registry) -> Arc<StoreMetrics> {
+        Self::register_with_prefix(registry, "lumen_store")
+    }
+
+    /// Creates the metrics and registers them under `prefix` (the metric store uses `lumen_metric_store`).
+    pub fn register_with_prefix(registry: &mut Registry, prefix: &str) -> Arc<StoreMetrics> {
         let latency = || Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
         let m = StoreMetrics {
             wal_fsyncs: Counter::default(),
@@ -50,7 +55,7 @@ impl StoreMetrics {
             scans: Counter::default(),
             scan_skipped_row_groups: Counter::default(),
         };
-        let r = registry.sub_registry_with_prefix("lumen_store");
+        let r = registry.sub_registry_with_prefix(prefix);
         r.register("wal_fsyncs", "fsyncs of the write-ahead log (one per commit group)", m.wal_fsyncs.clone());
         r.register_with_unit(
             "wal_fsync_duration",

@@ -54,7 +54,7 @@ impl LabelMatcher {
     pub fn new(name: impl Into<String>, op: MatchOp, value: impl Into<String>) -> Result<LabelMatcher, regex::Error> {
         let value = value.into();
         let regex = match op {
-            MatchOp::Re | MatchOp::Nre => Some(Regex::new(&format!("^(?:{value})$"))?),
+            MatchOp::Re | MatchOp::Nre => Some(Regex::new(&format!("^(?s:{value})$"))?),
             MatchOp::Eq | MatchOp::Neq => None,
         };
         Ok(LabelMatcher { name: name.into(), op, value, regex })

@@ -1,0 +1,332 @@
+//! The series catalog: per tenant, dense `u32` series ids assigned in arrival order, the labels of each,
+//! a hash index from labels to id, and postings — one roaring bitmap per label pair and per label name —
+//! that turn matchers into the set of series a query reads without looking at the others.
+//!
+//! New series are registered in memory at once; the WAL record that first carries a series also carries
+//! its labels (every record does until one of them is durable, see [`SeriesEntry::logged`]), and at each
+//! flush the new series are appended to `metrics/tenant=<t>/series.bin` before the manifest names parts
+//! that use their ids. At start-up the file is read and the postings rebuilt in memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
+use roaring::RoaringBitmap;
+
+use crate::catalog::{append_label_records, read_stream_file};
+use crate::error::Result;
+use crate::model::{Labels, Tenant};
+use crate::scan::{LabelMatcher, MatchOp};
+
+/// One series of a tenant.
+pub(crate) struct SeriesEntry {
+    pub(crate) labels: Arc<Labels>,
+    /// True once a durable WAL record (or the series file) holds the labels. Until then every record that
+    /// uses the series carries them, so no acknowledged sample can refer to an id whose labels were lost.
+    pub(crate) logged: AtomicBool,
+}
+
+/// A tenant's series and postings.
+#[derive(Default)]
+pub(crate) struct TenantSeries {
+    /// Indexed by id; `None` for an id assigned by a process that crashed before logging it.
+    series: Vec<Option<SeriesEntry>>,
+    by_hash: HashMap<u64, Vec<u32>>,
+    /// label name → value → series.
+    postings: HashMap<String, HashMap<String, RoaringBitmap>>,
+    all: RoaringBitmap,
+    unpersisted: Vec<u32>,
+}
+
+/// The hash of sorted label pairs that keys the series index.
+pub(crate) fn labels_hash<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, scratch: &mut Vec<u8>) -> u64 {
+    scratch.clear();
+    for (n, v) in pairs {
+        scratch.extend_from_slice(n.as_bytes());
+        scratch.push(0xff);
+        scratch.extend_from_slice(v.as_bytes());
+        scratch.push(0xff);
+    }
+    xxhash_rust::xxh3::xxh3_64(scratch)
+}
+
+impl TenantSeries {
+    /// The id of the series with these sorted pairs, if known.
+    pub(crate) fn lookup(&self, hash: u64, pairs: &[(&str, &str)]) -> Option<(u32, bool)> {
+        let ids = self.by_hash.get(&hash)?;
+        ids.iter().find_map(|&id| {
+            let e = self.series[id as usize].as_ref()?;
+            let same = e.labels.len() == pairs.len() && e.labels.iter().zip(pairs).all(|(a, b)| a == *b);
+            same.then(|| (id, e.logged.load(Ordering::Acquire)))
+        })
+    }
+
+    /// Registers a series under a given id (replay, load) or the next free one (`id = None`). `logged`:
+    /// a durable WAL record or the series file holds it; `persisted`: the series file does.
+    pub(crate) fn insert(&mut self, hash: u64, labels: Labels, id: Option<u32>, logged: bool, persisted: bool) -> u32 {
+        let pairs: Vec<(&str, &str)> = labels.iter().collect();
+        if let Some((existing, _)) = self.lookup(hash, &pairs) {
+            return existing;
+        }
+        let id = id.unwrap_or(self.series.len() as u32);
+        if self.series.len() <= id as usize {
+            self.series.resize_with(id as usize + 1, || None);
+        }
+        for (n, v) in labels.iter() {
+            let by_value = match self.postings.get_mut(n) {
+                Some(m) => m,
+                None => self.postings.entry(n.to_string()).or_default(),
+            };
+            match by_value.get_mut(v) {
+                Some(b) => {
+                    b.insert(id);
+                }
+                None => {
+                    by_value.insert(v.to_string(), RoaringBitmap::from_iter([id]));
+                }
+            }
+        }
+        self.all.insert(id);
+        self.by_hash.entry(hash).or_default().push(id);
+        self.series[id as usize] = Some(SeriesEntry { labels: Arc::new(labels), logged: AtomicBool::new(logged) });
+        if !persisted {
+            self.unpersisted.push(id);
+        }
+        id
+    }
+
+    pub(crate) fn entry(&self, id: u32) -> Option<&SeriesEntry> {
+        self.series.get(id as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn labels(&self, id: u32) -> Option<&Arc<Labels>> {
+        self.entry(id).map(|e| &e.labels)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.all.len() as usize
+    }
+
+    /// The series matching every matcher, through the postings: equality matchers intersect one bitmap
+    /// each; regex matchers union the bitmaps of the values they accept; negative matchers subtract.
+    /// Matchers that accept the empty value also accept series without the label.
+    pub(crate) fn matching(&self, matchers: &[LabelMatcher]) -> RoaringBitmap {
+        // Positive, selective matchers first: they shrink the set the others are applied to.
+        let mut order: Vec<&LabelMatcher> = matchers.iter().collect();
+        order.sort_by_key(|m| match m.op {
+            MatchOp::Eq if !m.value.is_empty() => 0,
+            MatchOp::Re if !m.matches("") => 1,
+            _ => 2,
+        });
+        let mut set: Option<RoaringBitmap> = None;
+        for m in order {
+            let accepted = self.accepted(m);
+            set = Some(match set {
+                None => accepted,
+                Some(s) => s & accepted,
+            });
+            if set.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                break;
+            }
+        }
+        set.unwrap_or_else(|| self.all.clone())
+    }
+
+    /// The series a single matcher accepts.
+    fn accepted(&self, m: &LabelMatcher) -> RoaringBitmap {
+        let values = self.postings.get(&m.name);
+        let with_label = || {
+            let mut b = RoaringBitmap::new();
+            for v in values.into_iter().flat_map(|vs| vs.values()) {
+                b |= v;
+            }
+            b
+        };
+        let matching_values = || {
+            let mut b = RoaringBitmap::new();
+            for (v, ids) in values.into_iter().flatten() {
+                if m.matches(v) {
+                    b |= ids;
+                }
+            }
+            b
+        };
+        if m.op == MatchOp::Eq && !m.value.is_empty() {
+            return values.and_then(|vs| vs.get(&m.value)).cloned().unwrap_or_default();
+        }
+        if m.matches("") {
+            // Series without the label match; among those with it, drop the values it rejects.
+            let mut rejected = RoaringBitmap::new();
+            for (v, ids) in values.into_iter().flatten() {
+                if !m.matches(v) {
+                    rejected |= ids;
+                }
+            }
+            &self.all - rejected
+        } else if matches!(m.op, MatchOp::Neq) {
+            // A `!=` that rejects the empty value is `!= ""`: every series with the label.
+            with_label()
+        } else {
+            matching_values()
+        }
+    }
+
+    /// Names of the labels of the given series (or all series).
+    pub(crate) fn label_names(&self, ids: Option<&RoaringBitmap>) -> BTreeSet<String> {
+        self.postings
+            .iter()
+            .filter(|(_, values)| match ids {
+                None => true,
+                Some(ids) => values.values().any(|b| !b.is_disjoint(ids)),
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Values of one label over the given series (or all series).
+    pub(crate) fn label_values(&self, name: &str, ids: Option<&RoaringBitmap>) -> BTreeSet<String> {
+        self.postings
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|(_, b)| ids.is_none_or(|ids| !b.is_disjoint(ids)))
+            .map(|(v, _)| v.clone())
+            .collect()
+    }
+}
+
+/// Every tenant's series.
+pub(crate) struct SeriesCatalog {
+    root: PathBuf,
+    tenants: RwLock<HashMap<Tenant, Arc<RwLock<TenantSeries>>>>,
+}
+
+impl SeriesCatalog {
+    /// Loads `series.bin` of every tenant under `root` (`<data>/metrics`).
+    pub(crate) fn load(root: &Path) -> Result<SeriesCatalog> {
+        let catalog = SeriesCatalog { root: root.to_path_buf(), tenants: RwLock::default() };
+        let Ok(dir) = std::fs::read_dir(root) else {
+            return Ok(catalog);
+        };
+        let mut scratch = Vec::new();
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(tenant) = name.to_str().and_then(|n| n.strip_prefix("tenant=")).and_then(|t| Tenant::new(t).ok())
+            else {
+                continue;
+            };
+            let path = entry.path().join("series.bin");
+            if !path.exists() {
+                continue;
+            }
+            let t = catalog.tenant(&tenant);
+            let mut t = t.write();
+            read_stream_file(&path, |id, labels| {
+                let hash = labels_hash(labels.iter(), &mut scratch);
+                t.insert(hash, labels, Some(id.0 as u32), true, true);
+            })?;
+        }
+        Ok(catalog)
+    }
+
+    /// The tenant's series, created empty on first use.
+    pub(crate) fn tenant(&self, tenant: &Tenant) -> Arc<RwLock<TenantSeries>> {
+        if let Some(t) = self.tenants.read().get(tenant) {
+            return t.clone();
+        }
+        self.tenants.write().entry(tenant.clone()).or_default().clone()
+    }
+
+    pub(crate) fn get(&self, tenant: &Tenant) -> Option<Arc<RwLock<TenantSeries>>> {
+        self.tenants.read().get(tenant).cloned()
+    }
+
+    pub(crate) fn series_count(&self) -> usize {
+        self.tenants.read().values().map(|t| t.read().len()).sum()
+    }
+
+    /// Appends the series registered since the last call to their tenants' files.
+    pub(crate) fn persist(&self) -> Result<()> {
+        for (tenant, series) in self.tenants.read().iter() {
+            let mut s = series.write();
+            if s.unpersisted.is_empty() {
+                continue;
+            }
+            let path = self.root.join(format!("tenant={tenant}")).join("series.bin");
+            let records = s.unpersisted.iter().filter_map(|&id| Some((u64::from(id), s.labels(id)?.as_ref())));
+            append_label_records(&path, records)?;
+            s.unpersisted.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect())
+    }
+
+    fn add(t: &mut TenantSeries, pairs: &[(&str, &str)]) -> u32 {
+        let l = labels(pairs);
+        let h = labels_hash(l.iter(), &mut Vec::new());
+        t.insert(h, l, None, false, false)
+    }
+
+    fn ids(b: RoaringBitmap) -> Vec<u32> {
+        b.iter().collect()
+    }
+
+    #[test]
+    fn postings_answer_matchers_like_a_scan() {
+        let mut t = TenantSeries::default();
+        let a = add(&mut t, &[("__name__", "up"), ("job", "api"), ("env", "prod")]);
+        let b = add(&mut t, &[("__name__", "up"), ("job", "db")]);
+        let c = add(&mut t, &[("__name__", "http_requests_total"), ("job", "api"), ("code", "500")]);
+        assert_eq!(add(&mut t, &[("__name__", "up"), ("job", "api"), ("env", "prod")]), a, "same labels, same id");
+        let m = |n: &str, op, v: &str| LabelMatcher::new(n, op, v).unwrap();
+        assert_eq!(ids(t.matching(&[m("__name__", MatchOp::Eq, "up")])), vec![a, b]);
+        assert_eq!(ids(t.matching(&[m("job", MatchOp::Eq, "api"), m("__name__", MatchOp::Neq, "up")])), vec![c]);
+        assert_eq!(ids(t.matching(&[m("env", MatchOp::Eq, "")])), vec![b, c], "absent label equals empty");
+        assert_eq!(ids(t.matching(&[m("env", MatchOp::Neq, "")])), vec![a]);
+        assert_eq!(ids(t.matching(&[m("job", MatchOp::Re, "a.*|d.")])), vec![a, b, c]);
+        assert_eq!(ids(t.matching(&[m("job", MatchOp::Nre, "api")])), vec![b]);
+        assert_eq!(ids(t.matching(&[m("code", MatchOp::Re, ".*")])), vec![a, b, c], ".* accepts absent labels");
+        assert_eq!(ids(t.matching(&[m("code", MatchOp::Re, ".+")])), vec![c]);
+        assert_eq!(ids(t.matching(&[m("nope", MatchOp::Eq, "x")])), Vec::<u32>::new());
+        // The same answer as testing every series' labels.
+        for ms in [vec![m("job", MatchOp::Nre, "d.*"), m("env", MatchOp::Neq, "prod")]] {
+            let want: Vec<u32> = (0..3)
+                .filter(|&id| ms.iter().all(|m| m.matches(t.labels(id).unwrap().get(&m.name).unwrap_or(""))))
+                .collect();
+            assert_eq!(ids(t.matching(&ms)), want);
+        }
+        assert_eq!(t.label_values("job", None).into_iter().collect::<Vec<_>>(), vec!["api", "db"]);
+        let only_b = RoaringBitmap::from_iter([b]);
+        assert_eq!(t.label_names(Some(&only_b)).into_iter().collect::<Vec<_>>(), vec!["__name__", "job"]);
+    }
+
+    #[test]
+    fn series_file_round_trips_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = SeriesCatalog::load(dir.path()).unwrap();
+        let tenant = Tenant::new("t1").unwrap();
+        let (x, y) = {
+            let t = cat.tenant(&tenant);
+            let mut t = t.write();
+            (add(&mut t, &[("__name__", "x")]), add(&mut t, &[("__name__", "y"), ("a", "b")]))
+        };
+        cat.persist().unwrap();
+        let again = SeriesCatalog::load(dir.path()).unwrap();
+        let t = again.get(&tenant).unwrap();
+        let t = t.read();
+        assert_eq!(t.labels(x).unwrap().get("__name__"), Some("x"));
+        assert_eq!(t.labels(y).unwrap().get("a"), Some("b"));
+        assert!(t.entry(y).unwrap().logged.load(Ordering::Relaxed));
+        assert_eq!(t.len(), 2);
+    }
+}

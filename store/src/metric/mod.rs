@@ -1,0 +1,1017 @@
+//! [`MetricStore`]: samples (series id, ms timestamp, f64) through the same machinery as logs — a
+//! group-committed write-ahead log, an in-memory head, Parquet parts per tenant and day, compaction and
+//! retention — with a series catalog whose postings select series before any sample is read.
+//!
+//! On disk, under `<data>/metrics/`:
+//!
+//! ```text
+//! lock                                    held by the running process
+//! manifest.json                           live parts and the WAL checkpoint (the commit point)
+//! wal/<first seq>.wal                     write-ahead-log segments
+//! tenant=<t>/series.bin                   the tenant's series catalog (id → labels)
+//! tenant=<t>/date=<YYYY-MM-DD>/<id>.parquet   parts, rows sorted by (series id, time)
+//! ```
+
+mod catalog;
+mod codec;
+mod head;
+mod part;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow::buffer::ScalarBuffer;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StoreOptions;
+use crate::error::{Error, Result};
+use crate::manifest::{MANIFEST_VERSION, check_version, load_json, store_json};
+use crate::metrics::StoreMetrics;
+use crate::model::{Labels, Tenant};
+use crate::scan::LabelMatcher;
+use crate::wal::Wal;
+use catalog::{SeriesCatalog, TenantSeries, labels_hash};
+use head::{MetricHead, sort_dedup};
+use part::{MetricPart, MetricPartMeta, MetricPartWriter};
+
+pub use part::{decode_value, encode_run};
+
+const DAY_MS: i64 = 86_400_000;
+/// Samples more than this far in the future are refused.
+const MAX_FUTURE_MS: i64 = 2 * DAY_MS;
+/// Rows one compaction step holds in memory.
+const COMPACTION_CHUNK_ROWS: u64 = 2_000_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MetricManifest {
+    version: u32,
+    wal_checkpoint: u64,
+    next_part_id: u64,
+    parts: Vec<MetricPartMeta>,
+}
+
+struct State {
+    parts: Vec<Arc<MetricPart>>,
+    frozen: Vec<Arc<MetricHead>>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    root: PathBuf,
+    options: StoreOptions,
+    metrics: Arc<StoreMetrics>,
+    series_gauge: Gauge,
+    catalog: SeriesCatalog,
+    wal: Wal,
+    active: Arc<Mutex<MetricHead>>,
+    state: RwLock<State>,
+    manifest: Mutex<MetricManifest>,
+    flush_lock: tokio::sync::Mutex<()>,
+    maintenance_lock: tokio::sync::Mutex<()>,
+    flush_wanted: Arc<Notify>,
+    flushed: Notify,
+    _lock: File,
+}
+
+/// A handle to the metric store; cheap to clone.
+#[derive(Clone)]
+pub struct MetricStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MetricStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricStore").field("root", &self.inner.root).finish_non_exhaustive()
+    }
+}
+
+/// One series as a query reads it: labels and samples in time order within the asked window.
+#[derive(Debug, Clone)]
+pub struct SelectedSeries {
+    pub labels: Arc<Labels>,
+    pub t: ScalarBuffer<i64>,
+    pub v: ScalarBuffer<f64>,
+}
+
+/// Figures about the metric store, for tests, benchmarks and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricStats {
+    pub series: usize,
+    pub parts: usize,
+    pub part_rows: u64,
+    pub disk_bytes: u64,
+    pub head_samples: usize,
+}
+
+/// A tenant's samples being gathered for one append. Series are looked up (or registered) as they are
+/// added, so the batch only holds ids.
+pub struct MetricBatch {
+    tenant: Tenant,
+    series: Arc<RwLock<TenantSeries>>,
+    new_series: Vec<(u32, Arc<Labels>)>,
+    carried: HashSet<u32>,
+    samples: Vec<(u32, i64, f64)>,
+    scratch: Vec<u8>,
+    min_t: i64,
+    max_t: i64,
+    rejected: u64,
+    first_rejected: Option<String>,
+}
+
+impl MetricBatch {
+    /// Adds samples of the series with these labels (any order; `__name__` included). Samples outside
+    /// the accepted window (older than retention, more than two days ahead) are not added but counted,
+    /// see [`MetricBatch::rejected`].
+    pub fn add(&mut self, labels: &[(&str, &str)], samples: impl IntoIterator<Item = (i64, f64)>) {
+        let mut sorted_buf;
+        let sorted: &[(&str, &str)] = if labels.windows(2).all(|w| w[0].0 < w[1].0) {
+            labels
+        } else {
+            sorted_buf = labels.to_vec();
+            sorted_buf.sort_unstable();
+            &sorted_buf
+        };
+        let mut id = None;
+        for (t, v) in samples {
+            if t < self.min_t || t > self.max_t {
+                self.reject(sorted, t);
+                continue;
+            }
+            let id = *id.get_or_insert_with(|| self.series_id(sorted));
+            self.samples.push((id, t, v));
+        }
+    }
+
+    fn reject(&mut self, labels: &[(&str, &str)], t: i64) {
+        self.rejected += 1;
+        if self.first_rejected.is_none() {
+            let series =
+                crate::model::Labels::from_pairs(labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
+            self.first_rejected = Some(format!(
+                "sample of {series} at {} is outside the accepted window {} .. {} (retention to two days ahead)",
+                crate::time::format_rfc3339_ns(t.saturating_mul(1_000_000)),
+                crate::time::format_rfc3339_ns(self.min_t.saturating_mul(1_000_000)),
+                crate::time::format_rfc3339_ns(self.max_t.saturating_mul(1_000_000)),
+            ));
+        }
+    }
+
+    fn series_id(&mut self, sorted: &[(&str, &str)]) -> u32 {
+        let hash = labels_hash(sorted.iter().copied(), &mut self.scratch);
+        let found = self.series.read().lookup(hash, sorted);
+        match found {
+            Some((id, true)) => id,
+            Some((id, false)) => {
+                if self.carried.insert(id)
+                    && let Some(labels) = self.series.read().labels(id).cloned()
+                {
+                    self.new_series.push((id, labels));
+                }
+                id
+            }
+            None => {
+                let labels = Labels::from_pairs(sorted.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
+                let mut w = self.series.write();
+                let id = w.insert(hash, labels, None, false, false);
+                if self.carried.insert(id)
+                    && let Some(labels) = w.labels(id).cloned()
+                {
+                    self.new_series.push((id, labels));
+                }
+                id
+            }
+        }
+    }
+
+    /// Samples added.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Samples refused for their timestamp, and a message naming the first.
+    pub fn rejected(&self) -> (u64, Option<&str>) {
+        (self.rejected, self.first_rejected.as_deref())
+    }
+}
+
+impl MetricStore {
+    /// Opens (or creates) the metric store under `<options.data_dir>/metrics`: takes its lock, loads the
+    /// manifest and series catalog, deletes files of unfinished flushes, replays the write-ahead log.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process holds the directory; I/O and corruption errors otherwise.
+    pub fn open(options: StoreOptions, registry: &mut Registry) -> Result<MetricStore> {
+        options.tuning.validate().map_err(Error::Config)?;
+        let data_dir = options.data_dir.clone();
+        let root = data_dir.join("metrics");
+        fs::create_dir_all(&root).map_err(Error::io("create", &root))?;
+        let lock = crate::engine::lock_dir(&root)?;
+        let metrics = StoreMetrics::register_with_prefix(registry, "lumen_metric_store");
+        let series_gauge = Gauge::default();
+        registry.register("lumen_metric_store_series", "series in the metric catalog", series_gauge.clone());
+        let manifest: MetricManifest = match load_json(&root, "manifest.json", "metric manifest")? {
+            Some(m) => {
+                let m: MetricManifest = m;
+                check_version(m.version, &root.join("manifest.json"))?;
+                m
+            }
+            None => MetricManifest { version: MANIFEST_VERSION, wal_checkpoint: 0, next_part_id: 1, parts: Vec::new() },
+        };
+        let catalog = SeriesCatalog::load(&root)?;
+        let parts: Vec<Arc<MetricPart>> =
+            manifest.parts.iter().map(|m| Arc::new(MetricPart::open(&data_dir, m.clone()))).collect();
+        remove_unlisted_parts(&data_dir, &manifest)?;
+        let active = Arc::new(Mutex::new(MetricHead::default()));
+        let mut replayed = 0usize;
+        let wal = {
+            let active = active.clone();
+            let catalog = &catalog;
+            let wal_dir = root.join("wal");
+            Wal::open(
+                &wal_dir,
+                manifest.wal_checkpoint,
+                options.tuning.wal_segment_size.as_u64(),
+                metrics.clone(),
+                |r| {
+                    let rec = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
+                        what: "metric wal record",
+                        path: wal_dir.clone(),
+                        reason: format!("record {}: {reason}", r.seq),
+                    })?;
+                    let t = catalog.tenant(&rec.tenant);
+                    let mut t = t.write();
+                    let mut scratch = Vec::new();
+                    for (id, labels) in rec.series {
+                        let hash = labels_hash(labels.iter(), &mut scratch);
+                        t.insert(hash, labels, Some(id), true, false);
+                    }
+                    replayed += rec.samples.len();
+                    active.lock().insert(&rec.tenant, &rec.samples);
+                    Ok(())
+                },
+            )?
+        };
+        tracing::info!(
+            dir = %root.display(),
+            parts = parts.len(),
+            series = catalog.series_count(),
+            replayed_samples = replayed,
+            checkpoint = manifest.wal_checkpoint,
+            "metric store opened"
+        );
+        let store = MetricStore {
+            inner: Arc::new(Inner {
+                data_dir,
+                root,
+                options,
+                metrics,
+                series_gauge,
+                catalog,
+                wal,
+                active,
+                state: RwLock::new(State { parts, frozen: Vec::new() }),
+                manifest: Mutex::new(manifest),
+                flush_lock: tokio::sync::Mutex::new(()),
+                maintenance_lock: tokio::sync::Mutex::new(()),
+                flush_wanted: Arc::new(Notify::new()),
+                flushed: Notify::new(),
+                _lock: lock,
+            }),
+        };
+        store.update_gauges();
+        Ok(store)
+    }
+
+    /// Starts a batch for a tenant.
+    pub fn batch(&self, tenant: &Tenant) -> MetricBatch {
+        let now_ms = crate::time::now_ns() / 1_000_000;
+        let retention_ms = i64::try_from(self.inner.options.retention.as_millis()).unwrap_or(i64::MAX);
+        // Whole days are kept, so a sample of the oldest kept day is still accepted.
+        let min_t = (now_ms.saturating_sub(retention_ms)).div_euclid(DAY_MS) * DAY_MS;
+        MetricBatch {
+            tenant: tenant.clone(),
+            series: self.inner.catalog.tenant(tenant),
+            new_series: Vec::new(),
+            carried: HashSet::new(),
+            samples: Vec::new(),
+            scratch: Vec::new(),
+            min_t,
+            max_t: now_ms.saturating_add(MAX_FUTURE_MS),
+            rejected: 0,
+            first_rejected: None,
+        }
+    }
+
+    /// Stores a batch durably: resolves once it is in the fsynced WAL and visible to queries.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the batch: it may still be stored.
+    pub async fn append(&self, batch: MetricBatch) -> Result<()> {
+        if batch.samples.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let limit = 3 * inner.options.tuning.head_max_size.as_u64() as usize;
+        while self.head_bytes() > limit {
+            inner.flush_wanted.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
+        }
+        let MetricBatch { tenant, series, new_series, samples, .. } = batch;
+        let payload = codec::encode(&tenant, &new_series, &samples);
+        let active = inner.active.clone();
+        let wanted = inner.flush_wanted.clone();
+        let max = inner.options.tuning.head_max_size.as_u64() as usize;
+        inner
+            .wal
+            .append(
+                payload,
+                Box::new(move |_seq| {
+                    {
+                        let s = series.read();
+                        for (id, _) in &new_series {
+                            if let Some(e) = s.entry(*id) {
+                                e.logged.store(true, Ordering::Release);
+                            }
+                        }
+                    }
+                    let mut a = active.lock();
+                    a.insert(&tenant, &samples);
+                    if a.bytes() >= max {
+                        wanted.notify_one();
+                    }
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn head_bytes(&self) -> usize {
+        let st = self.inner.state.read();
+        st.frozen.iter().map(|m| m.bytes()).sum::<usize>() + self.inner.active.lock().bytes()
+    }
+
+    /// Writes the head to parts now and truncates the write-ahead log.
+    ///
+    /// # Errors
+    /// I/O errors writing parts or the manifest; the head keeps the data and a later flush retries.
+    pub async fn flush(&self) -> Result<()> {
+        let _guard = self.inner.flush_lock.lock().await;
+        let rotated = self.inner.clone();
+        let checkpoint = self
+            .inner
+            .wal
+            .rotate(Box::new(move |_| {
+                let mut st = rotated.state.write();
+                let mut active = rotated.active.lock();
+                if !active.is_empty() {
+                    st.frozen.push(Arc::new(std::mem::take(&mut *active)));
+                }
+            }))
+            .await?;
+        let frozen: Vec<Arc<MetricHead>> = self.inner.state.read().frozen.clone();
+        let this = self.clone();
+        let res = tokio::task::spawn_blocking(move || this.persist(&frozen, checkpoint))
+            .await
+            .map_err(|e| Error::WalClosed { reason: format!("metric flush task failed: {e}") })?;
+        self.inner.flushed.notify_waiters();
+        self.update_gauges();
+        res
+    }
+
+    fn next_part_id(&self) -> u64 {
+        let mut m = self.inner.manifest.lock();
+        let id = m.next_part_id;
+        m.next_part_id += 1;
+        id
+    }
+
+    fn new_meta(&self, tenant: &str, day: i64, level: u32) -> MetricPartMeta {
+        MetricPartMeta {
+            id: self.next_part_id(),
+            tenant: tenant.to_string(),
+            day,
+            min_time: 0,
+            max_time: 0,
+            rows: 0,
+            series: 0,
+            bytes: 0,
+            level,
+        }
+    }
+
+    fn zstd_level(&self, level: u32) -> i32 {
+        let t = &self.inner.options.tuning;
+        if level == 0 { t.zstd_level } else { t.compaction_zstd_level }
+    }
+
+    fn persist(&self, frozen: &[Arc<MetricHead>], checkpoint: u64) -> Result<()> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let mut new_parts: Vec<Arc<MetricPart>> = Vec::new();
+        let mut rows = 0;
+        let abandon = |parts: &[Arc<MetricPart>]| parts.iter().for_each(|p| p.mark_obsolete());
+        for head in frozen {
+            match self.write_head(head) {
+                Ok(parts) => new_parts.extend(parts),
+                Err(e) => {
+                    abandon(&new_parts);
+                    return Err(e);
+                }
+            }
+            rows += head.samples;
+        }
+        if let Err(e) = inner.catalog.persist() {
+            abandon(&new_parts);
+            return Err(e);
+        }
+        {
+            let mut manifest = inner.manifest.lock();
+            let mut next = manifest.clone();
+            next.parts.extend(new_parts.iter().map(|p| p.meta.clone()));
+            next.wal_checkpoint = next.wal_checkpoint.max(checkpoint);
+            if let Err(e) = store_json(&inner.root, "manifest.json", "metric manifest", &next) {
+                abandon(&new_parts);
+                return Err(e);
+            }
+            *manifest = next;
+            let mut st = inner.state.write();
+            st.parts.extend(new_parts.iter().cloned());
+            st.frozen.retain(|m| !frozen.iter().any(|f| Arc::ptr_eq(f, m)));
+        }
+        let removed = inner.wal.truncate(checkpoint)?;
+        inner.metrics.flushes.inc();
+        inner.metrics.flushed_rows.inc_by(rows as u64);
+        inner.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        if rows > 0 {
+            tracing::debug!(
+                samples = rows,
+                parts = new_parts.len(),
+                checkpoint,
+                wal_segments_removed = removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "flushed metric head"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes one frozen head as parts: one per tenant and day, series in id order.
+    fn write_head(&self, head: &MetricHead) -> Result<Vec<Arc<MetricPart>>> {
+        let dir = &self.inner.data_dir;
+        let mut out: Vec<Arc<MetricPart>> = Vec::new();
+        for (tenant, th) in &head.tenants {
+            let mut writers: HashMap<i64, MetricPartWriter> = HashMap::new();
+            let res = (|| {
+                for (id, buf) in th.series.iter().enumerate() {
+                    if buf.t.is_empty() {
+                        continue;
+                    }
+                    let (t, v) = buf.sorted();
+                    let mut start = 0;
+                    while start < t.len() {
+                        let day = t[start].div_euclid(DAY_MS);
+                        let end = start + t[start..].partition_point(|&x| x.div_euclid(DAY_MS) == day);
+                        let w = match writers.get_mut(&day) {
+                            Some(w) => w,
+                            None => {
+                                let meta = self.new_meta(tenant.as_str(), day, 0);
+                                let w = MetricPartWriter::create(dir, meta, self.zstd_level(0))?;
+                                writers.entry(day).or_insert(w)
+                            }
+                        };
+                        w.push_series(id as u32, &t[start..end], &v[start..end])?;
+                        start = end;
+                    }
+                }
+                Ok::<_, Error>(())
+            })();
+            if let Err(e) = res {
+                writers.into_values().for_each(MetricPartWriter::abort);
+                out.iter().for_each(|p| p.mark_obsolete());
+                return Err(e);
+            }
+            for (_, w) in writers {
+                match w.finish(dir) {
+                    Ok(p) => out.push(p),
+                    Err(e) => {
+                        out.iter().for_each(|p| p.mark_obsolete());
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The series of a tenant that match every matcher, with their samples in `[mint, maxt]` (ms,
+    /// inclusive), from parts and head merged; a sample written twice for one timestamp reads as the last.
+    ///
+    /// # Errors
+    /// I/O and Parquet errors reading parts.
+    pub fn select(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SelectedSeries>> {
+        let inner = &self.inner;
+        let Some(series) = inner.catalog.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let ids = series.read().matching(matchers);
+        if ids.is_empty() || mint > maxt {
+            return Ok(Vec::new());
+        }
+        let (parts, frozen) = {
+            let st = inner.state.read();
+            let mut parts: Vec<Arc<MetricPart>> = st
+                .parts
+                .iter()
+                .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= mint && p.meta.min_time <= maxt)
+                .cloned()
+                .collect();
+            parts.sort_by_key(|p| p.meta.id);
+            (parts, st.frozen.clone())
+        };
+        type Piece = (ScalarBuffer<i64>, ScalarBuffer<f64>);
+        let mut pieces: HashMap<u32, Vec<Piece>> = HashMap::new();
+        let trim = |t: &ScalarBuffer<i64>, v: &ScalarBuffer<f64>, off: usize, len: usize| -> Option<Piece> {
+            let ts = &t[off..off + len];
+            let a = ts.partition_point(|&x| x < mint);
+            let b = ts.partition_point(|&x| x <= maxt);
+            (a < b).then(|| (t.slice(off + a, b - a), v.slice(off + a, b - a)))
+        };
+        for part in &parts {
+            let wanted = part.ids()? & &ids;
+            if wanted.is_empty() {
+                continue;
+            }
+            let runs: Vec<part::Run> = part
+                .runs()?
+                .iter()
+                .filter(|r| wanted.contains(r.id) && r.max_t >= mint && r.min_t <= maxt)
+                .copied()
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let ranges: Vec<std::ops::Range<u64>> = runs.iter().map(|r| r.first_row..r.first_row + r.rows).collect();
+            let (t, v) = part.read_rows(&ranges)?;
+            let mut off = 0;
+            for r in &runs {
+                if let Some(p) = trim(&t, &v, off, r.rows as usize) {
+                    pieces.entry(r.id).or_default().push(p);
+                }
+                off += r.rows as usize;
+            }
+        }
+        let mut from_head = |head: &MetricHead| {
+            let Some(th) = head.tenants.get(tenant) else {
+                return;
+            };
+            if th.max_t < mint || th.min_t > maxt {
+                return;
+            }
+            for id in &ids {
+                let Some(buf) = th.series.get(id as usize).filter(|b| !b.t.is_empty()) else {
+                    continue;
+                };
+                let (t, v) = buf.sorted();
+                let (t, v) = (ScalarBuffer::from(t), ScalarBuffer::from(v));
+                if let Some(p) = trim(&t, &v, 0, t.len()) {
+                    pieces.entry(id).or_default().push(p);
+                }
+            }
+        };
+        for head in &frozen {
+            from_head(head);
+        }
+        from_head(&inner.active.lock());
+
+        let s = series.read();
+        let mut out = Vec::with_capacity(pieces.len());
+        for (id, mut ps) in pieces {
+            let Some(labels) = s.labels(id).cloned() else {
+                continue;
+            };
+            let (t, v) = if ps.len() == 1 {
+                ps.pop().unwrap_or_else(|| (ScalarBuffer::from(Vec::new()), ScalarBuffer::from(Vec::new())))
+            } else {
+                let t: Vec<i64> = ps.iter().flat_map(|p| p.0.iter().copied()).collect();
+                let v: Vec<f64> = ps.iter().flat_map(|p| p.1.iter().copied()).collect();
+                if t.windows(2).all(|w| w[0] < w[1]) {
+                    (ScalarBuffer::from(t), ScalarBuffer::from(v))
+                } else {
+                    let (t, v) = sort_dedup(&t, &v);
+                    (ScalarBuffer::from(t), ScalarBuffer::from(v))
+                }
+            };
+            out.push(SelectedSeries { labels, t, v });
+        }
+        Ok(out)
+    }
+
+    /// The ids of a tenant's series matching any of the selectors (each a list of matchers; no selectors
+    /// = every series) that have samples in `[start, end]` (ms).
+    fn series_ids(
+        &self,
+        tenant: &Tenant,
+        selectors: &[Vec<LabelMatcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<RoaringBitmap> {
+        let Some(series) = self.inner.catalog.get(tenant) else {
+            return Ok(RoaringBitmap::new());
+        };
+        let mut ids = {
+            let s = series.read();
+            if selectors.is_empty() {
+                s.matching(&[])
+            } else {
+                selectors.iter().fold(RoaringBitmap::new(), |acc, m| acc | s.matching(m))
+            }
+        };
+        if start == i64::MIN && end == i64::MAX {
+            return Ok(ids);
+        }
+        let mut active = RoaringBitmap::new();
+        let (parts, frozen) = {
+            let st = self.inner.state.read();
+            (st.parts.clone(), st.frozen.clone())
+        };
+        for p in parts
+            .iter()
+            .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= start && p.meta.min_time <= end)
+        {
+            if p.meta.min_time >= start && p.meta.max_time <= end {
+                active |= p.ids()?;
+            } else {
+                active.extend(p.runs()?.iter().filter(|r| r.max_t >= start && r.min_t <= end).map(|r| r.id));
+            }
+        }
+        let mut from_head = |head: &MetricHead| {
+            if let Some(th) = head.tenants.get(tenant) {
+                for id in &ids {
+                    let hit = th.series.get(id as usize).is_some_and(|b| b.t.iter().any(|&t| t >= start && t <= end));
+                    if hit {
+                        active.insert(id);
+                    }
+                }
+            }
+        };
+        for h in &frozen {
+            from_head(h);
+        }
+        from_head(&self.inner.active.lock());
+        ids &= active;
+        Ok(ids)
+    }
+
+    /// Labels of the matching series (see [`MetricStore::select`] for the selectors), sorted.
+    ///
+    /// # Errors
+    /// I/O errors reading part indexes.
+    pub fn series(
+        &self,
+        tenant: &Tenant,
+        selectors: &[Vec<LabelMatcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Arc<Labels>>> {
+        let ids = self.series_ids(tenant, selectors, start, end)?;
+        let Some(series) = self.inner.catalog.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let s = series.read();
+        let mut out: Vec<Arc<Labels>> = ids.iter().filter_map(|id| s.labels(id).cloned()).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Label names of the matching series, sorted.
+    ///
+    /// # Errors
+    /// I/O errors reading part indexes.
+    pub fn label_names(
+        &self,
+        tenant: &Tenant,
+        selectors: &[Vec<LabelMatcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeSet<String>> {
+        let Some(series) = self.inner.catalog.get(tenant) else {
+            return Ok(BTreeSet::new());
+        };
+        let everything = selectors.is_empty() && start == i64::MIN && end == i64::MAX;
+        let ids = if everything { None } else { Some(self.series_ids(tenant, selectors, start, end)?) };
+        Ok(series.read().label_names(ids.as_ref()))
+    }
+
+    /// Values of one label over the matching series, sorted.
+    ///
+    /// # Errors
+    /// I/O errors reading part indexes.
+    pub fn label_values(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        selectors: &[Vec<LabelMatcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeSet<String>> {
+        let Some(series) = self.inner.catalog.get(tenant) else {
+            return Ok(BTreeSet::new());
+        };
+        let everything = selectors.is_empty() && start == i64::MIN && end == i64::MAX;
+        let ids = if everything { None } else { Some(self.series_ids(tenant, selectors, start, end)?) };
+        Ok(series.read().label_values(name, ids.as_ref()))
+    }
+
+    pub fn stats(&self) -> MetricStats {
+        let st = self.inner.state.read();
+        let active = self.inner.active.lock();
+        MetricStats {
+            series: self.inner.catalog.series_count(),
+            parts: st.parts.len(),
+            part_rows: st.parts.iter().map(|p| p.meta.rows).sum(),
+            disk_bytes: st.parts.iter().map(|p| p.meta.bytes).sum(),
+            head_samples: st.frozen.iter().map(|h| h.samples).sum::<usize>() + active.samples,
+        }
+    }
+
+    fn update_gauges(&self) {
+        let s = self.stats();
+        let m = &self.inner.metrics;
+        m.parts.set(s.parts as i64);
+        m.disk_bytes.set(s.disk_bytes as i64);
+        m.head_rows.set(s.head_samples as i64);
+        m.head_bytes.set((s.head_samples * head::SAMPLE_BYTES) as i64);
+        self.inner.series_gauge.set(s.series as i64);
+    }
+
+    /// Merges each day's parts into one: a day with `compaction_min_parts` parts, or a finished day with
+    /// more than one part or a lone flushed part (rewritten at the compaction zstd level). Returns the
+    /// parts merged away.
+    ///
+    /// # Errors
+    /// I/O errors; the inputs stay in place.
+    pub async fn compact(&self) -> Result<usize> {
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let this = self.clone();
+        let n = tokio::task::spawn_blocking(move || this.compact_blocking())
+            .await
+            .map_err(|e| Error::WalClosed { reason: format!("metric compaction task failed: {e}") })??;
+        self.update_gauges();
+        Ok(n)
+    }
+
+    fn compact_blocking(&self) -> Result<usize> {
+        let inner = &self.inner;
+        let today = crate::time::day_of_ns(crate::time::now_ns());
+        let mut by_day: HashMap<(String, i64), Vec<Arc<MetricPart>>> = HashMap::new();
+        for p in inner.state.read().parts.iter() {
+            by_day.entry((p.meta.tenant.clone(), p.meta.day)).or_default().push(p.clone());
+        }
+        let min_parts = inner.options.tuning.compaction_min_parts;
+        let mut merged = 0;
+        for ((tenant, day), mut job) in by_day {
+            let finished = day < today;
+            let wanted = job.len() >= min_parts || (finished && (job.len() > 1 || job[0].meta.level == 0));
+            if !wanted {
+                continue;
+            }
+            job.sort_by_key(|p| p.meta.id);
+            let level = job.iter().map(|p| p.meta.level).max().unwrap_or(0) + 1;
+            let started = Instant::now();
+            let output = self.merge(&job, self.new_meta(&tenant, day, level))?;
+            let mut manifest = inner.manifest.lock();
+            let mut st = inner.state.write();
+            if !job.iter().all(|p| st.parts.iter().any(|q| Arc::ptr_eq(p, q))) {
+                output.mark_obsolete();
+                continue;
+            }
+            let mut next = manifest.clone();
+            next.parts.retain(|m| !job.iter().any(|p| p.meta.id == m.id));
+            next.parts.push(output.meta.clone());
+            if let Err(e) = store_json(&inner.root, "manifest.json", "metric manifest", &next) {
+                output.mark_obsolete();
+                return Err(e);
+            }
+            *manifest = next;
+            st.parts.retain(|q| !job.iter().any(|p| Arc::ptr_eq(p, q)));
+            st.parts.push(output.clone());
+            job.iter().for_each(|p| p.mark_obsolete());
+            inner.metrics.compactions.inc();
+            inner.metrics.compacted_parts.inc_by(job.len() as u64);
+            merged += job.len();
+            tracing::info!(
+                %tenant,
+                day = %crate::time::format_day(day),
+                inputs = job.len(),
+                rows = output.meta.rows,
+                bytes = output.meta.bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "compacted metric parts"
+            );
+        }
+        Ok(merged)
+    }
+
+    /// Merges parts (oldest first; on equal timestamps the newer part wins) chunk by chunk of series ids.
+    fn merge(&self, job: &[Arc<MetricPart>], meta: MetricPartMeta) -> Result<Arc<MetricPart>> {
+        let dir = &self.inner.data_dir;
+        let mut writer = MetricPartWriter::create(dir, meta.clone(), self.zstd_level(meta.level))?;
+        let res = (|| {
+            let runs: Vec<&[part::Run]> = job.iter().map(|p| p.runs()).collect::<Result<_>>()?;
+            let mut all = RoaringBitmap::new();
+            for p in job {
+                all |= p.ids()?;
+            }
+            let ids: Vec<u32> = all.iter().collect();
+            let mut cursors = vec![0usize; job.len()];
+            let mut i = 0;
+            while i < ids.len() {
+                // Take ids until the chunk holds enough rows.
+                let mut rows = 0u64;
+                let mut hi = i;
+                let mut probe = cursors.clone();
+                while hi < ids.len() && (rows < COMPACTION_CHUNK_ROWS || hi == i) {
+                    for (k, r) in runs.iter().enumerate() {
+                        if probe[k] < r.len() && r[probe[k]].id == ids[hi] {
+                            rows += r[probe[k]].rows;
+                            probe[k] += 1;
+                        }
+                    }
+                    hi += 1;
+                }
+                // Read each part's rows of the chunk (contiguous, as parts are sorted by id).
+                let mut data = Vec::with_capacity(job.len());
+                for (k, p) in job.iter().enumerate() {
+                    let chunk = &runs[k][cursors[k]..probe[k]];
+                    let range = match (chunk.first(), chunk.last()) {
+                        (Some(a), Some(b)) => a.first_row..b.first_row + b.rows,
+                        _ => 0..0,
+                    };
+                    let (t, v) = p.read_rows(std::slice::from_ref(&range))?;
+                    data.push((chunk, t, v));
+                }
+                let mut offsets = vec![0usize; job.len()];
+                let mut next_run = vec![0usize; job.len()];
+                for &id in &ids[i..hi] {
+                    let mut t: Vec<i64> = Vec::new();
+                    let mut v: Vec<f64> = Vec::new();
+                    for (k, (chunk, pt, pv)) in data.iter().enumerate() {
+                        if let Some(r) = chunk.get(next_run[k]).filter(|r| r.id == id) {
+                            let (o, n) = (offsets[k], r.rows as usize);
+                            t.extend_from_slice(&pt[o..o + n]);
+                            v.extend_from_slice(&pv[o..o + n]);
+                            offsets[k] += n;
+                            next_run[k] += 1;
+                        }
+                    }
+                    if t.windows(2).all(|w| w[0] < w[1]) {
+                        writer.push_series(id, &t, &v)?;
+                    } else {
+                        let (t, v) = sort_dedup(&t, &v);
+                        writer.push_series(id, &t, &v)?;
+                    }
+                }
+                cursors = probe;
+                i = hi;
+            }
+            Ok::<_, Error>(())
+        })();
+        match res {
+            Ok(()) => writer.finish(dir),
+            Err(e) => {
+                writer.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes whole days past the retention period. Returns the parts deleted.
+    ///
+    /// # Errors
+    /// I/O errors writing the manifest.
+    pub async fn apply_retention(&self) -> Result<usize> {
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let inner = &self.inner;
+        let retention_ns = i64::try_from(inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff_day = crate::time::day_of_ns(crate::time::now_ns().saturating_sub(retention_ns));
+        let mut manifest = inner.manifest.lock();
+        let mut st = inner.state.write();
+        let doomed: HashSet<u64> = st.parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut next = manifest.clone();
+        next.parts.retain(|m| !doomed.contains(&m.id));
+        store_json(&inner.root, "manifest.json", "metric manifest", &next)?;
+        *manifest = next;
+        let mut dirs = BTreeSet::new();
+        st.parts.retain(|p| {
+            if doomed.contains(&p.meta.id) {
+                p.mark_obsolete();
+                dirs.insert(inner.data_dir.join(p.meta.partition_dir()));
+                false
+            } else {
+                true
+            }
+        });
+        drop(st);
+        drop(manifest);
+        for d in dirs {
+            let _ = fs::remove_dir(&d);
+        }
+        inner.metrics.retention_deleted_parts.inc_by(doomed.len() as u64);
+        tracing::info!(parts = doomed.len(), cutoff = %crate::time::format_day(cutoff_day), "retention deleted metric parts");
+        self.update_gauges();
+        Ok(doomed.len())
+    }
+
+    /// Flushes by size and age, compacts and applies retention until `shutdown`, then flushes the head
+    /// and stops the write-ahead log.
+    ///
+    /// # Errors
+    /// The final flush's error; errors on the way are logged and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let inner = self.inner.clone();
+        let tuning = inner.options.tuning.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_maintenance = Instant::now() - tuning.maintenance_interval;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = inner.flush_wanted.notified() => {
+                    if let Err(error) = self.flush().await {
+                        tracing::error!(%error, "metric flush failed; the head keeps the data and will retry");
+                    }
+                }
+                _ = tick.tick() => {
+                    let old = inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= tuning.head_max_age);
+                    let stuck = !inner.state.read().frozen.is_empty();
+                    if (old || stuck)
+                        && let Err(error) = self.flush().await {
+                            tracing::error!(%error, "metric flush failed; the head keeps the data and will retry");
+                        }
+                    if last_maintenance.elapsed() >= tuning.maintenance_interval {
+                        last_maintenance = Instant::now();
+                        if let Err(error) = self.apply_retention().await {
+                            tracing::error!(%error, "metric retention failed");
+                        }
+                        if let Err(error) = self.compact().await {
+                            tracing::error!(%error, "metric compaction failed; inputs kept");
+                        }
+                    }
+                    self.update_gauges();
+                }
+            }
+        }
+        let res = self.flush().await;
+        inner.wal.close();
+        res
+    }
+}
+
+/// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
+/// before its commit.
+fn remove_unlisted_parts(data_dir: &Path, manifest: &MetricManifest) -> Result<()> {
+    let listed: HashSet<PathBuf> = manifest.parts.iter().map(|m| m.path(data_dir)).collect();
+    let root = data_dir.join("metrics");
+    for tenant in fs::read_dir(&root).into_iter().flatten().flatten() {
+        for day in fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+            if !day.file_name().to_string_lossy().starts_with("date=") {
+                continue;
+            }
+            for f in fs::read_dir(day.path()).into_iter().flatten().flatten() {
+                let path = f.path();
+                if path.extension().is_some_and(|e| e == "parquet") && !listed.contains(&path) {
+                    tracing::info!(file = %path.display(), "removing metric part of an unfinished flush");
+                    fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+                }
+            }
+            let _ = fs::remove_dir(day.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

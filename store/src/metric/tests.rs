@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use super::*;
+use crate::config::StoreConfig;
+use crate::scan::MatchOp;
+
+const STALE: u64 = 0x7ff0_0000_0000_0002;
+
+fn open(dir: &Path) -> MetricStore {
+    let options = StoreOptions {
+        data_dir: dir.to_path_buf(),
+        retention: Duration::from_secs(7 * 86_400),
+        retention_max_disk: None,
+        tuning: StoreConfig { compaction_min_parts: 2, ..StoreConfig::default() },
+    };
+    MetricStore::open(options, &mut Registry::default()).unwrap()
+}
+
+fn now_ms() -> i64 {
+    crate::time::now_ns() / 1_000_000
+}
+
+fn eq(name: &str, value: &str) -> LabelMatcher {
+    LabelMatcher::new(name, MatchOp::Eq, value).unwrap()
+}
+
+/// (labels as "k=v,..", samples) of a select, sorted by labels.
+fn read(store: &MetricStore, matchers: &[LabelMatcher], mint: i64, maxt: i64) -> Vec<(String, Vec<(i64, u64)>)> {
+    let tenant = Tenant::default_tenant();
+    let mut out: Vec<(String, Vec<(i64, u64)>)> = store
+        .select(&tenant, matchers, mint, maxt)
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            let l: Vec<String> = s.labels.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            (l.join(","), s.t.iter().zip(s.v.iter()).map(|(&t, &v)| (t, v.to_bits())).collect())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn write(store: &MetricStore, labels: &[(&str, &str)], samples: &[(i64, f64)]) {
+    let mut b = store.batch(&Tenant::default_tenant());
+    b.add(labels, samples.iter().copied());
+    assert_eq!(b.rejected().0, 0, "{:?}", b.rejected().1);
+    store.append(b).await.unwrap();
+}
+
+#[tokio::test]
+async fn samples_survive_flush_restart_and_compaction_merged_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms() - 3_600_000;
+    let up = [("__name__", "up"), ("job", "api")];
+    // Labels in any order name the same series.
+    let cpu = [("job", "api"), ("__name__", "cpu_seconds_total"), ("mode", "idle")];
+    {
+        let store = open(dir.path());
+        write(&store, &up, &[(t0, 1.0), (t0 + 15_000, 0.0)]).await;
+        write(&store, &cpu, &[(t0, 10.5), (t0 + 15_000, 11.25)]).await;
+        store.flush().await.unwrap();
+        // Out of order, a duplicate timestamp (last write wins), and a stale marker, in the head.
+        write(&store, &up, &[(t0 + 45_000, 1.0), (t0 + 30_000, 1.0), (t0 + 15_000, 7.0)]).await;
+        write(&store, &cpu, &[(t0 + 30_000, f64::from_bits(STALE))]).await;
+        let got = read(&store, &[eq("__name__", "up")], t0, t0 + 60_000);
+        assert_eq!(
+            got,
+            vec![(
+                "__name__=up,job=api".to_string(),
+                vec![
+                    (t0, 1f64.to_bits()),
+                    (t0 + 15_000, 7f64.to_bits()),
+                    (t0 + 30_000, 1f64.to_bits()),
+                    (t0 + 45_000, 1f64.to_bits())
+                ]
+            )]
+        );
+        // The store is dropped without a flush: the head comes back from the WAL.
+    }
+    let store = open(dir.path());
+    let want_cpu = vec![(t0, 10.5f64.to_bits()), (t0 + 15_000, 11.25f64.to_bits()), (t0 + 30_000, STALE)];
+    let got = read(&store, &[eq("job", "api"), eq("__name__", "cpu_seconds_total")], i64::MIN, i64::MAX);
+    assert_eq!(got, vec![("__name__=cpu_seconds_total,job=api,mode=idle".to_string(), want_cpu.clone())]);
+    store.flush().await.unwrap();
+    // Window bounds are inclusive.
+    let got = read(&store, &[eq("__name__", "cpu_seconds_total")], t0 + 15_000, t0 + 15_000);
+    assert_eq!(got[0].1, vec![(t0 + 15_000, 11.25f64.to_bits())]);
+    // Compaction merges the day's parts (the duplicate still reads as the last write).
+    let before = store.stats();
+    assert!(before.parts >= 2, "{before:?}");
+    assert!(store.compact().await.unwrap() >= 2);
+    let after = store.stats();
+    assert!(after.parts < before.parts, "{before:?} -> {after:?}");
+    let got = read(&store, &[eq("__name__", "up")], i64::MIN, i64::MAX);
+    assert_eq!(got[0].1.len(), 4);
+    assert_eq!(got[0].1[1], (t0 + 15_000, 7f64.to_bits()));
+    let got = read(&store, &[eq("__name__", "cpu_seconds_total")], i64::MIN, i64::MAX);
+    assert_eq!(got[0].1, want_cpu);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.stats().series, 2);
+    assert_eq!(read(&store, &[eq("__name__", "cpu_seconds_total")], i64::MIN, i64::MAX)[0].1, want_cpu);
+}
+
+#[tokio::test]
+async fn label_queries_use_postings_and_time_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t0 = now_ms() - 600_000;
+    write(&store, &[("__name__", "up"), ("job", "api"), ("instance", "a")], &[(t0, 1.0)]).await;
+    write(&store, &[("__name__", "up"), ("job", "db"), ("instance", "b")], &[(t0 + 300_000, 1.0)]).await;
+    write(&store, &[("__name__", "temp"), ("room", "kitchen")], &[(t0, 21.5)]).await;
+    store.flush().await.unwrap();
+    let tenant = Tenant::default_tenant();
+    let all = store.label_names(&tenant, &[], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(all.into_iter().collect::<Vec<_>>(), vec!["__name__", "instance", "job", "room"]);
+    let ups = vec![vec![eq("__name__", "up")]];
+    let names = store.label_names(&tenant, &ups, i64::MIN, i64::MAX).unwrap();
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["__name__", "instance", "job"]);
+    let jobs = store.label_values(&tenant, "job", &[], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(jobs.into_iter().collect::<Vec<_>>(), vec!["api", "db"]);
+    // Only `db` has samples in the later window.
+    let late = store.label_values(&tenant, "job", &ups, t0 + 200_000, t0 + 400_000).unwrap();
+    assert_eq!(late.into_iter().collect::<Vec<_>>(), vec!["db"]);
+    let series =
+        store.series(&tenant, &[vec![eq("room", "kitchen")], vec![eq("job", "api")]], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(series.len(), 2);
+    assert!(store.series(&Tenant::new("other").unwrap(), &ups, i64::MIN, i64::MAX).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn samples_outside_the_window_are_counted_not_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut b = store.batch(&Tenant::default_tenant());
+    let now = now_ms();
+    b.add(&[("__name__", "x")], [(now - 30 * DAY_MS, 1.0), (now, 2.0), (now + 3 * DAY_MS, 3.0)]);
+    let (n, first) = b.rejected();
+    assert_eq!(n, 2);
+    assert!(first.unwrap().contains("outside the accepted window"), "{first:?}");
+    assert_eq!(b.len(), 1);
+}
+
+#[tokio::test]
+async fn a_series_first_used_by_two_concurrent_batches_survives_a_crash_of_either() {
+    // The second batch sees the series registered but not yet logged: it carries the labels too.
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms();
+    {
+        let store = open(dir.path());
+        let tenant = Tenant::default_tenant();
+        let mut a = store.batch(&tenant);
+        a.add(&[("__name__", "x")], [(t0, 1.0)]);
+        let mut b = store.batch(&tenant);
+        b.add(&[("__name__", "x")], [(t0 + 1, 2.0)]);
+        assert_eq!(b.new_series.len(), 1, "the unlogged series travels with the second batch as well");
+        // Only the second batch reaches the log.
+        store.append(b).await.unwrap();
+        drop(a);
+    }
+    let store = open(dir.path());
+    let got = read(&store, &[eq("__name__", "x")], i64::MIN, i64::MAX);
+    assert_eq!(got, vec![("__name__=x".to_string(), vec![(t0 + 1, 2f64.to_bits())])]);
+}
