@@ -299,12 +299,11 @@ mod tests {
         assert_eq!(ids(t.matching(&[m("code", MatchOp::Re, ".+")])), vec![c]);
         assert_eq!(ids(t.matching(&[m("nope", MatchOp::Eq, "x")])), Vec::<u32>::new());
         // The same answer as testing every series' labels.
-        for ms in [vec![m("job", MatchOp::Nre, "d.*"), m("env", MatchOp::Neq, "prod")]] {
-            let want: Vec<u32> = (0..3)
-                .filter(|&id| ms.iter().all(|m| m.matches(t.labels(id).unwrap().get(&m.name).unwrap_or(""))))
-                .collect();
-            assert_eq!(ids(t.matching(&ms)), want);
-        }
+        let ms = vec![m("job", MatchOp::Nre, "d.*"), m("env", MatchOp::Neq, "prod")];
+        let want: Vec<u32> = (0..3)
+            .filter(|&id| ms.iter().all(|m| m.matches(t.labels(id).unwrap().get(&m.name).unwrap_or(""))))
+            .collect();
+        assert_eq!(ids(t.matching(&ms)), want);
         assert_eq!(t.label_values("job", None).into_iter().collect::<Vec<_>>(), vec!["api", "db"]);
         let only_b = RoaringBitmap::from_iter([b]);
         assert_eq!(t.label_names(Some(&only_b)).into_iter().collect::<Vec<_>>(), vec!["__name__", "job"]);
