@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub max_line_size: ByteSize,
     /// Most labels a stream may have.
     pub max_labels_per_stream: usize,
+    /// Most labels (with `__name__`) a metric series may have; a remote-write request with more is a 400.
+    pub max_labels_per_series: usize,
     /// Largest request body, compressed or decompressed.
     pub max_request_size: ByteSize,
 }
@@ -79,6 +81,7 @@ impl Default for ServerConfig {
             retention_max_disk: ByteSize::b(0),
             max_line_size: ByteSize::kib(256),
             max_labels_per_stream: 15,
+            max_labels_per_series: 40,
             max_request_size: ByteSize::mib(64),
         }
     }
@@ -114,6 +117,9 @@ impl Config {
         }
         if s.max_line_size.as_u64() == 0 || s.max_line_size > s.max_request_size {
             bail!("server.max_line_size must be above 0 and at most server.max_request_size");
+        }
+        if s.max_labels_per_series == 0 {
+            bail!("server.max_labels_per_series must be at least 1");
         }
         if s.max_labels_per_stream == 0 {
             bail!("server.max_labels_per_stream must be at least 1");

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use store::LogStore;
+use store::{LogStore, MetricStore};
 
 use crate::metrics::IngestMetrics;
 
@@ -21,7 +21,10 @@ pub use query::http::tenant;
 #[derive(Clone)]
 pub struct AppState {
     pub store: LogStore,
+    pub metric_store: MetricStore,
     pub limits: store::wire::Limits,
+    /// Most labels a metric series may have.
+    pub max_labels_per_series: usize,
     /// The retention period: older entries are rejected at ingest.
     pub retention: std::time::Duration,
     pub ingest: Arc<IngestMetrics>,
@@ -60,12 +63,23 @@ async fn metrics(State(app): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
-/// Flushes the head to Parquet and answers with the store's figures.
+/// The metric store's figures, as the admin endpoints report them.
+fn metric_stats(app: &AppState) -> serde_json::Value {
+    let m = app.metric_store.stats();
+    json!({"series": m.series, "parts": m.parts, "samples": m.part_rows, "disk_bytes": m.disk_bytes, "head_samples": m.head_samples})
+}
+
+/// Flushes both heads (logs and metrics) to Parquet and answers with the stores' figures.
 async fn flush(State(app): State<AppState>, _headers: HeaderMap) -> Response {
-    match app.store.flush().await {
+    let res = async {
+        app.store.flush().await?;
+        app.metric_store.flush().await
+    }
+    .await;
+    match res {
         Ok(()) => {
             let s = app.store.stats();
-            let body = json!({"parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes, "head_rows": s.head_rows});
+            let body = json!({"parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes, "head_rows": s.head_rows, "metrics": metric_stats(&app)});
             ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("flush failed: {e}\n")).into_response(),
@@ -76,14 +90,17 @@ async fn flush(State(app): State<AppState>, _headers: HeaderMap) -> Response {
 async fn compact(State(app): State<AppState>) -> Response {
     let res = async {
         app.store.flush().await?;
-        app.store.compact().await
+        app.metric_store.flush().await?;
+        let merged = app.store.compact().await?;
+        Ok::<_, store::Error>((merged, app.metric_store.compact().await?))
     }
     .await;
     match res {
-        Ok(merged) => {
+        Ok((merged, metric_merged)) => {
             let s = app.store.stats();
-            let body =
-                json!({"merged_parts": merged, "parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes});
+            let mut metrics = metric_stats(&app);
+            metrics["merged_parts"] = json!(metric_merged);
+            let body = json!({"merged_parts": merged, "parts": s.parts, "part_rows": s.part_rows, "disk_bytes": s.disk_bytes, "metrics": metrics});
             ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("compaction failed: {e}\n")).into_response(),

@@ -16,6 +16,8 @@ pub struct IngestMetrics {
     pub rejected_bytes: Family<Labels, Counter>,
     pub rejected_requests: Family<Labels, Counter>,
     pub invalid_utf8_requests: Family<Labels, Counter>,
+    pub samples: Family<Labels, Counter>,
+    pub rejected_samples: Family<Labels, Counter>,
 }
 
 fn proto(p: &str) -> Labels {
@@ -31,6 +33,8 @@ impl IngestMetrics {
             rejected_bytes: Family::default(),
             rejected_requests: Family::default(),
             invalid_utf8_requests: Family::default(),
+            samples: Family::default(),
+            rejected_samples: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("lumen_ingest");
         r.register("lines", "log lines stored, by protocol", m.lines.clone());
@@ -48,7 +52,25 @@ impl IngestMetrics {
             "requests in which invalid UTF-8 was replaced with U+FFFD, by protocol",
             m.invalid_utf8_requests.clone(),
         );
+        r.register("samples", "metric samples stored, by protocol", m.samples.clone());
+        r.register(
+            "rejected_samples",
+            "metric samples not stored, by protocol and reason (bad_line, out_of_window, native_histogram, ...)",
+            m.rejected_samples.clone(),
+        );
         Arc::new(m)
+    }
+
+    pub fn accepted_samples(&self, protocol: &str, n: usize) {
+        self.samples.get_or_create(&proto(protocol)).inc_by(n as u64);
+    }
+
+    pub fn rejected_samples(&self, protocol: &str, reason: &str, n: usize) {
+        if n > 0 {
+            let labels =
+                vec![("protocol".to_string(), protocol.to_string()), ("reason".to_string(), reason.to_string())];
+            self.rejected_samples.get_or_create(&labels).inc_by(n as u64);
+        }
     }
 
     pub fn accepted(&self, protocol: &str, lines: usize, bytes: usize) {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use store::{LogStore, StoreOptions};
+use store::{LogStore, MetricStore, StoreOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,10 +19,12 @@ pub struct Running {
     /// The bound HTTP address (useful when the config asked for port 0).
     pub http_addr: SocketAddr,
     pub store: LogStore,
+    pub metric_store: MetricStore,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     http: JoinHandle<std::io::Result<()>>,
     engine: JoinHandle<store::Result<()>>,
+    metric_engine: JoinHandle<store::Result<()>>,
 }
 
 /// Opens the store (replaying its write-ahead log), binds the HTTP listener and starts serving.
@@ -39,8 +41,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         retention_max_disk: (s.retention_max_disk.as_u64() > 0).then_some(s.retention_max_disk),
         tuning: config.store.clone(),
     };
-    let store = tokio::task::block_in_place(|| LogStore::open(options, &mut registry))
+    let store = tokio::task::block_in_place(|| LogStore::open(options.clone(), &mut registry))
         .with_context(|| format!("cannot open the data directory {}", s.data_dir.display()))?;
+    let metric_store = tokio::task::block_in_place(|| MetricStore::open(options, &mut registry))
+        .with_context(|| format!("cannot open the metric store in {}", s.data_dir.display()))?;
     let ingest = IngestMetrics::register(&mut registry);
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
     let listener = tokio::net::TcpListener::bind(s.http_addr)
@@ -55,13 +59,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ready = Arc::new(AtomicBool::new(true));
     let app = AppState {
         store: store.clone(),
+        metric_store: metric_store.clone(),
         limits: config.wire_limits(),
+        max_labels_per_series: s.max_labels_per_series,
         retention: s.retention,
         ingest,
         registry: Arc::new(registry),
         ready: ready.clone(),
     };
-    let query = query::http::QueryState { store: store.clone(), config: config.query.clone(), metrics: query_metrics };
+    let query = query::http::QueryState {
+        store: store.clone(),
+        metric_store: metric_store.clone(),
+        config: config.query.clone(),
+        metrics: query_metrics,
+    };
     let router = crate::http::router(app, query);
     let shutdown = CancellationToken::new();
     let http = tokio::spawn({
@@ -69,8 +80,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
+    let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
     tracing::info!(%http_addr, data_dir = %s.data_dir.display(), "lumen server started");
-    Ok(Running { http_addr, store, shutdown, ready, http, engine })
+    Ok(Running { http_addr, store, metric_store, shutdown, ready, http, engine, metric_engine })
 }
 
 impl Running {
@@ -82,7 +94,11 @@ impl Running {
         self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
         self.http.await.context("http server task failed")?.context("http server failed")?;
-        self.engine.await.context("store task failed")?.context("final flush failed")?;
+        let logs = self.engine.await.context("store task failed")?.context("final flush failed");
+        let metrics =
+            self.metric_engine.await.context("metric store task failed")?.context("final metric flush failed");
+        logs?;
+        metrics?;
         tracing::info!("lumen server stopped");
         Ok(())
     }

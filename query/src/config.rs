@@ -24,6 +24,14 @@ pub struct QueryConfig {
     pub max_query_length: Duration,
     /// Threads one LogQL query scans with; 0 means one per core.
     pub query_parallelism: usize,
+    /// How far back a PromQL instant selector looks for a sample (Prometheus' `--query.lookback-delta`).
+    #[serde(with = "store::config::duration")]
+    pub lookback_delta: Duration,
+    /// Most samples one PromQL query may load (Prometheus' `--query.max-samples`).
+    pub max_samples: usize,
+    /// Step of a PromQL subquery that names none (Prometheus' global evaluation interval).
+    #[serde(with = "store::config::duration")]
+    pub default_subquery_step: Duration,
 }
 
 impl Default for QueryConfig {
@@ -35,6 +43,9 @@ impl Default for QueryConfig {
             max_query_series: 500,
             max_query_length: Duration::from_secs(721 * 3600),
             query_parallelism: 0,
+            lookback_delta: Duration::from_secs(300),
+            max_samples: 50_000_000,
+            default_subquery_step: Duration::from_secs(60),
         }
     }
 }

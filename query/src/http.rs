@@ -2,6 +2,7 @@
 //! **API Boundary:** only this module knows the JSON shapes of the query APIs.
 
 pub mod loki;
+pub mod prom;
 pub mod sql;
 
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use store::LogStore;
 use store::model::Tenant;
+use store::{LogStore, MetricStore};
 
 use crate::config::QueryConfig;
 use crate::metrics::QueryMetrics;
@@ -22,6 +23,7 @@ pub const TENANT_HEADER: &str = "X-Scope-OrgID";
 #[derive(Clone)]
 pub struct QueryState {
     pub store: LogStore,
+    pub metric_store: MetricStore,
     pub config: QueryConfig,
     pub metrics: Arc<QueryMetrics>,
 }
@@ -31,6 +33,7 @@ pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/api/v1/sql", axum::routing::get(sql::handle).post(sql::handle))
         .merge(loki::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), loki::observe)))
+        .merge(prom::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), prom::observe)))
         .with_state(state)
 }
 

@@ -1,11 +1,12 @@
 //! Lumen's query side: LogQL and SQL over the log store, and the HTTP handlers that speak the query
-//! APIs (Loki's and Lumen's SQL). PromQL comes with its issue.
+//! APIs (Loki's, Prometheus' and Lumen's SQL).
 //!
 //! - [`logql`]: the LogQL parser and engine.
+//! - [`promql`]: the PromQL engine (parsing by the `promql-parser` crate) over a [`promql::SeriesSource`].
 //! - [`sql::LogsTable`]: a DataFusion table provider over [`store::LogStore::scan`], pushing time
 //!   bounds, label equalities and `LIKE '%text%'` searches down to the store's indexes.
 //! - [`http`]: `/api/v1/sql`, the Loki API under `/loki/api/v1/`, the tenant header, and the JSON
-//!   shapes of answers and errors.
+//!   shapes of answers and errors; the Prometheus API under `/api/v1/` ([`http::prom`]).
 //!
 //! **Architecture Invariant:** this crate never opens WAL or Parquet files; everything it reads comes
 //! through the store's scan API as Arrow record batches.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod logql;
 pub mod metrics;
+pub mod promql;
 pub mod sql;
 
 pub use config::QueryConfig;

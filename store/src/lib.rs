@@ -40,5 +40,5 @@ pub use config::{StoreConfig, StoreOptions};
 pub use engine::{LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
-pub use metric::{MetricBatch, MetricStats, MetricStore, SelectedSeries};
+pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SelectedSeries};
 pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest, ScanTask, StreamLimit};

@@ -9,4 +9,5 @@ mod elasticsearch_client;
 mod harness;
 mod ingest;
 mod loki_api;
+mod prom_api;
 mod retention;

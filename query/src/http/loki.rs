@@ -56,7 +56,7 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    fn from(headers: HeaderMap, raw: Option<&str>, body: &[u8]) -> Params {
+    pub(crate) fn from(headers: HeaderMap, raw: Option<&str>, body: &[u8]) -> Params {
         let mut pairs: Vec<(String, String)> =
             raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
         if !body.is_empty() {
@@ -65,11 +65,11 @@ impl Params {
         Params { pairs, headers, now_ns: store::time::now_ns() }
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.pairs.iter().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
     }
 
-    fn all(&self, key: &str) -> Vec<&str> {
+    pub(crate) fn all(&self, key: &str) -> Vec<&str> {
         self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
     }
 

@@ -17,7 +17,7 @@ mod codec;
 mod head;
 mod part;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +51,8 @@ const DAY_MS: i64 = 86_400_000;
 const MAX_FUTURE_MS: i64 = 2 * DAY_MS;
 /// Rows one compaction step holds in memory.
 const COMPACTION_CHUNK_ROWS: u64 = 2_000_000;
+/// Ids from here up are a batch's provisional ids of series it will register when appended.
+const PENDING: u32 = 1 << 31;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MetricManifest {
@@ -80,7 +82,18 @@ struct Inner {
     maintenance_lock: tokio::sync::Mutex<()>,
     flush_wanted: Arc<Notify>,
     flushed: Notify,
+    metadata: RwLock<HashMap<Tenant, BTreeMap<String, MetricMetadata>>>,
     _lock: File,
+}
+
+/// What a client said of a metric name (`# TYPE`, `# HELP`, `# UNIT`, or remote-write metadata). Kept in
+/// memory only: it is re-sent with every scrape and every few minutes by remote write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricMetadata {
+    /// `counter`, `gauge`, `histogram`, `summary`, `info`, `stateset`, `gaugehistogram` or `unknown`.
+    pub kind: String,
+    pub help: String,
+    pub unit: String,
 }
 
 /// A handle to the metric store; cheap to clone.
@@ -120,6 +133,10 @@ pub struct MetricBatch {
     series: Arc<RwLock<TenantSeries>>,
     new_series: Vec<(u32, Arc<Labels>)>,
     carried: HashSet<u32>,
+    /// Series not in the catalog yet, registered only when the batch is appended (so a refused request
+    /// leaves no trace): hash → indexes into `pending`; their samples carry `PENDING + index` as id.
+    pending_by_hash: HashMap<u64, Vec<u32>>,
+    pending: Vec<(u64, Labels)>,
     samples: Vec<(u32, i64, f64)>,
     scratch: Vec<u8>,
     min_t: i64,
@@ -180,15 +197,55 @@ impl MetricBatch {
                 id
             }
             None => {
-                let labels = Labels::from_pairs(sorted.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
-                let mut w = self.series.write();
-                let id = w.insert(hash, labels, None, false, false);
+                let known = self.pending_by_hash.get(&hash).and_then(|idx| {
+                    idx.iter().copied().find(|&i| {
+                        let l = &self.pending[i as usize].1;
+                        l.len() == sorted.len() && l.iter().zip(sorted).all(|(a, b)| a == *b)
+                    })
+                });
+                let index = known.unwrap_or_else(|| {
+                    let labels =
+                        Labels::from_pairs(sorted.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
+                    let i = self.pending.len() as u32;
+                    self.pending.push((hash, labels));
+                    self.pending_by_hash.entry(hash).or_default().push(i);
+                    i
+                });
+                PENDING + index
+            }
+        }
+    }
+
+    /// Registers the batch's new series and gives their samples the real ids.
+    fn register_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut ids = Vec::with_capacity(self.pending.len());
+        {
+            let mut w = self.series.write();
+            for (hash, labels) in std::mem::take(&mut self.pending) {
+                let pairs: Vec<(&str, &str)> = labels.iter().collect();
+                // Another request may have registered it meanwhile.
+                let id = match w.lookup(hash, &pairs) {
+                    Some((id, true)) => {
+                        ids.push(id);
+                        continue;
+                    }
+                    Some((id, false)) => id,
+                    None => w.insert(hash, labels, None, false, false),
+                };
+                ids.push(id);
                 if self.carried.insert(id)
-                    && let Some(labels) = w.labels(id).cloned()
+                    && let Some(l) = w.labels(id).cloned()
                 {
-                    self.new_series.push((id, labels));
+                    self.new_series.push((id, l));
                 }
-                id
+            }
+        }
+        for s in &mut self.samples {
+            if s.0 >= PENDING {
+                s.0 = ids[(s.0 - PENDING) as usize];
             }
         }
     }
@@ -289,6 +346,7 @@ impl MetricStore {
                 maintenance_lock: tokio::sync::Mutex::new(()),
                 flush_wanted: Arc::new(Notify::new()),
                 flushed: Notify::new(),
+                metadata: RwLock::default(),
                 _lock: lock,
             }),
         };
@@ -307,6 +365,8 @@ impl MetricStore {
             series: self.inner.catalog.tenant(tenant),
             new_series: Vec::new(),
             carried: HashSet::new(),
+            pending_by_hash: HashMap::new(),
+            pending: Vec::new(),
             samples: Vec::new(),
             scratch: Vec::new(),
             min_t,
@@ -320,7 +380,7 @@ impl MetricStore {
     ///
     /// # Cancel safety
     /// Dropping the future does not withdraw the batch: it may still be stored.
-    pub async fn append(&self, batch: MetricBatch) -> Result<()> {
+    pub async fn append(&self, mut batch: MetricBatch) -> Result<()> {
         if batch.samples.is_empty() {
             return Ok(());
         }
@@ -330,6 +390,7 @@ impl MetricStore {
             inner.flush_wanted.notify_one();
             let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
+        batch.register_pending();
         let MetricBatch { tenant, series, new_series, samples, .. } = batch;
         let payload = codec::encode(&tenant, &new_series, &samples);
         let active = inner.active.clone();
@@ -740,6 +801,22 @@ impl MetricStore {
         let everything = selectors.is_empty() && start == i64::MIN && end == i64::MAX;
         let ids = if everything { None } else { Some(self.series_ids(tenant, selectors, start, end)?) };
         Ok(series.read().label_values(name, ids.as_ref()))
+    }
+
+    /// Records what a client said of a metric; empty fields keep what was known.
+    pub fn set_metadata(&self, tenant: &Tenant, name: &str, meta: MetricMetadata) {
+        let mut all = self.inner.metadata.write();
+        let entry = all.entry(tenant.clone()).or_default().entry(name.to_string()).or_default();
+        for (dst, src) in [(&mut entry.kind, meta.kind), (&mut entry.help, meta.help), (&mut entry.unit, meta.unit)] {
+            if !src.is_empty() {
+                *dst = src;
+            }
+        }
+    }
+
+    /// The metadata known of a tenant's metrics, by name.
+    pub fn metadata(&self, tenant: &Tenant) -> BTreeMap<String, MetricMetadata> {
+        self.inner.metadata.read().get(tenant).cloned().unwrap_or_default()
     }
 
     pub fn stats(&self) -> MetricStats {

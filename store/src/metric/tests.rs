@@ -151,12 +151,22 @@ async fn a_series_first_used_by_two_concurrent_batches_survives_a_crash_of_eithe
         let tenant = Tenant::default_tenant();
         let mut a = store.batch(&tenant);
         a.add(&[("__name__", "x")], [(t0, 1.0)]);
+        a.register_pending();
         let mut b = store.batch(&tenant);
         b.add(&[("__name__", "x")], [(t0 + 1, 2.0)]);
         assert_eq!(b.new_series.len(), 1, "the unlogged series travels with the second batch as well");
         // Only the second batch reaches the log.
         store.append(b).await.unwrap();
         drop(a);
+    }
+    {
+        // A batch that is never appended registers nothing.
+        let store = open(dir.path());
+        let mut c = store.batch(&Tenant::default_tenant());
+        c.add(&[("__name__", "never")], [(t0, 1.0)]);
+        drop(c);
+        let names = store.label_values(&Tenant::default_tenant(), "__name__", &[], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["x"]);
     }
     let store = open(dir.path());
     let got = read(&store, &[eq("__name__", "x")], i64::MIN, i64::MAX);

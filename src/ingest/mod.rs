@@ -24,6 +24,9 @@ use store::wire::{Decoded, FieldMapping, WireError, body, esbulk, jsonline, loki
 
 use crate::http::AppState;
 
+pub mod metrics;
+pub mod metrics_wire;
+
 /// The Elasticsearch version reported to shippers. Filebeat refuses a server older than itself and
 /// Vector picks its API flavour from the major version, so this is a recent 8.x.
 const ES_VERSION: &str = "8.17.0";
@@ -42,7 +45,11 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{ES}/_ingest/{{*rest}}"), any(es_empty))
         .route(&format!("{ES}/_nodes/{{*rest}}"), any(es_empty))
         .layer(axum::middleware::map_response(es_product_header));
-    Router::new().route("/loki/api/v1/push", post(loki_push)).route("/insert/jsonline", post(jsonline_insert)).merge(es)
+    Router::new()
+        .route("/loki/api/v1/push", post(loki_push))
+        .route("/insert/jsonline", post(jsonline_insert))
+        .merge(es)
+        .merge(metrics::router())
 }
 
 /// The decoding limits of a request received at `now`: entries must fall between the retention cutoff

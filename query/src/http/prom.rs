@@ -1,0 +1,563 @@
+//! The Prometheus HTTP API under `/api/v1/`, with Prometheus' JSON envelope and error types, as Grafana's
+//! Prometheus data source calls it: `query`, `query_range`, `series`, `labels`, `label/<name>/values`,
+//! `metadata`, `query_exemplars`, `rules`, `alerts`, `status/buildinfo` and `format_query`. Every endpoint
+//! takes GET parameters or a POST form.
+
+// Helpers fail with the finished error response; it is built once per failed request.
+#![allow(clippy::result_large_err)]
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{FromRequest, MatchedPath, Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use store::model::Tenant;
+use store::{LabelMatcher, MatchOp as StoreOp};
+use store::{MetricStore, SelectedSeries};
+
+use super::loki::Params;
+use crate::http::{QueryState, tenant};
+use crate::promql::{
+    self, EngineOptions, EvalError, MatchOp, Matcher, QueryResult, Series, SeriesSource, Value as PValue,
+};
+
+/// The Prometheus version whose API this one follows. Grafana needs at least 2.24 to send `match[]` with
+/// label requests; buildinfo carries no `features`, so Grafana takes this for Prometheus, not Mimir.
+pub const PROMETHEUS_VERSION: &str = "3.5.0";
+/// Prometheus' limit of points per series in a range query.
+const MAX_POINTS: i64 = 11_000;
+const MAX_FORM_BYTES: usize = 8 << 20;
+
+pub(crate) fn routes() -> Router<QueryState> {
+    Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series).delete(not_allowed))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+}
+
+// ----- envelope -----
+
+/// Prometheus' error types and the status each is answered with.
+#[derive(Debug, Clone, Copy)]
+enum ErrorType {
+    BadData,
+    Execution,
+    Timeout,
+    Canceled,
+    Internal,
+}
+
+impl ErrorType {
+    fn name(self) -> &'static str {
+        match self {
+            ErrorType::BadData => "bad_data",
+            ErrorType::Execution => "execution",
+            ErrorType::Timeout => "timeout",
+            ErrorType::Canceled => "canceled",
+            ErrorType::Internal => "internal",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorType::BadData => StatusCode::BAD_REQUEST,
+            ErrorType::Execution => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Canceled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+fn error(kind: ErrorType, msg: impl Into<String>) -> Response {
+    let body = json!({"status": "error", "errorType": kind.name(), "error": msg.into()});
+    (kind.status(), axum::Json(body)).into_response()
+}
+
+fn bad(msg: impl Into<String>) -> Response {
+    error(ErrorType::BadData, msg)
+}
+
+fn success(data: Value) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+fn success_with(data: Value, warnings: &[String], infos: &[String]) -> Response {
+    let mut body = json!({"status": "success", "data": data});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    if !infos.is_empty() {
+        body["infos"] = json!(infos);
+    }
+    axum::Json(body).into_response()
+}
+
+fn eval_error(e: EvalError) -> Response {
+    match e {
+        EvalError::BadData(m) => error(ErrorType::BadData, m),
+        EvalError::Execution(m) => error(ErrorType::Execution, m),
+        EvalError::Timeout => error(ErrorType::Timeout, "query timed out in query execution"),
+        EvalError::Canceled => error(ErrorType::Canceled, "query was canceled in query execution"),
+    }
+}
+
+// ----- parameters -----
+
+/// A request's tenant and parameters (query string and form body).
+pub(crate) struct PromRequest {
+    state: QueryState,
+    tenant: Tenant,
+    p: Params,
+}
+
+impl FromRequest<QueryState> for PromRequest {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &QueryState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let tenant = tenant(&parts.headers).map_err(|_| bad("invalid X-Scope-OrgID tenant id"))?;
+        let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
+            .await
+            .map_err(|e| bad(format!("cannot read the form body (at most {MAX_FORM_BYTES} bytes): {e}")))?;
+        let p = Params::from(parts.headers, parts.uri.query(), &body);
+        Ok(PromRequest { state: state.clone(), tenant, p })
+    }
+}
+
+/// A Prometheus time parameter: float Unix seconds or RFC3339, to milliseconds.
+pub(crate) fn parse_time_ms(v: &str) -> Option<i64> {
+    let v = v.trim();
+    if let Ok(f) = v.parse::<f64>() {
+        let ms = (f * 1000.0).round();
+        return (ms.is_finite() && ms.abs() < 9.2e18).then_some(ms as i64);
+    }
+    store::time::parse_rfc3339_ns(v).map(|ns| ns.div_euclid(1_000_000))
+}
+
+/// A Prometheus duration parameter: float seconds or a duration such as `15s`, to milliseconds.
+fn parse_duration_ms(v: &str) -> Option<i64> {
+    if let Ok(f) = v.trim().parse::<f64>() {
+        let ms = (f * 1000.0).round();
+        return (ms.is_finite() && ms.abs() < 9.2e18).then_some(ms as i64);
+    }
+    crate::logql::parse_duration_ns(v).map(|ns| ns / 1_000_000)
+}
+
+impl PromRequest {
+    fn time(&self, key: &str, default: i64) -> Result<i64, Response> {
+        match self.p.get(key) {
+            None => Ok(default),
+            Some(v) => parse_time_ms(v)
+                .ok_or_else(|| bad(format!("invalid parameter \"{key}\": cannot parse \"{v}\" to a valid timestamp"))),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        store::time::now_ns() / 1_000_000
+    }
+
+    /// `start` and `end`, each defaulting to all of time (label and series endpoints).
+    fn bounds(&self) -> Result<(i64, i64), Response> {
+        let start = self.time("start", i64::MIN)?;
+        let end = self.time("end", i64::MAX)?;
+        if end < start {
+            return Err(bad("invalid parameter \"end\": end timestamp must not be before start time"));
+        }
+        Ok((start, end))
+    }
+
+    fn limit(&self) -> Result<usize, Response> {
+        match self.p.get("limit") {
+            None => Ok(0),
+            Some(v) => v
+                .parse::<i64>()
+                .map(|n| n.max(0) as usize)
+                .map_err(|_| bad(format!("invalid parameter \"limit\": cannot parse \"{v}\" to a valid limit"))),
+        }
+    }
+
+    /// The `match[]` selectors as store matchers.
+    fn selectors(&self) -> Result<Vec<Vec<LabelMatcher>>, Response> {
+        self.p
+            .all("match[]")
+            .into_iter()
+            .map(|s| {
+                let ms = promql::parse_selector(s).map_err(|e| bad(format!("invalid parameter \"match[]\": {e}")))?;
+                Ok(ms.iter().map(to_store_matcher).collect())
+            })
+            .collect()
+    }
+
+    fn options(&self) -> Result<EngineOptions, Response> {
+        let c = &self.state.config;
+        let mut timeout = c.timeout;
+        if let Some(v) = self.p.get("timeout") {
+            let ms = parse_duration_ms(v).filter(|&ms| ms > 0).ok_or_else(|| {
+                bad(format!("invalid parameter \"timeout\": cannot parse \"{v}\" to a valid duration"))
+            })?;
+            timeout = timeout.min(Duration::from_millis(ms as u64));
+        }
+        let lookback_ms = match self.p.get("lookback_delta") {
+            Some(v) => parse_duration_ms(v).filter(|&ms| ms > 0).ok_or_else(|| {
+                bad(format!("invalid parameter \"lookback_delta\": cannot parse \"{v}\" to a valid duration"))
+            })?,
+            None => c.lookback_delta.as_millis() as i64,
+        };
+        Ok(EngineOptions {
+            lookback_ms,
+            max_samples: c.max_samples,
+            default_subquery_step_ms: c.default_subquery_step.as_millis() as i64,
+            deadline: Some(Instant::now() + timeout),
+        })
+    }
+}
+
+fn to_store_matcher(m: &Matcher) -> LabelMatcher {
+    let op = match m.op {
+        MatchOp::Equal => StoreOp::Eq,
+        MatchOp::NotEqual => StoreOp::Neq,
+        MatchOp::Re(_) => StoreOp::Re,
+        MatchOp::NotRe(_) => StoreOp::Nre,
+    };
+    // The parser compiled the same pattern already, so this cannot fail; fall back to a matcher that
+    // selects nothing rather than panic.
+    LabelMatcher::new(m.name.clone(), op, m.value.clone())
+        .unwrap_or_else(|_| LabelMatcher::new("__name__", StoreOp::Eq, "\u{0}").expect("literal matcher"))
+}
+
+/// The metric store as the PromQL engine's source of series.
+pub struct StoreSource<'a> {
+    pub store: &'a MetricStore,
+    pub tenant: &'a Tenant,
+}
+
+impl SeriesSource for StoreSource<'_> {
+    fn select(&self, matchers: &[Matcher], mint_ms: i64, maxt_ms: i64) -> Result<Vec<Series>, EvalError> {
+        let ms: Vec<LabelMatcher> = matchers.iter().map(to_store_matcher).collect();
+        let found = self
+            .store
+            .select(self.tenant, &ms, mint_ms, maxt_ms)
+            .map_err(|e| EvalError::Execution(format!("reading the metric store failed: {e}")))?;
+        Ok(found
+            .into_iter()
+            .map(|SelectedSeries { labels, t, v }| Series {
+                labels: labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+                t,
+                v,
+            })
+            .collect())
+    }
+}
+
+// ----- handlers -----
+
+async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64) -> Result<QueryResult, Response> {
+    let expr = promql::parse(q).map_err(eval_error)?;
+    let opts = r.options()?;
+    let store = r.state.metric_store.clone();
+    let tenant = r.tenant.clone();
+    tokio::task::spawn_blocking(move || {
+        let src = StoreSource { store: &store, tenant: &tenant };
+        match range {
+            Some((start, end, step)) => promql::eval_range(&opts, &src, &expr, start, end, step),
+            None => promql::eval_instant(&opts, &src, &expr, time),
+        }
+    })
+    .await
+    .map_err(|e| error(ErrorType::Internal, format!("query task failed: {e}")))?
+    .map_err(eval_error)
+}
+
+async fn query(r: PromRequest) -> Response {
+    let res = async {
+        let q = r.p.get("query").ok_or_else(|| bad("invalid parameter \"query\": query must not be empty"))?;
+        let t = r.time("time", r.now_ms())?;
+        let out = run(&r, q, None, t).await?;
+        Ok::<_, Response>(success_with(encode_value(&out.value), &out.warnings, &out.infos))
+    }
+    .await;
+    res.unwrap_or_else(|e| e)
+}
+
+async fn query_range(r: PromRequest) -> Response {
+    let res = async {
+        let q = r.p.get("query").ok_or_else(|| bad("invalid parameter \"query\": query must not be empty"))?;
+        let start = r.time("start", i64::MIN).and_then(|s| {
+            if s == i64::MIN { Err(bad("invalid parameter \"start\": missing start")) } else { Ok(s) }
+        })?;
+        let end = r.time("end", i64::MIN).and_then(|e| {
+            if e == i64::MIN { Err(bad("invalid parameter \"end\": missing end")) } else { Ok(e) }
+        })?;
+        if end < start {
+            return Err(bad("invalid parameter \"end\": end timestamp must not be before start time"));
+        }
+        let step_s = r.p.get("step").ok_or_else(|| bad("invalid parameter \"step\": missing step"))?;
+        let step = parse_duration_ms(step_s)
+            .ok_or_else(|| bad(format!("invalid parameter \"step\": cannot parse \"{step_s}\" to a valid duration")))?;
+        if step <= 0 {
+            return Err(bad(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step >= MAX_POINTS {
+            return Err(bad(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        let out = run(&r, q, Some((start, end, step)), end).await?;
+        Ok::<_, Response>(success_with(encode_value(&out.value), &out.warnings, &out.infos))
+    }
+    .await;
+    res.unwrap_or_else(|e| e)
+}
+
+fn labels_obj<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Value {
+    Value::Object(pairs.map(|(n, v)| (n.to_string(), Value::String(v.to_string()))).collect::<Map<_, _>>())
+}
+
+/// A timestamp as Prometheus writes it: a number of seconds with up to three decimals.
+fn ts(ms: i64) -> Value {
+    if ms % 1000 == 0 {
+        json!(ms / 1000)
+    } else {
+        serde_json::Number::from_f64(ms as f64 / 1000.0).map_or(Value::Null, Value::Number)
+    }
+}
+
+fn point(t: i64, v: f64) -> Value {
+    json!([ts(t), promql::format_float(v)])
+}
+
+pub(crate) fn encode_value(v: &PValue) -> Value {
+    match v {
+        PValue::Scalar { t, v } => json!({"resultType": "scalar", "result": point(*t, *v)}),
+        PValue::String { t, s } => json!({"resultType": "string", "result": [ts(*t), s]}),
+        PValue::Vector(samples) => {
+            let result: Vec<Value> = samples
+                .iter()
+                .map(|(l, t, v)| json!({"metric": labels_obj(l.iter().map(|(a, b)| (a.as_str(), b.as_str()))), "value": point(*t, *v)}))
+                .collect();
+            json!({"resultType": "vector", "result": result})
+        }
+        PValue::Matrix(series) => {
+            let result: Vec<Value> = series
+                .iter()
+                .map(|(l, pts)| {
+                    json!({
+                        "metric": labels_obj(l.iter().map(|(a, b)| (a.as_str(), b.as_str()))),
+                        "values": pts.iter().map(|(t, v)| point(*t, *v)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({"resultType": "matrix", "result": result})
+        }
+    }
+}
+
+/// Cuts a list to `limit` (0 = no limit), with Prometheus' warning when it did.
+fn truncate<T>(mut items: Vec<T>, limit: usize) -> (Vec<T>, Vec<String>) {
+    if limit > 0 && items.len() > limit {
+        items.truncate(limit);
+        return (items, vec!["results truncated due to limit".to_string()]);
+    }
+    (items, Vec::new())
+}
+
+fn store_error(e: store::Error) -> Response {
+    tracing::error!(error = %e, "reading the metric store failed");
+    error(ErrorType::Internal, format!("reading the metric store failed: {e}"))
+}
+
+async fn series(r: PromRequest) -> Response {
+    let res = (|| {
+        let selectors = r.selectors()?;
+        if selectors.is_empty() {
+            return Err(bad("no match[] parameter provided"));
+        }
+        let (start, end) = r.bounds()?;
+        let limit = r.limit()?;
+        let found = r.state.metric_store.series(&r.tenant, &selectors, start, end).map_err(store_error)?;
+        let (found, warnings) = truncate(found, limit);
+        let data: Vec<Value> = found.iter().map(|l| labels_obj(l.iter())).collect();
+        Ok(success_with(json!(data), &warnings, &[]))
+    })();
+    res.unwrap_or_else(|e| e)
+}
+
+async fn labels(r: PromRequest) -> Response {
+    let res = (|| {
+        let selectors = r.selectors()?;
+        let (start, end) = r.bounds()?;
+        let limit = r.limit()?;
+        let names = r.state.metric_store.label_names(&r.tenant, &selectors, start, end).map_err(store_error)?;
+        let (names, warnings) = truncate(names.into_iter().collect(), limit);
+        Ok(success_with(json!(names), &warnings, &[]))
+    })();
+    res.unwrap_or_else(|e| e)
+}
+
+/// A label name from the path; names that are not plain identifiers arrive escaped as `U__...`
+/// (`_2e_` is `.`, `__` is `_`).
+fn unescape_label_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("U__") else {
+        return name.to_string();
+    };
+    let mut out = String::new();
+    let chunks: Vec<&str> = rest.split('_').collect();
+    // Chunks alternate between literal text and hex code points, split at single underscores; an
+    // empty chunk between two underscores stands for `_` itself.
+    let mut i = 0;
+    let mut literal = true;
+    while i < chunks.len() {
+        let c = chunks[i];
+        if literal {
+            out.push_str(c);
+            literal = false;
+        } else if c.is_empty() {
+            out.push('_');
+            literal = true;
+        } else {
+            match u32::from_str_radix(c, 16).ok().and_then(char::from_u32) {
+                Some(ch) => out.push(ch),
+                None => return name.to_string(),
+            }
+            literal = true;
+        }
+        i += 1;
+    }
+    out
+}
+
+async fn label_values(Path(name): Path<String>, r: PromRequest) -> Response {
+    let res = (|| {
+        let name = unescape_label_name(&name);
+        let selectors = r.selectors()?;
+        let (start, end) = r.bounds()?;
+        let limit = r.limit()?;
+        let values =
+            r.state.metric_store.label_values(&r.tenant, &name, &selectors, start, end).map_err(store_error)?;
+        let (values, warnings) = truncate(values.into_iter().collect(), limit);
+        Ok(success_with(json!(values), &warnings, &[]))
+    })();
+    res.unwrap_or_else(|e| e)
+}
+
+async fn metadata(r: PromRequest) -> Response {
+    let res = (|| {
+        let limit = r.limit()?;
+        let metric = r.p.get("metric");
+        let all = r.state.metric_store.metadata(&r.tenant);
+        let mut out = Map::new();
+        for (name, m) in all {
+            if metric.is_some_and(|want| want != name) {
+                continue;
+            }
+            if limit > 0 && out.len() >= limit {
+                break;
+            }
+            out.insert(name, json!([{"type": m.kind, "help": m.help, "unit": m.unit}]));
+        }
+        Ok(success(Value::Object(out)))
+    })();
+    res.unwrap_or_else(|e| e)
+}
+
+/// Exemplars are not stored yet: a valid, empty answer. Grafana's start-up probe sends milliseconds
+/// where seconds belong, so the times are not checked.
+async fn exemplars(r: PromRequest) -> Response {
+    if r.p.get("query").is_none() {
+        return bad("invalid parameter \"query\": query must not be empty");
+    }
+    success(json!([]))
+}
+
+async fn rules() -> Response {
+    success(json!({"groups": []}))
+}
+
+async fn alerts() -> Response {
+    success(json!({"alerts": []}))
+}
+
+async fn not_allowed() -> Response {
+    error(ErrorType::BadData, "deleting series is not supported")
+}
+
+async fn buildinfo() -> Response {
+    success(json!({
+        "version": PROMETHEUS_VERSION,
+        "revision": env!("CARGO_PKG_VERSION"),
+        "branch": "lumen",
+        "buildUser": "lumen",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+}
+
+async fn format_query(r: PromRequest) -> Response {
+    let Some(q) = r.p.get("query") else {
+        return bad("invalid parameter \"query\": query must not be empty");
+    };
+    match promql::format_query(q) {
+        Ok(s) => success(json!(s)),
+        Err(e) => eval_error(e),
+    }
+}
+
+/// Counts every Prometheus API answer in `lumen_query_queries_total` and `lumen_query_duration_seconds`,
+/// with the route as `api` (`prom_query_range`, `prom_label_values`, ...) and the error type as outcome.
+pub(crate) async fn observe(State(state): State<QueryState>, req: Request, next: Next) -> Response {
+    let api = req.extensions().get::<MatchedPath>().map_or_else(
+        || "prom_other".to_string(),
+        |m| format!("prom_{}", m.as_str().trim_start_matches("/api/v1/").replace("/{name}", "").replace('/', "_")),
+    );
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let outcome = match response.status().as_u16() {
+        200..=299 => "ok",
+        400 => "bad_request",
+        422 => "execution",
+        499 => "canceled",
+        503 => "timeout",
+        _ => "error",
+    };
+    state.metrics.observe(&api, outcome, started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_parse_as_prometheus_does() {
+        assert_eq!(parse_time_ms("4"), Some(4000));
+        assert_eq!(parse_time_ms("1435781451.781"), Some(1_435_781_451_781));
+        assert_eq!(parse_time_ms("2015-07-01T20:10:51.781Z"), Some(1_435_781_451_781));
+        assert_eq!(parse_time_ms("yesterday"), None);
+        assert_eq!(parse_duration_ms("15"), Some(15_000));
+        assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
+        assert_eq!(ts(4000), json!(4));
+        assert_eq!(ts(1_435_781_451_781), json!(1_435_781_451.781));
+    }
+
+    #[test]
+    fn escaped_label_names_are_restored() {
+        assert_eq!(unescape_label_name("job"), "job");
+        assert_eq!(unescape_label_name("U__a_2e_b"), "a.b");
+        assert_eq!(unescape_label_name("U__a__b"), "a_b");
+    }
+}

@@ -1,0 +1,278 @@
+//! Focused unit tests of the engine.
+
+use super::promqltest::MemSource;
+use super::*;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    let mut l: Labels = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    l.sort();
+    l
+}
+
+/// Test series: label pairs and samples.
+type TestSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+fn src_with(series: &[TestSeries]) -> MemSource {
+    let mut s = MemSource::default();
+    for (l, pts) in series {
+        for &(t, v) in pts.iter() {
+            s.add(labels(l), t, v);
+        }
+    }
+    s
+}
+
+fn opts() -> EngineOptions {
+    EngineOptions { max_samples: 10_000, ..EngineOptions::default() }
+}
+
+fn instant(src: &MemSource, q: &str, t: i64) -> Result<QueryResult, EvalError> {
+    eval_instant(&opts(), src, &parse(q)?, t)
+}
+
+fn one_value(r: &QueryResult) -> f64 {
+    match &r.value {
+        Value::Vector(v) if v.len() == 1 => v[0].2,
+        Value::Scalar { v, .. } => *v,
+        other => panic!("unexpected value {other:?}"),
+    }
+}
+
+#[test]
+fn rate_extrapolation() {
+    // Counter 0, 10, 20, ... every 15 s; rate over 1m at 60 s sees samples at 15, 30, 45, 60 (left-open window).
+    let pts: Vec<(i64, f64)> = (0..=8).map(|i| (i * 15_000, i as f64 * 10.0)).collect();
+    let src = src_with(&[(&[("__name__", "c_total")], &pts)]);
+    let r = instant(&src, "rate(c_total[1m])", 60_000).unwrap_or_else(|e| panic!("{e}"));
+    // Samples 15..60 s: increase 30 over 45 s, extrapolated to the start by 7.5 s (avg/2 threshold not hit: 15 s
+    // gap < 16.5 s, so the full 15 s), end gap 0: 30 * 60 / 45 = 40 over 60 s.
+    assert!((one_value(&r) - 40.0 / 60.0).abs() < 1e-9, "{}", one_value(&r));
+    // increase with a counter reset: 5, 10, 2 => 10 - 5 + 2 = 7 raw.
+    let src = src_with(&[(&[("__name__", "r_total")], &[(10_000, 5.0), (20_000, 10.0), (30_000, 2.0)])]);
+    let r = instant(&src, "increase(r_total[30s])", 30_000).unwrap_or_else(|e| panic!("{e}"));
+    // sampled 20 s, durationToStart 0 (window start is exclusive 0 s, first at 10 s: 10 s < 11 s threshold),
+    // zero point at 20*5/7 = 14.3 s > 10 s; end 0 => 7 * 30 / 20 = 10.5.
+    assert!((one_value(&r) - 10.5).abs() < 1e-9, "{}", one_value(&r));
+    // A single sample gives no result.
+    let r = instant(&src, "rate(r_total[5s])", 30_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(Vec::new()));
+}
+
+#[test]
+fn staleness_and_lookback() {
+    let stale = f64::from_bits(STALE_NAN_BITS);
+    let src = src_with(&[(&[("__name__", "m")], &[(0, 1.0), (10_000, 2.0), (20_000, stale)])]);
+    assert_eq!(one_value(&instant(&src, "m", 15_000).unwrap_or_else(|e| panic!("{e}"))), 2.0);
+    // Stale marker hides the series.
+    let r = instant(&src, "m", 25_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(Vec::new()));
+    // A sample exactly lookback old is out.
+    let src = src_with(&[(&[("__name__", "n")], &[(0, 1.0)])]);
+    assert!(matches!(instant(&src, "n", 300_000).map(|r| r.value), Ok(Value::Vector(v)) if v.is_empty()));
+    assert_eq!(one_value(&instant(&src, "n", 299_999).unwrap_or_else(|e| panic!("{e}"))), 1.0);
+    // Stale markers are dropped from range vectors.
+    let src = src_with(&[(&[("__name__", "m")], &[(0, 1.0), (10_000, 2.0), (20_000, stale)])]);
+    let r = instant(&src, "count_over_time(m[10s])", 20_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(Vec::new()));
+}
+
+#[test]
+fn subquery_alignment() {
+    let pts: Vec<(i64, f64)> = (0..100).map(|i| (i * 10_000, i as f64)).collect();
+    let src = src_with(&[(&[("__name__", "m")], &pts)]);
+    // Steps are absolute multiples of 20 s: (35 s - 60 s, 35 s] -> 0? no: (-25 s, 35 s] -> 0, 20 s.
+    let r = instant(&src, "count_over_time(m[60s:20s])", 35_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(one_value(&r), 2.0);
+    // Negative times use floor division: (-45 s, 15 s] -> -40 s, -20 s, 0 s; only 0 s has data.
+    let r = instant(&src, "count_over_time(m[60s:20s])", 15_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(one_value(&r), 1.0);
+    let r = instant(&src, "m[30s:10s]", 100_000).unwrap_or_else(|e| panic!("{e}"));
+    match r.value {
+        Value::Matrix(m) => assert_eq!(m[0].1.iter().map(|p| p.0).collect::<Vec<_>>(), vec![80_000, 90_000, 100_000]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn delayed_name_dropping() {
+    let src = src_with(&[
+        (&[("__name__", "a_total"), ("env", "1")], &[(0, 1.0)]),
+        (&[("__name__", "b_total"), ("env", "1")], &[(0, 2.0)]),
+    ]);
+    // The name survives until the end: grouping by it keeps two groups that collide afterwards.
+    let err = instant(&src, "sum by (__name__) (abs({env=\"1\"}))", 0);
+    assert!(matches!(err, Err(EvalError::Execution(m)) if m == "vector cannot contain metrics with the same labelset"));
+    // label_replace onto __name__ rescues the name.
+    let r = instant(&src, "label_replace(abs(a_total), \"__name__\", \"x\", \"\", \"\")", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(vec![(labels(&[("__name__", "x"), ("env", "1")]), 0, 1.0)]));
+    // Filtering comparisons keep the name; last_over_time keeps it.
+    let r = instant(&src, "a_total > 0", 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(vec![(labels(&[("__name__", "a_total"), ("env", "1")]), 0, 1.0)]));
+    let r = instant(&src, "-a_total", 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(vec![(labels(&[("env", "1")]), 0, -1.0)]));
+}
+
+#[test]
+fn matching_errors() {
+    let src = src_with(&[
+        (&[("__name__", "l"), ("a", "1"), ("b", "x")], &[(0, 1.0)]),
+        (&[("__name__", "l"), ("a", "1"), ("b", "y")], &[(0, 1.0)]),
+        (&[("__name__", "r"), ("a", "1")], &[(0, 1.0)]),
+    ]);
+    let e = instant(&src, "l + on(a) r", 0);
+    assert!(
+        matches!(&e, Err(EvalError::Execution(m)) if m.starts_with("multiple matches for labels: many-to-one")),
+        "{e:?}"
+    );
+    let e = instant(&src, "r + on(a) l", 0);
+    assert!(matches!(&e, Err(EvalError::Execution(m)) if m.starts_with("found duplicate series")), "{e:?}");
+    let r = instant(&src, "l + on(a) group_left r", 0).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(r.value, Value::Vector(v) if v.len() == 2));
+}
+
+#[test]
+fn api_helpers() {
+    assert_eq!(format_float(1.0), "1");
+    assert_eq!(format_float(0.1), "0.1");
+    assert_eq!(format_float(f64::INFINITY), "+Inf");
+    assert_eq!(format_float(f64::NEG_INFINITY), "-Inf");
+    assert_eq!(format_float(f64::NAN), "NaN");
+    assert_eq!(format_float(1e21), "1000000000000000000000");
+    let m = parse_selector("up{job=~\"a|b\"}").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.len(), 2);
+    assert!(m.iter().any(|m| m.name == "job" && m.matches("a") && !m.matches("ab")));
+    assert!(parse_selector("rate(up[5m])").is_err());
+    assert!(matches!(parse("sum("), Err(EvalError::BadData(_))));
+    assert!(format_query("sum(up)").is_ok());
+    let src = MemSource::default();
+    let e = eval_range(&opts(), &src, &parse("up[5m]").unwrap_or_else(|e| panic!("{e}")), 0, 60_000, 15_000);
+    assert!(matches!(e, Err(EvalError::BadData(_))));
+    let r = eval_range(&opts(), &src, &parse("1+1").unwrap_or_else(|e| panic!("{e}")), 0, 30_000, 15_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Matrix(vec![(Vec::new(), vec![(0, 2.0), (15_000, 2.0), (30_000, 2.0)])]));
+}
+
+#[test]
+fn deadline_is_enforced() {
+    let pts: Vec<(i64, f64)> = (0..1000).map(|i| (i * 1000, i as f64)).collect();
+    let mut src = MemSource::default();
+    for s in 0..200 {
+        for &(t, v) in &pts {
+            src.add(labels(&[("__name__", "m"), ("i", &s.to_string())]), t, v);
+        }
+    }
+    let o = EngineOptions { deadline: Some(std::time::Instant::now()), ..EngineOptions::default() };
+    let e = eval_range(&o, &src, &parse("rate(m[1m])").unwrap_or_else(|e| panic!("{e}")), 0, 1_000_000, 1000);
+    assert!(matches!(e, Err(EvalError::Timeout)), "{e:?}");
+}
+#[test]
+fn invalid_utf8_escapes() {
+    let src = src_with(&[(&[("__name__", "v")], &[(0, 1.0)])]);
+    let e = instant(&src, r#"count_values("a\xc5z", v)"#, 0);
+    assert!(matches!(&e, Err(EvalError::Execution(m)) if m == r#"invalid label name "a\xc5z""#), "{e:?}");
+    // A valid UTF-8 byte sequence decodes to its character.
+    let r = instant(&src, r#"label_replace(v, "x", "\xc3\xa9", "", "")"#, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(vec![(labels(&[("__name__", "v"), ("x", "é")]), 0, 1.0)]));
+}
+
+/// A source holding prebuilt series (cloning `ScalarBuffer`s is cheap), to time the engine alone.
+struct BufSource(Vec<Series>);
+
+impl SeriesSource for BufSource {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, EvalError> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
+            .map(|s| {
+                let lo = s.t.partition_point(|&x| x < mint);
+                let hi = s.t.partition_point(|&x| x <= maxt);
+                Series { labels: s.labels.clone(), t: s.t.slice(lo, hi - lo), v: s.v.slice(lo, hi - lo) }
+            })
+            .collect())
+    }
+}
+
+/// Rough timing of the benchmark shapes (run with `--ignored`).
+#[test]
+#[ignore]
+#[allow(clippy::print_stdout)]
+fn perf_smoke() {
+    let step = 15_000;
+    let n_pts = 2 * 3600 / 15;
+    let ts: Vec<i64> = (0..n_pts).map(|i| i as i64 * step).collect();
+    let mut all = Vec::new();
+    for s in 0..2000 {
+        let l = labels(&[("__name__", "req_total"), ("instance", &format!("i{s}")), ("job", &format!("j{}", s % 10))]);
+        let v: Vec<f64> = (0..n_pts).map(|i| (i * (s % 7 + 1)) as f64).collect();
+        all.push(Series { labels: l, t: ts.clone().into(), v: v.into() });
+    }
+    for s in 0..200 {
+        for le in ["0.1", "0.5", "1", "2", "5", "10", "+Inf"] {
+            let l = labels(&[("__name__", "lat_bucket"), ("instance", &format!("i{s}")), ("le", le)]);
+            let v: Vec<f64> = (0..n_pts).map(|i| (i * (le.len() + 1)) as f64).collect();
+            all.push(Series { labels: l, t: ts.clone().into(), v: v.into() });
+        }
+    }
+    let src = BufSource(all);
+    let o = EngineOptions::default();
+    for q in [
+        "rate(req_total[5m])",
+        "sum by (job) (rate(req_total[5m]))",
+        "histogram_quantile(0.9, sum by (le) (rate(lat_bucket[5m])))",
+        "histogram_quantile(0.9, rate(lat_bucket[5m]))",
+    ] {
+        let e = parse(q).unwrap_or_else(|e| panic!("{e}"));
+        let mut best = std::time::Duration::MAX;
+        let mut n = 0;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            let r = eval_range(&o, &src, &e, 3_600_000, 7_200_000, step).unwrap_or_else(|e| panic!("{e}"));
+            best = best.min(t0.elapsed());
+            n = match &r.value {
+                Value::Matrix(m) => m.len(),
+                _ => 0,
+            };
+        }
+        println!("PERF {q}: best {best:?} ({n} series)");
+    }
+}
+
+#[test]
+fn duration_expression_prepass() {
+    let r = super::durexpr::rewrite("rate(x[26m+4m]) + y offset (1h/2)").unwrap_or_else(|e| panic!("{e}"));
+    let r = r.unwrap_or_else(|| panic!("expected a rewrite"));
+    assert_eq!(r.query, "rate(x[1800s]) + y offset 1800s");
+    assert!(r.dynamic.is_empty());
+    // Plain literals are left alone.
+    assert!(super::durexpr::rewrite("rate(x[5m:1m] offset -1h)").unwrap_or_else(|e| panic!("{e}")).is_none());
+    // step() is resolved per query.
+    let pts: Vec<(i64, f64)> = (0..=100).map(|i| (i * 1000, i as f64)).collect();
+    let src = src_with(&[(&[("__name__", "m")], &pts)]);
+    let e = parse("count_over_time(m[step()])").unwrap_or_else(|e| panic!("{e}"));
+    let r = eval_range(&opts(), &src, &e, 50_000, 60_000, 10_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Matrix(vec![(Vec::new(), vec![(50_000, 10.0), (60_000, 10.0)])]));
+}
+
+#[test]
+fn anchored_and_smoothed() {
+    let src = src_with(&[(&[("__name__", "m")], &[(0, 1.0), (60_000, 2.0), (180_000, 4.0), (240_000, 5.0)])]);
+    // Window (60 s, 120 s] is empty: anchored gives nothing, smoothed interpolates 2 -> 3.
+    let r = instant(&src, "increase(m[1m] anchored)", 120_000).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.value, Value::Vector(Vec::new()));
+    let r = instant(&src, "increase(m[1m] smoothed)", 120_000).unwrap_or_else(|e| panic!("{e}"));
+    assert!((one_value(&r) - 1.0).abs() < 1e-9);
+    let e = instant(&src, "deriv(m[1m] smoothed)", 120_000);
+    assert!(matches!(e, Err(EvalError::BadData(m)) if m.contains("smoothed modifier can only be used with")));
+}
+
+#[test]
+fn fill_modifiers() {
+    let src =
+        src_with(&[(&[("__name__", "l"), ("k", "a")], &[(0, 1.0)]), (&[("__name__", "r"), ("k", "b")], &[(0, 10.0)])]);
+    let r = instant(&src, "l + fill(0) r", 0).unwrap_or_else(|e| panic!("{e}"));
+    let Value::Vector(mut v) = r.value else { panic!("vector expected") };
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(v, vec![(labels(&[("k", "a")]), 0, 1.0), (labels(&[("k", "b")]), 0, 10.0)]);
+}

@@ -1,0 +1,242 @@
+//! Metric ingest over HTTP: Prometheus remote write 1.0 (`/api/v1/write`), Prometheus text and
+//! OpenMetrics import (`/api/v1/import/prometheus`), and Influx line protocol (`/write`, `/api/v2/write`).
+//!
+//! Remote write is all or nothing, as Prometheus' own receiver: a body that cannot be decoded, a series
+//! whose labels break the rules, or a sample outside the accepted window (older than retention, more
+//! than two days ahead) makes the whole request a 400 with a message, and nothing of it is stored — so a
+//! Prometheus queue drops it instead of retrying forever. A 5xx only comes when storing failed, where a
+//! retry helps. The text formats are line by line, as VictoriaMetrics and InfluxDB treat them: good lines
+//! are stored, bad ones named in a 400.
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use store::MetricMetadata;
+
+use super::metrics_wire::{self, LabelLimits, LineError, Precision, TextFormat, WireError};
+use super::{header_str, plain, store_error};
+use crate::http::{AppState, tenant};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/write", post(remote_write))
+        .route("/api/v1/import/prometheus", post(import_prometheus))
+        .route("/write", post(influx_v1))
+        .route("/api/v2/write", post(influx_v2))
+}
+
+fn now_ms() -> i64 {
+    store::time::now_ns() / 1_000_000
+}
+
+fn label_limits(app: &AppState) -> LabelLimits {
+    LabelLimits {
+        max_labels: app.max_labels_per_series,
+        max_name_len: 1024,
+        max_value_len: 64 * 1024,
+        allow_utf8_names: false,
+    }
+}
+
+/// `POST /api/v1/write`: 204 once every sample is durable; 400 (nothing stored) for a request that cannot
+/// be stored; 503 when the store refuses writes.
+async fn remote_write(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    const PROTOCOL: &str = "prometheus_remote_write";
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let reject = |status: StatusCode, msg: String| {
+        app.ingest.rejected_request(PROTOCOL, status.as_u16());
+        plain(status, msg)
+    };
+    let encoding = header_str(&headers, header::CONTENT_ENCODING).unwrap_or("snappy");
+    if !encoding.eq_ignore_ascii_case("snappy") {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Encoding {encoding:?} is not supported: remote write bodies are snappy-compressed protobuf"
+            ),
+        );
+    }
+    let raw = match metrics_wire::decompress_snappy(&body, app.limits.max_body_bytes) {
+        Ok(raw) => raw,
+        Err(e @ WireError::TooLarge { .. }) => return reject(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        Err(e) => return reject(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let limits = label_limits(&app);
+    let mut batch = app.metric_store.batch(&tenant);
+    let mut normalized: Vec<(&str, &str)> = Vec::with_capacity(16);
+    let decoded = metrics_wire::decode_write_request(&raw, |labels, samples| {
+        metrics_wire::check_labels_with(labels, &limits)?;
+        metrics_wire::normalize_labels(labels, &mut normalized);
+        batch.add(&normalized, samples.iter().map(|s| (s.t, s.v)));
+        Ok(())
+    });
+    let stats = match decoded {
+        Ok(stats) => stats,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("nothing of this request was stored: {e}")),
+    };
+    let (out_of_window, first) = batch.rejected();
+    if out_of_window > 0 {
+        app.ingest.rejected_samples(PROTOCOL, "out_of_window", out_of_window as usize);
+        return reject(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "nothing of this request was stored: {out_of_window} of {} samples are outside the accepted window; first: {}",
+                stats.samples,
+                first.unwrap_or("")
+            ),
+        );
+    }
+    if stats.histograms > 0 {
+        // Floats of the same request are stored: refusing them would lose more than it protects.
+        tracing::warn!(histograms = stats.histograms, "native histogram samples are not stored yet; dropped");
+        app.ingest.rejected_samples(PROTOCOL, "native_histogram", stats.histograms);
+    }
+    let n = batch.len();
+    if let Err(e) = app.metric_store.append(batch).await {
+        app.ingest.rejected_request(PROTOCOL, 503);
+        return store_error(&e);
+    }
+    app.ingest.accepted_samples(PROTOCOL, n);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Stores what a line-by-line decoder produced, then answers 204, or 400 naming the bad lines and the
+/// out-of-window samples (the good samples are stored either way).
+async fn store_lines(
+    app: &AppState,
+    protocol: &'static str,
+    batch: store::MetricBatch,
+    errors: &[LineError],
+    error_lines: usize,
+) -> Response {
+    let (out_of_window, first) = batch.rejected();
+    let first = first.map(str::to_string);
+    let n = batch.len();
+    if let Err(e) = app.metric_store.append(batch).await {
+        app.ingest.rejected_request(protocol, 503);
+        return store_error(&e);
+    }
+    app.ingest.accepted_samples(protocol, n);
+    app.ingest.rejected_samples(protocol, "bad_line", error_lines);
+    app.ingest.rejected_samples(protocol, "out_of_window", out_of_window as usize);
+    if error_lines == 0 && out_of_window == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let mut msg = format!("{n} samples stored");
+    if error_lines > 0 {
+        msg.push_str(&format!("; {error_lines} lines rejected"));
+        for e in errors.iter().take(10) {
+            msg.push_str(&format!("; {e}"));
+        }
+        if error_lines > 10 {
+            msg.push_str("; ...");
+        }
+    }
+    if out_of_window > 0 {
+        msg.push_str(&format!(
+            "; {out_of_window} samples outside the accepted window, first: {}",
+            first.unwrap_or_default()
+        ));
+    }
+    plain(StatusCode::BAD_REQUEST, msg)
+}
+
+/// Decompresses (gzip, zstd, deflate per Content-Encoding) and checks UTF-8.
+// Fails with the finished error response, built once per failed request.
+#[allow(clippy::result_large_err)]
+fn text_body(app: &AppState, protocol: &'static str, headers: &HeaderMap, body: Bytes) -> Result<String, Response> {
+    let limit = app.limits.max_body_bytes;
+    let raw = store::wire::body::decode(header_str(headers, header::CONTENT_ENCODING), body, limit).map_err(|e| {
+        app.ingest.rejected_request(protocol, 400);
+        plain(StatusCode::BAD_REQUEST, e)
+    })?;
+    String::from_utf8(raw.to_vec()).map_err(|e| {
+        app.ingest.rejected_request(protocol, 400);
+        plain(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid UTF-8 (at byte {}); nothing was stored", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// `POST /api/v1/import/prometheus`: Prometheus text format or OpenMetrics (by Content-Type, or by a
+/// final `# EOF`); samples without a timestamp get the time of the request (or `?timestamp=` ms).
+async fn import_prometheus(
+    State(app): State<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    const PROTOCOL: &str = "prometheus_text";
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let text = match text_body(&app, PROTOCOL, &headers, body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let default_t = match q.get("timestamp").map(|t| t.parse::<i64>()) {
+        None => now_ms(),
+        Some(Ok(t)) => t,
+        Some(Err(_)) => return plain(StatusCode::BAD_REQUEST, "timestamp must be Unix milliseconds"),
+    };
+    let format = TextFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE));
+    let mut batch = app.metric_store.batch(&tenant);
+    let stats = metrics_wire::parse_text(&text, format, default_t, |labels, t, v| batch.add(labels, [(t, v)]));
+    for m in &stats.metadata {
+        let meta = MetricMetadata { kind: m.kind.clone(), help: m.help.clone(), unit: m.unit.clone() };
+        app.metric_store.set_metadata(&tenant, &m.metric, meta);
+    }
+    store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines).await
+}
+
+async fn influx(app: AppState, headers: HeaderMap, body: Bytes, precision: Option<&str>) -> Response {
+    const PROTOCOL: &str = "influx_line_protocol";
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let precision = match precision {
+        None => Precision::Ns,
+        Some(p) => match Precision::parse(p) {
+            Some(p) => p,
+            None => {
+                return plain(StatusCode::BAD_REQUEST, format!("unknown precision {p:?}: use ns, us, ms, s, m or h"));
+            }
+        },
+    };
+    let text = match text_body(&app, PROTOCOL, &headers, body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut batch = app.metric_store.batch(&tenant);
+    let stats = metrics_wire::parse_influx(&text, precision, now_ms(), |labels, t, v| batch.add(labels, [(t, v)]));
+    store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines).await
+}
+
+/// `POST /write?precision=` (InfluxDB 1.x; `db` and `rp` are accepted and ignored).
+async fn influx_v1(
+    State(app): State<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    influx(app, headers, body, q.get("precision").map(String::as_str)).await
+}
+
+/// `POST /api/v2/write?precision=` (InfluxDB 2.x; `org` and `bucket` are accepted and ignored).
+async fn influx_v2(
+    State(app): State<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    influx(app, headers, body, q.get("precision").map(String::as_str)).await
+}
