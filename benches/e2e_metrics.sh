@@ -18,8 +18,16 @@
 # 2 h 05 min (start = the workload's start_s, 15 s before the first scrape; end = its end_s, the last scrape;
 # step = 15 s, what Grafana sends for such a panel), each run QREPS times: median, min, first, series and
 # points returned; the last answer is kept as OUT/query-SYSTEM-NAME.json. Ends with a table of medians over the runs and a check that every system returned the same series
-# counts. The workload has no histograms (no `_bucket` series): the third query is a `quantile` of summed
-# rates instead of `histogram_quantile`; see QUERIES below.
+# counts. The shared workload has no histograms (no `_bucket` series): benches/gen_histograms.py makes a second,
+# classic-histogram workload over the same time range (http_request_duration_seconds_{bucket,sum,count}: 20
+# instances x 2 handlers x (12 le + sum + count) = 560 series, 280,000 samples, same body layout), for a fourth
+# query, histogram_quantile; the third, a `quantile` of summed rates, is kept as it was. See QUERIES below.
+# Order in each run, so that the histograms change none of the ingest figures: start on a fresh directory, send the
+# shared workload, flush, measure CPU/RSS/disk (and compact/merge/snapshot), stop the server and measure the
+# directory at rest (all as before the histograms existed); then restart the server on the same directory (for
+# Prometheus with an out-of-order window, see prometheus-ooo.yml below), send the histogram bodies (hist_* fields),
+# count both workloads back (stored, hist_stored) and run the queries on this restarted server, whose peak RSS is
+# peak_rss_mb_incl_queries.
 #
 # Usage: benches/e2e_metrics.sh [--runs N] [--systems "lumen victoriametrics prometheus"] [--query-reps N]
 # Env:   E2E_OUT=DIR (default benches/out) for bodies, data directories, logs and results.
@@ -54,14 +62,19 @@ STEP=15
 #            usable: dropping __name__ leaves duplicate label sets (receive_bytes vs receive_packets of one
 #            device), which Prometheus rejects ("vector cannot contain metrics with the same labelset").
 #  sum_by    per-mode CPU rate summed over instances and CPUs (8 series).
-#  quantile  the p90 over instances of the summed network receive rate (1 series): the closest honest stand-in
-#            for histogram_quantile(0.9, sum by (le) (rate(x_bucket[5m]))), which this workload cannot answer.
-QUERY_NAMES=(rate sum_by quantile)
+#  quantile  the p90 over instances of the summed network receive rate (1 series): the stand-in used before the
+#            histogram workload existed (an aggregation quantile, not a bucket interpolation); kept so that figures
+#            stay comparable with earlier runs.
+#  histogram_quantile  the p90 request latency over all instances and handlers, from the classic histogram of
+#            gen_histograms.py: reads the 480 `_bucket` series, sums them by le (12 series), returns 1 series.
+QUERY_NAMES=(rate sum_by quantile histogram_quantile)
 QUERIES=(
   'rate(node_cpu_seconds_total[5m])'
   'sum by (mode) (rate(node_cpu_seconds_total[5m]))'
   'quantile(0.9, sum by (instance) (rate(node_network_receive_bytes_total[5m])))'
+  'histogram_quantile(0.9, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))'
 )
+HIST_PREFIX=http_request_duration_seconds
 # Counts the stored samples back: per metric name (from /api/v1/label/__name__/values),
 # sum(count_over_time({__name__="NAME"}[3h])) at end + 60 s, the window longer than the data span.
 COUNT_WINDOW=3h
@@ -79,6 +92,18 @@ gen() {
     rm -rf "$dir"
     python3 -c 'import cramjam' 2>/dev/null || echo "warning: no cramjam: bodies are uncompressed snappy literals" >&2
     python3 "$SHARED/gen_metrics.py" "$dir" $((now / 3600 * 3600)) >&2
+  fi
+  echo "$dir"
+}
+
+# The histogram bodies for the same END as the shared workload's bodies in $1 (made again when that changes).
+gen_hist() {
+  local dir="$OUT/work-histograms" end hend=""
+  end=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end_s"])' "$1/meta.json")
+  [ -f "$dir/meta.json" ] && hend=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end_s"])' "$dir/meta.json")
+  if [ "$hend" != "$end" ]; then
+    rm -rf "$dir"
+    python3 benches/gen_histograms.py "$dir" "$end" >&2
   fi
   echo "$dir"
 }
@@ -138,23 +163,27 @@ PY
   echo "${out%,}]"
 }
 
-count_stored() { # base-url end
+count_stored() { # base-url end; prints "MAIN HIST": the samples of the shared workload, of the histogram one
   # Per metric name: count_over_time over a regex of several names fails on Prometheus (dropping __name__
   # leaves duplicate label sets).
-  python3 - "$1" "$2" "$COUNT_WINDOW" <<'PY'
+  python3 - "$1" "$2" "$COUNT_WINDOW" "$HIST_PREFIX" <<'PY'
 import json, sys, urllib.parse, urllib.request
-base, end, window = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+base, end, window, hist_prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def get(path, **q):
     return json.load(urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(q)}", timeout=120))
 try:
-    total = 0
+    total = hist = 0
     for n in get("/api/v1/label/__name__/values")["data"]:
         r = get("/api/v1/query", query=f'sum(count_over_time({{__name__="{n}"}}[{window}]))', time=end + 60)
-        total += sum(int(float(x["value"][1])) for x in r["data"]["result"])
-    print(total)
+        c = sum(int(float(x["value"][1])) for x in r["data"]["result"])
+        if n.startswith(hist_prefix + "_"):
+            hist += c
+        else:
+            total += c
+    print(total, hist)
 except Exception as e:
     print(f"count_stored: {e!r}", file=sys.stderr)
-    print(-1)
+    print(-1, -1)
 PY
 }
 
@@ -167,16 +196,13 @@ wait_ready() { # url pid
   echo "server not ready: $1" >&2; return 1
 }
 
-run() { # system run-number
-  local sys=$1 runno=$2
-  local work; work=$(gen)
-  local meta="$work/meta.json"
-  local start end samples
-  read -r start end samples < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["start_s"], m["end_s"], m["samples"])' "$meta")
-  local data="$OUT/data-metrics-$sys" log="$OUT/server-metrics-$sys.log"
-  rm -rf "$data"; mkdir -p "$data"
+# Starts system $1 on directory $2 (logging to $3) on a free port; phase $4: "ingest" (the measured one, on a fresh
+# directory) or "queries" (the restart on the same directory). Sets SERVER_PID, base, ready and measure, which are
+# run()'s locals.
+start_server() {
+  local sys=$1 data=$2 log=$3 phase=$4
   local port; port=$(free_port)
-  local base="http://127.0.0.1:$port" ready measure
+  base="http://127.0.0.1:$port"
   case "$sys" in
     lumen)
       [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; return 1; }
@@ -190,22 +216,50 @@ run() { # system run-number
       # data/ and indexdb/ only: cache/ is the caches VictoriaMetrics saves at shutdown (a few MB, rebuildable).
       ready="$base/health"; measure="$data/data $data/indexdb" ;;
     prometheus)
-      printf 'global:\n  scrape_interval: 15s\nscrape_configs: []\n' >"$OUT/prometheus-empty.yml"
-      "$PROM_BIN" --config.file="$OUT/prometheus-empty.yml" --storage.tsdb.path="$data" \
+      # The restart for the queries gets an out-of-order window: its head then ends at the shared workload's last
+      # sample, and without one it rejects as out of bounds every histogram sample more than 1 h older (half of them).
+      local conf="$OUT/prometheus-empty.yml"
+      printf 'global:\n  scrape_interval: 15s\nscrape_configs: []\n' >"$conf"
+      if [ "$phase" = queries ]; then
+        conf="$OUT/prometheus-ooo.yml"
+        printf 'global:\n  scrape_interval: 15s\nscrape_configs: []\nstorage:\n  tsdb:\n    out_of_order_time_window: 3h\n' >"$conf"
+      fi
+      "$PROM_BIN" --config.file="$conf" --storage.tsdb.path="$data" \
         --web.listen-address="127.0.0.1:$port" --web.enable-remote-write-receiver --web.enable-admin-api >"$log" 2>&1 &
       ready="$base/-/ready"; measure="$data" ;;
     *) echo "unknown system $sys" >&2; return 1 ;;
   esac
   SERVER_PID=$!
+  wait_ready "$ready" "$SERVER_PID" || { cleanup; SERVER_PID=""; return 1; }
+}
+
+# Sends the bodies in directory $2 to system $1 at $base (server $3), writing send.py's errors to $4; prints
+# send.py's JSON line.
+send_bodies() {
+  python3 "$SHARED/send.py" --url "$base/api/v1/write" --dir "$2" --per-shard \
+    --content-type application/x-protobuf --header 'Content-Encoding: snappy' \
+    --header 'X-Prometheus-Remote-Write-Version: 0.1.0' --pid "$3" 2>"$4" || true
+  [ -s "$4" ] && sed 's/^/  send: /' "$4" | head -5 >&2
+  return 0
+}
+
+run() { # system run-number
+  local sys=$1 runno=$2
+  local work; work=$(gen)
+  local hwork; hwork=$(gen_hist "$work")
+  local meta="$work/meta.json"
+  local start end samples hsamples
+  read -r start end samples < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["start_s"], m["end_s"], m["samples"])' "$meta")
+  hsamples=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["samples"])' "$hwork/meta.json")
+  local data="$OUT/data-metrics-$sys" log="$OUT/server-metrics-$sys.log"
+  rm -rf "$data"; mkdir -p "$data"
+  local base ready measure
+  start_server "$sys" "$data" "$log" ingest || return 1
   local pid=$SERVER_PID
-  wait_ready "$ready" "$pid" || { cleanup; SERVER_PID=""; return 1; }
   local hz; hz=$(getconf CLK_TCK)
   local cpu0; cpu0=$(cpu_ticks "$pid")
   local result
-  result=$(python3 "$SHARED/send.py" --url "$base/api/v1/write" --dir "$work" --per-shard \
-    --content-type application/x-protobuf --header 'Content-Encoding: snappy' \
-    --header 'X-Prometheus-Remote-Write-Version: 0.1.0' --pid "$pid" 2>"$OUT/send-metrics-$sys.err") || true
-  [ -s "$OUT/send-metrics-$sys.err" ] && sed 's/^/  send: /' "$OUT/send-metrics-$sys.err" | head -5 >&2
+  result=$(send_bodies "$sys" "$work" "$pid" "$OUT/send-metrics-$sys.err")
   case "$sys" in
     lumen) curl -sf -X POST "$base/api/v1/admin/flush" >/dev/null ;;
     victoriametrics) curl -sf "$base/internal/force_flush" >/dev/null ;;
@@ -245,17 +299,35 @@ run() { # system run-number
         "$(find "$snapdir" -mindepth 1 -maxdepth 1 -type d | wc -l)")
       rm -rf "$data/snapshots" ;;  # measured: keep it out of the at-rest figure
   esac
-  local stored; stored=$(count_stored "$base" "$end")
-  local queries; queries=$(run_queries "$base" "$start" "$end" "$sys")
-  local rss2; rss2=$(hwm_kb "$pid")
   kill -TERM "$pid"; wait "$pid" || true
   SERVER_PID=""
-  # At rest: after a graceful shutdown (Prometheus: wal + chunks_head + the snapshot; see snapshot_* for the block).
+  # At rest: after a graceful shutdown (Prometheus: wal + chunks_head; the snapshot was measured and removed).
   local rest; rest=$(du_b $measure)
-  python3 - "$sys" "$runno" "$samples" "$stored" "$disk1" "$cpu0" "$cpu1" "$hz" "$rss1" "${result:-"{}"}" "$extra" "$queries" "$rss2" "$rest" <<'PY' | tee -a "$RESULTS"
+  # The histograms, on the same directory restarted, then the stored counts and the queries.
+  # If the restart fails, the ingest figures are still printed: counts -1, queries failed (FINDING lines).
+  local hresult="{}" stored=-1 hstored=-1 queries rss2=0
+  if start_server "$sys" "$data" "$OUT/server-metrics-$sys-queries.log" queries; then
+    pid=$SERVER_PID
+    hresult=$(send_bodies "$sys" "$hwork" "$pid" "$OUT/send-histograms-$sys.err")
+    case "$sys" in
+      lumen) curl -sf -X POST "$base/api/v1/admin/flush" >/dev/null || true ;;
+      victoriametrics) curl -sf "$base/internal/force_flush" >/dev/null || true ;;
+      prometheus) : ;;
+    esac
+    read -r stored hstored < <(count_stored "$base" "$end")
+    queries=$(run_queries "$base" "$start" "$end" "$sys")
+    rss2=$(hwm_kb "$pid")
+    kill -TERM "$pid"; wait "$pid" || true
+    SERVER_PID=""
+  else
+    echo "warning: $sys did not restart on its data directory (see server-metrics-$sys-queries.log)" >&2
+    queries=$(run_queries "$base" "$start" "$end" "$sys")
+  fi
+  python3 - "$sys" "$runno" "$samples" "$stored" "$disk1" "$cpu0" "$cpu1" "$hz" "$rss1" "${result:-"{}"}" "$extra" "$queries" "$rss2" "$rest" "$hsamples" "$hstored" "${hresult:-"{}"}" <<'PY' | tee -a "$RESULTS"
 import json, sys
-sysname, runno, samples, stored, disk1, cpu0, cpu1, hz, rss1, result, extra, queries, rss2, rest = sys.argv[1:]
+sysname, runno, samples, stored, disk1, cpu0, cpu1, hz, rss1, result, extra, queries, rss2, rest, hsamples, hstored, hresult = sys.argv[1:]
 r = json.loads(result) if result.strip() else {}
+h = json.loads(hresult) if hresult.strip() else {}
 samples = int(samples)
 row = {"system": sysname, "run": int(runno), "samples": samples, "stored": int(stored),
        "samples_per_s": r.get("lines_per_s"), "send_s": r.get("seconds"),
@@ -267,6 +339,8 @@ row = {"system": sysname, "run": int(runno), "samples": samples, "stored": int(s
        "disk_bytes_per_sample_after_shutdown": round(int(rest) / samples, 3),
        "peak_rss_mb_incl_queries": round(int(rss2) / 1024, 1),
        "errors": r.get("errors", "send failed"),
+       "hist_samples": int(hsamples), "hist_stored": int(hstored), "hist_send_s": h.get("seconds"),
+       "hist_server_cpu_us_per_sample": h.get("server_cpu_us_per_line"), "hist_errors": h.get("errors", "send failed"),
        "queries": json.loads(queries)}
 print(json.dumps(row))
 PY
@@ -295,7 +369,7 @@ def fmt(v):
 cols = ["server_cpu_us_per_sample", "server_cpu_us_per_sample_incl_flush", "samples_per_s", "peak_rss_mb",
         "disk_bytes_per_sample", "disk_bytes_per_sample_5s_after_flush", "compacted_disk_bytes_per_sample",
         "merged_disk_bytes_per_sample", "disk_bytes_per_sample_after_shutdown",
-        "wal_bytes_per_sample", "snapshot_block_bytes_per_sample", "stored"]
+        "wal_bytes_per_sample", "snapshot_block_bytes_per_sample", "stored", "hist_stored"]
 cols = [c for c in cols if any(c in r for r in rows)]
 print("\n| system | runs | " + " | ".join(cols) + " |")
 print("|---|---|" + "---|" * len(cols))
@@ -325,5 +399,11 @@ for s in systems:
     st = {r["stored"] for r in rows if r["system"] == s}
     if st != {r["samples"] for r in rows if r["system"] == s}:
         problems.append(f"{s}: samples counted back {sorted(st)} != sent")
+    st = {r.get("hist_stored") for r in rows if r["system"] == s}
+    if st != {r.get("hist_samples") for r in rows if r["system"] == s}:
+        problems.append(f"{s}: histogram samples counted back {sorted(st, key=str)} != sent")
+    he = sorted({str(r.get("hist_errors")) for r in rows if r["system"] == s})
+    if he != ["0"]:
+        problems.append(f"{s}: histogram send errors {he}")
 print("\n" + ("\n".join("FINDING: " + p for p in problems) if problems else "series counts agree across systems"))
 PY

@@ -1,4 +1,5 @@
-//! Criterion benches of the log ingest and LogQL hot paths. Ids: `store/<op>/<size>`, `logql/<op>/<size>`.
+//! Criterion benches of the log ingest, LogQL, metric ingest and PromQL hot paths. Ids: `store/<op>/<size>`,
+//! `logql/<op>/<size>`, `metrics/<op>/<size>`.
 //! Run: `cargo bench -p benches` (add `-- <filter>` for one).
 
 use std::time::Duration;
@@ -161,5 +162,148 @@ fn logql(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, append, flush, logql);
+/// A node_exporter-like remote-write body: 2,000 series of ten labels, one sample each (as Prometheus
+/// sends them), at time `t`.
+fn remote_write_body(t: i64, round: i64) -> Vec<u8> {
+    use lumen::ingest::metrics_wire::{Sample, encode_write_request};
+    let series: Vec<_> = (0..2000)
+        .map(|i| {
+            let labels = vec![
+                ("__name__".to_string(), format!("node_metric_{}_total", i % 100)),
+                ("cpu".to_string(), (i % 8).to_string()),
+                ("device".to_string(), format!("eth{}", i % 4)),
+                ("instance".to_string(), format!("host-{:02}:9100", i / 100)),
+                ("job".to_string(), "node".to_string()),
+                ("mode".to_string(), ["user", "system", "idle", "iowait"][i as usize % 4].to_string()),
+                ("region".to_string(), "eu-west-1".to_string()),
+                ("rack".to_string(), format!("r{}", i % 10)),
+                ("env".to_string(), "prod".to_string()),
+                ("team".to_string(), "infra".to_string()),
+            ];
+            (labels, vec![Sample { t, v: (i * 1000 + round * 7) as f64 }])
+        })
+        .collect();
+    encode_write_request(&series)
+}
+
+/// The metric ingest and PromQL hot paths: remote-write decode, catalog lookup per sample, the decimal
+/// value encoding of parts, and a `rate` over 2,000 series.
+fn metrics(c: &mut Criterion) {
+    use lumen::ingest::metrics_wire::{decode_write_request, decompress_snappy, normalize_labels};
+    let t0 = store::time::now_ns() / 1_000_000;
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(2000));
+    let body = remote_write_body(t0, 0);
+    g.bench_function("remote_write_decode/2000", |b| {
+        b.iter(|| {
+            let raw = decompress_snappy(&body, 64 << 20).unwrap();
+            let mut n = 0usize;
+            decode_write_request(&raw, |labels, samples| {
+                n += labels.len() + samples.len();
+                Ok(())
+            })
+            .unwrap();
+            n
+        })
+    });
+    // Decode + validate + catalog lookup of known series into a batch (no WAL): the CPU of a request
+    // before its fsync.
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        data_dir: dir.path().to_path_buf(),
+        retention: Duration::from_secs(30 * 86_400),
+        retention_max_disk: None,
+        tuning: StoreConfig::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ms = rt.block_on(async {
+        store::MetricStore::open(options, &mut prometheus_client::registry::Registry::default()).unwrap()
+    });
+    let tenant = Tenant::default_tenant();
+    let warm = {
+        let raw = decompress_snappy(&body, 64 << 20).unwrap();
+        let mut batch = ms.batch(&tenant);
+        let mut norm = Vec::new();
+        decode_write_request(&raw, |l, s| {
+            normalize_labels(l, &mut norm);
+            batch.add(&norm, s.iter().map(|s| (s.t, s.v)));
+            Ok(())
+        })
+        .unwrap();
+        batch
+    };
+    rt.block_on(ms.append(warm)).unwrap();
+    g.bench_function("remote_write_to_batch/2000", |b| {
+        b.iter(|| {
+            let raw = decompress_snappy(&body, 64 << 20).unwrap();
+            let mut batch = ms.batch(&tenant);
+            let mut norm = Vec::new();
+            decode_write_request(&raw, |l, s| {
+                lumen::ingest::metrics_wire::check_labels(l, 40, 1024, 65536)?;
+                normalize_labels(l, &mut norm);
+                batch.add(&norm, s.iter().map(|s| (s.t, s.v)));
+                Ok(())
+            })
+            .unwrap();
+            batch.len()
+        })
+    });
+    // Values of one series run (500 points): a counter, a decimal gauge, random doubles.
+    let counter: Vec<f64> = (0..500).map(|i| (i * 1234) as f64).collect();
+    let gauge: Vec<f64> = (0..500).map(|i| 40.0 + (i % 37) as f64 * 0.25).collect();
+    let random: Vec<f64> = (0..500).map(|i| ((i as f64) * 0.618_033_988_7).fract() * 1e3).collect();
+    g.throughput(Throughput::Elements(500));
+    for (name, values) in [("counter", &counter), ("gauge", &gauge), ("random", &random)] {
+        g.bench_function(format!("encode_values_{name}/500"), |b| {
+            b.iter(|| {
+                let (mut m, mut s) = (Vec::with_capacity(500), Vec::with_capacity(500));
+                store::metric::encode_run(values, &mut m, &mut s);
+                m.len()
+            })
+        });
+    }
+    // PromQL over an in-memory source: 2,000 series × 240 points (one hour at 15 s), 60 steps.
+    struct Mem(Vec<query::promql::Series>);
+    impl query::promql::SeriesSource for Mem {
+        fn select(
+            &self,
+            m: &[query::promql::Matcher],
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<query::promql::Series>, query::promql::EvalError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|s| m.iter().all(|m| m.matches(query::promql::label_value(&s.labels, &m.name).unwrap_or(""))))
+                .cloned()
+                .collect())
+        }
+    }
+    let src = Mem((0..2000)
+        .map(|i| query::promql::Series {
+            labels: vec![
+                ("__name__".to_string(), "node_cpu_seconds_total".to_string()),
+                ("cpu".to_string(), (i % 8).to_string()),
+                ("instance".to_string(), format!("host-{:02}", i / 100)),
+                ("mode".to_string(), ["user", "system", "idle", "iowait"][i % 4].to_string()),
+            ],
+            t: (0..240).map(|k| k * 15_000).collect::<Vec<i64>>().into(),
+            v: (0..240).map(|k| (k * (i as i64 % 13 + 1)) as f64).collect::<Vec<f64>>().into(),
+        })
+        .collect());
+    let opts = query::promql::EngineOptions::default();
+    g.throughput(Throughput::Elements(2000 * 240));
+    for (name, q) in [
+        ("rate", "rate(node_cpu_seconds_total[5m])"),
+        ("sum_by_rate", "sum by (mode) (rate(node_cpu_seconds_total[5m]))"),
+    ] {
+        let expr = query::promql::parse(q).unwrap();
+        g.bench_function(format!("promql_{name}/2000x240"), |b| {
+            b.iter(|| query::promql::eval_range(&opts, &src, &expr, 300_000, 3_585_000, 60_000).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, append, flush, logql, metrics);
 criterion_main!(benches);

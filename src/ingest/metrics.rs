@@ -7,6 +7,9 @@
 //! Prometheus queue drops it instead of retrying forever. A 5xx only comes when storing failed, where a
 //! retry helps. The text formats are line by line, as VictoriaMetrics and InfluxDB treat them: good lines
 //! are stored, bad ones named in a 400.
+//!
+//! Remote read (`/api/v1/read`) lives here too, beside the protocol it shares: a Prometheus configured
+//! with Lumen as `remote_read` gets raw samples (the SAMPLES response type) of every query.
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -23,9 +26,10 @@ use crate::http::{AppState, tenant};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/write", post(remote_write))
+        .route("/api/v1/read", post(remote_read))
         .route("/api/v1/import/prometheus", post(import_prometheus))
-        .route("/write", post(influx_v1))
-        .route("/api/v2/write", post(influx_v2))
+        .route("/write", post(influx))
+        .route("/api/v2/write", post(influx))
 }
 
 fn now_ms() -> i64 {
@@ -197,13 +201,20 @@ async fn import_prometheus(
     store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines).await
 }
 
-async fn influx(app: AppState, headers: HeaderMap, body: Bytes, precision: Option<&str>) -> Response {
+/// `POST /write?precision=` (InfluxDB 1.x; `db` and `rp` are accepted and ignored) and
+/// `POST /api/v2/write?precision=` (InfluxDB 2.x; `org` and `bucket` likewise).
+async fn influx(
+    State(app): State<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     const PROTOCOL: &str = "influx_line_protocol";
     let tenant = match tenant(&headers) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let precision = match precision {
+    let precision = match q.get("precision") {
         None => Precision::Ns,
         Some(p) => match Precision::parse(p) {
             Some(p) => p,
@@ -221,22 +232,60 @@ async fn influx(app: AppState, headers: HeaderMap, body: Bytes, precision: Optio
     store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines).await
 }
 
-/// `POST /write?precision=` (InfluxDB 1.x; `db` and `rp` are accepted and ignored).
-async fn influx_v1(
-    State(app): State<AppState>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    influx(app, headers, body, q.get("precision").map(String::as_str)).await
-}
-
-/// `POST /api/v2/write?precision=` (InfluxDB 2.x; `org` and `bucket` are accepted and ignored).
-async fn influx_v2(
-    State(app): State<AppState>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    influx(app, headers, body, q.get("precision").map(String::as_str)).await
+/// `POST /api/v1/read`: Prometheus remote read, SAMPLES response type (a Prometheus that prefers streamed
+/// chunks falls back to it), stale markers included as stored.
+async fn remote_read(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    use metrics_wire::remote::pb;
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let req = match metrics_wire::decode_read_request(&body, app.limits.max_body_bytes) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+    };
+    let mut results = Vec::with_capacity(req.queries.len());
+    for (i, q) in req.queries.iter().enumerate() {
+        let mut matchers = Vec::with_capacity(q.matchers.len());
+        for m in &q.matchers {
+            let op = match pb::MatchType::try_from(m.r#type) {
+                Ok(pb::MatchType::Eq) => store::MatchOp::Eq,
+                Ok(pb::MatchType::Neq) => store::MatchOp::Neq,
+                Ok(pb::MatchType::Re) => store::MatchOp::Re,
+                Ok(pb::MatchType::Nre) => store::MatchOp::Nre,
+                Err(_) => {
+                    return plain(StatusCode::BAD_REQUEST, format!("query {i}: unknown matcher type {}", m.r#type));
+                }
+            };
+            match store::LabelMatcher::new(m.name.clone(), op, m.value.clone()) {
+                Ok(m) => matchers.push(m),
+                Err(e) => return plain(StatusCode::BAD_REQUEST, format!("query {i}: invalid regular expression: {e}")),
+            }
+        }
+        let (store, tenant) = (app.metric_store.clone(), tenant.clone());
+        let (start, end) = (q.start_timestamp_ms, q.end_timestamp_ms);
+        let selected = tokio::task::spawn_blocking(move || store.select(&tenant, &matchers, start, end)).await;
+        let selected = match selected {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return store_error(&e),
+            Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("remote read task failed: {e}")),
+        };
+        let mut timeseries: Vec<pb::TimeSeries> = selected
+            .into_iter()
+            .map(|s| pb::TimeSeries {
+                labels: s.labels.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() }).collect(),
+                samples: s.t.iter().zip(s.v.iter()).map(|(&t, &v)| pb::Sample { value: v, timestamp: t }).collect(),
+                exemplars: Vec::new(),
+                histograms: Vec::new(),
+            })
+            .collect();
+        timeseries.sort_by(|a, b| {
+            let key =
+                |t: &pb::TimeSeries| t.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect::<Vec<_>>();
+            key(a).cmp(&key(b))
+        });
+        results.push(pb::QueryResult { timeseries });
+    }
+    let body = metrics_wire::encode_read_response(&pb::ReadResponse { results });
+    ([(header::CONTENT_TYPE, "application/x-protobuf"), (header::CONTENT_ENCODING, "snappy")], body).into_response()
 }

@@ -821,42 +821,44 @@ impl LogStore {
     /// # Errors
     /// The final flush's error; errors on the way are logged and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let inner = self.inner.clone();
-        let tuning = inner.options.tuning.clone();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_maintenance = Instant::now() - tuning.maintenance_interval;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = inner.flush_wanted.notified() => {
-                    if let Err(error) = self.flush().await {
-                        tracing::error!(%error, "flush failed; the head keeps the data and will retry");
-                    }
-                }
-                _ = tick.tick() => {
-                    let old = inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= tuning.head_max_age);
-                    let stuck = !inner.state.read().frozen.is_empty();
-                    if (old || stuck)
-                        && let Err(error) = self.flush().await {
-                            tracing::error!(%error, "flush failed; the head keeps the data and will retry");
-                        }
-                    if last_maintenance.elapsed() >= tuning.maintenance_interval {
-                        last_maintenance = Instant::now();
-                        if let Err(error) = self.apply_retention().await {
-                            tracing::error!(%error, "retention failed");
-                        }
-                        if let Err(error) = self.compact().await {
-                            tracing::error!(%error, "compaction failed; inputs kept");
-                        }
-                    }
-                    self.update_gauges();
-                }
-            }
-        }
-        let res = self.flush().await;
-        inner.wal.close();
-        res
+        crate::background::run(self, shutdown).await
+    }
+}
+
+impl crate::background::Maintained for LogStore {
+    const KIND: &'static str = "log";
+
+    fn tuning(&self) -> &crate::config::StoreConfig {
+        &self.inner.options.tuning
+    }
+
+    fn flush_wanted(&self) -> &Notify {
+        &self.inner.flush_wanted
+    }
+
+    fn flush_due(&self, max_age: Duration) -> bool {
+        self.inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= max_age)
+            || !self.inner.state.read().frozen.is_empty()
+    }
+
+    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send {
+        LogStore::flush(self)
+    }
+
+    fn apply_retention(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
+        LogStore::apply_retention(self)
+    }
+
+    fn compact(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
+        LogStore::compact(self)
+    }
+
+    fn update_gauges(&self) {
+        LogStore::update_gauges(self);
+    }
+
+    fn close_wal(&self) {
+        self.inner.wal.close();
     }
 }
 

@@ -25,6 +25,7 @@ pub mod model;
 pub mod time;
 pub mod wire;
 
+mod background;
 mod catalog;
 mod codec;
 mod compact;

@@ -10,4 +10,6 @@ mod harness;
 mod ingest;
 mod loki_api;
 mod prom_api;
+#[cfg(feature = "external-tests")]
+mod prometheus_compare;
 mod retention;

@@ -238,6 +238,16 @@ async fn grafana_prometheus_data_source_flow_over_remote_write() {
     let (status, kind, msg) = api.error("/api/v1/query", &[("query", dup.into()), ("time", secs(t0 + 600_000))]).await;
     assert_eq!((status, kind.as_str()), (422, "execution"), "{msg}");
 
+    // Remote read: a Prometheus using Lumen as long-term storage gets the raw samples.
+    let read = remote_read(&server, t0, t0 + 60_000, "http_requests_total", "b").await;
+    assert_eq!(read.len(), 1);
+    let (labels, samples) = &read[0];
+    assert!(labels.contains(&("instance".to_string(), "b".to_string())), "{labels:?}");
+    assert_eq!(
+        samples,
+        &vec![(t0, 0.0), (t0 + 15_000, 20.0), (t0 + 30_000, 40.0), (t0 + 45_000, 60.0), (t0 + 60_000, 80.0)]
+    );
+
     // The same answers once the samples are in Parquet, and after a restart.
     server.flush().await;
     check_queries(&api, t0).await;
@@ -245,6 +255,50 @@ async fn grafana_prometheus_data_source_flow_over_remote_write() {
     let server = TestServer::start(test_config(dir.path())).await;
     check_queries(&Api { server: &server, tenant: "default" }, t0).await;
     server.stop().await;
+}
+
+/// Sends a remote-read request for one series and decodes the SAMPLES answer.
+async fn remote_read(
+    server: &TestServer,
+    start: i64,
+    end: i64,
+    name: &str,
+    instance: &str,
+) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
+    use lumen::ingest::metrics_wire::remote::pb;
+    use prost::Message;
+    let matcher =
+        |n: &str, v: &str| pb::LabelMatcher { r#type: pb::MatchType::Eq as i32, name: n.into(), value: v.into() };
+    let req = pb::ReadRequest {
+        queries: vec![pb::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers: vec![matcher("__name__", name), matcher("instance", instance)],
+            hints: None,
+        }],
+        accepted_response_types: vec![pb::ResponseType::StreamedXorChunks as i32, pb::ResponseType::Samples as i32],
+    };
+    let r = server
+        .client
+        .post(server.url("/api/v1/read"))
+        .header("Content-Encoding", "snappy")
+        .body(compress_snappy(&req.encode_to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let raw = snap::raw::Decoder::new().decompress_vec(&r.bytes().await.unwrap()).unwrap();
+    let resp = pb::ReadResponse::decode(raw.as_slice()).unwrap();
+    resp.results[0]
+        .timeseries
+        .iter()
+        .map(|ts| {
+            (
+                ts.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                ts.samples.iter().map(|s| (s.timestamp, s.value)).collect(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

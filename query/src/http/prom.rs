@@ -286,7 +286,7 @@ async fn query(r: PromRequest) -> Response {
         let q = r.p.get("query").ok_or_else(|| bad("invalid parameter \"query\": query must not be empty"))?;
         let t = r.time("time", r.now_ms())?;
         let out = run(&r, q, None, t).await?;
-        Ok::<_, Response>(success_with(encode_value(&out.value), &out.warnings, &out.infos))
+        Ok::<_, Response>(query_answer(&out))
     }
     .await;
     res.unwrap_or_else(|e| e)
@@ -318,7 +318,7 @@ async fn query_range(r: PromRequest) -> Response {
             ));
         }
         let out = run(&r, q, Some((start, end, step)), end).await?;
-        Ok::<_, Response>(success_with(encode_value(&out.value), &out.warnings, &out.infos))
+        Ok::<_, Response>(query_answer(&out))
     }
     .await;
     res.unwrap_or_else(|e| e)
@@ -329,42 +329,131 @@ fn labels_obj<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Value {
 }
 
 /// A timestamp as Prometheus writes it: a number of seconds with up to three decimals.
-fn ts(ms: i64) -> Value {
-    if ms % 1000 == 0 {
-        json!(ms / 1000)
-    } else {
-        serde_json::Number::from_f64(ms as f64 / 1000.0).map_or(Value::Null, Value::Number)
+fn write_ts(out: &mut String, ms: i64) {
+    let mut ints = itoa::Buffer::new();
+    if ms < 0 && ms % 1000 != 0 && ms / 1000 == 0 {
+        out.push('-');
+    }
+    out.push_str(ints.format(ms / 1000));
+    let frac = (ms % 1000).unsigned_abs();
+    if frac != 0 {
+        let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+        let len = if digits[2] != b'0' {
+            3
+        } else if digits[1] != b'0' {
+            2
+        } else {
+            1
+        };
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[..len]).unwrap_or("0"));
     }
 }
 
-fn point(t: i64, v: f64) -> Value {
-    json!([ts(t), promql::format_float(v)])
+/// A sample value as Prometheus writes it (Go's `FormatFloat(v, 'f', -1, 64)`), the common cases
+/// without allocating: integers through `itoa`, other finite values through `ryu` (the same shortest
+/// digits) unless it would use an exponent.
+fn write_float(out: &mut String, v: f64) {
+    if v.is_finite() {
+        if v == 0.0 {
+            out.push_str(if v.is_sign_negative() { "-0" } else { "0" });
+            return;
+        }
+        if v == v.trunc() && v.abs() < 1e15 {
+            out.push_str(itoa::Buffer::new().format(v as i64));
+            return;
+        }
+        let mut buf = ryu::Buffer::new();
+        let s = buf.format_finite(v);
+        if !s.contains('e') {
+            out.push_str(s.strip_suffix(".0").unwrap_or(s));
+            return;
+        }
+    }
+    out.push_str(&promql::format_float(v));
 }
 
-pub(crate) fn encode_value(v: &PValue) -> Value {
+fn write_point(out: &mut String, t: i64, v: f64) {
+    out.push('[');
+    write_ts(out, t);
+    out.push_str(",\"");
+    write_float(out, v);
+    out.push_str("\"]");
+}
+
+fn write_labels(out: &mut String, labels: &promql::Labels) {
+    out.push('{');
+    for (i, (n, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(n.clone()).to_string());
+        out.push(':');
+        out.push_str(&Value::String(v.clone()).to_string());
+    }
+    out.push('}');
+}
+
+/// The `data` of a query answer as JSON text, written directly: a range query over hundreds of series
+/// answers hundreds of thousands of points, which a `serde_json::Value` tree would allocate one by one.
+pub(crate) fn encode_value(v: &PValue) -> String {
+    let mut out = String::with_capacity(256);
     match v {
-        PValue::Scalar { t, v } => json!({"resultType": "scalar", "result": point(*t, *v)}),
-        PValue::String { t, s } => json!({"resultType": "string", "result": [ts(*t), s]}),
+        PValue::Scalar { t, v } => {
+            out.push_str("{\"resultType\":\"scalar\",\"result\":");
+            write_point(&mut out, *t, *v);
+        }
+        PValue::String { t, s } => {
+            out.push_str("{\"resultType\":\"string\",\"result\":[");
+            write_ts(&mut out, *t);
+            out.push(',');
+            out.push_str(&Value::String(s.clone()).to_string());
+            out.push(']');
+        }
         PValue::Vector(samples) => {
-            let result: Vec<Value> = samples
-                .iter()
-                .map(|(l, t, v)| json!({"metric": labels_obj(l.iter().map(|(a, b)| (a.as_str(), b.as_str()))), "value": point(*t, *v)}))
-                .collect();
-            json!({"resultType": "vector", "result": result})
+            out.push_str("{\"resultType\":\"vector\",\"result\":[");
+            for (i, (l, t, v)) in samples.iter().enumerate() {
+                out.push_str(if i > 0 { ",{\"metric\":" } else { "{\"metric\":" });
+                write_labels(&mut out, l);
+                out.push_str(",\"value\":");
+                write_point(&mut out, *t, *v);
+                out.push('}');
+            }
+            out.push(']');
         }
         PValue::Matrix(series) => {
-            let result: Vec<Value> = series
-                .iter()
-                .map(|(l, pts)| {
-                    json!({
-                        "metric": labels_obj(l.iter().map(|(a, b)| (a.as_str(), b.as_str()))),
-                        "values": pts.iter().map(|(t, v)| point(*t, *v)).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({"resultType": "matrix", "result": result})
+            out.reserve(series.iter().map(|(_, p)| 64 + p.len() * 40).sum());
+            out.push_str("{\"resultType\":\"matrix\",\"result\":[");
+            for (i, (l, pts)) in series.iter().enumerate() {
+                out.push_str(if i > 0 { ",{\"metric\":" } else { "{\"metric\":" });
+                write_labels(&mut out, l);
+                out.push_str(",\"values\":[");
+                for (j, (t, v)) in pts.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    write_point(&mut out, *t, *v);
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
         }
     }
+    out.push('}');
+    out
+}
+
+/// A successful query answer, with Prometheus' `warnings` and `infos` when there are any.
+fn query_answer(out: &QueryResult) -> Response {
+    let mut body = String::from("{\"status\":\"success\",\"data\":");
+    body.push_str(&encode_value(&out.value));
+    for (key, list) in [("warnings", &out.warnings), ("infos", &out.infos)] {
+        if !list.is_empty() {
+            body.push_str(&format!(",\"{key}\":{}", json!(list)));
+        }
+    }
+    body.push('}');
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Cuts a list to `limit` (0 = no limit), with Prometheus' warning when it did.
@@ -550,8 +639,40 @@ mod tests {
         assert_eq!(parse_time_ms("yesterday"), None);
         assert_eq!(parse_duration_ms("15"), Some(15_000));
         assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
-        assert_eq!(ts(4000), json!(4));
-        assert_eq!(ts(1_435_781_451_781), json!(1_435_781_451.781));
+        let ts = |ms| {
+            let mut s = String::new();
+            write_ts(&mut s, ms);
+            s
+        };
+        assert_eq!((ts(4000), ts(1_435_781_451_781), ts(-1500)), ("4".into(), "1435781451.781".into(), "-1.5".into()));
+        assert_eq!((ts(-500), ts(1_010), ts(-2_000)), ("-0.5".into(), "1.01".into(), "-2".into()));
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -3.0,
+            0.1,
+            2.0 / 3.0,
+            1e15,
+            1e16,
+            1.5e300,
+            1e-7,
+            -2.5e-9,
+            123456.789,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            let mut s = String::new();
+            write_float(&mut s, v);
+            assert_eq!(s, promql::format_float(v), "{v:e}");
+        }
+        let v = PValue::Vector(vec![(vec![("a\"b".into(), "ü".into())], 1500, f64::NAN)]);
+        let parsed: Value = serde_json::from_str(&encode_value(&v)).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"resultType": "vector", "result": [{"metric": {"a\"b": "ü"}, "value": [1.5, "NaN"]}]})
+        );
     }
 
     #[test]

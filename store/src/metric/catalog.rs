@@ -223,7 +223,7 @@ impl SeriesCatalog {
             }
             let t = catalog.tenant(&tenant);
             let mut t = t.write();
-            read_stream_file(&path, |id, labels| {
+            read_stream_file(&path, true, |id, labels| {
                 let hash = labels_hash(labels.iter(), &mut scratch);
                 t.insert(hash, labels, Some(id.0 as u32), true, true);
             })?;
@@ -256,7 +256,7 @@ impl SeriesCatalog {
             }
             let path = self.root.join(format!("tenant={tenant}")).join("series.bin");
             let records = s.unpersisted.iter().filter_map(|&id| Some((u64::from(id), s.labels(id)?.as_ref())));
-            append_label_records(&path, records)?;
+            append_label_records(&path, records, true)?;
             s.unpersisted.clear();
         }
         Ok(())
@@ -311,6 +311,7 @@ mod tests {
 
     #[test]
     fn series_file_round_trips_ids() {
+        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let cat = SeriesCatalog::load(dir.path()).unwrap();
         let tenant = Tenant::new("t1").unwrap();
@@ -320,7 +321,12 @@ mod tests {
             (add(&mut t, &[("__name__", "x")]), add(&mut t, &[("__name__", "y"), ("a", "b")]))
         };
         cat.persist().unwrap();
+        // A torn append (a crash mid-write) is cut off at the next load.
+        let file = dir.path().join("tenant=t1").join("series.bin");
+        let len = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(&[7, 0, 0, 0, 1, 2]).unwrap();
         let again = SeriesCatalog::load(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
         let t = again.get(&tenant).unwrap();
         let t = t.read();
         assert_eq!(t.labels(x).unwrap().get("__name__"), Some("x"));

@@ -96,6 +96,9 @@ pub struct MetricMetadata {
     pub unit: String,
 }
 
+/// A tenant's series and the ids a label query covers (`None`: all of them).
+type LabelScope = (Arc<RwLock<TenantSeries>>, Option<RoaringBitmap>);
+
 /// A handle to the metric store; cheap to clone.
 #[derive(Clone)]
 pub struct MetricStore {
@@ -530,17 +533,30 @@ impl MetricStore {
         Ok(())
     }
 
-    /// Writes one frozen head as parts: one per tenant and day, series in id order.
+    /// Series ids in part order: by metric name, then id. A query names one metric most of the time,
+    /// so its series lie together and a read decodes few pages.
+    fn part_order(&self, tenant: &Tenant, ids: impl Iterator<Item = u32>) -> Vec<u32> {
+        let Some(series) = self.inner.catalog.get(tenant) else {
+            return ids.collect();
+        };
+        let s = series.read();
+        let mut keyed: Vec<(&str, u32)> =
+            ids.map(|id| (s.labels(id).and_then(|l| l.get("__name__")).unwrap_or(""), id)).collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Writes one frozen head as parts: one per tenant and day, series in [`MetricStore::part_order`].
     fn write_head(&self, head: &MetricHead) -> Result<Vec<Arc<MetricPart>>> {
         let dir = &self.inner.data_dir;
         let mut out: Vec<Arc<MetricPart>> = Vec::new();
         for (tenant, th) in &head.tenants {
             let mut writers: HashMap<i64, MetricPartWriter> = HashMap::new();
+            let present = th.series.iter().enumerate().filter(|(_, b)| !b.t.is_empty()).map(|(id, _)| id as u32);
+            let order = self.part_order(tenant, present);
             let res = (|| {
-                for (id, buf) in th.series.iter().enumerate() {
-                    if buf.t.is_empty() {
-                        continue;
-                    }
+                for &id in &order {
+                    let buf = &th.series[id as usize];
                     let (t, v) = buf.sorted();
                     let mut start = 0;
                     while start < t.len() {
@@ -554,7 +570,7 @@ impl MetricStore {
                                 writers.entry(day).or_insert(w)
                             }
                         };
-                        w.push_series(id as u32, &t[start..end], &v[start..end])?;
+                        w.push_series(id, &t[start..end], &v[start..end])?;
                         start = end;
                     }
                 }
@@ -631,8 +647,7 @@ impl MetricStore {
             if runs.is_empty() {
                 continue;
             }
-            let ranges: Vec<std::ops::Range<u64>> = runs.iter().map(|r| r.first_row..r.first_row + r.rows).collect();
-            let (t, v) = part.read_rows(&ranges)?;
+            let (t, v) = part.read_runs(&runs)?;
             let mut off = 0;
             for r in &runs {
                 if let Some(p) = trim(&t, &v, off, r.rows as usize) {
@@ -764,7 +779,23 @@ impl MetricStore {
         Ok(out)
     }
 
-    /// Label names of the matching series, sorted.
+    /// The tenant's series and the ids a label query covers (`None`: every series, no filter needed).
+    fn label_scope(
+        &self,
+        tenant: &Tenant,
+        selectors: &[Vec<LabelMatcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<Option<LabelScope>> {
+        let Some(series) = self.inner.catalog.get(tenant) else {
+            return Ok(None);
+        };
+        let everything = selectors.is_empty() && start == i64::MIN && end == i64::MAX;
+        let ids = if everything { None } else { Some(self.series_ids(tenant, selectors, start, end)?) };
+        Ok(Some((series, ids)))
+    }
+
+    /// Label names of the matching series (see [`MetricStore::series`]), sorted.
     ///
     /// # Errors
     /// I/O errors reading part indexes.
@@ -775,12 +806,8 @@ impl MetricStore {
         start: i64,
         end: i64,
     ) -> Result<BTreeSet<String>> {
-        let Some(series) = self.inner.catalog.get(tenant) else {
-            return Ok(BTreeSet::new());
-        };
-        let everything = selectors.is_empty() && start == i64::MIN && end == i64::MAX;
-        let ids = if everything { None } else { Some(self.series_ids(tenant, selectors, start, end)?) };
-        Ok(series.read().label_names(ids.as_ref()))
+        let scope = self.label_scope(tenant, selectors, start, end)?;
+        Ok(scope.map(|(series, ids)| series.read().label_names(ids.as_ref())).unwrap_or_default())
     }
 
     /// Values of one label over the matching series, sorted.
@@ -795,12 +822,8 @@ impl MetricStore {
         start: i64,
         end: i64,
     ) -> Result<BTreeSet<String>> {
-        let Some(series) = self.inner.catalog.get(tenant) else {
-            return Ok(BTreeSet::new());
-        };
-        let everything = selectors.is_empty() && start == i64::MIN && end == i64::MAX;
-        let ids = if everything { None } else { Some(self.series_ids(tenant, selectors, start, end)?) };
-        Ok(series.read().label_values(name, ids.as_ref()))
+        let scope = self.label_scope(tenant, selectors, start, end)?;
+        Ok(scope.map(|(series, ids)| series.read().label_values(name, ids.as_ref())).unwrap_or_default())
     }
 
     /// Records what a client said of a metric; empty fields keep what was known.
@@ -909,56 +932,52 @@ impl MetricStore {
         Ok(merged)
     }
 
-    /// Merges parts (oldest first; on equal timestamps the newer part wins) chunk by chunk of series ids.
+    /// Merges parts (oldest first; on equal timestamps the newer part wins) chunk by chunk of series, in
+    /// [`MetricStore::part_order`].
     fn merge(&self, job: &[Arc<MetricPart>], meta: MetricPartMeta) -> Result<Arc<MetricPart>> {
         let dir = &self.inner.data_dir;
         let mut writer = MetricPartWriter::create(dir, meta.clone(), self.zstd_level(meta.level))?;
         let res = (|| {
-            let runs: Vec<&[part::Run]> = job.iter().map(|p| p.runs()).collect::<Result<_>>()?;
+            // Each part's runs by id.
+            let runs: Vec<HashMap<u32, part::Run>> =
+                job.iter().map(|p| Ok(p.runs()?.iter().map(|r| (r.id, *r)).collect())).collect::<Result<_>>()?;
             let mut all = RoaringBitmap::new();
             for p in job {
                 all |= p.ids()?;
             }
-            let ids: Vec<u32> = all.iter().collect();
-            let mut cursors = vec![0usize; job.len()];
+            let tenant = Tenant::new(&meta.tenant)?;
+            let order = self.part_order(&tenant, all.iter());
             let mut i = 0;
-            while i < ids.len() {
-                // Take ids until the chunk holds enough rows.
+            while i < order.len() {
+                // Take series until the chunk holds enough rows.
                 let mut rows = 0u64;
                 let mut hi = i;
-                let mut probe = cursors.clone();
-                while hi < ids.len() && (rows < COMPACTION_CHUNK_ROWS || hi == i) {
-                    for (k, r) in runs.iter().enumerate() {
-                        if probe[k] < r.len() && r[probe[k]].id == ids[hi] {
-                            rows += r[probe[k]].rows;
-                            probe[k] += 1;
-                        }
-                    }
+                while hi < order.len() && (rows < COMPACTION_CHUNK_ROWS || hi == i) {
+                    rows += runs.iter().filter_map(|r| r.get(&order[hi])).map(|r| r.rows).sum::<u64>();
                     hi += 1;
                 }
-                // Read each part's rows of the chunk (contiguous, as parts are sorted by id).
+                // Read each part's runs of the chunk, in file order; note where each series landed.
                 let mut data = Vec::with_capacity(job.len());
                 for (k, p) in job.iter().enumerate() {
-                    let chunk = &runs[k][cursors[k]..probe[k]];
-                    let range = match (chunk.first(), chunk.last()) {
-                        (Some(a), Some(b)) => a.first_row..b.first_row + b.rows,
-                        _ => 0..0,
-                    };
-                    let (t, v) = p.read_rows(std::slice::from_ref(&range))?;
-                    data.push((chunk, t, v));
+                    let mut chunk: Vec<part::Run> =
+                        order[i..hi].iter().filter_map(|id| runs[k].get(id)).copied().collect();
+                    chunk.sort_unstable_by_key(|r| r.first_row);
+                    let (t, v) = p.read_runs(&chunk)?;
+                    let mut at: HashMap<u32, (usize, usize)> = HashMap::with_capacity(chunk.len());
+                    let mut off = 0;
+                    for r in &chunk {
+                        at.insert(r.id, (off, r.rows as usize));
+                        off += r.rows as usize;
+                    }
+                    data.push((at, t, v));
                 }
-                let mut offsets = vec![0usize; job.len()];
-                let mut next_run = vec![0usize; job.len()];
-                for &id in &ids[i..hi] {
+                for &id in &order[i..hi] {
                     let mut t: Vec<i64> = Vec::new();
                     let mut v: Vec<f64> = Vec::new();
-                    for (k, (chunk, pt, pv)) in data.iter().enumerate() {
-                        if let Some(r) = chunk.get(next_run[k]).filter(|r| r.id == id) {
-                            let (o, n) = (offsets[k], r.rows as usize);
+                    for (at, pt, pv) in &data {
+                        if let Some(&(o, n)) = at.get(&id) {
                             t.extend_from_slice(&pt[o..o + n]);
                             v.extend_from_slice(&pv[o..o + n]);
-                            offsets[k] += n;
-                            next_run[k] += 1;
                         }
                     }
                     if t.windows(2).all(|w| w[0] < w[1]) {
@@ -968,7 +987,6 @@ impl MetricStore {
                         writer.push_series(id, &t, &v)?;
                     }
                 }
-                cursors = probe;
                 i = hi;
             }
             Ok::<_, Error>(())
@@ -1028,42 +1046,44 @@ impl MetricStore {
     /// # Errors
     /// The final flush's error; errors on the way are logged and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let inner = self.inner.clone();
-        let tuning = inner.options.tuning.clone();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_maintenance = Instant::now() - tuning.maintenance_interval;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = inner.flush_wanted.notified() => {
-                    if let Err(error) = self.flush().await {
-                        tracing::error!(%error, "metric flush failed; the head keeps the data and will retry");
-                    }
-                }
-                _ = tick.tick() => {
-                    let old = inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= tuning.head_max_age);
-                    let stuck = !inner.state.read().frozen.is_empty();
-                    if (old || stuck)
-                        && let Err(error) = self.flush().await {
-                            tracing::error!(%error, "metric flush failed; the head keeps the data and will retry");
-                        }
-                    if last_maintenance.elapsed() >= tuning.maintenance_interval {
-                        last_maintenance = Instant::now();
-                        if let Err(error) = self.apply_retention().await {
-                            tracing::error!(%error, "metric retention failed");
-                        }
-                        if let Err(error) = self.compact().await {
-                            tracing::error!(%error, "metric compaction failed; inputs kept");
-                        }
-                    }
-                    self.update_gauges();
-                }
-            }
-        }
-        let res = self.flush().await;
-        inner.wal.close();
-        res
+        crate::background::run(self, shutdown).await
+    }
+}
+
+impl crate::background::Maintained for MetricStore {
+    const KIND: &'static str = "metric";
+
+    fn tuning(&self) -> &crate::config::StoreConfig {
+        &self.inner.options.tuning
+    }
+
+    fn flush_wanted(&self) -> &Notify {
+        &self.inner.flush_wanted
+    }
+
+    fn flush_due(&self, max_age: Duration) -> bool {
+        self.inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= max_age)
+            || !self.inner.state.read().frozen.is_empty()
+    }
+
+    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send {
+        MetricStore::flush(self)
+    }
+
+    fn apply_retention(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
+        MetricStore::apply_retention(self)
+    }
+
+    fn compact(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
+        MetricStore::compact(self)
+    }
+
+    fn update_gauges(&self) {
+        MetricStore::update_gauges(self);
+    }
+
+    fn close_wal(&self) {
+        self.inner.wal.close();
     }
 }
 

@@ -1,4 +1,5 @@
-//! Metric parts: one tenant's samples of one day in Parquet, rows sorted by (series id, time).
+//! Metric parts: one tenant's samples of one day in Parquet, one run of rows per series in time order,
+//! runs ordered by metric name then series id (so one metric's series lie together).
 //!
 //! | column      | Arrow                     | Parquet encoding                     |
 //! |-------------|---------------------------|--------------------------------------|
@@ -13,6 +14,13 @@
 //! names). Counters become small integers whose bytes repeat, which zstd packs far better than raw
 //! doubles. A value that no such decimal reproduces — NaN (stale markers keep their exact bits), ±Inf,
 //! −0.0, 17-digit doubles — is stored as its raw bits with `scale = -128`.
+//!
+//! Within a series run, `t` holds the first timestamp and then the differences between neighbours, so
+//! the delta-packed column sees second-order differences (near zero for a steady scrape interval). A
+//! counter-like run (mantissas never decreasing) stores `m` the same way, marked by `scale = k + 32`:
+//! its differences are small and repeat. Gauges keep absolute mantissas, which BYTE_STREAM_SPLIT packs
+//! better than their signed differences. Readers undo both with a prefix sum per run, so a run is always
+//! read whole.
 //!
 //! The per-series row ranges (runs) are not stored: they are derived from the `series_id` and `t`
 //! columns the first time a part is read, and kept.
@@ -33,7 +41,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::{KeyValue, PageIndexPolicy, SortingColumn};
+use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -46,6 +54,8 @@ pub(crate) const M: &str = "m";
 pub(crate) const SCALE: &str = "scale";
 /// `scale` of a row whose `m` holds the raw bits of the value.
 pub(crate) const RAW: i8 = -128;
+/// Added to `scale` in a run whose mantissas are stored as differences.
+pub(crate) const DELTA: i8 = 32;
 const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
 const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
 /// Rows buffered before they go to the Parquet writer.
@@ -173,7 +183,7 @@ impl MetricPart {
                 match runs.last_mut() {
                     Some(r) if r.id == id => {
                         r.rows += 1;
-                        r.max_t = t;
+                        r.max_t += t;
                     }
                     _ => runs.push(Run { id, first_row: row, rows: 1, min_t: t, max_t: t }),
                 }
@@ -188,41 +198,60 @@ impl MetricPart {
         if let Some(ids) = self.ids.get() {
             return Ok(ids);
         }
-        let ids = RoaringBitmap::from_sorted_iter(self.runs()?.iter().map(|r| r.id)).unwrap_or_default();
+        let ids: RoaringBitmap = self.runs()?.iter().map(|r| r.id).collect();
         Ok(self.ids.get_or_init(|| ids))
     }
 
-    /// Reads the samples of the given rows (sorted, disjoint ranges), decoded.
-    pub(crate) fn read_rows(&self, ranges: &[Range<u64>]) -> Result<(ScalarBuffer<i64>, ScalarBuffer<f64>)> {
-        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    /// Reads and decodes the samples of whole runs (in file order), laid end to end.
+    pub(crate) fn read_runs(&self, runs: &[Run]) -> Result<(ScalarBuffer<i64>, ScalarBuffer<f64>)> {
+        let total: u64 = runs.iter().map(|r| r.rows).sum();
         if total == 0 {
             return Ok((ScalarBuffer::from(Vec::new()), ScalarBuffer::from(Vec::new())));
         }
-        let selection = RowSelection::from_consecutive_ranges(
-            ranges.iter().map(|r| r.start as usize..r.end as usize),
-            self.meta.rows as usize,
-        );
+        // Neighbouring runs read as one range.
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        for r in runs {
+            let (s, e) = (r.first_row as usize, (r.first_row + r.rows) as usize);
+            match ranges.last_mut() {
+                Some(last) if last.end == s => last.end = e,
+                _ => ranges.push(s..e),
+            }
+        }
+        let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), self.meta.rows as usize);
         let reader = self
             .builder(&[1, 2, 3])?
             .with_row_selection(selection)
             .with_batch_size(total as usize)
             .build()
             .map_err(self.perr())?;
-        let mut t_parts: Vec<ScalarBuffer<i64>> = Vec::new();
-        let mut v: Vec<f64> = Vec::with_capacity(total as usize);
+        let mut t: Vec<i64> = Vec::with_capacity(total as usize);
+        let mut m: Vec<i64> = Vec::with_capacity(total as usize);
+        let mut sc: Vec<i8> = Vec::with_capacity(total as usize);
         for batch in reader {
             let batch = batch?;
-            t_parts.push(batch.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>().values().clone());
-            let m = batch.column(1).as_primitive::<Int64Type>().values();
-            let s = batch.column(2).as_primitive::<Int8Type>().values();
-            v.extend(m.iter().zip(s.iter()).map(|(&m, &s)| decode_value(m, s)));
+            t.extend_from_slice(batch.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>().values());
+            m.extend_from_slice(batch.column(1).as_primitive::<Int64Type>().values());
+            sc.extend_from_slice(batch.column(2).as_primitive::<Int8Type>().values());
         }
-        let t = if t_parts.len() == 1 {
-            t_parts.pop().unwrap_or_else(|| ScalarBuffer::from(Vec::new()))
-        } else {
-            ScalarBuffer::from(t_parts.iter().flat_map(|b| b.iter().copied()).collect::<Vec<i64>>())
-        };
-        Ok((t, ScalarBuffer::from(v)))
+        let mut v: Vec<f64> = Vec::with_capacity(total as usize);
+        let mut off = 0usize;
+        for r in runs {
+            let n = r.rows as usize;
+            let (ts, ms, ss) = (&mut t[off..off + n], &mut m[off..off + n], &sc[off..off + n]);
+            for i in 1..n {
+                ts[i] = ts[i].wrapping_add(ts[i - 1]);
+            }
+            if ss.first().is_some_and(|&s| s != RAW && s >= DELTA) {
+                for i in 1..n {
+                    ms[i] = ms[i].wrapping_add(ms[i - 1]);
+                }
+                v.extend(ms.iter().zip(ss).map(|(&m, &s)| decode_value(m, s - DELTA)));
+            } else {
+                v.extend(ms.iter().zip(ss).map(|(&m, &s)| decode_value(m, s)));
+            }
+            off += n;
+        }
+        Ok((ScalarBuffer::from(t), ScalarBuffer::from(v)))
     }
 }
 
@@ -302,18 +331,16 @@ impl MetricPartWriter {
         let path = meta.path(data_dir);
         let file = File::create(&path).map_err(Error::io("create", &path))?;
         let level = ZstdLevel::try_new(zstd_level).unwrap_or_default();
-        let sorting = |column_idx| SortingColumn { column_idx, descending: false, nulls_first: false };
         let props = WriterProperties::builder()
             .set_writer_version(WriterVersion::PARQUET_2_0)
             .set_compression(Compression::ZSTD(level))
             .set_dictionary_enabled(false)
             .set_column_dictionary_enabled(SCALE.into(), true)
             .set_column_encoding(SERIES_ID.into(), Encoding::DELTA_BINARY_PACKED)
-            .set_column_encoding(T.into(), Encoding::DELTA_BINARY_PACKED)
+            .set_column_encoding(T.into(), Encoding::PLAIN)
             .set_column_encoding(M.into(), Encoding::BYTE_STREAM_SPLIT)
             .set_data_page_row_count_limit(WRITE_BATCH)
             .set_max_row_group_row_count(Some(8 << 20))
-            .set_sorting_columns(Some(vec![sorting(0), sorting(1)]))
             .set_key_value_metadata(Some(vec![KeyValue::new("lumen.format".to_string(), "metrics/1".to_string())]))
             .build();
         let schema = schema();
@@ -336,15 +363,26 @@ impl MetricPartWriter {
         })
     }
 
-    /// Appends one series' samples (sorted by time, no duplicates); ids must ascend across calls.
+    /// Appends one series' samples (sorted by time, no duplicates) as the next run.
     pub(crate) fn push_series(&mut self, id: u32, t: &[i64], v: &[f64]) -> Result<()> {
         if t.is_empty() {
             return Ok(());
         }
         self.runs.push(Run { id, first_row: self.rows, rows: t.len() as u64, min_t: t[0], max_t: t[t.len() - 1] });
         self.ids.extend(std::iter::repeat_n(id, t.len()));
-        self.t.extend_from_slice(t);
+        self.t.push(t[0]);
+        self.t.extend(t.windows(2).map(|w| w[1].wrapping_sub(w[0])));
+        let start = self.m.len();
         encode_run(v, &mut self.m, &mut self.s);
+        let (m, s) = (&mut self.m[start..], &mut self.s[start..]);
+        // Counter-like runs (no raw rows, mantissas never falling) keep differences.
+        let counter = m.len() > 1 && s[0] != RAW && m.windows(2).all(|w| w[1] >= w[0]);
+        if counter {
+            for i in (1..m.len()).rev() {
+                m[i] -= m[i - 1];
+            }
+            s.iter_mut().for_each(|x| *x += DELTA);
+        }
         self.rows += t.len() as u64;
         self.series += 1;
         self.min_t = self.min_t.min(t[0]);
@@ -458,15 +496,23 @@ mod tests {
         let t0: Vec<i64> = (0..n).map(|i| 1_000 + i * 15_000).collect();
         let v0: Vec<f64> = (0..n).map(|i| i as f64 * 0.5).collect();
         w.push_series(3, &t0, &v0).unwrap();
+        // A gauge (absolute mantissas) between two counters (differences).
+        w.push_series(5, &[1, 2, 3], &[2.5, -1.25, 7.0]).unwrap();
         w.push_series(9, &[5, 6], &[f64::from_bits(STALE), 2.0]).unwrap();
         let part = w.finish(dir.path()).unwrap();
-        assert_eq!((part.meta.rows, part.meta.series), (n as u64 + 2, 2));
+        assert_eq!((part.meta.rows, part.meta.series), (n as u64 + 5, 3));
         // A fresh handle derives the runs from the file.
         let reopened = MetricPart::open(dir.path(), part.meta.clone());
         assert_eq!(reopened.runs().unwrap(), part.runs().unwrap());
-        assert_eq!(reopened.ids().unwrap().iter().collect::<Vec<_>>(), vec![3, 9]);
-        let (t, v) = reopened.read_rows(&[10..12, n as u64..n as u64 + 2]).unwrap();
-        assert_eq!(&t[..], &[t0[10], t0[11], 5, 6]);
-        assert_eq!((v[0], v[1], v[2].to_bits(), v[3]), (5.0, 5.5, STALE, 2.0));
+        assert_eq!(reopened.ids().unwrap().iter().collect::<Vec<_>>(), vec![3, 5, 9]);
+        let runs = reopened.runs().unwrap().to_vec();
+        let (t, v) = reopened.read_runs(&runs).unwrap();
+        assert_eq!(&t[..n as usize], &t0[..]);
+        assert_eq!(&v[..n as usize], &v0[..]);
+        assert_eq!(&t[n as usize..], &[1, 2, 3, 5, 6]);
+        assert_eq!(&v[n as usize..n as usize + 3], &[2.5, -1.25, 7.0]);
+        assert_eq!((v[n as usize + 3].to_bits(), v[n as usize + 4]), (STALE, 2.0));
+        let (t, v) = reopened.read_runs(&runs[2..]).unwrap();
+        assert_eq!((&t[..], v[1]), (&[5i64, 6][..], 2.0));
     }
 }

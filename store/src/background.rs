@@ -1,0 +1,64 @@
+//! The background loop both stores run: flush by size (on request) and by age, then retention and
+//! compaction every `maintenance_interval`, until shutdown; then a last flush and the WAL closed.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StoreConfig;
+use crate::error::Result;
+
+/// What the loop needs of a store.
+pub(crate) trait Maintained: Send + Sync {
+    /// `log` or `metric`, for messages.
+    const KIND: &'static str;
+    fn tuning(&self) -> &StoreConfig;
+    /// Notified when the head passed its size limit.
+    fn flush_wanted(&self) -> &Notify;
+    /// The active head's first write is older than `max_age`, or frozen heads wait for a retry.
+    fn flush_due(&self, max_age: Duration) -> bool;
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send;
+    fn apply_retention(&self) -> impl Future<Output = Result<usize>> + Send;
+    fn compact(&self) -> impl Future<Output = Result<usize>> + Send;
+    fn update_gauges(&self);
+    fn close_wal(&self);
+}
+
+pub(crate) async fn run<S: Maintained>(store: S, shutdown: CancellationToken) -> Result<()> {
+    let tuning = store.tuning().clone();
+    let kind = S::KIND;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_maintenance = Instant::now() - tuning.maintenance_interval;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = store.flush_wanted().notified() => {
+                if let Err(error) = store.flush().await {
+                    tracing::error!(%error, kind, "flush failed; the head keeps the data and will retry");
+                }
+            }
+            _ = tick.tick() => {
+                if store.flush_due(tuning.head_max_age)
+                    && let Err(error) = store.flush().await {
+                        tracing::error!(%error, kind, "flush failed; the head keeps the data and will retry");
+                    }
+                if last_maintenance.elapsed() >= tuning.maintenance_interval {
+                    last_maintenance = Instant::now();
+                    if let Err(error) = store.apply_retention().await {
+                        tracing::error!(%error, kind, "retention failed");
+                    }
+                    if let Err(error) = store.compact().await {
+                        tracing::error!(%error, kind, "compaction failed; inputs kept");
+                    }
+                }
+                store.update_gauges();
+            }
+        }
+    }
+    let res = store.flush().await;
+    store.close_wal();
+    res
+}
