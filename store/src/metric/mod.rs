@@ -889,12 +889,10 @@ impl MetricStore {
         }
         let min_parts = inner.options.tuning.compaction_min_parts;
         let mut merged = 0;
-        for ((tenant, day), mut job) in by_day {
-            let finished = day < today;
-            let wanted = job.len() >= min_parts || (finished && (job.len() > 1 || job[0].meta.level == 0));
-            if !wanted {
+        for ((tenant, day), parts) in by_day {
+            let Some(mut job) = compaction_job(parts, day < today, min_parts) else {
                 continue;
-            }
+            };
             job.sort_by_key(|p| p.meta.id);
             let level = job.iter().map(|p| p.meta.level).max().unwrap_or(0) + 1;
             let started = Instant::now();
@@ -1085,6 +1083,21 @@ impl crate::background::Maintained for MetricStore {
     fn close_wal(&self) {
         self.inner.wal.close();
     }
+}
+
+/// What to merge of one day's parts. A finished day becomes one part (a lone flushed part is rewritten
+/// at the compaction zstd level). Today's parts merge by tiers: `min_parts` parts of one level become one
+/// part of the next, so a steady trickle of small flushes costs each sample a few rewrites a day rather
+/// than one per compaction round.
+fn compaction_job(parts: Vec<Arc<MetricPart>>, finished: bool, min_parts: usize) -> Option<Vec<Arc<MetricPart>>> {
+    if finished {
+        return (parts.len() > 1 || parts[0].meta.level == 0).then_some(parts);
+    }
+    let mut by_level: std::collections::BTreeMap<u32, Vec<Arc<MetricPart>>> = Default::default();
+    for p in parts {
+        by_level.entry(p.meta.level).or_default().push(p);
+    }
+    by_level.into_values().find(|tier| tier.len() >= min_parts)
 }
 
 /// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed

@@ -172,3 +172,31 @@ async fn a_series_first_used_by_two_concurrent_batches_survives_a_crash_of_eithe
     let got = read(&store, &[eq("__name__", "x")], i64::MIN, i64::MAX);
     assert_eq!(got, vec![("__name__=x".to_string(), vec![(t0 + 1, 2f64.to_bits())])]);
 }
+
+#[test]
+fn compaction_merges_today_by_tiers_and_a_finished_day_whole() {
+    let part = |id: u64, level: u32| {
+        let meta = MetricPartMeta {
+            id,
+            tenant: "t".into(),
+            day: 1,
+            min_time: 0,
+            max_time: 0,
+            rows: 1,
+            series: 1,
+            bytes: 1,
+            level,
+        };
+        Arc::new(MetricPart::open(Path::new("/nonexistent"), meta))
+    };
+    let ids = |job: Option<Vec<Arc<MetricPart>>>| job.map(|j| j.iter().map(|p| p.meta.id).collect::<Vec<_>>());
+    // Today: three small parts and a big one; only a full tier merges.
+    let today = vec![part(1, 1), part(2, 0), part(3, 0), part(4, 0)];
+    assert_eq!(ids(compaction_job(today.clone(), false, 4)), None);
+    assert_eq!(ids(compaction_job(today.clone(), false, 3)), Some(vec![2, 3, 4]));
+    assert_eq!(ids(compaction_job(vec![part(1, 1), part(5, 1)], false, 2)), Some(vec![1, 5]));
+    // A finished day: everything, or a lone flushed part alone.
+    assert_eq!(ids(compaction_job(today, true, 4)), Some(vec![1, 2, 3, 4]));
+    assert_eq!(ids(compaction_job(vec![part(6, 0)], true, 4)), Some(vec![6]));
+    assert_eq!(ids(compaction_job(vec![part(7, 2)], true, 4)), None);
+}
