@@ -170,7 +170,7 @@ fn remote_write_body(t: i64, round: i64) -> Vec<u8> {
         .map(|i| {
             let labels = vec![
                 ("__name__".to_string(), format!("node_metric_{}_total", i % 100)),
-                ("cpu".to_string(), (i % 8).to_string()),
+                ("cpu".to_string(), (i % 25).to_string()),
                 ("device".to_string(), format!("eth{}", i % 4)),
                 ("instance".to_string(), format!("host-{:02}:9100", i / 100)),
                 ("job".to_string(), "node".to_string()),
@@ -283,7 +283,7 @@ fn metrics(c: &mut Criterion) {
         .map(|i| query::promql::Series {
             labels: vec![
                 ("__name__".to_string(), "node_cpu_seconds_total".to_string()),
-                ("cpu".to_string(), (i % 8).to_string()),
+                ("cpu".to_string(), (i % 25).to_string()),
                 ("instance".to_string(), format!("host-{:02}", i / 100)),
                 ("mode".to_string(), ["user", "system", "idle", "iowait"][i % 4].to_string()),
             ],

@@ -126,7 +126,11 @@ impl Wal {
     pub(crate) fn close(&self) {
         self.tx.lock().take();
         if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+            // The last handle to a store can be dropped by a callback running on the WAL thread itself
+            // (a flush whose caller went away); that thread ends on its own once the channel is closed.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -176,69 +176,6 @@ fn invalid_utf8_escapes() {
     assert_eq!(r.value, Value::Vector(vec![(labels(&[("__name__", "v"), ("x", "é")]), 0, 1.0)]));
 }
 
-/// A source holding prebuilt series (cloning `ScalarBuffer`s is cheap), to time the engine alone.
-struct BufSource(Vec<Series>);
-
-impl SeriesSource for BufSource {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, EvalError> {
-        Ok(self
-            .0
-            .iter()
-            .filter(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
-            .map(|s| {
-                let lo = s.t.partition_point(|&x| x < mint);
-                let hi = s.t.partition_point(|&x| x <= maxt);
-                Series { labels: s.labels.clone(), t: s.t.slice(lo, hi - lo), v: s.v.slice(lo, hi - lo) }
-            })
-            .collect())
-    }
-}
-
-/// Rough timing of the benchmark shapes (run with `--ignored`).
-#[test]
-#[ignore]
-#[allow(clippy::print_stdout)]
-fn perf_smoke() {
-    let step = 15_000;
-    let n_pts = 2 * 3600 / 15;
-    let ts: Vec<i64> = (0..n_pts).map(|i| i as i64 * step).collect();
-    let mut all = Vec::new();
-    for s in 0..2000 {
-        let l = labels(&[("__name__", "req_total"), ("instance", &format!("i{s}")), ("job", &format!("j{}", s % 10))]);
-        let v: Vec<f64> = (0..n_pts).map(|i| (i * (s % 7 + 1)) as f64).collect();
-        all.push(Series { labels: l, t: ts.clone().into(), v: v.into() });
-    }
-    for s in 0..200 {
-        for le in ["0.1", "0.5", "1", "2", "5", "10", "+Inf"] {
-            let l = labels(&[("__name__", "lat_bucket"), ("instance", &format!("i{s}")), ("le", le)]);
-            let v: Vec<f64> = (0..n_pts).map(|i| (i * (le.len() + 1)) as f64).collect();
-            all.push(Series { labels: l, t: ts.clone().into(), v: v.into() });
-        }
-    }
-    let src = BufSource(all);
-    let o = EngineOptions::default();
-    for q in [
-        "rate(req_total[5m])",
-        "sum by (job) (rate(req_total[5m]))",
-        "histogram_quantile(0.9, sum by (le) (rate(lat_bucket[5m])))",
-        "histogram_quantile(0.9, rate(lat_bucket[5m]))",
-    ] {
-        let e = parse(q).unwrap_or_else(|e| panic!("{e}"));
-        let mut best = std::time::Duration::MAX;
-        let mut n = 0;
-        for _ in 0..5 {
-            let t0 = std::time::Instant::now();
-            let r = eval_range(&o, &src, &e, 3_600_000, 7_200_000, step).unwrap_or_else(|e| panic!("{e}"));
-            best = best.min(t0.elapsed());
-            n = match &r.value {
-                Value::Matrix(m) => m.len(),
-                _ => 0,
-            };
-        }
-        println!("PERF {q}: best {best:?} ({n} series)");
-    }
-}
-
 #[test]
 fn duration_expression_prepass() {
     let r = super::durexpr::rewrite("rate(x[26m+4m]) + y offset (1h/2)").unwrap_or_else(|e| panic!("{e}"));
