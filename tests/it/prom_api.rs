@@ -234,6 +234,19 @@ async fn grafana_prometheus_data_source_flow_over_remote_write() {
     assert!(msg.contains("match[]"), "{msg}");
     let (status, _, _) = api.error("/api/v1/query", &[("query", "up".into()), ("time", "tomorrow".into())]).await;
     assert_eq!(status, 400);
+    // A query past its timeout is Prometheus' 503 `timeout`; the server answers the next one.
+    let heavy = [
+        ("query", "count_over_time(http_requests_total[10m:1ms])".to_string()),
+        ("time", secs(t0 + 600_000)),
+        ("timeout", "1ms".to_string()),
+    ];
+    let (status, kind, _) = api.error("/api/v1/query", &heavy).await;
+    assert_eq!((status, kind.as_str()), (503, "timeout"));
+    // Every endpoint takes a form POST too.
+    for path in ["/api/v1/label/job/values", "/api/v1/metadata", "/api/v1/rules", "/api/v1/status/buildinfo"] {
+        let (status, body) = api.post(path, &[]).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("success")), "{path}: {body}");
+    }
     let dup = "label_replace(http_requests_total, \"instance\", \"x\", \"\", \"\")";
     let (status, kind, msg) = api.error("/api/v1/query", &[("query", dup.into()), ("time", secs(t0 + 600_000))]).await;
     assert_eq!((status, kind.as_str()), (422, "execution"), "{msg}");

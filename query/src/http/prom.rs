@@ -38,12 +38,12 @@ pub(crate) fn routes() -> Router<QueryState> {
         .route("/api/v1/query_range", get(query_range).post(query_range))
         .route("/api/v1/series", get(series).post(series).delete(not_allowed))
         .route("/api/v1/labels", get(labels).post(labels))
-        .route("/api/v1/label/{name}/values", get(label_values))
-        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/label/{name}/values", get(label_values).post(label_values))
+        .route("/api/v1/metadata", get(metadata).post(metadata))
         .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
-        .route("/api/v1/rules", get(rules))
-        .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/rules", get(rules).post(rules))
+        .route("/api/v1/alerts", get(alerts).post(alerts))
+        .route("/api/v1/status/buildinfo", get(buildinfo).post(buildinfo))
         .route("/api/v1/format_query", get(format_query).post(format_query))
 }
 

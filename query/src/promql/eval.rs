@@ -121,6 +121,8 @@ pub(super) struct Evaluator<'a> {
     pub range_query: bool,
     pub query_step: i64,
     deadline_counter: u32,
+    /// Steps evaluated since the clock was last read (see [`Evaluator::check_deadline_work`]).
+    work: usize,
 }
 
 impl<'a> Evaluator<'a> {
@@ -150,6 +152,21 @@ impl<'a> Evaluator<'a> {
             return Err(EvalError::Timeout);
         }
         Ok(())
+    }
+
+    /// Checks the deadline once `work` steps have accumulated since the last look at the clock: a loop over
+    /// few series with many steps each (a fine subquery) is as slow as one over many.
+    pub fn check_deadline_work(&mut self, work: usize) -> Result<(), EvalError> {
+        self.work += work;
+        if self.work >= 1 << 16 {
+            self.work = 0;
+            if let Some(d) = self.opts.deadline
+                && std::time::Instant::now() >= d
+            {
+                return Err(EvalError::Timeout);
+            }
+        }
+        self.check_deadline()
     }
 
     /// Accounts `n` samples held at once by a node.
@@ -195,7 +212,7 @@ impl<'a> Evaluator<'a> {
         let mut per_step = vec![0usize; g.n];
         let mut scanned = 0u64;
         for s in series {
-            self.check_deadline()?;
+            self.check_deadline_work(g.n)?;
             let ts: &[i64] = &s.t;
             let vs: &[f64] = &s.v;
             let mut vals = vec![None; g.n];
@@ -495,6 +512,7 @@ pub(super) fn run(
         range_query: !instant,
         query_step: if instant { 0 } else { step },
         deadline_counter: 63,
+        work: 0,
     };
     let v = ev.eval(expr, &g)?;
     let value = match v {

@@ -461,7 +461,7 @@ fn range_func(ev: &mut Evaluator, func: &str, arg: RangeArg, g: &Grid, params: &
     let lookback = ev.opts.lookback_ms;
     let mut out = Vec::with_capacity(arg.series.len());
     for r in &arg.series {
-        ev.check_deadline()?;
+        ev.check_deadline_work(g.n)?;
         let mut cur = Cursor::new();
         let mut vals = vec![None; g.n];
         let mut any = false;
