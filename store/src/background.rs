@@ -62,3 +62,47 @@ pub(crate) async fn run<S: Maintained>(store: S, shutdown: CancellationToken) ->
     store.close_wal();
     res
 }
+
+/// Implements [`Maintained`] for a store whose `inner` has the fields both stores share: `options`,
+/// `flush_wanted`, `active` (with `first_write`), `state` (with `frozen`) and `wal`.
+macro_rules! maintained {
+    ($store:ty, $kind:literal) => {
+        impl crate::background::Maintained for $store {
+            const KIND: &'static str = $kind;
+
+            fn tuning(&self) -> &crate::config::StoreConfig {
+                &self.inner.options.tuning
+            }
+
+            fn flush_wanted(&self) -> &tokio::sync::Notify {
+                &self.inner.flush_wanted
+            }
+
+            fn flush_due(&self, max_age: std::time::Duration) -> bool {
+                self.inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= max_age)
+                    || !self.inner.state.read().frozen.is_empty()
+            }
+
+            fn flush(&self) -> impl std::future::Future<Output = crate::error::Result<()>> + Send {
+                <$store>::flush(self)
+            }
+
+            fn apply_retention(&self) -> impl std::future::Future<Output = crate::error::Result<usize>> + Send {
+                <$store>::apply_retention(self)
+            }
+
+            fn compact(&self) -> impl std::future::Future<Output = crate::error::Result<usize>> + Send {
+                <$store>::compact(self)
+            }
+
+            fn update_gauges(&self) {
+                <$store>::update_gauges(self);
+            }
+
+            fn close_wal(&self) {
+                self.inner.wal.close();
+            }
+        }
+    };
+}
+pub(crate) use maintained;

@@ -825,42 +825,7 @@ impl LogStore {
     }
 }
 
-impl crate::background::Maintained for LogStore {
-    const KIND: &'static str = "log";
-
-    fn tuning(&self) -> &crate::config::StoreConfig {
-        &self.inner.options.tuning
-    }
-
-    fn flush_wanted(&self) -> &Notify {
-        &self.inner.flush_wanted
-    }
-
-    fn flush_due(&self, max_age: Duration) -> bool {
-        self.inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= max_age)
-            || !self.inner.state.read().frozen.is_empty()
-    }
-
-    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send {
-        LogStore::flush(self)
-    }
-
-    fn apply_retention(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
-        LogStore::apply_retention(self)
-    }
-
-    fn compact(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
-        LogStore::compact(self)
-    }
-
-    fn update_gauges(&self) {
-        LogStore::update_gauges(self);
-    }
-
-    fn close_wal(&self) {
-        self.inner.wal.close();
-    }
-}
+crate::background::maintained!(LogStore, "log");
 
 /// Takes the exclusive lock on `<data>/lock`, writing our pid into it for the next one to name.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File> {

@@ -1048,42 +1048,7 @@ impl MetricStore {
     }
 }
 
-impl crate::background::Maintained for MetricStore {
-    const KIND: &'static str = "metric";
-
-    fn tuning(&self) -> &crate::config::StoreConfig {
-        &self.inner.options.tuning
-    }
-
-    fn flush_wanted(&self) -> &Notify {
-        &self.inner.flush_wanted
-    }
-
-    fn flush_due(&self, max_age: Duration) -> bool {
-        self.inner.active.lock().first_write.is_some_and(|t| t.elapsed() >= max_age)
-            || !self.inner.state.read().frozen.is_empty()
-    }
-
-    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send {
-        MetricStore::flush(self)
-    }
-
-    fn apply_retention(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
-        MetricStore::apply_retention(self)
-    }
-
-    fn compact(&self) -> impl std::future::Future<Output = Result<usize>> + Send {
-        MetricStore::compact(self)
-    }
-
-    fn update_gauges(&self) {
-        MetricStore::update_gauges(self);
-    }
-
-    fn close_wal(&self) {
-        self.inner.wal.close();
-    }
-}
+crate::background::maintained!(MetricStore, "metric");
 
 /// What to merge of one day's parts. A finished day becomes one part (a lone flushed part is rewritten
 /// at the compaction zstd level). Today's parts merge by tiers: `min_parts` parts of one level become one
