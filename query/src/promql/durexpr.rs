@@ -81,9 +81,18 @@ impl DurExpr {
 
 /// Parses a Prometheus duration literal (`1h30m`, `500ms`) into seconds.
 fn duration_literal(s: &str) -> Option<f64> {
+    duration_ms(s).map(|ms| ms as f64 / 1000.0)
+}
+
+/// Parses an unsigned Prometheus duration (`1h30m`, `500ms`, units ms s m h d w y) into milliseconds;
+/// `None` for anything else or on overflow.
+pub(super) fn duration_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
     let mut i = 0;
-    let mut total = 0f64;
+    let mut total = 0i64;
     while i < b.len() {
         let st = i;
         while i < b.len() && b[i].is_ascii_digit() {
@@ -92,22 +101,22 @@ fn duration_literal(s: &str) -> Option<f64> {
         if st == i {
             return None;
         }
-        let n: f64 = s[st..i].parse().ok()?;
+        let n: i64 = s[st..i].parse().ok()?;
         let us = i;
         while i < b.len() && b[i].is_ascii_alphabetic() {
             i += 1;
         }
         let mult = match &s[us..i] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
-            "w" => 604_800.0,
-            "y" => 31_536_000.0,
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
             _ => return None,
         };
-        total += n * mult;
+        total = total.checked_add(n.checked_mul(mult)?)?;
     }
     Some(total)
 }

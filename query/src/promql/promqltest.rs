@@ -60,41 +60,8 @@ fn parse_duration(s: &str) -> Option<i64> {
         Some(r) => (true, r),
         None => (false, s),
     };
-    if s == "0" {
-        return Some(0);
-    }
-    let mut total = 0i64;
-    let b = s.as_bytes();
-    let mut i = 0;
-    if b.is_empty() {
-        return None;
-    }
-    while i < b.len() {
-        let st = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if st == i {
-            return None;
-        }
-        let n: i64 = s[st..i].parse().ok()?;
-        let us = i;
-        while i < b.len() && b[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let mult = match &s[us..i] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return None,
-        };
-        total += n * mult;
-    }
-    Some(if neg { -total } else { total })
+    let ms = if s == "0" { 0 } else { super::durexpr::duration_ms(s)? };
+    Some(if neg { -ms } else { ms })
 }
 
 /// One value position of a series description.

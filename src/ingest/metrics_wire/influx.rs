@@ -17,7 +17,7 @@
 //! `\\` in string field values. A backslash before any other character is kept literally. Lines starting with
 //! `#` are comments. A bad line is skipped whole and reported; the other lines are still visited.
 
-use super::{ErrorSink, LineError, clip, recycle};
+use super::{ErrorSink, LineError, Piece, clip, recycle};
 
 /// Timestamp precision of a write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,24 +78,6 @@ pub struct InfluxStats {
     pub error_lines: usize,
     /// The first [`super::MAX_LINE_ERRORS`] bad lines; none of their fields were visited.
     pub errors: Vec<LineError>,
-}
-
-#[derive(Clone, Copy)]
-enum Piece<'b> {
-    Body(&'b str),
-    Scratch(usize, usize),
-}
-
-impl<'b> Piece<'b> {
-    fn get<'s>(self, scratch: &'s str) -> &'s str
-    where
-        'b: 's,
-    {
-        match self {
-            Piece::Body(s) => s,
-            Piece::Scratch(a, b) => &scratch[a..b],
-        }
-    }
 }
 
 /// Buffers reused across lines, so a line costs no allocation once they have grown.

@@ -100,6 +100,25 @@ impl ErrorSink {
     }
 }
 
+/// A string of the current line: borrowed from the body, or a range of the line's unescape buffer.
+#[derive(Clone, Copy)]
+pub(crate) enum Piece<'b> {
+    Body(&'b str),
+    Scratch(usize, usize),
+}
+
+impl<'b> Piece<'b> {
+    pub(crate) fn get<'s>(self, scratch: &'s str) -> &'s str
+    where
+        'b: 's,
+    {
+        match self {
+            Piece::Body(s) => s,
+            Piece::Scratch(a, b) => &scratch[a..b],
+        }
+    }
+}
+
 /// Turns an empty vector of borrowed label pairs into one with a shorter lifetime, keeping its allocation.
 ///
 /// The in-place `collect` of an empty iterator re-uses the buffer, so a per-line label vector can be recycled

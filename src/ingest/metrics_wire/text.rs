@@ -18,7 +18,7 @@
 //! Labels with an empty value are dropped (Prometheus: empty value = label absent). The labels handed to the
 //! visitor include `__name__` and are sorted by name (byte order).
 
-use super::{ErrorSink, LineError, clip, recycle};
+use super::{ErrorSink, LineError, Piece, clip, recycle};
 use std::collections::HashMap;
 
 /// Which exposition dialect a body is in.
@@ -80,25 +80,6 @@ pub struct TextStats {
     pub error_lines: usize,
     /// The first [`super::MAX_LINE_ERRORS`] bad lines; their samples were not visited.
     pub errors: Vec<LineError>,
-}
-
-/// A string of the current line: borrowed from the body, or a range of the line's unescape buffer.
-#[derive(Clone, Copy)]
-enum Piece<'b> {
-    Body(&'b str),
-    Scratch(usize, usize),
-}
-
-impl<'b> Piece<'b> {
-    fn get<'s>(self, scratch: &'s str) -> &'s str
-    where
-        'b: 's,
-    {
-        match self {
-            Piece::Body(s) => s,
-            Piece::Scratch(a, b) => &scratch[a..b],
-        }
-    }
 }
 
 /// Family state for the OpenMetrics `_created` rule.
