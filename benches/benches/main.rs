@@ -165,7 +165,7 @@ fn logql(c: &mut Criterion) {
 /// A node_exporter-like remote-write body: 2,000 series of ten labels, one sample each (as Prometheus
 /// sends them), at time `t`.
 fn remote_write_body(t: i64, round: i64) -> Vec<u8> {
-    use lumen::ingest::metrics_wire::{Sample, encode_write_request};
+    use store::wire::prom::{Sample, encode_write_request};
     let series: Vec<_> = (0..2000)
         .map(|i| {
             let labels = vec![
@@ -189,7 +189,7 @@ fn remote_write_body(t: i64, round: i64) -> Vec<u8> {
 /// The metric ingest and PromQL hot paths: remote-write decode, catalog lookup per sample, the decimal
 /// value encoding of parts, and a `rate` over 2,000 series.
 fn metrics(c: &mut Criterion) {
-    use lumen::ingest::metrics_wire::{decode_write_request, decompress_snappy, normalize_labels};
+    use store::wire::prom::{decode_write_request, decompress_snappy, normalize_labels};
     let t0 = store::time::now_ns() / 1_000_000;
     let mut g = c.benchmark_group("metrics");
     g.throughput(Throughput::Elements(2000));
@@ -239,7 +239,7 @@ fn metrics(c: &mut Criterion) {
             let mut batch = ms.batch(&tenant);
             let mut norm = Vec::new();
             decode_write_request(&raw, |l, s| {
-                lumen::ingest::metrics_wire::check_labels(l, 40, 1024, 65536)?;
+                store::wire::prom::check_labels(l, 40, 1024, 65536)?;
                 normalize_labels(l, &mut norm);
                 batch.add(&norm, s.iter().map(|s| (s.t, s.v)));
                 Ok(())

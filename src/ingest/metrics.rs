@@ -19,9 +19,9 @@ use axum::routing::post;
 use bytes::Bytes;
 use store::MetricMetadata;
 
-use super::metrics_wire::{self, LabelLimits, LineError, Precision, TextFormat, WireError};
 use super::{header_str, plain, store_error};
 use crate::http::{AppState, tenant};
+use store::wire::prom::{self as metrics_wire, LabelLimits, LineError, Precision, TextFormat, WireError};
 
 pub fn router() -> Router<AppState> {
     Router::new()

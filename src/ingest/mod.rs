@@ -25,7 +25,6 @@ use store::wire::{Decoded, FieldMapping, WireError, body, esbulk, jsonline, loki
 use crate::http::AppState;
 
 pub mod metrics;
-pub mod metrics_wire;
 
 /// The Elasticsearch version reported to shippers. Filebeat refuses a server older than itself and
 /// Vector picks its API flavour from the major version, so this is a recent 8.x.

@@ -15,6 +15,7 @@ pub mod body;
 pub mod esbulk;
 pub mod jsonline;
 pub mod loki;
+pub mod prom;
 
 mod flatten;
 

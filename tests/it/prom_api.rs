@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lumen::ingest::metrics_wire::{OwnedSeries, Sample, compress_snappy, encode_write_request};
 use serde_json::Value;
+use store::wire::prom::{OwnedSeries, Sample, compress_snappy, encode_write_request};
 
 use crate::harness::{ServerProcess, TestServer, free_addr, test_config};
 
@@ -278,8 +278,8 @@ async fn remote_read(
     name: &str,
     instance: &str,
 ) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
-    use lumen::ingest::metrics_wire::remote::pb;
     use prost::Message;
+    use store::wire::prom::remote::pb;
     let matcher =
         |n: &str, v: &str| pb::LabelMatcher { r#type: pb::MatchType::Eq as i32, name: n.into(), value: v.into() };
     let req = pb::ReadRequest {

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lumen::ingest::metrics_wire::{OwnedSeries, Sample, encode_write_request};
 use serde_json::Value;
+use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
 
 use crate::harness::{TestServer, free_addr, test_config};
 
