@@ -18,6 +18,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: store::StoreConfig,
     pub query: query::QueryConfig,
+    pub agent: collector::AgentConfig,
 }
 
 /// `[log]`: the server's own logs.
@@ -87,6 +88,23 @@ impl Default for ServerConfig {
     }
 }
 
+/// The node name of `lumen agent`: the configured one, else `NODE_NAME` (the downward API sets it in a
+/// DaemonSet), else the host name.
+pub fn node_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return n;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 impl Config {
     /// Reads a TOML file.
     ///
@@ -127,6 +145,7 @@ impl Config {
         if self.query.sql_max_rows == 0 {
             bail!("query.sql_max_rows must be at least 1");
         }
+        self.agent.validate()?;
         Ok(())
     }
 

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the store and query node: ingest, storage, and the query APIs.
     Server(ServerArgs),
+    /// Run the node agent: tail pod logs, scrape Prometheus endpoints, ship both to a server.
+    Agent(AgentArgs),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -44,6 +46,37 @@ struct ServerArgs {
     /// Delete data older than this, whole days at a time [default: 30d].
     #[arg(long, env = "LUMEN_RETENTION")]
     retention: Option<humantime::Duration>,
+    /// Log output format.
+    #[arg(long, env = "LUMEN_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// TOML configuration file (its [agent] section); flags and LUMEN_AGENT_* variables override it.
+    #[arg(long, env = "LUMEN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Base URL of the Lumen server [default: http://127.0.0.1:9700].
+    #[arg(long, env = "LUMEN_AGENT_SERVER")]
+    server: Option<String>,
+    /// The kubelet's pod log directory [default: /var/log/pods].
+    #[arg(long, env = "LUMEN_AGENT_PODS_DIR")]
+    pods_dir: Option<PathBuf>,
+    /// The agent's state: checkpoints and disk buffer [default: /var/lib/lumen-agent].
+    #[arg(long, env = "LUMEN_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's name [default: $NODE_NAME, else the host name].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// A Prometheus endpoint to scrape (repeatable), e.g. http://127.0.0.1:9100/metrics.
+    #[arg(long = "scrape-target")]
+    scrape_targets: Vec<String>,
+    /// How often targets are scraped [default: 15s].
+    #[arg(long)]
+    scrape_interval: Option<humantime::Duration>,
+    /// Listen address of the agent's /metrics, /health and /ready [default: 127.0.0.1:9701].
+    #[arg(long, env = "LUMEN_AGENT_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
     /// Log output format.
     #[arg(long, env = "LUMEN_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -88,6 +121,41 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+fn agent_config(args: AgentArgs) -> anyhow::Result<(Config, String)> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let a = &mut config.agent;
+    if let Some(v) = args.server {
+        a.server = v;
+    }
+    if let Some(v) = args.pods_dir {
+        a.pods_dir = v;
+    }
+    if let Some(v) = args.data_dir {
+        a.data_dir = v;
+    }
+    if let Some(v) = args.node_name {
+        a.node_name = v;
+    }
+    if !args.scrape_targets.is_empty() {
+        a.scrape_targets = args.scrape_targets;
+    }
+    if let Some(v) = args.scrape_interval {
+        a.scrape_interval = v.into();
+    }
+    if let Some(v) = args.http_addr {
+        a.http_addr = v;
+    }
+    if let Some(v) = args.log_format {
+        config.log.format = v;
+    }
+    config.agent.validate()?;
+    let node = lumen::config::node_name(&config.agent.node_name);
+    Ok((config, node))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
@@ -95,6 +163,19 @@ fn main() -> ExitCode {
             lumen::telemetry::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lumen").build()?;
             runtime.block_on(async { lumen::start(config).await?.run_until_signal().await })
+        }),
+        Command::Agent(args) => agent_config(args).and_then(|(config, node)| {
+            lumen::telemetry::init(&config.log);
+            // The agent is small: two workers serve the shipper, scrapers and HTTP; the reader has its thread.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .thread_name("lumen-agent")
+                .build()?;
+            runtime.block_on(async {
+                collector::start(config.agent, node).await?.run_until_signal().await?;
+                anyhow::Ok(())
+            })
         }),
         Command::Config(ConfigCommand::Check { config }) => Config::from_file(&config).and_then(|c| {
             c.validate()?;

@@ -15,6 +15,7 @@ pub struct IngestMetrics {
     pub rejected_lines: Family<Labels, Counter>,
     pub rejected_bytes: Family<Labels, Counter>,
     pub rejected_requests: Family<Labels, Counter>,
+    pub duplicate_batches: Family<Labels, Counter>,
     pub invalid_utf8_requests: Family<Labels, Counter>,
     pub samples: Family<Labels, Counter>,
     pub rejected_samples: Family<Labels, Counter>,
@@ -32,6 +33,7 @@ impl IngestMetrics {
             rejected_lines: Family::default(),
             rejected_bytes: Family::default(),
             rejected_requests: Family::default(),
+            duplicate_batches: Family::default(),
             invalid_utf8_requests: Family::default(),
             samples: Family::default(),
             rejected_samples: Family::default(),
@@ -47,6 +49,11 @@ impl IngestMetrics {
             m.rejected_bytes.clone(),
         );
         r.register("rejected_requests", "whole requests rejected, by protocol and status", m.rejected_requests.clone());
+        r.register(
+            "duplicate_batches",
+            "batches a producer (the agent) sent again after they were stored, acknowledged without storing",
+            m.duplicate_batches.clone(),
+        );
         r.register(
             "invalid_utf8_requests",
             "requests in which invalid UTF-8 was replaced with U+FFFD, by protocol",
@@ -95,6 +102,10 @@ impl IngestMetrics {
         let mut l = proto(protocol);
         l.push(("status".to_string(), status.to_string()));
         self.rejected_requests.get_or_create(&l).inc();
+    }
+
+    pub fn duplicate_batch(&self, protocol: &str) {
+        self.duplicate_batches.get_or_create(&proto(protocol)).inc();
     }
 
     pub fn invalid_utf8(&self, protocol: &str) {

@@ -115,6 +115,17 @@ async fn store_decoded(
     tenant: &Tenant,
     decoded: &mut Decoded,
 ) -> Result<(), Response> {
+    store_decoded_once(app, protocol, tenant, decoded, None).await
+}
+
+/// As [`store_decoded`]; with a producer and sequence the batch is stored once however often it is sent.
+async fn store_decoded_once(
+    app: &AppState,
+    protocol: &'static str,
+    tenant: &Tenant,
+    decoded: &mut Decoded,
+    producer: Option<(&str, u64)>,
+) -> Result<(), Response> {
     let batch = std::mem::take(&mut decoded.batch);
     let (lines, bytes) = (batch.entries.len(), batch.line_bytes());
     if decoded.invalid_utf8 {
@@ -124,11 +135,25 @@ async fn store_decoded(
         app.ingest.rejected(protocol, r.reason.kind());
     }
     app.ingest.rejected_bytes(protocol, decoded.rejected_bytes);
-    app.store.append(tenant, batch).await.map_err(|e| {
+    let appended = match producer {
+        None => app.store.append(tenant, batch).await.map(|()| store::Appended::Stored),
+        Some((name, seq)) => app.store.append_once(tenant, batch, name, seq).await,
+    };
+    match appended.map_err(|e| {
         app.ingest.rejected_request(protocol, 503);
         store_error(&e)
-    })?;
-    app.ingest.accepted(protocol, lines, bytes);
+    })? {
+        store::Appended::Stored => app.ingest.accepted(protocol, lines, bytes),
+        store::Appended::Duplicate { stored } => {
+            tracing::debug!(
+                producer = producer.map(|p| p.0),
+                seq = producer.map(|p| p.1),
+                stored,
+                "a resent batch was stored before; not storing it again"
+            );
+            app.ingest.duplicate_batch(protocol);
+        }
+    }
     Ok(())
 }
 
@@ -141,6 +166,27 @@ fn rejection_summary(d: &Decoded) -> String {
         msg.push_str("; ...");
     }
     msg
+}
+
+/// The `X-Lumen-Producer` and `X-Lumen-Sequence` headers of a producer that numbers its batches (the
+/// agent), both or neither.
+fn producer(headers: &HeaderMap) -> Result<Option<(String, u64)>, String> {
+    let name = header_str(headers, "x-lumen-producer");
+    let seq = header_str(headers, "x-lumen-sequence");
+    match (name, seq) {
+        (None, None) => Ok(None),
+        (Some(name), Some(seq)) => {
+            if name.is_empty() || name.len() > 256 {
+                return Err(format!("X-Lumen-Producer must be 1 to 256 characters, got {} characters", name.len()));
+            }
+            let seq = seq
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("X-Lumen-Sequence must be an unsigned integer, got {seq:?}"))?;
+            Ok(Some((name.to_string(), seq)))
+        }
+        _ => Err("X-Lumen-Producer and X-Lumen-Sequence go together: send both or neither".to_string()),
+    }
 }
 
 /// `POST /loki/api/v1/push`: 204 when everything was stored; 400 naming the dropped entries when some
@@ -157,6 +203,13 @@ async fn loki_push(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
             return plain(wire_status(&e), e);
         }
     };
+    let producer = match producer(&headers) {
+        Ok(p) => p,
+        Err(msg) => {
+            app.ingest.rejected_request("loki", 400);
+            return plain(StatusCode::BAD_REQUEST, msg);
+        }
+    };
     let received = store::time::now_ns();
     let mut decoded = match decode_with(&app, "loki", &headers, body, |b| {
         loki::decode(format, b, limits(&app, received), received)
@@ -164,7 +217,8 @@ async fn loki_push(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         Ok(d) => d,
         Err((status, msg)) => return plain(status, msg),
     };
-    if let Err(r) = store_decoded(&app, "loki", &tenant, &mut decoded).await {
+    let producer = producer.as_ref().map(|(name, seq)| (name.as_str(), *seq));
+    if let Err(r) = store_decoded_once(&app, "loki", &tenant, &mut decoded, producer).await {
         return r;
     }
     if decoded.rejected.is_empty() {

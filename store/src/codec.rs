@@ -1,7 +1,7 @@
-//! The binary encoding of a log batch inside a write-ahead-log record (version 1):
+//! The binary encoding of a log batch inside a write-ahead-log record:
 //!
 //! ```text
-//! u8 kind = 1 | str tenant | varint n_streams | n × (u64le id, varint n_labels, n × (str, str))
+//! u8 kind (1, or 2 with a producer) | str tenant | [kind 2: str producer, varint sequence] | varint n_streams | n × (u64le id, varint n_labels, n × (str, str))
 //! | varint n_entries | n × (varint stream, varint zigzag(time - previous time), str line,
 //!                           varint n_fields, n × (str, str))
 //! ```
@@ -11,13 +11,22 @@
 use crate::model::{BatchStream, Labels, LogBatch, LogEntry, Tenant};
 
 const KIND_LOGS_V1: u8 = 1;
+/// A batch sent by a producer that numbers its batches (the agent), for exactly-once delivery.
+const KIND_LOGS_PRODUCER: u8 = 2;
+
+/// A producer's name and the sequence number of one of its batches.
+pub(crate) type ProducerSeq = (String, u64);
 
 /// Encodes a tenant's batch as a WAL payload.
-pub(crate) fn encode(tenant: &Tenant, batch: &LogBatch) -> Vec<u8> {
+pub(crate) fn encode(tenant: &Tenant, batch: &LogBatch, producer: Option<(&str, u64)>) -> Vec<u8> {
     let estimate = 64 + batch.entries.iter().map(|e| e.line.len() + 8 + e.fields.len() * 16).sum::<usize>();
     let mut out = Vec::with_capacity(estimate);
-    out.push(KIND_LOGS_V1);
+    out.push(if producer.is_some() { KIND_LOGS_PRODUCER } else { KIND_LOGS_V1 });
     put_str(&mut out, tenant.as_str());
+    if let Some((name, seq)) = producer {
+        put_str(&mut out, name);
+        put_varint(&mut out, seq);
+    }
     put_varint(&mut out, batch.streams.len() as u64);
     for s in &batch.streams {
         out.extend_from_slice(&s.id.0.to_le_bytes());
@@ -49,13 +58,14 @@ pub(crate) fn encode(tenant: &Tenant, batch: &LogBatch) -> Vec<u8> {
 /// # Errors
 /// A description of the first inconsistency; the record's CRC passed, so this means a bug or a payload
 /// of a newer version.
-pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch), String> {
+pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch, Option<ProducerSeq>), String> {
     let mut r = Reader { buf, pos: 0 };
     let kind = r.u8()?;
-    if kind != KIND_LOGS_V1 {
+    if kind != KIND_LOGS_V1 && kind != KIND_LOGS_PRODUCER {
         return Err(format!("unknown record kind {kind}"));
     }
     let tenant = Tenant::new(r.str()?).map_err(|e| e.to_string())?;
+    let producer = if kind == KIND_LOGS_PRODUCER { Some((r.str()?.to_string(), r.varint()?)) } else { None };
     let n_streams = r.len()?;
     let mut streams = Vec::with_capacity(n_streams);
     for _ in 0..n_streams {
@@ -90,7 +100,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch), String> {
     if r.pos != buf.len() {
         return Err(format!("{} trailing bytes", buf.len() - r.pos));
     }
-    Ok((tenant, LogBatch { streams, entries }))
+    Ok((tenant, LogBatch { streams, entries }, producer))
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -171,10 +181,15 @@ mod tests {
             fields: vec![("k".into(), "v".into())],
         });
         let tenant = Tenant::new("t1").unwrap();
-        let bytes = encode(&tenant, &batch);
-        let (t, b) = decode(&bytes).unwrap();
+        let bytes = encode(&tenant, &batch, None);
+        let (t, b, p) = decode(&bytes).unwrap();
         assert_eq!(t, tenant);
         assert_eq!(b, batch);
+        assert_eq!(p, None);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let bytes = encode(&tenant, &batch, Some(("agent-1", 1 << 40)));
+        let (t, b, p) = decode(&bytes).unwrap();
+        assert_eq!((t, b), (tenant, batch));
+        assert_eq!(p, Some(("agent-1".to_string(), 1 << 40)));
     }
 }

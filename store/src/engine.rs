@@ -70,7 +70,26 @@ struct Inner {
     maintenance_lock: tokio::sync::Mutex<()>,
     flush_wanted: Arc<Notify>,
     flushed: Notify,
+    /// The highest stored batch sequence of each producer, by (tenant, producer).
+    producers: Arc<Mutex<HashMap<ProducerKey, u64>>>,
+    /// One lock per producer, so that a batch and its retry are never checked at once.
+    producer_locks: Mutex<HashMap<ProducerKey, Arc<tokio::sync::Mutex<()>>>>,
     _lock: File,
+}
+
+/// (tenant, producer name).
+type ProducerKey = (String, String);
+
+/// What [`LogStore::append_once`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The batch is stored (durably, as by [`LogStore::append`]).
+    Stored,
+    /// A batch with this or a later sequence of the producer was stored before: nothing was written.
+    Duplicate {
+        /// The producer's highest stored sequence.
+        stored: u64,
+    },
 }
 
 /// Figures about the store, for tests, benchmarks and `/metrics`.
@@ -105,8 +124,11 @@ impl LogStore {
 
         let active = Arc::new(Mutex::new(MemTable::default()));
         let mut replayed = 0usize;
+        let producers: Arc<Mutex<HashMap<(String, String), u64>>> =
+            Arc::new(Mutex::new(manifest.producers.iter().map(|(t, p, seq)| ((t.clone(), p.clone()), *seq)).collect()));
         let wal = {
             let active = active.clone();
+            let producers = producers.clone();
             let catalog = &catalog;
             Wal::open(
                 &dir.join("wal"),
@@ -114,12 +136,17 @@ impl LogStore {
                 options.tuning.wal_segment_size.as_u64(),
                 metrics.clone(),
                 |r| {
-                    let (tenant, batch) = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
+                    let (tenant, batch, producer) = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
                         what: "wal record",
                         path: dir.join("wal"),
                         reason: format!("record {}: {reason}", r.seq),
                     })?;
                     catalog.register(&tenant, &batch.streams);
+                    if let Some((name, seq)) = producer {
+                        let mut p = producers.lock();
+                        let e = p.entry((tenant.as_str().to_string(), name)).or_insert(0);
+                        *e = (*e).max(seq);
+                    }
                     let rb = head::to_record_batch(&batch)?;
                     replayed += batch.entries.len();
                     active.lock().insert(&tenant, rb, r.seq);
@@ -147,6 +174,8 @@ impl LogStore {
                 maintenance_lock: tokio::sync::Mutex::new(()),
                 flush_wanted: Arc::new(Notify::new()),
                 flushed: Notify::new(),
+                producers,
+                producer_locks: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
         };
@@ -165,7 +194,38 @@ impl LogStore {
     /// # Cancel safety
     /// Dropping the future does not withdraw the batch: it may still be stored.
     pub async fn append(&self, tenant: &Tenant, batch: LogBatch) -> Result<()> {
+        self.append_record(tenant, batch, None).await
+    }
+
+    /// Stores batch number `seq` of `producer` exactly once: a batch whose sequence is at or below the
+    /// producer's highest stored one is a resend and is not written again. The sequences are durable with
+    /// the batches (in the WAL record, then in the manifest), so this holds across crashes. Producers send
+    /// their batches in order, one at a time (as the agent does); a batch and a concurrent retry of it are
+    /// serialised here.
+    ///
+    /// # Errors
+    /// As [`LogStore::append`]; a failed append records nothing, so the retry is stored.
+    pub async fn append_once(&self, tenant: &Tenant, batch: LogBatch, producer: &str, seq: u64) -> Result<Appended> {
+        let key = (tenant.as_str().to_string(), producer.to_string());
+        let lock = self.inner.producer_locks.lock().entry(key.clone()).or_default().clone();
+        let _guard = lock.lock().await;
+        if let Some(&stored) = self.inner.producers.lock().get(&key)
+            && stored >= seq
+        {
+            return Ok(Appended::Duplicate { stored });
+        }
+        self.append_record(tenant, batch, Some((producer, seq))).await?;
+        Ok(Appended::Stored)
+    }
+
+    async fn append_record(&self, tenant: &Tenant, batch: LogBatch, producer: Option<(&str, u64)>) -> Result<()> {
         if batch.is_empty() {
+            if let Some((name, seq)) = producer {
+                // Nothing to make durable; remembering the sequence in memory is enough to answer a resend.
+                let mut p = self.inner.producers.lock();
+                let e = p.entry((tenant.as_str().to_string(), name.to_string())).or_insert(0);
+                *e = (*e).max(seq);
+            }
             return Ok(());
         }
         let inner = &self.inner;
@@ -176,10 +236,12 @@ impl LogStore {
             let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
         inner.catalog.register(tenant, &batch.streams);
-        let payload = codec::encode(tenant, &batch);
+        let payload = codec::encode(tenant, &batch, producer);
         let rb = head::to_record_batch(&batch)?;
         drop(batch);
         let active = inner.active.clone();
+        let producers = inner.producers.clone();
+        let producer = producer.map(|(name, seq)| ((tenant.as_str().to_string(), name.to_string()), seq));
         let wanted = inner.flush_wanted.clone();
         let max = inner.options.tuning.head_max_size.as_u64() as usize;
         let tenant = tenant.clone();
@@ -188,6 +250,11 @@ impl LogStore {
             .append(
                 payload,
                 Box::new(move |seq| {
+                    if let Some((key, batch_seq)) = producer {
+                        let mut p = producers.lock();
+                        let e = p.entry(key).or_insert(0);
+                        *e = (*e).max(batch_seq);
+                    }
                     let mut a = active.lock();
                     a.insert(&tenant, rb, seq);
                     if a.bytes >= max {
@@ -257,6 +324,9 @@ impl LogStore {
             let mut next = manifest.clone();
             next.parts.extend(new_parts.iter().map(|p| p.meta.clone()));
             next.wal_checkpoint = next.wal_checkpoint.max(checkpoint);
+            // Sequences of records past the checkpoint may be included: those records are durable too.
+            next.producers = inner.producers.lock().iter().map(|((t, p), seq)| (t.clone(), p.clone(), *seq)).collect();
+            next.producers.sort();
             if let Err(e) = next.store(&inner.options.data_dir) {
                 for p in &new_parts {
                     p.mark_obsolete();

@@ -38,7 +38,7 @@ mod tokens;
 mod wal;
 
 pub use config::{StoreConfig, StoreOptions};
-pub use engine::{LogStore, StoreStats};
+pub use engine::{Appended, LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
 pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SelectedSeries};

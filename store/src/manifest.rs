@@ -21,6 +21,9 @@ pub(crate) struct Manifest {
     pub(crate) wal_checkpoint: u64,
     pub(crate) next_part_id: u64,
     pub(crate) parts: Vec<PartMeta>,
+    /// The highest batch sequence stored of each producer (tenant, name) that numbers its batches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) producers: Vec<(String, String, u64)>,
 }
 
 /// What the engine knows of a part without opening it.
@@ -112,7 +115,13 @@ impl Manifest {
     pub(crate) fn load(data_dir: &Path) -> Result<Manifest> {
         let m: Option<Manifest> = load_json(data_dir, "manifest.json", "manifest")?;
         let Some(m) = m else {
-            return Ok(Manifest { version: MANIFEST_VERSION, wal_checkpoint: 0, next_part_id: 1, parts: Vec::new() });
+            return Ok(Manifest {
+                version: MANIFEST_VERSION,
+                wal_checkpoint: 0,
+                next_part_id: 1,
+                parts: Vec::new(),
+                producers: Vec::new(),
+            });
         };
         check_version(m.version, &Self::path(data_dir))?;
         Ok(m)

@@ -17,7 +17,15 @@ fn example_config_lists_every_default() {
     let text = std::fs::read_to_string(example()).unwrap();
     for (section, keys) in &defaults {
         assert!(text.contains(&format!("[{section}]")), "section [{section}] missing from the example");
-        for key in keys.as_table().unwrap().keys() {
+        for (key, value) in keys.as_table().unwrap() {
+            if let Some(sub) = value.as_table() {
+                let name = format!("{section}.{key}");
+                assert!(text.contains(&format!("[{name}]")), "section [{name}] missing from the example");
+                for key in sub.keys() {
+                    assert!(text.contains(&format!("\n{key} = ")), "{name}.{key} missing from the example");
+                }
+                continue;
+            }
             assert!(text.contains(&format!("\n{key} = ")), "{section}.{key} missing from the example");
         }
     }

@@ -1,6 +1,7 @@
 //! The one integration-test binary. Servers run in-process on 127.0.0.1:0 with a temporary data
 //! directory, except where a real process is needed (kill -9, the directory lock, the CLI).
 
+mod agent;
 mod bad_input;
 mod config;
 mod durability;

@@ -236,3 +236,37 @@ async fn a_field_named_like_another_streams_label_keeps_both() {
         assert!(store.field_names(&tenant()).contains("level"), "the shared field stays known; flushed: {flushed}");
     }
 }
+
+#[tokio::test]
+async fn a_producers_batch_is_stored_once_across_replay_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns();
+    {
+        let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+        assert_eq!(store.append_once(&tenant(), batch("a", 0, 10, t0), "agent-1", 1).await.unwrap(), Appended::Stored);
+        assert_eq!(store.append_once(&tenant(), batch("a", 10, 10, t0), "agent-1", 2).await.unwrap(), Appended::Stored);
+        // A resend of 2 and an older batch are not stored; another producer's 1 is.
+        let dup = store.append_once(&tenant(), batch("a", 10, 10, t0), "agent-1", 2).await.unwrap();
+        assert_eq!(dup, Appended::Duplicate { stored: 2 });
+        let old = store.append_once(&tenant(), batch("a", 0, 10, t0), "agent-1", 1).await.unwrap();
+        assert_eq!(old, Appended::Duplicate { stored: 2 });
+        assert_eq!(store.append_once(&tenant(), batch("b", 0, 5, t0), "agent-2", 1).await.unwrap(), Appended::Stored);
+        // The sequence is per tenant.
+        let other = Tenant::new("other").unwrap();
+        assert_eq!(store.append_once(&other, batch("a", 0, 1, t0), "agent-1", 2).await.unwrap(), Appended::Stored);
+        assert_eq!(count(&store, ScanRequest::all(tenant())).await, 25);
+        store.flush().await.unwrap();
+        // Batch 3 lives only in the WAL when the store closes.
+        assert_eq!(store.append_once(&tenant(), batch("a", 20, 10, t0), "agent-1", 3).await.unwrap(), Appended::Stored);
+    }
+    // Reopened: sequences up to the flush come from the manifest, batch 3's from the WAL replay.
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    for seq in 1..=3 {
+        let r = store.append_once(&tenant(), batch("a", 0, 10, t0), "agent-1", seq).await.unwrap();
+        assert_eq!(r, Appended::Duplicate { stored: 3 }, "seq {seq}");
+    }
+    let r = store.append_once(&tenant(), batch("b", 0, 5, t0), "agent-2", 1).await.unwrap();
+    assert_eq!(r, Appended::Duplicate { stored: 1 });
+    assert_eq!(store.append_once(&tenant(), batch("a", 30, 10, t0), "agent-1", 4).await.unwrap(), Appended::Stored);
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 45);
+}

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# End-to-end agent benchmark: the shared workload of ../shared/bench/gen_logs.py (2,000,000 lines over 200
+# streams) written as CRI log files across 200 pod directories, the way the kubelet lays them out; a release
+# `lumen server` and a release `lumen agent` started on them; timed until the server holds every line.
+# Prints: lines per second end to end, agent CPU µs per line, agent peak RSS, server CPU µs per line.
+#
+# With --peer, the same files are also tailed by Debian's rsyslog (imfile, forwarding every line over TCP
+# to a sink that discards it) as a reference for the cost of tailing and shipping in a mature C shipper:
+# rsyslog CPU µs per line, measured the same way. (Vector, Fluent Bit and Promtail are not installable here.)
+#
+# Usage: benches/e2e_agent.sh [--lines N] [--streams N] [--peer]
+# Needs: a release build (cargo build --release), python3; rsyslog for --peer (apt-get install rsyslog).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES=2000000
+STREAMS=200
+PEER=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lines) LINES=$2; shift 2 ;;
+    --streams) STREAMS=$2; shift 2 ;;
+    --peer) PEER=1; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+SHARED=../shared/bench
+BIN=target/release/lumen
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+OUT=benches/out
+mkdir -p "$OUT"
+HZ=$(getconf CLK_TCK)
+
+work="$OUT/work-jsonline-$LINES-$STREAMS"
+if [ ! -f "$work/meta.json" ]; then
+  rm -rf "$work"
+  python3 "$SHARED/gen_logs.py" --lines "$LINES" --streams "$STREAMS" --format jsonline --out "$work" >&2
+fi
+pods="$OUT/pods-$LINES-$STREAMS"
+if [ ! -f "$pods/.done" ]; then
+  rm -rf "$pods"
+  python3 - "$work" "$pods" <<'PY'
+import json, os, sys, hashlib
+work, pods = sys.argv[1], sys.argv[2]
+files = {}
+for name in sorted(os.listdir(work)):
+    if name == "meta.json":
+        continue
+    with open(os.path.join(work, name), encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            key = (o["namespace"], o["pod"], o["container"])
+            fh = files.get(key)
+            if fh is None:
+                uid = hashlib.sha1("/".join(key).encode()).hexdigest()[:32]
+                d = os.path.join(pods, f"{key[0]}_{key[1]}_{uid}", key[2])
+                os.makedirs(d, exist_ok=True)
+                fh = files[key] = open(os.path.join(d, "0.log"), "w", encoding="utf-8")
+            fh.write(f'{o["_time"]} stdout F {o["_msg"]}\n')
+for fh in files.values():
+    fh.close()
+open(os.path.join(pods, ".done"), "w").close()
+print(f"{len(files)} container logs under {pods}", file=sys.stderr)
+PY
+fi
+bytes=$(du -sb "$pods" | awk '{print $1}')
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+count() {
+  curl -sf -X POST "http://127.0.0.1:$1/api/v1/sql" -d 'SELECT count(*) AS n FROM logs' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"][0]["n"])' 2>/dev/null || echo 0
+}
+
+data="$OUT/data-agent"
+agent_data="$OUT/agent-state"
+rm -rf "$data" "$agent_data"
+sport=$(free_port)
+aport=$(free_port)
+"$BIN" server --data-dir "$data" --http-addr "127.0.0.1:$sport" --mqtt-listen off >"$OUT/server-agent.log" 2>&1 &
+spid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$sport/ready" >/dev/null && break; sleep 0.1; done
+cat >"$OUT/agent.toml" <<EOF
+[agent]
+kubernetes_api = "off"
+node_metrics = false
+EOF
+scpu0=$(cpu "$spid")
+t0=$(date +%s.%N)
+"$BIN" agent --config "$OUT/agent.toml" --server "http://127.0.0.1:$sport" --pods-dir "$pods" \
+  --data-dir "$agent_data" --node-name bench --http-addr "127.0.0.1:$aport" >"$OUT/agent.log" 2>&1 &
+apid=$!
+while :; do
+  n=$(count "$sport")
+  [ "$n" -ge "$LINES" ] && break
+  if ! kill -0 "$apid" 2>/dev/null; then echo "the agent died; see $OUT/agent.log" >&2; exit 1; fi
+  sleep 1
+done
+t1=$(date +%s.%N)
+acpu=$(cpu "$apid")
+scpu1=$(cpu "$spid")
+arss=$(awk '/VmHWM/ {print $2}' "/proc/$apid/status")
+srss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
+stored=$(count "$sport")
+kill -TERM "$apid"; wait "$apid" || true
+kill -TERM "$spid"; wait "$spid" || true
+
+peer='null'
+if [ "$PEER" = 1 ]; then
+  command -v rsyslogd >/dev/null || { echo "--peer needs rsyslog (apt-get install rsyslog)" >&2; exit 1; }
+  rs="$OUT/rsyslog"
+  rm -rf "$rs"; mkdir -p "$rs/work"
+  sink_port=$(free_port)
+  # A TCP sink that counts newline-terminated lines and discards them.
+  python3 - "$sink_port" "$rs/received" <<'PY' &
+import socket, sys, threading
+port, out = int(sys.argv[1]), sys.argv[2]
+total = 0
+lock = threading.Lock()
+def serve(c):
+    global total
+    buf = b""
+    while True:
+        d = c.recv(1 << 20)
+        if not d:
+            break
+        n = d.count(b"\n")
+        with lock:
+            total += n
+            open(out, "w").write(str(total))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", port)); s.listen()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+  sinkpid=$!
+  sleep 0.5
+  cat >"$rs/rsyslog.conf" <<EOF
+global(workDirectory="$(realpath "$rs/work")")
+module(load="imfile" mode="inotify")
+input(type="imfile" file="$(realpath "$pods")/*/*/*.log" tag="k8s" ruleset="ship")
+ruleset(name="ship") { action(type="omfwd" target="127.0.0.1" port="$sink_port" protocol="tcp" template="RSYSLOG_FileFormat") }
+EOF
+  t2=$(date +%s.%N)
+  rsyslogd -n -f "$rs/rsyslog.conf" -i "$rs/rsyslog.pid" >"$rs/rsyslog.log" 2>&1 &
+  rpid=$!
+  while :; do
+    got=$(cat "$rs/received" 2>/dev/null || echo 0)
+    [ "$got" -ge "$LINES" ] && break
+    kill -0 "$rpid" 2>/dev/null || { echo "rsyslog died; see $rs/rsyslog.log" >&2; exit 1; }
+    sleep 1
+  done
+  t3=$(date +%s.%N)
+  rcpu=$(cpu "$rpid")
+  rrss=$(awk '/VmHWM/ {print $2}' "/proc/$rpid/status")
+  kill -TERM "$rpid"; wait "$rpid" || true
+  kill "$sinkpid" 2>/dev/null || true
+  peer=$(python3 -c "import json; print(json.dumps({'peer': 'rsyslog imfile+omfwd', 'lines_per_s': round($LINES/($t3-$t2)), 'cpu_us_per_line': round($rcpu/$HZ/$LINES*1e6, 3), 'peak_rss_mb': round($rrss/1024, 1)}))")
+fi
+
+python3 - <<PY
+import json
+lines, hz = $LINES, $HZ
+wall = $t1 - $t0
+out = {
+    "lines": lines, "stored": $stored, "streams": $STREAMS, "file_bytes": $bytes,
+    "lines_per_s_end_to_end": round(lines / wall),
+    "agent_cpu_us_per_line": round($acpu / hz / lines * 1e6, 3),
+    "agent_peak_rss_mb": round($arss / 1024, 1),
+    "server_cpu_us_per_line": round(($scpu1 - $scpu0) / hz / lines * 1e6, 3),
+    "server_peak_rss_mb": round($srss / 1024, 1),
+    "peer": $peer,
+}
+if out["peer"]:
+    out["agent_cpu_ratio_to_peer"] = round(out["agent_cpu_us_per_line"] / out["peer"]["cpu_us_per_line"], 2)
+print(json.dumps(out))
+PY

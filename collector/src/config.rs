@@ -1,0 +1,199 @@
+//! The `[agent]` section of the configuration. Every key has a default that suits a DaemonSet on a small
+//! node; `lumen agent`'s flags override the keys they name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::transform::ParseConfig;
+
+/// `[agent]`: what `lumen agent` collects and where it ships it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Base URL of the Lumen server the agent ships to. (--server)
+    pub server: String,
+    /// Where the kubelet writes pod logs: <pods_dir>/<namespace>_<pod>_<uid>/<container>/<n>.log. (--pods-dir)
+    pub pods_dir: PathBuf,
+    /// The agent's own state: checkpoints and the disk buffer. (--data-dir)
+    pub data_dir: PathBuf,
+    /// This node's name, the `node` label; empty means NODE_NAME from the environment, else the host name.
+    /// (--node-name)
+    pub node_name: String,
+    /// Listen address of the agent's own /metrics, /health and /ready.
+    pub http_addr: SocketAddr,
+    /// Tenant sent as X-Scope-OrgID; empty sends none (the server's default tenant).
+    pub tenant: String,
+    /// Where log batches go (Loki push, protobuf); empty means <server>/loki/api/v1/push. A real Loki works too.
+    pub logs_url: String,
+    /// Where samples go (Prometheus remote write 1.0); empty means <server>/api/v1/write. Any receiver works.
+    pub metrics_url: String,
+    /// Collect pod logs.
+    pub logs: bool,
+    /// Prometheus endpoints to scrape, e.g. "http://127.0.0.1:9100/metrics". (--scrape-target, repeatable)
+    pub scrape_targets: Vec<String>,
+    /// How often every target is scraped. (--scrape-interval)
+    #[serde(with = "store::config::duration")]
+    pub scrape_interval: Duration,
+    /// Longest a scrape may take; capped at the interval.
+    #[serde(with = "store::config::duration")]
+    pub scrape_timeout: Duration,
+    /// The `job` label of the static targets.
+    pub scrape_job: String,
+    /// Keep a scraped target's own job/instance labels instead of renaming them exported_*.
+    pub honor_labels: bool,
+    /// Scrape this node's pods annotated prometheus.io/scrape: "true" (needs the Kubernetes API).
+    pub scrape_pods: bool,
+    /// Collect the node's CPU, memory, filesystem, disk and network metrics from /proc and /sys.
+    pub node_metrics: bool,
+    /// The host's /proc (in a container, mount it and point here, e.g. /host/proc).
+    pub proc_dir: PathBuf,
+    /// The host's /sys.
+    pub sys_dir: PathBuf,
+    /// Kubernetes API: "auto" (in-cluster config when present, else none), "off", a kubeconfig path, or a URL.
+    pub kubernetes_api: String,
+    /// Pod labels copied onto the pod's log streams (names made valid: `app.kubernetes.io/name` → `app_kubernetes_io_name`).
+    pub pod_labels: Vec<String>,
+    /// Most disk the buffer of unacknowledged batches may take; when full, the agent stops reading files.
+    pub buffer_max_size: ByteSize,
+    /// A batch is cut once its lines take this much.
+    pub batch_max_size: ByteSize,
+    /// A batch is cut at the latest this long after its first line.
+    #[serde(with = "store::config::duration")]
+    pub batch_wait: Duration,
+    /// Longest log record: merged partial lines beyond this are cut and the record marked truncated.
+    pub max_line_size: ByteSize,
+    /// How often the pods directory is listed for new and removed files.
+    #[serde(with = "store::config::duration")]
+    pub discover_interval: Duration,
+    /// How long the reader sleeps when no file has new data.
+    #[serde(with = "store::config::duration")]
+    pub poll_interval: Duration,
+    /// Longest wait for the server's answer to one batch.
+    #[serde(with = "store::config::duration")]
+    pub request_timeout: Duration,
+    /// Longest pause between retries of a batch while the server is down (backoff doubles up to it).
+    #[serde(with = "store::config::duration")]
+    pub retry_max_backoff: Duration,
+    /// How parsed pod log lines are turned into fields, joined, filtered and selected.
+    pub parse: ParseConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            server: "http://127.0.0.1:9700".to_string(),
+            pods_dir: PathBuf::from("/var/log/pods"),
+            data_dir: PathBuf::from("/var/lib/lumen-agent"),
+            node_name: String::new(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9701)),
+            tenant: String::new(),
+            logs_url: String::new(),
+            metrics_url: String::new(),
+            logs: true,
+            scrape_targets: Vec::new(),
+            scrape_interval: Duration::from_secs(15),
+            scrape_timeout: Duration::from_secs(10),
+            scrape_job: "lumen-agent".to_string(),
+            honor_labels: false,
+            scrape_pods: true,
+            node_metrics: true,
+            proc_dir: PathBuf::from("/proc"),
+            sys_dir: PathBuf::from("/sys"),
+            kubernetes_api: "auto".to_string(),
+            pod_labels: vec![
+                "app".to_string(),
+                "app.kubernetes.io/name".to_string(),
+                "app.kubernetes.io/instance".to_string(),
+                "app.kubernetes.io/component".to_string(),
+            ],
+            buffer_max_size: ByteSize::gib(1),
+            batch_max_size: ByteSize::mib(1),
+            batch_wait: Duration::from_secs(1),
+            max_line_size: ByteSize::kib(256),
+            discover_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(30),
+            retry_max_backoff: Duration::from_secs(30),
+            parse: ParseConfig::default(),
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("agent.{key} = {value:?} is not a valid http:// or https:// URL")]
+    Url { key: &'static str, value: String },
+    #[error("agent.{key} must be greater than zero")]
+    Zero { key: &'static str },
+    #[error(transparent)]
+    Parse(#[from] crate::transform::TransformError),
+}
+
+impl AgentConfig {
+    /// The URL log batches are posted to.
+    pub fn logs_endpoint(&self) -> String {
+        if self.logs_url.is_empty() {
+            format!("{}/loki/api/v1/push", self.server.trim_end_matches('/'))
+        } else {
+            self.logs_url.clone()
+        }
+    }
+
+    /// The URL sample batches are posted to.
+    pub fn metrics_endpoint(&self) -> String {
+        if self.metrics_url.is_empty() {
+            format!("{}/api/v1/write", self.server.trim_end_matches('/'))
+        } else {
+            self.metrics_url.clone()
+        }
+    }
+
+    /// Checks what serde cannot: URLs, non-zero intervals, the parse options' regexes and globs.
+    ///
+    /// # Errors
+    /// The first bad key, named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url_ok =
+            |s: &str| (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() - 1;
+        for (key, value) in [("server", &self.server), ("logs_url", &self.logs_url), ("metrics_url", &self.metrics_url)]
+        {
+            let optional_and_unset = value.is_empty() && key != "server";
+            if !optional_and_unset && !url_ok(value) {
+                return Err(ConfigError::Url { key, value: value.clone() });
+            }
+        }
+        for t in &self.scrape_targets {
+            if !url_ok(t) {
+                return Err(ConfigError::Url { key: "scrape_targets", value: t.clone() });
+            }
+        }
+        for (key, d) in [
+            ("scrape_interval", self.scrape_interval),
+            ("scrape_timeout", self.scrape_timeout),
+            ("batch_wait", self.batch_wait),
+            ("discover_interval", self.discover_interval),
+            ("poll_interval", self.poll_interval),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { key });
+            }
+        }
+        for (key, s) in [
+            ("buffer_max_size", self.buffer_max_size),
+            ("batch_max_size", self.batch_max_size),
+            ("max_line_size", self.max_line_size),
+        ] {
+            if s.as_u64() == 0 {
+                return Err(ConfigError::Zero { key });
+            }
+        }
+        crate::transform::Transform::new(&self.parse)?;
+        Ok(())
+    }
+}

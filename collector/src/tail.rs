@@ -1,0 +1,756 @@
+//! The reader: follows every container log file under the pods directory and cuts batches into the disk
+//! buffer. It runs on its own thread, because file reads block.
+//!
+//! Each round it lists the pods directory (at most every `discover_interval`), reads what the files have
+//! gained, decodes CRI or Docker lines (merging partial records), applies the parse options, and appends
+//! entries to the batch being built; a batch is cut into the buffer once large or old enough.
+//!
+//! Files are known by a fingerprint of their first line (see [`crate::checkpoint`]):
+//! - a rotation by rename keeps the open file descriptor, which is read to its end before it is closed,
+//!   and the new `0.log` is a new file read from its start;
+//! - a gzipped rotation whose fingerprint has a position (acknowledged or buffered) is read from there, so
+//!   what was read before is not read again, and a finished one is skipped;
+//! - a gzipped rotation with no position is read whole if the agent followed that container before (it
+//!   was rotated away while the agent was down or behind), and skipped as history otherwise;
+//! - a file that shrinks under its read position (copytruncate) is read again from its start;
+//! - a removed pod's files are read to their end through the descriptors still open.
+//!
+//! The position a batch records for a file never passes a record that is not complete yet (a partial CRI
+//! or Docker line, a multiline group still open), so a restart from a checkpoint re-reads such a record
+//! whole.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use store::wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{DiskBuffer, Kind, Position};
+use crate::checkpoint::Checkpoints;
+use crate::format::{Decoder, Record, Stream};
+use crate::kube::PodCache;
+use crate::metrics::AgentMetrics;
+use crate::pods::{self, ContainerDir, FileKind};
+use crate::transform::{Multiline, Transform};
+
+/// Bytes read from one file per round before moving to the next (fairness between busy files).
+const READ_BUDGET: usize = 1024 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+/// The fingerprint covers the first line, or this many bytes when the first line is longer.
+const FINGERPRINT_MAX: usize = 1024;
+/// A renamed file is closed once it has been at its end this long (the runtime may write a last line
+/// before it reopens the new file).
+const ROTATED_GRACE: Duration = Duration::from_secs(5);
+/// A partial record whose file has not grown for this long is sent as it is (the runtime died mid-line,
+/// or wrote a last line without its end).
+const IDLE_PARTIAL: Duration = Duration::from_secs(3);
+
+/// What the reader needs besides the shared state.
+#[derive(Debug, Clone)]
+pub struct TailerSettings {
+    pub pods_dir: PathBuf,
+    pub node: String,
+    /// Pod labels copied onto streams, with their sanitized label names.
+    pub pod_labels: Vec<(String, String)>,
+    pub max_line_bytes: usize,
+    pub batch_max_bytes: usize,
+    pub batch_wait: Duration,
+    pub discover_interval: Duration,
+    pub poll_interval: Duration,
+}
+
+/// One container: its stream labels (as a Loki label set) and identity.
+#[derive(Debug)]
+struct Container {
+    dir: ContainerDir,
+    labels: String,
+    uid: String,
+}
+
+enum Source {
+    Plain(File),
+    Gzip(Box<flate2::read::MultiGzDecoder<File>>),
+}
+
+impl Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Plain(f) => f.read(buf),
+            Source::Gzip(g) => g.read(buf),
+        }
+    }
+}
+
+struct Tailed {
+    fingerprint: u64,
+    dev: u64,
+    ino: u64,
+    path: PathBuf,
+    kind: FileKind,
+    container: Arc<Container>,
+    source: Source,
+    /// Bytes consumed from the (decompressed) file.
+    offset: u64,
+    /// The unterminated end of what was read.
+    line: Vec<u8>,
+    /// An over-long raw line is being skipped up to its newline.
+    skipping: bool,
+    decoder: Decoder,
+    multiline: [Option<Multiline>; 2],
+    /// The path no longer names this file (renamed away or deleted).
+    gone: bool,
+    /// At the end of the file since then.
+    eof_since: Option<Instant>,
+    /// The position last put into a batch.
+    cut_offset: u64,
+    done: bool,
+    /// Truncated under its position: dropped without a final position (see [`Tailer::at_eof`]).
+    reset: bool,
+}
+
+impl Tailed {
+    /// The position that everything before has been emitted: the start of the oldest incomplete record.
+    fn safe_offset(&self) -> u64 {
+        let mut at = self.offset - self.line.len() as u64;
+        if let Some(p) = self.decoder.pending_start() {
+            at = at.min(p);
+        }
+        for m in self.multiline.iter().flatten() {
+            if let Some(p) = m.pending_start() {
+                at = at.min(p);
+            }
+        }
+        at
+    }
+}
+
+/// Entries of the batch being built, by container.
+#[derive(Default)]
+struct Batch {
+    streams: HashMap<String, Vec<EntryAdapter>>,
+    bytes: usize,
+    entries: usize,
+    first_at: Option<Instant>,
+}
+
+/// The reader. Build it with [`Tailer::new`] and run it on a thread with [`Tailer::run`].
+pub struct Tailer {
+    settings: TailerSettings,
+    transform: Transform,
+    buffer: Arc<DiskBuffer>,
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    pods: Option<PodCache>,
+    metrics: Arc<AgentMetrics>,
+    files: Vec<Tailed>,
+    /// Positions reached in this run or buffered before it, by fingerprint: (offset, finished).
+    known: HashMap<u64, (u64, bool)>,
+    /// Inodes not to open again: finished or skipped gzipped rotations, copies of tracked files.
+    ignored: HashSet<(u64, u64)>,
+    containers: HashMap<PathBuf, Arc<Container>>,
+    batch: Batch,
+    /// Final positions of files closed since the last cut.
+    finished: Vec<Position>,
+    last_discovery: Option<Instant>,
+    /// The last listing of the pods directory failed (warned once).
+    listing_failed: bool,
+    read_buf: Vec<u8>,
+}
+
+impl Tailer {
+    /// A reader that resumes from `resume` (the furthest buffered position of each file) or the checkpoints.
+    pub fn new(
+        settings: TailerSettings,
+        transform: Transform,
+        buffer: Arc<DiskBuffer>,
+        checkpoints: Arc<Mutex<Checkpoints>>,
+        resume: HashMap<u64, Position>,
+        pods: Option<PodCache>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Tailer {
+        let known = resume.into_iter().map(|(fp, p)| (fp, (p.offset, false))).collect();
+        Tailer {
+            settings,
+            transform,
+            buffer,
+            checkpoints,
+            pods,
+            metrics,
+            files: Vec::new(),
+            known,
+            ignored: HashSet::new(),
+            containers: HashMap::new(),
+            batch: Batch::default(),
+            finished: Vec::new(),
+            last_discovery: None,
+            listing_failed: false,
+            read_buf: vec![0; READ_CHUNK],
+        }
+    }
+
+    /// Reads until `shutdown`, then cuts what it holds into the buffer.
+    pub fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(pods_dir = %self.settings.pods_dir.display(), "reading pod logs");
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            if self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.settings.discover_interval) {
+                self.discover();
+                self.last_discovery = Some(now);
+            }
+            if !self.buffer.has_space() {
+                self.metrics.buffer_full_waits.inc();
+                self.buffer.wait_for_space(self.settings.poll_interval);
+                self.cut_if_due(Instant::now());
+                continue;
+            }
+            let read = self.read_round();
+            self.cut_if_due(Instant::now());
+            if read == 0 {
+                std::thread::sleep(self.settings.poll_interval);
+            }
+        }
+        self.cut();
+        tracing::info!("stopped reading pod logs");
+    }
+
+    fn discover(&mut self) {
+        let dirs = match pods::scan(&self.settings.pods_dir) {
+            Ok(d) => {
+                self.listing_failed = false;
+                d
+            }
+            Err(error) => {
+                if !self.listing_failed {
+                    tracing::warn!(%error, pods_dir = %self.settings.pods_dir.display(),
+                        "cannot list the pods directory; trying again at every listing");
+                    self.listing_failed = true;
+                }
+                // Files already open are still read to their end.
+                Vec::new()
+            }
+        };
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut live_dirs: HashSet<PathBuf> = HashSet::new();
+        for dir in dirs {
+            if !self.transform.selects(&dir.namespace, &dir.container) {
+                continue;
+            }
+            let pod = self.pods.as_ref().and_then(|c| c.get(&dir.uid));
+            if pod.as_ref().is_some_and(crate::kube::excluded) {
+                continue;
+            }
+            let labels = self.stream_labels(&dir, pod.as_ref());
+            let container = match self.containers.get(&dir.dir) {
+                Some(c) if c.labels == labels => c.clone(),
+                _ => {
+                    let c = Arc::new(Container { uid: dir.uid.clone(), dir: dir.clone(), labels });
+                    self.containers.insert(dir.dir.clone(), c.clone());
+                    c
+                }
+            };
+            live_dirs.insert(dir.dir.clone());
+            for file in pods::list_files(&dir.dir) {
+                let Ok(meta) = std::fs::metadata(&file.path) else { continue };
+                let id = (meta.dev(), meta.ino());
+                seen.insert(id);
+                if let Some(t) = self.files.iter_mut().find(|t| (t.dev, t.ino) == id) {
+                    // Emptied and written again since the last look (copytruncate, then more lines than
+                    // before): the first line changed under the same inode.
+                    if file.kind != FileKind::Gzip
+                        && let Some((fp, _)) = fingerprint(&file.path, file.kind)
+                        && fp != t.fingerprint
+                        && !t.reset
+                    {
+                        tracing::info!(file = %file.path.display(), "log file rewritten in place; following its copy and its new content");
+                        self.metrics.truncations.inc();
+                        self.known.insert(t.fingerprint, (t.safe_offset(), false));
+                        t.reset = true;
+                        self.ignored.clear();
+                        continue;
+                    }
+                    if t.path != file.path {
+                        self.metrics.rotations.inc();
+                        t.path = file.path.clone();
+                        t.kind = t.kind.min(file.kind);
+                        t.eof_since = None;
+                    }
+                    t.gone = false;
+                    t.container = container.clone();
+                    continue;
+                }
+                if self.ignored.contains(&id) {
+                    continue;
+                }
+                self.open(&file.path, file.kind, id, &container);
+            }
+        }
+        for t in &mut self.files {
+            if !seen.contains(&(t.dev, t.ino)) {
+                t.gone = true;
+            }
+        }
+        self.ignored.retain(|id| seen.contains(id));
+        self.containers.retain(|dir, _| live_dirs.contains(dir));
+        let present: HashSet<u64> = self.files.iter().map(|t| t.fingerprint).collect();
+        let now_ns = store::time::now_ns();
+        self.checkpoints.lock().mark_present(&|fp| present.contains(&fp), now_ns);
+        self.metrics.files_open.set(self.files.len() as i64);
+    }
+
+    /// `{container="..", namespace="..", node="..", pod="..", <allow-listed pod labels>}`.
+    fn stream_labels(&self, dir: &ContainerDir, pod: Option<&crate::kube::PodInfo>) -> String {
+        let mut pairs: Vec<(&str, &str)> = vec![
+            ("namespace", &dir.namespace),
+            ("pod", &dir.pod),
+            ("container", &dir.container),
+            ("node", &self.settings.node),
+        ];
+        if let Some(pod) = pod {
+            for (key, name) in &self.settings.pod_labels {
+                if let Some(v) = pod.labels.get(key).filter(|v| !v.is_empty())
+                    && !pairs.iter().any(|(n, _)| n == name)
+                {
+                    pairs.push((name, v));
+                }
+            }
+        }
+        pairs.retain(|(_, v)| !v.is_empty());
+        pairs.sort_unstable();
+        let mut out = String::with_capacity(128);
+        out.push('{');
+        for (i, (n, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(n);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+        out
+    }
+
+    /// Starts following a file not followed yet, if it has a first line and is not already read.
+    fn open(&mut self, path: &Path, kind: FileKind, id: (u64, u64), container: &Arc<Container>) {
+        let Some((fingerprint, first_line)) = fingerprint(path, kind) else { return };
+        if self.files.iter().any(|t| t.fingerprint == fingerprint) {
+            // A copy of a file being followed (a gzipped rotation made while the original is still open).
+            self.ignored.insert(id);
+            return;
+        }
+        let dir = &container.dir.dir;
+        let start = match self.known.get(&fingerprint) {
+            Some(&(_, true)) => {
+                self.ignored.insert(id);
+                return;
+            }
+            Some(&(offset, false)) => offset,
+            None => {
+                let cp = self.checkpoints.lock();
+                match cp.get(fingerprint) {
+                    Some(c) => c.offset,
+                    None if kind == FileKind::Gzip
+                        && !cp.knows_container(dir)
+                        && !self.files.iter().any(|t| t.container.dir.dir == *dir) =>
+                    {
+                        tracing::debug!(file = %path.display(), "skipping a compressed rotation from before the agent");
+                        self.ignored.insert(id);
+                        return;
+                    }
+                    None => 0,
+                }
+            }
+        };
+        let opened = File::open(path).and_then(|mut f| {
+            if kind == FileKind::Gzip {
+                let mut g = flate2::read::MultiGzDecoder::new(f);
+                let skipped = std::io::copy(&mut (&mut g).take(start), &mut std::io::sink())?;
+                Ok((Source::Gzip(Box::new(g)), skipped))
+            } else {
+                let size = f.metadata()?.len();
+                // A file shorter than its position was truncated while the agent was away.
+                let start = if start > size { 0 } else { start };
+                f.seek(SeekFrom::Start(start))?;
+                Ok((Source::Plain(f), start))
+            }
+        });
+        let (source, offset) = match opened {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, file = %path.display(), "cannot open a log file; retrying at the next listing");
+                return;
+            }
+        };
+        let format = crate::format::detect(&first_line);
+        tracing::debug!(file = %path.display(), offset, ?format, "following a log file");
+        let multiline = [self.transform.multiline(), self.transform.multiline()];
+        self.files.push(Tailed {
+            fingerprint,
+            dev: id.0,
+            ino: id.1,
+            path: path.to_path_buf(),
+            kind,
+            container: container.clone(),
+            source,
+            offset,
+            line: Vec::new(),
+            skipping: false,
+            decoder: Decoder::new(format, self.settings.max_line_bytes),
+            multiline,
+            gone: false,
+            eof_since: None,
+            cut_offset: offset,
+            done: false,
+            reset: false,
+        });
+    }
+
+    /// Reads what every file gained (up to a budget each); returns the bytes read.
+    fn read_round(&mut self) -> usize {
+        let mut total = 0;
+        let now = Instant::now();
+        for i in 0..self.files.len() {
+            if self.files[i].reset {
+                continue;
+            }
+            let mut budget = READ_BUDGET;
+            while budget > 0 {
+                if self.batch.bytes >= self.settings.batch_max_bytes {
+                    self.cut();
+                    if !self.buffer.has_space() {
+                        return total + 1;
+                    }
+                }
+                let mut buf = std::mem::take(&mut self.read_buf);
+                let n = match self.files[i].source.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(error) => {
+                        tracing::warn!(%error, file = %self.files[i].path.display(), "cannot read a log file; closing it");
+                        self.files[i].done = true;
+                        0
+                    }
+                };
+                if n > 0 {
+                    self.consume(i, &buf[..n], now);
+                    self.metrics.bytes_read.inc_by(n as u64);
+                    total += n;
+                    budget = budget.saturating_sub(n);
+                    self.files[i].eof_since = None;
+                }
+                self.read_buf = buf;
+                if n == 0 {
+                    self.at_eof(i, now);
+                    break;
+                }
+            }
+            self.flush_due_multiline(i, now);
+        }
+        let before = self.files.len();
+        let mut finished = Vec::new();
+        self.files.retain(|t| {
+            if t.reset {
+                return false;
+            }
+            if t.done {
+                finished.push(Position {
+                    fingerprint: t.fingerprint,
+                    offset: t.offset,
+                    container_dir: t.container.dir.dir.clone(),
+                    path: t.path.clone(),
+                });
+            }
+            !t.done
+        });
+        if before != self.files.len() {
+            for p in finished {
+                // Finished files still need their final position in the next batch.
+                self.known.insert(p.fingerprint, (p.offset, true));
+                self.batch.first_at.get_or_insert(now);
+                self.finished.push(p);
+            }
+            self.metrics.files_open.set(self.files.len() as i64);
+        }
+        total
+    }
+
+    /// Splits what was read into raw lines and decodes them.
+    fn consume(&mut self, i: usize, data: &[u8], now: Instant) {
+        let max_raw = self.settings.max_line_bytes.saturating_mul(2).max(64 * 1024);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let t = &mut self.files[i];
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                if t.skipping {
+                    t.offset += rest.len() as u64;
+                } else {
+                    let room = max_raw.saturating_sub(t.line.len());
+                    let keep = room.min(rest.len());
+                    t.line.extend_from_slice(&rest[..keep]);
+                    t.offset += rest.len() as u64;
+                    if keep < rest.len() {
+                        // The raw line is longer than any record may be: keep its head, skip to its end.
+                        t.skipping = true;
+                    }
+                }
+                break;
+            };
+            let piece = &rest[..nl];
+            rest = &rest[nl + 1..];
+            let end = t.offset + nl as u64 + 1;
+            let start = end - (t.line.len() + nl + 1) as u64;
+            let record = if t.line.is_empty() && !t.skipping {
+                t.offset = end;
+                t.decoder.push(piece, start, end)
+            } else {
+                let mut line = std::mem::take(&mut t.line);
+                if !t.skipping {
+                    let room = max_raw.saturating_sub(line.len());
+                    line.extend_from_slice(&piece[..room.min(piece.len())]);
+                }
+                t.skipping = false;
+                // The start of a skipped line is not known exactly; its kept head began there.
+                t.offset = end;
+                let r = t.decoder.push(&line, start.min(end), end);
+                line.clear();
+                t.line = line;
+                r
+            };
+            self.metrics.lines_read.inc();
+            if let Some(r) = record {
+                self.multiline_then_emit(i, r, now);
+            }
+        }
+    }
+
+    fn multiline_then_emit(&mut self, i: usize, r: Record, now: Instant) {
+        let slot = match r.stream {
+            Some(Stream::Stderr) => 1,
+            _ => 0,
+        };
+        // A malformed record goes through the joiner too: it is never joined, but it must not overtake the
+        // record pending there.
+        if let Some(m) = self.files[i].multiline[slot].as_mut() {
+            let out = m.push(r, now);
+            for r in out {
+                self.emit(i, r, now);
+            }
+            return;
+        }
+        self.emit(i, r, now);
+    }
+
+    fn flush_due_multiline(&mut self, i: usize, now: Instant) {
+        for slot in 0..2 {
+            let due = self.files[i].multiline[slot].as_mut().and_then(|m| m.flush_due(now));
+            if let Some(r) = due {
+                self.emit(i, r, now);
+            }
+        }
+    }
+
+    /// At the end of a file: a finished rotation, removed file or gzipped file is completed and closed; a
+    /// file shorter than its position was truncated and is read again from its start.
+    fn at_eof(&mut self, i: usize, now: Instant) {
+        let t = &mut self.files[i];
+        let since = *t.eof_since.get_or_insert(now);
+        if let Source::Plain(f) = &t.source
+            && let Ok(meta) = f.metadata()
+            && meta.len() < t.offset
+        {
+            // copytruncate: the content read so far was copied away (to a file with the same first line)
+            // and this file emptied. The copy is read from where this file's records were complete, and
+            // this file, with a new first line, is picked up afresh at the next listing.
+            tracing::info!(file = %t.path.display(), size = meta.len(), offset = t.offset,
+                "log file truncated (copytruncate); following its copy and its new content");
+            self.metrics.truncations.inc();
+            self.known.insert(t.fingerprint, (t.safe_offset(), false));
+            t.reset = true;
+            // The copy may have been seen, and skipped, as a copy of a followed file.
+            self.ignored.clear();
+            return;
+        }
+        let t = &self.files[i];
+        let finished = match t.kind {
+            FileKind::Gzip => true,
+            _ if t.gone => true,
+            FileKind::Rotated => now.duration_since(since) >= ROTATED_GRACE,
+            FileKind::Current => false,
+        };
+        if finished {
+            self.finish(i, now);
+        } else if now.duration_since(since) >= IDLE_PARTIAL && self.files[i].decoder.pending_start().is_some() {
+            let pending = self.files[i].decoder.flush();
+            for r in pending {
+                self.multiline_then_emit(i, r, now);
+            }
+        }
+    }
+
+    /// Completes whatever is pending in a file that will not grow any more and marks it done.
+    fn finish(&mut self, i: usize, now: Instant) {
+        let t = &mut self.files[i];
+        let mut records = Vec::new();
+        if !t.line.is_empty() {
+            let line = std::mem::take(&mut t.line);
+            let start = t.offset - line.len() as u64;
+            records.extend(t.decoder.push(&line, start, t.offset));
+        }
+        records.extend(t.decoder.flush());
+        for r in records {
+            self.multiline_then_emit(i, r, now);
+        }
+        for slot in 0..2 {
+            if let Some(r) = self.files[i].multiline[slot].as_mut().and_then(Multiline::flush) {
+                self.emit(i, r, now);
+            }
+        }
+        let t = &mut self.files[i];
+        t.done = true;
+        tracing::debug!(file = %t.path.display(), offset = t.offset, "finished a log file");
+    }
+
+    /// Adds a complete record to the batch.
+    fn emit(&mut self, i: usize, r: Record, now: Instant) {
+        let t = &self.files[i];
+        if !self.transform.keeps(&r.message) {
+            self.metrics.lines_dropped.inc();
+            return;
+        }
+        let time_ns = if r.time_ns == 0 { store::time::now_ns() } else { r.time_ns };
+        let mut fields = Vec::new();
+        if let Some(s) = r.stream {
+            fields.push(("stream".to_string(), s.as_str().to_string()));
+        }
+        fields.push(("pod_uid".to_string(), t.container.uid.clone()));
+        if let Some(reason) = &r.malformed {
+            self.metrics.malformed_lines.inc();
+            fields.push(("parse_error".to_string(), reason.clone()));
+        } else {
+            self.transform.fields(&r.message, &mut fields);
+        }
+        if r.truncated {
+            self.metrics.truncated_records.inc();
+            fields.push(("truncated".to_string(), "true".to_string()));
+        }
+        let bytes = r.message.len() + fields.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+        let entry = EntryAdapter {
+            timestamp: Some(Timestamp {
+                seconds: time_ns.div_euclid(1_000_000_000),
+                nanos: time_ns.rem_euclid(1_000_000_000) as i32,
+            }),
+            line: r.message.into_bytes(),
+            structured_metadata: fields
+                .into_iter()
+                .map(|(n, v)| LabelPairAdapter { name: n.into_bytes(), value: v.into_bytes() })
+                .collect(),
+            parsed: Vec::new(),
+        };
+        let labels = &self.files[i].container.labels;
+        match self.batch.streams.get_mut(labels) {
+            Some(v) => v.push(entry),
+            None => {
+                self.batch.streams.insert(labels.clone(), vec![entry]);
+            }
+        }
+        self.batch.bytes += bytes;
+        self.batch.entries += 1;
+        self.batch.first_at.get_or_insert(now);
+        self.metrics.records.inc();
+    }
+
+    fn cut_if_due(&mut self, now: Instant) {
+        let due = self.batch.bytes >= self.settings.batch_max_bytes
+            || self.batch.first_at.is_some_and(|t| now.duration_since(t) >= self.settings.batch_wait);
+        if due {
+            self.cut();
+        } else if self.batch.first_at.is_none() && self.positions_moved() {
+            // Lines were read but none kept (dropped, partial): the positions still move, in time.
+            self.batch.first_at = Some(now);
+        }
+    }
+
+    fn positions_moved(&self) -> bool {
+        !self.finished.is_empty() || self.files.iter().any(|t| t.safe_offset() != t.cut_offset)
+    }
+
+    /// Cuts the batch into the disk buffer with the position each file reached.
+    fn cut(&mut self) {
+        if self.batch.entries == 0 && !self.positions_moved() {
+            self.batch.first_at = None;
+            return;
+        }
+        let mut positions: Vec<Position> = std::mem::take(&mut self.finished);
+        for t in &mut self.files {
+            let at = t.safe_offset();
+            if at != t.cut_offset {
+                positions.push(Position {
+                    fingerprint: t.fingerprint,
+                    offset: at,
+                    container_dir: t.container.dir.dir.clone(),
+                    path: t.path.clone(),
+                });
+            }
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let payload = if batch.entries == 0 {
+            Vec::new()
+        } else {
+            let req = PushRequest {
+                streams: batch
+                    .streams
+                    .into_iter()
+                    .map(|(labels, entries)| StreamAdapter { labels: labels.into_bytes(), entries, hash: 0 })
+                    .collect(),
+            };
+            store::wire::loki::encode_protobuf(&req)
+        };
+        loop {
+            match self.buffer.append(Kind::Logs, positions.clone(), &payload) {
+                Ok(_) => break,
+                Err(error) => {
+                    // Nothing is read on until the batch is safe; the files keep the lines meanwhile.
+                    tracing::error!(%error, "cannot write a batch to the disk buffer; retrying in 1s");
+                    self.metrics.buffer_errors.inc();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        for t in &mut self.files {
+            t.cut_offset = t.safe_offset();
+            self.known.insert(t.fingerprint, (t.cut_offset, false));
+        }
+        self.metrics.batches_cut.inc();
+    }
+}
+
+/// The fingerprint of a file's first line (or first [`FINGERPRINT_MAX`] bytes), and that line; `None` while
+/// the file has neither.
+fn fingerprint(path: &Path, kind: FileKind) -> Option<(u64, Vec<u8>)> {
+    let mut head = Vec::with_capacity(FINGERPRINT_MAX);
+    let file = File::open(path).ok()?;
+    let read = if kind == FileKind::Gzip {
+        flate2::read::MultiGzDecoder::new(file).take(FINGERPRINT_MAX as u64).read_to_end(&mut head)
+    } else {
+        file.take(FINGERPRINT_MAX as u64).read_to_end(&mut head)
+    };
+    read.ok()?;
+    let line = match memchr::memchr(b'\n', &head) {
+        Some(nl) => &head[..=nl],
+        None if head.len() >= FINGERPRINT_MAX => &head[..],
+        None => return None,
+    };
+    Some((xxhash_rust::xxh3::xxh3_64(line), line.to_vec()))
+}

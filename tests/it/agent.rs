@@ -1,0 +1,582 @@
+//! `lumen agent` as a real process against a real `lumen server` process: a pods directory written the
+//! way the kubelet writes it, rotations, kills of either process, the server down for a while; and
+//! scrapes of the exposition samples served over HTTP.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{ServerProcess, free_addr, sql_rows};
+
+/// A `lumen agent` child process.
+pub struct AgentProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl AgentProcess {
+    pub fn spawn(config: &Path, addr: SocketAddr) -> AgentProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_lumen"))
+            .args(["agent", "--config"])
+            .arg(config)
+            .args(["--http-addr", &addr.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn lumen agent");
+        AgentProcess { child, addr }
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("http://{}/ready", self.addr)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("lumen agent exited with {status} before it was ready");
+            }
+            assert!(Instant::now() < deadline, "lumen agent did not become ready in 30s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr)).await.unwrap().text().await.unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn terminate(&mut self) {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "lumen agent exited with {status} after SIGTERM");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes an agent config for tests: fast batching and discovery, no Kubernetes API, no node metrics.
+pub fn agent_config(dir: &Path, server: &str, pods: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    let text = format!(
+        r#"[log]
+level = "warn"
+
+[agent]
+server = "{server}"
+pods_dir = "{pods}"
+data_dir = "{data}"
+node_name = "node-1"
+kubernetes_api = "off"
+node_metrics = false
+batch_wait = "100ms"
+discover_interval = "100ms"
+poll_interval = "20ms"
+retry_max_backoff = "300ms"
+request_timeout = "5s"
+{extra}
+"#,
+        pods = pods.display(),
+        data = dir.join("agent-data").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fmt {
+    Cri,
+    Docker,
+}
+
+/// One container's log directory, written as the kubelet and the runtime write it.
+struct ContainerLog {
+    dir: PathBuf,
+    fmt: Fmt,
+    file: std::fs::File,
+    /// Every line written, for the final check.
+    lines: Vec<String>,
+    tag: String,
+    clock_ns: i64,
+    rotations: u32,
+}
+
+impl ContainerLog {
+    fn create(pods: &Path, ns: &str, pod: &str, uid: &str, container: &str, fmt: Fmt) -> ContainerLog {
+        let dir = pods.join(format!("{ns}_{pod}_{uid}")).join(container);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = append(&dir.join("0.log"));
+        ContainerLog {
+            dir,
+            fmt,
+            file,
+            lines: Vec::new(),
+            tag: format!("{ns}/{pod}/{container}"),
+            // An hour ago, a millisecond per record: inside retention, after any line written before.
+            clock_ns: store::time::now_ns() - 3_600_000_000_000,
+            rotations: 0,
+        }
+    }
+
+    fn ts(&mut self) -> String {
+        self.clock_ns += 1_000_123;
+        store::time::format_rfc3339_ns(self.clock_ns)
+    }
+
+    /// Writes `n` lines; every 7th is split into partial records, every 13th goes to stderr.
+    fn write(&mut self, n: usize) {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let k = self.lines.len();
+            let stream = if k % 13 == 5 { "stderr" } else { "stdout" };
+            let mut msg = format!("{} line {k} level=info", self.tag);
+            if k % 7 == 3 {
+                // Long enough that the runtime splits it.
+                msg.push(' ');
+                msg.push_str(&"x".repeat(20_000));
+            }
+            match self.fmt {
+                Fmt::Cri => {
+                    let chunks: Vec<&str> = if k % 7 == 3 {
+                        let (a, b) = msg.split_at(16_384);
+                        vec![a, b]
+                    } else {
+                        vec![&msg]
+                    };
+                    for (i, c) in chunks.iter().enumerate() {
+                        let tag = if i + 1 == chunks.len() { "F" } else { "P" };
+                        let ts = self.ts();
+                        writeln!(out, "{ts} {stream} {tag} {c}").unwrap();
+                    }
+                }
+                Fmt::Docker => {
+                    let pieces: Vec<String> = if k % 7 == 3 {
+                        let (a, b) = msg.split_at(16_384);
+                        vec![a.to_string(), format!("{b}\n")]
+                    } else {
+                        vec![format!("{msg}\n")]
+                    };
+                    for p in pieces {
+                        let ts = self.ts();
+                        let obj = serde_json::json!({"log": p, "stream": stream, "time": ts});
+                        writeln!(out, "{obj}").unwrap();
+                    }
+                }
+            }
+            self.lines.push(msg);
+        }
+        self.file.write_all(&out).unwrap();
+    }
+
+    /// Rotates as the kubelet does: `0.log` becomes `0.log.<timestamp>`, a new `0.log` starts, and the
+    /// previous rotation (if any) is gzipped and removed.
+    fn rotate(&mut self) {
+        self.rotations += 1;
+        let rotated = self.dir.join(format!("0.log.20261122-1200{:02}", self.rotations));
+        std::fs::rename(self.dir.join("0.log"), &rotated).unwrap();
+        self.file = append(&self.dir.join("0.log"));
+        if self.rotations >= 2 {
+            let prev = self.dir.join(format!("0.log.20261122-1200{:02}", self.rotations - 1));
+            let data = std::fs::read(&prev).unwrap();
+            let gz_tmp = self.dir.join(format!("0.log.20261122-1200{:02}.gz.tmp", self.rotations - 1));
+            let mut enc =
+                flate2::write::GzEncoder::new(std::fs::File::create(&gz_tmp).unwrap(), flate2::Compression::fast());
+            enc.write_all(&data).unwrap();
+            enc.finish().unwrap();
+            std::fs::rename(
+                &gz_tmp,
+                prev.with_extension(format!("{}.gz", prev.extension().unwrap().to_str().unwrap())),
+            )
+            .unwrap();
+            std::fs::remove_file(&prev).unwrap();
+        }
+    }
+}
+
+impl ContainerLog {
+    /// Rotates as logrotate's copytruncate does: copy the file away, then empty it in place (the writer
+    /// appends, so it goes on at the new end).
+    fn copytruncate(&mut self) {
+        self.rotations += 1;
+        let copy = self.dir.join(format!("0.log.20261122-1300{:02}", self.rotations));
+        std::fs::copy(self.dir.join("0.log"), copy).unwrap();
+        self.file.set_len(0).unwrap();
+    }
+}
+
+fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
+}
+
+async fn count(base: &str) -> i64 {
+    let client = reqwest::Client::new();
+    match client.post(format!("{base}/api/v1/sql")).body("SELECT count(*) AS n FROM logs").send().await {
+        Ok(r) if r.status() == 200 => {
+            let v: Value = r.json().await.unwrap();
+            v["rows"][0]["n"].as_i64().unwrap_or(0)
+        }
+        _ => -1,
+    }
+}
+
+async fn wait_count(base: &str, want: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = -1;
+    while Instant::now() < deadline {
+        last = count(base).await;
+        if last >= want as i64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: the server holds {last} lines after 60s, expected {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_arrives_once_through_rotations_kills_and_an_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let server_addr = free_addr();
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), server_addr, &[]);
+    server.wait_ready().await;
+    let base = server.base.clone();
+    let config = agent_config(tmp.path(), &base, &pods, "");
+    let agent_addr = free_addr();
+    let mut agent = AgentProcess::spawn(&config, agent_addr);
+    agent.wait_ready().await;
+
+    let mut web = ContainerLog::create(&pods, "default", "web-7d9f", "uid-web", "app", Fmt::Cri);
+    let mut dns = ContainerLog::create(&pods, "kube-system", "dns-1", "uid-dns", "dns", Fmt::Docker);
+    let total = |logs: &[&ContainerLog]| logs.iter().map(|l| l.lines.len()).sum::<usize>();
+
+    // Plain tailing, partial records of both formats.
+    web.write(300);
+    dns.write(300);
+    wait_count(&base, 600, "first lines").await;
+
+    // A rotation by rename while lines keep coming.
+    web.write(50);
+    web.rotate();
+    web.write(100);
+    wait_count(&base, total(&[&web, &dns]), "after a rotation").await;
+
+    // kill -9 of the agent mid-stream; while it is down, two more rotations happen, so lines it never read
+    // end up in a gzipped rotation.
+    web.write(200);
+    dns.write(200);
+    agent.kill9();
+    web.write(100);
+    web.rotate();
+    web.write(100);
+    web.rotate();
+    web.write(50);
+    assert!(std::fs::read_dir(&web.dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".gz")));
+    let mut agent = AgentProcess::spawn(&config, agent_addr);
+    agent.wait_ready().await;
+    wait_count(&base, total(&[&web, &dns]), "after the agent's kill -9").await;
+
+    // copytruncate, with lines the agent may not have read yet at the time of the copy.
+    dns.write(100);
+    web.write(100);
+    web.copytruncate();
+    web.write(30);
+    wait_count(&base, total(&[&web, &dns]), "after copytruncate").await;
+    let m = agent.metrics().await;
+    assert!(!m.contains("lumen_agent_truncations_total 0"), "the truncation went unnoticed:\n{m}");
+
+    // A new pod appears.
+    let mut job = ContainerLog::create(&pods, "batch", "job-x", "uid-job", "worker", Fmt::Cri);
+    job.write(200);
+
+    // kill -9 of the server mid-stream.
+    web.write(200);
+    dns.write(100);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill9();
+    web.write(100);
+    job.write(100);
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), server_addr, &[]);
+    server.wait_ready().await;
+    wait_count(&base, total(&[&web, &dns, &job]), "after the server's kill -9").await;
+
+    // The server down for a while: the agent buffers and catches up.
+    server.terminate();
+    web.write(300);
+    dns.write(300);
+    job.write(100);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = agent.metrics().await;
+    assert!(m.contains("lumen_agent_send_failures_total{kind=\"logs\"}"), "no failed sends counted:\n{m}");
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), server_addr, &[]);
+    server.wait_ready().await;
+    wait_count(&base, total(&[&web, &dns, &job]), "after the outage").await;
+
+    // A pod directory removed: the agent lets it go and goes on.
+    std::fs::remove_dir_all(pods.join("batch_job-x_uid-job")).unwrap();
+    web.write(100);
+    let expected = total(&[&web, &dns, &job]);
+    wait_count(&base, expected, "after a pod was removed").await;
+
+    // Nothing more arrives (no gzipped rotation read twice), and every line is there once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = reqwest::Client::new();
+    let rows = sql_rows(
+        &client,
+        &base,
+        "default",
+        "SELECT namespace, pod, container, node, stream, message, count(*) AS n FROM logs \
+         GROUP BY namespace, pod, container, node, stream, message",
+    )
+    .await;
+    let mut seen: HashMap<String, (String, i64)> = HashMap::new();
+    for r in &rows {
+        let tag = format!(
+            "{}/{}/{}",
+            r["namespace"].as_str().unwrap(),
+            r["pod"].as_str().unwrap(),
+            r["container"].as_str().unwrap()
+        );
+        assert_eq!(r["node"], "node-1");
+        let msg = r["message"].as_str().unwrap().to_string();
+        assert!(msg.starts_with(&tag), "line {msg:.80} carries the labels of {tag}");
+        seen.insert(msg, (r["stream"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap()));
+    }
+    for log in [&web, &dns, &job] {
+        for (k, line) in log.lines.iter().enumerate() {
+            let Some((stream, n)) = seen.get(line) else {
+                panic!("{} line {k} never arrived", log.tag);
+            };
+            assert_eq!(*n, 1, "{} line {k} arrived {n} times", log.tag);
+            let want = if k % 13 == 5 { "stderr" } else { "stdout" };
+            assert_eq!(stream, want, "{} line {k}", log.tag);
+        }
+    }
+    assert_eq!(rows.len(), expected, "lines that nobody wrote arrived");
+    assert_eq!(count(&base).await, expected as i64);
+    agent.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_k8s_log_fixtures_arrive_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/k8s-logs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "the k8s-logs fixtures are missing");
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        let pod = format!("fixture-{i}");
+        let dir = pods.join(format!("fixtures_{pod}_uid-{i}")).join("c");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(f, dir.join("0.log")).unwrap();
+        // Docker splits nothing in these files: one record per line, a corrupt line shipped raw.
+        let text = std::fs::read_to_string(f).unwrap();
+        expected.insert(pod, text.lines().filter(|l| !l.trim().is_empty()).count());
+    }
+    // The fixtures are from 2016-2019: a long retention keeps them.
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), free_addr(), &["--retention", "36500d"]);
+    server.wait_ready().await;
+    let config = agent_config(tmp.path(), &server.base, &pods, "");
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    let want: usize = expected.values().sum();
+    // A record whose last piece never came (a `log` without its newline) is sent after a few idle seconds.
+    wait_count(&server.base, want, "fixture lines").await;
+    let client = reqwest::Client::new();
+    let rows = sql_rows(&client, &server.base, "default", "SELECT pod, count(*) AS n FROM logs GROUP BY pod").await;
+    for r in &rows {
+        let pod = r["pod"].as_str().unwrap();
+        assert_eq!(r["n"].as_i64().unwrap() as usize, expected[pod], "{pod}");
+    }
+    assert_eq!(rows.len(), expected.len());
+    let corrupt =
+        sql_rows(&client, &server.base, "default", "SELECT message FROM logs WHERE parse_error IS NOT NULL").await;
+    assert_eq!(corrupt.len(), 1, "docker_corrupted.log has one corrupt line: {corrupt:?}");
+    assert!(corrupt[0]["message"].as_str().unwrap().contains("\"log\":"));
+    let m = agent.metrics().await;
+    assert!(m.contains("lumen_agent_malformed_lines_total 1"), "{m}");
+    agent.terminate();
+}
+
+/// Serves one exposition file on its own port, with the content type its dialect has.
+async fn serve_exposition(path: PathBuf) -> SocketAddr {
+    let body = std::fs::read(&path).unwrap();
+    let ct = if path.to_string_lossy().ends_with(".om.txt") {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, ct)], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn prom_query(base: &str, q: &str) -> Vec<Value> {
+    let r = reqwest::Client::new().get(format!("{base}/api/v1/query")).query(&[("query", q)]).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "success", "{q}: {v}");
+    v["data"]["result"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_exposition_samples_reach_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/exposition");
+    let mut targets = Vec::new();
+    for name in [
+        "alltypes.237mfs.prom.txt",
+        "alltypes.5mfs.om.txt",
+        "1histogram.om.txt",
+        "node_exporter-e2e-output.prom.txt",
+        "prometheus-common-expfmt-text.prom.txt",
+    ] {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let format = if name.ends_with(".om.txt") {
+            store::wire::prom::TextFormat::OpenMetrics
+        } else {
+            store::wire::prom::TextFormat::Prometheus
+        };
+        let mut series = std::collections::HashSet::new();
+        let stats = store::wire::prom::parse_text(&text, format, 0, |labels, _, _| {
+            series.insert(format!("{labels:?}"));
+        });
+        assert_eq!(stats.error_lines, 0, "{name}");
+        let addr = serve_exposition(path).await;
+        targets.push((name, addr, series.len()));
+    }
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), free_addr(), &[]);
+    server.wait_ready().await;
+    let list: Vec<String> = targets.iter().map(|(_, a, _)| format!("\"http://{a}/metrics\"")).collect();
+    let extra = format!("scrape_targets = [{}]\nscrape_interval = \"1s\"\n", list.join(", "));
+    let config = agent_config(tmp.path(), &server.base, &tmp.path().join("no-pods"), &extra);
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = prom_query(&server.base, "up{job=\"lumen-agent\"} == 1").await;
+        if up.len() == targets.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {} of {} targets up: {up:?}", up.len(), targets.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (name, addr, n) in &targets {
+        let q = format!("count({{instance=\"{addr}\", job=\"lumen-agent\"}})");
+        let got = prom_query(&server.base, &q).await;
+        let got: usize = got[0]["value"][1].as_str().unwrap().parse().unwrap();
+        // Every series of the file, plus up, scrape_duration_seconds, scrape_samples_scraped,
+        // scrape_samples_post_metric_relabeling and scrape_series_added.
+        assert_eq!(got, n + 5, "{name}");
+        let d = prom_query(&server.base, &format!("scrape_duration_seconds{{instance=\"{addr}\"}}")).await;
+        assert_eq!(d.len(), 1, "{name}");
+        assert_eq!(d[0]["metric"]["node"], "node-1");
+    }
+    agent.terminate();
+}
+
+/// A proxy that forwards pushes to the server and, for every other one, loses the server's answer: the
+/// agent sees a 503 for a batch the server stored. A real server cannot be made to lose an answer on cue.
+async fn ack_losing_proxy(upstream: String) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let lost = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let lost2 = lost.clone();
+    let app = axum::Router::new().route(
+        "/loki/api/v1/push",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (client, upstream, lost, seen) = (client.clone(), upstream.clone(), lost2.clone(), seen.clone());
+            async move {
+                let mut req = client.post(format!("{upstream}/loki/api/v1/push")).body(body);
+                for (k, v) in &headers {
+                    if k.as_str().starts_with("x-") || k == "content-type" || k == "content-encoding" {
+                        req = req.header(k.as_str(), v.as_bytes());
+                    }
+                }
+                let status = match req.send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 502,
+                };
+                if status < 300 && seen.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acknowledgement_does_not_store_a_batch_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), free_addr(), &[]);
+    server.wait_ready().await;
+    let (proxy, lost) = ack_losing_proxy(server.base.clone()).await;
+    let config = agent_config(tmp.path(), &format!("http://{proxy}"), &pods, "");
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    let mut app = ContainerLog::create(&pods, "default", "api-1", "uid-api", "api", Fmt::Cri);
+    for _ in 0..10 {
+        app.write(50);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_count(&server.base, app.lines.len(), "lines through the proxy").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(lost.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the proxy lost no answers");
+    let client = reqwest::Client::new();
+    let dup = sql_rows(
+        &client,
+        &server.base,
+        "default",
+        "SELECT message, count(*) AS n FROM logs GROUP BY message HAVING count(*) > 1",
+    )
+    .await;
+    assert!(dup.is_empty(), "batches stored twice: {} lines duplicated", dup.len());
+    assert_eq!(count(&server.base).await, app.lines.len() as i64);
+    let m = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    assert!(m.contains("lumen_ingest_duplicate_batches_total{protocol=\"loki\"}"), "{m}");
+    agent.terminate();
+}
