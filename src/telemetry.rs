@@ -6,7 +6,9 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber: `RUST_LOG` if set, else the configured level.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // kube-client logs every failed request at ERROR; the agent's watch logs the same failure at WARN.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},kube_client::client::builder=off", config.level)));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),

@@ -377,7 +377,7 @@ async fn pod_targets_loop(
     shutdown: CancellationToken,
 ) {
     let mut running: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
-    let mut ticker = tokio::time::interval(POD_TARGETS_INTERVAL);
+    let mut ticker = tokio::time::interval(POD_TARGETS_INTERVAL.min(cfg.scrape_interval));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

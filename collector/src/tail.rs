@@ -50,6 +50,8 @@ const ROTATED_GRACE: Duration = Duration::from_secs(5);
 /// A partial record whose file has not grown for this long is sent as it is (the runtime died mid-line,
 /// or wrote a last line without its end).
 const IDLE_PARTIAL: Duration = Duration::from_secs(3);
+/// Positions of files no longer followed are kept this long, for a gzipped rotation of them.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// What the reader needs besides the shared state.
 #[derive(Debug, Clone)]
@@ -150,6 +152,8 @@ pub struct Tailer {
     files: Vec<Tailed>,
     /// Positions reached in this run or buffered before it, by fingerprint: (offset, finished).
     known: HashMap<u64, (u64, bool)>,
+    /// Since when a fingerprint in `known` has not been followed; forgotten after [`FORGET_AFTER`].
+    absent_since: HashMap<u64, Instant>,
     /// Inodes not to open again: finished or skipped gzipped rotations, copies of tracked files.
     ignored: HashSet<(u64, u64)>,
     containers: HashMap<PathBuf, Arc<Container>>,
@@ -183,6 +187,7 @@ impl Tailer {
             metrics,
             files: Vec::new(),
             known,
+            absent_since: HashMap::new(),
             ignored: HashSet::new(),
             containers: HashMap::new(),
             batch: Batch::default(),
@@ -297,6 +302,21 @@ impl Tailer {
         self.ignored.retain(|id| seen.contains(id));
         self.containers.retain(|dir, _| live_dirs.contains(dir));
         let present: HashSet<u64> = self.files.iter().map(|t| t.fingerprint).collect();
+        let now = Instant::now();
+        for fp in self.known.keys() {
+            if present.contains(fp) {
+                self.absent_since.remove(fp);
+            } else {
+                self.absent_since.entry(*fp).or_insert(now);
+            }
+        }
+        self.absent_since.retain(|fp, since| {
+            let keep = now.duration_since(*since) < FORGET_AFTER;
+            if !keep {
+                self.known.remove(fp);
+            }
+            keep
+        });
         let now_ns = store::time::now_ns();
         self.checkpoints.lock().mark_present(&|fp| present.contains(&fp), now_ns);
         self.metrics.files_open.set(self.files.len() as i64);

@@ -580,3 +580,163 @@ async fn a_lost_acknowledgement_does_not_store_a_batch_twice() {
     assert!(m.contains("lumen_ingest_duplicate_batches_total{protocol=\"loki\"}"), "{m}");
     agent.terminate();
 }
+
+/// Serves what the agent's pod watch asks of the Kubernetes API: a list of this node's pods, then a watch
+/// that stays open with no events. No cluster runs here, so this stands in for the API server.
+async fn fake_kubernetes_api(pods: Value) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/api/v1/pods",
+        axum::routing::get(move |q: axum::extract::Query<HashMap<String, String>>| {
+            let pods = pods.clone();
+            async move {
+                assert_eq!(q.get("fieldSelector").map(String::as_str), Some("spec.nodeName=node-1"));
+                if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                    let body =
+                        axum::body::Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+                    return axum::response::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .unwrap();
+                }
+                let list = serde_json::json!({
+                    "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": pods,
+                });
+                axum::response::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(list.to_string()))
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn pod(name: &str, uid: &str, labels: Value, annotations: Value, port: u16) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": uid, "labels": labels,
+                     "annotations": annotations, "resourceVersion": "7"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [{"containerPort": port}]}]},
+        "status": {"podIP": "127.0.0.1", "phase": "Running"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_api_adds_labels_excludes_pods_and_finds_scrape_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods_dir = tmp.path().join("pods");
+    let exposition = serve_exposition(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/exposition/prometheus-common-expfmt-text.prom.txt"),
+    )
+    .await;
+    let api = fake_kubernetes_api(serde_json::json!([
+        pod(
+            "web-1",
+            "uid-web",
+            serde_json::json!({"app": "web", "app.kubernetes.io/name": "webapp", "team": "x"}),
+            serde_json::json!({}),
+            8080
+        ),
+        pod(
+            "noisy-1",
+            "uid-noisy",
+            serde_json::json!({"app": "noisy"}),
+            serde_json::json!({"lumen.io/exclude": "true"}),
+            8080
+        ),
+        pod(
+            "exporter-1",
+            "uid-exp",
+            serde_json::json!({}),
+            serde_json::json!({"prometheus.io/scrape": "true", "prometheus.io/port": exposition.port().to_string()}),
+            1
+        ),
+    ]))
+    .await;
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), free_addr(), &[]);
+    server.wait_ready().await;
+    let config = agent_config(tmp.path(), &server.base, &pods_dir, "scrape_interval = \"1s\"");
+    // The test config turns the API off; this one points it at the fake.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("kubernetes_api = \"off\"", &format!("kubernetes_api = \"http://{api}\"")))
+        .unwrap();
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    // Written once the watch has had a moment to list the pods, so the first listing sees their labels.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut web = ContainerLog::create(&pods_dir, "default", "web-1", "uid-web", "c", Fmt::Cri);
+    let mut noisy = ContainerLog::create(&pods_dir, "default", "noisy-1", "uid-noisy", "c", Fmt::Cri);
+    noisy.write(20);
+    web.write(20);
+    wait_count(&server.base, 20, "the web pod's lines").await;
+    let client = reqwest::Client::new();
+    let rows = sql_rows(
+        &client,
+        &server.base,
+        "default",
+        "SELECT pod, app, app_kubernetes_io_name, count(*) AS n FROM logs GROUP BY pod, app, app_kubernetes_io_name",
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["pod"], "web-1");
+    assert_eq!(rows[0]["app"], "web", "an allow-listed pod label");
+    assert_eq!(rows[0]["app_kubernetes_io_name"], "webapp");
+    assert_eq!(rows[0]["n"], 20);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up =
+            prom_query(&server.base, "up{job=\"kubernetes-pods\", pod=\"exporter-1\", namespace=\"default\"}").await;
+        if up.first().is_some_and(|s| s["value"][1] == "1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the annotated pod was not scraped: {up:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still nothing of the excluded pod.
+    noisy.write(5);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&server.base).await, 20);
+    agent.terminate();
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the agent's metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_stops_reading_and_the_agent_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let server_addr = free_addr();
+    let extra = "buffer_max_size = \"256 KiB\"\nbatch_max_size = \"16 KiB\"";
+    let config = agent_config(tmp.path(), &format!("http://{server_addr}"), &pods, extra);
+    // No server yet.
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    let mut app = ContainerLog::create(&pods, "default", "chatty-1", "uid-chatty", "app", Fmt::Docker);
+    app.write(3000);
+    let bytes = std::fs::metadata(app.dir.join("0.log")).unwrap().len();
+    assert!(bytes > 4 * 256 * 1024, "the file ({bytes} bytes) should outgrow the buffer");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = agent.metrics().await;
+    assert!(metric(&m, "lumen_agent_buffer_full_waits_total") > 0.0, "the reader never paused");
+    let buffered = metric(&m, "lumen_agent_buffer_bytes");
+    assert!(buffered <= (256.0 + 64.0) * 1024.0, "the buffer grew to {buffered} bytes");
+    assert!(metric(&m, "lumen_agent_read_bytes_total") < bytes as f64, "the whole file was read into a full buffer");
+
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), server_addr, &[]);
+    server.wait_ready().await;
+    wait_count(&server.base, app.lines.len(), "after the server came").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&server.base).await, app.lines.len() as i64);
+    agent.terminate();
+}
