@@ -424,7 +424,7 @@ async fn the_k8s_log_fixtures_arrive_whole() {
 }
 
 /// Serves one exposition file on its own port, with the content type its dialect has.
-async fn serve_exposition(path: PathBuf) -> SocketAddr {
+pub async fn serve_exposition(path: PathBuf) -> SocketAddr {
     let body = std::fs::read(&path).unwrap();
     let ct = if path.to_string_lossy().ends_with(".om.txt") {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"

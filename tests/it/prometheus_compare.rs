@@ -29,11 +29,16 @@ struct Prometheus {
 
 impl Prometheus {
     async fn start(dir: &Path) -> Prometheus {
+        Prometheus::start_with(dir, "scrape_configs: []\n").await
+    }
+
+    /// Starts Prometheus with these `scrape_configs` (YAML, with the key).
+    async fn start_with(dir: &Path, scrape_configs: &str) -> Prometheus {
         let bin = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "/usr/bin/prometheus".to_string());
         assert!(Path::new(&bin).exists(), "{bin} not found: scripts/test installs Debian's prometheus package");
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 15s\nscrape_configs: []\n").unwrap();
+        std::fs::write(&config, format!("global:\n  scrape_interval: 15s\n{scrape_configs}")).unwrap();
         let addr = free_addr();
         let child = Command::new(&bin)
             .arg(format!("--config.file={}", config.display()))
@@ -284,4 +289,75 @@ async fn same_data_same_queries_same_answers_as_prometheus() {
         assert_eq!(got, want, "{path}");
     }
     lumen.stop().await;
+}
+
+/// Series of a job as sorted label sets, without `job` and `node` (which the agent adds to static targets).
+async fn job_series(client: &reqwest::Client, base: &str, job: &str) -> std::collections::BTreeSet<String> {
+    let v = ask(client, base, &[("match[]", format!("{{job=\"{job}\"}}"))], "/api/v1/series").await;
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let mut pairs: Vec<String> = s
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k != "job" && *k != "node")
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+                .collect();
+            pairs.sort();
+            pairs.join(",")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_scrapes_like_prometheus_and_ships_to_its_remote_write_receiver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/exposition");
+    let a = crate::agent::serve_exposition(data.join("prometheus-common-expfmt-text.prom.txt")).await;
+    let b = crate::agent::serve_exposition(data.join("1histogram.om.txt")).await;
+    // Prometheus scrapes both targets itself, as job "prom".
+    let scrape = format!(
+        "scrape_configs:\n  - job_name: prom\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"{a}\", \"{b}\"]\n"
+    );
+    let prom = Prometheus::start_with(&tmp.path().join("prom"), &scrape).await;
+    // The agent scrapes the same targets as job "agent" and ships to Prometheus' remote-write receiver.
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndata_dir = \"{}\"\nnode_name = \"node-1\"\nlogs = false\nnode_metrics = false\n\
+             kubernetes_api = \"off\"\nmetrics_url = \"{}/api/v1/write\"\nscrape_job = \"agent\"\n\
+             scrape_interval = \"1s\"\nbatch_wait = \"100ms\"\nscrape_targets = [\"http://{a}/metrics\", \"http://{b}/metrics\"]\n",
+            tmp.path().join("agent-data").display(),
+            prom.base
+        ),
+    )
+    .unwrap();
+    let mut agent = crate::agent::AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let theirs = job_series(&client, &prom.base, "prom").await;
+        let ours = job_series(&client, &prom.base, "agent").await;
+        if !theirs.is_empty() && theirs == ours {
+            break;
+        }
+        if Instant::now() > deadline {
+            let only_prom: Vec<_> = theirs.difference(&ours).take(5).collect();
+            let only_agent: Vec<_> = ours.difference(&theirs).take(5).collect();
+            panic!(
+                "{} series from Prometheus' scrape, {} from the agent's; only Prometheus: {only_prom:?}; only the agent: {only_agent:?}",
+                theirs.len(),
+                ours.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let up = ask(&client, &prom.base, &[("query", "up{job=\"agent\"}".to_string())], "/api/v1/query").await;
+    assert_eq!(up["data"]["result"].as_array().unwrap().len(), 2, "{up}");
+    agent.terminate();
 }
