@@ -66,6 +66,8 @@ bytes=$(du -sb "$pods" | awk '{print $1}')
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# A child that exited is a zombie until waited for, and kill -0 still finds it.
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
 count() {
   curl -sf -X POST "http://127.0.0.1:$1/api/v1/sql" -d 'SELECT count(*) AS n FROM logs' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"][0]["n"])' 2>/dev/null || echo 0
@@ -92,7 +94,7 @@ apid=$!
 while :; do
   n=$(count "$sport")
   [ "$n" -ge "$LINES" ] && break
-  if ! kill -0 "$apid" 2>/dev/null; then echo "the agent died; see $OUT/agent.log" >&2; exit 1; fi
+  if ! alive "$apid"; then echo "the agent died; see $OUT/agent.log" >&2; exit 1; fi
   sleep 1
 done
 t1=$(date +%s.%N)
@@ -101,10 +103,12 @@ scpu1=$(cpu "$spid")
 arss=$(awk '/VmHWM/ {print $2}' "/proc/$apid/status")
 srss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
 stored=$(count "$sport")
+sent=$(curl -sf "http://127.0.0.1:$aport/metrics" | awk '/^lumen_agent_sent_bytes_total\{kind="logs"\}/ {print $2}')
+sent=${sent:-0}
 kill -TERM "$apid"; wait "$apid" || true
 kill -TERM "$spid"; wait "$spid" || true
 
-peer='null'
+peer='None'
 if [ "$PEER" = 1 ]; then
   command -v rsyslogd >/dev/null || { echo "--peer needs rsyslog (apt-get install rsyslog)" >&2; exit 1; }
   rs="$OUT/rsyslog"
@@ -141,12 +145,13 @@ input(type="imfile" file="$(realpath "$pods")/*/*/*.log" tag="k8s" ruleset="ship
 ruleset(name="ship") { action(type="omfwd" target="127.0.0.1" port="$sink_port" protocol="tcp" template="RSYSLOG_FileFormat") }
 EOF
   t2=$(date +%s.%N)
-  rsyslogd -n -f "$rs/rsyslog.conf" -i "$rs/rsyslog.pid" >"$rs/rsyslog.log" 2>&1 &
+  rsyslogd -n -f "$(realpath "$rs/rsyslog.conf")" -i "$(realpath "$rs")/rsyslog.pid" >"$rs/rsyslog.log" 2>&1 &
   rpid=$!
   while :; do
-    got=$(cat "$rs/received" 2>/dev/null || echo 0)
+    got=$(cat "$rs/received" 2>/dev/null || true)
+    got=${got:-0}
     [ "$got" -ge "$LINES" ] && break
-    kill -0 "$rpid" 2>/dev/null || { echo "rsyslog died; see $rs/rsyslog.log" >&2; exit 1; }
+    alive "$rpid" || { echo "rsyslog died; see $rs/rsyslog.log" >&2; exit 1; }
     sleep 1
   done
   t3=$(date +%s.%N)
@@ -166,6 +171,7 @@ out = {
     "lines_per_s_end_to_end": round(lines / wall),
     "agent_cpu_us_per_line": round($acpu / hz / lines * 1e6, 3),
     "agent_peak_rss_mb": round($arss / 1024, 1),
+    "agent_sent_bytes_per_line": round($sent / lines, 1),
     "server_cpu_us_per_line": round(($scpu1 - $scpu0) / hz / lines * 1e6, 3),
     "server_peak_rss_mb": round($srss / 1024, 1),
     "peer": $peer,

@@ -305,5 +305,54 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, append, flush, logql, metrics);
+/// The agent's per-line work: CRI and Docker json-file decoding (partial records merged), and the parse
+/// options' field extraction and level detection.
+fn agent(c: &mut Criterion) {
+    use collector::format::{Decoder, LogFormat};
+    let mut g = c.benchmark_group("agent");
+    let n = 10_000usize;
+    let ts = "2026-11-22T10:00:00.123456789Z";
+    let mut cri = Vec::with_capacity(n);
+    let mut docker = Vec::with_capacity(n);
+    for i in 0..n {
+        let msg = format!("level=info ts={i} caller=server.go:{i} msg=\"request served\" path=/api/v1/items/{i} status=200 took=1.{i}ms");
+        let stream = if i % 13 == 0 { "stderr" } else { "stdout" };
+        cri.push(format!("{ts} {stream} F {msg}"));
+        docker.push(serde_json::json!({"log": format!("{msg}\n"), "stream": stream, "time": ts}).to_string());
+    }
+    g.throughput(Throughput::Elements(n as u64));
+    for (name, format, lines) in [("cri_decode", LogFormat::Cri, &cri), ("docker_decode", LogFormat::Docker, &docker)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut d = Decoder::new(format, 256 * 1024);
+                let mut at = 0u64;
+                let mut out = 0usize;
+                for l in lines {
+                    let end = at + l.len() as u64 + 1;
+                    out += d.push(l.as_bytes(), at, end).map_or(0, |r| r.message.len());
+                    at = end;
+                }
+                out
+            })
+        });
+    }
+    let transform = collector::transform::Transform::new(&collector::transform::ParseConfig {
+        format: collector::transform::LineParser::Logfmt,
+        ..Default::default()
+    })
+    .unwrap();
+    g.bench_function("logfmt_fields_and_level", |b| {
+        b.iter(|| {
+            let mut fields = Vec::new();
+            for l in &cri {
+                fields.clear();
+                transform.fields(&l[36..], &mut fields);
+            }
+            fields.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, append, flush, logql, metrics, agent);
 criterion_main!(benches);
