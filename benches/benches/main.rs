@@ -315,7 +315,9 @@ fn agent(c: &mut Criterion) {
     let mut cri = Vec::with_capacity(n);
     let mut docker = Vec::with_capacity(n);
     for i in 0..n {
-        let msg = format!("level=info ts={i} caller=server.go:{i} msg=\"request served\" path=/api/v1/items/{i} status=200 took=1.{i}ms");
+        let msg = format!(
+            "level=info ts={i} caller=server.go:{i} msg=\"request served\" path=/api/v1/items/{i} status=200 took=1.{i}ms"
+        );
         let stream = if i % 13 == 0 { "stderr" } else { "stdout" };
         cri.push(format!("{ts} {stream} F {msg}"));
         docker.push(serde_json::json!({"log": format!("{msg}\n"), "stream": stream, "time": ts}).to_string());

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,7 +15,7 @@ use crate::harness::{ServerProcess, free_addr, sql_rows};
 
 /// A `lumen agent` child process.
 pub struct AgentProcess {
-    pub child: Child,
+    pub process: ServerProcess,
     pub addr: SocketAddr,
 }
 
@@ -30,24 +30,11 @@ impl AgentProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn lumen agent");
-        AgentProcess { child, addr }
+        AgentProcess { process: ServerProcess::adopt(child, format!("http://{addr}")), addr }
     }
 
     pub async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("http://{}/ready", self.addr)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("lumen agent exited with {status} before it was ready");
-            }
-            assert!(Instant::now() < deadline, "lumen agent did not become ready in 30s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.process.wait_ready().await;
     }
 
     pub async fn metrics(&self) -> String {
@@ -55,22 +42,11 @@ impl AgentProcess {
     }
 
     pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.kill9();
     }
 
     pub fn terminate(&mut self) {
-        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(sent.success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "lumen agent exited with {status} after SIGTERM");
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate();
     }
 }
 

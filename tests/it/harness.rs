@@ -119,6 +119,11 @@ impl ServerProcess {
         ServerProcess { child, base: format!("http://{addr}") }
     }
 
+    /// A `lumen` child process of another kind (the agent) that answers `/ready` at `base`.
+    pub fn adopt(child: Child, base: String) -> ServerProcess {
+        ServerProcess { child, base }
+    }
+
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&mut self) {
         let client = reqwest::Client::new();
@@ -132,7 +137,9 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
-                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    stderr.read_to_string(&mut err).unwrap();
+                }
                 panic!("lumen exited with {status} before it was ready: {err}");
             }
             assert!(Instant::now() < deadline, "lumen did not become ready in 30s");
