@@ -409,6 +409,12 @@ impl Tailer {
         });
         let (source, offset) = match opened {
             Ok(s) => s,
+            Err(error) if kind == FileKind::Gzip => {
+                // A broken archive stays broken: skip it rather than decompress it again every listing.
+                tracing::warn!(%error, file = %path.display(), "cannot read a compressed rotation; skipping it");
+                self.ignored.insert(id);
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, file = %path.display(), "cannot open a log file; retrying at the next listing");
                 return;
