@@ -136,7 +136,9 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
     assert_eq!(status, 415);
 
     // Bodies over the 1 MiB limit, as sent and once decompressed.
-    let (status, _) = post(s, "/insert/jsonline", "big", &[], vec![b' '; 2 * 1024 * 1024]).await;
+    // Just over the limit: the server answers 413 without reading the rest, and a client still writing a
+    // much larger body may find the connection closed (EPIPE) before it reads the answer.
+    let (status, _) = post(s, "/insert/jsonline", "big", &[], vec![b' '; 1024 * 1024 + 4096]).await;
     assert_eq!(status, 413);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 8 * 1024 * 1024]).unwrap();
