@@ -716,3 +716,33 @@ async fn a_full_buffer_stops_reading_and_the_agent_catches_up() {
     assert_eq!(count(&server.base).await, app.lines.len() as i64);
     agent.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_server_refuses_is_dropped_and_the_rest_flows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), free_addr(), &[]);
+    server.wait_ready().await;
+    let config = agent_config(tmp.path(), &server.base, &pods, "");
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    // A clock a century ahead: the server refuses these lines (400), which no retry can change.
+    let dir = pods.join("default_skewed-1_uid-skewed").join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0.log"), "2126-01-01T00:00:00.000000001Z stdout F from the future\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_or_zero(&agent.metrics().await, "lumen_agent_batches_rejected_total{kind=\"logs\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the refused batch was not dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The agent is not stuck on it.
+    let mut ok = ContainerLog::create(&pods, "default", "fine-1", "uid-fine", "c", Fmt::Cri);
+    ok.write(10);
+    wait_count(&server.base, 10, "lines after a refused batch").await;
+    assert_eq!(count(&server.base).await, 10);
+    agent.terminate();
+}
+
+fn metric_or_zero(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
