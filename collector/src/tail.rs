@@ -263,21 +263,20 @@ impl Tailer {
                 let Ok(meta) = std::fs::metadata(&file.path) else { continue };
                 let id = (meta.dev(), meta.ino());
                 seen.insert(id);
-                if let Some(t) = self.files.iter_mut().find(|t| (t.dev, t.ino) == id) {
+                if let Some(i) = self.files.iter().position(|t| (t.dev, t.ino) == id) {
                     // Emptied and written again since the last look (copytruncate, then more lines than
-                    // before): the first line changed under the same inode.
-                    if file.kind != FileKind::Gzip
-                        && let Some((fp, _)) = fingerprint(&file.path, file.kind)
-                        && fp != t.fingerprint
+                    // before): the first line changed under the same inode. Read through the open
+                    // descriptor, so the check costs one pread per file and listing.
+                    let t = &self.files[i];
+                    if let Source::Plain(f) = &t.source
                         && !t.reset
+                        && head_fingerprint(f).is_some_and(|fp| fp != t.fingerprint)
                     {
                         tracing::info!(file = %file.path.display(), "log file rewritten in place; following its copy and its new content");
-                        self.metrics.truncations.inc();
-                        self.known.insert(t.fingerprint, (t.safe_offset(), false));
-                        t.reset = true;
-                        self.ignored.clear();
+                        self.reset(i);
                         continue;
                     }
+                    let t = &mut self.files[i];
                     if t.path != file.path {
                         self.metrics.rotations.inc();
                         t.path = file.path.clone();
@@ -601,11 +600,7 @@ impl Tailer {
             // this file, with a new first line, is picked up afresh at the next listing.
             tracing::info!(file = %t.path.display(), size = meta.len(), offset = t.offset,
                 "log file truncated (copytruncate); following its copy and its new content");
-            self.metrics.truncations.inc();
-            self.known.insert(t.fingerprint, (t.safe_offset(), false));
-            t.reset = true;
-            // The copy may have been seen, and skipped, as a copy of a followed file.
-            self.ignored.clear();
+            self.reset(i);
             return;
         }
         let t = &self.files[i];
@@ -623,6 +618,18 @@ impl Tailer {
                 self.multiline_then_emit(i, r, now);
             }
         }
+    }
+
+    /// Lets go of a file whose content was replaced under it (copytruncate): its copy, which has the old
+    /// first line, is read from where this file's records were complete, and the file itself, with a new
+    /// first line, is picked up afresh at the next listing.
+    fn reset(&mut self, i: usize) {
+        let t = &mut self.files[i];
+        self.metrics.truncations.inc();
+        self.known.insert(t.fingerprint, (t.safe_offset(), false));
+        t.reset = true;
+        // The copy may have been seen, and skipped, as a copy of a followed file.
+        self.ignored.clear();
     }
 
     /// Completes whatever is pending in a file that will not grow any more and marks it done.
@@ -773,10 +780,23 @@ fn fingerprint(path: &Path, kind: FileKind) -> Option<(u64, Vec<u8>)> {
         file.take(FINGERPRINT_MAX as u64).read_to_end(&mut head)
     };
     read.ok()?;
-    let line = match memchr::memchr(b'\n', &head) {
-        Some(nl) => &head[..=nl],
-        None if head.len() >= FINGERPRINT_MAX => &head[..],
-        None => return None,
-    };
+    let line = first_line(&head)?;
     Some((xxhash_rust::xxh3::xxh3_64(line), line.to_vec()))
+}
+
+/// The fingerprint of what an open plain file now starts with.
+fn head_fingerprint(f: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; FINGERPRINT_MAX];
+    let n = f.read_at(&mut head, 0).ok()?;
+    first_line(&head[..n]).map(xxhash_rust::xxh3::xxh3_64)
+}
+
+/// The bytes a fingerprint covers: the first line with its newline, or the first [`FINGERPRINT_MAX`] bytes.
+fn first_line(head: &[u8]) -> Option<&[u8]> {
+    match memchr::memchr(b'\n', head) {
+        Some(nl) => Some(&head[..=nl]),
+        None if head.len() >= FINGERPRINT_MAX => Some(head),
+        None => None,
+    }
 }
