@@ -1,31 +1,54 @@
 //! The binary encoding of a log batch inside a write-ahead-log record:
 //!
 //! ```text
-//! u8 kind (1, or 2 with a producer) | str tenant | [kind 2: str producer, varint sequence] | varint n_streams | n × (u64le id, varint n_labels, n × (str, str))
+//! u8 kind (1; 2 with a producer; 3 with delivery marks) | str tenant | [kind 2: str producer, varint sequence]
+//! | [kind 3: marks, see `marks::put_marks`] | varint n_streams | n × (u64le id, varint n_labels, n × (str, str))
 //! | varint n_entries | n × (varint stream, varint zigzag(time - previous time), str line,
 //!                           varint n_fields, n × (str, str))
 //! ```
 //! where `str` is a varint length and UTF-8 bytes. Timestamps are delta-coded because entries of a
 //! request are usually in time order.
 
+use crate::marks::{DeliveryMark, put_marks, read_marks};
 use crate::model::{BatchStream, Labels, LogBatch, LogEntry, Tenant};
 
 const KIND_LOGS_V1: u8 = 1;
 /// A batch sent by a producer that numbers its batches (the agent), for exactly-once delivery.
 const KIND_LOGS_PRODUCER: u8 = 2;
+/// A batch of MQTT messages with the marks of their deliveries, for recognising redeliveries.
+const KIND_LOGS_MARKS: u8 = 3;
 
 /// A producer's name and the sequence number of one of its batches.
 pub(crate) type ProducerSeq = (String, u64);
 
-/// Encodes a tenant's batch as a WAL payload.
-pub(crate) fn encode(tenant: &Tenant, batch: &LogBatch, producer: Option<(&str, u64)>) -> Vec<u8> {
-    let estimate = 64 + batch.entries.iter().map(|e| e.line.len() + 8 + e.fields.len() * 16).sum::<usize>();
+/// What a record carries besides its batch.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct RecordMeta {
+    pub(crate) producer: Option<ProducerSeq>,
+    pub(crate) marks: Vec<DeliveryMark>,
+}
+
+/// Encodes a tenant's batch as a WAL payload. A record carries a producer's sequence or marks, not both.
+pub(crate) fn encode(
+    tenant: &Tenant,
+    batch: &LogBatch,
+    producer: Option<(&str, u64)>,
+    marks: &[DeliveryMark],
+) -> Vec<u8> {
+    let estimate =
+        64 + marks.len() * 24 + batch.entries.iter().map(|e| e.line.len() + 8 + e.fields.len() * 16).sum::<usize>();
     let mut out = Vec::with_capacity(estimate);
-    out.push(if producer.is_some() { KIND_LOGS_PRODUCER } else { KIND_LOGS_V1 });
+    out.push(match (producer.is_some(), marks.is_empty()) {
+        (true, _) => KIND_LOGS_PRODUCER,
+        (false, false) => KIND_LOGS_MARKS,
+        (false, true) => KIND_LOGS_V1,
+    });
     put_str(&mut out, tenant.as_str());
     if let Some((name, seq)) = producer {
         put_str(&mut out, name);
         put_varint(&mut out, seq);
+    } else if !marks.is_empty() {
+        put_marks(&mut out, marks);
     }
     put_varint(&mut out, batch.streams.len() as u64);
     for s in &batch.streams {
@@ -58,14 +81,19 @@ pub(crate) fn encode(tenant: &Tenant, batch: &LogBatch, producer: Option<(&str, 
 /// # Errors
 /// A description of the first inconsistency; the record's CRC passed, so this means a bug or a payload
 /// of a newer version.
-pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch, Option<ProducerSeq>), String> {
+pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch, RecordMeta), String> {
     let mut r = Reader { buf, pos: 0 };
     let kind = r.u8()?;
-    if kind != KIND_LOGS_V1 && kind != KIND_LOGS_PRODUCER {
+    if !matches!(kind, KIND_LOGS_V1 | KIND_LOGS_PRODUCER | KIND_LOGS_MARKS) {
         return Err(format!("unknown record kind {kind}"));
     }
     let tenant = Tenant::new(r.str()?).map_err(|e| e.to_string())?;
-    let producer = if kind == KIND_LOGS_PRODUCER { Some((r.str()?.to_string(), r.varint()?)) } else { None };
+    let mut meta = RecordMeta::default();
+    match kind {
+        KIND_LOGS_PRODUCER => meta.producer = Some((r.str()?.to_string(), r.varint()?)),
+        KIND_LOGS_MARKS => meta.marks = read_marks(&mut r)?,
+        _ => {}
+    }
     let n_streams = r.len()?;
     let mut streams = Vec::with_capacity(n_streams);
     for _ in 0..n_streams {
@@ -100,7 +128,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(Tenant, LogBatch, Option<ProducerSeq
     if r.pos != buf.len() {
         return Err(format!("{} trailing bytes", buf.len() - r.pos));
     }
-    Ok((tenant, LogBatch { streams, entries }, producer))
+    Ok((tenant, LogBatch { streams, entries }, meta))
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -181,15 +209,20 @@ mod tests {
             fields: vec![("k".into(), "v".into())],
         });
         let tenant = Tenant::new("t1").unwrap();
-        let bytes = encode(&tenant, &batch, None);
+        let bytes = encode(&tenant, &batch, None, &[]);
         let (t, b, p) = decode(&bytes).unwrap();
         assert_eq!(t, tenant);
         assert_eq!(b, batch);
-        assert_eq!(p, None);
+        assert_eq!(p, RecordMeta::default());
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
-        let bytes = encode(&tenant, &batch, Some(("agent-1", 1 << 40)));
+        let bytes = encode(&tenant, &batch, Some(("agent-1", 1 << 40)), &[]);
+        let (t, b, p) = decode(&bytes).unwrap();
+        assert_eq!((t, &b), (tenant.clone(), &batch));
+        assert_eq!(p.producer, Some(("agent-1".to_string(), 1 << 40)));
+        let marks = vec![DeliveryMark { session: "broker:lumen".into(), window: 65_536, pkid: 9, hash: 42 }];
+        let bytes = encode(&tenant, &batch, None, &marks);
         let (t, b, p) = decode(&bytes).unwrap();
         assert_eq!((t, b), (tenant, batch));
-        assert_eq!(p, Some(("agent-1".to_string(), 1 << 40)));
+        assert_eq!(p, RecordMeta { producer: None, marks });
     }
 }

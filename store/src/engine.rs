@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::head::{self, MemTable, label_column, table_schema};
 use crate::head::{STREAM_ID, TIME};
 use crate::manifest::{Manifest, PartMeta, TimeUnitTag};
+use crate::marks::{DeliveryMark, Marks};
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, LogBatch, Tenant};
 use crate::part::{Part, PartWriter, WriteOptions};
@@ -74,6 +75,8 @@ struct Inner {
     producers: Arc<Mutex<HashMap<ProducerKey, u64>>>,
     /// One lock per producer, so that a batch and its retry are never checked at once.
     producer_locks: Mutex<HashMap<ProducerKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Stored MQTT deliveries, for recognising redeliveries.
+    marks: Arc<Mutex<Marks>>,
     _lock: File,
 }
 
@@ -126,9 +129,11 @@ impl LogStore {
         let mut replayed = 0usize;
         let producers: Arc<Mutex<HashMap<(String, String), u64>>> =
             Arc::new(Mutex::new(manifest.producers.iter().map(|(t, p, seq)| ((t.clone(), p.clone()), *seq)).collect()));
+        let marks = Arc::new(Mutex::new(Marks::load(&dir)?));
         let wal = {
             let active = active.clone();
             let producers = producers.clone();
+            let marks = marks.clone();
             let catalog = &catalog;
             Wal::open(
                 &dir.join("wal"),
@@ -136,16 +141,22 @@ impl LogStore {
                 options.tuning.wal_segment_size.as_u64(),
                 metrics.clone(),
                 |r| {
-                    let (tenant, batch, producer) = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
+                    let (tenant, batch, meta) = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
                         what: "wal record",
                         path: dir.join("wal"),
                         reason: format!("record {}: {reason}", r.seq),
                     })?;
                     catalog.register(&tenant, &batch.streams);
-                    if let Some((name, seq)) = producer {
+                    if let Some((name, seq)) = meta.producer {
                         let mut p = producers.lock();
                         let e = p.entry((tenant.as_str().to_string(), name)).or_insert(0);
                         *e = (*e).max(seq);
+                    }
+                    if !meta.marks.is_empty() {
+                        let mut m = marks.lock();
+                        for mark in &meta.marks {
+                            m.insert(mark);
+                        }
                     }
                     let rb = head::to_record_batch(&batch)?;
                     replayed += batch.entries.len();
@@ -176,6 +187,7 @@ impl LogStore {
                 flushed: Notify::new(),
                 producers,
                 producer_locks: Mutex::new(HashMap::new()),
+                marks,
                 _lock: lock,
             }),
         };
@@ -194,7 +206,23 @@ impl LogStore {
     /// # Cancel safety
     /// Dropping the future does not withdraw the batch: it may still be stored.
     pub async fn append(&self, tenant: &Tenant, batch: LogBatch) -> Result<()> {
-        self.append_record(tenant, batch, None).await
+        self.append_record(tenant, batch, None, Vec::new()).await
+    }
+
+    /// Stores a batch of MQTT messages with the marks of their deliveries, durably as by
+    /// [`LogStore::append`]. Once it resolves, [`LogStore::is_delivered`] knows the marks, across restarts
+    /// too. Callers store a message's other data (its samples) before its marks, so that a mark never
+    /// stands for data that is not durable.
+    ///
+    /// # Errors
+    /// As [`LogStore::append`]; on error no mark is recorded.
+    pub async fn append_marked(&self, tenant: &Tenant, batch: LogBatch, marks: Vec<DeliveryMark>) -> Result<()> {
+        self.append_record(tenant, batch, None, marks).await
+    }
+
+    /// Whether the delivery (MQTT session, packet identifier, hash of topic and payload) is stored.
+    pub fn is_delivered(&self, session: &str, pkid: u16, hash: u64) -> bool {
+        self.inner.marks.lock().contains(session, pkid, hash)
     }
 
     /// Stores batch number `seq` of `producer` exactly once: a batch whose sequence is at or below the
@@ -214,12 +242,18 @@ impl LogStore {
         {
             return Ok(Appended::Duplicate { stored });
         }
-        self.append_record(tenant, batch, Some((producer, seq))).await?;
+        self.append_record(tenant, batch, Some((producer, seq)), Vec::new()).await?;
         Ok(Appended::Stored)
     }
 
-    async fn append_record(&self, tenant: &Tenant, batch: LogBatch, producer: Option<(&str, u64)>) -> Result<()> {
-        if batch.is_empty() {
+    async fn append_record(
+        &self,
+        tenant: &Tenant,
+        batch: LogBatch,
+        producer: Option<(&str, u64)>,
+        marks: Vec<DeliveryMark>,
+    ) -> Result<()> {
+        if batch.is_empty() && marks.is_empty() {
             if let Some((name, seq)) = producer {
                 // Nothing to make durable; remembering the sequence in memory is enough to answer a resend.
                 let mut p = self.inner.producers.lock();
@@ -236,11 +270,12 @@ impl LogStore {
             let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
         inner.catalog.register(tenant, &batch.streams);
-        let payload = codec::encode(tenant, &batch, producer);
+        let payload = codec::encode(tenant, &batch, producer, &marks);
         let rb = head::to_record_batch(&batch)?;
         drop(batch);
         let active = inner.active.clone();
         let producers = inner.producers.clone();
+        let marks_table = inner.marks.clone();
         let producer = producer.map(|(name, seq)| ((tenant.as_str().to_string(), name.to_string()), seq));
         let wanted = inner.flush_wanted.clone();
         let max = inner.options.tuning.head_max_size.as_u64() as usize;
@@ -254,6 +289,15 @@ impl LogStore {
                         let mut p = producers.lock();
                         let e = p.entry(key).or_insert(0);
                         *e = (*e).max(batch_seq);
+                    }
+                    if !marks.is_empty() {
+                        let mut m = marks_table.lock();
+                        for mark in &marks {
+                            m.insert(mark);
+                        }
+                    }
+                    if rb.num_rows() == 0 {
+                        return;
                     }
                     let mut a = active.lock();
                     a.insert(&tenant, rb, seq);
@@ -319,6 +363,9 @@ impl LogStore {
             rows += mem.rows;
         }
         inner.catalog.persist()?;
+        // Marks of records past the checkpoint may be included: those records are durable too, and
+        // replaying them again only re-inserts the same marks in the same order.
+        inner.marks.lock().store(&inner.options.data_dir)?;
         {
             let mut manifest = inner.manifest.lock();
             let mut next = manifest.clone();
