@@ -19,6 +19,7 @@ pub struct Config {
     pub store: store::StoreConfig,
     pub query: query::QueryConfig,
     pub agent: collector::AgentConfig,
+    pub mqtt: ingest_mqtt::MqttConfig,
 }
 
 /// `[log]`: the server's own logs.
@@ -54,7 +55,7 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// OTLP gRPC listen address (accepted now, served once OTLP ingest lands).
     pub otlp_grpc_addr: SocketAddr,
-    /// Embedded MQTT endpoint address, or "off" (accepted now, served once MQTT ingest lands).
+    /// Embedded MQTT endpoint address (devices publish here directly), or "off".
     pub mqtt_listen: String,
     /// Delete whole days of data older than this.
     #[serde(with = "store::config::duration")]

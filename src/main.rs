@@ -43,6 +43,12 @@ struct ServerArgs {
     /// Embedded MQTT endpoint address, or "off" [default: 127.0.0.1:1883].
     #[arg(long, env = "LUMEN_MQTT_LISTEN")]
     mqtt_listen: Option<String>,
+    /// External MQTT broker to subscribe to, mqtt://HOST:PORT or mqtts://HOST:PORT [default: none].
+    #[arg(long, env = "LUMEN_MQTT_BROKER")]
+    mqtt_broker: Option<String>,
+    /// MQTT topic template (repeatable), e.g. 'devices/{site}/{device}/telemetry'; each {name} becomes a label.
+    #[arg(long = "mqtt-topic")]
+    mqtt_topics: Vec<String>,
     /// Delete data older than this, whole days at a time [default: 30d].
     #[arg(long, env = "LUMEN_RETENTION")]
     retention: Option<humantime::Duration>,
@@ -113,6 +119,13 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.retention {
         s.retention = v.into();
+    }
+    if let Some(v) = args.mqtt_broker {
+        config.mqtt.broker.url = v;
+    }
+    if !args.mqtt_topics.is_empty() {
+        // Templates from flags replace the file's plain topics; its detailed [[mqtt.templates]] stay after them.
+        config.mqtt.topics = args.mqtt_topics;
     }
     if let Some(v) = args.log_format {
         config.log.format = v;

@@ -18,11 +18,15 @@ use crate::metrics::IngestMetrics;
 pub struct Running {
     /// The bound HTTP address (useful when the config asked for port 0).
     pub http_addr: SocketAddr,
+    /// The bound address of the embedded MQTT endpoint, when it listens.
+    pub mqtt_addr: Option<SocketAddr>,
     pub store: LogStore,
     pub metric_store: MetricStore,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     http: JoinHandle<std::io::Result<()>>,
+    mqtt: Vec<JoinHandle<()>>,
+    mqtt_shutdown: CancellationToken,
     engine: JoinHandle<store::Result<()>>,
     metric_engine: JoinHandle<store::Result<()>>,
 }
@@ -51,9 +55,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {} (server.http_addr / --http-addr)", s.http_addr))?;
     let http_addr = listener.local_addr()?;
-    if s.mqtt_listen != "off" {
-        tracing::info!(addr = %s.mqtt_listen, "embedded MQTT endpoint is configured; it is not served by this version yet");
-    }
+    let shutdown = CancellationToken::new();
+    let mqtt_shutdown = CancellationToken::new();
+    let mqtt_listen = if s.mqtt_listen == "off" { None } else { Some(s.mqtt_listen.parse()?) };
+    let mqtt = ingest_mqtt::start(
+        &config.mqtt,
+        mqtt_listen,
+        store.clone(),
+        metric_store.clone(),
+        &mut registry,
+        mqtt_shutdown.clone(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtt-broker, --mqtt-topic)")?;
     tracing::info!(addr = %s.otlp_grpc_addr, "OTLP gRPC is configured; it is not served by this version yet");
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -74,7 +89,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: query_metrics,
     };
     let router = crate::http::router(app, query);
-    let shutdown = CancellationToken::new();
     let http = tokio::spawn({
         let token = shutdown.clone();
         async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }
@@ -82,7 +96,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
     tracing::info!(%http_addr, data_dir = %s.data_dir.display(), "lumen server started");
-    Ok(Running { http_addr, store, metric_store, shutdown, ready, http, engine, metric_engine })
+    Ok(Running {
+        http_addr,
+        mqtt_addr: mqtt.endpoint_addr,
+        store,
+        metric_store,
+        shutdown,
+        ready,
+        http,
+        mqtt: mqtt.tasks,
+        mqtt_shutdown,
+        engine,
+        metric_engine,
+    })
 }
 
 impl Running {
@@ -92,6 +118,12 @@ impl Running {
     /// The HTTP server's or the final flush's error.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Release);
+        // The MQTT sources stop taking messages and send the acknowledgements of what was stored, and the
+        // pipeline drains, while the stores are still open.
+        self.mqtt_shutdown.cancel();
+        for task in self.mqtt {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
         self.shutdown.cancel();
         self.http.await.context("http server task failed")?.context("http server failed")?;
         let logs = self.engine.await.context("store task failed")?.context("final flush failed");

@@ -1,0 +1,396 @@
+//! The pipeline between the MQTT sources and the store. One task takes the jobs of every connection,
+//! gathers what is queued into one batch, decodes it, and writes it: samples first, then the log entries
+//! with the marks of the deliveries (so a mark never stands for samples that are not durable). Only then
+//! are the jobs answered, in order, and their sources send the PUBACKs. The next batch is decoded while the
+//! previous one is being written.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use store::model::{BatchStream, LogBatch, LogEntry, StreamId, Tenant};
+use store::{DeliveryMark, LogStore, MetricBatch, MetricStore};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, MqttConfig};
+use crate::decode::{Decoder, Kind, Outcome, Sink};
+use crate::metrics::{MqttMetrics, label};
+use crate::{Job, Message, Pipeline};
+
+/// Marks kept per broker session: the whole packet-identifier space, since the broker's in-flight window
+/// is its own setting.
+const BROKER_WINDOW: u32 = 65_536;
+/// Jobs queued before producers wait.
+const QUEUE: usize = 1024;
+
+/// What [`start`] started.
+pub struct IngestStart {
+    /// The embedded endpoint's bound address, when it listens.
+    pub endpoint_addr: Option<SocketAddr>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts the MQTT ingest: the pipeline, the broker subscription when `config.broker.url` is set, and the
+/// embedded endpoint when `listen` is given.
+///
+/// # Errors
+/// Invalid templates or settings, an unreadable password or certificate file, or an address in use; the
+/// message names the key.
+pub async fn start(
+    config: &MqttConfig,
+    listen: Option<SocketAddr>,
+    logs: LogStore,
+    samples: MetricStore,
+    registry: &mut Registry,
+    shutdown: CancellationToken,
+) -> Result<IngestStart, String> {
+    let decoder = Decoder::new(config.all_templates())?;
+    let filters = decoder.filters();
+    let tenant = Tenant::new(&config.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;
+    let metrics = MqttMetrics::register(registry);
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let pipeline = Pipeline::from_sender(tx);
+    let worker = Worker {
+        rx,
+        decoder,
+        logs,
+        samples,
+        tenant,
+        metrics: metrics.clone(),
+        max_batch: config.batch_max_messages.max(1),
+        endpoint_window: u32::from(config.listener.receive_maximum.max(1)),
+        garbage_log: RateLimit::new(Duration::from_secs(10)),
+    };
+    let mut tasks = vec![tokio::spawn(worker.run())];
+
+    if !config.broker.url.is_empty() {
+        let settings = crate::broker::Settings::from_config(&config.broker, filters)?;
+        tasks.push(tokio::spawn(crate::broker::run(settings, pipeline.clone(), metrics.clone(), shutdown.clone())));
+    }
+
+    let mut endpoint_addr = None;
+    if let Some(addr) = listen {
+        let l = &config.listener;
+        let password = config::password(&l.password, &l.password_file)?;
+        let username = (!l.username.is_empty()).then(|| l.username.clone());
+        if !addr.ip().is_loopback() && (username.is_none() || password.is_none()) {
+            return Err(format!(
+                "the embedded MQTT endpoint listens on {addr}, beyond loopback: set mqtt.listener.username and \
+                 mqtt.listener.password (or password_file) so that only your devices can publish"
+            ));
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for MQTT on {addr} (server.mqtt_listen / --mqtt-listen): {e}"))?;
+        endpoint_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
+        let options = crate::endpoint::EndpointOptions {
+            username,
+            password,
+            max_packet_size: l.max_packet_size.as_u64() as usize,
+            receive_maximum: l.receive_maximum.max(1),
+            max_connections: l.max_connections.max(1),
+            ..crate::endpoint::EndpointOptions::default()
+        };
+        let endpoint_metrics = crate::metrics::EndpointCollector::register(registry);
+        let shutdown = shutdown.clone();
+        let pipeline = pipeline.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::endpoint::serve(listener, options, pipeline, endpoint_metrics, shutdown).await {
+                tracing::error!(error = %e, "the embedded MQTT endpoint stopped");
+            }
+        }));
+        tracing::info!(addr = %endpoint_addr.unwrap_or(addr), "embedded MQTT endpoint listening");
+    }
+    drop(pipeline);
+    Ok(IngestStart { endpoint_addr, tasks })
+}
+
+/// Logs at most one warning per period, counting the ones held back.
+struct RateLimit {
+    period: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl RateLimit {
+    fn new(period: Duration) -> RateLimit {
+        RateLimit { period, last: None, held: 0 }
+    }
+
+    /// Some(number held back since the last one) when a warning may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < self.period) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+struct Worker {
+    rx: mpsc::Receiver<Job>,
+    decoder: Decoder,
+    logs: LogStore,
+    samples: MetricStore,
+    tenant: Tenant,
+    metrics: Arc<MqttMetrics>,
+    max_batch: usize,
+    endpoint_window: u32,
+    garbage_log: RateLimit,
+}
+
+/// A decoded batch, ready to be written.
+struct Decoded {
+    jobs: Vec<Job>,
+    samples: MetricBatch,
+    logs: LogBatch,
+    marks: Vec<DeliveryMark>,
+    /// Messages stored per format.
+    formats: HashMap<&'static str, u64>,
+    garbage: HashMap<&'static str, u64>,
+    duplicates: u64,
+    payload_bytes: u64,
+}
+
+/// (session, pkid, hash) of a delivery.
+type MarkKey = (Arc<str>, u16, u64);
+
+/// A batch being written: the store task, the marks it writes, and the batch to answer.
+type Writing = (JoinHandle<Result<(), String>>, HashSet<MarkKey>, Decoded);
+
+impl Worker {
+    async fn run(mut self) {
+        // The write of the previous batch, with the marks it is writing.
+        let mut writing: Option<Writing> = None;
+        loop {
+            let Some(jobs) = self.gather(writing.is_some()).await else {
+                break;
+            };
+            let pending: HashSet<MarkKey> = writing.as_ref().map(|(_, marks, _)| marks.clone()).unwrap_or_default();
+            let next = if jobs.is_empty() { None } else { Some(self.decode(jobs, &pending)) };
+            let mut failed = None;
+            if let Some((handle, _, done)) = writing.take() {
+                let result = handle.await.unwrap_or_else(|e| Err(format!("the MQTT store task failed: {e}")));
+                failed = result.as_ref().err().cloned();
+                self.answer(done, result);
+            }
+            if let Some(next) = next {
+                if let Some(reason) = failed {
+                    // The batch may have counted on marks of the failed one: refuse it too, its
+                    // senders will deliver again.
+                    self.answer(next, Err(reason));
+                    continue;
+                }
+                writing = Some(self.write(next));
+            }
+        }
+        if let Some((handle, _, done)) = writing.take() {
+            let result = handle.await.unwrap_or_else(|e| Err(format!("the MQTT store task failed: {e}")));
+            self.answer(done, result);
+        }
+    }
+
+    /// Waits for jobs and takes what is queued, up to the batch size. With a write in flight it does not
+    /// wait: an empty answer lets the caller finish that write first. None when every producer is gone.
+    async fn gather(&mut self, busy: bool) -> Option<Vec<Job>> {
+        let first = if busy {
+            match self.rx.try_recv() {
+                Ok(j) => j,
+                Err(mpsc::error::TryRecvError::Empty) => return Some(Vec::new()),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            }
+        } else {
+            self.rx.recv().await?
+        };
+        let mut n = first.messages.len();
+        let mut jobs = vec![first];
+        while n < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(j) => {
+                    n += j.messages.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        Some(jobs)
+    }
+
+    fn decode(&mut self, jobs: Vec<Job>, pending: &HashSet<MarkKey>) -> Decoded {
+        let mut out = Decoded {
+            jobs: Vec::new(),
+            samples: self.samples.batch(&self.tenant),
+            logs: LogBatch::default(),
+            marks: Vec::new(),
+            formats: HashMap::new(),
+            garbage: HashMap::new(),
+            duplicates: 0,
+            payload_bytes: 0,
+        };
+        let mut sink = BatchSink { samples: &mut out.samples, logs: &mut out.logs, streams: HashMap::new(), n: 0 };
+        // Deliveries of this batch: a redelivery may come in the same batch as its first delivery.
+        let mut here: HashSet<MarkKey> = HashSet::new();
+        for job in &jobs {
+            for m in &job.messages {
+                let mark = m.dedup.as_ref().map(|d| {
+                    let window = if d.session.starts_with("endpoint:") { self.endpoint_window } else { BROKER_WINDOW };
+                    (d, window, delivery_hash(m))
+                });
+                if let Some((d, _, hash)) = &mark
+                    && d.dup
+                    && (self.logs.is_delivered(&d.session, d.pkid, *hash)
+                        || pending.contains(&(d.session.clone(), d.pkid, *hash))
+                        || here.contains(&(d.session.clone(), d.pkid, *hash)))
+                {
+                    out.duplicates += 1;
+                    continue;
+                }
+                let outcome = self.decoder.decode(&m.topic, &m.payload, m.received_ns, &mut sink);
+                let format = match outcome {
+                    Outcome::Decoded(kind) => kind_name(kind),
+                    Outcome::Garbage { reason, detail } => {
+                        *out.garbage.entry(reason).or_default() += 1;
+                        if let Some(held) = self.garbage_log.allow() {
+                            tracing::warn!(
+                                topic = %m.topic,
+                                reason,
+                                detail = %detail,
+                                similar_warnings_held_back = held,
+                                "MQTT payload could not be decoded; kept as a log entry with an error field"
+                            );
+                        }
+                        "garbage"
+                    }
+                };
+                *out.formats.entry(format).or_default() += 1;
+                out.payload_bytes += m.payload.len() as u64;
+                if let Some((d, window, hash)) = mark {
+                    here.insert((d.session.clone(), d.pkid, hash));
+                    out.marks.push(DeliveryMark { session: d.session.clone(), window, pkid: d.pkid, hash });
+                }
+            }
+        }
+        out.jobs = jobs;
+        out
+    }
+
+    fn write(&self, mut batch: Decoded) -> Writing {
+        let marks: HashSet<MarkKey> = batch.marks.iter().map(|m| (m.session.clone(), m.pkid, m.hash)).collect();
+        let samples = std::mem::replace(&mut batch.samples, self.samples.batch(&self.tenant));
+        let logs = std::mem::take(&mut batch.logs);
+        let delivery = std::mem::take(&mut batch.marks);
+        let (sample_store, log_store, tenant) = (self.samples.clone(), self.logs.clone(), self.tenant.clone());
+        let metrics = self.metrics.clone();
+        let handle = tokio::spawn(async move {
+            let (rejected, _) = samples.rejected();
+            metrics.samples_rejected.inc_by(rejected);
+            let n = samples.len() as u64;
+            sample_store.append(samples).await.map_err(|e| format!("cannot store MQTT samples: {e}"))?;
+            metrics.samples.inc_by(n);
+            if !logs.is_empty() || !delivery.is_empty() {
+                log_store
+                    .append_marked(&tenant, logs, delivery)
+                    .await
+                    .map_err(|e| format!("cannot store MQTT messages: {e}"))?;
+            }
+            Ok(())
+        });
+        (handle, marks, batch)
+    }
+
+    fn answer(&self, batch: Decoded, result: Result<(), String>) {
+        match &result {
+            Ok(()) => {
+                self.metrics.batches.inc();
+                for (format, n) in &batch.formats {
+                    self.metrics.messages.get_or_create(&label("format", format)).inc_by(*n);
+                }
+                for (reason, n) in &batch.garbage {
+                    self.metrics.garbage.get_or_create(&label("reason", reason)).inc_by(*n);
+                }
+                self.metrics.duplicates.inc_by(batch.duplicates);
+                self.metrics.payload_bytes.inc_by(batch.payload_bytes);
+            }
+            Err(reason) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %reason, messages = batch.jobs.iter().map(|j| j.messages.len()).sum::<usize>(),
+                    "MQTT messages could not be stored; they are not acknowledged and will be delivered again");
+            }
+        }
+        let stats = self.decoder.stats();
+        sync_counter(&self.metrics.sparkplug_seq_gaps, stats.sparkplug_seq_gaps);
+        sync_counter(&self.metrics.sparkplug_births, stats.sparkplug_births);
+        sync_counter(&self.metrics.sparkplug_deaths, stats.sparkplug_deaths);
+        sync_counter(&self.metrics.sparkplug_unknown_aliases, stats.sparkplug_unknown_aliases);
+        for job in batch.jobs {
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+/// Raises a counter to a running total kept elsewhere.
+fn sync_counter(c: &prometheus_client::metrics::counter::Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Json => "json",
+        Kind::Sparkplug => "sparkplug",
+        Kind::Influx => "influx",
+        Kind::Plain => "plain",
+        Kind::Text => "text",
+    }
+}
+
+/// A hash of topic and payload, telling a redelivery from another message under a reused packet id.
+pub(crate) fn delivery_hash(m: &Message) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(m.topic.as_bytes());
+    h.update(&[0]);
+    h.update(&m.payload);
+    h.digest()
+}
+
+/// Feeds decoded samples and log entries into the store's batches.
+struct BatchSink<'a> {
+    samples: &'a mut MetricBatch,
+    logs: &'a mut LogBatch,
+    streams: HashMap<StreamId, u32>,
+    n: usize,
+}
+
+impl Sink for BatchSink<'_> {
+    fn sample(&mut self, labels: &[(&str, &str)], t_ms: i64, value: f64) {
+        self.samples.add(labels, [(t_ms, value)]);
+    }
+
+    fn log(&mut self, labels: &[(&str, &str)], t_ns: i64, line: &str, fields: &[(&str, &str)]) {
+        let mut sorted: Vec<(&str, &str)> = labels.iter().copied().filter(|(_, v)| !v.is_empty()).collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let id = store::model::stream_id_of(sorted.iter().copied());
+        let logs = &mut *self.logs;
+        let stream = *self.streams.entry(id).or_insert_with(|| {
+            let pairs = sorted.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            logs.streams.push(BatchStream { id, labels: store::model::Labels::from_pairs(pairs) });
+            (logs.streams.len() - 1) as u32
+        });
+        logs.entries.push(LogEntry {
+            stream,
+            time_ns: t_ns,
+            line: line.to_string(),
+            fields: fields.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        });
+        self.n += 1;
+    }
+}
