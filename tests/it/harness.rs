@@ -107,8 +107,12 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(data_dir: &Path, addr: SocketAddr, extra: &[&str]) -> ServerProcess {
+        // MQTT is off unless the test asks for it.
+        let mqtt: &[&str] = if extra.contains(&"--mqtt-listen") { &[] } else { &["--mqtt-listen", "off"] };
         let child = Command::new(env!("CARGO_BIN_EXE_lumen"))
-            .args(["server", "--mqtt-listen", "off", "--http-addr", &addr.to_string(), "--data-dir"])
+            .arg("server")
+            .args(mqtt)
+            .args(["--http-addr", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")

@@ -10,6 +10,8 @@ mod elasticsearch_client;
 mod harness;
 mod ingest;
 mod loki_api;
+#[cfg(feature = "external-tests")]
+mod mqtt;
 mod prom_api;
 #[cfg(feature = "external-tests")]
 mod prometheus_compare;
