@@ -314,7 +314,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         return;
     };
     let Session { version, client_id, keep_alive } = session;
-    info!(client_id, %peer, ?version, "MQTT client connected");
+    debug!(client_id, %peer, ?version, "MQTT client connected");
 
     let permits = Arc::new(Semaphore::new(usize::from(shared.opts.receive_maximum.max(1))));
     let conn_cancel = CancellationToken::new();
@@ -395,7 +395,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         WriterEnd::Io(e) => debug!(client_id, %peer, error = %e, reason = "write error", "MQTT connection closed"),
     }
-    info!(client_id, %peer, reason = close.describe(), "MQTT client disconnected");
+    debug!(client_id, %peer, reason = close.describe(), "MQTT client disconnected");
 }
 
 /// Waits for a complete CONNECT, checks it and answers CONNACK. None when the connection is to be closed.

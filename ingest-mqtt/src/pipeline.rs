@@ -103,7 +103,6 @@ pub async fn start(
                 tracing::error!(error = %e, "the embedded MQTT endpoint stopped");
             }
         }));
-        tracing::info!(addr = %endpoint_addr.unwrap_or(addr), "embedded MQTT endpoint listening");
     }
     drop(pipeline);
     Ok(IngestStart { endpoint_addr, tasks })
@@ -392,5 +391,116 @@ impl Sink for BatchSink<'_> {
             fields: fields.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
         });
         self.n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use prometheus_client::registry::Registry;
+    use store::{LogStore, MetricStore, StoreConfig, StoreOptions};
+
+    use super::*;
+    use crate::DedupKey;
+
+    struct Fixture {
+        logs: LogStore,
+        samples: MetricStore,
+        pipeline: Pipeline,
+        metrics: Arc<MqttMetrics>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            data_dir: dir.path().to_path_buf(),
+            retention: Duration::from_secs(30 * 86_400),
+            retention_max_disk: None,
+            tuning: StoreConfig::default(),
+        };
+        let mut registry = Registry::default();
+        let logs = LogStore::open(options.clone(), &mut registry).unwrap();
+        let samples = MetricStore::open(options, &mut registry).unwrap();
+        let metrics = MqttMetrics::register(&mut registry);
+        let (tx, rx) = mpsc::channel(16);
+        let worker = Worker {
+            rx,
+            decoder: Decoder::new(vec![crate::topic::TemplateConfig {
+                topic: "dev/{device}".into(),
+                format: Default::default(),
+                metric: None,
+                labels: Default::default(),
+            }])
+            .unwrap(),
+            logs: logs.clone(),
+            samples: samples.clone(),
+            tenant: Tenant::default_tenant(),
+            metrics: metrics.clone(),
+            max_batch: 100,
+            endpoint_window: 16,
+            garbage_log: RateLimit::new(Duration::from_secs(10)),
+        };
+        tokio::spawn(worker.run());
+        Fixture { logs, samples, pipeline: Pipeline::from_sender(tx), metrics, _dir: dir }
+    }
+
+    fn msg(device: &str, payload: &str, pkid: u16, dup: bool) -> Message {
+        Message {
+            topic: format!("dev/{device}"),
+            payload: Bytes::from(payload.to_string()),
+            received_ns: store::time::now_ns(),
+            dedup: Some(DedupKey { session: Arc::from("endpoint:d"), pkid, dup }),
+        }
+    }
+
+    async fn submit(f: &Fixture, messages: Vec<Message>) {
+        f.pipeline.submit(messages).await.unwrap().await.unwrap().unwrap();
+    }
+
+    fn entries(f: &Fixture) -> u64 {
+        f.logs.stats().head_rows as u64
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_stored_message_is_acknowledged_without_storing_it_again() {
+        let f = fixture();
+        submit(&f, vec![msg("a", r#"{"t":1}"#, 1, false), msg("a", r#"{"t":2}"#, 2, false)]).await;
+        assert_eq!(entries(&f), 2);
+        assert!(f.samples.stats().head_samples >= 2);
+        // The broker or device delivers packet 2 again, with DUP: it is the same message.
+        submit(&f, vec![msg("a", r#"{"t":2}"#, 2, true)]).await;
+        assert_eq!(entries(&f), 2);
+        assert_eq!(f.metrics.duplicates.get(), 1);
+        // DUP but other content under that packet id: another message, stored.
+        submit(&f, vec![msg("a", r#"{"t":3}"#, 2, true)]).await;
+        assert_eq!(entries(&f), 3);
+        // The same content again without DUP: a new message that happens to repeat a reading, stored.
+        submit(&f, vec![msg("a", r#"{"t":3}"#, 2, false)]).await;
+        assert_eq!(entries(&f), 4);
+        // A redelivery in the same batch as its first delivery.
+        submit(&f, vec![msg("b", r#"{"t":9}"#, 7, false), msg("b", r#"{"t":9}"#, 7, true)]).await;
+        assert_eq!(entries(&f), 5);
+        assert_eq!(f.metrics.duplicates.get(), 2);
+        let json = f.metrics.messages.get_or_create(&label("format", "json")).get();
+        assert_eq!(json, 5, "stored messages are counted by format; redeliveries are not");
+    }
+
+    #[tokio::test]
+    async fn many_jobs_are_answered_in_order_and_every_message_is_stored() {
+        let f = fixture();
+        let mut waiting = Vec::new();
+        for i in 0..50u16 {
+            let batch = (0..20u16).map(|j| msg("c", &format!(r#"{{"n":{}}}"#, i * 20 + j), i * 20 + j + 1, false));
+            waiting.push(f.pipeline.submit(batch.collect()).await.unwrap());
+        }
+        for rx in waiting {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(entries(&f), 1000);
+        assert_eq!(f.metrics.samples.get(), 1000);
+        assert!(f.metrics.batches.get() < 50, "queued jobs are written together");
     }
 }
