@@ -561,3 +561,123 @@ async fn a_shared_subscription_splits_messages_between_two_servers_each_stored_o
         s.stop().await;
     }
 }
+
+/// Runs openssl with these arguments in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in PEM files under `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lumen-test-ca"],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "lumen")] {
+        let subj = format!("/CN={cn}");
+        openssl(
+            dir,
+            &[&["req"], &ec[..], &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &subj]]
+                .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    // Mosquitto started as root reads them as its own user.
+    Command::new("chmod").args(["-R", "a+rX"]).arg(dir).status().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_client_certificate_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new("chmod").arg("777").arg(dir.path()).status().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    let passwd = d.join("passwd");
+    let out =
+        Command::new("mosquitto_passwd").arg("-b").arg("-c").arg(&passwd).args(["lumen", "pa55"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Command::new("chmod").arg("644").arg(&passwd).status().unwrap();
+    let (tls_port, plain_port) = (free_addr().port(), free_addr().port());
+    let conf = d.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n\
+             listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\nallow_anonymous false\npassword_file {d}/passwd\n\
+             listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
+    let mut broker = Mosquitto {
+        child: Some(
+            Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+        ),
+        port: plain_port,
+        conf,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.mqtt.broker.url = format!("mqtts://127.0.0.1:{tls_port}");
+    config.mqtt.broker.client_id = "lumen-tls".into();
+    config.mqtt.broker.username = "lumen".into();
+    config.mqtt.broker.password = "pa55".into();
+    config.mqtt.broker.ca_file = d.join("ca.pem");
+    config.mqtt.broker.client_cert_file = d.join("client.pem");
+    config.mqtt.broker.client_key_file = d.join("client.key");
+    config.mqtt.topics = vec!["secure/{device}".into()];
+    let server = TestServer::start(config).await;
+    // Published in the clear on the other listener, read by Lumen over TLS.
+    wait_subscribed(&server.base, plain_port, "secure/probe", 0).await;
+    publish_all(plain_port, "tls-devices", None, vec![("secure/d1".into(), b"{\"watts\":230}".to_vec())]).await;
+    wait_stored(&server.base, 2, Duration::from_secs(20)).await;
+    assert_eq!(promql(&server.base, r#"watts{device="d1"}"#).await[0]["value"][1], "230");
+    server.stop().await;
+    broker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_refuses_to_listen_beyond_loopback_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.mqtt_listen = "0.0.0.0:0".into();
+    let err = format!("{:#}", lumen::start(config).await.err().expect("refused"));
+    assert!(err.contains("mqtt.listener.username") && err.contains("beyond loopback"), "{err}");
+}
