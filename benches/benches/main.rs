@@ -356,5 +356,99 @@ fn agent(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, append, flush, logql, metrics, agent);
+/// A sink that only counts, so the MQTT benches measure decoding alone.
+#[derive(Default)]
+struct CountingSink {
+    samples: usize,
+    entries: usize,
+}
+
+impl ingest_mqtt::decode::Sink for CountingSink {
+    fn sample(&mut self, labels: &[(&str, &str)], _t_ms: i64, _value: f64) {
+        self.samples += labels.len();
+    }
+
+    fn log(&mut self, _labels: &[(&str, &str)], _t_ns: i64, line: &str, _fields: &[(&str, &str)]) {
+        self.entries += line.len();
+    }
+}
+
+/// The MQTT pipeline's per-message decoding: a ~120-byte JSON telemetry message through a topic template,
+/// and a Sparkplug B DDATA resolved through its DBIRTH's aliases.
+fn mqtt(c: &mut Criterion) {
+    use ingest_mqtt::decode::Decoder;
+    use ingest_mqtt::sparkplug_b::Payload;
+    use ingest_mqtt::sparkplug_b::payload::{Metric, metric};
+    use ingest_mqtt::topic::TemplateConfig;
+    use prost::Message as _;
+    let mut g = c.benchmark_group("mqtt");
+    let n = 10_000usize;
+    let template = |t: &str| TemplateConfig {
+        topic: t.into(),
+        format: Default::default(),
+        metric: None,
+        labels: Default::default(),
+    };
+    let json: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let body = format!(
+                r#"{{"ts":{},"seq":{i},"temperature":21.{},"humidity":48.2,"battery":3.71,"rssi":-67,"status":"ok","fw":"2.1.7"}}"#,
+                1_795_000_000_000i64 + i as i64,
+                i % 100
+            );
+            (format!("bench/site{}/dev{}/telemetry", i % 10, i % 1000), body.into_bytes())
+        })
+        .collect();
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("json_decode", |b| {
+        let mut d = Decoder::new(vec![template("bench/{site}/{device}/telemetry")]).unwrap();
+        b.iter(|| {
+            let mut sink = CountingSink::default();
+            for (topic, payload) in &json {
+                d.decode(topic, payload, 1_795_000_000_000_000_000, &mut sink);
+            }
+            sink.samples + sink.entries
+        })
+    });
+    let metric = |name: Option<&str>, alias: u64, value: f64| Metric {
+        name: name.map(str::to_string),
+        alias: Some(alias),
+        datatype: Some(10),
+        value: Some(metric::Value::DoubleValue(value)),
+        ..Metric::default()
+    };
+    let birth = Payload {
+        timestamp: Some(1_795_000_000_000),
+        seq: Some(0),
+        metrics: (0..5).map(|a| metric(Some(&format!("Inputs/Value{a}")), a, 0.0)).collect(),
+        ..Payload::default()
+    }
+    .encode_to_vec();
+    let data: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            Payload {
+                timestamp: Some(1_795_000_000_000 + i as u64),
+                seq: Some((i as u64 + 1) % 256),
+                metrics: (0..5).map(|a| metric(None, a, i as f64)).collect(),
+                ..Payload::default()
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    g.bench_function("sparkplug_ddata_by_alias", |b| {
+        let mut d = Decoder::new(Vec::new()).unwrap();
+        let mut sink = CountingSink::default();
+        d.decode("spBv1.0/plant/DBIRTH/edge1/pump7", &birth, 1_795_000_000_000_000_000, &mut sink);
+        b.iter(|| {
+            let mut sink = CountingSink::default();
+            for p in &data {
+                d.decode("spBv1.0/plant/DDATA/edge1/pump7", p, 1_795_000_000_000_000_000, &mut sink);
+            }
+            sink.samples + sink.entries
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, append, flush, logql, metrics, agent, mqtt);
 criterion_main!(benches);
