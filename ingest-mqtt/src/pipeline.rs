@@ -1,8 +1,12 @@
 //! The pipeline between the MQTT sources and the store. One task takes the jobs of every connection,
-//! gathers what is queued into one batch, decodes it, and writes it: samples first, then the log entries
-//! with the marks of the deliveries (so a mark never stands for samples that are not durable). Only then
-//! are the jobs answered, in order, and their sources send the PUBACKs. The next batch is decoded while the
-//! previous one is being written.
+//! gathers what is queued into one batch, decodes it, and writes it: the samples to the metric store under
+//! a batch tag, and at the same time the log entries with the marks of the deliveries, each mark naming
+//! that tag. A mark only counts once its tag is durable in the metric store (`MetricStore::tag_durable`),
+//! so a crash between the two commits can not make a redelivery look stored while its samples are lost,
+//! and the two fsyncs overlap instead of following one another. Tags are (epoch, n): a new epoch for every
+//! run, batches numbered from 1 within it, so that a tag lost in a crash is never reused. Only once both are durable are the jobs
+//! answered, in order, and their sources send the PUBACKs. The next batch is decoded while the previous one
+//! is being written.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use store::model::{BatchStream, LogBatch, LogEntry, StreamId, Tenant};
-use store::{DeliveryMark, LogStore, MetricBatch, MetricStore};
+use store::{DeliveryMark, LogStore, MetricBatch, MetricStore, SampleTag};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +68,7 @@ pub async fn start(
         max_batch: config.batch_max_messages.max(1),
         endpoint_window: u32::from(config.listener.receive_maximum.max(1)),
         garbage_log: RateLimit::new(Duration::from_secs(10)),
+        next_tag: SampleTag::NONE,
     };
     let mut tasks = vec![tokio::spawn(worker.run())];
 
@@ -142,6 +147,8 @@ struct Worker {
     max_batch: usize,
     endpoint_window: u32,
     garbage_log: RateLimit,
+    /// The tag of the next batch; its epoch is this run's, later than any before.
+    next_tag: SampleTag,
 }
 
 /// A decoded batch, ready to be written.
@@ -165,6 +172,10 @@ type Writing = (JoinHandle<Result<(), String>>, HashSet<MarkKey>, Decoded);
 
 impl Worker {
     async fn run(mut self) {
+        // An epoch later than every one used before: durable tags', marks', and the clock's (milliseconds).
+        let epoch = (self.samples.max_tag_epoch().max(self.logs.max_mark_epoch()) + 1)
+            .max(store::time::now_ns() as u64 / 1_000_000);
+        self.next_tag = SampleTag { epoch, n: 1 };
         // The write of the previous batch, with the marks it is writing.
         let mut writing: Option<Writing> = None;
         loop {
@@ -243,7 +254,7 @@ impl Worker {
                 });
                 if let Some((d, _, hash)) = &mark
                     && d.dup
-                    && (self.logs.is_delivered(&d.session, d.pkid, *hash)
+                    && (self.stored(&d.session, d.pkid, *hash)
                         || pending.contains(&(d.session.clone(), d.pkid, *hash))
                         || here.contains(&(d.session.clone(), d.pkid, *hash)))
                 {
@@ -271,7 +282,14 @@ impl Worker {
                 out.payload_bytes += m.payload.len() as u64;
                 if let Some((d, window, hash)) = mark {
                     here.insert((d.session.clone(), d.pkid, hash));
-                    out.marks.push(DeliveryMark { session: d.session.clone(), window, pkid: d.pkid, hash });
+                    // `needs` is set when the batch is written and its tag known.
+                    out.marks.push(DeliveryMark {
+                        session: d.session.clone(),
+                        window,
+                        pkid: d.pkid,
+                        hash,
+                        needs: SampleTag::NONE,
+                    });
                 }
             }
         }
@@ -279,25 +297,36 @@ impl Worker {
         out
     }
 
-    fn write(&self, mut batch: Decoded) -> Writing {
+    /// Whether a delivery is stored whole: its mark is there and the samples it needs are durable.
+    fn stored(&self, session: &str, pkid: u16, hash: u64) -> bool {
+        self.logs.delivered(session, pkid, hash).is_some_and(|needs| needs.is_none() || self.samples.tag_durable(needs))
+    }
+
+    fn write(&mut self, mut batch: Decoded) -> Writing {
         let marks: HashSet<MarkKey> = batch.marks.iter().map(|m| (m.session.clone(), m.pkid, m.hash)).collect();
         let samples = std::mem::replace(&mut batch.samples, self.samples.batch(&self.tenant));
         let logs = std::mem::take(&mut batch.logs);
-        let delivery = std::mem::take(&mut batch.marks);
+        let mut delivery = std::mem::take(&mut batch.marks);
+        let tag = self.next_tag;
+        self.next_tag.n += 1;
+        if !samples.is_empty() {
+            for m in &mut delivery {
+                m.needs = tag;
+            }
+        }
         let (sample_store, log_store, tenant) = (self.samples.clone(), self.logs.clone(), self.tenant.clone());
         let metrics = self.metrics.clone();
         let handle = tokio::spawn(async move {
             let (rejected, _) = samples.rejected();
             metrics.samples_rejected.inc_by(rejected);
             let n = samples.len() as u64;
-            sample_store.append(samples).await.map_err(|e| format!("cannot store MQTT samples: {e}"))?;
+            let (stored_samples, stored_logs) = tokio::join!(
+                sample_store.append_tagged(samples, tag),
+                log_store.append_marked(&tenant, logs, delivery)
+            );
+            stored_samples.map_err(|e| format!("cannot store MQTT samples: {e}"))?;
+            stored_logs.map_err(|e| format!("cannot store MQTT messages: {e}"))?;
             metrics.samples.inc_by(n);
-            if !logs.is_empty() || !delivery.is_empty() {
-                log_store
-                    .append_marked(&tenant, logs, delivery)
-                    .await
-                    .map_err(|e| format!("cannot store MQTT messages: {e}"))?;
-            }
             Ok(())
         });
         (handle, marks, batch)
@@ -442,6 +471,7 @@ mod tests {
             max_batch: 100,
             endpoint_window: 16,
             garbage_log: RateLimit::new(Duration::from_secs(10)),
+            next_tag: SampleTag::NONE,
         };
         tokio::spawn(worker.run());
         Fixture { logs, samples, pipeline: Pipeline::from_sender(tx), metrics, _dir: dir }
@@ -486,6 +516,30 @@ mod tests {
         assert_eq!(f.metrics.duplicates.get(), 2);
         let json = f.metrics.messages.get_or_create(&label("format", "json")).get();
         assert_eq!(json, 5, "stored messages are counted by format; redeliveries are not");
+    }
+
+    #[tokio::test]
+    async fn a_mark_whose_samples_are_not_durable_does_not_count() {
+        let f = fixture();
+        submit(&f, vec![msg("a", r#"{"t":1}"#, 1, false)]).await;
+        let epoch = f.samples.max_tag_epoch();
+        assert!(f.samples.tag_durable(SampleTag { epoch, n: 1 }), "the batch's samples were written under a tag");
+        // As after a crash between the two commits: the log record with the mark is durable, the metric
+        // record with the samples it needs is not.
+        let lost = msg("a", r#"{"t":2}"#, 2, false);
+        let mark = DeliveryMark {
+            session: Arc::from("endpoint:d"),
+            window: 16,
+            pkid: 2,
+            hash: delivery_hash(&lost),
+            needs: SampleTag { epoch, n: 1_000 },
+        };
+        f.logs.append_marked(&Tenant::default_tenant(), LogBatch::default(), vec![mark]).await.unwrap();
+        // The redelivery is stored, so its samples are not lost.
+        submit(&f, vec![msg("a", r#"{"t":2}"#, 2, true)]).await;
+        assert_eq!(f.metrics.duplicates.get(), 0);
+        assert_eq!(entries(&f), 2);
+        assert_eq!(f.metrics.samples.get(), 2);
     }
 
     #[tokio::test]

@@ -219,7 +219,13 @@ mod tests {
         let (t, b, p) = decode(&bytes).unwrap();
         assert_eq!((t, &b), (tenant.clone(), &batch));
         assert_eq!(p.producer, Some(("agent-1".to_string(), 1 << 40)));
-        let marks = vec![DeliveryMark { session: "broker:lumen".into(), window: 65_536, pkid: 9, hash: 42 }];
+        let marks = vec![DeliveryMark {
+            session: "broker:lumen".into(),
+            window: 65_536,
+            pkid: 9,
+            hash: 42,
+            needs: crate::SampleTag { epoch: 3, n: 7 },
+        }];
         let bytes = encode(&tenant, &batch, None, &marks);
         let (t, b, p) = decode(&bytes).unwrap();
         assert_eq!((t, b), (tenant, batch));

@@ -220,9 +220,16 @@ impl LogStore {
         self.append_record(tenant, batch, None, marks).await
     }
 
-    /// Whether the delivery (MQTT session, packet identifier, hash of topic and payload) is stored.
-    pub fn is_delivered(&self, session: &str, pkid: u16, hash: u64) -> bool {
-        self.inner.marks.lock().contains(session, pkid, hash)
+    /// The mark of a stored delivery (MQTT session, packet identifier, hash of topic and payload): its
+    /// `needs` (the metric-store tag its samples were written under, `SampleTag::NONE` for none), or None when this
+    /// delivery is not stored. The delivery is stored whole once that tag is durable in the metric store.
+    pub fn delivered(&self, session: &str, pkid: u16, hash: u64) -> Option<crate::SampleTag> {
+        self.inner.marks.lock().get(session, pkid, hash)
+    }
+
+    /// The highest epoch any mark's `needs` names, so that a new writer takes a later one.
+    pub fn max_mark_epoch(&self) -> u64 {
+        self.inner.marks.lock().max_epoch()
     }
 
     /// Stores batch number `seq` of `producer` exactly once: a batch whose sequence is at or below the

@@ -43,5 +43,5 @@ pub use engine::{Appended, LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
 pub use marks::DeliveryMark;
-pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SelectedSeries};
+pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SampleTag, SelectedSeries};
 pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest, ScanTask, StreamLimit};

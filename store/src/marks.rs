@@ -7,8 +7,11 @@
 //! records survive too. A session keeps only its last `window` marks: a sender can have at most its
 //! in-flight window of messages unacknowledged, so older deliveries can no longer come back.
 //!
-//! File layout: `b"LMK1" | u32le crc32 of the rest | varint n_sessions | n × (str session, varint window,
-//! varint n_marks, n × (u16le pkid, u64le hash))`, marks oldest first.
+//! A mark may depend on samples written to the metric store at the same time (`needs`, the tag of that
+//! metric record, see `MetricStore::append_tagged`): it only counts once that tag is durable.
+//!
+//! File layout: `b"LMK2" | u32le crc32 of the rest | varint n_sessions | n × (str session, varint window,
+//! varint n_marks, n × (u16le pkid, u64le hash, varint needs epoch, varint needs n))`, marks oldest first.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -18,9 +21,10 @@ use std::sync::Arc;
 
 use crate::codec::{Reader, put_str, put_varint};
 use crate::error::{Error, Result};
+use crate::metric::SampleTag;
 
 const FILE: &str = "delivery-marks.bin";
-const MAGIC: &[u8; 4] = b"LMK1";
+const MAGIC: &[u8; 4] = b"LMK2";
 /// Sessions remembered at most; the least recently written is forgotten first.
 const MAX_SESSIONS: usize = 50_000;
 /// The largest window a session may ask for: the whole packet-identifier space.
@@ -37,13 +41,16 @@ pub struct DeliveryMark {
     pub pkid: u16,
     /// A hash of the topic and payload, so that a reused packet identifier is not taken for a redelivery.
     pub hash: u64,
+    /// The tag of the metric-store batch holding this delivery's samples, written at the same time;
+    /// `SampleTag::NONE` when it has none. The mark stands for a stored delivery only once that tag is durable.
+    pub needs: SampleTag,
 }
 
 #[derive(Default)]
 struct Session {
     window: u32,
-    /// pkid → (hash, generation of the mark).
-    by_pkid: HashMap<u16, (u64, u64)>,
+    /// pkid → (hash, needs, generation of the mark).
+    by_pkid: HashMap<u16, (u64, SampleTag, u64)>,
     /// (pkid, generation), oldest first.
     order: VecDeque<(u16, u64)>,
     last_gen: u64,
@@ -54,11 +61,14 @@ struct Session {
 pub(crate) struct Marks {
     sessions: HashMap<Arc<str>, Session>,
     generation: u64,
+    /// The highest epoch of a `needs` ever inserted.
+    max_epoch: u64,
 }
 
 impl Marks {
     pub(crate) fn insert(&mut self, mark: &DeliveryMark) {
         self.generation += 1;
+        self.max_epoch = self.max_epoch.max(mark.needs.epoch);
         let generation = self.generation;
         if !self.sessions.contains_key(&mark.session) && self.sessions.len() >= MAX_SESSIONS {
             self.forget_oldest_session();
@@ -66,11 +76,11 @@ impl Marks {
         let s = self.sessions.entry(mark.session.clone()).or_default();
         s.window = mark.window.clamp(1, MAX_WINDOW);
         s.last_gen = generation;
-        s.by_pkid.insert(mark.pkid, (mark.hash, generation));
+        s.by_pkid.insert(mark.pkid, (mark.hash, mark.needs, generation));
         s.order.push_back((mark.pkid, generation));
         while s.order.len() > s.window as usize {
             if let Some((pkid, g)) = s.order.pop_front()
-                && s.by_pkid.get(&pkid).is_some_and(|&(_, mg)| mg == g)
+                && s.by_pkid.get(&pkid).is_some_and(|&(_, _, mg)| mg == g)
             {
                 s.by_pkid.remove(&pkid);
             }
@@ -83,9 +93,14 @@ impl Marks {
         }
     }
 
-    /// Whether this delivery is stored.
-    pub(crate) fn contains(&self, session: &str, pkid: u16, hash: u64) -> bool {
-        self.sessions.get(session).and_then(|s| s.by_pkid.get(&pkid)).is_some_and(|&(h, _)| h == hash)
+    /// The `needs` of this delivery's mark, if there is one.
+    pub(crate) fn get(&self, session: &str, pkid: u16, hash: u64) -> Option<SampleTag> {
+        let &(h, needs, _) = self.sessions.get(session)?.by_pkid.get(&pkid)?;
+        (h == hash).then_some(needs)
+    }
+
+    pub(crate) fn max_epoch(&self) -> u64 {
+        self.max_epoch
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -100,15 +115,17 @@ impl Marks {
         for (name, s) in sessions {
             put_str(&mut body, name);
             put_varint(&mut body, u64::from(s.window));
-            let live: Vec<(u16, u64)> = s
+            let live: Vec<(u16, u64, SampleTag)> = s
                 .order
                 .iter()
-                .filter_map(|&(p, g)| s.by_pkid.get(&p).filter(|&&(_, mg)| mg == g).map(|&(h, _)| (p, h)))
+                .filter_map(|&(p, g)| s.by_pkid.get(&p).filter(|&&(_, _, mg)| mg == g).map(|&(h, n, _)| (p, h, n)))
                 .collect();
             put_varint(&mut body, live.len() as u64);
-            for (p, h) in live {
+            for (p, h, n) in live {
                 body.extend_from_slice(&p.to_le_bytes());
                 body.extend_from_slice(&h.to_le_bytes());
+                put_varint(&mut body, n.epoch);
+                put_varint(&mut body, n.n);
             }
         }
         let mut out = Vec::with_capacity(body.len() + 8);
@@ -135,7 +152,8 @@ impl Marks {
             for _ in 0..r.len()? {
                 let pkid = u16::from_le_bytes(r.take(2)?.try_into().unwrap_or_default());
                 let hash = u64::from_le_bytes(r.take(8)?.try_into().unwrap_or_default());
-                marks.insert(&DeliveryMark { session: session.clone(), window, pkid, hash });
+                let needs = SampleTag { epoch: r.varint()?, n: r.varint()? };
+                marks.insert(&DeliveryMark { session: session.clone(), window, pkid, hash, needs });
             }
         }
         if r.pos != body.len() {
@@ -170,7 +188,8 @@ impl Marks {
     }
 }
 
-/// Encodes marks into a WAL record: `varint n × (str session, varint window, varint pkid, u64le hash)`.
+/// Encodes marks into a WAL record: `varint n × (str session, varint window, varint pkid, u64le hash,
+/// varint needs epoch, varint needs n)`.
 pub(crate) fn put_marks(out: &mut Vec<u8>, marks: &[DeliveryMark]) {
     put_varint(out, marks.len() as u64);
     for m in marks {
@@ -178,6 +197,8 @@ pub(crate) fn put_marks(out: &mut Vec<u8>, marks: &[DeliveryMark]) {
         put_varint(out, u64::from(m.window));
         put_varint(out, u64::from(m.pkid));
         out.extend_from_slice(&m.hash.to_le_bytes());
+        put_varint(out, m.needs.epoch);
+        put_varint(out, m.needs.n);
     }
 }
 
@@ -198,7 +219,8 @@ pub(crate) fn read_marks(r: &mut Reader<'_>) -> std::result::Result<Vec<Delivery
         let window = u32::try_from(r.varint()?).map_err(|_| "mark window out of range")?;
         let pkid = u16::try_from(r.varint()?).map_err(|_| "mark packet id out of range")?;
         let hash = u64::from_le_bytes(r.take(8)?.try_into().unwrap_or_default());
-        out.push(DeliveryMark { session, window, pkid, hash });
+        let needs = SampleTag { epoch: r.varint()?, n: r.varint()? };
+        out.push(DeliveryMark { session, window, pkid, hash, needs });
     }
     Ok(out)
 }
@@ -208,7 +230,17 @@ mod tests {
     use super::*;
 
     fn mark(session: &str, window: u32, pkid: u16, hash: u64) -> DeliveryMark {
-        DeliveryMark { session: Arc::from(session), window, pkid, hash }
+        DeliveryMark {
+            session: Arc::from(session),
+            window,
+            pkid,
+            hash,
+            needs: SampleTag { epoch: hash % 5, n: hash % 7 },
+        }
+    }
+
+    fn has(m: &Marks, session: &str, pkid: u16, hash: u64) -> bool {
+        m.get(session, pkid, hash).is_some()
     }
 
     #[test]
@@ -217,12 +249,12 @@ mod tests {
         for i in 0..10u16 {
             m.insert(&mark("a", 4, i, u64::from(i) * 7));
         }
-        assert!(!m.contains("a", 5, 35), "older than the window");
+        assert!(!has(&m, "a", 5, 35), "older than the window");
         for i in 6..10u16 {
-            assert!(m.contains("a", i, u64::from(i) * 7));
+            assert!(has(&m, "a", i, u64::from(i) * 7));
         }
-        assert!(!m.contains("a", 9, 1), "another hash under the same packet id is another message");
-        assert!(!m.contains("b", 9, 63), "sessions are apart");
+        assert!(!has(&m, "a", 9, 1), "another hash under the same packet id is another message");
+        assert!(!has(&m, "b", 9, 63), "sessions are apart");
         assert_eq!(m.len(), 4);
     }
 
@@ -234,9 +266,9 @@ mod tests {
         m.insert(&mark("a", 3, 1, 101));
         m.insert(&mark("a", 3, 3, 300));
         // The first (1, 100) left the window; the newer (1, 101) must stay.
-        assert!(m.contains("a", 1, 101));
-        assert!(!m.contains("a", 1, 100));
-        assert!(m.contains("a", 2, 200) && m.contains("a", 3, 300));
+        assert!(has(&m, "a", 1, 101));
+        assert!(!has(&m, "a", 1, 100));
+        assert!(has(&m, "a", 2, 200) && has(&m, "a", 3, 300));
     }
 
     #[test]
@@ -251,9 +283,12 @@ mod tests {
         assert_eq!(back.len(), m.len());
         for i in 60..100u16 {
             let s = if i % 2 == 0 { "even" } else { "odd" };
-            assert_eq!(back.contains(s, i, u64::from(i) << 40), m.contains(s, i, u64::from(i) << 40));
+            assert_eq!(has(&back, s, i, u64::from(i) << 40), has(&m, s, i, u64::from(i) << 40));
         }
-        assert!(back.contains("even", 98, 98u64 << 40));
+        assert!(has(&back, "even", 98, 98u64 << 40));
+        let h = 97u64 << 40;
+        assert_eq!(back.get("odd", 97, h), Some(SampleTag { epoch: h % 5, n: h % 7 }), "needs survive");
+        assert_eq!(back.max_epoch(), m.max_epoch());
         let path = dir.path().join(FILE);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;

@@ -275,20 +275,31 @@ async fn a_producers_batch_is_stored_once_across_replay_and_flush() {
 async fn delivery_marks_survive_replay_and_flush() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = now_ns();
-    let mark = |pkid: u16, hash: u64| DeliveryMark { session: Arc::from("broker:lumen"), window: 100, pkid, hash };
+    let mark = |pkid: u16, hash: u64| DeliveryMark {
+        session: Arc::from("broker:lumen"),
+        window: 100,
+        pkid,
+        hash,
+        needs: crate::SampleTag { epoch: 7, n: hash },
+    };
     {
         let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
-        assert!(!store.is_delivered("broker:lumen", 1, 11));
+        assert!(store.delivered("broker:lumen", 1, 11).is_none());
         store.append_marked(&tenant(), batch("a", 0, 2, t0), vec![mark(1, 11), mark(2, 22)]).await.unwrap();
-        assert!(store.is_delivered("broker:lumen", 1, 11));
-        assert!(!store.is_delivered("broker:lumen", 1, 12), "the hash tells a reused packet id apart");
+        assert!(store.delivered("broker:lumen", 1, 11).is_some());
+        assert!(store.delivered("broker:lumen", 1, 12).is_none(), "the hash tells a reused packet id apart");
         store.flush().await.unwrap();
         // This one lives only in the WAL when the store closes.
         store.append_marked(&tenant(), batch("a", 2, 1, t0), vec![mark(3, 33)]).await.unwrap();
     }
     let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
-    assert!(store.is_delivered("broker:lumen", 1, 11), "from the file written at flush");
-    assert!(store.is_delivered("broker:lumen", 3, 33), "from the WAL replay");
-    assert!(!store.is_delivered("endpoint:dev", 3, 33));
+    assert!(store.delivered("broker:lumen", 1, 11).is_some(), "from the file written at flush");
+    assert_eq!(
+        store.delivered("broker:lumen", 3, 33),
+        Some(crate::SampleTag { epoch: 7, n: 33 }),
+        "from the WAL replay, with what it needs"
+    );
+    assert_eq!(store.max_mark_epoch(), 7);
+    assert!(store.delivered("endpoint:dev", 3, 33).is_none());
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3);
 }

@@ -60,6 +60,43 @@ struct MetricManifest {
     wal_checkpoint: u64,
     next_part_id: u64,
     parts: Vec<MetricPartMeta>,
+    /// Per epoch, the highest batch tag durable in the store (see [`MetricStore::append_tagged`]).
+    #[serde(default)]
+    tags: Vec<(u64, u64)>,
+}
+
+/// Numbers a batch of one writer (the MQTT pipeline): `epoch` is unique to one run of the writer, `n`
+/// counts its batches from 1. `SampleTag::NONE` (0, 0) stands for no batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SampleTag {
+    pub epoch: u64,
+    pub n: u64,
+}
+
+impl SampleTag {
+    pub const NONE: SampleTag = SampleTag { epoch: 0, n: 0 };
+
+    pub fn is_none(self) -> bool {
+        self == SampleTag::NONE
+    }
+}
+
+/// Epochs whose durable tags are remembered; older ones are forgotten (their marks then no longer count,
+/// which can only make a redelivery stored twice, never lost).
+const TAG_EPOCHS: usize = 64;
+
+/// Durable tags by epoch.
+#[derive(Debug, Default)]
+struct Tags(std::collections::BTreeMap<u64, u64>);
+
+impl Tags {
+    fn add(&mut self, tag: SampleTag) {
+        let e = self.0.entry(tag.epoch).or_insert(0);
+        *e = (*e).max(tag.n);
+        while self.0.len() > TAG_EPOCHS {
+            self.0.pop_first();
+        }
+    }
 }
 
 struct State {
@@ -68,6 +105,8 @@ struct State {
 }
 
 struct Inner {
+    /// See [`MetricStore::tag_durable`].
+    tags: Arc<Mutex<Tags>>,
     data_dir: PathBuf,
     root: PathBuf,
     options: StoreOptions,
@@ -289,7 +328,13 @@ impl MetricStore {
                 check_version(m.version, &root.join("manifest.json"))?;
                 m
             }
-            None => MetricManifest { version: MANIFEST_VERSION, wal_checkpoint: 0, next_part_id: 1, parts: Vec::new() },
+            None => MetricManifest {
+                version: MANIFEST_VERSION,
+                wal_checkpoint: 0,
+                next_part_id: 1,
+                parts: Vec::new(),
+                tags: Vec::new(),
+            },
         };
         let catalog = SeriesCatalog::load(&root)?;
         let parts: Vec<Arc<MetricPart>> =
@@ -297,8 +342,14 @@ impl MetricStore {
         remove_unlisted_parts(&data_dir, &manifest)?;
         let active = Arc::new(Mutex::new(MetricHead::default()));
         let mut replayed = 0usize;
+        let mut tags = Tags::default();
+        for &(epoch, n) in &manifest.tags {
+            tags.add(SampleTag { epoch, n });
+        }
+        let tags = Arc::new(Mutex::new(tags));
         let wal = {
             let active = active.clone();
+            let tags = tags.clone();
             let catalog = &catalog;
             let wal_dir = root.join("wal");
             Wal::open(
@@ -312,6 +363,9 @@ impl MetricStore {
                         path: wal_dir.clone(),
                         reason: format!("record {}: {reason}", r.seq),
                     })?;
+                    if let Some(tag) = rec.tag {
+                        tags.lock().add(tag);
+                    }
                     let t = catalog.tenant(&rec.tenant);
                     let mut t = t.write();
                     let mut scratch = Vec::new();
@@ -345,6 +399,7 @@ impl MetricStore {
                 active,
                 state: RwLock::new(State { parts, frozen: Vec::new() }),
                 manifest: Mutex::new(manifest),
+                tags,
                 flush_lock: tokio::sync::Mutex::new(()),
                 maintenance_lock: tokio::sync::Mutex::new(()),
                 flush_wanted: Arc::new(Notify::new()),
@@ -383,7 +438,34 @@ impl MetricStore {
     ///
     /// # Cancel safety
     /// Dropping the future does not withdraw the batch: it may still be stored.
-    pub async fn append(&self, mut batch: MetricBatch) -> Result<()> {
+    pub async fn append(&self, batch: MetricBatch) -> Result<()> {
+        self.append_record(batch, None).await
+    }
+
+    /// Stores a batch as [`MetricStore::append`] does, numbered with `tag`: once it resolves,
+    /// [`MetricStore::tag_durable`] says so, across restarts too. Within an epoch, one writer (the MQTT
+    /// pipeline) gives tags in increasing order, one batch after the other; since the WAL is replayed as a
+    /// prefix and refuses every write after a failed one, a durable tag means every lower tag of its epoch
+    /// is durable too. That lets a log record written at the same time tell, after a crash, whether these
+    /// samples made it. An empty batch writes nothing, and its tag does not become durable.
+    ///
+    /// # Errors
+    /// As [`MetricStore::append`].
+    pub async fn append_tagged(&self, batch: MetricBatch, tag: SampleTag) -> Result<()> {
+        self.append_record(batch, Some(tag)).await
+    }
+
+    /// Whether the batch tagged `tag` (and so every earlier one of its epoch) is durable.
+    pub fn tag_durable(&self, tag: SampleTag) -> bool {
+        self.inner.tags.lock().0.get(&tag.epoch).is_some_and(|&n| n >= tag.n)
+    }
+
+    /// The highest epoch of a durable tag; 0 when none.
+    pub fn max_tag_epoch(&self) -> u64 {
+        self.inner.tags.lock().0.last_key_value().map_or(0, |(&e, _)| e)
+    }
+
+    async fn append_record(&self, mut batch: MetricBatch, tag: Option<SampleTag>) -> Result<()> {
         if batch.samples.is_empty() {
             return Ok(());
         }
@@ -395,7 +477,8 @@ impl MetricStore {
         }
         batch.register_pending();
         let MetricBatch { tenant, series, new_series, samples, .. } = batch;
-        let payload = codec::encode(&tenant, &new_series, &samples);
+        let payload = codec::encode(&tenant, &new_series, &samples, tag);
+        let tags = inner.tags.clone();
         let active = inner.active.clone();
         let wanted = inner.flush_wanted.clone();
         let max = inner.options.tuning.head_max_size.as_u64() as usize;
@@ -404,6 +487,9 @@ impl MetricStore {
             .append(
                 payload,
                 Box::new(move |_seq| {
+                    if let Some(tag) = tag {
+                        tags.lock().add(tag);
+                    }
                     {
                         let s = series.read();
                         for (id, _) in &new_series {
@@ -507,6 +593,8 @@ impl MetricStore {
             let mut next = manifest.clone();
             next.parts.extend(new_parts.iter().map(|p| p.meta.clone()));
             next.wal_checkpoint = next.wal_checkpoint.max(checkpoint);
+            // Tags of records past the checkpoint may be included: those records are durable too.
+            next.tags = inner.tags.lock().0.iter().map(|(&e, &n)| (e, n)).collect();
             if let Err(e) = store_json(&inner.root, "manifest.json", "metric manifest", &next) {
                 abandon(&new_parts);
                 return Err(e);

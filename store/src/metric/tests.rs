@@ -200,3 +200,39 @@ fn compaction_merges_today_by_tiers_and_a_finished_day_whole() {
     assert_eq!(ids(compaction_job(vec![part(6, 0)], true, 4)), Some(vec![6]));
     assert_eq!(ids(compaction_job(vec![part(7, 2)], true, 4)), None);
 }
+
+#[tokio::test]
+async fn batch_tags_are_durable_across_replay_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::default_tenant();
+    let t0 = now_ms();
+    let tag = |epoch: u64, n: u64| SampleTag { epoch, n };
+    {
+        let store = open(dir.path());
+        assert!(!store.tag_durable(tag(1, 1)));
+        let mut b = store.batch(&tenant);
+        b.add(&[("__name__", "x")], [(t0, 1.0)]);
+        store.append_tagged(b, tag(1, 5)).await.unwrap();
+        assert!(store.tag_durable(tag(1, 5)) && store.tag_durable(tag(1, 4)));
+        assert!(!store.tag_durable(tag(1, 6)) && !store.tag_durable(tag(2, 1)), "epochs are apart");
+        // An empty batch stores nothing, so its tag is not durable.
+        store.append_tagged(store.batch(&tenant), tag(1, 6)).await.unwrap();
+        assert!(!store.tag_durable(tag(1, 6)));
+        store.flush().await.unwrap();
+        let mut b = store.batch(&tenant);
+        b.add(&[("__name__", "x")], [(t0 + 1, 2.0)]);
+        store.append_tagged(b, tag(2, 1)).await.unwrap();
+        // Untagged appends leave the tags alone.
+        write(&store, &[("__name__", "y")], &[(t0, 3.0)]).await;
+        assert_eq!(store.max_tag_epoch(), 2);
+    }
+    // (1, 5) from the manifest written at flush, (2, 1) from the WAL replay.
+    let store = open(dir.path());
+    assert!(store.tag_durable(tag(1, 5)) && store.tag_durable(tag(2, 1)));
+    assert!(!store.tag_durable(tag(1, 6)));
+    store.flush().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert!(store.tag_durable(tag(1, 5)) && store.tag_durable(tag(2, 1)));
+    assert_eq!(store.max_tag_epoch(), 2);
+}
