@@ -10,7 +10,7 @@
 //! A mark may depend on samples written to the metric store at the same time (`needs`, the tag of that
 //! metric record, see `MetricStore::append_tagged`): it only counts once that tag is durable.
 //!
-//! File layout: `b"LMK2" | u32le crc32 of the rest | varint n_sessions | n × (str session, varint window,
+//! File layout: `b"LMK1" | u32le crc32 of the rest | varint n_sessions | n × (str session, varint window,
 //! varint n_marks, n × (u16le pkid, u64le hash, varint needs epoch, varint needs n))`, marks oldest first.
 
 use std::collections::{HashMap, VecDeque};
@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::metric::SampleTag;
 
 const FILE: &str = "delivery-marks.bin";
-const MAGIC: &[u8; 4] = b"LMK2";
+const MAGIC: &[u8; 4] = b"LMK1";
 /// Sessions remembered at most; the least recently written is forgotten first.
 const MAX_SESSIONS: usize = 50_000;
 /// The largest window a session may ask for: the whole packet-identifier space.
