@@ -366,13 +366,95 @@ fn transport(settings: &Settings) -> rumqttc::Transport {
     }
 }
 
+/// rumqttc's event loop of either version, seen as a source of [`Event`]s.
+trait EventSource: Send + 'static {
+    /// The next event worth forwarding (None for packets the run loop does not need), or the error that
+    /// ended the connection; the next call reconnects.
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Option<Event>, String>> + Send;
+}
+
+impl EventSource for rumqttc::EventLoop {
+    async fn next(&mut self) -> Result<Option<Event>, String> {
+        use rumqttc::{Event as E, Packet};
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            E::Incoming(Packet::ConnAck(ack)) => Some(Event::Connected { session_present: ack.session_present }),
+            E::Incoming(Packet::Publish(p)) => {
+                Some(Event::Publish { topic: p.topic, payload: p.payload, pkid: p.pkid, qos: p.qos as u8, dup: p.dup })
+            }
+            E::Incoming(Packet::SubAck(s)) => Some(Event::SubAck {
+                refused: s.return_codes.iter().filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)).count(),
+            }),
+            _ => None,
+        })
+    }
+}
+
+impl EventSource for rumqttc::v5::EventLoop {
+    async fn next(&mut self) -> Result<Option<Event>, String> {
+        use rumqttc::v5::Event as E;
+        use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            E::Incoming(Packet::ConnAck(ack)) => Some(Event::Connected { session_present: ack.session_present }),
+            E::Incoming(Packet::Publish(p)) => Some(Event::Publish {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload,
+                pkid: p.pkid,
+                qos: p.qos as u8,
+                dup: p.dup,
+            }),
+            E::Incoming(Packet::SubAck(s)) => Some(Event::SubAck {
+                refused: s.return_codes.iter().filter(|c| !matches!(c, SubscribeReasonCode::Success(_))).count(),
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// Drives the event loop until shut down, forwarding events; after a failure it waits the backoff (reset
+/// by every successful connection) and polls again, which reconnects.
+fn drive(
+    mut source: impl EventSource,
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<MqttMetrics>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut delay = settings.reconnect_min;
+        loop {
+            let polled = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = source.next() => r,
+            };
+            let ev = match polled {
+                Ok(Some(ev)) => ev,
+                Ok(None) => continue,
+                Err(e) => {
+                    metrics.broker_errors.inc();
+                    tracing::warn!(error = %e, retry_in = ?delay, "MQTT broker connection failed");
+                    let _ = tx.send(Event::Disconnected(e)).await;
+                    if !backoff(&mut delay, &settings, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if matches!(ev, Event::Connected { .. }) {
+                delay = settings.reconnect_min;
+            }
+            if tx.send(ev).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
 fn spawn_v4(
     settings: &Settings,
     tx: mpsc::Sender<Event>,
     metrics: Arc<MqttMetrics>,
     shutdown: CancellationToken,
 ) -> (Client, tokio::task::JoinHandle<()>) {
-    use rumqttc::{Event as E, Packet};
     let mut opts = rumqttc::MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
     opts.set_keep_alive(settings.keep_alive)
         .set_clean_session(false)
@@ -383,47 +465,8 @@ fn spawn_v4(
     if let Some((u, p)) = &settings.credentials {
         opts.set_credentials(u.clone(), p.clone());
     }
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 64 * 1024);
-    let settings = settings.clone();
-    let driver = tokio::spawn(async move {
-        let mut delay = settings.reconnect_min;
-        loop {
-            let polled = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = eventloop.poll() => r,
-            };
-            let ev = match polled {
-                Ok(E::Incoming(Packet::ConnAck(ack))) => {
-                    delay = settings.reconnect_min;
-                    Event::Connected { session_present: ack.session_present }
-                }
-                Ok(E::Incoming(Packet::Publish(p))) => {
-                    Event::Publish { topic: p.topic, payload: p.payload, pkid: p.pkid, qos: p.qos as u8, dup: p.dup }
-                }
-                Ok(E::Incoming(Packet::SubAck(s))) => Event::SubAck {
-                    refused: s
-                        .return_codes
-                        .iter()
-                        .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                        .count(),
-                },
-                Ok(_) => continue,
-                Err(e) => {
-                    metrics.broker_errors.inc();
-                    tracing::warn!(error = %e, retry_in = ?delay, "MQTT broker connection failed");
-                    let _ = tx.send(Event::Disconnected(e.to_string())).await;
-                    if !backoff(&mut delay, &settings, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if tx.send(ev).await.is_err() {
-                break;
-            }
-        }
-    });
-    (Client::V4(client), driver)
+    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 64 * 1024);
+    (Client::V4(client), drive(eventloop, tx, metrics, settings.clone(), shutdown))
 }
 
 fn spawn_v5(
@@ -432,8 +475,6 @@ fn spawn_v5(
     metrics: Arc<MqttMetrics>,
     shutdown: CancellationToken,
 ) -> (Client, tokio::task::JoinHandle<()>) {
-    use rumqttc::v5::Event as E;
-    use rumqttc::v5::mqttbytes::v5::Packet;
     let mut opts = rumqttc::v5::MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
     opts.set_keep_alive(settings.keep_alive)
         .set_clean_start(false)
@@ -446,51 +487,8 @@ fn spawn_v5(
     if let Some((u, p)) = &settings.credentials {
         opts.set_credentials(u.clone(), p.clone());
     }
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 64 * 1024);
-    let settings = settings.clone();
-    let driver = tokio::spawn(async move {
-        let mut delay = settings.reconnect_min;
-        loop {
-            let polled = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = eventloop.poll() => r,
-            };
-            let ev = match polled {
-                Ok(E::Incoming(Packet::ConnAck(ack))) => {
-                    delay = settings.reconnect_min;
-                    Event::Connected { session_present: ack.session_present }
-                }
-                Ok(E::Incoming(Packet::Publish(p))) => Event::Publish {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload,
-                    pkid: p.pkid,
-                    qos: p.qos as u8,
-                    dup: p.dup,
-                },
-                Ok(E::Incoming(Packet::SubAck(s))) => Event::SubAck {
-                    refused: s
-                        .return_codes
-                        .iter()
-                        .filter(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
-                        .count(),
-                },
-                Ok(_) => continue,
-                Err(e) => {
-                    metrics.broker_errors.inc();
-                    tracing::warn!(error = %e, retry_in = ?delay, "MQTT broker connection failed");
-                    let _ = tx.send(Event::Disconnected(e.to_string())).await;
-                    if !backoff(&mut delay, &settings, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if tx.send(ev).await.is_err() {
-                break;
-            }
-        }
-    });
-    (Client::V5(client), driver)
+    let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 64 * 1024);
+    (Client::V5(client), drive(eventloop, tx, metrics, settings.clone(), shutdown))
 }
 
 #[cfg(test)]
