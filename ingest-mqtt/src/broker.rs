@@ -191,7 +191,12 @@ impl Client {
                 .map_err(|e| e.to_string()),
             Client::V5(c) => c
                 .subscribe_many(filters.iter().map(|f| {
-                    rumqttc::v5::mqttbytes::v5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                    let mut filter =
+                        rumqttc::v5::mqttbytes::v5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+                    // Retained messages only for a subscription the session did not hold yet, so a restart
+                    // of Lumen does not store them again.
+                    filter.retain_forward_rule = rumqttc::v5::mqttbytes::v5::RetainForwardRule::OnNewSubscribe;
+                    filter
                 }))
                 .await
                 .map_err(|e| e.to_string()),
@@ -240,6 +245,10 @@ pub async fn run(settings: Settings, pipeline: Pipeline, metrics: Arc<MqttMetric
     );
 
     let mut carry: Option<Event> = None;
+    // Subscribed on this run's first connection (the templates may have changed since the session began);
+    // later only when the broker lost the session, since subscribing again makes a 3.1.1 broker send every
+    // retained message again.
+    let mut subscribed = false;
     'outer: loop {
         let ev = match carry.take() {
             Some(ev) => ev,
@@ -254,8 +263,11 @@ pub async fn run(settings: Settings, pipeline: Pipeline, metrics: Arc<MqttMetric
                 metrics.broker_connected.set(1);
                 metrics.broker_connections.inc();
                 tracing::info!(session_present, client_id = %settings.client_id, "connected to the MQTT broker");
-                if let Err(e) = client.subscribe(&settings.filters).await {
-                    tracing::warn!(error = %e, "could not send the subscription to the MQTT broker");
+                if !subscribed || !session_present {
+                    match client.subscribe(&settings.filters).await {
+                        Ok(()) => subscribed = true,
+                        Err(e) => tracing::warn!(error = %e, "could not send the subscription to the MQTT broker"),
+                    }
                 }
             }
             Event::SubAck { refused } => {

@@ -489,7 +489,7 @@ async fn acknowledged_after_durability_kill_9_loses_nothing_and_stores_nothing_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_is_survived_with_reconnect_and_resubscribe() {
+async fn a_broker_restart_is_survived_and_a_retained_message_is_not_stored_twice() {
     let mut broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
@@ -501,7 +501,25 @@ async fn a_broker_restart_is_survived_with_reconnect_and_resubscribe() {
     wait_subscribed(&server.base, broker.port, "load/probe", 0).await;
 
     publish_in_background(broker.port, "before", 500).await.unwrap();
-    wait_stored(&server.base, 501, Duration::from_secs(30)).await;
+    // A retained message, as devices publish their last state.
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "load/state",
+            "-m",
+            "{\"on\":1}",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_stored(&server.base, 502, Duration::from_secs(30)).await;
     broker.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.start_again();
@@ -512,9 +530,10 @@ async fn a_broker_restart_is_survived_with_reconnect_and_resubscribe() {
         assert!(Instant::now() < deadline, "lumen did not reconnect to the restarted broker");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The session (and its subscription) survived in Mosquitto's store; Lumen subscribed again anyway.
+    // The session (and its subscription) survived in Mosquitto's store, so Lumen did not subscribe again,
+    // and the retained message was not delivered (and stored) a second time.
     publish_in_background(broker.port, "after", 500).await.unwrap();
-    wait_stored(&server.base, 1001, Duration::from_secs(30)).await;
+    wait_stored(&server.base, 1002, Duration::from_secs(30)).await;
     assert_eq!(promql(&server.base, "count(count_over_time(after[1h]))").await[0]["value"][1], "10");
     server.stop().await;
 }
