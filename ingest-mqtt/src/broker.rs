@@ -263,14 +263,15 @@ pub async fn run(settings: Settings, pipeline: Pipeline, metrics: Arc<MqttMetric
                 metrics.broker_connected.set(1);
                 metrics.broker_connections.inc();
                 tracing::info!(session_present, client_id = %settings.client_id, "connected to the MQTT broker");
-                if !subscribed || !session_present {
-                    match client.subscribe(&settings.filters).await {
-                        Ok(()) => subscribed = true,
-                        Err(e) => tracing::warn!(error = %e, "could not send the subscription to the MQTT broker"),
-                    }
+                if (!subscribed || !session_present)
+                    && let Err(e) = client.subscribe(&settings.filters).await
+                {
+                    tracing::warn!(error = %e, "could not send the subscription to the MQTT broker");
                 }
             }
             Event::SubAck { refused } => {
+                // Only an answered SUBSCRIBE counts: one lost with its connection is sent again.
+                subscribed = true;
                 if refused > 0 {
                     metrics.broker_subscribe_failures.inc_by(refused as u64);
                     tracing::error!(
