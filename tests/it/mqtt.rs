@@ -700,3 +700,72 @@ async fn the_endpoint_refuses_to_listen_beyond_loopback_without_credentials() {
     let err = format!("{:#}", lumen::start(config).await.err().expect("refused"));
     assert!(err.contains("mqtt.listener.username") && err.contains("beyond loopback"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_endpoint_acknowledges_only_what_survives_kill_9() {
+    use rumqttc::Outgoing;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, mqtt) = (free_addr(), free_addr());
+    let mqtt_arg = mqtt.to_string();
+    let mut lumen =
+        ServerProcess::spawn(dir.path(), addr, &["--mqtt-listen", &mqtt_arg, "--mqtt-topic", "dev/{device}"]);
+    lumen.wait_ready().await;
+
+    const N: usize = 50_000;
+    let mut opts = MqttOptions::new("kill-me", "127.0.0.1", mqtt.port());
+    opts.set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            if client.publish("dev/d1", QoS::AtLeastOnce, false, format!("{{\"seq\":{i}}}")).await.is_err() {
+                break;
+            }
+        }
+    });
+    // The k-th PUBLISH that leaves carries seq k; a packet id is not reused before its PUBACK.
+    let (mut sent, mut by_pkid, mut acked) = (0usize, std::collections::HashMap::new(), Vec::new());
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the publisher never got a third of its acknowledgements");
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("the client hangs") {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                by_pkid.insert(pkid, sent);
+                sent += 1;
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => acked.push(by_pkid[&ack.pkid]),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        if !killed && acked.len() >= N / 3 {
+            lumen.kill9();
+            killed = true;
+        }
+    }
+    assert!(
+        killed && acked.len() < sent,
+        "the kill came with messages in flight ({} acked of {sent} sent)",
+        acked.len()
+    );
+    publisher.abort();
+
+    let mut lumen =
+        ServerProcess::spawn(dir.path(), addr, &["--mqtt-listen", &mqtt_arg, "--mqtt-topic", "dev/{device}"]);
+    lumen.wait_ready().await;
+    let client = reqwest::Client::new();
+    let rows = sql_rows(&client, &lumen.base, "default", "SELECT message FROM logs").await;
+    let stored: std::collections::HashSet<usize> = rows
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(r["message"].as_str().unwrap()).unwrap()["seq"].as_u64().unwrap() as usize
+        })
+        .collect();
+    assert_eq!(stored.len(), rows.len(), "nothing stored twice");
+    let lost: Vec<usize> = acked.iter().copied().filter(|s| !stored.contains(s)).take(10).collect();
+    assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?} (of {} acknowledged)", acked.len());
+    eprintln!(
+        "kill -9 after {} acknowledgements of {sent} sent; {} stored after the restart",
+        acked.len(),
+        stored.len()
+    );
+}
