@@ -58,8 +58,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let mqtt_shutdown = CancellationToken::new();
     let mqtt_listen = if s.mqtt_listen == "off" { None } else { Some(s.mqtt_listen.parse()?) };
+    let mut mqtt_config = config.mqtt.clone();
+    if mqtt_config.broker.client_id.is_empty() {
+        // Stable across restarts of this server (the broker keeps its session), different between servers.
+        mqtt_config.broker.client_id = format!("lumen-{}", crate::config::node_name(""));
+    }
     let mqtt = ingest_mqtt::start(
-        &config.mqtt,
+        &mqtt_config,
         mqtt_listen,
         store.clone(),
         metric_store.clone(),

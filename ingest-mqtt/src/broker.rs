@@ -83,7 +83,8 @@ impl Settings {
             .into_iter()
             .map(|f| if cfg.shared_group.is_empty() { f } else { format!("$share/{}/{f}", cfg.shared_group) })
             .collect();
-        let client_id = if cfg.client_id.is_empty() { default_client_id() } else { cfg.client_id.clone() };
+        // The server fills in "lumen-<node name>" when the config leaves it empty.
+        let client_id = if cfg.client_id.is_empty() { "lumen".to_string() } else { cfg.client_id.clone() };
         Ok(Settings {
             host,
             port,
@@ -104,16 +105,6 @@ impl Settings {
     fn session(&self) -> Arc<str> {
         Arc::from(format!("broker:{}@{}:{}", self.client_id, self.host, self.port))
     }
-}
-
-/// "lumen-<host name>": stable across restarts of one server, different between servers.
-fn default_client_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "server".to_string());
-    format!("lumen-{host}")
 }
 
 /// Parses mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (tcp:// and ssl:// too) into (tls, host, port).
@@ -290,7 +281,7 @@ pub async fn run(settings: Settings, pipeline: Pipeline, metrics: Arc<MqttMetric
                 let mut acks = Vec::with_capacity(64);
                 let push = |messages: &mut Vec<Message>, acks: &mut Vec<(u16, u8)>, topic, payload, pkid, qos, dup| {
                     let dedup = (qos > 0).then(|| DedupKey { session: session.clone(), pkid, dup });
-                    messages.push(Message { topic, payload, received_ns: now_ns(), dedup });
+                    messages.push(Message { topic, payload, received_ns: store::time::now_ns(), dedup });
                     if qos > 0 {
                         acks.push((pkid, qos));
                     }
@@ -356,10 +347,6 @@ async fn acknowledge(mut rx: mpsc::Receiver<Pending>, client: Client, generation
             }
         }
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or_default()
 }
 
 /// Sleeps the backoff after a failure; false when shut down meanwhile.

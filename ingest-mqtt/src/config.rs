@@ -76,7 +76,7 @@ pub struct BrokerConfig {
     /// Protocol version: "3.1.1" or "5".
     pub protocol: Protocol,
     /// Client id; keep it stable so the broker keeps the session (and its queued messages) across restarts.
-    /// Empty means "lumen-<host name>".
+    /// Empty means "lumen-<node name>" (NODE_NAME, else the host name).
     pub client_id: String,
     /// Username, if the broker wants one.
     pub username: String,

@@ -596,10 +596,6 @@ fn generate_client_id() -> String {
     format!("lumen-{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// A response the writer sends, in order.
 #[derive(Debug, Clone, Copy)]
 enum Out {
@@ -692,7 +688,7 @@ struct Reader {
 impl Reader {
     async fn run(&mut self) -> Close {
         loop {
-            let received_ns = now_ns();
+            let received_ns = store::time::now_ns();
             loop {
                 let inbound = match self.decode() {
                     Ok(Some(p)) => p,

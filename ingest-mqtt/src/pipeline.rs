@@ -182,8 +182,9 @@ impl Worker {
             let Some(jobs) = self.gather(writing.is_some()).await else {
                 break;
             };
-            let pending: HashSet<MarkKey> = writing.as_ref().map(|(_, marks, _)| marks.clone()).unwrap_or_default();
-            let next = if jobs.is_empty() { None } else { Some(self.decode(jobs, &pending)) };
+            let none = HashSet::new();
+            let pending = writing.as_ref().map_or(&none, |(_, marks, _)| marks);
+            let next = if jobs.is_empty() { None } else { Some(self.decode(jobs, pending)) };
             let mut failed = None;
             if let Some((handle, _, done)) = writing.take() {
                 let result = handle.await.unwrap_or_else(|e| Err(format!("the MQTT store task failed: {e}")));
