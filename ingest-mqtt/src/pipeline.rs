@@ -88,9 +88,12 @@ pub async fn start(
                  mqtt.listener.password (or password_file) so that only your devices can publish"
             ));
         }
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for MQTT on {addr} (server.mqtt_listen / --mqtt-listen): {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            format!(
+                "cannot listen for MQTT on {addr} (server.mqtt_listen / --mqtt-listen): {e}; if a broker already \
+                     listens there, pass --mqtt-listen off (and --mqtt-broker to subscribe to it) or another address"
+            )
+        })?;
         endpoint_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
         let options = crate::endpoint::EndpointOptions {
             username,
