@@ -127,6 +127,7 @@ impl Config {
     /// A message that names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.store.validate().map_err(anyhow::Error::msg)?;
+        self.mqtt.validate().map_err(anyhow::Error::msg)?;
         let s = &self.server;
         if s.mqtt_listen != "off" && s.mqtt_listen.parse::<SocketAddr>().is_err() {
             bail!("server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"", s.mqtt_listen);

@@ -6,6 +6,7 @@
 //! subscriber and builds the Tokio runtime.
 
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

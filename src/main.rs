@@ -24,6 +24,13 @@ enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask a running server or agent whether it is healthy (for container health checks): exit 0 when
+    /// the URL answers 200.
+    Health {
+        /// The health endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9700/health")]
+        url: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -55,6 +62,9 @@ struct ServerArgs {
     /// Log output format.
     #[arg(long, env = "LUMEN_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Validate the configuration (file, flags and environment) and exit without starting.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +140,13 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.log_format {
         config.log.format = v;
     }
+    // Secrets come from the environment (a Kubernetes secretKeyRef, a Compose .env), never from the file.
+    if let Some(v) = std::env::var("LUMEN_MQTT_LISTENER_PASSWORD").ok().filter(|v| !v.is_empty()) {
+        config.mqtt.listener.password = v;
+    }
+    if let Some(v) = std::env::var("LUMEN_MQTT_BROKER_PASSWORD").ok().filter(|v| !v.is_empty()) {
+        config.mqtt.broker.password = v;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -172,6 +189,10 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<(Config, String)> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Server(args) if args.check => {
+            let source = args.config.as_ref().map_or("the defaults".to_string(), |p| p.display().to_string());
+            server_config(args).map(|_| eprintln!("{source}: ok"))
+        }
         Command::Server(args) => server_config(args).and_then(|config| {
             lumen::telemetry::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lumen").build()?;
@@ -195,6 +216,7 @@ fn main() -> ExitCode {
             eprintln!("{}: ok", config.display());
             Ok(())
         }),
+        Command::Health { url } => lumen::health::check(&url),
         Command::Config(ConfigCommand::Defaults) => {
             #[allow(clippy::print_stdout)] // this command's output is the document itself
             {

@@ -42,6 +42,20 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
+    /// Checks what can be checked without the network or secret files: the templates, the broker URL and
+    /// the tenant.
+    ///
+    /// # Errors
+    /// A message naming the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::topic::Templates::new(self.all_templates())?;
+        if !self.broker.url.is_empty() {
+            crate::broker::parse_url(&self.broker.url)?;
+        }
+        store::model::Tenant::new(&self.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;
+        Ok(())
+    }
+
     /// The templates in the order they are tried: the plain `topics` first, then `templates`.
     pub fn all_templates(&self) -> Vec<TemplateConfig> {
         self.topics

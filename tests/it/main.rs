@@ -4,6 +4,8 @@
 mod agent;
 mod bad_input;
 mod config;
+#[cfg(feature = "external-tests")]
+mod deploy;
 mod durability;
 #[cfg(feature = "external-tests")]
 mod elasticsearch_client;

@@ -1,0 +1,169 @@
+{{/*
+Names, labels and the two config.toml renderers of the lumen chart.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "lumen.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The object name prefix: fullnameOverride, else the release name when it contains the chart name
+(`helm install lumen` gives "lumen", the name of the server's Service), else "<release>-<chart>".
+*/}}
+{{- define "lumen.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "lumen.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; the component label is added per object. */}}
+{{- define "lumen.labels" -}}
+helm.sh/chart: {{ include "lumen.chart" . }}
+{{ include "lumen.selectorLabels" . }}
+app.kubernetes.io/part-of: lumen
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels (immutable in a StatefulSet or DaemonSet); the component label is added per workload. */}}
+{{- define "lumen.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lumen.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The image, tag defaulting to the chart's appVersion. */}}
+{{- define "lumen.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The agent's ServiceAccount name. */}}
+{{- define "lumen.agentServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-agent" (include "lumen.fullname" .)) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret of the embedded MQTT endpoint's password: a name is required, the chart never creates it. */}}
+{{- define "lumen.mqttSecretName" -}}
+{{- required "mqtt.listener.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=mqtt-password=...)" .Values.mqtt.listener.existingSecret }}
+{{- end }}
+
+{{/* Where the Secrets' keys are mounted in the server container. */}}
+{{- define "lumen.secretsDir" -}}
+/etc/lumen-secrets
+{{- end }}
+
+{{/*
+Rendered `key = value` lines of one TOML table from a dict, in key order. toJson writes strings, numbers,
+booleans and lists of them in a form TOML reads the same (JSON string escapes are TOML escapes).
+*/}}
+{{- define "lumen.tomlKeys" -}}
+{{- range $key, $value := . }}
+{{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
+
+{{/*
+The server's config.toml. The keys the chart sets (listen addresses, data directory, secrets) win over
+server.settings; server.extraConfig is appended as it is. Every key: deploy/config.example.toml.
+*/}}
+{{- define "lumen.serverConfig" -}}
+{{- $mqttListen := "off" }}
+{{- if .Values.mqtt.listener.enabled }}
+{{- $mqttListen = "0.0.0.0:1883" }}
+{{- end }}
+{{- $server := deepCopy (.Values.server.settings | default dict) }}
+{{- $_ := set $server "data_dir" "/var/lib/lumen" }}
+{{- $_ := set $server "http_addr" "0.0.0.0:9700" }}
+{{- $_ := set $server "otlp_grpc_addr" "0.0.0.0:4317" }}
+{{- $_ := set $server "mqtt_listen" $mqttListen }}
+{{- $_ := set $server "retention" .Values.server.retention }}
+{{- $_ := set $server "retention_max_disk" .Values.server.retentionMaxDisk -}}
+# Lumen server configuration, rendered by the lumen Helm chart from its values.
+# Every key and its default: deploy/config.example.toml.
+
+[log]
+{{- include "lumen.tomlKeys" (dict "level" .Values.log.level "format" .Values.log.format) }}
+
+[server]
+{{- include "lumen.tomlKeys" $server }}
+
+[mqtt]
+topics = {{ toJson (.Values.mqtt.topics | default list) }}
+{{- if .Values.mqtt.listener.enabled }}
+
+[mqtt.listener]
+username = {{ toJson .Values.mqtt.listener.username }}
+# From the Secret {{ include "lumen.mqttSecretName" . }} (key {{ .Values.mqtt.listener.passwordKey }}), mounted as a file.
+password_file = {{ printf "%s/%s" (include "lumen.secretsDir" .) .Values.mqtt.listener.passwordKey | toJson }}
+{{- end }}
+{{- if .Values.mqtt.broker.url }}
+
+[mqtt.broker]
+url = {{ toJson .Values.mqtt.broker.url }}
+{{- if .Values.mqtt.broker.username }}
+username = {{ toJson .Values.mqtt.broker.username }}
+{{- end }}
+{{- if .Values.mqtt.broker.existingSecret }}
+# From the Secret {{ .Values.mqtt.broker.existingSecret }} (key {{ .Values.mqtt.broker.passwordKey }}), mounted as a file.
+password_file = {{ printf "%s/%s" (include "lumen.secretsDir" .) .Values.mqtt.broker.passwordKey | toJson }}
+{{- end }}
+{{- end }}
+{{- with .Values.server.extraConfig }}
+
+# server.extraConfig
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{/* The agent's Service URL: agent.server, else this release's Service. */}}
+{{- define "lumen.agentServer" -}}
+{{- default (printf "http://%s:%v" (include "lumen.fullname" .) .Values.server.service.ports.http) .Values.agent.server }}
+{{- end }}
+
+{{/*
+The agent's config.toml. NODE_NAME (downward API) names the node, as agent.node_name stays empty.
+The keys the chart sets win over agent.settings; agent.extraConfig is appended as it is.
+*/}}
+{{- define "lumen.agentConfig" -}}
+{{- $agent := deepCopy (.Values.agent.settings | default dict) }}
+{{- $_ := set $agent "server" (include "lumen.agentServer" .) }}
+{{- $_ := set $agent "pods_dir" .Values.agent.podsDir }}
+{{- $_ := set $agent "data_dir" .Values.agent.stateDir }}
+{{- $_ := set $agent "http_addr" "0.0.0.0:9701" }}
+{{- $_ := set $agent "scrape_targets" (.Values.agent.scrapeTargets | default list) }}
+{{- $_ := set $agent "scrape_interval" .Values.agent.scrapeInterval }}
+{{- $_ := set $agent "node_metrics" .Values.agent.nodeMetrics }}
+{{- if .Values.agent.hostProcSys }}
+{{- $_ := set $agent "proc_dir" "/host/proc" }}
+{{- $_ := set $agent "sys_dir" "/host/sys" }}
+{{- end -}}
+# Lumen agent configuration, rendered by the lumen Helm chart from its values.
+# Every key and its default: deploy/config.example.toml.
+
+[log]
+{{- include "lumen.tomlKeys" (dict "level" .Values.log.level "format" .Values.log.format) }}
+
+[agent]
+{{- include "lumen.tomlKeys" $agent }}
+{{- with .Values.agent.extraConfig }}
+
+# agent.extraConfig
+{{ . }}
+{{- end }}
+{{- end }}
