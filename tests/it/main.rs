@@ -6,6 +6,8 @@ mod bad_input;
 mod config;
 #[cfg(feature = "external-tests")]
 mod deploy;
+#[cfg(feature = "external-tests")]
+mod deploy_kustomize;
 mod durability;
 #[cfg(feature = "external-tests")]
 mod elasticsearch_client;

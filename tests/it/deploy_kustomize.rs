@@ -1,0 +1,377 @@
+//! The Kustomize manifests in deploy/kustomize: the base and every overlay render with `kubectl kustomize`,
+//! every rendered object validates against Kubernetes 1.33's schemas (`kubernetes-validate --strict`,
+//! offline), the objects carry what the deployment depends on, and the config files pass
+//! `lumen config check`. Needs kubectl, kubernetes-validate and python3 with PyYAML.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const BASE: &str = "base";
+const DEV: &str = "overlays/dev";
+const PROD: &str = "overlays/prod";
+const K3S: &str = "overlays/k3s";
+const ALL: [&str; 4] = [BASE, DEV, PROD, K3S];
+
+fn kustomize_dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomize").join(sub)
+}
+
+/// `kubectl kustomize DIR`, asserting success.
+fn render(sub: &str) -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(kustomize_dir(sub))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+    assert!(out.status.success(), "kubectl kustomize {sub} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The YAML documents as JSON values, through python3 and PyYAML.
+fn documents(yaml: &str) -> Vec<Value> {
+    let script = "import sys, yaml, json\n\
+                  print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    // Python reads all of stdin before it writes, so writing first cannot deadlock; the handle is
+    // dropped at the end of the statement, which closes the pipe.
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3 (PyYAML) failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kubernetes-validate -k 1.33.0 --strict FILE`, asserting success and that every object was checked
+/// against a schema (an unknown kind is only a warning to the tool).
+fn validate(file: &Path, objects: usize, what: &str) {
+    let out = Command::new("kubernetes-validate")
+        .args(["-k", "1.33.0", "--strict"])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubernetes-validate: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} does not validate:\n{text}");
+    let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
+    assert_eq!(passed, objects, "{what}: {objects} objects, {passed} validated:\n{text}");
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], k: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = kind(docs, k).into_iter().filter(|d| d["metadata"]["name"] == name).collect();
+    assert_eq!(found.len(), 1, "expected one {k} {name}, found {}", found.len());
+    found[0]
+}
+
+/// The ConfigMap whose generated name starts with `prefix` (kustomize appends a content hash).
+fn config_map<'a>(docs: &'a [Value], prefix: &str) -> &'a Value {
+    let found: Vec<&Value> = kind(docs, "ConfigMap")
+        .into_iter()
+        .filter(|d| d["metadata"]["name"].as_str().unwrap_or("").starts_with(prefix))
+        .collect();
+    assert_eq!(found.len(), 1, "expected one ConfigMap {prefix}-<hash>");
+    found[0]
+}
+
+fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str().unwrap_or_else(|| panic!("{what} is not a string: {v}"))
+}
+
+/// A CPU quantity in millicores: "50m", "1", "0.5".
+fn millicores(q: &str) -> u64 {
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => (q.parse::<f64>().unwrap() * 1000.0).round() as u64,
+    }
+}
+
+/// A memory quantity in bytes: "64Mi", "2Gi", "512Ki", or plain bytes.
+fn bytes(q: &str) -> u64 {
+    for (suffix, factor) in [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40)] {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap() * factor;
+        }
+    }
+    q.parse().unwrap()
+}
+
+/// The one container of a workload's pod template.
+fn container(workload: &Value) -> &Value {
+    let containers = workload["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1, "one container expected");
+    &containers[0]
+}
+
+/// Checks requests ≤ limits and, when given, requests ≤ (max millicores, max bytes).
+fn check_resources(c: &Value, what: &str, max_requests: Option<(u64, u64)>) {
+    let r = &c["resources"];
+    let (rc, rm) = (millicores(str_of(&r["requests"]["cpu"], what)), bytes(str_of(&r["requests"]["memory"], what)));
+    let (lc, lm) = (millicores(str_of(&r["limits"]["cpu"], what)), bytes(str_of(&r["limits"]["memory"], what)));
+    assert!(rc <= lc && rm <= lm, "{what}: requests above limits: {r}");
+    if let Some((max_cpu, max_mem)) = max_requests {
+        assert!(rc <= max_cpu && rm <= max_mem, "{what}: requests {r} above {max_cpu}m / {max_mem} bytes");
+    }
+}
+
+/// An HTTP probe's path, and the container port number it targets (resolving a named port).
+fn probe(c: &Value, which: &str) -> (String, u64) {
+    let get = &c[which]["httpGet"];
+    let path = str_of(&get["path"], which).to_string();
+    let port = match &get["port"] {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(name) => c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{which} names port {name}, which the container lacks"))["containerPort"]
+            .as_u64()
+            .unwrap(),
+        other => panic!("{which} has no port: {other}"),
+    };
+    (path, port)
+}
+
+/// The `[server] retention` of the server's rendered config.
+fn retention(docs: &[Value]) -> String {
+    let toml_text = str_of(&config_map(docs, "lumen-server-config")["data"]["config.toml"], "config.toml");
+    let table: toml::Table = toml::from_str(toml_text).unwrap();
+    table["server"]["retention"].as_str().unwrap().to_string()
+}
+
+fn volume<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+fn mount<'a>(c: &'a Value, path: &str) -> &'a Value {
+    c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+}
+
+#[test]
+fn every_kustomization_renders_and_validates_against_kubernetes_1_33() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ALL {
+        let yaml = render(sub);
+        let objects = documents(&yaml).len();
+        assert!(objects >= 9, "{sub}: only {objects} objects rendered");
+        let file = dir.path().join(format!("{}.yaml", sub.replace('/', "-")));
+        std::fs::write(&file, &yaml).unwrap();
+        validate(&file, objects, sub);
+    }
+    // The Secret's example is not rendered but must be a valid Secret too.
+    validate(&kustomize_dir("base/secret.example.yaml"), 1, "base/secret.example.yaml");
+}
+
+#[test]
+fn rendered_manifests_hold_what_the_deployment_needs() {
+    for sub in ALL {
+        let docs = documents(&render(sub));
+        let what = |s: &str| format!("{sub}: {s}");
+
+        // Every object is part of lumen and, unless cluster-scoped, in namespace lumen; no Secret is committed.
+        for d in &docs {
+            let k = str_of(&d["kind"], "kind");
+            assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/part-of"], "lumen", "{}", what(k));
+            if !matches!(k, "Namespace" | "ClusterRole" | "ClusterRoleBinding") {
+                assert_eq!(d["metadata"]["namespace"], "lumen", "{}", what(k));
+            }
+        }
+        assert!(kind(&docs, "Secret").is_empty(), "{}", what("a Secret is rendered"));
+        one(&docs, "Namespace", "lumen");
+
+        // The server.
+        let sts = one(&docs, "StatefulSet", "lumen");
+        assert_eq!(sts["spec"]["replicas"], 1, "{}", what("replicas"));
+        let pod = &sts["spec"]["template"];
+        let ann = &pod["metadata"]["annotations"];
+        assert_eq!(ann["prometheus.io/scrape"], "true", "{}", what("server scrape annotation"));
+        assert_eq!(ann["prometheus.io/port"], "9700", "{}", what("server scrape port"));
+        let sec = &pod["spec"]["securityContext"];
+        assert_eq!(sec["runAsNonRoot"], true, "{}", what("server runAsNonRoot"));
+        assert_eq!(sec["runAsUser"], 65532, "{}", what("server runAsUser"));
+        assert_eq!(sec["fsGroup"], 65532, "{}", what("server fsGroup"));
+        let c = container(sts);
+        assert_eq!(c["image"], "ghcr.io/lumen-project/lumen:0.1.0", "{}", what("server image"));
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{}", what("server root fs"));
+        assert_eq!(probe(c, "livenessProbe"), ("/health".to_string(), 9700), "{}", what("server liveness"));
+        assert_eq!(probe(c, "readinessProbe"), ("/ready".to_string(), 9700), "{}", what("server readiness"));
+        let password = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "LUMEN_MQTT_LISTENER_PASSWORD")
+            .unwrap_or_else(|| panic!("{}", what("no LUMEN_MQTT_LISTENER_PASSWORD")));
+        let key_ref = &password["valueFrom"]["secretKeyRef"];
+        assert_eq!(key_ref["name"], "lumen-secrets", "{}", what("secret name"));
+        assert_eq!(key_ref["key"], "mqtt-password", "{}", what("secret key"));
+        assert_eq!(key_ref["optional"], false, "{}", what("secret optional"));
+        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(args, ["server", "--config", "/etc/lumen/config.toml"], "{}", what("server args"));
+        let config_volume = str_of(&mount(c, "/etc/lumen")["name"], "mount name");
+        let server_config = config_map(&docs, "lumen-server-config");
+        assert_eq!(volume(sts, config_volume)["configMap"]["name"], server_config["metadata"]["name"]);
+        assert!(server_config["data"]["config.toml"].is_string(), "{}", what("server config.toml"));
+        let data = str_of(&mount(c, "/var/lib/lumen")["name"], "mount name");
+        let claim = sts["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["metadata"]["name"] == data)
+            .unwrap_or_else(|| panic!("{}", what("/var/lib/lumen is not a volumeClaimTemplate")));
+        let storage = str_of(&claim["spec"]["resources"]["requests"]["storage"], "storage").to_string();
+        let storage_class = claim["spec"]["storageClassName"].as_str().map(String::from);
+
+        let svc = one(&docs, "Service", "lumen");
+        let mut ports: Vec<(String, u64)> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap()))
+            .collect();
+        ports.sort();
+        let expected = [("http", 9700u64), ("mqtt", 1883), ("otlp-grpc", 4317)].map(|(n, p)| (n.to_string(), p));
+        assert_eq!(ports, expected, "{}", what("Service lumen ports"));
+        assert_eq!(svc["spec"]["selector"], sts["spec"]["selector"]["matchLabels"], "{}", what("Service selector"));
+
+        // The agent.
+        let ds = one(&docs, "DaemonSet", "lumen-agent");
+        let pod = &ds["spec"]["template"];
+        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9701", "{}", what("agent scrape port"));
+        assert_eq!(pod["spec"]["serviceAccountName"], "lumen-agent", "{}", what("agent service account"));
+        let tolerates_all = pod["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none());
+        assert!(tolerates_all, "{}", what("the agent does not tolerate every taint"));
+        let c = container(ds);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{}", what("agent root fs"));
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "{}", what("agent escalation"));
+        assert_eq!(probe(c, "livenessProbe"), ("/health".to_string(), 9701), "{}", what("agent liveness"));
+        assert_eq!(probe(c, "readinessProbe"), ("/ready".to_string(), 9701), "{}", what("agent readiness"));
+        let node_name = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "NODE_NAME")
+            .unwrap_or_else(|| panic!("{}", what("no NODE_NAME")));
+        assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName", "{}", what("NODE_NAME"));
+        let pods = mount(c, "/var/log/pods");
+        assert_eq!(pods["readOnly"], true, "{}", what("/var/log/pods is not read-only"));
+        let pods_volume = volume(ds, str_of(&pods["name"], "mount name"));
+        assert_eq!(pods_volume["hostPath"]["path"], "/var/log/pods", "{}", what("pods hostPath"));
+        let state = volume(ds, str_of(&mount(c, "/var/lib/lumen-agent")["name"], "mount name"));
+        assert_eq!(state["hostPath"]["path"], "/var/lib/lumen-agent", "{}", what("state hostPath"));
+        assert_eq!(state["hostPath"]["type"], "DirectoryOrCreate", "{}", what("state hostPath type"));
+        let agent_config = config_map(&docs, "lumen-agent-config");
+        let config_volume = str_of(&mount(c, "/etc/lumen")["name"], "mount name");
+        assert_eq!(volume(ds, config_volume)["configMap"]["name"], agent_config["metadata"]["name"]);
+
+        // The agent's RBAC: get/list/watch on pods and nodes, bound to its ServiceAccount.
+        one(&docs, "ServiceAccount", "lumen-agent");
+        let role = one(&docs, "ClusterRole", "lumen-agent");
+        for resource in ["pods", "nodes"] {
+            for verb in ["get", "list", "watch"] {
+                let allowed = role["rules"].as_array().unwrap().iter().any(|r| {
+                    r["apiGroups"].as_array().unwrap().iter().any(|g| g == "")
+                        && r["resources"].as_array().unwrap().iter().any(|x| x == resource)
+                        && r["verbs"].as_array().unwrap().iter().any(|x| x == verb)
+                });
+                assert!(allowed, "{}", what(&format!("the agent may not {verb} {resource}")));
+            }
+        }
+        let binding = one(&docs, "ClusterRoleBinding", "lumen-agent");
+        assert_eq!(binding["roleRef"]["name"], "lumen-agent", "{}", what("roleRef"));
+        let subject = &binding["subjects"][0];
+        assert_eq!(subject["kind"], "ServiceAccount", "{}", what("subject kind"));
+        assert_eq!(subject["name"], "lumen-agent", "{}", what("subject name"));
+        assert_eq!(subject["namespace"], "lumen", "{}", what("subject namespace"));
+
+        // Resources: homelab-sized requests everywhere but prod.
+        let small = sub != PROD;
+        check_resources(container(sts), &what("server"), small.then_some((250, 256 << 20)));
+        check_resources(container(ds), &what("agent"), small.then_some((50, 64 << 20)));
+
+        // What each overlay changes.
+        match sub {
+            BASE => {
+                assert_eq!(retention(&docs), "30d");
+                assert_eq!(storage, "10Gi");
+                assert_eq!(storage_class, None);
+            }
+            DEV => {
+                assert_eq!(retention(&docs), "3d");
+                assert!(bytes(&storage) <= 10 << 30, "dev volume {storage}");
+            }
+            PROD => {
+                assert_eq!(retention(&docs), "90d");
+                assert_eq!(storage, "100Gi");
+                assert_eq!(storage_class.as_deref(), Some("fast-ssd"));
+                // Larger than the base.
+                let r = &container(sts)["resources"]["requests"];
+                assert!(bytes(str_of(&r["memory"], "memory")) > 256 << 20, "prod server requests {r}");
+            }
+            K3S => {
+                assert_eq!(retention(&docs), "30d");
+                assert_eq!(storage_class.as_deref(), Some("local-path"));
+                let ingress = one(&docs, "Ingress", "lumen");
+                assert_eq!(ingress["spec"]["ingressClassName"], "traefik");
+                let rule = &ingress["spec"]["rules"][0];
+                assert_eq!(rule["host"], "lumen.local");
+                let path = &rule["http"]["paths"][0];
+                assert_eq!(path["path"], "/");
+                assert_eq!(path["backend"]["service"]["name"], "lumen");
+                assert_eq!(path["backend"]["service"]["port"]["number"], 9700);
+                let mqtt = one(&docs, "Service", "lumen-mqtt");
+                assert_eq!(mqtt["spec"]["ports"][0]["port"], 1883);
+                assert_eq!(mqtt["spec"]["selector"], sts["spec"]["selector"]["matchLabels"]);
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn config_check(file: &Path) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lumen")).args(["config", "check", "--config"]).arg(file).output().unwrap();
+    assert!(out.status.success(), "lumen config check {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn kustomize_config_files_pass_config_check() {
+    for file in
+        ["base/config/server.toml", "base/config/agent.toml", "overlays/dev/server.toml", "overlays/prod/server.toml"]
+    {
+        config_check(&kustomize_dir(file));
+    }
+    // And what the overlays actually put into the ConfigMaps.
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ALL {
+        let docs = documents(&render(sub));
+        for prefix in ["lumen-server-config", "lumen-agent-config"] {
+            let file = dir.path().join(format!("{}-{prefix}.toml", sub.replace('/', "-")));
+            std::fs::write(&file, str_of(&config_map(&docs, prefix)["data"]["config.toml"], prefix)).unwrap();
+            config_check(&file);
+        }
+    }
+}
