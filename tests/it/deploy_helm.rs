@@ -1,0 +1,569 @@
+//! The Helm chart in deploy/helm/lumen, checked without a helm binary: Chart.yaml's fields, values.yaml
+//! against values.schema.json (and bad values rejected by it), the templates' action syntax, the YAML
+//! skeleton of the manifest templates, the Grafana data sources, and the config files the chart renders
+//! with its default values passing `lumen config check`. Needs python3 with PyYAML and jsonschema.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/lumen")
+}
+
+fn read(rel: &str) -> String {
+    let path = chart().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Runs a python3 script with `stdin` as its input and the given arguments, asserting success; its stdout.
+fn python(script: &str, args: &[&Path], stdin: &str) -> String {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    // Python reads all of stdin before it writes, so writing first cannot deadlock; the handle is dropped
+    // at the end of the statement, which closes the pipe.
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python3 failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The YAML documents of `text` as JSON values (None documents left out), through PyYAML.
+fn yaml_documents(text: &str) -> Vec<Value> {
+    let script = "import sys, yaml, json\n\
+                  print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))";
+    serde_json::from_str(&python(script, &[], text)).unwrap()
+}
+
+fn yaml_file(rel: &str) -> Value {
+    let mut docs = yaml_documents(&read(rel));
+    assert_eq!(docs.len(), 1, "{rel} holds one YAML document");
+    docs.remove(0)
+}
+
+/// The template files (name, text), in name order.
+fn templates() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(chart().join("templates"))
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn chart_yaml_names_the_chart_and_its_versions() {
+    let chart_yaml = yaml_file("Chart.yaml");
+    assert_eq!(chart_yaml["apiVersion"], "v2");
+    assert_eq!(chart_yaml["name"], "lumen");
+    assert_eq!(chart_yaml["version"], "0.1.0");
+    // A string, not a number: Helm wants appVersion quoted.
+    assert_eq!(chart_yaml["appVersion"], "0.1.0");
+    assert_eq!(chart_yaml["kubeVersion"], ">=1.25.0-0");
+    assert!(!chart_yaml["description"].as_str().unwrap_or("").is_empty(), "Chart.yaml needs a description");
+}
+
+#[test]
+fn values_validate_against_the_schema_and_bad_values_do_not() {
+    // Each mutation of the default values must be rejected; the script names any that is accepted.
+    let script = r#"
+import copy, json, sys, yaml, jsonschema
+values = yaml.safe_load(open(sys.argv[1]))
+schema = json.load(open(sys.argv[2]))
+jsonschema.Draft7Validator.check_schema(schema)
+jsonschema.validate(values, schema)
+
+def set_(path, value):
+    def apply(v):
+        *parents, last = path.split(".")
+        for p in parents:
+            v = v[p]
+        v[last] = value
+    return apply
+
+def delete(path):
+    def apply(v):
+        *parents, last = path.split(".")
+        for p in parents:
+            v = v[p]
+        del v[last]
+    return apply
+
+bad = {
+    "negative port": set_("server.service.ports.http", -1),
+    "port beyond 65535": set_("server.service.ports.mqtt", 70000),
+    "port as a string": set_("server.service.ports.otlpGrpc", "4317"),
+    "unknown key under server": set_("server.replicas", 2),
+    "unknown top-level key": set_("serverr", {}),
+    "unknown key under agent": set_("agent.podDir", "/var/log/pods"),
+    "service type not in the enum": set_("server.service.type", "ExternalName"),
+    "pull policy not in the enum": set_("image.pullPolicy", "Sometimes"),
+    "log format not in the enum": set_("log.format", "xml"),
+    "enabled not a boolean": set_("agent.enabled", "yes"),
+    "empty secret name": set_("mqtt.listener.existingSecret", ""),
+    "missing secret name": delete("mqtt.listener.existingSecret"),
+    "missing server section": delete("server"),
+    "bad retention": set_("server.retention", "a month"),
+    "relative pods dir": set_("agent.podsDir", "var/log/pods"),
+    "scrape target not a URL": set_("agent.scrapeTargets", ["127.0.0.1:9100"]),
+    "broker URL not mqtt": set_("mqtt.broker.url", "http://broker:1883"),
+    "settings holding a table": set_("server.settings", {"limits": {"a": 1}}),
+    "negative grace period": set_("server.terminationGracePeriodSeconds", -5),
+    "bad volume size": set_("server.persistence.size", "ten gigs"),
+}
+accepted = []
+for name, mutate in bad.items():
+    v = copy.deepcopy(values)
+    mutate(v)
+    try:
+        jsonschema.validate(v, schema)
+        accepted.append(name)
+    except jsonschema.ValidationError:
+        pass
+
+# Documented overrides stay valid.
+good = copy.deepcopy(values)
+good["server"]["settings"] = {"max_labels_per_stream": 20, "max_request_size": "32 MiB"}
+good["server"]["resources"]["limits"].pop("cpu")
+good["mqtt"]["broker"].update(url="mqtts://broker.example:8883", username="lumen", existingSecret="broker-secret")
+good["agent"]["scrapeTargets"] = ["http://127.0.0.1:9100/metrics"]
+good["agent"]["settings"] = {"tenant": "home", "pod_labels": ["app"], "honor_labels": True}
+good["ingress"].update(enabled=True, className="nginx", host="lumen.home.arpa")
+good["server"]["service"]["type"] = "LoadBalancer"
+good["global"] = {"imageRegistry": "registry.example"}
+jsonschema.validate(good, schema)
+print(json.dumps({"accepted": accepted, "checked": len(bad)}))
+"#;
+    let values = chart().join("values.yaml");
+    let schema = chart().join("values.schema.json");
+    let out = python(script, &[values.as_path(), schema.as_path()], "");
+    let result: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
+    assert_eq!(result["checked"], 20);
+}
+
+#[test]
+fn the_schema_closes_the_value_sections() {
+    let schema: Value = serde_json::from_str(&read("values.schema.json")).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert_eq!(schema["additionalProperties"], false);
+    for section in ["image", "server", "mqtt", "agent", "serviceAccount", "rbac", "grafana", "ingress"] {
+        assert_eq!(schema["properties"][section]["additionalProperties"], false, "{section} is open");
+    }
+    // Every top-level value of values.yaml is described by the schema, and the other way round, but for
+    // `global`, which Helm passes down from a parent chart.
+    let values = yaml_file("values.yaml");
+    let mut in_values: Vec<&String> = values.as_object().unwrap().keys().collect();
+    let mut in_schema: Vec<&String> =
+        schema["properties"].as_object().unwrap().keys().filter(|k| k.as_str() != "global").collect();
+    in_values.sort();
+    in_schema.sort();
+    assert_eq!(in_values, in_schema);
+}
+
+#[test]
+fn every_value_is_documented_with_a_comment() {
+    // Each line setting a scalar or an empty collection follows a comment line (or belongs to a list,
+    // or to a section whose comment covers it: the resources' cpu and memory, the probes of a list).
+    let text = read("values.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((_, value)) = trimmed.split_once(':') else { continue };
+        if value.trim().is_empty() {
+            continue; // a section heading
+        }
+        let is_leaf_of_resources = matches!(trimmed.split(':').next(), Some("cpu" | "memory"));
+        if is_leaf_of_resources {
+            continue;
+        }
+        let previous = lines[..i].iter().rev().find(|l| !l.trim().is_empty()).copied().unwrap_or("");
+        assert!(
+            previous.trim_start().starts_with('#'),
+            "values.yaml line {}: `{}` has no comment above it",
+            i + 1,
+            line.trim()
+        );
+    }
+}
+
+/// The actions of a template: the text between `{{` and `}}`, with the trim markers.
+fn actions(name: &str, text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").unwrap_or_else(|| panic!("{name}: a `{{{{` is never closed"));
+        let inner = &after[..end];
+        assert!(!inner.contains("{{"), "{name}: `{{{{` inside an action: {inner}");
+        found.push(inner.to_string());
+        rest = &after[end + 2..];
+    }
+    found
+}
+
+#[test]
+fn template_actions_balance_and_use_the_trim_markers_correctly() {
+    for (name, text) in templates() {
+        assert_eq!(text.matches("{{").count(), text.matches("}}").count(), "{name}: `{{{{` and `}}}}` counts differ");
+        let mut depth: i64 = 0;
+        for inner in actions(&name, &text) {
+            // `{{-` and `-}}` trim only when a space separates them from the action ({{-3}} is a number).
+            if let Some(after) = inner.strip_prefix('-') {
+                assert!(after.starts_with([' ', '\n', '\t']), "{name}: `{{{{-` without a space: {{{{{inner}}}}}");
+            }
+            if let Some(before) = inner.strip_suffix('-') {
+                assert!(before.ends_with([' ', '\n', '\t']), "{name}: `-}}}}` without a space: {{{{{inner}}}}}");
+            }
+            let body = inner.trim_start_matches('-').trim_end_matches('-').trim();
+            if body.starts_with("/*") {
+                assert!(body.ends_with("*/"), "{name}: an unclosed comment: {body}");
+                continue;
+            }
+            let word = body.split_whitespace().next().unwrap_or("");
+            match word {
+                "if" | "with" | "range" | "define" | "block" => depth += 1,
+                "end" => depth -= 1,
+                _ => {}
+            }
+            assert!(depth >= 0, "{name}: an `end` without its block");
+        }
+        assert_eq!(depth, 0, "{name}: a block is never ended");
+    }
+}
+
+/// The template with every line that is only an action (control flow, `include ... | nindent`,
+/// `toYaml`) dropped and every other action replaced by a placeholder.
+fn skeleton(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("{{") && trimmed.ends_with("}}") && trimmed.matches("{{").count() == 1 {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            out.push_str("placeholder");
+            let end = rest[start..].find("}}").unwrap() + start + 2;
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn manifest_templates_are_yaml_once_the_actions_are_placeholders() {
+    // Sound for these templates because every action either fills a scalar or stands alone on its line
+    // (whose output, indented by nindent, is a block of its own); both branches of an if/else stay in,
+    // which YAML tolerates. _helpers.tpl and NOTES.txt are not YAML.
+    let expected: &[(&str, &[&str])] = &[
+        ("agent-configmap.yaml", &["ConfigMap"]),
+        ("agent-daemonset.yaml", &["DaemonSet"]),
+        ("grafana-datasource.yaml", &["ConfigMap"]),
+        ("ingress.yaml", &["Ingress"]),
+        ("rbac.yaml", &["ClusterRole", "ClusterRoleBinding"]),
+        ("server-configmap.yaml", &["ConfigMap"]),
+        ("server-service.yaml", &["Service"]),
+        ("server-statefulset.yaml", &["StatefulSet"]),
+        ("serviceaccount.yaml", &["ServiceAccount"]),
+    ];
+    let names: Vec<String> = templates().into_iter().map(|(n, _)| n).filter(|n| n.ends_with(".yaml")).collect();
+    let listed: Vec<String> = expected.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(names, listed, "a template is not checked here");
+    for (name, kinds) in expected {
+        let docs = yaml_documents(&skeleton(&read(&format!("templates/{name}"))));
+        let found: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("?")).collect();
+        assert_eq!(found, kinds.to_vec(), "{name}");
+    }
+}
+
+#[test]
+fn the_grafana_data_sources_are_loki_and_prometheus_with_the_sidecar_label() {
+    let text = read("templates/grafana-datasource.yaml");
+    for needle in [
+        "kind: ConfigMap",
+        "lumen-datasources.yaml: |",
+        "apiVersion: 1",
+        "datasources:",
+        "type: loki",
+        "type: prometheus",
+        "uid: lumen-logs",
+        "uid: lumen-metrics",
+        "name: Lumen Logs",
+        "name: Lumen Metrics",
+        "{{ .Values.grafana.datasource.label }}: {{ .Values.grafana.datasource.labelValue | quote }}",
+    ] {
+        assert!(text.contains(needle), "grafana-datasource.yaml lacks `{needle}`");
+    }
+    let values = yaml_file("values.yaml");
+    let datasource = &values["grafana"]["datasource"];
+    assert_eq!(datasource["enabled"], true);
+    assert_eq!(datasource["label"], "grafana_datasource");
+    assert_eq!(datasource["labelValue"], "1");
+}
+
+#[test]
+fn the_chart_references_the_secret_and_never_creates_one() {
+    for (name, text) in templates() {
+        assert!(!text.contains("kind: Secret"), "{name} creates a Secret");
+    }
+    let helpers = read("templates/_helpers.tpl");
+    assert!(helpers.contains("required"), "the secret name is not `required`");
+    let values = yaml_file("values.yaml");
+    assert_eq!(values["mqtt"]["listener"]["existingSecret"], "lumen-secrets");
+    assert_eq!(values["mqtt"]["listener"]["passwordKey"], "mqtt-password");
+    let statefulset = read("templates/server-statefulset.yaml");
+    assert!(statefulset.contains("LUMEN_MQTT_LISTENER_PASSWORD") && statefulset.contains("secretKeyRef"));
+    let notes = read("templates/NOTES.txt");
+    assert!(notes.contains("kubectl create secret generic"), "NOTES.txt does not say how to create the Secret");
+    assert!(notes.contains("SealedSecret") && notes.contains("SOPS"));
+    let readme = read("README.md");
+    assert!(readme.contains("helm install lumen deploy/helm/lumen -n lumen --create-namespace"));
+    assert!(readme.contains("--from-literal=mqtt-password="));
+}
+
+#[test]
+fn the_workloads_carry_what_the_deployment_depends_on() {
+    let server = read("templates/server-statefulset.yaml");
+    for needle in [
+        "kind: StatefulSet",
+        "runAsUser: 65532",
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "path: /health",
+        "path: /ready",
+        "prometheus.io/scrape: \"true\"",
+        "prometheus.io/port: \"9700\"",
+        "prometheus.io/path: /metrics",
+        "containerPort: 9700",
+        "containerPort: 4317",
+        "containerPort: 1883",
+        "mountPath: /var/lib/lumen",
+        "volumeClaimTemplates:",
+        "args: [\"server\", \"--config\", \"/etc/lumen/config.toml\"]",
+    ] {
+        assert!(server.contains(needle), "server-statefulset.yaml lacks `{needle}`");
+    }
+    let agent = read("templates/agent-daemonset.yaml");
+    for needle in [
+        "kind: DaemonSet",
+        "name: NODE_NAME",
+        "fieldPath: spec.nodeName",
+        "type: DirectoryOrCreate",
+        "readOnly: true",
+        "path: /health",
+        "path: /ready",
+        "prometheus.io/port: \"9701\"",
+        "containerPort: 9701",
+        "args: [\"agent\", \"--config\", \"/etc/lumen/config.toml\"]",
+        // The reason the agent runs as root is written next to it.
+        "# Root, but only to read other containers' logs",
+    ] {
+        assert!(agent.contains(needle), "agent-daemonset.yaml lacks `{needle}`");
+    }
+    let rbac = read("templates/rbac.yaml");
+    assert!(
+        rbac.contains("resources: [\"pods\", \"nodes\"]") && rbac.contains("verbs: [\"get\", \"list\", \"watch\"]")
+    );
+    let service = read("templates/server-service.yaml");
+    for port in ["name: http", "name: otlp-grpc", "name: mqtt"] {
+        assert!(service.contains(port), "server-service.yaml lacks `{port}`");
+    }
+    let values = yaml_file("values.yaml");
+    assert_eq!(values["image"]["repository"], "ghcr.io/lumen-project/lumen");
+    assert_eq!(values["server"]["service"]["ports"], serde_json::json!({"http": 9700, "otlpGrpc": 4317, "mqtt": 1883}));
+    assert_eq!(
+        values["server"]["resources"],
+        serde_json::json!({"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}})
+    );
+    assert_eq!(
+        values["agent"]["resources"],
+        serde_json::json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}})
+    );
+}
+
+/// The server's config.toml as "lumen.serverConfig" renders it with the default values and release
+/// `lumen` (traced by hand through _helpers.tpl: the keys of a table come out in key order).
+const SERVER_CONFIG: &str = r#"# Lumen server configuration, rendered by the lumen Helm chart from its values.
+# Every key and its default: deploy/config.example.toml.
+
+[log]
+format = "text"
+level = "info"
+
+[server]
+data_dir = "/var/lib/lumen"
+http_addr = "0.0.0.0:9700"
+mqtt_listen = "0.0.0.0:1883"
+otlp_grpc_addr = "0.0.0.0:4317"
+retention = "30d"
+retention_max_disk = "0 B"
+
+[mqtt]
+topics = []
+
+[mqtt.listener]
+username = "devices"
+# From the Secret lumen-secrets (key mqtt-password), mounted as a file.
+password_file = "/etc/lumen-secrets/mqtt-password"
+"#;
+
+/// The agent's config.toml as "lumen.agentConfig" renders it with the default values and release `lumen`.
+const AGENT_CONFIG: &str = r#"# Lumen agent configuration, rendered by the lumen Helm chart from its values.
+# Every key and its default: deploy/config.example.toml.
+
+[log]
+format = "text"
+level = "info"
+
+[agent]
+data_dir = "/var/lib/lumen-agent"
+http_addr = "0.0.0.0:9701"
+node_metrics = true
+pods_dir = "/var/log/pods"
+proc_dir = "/host/proc"
+scrape_interval = "15s"
+scrape_targets = []
+server = "http://lumen:9700"
+sys_dir = "/host/sys"
+"#;
+
+/// The server's config with server.settings, a broker with its Secret, topics and server.extraConfig as
+/// values.yaml describes them: the appended tables must not clash with the rendered ones.
+const SERVER_CONFIG_WITH_EXTRAS: &str = r#"[log]
+format = "json"
+level = "info"
+
+[server]
+data_dir = "/var/lib/lumen"
+http_addr = "0.0.0.0:9700"
+max_labels_per_stream = 20
+max_request_size = "32 MiB"
+mqtt_listen = "0.0.0.0:1883"
+otlp_grpc_addr = "0.0.0.0:4317"
+retention = "90d"
+retention_max_disk = "8 GiB"
+
+[mqtt]
+topics = ["devices/{site}/{device}/telemetry","spBv1.0/#"]
+
+[mqtt.listener]
+username = "devices"
+password_file = "/etc/lumen-secrets/mqtt-password"
+
+[mqtt.broker]
+url = "mqtts://broker.example:8883"
+username = "lumen"
+password_file = "/etc/lumen-secrets/mqtt-broker-password"
+
+# server.extraConfig
+[store]
+zstd_level = 5
+
+[[mqtt.templates]]
+topic = "home/{room}/temperature"
+format = "plain"
+labels = { site = "home" }
+"#;
+
+/// The agent's config with agent.settings (tenant, a list, a boolean) and an [agent.parse] extraConfig.
+const AGENT_CONFIG_WITH_EXTRAS: &str = r#"[log]
+format = "text"
+level = "info"
+
+[agent]
+data_dir = "/var/lib/lumen-agent"
+honor_labels = true
+http_addr = "0.0.0.0:9701"
+node_metrics = false
+pod_labels = ["app"]
+pods_dir = "/var/log/pods"
+scrape_interval = "30s"
+scrape_targets = ["http://127.0.0.1:9100/metrics"]
+server = "http://lumen:9700"
+tenant = "home"
+
+# agent.extraConfig
+[agent.parse]
+format = "auto"
+exclude_namespaces = ["kube-system"]
+"#;
+
+fn config_check(text: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, text).unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lumen")).args(["config", "check", "--config"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{what} fails `lumen config check`: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_rendered_config_files_pass_lumen_config_check() {
+    config_check(SERVER_CONFIG, "the server's default config");
+    config_check(AGENT_CONFIG, "the agent's default config");
+    config_check(SERVER_CONFIG_WITH_EXTRAS, "the server's config with settings and extraConfig");
+    config_check(AGENT_CONFIG_WITH_EXTRAS, "the agent's config with settings and extraConfig");
+
+    // The hand-rendered text follows from the helpers and the defaults: the fixed parts are in
+    // _helpers.tpl, the variable ones in values.yaml.
+    let helpers = read("templates/_helpers.tpl");
+    for needle in [
+        "\"data_dir\" \"/var/lib/lumen\"",
+        "\"http_addr\" \"0.0.0.0:9700\"",
+        "\"otlp_grpc_addr\" \"0.0.0.0:4317\"",
+        "$mqttListen = \"0.0.0.0:1883\"",
+        "\"http_addr\" \"0.0.0.0:9701\"",
+        "\"proc_dir\" \"/host/proc\"",
+        "\"sys_dir\" \"/host/sys\"",
+        "/etc/lumen-secrets",
+        "# Lumen server configuration, rendered by the lumen Helm chart from its values.",
+        "# Lumen agent configuration, rendered by the lumen Helm chart from its values.",
+        "# From the Secret {{ include \"lumen.mqttSecretName\" . }} (key {{ .Values.mqtt.listener.passwordKey }}), mounted as a file.",
+        "printf \"http://%s:%v\"",
+    ] {
+        assert!(helpers.contains(needle), "_helpers.tpl lacks `{needle}`");
+    }
+    let values = yaml_file("values.yaml");
+    assert_eq!(values["log"], serde_json::json!({"level": "info", "format": "text"}));
+    assert_eq!(values["server"]["retention"], "30d");
+    assert_eq!(values["server"]["retentionMaxDisk"], "0 B");
+    assert_eq!(values["mqtt"]["listener"]["enabled"], true);
+    assert_eq!(values["mqtt"]["listener"]["username"], "devices");
+    assert_eq!(values["mqtt"]["topics"], serde_json::json!([]));
+    assert_eq!(values["mqtt"]["broker"]["url"], "");
+    assert_eq!(values["server"]["extraConfig"], "");
+    assert_eq!(values["agent"]["server"], "");
+    assert_eq!(values["agent"]["podsDir"], "/var/log/pods");
+    assert_eq!(values["agent"]["stateDir"], "/var/lib/lumen-agent");
+    assert_eq!(values["agent"]["scrapeTargets"], serde_json::json!([]));
+    assert_eq!(values["agent"]["scrapeInterval"], "15s");
+    assert_eq!(values["agent"]["nodeMetrics"], true);
+    assert_eq!(values["agent"]["hostProcSys"], true);
+    assert_eq!(values["agent"]["extraConfig"], "");
+    assert_eq!(values["fullnameOverride"], "");
+}
