@@ -108,9 +108,12 @@ fn the_compose_file_wires_lumen_grafana_and_the_secrets_from_env() {
         .status()
         .unwrap();
     assert!(ignored.success(), "deploy/compose/.env must be git-ignored");
-    // The config the container runs with passes the server's own check.
-    let out = run_lumen(&["config", "check", "--config", repo("deploy/compose/lumen.toml").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The configs the containers run with pass the server's own check.
+    for file in ["deploy/compose/lumen.toml", "deploy/compose/agent.toml"] {
+        let out = run_lumen(&["config", "check", "--config", repo(file).to_str().unwrap()]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(services["agent"]["command"][0], "agent", "an agent scrapes Lumen's own metrics");
     let mosquitto = std::fs::read_to_string(repo("deploy/compose/mosquitto.conf")).unwrap();
     assert!(mosquitto.contains("allow_anonymous false") && mosquitto.contains("max_queued_messages 1000000"));
 }

@@ -7,6 +7,8 @@ mod config;
 #[cfg(feature = "external-tests")]
 mod deploy;
 #[cfg(feature = "external-tests")]
+mod deploy_grafana;
+#[cfg(feature = "external-tests")]
 mod deploy_helm;
 #[cfg(feature = "external-tests")]
 mod deploy_kustomize;
