@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
-
 use crate::harness::{ServerProcess, free_addr};
+use crate::yaml::yaml_file;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -63,20 +62,9 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
     assert!(ignore.lines().any(|l| l.trim() == "target/"), "the build context leaves target/ out");
 }
 
-/// A YAML file as JSON, through PyYAML (installed with kubernetes-validate by scripts/test).
-fn yaml(path: &Path) -> Value {
-    let out = Command::new("python3")
-        .args(["-c", "import sys,yaml,json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
-        .arg(path)
-        .output()
-        .expect("python3 runs");
-    assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn the_compose_file_wires_lumen_grafana_and_the_secrets_from_env() {
-    let compose = yaml(&repo("deploy/compose/docker-compose.yml"));
+    let compose = yaml_file(&repo("deploy/compose/docker-compose.yml"));
     let services = &compose["services"];
     let lumen = &services["lumen"];
     assert_eq!(lumen["build"]["dockerfile"], "deploy/Dockerfile");

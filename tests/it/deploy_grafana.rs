@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
+
+use crate::yaml::yaml_file;
 
 const LOGS_UID: &str = "lumen-logs";
 const METRICS_UID: &str = "lumen-metrics";
@@ -338,20 +339,9 @@ fn parsers_reject_broken_queries() {
     assert!(parse(Lang::LogQL, r#"{namespace=~".+"} |~ """#).is_ok());
 }
 
-/// YAML as JSON, through python3 and PyYAML.
-fn yaml(path: &Path) -> Value {
-    let out = Command::new("python3")
-        .args(["-c", "import sys, yaml, json; print(json.dumps(yaml.safe_load(sys.stdin)))"])
-        .stdin(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .output()
-        .expect("this test needs python3 with PyYAML");
-    assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn provisioning_names_both_data_sources_and_the_dashboards() {
-    let ds = yaml(&grafana_dir().join("provisioning/datasources/lumen.yaml"));
+    let ds = yaml_file(&grafana_dir().join("provisioning/datasources/lumen.yaml"));
     assert_eq!(ds["apiVersion"], 1);
     let list = ds["datasources"].as_array().unwrap();
     assert_eq!(list.len(), 2);
@@ -369,7 +359,7 @@ fn provisioning_names_both_data_sources_and_the_dashboards() {
     assert_eq!(metrics["jsonData"]["prometheusType"], "Prometheus");
     assert_eq!(metrics["jsonData"]["timeInterval"], "15s");
 
-    let providers = yaml(&grafana_dir().join("provisioning/dashboards/lumen.yaml"));
+    let providers = yaml_file(&grafana_dir().join("provisioning/dashboards/lumen.yaml"));
     assert_eq!(providers["apiVersion"], 1);
     let p = &providers["providers"][0];
     assert_eq!(p["type"], "file");

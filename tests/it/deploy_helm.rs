@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+use crate::yaml::yaml_documents;
+
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/lumen")
 }
@@ -40,13 +42,6 @@ fn python(script: &str, args: &[&Path], stdin: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// The YAML documents of `text` as JSON values (None documents left out), through PyYAML.
-fn yaml_documents(text: &str) -> Vec<Value> {
-    let script = "import sys, yaml, json\n\
-                  print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))";
-    serde_json::from_str(&python(script, &[], text)).unwrap()
 }
 
 fn yaml_file(rel: &str) -> Value {

@@ -3,11 +3,12 @@
 //! offline), the objects carry what the deployment depends on, and the config files pass
 //! `lumen config check`. Needs kubectl, kubernetes-validate and python3 with PyYAML.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
+
+use crate::yaml::yaml_documents;
 
 const BASE: &str = "base";
 const DEV: &str = "overlays/dev";
@@ -28,25 +29,6 @@ fn render(sub: &str) -> String {
         .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
     assert!(out.status.success(), "kubectl kustomize {sub} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// The YAML documents as JSON values, through python3 and PyYAML.
-fn documents(yaml: &str) -> Vec<Value> {
-    let script = "import sys, yaml, json\n\
-                  print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
-    // Python reads all of stdin before it writes, so writing first cannot deadlock; the handle is
-    // dropped at the end of the statement, which closes the pipe.
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python3 (PyYAML) failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `kubernetes-validate -k 1.33.0 --strict FILE`, asserting success and that every object was checked
@@ -172,7 +154,7 @@ fn every_kustomization_renders_and_validates_against_kubernetes_1_33() {
     let dir = tempfile::tempdir().unwrap();
     for sub in ALL {
         let yaml = render(sub);
-        let objects = documents(&yaml).len();
+        let objects = yaml_documents(&yaml).len();
         assert!(objects >= 9, "{sub}: only {objects} objects rendered");
         let file = dir.path().join(format!("{}.yaml", sub.replace('/', "-")));
         std::fs::write(&file, &yaml).unwrap();
@@ -185,7 +167,7 @@ fn every_kustomization_renders_and_validates_against_kubernetes_1_33() {
 #[test]
 fn rendered_manifests_hold_what_the_deployment_needs() {
     for sub in ALL {
-        let docs = documents(&render(sub));
+        let docs = yaml_documents(&render(sub));
         let what = |s: &str| format!("{sub}: {s}");
 
         // Every object is part of lumen and, unless cluster-scoped, in namespace lumen; no Secret is committed.
@@ -367,7 +349,7 @@ fn kustomize_config_files_pass_config_check() {
     // And what the overlays actually put into the ConfigMaps.
     let dir = tempfile::tempdir().unwrap();
     for sub in ALL {
-        let docs = documents(&render(sub));
+        let docs = yaml_documents(&render(sub));
         for prefix in ["lumen-server-config", "lumen-agent-config"] {
             let file = dir.path().join(format!("{}-{prefix}.toml", sub.replace('/', "-")));
             std::fs::write(&file, str_of(&config_map(&docs, prefix)["data"]["config.toml"], prefix)).unwrap();

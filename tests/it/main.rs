@@ -24,3 +24,5 @@ mod prom_api;
 #[cfg(feature = "external-tests")]
 mod prometheus_compare;
 mod retention;
+#[cfg(feature = "external-tests")]
+mod yaml;
