@@ -20,6 +20,7 @@ pub struct Config {
     pub query: query::QueryConfig,
     pub agent: collector::AgentConfig,
     pub mqtt: ingest_mqtt::MqttConfig,
+    pub otlp: ingest_otlp::OtlpConfig,
 }
 
 /// `[log]`: the server's own logs.
@@ -53,7 +54,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// HTTP listen address: ingest, query, /metrics, /health, /ready.
     pub http_addr: SocketAddr,
-    /// OTLP gRPC listen address (accepted now, served once OTLP ingest lands).
+    /// OTLP gRPC listen address (logs and metrics `Export`); OTLP over HTTP is on `http_addr`.
     pub otlp_grpc_addr: SocketAddr,
     /// Embedded MQTT endpoint address (devices publish here directly), or "off".
     pub mqtt_listen: String,
@@ -128,6 +129,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.store.validate().map_err(anyhow::Error::msg)?;
         self.mqtt.validate().map_err(anyhow::Error::msg)?;
+        self.otlp.validate().map_err(anyhow::Error::msg)?;
         let s = &self.server;
         if s.mqtt_listen != "off" && s.mqtt_listen.parse::<SocketAddr>().is_err() {
             bail!("server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"", s.mqtt_listen);

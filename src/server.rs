@@ -20,11 +20,14 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The bound address of the embedded MQTT endpoint, when it listens.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The bound OTLP gRPC address.
+    pub otlp_grpc_addr: SocketAddr,
     pub store: LogStore,
     pub metric_store: MetricStore,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     http: JoinHandle<std::io::Result<()>>,
+    otlp_grpc: JoinHandle<Result<(), ingest_otlp::GrpcError>>,
     mqtt: Vec<JoinHandle<()>>,
     mqtt_shutdown: CancellationToken,
     engine: JoinHandle<store::Result<()>>,
@@ -74,7 +77,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .await
     .map_err(anyhow::Error::msg)
     .context("cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtt-broker, --mqtt-topic)")?;
-    tracing::info!(addr = %s.otlp_grpc_addr, "OTLP gRPC is configured; it is not served by this version yet");
+    let otlp = ingest_otlp::Otlp::new(
+        store.clone(),
+        metric_store.clone(),
+        ingest_otlp::Settings {
+            config: config.otlp.clone(),
+            limits: config.wire_limits(),
+            retention: s.retention,
+            max_labels_per_series: s.max_labels_per_series,
+        },
+        &mut registry,
+    );
+    let grpc_listener = tokio::net::TcpListener::bind(s.otlp_grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.otlp_grpc_addr / --otlp-grpc-addr)", s.otlp_grpc_addr))?;
+    let otlp_grpc_addr = grpc_listener.local_addr()?;
 
     let ready = Arc::new(AtomicBool::new(true));
     let app = AppState {
@@ -93,22 +110,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config: config.query.clone(),
         metrics: query_metrics,
     };
-    let router = crate::http::router(app, query);
+    let router = crate::http::router(app, query).merge(ingest_otlp::router(otlp.clone()));
     let http = tokio::spawn({
         let token = shutdown.clone();
         async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
+    let otlp_grpc = tokio::spawn(ingest_otlp::serve_grpc(grpc_listener, otlp, shutdown.clone()));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
-    tracing::info!(%http_addr, data_dir = %s.data_dir.display(), "lumen server started");
+    tracing::info!(%http_addr, %otlp_grpc_addr, data_dir = %s.data_dir.display(), "lumen server started");
     Ok(Running {
         http_addr,
         mqtt_addr: mqtt.endpoint_addr,
+        otlp_grpc_addr,
         store,
         metric_store,
         shutdown,
         ready,
         http,
+        otlp_grpc,
         mqtt: mqtt.tasks,
         mqtt_shutdown,
         engine,
@@ -131,6 +151,7 @@ impl Running {
         }
         self.shutdown.cancel();
         self.http.await.context("http server task failed")?.context("http server failed")?;
+        self.otlp_grpc.await.context("OTLP gRPC task failed")?.context("OTLP gRPC server failed")?;
         let logs = self.engine.await.context("store task failed")?.context("final flush failed");
         let metrics =
             self.metric_engine.await.context("metric store task failed")?.context("final metric flush failed");

@@ -34,11 +34,12 @@ pub fn loghub() -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// A config for a test server: loopback port 0, a temporary directory, MQTT off.
+/// A config for a test server: loopback port 0 (HTTP and OTLP gRPC), a temporary directory, MQTT off.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.data_dir = dir.to_path_buf();
     c.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    c.server.otlp_grpc_addr = "127.0.0.1:0".parse().unwrap();
     c.server.mqtt_listen = "off".to_string();
     c
 }
@@ -107,11 +108,14 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(data_dir: &Path, addr: SocketAddr, extra: &[&str]) -> ServerProcess {
-        // MQTT is off unless the test asks for it.
+        // MQTT is off unless the test asks for it; OTLP gRPC takes any free port unless it names one.
         let mqtt: &[&str] = if extra.contains(&"--mqtt-listen") { &[] } else { &["--mqtt-listen", "off"] };
+        let grpc: &[&str] =
+            if extra.contains(&"--otlp-grpc-addr") { &[] } else { &["--otlp-grpc-addr", "127.0.0.1:0"] };
         let child = Command::new(env!("CARGO_BIN_EXE_lumen"))
             .arg("server")
             .args(mqtt)
+            .args(grpc)
             .args(["--http-addr", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)

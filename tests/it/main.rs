@@ -20,6 +20,7 @@ mod ingest;
 mod loki_api;
 #[cfg(feature = "external-tests")]
 mod mqtt;
+mod otlp;
 mod prom_api;
 #[cfg(feature = "external-tests")]
 mod prometheus_compare;

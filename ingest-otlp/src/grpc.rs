@@ -1,0 +1,241 @@
+//! OTLP/gRPC: the logs and metrics `Export` services on tonic, at `server.otlp_grpc_addr`.
+//!
+//! The services are written out here rather than taken from generated server code for one reason: a
+//! request that does not decode must fail with `INVALID_ARGUMENT` (OTLP clients drop it instead of
+//! retrying), and tonic's stock protobuf codec reports decode errors as `INTERNAL`. The codec below
+//! decodes the same prost messages and says what was wrong. gzip requests are accepted; the tenant
+//! comes from the `x-scope-orgid` metadata, as over HTTP.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use prost::Message;
+use store::model::Tenant;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::server::{NamedService, UnaryService};
+use tonic::{Status, transport::server::TcpIncoming};
+
+use crate::{ExportError, Exported, Otlp, Transport};
+
+/// The tenant header, as HTTP ingest and Loki name it (gRPC metadata keys are lower case).
+pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
+
+/// Serves both services on `listener` until `shutdown`.
+///
+/// # Errors
+/// tonic's transport error, when serving fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    otlp: Arc<Otlp>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(ExportService::<Logs>::new(otlp.clone()))
+        .add_service(ExportService::<Metrics>::new(otlp))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// A prost codec whose decode errors are `INVALID_ARGUMENT`.
+struct OtlpCodec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
+
+impl<Req, Resp> Default for OtlpCodec<Req, Resp> {
+    fn default() -> Self {
+        OtlpCodec(PhantomData)
+    }
+}
+
+struct Enc<T>(PhantomData<fn() -> T>);
+struct Dec<T>(PhantomData<fn() -> T>);
+
+impl<T: Message> Encoder for Enc<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf).map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+impl<T: Message + Default> Decoder for Dec<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
+        T::decode(buf).map(Some).map_err(|e| {
+            Status::invalid_argument(format!("nothing of this request was stored: invalid OTLP protobuf: {e}"))
+        })
+    }
+}
+
+impl<Req, Resp> Codec for OtlpCodec<Req, Resp>
+where
+    Req: Message + Default + Send + 'static,
+    Resp: Message + Send + 'static,
+{
+    type Encode = Resp;
+    type Decode = Req;
+    type Encoder = Enc<Resp>;
+    type Decoder = Dec<Req>;
+
+    fn encoder(&mut self) -> Enc<Resp> {
+        Enc(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Dec<Req> {
+        Dec(PhantomData)
+    }
+}
+
+/// One of the two signals: its service name, messages and export call.
+trait Signal: Send + Sync + 'static {
+    const SERVICE: &'static str;
+    const METHOD: &'static str;
+    const NAME: &'static str;
+    type Request: Message + Default + Send + 'static;
+    type Response: Message + Send + 'static;
+
+    fn export(
+        otlp: Arc<Otlp>,
+        tenant: Tenant,
+        req: Self::Request,
+    ) -> impl Future<Output = Result<Self::Response, ExportError>> + Send;
+}
+
+struct Logs;
+struct Metrics;
+
+impl Signal for Logs {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const METHOD: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const NAME: &'static str = "logs";
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+
+    async fn export(otlp: Arc<Otlp>, tenant: Tenant, req: Self::Request) -> Result<Self::Response, ExportError> {
+        let Exported { rejected, message } = otlp.export_logs(Transport::Grpc, &tenant, &req).await?;
+        Ok(ExportLogsServiceResponse {
+            partial_success: (rejected > 0)
+                .then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),
+        })
+    }
+}
+
+impl Signal for Metrics {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const METHOD: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const NAME: &'static str = "metrics";
+    type Request = ExportMetricsServiceRequest;
+    type Response = ExportMetricsServiceResponse;
+
+    async fn export(otlp: Arc<Otlp>, tenant: Tenant, req: Self::Request) -> Result<Self::Response, ExportError> {
+        let Exported { rejected, message } = otlp.export_metrics(Transport::Grpc, &tenant, &req).await?;
+        Ok(ExportMetricsServiceResponse {
+            partial_success: (rejected > 0)
+                .then_some(ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message }),
+        })
+    }
+}
+
+/// The tower service of one signal, as tonic's router takes it.
+struct ExportService<S> {
+    otlp: Arc<Otlp>,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S> ExportService<S> {
+    fn new(otlp: Arc<Otlp>) -> Self {
+        ExportService { otlp, signal: PhantomData }
+    }
+}
+
+impl<S> Clone for ExportService<S> {
+    fn clone(&self) -> Self {
+        ExportService::new(self.otlp.clone())
+    }
+}
+
+impl<S: Signal> NamedService for ExportService<S> {
+    const NAME: &'static str = S::SERVICE;
+}
+
+/// The unary call: tenant from metadata, then export.
+struct Unary<S>(Arc<Otlp>, PhantomData<fn() -> S>);
+
+impl<S: Signal> UnaryService<S::Request> for Unary<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<tonic::Response<S::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<S::Request>) -> Self::Future {
+        let otlp = self.0.clone();
+        Box::pin(async move {
+            let tenant = match request.metadata().get(TENANT_HEADER) {
+                None => Tenant::default_tenant(),
+                Some(v) => {
+                    let v = v.to_str().map_err(|_| {
+                        otlp.rejected_request(S::NAME, Transport::Grpc, "invalid_argument");
+                        Status::invalid_argument("x-scope-orgid is not valid ASCII")
+                    })?;
+                    Tenant::new(v.trim()).map_err(|e| {
+                        otlp.rejected_request(S::NAME, Transport::Grpc, "invalid_argument");
+                        Status::invalid_argument(e.to_string())
+                    })?
+                }
+            };
+            match S::export(otlp.clone(), tenant, request.into_inner()).await {
+                Ok(resp) => Ok(tonic::Response::new(resp)),
+                Err(e) => {
+                    tracing::error!(error = %e, signal = S::NAME, "could not store an OTLP request");
+                    let status = if e.is_client_error() {
+                        Status::invalid_argument(e.to_string())
+                    } else {
+                        // OTLP clients retry UNAVAILABLE with backoff.
+                        Status::unavailable(e.to_string())
+                    };
+                    otlp.rejected_request(S::NAME, Transport::Grpc, &format!("{:?}", status.code()).to_lowercase());
+                    Err(status)
+                }
+            }
+        })
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for ExportService<S>
+where
+    S: Signal,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let otlp = self.otlp.clone();
+        Box::pin(async move {
+            if req.uri().path() != S::METHOD {
+                return Ok(
+                    Status::unimplemented(format!("{} has no method {}", S::SERVICE, req.uri().path())).into_http()
+                );
+            }
+            let limit = otlp.max_message_bytes();
+            let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S::Request, S::Response>::default())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit);
+            Ok(grpc.unary(Unary::<S>(otlp, PhantomData), req).await)
+        })
+    }
+}

@@ -1,0 +1,114 @@
+"""A real OpenTelemetry client for tests/it/otlp.rs: the OpenTelemetry Python SDK and its OTLP exporters.
+
+usage: otlp_client.py grpc <endpoint> <service> <tenant>
+       otlp_client.py http - <service> <tenant>      (the base URL comes from OTEL_EXPORTER_OTLP_ENDPOINT)
+       otlp_client.py bad-grpc <host:port>
+
+grpc/http send logs through Python's logging module (some inside a span, so they carry trace ids) and
+metrics of every instrument kind, gzip-compressed, then print what they sent as JSON. The http run
+exports its counter with delta temporality, twice. bad-grpc sends bytes that are no protobuf to the
+logs Export method and prints the status code and message it got back.
+"""
+
+import json
+import logging
+import sys
+
+from opentelemetry.sdk.resources import Resource
+
+
+def send(transport, endpoint, service, tenant):
+    from opentelemetry.metrics import Observation
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    from opentelemetry.sdk.metrics import Counter, MeterProvider
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if transport == "grpc":
+        from grpc import Compression
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        common = dict(endpoint=endpoint, insecure=True, headers={"x-scope-orgid": tenant},
+                      compression=Compression.Gzip)
+        temporality = {}
+    else:
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        # No endpoint: the exporters append /v1/logs and /v1/metrics to OTEL_EXPORTER_OTLP_ENDPOINT.
+        common = dict(headers={"X-Scope-OrgID": tenant}, compression=Compression.Gzip)
+        temporality = {Counter: AggregationTemporality.DELTA}
+
+    resource = Resource.create({
+        "service.name": service,
+        "service.instance.id": f"{service}-1",
+        "k8s.namespace.name": "shop",
+        "host.name": "node-7",
+    })
+
+    log_exporter = OTLPLogExporter(**common)
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+    handler = LoggingHandler(level=logging.DEBUG, logger_provider=logger_provider)
+    log = logging.getLogger(f"checkout.{transport}")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    log.propagate = False
+
+    tracer = TracerProvider(resource=resource).get_tracer("checkout")
+    trace_id = None
+    for i in range(50):
+        log.info("order %d placed", i, extra={"order.id": i, "payment.method": "card"})
+    with tracer.start_as_current_span("charge") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        log.error("payment declined for order 7", extra={"order.id": 7})
+    log.warning("stock low")
+    logger_provider.force_flush()
+    logger_provider.shutdown()
+
+    metric_exporter = OTLPMetricExporter(preferred_temporality=temporality, **common)
+    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=3_600_000)
+    views = [View(instrument_name="rpc.latency", aggregation=ExponentialBucketHistogramAggregation())]
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=views)
+    meter = meter_provider.get_meter("checkout")
+    orders = meter.create_counter("orders", unit="{order}", description="orders placed")
+    duration = meter.create_histogram("http.server.duration", unit="ms", description="request time")
+    latency = meter.create_histogram("rpc.latency", unit="ms")
+    queue = meter.create_up_down_counter("queue.size", unit="{item}")
+    meter.create_observable_gauge("cpu.utilization", unit="1",
+                                  callbacks=[lambda options: [Observation(0.25, {"cpu": "0"})]])
+    orders.add(5, {"payment.method": "card"})
+    for ms in [3, 7, 12, 40, 90, 250, 700]:
+        duration.record(ms, {"http.route": "/pay"})
+    for ms in range(1, 101):
+        latency.record(ms)
+    queue.add(10)
+    queue.add(-4)
+    reader.force_flush()
+    orders.add(3, {"payment.method": "card"})
+    reader.force_flush()
+    meter_provider.shutdown()
+    print(json.dumps({"trace_id": trace_id, "logs": 52}))
+
+
+def bad_grpc(target):
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    call = channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+    try:
+        call(b"\xff\xff\xff\xff not a protobuf", timeout=10)
+        print(json.dumps({"code": "OK", "message": ""}))
+    except grpc.RpcError as e:
+        print(json.dumps({"code": e.code().name, "message": e.details()}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "bad-grpc":
+        bad_grpc(sys.argv[2])
+    else:
+        send(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])
