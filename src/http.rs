@@ -33,7 +33,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(app: AppState, query: query::http::QueryState) -> Router {
+/// `otlp` is OTLP/HTTP's router (`ingest_otlp::router`), merged here so that the body limit covers it.
+pub fn router(app: AppState, query: query::http::QueryState, otlp: Router) -> Router {
     let limit = app.limits.max_body_bytes;
     let ops = Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -44,6 +45,7 @@ pub fn router(app: AppState, query: query::http::QueryState) -> Router {
     ops.merge(crate::ingest::router())
         .with_state(app)
         .merge(query::http::router(query))
+        .merge(otlp)
         .layer(DefaultBodyLimit::max(limit))
 }
 

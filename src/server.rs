@@ -110,7 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config: config.query.clone(),
         metrics: query_metrics,
     };
-    let router = crate::http::router(app, query).merge(ingest_otlp::router(otlp.clone()));
+    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()));
     let http = tokio::spawn({
         let token = shutdown.clone();
         async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }

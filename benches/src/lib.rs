@@ -70,3 +70,57 @@ pub fn loki_proto_body(lines: &[(String, String)], n: usize, t0: i64) -> Vec<u8>
         .collect();
     encode_protobuf(&PushRequest { streams })
 }
+
+/// OTLP logs: one `ResourceLogs` per stream, its labels as resource attributes under OpenTelemetry's
+/// names (`app` → `service.name`, `namespace` → `k8s.namespace.name`, `pod` → `k8s.pod.name`, `container`
+/// → `k8s.container.name`, `node` → `k8s.node.name`, any other name as it is), each entry a record with
+/// its time and a string body.
+pub fn otlp_logs_request<'a>(
+    streams: impl IntoIterator<Item = (Vec<(String, String)>, Vec<(i64, &'a str)>)>,
+) -> ingest_otlp::proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+    use ingest_otlp::proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use ingest_otlp::proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use ingest_otlp::proto::tonic::resource::v1::Resource;
+    let string = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.to_string())) });
+    let resource_logs = streams
+        .into_iter()
+        .map(|(labels, entries)| {
+            let attributes = labels
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k.as_str() {
+                        "app" => "service.name",
+                        "namespace" => "k8s.namespace.name",
+                        "pod" => "k8s.pod.name",
+                        "container" => "k8s.container.name",
+                        "node" => "k8s.node.name",
+                        other => other,
+                    };
+                    KeyValue { key: key.to_string(), value: string(v), ..Default::default() }
+                })
+                .collect();
+            let log_records = entries
+                .into_iter()
+                .map(|(ns, line)| LogRecord { time_unix_nano: ns as u64, body: string(line), ..Default::default() })
+                .collect();
+            ResourceLogs {
+                resource: Some(Resource { attributes, ..Default::default() }),
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                schema_url: String::new(),
+            }
+        })
+        .collect();
+    ingest_otlp::proto::tonic::collector::logs::v1::ExportLogsServiceRequest { resource_logs }
+}
+
+/// `n` lines as an OTLP logs protobuf body (uncompressed), one resource per app, as
+/// [`loki_proto_body`] has one stream per app.
+pub fn otlp_logs_body(lines: &[(String, String)], n: usize, t0: i64) -> Vec<u8> {
+    use prost::Message;
+    let mut streams: std::collections::BTreeMap<&str, Vec<(i64, &str)>> = Default::default();
+    for (i, (app, line)) in lines.iter().cycle().take(n).enumerate() {
+        streams.entry(app).or_default().push((t0 + i as i64, line));
+    }
+    otlp_logs_request(streams.into_iter().map(|(app, e)| (vec![("app".to_string(), app.to_string())], e)))
+        .encode_to_vec()
+}

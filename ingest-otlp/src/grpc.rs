@@ -122,7 +122,7 @@ impl Signal for Logs {
     type Response = ExportLogsServiceResponse;
 
     async fn export(otlp: Arc<Otlp>, tenant: Tenant, req: Self::Request) -> Result<Self::Response, ExportError> {
-        let Exported { rejected, message } = otlp.export_logs(Transport::Grpc, &tenant, &req).await?;
+        let Exported { rejected, message } = otlp.export_logs(Transport::Grpc, &tenant, req).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (rejected > 0)
                 .then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),

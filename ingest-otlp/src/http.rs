@@ -156,7 +156,7 @@ async fn logs(State(otlp): State<Arc<Otlp>>, headers: HeaderMap, body: Bytes) ->
         Ok(d) => d,
         Err(r) => return *r,
     };
-    match otlp.export_logs(Transport::Http, &tenant, &req).await {
+    match otlp.export_logs(Transport::Http, &tenant, req).await {
         Ok(Exported { rejected, message }) => {
             let partial_success = (rejected > 0)
                 .then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message });

@@ -196,7 +196,7 @@ impl Otlp {
         &self,
         transport: Transport,
         tenant: &Tenant,
-        req: &ExportLogsServiceRequest,
+        req: ExportLogsServiceRequest,
     ) -> Result<Exported, ExportError> {
         let now_ns = store::time::now_ns();
         let retention = i64::try_from(self.retention.as_nanos()).unwrap_or(i64::MAX);

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use store::model::{Labels, LogBatch, LogEntry};
 use store::wire::Limits;
@@ -162,21 +162,22 @@ fn resource_parts(
 }
 
 /// Translates a request; `now_ns` stamps records that carry no time.
-pub fn translate(req: &ExportLogsServiceRequest, mapping: &StreamMapping, limits: &Limits, now_ns: i64) -> LogsOutcome {
+/// The request is taken by value so that bodies move into the batch instead of being copied.
+pub fn translate(req: ExportLogsServiceRequest, mapping: &StreamMapping, limits: &Limits, now_ns: i64) -> LogsOutcome {
     let mut out = LogsOutcome::default();
     let mut index = 0usize;
-    for rl in &req.resource_logs {
+    for rl in req.resource_logs {
         let attributes = rl.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
         let (labels, resource_fields) = resource_parts(attributes, mapping, limits.max_labels);
         let stream = out.batch.stream_index(labels);
-        for sl in &rl.scope_logs {
+        for sl in rl.scope_logs {
             let mut base = resource_fields.clone();
             base.extend(scope_fields(sl.scope.as_ref()));
-            for record in &sl.log_records {
+            for mut record in sl.log_records {
                 out.total += 1;
                 let i = index;
                 index += 1;
-                if let Some(entry) = entry(record, stream, &base, limits, now_ns, i, &mut out) {
+                if let Some(entry) = entry(&mut record, stream, &base, limits, now_ns, i, &mut out) {
                     out.batch.entries.push(entry);
                 }
             }
@@ -186,7 +187,7 @@ pub fn translate(req: &ExportLogsServiceRequest, mapping: &StreamMapping, limits
 }
 
 fn entry(
-    record: &LogRecord,
+    record: &mut LogRecord,
     stream: u32,
     base: &[(String, String)],
     limits: &Limits,
@@ -194,9 +195,9 @@ fn entry(
     index: usize,
     out: &mut LogsOutcome,
 ) -> Option<LogEntry> {
-    let line = match record.body.as_ref().and_then(|b| b.value.as_ref()) {
-        Some(Value::StringValue(s)) => s.clone(),
-        _ => value::text(record.body.as_ref()),
+    let line = match record.body.take().and_then(|b| b.value) {
+        Some(Value::StringValue(s)) => s,
+        other => value::text(Some(&AnyValue { value: other })),
     };
     if line.len() > limits.max_line_bytes {
         out.reject(
@@ -237,7 +238,7 @@ fn entry(
         fields.push(("span_id".to_string(), s));
     }
     if !record.event_name.is_empty() {
-        fields.push(("event_name".to_string(), record.event_name.clone()));
+        fields.push(("event_name".to_string(), std::mem::take(&mut record.event_name)));
     }
     dedup_last_wins(&mut fields);
     Some(LogEntry { stream, time_ns, line, fields })
@@ -245,7 +246,7 @@ fn entry(
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::KeyValueList;
     use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -303,7 +304,7 @@ mod tests {
             ],
             vec![record],
         );
-        let out = translate(&req, &mapping(), &Limits::default(), 5);
+        let out = translate(req, &mapping(), &Limits::default(), 5);
         assert_eq!(out.total, 1);
         assert_eq!(out.rejected, 0);
         let labels: Vec<_> = out.batch.streams[0].labels.iter().collect();
@@ -347,7 +348,7 @@ mod tests {
             },
             LogRecord { body: Some(AnyValue { value: Some(Value::DoubleValue(1.5)) }), ..Default::default() },
         ];
-        let out = translate(&request(vec![], records), &mapping(), &Limits::default(), 777);
+        let out = translate(request(vec![], records), &mapping(), &Limits::default(), 777);
         let [a, b] = &out.batch.entries[..] else { panic!("two entries") };
         assert_eq!(a.line, r#"{"user":"ann","n":3}"#);
         assert_eq!(a.time_ns, 42, "observed time when the record has none");
@@ -368,7 +369,7 @@ mod tests {
             LogRecord { body: body("old"), time_unix_nano: 50, ..Default::default() },
             LogRecord { body: body("new"), time_unix_nano: 5_000, ..Default::default() },
         ];
-        let out = translate(&request(vec![kv("service.name", "s")], records), &mapping(), &limits, 500);
+        let out = translate(request(vec![kv("service.name", "s")], records), &mapping(), &limits, 500);
         assert_eq!((out.total, out.rejected, out.batch.entries.len()), (4, 3, 1));
         assert_eq!(out.batch.entries[0].line, "ok");
         assert!(out.message.contains("log record 1: body of 20 bytes"), "{}", out.message);
@@ -392,12 +393,12 @@ mod tests {
             kv("k8s.pod.name", "d"),
         ];
         let limits = Limits { max_labels: 3, ..Limits::default() };
-        let out = translate(&request(attrs.clone(), vec![LogRecord::default()]), &mapping(), &limits, 1);
+        let out = translate(request(attrs.clone(), vec![LogRecord::default()]), &mapping(), &limits, 1);
         let labels: Vec<_> = out.batch.streams[0].labels.iter().map(|(k, _)| k.to_string()).collect();
         assert_eq!(labels, vec!["k8s_namespace_name", "service_name", "service_namespace"]);
         let fields: Vec<_> = out.batch.entries[0].fields.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(fields, vec!["k8s_pod_name", "scope_name", "scope_version"]);
-        let out = translate(&request(attrs[1..].to_vec(), vec![LogRecord::default()]), &mapping(), &limits, 1);
+        let out = translate(request(attrs[1..].to_vec(), vec![LogRecord::default()]), &mapping(), &limits, 1);
         let labels: Vec<_> = out.batch.streams[0].labels.iter().map(|(k, _)| k.to_string()).collect();
         assert_eq!(
             labels,

@@ -198,6 +198,14 @@ async fn otlp_http_protobuf_json_and_gzip_are_stored_and_queryable() {
     assert_eq!(lines(&errors), vec!["retrying"]);
     assert!(logql(&server, "default", r#"{service_name="checkout"}"#).await.is_empty(), "tenants are apart");
 
+    // Bodies up to server.max_request_size (64 MiB) are taken, not only axum's default 2 MiB.
+    let big_line = "y".repeat(10_000);
+    let big = logs_request("bulk", &vec![big_line.as_str(); 400]).encode_to_vec();
+    assert!(big.len() > 3 << 20);
+    let r = post(&server, "/v1/logs", "application/x-protobuf", "acme", big, false).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(lines(&logql(&server, "acme", r#"{service_name="bulk"}"#).await).len(), 400);
+
     // Metrics, protobuf and gzip, to Prometheus' OTLP path; and JSON to /v1/metrics.
     let req = metrics_request("heating");
     let r = post(&server, "/api/v1/otlp/v1/metrics", "application/x-protobuf", "acme", req.encode_to_vec(), true).await;
