@@ -2,7 +2,11 @@
 //! PromQL; bad payloads refused whole. The `external-tests` half drives the OpenTelemetry Python SDK's
 //! own exporters (tests/it/otlp_client.py) against a server.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ingest_otlp::proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use ingest_otlp::proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
@@ -16,7 +20,7 @@ use ingest_otlp::proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde_json::Value;
 
-use crate::harness::{TestServer, test_config};
+use crate::harness::{ServerProcess, TestServer, free_addr, sql_rows, test_config};
 
 fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue { key: k.into(), value: Some(AnyValue { value: Some(Any::StringValue(v.into())) }), ..Default::default() }
@@ -336,6 +340,82 @@ async fn otlp_bad_payloads_are_refused_whole_and_store_nothing() {
         "{metrics}"
     );
     server.stop().await;
+}
+
+/// An OTLP 200 means fsynced: writers send numbered records over OTLP/HTTP until a real server process is
+/// killed with SIGKILL; after the restart every acknowledged request is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_acknowledged_records_survive_kill_9() {
+    const RECORDS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lumen.toml");
+    std::fs::write(&config, "[store]\nhead_max_size = \"1 MiB\"\n[query]\nsql_max_rows = 1000000\n").unwrap();
+    let cfg = config.to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::spawn(&data, free_addr(), &["--config", &cfg]);
+    server.wait_ready().await;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (base, acked, stop) = (server.base.clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut q = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("w{w}-q{q}");
+                let bodies: Vec<String> = (0..RECORDS).map(|i| format!("{id}-r{i}")).collect();
+                let mut req =
+                    logs_request(&format!("writer-{w}"), &bodies.iter().map(String::as_str).collect::<Vec<_>>());
+                for r in &mut req.resource_logs[0].scope_logs[0].log_records {
+                    r.attributes = vec![kv("req", &id)];
+                }
+                let res = client
+                    .post(format!("{base}/v1/logs"))
+                    .header("Content-Type", "application/x-protobuf")
+                    .body(req.encode_to_vec())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status() == 200 => acked.lock().unwrap().push(id),
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => break, // killed mid-request: not acknowledged
+                }
+                q += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "only {} requests were acknowledged", acked.len());
+
+    let mut server = ServerProcess::spawn(&data, free_addr(), &["--config", &cfg]);
+    server.wait_ready().await;
+    let rows = sql_rows(
+        &reqwest::Client::new(),
+        &server.base,
+        "default",
+        "SELECT req, count(*) AS n, count(DISTINCT message) AS d FROM logs GROUP BY req",
+    )
+    .await;
+    let stored: HashMap<String, (i64, i64)> = rows
+        .iter()
+        .map(|r| (r["req"].as_str().unwrap().to_string(), (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())))
+        .collect();
+    let want = (RECORDS as i64, RECORDS as i64);
+    for id in &acked {
+        assert_eq!(stored.get(id), Some(&want), "acknowledged request {id} is not stored exactly once");
+    }
+    for (id, got) in &stored {
+        assert_eq!(got, &want, "request {id} was stored partly or twice");
+    }
+    server.terminate();
 }
 
 /// `google.rpc.Status`, as OTLP/HTTP error bodies carry it.

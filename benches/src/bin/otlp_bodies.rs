@@ -26,6 +26,9 @@ struct Args {
     loki_proto: Option<PathBuf>,
 }
 
+/// A stream's labels and its entries (time in ns, line).
+type Stream<'a> = (Vec<(String, String)>, Vec<(i64, &'a str)>);
+
 fn write(dir: &Path, name: &str, body: &[u8]) {
     std::fs::write(dir.join(name), body).unwrap_or_else(|e| panic!("writing {}: {e}", dir.display()));
 }
@@ -49,7 +52,7 @@ fn main() {
     let mut bytes = [0usize; 3];
     for name in &names {
         let body: Value = serde_json::from_slice(&std::fs::read(args.input.join(name)).unwrap()).unwrap();
-        let streams: Vec<(Vec<(String, String)>, Vec<(i64, &str)>)> = body["streams"]
+        let streams: Vec<Stream<'_>> = body["streams"]
             .as_array()
             .unwrap()
             .iter()
