@@ -455,6 +455,7 @@ fn mqtt(c: &mut Criterion) {
 fn otlp(c: &mut Criterion) {
     use ingest_otlp::logs::{StreamMapping, translate};
     use ingest_otlp::proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use ingest_otlp::proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use prost::Message;
     let lines = loghub_lines();
     let t0 = store::time::now_ns();
@@ -469,7 +470,92 @@ fn otlp(c: &mut Criterion) {
             translate(req, &mapping, &Limits::default(), t0)
         })
     });
+    // Metrics as an SDK exports them: 200 series of a counter and 200 of a 15-bucket histogram, each with
+    // three attributes, under one resource; per output sample (4,000: 200 + 200 × 19).
+    let req = otlp_metrics_request(200);
+    let body = req.encode_to_vec();
+    let mapping = ingest_otlp::metrics::MetricMapping::new(&ingest_otlp::OtlpConfig::default(), 40);
+    let samples = ingest_otlp::metrics::translate(&req, &mapping, t0 / 1_000_000).samples.len();
+    g.throughput(Throughput::Elements(samples as u64));
+    g.bench_function(format!("decode_translate_metrics/{samples}"), |b| {
+        b.iter(|| {
+            let req = ExportMetricsServiceRequest::decode(&body[..]).unwrap();
+            ingest_otlp::metrics::translate(&req, &mapping, t0 / 1_000_000)
+        })
+    });
     g.finish();
+}
+
+fn otlp_metrics_request(
+    series: usize,
+) -> ingest_otlp::proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+    use ingest_otlp::proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use ingest_otlp::proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use ingest_otlp::proto::tonic::metrics::v1::{
+        Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
+        number_data_point,
+    };
+    use ingest_otlp::proto::tonic::resource::v1::Resource;
+    let kv = |k: &str, v: String| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(Value::StringValue(v)) }),
+        ..Default::default()
+    };
+    let attrs = |i: usize| {
+        vec![
+            kv("http.route", format!("/api/{}", i % 40)),
+            kv("http.method", "GET".into()),
+            kv("http.status_code", format!("{}", 200 + i % 5)),
+        ]
+    };
+    let t = store::time::now_ns() as u64;
+    let counter = (0..series)
+        .map(|i| NumberDataPoint {
+            attributes: attrs(i),
+            time_unix_nano: t,
+            value: Some(number_data_point::Value::AsInt(i as i64)),
+            ..Default::default()
+        })
+        .collect();
+    let bounds = vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0];
+    let hist = (0..series)
+        .map(|i| HistogramDataPoint {
+            attributes: attrs(i),
+            time_unix_nano: t,
+            count: 160,
+            sum: Some(12.5),
+            bucket_counts: vec![10; bounds.len() + 1],
+            explicit_bounds: bounds.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let metrics = vec![
+        Metric {
+            name: "http.server.requests".into(),
+            data: Some(Data::Sum(Sum { data_points: counter, aggregation_temporality: 2, is_monotonic: true })),
+            ..Default::default()
+        },
+        Metric {
+            name: "http.server.request.duration".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram { data_points: hist, aggregation_temporality: 2 })),
+            ..Default::default()
+        },
+    ];
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "api".into()),
+                    kv("service.instance.id", "api-1".into()),
+                    kv("host.name", "node-1".into()),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+            schema_url: String::new(),
+        }],
+    }
 }
 
 criterion_group!(benches, decode, append, flush, logql, metrics, agent, mqtt, otlp);

@@ -34,6 +34,9 @@ use crate::value;
 /// Prometheus' stale marker: a NaN that queries read as "the series ended here".
 pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 const NO_RECORDED_VALUE: u32 = 1;
+/// The label limits remote write applies too.
+const MAX_NAME_LEN: usize = 1024;
+const MAX_VALUE_LEN: usize = 64 * 1024;
 
 /// The translation settings taken from the config.
 #[derive(Debug, Clone)]
@@ -72,6 +75,8 @@ pub struct MetricsOutcome {
     pub rejected: usize,
     pub rejected_by_reason: Vec<(&'static str, usize)>,
     pub message: String,
+    /// Rejections described in `message` (the first five).
+    noted: usize,
     /// What the request said of each metric name, to serve at `/api/v1/metadata`.
     pub metadata: Vec<(String, MetricMetadata)>,
 }
@@ -86,7 +91,8 @@ impl MetricsOutcome {
             Some((_, c)) => *c += n,
             None => self.rejected_by_reason.push((reason, n)),
         }
-        if self.message.matches("; ").count() < 4 {
+        if self.noted < 5 {
+            self.noted += 1;
             if !self.message.is_empty() {
                 self.message.push_str("; ");
             }
@@ -226,6 +232,15 @@ impl PointSink<'_> {
             let max = self.max_labels;
             self.out.reject("too_many_labels", 1, || {
                 format!("metric {metric:?}: a data point has {n} labels, more than the limit of {max}")
+            });
+            return false;
+        }
+        if let Some((k, v)) = self.labels.iter().find(|(k, v)| k.len() > MAX_NAME_LEN || v.len() > MAX_VALUE_LEN) {
+            let (name_len, value_len) = (k.len(), v.len());
+            self.out.reject("label_too_long", 1, || {
+                format!(
+                    "metric {metric:?}: a label of {name_len} bytes of name and {value_len} of value; the limits are {MAX_NAME_LEN} and {MAX_VALUE_LEN}"
+                )
             });
             return false;
         }

@@ -339,6 +339,7 @@ fn bad_points_are_rejected_one_by_one() {
     };
     let no_value = NumberDataPoint { time_unix_nano: T, ..Default::default() };
     let many: Vec<KeyValue> = (0..40).map(|i| kv(&format!("k{i}"), "v")).collect();
+    let huge = vec![kv("blob", &"x".repeat(70_000))];
     let out = translate(
         &request(
             vec![],
@@ -347,7 +348,9 @@ fn bad_points_are_rejected_one_by_one() {
                 metric(
                     "g",
                     "",
-                    Data::Gauge(Gauge { data_points: vec![no_value, point(1.0, vec![]), point(1.0, many)] }),
+                    Data::Gauge(Gauge {
+                        data_points: vec![no_value, point(1.0, vec![]), point(1.0, many), point(1.0, huge)],
+                    }),
                 ),
                 metric(
                     "s",
@@ -365,7 +368,7 @@ fn bad_points_are_rejected_one_by_one() {
         5,
     );
     assert_eq!(lines(&out), vec![r#"g{} 1"#]);
-    assert_eq!((out.points, out.rejected), (6, 5));
+    assert_eq!((out.points, out.rejected), (7, 6));
     let mut reasons = out.rejected_by_reason.clone();
     reasons.sort();
     assert_eq!(
@@ -373,6 +376,7 @@ fn bad_points_are_rejected_one_by_one() {
         vec![
             ("invalid_buckets", 1),
             ("invalid_name", 1),
+            ("label_too_long", 1),
             ("no_value", 1),
             ("too_many_labels", 1),
             ("unspecified_temporality", 1)
