@@ -80,3 +80,23 @@ impl OtlpConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        OtlpConfig::default().validate().unwrap();
+        let bad = OtlpConfig { exponential_histogram_max_scale: 21, ..OtlpConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("otlp.exponential_histogram_max_scale = 21"));
+        let bad = OtlpConfig { stream_attributes: vec!["...".into()], ..OtlpConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("\"...\" cannot become a label name"));
+        let bad = OtlpConfig { delta_state_ttl: Duration::ZERO, ..OtlpConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("delta_state_ttl"));
+        let parsed: OtlpConfig =
+            toml::from_str("delta_state_ttl = \"30m\"\npromote_resource_attributes = [\"k8s.cluster.name\"]").unwrap();
+        assert_eq!(parsed.delta_state_ttl, Duration::from_secs(1800));
+        assert!(toml::from_str::<OtlpConfig>("unknown = 1").is_err(), "unknown keys are refused");
+    }
+}

@@ -131,9 +131,27 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
                 format!("nothing of this request was stored: invalid OTLP {signal} protobuf: {e}"),
             )
         })?,
-        Encoding::Json => serde_json::from_slice(&raw).map_err(|e| {
-            bad(StatusCode::BAD_REQUEST, format!("nothing of this request was stored: invalid OTLP {signal} JSON: {e}"))
-        })?,
+        Encoding::Json => {
+            let req: T = serde_json::from_slice(&raw).map_err(|e| {
+                bad(
+                    StatusCode::BAD_REQUEST,
+                    format!("nothing of this request was stored: invalid OTLP {signal} JSON: {e}"),
+                )
+            })?;
+            // OTLP/JSON names fields in lowerCamelCase and receivers ignore unknown names, so a body in the
+            // proto's snake_case would decode as an empty request and be acknowledged with nothing stored.
+            let top = format!("\"resource_{signal}\"");
+            if req.encoded_len() == 0 && memchr::memmem::find(&raw, top.as_bytes()).is_some() {
+                return Err(bad(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "nothing of this request was stored: OTLP/JSON field names are lowerCamelCase (resource{}), not {top}",
+                        if signal == "logs" { "Logs" } else { "Metrics" }
+                    ),
+                ));
+            }
+            req
+        }
     };
     Ok((tenant, encoding, req))
 }

@@ -293,6 +293,15 @@ async fn otlp_bad_payloads_are_refused_whole_and_store_nothing() {
             400,
             "invalid OTLP metrics protobuf",
         ),
+        // snake_case field names would decode as an empty request: refused rather than silently dropped
+        (
+            "/v1/metrics",
+            "application/json",
+            br#"{"resource_metrics": [{"scope_metrics": []}]}"#.to_vec(),
+            false,
+            400,
+            "lowerCamelCase (resourceMetrics)",
+        ),
         ("/v1/logs", "text/plain", good.clone(), false, 415, "unsupported content type"),
         ("/v1/logs", "application/x-protobuf", b"not gzip at all".to_vec(), true, 400, ""),
     ];
