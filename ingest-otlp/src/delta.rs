@@ -37,7 +37,7 @@ struct Total {
 pub struct Applied(Vec<(u64, f64)>);
 
 /// The key of a series: its tenant and sorted labels.
-pub fn key(tenant: &Tenant, sorted_labels: &[(String, String)]) -> u64 {
+pub fn key(tenant: &Tenant, sorted_labels: &[(&str, &str)]) -> u64 {
     let mut h = Xxh3::new();
     h.update(tenant.as_str().as_bytes());
     for (k, v) in sorted_labels {
@@ -106,11 +106,10 @@ mod tests {
     fn deltas_accumulate_per_series_and_can_be_taken_back() {
         let d = DeltaTotals::new(Duration::from_secs(3600));
         let t = Tenant::default_tenant();
-        let a = key(&t, &[("__name__".into(), "x_total".into()), ("k".into(), "a".into())]);
-        let b = key(&t, &[("__name__".into(), "x_total".into()), ("k".into(), "b".into())]);
+        let a = key(&t, &[("__name__", "x_total"), ("k", "a")]);
+        let b = key(&t, &[("__name__", "x_total"), ("k", "b")]);
         assert_ne!(a, b);
-        let other =
-            key(&Tenant::new("other").unwrap(), &[("__name__".into(), "x_total".into()), ("k".into(), "a".into())]);
+        let other = key(&Tenant::new("other").unwrap(), &[("__name__", "x_total"), ("k", "a")]);
         assert_ne!(a, other, "tenants never share a total");
         let mut applied = Applied::default();
         assert_eq!(d.add([(a, 2.0), (b, 1.0), (a, 3.0)], &mut applied), vec![2.0, 1.0, 5.0]);
@@ -124,7 +123,7 @@ mod tests {
     #[test]
     fn a_total_idle_past_the_ttl_starts_again() {
         let d = DeltaTotals::new(Duration::from_millis(20));
-        let k = key(&Tenant::default_tenant(), &[("__name__".into(), "x_total".into())]);
+        let k = key(&Tenant::default_tenant(), &[("__name__", "x_total")]);
         assert_eq!(d.add([(k, 5.0)], &mut Applied::default()), vec![5.0]);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(d.add([(k, 1.0)], &mut Applied::default()), vec![1.0]);

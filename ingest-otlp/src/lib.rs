@@ -248,19 +248,24 @@ impl Otlp {
         let mut applied = delta::Applied::default();
         let deltas: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].delta).collect();
         if !deltas.is_empty() {
-            let totals = self
-                .deltas
-                .add(deltas.iter().map(|&i| (delta::key(tenant, &samples[i].labels), samples[i].v)), &mut applied);
+            let mut pairs = Vec::with_capacity(16);
+            let keys: Vec<(u64, f64)> = deltas
+                .iter()
+                .map(|&i| {
+                    samples[i].pairs(&mut pairs);
+                    (delta::key(tenant, &pairs), samples[i].v)
+                })
+                .collect();
+            let totals = self.deltas.add(keys, &mut applied);
             for (&i, total) in deltas.iter().zip(totals) {
                 samples[i].v = total;
             }
             self.stats.delta_series.set(self.deltas.len() as i64);
         }
         let mut batch = self.metric_store.batch(tenant);
-        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
+        let mut pairs = Vec::with_capacity(16);
         for s in &samples {
-            pairs.clear();
-            pairs.extend(s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            s.pairs(&mut pairs);
             batch.add(&pairs, [(s.t, s.v)]);
         }
         let n = batch.len();

@@ -20,6 +20,8 @@
 //! A data point is rejected on its own (counted in `partial_success`) when it has no value, an
 //! unspecified temporality, buckets that do not match its bounds, or too many labels.
 
+use std::sync::Arc;
+
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -56,14 +58,35 @@ impl MetricMapping {
     }
 }
 
-/// One sample to store: labels sorted by name (`__name__` included).
+/// One sample to store. The labels are shared by every sample of a data point (a histogram point has
+/// one per bucket), so a sample costs no copies of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    pub labels: Vec<(String, String)>,
+    /// The data point's labels, sorted by name, without `__name__`.
+    pub labels: Arc<[(String, String)]>,
+    pub name: Arc<str>,
+    /// `le` or `quantile`, which wins over a data point attribute of the same name.
+    pub extra: Option<(&'static str, String)>,
     pub t: i64,
     pub v: f64,
     /// The value is an increment to add to the series' running total.
     pub delta: bool,
+}
+
+impl Sample {
+    /// All the sample's labels, `__name__` included, sorted by name, into `out`.
+    pub fn pairs<'a>(&'a self, out: &mut Vec<(&'a str, &'a str)>) {
+        out.clear();
+        let extra = self.extra.as_ref().map(|(k, _)| *k);
+        out.extend(
+            self.labels.iter().filter(|(k, _)| Some(k.as_str()) != extra).map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        out.push(("__name__", &self.name));
+        if let Some((k, v)) = &self.extra {
+            out.push((k, v));
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
 }
 
 /// What one request became.
@@ -139,9 +162,8 @@ fn resource_labels(attributes: &[KeyValue], mapping: &MetricMapping) -> Resource
     }
     let target_info = (!ids.is_empty() && !info.is_empty()).then(|| {
         let mut l = join_collisions(info);
-        l.retain(|(k, _)| k != "job" && k != "instance");
+        l.retain(|(k, _)| k != "job" && k != "instance" && k != "__name__");
         l.extend(ids.iter().cloned());
-        l.push(("__name__".to_string(), "target_info".to_string()));
         l.sort();
         l
     });
@@ -201,8 +223,11 @@ impl PointContext<'_> {
         flags: u32,
         max_t: &'a mut i64,
     ) -> PointSink<'a> {
+        let mut labels = point_labels(attrs, self.resource);
+        labels.sort_unstable();
         PointSink {
-            labels: point_labels(attrs, self.resource),
+            labels: labels.into(),
+            name: None,
             t: millis(t, self.now_ms),
             stale: flags & NO_RECORDED_VALUE != 0,
             delta: self.delta,
@@ -216,7 +241,9 @@ impl PointContext<'_> {
 /// Emits the samples of one data point.
 struct PointSink<'a> {
     out: &'a mut MetricsOutcome,
-    labels: Vec<(String, String)>,
+    labels: Arc<[(String, String)]>,
+    /// The name of the last sample, shared with the next one when they are the same (a run of buckets).
+    name: Option<Arc<str>>,
     t: i64,
     stale: bool,
     delta: bool,
@@ -247,18 +274,18 @@ impl PointSink<'_> {
         true
     }
 
-    fn emit(&mut self, name: &str, extra: Option<(&str, String)>, v: f64) {
-        let mut labels = Vec::with_capacity(self.labels.len() + 2);
-        labels.extend(self.labels.iter().cloned());
-        labels.push(("__name__".to_string(), name.to_string()));
-        if let Some((k, val)) = extra {
-            labels.retain(|(n, _)| n != k);
-            labels.push((k.to_string(), val));
-        }
-        labels.sort_unstable();
+    fn emit(&mut self, name: &str, extra: Option<(&'static str, String)>, v: f64) {
+        let name = match &self.name {
+            Some(n) if **n == *name => n.clone(),
+            _ => {
+                let n: Arc<str> = Arc::from(name);
+                self.name = Some(n.clone());
+                n
+            }
+        };
         let (v, delta) = if self.stale { (f64::from_bits(STALE_NAN), false) } else { (v, self.delta) };
         *self.max_t = (*self.max_t).max(self.t);
-        self.out.samples.push(Sample { labels, t: self.t, v, delta });
+        self.out.samples.push(Sample { labels: self.labels.clone(), name, extra, t: self.t, v, delta });
     }
 }
 
@@ -277,7 +304,14 @@ pub fn translate(req: &ExportMetricsServiceRequest, mapping: &MetricMapping, now
         if let Some(labels) = resource.target_info
             && max_t != i64::MIN
         {
-            out.samples.push(Sample { labels, t: max_t, v: 1.0, delta: false });
+            out.samples.push(Sample {
+                labels: labels.into(),
+                name: Arc::from("target_info"),
+                extra: None,
+                t: max_t,
+                v: 1.0,
+                delta: false,
+            });
         }
     }
     out

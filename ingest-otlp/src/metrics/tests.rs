@@ -58,9 +58,11 @@ fn lines(out: &MetricsOutcome) -> Vec<String> {
         .samples
         .iter()
         .map(|s| {
-            let name = s.labels.iter().find(|(k, _)| k == "__name__").map_or("", |(_, v)| v.as_str());
+            let mut pairs = Vec::new();
+            s.pairs(&mut pairs);
+            let name = &*s.name;
             let rest: Vec<String> =
-                s.labels.iter().filter(|(k, _)| k != "__name__").map(|(k, v)| format!("{k}={v:?}")).collect();
+                pairs.iter().filter(|(k, _)| *k != "__name__").map(|(k, v)| format!("{k}={v:?}")).collect();
             let v = if s.v.to_bits() == STALE_NAN { "stale".to_string() } else { s.v.to_string() };
             format!("{name}{{{}}} {v}{}", rest.join(","), if s.delta { " delta" } else { "" })
         })
@@ -218,8 +220,8 @@ fn exponential_histograms_become_classic_buckets_at_the_capped_scale() {
     let buckets: Vec<(String, f64)> = out
         .samples
         .iter()
-        .filter(|s| s.labels.iter().any(|(k, v)| k == "__name__" && v == "lat_milliseconds_bucket"))
-        .map(|s| (s.labels.iter().find(|(k, _)| k == "le").unwrap().1.clone(), s.v))
+        .filter(|s| &*s.name == "lat_milliseconds_bucket")
+        .map(|s| (s.extra.as_ref().unwrap().1.clone(), s.v))
         .collect();
     let sqrt2 = 2f64.sqrt();
     let want = vec![
@@ -241,8 +243,7 @@ fn exponential_histograms_become_classic_buckets_at_the_capped_scale() {
     }
     // Capped at scale 0 (base 2): buckets merge pairwise, (1, 2] and (2, 4].
     let out = translate(&request(vec![], vec![metric("lat", "ms", data(p))]), &mapping_scale(0), 0);
-    let les: Vec<(String, f64)> =
-        out.samples.iter().filter_map(|s| Some((s.labels.iter().find(|(k, _)| k == "le")?.1.clone(), s.v))).collect();
+    let les: Vec<(String, f64)> = out.samples.iter().filter_map(|s| Some((s.extra.as_ref()?.1.clone(), s.v))).collect();
     assert!(les.contains(&("2".to_string(), 5.0)) && les.contains(&("4".to_string(), 12.0)), "{les:?}");
     assert!(!les.iter().any(|(le, _)| le.starts_with("1.41")), "{les:?}");
 }
