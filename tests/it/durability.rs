@@ -1,13 +1,12 @@
 //! What was acknowledged survives `kill -9`, exactly once; a second process cannot open the same data
 //! directory.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{ServerProcess, free_addr, sql_rows};
+use crate::harness::{ServerProcess, assert_requests_stored_once, free_addr, sql_rows};
 
 const WRITERS: usize = 4;
 const LINES_PER_REQUEST: usize = 50;
@@ -73,28 +72,7 @@ async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_n
     let addr = free_addr();
     let mut server = ServerProcess::spawn(&data, addr, &["--config", &cfg]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
-    let rows = sql_rows(
-        &client,
-        &server.base,
-        "default",
-        "SELECT req, count(*) AS n, count(DISTINCT message) AS d FROM logs GROUP BY req",
-    )
-    .await;
-    let stored: HashMap<String, (i64, i64)> = rows
-        .iter()
-        .map(|r| (r["req"].as_str().unwrap().to_string(), (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())))
-        .collect();
-    let want = (LINES_PER_REQUEST as i64, LINES_PER_REQUEST as i64);
-    for id in &acked {
-        assert_eq!(stored.get(id), Some(&want), "acknowledged request {id} is not stored exactly once");
-    }
-    // Requests in flight at the kill are all or nothing, and never doubled.
-    for (id, got) in &stored {
-        assert_eq!(got, &want, "request {id} was stored partly or twice");
-    }
-    let acked: HashSet<&String> = acked.iter().collect();
-    let extra = stored.keys().filter(|k| !acked.contains(k)).count();
+    let extra = assert_requests_stored_once(&server.base, &acked, LINES_PER_REQUEST).await;
     assert!(extra <= 3 * WRITERS, "{extra} unacknowledged requests stored; at most one per writer per kill can be");
     server.terminate();
 }

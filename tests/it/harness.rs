@@ -176,3 +176,25 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Checks, on a restarted server, that every acknowledged request (its lines carry a `req` field) is
+/// stored exactly once with all `per_request` distinct lines, and that no request is stored partly or
+/// twice. Returns how many stored requests were never acknowledged (in flight at a kill).
+pub async fn assert_requests_stored_once(base: &str, acked: &[String], per_request: usize) -> usize {
+    let sql = "SELECT req, count(*) AS n, count(DISTINCT message) AS d FROM logs GROUP BY req";
+    let rows = sql_rows(&reqwest::Client::new(), base, "default", sql).await;
+    let stored: std::collections::HashMap<String, (i64, i64)> = rows
+        .iter()
+        .map(|r| (r["req"].as_str().unwrap().to_string(), (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())))
+        .collect();
+    let want = (per_request as i64, per_request as i64);
+    for id in acked {
+        assert_eq!(stored.get(id), Some(&want), "acknowledged request {id} is not stored exactly once");
+    }
+    // Requests in flight at a kill are all or nothing, and never doubled.
+    for (id, got) in &stored {
+        assert_eq!(got, &want, "request {id} was stored partly or twice");
+    }
+    let acked: std::collections::HashSet<&String> = acked.iter().collect();
+    stored.keys().filter(|k| !acked.contains(k)).count()
+}

@@ -6,8 +6,9 @@ usage: otlp_client.py grpc <endpoint> <service> <tenant>
 
 grpc/http send logs through Python's logging module (some inside a span, so they carry trace ids) and
 metrics of every instrument kind, gzip-compressed, then print what they sent as JSON. The http run
-exports its counter with delta temporality, twice. bad-grpc sends bytes that are no protobuf to the
-logs Export method and prints the status code and message it got back.
+exports its counter with delta temporality, twice. bad-grpc calls the logs Export method with bytes that
+are no protobuf, with an invalid tenant, and with an empty request, and prints each status code and
+message it got back.
 """
 
 import json
@@ -100,11 +101,19 @@ def bad_grpc(target):
 
     channel = grpc.insecure_channel(target)
     call = channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
-    try:
-        call(b"\xff\xff\xff\xff not a protobuf", timeout=10)
-        print(json.dumps({"code": "OK", "message": ""}))
-    except grpc.RpcError as e:
-        print(json.dumps({"code": e.code().name, "message": e.details()}))
+    out = {}
+    cases = {
+        "garbage": (b"\xff\xff\xff\xff not a protobuf", None),
+        "bad_tenant": (b"", [("x-scope-orgid", "bad tenant/..")]),
+        "empty": (b"", None),
+    }
+    for name, (body, metadata) in cases.items():
+        try:
+            call(body, timeout=10, metadata=metadata)
+            out[name] = {"code": "OK", "message": ""}
+        except grpc.RpcError as e:
+            out[name] = {"code": e.code().name, "message": e.details()}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
