@@ -58,6 +58,15 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
     for port in ["9700", "4317", "1883"] {
         assert!(runtime.iter().any(|i| i.starts_with("EXPOSE") && i.contains(port)), "exposes {port}");
     }
+    // The exposed ingest ports listen beyond the container's loopback.
+    let env: Vec<&&String> = runtime.iter().filter(|i| i.starts_with("ENV ")).collect();
+    for var in ["LUMEN_HTTP_ADDR=0.0.0.0:9700", "LUMEN_OTLP_GRPC_ADDR=0.0.0.0:4317"] {
+        assert!(env.iter().any(|i| i.contains(var)), "{var}: {env:?}");
+    }
+    assert!(
+        ins.iter().any(|i| i.contains("CARGO_PROFILE_RELEASE_STRIP=debuginfo")),
+        "the image's binary leaves its debug info behind"
+    );
     let ignore = std::fs::read_to_string(repo(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"), "the build context leaves target/ out");
 }
