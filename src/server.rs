@@ -58,6 +58,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {} (server.http_addr / --http-addr)", s.http_addr))?;
     let http_addr = listener.local_addr()?;
+    let grpc_listener = tokio::net::TcpListener::bind(s.otlp_grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.otlp_grpc_addr / --otlp-grpc-addr)", s.otlp_grpc_addr))?;
+    let otlp_grpc_addr = grpc_listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let mqtt_shutdown = CancellationToken::new();
     let mqtt_listen = if s.mqtt_listen == "off" { None } else { Some(s.mqtt_listen.parse()?) };
@@ -88,10 +92,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
         &mut registry,
     );
-    let grpc_listener = tokio::net::TcpListener::bind(s.otlp_grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.otlp_grpc_addr / --otlp-grpc-addr)", s.otlp_grpc_addr))?;
-    let otlp_grpc_addr = grpc_listener.local_addr()?;
 
     let ready = Arc::new(AtomicBool::new(true));
     let app = AppState {

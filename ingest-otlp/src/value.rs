@@ -19,16 +19,8 @@ pub fn text(v: Option<&AnyValue>) -> String {
     }
 }
 
-/// A double as Prometheus and Go print it for humans: shortest round-trip form, `NaN`, `+Inf`, `-Inf`.
-pub fn double_text(d: f64) -> String {
-    if d.is_nan() {
-        "NaN".to_string()
-    } else if d.is_infinite() {
-        if d > 0.0 { "+Inf".to_string() } else { "-Inf".to_string() }
-    } else {
-        d.to_string()
-    }
-}
+/// A double as Prometheus prints it: shortest round-trip form, `NaN`, `+Inf`, `-Inf`.
+pub use store::wire::prom::format_float as double_text;
 
 /// A value as JSON text, for bodies and attributes that are maps or arrays; map keys keep their order.
 pub fn json(v: Option<&Value>) -> String {

@@ -266,17 +266,7 @@ pub fn eval_range(
 }
 
 /// Formats a float like Go's `strconv.FormatFloat(v, 'f', -1, 64)`, with `NaN`, `+Inf` and `-Inf`.
-pub fn format_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v == f64::INFINITY {
-        "+Inf".to_string()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        format!("{v}")
-    }
-}
+pub use store::wire::prom::format_float;
 
 /// Formats a label set the way Prometheus prints it: `{a="b", c="d"}`.
 pub fn labels_to_string(labels: &Labels) -> String {

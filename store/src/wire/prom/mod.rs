@@ -128,6 +128,20 @@ pub(crate) fn recycle<'x>(mut v: Vec<(&str, &str)>) -> Vec<(&'x str, &'x str)> {
     v.into_iter().map(|_| -> (&'x str, &'x str) { unreachable!("the vector was just cleared") }).collect()
 }
 
+/// Formats a float as Prometheus prints sample values and `le`/`quantile` labels: like Go's
+/// `strconv.FormatFloat(v, 'f', -1, 64)` (shortest round-trip form), with `NaN`, `+Inf` and `-Inf`.
+pub fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v == f64::INFINITY {
+        "+Inf".to_string()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
 /// Shortens a metric or label name for an error message.
 pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
