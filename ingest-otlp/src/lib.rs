@@ -227,24 +227,12 @@ impl Otlp {
         req: &ExportMetricsServiceRequest,
     ) -> Result<Exported, ExportError> {
         let now_ms = store::time::now_ns() / 1_000_000;
-        let mut out = metrics::translate(req, &self.metric_mapping, now_ms);
         // The store's own window: whole days are kept, so the oldest kept day still takes samples.
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let min_t = now_ms.saturating_sub(retention_ms).div_euclid(DAY_MS) * DAY_MS;
-        let max_t = now_ms.saturating_add(2 * DAY_MS);
+        let window = min_t..=now_ms.saturating_add(2 * DAY_MS);
+        let mut out = metrics::translate_within(req, &self.metric_mapping, now_ms, window);
         let mut samples = std::mem::take(&mut out.samples);
-        let before = samples.len();
-        let first_outside = samples.iter().find(|s| s.t < min_t || s.t > max_t).map(|s| s.t);
-        samples.retain(|s| s.t >= min_t && s.t <= max_t);
-        if let Some(t) = first_outside {
-            out.reject("out_of_window", before - samples.len(), || {
-                format!(
-                    "{} samples are older than the retention period or more than 2 days ahead; first at {}",
-                    before - samples.len(),
-                    store::time::format_rfc3339_ns(t.saturating_mul(1_000_000))
-                )
-            });
-        }
         let mut applied = delta::Applied::default();
         let deltas: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].delta).collect();
         if !deltas.is_empty() {

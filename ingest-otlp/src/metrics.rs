@@ -20,6 +20,7 @@
 //! A data point is rejected on its own (counted in `partial_success`) when it has no value, an
 //! unspecified temporality, buckets that do not match its bounds, or too many labels.
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -207,9 +208,15 @@ fn millis(t_ns: u64, now_ms: i64) -> i64 {
 }
 
 /// What every data point of a metric shares.
+/// The time of receipt and the accepted window, in ms.
+struct Clock {
+    now_ms: i64,
+    window: RangeInclusive<i64>,
+}
+
 struct PointContext<'r> {
     resource: &'r [(String, String)],
-    now_ms: i64,
+    clock: &'r Clock,
     delta: bool,
     max_labels: usize,
 }
@@ -228,7 +235,8 @@ impl PointContext<'_> {
         PointSink {
             labels: labels.into(),
             name: None,
-            t: millis(t, self.now_ms),
+            t: millis(t, self.clock.now_ms),
+            window: self.clock.window.clone(),
             stale: flags & NO_RECORDED_VALUE != 0,
             delta: self.delta,
             max_labels: self.max_labels,
@@ -242,6 +250,8 @@ impl PointContext<'_> {
 struct PointSink<'a> {
     out: &'a mut MetricsOutcome,
     labels: Arc<[(String, String)]>,
+    /// The accepted time range: older than retention or more than two days ahead is out.
+    window: RangeInclusive<i64>,
     /// The name of the last sample, shared with the next one when they are the same (a run of buckets).
     name: Option<Arc<str>>,
     t: i64,
@@ -254,6 +264,16 @@ struct PointSink<'a> {
 impl PointSink<'_> {
     /// Whether the point is within the label limit; rejects it otherwise.
     fn check(&mut self, metric: &str, extra: usize) -> bool {
+        if !self.window.contains(&self.t) {
+            let t = self.t;
+            self.out.reject("out_of_window", 1, || {
+                format!(
+                    "metric {metric:?}: a data point at {} is older than the retention period or more than 2 days ahead",
+                    store::time::format_rfc3339_ns(t.saturating_mul(1_000_000))
+                )
+            });
+            return false;
+        }
         let n = self.labels.len() + 1 + extra;
         if n > self.max_labels {
             let max = self.max_labels;
@@ -291,6 +311,17 @@ impl PointSink<'_> {
 
 /// Translates a request; `now_ms` stamps points without a time.
 pub fn translate(req: &ExportMetricsServiceRequest, mapping: &MetricMapping, now_ms: i64) -> MetricsOutcome {
+    translate_within(req, mapping, now_ms, i64::MIN..=i64::MAX)
+}
+
+/// As [`translate`], rejecting the data points whose time (ms) is outside `window`.
+pub fn translate_within(
+    req: &ExportMetricsServiceRequest,
+    mapping: &MetricMapping,
+    now_ms: i64,
+    window: RangeInclusive<i64>,
+) -> MetricsOutcome {
+    let clock = Clock { now_ms, window };
     let mut out = MetricsOutcome::default();
     for rm in &req.resource_metrics {
         let attributes = rm.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
@@ -298,7 +329,7 @@ pub fn translate(req: &ExportMetricsServiceRequest, mapping: &MetricMapping, now
         let mut max_t = i64::MIN;
         for sm in &rm.scope_metrics {
             for metric in &sm.metrics {
-                translate_metric(metric, &resource.base, mapping, now_ms, &mut max_t, &mut out);
+                translate_metric(metric, &resource.base, mapping, &clock, &mut max_t, &mut out);
             }
         }
         if let Some(labels) = resource.target_info
@@ -336,7 +367,7 @@ fn translate_metric(
     metric: &Metric,
     resource: &[(String, String)],
     mapping: &MetricMapping,
-    now_ms: i64,
+    clock: &Clock,
     max_t: &mut i64,
     out: &mut MetricsOutcome,
 ) {
@@ -382,7 +413,7 @@ fn translate_metric(
             unit: crate::naming::unit_name(&metric.unit),
         },
     ));
-    let ctx = PointContext { resource, now_ms, delta, max_labels: mapping.max_labels };
+    let ctx = PointContext { resource, clock, delta, max_labels: mapping.max_labels };
     match data {
         Data::Gauge(g) => {
             for p in &g.data_points {

@@ -397,3 +397,29 @@ fn points_without_time_take_the_time_of_receipt() {
     );
     assert_eq!((out.samples[0].t, out.samples[0].v), (123, 4.0));
 }
+
+#[test]
+fn points_outside_the_window_are_rejected_as_points_not_samples() {
+    let h = HistogramDataPoint {
+        time_unix_nano: T,
+        count: 3,
+        bucket_counts: vec![1, 2],
+        explicit_bounds: vec![1.0],
+        ..Default::default()
+    };
+    let req = request(
+        vec![],
+        vec![
+            metric("h", "", Data::Histogram(Histogram { data_points: vec![h], aggregation_temporality: 2 })),
+            metric("g", "", Data::Gauge(Gauge { data_points: vec![point(1.0, vec![])] })),
+        ],
+    );
+    // The window starts after T: both points are out, one of them a histogram of three samples.
+    let out = translate_within(&req, &mapping(), 0, T_MS + 1..=i64::MAX);
+    assert!(out.samples.is_empty());
+    assert_eq!((out.points, out.rejected), (2, 2));
+    assert_eq!(out.rejected_by_reason, vec![("out_of_window", 2)]);
+    assert!(out.message.contains("older than the retention period"), "{}", out.message);
+    let out = translate_within(&req, &mapping(), 0, 0..=T_MS);
+    assert_eq!((out.samples.len(), out.rejected), (4, 0), "at the window's edge the points are in");
+}
