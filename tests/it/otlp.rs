@@ -482,6 +482,22 @@ mod python_sdk {
             promql_value(server, tenant, &format!("histogram_quantile(0.5, rpc_latency_milliseconds_bucket{{{job}}})"))
                 .await;
         assert!((40.0..=60.0).contains(&p50), "median of the exponential buckets: {p50}");
+        // What the SDK said of its instruments feeds /api/v1/metadata.
+        let r = server
+            .client
+            .get(server.url("/api/v1/metadata"))
+            .header("X-Scope-OrgID", tenant)
+            .query(&[("metric", "http_server_duration_milliseconds")])
+            .send()
+            .await
+            .unwrap();
+        let meta: Value = r.json().await.unwrap();
+        let m = &meta["data"]["http_server_duration_milliseconds"][0];
+        assert_eq!(
+            (m["type"].as_str(), m["help"].as_str(), m["unit"].as_str()),
+            (Some("histogram"), Some("request time"), Some("milliseconds")),
+            "{meta}"
+        );
         let info = promql(server, tenant, &format!("target_info{{{job}}}")).await;
         assert_eq!(info.len(), 1, "{info:?}");
         assert_eq!(info[0]["metric"]["telemetry_sdk_language"], "python");
