@@ -4,11 +4,18 @@
 # `lumen server` and a release `lumen agent` started on them; timed until the server holds every line.
 # Prints: lines per second end to end, agent CPU µs per line, agent peak RSS, server CPU µs per line.
 #
+# With VECTOR_BIN set (a Vector binary with the file source, remap and the loki sink), Vector is the peer in
+# the same run: it tails the same files (file source from the beginning), parses CRI and the pod path with
+# remap (time, stream; namespace, pod, container labels) and ships through its loki sink (protobuf+snappy)
+# into a second fresh Lumen server, timed the same way until that server holds every line. Printed: Vector's
+# CPU µs per line and peak RSS, and the agent's ratios to them. Vector is not in any package registry; it is
+# not built by this repository.
+#
 # With --peer, the same files are also tailed by Debian's rsyslog (imfile, forwarding every line over TCP
 # to a sink that discards it) as a reference for the cost of tailing and shipping in a mature C shipper:
-# rsyslog CPU µs per line, measured the same way. (Vector, Fluent Bit and Promtail are not installable here.)
+# rsyslog CPU µs per line, measured the same way.
 #
-# Usage: benches/e2e_agent.sh [--lines N] [--streams N] [--peer]
+# Usage: [VECTOR_BIN=/path/to/vector] benches/e2e_agent.sh [--lines N] [--streams N] [--peer]
 # Needs: a release build (cargo build --release), python3; rsyslog for --peer (apt-get install rsyslog).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -162,6 +169,78 @@ EOF
   peer=$(python3 -c "import json; print(json.dumps({'peer': 'rsyslog imfile+omfwd', 'lines_per_s': round($LINES/($t3-$t2)), 'cpu_us_per_line': round($rcpu/$HZ/$LINES*1e6, 3), 'peak_rss_mb': round($rrss/1024, 1)}))")
 fi
 
+vector='None'
+if [ -n "${VECTOR_BIN:-}" ]; then
+  vd="$OUT/vector"
+  rm -rf "$vd" "$OUT/data-vector"; mkdir -p "$vd/data"
+  vsport=$(free_port)
+  "$BIN" server --data-dir "$OUT/data-vector" --http-addr "127.0.0.1:$vsport" --mqtt-listen off >"$OUT/server-vector.log" 2>&1 &
+  vspid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$vsport/ready" >/dev/null && break; sleep 0.1; done
+  # The same work as the agent's: CRI time and stream, namespace/pod/container labels from the path, the
+  # node label, stream and pod_uid as fields (structured metadata).
+  cat >"$vd/vector.yaml" <<EOF
+data_dir: $(realpath "$vd/data")
+sources:
+  pods:
+    type: file
+    include: ["$(realpath "$pods")/*/*/*.log"]
+    read_from: beginning
+    fingerprint:
+      strategy: device_and_inode
+transforms:
+  cri:
+    type: remap
+    inputs: [pods]
+    source: |
+      cri = parse_regex!(.message, r'^(?P<time>\S+) (?P<stream>stdout|stderr) (?P<tag>[PF]) (?P<msg>.*)\$')
+      .timestamp = parse_timestamp!(cri.time, "%+")
+      .stream = cri.stream
+      .message = cri.msg
+      path = parse_regex!(.file, r'/(?P<namespace>[^/_]+)_(?P<pod>[^/_]+)_(?P<uid>[^/]+)/(?P<container>[^/]+)/[^/]+\$')
+      .namespace = path.namespace
+      .pod = path.pod
+      .container = path.container
+      .pod_uid = path.uid
+sinks:
+  lumen:
+    type: loki
+    inputs: [cri]
+    endpoint: http://127.0.0.1:$vsport
+    encoding:
+      codec: text
+    labels:
+      namespace: "{{ namespace }}"
+      pod: "{{ pod }}"
+      container: "{{ container }}"
+      node: bench
+    structured_metadata:
+      stream: "{{ stream }}"
+      pod_uid: "{{ pod_uid }}"
+    batch:
+      max_bytes: 1048576
+EOF
+  vversion=$("$VECTOR_BIN" --version | awk '{print $2}')
+  vscpu0=$(cpu "$vspid")
+  t4=$(date +%s.%N)
+  VECTOR_LOG=warn "$VECTOR_BIN" --config "$vd/vector.yaml" >"$vd/vector.log" 2>&1 &
+  vpid=$!
+  while :; do
+    n=$(count "$vsport")
+    [ "$n" -ge "$LINES" ] && break
+    alive "$vpid" || { echo "Vector died; see $vd/vector.log" >&2; exit 1; }
+    sleep 1
+  done
+  t5=$(date +%s.%N)
+  vcpu=$(cpu "$vpid")
+  vscpu1=$(cpu "$vspid")
+  vrss=$(awk '/VmHWM/ {print $2}' "/proc/$vpid/status")
+  vstored=$(count "$vsport")
+  kill -TERM "$vpid"; wait "$vpid" || true
+  kill -TERM "$vspid"; wait "$vspid" || true
+  vector=$(python3 -c "import json; print(json.dumps({'peer': 'Vector $vversion file+remap+loki', 'stored': $vstored, 'lines_per_s': round($LINES/($t5-$t4)), 'cpu_us_per_line': round($vcpu/$HZ/$LINES*1e6, 3), 'peak_rss_mb': round($vrss/1024, 1), 'server_cpu_us_per_line': round(($vscpu1-$vscpu0)/$HZ/$LINES*1e6, 3)}))")
+fi
+
 python3 - <<PY
 import json
 lines, hz = $LINES, $HZ
@@ -175,7 +254,11 @@ out = {
     "server_cpu_us_per_line": round(($scpu1 - $scpu0) / hz / lines * 1e6, 3),
     "server_peak_rss_mb": round($srss / 1024, 1),
     "peer": $peer,
+    "vector": $vector,
 }
+if out["vector"]:
+    out["agent_cpu_ratio_to_vector"] = round(out["agent_cpu_us_per_line"] / out["vector"]["cpu_us_per_line"], 2)
+    out["agent_rss_ratio_to_vector"] = round(out["agent_peak_rss_mb"] / out["vector"]["peak_rss_mb"], 2)
 if out["peer"]:
     out["agent_cpu_ratio_to_peer"] = round(out["agent_cpu_us_per_line"] / out["peer"]["cpu_us_per_line"], 2)
 print(json.dumps(out))

@@ -25,7 +25,7 @@ use store::wire::prom::{self as metrics_wire, LabelLimits, LineError, Precision,
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/write", post(remote_write))
+        .route("/api/v1/write", post(remote_write).get(remote_write_probe))
         .route("/api/v1/read", post(remote_read))
         .route("/api/v1/import/prometheus", post(import_prometheus))
         .route("/write", post(influx))
@@ -45,6 +45,12 @@ fn label_limits(app: &AppState) -> LabelLimits {
     }
 }
 
+/// `GET /api/v1/write`: 200, for the health checks of senders that probe the endpoint before they write
+/// (Vector's `prometheus_remote_write` sink fails its start-up check on anything but 200).
+async fn remote_write_probe() -> &'static str {
+    "Prometheus remote write receiver: POST protobuf WriteRequests here (snappy, gzip, deflate or zstd)\n"
+}
+
 /// `POST /api/v1/write`: 204 once every sample is durable; 400 (nothing stored) for a request that cannot
 /// be stored; 503 when the store refuses writes.
 async fn remote_write(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -57,19 +63,33 @@ async fn remote_write(State(app): State<AppState>, headers: HeaderMap, body: Byt
         app.ingest.rejected_request(PROTOCOL, status.as_u16());
         plain(status, msg)
     };
-    let encoding = header_str(&headers, header::CONTENT_ENCODING).unwrap_or("snappy");
-    if !encoding.eq_ignore_ascii_case("snappy") {
-        return reject(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "Content-Encoding {encoding:?} is not supported: remote write bodies are snappy-compressed protobuf"
-            ),
-        );
-    }
-    let raw = match metrics_wire::decompress_snappy(&body, app.limits.max_body_bytes) {
-        Ok(raw) => raw,
-        Err(e @ WireError::TooLarge { .. }) => return reject(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-        Err(e) => return reject(StatusCode::BAD_REQUEST, e.to_string()),
+    // Snappy is the protocol's own; Vector's `compression: gzip|zstd` and vmagent's zstd send the
+    // protobuf under that HTTP content coding instead, as VictoriaMetrics accepts.
+    let encoding = header_str(&headers, header::CONTENT_ENCODING).map(|e| e.trim().to_ascii_lowercase());
+    let raw = match encoding.as_deref() {
+        None | Some("snappy" | "") => match metrics_wire::decompress_snappy(&body, app.limits.max_body_bytes) {
+            Ok(raw) => raw,
+            Err(e @ WireError::TooLarge { .. }) => return reject(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            Err(e) => return reject(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        Some(other @ ("gzip" | "x-gzip" | "deflate" | "zstd")) => {
+            match store::wire::body::decode(Some(other), body, app.limits.max_body_bytes) {
+                Ok(raw) => raw.to_vec(),
+                Err(e @ store::wire::WireError::BodyTooLarge { .. }) => {
+                    return reject(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+                }
+                Err(e) => return reject(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        Some(other) => {
+            return reject(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Encoding {other:?} is not supported: remote write bodies are protobuf compressed with \
+                     snappy (the protocol's default), gzip, deflate or zstd"
+                ),
+            );
+        }
     };
     let limits = label_limits(&app);
     let mut batch = app.metric_store.batch(&tenant);

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use serde_json::json;
 use store::model::Tenant;
 use store::wire::esbulk::BulkItem;
-use store::wire::loki::PushFormat;
 use store::wire::{Decoded, FieldMapping, WireError, body, esbulk, jsonline, loki};
 
 use crate::http::AppState;
@@ -190,18 +189,12 @@ fn producer(headers: &HeaderMap) -> Result<Option<(String, u64)>, String> {
 }
 
 /// `POST /loki/api/v1/push`: 204 when everything was stored; 400 naming the dropped entries when some
-/// lines were rejected (the rest is stored, as Loki does, so the client must not resend).
+/// lines were rejected (the rest is stored, as Loki does, so the client must not resend). Headers are read
+/// as Loki reads them ([`loki::decode_request`]).
 async fn loki_push(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let tenant = match crate::http::tenant(&headers) {
         Ok(t) => t,
         Err(r) => return r,
-    };
-    let format = match PushFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE)) {
-        Ok(f) => f,
-        Err(e) => {
-            app.ingest.rejected_request("loki", 415);
-            return plain(wire_status(&e), e);
-        }
     };
     let producer = match producer(&headers) {
         Ok(p) => p,
@@ -211,11 +204,19 @@ async fn loki_push(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
         }
     };
     let received = store::time::now_ns();
-    let mut decoded = match decode_with(&app, "loki", &headers, body, |b| {
-        loki::decode(format, b, limits(&app, received), received)
-    }) {
+    let content_type = header_str(&headers, header::CONTENT_TYPE);
+    let encoding = header_str(&headers, header::CONTENT_ENCODING);
+    let mut decoded = match loki::decode_request(content_type, encoding, body, limits(&app, received), received) {
         Ok(d) => d,
-        Err((status, msg)) => return plain(status, msg),
+        Err(e) => {
+            // As Loki: a request it cannot read is a 400, whatever the reason, but for size (413).
+            let status = match e {
+                WireError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            app.ingest.rejected_request("loki", status.as_u16());
+            return plain(status, e);
+        }
     };
     let producer = producer.as_ref().map(|(name, seq)| (name.as_str(), *seq));
     if let Err(r) = store_decoded_once(&app, "loki", &tenant, &mut decoded, producer).await {

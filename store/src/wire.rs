@@ -67,8 +67,8 @@ pub enum WireError {
     #[error("unsupported content type {content_type:?}; {expected}")]
     UnsupportedContentType { content_type: String, expected: &'static str },
 
-    #[error("unsupported content encoding {encoding:?}; use gzip, deflate, zstd or none")]
-    UnsupportedEncoding { encoding: String },
+    #[error("unsupported content encoding {encoding:?}; {expected}")]
+    UnsupportedEncoding { encoding: String, expected: &'static str },
 
     #[error("request body is larger than the limit of {limit} bytes{}", if *.decompressed { " once decompressed" } else { "" })]
     BodyTooLarge { limit: usize, decompressed: bool },

@@ -128,10 +128,15 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
     assert!(msg.contains("invalid gzip body"), "{msg}");
     assert_eq!(s.count("proto").await, 0);
 
-    // A content type Loki push does not know, and an encoding nobody knows.
+    // A content type Loki push does not know is read as protobuf, as Loki reads it; an encoding nobody
+    // knows is a 400 on Loki push (as Loki answers) and a 415 elsewhere.
     let (status, msg) = post(s, "/loki/api/v1/push", "ct", &[("Content-Type", "text/plain")], b"hello".to_vec()).await;
-    assert_eq!(status, 415);
-    assert!(msg.contains("unsupported content type \"text/plain\""), "{msg}");
+    assert_eq!(status, 400);
+    assert!(msg.contains("Content-Type \"text/plain\" is read as snappy-compressed protobuf"), "{msg}");
+    let (status, msg) =
+        post(s, "/loki/api/v1/push", "ct", &[JSON, ("Content-Encoding", "br")], b"{\"streams\":[]}".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("unsupported content encoding \"br\"; Loki push takes snappy"), "{msg}");
     let (status, _) = post(s, "/insert/jsonline", "ct", &[("Content-Encoding", "br")], b"{}".to_vec()).await;
     assert_eq!(status, 415);
 

@@ -71,6 +71,16 @@ impl TestServer {
         sql_rows(&self.client, &self.base, tenant, sql).await
     }
 
+    /// A PromQL instant query for a tenant, at `time` (seconds) or now; the whole JSON answer.
+    pub async fn promql(&self, tenant: &str, query: &str, time: Option<f64>) -> Value {
+        let mut params = vec![("query", query.to_string())];
+        if let Some(t) = time {
+            params.push(("time", format!("{t:.3}")));
+        }
+        let r = self.client.get(self.url("/api/v1/query")).header("X-Scope-OrgID", tenant).query(&params);
+        r.send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn count(&self, tenant: &str) -> i64 {
         self.sql(tenant, "SELECT count(*) AS n FROM logs").await[0]["n"].as_i64().unwrap()
     }

@@ -25,5 +25,7 @@ mod prom_api;
 #[cfg(feature = "external-tests")]
 mod prometheus_compare;
 mod retention;
+mod shippers;
+mod vector;
 #[cfg(feature = "external-tests")]
 mod yaml;

@@ -31,7 +31,10 @@ pub fn decode(encoding: Option<&str>, body: Bytes, limit: usize) -> Result<Bytes
                 .map_err(|e| WireError::Compression { encoding: "zstd", reason: e.to_string() })?;
             read_bounded(decoder, "zstd", limit)
         }
-        Some(other) => Err(WireError::UnsupportedEncoding { encoding: other.to_string() }),
+        Some(other) => Err(WireError::UnsupportedEncoding {
+            encoding: other.to_string(),
+            expected: "use gzip, deflate, zstd or none",
+        }),
     }
 }
 

@@ -72,21 +72,82 @@ pub enum PushFormat {
 }
 
 impl PushFormat {
-    /// The format for a `Content-Type`. No content type means protobuf, as Loki assumes.
-    ///
-    /// # Errors
-    /// [`WireError::UnsupportedContentType`] for anything else; answer 415.
-    pub fn from_content_type(content_type: Option<&str>) -> Result<PushFormat, WireError> {
-        let essence = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        match essence.as_deref() {
-            None | Some("") | Some("application/x-protobuf" | "application/protobuf") => Ok(PushFormat::Protobuf),
-            Some("application/json") => Ok(PushFormat::Json),
-            Some(other) => Err(WireError::UnsupportedContentType {
-                content_type: other.to_string(),
-                expected: "Loki push takes application/x-protobuf (snappy) or application/json",
-            }),
+    /// The format for a `Content-Type`, read as Loki reads it: `application/json` (any parameters) is
+    /// JSON and everything else is snappy-compressed protobuf — `application/x-protobuf`, no content type
+    /// at all, and types Loki does not know (some clients send `application/octet-stream`).
+    pub fn from_content_type(content_type: Option<&str>) -> PushFormat {
+        match content_type.map(media_type).as_deref() {
+            Some("application/json") => PushFormat::Json,
+            _ => PushFormat::Protobuf,
         }
     }
+}
+
+/// The media type of a `Content-Type` value, lower case, without parameters.
+fn media_type(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// What the push endpoint accepts as `Content-Encoding`.
+const LOKI_ENCODINGS: &str = "Loki push takes snappy (protobuf bodies), gzip, deflate, zstd or none";
+
+/// Decodes a whole push request from its `Content-Type`, `Content-Encoding` and body, as Loki reads one
+/// (`pkg/loghttp/push/push.go`), so that every shipper that talks to Loki works unchanged:
+///
+/// - `Content-Encoding: snappy` names the snappy block a protobuf body always is (Vector's `loki` sink
+///   sends it; Promtail, Alloy and the Loki Go client send no `Content-Encoding`). On a JSON body, which
+///   Loki would fail to parse, the block is decoded when the body is one, else the body is read as it is.
+/// - `gzip`, `deflate` and `zstd` are taken off first (Fluent Bit and Vector gzip JSON; a gzipped protobuf
+///   body is a gzipped snappy block, as for Loki).
+/// - Any other encoding fails the request ([`WireError::UnsupportedEncoding`]).
+///
+/// # Errors
+/// As [`decode`], plus the encoding errors of [`body::decode`]; nothing of a failed request is stored.
+pub fn decode_request(
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    body: bytes::Bytes,
+    limits: Limits,
+    received_ns: i64,
+) -> Result<Decoded, WireError> {
+    let format = PushFormat::from_content_type(content_type);
+    let encoding = content_encoding.map(|e| e.trim().to_ascii_lowercase());
+    let body = match encoding.as_deref() {
+        Some("snappy") => {
+            if body.len() > limits.max_body_bytes {
+                return Err(WireError::BodyTooLarge { limit: limits.max_body_bytes, decompressed: false });
+            }
+            match format {
+                PushFormat::Protobuf => body,
+                PushFormat::Json => match body::snappy_block(&body, limits.max_body_bytes) {
+                    Ok(raw) => bytes::Bytes::from(raw),
+                    Err(e @ WireError::BodyTooLarge { .. }) => return Err(e),
+                    Err(_) => body,
+                },
+            }
+        }
+        other => body::decode(other, body, limits.max_body_bytes).map_err(|e| match e {
+            WireError::UnsupportedEncoding { encoding, .. } => {
+                WireError::UnsupportedEncoding { encoding, expected: LOKI_ENCODINGS }
+            }
+            e => e,
+        })?,
+    };
+    decode(format, &body, limits, received_ns).map_err(|e| match (e, content_type.map(media_type)) {
+        // A type Loki does not know is read as protobuf; say so when that reading fails.
+        (WireError::Compression { encoding: "snappy", reason }, Some(ct))
+            if !matches!(ct.as_str(), "" | "application/x-protobuf" | "application/protobuf") =>
+        {
+            WireError::Compression {
+                encoding: "snappy",
+                reason: format!(
+                    "{reason} (a body of Content-Type {ct:?} is read as snappy-compressed protobuf, as Loki \
+                     reads every type but application/json; send JSON as application/json)"
+                ),
+            }
+        }
+        (e, _) => e,
+    })
 }
 
 /// Decodes a push body (already stripped of its `Content-Encoding`).
@@ -374,17 +435,24 @@ pub fn parse_label_set(s: &str) -> Result<Vec<(String, String)>, String> {
                 }
                 b'\\' => {
                     let esc = b.get(i + 1).copied();
-                    value.push(match esc {
+                    let unescaped = match esc {
                         Some(b'n') => '\n',
                         Some(b't') => '\t',
                         Some(b'r') => '\r',
                         Some(b'\\') => '\\',
                         Some(b'"') => '"',
                         Some(b'\'') => '\'',
-                        _ => {
-                            return Err(format!("unsupported escape in value of label {name:?} at byte {i}"));
+                        None => return Err(format!("unterminated value of label {name:?}")),
+                        // Vector's loki sink writes label values without escaping them, so a Windows path
+                        // arrives as `C:\logs`: an escape that means nothing is kept as written rather
+                        // than failing the whole request.
+                        Some(_) => {
+                            value.push('\\');
+                            i += 1;
+                            continue;
                         }
-                    });
+                    };
+                    value.push(unescaped);
                     i += 2;
                 }
                 _ => {
@@ -433,6 +501,91 @@ mod tests {
         assert!(parse_label_set(r#"{1a="x"}"#).unwrap_err().contains("invalid label name"));
         assert!(parse_label_set(r#"{a="x""#).unwrap_err().contains("expected ','"));
         assert!(parse_label_set(r#"{a="x"} tail"#).is_err());
+        // An escape that means nothing is kept as written (Vector does not escape label values).
+        assert_eq!(
+            parse_label_set(r#"{file="C:\logs\app.log"}"#).unwrap(),
+            vec![("file".to_string(), r"C:\logs\app.log".to_string())]
+        );
+        assert!(parse_label_set(r#"{a="x\"#).is_err());
+    }
+
+    /// Every `Content-Type` × `Content-Encoding` pair that a shipper sends, and the odd ones, read as Loki
+    /// reads them.
+    #[test]
+    fn request_headers_as_loki_reads_them() {
+        use std::io::Write as _;
+        let req = PushRequest {
+            streams: vec![StreamAdapter {
+                labels: br#"{app="api"}"#.to_vec(),
+                entries: vec![EntryAdapter {
+                    timestamp: Some(Timestamp { seconds: 1, nanos: 5 }),
+                    line: b"hello".to_vec(),
+                    structured_metadata: vec![],
+                    parsed: vec![],
+                }],
+                hash: 0,
+            }],
+        };
+        let proto = bytes::Bytes::from(encode_protobuf(&req));
+        let json =
+            bytes::Bytes::from_static(br#"{"streams":[{"stream":{"app":"api"},"values":[["1000000005","hello"]]}]}"#);
+        let gzip = |b: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(b).unwrap();
+            bytes::Bytes::from(gz.finish().unwrap())
+        };
+        let snappy = |b: &[u8]| bytes::Bytes::from(snap::raw::Encoder::new().compress_vec(b).unwrap());
+        let ok = |ct: Option<&str>, ce: Option<&str>, body: bytes::Bytes| {
+            let d = decode_request(ct, ce, body, Limits::default(), 0).unwrap_or_else(|e| panic!("{ct:?} {ce:?}: {e}"));
+            assert_eq!(d.batch.entries.len(), 1, "{ct:?} {ce:?}");
+            assert_eq!(d.batch.entries[0].line, "hello");
+            assert_eq!(d.batch.entries[0].time_ns, 1_000_000_005);
+        };
+        // Vector's loki sink (default compression): protobuf with Content-Encoding: snappy.
+        ok(Some("application/x-protobuf"), Some("snappy"), proto.clone());
+        ok(Some("application/x-protobuf"), Some("Snappy"), proto.clone());
+        // Promtail, Alloy, the Loki Go client: no Content-Encoding.
+        ok(Some("application/x-protobuf"), None, proto.clone());
+        // No content type, or one Loki does not know: protobuf, as Loki reads it.
+        ok(None, None, proto.clone());
+        ok(Some("application/octet-stream"), None, proto.clone());
+        // A gzipped protobuf body is a gzipped snappy block.
+        ok(Some("application/x-protobuf"), Some("gzip"), gzip(&proto));
+        // Fluent Bit and Vector with gzip: JSON, gzipped or not; deflate and zstd too.
+        ok(Some("application/json"), None, json.clone());
+        ok(Some("application/json; charset=utf-8"), Some("gzip"), gzip(&json));
+        ok(Some("application/json"), Some("zstd"), bytes::Bytes::from(zstd::encode_all(&json[..], 1).unwrap()));
+        // JSON named snappy: decoded when it is a snappy block, read as it is when it is not.
+        ok(Some("application/json"), Some("snappy"), snappy(&json));
+        ok(Some("application/json"), Some("snappy"), json.clone());
+
+        // An encoding nobody supports.
+        let e = decode_request(Some("application/json"), Some("br"), json.clone(), Limits::default(), 0).unwrap_err();
+        assert!(matches!(&e, WireError::UnsupportedEncoding { encoding, .. } if encoding == "br"), "{e}");
+        assert!(e.to_string().contains("snappy (protobuf bodies), gzip"), "{e}");
+        // JSON under a type Loki reads as protobuf: the error says how it was read.
+        let e = decode_request(Some("text/plain"), None, json.clone(), Limits::default(), 0).unwrap_err();
+        assert!(e.to_string().contains("Content-Type \"text/plain\" is read as snappy-compressed protobuf"), "{e}");
+        // A protobuf body sent without its snappy block.
+        let e = decode_request(
+            Some("application/x-protobuf"),
+            Some("snappy"),
+            req.encode_to_vec().into(),
+            Limits::default(),
+            0,
+        );
+        assert!(e.is_err());
+        // Size limits hold on the snappy path, compressed and decompressed.
+        let small = Limits { max_body_bytes: 200, ..Limits::default() };
+        let big = bytes::Bytes::from(vec![b'x'; 300]);
+        let e = decode_request(Some("application/x-protobuf"), Some("snappy"), big, small, 0).unwrap_err();
+        assert_eq!(e, WireError::BodyTooLarge { limit: 200, decompressed: false });
+        let bomb = snappy(&[b' '; 3000]);
+        assert!(bomb.len() < 200, "{}", bomb.len());
+        let e = decode_request(Some("application/json"), Some("snappy"), bomb.clone(), small, 0).unwrap_err();
+        assert_eq!(e, WireError::BodyTooLarge { limit: 200, decompressed: true });
+        let e = decode_request(Some("application/x-protobuf"), Some("snappy"), bomb, small, 0).unwrap_err();
+        assert_eq!(e, WireError::BodyTooLarge { limit: 200, decompressed: true });
     }
 
     #[test]
