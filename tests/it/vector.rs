@@ -549,3 +549,33 @@ async fn vector_acknowledged_lines_survive_kill_9_of_lumen() {
     drop(vector);
     lumen.terminate();
 }
+
+/// Every Vector config in the README's "From Vector" section is one Vector accepts: `vector validate`
+/// builds each sink (a demo or scrape source stands in for its input).
+#[test]
+fn readme_vector_configs_validate() {
+    let Some(bin) = vector_bin("readme_vector_configs_validate") else { return };
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## From Vector and other shippers").expect("the README's From Vector section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let blocks: Vec<&str> = section.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(blocks.len() >= 4, "{} YAML blocks", blocks.len());
+    let dir = tempfile::tempdir().unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        let input = block.split("inputs: [").nth(1).and_then(|s| s.split(']').next()).expect("inputs").trim();
+        let id = input.split('.').next().unwrap();
+        let source = if id == "scrape" {
+            "    type: prometheus_scrape\n    endpoints: [\"http://127.0.0.1:9/metrics\"]\n"
+        } else {
+            "    type: demo_logs\n    format: json\n"
+        };
+        let block = block.replace(&format!("inputs: [{input}]"), &format!("inputs: [{id}]"));
+        let path = dir.path().join(format!("readme-{i}.yaml"));
+        std::fs::write(&path, format!("data_dir: {}\nsources:\n  {id}:\n{source}{block}", dir.path().display()))
+            .unwrap();
+        let out = Command::new(&bin).args(["validate", "--skip-healthchecks"]).arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "README block {i} does not validate:\n{block}\n{text}");
+    }
+}
