@@ -71,6 +71,8 @@ PY
 fi
 bytes=$(du -sb "$pods" | awk '{print $1}')
 
+# Every process this script starts is stopped when it exits, however it exits.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # A child that exited is a zombie until waited for, and kill -0 still finds it.
@@ -85,7 +87,7 @@ agent_data="$OUT/agent-state"
 rm -rf "$data" "$agent_data"
 sport=$(free_port)
 aport=$(free_port)
-"$BIN" server --data-dir "$data" --http-addr "127.0.0.1:$sport" --mqtt-listen off >"$OUT/server-agent.log" 2>&1 &
+"$BIN" server --data-dir "$data" --http-addr "127.0.0.1:$sport" --mqtt-listen off --otlp-grpc-addr 127.0.0.1:0 >"$OUT/server-agent.log" 2>&1 &
 spid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$sport/ready" >/dev/null && break; sleep 0.1; done
 cat >"$OUT/agent.toml" <<EOF
@@ -174,7 +176,7 @@ if [ -n "${VECTOR_BIN:-}" ]; then
   vd="$OUT/vector"
   rm -rf "$vd" "$OUT/data-vector"; mkdir -p "$vd/data"
   vsport=$(free_port)
-  "$BIN" server --data-dir "$OUT/data-vector" --http-addr "127.0.0.1:$vsport" --mqtt-listen off >"$OUT/server-vector.log" 2>&1 &
+  "$BIN" server --data-dir "$OUT/data-vector" --http-addr "127.0.0.1:$vsport" --mqtt-listen off --otlp-grpc-addr 127.0.0.1:0 >"$OUT/server-vector.log" 2>&1 &
   vspid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$vsport/ready" >/dev/null && break; sleep 0.1; done
   # The same work as the agent's: CRI time and stream, namespace/pod/container labels from the path, the
@@ -219,6 +221,8 @@ sinks:
       pod_uid: "{{ pod_uid }}"
     batch:
       max_bytes: 1048576
+    # Vector 0.58 refuses label templates without a literal prefix unless the sink opts out.
+    dangerously_allow_unconfined_template_resolution: true
 EOF
   vversion=$("$VECTOR_BIN" --version | awk '{print $2}')
   vscpu0=$(cpu "$vspid")

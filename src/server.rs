@@ -104,12 +104,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Arc::new(registry),
         ready: ready.clone(),
     };
-    let query = query::http::QueryState {
-        store: store.clone(),
-        metric_store: metric_store.clone(),
-        config: config.query.clone(),
-        metrics: query_metrics,
-    };
+    let query = query::http::QueryState::new(
+        store.clone(),
+        metric_store.clone(),
+        config.query.clone(),
+        query_metrics,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
     let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()));
     let http = tokio::spawn({
         let token = shutdown.clone();

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use crate::logql::Limits;
@@ -15,6 +16,9 @@ pub struct QueryConfig {
     pub timeout: Duration,
     /// Most rows a SQL answer carries; more are cut off and the answer says `"truncated": true`.
     pub sql_max_rows: usize,
+    /// Memory all SQL queries together may hold (DataFusion's memory pool: hash tables of `GROUP BY` and
+    /// `DISTINCT`, sorts, joins); a query that needs more than is left is answered 503.
+    pub sql_max_memory: ByteSize,
     /// Most log entries one LogQL query may ask for (`limit`); more is a 400.
     pub max_entries_limit_per_query: usize,
     /// Most series a LogQL metric query may answer with; more is a 400.
@@ -39,6 +43,7 @@ impl Default for QueryConfig {
         QueryConfig {
             timeout: Duration::from_secs(60),
             sql_max_rows: 100_000,
+            sql_max_memory: ByteSize::mib(256),
             max_entries_limit_per_query: 5000,
             max_query_series: 500,
             max_query_length: Duration::from_secs(721 * 3600),

@@ -26,6 +26,23 @@ pub struct QueryState {
     pub metric_store: MetricStore,
     pub config: QueryConfig,
     pub metrics: Arc<QueryMetrics>,
+    /// The runtime all SQL queries share (its memory pool is `config.sql_max_memory`).
+    pub sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+}
+
+impl QueryState {
+    /// # Errors
+    /// DataFusion's error building the SQL runtime.
+    pub fn new(
+        store: LogStore,
+        metric_store: MetricStore,
+        config: QueryConfig,
+        metrics: Arc<QueryMetrics>,
+    ) -> datafusion::error::Result<QueryState> {
+        let max = usize::try_from(config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
+        let sql_runtime = crate::sql::runtime(max)?;
+        Ok(QueryState { store, metric_store, config, metrics, sql_runtime })
+    }
 }
 
 /// The routes of the query APIs.

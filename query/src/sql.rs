@@ -18,7 +18,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::prelude::SessionContext;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use store::model::Tenant;
 use store::{LabelMatcher, LogStore, MatchOp, ScanRequest};
@@ -210,14 +212,54 @@ impl PartitionStream for ScanPartition {
     }
 }
 
-/// A session with the tenant's `logs` table registered.
+/// What `/api/v1/sql` may run: read-only queries. DDL (`CREATE [EXTERNAL] TABLE`, `DROP`, views), DML
+/// (`INSERT`, `COPY ... TO`) and statements (`SET`, `PREPARE`, transactions) are refused, so no query can
+/// read or write a file or change the session.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+/// The message of a refused statement.
+pub const READ_ONLY: &str = "only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN); DDL (CREATE, \
+    DROP), DML (INSERT, COPY) and statements (SET, PREPARE, transactions) are refused";
+
+/// The runtime every SQL query shares: one memory pool of `max_memory` bytes, so that all SQL queries
+/// together never hold more (a query that needs more than is left fails with `ResourcesExhausted`).
+///
+/// # Errors
+/// DataFusion's runtime construction error.
+pub fn runtime(max_memory: usize) -> Result<Arc<RuntimeEnv>> {
+    RuntimeEnvBuilder::new().with_memory_limit(max_memory, 1.0).build_arc()
+}
+
+/// A session over the shared `runtime` with the tenant's `logs` table as its only table. Nothing else is
+/// reachable: no information schema, no URL tables (`SELECT * FROM 'file.csv'`), no other catalog; the
+/// only table functions are DataFusion's in-memory `generate_series` and `range`.
 ///
 /// # Errors
 /// DataFusion's registration error, which cannot happen for a fresh context.
-pub fn session(store: &LogStore, tenant: &Tenant) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
+pub fn session(store: &LogStore, tenant: &Tenant, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
+    let config = SessionConfig::new().with_information_schema(false);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone())))?;
     Ok(ctx)
+}
+
+/// Plans `sql` in `ctx`, refusing anything [`read_only`] does not allow before any of it runs.
+///
+/// # Errors
+/// A parse or planning error, or `Plan(READ_ONLY ...)` for a refused statement.
+pub async fn plan_read_only(ctx: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    if let Err(e) = read_only().verify_plan(&plan) {
+        return Err(DataFusionError::Plan(format!("{READ_ONLY}: {}", e.strip_backtrace().trim_start_matches("Error during planning: "))));
+    }
+    ctx.execute_logical_plan(plan).await
 }
 
 #[cfg(test)]

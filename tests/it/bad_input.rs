@@ -224,3 +224,33 @@ async fn entries_outside_the_retention_window_are_rejected_one_by_one() {
     assert_eq!(server.count("window").await, 1);
     server.stop().await;
 }
+
+/// `/api/v1/sql` runs read-only queries only: COPY, external tables and DDL are a 400 that says what is
+/// allowed, nothing is written, and a query over the memory limit is a 503 naming it; the server stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_is_read_only_and_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.query.sql_max_memory = ByteSize::kib(256);
+    let server = TestServer::start(config).await;
+    let (status, _) =
+        post(&server, "/insert/jsonline", "default", &[], b"{\"_msg\":\"hello\",\"app\":\"a\"}\n".to_vec()).await;
+    assert_eq!(status, 200);
+    let out = dir.path().join("stolen.csv");
+    for sql in [
+        format!("COPY (SELECT * FROM logs) TO '{}' STORED AS CSV", out.display()),
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "DROP TABLE logs".to_string(),
+    ] {
+        let (status, msg) = post(&server, "/api/v1/sql", "default", &[], sql.clone().into_bytes()).await;
+        assert_eq!(status, 400, "{sql}: {msg}");
+        assert!(msg.contains("only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN)"), "{msg}");
+    }
+    assert!(!out.exists());
+    let sql = "SELECT v % 1000000 AS k, count(*) FROM generate_series(1, 3000000) AS t(v) GROUP BY k";
+    let (status, msg) = post(&server, "/api/v1/sql", "default", &[], sql.as_bytes().to_vec()).await;
+    assert_eq!(status, 503, "{msg}");
+    assert!(msg.contains("query.sql_max_memory"), "{msg}");
+    assert_eq!(server.count("default").await, 1);
+    server.stop().await;
+}

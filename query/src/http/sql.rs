@@ -1,6 +1,8 @@
 //! `POST /api/v1/sql`: the body is the SQL text (or the form field `query`; `GET ?query=` works too).
 //! The answer is `{"columns":[{"name","type"}],"rows":[{..}],"truncated":false}`; errors are
-//! `{"status":"error","errorType":"bad_data"|"execution"|"timeout","error":"..."}` with 400, 422 or 503.
+//! `{"status":"error","errorType":"bad_data"|"execution"|"timeout"|"resources_exhausted","error":"..."}`
+//! with 400, 422 or 503. Only read-only queries run ([`crate::sql::read_only`]); all SQL queries share one
+//! memory pool of `query.sql_max_memory`.
 
 use std::time::Instant;
 
@@ -15,7 +17,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::http::{QueryState, tenant};
-use crate::sql::session;
+use crate::sql::{plan_read_only, session};
 
 pub(crate) async fn handle(
     State(state): State<QueryState>,
@@ -68,8 +70,8 @@ async fn run(
 
     let max_rows = state.config.sql_max_rows;
     let work = async {
-        let ctx = session(&state.store, &tenant)?;
-        let df = ctx.sql(&sql).await?;
+        let ctx = session(&state.store, &tenant, state.sql_runtime.clone())?;
+        let df = plan_read_only(&ctx, &sql).await?;
         let schema = df.schema().as_arrow().clone();
         let mut stream = df.execute_stream().await?;
         let mut batches = Vec::new();
@@ -124,6 +126,17 @@ fn classify(e: DataFusionError) -> (&'static str, Response) {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => ("bad_request", error(StatusCode::BAD_REQUEST, "bad_data", root)),
+        DataFusionError::ResourcesExhausted(msg) => (
+            "error",
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "resources_exhausted",
+                format!(
+                    "the query needs more memory than SQL may use now (query.sql_max_memory, shared by all SQL \
+                     queries): {msg}; narrow it (time range, fewer groups) or retry"
+                ),
+            ),
+        ),
         DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => {
             ("error", error(StatusCode::UNPROCESSABLE_ENTITY, "execution", root))
         }

@@ -45,17 +45,17 @@ async fn scalar(ctx: &SessionContext, sql: &str) -> i64 {
 async fn counts_filters_and_groups_over_head_and_parts() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_rows(dir.path()).await;
-    let ctx = session(&store, &Tenant::default_tenant()).unwrap();
+    let ctx = session(&store, &Tenant::default_tenant(), runtime(1 << 30).unwrap()).unwrap();
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs").await, 500);
     store.flush().await.unwrap();
-    let ctx = session(&store, &Tenant::default_tenant()).unwrap();
+    let ctx = session(&store, &Tenant::default_tenant(), runtime(1 << 30).unwrap()).unwrap();
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs").await, 500);
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE app = 'web'").await, 200);
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE message LIKE '%status=500%'").await, 50);
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE level = 'error' AND app = 'api'").await, 30);
     assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs WHERE time > now() - interval '100 seconds'").await, 200);
     assert_eq!(scalar(&ctx, "SELECT count(DISTINCT app) FROM logs").await, 2);
-    let other = session(&store, &Tenant::new("other").unwrap()).unwrap();
+    let other = session(&store, &Tenant::new("other").unwrap(), runtime(1 << 30).unwrap()).unwrap();
     assert_eq!(scalar(&other, "SELECT count(*) FROM logs").await, 0);
 }
 
@@ -63,7 +63,7 @@ async fn counts_filters_and_groups_over_head_and_parts() {
 async fn group_by_label_column() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_rows(dir.path()).await;
-    let ctx = session(&store, &Tenant::default_tenant()).unwrap();
+    let ctx = session(&store, &Tenant::default_tenant(), runtime(1 << 30).unwrap()).unwrap();
     let batches = ctx
         .sql("SELECT app, count(*) AS n FROM logs GROUP BY app ORDER BY app")
         .await
@@ -83,7 +83,7 @@ async fn group_by_label_column_over_parts() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_rows(dir.path()).await;
     store.flush().await.unwrap();
-    let ctx = session(&store, &Tenant::default_tenant()).unwrap();
+    let ctx = session(&store, &Tenant::default_tenant(), runtime(1 << 30).unwrap()).unwrap();
     for sql in [
         "SELECT app, count(*) AS n FROM logs GROUP BY app ORDER BY app",
         "SELECT app, count(*) AS n FROM logs GROUP BY app",
@@ -93,4 +93,92 @@ async fn group_by_label_column_over_parts() {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert!(rows >= 2, "{sql}: {batches:?}");
     }
+}
+
+/// Nothing but read-only queries runs: no statement can write or read a file, create a table or change
+/// the session, and the refusal says what is allowed. Nothing is written to disk.
+#[tokio::test]
+async fn only_read_only_queries_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_rows(dir.path()).await;
+    let ctx = session(&store, &Tenant::default_tenant(), runtime(1 << 30).unwrap()).unwrap();
+    let out = dir.path().join("dump.csv");
+    let secret = dir.path().join("secret.csv");
+    std::fs::write(&secret, "a,b\n1,2\n").unwrap();
+    let refused = [
+        format!("COPY (SELECT * FROM logs) TO '{}'", out.display()),
+        format!("COPY logs TO '{}' STORED AS CSV", out.display()),
+        format!("CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{}'", secret.display()),
+        "CREATE TABLE t AS SELECT * FROM logs".to_string(),
+        "CREATE VIEW v AS SELECT * FROM logs".to_string(),
+        "DROP TABLE logs".to_string(),
+        "INSERT INTO logs (message) VALUES ('x')".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "PREPARE p AS SELECT 1".to_string(),
+        "BEGIN TRANSACTION".to_string(),
+    ];
+    for sql in &refused {
+        let err = match plan_read_only(&ctx, sql).await {
+            Ok(df) => df.collect().await.map(|_| "ran".to_string()).unwrap_or_else(|e| e.to_string()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("only read-only queries are allowed"), "{sql}: {err}");
+    }
+    assert!(!out.exists(), "COPY wrote a file");
+    // A file path as a table (DataFusion's URL tables) is not a table here.
+    let err = plan_read_only(&ctx, &format!("SELECT * FROM '{}'", secret.display())).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    // No information schema, no other tenant's tables.
+    assert!(plan_read_only(&ctx, "SELECT * FROM information_schema.tables").await.is_err());
+    // What is allowed still runs.
+    for sql in [
+        "SELECT count(*) FROM logs",
+        "WITH x AS (SELECT app FROM logs) SELECT count(*) FROM x",
+        "SELECT count(*) FROM (VALUES (1), (2)) AS t(v)",
+        "EXPLAIN SELECT count(*) FROM logs",
+    ] {
+        plan_read_only(&ctx, sql).await.unwrap().collect().await.unwrap();
+    }
+}
+
+/// Every SQL query's hash tables count against the shared memory pool: a GROUP BY over many distinct
+/// values fails with ResourcesExhausted instead of growing without bound.
+#[tokio::test]
+async fn group_by_over_the_memory_pool_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_rows(dir.path()).await;
+    let ctx = session(&store, &Tenant::default_tenant(), runtime(256 * 1024).unwrap()).unwrap();
+    let sql = "SELECT v % 1000000 AS k, count(*) FROM generate_series(1, 3000000) AS t(v) GROUP BY k";
+    let err = plan_read_only(&ctx, sql).await.unwrap().collect().await.unwrap_err();
+    assert!(matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)), "{err}");
+    let sql = "SELECT count(DISTINCT v) FROM generate_series(1, 3000000) AS t(v)";
+    let err = plan_read_only(&ctx, sql).await.unwrap().collect().await.unwrap_err();
+    assert!(matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)), "{err}");
+    // The pool is free again afterwards: a small query runs.
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM logs").await, 500);
+}
+
+/// Deeply nested or very long expressions are refused by the parser's depth limit or planned on a stack
+/// that grows, never overflowing the thread's stack.
+#[test]
+fn deep_expressions_never_overflow_the_stack() {
+    // A small stack, as a tokio worker has (2 MiB).
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = store_with_rows(dir.path()).await;
+                let ctx = session(&store, &Tenant::default_tenant(), runtime(1 << 30).unwrap()).unwrap();
+                let nested = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+                let err = plan_read_only(&ctx, &nested).await.unwrap_err();
+                assert!(err.to_string().contains("recursion limit"), "{err}");
+                let long_chain = format!("SELECT 1{} FROM logs LIMIT 1", " + 1".repeat(3000));
+                let df = plan_read_only(&ctx, &long_chain).await.unwrap();
+                df.collect().await.unwrap();
+            });
+        })
+        .unwrap();
+    handle.join().expect("no stack overflow");
 }
