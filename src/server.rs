@@ -104,13 +104,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Arc::new(registry),
         ready: ready.clone(),
     };
-    let query = query::http::QueryState::new(
-        store.clone(),
-        metric_store.clone(),
-        config.query.clone(),
-        query_metrics,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
+    let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
+        .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
     let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()));
     let http = tokio::spawn({
         let token = shutdown.clone();

@@ -12,14 +12,14 @@ use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use store::model::Tenant;
@@ -240,26 +240,151 @@ pub fn runtime(max_memory: usize) -> Result<Arc<RuntimeEnv>> {
 /// DataFusion's registration error, which cannot happen for a fresh context.
 pub fn session(store: &LogStore, tenant: &Tenant, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(false);
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
+    let state =
+        SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone())))?;
     Ok(ctx)
 }
 
-/// Plans `sql` in `ctx`, refusing anything [`read_only`] does not allow before any of it runs.
+/// Deepest expression a SQL query may hold (operators, function calls, CASE arms, nested in one another).
+/// Deeper trees would overflow a worker's stack when they are evaluated or dropped.
+pub const MAX_EXPR_DEPTH: usize = 256;
+
+/// Stack of the thread that parses and plans a query: a hostile query cannot overflow it before its depth
+/// is known (a chain of 10,000 `+` parses into a tree 10,000 deep).
+const PLANNER_STACK: usize = 256 << 20;
+
+/// Plans `sql` in `ctx`, refusing anything [`read_only`] does not allow and any expression deeper than
+/// [`MAX_EXPR_DEPTH`], before any of it runs. Parsing and planning run on a thread of their own with a
+/// large stack; what comes back is bounded, so running it on the runtime's workers is safe.
 ///
 /// # Errors
-/// A parse or planning error, or `Plan(READ_ONLY ...)` for a refused statement.
+/// A parse or planning error, `Plan(READ_ONLY ...)` for a refused statement, or a plan error naming the
+/// depth limit.
 pub async fn plan_read_only(ctx: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
-    let plan = ctx.state().create_logical_plan(sql).await?;
-    if let Err(e) = read_only().verify_plan(&plan) {
-        return Err(DataFusionError::Plan(format!("{READ_ONLY}: {}", e.strip_backtrace().trim_start_matches("Error during planning: "))));
-    }
+    let state = ctx.state();
+    let sql = sql.to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lumen-sql-planner".to_string())
+        .stack_size(PLANNER_STACK)
+        .spawn(move || {
+            let dialect = state.config_options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql, &dialect).map_err(|e| depth_message(e, &state));
+            let planned = statement.and_then(|statement| {
+                check_statement(&statement)?;
+                futures::executor::block_on(state.statement_to_plan(statement))
+            });
+            let checked = planned.and_then(|plan| {
+                if let Err(e) = read_only().verify_plan(&plan) {
+                    let e = e.strip_backtrace();
+                    return Err(DataFusionError::Plan(format!(
+                        "{READ_ONLY}: {}",
+                        e.trim_start_matches("Error during planning: ")
+                    )));
+                }
+                let depth = plan_depth(&plan);
+                if depth > MAX_EXPR_DEPTH {
+                    // Dropped here, on this thread's stack.
+                    drop(plan);
+                    return Err(DataFusionError::Plan(format!(
+                        "an expression of the query is nested {depth} levels deep, over the limit of \
+                         {MAX_EXPR_DEPTH}; split it"
+                    )));
+                }
+                Ok(plan)
+            });
+            let _ = tx.send(checked);
+        })
+        .map_err(|e| DataFusionError::Execution(format!("cannot start the SQL planner thread: {e}")))?;
+    let plan = rx.await.map_err(|_| DataFusionError::Execution("the SQL planner thread failed".to_string()))??;
     ctx.execute_logical_plan(plan).await
+}
+
+/// The parser's own depth limit, said plainly.
+fn depth_message(e: DataFusionError, state: &datafusion::execution::SessionState) -> DataFusionError {
+    if e.to_string().contains("RecursionLimitExceeded") {
+        DataFusionError::Plan(format!(
+            "the query is nested deeper than the limit of {} levels (parentheses, subqueries); flatten it",
+            state.config_options().sql_parser.recursion_limit
+        ))
+    } else {
+        e
+    }
+}
+
+/// Refuses, before planning, what [`read_only`] would refuse after it (DataFusion's own `COPY` and
+/// `CREATE EXTERNAL TABLE`) and any expression deeper than [`MAX_EXPR_DEPTH`]: planning a very deep
+/// expression costs time quadratic in its depth.
+fn check_statement(statement: &datafusion::sql::parser::Statement) -> Result<()> {
+    use datafusion::sql::parser::Statement as DfStatement;
+    use datafusion::sql::sqlparser::ast::Visit;
+    match statement {
+        DfStatement::Statement(s) => {
+            let mut depth = AstDepth::default();
+            if s.visit(&mut depth).is_break() {
+                return Err(DataFusionError::Plan(format!(
+                    "an expression of the query is nested more than {MAX_EXPR_DEPTH} levels deep, over the limit \
+                     of {MAX_EXPR_DEPTH}; split it"
+                )));
+            }
+            Ok(())
+        }
+        DfStatement::Explain(e) => check_statement(&e.statement),
+        DfStatement::CopyTo(_) => Err(DataFusionError::Plan(format!("{READ_ONLY}: COPY"))),
+        DfStatement::CreateExternalTable(_) => {
+            Err(DataFusionError::Plan(format!("{READ_ONLY}: CREATE EXTERNAL TABLE")))
+        }
+        DfStatement::Reset(_) => Err(DataFusionError::Plan(format!("{READ_ONLY}: RESET"))),
+    }
+}
+
+/// Expression nesting of a parsed statement; breaks as soon as it passes [`MAX_EXPR_DEPTH`].
+#[derive(Default)]
+struct AstDepth {
+    current: usize,
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for AstDepth {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()> {
+        self.current += 1;
+        if self.current > MAX_EXPR_DEPTH {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+
+    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()> {
+        self.current -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// The depth of the deepest expression in a plan and its subqueries, walked without recursion.
+fn plan_depth(plan: &datafusion::logical_expr::LogicalPlan) -> usize {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut max = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|root| {
+            let mut stack = vec![(root, 1usize)];
+            while let Some((e, d)) = stack.pop() {
+                max = max.max(d);
+                if d > MAX_EXPR_DEPTH {
+                    break;
+                }
+                let _ = e.apply_children(|c| {
+                    stack.push((c, d + 1));
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    });
+    max
 }
 
 #[cfg(test)]
