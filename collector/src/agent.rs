@@ -226,7 +226,7 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
         }
     }));
     ready.store(true, Ordering::Release);
-    tracing::info!(%http_addr, %node, server = %cfg.server, data_dir = %cfg.data_dir.display(), "lumen agent started");
+    tracing::info!(%http_addr, %node, server = %crate::redact_urls(&cfg.server), data_dir = %cfg.data_dir.display(), "lumen agent started");
     Ok(Running { http_addr, stop_reading, stop_sending, reader, shipper, tasks, buffer, _lock: lock })
 }
 
@@ -412,7 +412,7 @@ async fn pod_targets_loop(
             if running.contains_key(&url) {
                 continue;
             }
-            tracing::info!(%url, "scraping an annotated pod");
+            tracing::info!(url = %crate::redact_urls(&url), "scraping an annotated pod");
             let token = shutdown.child_token();
             let handle =
                 tokio::spawn(scrape_loop(scraper.clone(), target, buffer.clone(), metrics.clone(), token.clone()));

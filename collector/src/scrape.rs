@@ -270,8 +270,8 @@ impl Scraper {
                 ScrapeOutcome { series, up: true, error: None, samples_scraped: parsed.samples_scraped, duration }
             }
             Err(error) => {
-                let error = error_chain(&error);
-                tracing::debug!(url = %target.url, %error, "scrape failed");
+                let error = crate::redact_urls(&error_chain(&error));
+                tracing::debug!(url = %crate::redact_urls(&target.url), %error, "scrape failed");
                 let mut series = stale_markers(&mut state.last, t_ms);
                 push_synthetic(&mut series, &target_labels, t_ms, [0.0, duration.as_secs_f64(), 0.0, 0.0, 0.0]);
                 ScrapeOutcome { series, up: false, error: Some(error), samples_scraped: 0, duration }
@@ -442,7 +442,7 @@ impl ParseJob {
             });
         }
         if duplicates > 0 {
-            tracing::debug!(url = %self.url, duplicates, "dropped samples with a duplicate timestamp");
+            tracing::debug!(url = %crate::redact_urls(&self.url), duplicates, "dropped samples with a duplicate timestamp");
         }
         Ok(Body { series, tracked, index, samples: stats.samples })
     }

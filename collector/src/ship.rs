@@ -184,7 +184,7 @@ impl Shipper {
     }
 }
 
-/// A reqwest error with its causes, which name the address and the OS error.
+/// A reqwest error with its causes, which name the address and the OS error; no credential of the URL.
 fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
@@ -193,5 +193,6 @@ fn describe(e: &reqwest::Error) -> String {
         s.push_str(&cause.to_string());
         src = cause.source();
     }
-    s
+    // reqwest names the URL, user info included.
+    crate::redact_urls(&s)
 }

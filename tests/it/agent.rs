@@ -746,3 +746,43 @@ async fn a_batch_the_server_refuses_is_dropped_and_the_rest_flows() {
 fn metric_or_zero(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
+
+/// A password in the server URL never reaches the agent's log: not at start, not in the errors of a
+/// server that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_never_logs_a_credential_of_its_server_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods");
+    let container = pods.join("default_web_0123/app");
+    std::fs::create_dir_all(&container).unwrap();
+    std::fs::write(container.join("0.log"), "2026-01-01T00:00:00.000000000Z stdout F hello\n").unwrap();
+    let closed = free_addr();
+    let config = agent_config(dir.path(), &format!("http://ann:s3cret-token@{closed}"), &pods, "");
+    let log = dir.path().join("agent.log");
+    let addr = free_addr();
+    let child = Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .args(["--http-addr", &addr.to_string()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = ServerProcess::adopt(child, format!("http://{addr}"));
+    agent.wait_ready().await;
+    // Wait for the failed delivery to be logged.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("cannot deliver a batch") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    agent.terminate();
+    assert!(text.contains("cannot deliver a batch"), "{text}");
+    assert!(text.contains("http://***@"), "{text}");
+    assert!(!text.contains("s3cret"), "the password reached the log:\n{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
+}
