@@ -14,6 +14,7 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -224,12 +225,16 @@ pub const READ_ONLY: &str = "only read-only queries are allowed (SELECT, WITH, V
     DROP), DML (INSERT, COPY) and statements (SET, PREPARE, transactions) are refused";
 
 /// The runtime every SQL query shares: one memory pool of `max_memory` bytes, so that all SQL queries
-/// together never hold more (a query that needs more than is left fails with `ResourcesExhausted`).
+/// together never hold more (a query that needs more than is left fails with `ResourcesExhausted`), and
+/// no spilling to disk.
 ///
 /// # Errors
 /// DataFusion's runtime construction error.
 pub fn runtime(max_memory: usize) -> Result<Arc<RuntimeEnv>> {
-    RuntimeEnvBuilder::new().with_memory_limit(max_memory, 1.0).build_arc()
+    // No spilling: DataFusion would otherwise write temporary files to the OS temp directory without a
+    // bound, trading a memory limit for a disk that fills up.
+    let disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
+    RuntimeEnvBuilder::new().with_memory_limit(max_memory, 1.0).with_disk_manager_builder(disk).build_arc()
 }
 
 /// A session over the shared `runtime` with the tenant's `logs` table as its only table. Nothing else is
