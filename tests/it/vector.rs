@@ -224,31 +224,47 @@ async fn vector_loki_sink_in_every_encoding() {
     let t0 = store::time::now_ns() - 600_000_000_000;
     let endpoint = &server.base;
     // (tenant, sink settings beyond the common ones, timestamps descending)
+    // (tenant, line codec, sink settings beyond the common ones, timestamps descending)
     let cases = [
-        ("vec-snappy", "", false),
-        ("vec-gzip", "compression: gzip\n", false),
-        ("vec-none", "compression: none\n", false),
-        ("vec-ooo", "out_of_order_action: accept\n", true),
+        ("vec-snappy", "text", "", false),
+        ("vec-gzip", "text", "compression: gzip\n", false),
+        ("vec-gzip-json", "json", "compression: gzip\n", false),
+        ("vec-zstd", "text", "compression: zstd\n", false),
+        ("vec-none", "text", "compression: none\n", false),
+        ("vec-ooo", "text", "out_of_order_action: accept\n", true),
     ];
-    for (tenant, extra, descending) in cases {
+    // With `codec: json` the line is the event left after labels, metadata and timestamp are taken out:
+    // `{"message": ..., "source_type": "http_server"}`.
+    let message_of = |codec: &str, line: Line| {
+        if codec == "json" {
+            let v: Value = serde_json::from_str(&line.message).unwrap_or_else(|e| panic!("{e}: {}", line.message));
+            assert_eq!(v["source_type"], "http_server", "{v}");
+            Line { message: v["message"].as_str().unwrap().to_string(), ..line }
+        } else {
+            line
+        }
+    };
+    for (tenant, codec, extra, descending) in cases {
         let sent = lines(tenant, 1000, t0, descending);
         // Vector 0.58 refuses `{{ field }}` templates without a literal prefix (its "template
         // confinement") unless the sink opts out; a label taken from a field needs the opt-out.
         let sink = sink_yaml(&format!(
             "type: loki\ninputs: [events]\nendpoint: \"{endpoint}\"\ntenant_id: {tenant}\n\
-             encoding:\n  codec: text\nlabels:\n  app: \"{{{{ app }}}}\"\nremove_label_fields: true\n\
+             encoding:\n  codec: {codec}\nlabels:\n  app: \"{{{{ app }}}}\"\nremove_label_fields: true\n\
              structured_metadata:\n  trace_id: \"{{{{ trace_id }}}}\"\nremove_structured_metadata_fields: true\n\
              dangerously_allow_unconfined_template_resolution: true\n\
              acknowledgements:\n  enabled: true\nbatch:\n  timeout_secs: 0.2\n{extra}"
         ));
         ship(&bin, &sink, &sent).await;
-        assert_eq!(stored(&server.base, tenant).await, sorted(sent.clone()), "{tenant}");
+        let got: Vec<Line> = stored(&server.base, tenant).await.into_iter().map(|l| message_of(codec, l)).collect();
+        assert_eq!(got, sorted(sent.clone()), "{tenant}");
         assert_eq!(stream_labels(&server, tenant).await, vec![BTreeMap::from([("app".into(), tenant.into())])]);
     }
     // The same after the head is written to Parquet.
     server.flush().await;
-    for (tenant, _, descending) in cases {
-        assert_eq!(stored(&server.base, tenant).await, sorted(lines(tenant, 1000, t0, descending)), "{tenant}");
+    for (tenant, codec, _, descending) in cases {
+        let got: Vec<Line> = stored(&server.base, tenant).await.into_iter().map(|l| message_of(codec, l)).collect();
+        assert_eq!(got, sorted(lines(tenant, 1000, t0, descending)), "{tenant}");
     }
     server.stop().await;
 }
