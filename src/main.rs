@@ -195,7 +195,13 @@ fn main() -> ExitCode {
         }
         Command::Server(args) => server_config(args).and_then(|config| {
             lumen::telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lumen").build()?;
+            // 8 MiB stacks (reserved, touched only as used) for the query engines' recursion within
+            // query::depth::MAX_QUERY_DEPTH.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("lumen")
+                .thread_stack_size(8 << 20)
+                .build()?;
             runtime.block_on(async { lumen::start(config).await?.run_until_signal().await })
         }),
         Command::Agent(args) => agent_config(args).and_then(|(config, node)| {

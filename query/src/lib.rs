@@ -5,6 +5,7 @@
 //! - [`promql`]: the PromQL engine (parsing by the `promql-parser` crate) over a [`promql::SeriesSource`].
 //! - [`sql::LogsTable`]: a DataFusion table provider over [`store::LogStore::scan`], pushing time
 //!   bounds, label equalities and `LIKE '%text%'` searches down to the store's indexes.
+//! - [`depth`]: the bound on LogQL and PromQL nesting, checked before either parser runs.
 //! - [`http`]: `/api/v1/sql`, the Loki API under `/loki/api/v1/`, the tenant header, and the JSON
 //!   shapes of answers and errors; the Prometheus API under `/api/v1/` ([`http::prom`]).
 //!
@@ -12,6 +13,7 @@
 //! through the store's scan API as Arrow record batches.
 
 pub mod config;
+pub mod depth;
 pub mod http;
 pub mod logql;
 pub mod metrics;

@@ -254,3 +254,51 @@ async fn sql_is_read_only_and_memory_bounded() {
     assert_eq!(server.count("default").await, 1);
     server.stop().await;
 }
+
+/// Deeply nested or very long expressions in every query language are a 400 naming the limit, on the
+/// release-like binary (its own runtime and stacks), and the server stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_queries_are_refused_in_every_language_and_the_server_stays_up() {
+    use crate::harness::{ServerProcess, free_addr};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::spawn(dir.path(), free_addr(), &[]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let nested =
+        |open: &str, inner: &str, close: &str, n: usize| format!("{}{inner}{}", open.repeat(n), close.repeat(n));
+    let chain = |first: &str, op: &str, n: usize| format!("{first}{}", op.repeat(n));
+    let cases: Vec<(&str, String)> = vec![
+        ("/api/v1/query", nested("abs(", "up", ")", 20_000)),
+        ("/api/v1/query", nested("(", "1", ")", 20_000)),
+        ("/api/v1/query", chain("up", " + up", 100_000)),
+        ("/loki/api/v1/query", nested("(", "count_over_time({app=\"a\"}[1m])", ")", 20_000)),
+        ("/loki/api/v1/query", nested("abs(", "count_over_time({app=\"a\"}[1m])", ")", 20_000)),
+        ("/loki/api/v1/query", chain("count_over_time({app=\"a\"}[1m])", " + 1", 100_000)),
+    ];
+    for (path, q) in &cases {
+        let r = client.post(format!("{}{path}", server.base)).form(&[("query", q.as_str())]).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{path} {}...: {text}", &q[..40]);
+        assert!(text.contains("over the limit of 256"), "{path}: {text}");
+    }
+    for sql in [nested("(", "1", ")", 20_000), chain("SELECT 1", " + 1", 100_000)] {
+        let r = client.post(format!("{}/api/v1/sql", server.base)).body(sql).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("limit of"), "{text}");
+    }
+    // Within the limits, the same shapes answer.
+    for (path, q) in [
+        ("/api/v1/query", nested("abs(", "vector(1)", ")", 100)),
+        ("/api/v1/query", chain("1", " + 1", 200)),
+        ("/loki/api/v1/query", chain("count_over_time({app=\"a\"}[1m])", " + 1", 200)),
+    ] {
+        let r = client.post(format!("{}{path}", server.base)).form(&[("query", q.as_str())]).send().await.unwrap();
+        let status = r.status();
+        assert_eq!(status, 200, "{path}: {}", r.text().await.unwrap());
+    }
+    assert_eq!(client.get(format!("{}/ready", server.base)).send().await.unwrap().status(), 200);
+    server.terminate();
+}

@@ -31,6 +31,7 @@ impl std::error::Error for ParseError {}
 /// # Errors
 /// A [`ParseError`] naming the position and what was wrong.
 pub fn parse(src: &str) -> Result<Expr, ParseError> {
+    crate::depth::check(src).map_err(|msg| ParseError { line: 1, col: 1, msg })?;
     let tokens = lex(src)?;
     let mut p = QueryParser { src, tokens, pos: 0 };
     let expr = p.expr(0)?;

@@ -203,6 +203,7 @@ pub enum EvalError {
 
 /// Parses a PromQL query into the engine's IR.
 pub fn parse(query: &str) -> Result<Expr, EvalError> {
+    crate::depth::check(query).map_err(EvalError::BadData)?;
     let pre = go_byte_escapes(query);
     let q = pre.as_deref().unwrap_or(query);
     let pre2 = ast::rewrite_extended_modifiers(q);
