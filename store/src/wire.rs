@@ -61,6 +61,46 @@ impl Default for Limits {
     }
 }
 
+/// Longest label name of a log stream, in bytes (as for metric series).
+pub const MAX_LABEL_NAME_BYTES: usize = 1024;
+/// Longest label value of a log stream, in bytes (as for metric series): labels stay in memory for as long
+/// as their stream is known, so a huge one is refused rather than kept.
+pub const MAX_LABEL_VALUE_BYTES: usize = 64 * 1024;
+
+/// Why a stream's label set cannot be stored: a label name used twice, or one over the size limits.
+pub(crate) fn label_set_problem<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, value) in pairs {
+        if name.len() > MAX_LABEL_NAME_BYTES {
+            return Some(format!(
+                "label name of {} bytes is longer than the limit of {MAX_LABEL_NAME_BYTES} bytes",
+                name.len()
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            return Some(format!(
+                "value of label {name:?} has {} bytes, more than the limit of {MAX_LABEL_VALUE_BYTES} bytes",
+                value.len()
+            ));
+        }
+        names.push(name);
+    }
+    names.sort_unstable();
+    names.windows(2).find(|w| w[0] == w[1]).map(|w| format!("label name {:?} appears more than once", w[0]))
+}
+
+/// At most `max` bytes of `text` (on a character boundary), for error messages.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
 /// A request that cannot be stored at all.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WireError {

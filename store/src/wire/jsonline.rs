@@ -106,6 +106,14 @@ impl<'m> DocSink<'m> {
         let stream = match self.streams.get(&id.0) {
             Some(&i) => i,
             None => {
+                let named = labels.iter().map(|&(name, pos)| (name, pairs[pos].1.as_ref()));
+                if let Some(reason) = crate::wire::label_set_problem(named) {
+                    return Err(WireError::Labels {
+                        stream: self.streams.len(),
+                        labels: crate::wire::shorten(&labels.iter().map(|l| l.0).collect::<Vec<_>>().join(","), 256),
+                        reason,
+                    });
+                }
                 if labels.len() > self.limits.max_labels {
                     return Err(WireError::TooManyLabels {
                         stream: self.streams.len(),

@@ -177,7 +177,11 @@ fn decode_protobuf(body: &[u8], limits: Limits, received_ns: i64) -> Result<Deco
         let stream_ix = add_stream(&mut out, i, pairs, &text, limits)?;
         for entry in stream.entries {
             let time_ns = match entry.timestamp {
-                Some(ts) if ts.seconds != 0 || ts.nanos != 0 => ts.seconds * 1_000_000_000 + i64::from(ts.nanos),
+                // Saturating: a time past what i64 nanoseconds hold is rejected as out of the window,
+                // never wrapped around into another time.
+                Some(ts) if ts.seconds != 0 || ts.nanos != 0 => {
+                    ts.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(ts.nanos))
+                }
                 _ => received_ns,
             };
             let line = lossy_utf8(&entry.line, &mut invalid).into_owned();
@@ -340,6 +344,9 @@ fn add_stream(
     shown: &str,
     limits: Limits,
 ) -> Result<u32, WireError> {
+    if let Some(reason) = crate::wire::label_set_problem(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+        return Err(WireError::Labels { stream: i, labels: crate::wire::shorten(shown, 256), reason });
+    }
     let labels = Labels::from_pairs(pairs);
     if labels.is_empty() {
         return Err(WireError::Labels {
@@ -507,6 +514,53 @@ mod tests {
             vec![("file".to_string(), r"C:\logs\app.log".to_string())]
         );
         assert!(parse_label_set(r#"{a="x\"#).is_err());
+    }
+
+    /// A label name used twice, or a label over the size limits, fails the request with a short message.
+    #[test]
+    fn duplicate_and_oversized_labels_are_refused() {
+        let dup = r#"{"streams":[{"stream":{"app":"a"},"values":[["1","x"]]}]}"#
+            .replace(r#""app":"a""#, r#""app":"a","app":"b""#);
+        let e = decode(PushFormat::Json, dup.as_bytes(), Limits::default(), 0).unwrap_err();
+        assert!(e.to_string().contains("label name \"app\" appears more than once"), "{e}");
+        let req = PushRequest {
+            streams: vec![StreamAdapter { labels: br#"{app="a", app="b"}"#.to_vec(), entries: vec![], hash: 0 }],
+        };
+        let e = decode(PushFormat::Protobuf, &encode_protobuf(&req), Limits::default(), 0).unwrap_err();
+        assert!(e.to_string().contains("appears more than once"), "{e}");
+        let big = "v".repeat(crate::wire::MAX_LABEL_VALUE_BYTES + 1);
+        let body = format!(r#"{{"streams":[{{"stream":{{"app":"{big}"}},"values":[["1","x"]]}}]}}"#);
+        let e = decode(PushFormat::Json, body.as_bytes(), Limits::default(), 0).unwrap_err().to_string();
+        assert!(e.contains("more than the limit of 65536 bytes"), "{e}");
+        assert!(e.len() < 1000, "the error repeats the label: {} bytes", e.len());
+    }
+
+    /// A protobuf timestamp past what i64 nanoseconds hold is rejected as out of the window, not wrapped.
+    #[test]
+    fn overflowing_protobuf_timestamps_are_rejected_not_wrapped() {
+        let entry = |seconds: i64| EntryAdapter {
+            timestamp: Some(Timestamp { seconds, nanos: 999_999_999 }),
+            line: b"x".to_vec(),
+            structured_metadata: vec![],
+            parsed: vec![],
+        };
+        let req = PushRequest {
+            streams: vec![StreamAdapter {
+                labels: br#"{app="api"}"#.to_vec(),
+                entries: vec![
+                    entry(i64::MAX / 1_000_000_000 + 1),
+                    entry(i64::MIN / 1_000_000_000 - 1),
+                    entry(1_700_000_000),
+                ],
+                hash: 0,
+            }],
+        };
+        let limits = Limits { oldest_ns: 0, newest_ns: 2_000_000_000_000_000_000, ..Limits::default() };
+        let d = decode(PushFormat::Protobuf, &encode_protobuf(&req), limits, 0).unwrap();
+        assert_eq!(d.batch.entries.len(), 1);
+        assert_eq!(d.batch.entries[0].time_ns, 1_700_000_000_999_999_999);
+        assert!(matches!(d.rejected[0].reason, RejectReason::TooNew { .. }), "{:?}", d.rejected);
+        assert!(matches!(d.rejected[1].reason, RejectReason::TooOld { .. }), "{:?}", d.rejected);
     }
 
     /// Every `Content-Type` × `Content-Encoding` pair that a shipper sends, and the odd ones, read as Loki
