@@ -241,6 +241,10 @@ fn entry(
         fields.push(("event_name".to_string(), std::mem::take(&mut record.event_name)));
     }
     dedup_last_wins(&mut fields);
+    if let Some(reason) = limits.check_fields(&fields) {
+        out.reject(reason.kind(), format!("log record {index}: {reason}"));
+        return None;
+    }
     Some(LogEntry { stream, time_ns, line, fields })
 }
 
@@ -363,16 +367,17 @@ mod tests {
     fn long_lines_and_times_outside_the_window_are_rejected_one_by_one() {
         let limits = Limits { max_line_bytes: 10, oldest_ns: 100, newest_ns: 1_000, ..Limits::default() };
         let body = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.into())) });
+        let long = "much too long a line";
         let records = vec![
             LogRecord { body: body("ok"), time_unix_nano: 500, ..Default::default() },
-            LogRecord { body: body("much too long a line"), time_unix_nano: 500, ..Default::default() },
+            LogRecord { body: body(long), time_unix_nano: 500, ..Default::default() },
             LogRecord { body: body("old"), time_unix_nano: 50, ..Default::default() },
             LogRecord { body: body("new"), time_unix_nano: 5_000, ..Default::default() },
         ];
         let out = translate(request(vec![kv("service.name", "s")], records), &mapping(), &limits, 500);
-        assert_eq!((out.total, out.rejected, out.batch.entries.len()), (4, 3, 1));
+        assert_eq!((out.total, out.rejected, out.batch.entries.len()), (4, 3, 1), "{}", out.message);
         assert_eq!(out.batch.entries[0].line, "ok");
-        assert!(out.message.contains("log record 1: body of 20 bytes"), "{}", out.message);
+        assert!(out.message.contains(&format!("log record 1: body of {} bytes", long.len())), "{}", out.message);
         assert!(
             out.message.contains("log record 2") && out.message.contains("older than the retention"),
             "{}",

@@ -321,7 +321,10 @@ fn bulk_response(took: u64, items: &[BulkItem], decoded: &Decoded) -> String {
             Some(r) => {
                 body.insert("status".into(), json!(400));
                 let kind = match r.reason {
-                    store::wire::RejectReason::LineTooLong { .. } => "document_too_large_exception",
+                    store::wire::RejectReason::LineTooLong { .. } | store::wire::RejectReason::FieldsTooLong { .. } => {
+                        "document_too_large_exception"
+                    }
+                    store::wire::RejectReason::TooManyFields { .. } => "document_parsing_exception",
                     store::wire::RejectReason::UnsupportedAction { .. } => "action_request_validation_exception",
                     store::wire::RejectReason::TooOld { .. } | store::wire::RejectReason::TooNew { .. } => {
                         "illegal_argument_exception"

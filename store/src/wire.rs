@@ -34,9 +34,31 @@ pub struct Limits {
     pub oldest_ns: i64,
     /// Entries newer than this (ns) are rejected: a clock that far ahead is wrong.
     pub newest_ns: i64,
+    /// Most fields (structured metadata, JSON keys) one entry may carry; more rejects the entry.
+    pub max_fields: usize,
+    /// Most bytes an entry's field names and values may add up to; more rejects the entry.
+    pub max_field_bytes: usize,
 }
 
+/// Most fields one log entry may carry (VictoriaLogs' default `-insert.maxFieldsPerLine`).
+pub const MAX_FIELDS_PER_ENTRY: usize = 1000;
+/// Most bytes of field names and values one log entry may carry (the default line limit).
+pub const MAX_FIELD_BYTES_PER_ENTRY: usize = 256 * 1024;
+
 impl Limits {
+    /// The rejection of an entry whose fields are too many, or whose field names and values together are
+    /// longer than `max_field_bytes` (fields must not be a way around the line limit).
+    pub fn check_fields<K: AsRef<str>, V: AsRef<str>>(&self, fields: &[(K, V)]) -> Option<RejectReason> {
+        if fields.len() > self.max_fields {
+            return Some(RejectReason::TooManyFields { count: fields.len(), limit: self.max_fields });
+        }
+        let bytes: usize = fields.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().len()).sum();
+        if bytes > self.max_field_bytes {
+            return Some(RejectReason::FieldsTooLong { bytes, limit: self.max_field_bytes });
+        }
+        None
+    }
+
     /// The rejection of an entry at `time_ns`, if its time is outside the accepted window.
     pub(crate) fn check_time(&self, time_ns: i64) -> Option<RejectReason> {
         if time_ns < self.oldest_ns {
@@ -57,6 +79,8 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024 * 1024,
             oldest_ns: i64::MIN,
             newest_ns: i64::MAX,
+            max_fields: MAX_FIELDS_PER_ENTRY,
+            max_field_bytes: MAX_FIELD_BYTES_PER_ENTRY,
         }
     }
 }
@@ -142,6 +166,8 @@ pub enum RejectReason {
     UnsupportedAction { action: String },
     TooOld { time: String },
     TooNew { time: String },
+    TooManyFields { count: usize, limit: usize },
+    FieldsTooLong { bytes: usize, limit: usize },
 }
 
 impl std::fmt::Display for RejectReason {
@@ -159,6 +185,15 @@ impl std::fmt::Display for RejectReason {
             RejectReason::TooNew { time } => {
                 write!(f, "timestamp {time} is more than 2 days in the future")
             }
+            RejectReason::TooManyFields { count, limit } => {
+                write!(f, "{count} fields, more than the limit of {limit} per entry")
+            }
+            RejectReason::FieldsTooLong { bytes, limit } => {
+                write!(
+                    f,
+                    "fields of {bytes} bytes in all (names and values), longer than the line limit of {limit} bytes"
+                )
+            }
         }
     }
 }
@@ -171,6 +206,8 @@ impl RejectReason {
             RejectReason::UnsupportedAction { .. } => "unsupported_action",
             RejectReason::TooOld { .. } => "too_old",
             RejectReason::TooNew { .. } => "too_new",
+            RejectReason::TooManyFields { .. } => "too_many_fields",
+            RejectReason::FieldsTooLong { .. } => "fields_too_long",
         }
     }
 }

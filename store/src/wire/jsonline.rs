@@ -130,11 +130,15 @@ impl<'m> DocSink<'m> {
             }
         };
 
-        let fields = pairs
+        let fields: Vec<(String, String)> = pairs
             .drain(..)
             .filter(|(k, v)| !v.is_empty() && !mapping.stream_fields.iter().any(|f| f == k) && !mapping.ignored(k))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        if let Some(reason) = self.limits.check_fields(&fields) {
+            self.decoded.reject(index, line.len(), reason);
+            return Ok(());
+        }
         self.decoded.batch.entries.push(LogEntry {
             stream,
             time_ns: time_ns.unwrap_or(self.received_ns),
@@ -183,6 +187,24 @@ mod tests {
 
     fn mapping(stream: &str) -> FieldMapping {
         FieldMapping::from_params(None, None, Some(stream), None, "_time", "_msg")
+    }
+
+    /// An entry with more fields than the limit, or fields longer than a line may be, is rejected alone;
+    /// the others are stored.
+    #[test]
+    fn too_many_or_too_long_fields_reject_the_entry() {
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..1001).map(|i| (format!("f{i}"), serde_json::json!("v"))).collect();
+        let mut many = serde_json::Value::Object(many);
+        many["_msg"] = serde_json::json!("many");
+        let long = serde_json::json!({"_msg": "long", "big": "x".repeat(300)});
+        let body = format!("{{\"_msg\":\"ok\",\"a\":\"b\"}}\n{many}\n{long}\n");
+        let limits = Limits { max_field_bytes: 256, ..Limits::default() };
+        let d = decode(body.as_bytes(), &mapping(""), limits, 1).unwrap();
+        assert_eq!(d.batch.entries.len(), 1);
+        assert_eq!(d.batch.entries[0].line, "ok");
+        assert!(matches!(d.rejected[0].reason, RejectReason::TooManyFields { count: 1001, limit: 1000 }));
+        assert!(matches!(d.rejected[1].reason, RejectReason::FieldsTooLong { bytes: 303, limit: 256 }));
     }
 
     #[test]

@@ -381,7 +381,7 @@ fn push_entry(
         out.reject(index, line.len(), reason);
         return;
     }
-    if let Some(reason) = limits.check_time(time_ns) {
+    if let Some(reason) = limits.check_time(time_ns).or_else(|| limits.check_fields(&fields)) {
         out.reject(index, line.len(), reason);
         return;
     }
