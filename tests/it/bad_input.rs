@@ -289,6 +289,13 @@ async fn deep_queries_are_refused_in_every_language_and_the_server_stays_up() {
         assert_eq!(status, 400, "{text}");
         assert!(text.contains("limit of"), "{text}");
     }
+    // A subquery with a tiny step over a long range is refused before it allocates a value per step.
+    let q = "max_over_time(vector(1)[1y:1ms])";
+    let r = client.post(format!("{}/api/v1/query", server.base)).form(&[("query", q)]).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("too many samples"), "{text}");
     // Within the limits, the same shapes answer.
     for (path, q) in [
         ("/api/v1/query", nested("abs(", "vector(1)", ")", 100)),

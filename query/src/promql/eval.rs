@@ -302,7 +302,14 @@ impl<'a> Evaluator<'a> {
                 }
                 let mut series = Vec::new();
                 if istart <= hi {
-                    let ig = Grid { start: istart, step, n: ((hi - istart) / step) as usize + 1 };
+                    // Every series of the inner query holds a value per step: more steps than the sample
+                    // budget is refused before anything is allocated (a 1ms step over a year would ask for
+                    // tens of GB).
+                    let steps = (hi - istart) / step + 1;
+                    if steps > self.opts.max_samples as i64 {
+                        return Err(too_many_samples());
+                    }
+                    let ig = Grid { start: istart, step, n: steps as usize };
                     let v = self.eval(&sq.expr, &ig)?;
                     let vs = match v {
                         Val::Vector(vs) => vs,
