@@ -77,6 +77,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # A child that exited is a zombie until waited for, and kill -0 still finds it.
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+# Waits until the server on port $1 holds every line, as long as the shipper $2 lives (its log: $3).
+wait_stored() {
+  while [ "$(count "$1")" -lt "$LINES" ]; do
+    alive "$2" || { echo "the shipper died; see $3" >&2; exit 1; }
+    sleep 1
+  done
+}
 count() {
   curl -sf -X POST "http://127.0.0.1:$1/api/v1/sql" -d 'SELECT count(*) AS n FROM logs' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"][0]["n"])' 2>/dev/null || echo 0
@@ -100,12 +107,7 @@ t0=$(date +%s.%N)
 "$BIN" agent --config "$OUT/agent.toml" --server "http://127.0.0.1:$sport" --pods-dir "$pods" \
   --data-dir "$agent_data" --node-name bench --http-addr "127.0.0.1:$aport" >"$OUT/agent.log" 2>&1 &
 apid=$!
-while :; do
-  n=$(count "$sport")
-  [ "$n" -ge "$LINES" ] && break
-  if ! alive "$apid"; then echo "the agent died; see $OUT/agent.log" >&2; exit 1; fi
-  sleep 1
-done
+wait_stored "$sport" "$apid" "$OUT/agent.log"
 t1=$(date +%s.%N)
 acpu=$(cpu "$apid")
 scpu1=$(cpu "$spid")
@@ -229,12 +231,7 @@ EOF
   t4=$(date +%s.%N)
   VECTOR_LOG=warn "$VECTOR_BIN" --config "$vd/vector.yaml" >"$vd/vector.log" 2>&1 &
   vpid=$!
-  while :; do
-    n=$(count "$vsport")
-    [ "$n" -ge "$LINES" ] && break
-    alive "$vpid" || { echo "Vector died; see $vd/vector.log" >&2; exit 1; }
-    sleep 1
-  done
+  wait_stored "$vsport" "$vpid" "$vd/vector.log"
   t5=$(date +%s.%N)
   vcpu=$(cpu "$vpid")
   vscpu1=$(cpu "$vspid")

@@ -113,16 +113,12 @@ pub(crate) fn label_set_problem<'a>(pairs: impl IntoIterator<Item = (&'a str, &'
     names.windows(2).find(|w| w[0] == w[1]).map(|w| format!("label name {:?} appears more than once", w[0]))
 }
 
-/// At most `max` bytes of `text` (on a character boundary), for error messages.
+/// At most `max` bytes of `text` (on a character boundary) and its length, for error messages.
 pub(crate) fn shorten(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], text.len())
+    format!("{} ({} bytes)", prom::clip(text, max), text.len())
 }
 
 /// A request that cannot be stored at all.
