@@ -71,6 +71,24 @@ pub struct ServerConfig {
     pub max_labels_per_series: usize,
     /// Largest request body, compressed or decompressed.
     pub max_request_size: ByteSize,
+    /// Token file (`lumen auth token` adds to it): each token's SHA-256, tenants and scopes. Reloaded when it
+    /// changes. Empty: no file; with neither a file nor `LUMEN_AUTH_TOKEN`, authentication is off.
+    pub auth_file: PathBuf,
+    /// Serve beyond loopback without authentication (a trusted network, or a proxy that authenticates).
+    pub allow_unauthenticated: bool,
+    /// A token of every tenant and scope, from `LUMEN_AUTH_TOKEN` only (never from the file).
+    #[serde(skip)]
+    pub auth_token: Option<Secret>,
+}
+
+/// A secret held in memory: its `Debug` form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl Default for ServerConfig {
@@ -86,6 +104,9 @@ impl Default for ServerConfig {
             max_labels_per_stream: 15,
             max_labels_per_series: 40,
             max_request_size: ByteSize::mib(64),
+            auth_file: PathBuf::new(),
+            allow_unauthenticated: false,
+            auth_token: None,
         }
     }
 }
@@ -143,6 +164,22 @@ impl Config {
         if s.max_labels_per_series == 0 {
             bail!("server.max_labels_per_series must be at least 1");
         }
+        if s.auth_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            bail!("LUMEN_AUTH_TOKEN is shorter than 16 characters: use `lumen auth token` or `openssl rand -hex 32`");
+        }
+        if !self.auth_enabled() && !s.allow_unauthenticated {
+            for (key, addr) in
+                [("server.http_addr", Some(s.http_addr)), ("server.otlp_grpc_addr", Some(s.otlp_grpc_addr))]
+            {
+                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                    bail!(
+                        "{key} = {addr} is beyond loopback, and no authentication is configured: set server.auth_file \
+                         (`lumen auth token --file F ...` makes one) or LUMEN_AUTH_TOKEN, or set \
+                         server.allow_unauthenticated = true (--allow-unauthenticated) if a proxy authenticates"
+                    );
+                }
+            }
+        }
         if s.max_labels_per_stream == 0 {
             bail!("server.max_labels_per_stream must be at least 1");
         }
@@ -151,6 +188,11 @@ impl Config {
         }
         self.agent.validate()?;
         Ok(())
+    }
+
+    /// True when requests must carry a token: a token file or `LUMEN_AUTH_TOKEN` is configured.
+    pub fn auth_enabled(&self) -> bool {
+        !self.server.auth_file.as_os_str().is_empty() || self.server.auth_token.is_some()
     }
 
     /// The defaults as TOML, for `lumen config defaults`.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use auth::Scope;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -33,19 +34,29 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// `otlp` is OTLP/HTTP's router (`ingest_otlp::router`), merged here so that the body limit covers it.
-pub fn router(app: AppState, query: query::http::QueryState, otlp: Router) -> Router {
+/// `otlp` is OTLP/HTTP's router (`ingest_otlp::router`), merged here so that the body limit and the
+/// `write` scope cover it.
+///
+/// Every route but `/health` and `/ready` (probes) needs a token when `auth` is enabled: ingest the `write`
+/// scope, queries and `/metrics` the `read` scope, `/api/v1/admin/*` the `admin` scope. The check runs
+/// after routing and before the handler reads the body.
+pub fn router(app: AppState, query: query::http::QueryState, otlp: Router, auth: auth::Auth) -> Router {
     let limit = app.limits.max_body_bytes;
-    let ops = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+    let guard =
+        |scope| axum::middleware::from_fn_with_state(auth::RequireScope { auth: auth.clone(), scope }, auth::require);
+    let probes = Router::new().route("/health", get(|| async { "ok\n" })).route("/ready", get(ready));
+    let read = Router::new().route("/metrics", get(metrics)).route_layer(guard(Scope::Read));
+    let admin = Router::new()
         .route("/api/v1/admin/flush", post(flush))
-        .route("/api/v1/admin/compact", post(compact));
-    ops.merge(crate::ingest::router())
+        .route("/api/v1/admin/compact", post(compact))
+        .route_layer(guard(Scope::Admin));
+    probes
+        .merge(read)
+        .merge(admin)
+        .merge(crate::ingest::router().route_layer(guard(Scope::Write)))
         .with_state(app)
-        .merge(query::http::router(query))
-        .merge(otlp)
+        .merge(query::http::router(query).route_layer(guard(Scope::Read)))
+        .merge(otlp.route_layer(guard(Scope::Write)))
         .layer(DefaultBodyLimit::max(limit))
 }
 

@@ -5,6 +5,7 @@
 //! **Architecture Invariant:** only this crate reads files and the environment, installs the tracing
 //! subscriber and builds the Tokio runtime.
 
+pub mod auth;
 pub mod config;
 pub mod health;
 pub mod http;

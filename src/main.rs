@@ -24,6 +24,9 @@ enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the server's tokens.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Ask a running server or agent whether it is healthy (for container health checks): exit 0 when
     /// the URL answers 200.
     Health {
@@ -62,6 +65,12 @@ struct ServerArgs {
     /// Log output format.
     #[arg(long, env = "LUMEN_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Token file (`lumen auth token` writes it); with it, every request needs a token [default: none].
+    #[arg(long, env = "LUMEN_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Serve beyond loopback without authentication (only behind a proxy that authenticates).
+    #[arg(long, env = "LUMEN_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
     /// Validate the configuration (file, flags and environment) and exit without starting.
     #[arg(long)]
     check: bool,
@@ -96,6 +105,26 @@ struct AgentArgs {
     /// Log output format.
     #[arg(long, env = "LUMEN_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Make a new token: print it once on standard output and add its SHA-256, tenants and scopes to FILE
+    /// (created when missing), which `server.auth_file` names. A running server picks it up within seconds.
+    Token {
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+        /// A tenant the token may use (repeatable, or comma-separated); "*" for every tenant.
+        #[arg(long = "tenant", required = true)]
+        tenants: Vec<String>,
+        /// What it may do: read, write, admin (comma-separated).
+        #[arg(long, required = true)]
+        scopes: Vec<String>,
+        /// A label for the token in the file and in logs [default: the tenants and scopes].
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,9 +169,18 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.log_format {
         config.log.format = v;
     }
+    if let Some(v) = args.auth_file {
+        config.server.auth_file = v;
+    }
+    if args.allow_unauthenticated {
+        config.server.allow_unauthenticated = true;
+    }
     // Secrets come from the environment (a Kubernetes secretKeyRef, a Compose .env), never from the file.
     if let Some(v) = std::env::var("LUMEN_MQTT_LISTENER_PASSWORD").ok().filter(|v| !v.is_empty()) {
         config.mqtt.listener.password = v;
+    }
+    if let Some(v) = std::env::var("LUMEN_AUTH_TOKEN").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+        config.server.auth_token = Some(lumen::config::Secret(v));
     }
     if let Some(v) = std::env::var("LUMEN_MQTT_BROKER_PASSWORD").ok().filter(|v| !v.is_empty()) {
         config.mqtt.broker.password = v;
@@ -223,6 +261,16 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Health { url } => lumen::health::check(&url),
+        Command::Auth(AuthCommand::Token { file, tenants, scopes, name }) => {
+            let name = name.unwrap_or_else(|| format!("{} {}", tenants.join(","), scopes.join(",")));
+            lumen::auth::add_token(&file, &name, &tenants, &scopes).map(|token| {
+                #[allow(clippy::print_stdout)] // the token is this command's output, shown once
+                {
+                    println!("{token}");
+                }
+                eprintln!("added token {name:?} to {}; it is shown only this once", file.display());
+            })
+        }
         Command::Config(ConfigCommand::Defaults) => {
             #[allow(clippy::print_stdout)] // this command's output is the document itself
             {

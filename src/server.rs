@@ -41,6 +41,16 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
     let s = &config.server;
+    let auth = crate::auth::load(&config)?;
+    if auth.is_enabled() {
+        tracing::info!(tokens = auth.token_count(), auth_file = %s.auth_file.display(), "authentication on: every request needs a token");
+    } else if [s.http_addr, s.otlp_grpc_addr].iter().any(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            http_addr = %s.http_addr,
+            otlp_grpc_addr = %s.otlp_grpc_addr,
+            "serving beyond loopback WITHOUT authentication (server.allow_unauthenticated): anyone who reaches these ports reads and writes every tenant"
+        );
+    }
     let mut registry = Registry::default();
     let options = StoreOptions {
         data_dir: s.data_dir.clone(),
@@ -76,6 +86,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store.clone(),
         metric_store.clone(),
         &mut registry,
+        auth.clone(),
         mqtt_shutdown.clone(),
     )
     .await
@@ -106,12 +117,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
         .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
-    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()));
+    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone());
     let http = tokio::spawn({
         let token = shutdown.clone();
         async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
-    let otlp_grpc = tokio::spawn(ingest_otlp::serve_grpc(grpc_listener, otlp, shutdown.clone()));
+    let otlp_grpc = tokio::spawn(ingest_otlp::serve_grpc(grpc_listener, otlp, auth.clone(), shutdown.clone()));
+    tokio::spawn(crate::auth::watch(auth.clone(), config.clone(), shutdown.clone()));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
     tracing::info!(%http_addr, %otlp_grpc_addr, data_dir = %s.data_dir.display(), "lumen server started");

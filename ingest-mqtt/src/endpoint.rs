@@ -48,6 +48,11 @@ pub struct EndpointOptions {
     pub username: Option<String>,
     /// When set, CONNECT must carry this password (else CONNACK "bad user name or password").
     pub password: Option<String>,
+    /// The server's tokens. When enabled, a CONNECT may also log in with the tenant as user name and a token
+    /// with the `write` scope for it as password; the tenant must be `tenant`, the one this endpoint writes to.
+    pub auth: auth::Auth,
+    /// The tenant the endpoint's messages are stored under (`mqtt.tenant`).
+    pub tenant: store::model::Tenant,
     /// Largest packet accepted (remaining length); a larger one closes the connection (MQTT 5: DISCONNECT 0x95
     /// first). Advertised to MQTT 5 clients.
     pub max_packet_size: usize,
@@ -65,6 +70,8 @@ impl Default for EndpointOptions {
         EndpointOptions {
             username: None,
             password: None,
+            auth: auth::Auth::disabled(),
+            tenant: store::model::Tenant::default_tenant(),
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_connections: 10_000,
@@ -583,11 +590,19 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn credentials_ok(opts: &EndpointOptions, login: Option<(&str, &str)>) -> bool {
-    let (user, pass) = login.unwrap_or(("", ""));
-    let user_ok = opts.username.as_ref().is_none_or(|u| ct_eq(u.as_bytes(), user.as_bytes()));
-    let pass_ok = opts.password.as_ref().is_none_or(|p| ct_eq(p.as_bytes(), pass.as_bytes()));
-    let required = opts.username.is_some() || opts.password.is_some();
-    user_ok & pass_ok & (!required || login.is_some())
+    let fixed = opts.username.is_some() || opts.password.is_some();
+    if !fixed && !opts.auth.is_enabled() {
+        return true;
+    }
+    let Some((user, pass)) = login else { return false };
+    if fixed {
+        let user_ok = opts.username.as_ref().is_none_or(|u| ct_eq(u.as_bytes(), user.as_bytes()));
+        let pass_ok = opts.password.as_ref().is_none_or(|p| ct_eq(p.as_bytes(), pass.as_bytes()));
+        if user_ok & pass_ok {
+            return true;
+        }
+    }
+    opts.auth.is_enabled() && opts.auth.login(user, pass, auth::Scope::Write).is_ok_and(|t| t == opts.tenant)
 }
 
 fn generate_client_id() -> String {

@@ -50,6 +50,7 @@ pub async fn start(
     logs: LogStore,
     samples: MetricStore,
     registry: &mut Registry,
+    auth: auth::Auth,
     shutdown: CancellationToken,
 ) -> Result<IngestStart, String> {
     let decoder = Decoder::new(config.all_templates())?;
@@ -63,7 +64,7 @@ pub async fn start(
         decoder,
         logs,
         samples,
-        tenant,
+        tenant: tenant.clone(),
         metrics: metrics.clone(),
         max_batch: config.batch_max_messages.max(1),
         endpoint_window: u32::from(config.listener.receive_maximum.max(1)),
@@ -82,10 +83,11 @@ pub async fn start(
         let l = &config.listener;
         let password = config::password(&l.password, &l.password_file)?;
         let username = (!l.username.is_empty()).then(|| l.username.clone());
-        if !addr.ip().is_loopback() && (username.is_none() || password.is_none()) {
+        if !addr.ip().is_loopback() && (username.is_none() || password.is_none()) && !auth.is_enabled() {
             return Err(format!(
                 "the embedded MQTT endpoint listens on {addr}, beyond loopback: set mqtt.listener.username and \
-                 mqtt.listener.password (or password_file) so that only your devices can publish"
+                 mqtt.listener.password (or password_file), or turn on the server's tokens (server.auth_file, \
+                 LUMEN_AUTH_TOKEN), so that only your devices can publish"
             ));
         }
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -98,6 +100,8 @@ pub async fn start(
         let options = crate::endpoint::EndpointOptions {
             username,
             password,
+            auth,
+            tenant,
             max_packet_size: l.max_packet_size.as_u64() as usize,
             receive_maximum: l.receive_maximum.max(1),
             max_connections: l.max_connections.max(1),

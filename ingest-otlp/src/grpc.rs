@@ -37,11 +37,12 @@ pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
 pub async fn serve(
     listener: tokio::net::TcpListener,
     otlp: Arc<Otlp>,
+    auth: auth::Auth,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(ExportService::<Logs>::new(otlp.clone()))
-        .add_service(ExportService::<Metrics>::new(otlp))
+        .add_service(ExportService::<Logs>::new(otlp.clone(), auth.clone()))
+        .add_service(ExportService::<Metrics>::new(otlp, auth))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
         .await
 }
@@ -153,18 +154,19 @@ impl Signal for Metrics {
 /// The tower service of one signal, as tonic's router takes it.
 struct ExportService<S> {
     otlp: Arc<Otlp>,
+    auth: auth::Auth,
     signal: PhantomData<fn() -> S>,
 }
 
 impl<S> ExportService<S> {
-    fn new(otlp: Arc<Otlp>) -> Self {
-        ExportService { otlp, signal: PhantomData }
+    fn new(otlp: Arc<Otlp>, auth: auth::Auth) -> Self {
+        ExportService { otlp, auth, signal: PhantomData }
     }
 }
 
 impl<S> Clone for ExportService<S> {
     fn clone(&self) -> Self {
-        ExportService::new(self.otlp.clone())
+        ExportService::new(self.otlp.clone(), self.auth.clone())
     }
 }
 
@@ -227,8 +229,28 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let otlp = self.otlp.clone();
+        // The credential travels in the `authorization` metadata, as over HTTP; with authentication on, the
+        // tenant it acts for replaces whatever `x-scope-orgid` said (after checking it may use that one).
+        match self.auth.authorize(req.headers(), auth::Scope::Write) {
+            Ok(None) => {}
+            Ok(Some(tenant)) => {
+                if let Ok(v) = http::HeaderValue::from_str(tenant.as_str()) {
+                    req.headers_mut().insert(TENANT_HEADER, v);
+                }
+            }
+            Err(denied) => {
+                let status = if denied.is_unauthenticated() {
+                    otlp.rejected_request(S::NAME, Transport::Grpc, "unauthenticated");
+                    Status::unauthenticated(denied.to_string())
+                } else {
+                    otlp.rejected_request(S::NAME, Transport::Grpc, "permission_denied");
+                    Status::permission_denied(denied.to_string())
+                };
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        }
         Box::pin(async move {
             if req.uri().path() != S::METHOD {
                 return Ok(

@@ -2,6 +2,7 @@
 //! directory, except where a real process is needed (kill -9, the directory lock, the CLI).
 
 mod agent;
+mod auth;
 mod bad_input;
 mod config;
 #[cfg(feature = "external-tests")]

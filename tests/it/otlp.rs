@@ -540,4 +540,39 @@ mod python_sdk {
         assert_eq!(server.count("default").await, 0);
         server.stop().await;
     }
+
+    /// With tokens on, the gRPC services check the `authorization` metadata like HTTP does, and the SDK's
+    /// exporters get through with a bearer token in their headers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn otlp_grpc_needs_a_token_for_its_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.toml");
+        let writer = crate::auth::make_token(&file, "team-a", "write");
+        let reader = crate::auth::make_token(&file, "team-a", "read");
+        let data = dir.path().join("data");
+        let mut config = test_config(&data);
+        config.server.auth_file = file;
+        let server = TestServer::start(config).await;
+        let target = server.running.as_ref().unwrap().otlp_grpc_addr.to_string();
+        let got = python(vec!["grpc-auth".into(), target.clone(), writer.clone(), reader], vec![]).await;
+        assert_eq!(got["none"]["code"], "UNAUTHENTICATED", "{got}");
+        assert!(got["none"]["message"].as_str().unwrap().contains("requires a token"), "{got}");
+        assert_eq!(got["reader"]["code"], "PERMISSION_DENIED", "{got}");
+        assert_eq!(got["other_tenant"]["code"], "PERMISSION_DENIED", "{got}");
+        assert_eq!(got["writer"]["code"], "OK", "{got}");
+
+        // The SDK with the token and no tenant header of its own ("default" is not the token's tenant, so
+        // the script's x-scope-orgid must be the token's).
+        let env = vec![("LUMEN_TOKEN", writer)];
+        let sent =
+            python(vec!["grpc".into(), format!("http://{target}"), "py-auth".into(), "team-a".into()], env).await;
+        server.stop().await;
+        // Read back without authentication: it was stored under the token's tenant. (Instrument metadata
+        // lives in memory, so check_run's metadata check does not apply after the restart.)
+        let server = TestServer::start(test_config(&data)).await;
+        let all = logql(&server, "team-a", r#"{service_name="py-auth"}"#).await;
+        assert_eq!(lines(&all).len() as u64, sent["logs"].as_u64().unwrap(), "{all:?}");
+        assert_eq!(promql_value(&server, "team-a", r#"orders_total{job="py-auth"}"#).await, 8.0);
+        server.stop().await;
+    }
 }

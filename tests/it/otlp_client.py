@@ -3,19 +3,28 @@
 usage: otlp_client.py grpc <endpoint> <service> <tenant>
        otlp_client.py http - <service> <tenant>      (the base URL comes from OTEL_EXPORTER_OTLP_ENDPOINT)
        otlp_client.py bad-grpc <host:port>
+       otlp_client.py grpc-auth <host:port> <write token> <read token>
 
 grpc/http send logs through Python's logging module (some inside a span, so they carry trace ids) and
 metrics of every instrument kind, gzip-compressed, then print what they sent as JSON. The http run
 exports its counter with delta temporality, twice. bad-grpc calls the logs Export method with bytes that
 are no protobuf, with an invalid tenant, and with an empty request, and prints each status code and
-message it got back.
+message it got back. grpc-auth calls it without a credential, with a read token, with a write token for
+another tenant and with a write token, and prints each status code. With LUMEN_TOKEN set, grpc/http send
+it as a bearer token.
 """
 
 import json
 import logging
+import os
 import sys
 
 from opentelemetry.sdk.resources import Resource
+
+
+def auth_header():
+    token = os.environ.get("LUMEN_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def send(transport, endpoint, service, tenant):
@@ -32,7 +41,7 @@ def send(transport, endpoint, service, tenant):
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        common = dict(endpoint=endpoint, insecure=True, headers={"x-scope-orgid": tenant},
+        common = dict(endpoint=endpoint, insecure=True, headers={"x-scope-orgid": tenant, **auth_header()},
                       compression=Compression.Gzip)
         temporality = {}
     else:
@@ -41,7 +50,7 @@ def send(transport, endpoint, service, tenant):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         # No endpoint: the exporters append /v1/logs and /v1/metrics to OTEL_EXPORTER_OTLP_ENDPOINT.
-        common = dict(headers={"X-Scope-OrgID": tenant}, compression=Compression.Gzip)
+        common = dict(headers={"X-Scope-OrgID": tenant, **auth_header()}, compression=Compression.Gzip)
         temporality = {Counter: AggregationTemporality.DELTA}
 
     resource = Resource.create({
@@ -116,8 +125,31 @@ def bad_grpc(target):
     print(json.dumps(out))
 
 
+def grpc_auth(target, writer, reader):
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    call = channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+    cases = {
+        "none": [],
+        "reader": [("authorization", f"Bearer {reader}")],
+        "other_tenant": [("authorization", f"Bearer {writer}"), ("x-scope-orgid", "team-b")],
+        "writer": [("authorization", f"Bearer {writer}")],
+    }
+    out = {}
+    for name, metadata in cases.items():
+        try:
+            call(b"", timeout=10, metadata=metadata)
+            out[name] = {"code": "OK", "message": ""}
+        except grpc.RpcError as e:
+            out[name] = {"code": e.code().name, "message": e.details()}
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "bad-grpc":
         bad_grpc(sys.argv[2])
+    elif sys.argv[1] == "grpc-auth":
+        grpc_auth(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         send(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])
