@@ -76,6 +76,24 @@ pub struct ServerConfig {
     pub auth_file: PathBuf,
     /// Serve beyond loopback without authentication (a trusted network, or a proxy that authenticates).
     pub allow_unauthenticated: bool,
+    /// PEM certificate (chain) for HTTPS and OTLP gRPC over TLS; with `tls_key_file`. Reloaded when it
+    /// changes. Empty: plain HTTP and gRPC.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate they signed (mutual TLS).
+    pub tls_client_ca_file: PathBuf,
+    /// Connections open at once, per listener (HTTP, OTLP gRPC); further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Longest wait for a TLS handshake and for a request's headers; also how long an idle keep-alive
+    /// connection is kept.
+    #[serde(with = "store::config::duration")]
+    pub http_header_timeout: Duration,
+    /// Longest time to receive a request body (408 past it); also the longest OTLP gRPC call.
+    #[serde(with = "store::config::duration")]
+    pub http_body_timeout: Duration,
+    /// Request bodies held at once, being received or handled; past it requests wait, then get 503.
+    pub max_inflight_request_bytes: ByteSize,
     /// A token of every tenant and scope, from `LUMEN_AUTH_TOKEN` only (never from the file).
     #[serde(skip)]
     pub auth_token: Option<Secret>,
@@ -106,6 +124,13 @@ impl Default for ServerConfig {
             max_request_size: ByteSize::mib(64),
             auth_file: PathBuf::new(),
             allow_unauthenticated: false,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_client_ca_file: PathBuf::new(),
+            max_connections: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(60),
+            max_inflight_request_bytes: ByteSize::mib(128),
             auth_token: None,
         }
     }
@@ -180,6 +205,24 @@ impl Config {
                 }
             }
         }
+        let (cert, key) = (!s.tls_cert_file.as_os_str().is_empty(), !s.tls_key_file.as_os_str().is_empty());
+        if cert != key {
+            bail!("server.tls_cert_file and server.tls_key_file go together: set both, or neither for plain HTTP");
+        }
+        if !cert && !s.tls_client_ca_file.as_os_str().is_empty() {
+            bail!("server.tls_client_ca_file needs server.tls_cert_file and server.tls_key_file");
+        }
+        if s.max_connections == 0 {
+            bail!("server.max_connections must be at least 1");
+        }
+        if s.http_header_timeout < Duration::from_secs(1) || s.http_body_timeout < Duration::from_secs(1) {
+            bail!("server.http_header_timeout and server.http_body_timeout must be at least 1s");
+        }
+        if s.max_inflight_request_bytes < s.max_request_size {
+            bail!(
+                "server.max_inflight_request_bytes must be at least server.max_request_size, or the largest request could never be received"
+            );
+        }
         if s.max_labels_per_stream == 0 {
             bail!("server.max_labels_per_stream must be at least 1");
         }
@@ -188,6 +231,16 @@ impl Config {
         }
         self.agent.validate()?;
         Ok(())
+    }
+
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        let s = &self.server;
+        (!s.tls_cert_file.as_os_str().is_empty()).then(|| crate::tls::TlsFiles {
+            cert: s.tls_cert_file.clone(),
+            key: s.tls_key_file.clone(),
+            client_ca: (!s.tls_client_ca_file.as_os_str().is_empty()).then(|| s.tls_client_ca_file.clone()),
+        })
     }
 
     /// True when requests must carry a token: a token file or `LUMEN_AUTH_TOKEN` is configured.

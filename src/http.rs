@@ -40,8 +40,19 @@ pub struct AppState {
 /// Every route but `/health` and `/ready` (probes) needs a token when `auth` is enabled: ingest the `write`
 /// scope, queries and `/metrics` the `read` scope, `/api/v1/admin/*` the `admin` scope. The check runs
 /// after routing and before the handler reads the body.
-pub fn router(app: AppState, query: query::http::QueryState, otlp: Router, auth: auth::Auth) -> Router {
+///
+/// Bodies are read by [`crate::inflight::limit_body`] (time limit, in-flight budget) after the credential
+/// was checked, so an unauthenticated client cannot make the server hold its body.
+pub fn router(
+    app: AppState,
+    query: query::http::QueryState,
+    otlp: Router,
+    auth: auth::Auth,
+    bodies: crate::inflight::BodyLimits,
+) -> Router {
     let limit = app.limits.max_body_bytes;
+    let body = axum::middleware::from_fn_with_state(bodies, crate::inflight::limit_body);
+    // route_layer wraps what was added before, so the guard (added last) runs first.
     let guard =
         |scope| axum::middleware::from_fn_with_state(auth::RequireScope { auth: auth.clone(), scope }, auth::require);
     let probes = Router::new().route("/health", get(|| async { "ok\n" })).route("/ready", get(ready));
@@ -53,10 +64,10 @@ pub fn router(app: AppState, query: query::http::QueryState, otlp: Router, auth:
     probes
         .merge(read)
         .merge(admin)
-        .merge(crate::ingest::router().route_layer(guard(Scope::Write)))
+        .merge(crate::ingest::router().route_layer(body.clone()).route_layer(guard(Scope::Write)))
         .with_state(app)
-        .merge(query::http::router(query).route_layer(guard(Scope::Read)))
-        .merge(otlp.route_layer(guard(Scope::Write)))
+        .merge(query::http::router(query).route_layer(body.clone()).route_layer(guard(Scope::Read)))
+        .merge(otlp.route_layer(body).route_layer(guard(Scope::Write)))
         .layer(DefaultBodyLimit::max(limit))
 }
 

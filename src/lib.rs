@@ -9,10 +9,13 @@ pub mod auth;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod inflight;
 pub mod ingest;
+pub mod listen;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Running, start};

@@ -47,6 +47,12 @@ struct ServerArgs {
     /// HTTP listen address [default: 127.0.0.1:9700].
     #[arg(long, env = "LUMEN_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// PEM certificate for HTTPS and gRPC over TLS (with --tls-key-file) [default: none].
+    #[arg(long, env = "LUMEN_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "LUMEN_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
     /// OTLP gRPC listen address [default: 127.0.0.1:4317].
     #[arg(long, env = "LUMEN_OTLP_GRPC_ADDR")]
     otlp_grpc_addr: Option<SocketAddr>,
@@ -99,6 +105,12 @@ struct AgentArgs {
     /// How often targets are scraped [default: 15s].
     #[arg(long)]
     scrape_interval: Option<humantime::Duration>,
+    /// File holding the token sent to the server as `Authorization: Bearer` [default: none].
+    #[arg(long, env = "LUMEN_AGENT_BEARER_TOKEN_FILE")]
+    bearer_token_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for an https:// server, besides the system's [default: none].
+    #[arg(long, env = "LUMEN_AGENT_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
     /// Listen address of the agent's /metrics, /health and /ready [default: 127.0.0.1:9701].
     #[arg(long, env = "LUMEN_AGENT_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
@@ -152,6 +164,12 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.otlp_grpc_addr {
         s.otlp_grpc_addr = v;
+    }
+    if let Some(v) = args.tls_cert_file {
+        s.tls_cert_file = v;
+    }
+    if let Some(v) = args.tls_key_file {
+        s.tls_key_file = v;
     }
     if let Some(v) = args.mqtt_listen {
         s.mqtt_listen = v;
@@ -215,6 +233,12 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<(Config, String)> {
     }
     if let Some(v) = args.http_addr {
         a.http_addr = v;
+    }
+    if let Some(v) = args.bearer_token_file {
+        a.bearer_token_file = v;
+    }
+    if let Some(v) = args.tls_ca_file {
+        a.tls_ca_file = v;
     }
     if let Some(v) = args.log_format {
         config.log.format = v;

@@ -27,7 +27,7 @@ pub struct Running {
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     http: JoinHandle<std::io::Result<()>>,
-    otlp_grpc: JoinHandle<Result<(), ingest_otlp::GrpcError>>,
+    otlp_grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     mqtt: Vec<JoinHandle<()>>,
     mqtt_shutdown: CancellationToken,
     engine: JoinHandle<store::Result<()>>,
@@ -117,16 +117,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
         .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
-    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone());
-    let http = tokio::spawn({
-        let token = shutdown.clone();
-        async move { axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await }
-    });
-    let otlp_grpc = tokio::spawn(ingest_otlp::serve_grpc(grpc_listener, otlp, auth.clone(), shutdown.clone()));
+    let bodies = crate::inflight::BodyLimits::new(
+        usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),
+        usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
+        s.http_body_timeout,
+    );
+    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies);
+    let limits =
+        crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
+    let (http_tls, grpc_tls) = match config.tls_files() {
+        None => (None, None),
+        Some(files) => {
+            let http = crate::tls::Tls::load(files.clone(), &[b"http/1.1"])?;
+            let grpc = crate::tls::Tls::load(files, &[b"h2"])?;
+            tokio::spawn(http.clone().watch(shutdown.clone()));
+            tokio::spawn(grpc.clone().watch(shutdown.clone()));
+            (Some(http), Some(grpc))
+        }
+    };
+    let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, http_tls.clone(), shutdown.clone()));
+    let otlp_grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            // The whole call, body included: a trickling client cannot hold a call for ever.
+            .timeout(s.http_body_timeout)
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .max_concurrent_streams(64)
+            .add_routes(ingest_otlp::grpc_routes(otlp, auth.clone()))
+            .serve_with_incoming_shutdown(
+                crate::listen::incoming(grpc_listener, limits, grpc_tls, shutdown.clone()),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
     tokio::spawn(crate::auth::watch(auth.clone(), config.clone(), shutdown.clone()));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
-    tracing::info!(%http_addr, %otlp_grpc_addr, data_dir = %s.data_dir.display(), "lumen server started");
+    tracing::info!(%http_addr, %otlp_grpc_addr, tls = http_tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");
     Ok(Running {
         http_addr,
         mqtt_addr: mqtt.endpoint_addr,

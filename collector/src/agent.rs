@@ -49,6 +49,9 @@ pub enum AgentError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Kube(#[from] crate::kube::KubeError),
+    /// The bearer token file or the TLS files cannot be used (the message names the file and the key).
+    #[error("{0}")]
+    Credentials(String),
 }
 
 /// A running agent.
@@ -77,6 +80,11 @@ struct HttpState {
 /// failure.
 pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError> {
     cfg.validate()?;
+    let token = if cfg.bearer_token_file.as_os_str().is_empty() {
+        crate::client::BearerToken::none()
+    } else {
+        crate::client::BearerToken::from_file(&cfg.bearer_token_file).map_err(AgentError::Credentials)?
+    };
     let transform = crate::transform::Transform::new(&cfg.parse).map_err(crate::config::ConfigError::from)?;
     let data_dir = cfg.data_dir.clone();
     let io = |source| AgentError::DataDir { path: data_dir.clone(), source };
@@ -164,14 +172,22 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
             producer,
             request_timeout: cfg.request_timeout,
             max_backoff: cfg.retry_max_backoff,
+            token: token.clone(),
+            tls: cfg.tls_files(),
         },
         buffer.clone(),
         checkpoints.clone(),
         metrics.clone(),
-    );
+    )
+    .map_err(AgentError::Credentials)?;
     let shipper = tokio::spawn(shipper.run(stop_sending.clone()));
 
-    let scraper = Arc::new(Scraper::new());
+    // The token goes to the server, and to scrape targets on the server's own scheme, host and port (its
+    // /metrics), never to other targets.
+    let scraper = Arc::new(match crate::client::origin(&cfg.server) {
+        Some(origin) if token.header().is_some() => Scraper::new().with_token_for(origin, token.clone()),
+        _ => Scraper::new(),
+    });
     let timeout = cfg.scrape_timeout.min(cfg.scrape_interval);
     for url in &cfg.scrape_targets {
         let target = Target {

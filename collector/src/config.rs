@@ -25,8 +25,17 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Listen address of the agent's own /metrics, /health and /ready.
     pub http_addr: SocketAddr,
-    /// Tenant sent as X-Scope-OrgID; empty sends none (the server's default tenant).
+    /// Tenant sent as X-Scope-OrgID; empty sends none (the server's default tenant, or the token's).
     pub tenant: String,
+    /// File whose first line is the token sent as `Authorization: Bearer` to the server (and to scrape
+    /// targets on the server's host and port); re-read when the server answers 401. (--bearer-token-file)
+    pub bearer_token_file: PathBuf,
+    /// PEM CA certificates to trust for an https:// server, besides the system's. (--tls-ca-file)
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate for a server that asks for one (mutual TLS); with `tls_client_key_file`.
+    pub tls_client_cert_file: PathBuf,
+    /// PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: PathBuf,
     /// Where log batches go (Loki push, protobuf); empty means <server>/loki/api/v1/push. A real Loki works too.
     pub logs_url: String,
     /// Where samples go (Prometheus remote write 1.0); empty means <server>/api/v1/write. Any receiver works.
@@ -91,6 +100,10 @@ impl Default for AgentConfig {
             node_name: String::new(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9701)),
             tenant: String::new(),
+            bearer_token_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_client_cert_file: PathBuf::new(),
+            tls_client_key_file: PathBuf::new(),
             logs_url: String::new(),
             metrics_url: String::new(),
             logs: true,
@@ -130,11 +143,22 @@ pub enum ConfigError {
     Url { key: &'static str, value: String },
     #[error("agent.{key} must be greater than zero")]
     Zero { key: &'static str },
+    #[error("agent.tls_client_cert_file and agent.tls_client_key_file go together: set both or neither")]
+    ClientCertPair,
     #[error(transparent)]
     Parse(#[from] crate::transform::TransformError),
 }
 
 impl AgentConfig {
+    /// The TLS files of the connections to the server.
+    pub fn tls_files(&self) -> crate::client::TlsFiles {
+        let set = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+        crate::client::TlsFiles {
+            ca: set(&self.tls_ca_file),
+            client_cert: set(&self.tls_client_cert_file).zip(set(&self.tls_client_key_file)),
+        }
+    }
+
     /// The URL log batches are posted to.
     pub fn logs_endpoint(&self) -> String {
         if self.logs_url.is_empty() {
@@ -166,6 +190,9 @@ impl AgentConfig {
             if !optional_and_unset && !url_ok(value) {
                 return Err(ConfigError::Url { key, value: value.clone() });
             }
+        }
+        if self.tls_client_cert_file.as_os_str().is_empty() != self.tls_client_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::ClientCertPair);
         }
         for t in &self.scrape_targets {
             if !url_ok(t) {

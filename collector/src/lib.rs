@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod buffer;
 pub mod checkpoint;
+pub mod client;
 pub mod config;
 pub mod format;
 pub mod kube;

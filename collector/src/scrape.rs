@@ -201,6 +201,8 @@ pub enum ScrapeError {
 pub struct Scraper {
     client: reqwest::Client,
     body_limit: usize,
+    /// The server's `scheme://host:port` and its token: sent to targets there only.
+    server_token: Option<(String, crate::client::BearerToken)>,
 }
 
 impl Default for Scraper {
@@ -216,12 +218,29 @@ impl Scraper {
     /// are never behind the node's proxy), follows up to 10 redirects as Prometheus does, and does not decompress
     /// by itself: the scraper asks for gzip and decompresses under its body limit.
     pub fn new() -> Scraper {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|error| {
-            // Without TLS or a custom resolver the builder has nothing that can fail; keep going regardless.
-            tracing::warn!(%error, "cannot build the scrape http client with its settings, using the defaults");
-            reqwest::Client::new()
-        });
-        Scraper { client, body_limit: DEFAULT_BODY_LIMIT }
+        // Scrapes are plain http (see `fetch`), but reqwest wants its TLS configured all the same.
+        let client = crate::client::builder(&crate::client::TlsFiles::default())
+            .and_then(|b| b.no_proxy().build().map_err(|e| e.to_string()))
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot build the scrape http client with its settings, using the defaults");
+                reqwest::Client::builder()
+                    .tls_backend_preconfigured(
+                        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                            rustls::crypto::ring::default_provider(),
+                        ))
+                        .with_safe_default_protocol_versions()
+                        .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+                        .expect("ring supports the default TLS versions"),
+                    )
+                    .build()
+                    .expect("a client without options builds")
+            });
+        Scraper { client, body_limit: DEFAULT_BODY_LIMIT, server_token: None }
+    }
+
+    /// The same scraper, sending `token` to targets whose `scheme://host:port` is `origin` (the server's).
+    pub fn with_token_for(self, origin: String, token: crate::client::BearerToken) -> Scraper {
+        Scraper { server_token: Some((origin, token)), ..self }
     }
 
     /// The same scraper with another limit on the (decompressed) body size, in bytes.
@@ -291,9 +310,16 @@ impl Scraper {
             return Err(ScrapeError::NoHost { url: url_text.clone() });
         }
         let timeout_seconds = target.timeout.as_secs_f64().to_string();
-        let request = self
-            .client
-            .get(url)
+        let auth = self
+            .server_token
+            .as_ref()
+            .filter(|(origin, _)| crate::client::origin(url_text).as_deref() == Some(origin.as_str()))
+            .and_then(|(_, token)| token.header());
+        let mut request = self.client.get(url);
+        if let Some(auth) = auth {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let request = request
             .header(ACCEPT, ACCEPT_HEADER)
             .header(ACCEPT_ENCODING, "gzip")
             .header(USER_AGENT, USER_AGENT_VALUE)

@@ -32,6 +32,10 @@ pub struct ShipperSettings {
     pub producer: String,
     pub request_timeout: Duration,
     pub max_backoff: Duration,
+    /// Sent as `Authorization: Bearer` with every batch.
+    pub token: crate::client::BearerToken,
+    /// TLS of an https:// server.
+    pub tls: crate::client::TlsFiles,
 }
 
 /// The sending half of the agent.
@@ -55,13 +59,13 @@ impl Shipper {
         buffer: Arc<DiskBuffer>,
         checkpoints: Arc<Mutex<Checkpoints>>,
         metrics: Arc<AgentMetrics>,
-    ) -> Shipper {
-        let client = reqwest::Client::builder()
+    ) -> Result<Shipper, String> {
+        let client = crate::client::builder(&settings.tls)?
             .timeout(settings.request_timeout)
             .user_agent(concat!("lumen-agent/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
-        Shipper { settings, client, buffer, checkpoints, metrics }
+            .map_err(|e| format!("cannot build the agent's HTTP client: {e}"))?;
+        Ok(Shipper { settings, client, buffer, checkpoints, metrics })
     }
 
     /// Sends batches until `shutdown`. A batch in flight when it comes is abandoned (it stays in the buffer).
@@ -143,6 +147,9 @@ impl Shipper {
         if !self.settings.tenant.is_empty() {
             req = req.header("X-Scope-OrgID", &self.settings.tenant);
         }
+        if let Some(auth) = self.settings.token.header() {
+            req = req.header("Authorization", auth);
+        }
         let resp = match req.body(payload).send().await {
             Ok(r) => r,
             Err(e) => return Outcome::Retry(describe(&e)),
@@ -155,6 +162,16 @@ impl Shipper {
         }
         let body = resp.text().await.unwrap_or_default();
         let reason = format!("{status}: {}", body.trim().chars().take(500).collect::<String>());
+        if status.as_u16() == 401 || status.as_u16() == 403 {
+            // A credential problem is the operator's to fix, not the batch's: keep it and retry. A rotated
+            // token file is read again.
+            if let Err(e) = self.settings.token.reload() {
+                return Outcome::Retry(format!("{reason} ({e})"));
+            }
+            return Outcome::Retry(format!(
+                "{reason} (check agent.bearer_token_file and the token's tenant and scopes)"
+            ));
+        }
         if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
             Outcome::Rejected(reason)
         } else {

@@ -19,32 +19,24 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use store::model::Tenant;
-use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::server::{NamedService, UnaryService};
-use tonic::{Status, transport::server::TcpIncoming};
 
 use crate::{ExportError, Exported, Otlp, Transport};
 
 /// The tenant header, as HTTP ingest and Loki name it (gRPC metadata keys are lower case).
 pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
 
-/// Serves both services on `listener` until `shutdown`.
-///
-/// # Errors
-/// tonic's transport error, when serving fails.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    otlp: Arc<Otlp>,
-    auth: auth::Auth,
-    shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(ExportService::<Logs>::new(otlp.clone(), auth.clone()))
-        .add_service(ExportService::<Metrics>::new(otlp, auth))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
-        .await
+/// Both services, for the server to serve on its gRPC listener (which owns TLS, the connection cap and the
+/// time limits). With `auth` enabled, each call needs a token with the `write` scope.
+pub fn routes(otlp: Arc<Otlp>, auth: auth::Auth) -> tonic::service::Routes {
+    tonic::service::Routes::new(ExportService::<Logs>::new(otlp.clone(), auth.clone())).add_service(ExportService::<
+        Metrics,
+    >::new(
+        otlp, auth
+    ))
 }
 
 /// A prost codec whose decode errors are `INVALID_ARGUMENT`.

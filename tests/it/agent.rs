@@ -38,7 +38,7 @@ impl AgentProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.addr)).await.unwrap().text().await.unwrap()
+        crate::harness::get(format!("http://{}/metrics", self.addr)).await.unwrap().text().await.unwrap()
     }
 
     pub fn kill9(&mut self) {
@@ -204,7 +204,7 @@ fn append(path: &Path) -> std::fs::File {
 }
 
 async fn count(base: &str) -> i64 {
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     match client.post(format!("{base}/api/v1/sql")).body("SELECT count(*) AS n FROM logs").send().await {
         Ok(r) if r.status() == 200 => {
             let v: Value = r.json().await.unwrap();
@@ -315,7 +315,7 @@ async fn every_line_arrives_once_through_rotations_kills_and_an_outage() {
 
     // Nothing more arrives (no gzipped rotation read twice), and every line is there once.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let rows = sql_rows(
         &client,
         &base,
@@ -383,7 +383,7 @@ async fn the_k8s_log_fixtures_arrive_whole() {
     let want: usize = expected.values().sum();
     // A record whose last piece never came (a `log` without its newline) is sent after a few idle seconds.
     wait_count(&server.base, want, "fixture lines").await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let rows = sql_rows(&client, &server.base, "default", "SELECT pod, count(*) AS n FROM logs GROUP BY pod").await;
     for r in &rows {
         let pod = r["pod"].as_str().unwrap();
@@ -421,7 +421,7 @@ pub async fn serve_exposition(path: PathBuf) -> SocketAddr {
 }
 
 async fn prom_query(base: &str, q: &str) -> Vec<Value> {
-    let r = reqwest::Client::new().get(format!("{base}/api/v1/query")).query(&[("query", q)]).send().await.unwrap();
+    let r = crate::harness::client().get(format!("{base}/api/v1/query")).query(&[("query", q)]).send().await.unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "success", "{q}: {v}");
     v["data"]["result"].as_array().unwrap().clone()
@@ -492,7 +492,7 @@ async fn ack_losing_proxy(upstream: String) -> (SocketAddr, std::sync::Arc<std::
     use std::sync::atomic::{AtomicUsize, Ordering};
     let lost = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(AtomicUsize::new(0));
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let lost2 = lost.clone();
     let app = axum::Router::new().route(
         "/loki/api/v1/push",
@@ -542,7 +542,7 @@ async fn a_lost_acknowledgement_does_not_store_a_batch_twice() {
     wait_count(&server.base, app.lines.len(), "lines through the proxy").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(lost.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the proxy lost no answers");
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let dup = sql_rows(
         &client,
         &server.base,
@@ -552,7 +552,7 @@ async fn a_lost_acknowledgement_does_not_store_a_batch_twice() {
     .await;
     assert!(dup.is_empty(), "batches stored twice: {} lines duplicated", dup.len());
     assert_eq!(count(&server.base).await, app.lines.len() as i64);
-    let m = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    let m = crate::harness::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
     assert!(m.contains("lumen_ingest_duplicate_batches_total{protocol=\"loki\"}"), "{m}");
     agent.terminate();
 }
@@ -648,7 +648,7 @@ async fn the_kubernetes_api_adds_labels_excludes_pods_and_finds_scrape_targets()
     noisy.write(20);
     web.write(20);
     wait_count(&server.base, 20, "the web pod's lines").await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let rows = sql_rows(
         &client,
         &server.base,

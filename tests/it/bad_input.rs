@@ -263,7 +263,7 @@ async fn deep_queries_are_refused_in_every_language_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::spawn(dir.path(), free_addr(), &[]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let nested =
         |open: &str, inner: &str, close: &str, n: usize| format!("{}{inner}{}", open.repeat(n), close.repeat(n));
     let chain = |first: &str, op: &str, n: usize| format!("{first}{}", op.repeat(n));

@@ -32,7 +32,7 @@ async fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_stores_n
         for w in 0..WRITERS {
             let (base, acked, stop) = (server.base.clone(), acked.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
-                let client = reqwest::Client::new();
+                let client = crate::harness::client();
                 let mut r = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let id = format!("r{round}-w{w}-q{r}");
@@ -83,7 +83,7 @@ async fn flush_then_restart_keeps_everything_and_a_second_process_is_refused() {
     let addr = free_addr();
     let mut server = ServerProcess::spawn(dir.path(), addr, &[]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let body: String = (0..1000).map(|i| format!("{}\n", json!({"_msg": format!("line {i}"), "app": "a"}))).collect();
     let r = client
         .post(format!("{}/insert/jsonline?_stream_fields=app", server.base))

@@ -55,7 +55,7 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let running = lumen::start(config).await.expect("server starts");
         let base = format!("http://{}", running.http_addr);
-        TestServer { running: Some(running), base, client: reqwest::Client::new() }
+        TestServer { running: Some(running), base, client: client() }
     }
 
     pub async fn stop(mut self) {
@@ -144,7 +144,7 @@ impl ServerProcess {
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
+        let client = client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client.get(format!("{}/ready", self.base)).send().await
@@ -192,7 +192,7 @@ impl Drop for ServerProcess {
 /// twice. Returns how many stored requests were never acknowledged (in flight at a kill).
 pub async fn assert_requests_stored_once(base: &str, acked: &[String], per_request: usize) -> usize {
     let sql = "SELECT req, count(*) AS n, count(DISTINCT message) AS d FROM logs GROUP BY req";
-    let rows = sql_rows(&reqwest::Client::new(), base, "default", sql).await;
+    let rows = sql_rows(&client(), base, "default", sql).await;
     let stored: std::collections::HashMap<String, (i64, i64)> = rows
         .iter()
         .map(|r| (r["req"].as_str().unwrap().to_string(), (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())))
@@ -207,4 +207,21 @@ pub async fn assert_requests_stored_once(base: &str, acked: &[String], per_reque
     }
     let acked: std::collections::HashSet<&String> = acked.iter().collect();
     stored.keys().filter(|k| !acked.contains(k)).count()
+}
+
+/// A reqwest client builder. reqwest's TLS uses rustls without a crypto provider of its own, so the
+/// process-wide one (ring) is installed first.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// A reqwest client (see [`client_builder`]).
+pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
+/// `GET url` with a fresh client, like `reqwest::get`.
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    client().get(url).send().await
 }

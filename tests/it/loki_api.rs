@@ -29,7 +29,7 @@ async fn push(client: &reqwest::Client, server: &TestServer, tenant: &str, body:
 async fn load() -> (Loaded, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let data = loghub();
     let t0 = store::time::now_ns() - 600 * NS;
     for (app, lines) in &data {
@@ -362,7 +362,7 @@ async fn series_limit_is_a_clear_400() {
     let mut config = test_config(dir.path());
     config.query.max_query_series = 2;
     let server = TestServer::start(config).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let t = (store::time::now_ns() - 10 * NS).to_string();
     let streams: Vec<Value> =
         (0..3).map(|i| json!({"stream": {"app": format!("a{i}")}, "values": [[t.clone(), "x"]]})).collect();
@@ -389,7 +389,7 @@ async fn series_limit_is_a_clear_400() {
 async fn live_tail_over_websocket() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let now = store::time::now_ns();
     push(
         &client,
@@ -441,7 +441,7 @@ async fn a_query_past_the_timeout_is_a_504_and_the_server_stays_up() {
     let mut config = test_config(dir.path());
     config.query.timeout = Duration::ZERO;
     let server = TestServer::start(config).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let t = (store::time::now_ns() - 10 * NS).to_string();
     push(&client, &server, "default", json!({"streams": [{"stream": {"app": "a"}, "values": [[t, "x"]]}]})).await;
     let r = client

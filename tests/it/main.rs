@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod bad_input;
 mod config;
+mod connections;
 #[cfg(feature = "external-tests")]
 mod deploy;
 #[cfg(feature = "external-tests")]
@@ -27,6 +28,7 @@ mod prom_api;
 mod prometheus_compare;
 mod retention;
 mod shippers;
+mod tls;
 mod vector;
 #[cfg(feature = "external-tests")]
 mod yaml;

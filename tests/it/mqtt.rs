@@ -118,7 +118,7 @@ async fn publish_all(port: u16, client_id: &str, credentials: Option<(&str, &str
 }
 
 async fn get_json(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+    crate::harness::get(url).await.unwrap().json().await.unwrap()
 }
 
 /// The PromQL instant query's result vector.
@@ -148,7 +148,7 @@ fn urlencode(s: &str) -> String {
 
 /// The sum of a counter family in the server's /metrics (0 when absent).
 async fn metric_sum(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = crate::harness::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{')))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -157,7 +157,7 @@ async fn metric_sum(base: &str, name: &str) -> f64 {
 
 /// Log entries stored for the default tenant.
 async fn stored(base: &str) -> i64 {
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     sql_rows(&client, base, "default", "SELECT count(*) AS n FROM logs").await[0]["n"].as_i64().unwrap()
 }
 
@@ -472,7 +472,7 @@ async fn acknowledged_after_durability_kill_9_loses_nothing_and_stores_nothing_t
     lumen.wait_ready().await;
     tokio::time::timeout(Duration::from_secs(90), publisher).await.expect("publisher finished").unwrap();
     wait_stored(&lumen.base, N as i64 + 1, Duration::from_secs(90)).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let distinct = sql_rows(&client, &lumen.base, "default", "SELECT count(DISTINCT message) AS n FROM logs").await[0]
         ["n"]
         .as_i64();
@@ -752,7 +752,7 @@ async fn the_embedded_endpoint_acknowledges_only_what_survives_kill_9() {
     let mut lumen =
         ServerProcess::spawn(dir.path(), addr, &["--mqtt-listen", &mqtt_arg, "--mqtt-topic", "dev/{device}"]);
     lumen.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let rows = sql_rows(&client, &lumen.base, "default", "SELECT message FROM logs").await;
     let stored: std::collections::HashSet<usize> = rows
         .iter()

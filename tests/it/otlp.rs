@@ -368,7 +368,7 @@ async fn otlp_acknowledged_records_survive_kill_9() {
     for w in 0..4 {
         let (base, acked, stop) = (server.base.clone(), acked.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = crate::harness::client();
             let mut q = 0;
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("w{w}-q{q}");

@@ -442,7 +442,7 @@ async fn kill_9_during_remote_write_loses_nothing_acknowledged() {
     let addr = free_addr();
     let mut server = ServerProcess::spawn(dir.path(), addr, &[]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let t0 = store::time::now_ns() / 1_000_000 - 3_600_000;
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let writer = {

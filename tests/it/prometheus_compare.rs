@@ -50,7 +50,7 @@ impl Prometheus {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let base = format!("http://{addr}");
-        let client = reqwest::Client::new();
+        let client = crate::harness::client();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = client.get(format!("{base}/-/ready")).send().await
@@ -227,7 +227,7 @@ async fn same_data_same_queries_same_answers_as_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let prom = Prometheus::start(&dir.path().join("prometheus")).await;
     let lumen = TestServer::start(test_config(&dir.path().join("lumen"))).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let now = store::time::now_ns() / 1_000_000;
     let t0 = (now - 70 * 60_000).div_euclid(60_000) * 60_000 + OFFSET_MS;
     let body = encode_write_request(&workload(t0));
@@ -338,7 +338,7 @@ async fn the_agent_scrapes_like_prometheus_and_ships_to_its_remote_write_receive
     .unwrap();
     let mut agent = crate::agent::AgentProcess::spawn(&config, free_addr());
     agent.wait_ready().await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let theirs = job_series(&client, &prom.base, "prom").await;

@@ -155,7 +155,7 @@ async fn post_lines(client: &reqwest::Client, addr: SocketAddr, lines: &[Line]) 
 /// What a tenant holds, in time order.
 async fn stored(base: &str, tenant: &str) -> Vec<Line> {
     let sql = "SELECT CAST(time AS BIGINT) AS ns, message, app, trace_id FROM logs ORDER BY time, trace_id";
-    sql_rows(&reqwest::Client::new(), base, tenant, sql)
+    sql_rows(&crate::harness::client(), base, tenant, sql)
         .await
         .iter()
         .map(|r| Line {
@@ -205,7 +205,7 @@ async fn ship_through(bin: &Path, tail: &str, sent: &[Line]) -> tempfile::TempDi
     let addr = free_addr();
     let mut vector = Vector::start(bin, dir.path(), &format!("{}{tail}", http_source(addr)));
     vector.wait_listening(addr).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     for chunk in sent.chunks(250) {
         if let Err(e) = post_lines(&client, addr, chunk).await {
             panic!("Vector did not deliver a batch: {e}\nVector's log:\n{}", vector.log());
@@ -503,7 +503,7 @@ async fn vector_acknowledged_lines_survive_kill_9_of_lumen() {
         let mine: Vec<Vec<Line>> = batches.iter().skip(k).step_by(4).cloned().collect();
         let tx = tx.clone();
         senders.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = crate::harness::client();
             for b in mine {
                 let started = Instant::now();
                 if post_lines(&client, vaddr, &b).await.is_ok() {

@@ -1,0 +1,199 @@
+//! TLS (issue 17): the server on HTTPS with tokens on, the real agent process shipping to it with a CA file
+//! and a bearer token file, Grafana-style basic auth over HTTPS, and a renewed certificate picked up without a
+//! restart. Certificates come from the `openssl` command, as an operator would make them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::agent::{AgentProcess, agent_config};
+use crate::auth::make_token;
+use crate::harness::{TestServer, free_addr, test_config};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost named `name`.pem / `name`.key.
+fn make_ca(dir: &Path) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lumen test CA",
+        ],
+    );
+    dir.join("ca.pem")
+}
+
+fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
+}
+
+fn https_client(ca: &Path) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    crate::harness::client_builder().add_root_certificate(cert).tls_info(true).build().unwrap()
+}
+
+fn basic(user: &str, token: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}")))
+}
+
+/// The DER of the first certificate in a PEM file.
+fn der(pem: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(pem).unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_ships_over_https_with_a_token_and_a_renewed_certificate_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = make_ca(&pki);
+    let (cert, key) = make_cert(&pki, "server");
+    let tokens = dir.path().join("tokens.toml");
+    let agent_token = make_token(&tokens, "default", "write,read");
+    let grafana = make_token(&tokens, "default", "read");
+
+    let mut config = test_config(&dir.path().join("data"));
+    config.server.auth_file = tokens;
+    config.server.tls_cert_file = cert.clone();
+    config.server.tls_key_file = key.clone();
+    let server = TestServer::start(config).await;
+    let addr = server.running.as_ref().unwrap().http_addr;
+    let base = format!("https://127.0.0.1:{}", addr.port());
+
+    // Plain HTTP to the TLS port, and HTTPS without trusting the CA, get nowhere.
+    let plain = crate::harness::client().get(format!("http://{addr}/health")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP must not be served on the TLS port");
+    assert!(crate::harness::client().get(format!("{base}/health")).send().await.is_err(), "an unknown CA is refused");
+
+    // The agent: https:// server, the CA file, the token from a file.
+    let token_file = dir.path().join("agent-token");
+    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
+    let pods = dir.path().join("pods");
+    let container = pods.join("default_web-1_uid1/app");
+    std::fs::create_dir_all(&container).unwrap();
+    let lines: Vec<String> = (0..50).map(|i| format!("over tls {i}")).collect();
+    let now = chrono_like_now();
+    let text: String = lines.iter().map(|l| format!("{now} stdout F {l}\n")).collect();
+    std::fs::write(container.join("0.log"), text).unwrap();
+    let extra = format!("bearer_token_file = \"{}\"\ntls_ca_file = \"{}\"", token_file.display(), ca.display());
+    let config = agent_config(dir.path(), &base, &pods, &extra);
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+
+    let client = https_client(&ca);
+    let query = |auth: String| {
+        let client = client.clone();
+        let url = format!("{base}/loki/api/v1/query_range");
+        async move {
+            let r = client
+                .get(url)
+                .header("Authorization", auth)
+                .query(&[("query", "{pod=\"web-1\"}"), ("limit", "1000"), ("since", "2h")])
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 200, "{v}");
+            v["data"]["result"].as_array().unwrap().iter().map(|s| s["values"].as_array().unwrap().len()).sum::<usize>()
+        }
+    };
+    // Grafana's data source: basic auth, tenant as user.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = query(basic("default", &grafana)).await;
+        if n == lines.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n} of {} lines arrived over HTTPS", lines.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.terminate();
+
+    // Renew the certificate in place (cert-manager style): new connections get the new one.
+    let before = client.get(format!("{base}/health")).send().await.unwrap();
+    let served = before.extensions().get::<reqwest::tls::TlsInfo>().unwrap().peer_certificate().unwrap().to_vec();
+    assert_eq!(served, der(&cert));
+    let (new_cert, new_key) = make_cert(&pki, "renewed");
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // A fresh client, so that the connection (and its handshake) is new.
+        let r = https_client(&ca).get(format!("{base}/health")).send().await.unwrap();
+        let served = r.extensions().get::<reqwest::tls::TlsInfo>().unwrap().peer_certificate().unwrap().to_vec();
+        if served == der(&new_cert) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the renewed certificate was not served within 30 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(query(basic("default", &grafana)).await, lines.len(), "data and tokens unaffected by the renewal");
+    server.stop().await;
+}
+
+/// Now in the CRI log format (RFC 3339 with nanoseconds, UTC).
+fn chrono_like_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
