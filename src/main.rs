@@ -279,7 +279,14 @@ fn main() -> ExitCode {
                 anyhow::Ok(())
             })
         }),
-        Command::Config(ConfigCommand::Check { config }) => Config::from_file(&config).and_then(|c| {
+        Command::Config(ConfigCommand::Check { config }) => Config::from_file(&config).and_then(|mut c| {
+            // As `server --check` does: a token from the environment counts, so a config that listens
+            // beyond loopback with LUMEN_AUTH_TOKEN set is valid.
+            if let Some(v) =
+                std::env::var("LUMEN_AUTH_TOKEN").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+            {
+                c.server.auth_token = Some(lumen::config::Secret(v));
+            }
             c.validate()?;
             eprintln!("{}: ok", config.display());
             Ok(())

@@ -1,5 +1,5 @@
-//! deploy/: the Dockerfile (checked statically: no Docker engine runs here), the Compose file, and the
-//! CLI verbs the containers rely on (`lumen health`, `lumen server --check`).
+//! deploy/: the Dockerfile (checked statically: no Docker engine runs here), the Compose file with its
+//! token wiring, and the CLI verbs the containers rely on (`lumen health`, `lumen server --check`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +13,31 @@ fn repo(path: &str) -> PathBuf {
 
 fn run_lumen(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lumen")).args(args).output().unwrap()
+}
+
+/// A token as the deployments' instructions make one (`openssl rand -hex 32`).
+const DEPLOY_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Checks a server config that listens beyond loopback the way it is deployed: `lumen server --config FILE
+/// --check` passes with `LUMEN_AUTH_TOKEN` in the environment (as the Secret or `.env` gives it), and is
+/// refused without it, since the server will not serve beyond loopback unauthenticated.
+pub fn server_check_needs_the_token(file: &Path, what: &str) {
+    let check = |token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lumen"));
+        cmd.args(["server", "--check", "--config"]).arg(file);
+        for var in ["LUMEN_AUTH_TOKEN", "LUMEN_AUTH_FILE", "LUMEN_ALLOW_UNAUTHENTICATED"] {
+            cmd.env_remove(var);
+        }
+        if let Some(token) = token {
+            cmd.env("LUMEN_AUTH_TOKEN", token);
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(Some(DEPLOY_TOKEN));
+    assert!(out.status.success(), "{what} with LUMEN_AUTH_TOKEN: {}", String::from_utf8_lossy(&out.stderr));
+    let out = check(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("beyond loopback"), "{what} must need a token: {err}");
 }
 
 /// The instructions of a Dockerfile, with continuation lines joined.
@@ -105,14 +130,61 @@ fn the_compose_file_wires_lumen_grafana_and_the_secrets_from_env() {
         .status()
         .unwrap();
     assert!(ignored.success(), "deploy/compose/.env must be git-ignored");
-    // The configs the containers run with pass the server's own check.
-    for file in ["deploy/compose/lumen.toml", "deploy/compose/agent.toml"] {
-        let out = run_lumen(&["config", "check", "--config", repo(file).to_str().unwrap()]);
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    // The configs the containers run with pass the server's own check: the server's with the token its
+    // environment gets, and not without it.
+    server_check_needs_the_token(&repo("deploy/compose/lumen.toml"), "deploy/compose/lumen.toml");
+    let out = run_lumen(&["config", "check", "--config", repo("deploy/compose/agent.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "deploy/compose/agent.toml: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(services["agent"]["command"][0], "agent", "an agent scrapes Lumen's own metrics");
     let mosquitto = std::fs::read_to_string(repo("deploy/compose/mosquitto.conf")).unwrap();
     assert!(mosquitto.contains("allow_anonymous false") && mosquitto.contains("max_queued_messages 1000000"));
+}
+
+#[test]
+fn the_compose_file_turns_authentication_on_with_the_token_from_env() {
+    let compose = yaml_file(&repo("deploy/compose/docker-compose.yml"));
+    let services = &compose["services"];
+    // Server and Grafana take LUMEN_AUTH_TOKEN from .env, and Compose refuses to start without it.
+    for service in ["lumen", "grafana"] {
+        let value = services[service]["environment"]["LUMEN_AUTH_TOKEN"].as_str().unwrap_or_default();
+        assert!(value.starts_with("${LUMEN_AUTH_TOKEN:?"), "{service} gets LUMEN_AUTH_TOKEN from .env: {value:?}");
+    }
+    // The agent reads only a file: a Compose secret made from the same variable, readable by the image's
+    // user (the distroless image has no shell to write one).
+    assert_eq!(compose["secrets"]["lumen_auth_token"]["environment"], "LUMEN_AUTH_TOKEN");
+    let agent = &services["agent"];
+    let secret = agent["secrets"]
+        .as_array()
+        .expect("the agent gets secrets")
+        .iter()
+        .find(|s| s["source"] == "lumen_auth_token")
+        .expect("the agent gets the secret lumen_auth_token");
+    let target = secret["target"].as_str().unwrap_or("lumen_auth_token");
+    let token_file = if target.starts_with('/') { target.to_string() } else { format!("/run/secrets/{target}") };
+    assert_eq!(secret["uid"], "65532", "owned by the image's user");
+    assert_eq!(secret["mode"], 0o400);
+    assert!(agent.get("environment").is_none_or(|e| e.get("LUMEN_AUTH_TOKEN").is_none()), "a file, not the env");
+    // agent.toml names that file, and its scrape of Lumen's /metrics (which needs the read scope) goes to the
+    // server's scheme, host and port, so the token is sent there too.
+    let text = std::fs::read_to_string(repo("deploy/compose/agent.toml")).unwrap();
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    let a = &config["agent"];
+    let bearer_token_file = a.get("bearer_token_file").and_then(toml::Value::as_str);
+    assert_eq!(bearer_token_file, Some(token_file.as_str()), "agent.toml's bearer_token_file");
+    let server = a["server"].as_str().unwrap();
+    let scrapes: Vec<&str> = a["scrape_targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(scrapes.contains(&format!("{server}/metrics").as_str()), "{server}/metrics is scraped: {scrapes:?}");
+    // .env.example holds the variable, empty (so that Compose stops until it is set), and how to make one.
+    let example = std::fs::read_to_string(repo("deploy/compose/.env.example")).unwrap();
+    assert!(example.lines().any(|l| l == "LUMEN_AUTH_TOKEN="), "LUMEN_AUTH_TOKEN= in .env.example");
+    assert!(example.contains("openssl rand -hex 32"), ".env.example says how to make a token");
+    let header: String =
+        std::fs::read_to_string(repo("deploy/compose/docker-compose.yml")).unwrap().lines().take(12).collect();
+    assert!(header.contains("LUMEN_AUTH_TOKEN"), "the header comment names the token");
+    // The server listens beyond loopback in the container: only a token lets it start.
+    let lumen: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo("deploy/compose/lumen.toml")).unwrap()).unwrap();
+    assert_eq!(lumen["server"]["http_addr"].as_str(), Some("0.0.0.0:9700"));
 }
 
 #[test]

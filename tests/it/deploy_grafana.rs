@@ -1,5 +1,5 @@
-//! deploy/grafana: the provisioned data sources, and dashboards whose every query parses with Lumen's own
-//! LogQL and PromQL parsers once Grafana's variables are substituted.
+//! deploy/grafana: the provisioned data sources (sending Lumen's token), and dashboards whose every query
+//! parses with Lumen's own LogQL and PromQL parsers once Grafana's variables are substituted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -351,7 +351,15 @@ fn provisioning_names_both_data_sources_and_the_dashboards() {
     assert_eq!((&metrics["uid"], &metrics["name"]), (&Value::from(METRICS_UID), &Value::from("Lumen Metrics")));
     for d in [logs, metrics] {
         assert_eq!(d["url"], "http://lumen:9700");
+        // Lumen requires a token: basic auth with the tenant as user and the token, which Grafana expands
+        // from its environment (Compose gives it LUMEN_AUTH_TOKEN from .env), so it is in no file.
+        assert_eq!(d["basicAuth"], true, "{}: basic auth", d["name"]);
+        assert_eq!(d["basicAuthUser"], "default", "{}: the tenant", d["name"]);
+        assert_eq!(d["secureJsonData"]["basicAuthPassword"], "$LUMEN_AUTH_TOKEN", "{}: the token", d["name"]);
     }
+    let compose = yaml_file(&grafana_dir().join("../compose/docker-compose.yml"));
+    let env = &compose["services"]["grafana"]["environment"]["LUMEN_AUTH_TOKEN"];
+    assert!(env.as_str().is_some_and(|v| v.starts_with("${LUMEN_AUTH_TOKEN")), "Compose's Grafana lacks the token");
     assert_eq!(metrics["isDefault"], true);
     assert_ne!(logs["isDefault"], true);
     assert_eq!(logs["jsonData"]["maxLines"], 1000);

@@ -1,7 +1,8 @@
 //! The Helm chart in deploy/helm/lumen, checked without a helm binary: Chart.yaml's fields, values.yaml
 //! against values.schema.json (and bad values rejected by it), the templates' action syntax, the YAML
-//! skeleton of the manifest templates, the Grafana data sources, and the config files the chart renders
-//! with its default values passing `lumen config check`. Needs python3 with PyYAML and jsonschema.
+//! skeleton of the manifest templates, the token wiring (server environment, agent token file, Grafana data
+//! sources), and the config files the chart renders with its default values passing `lumen config check`
+//! (the server's with the token, as deployed). Needs python3 with PyYAML and jsonschema.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+use crate::deploy::server_check_needs_the_token;
 use crate::yaml::yaml_documents;
 
 fn chart() -> PathBuf {
@@ -123,6 +125,12 @@ bad = {
     "settings holding a table": set_("server.settings", {"limits": {"a": 1}}),
     "negative grace period": set_("server.terminationGracePeriodSeconds", -5),
     "bad volume size": set_("server.persistence.size", "ten gigs"),
+    "missing auth section": delete("auth"),
+    "empty token secret name": set_("auth.existingSecret", ""),
+    "auth enabled not a boolean": set_("auth.enabled", "yes"),
+    "unknown key under auth": set_("auth.token", "0123456789abcdef"),
+    "token env not a variable name": set_("grafana.datasource.tokenEnv", "$LUMEN_AUTH_TOKEN"),
+    "tenant with a slash": set_("grafana.datasource.tenant", "a/b"),
 }
 accepted = []
 for name, mutate in bad.items():
@@ -144,7 +152,14 @@ good["agent"]["settings"] = {"tenant": "home", "pod_labels": ["app"], "honor_lab
 good["ingress"].update(enabled=True, className="nginx", host="lumen.home.arpa")
 good["server"]["service"]["type"] = "LoadBalancer"
 good["global"] = {"imageRegistry": "registry.example"}
+good["auth"].update(existingSecret="lumen-token", tokenKey="token")
+good["grafana"]["datasource"].update(tenant="home", tokenEnv="LUMEN_TOKEN")
 jsonschema.validate(good, schema)
+# The documented opt-out: no token, but then explicitly unauthenticated.
+off = copy.deepcopy(values)
+off["auth"]["enabled"] = False
+off["server"]["settings"] = {"allow_unauthenticated": True}
+jsonschema.validate(off, schema)
 print(json.dumps({"accepted": accepted, "checked": len(bad)}))
 "#;
     let values = chart().join("values.yaml");
@@ -152,7 +167,7 @@ print(json.dumps({"accepted": accepted, "checked": len(bad)}))
     let out = python(script, &[values.as_path(), schema.as_path()], "");
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
-    assert_eq!(result["checked"], 20);
+    assert_eq!(result["checked"], 26);
 }
 
 #[test]
@@ -160,7 +175,7 @@ fn the_schema_closes_the_value_sections() {
     let schema: Value = serde_json::from_str(&read("values.schema.json")).unwrap();
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
     assert_eq!(schema["additionalProperties"], false);
-    for section in ["image", "server", "mqtt", "agent", "serviceAccount", "rbac", "grafana", "ingress"] {
+    for section in ["image", "server", "auth", "mqtt", "agent", "serviceAccount", "rbac", "grafana", "ingress"] {
         assert_eq!(schema["properties"][section]["additionalProperties"], false, "{section} is open");
     }
     // Every top-level value of values.yaml is described by the schema, and the other way round, but for
@@ -314,11 +329,27 @@ fn the_grafana_data_sources_are_loki_and_prometheus_with_the_sidecar_label() {
     ] {
         assert!(text.contains(needle), "grafana-datasource.yaml lacks `{needle}`");
     }
+    // With auth on, both send basic auth: the tenant, and the token Grafana expands from its environment
+    // ("$LUMEN_AUTH_TOKEN"), so that the token is never in the ConfigMap.
+    for needle in [
+        "{{- if .Values.auth.enabled }}",
+        "basicAuth: true",
+        "basicAuthUser: {{ .Values.grafana.datasource.tenant | quote }}",
+        "secureJsonData:",
+        "basicAuthPassword: {{ printf \"$%s\" .Values.grafana.datasource.tokenEnv | quote }}",
+    ] {
+        assert_eq!(text.matches(needle).count(), 2, "grafana-datasource.yaml: `{needle}` in both data sources");
+    }
+    assert!(!text.contains("auth.existingSecret") && !text.contains("tokenKey"), "the ConfigMap reads no Secret");
     let values = yaml_file("values.yaml");
     let datasource = &values["grafana"]["datasource"];
     assert_eq!(datasource["enabled"], true);
     assert_eq!(datasource["label"], "grafana_datasource");
     assert_eq!(datasource["labelValue"], "1");
+    assert_eq!(datasource["tenant"], "default");
+    assert_eq!(datasource["tokenEnv"], "LUMEN_AUTH_TOKEN");
+    let notes = read("templates/NOTES.txt");
+    assert!(notes.contains("envValueFrom"), "NOTES.txt says how Grafana gets the token");
 }
 
 #[test]
@@ -328,6 +359,10 @@ fn the_chart_references_the_secret_and_never_creates_one() {
     }
     let helpers = read("templates/_helpers.tpl");
     assert!(helpers.contains("required"), "the secret name is not `required`");
+    assert!(
+        helpers.contains("{{- define \"lumen.authSecretName\" -}}\n{{- required "),
+        "the token's Secret name is not `required`"
+    );
     let values = yaml_file("values.yaml");
     assert_eq!(values["mqtt"]["listener"]["existingSecret"], "lumen-secrets");
     assert_eq!(values["mqtt"]["listener"]["passwordKey"], "mqtt-password");
@@ -335,10 +370,53 @@ fn the_chart_references_the_secret_and_never_creates_one() {
     assert!(statefulset.contains("LUMEN_MQTT_LISTENER_PASSWORD") && statefulset.contains("secretKeyRef"));
     let notes = read("templates/NOTES.txt");
     assert!(notes.contains("kubectl create secret generic"), "NOTES.txt does not say how to create the Secret");
+    assert!(notes.contains("--from-literal={{ .Values.auth.tokenKey }}=\"$(openssl rand -hex 32)\""));
     assert!(notes.contains("SealedSecret") && notes.contains("SOPS"));
     let readme = read("README.md");
     assert!(readme.contains("helm install lumen deploy/helm/lumen -n lumen --create-namespace"));
     assert!(readme.contains("--from-literal=mqtt-password="));
+    assert!(readme.contains("--from-literal=auth-token=\"$(openssl rand -hex 32)\""));
+}
+
+#[test]
+fn authentication_is_on_with_the_token_from_the_secret() {
+    let values = yaml_file("values.yaml");
+    assert_eq!(
+        values["auth"],
+        serde_json::json!({"enabled": true, "existingSecret": "lumen-secrets", "tokenKey": "auth-token"})
+    );
+    // The server: LUMEN_AUTH_TOKEN from the Secret, never optional.
+    let server = read("templates/server-statefulset.yaml");
+    for needle in [
+        "{{- if or .Values.auth.enabled .Values.mqtt.listener.enabled .Values.mqtt.broker.existingSecret }}\n          env:",
+        "            - name: LUMEN_AUTH_TOKEN\n              valueFrom:\n                secretKeyRef:\n                  name: {{ include \"lumen.authSecretName\" . }}\n                  key: {{ .Values.auth.tokenKey }}\n                  optional: false",
+        // Without a token the server would not start (it listens on 0.0.0.0): the chart says so at once.
+        "{{- fail ",
+        "\"allow_unauthenticated\"",
+    ] {
+        assert!(server.contains(needle), "server-statefulset.yaml lacks `{needle}`");
+    }
+    // The agents: the token key alone, mounted read-only where agent.bearer_token_file points.
+    let agent = read("templates/agent-daemonset.yaml");
+    for needle in [
+        "            - name: secrets\n              mountPath: {{ include \"lumen.secretsDir\" . }}\n              readOnly: true",
+        "        - name: secrets\n          secret:\n            secretName: {{ include \"lumen.authSecretName\" . }}\n            optional: false",
+        "              - key: {{ .Values.auth.tokenKey }}\n                path: {{ .Values.auth.tokenKey }}",
+    ] {
+        assert!(agent.contains(needle), "agent-daemonset.yaml lacks `{needle}`");
+    }
+    assert!(!agent.contains("LUMEN_AUTH_TOKEN"), "the agent reads the token from a file, not the environment");
+    let helpers = read("templates/_helpers.tpl");
+    assert!(helpers.contains(
+        "{{- $_ := set $agent \"bearer_token_file\" (printf \"%s/%s\" (include \"lumen.secretsDir\" .) .Values.auth.tokenKey) }}"
+    ));
+    // The rendered agent config (AGENT_CONFIG) names that file; the server config none of the token.
+    let agent_config: toml::Table = toml::from_str(AGENT_CONFIG).unwrap();
+    let bearer_token_file = agent_config["agent"].get("bearer_token_file").and_then(toml::Value::as_str);
+    assert_eq!(bearer_token_file, Some("/etc/lumen-secrets/auth-token"));
+    assert!(!SERVER_CONFIG.contains("auth_file") && !SERVER_CONFIG.contains("allow_unauthenticated"));
+    let readme = read("README.md");
+    assert!(readme.contains("LUMEN_AUTH_TOKEN") && readme.contains("auth.existingSecret"));
 }
 
 #[test]
@@ -417,6 +495,7 @@ mqtt_listen = "0.0.0.0:1883"
 otlp_grpc_addr = "0.0.0.0:4317"
 retention = "30d"
 retention_max_disk = "0 B"
+# The token is not in this file: LUMEN_AUTH_TOKEN, from the Secret lumen-secrets (key auth-token).
 
 [mqtt]
 topics = []
@@ -436,6 +515,7 @@ format = "text"
 level = "info"
 
 [agent]
+bearer_token_file = "/etc/lumen-secrets/auth-token"
 data_dir = "/var/lib/lumen-agent"
 http_addr = "0.0.0.0:9701"
 node_metrics = true
@@ -491,6 +571,7 @@ format = "text"
 level = "info"
 
 [agent]
+bearer_token_file = "/etc/lumen-secrets/auth-token"
 data_dir = "/var/lib/lumen-agent"
 honor_labels = true
 http_addr = "0.0.0.0:9701"
@@ -517,11 +598,20 @@ fn config_check(text: &str, what: &str) {
     assert!(out.status.success(), "{what} fails `lumen config check`: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A server config listens on 0.0.0.0: it passes `lumen server --check` with LUMEN_AUTH_TOKEN (as the pod
+/// gets it from the Secret), and not without.
+fn server_check(text: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, text).unwrap();
+    server_check_needs_the_token(&file, what);
+}
+
 #[test]
 fn the_rendered_config_files_pass_lumen_config_check() {
-    config_check(SERVER_CONFIG, "the server's default config");
+    server_check(SERVER_CONFIG, "the server's default config");
     config_check(AGENT_CONFIG, "the agent's default config");
-    config_check(SERVER_CONFIG_WITH_EXTRAS, "the server's config with settings and extraConfig");
+    server_check(SERVER_CONFIG_WITH_EXTRAS, "the server's config with settings and extraConfig");
     config_check(AGENT_CONFIG_WITH_EXTRAS, "the agent's config with settings and extraConfig");
 
     // The hand-rendered text follows from the helpers and the defaults: the fixed parts are in
@@ -539,6 +629,7 @@ fn the_rendered_config_files_pass_lumen_config_check() {
         "# Lumen server configuration, rendered by the lumen Helm chart from its values.",
         "# Lumen agent configuration, rendered by the lumen Helm chart from its values.",
         "# From the Secret {{ include \"lumen.mqttSecretName\" . }} (key {{ .Values.mqtt.listener.passwordKey }}), mounted as a file.",
+        "# The token is not in this file: LUMEN_AUTH_TOKEN, from the Secret {{ include \"lumen.authSecretName\" . }} (key {{ .Values.auth.tokenKey }}).",
         "printf \"http://%s:%v\"",
     ] {
         assert!(helpers.contains(needle), "_helpers.tpl lacks `{needle}`");

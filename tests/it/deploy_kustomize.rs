@@ -1,14 +1,16 @@
 //! The Kustomize manifests in deploy/kustomize: the base and every overlay render with `kubectl kustomize`,
 //! every rendered object validates against Kubernetes 1.33's schemas (`kubernetes-validate --strict`,
-//! offline), the objects carry what the deployment depends on, and the config files pass
-//! `lumen config check`. Needs kubectl, kubernetes-validate and python3 with PyYAML.
+//! offline), the objects carry what the deployment depends on (the token from the Secret `lumen-secrets` in
+//! the server's environment and as the agents' token file), and the config files pass `lumen config check`
+//! (the server's with the token, as deployed). Needs kubectl, kubernetes-validate and python3 with PyYAML.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::yaml::yaml_documents;
+use crate::deploy::server_check_needs_the_token;
+use crate::yaml::{yaml_documents, yaml_file};
 
 const BASE: &str = "base";
 const DEV: &str = "overlays/dev";
@@ -140,6 +142,17 @@ fn volume<'a>(workload: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no volume {name}"))
 }
 
+/// The `env` entry `name` of a container, which must come from a key of the Secret `lumen-secrets` (the
+/// pod does not start without it); the key.
+fn secret_env<'a>(c: &'a Value, name: &str, what: &str) -> &'a str {
+    let entry =
+        c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{what}: no {name}"));
+    let key_ref = &entry["valueFrom"]["secretKeyRef"];
+    assert_eq!(key_ref["name"], "lumen-secrets", "{what}: {name} secret name");
+    assert_eq!(key_ref["optional"], false, "{what}: {name} secret optional");
+    str_of(&key_ref["key"], name)
+}
+
 fn mount<'a>(c: &'a Value, path: &str) -> &'a Value {
     c["volumeMounts"]
         .as_array()
@@ -162,6 +175,43 @@ fn every_kustomization_renders_and_validates_against_kubernetes_1_33() {
     }
     // The Secret's example is not rendered but must be a valid Secret too.
     validate(&kustomize_dir("base/secret.example.yaml"), 1, "base/secret.example.yaml");
+}
+
+#[test]
+fn the_secret_example_holds_every_key_the_manifests_reference() {
+    let example = yaml_file(&kustomize_dir("base/secret.example.yaml"));
+    assert_eq!(example["metadata"]["name"], "lumen-secrets");
+    let data = example["stringData"].as_object().unwrap();
+    for sub in ALL {
+        let docs = yaml_documents(&render(sub));
+        let mut keys = Vec::new();
+        for workload in kind(&docs, "StatefulSet").into_iter().chain(kind(&docs, "DaemonSet")) {
+            let spec = &workload["spec"]["template"]["spec"];
+            for c in spec["containers"].as_array().unwrap() {
+                for e in c["env"].as_array().into_iter().flatten() {
+                    let key_ref = &e["valueFrom"]["secretKeyRef"];
+                    if key_ref["name"] == "lumen-secrets" {
+                        keys.push(str_of(&key_ref["key"], "key").to_string());
+                    }
+                }
+            }
+            for v in spec["volumes"].as_array().into_iter().flatten() {
+                if v["secret"]["secretName"] == "lumen-secrets" {
+                    for item in v["secret"]["items"].as_array().expect("a Secret volume lists its items") {
+                        keys.push(str_of(&item["key"], "key").to_string());
+                    }
+                }
+            }
+        }
+        assert!(keys.contains(&"auth-token".to_string()), "{sub}: the token is not wired: {keys:?}");
+        for key in keys {
+            assert!(data.contains_key(&key), "{sub}: secret.example.yaml lacks the key {key}");
+        }
+    }
+    // The example's token is a placeholder the server refuses (under 16 characters), not a usable token.
+    assert!(example["stringData"]["auth-token"].as_str().unwrap().len() < 16);
+    let readme = std::fs::read_to_string(kustomize_dir("README.md")).unwrap();
+    assert!(readme.contains("--from-literal=auth-token=\"$(openssl rand -hex 32)\""), "README: how to make it");
 }
 
 #[test]
@@ -197,16 +247,15 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{}", what("server root fs"));
         assert_eq!(probe(c, "livenessProbe"), ("/health".to_string(), 9700), "{}", what("server liveness"));
         assert_eq!(probe(c, "readinessProbe"), ("/ready".to_string(), 9700), "{}", what("server readiness"));
-        let password = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "LUMEN_MQTT_LISTENER_PASSWORD")
-            .unwrap_or_else(|| panic!("{}", what("no LUMEN_MQTT_LISTENER_PASSWORD")));
-        let key_ref = &password["valueFrom"]["secretKeyRef"];
-        assert_eq!(key_ref["name"], "lumen-secrets", "{}", what("secret name"));
-        assert_eq!(key_ref["key"], "mqtt-password", "{}", what("secret key"));
-        assert_eq!(key_ref["optional"], false, "{}", what("secret optional"));
+        assert_eq!(secret_env(c, "LUMEN_MQTT_LISTENER_PASSWORD", &what("server")), "mqtt-password");
+        // Authentication: the server listens on 0.0.0.0, so it needs the token, from the Secret only.
+        assert_eq!(secret_env(c, "LUMEN_AUTH_TOKEN", &what("server")), "auth-token");
+        let server_toml = str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config.toml");
+        let server_table: toml::Table = toml::from_str(server_toml).unwrap();
+        assert_eq!(server_table["server"]["http_addr"].as_str(), Some("0.0.0.0:9700"), "{}", what("http_addr"));
+        for key in ["auth_file", "allow_unauthenticated"] {
+            assert!(server_table["server"].get(key).is_none(), "{}", what(&format!("server.{key} is set")));
+        }
         let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(args, ["server", "--config", "/etc/lumen/config.toml"], "{}", what("server args"));
         let config_volume = str_of(&mount(c, "/etc/lumen")["name"], "mount name");
@@ -268,6 +317,23 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
         let agent_config = config_map(&docs, "lumen-agent-config");
         let config_volume = str_of(&mount(c, "/etc/lumen")["name"], "mount name");
         assert_eq!(volume(ds, config_volume)["configMap"]["name"], agent_config["metadata"]["name"]);
+        // The agent's token: the file its config names is the Secret's auth-token key, mounted read-only.
+        let agent_table: toml::Table =
+            toml::from_str(str_of(&agent_config["data"]["config.toml"], "agent config.toml")).unwrap();
+        let token_file = agent_table["agent"]
+            .get("bearer_token_file")
+            .and_then(toml::Value::as_str)
+            .unwrap_or_else(|| panic!("{}", what("the agent has no bearer_token_file")));
+        let (dir, file) = token_file.rsplit_once('/').unwrap();
+        let token_mount = mount(c, dir);
+        assert_eq!(token_mount["readOnly"], true, "{}", what("the token mount is not read-only"));
+        let token_volume = &volume(ds, str_of(&token_mount["name"], "mount name"))["secret"];
+        assert_eq!(token_volume["secretName"], "lumen-secrets", "{}", what("token Secret"));
+        assert_eq!(token_volume["optional"], false, "{}", what("token Secret optional"));
+        let items = token_volume["items"].as_array().unwrap_or_else(|| panic!("{}", what("token items")));
+        assert_eq!(items.len(), 1, "{}", what("only the token is mounted into the agent"));
+        assert_eq!((&items[0]["key"], &items[0]["path"]), (&Value::from("auth-token"), &Value::from(file)));
+        assert!(c["env"].as_array().unwrap().iter().all(|e| e["name"] != "LUMEN_AUTH_TOKEN"), "{}", what("agent env"));
 
         // The agent's RBAC: get/list/watch on pods and nodes, bound to its ServiceAccount.
         one(&docs, "ServiceAccount", "lumen-agent");
@@ -341,11 +407,11 @@ fn config_check(file: &Path) {
 
 #[test]
 fn kustomize_config_files_pass_config_check() {
-    for file in
-        ["base/config/server.toml", "base/config/agent.toml", "overlays/dev/server.toml", "overlays/prod/server.toml"]
-    {
-        config_check(&kustomize_dir(file));
+    // The server's configs listen on 0.0.0.0: they pass with the token the pod gets, and not without it.
+    for file in ["base/config/server.toml", "overlays/dev/server.toml", "overlays/prod/server.toml"] {
+        server_check_needs_the_token(&kustomize_dir(file), file);
     }
+    config_check(&kustomize_dir("base/config/agent.toml"));
     // And what the overlays actually put into the ConfigMaps.
     let dir = tempfile::tempdir().unwrap();
     for sub in ALL {
@@ -353,7 +419,11 @@ fn kustomize_config_files_pass_config_check() {
         for prefix in ["lumen-server-config", "lumen-agent-config"] {
             let file = dir.path().join(format!("{}-{prefix}.toml", sub.replace('/', "-")));
             std::fs::write(&file, str_of(&config_map(&docs, prefix)["data"]["config.toml"], prefix)).unwrap();
-            config_check(&file);
+            if prefix == "lumen-server-config" {
+                server_check_needs_the_token(&file, &format!("{sub}: {prefix}"));
+            } else {
+                config_check(&file);
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ mod prom_api;
 mod prometheus_compare;
 mod retention;
 mod shippers;
+#[cfg(feature = "external-tests")]
 mod tls;
 mod vector;
 #[cfg(feature = "external-tests")]

@@ -63,7 +63,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- required "mqtt.listener.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=mqtt-password=...)" .Values.mqtt.listener.existingSecret }}
 {{- end }}
 
-{{/* Where the Secrets' keys are mounted in the server container. */}}
+{{/* The Secret of the server's token (auth.enabled): a name is required, the chart never creates it. */}}
+{{- define "lumen.authSecretName" -}}
+{{- required "auth.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=auth-token=...)" .Values.auth.existingSecret }}
+{{- end }}
+
+{{/* Where the Secrets' keys are mounted in the server and agent containers. */}}
 {{- define "lumen.secretsDir" -}}
 /etc/lumen-secrets
 {{- end }}
@@ -102,6 +107,9 @@ server.settings; server.extraConfig is appended as it is. Every key: deploy/conf
 
 [server]
 {{- include "lumen.tomlKeys" $server }}
+{{- if .Values.auth.enabled }}
+# The token is not in this file: LUMEN_AUTH_TOKEN, from the Secret {{ include "lumen.authSecretName" . }} (key {{ .Values.auth.tokenKey }}).
+{{- end }}
 
 [mqtt]
 topics = {{ toJson (.Values.mqtt.topics | default list) }}
@@ -137,7 +145,8 @@ password_file = {{ printf "%s/%s" (include "lumen.secretsDir" .) .Values.mqtt.br
 {{- end }}
 
 {{/*
-The agent's config.toml. NODE_NAME (downward API) names the node, as agent.node_name stays empty.
+The agent's config.toml. NODE_NAME (downward API) names the node, as agent.node_name stays empty. With
+auth.enabled, bearer_token_file names the token mounted from the Secret (agent-daemonset.yaml).
 The keys the chart sets win over agent.settings; agent.extraConfig is appended as it is.
 */}}
 {{- define "lumen.agentConfig" -}}
@@ -152,6 +161,9 @@ The keys the chart sets win over agent.settings; agent.extraConfig is appended a
 {{- if .Values.agent.hostProcSys }}
 {{- $_ := set $agent "proc_dir" "/host/proc" }}
 {{- $_ := set $agent "sys_dir" "/host/sys" }}
+{{- end }}
+{{- if .Values.auth.enabled }}
+{{- $_ := set $agent "bearer_token_file" (printf "%s/%s" (include "lumen.secretsDir" .) .Values.auth.tokenKey) }}
 {{- end -}}
 # Lumen agent configuration, rendered by the lumen Helm chart from its values.
 # Every key and its default: deploy/config.example.toml.
