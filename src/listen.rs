@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::Tls;
+use crate::tls::{Protocol, Tls};
 
 /// How long in-flight requests get to finish once shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -137,7 +137,7 @@ async fn accept(
 async fn handshake(
     stream: TcpStream,
     slot: OwnedSemaphorePermit,
-    tls: Option<&Tls>,
+    tls: Option<(&Tls, Protocol)>,
     limits: ConnLimits,
 ) -> Option<Conn> {
     let peer = stream.peer_addr().ok();
@@ -149,17 +149,19 @@ async fn handshake(
     }
     let io = match tls {
         None => ConnIo::Plain(stream),
-        Some(tls) => match tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(stream)).await {
-            Ok(Ok(s)) => ConnIo::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, peer = ?peer, "TLS handshake failed");
-                return None;
+        Some((tls, protocol)) => {
+            match tokio::time::timeout(limits.header_timeout, tls.acceptor(protocol).accept(stream)).await {
+                Ok(Ok(s)) => ConnIo::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, peer = ?peer, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = ?peer, "TLS handshake timed out");
+                    return None;
+                }
             }
-            Err(_) => {
-                tracing::debug!(peer = ?peer, "TLS handshake timed out");
-                return None;
-            }
-        },
+        }
     };
     Some(Conn { io, _slot: slot, peer })
 }
@@ -184,7 +186,9 @@ pub async fn serve_http(
     while let Some((stream, slot)) = accept(&listener, &slots, &shutdown).await {
         let (tls, http, router, shutdown) = (tls.clone(), http.clone(), router.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let Some(conn) = handshake(stream, slot, tls.as_deref(), limits).await else { return };
+            let Some(conn) = handshake(stream, slot, tls.as_deref().map(|t| (t, Protocol::Http1)), limits).await else {
+                return;
+            };
             let service = hyper_util::service::TowerToHyperService::new(router);
             let conn = http.serve_connection(TokioIo::new(conn), service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
@@ -224,7 +228,7 @@ pub fn incoming(
         while let Some((stream, slot)) = accept(&listener, &slots, &shutdown).await {
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
-                if let Some(conn) = handshake(stream, slot, tls.as_deref(), limits).await {
+                if let Some(conn) = handshake(stream, slot, tls.as_deref().map(|t| (t, Protocol::Grpc)), limits).await {
                     let _ = tx.send(Ok(conn)).await;
                 }
             });

@@ -125,17 +125,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies);
     let limits =
         crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
-    let (http_tls, grpc_tls) = match config.tls_files() {
-        None => (None, None),
-        Some(files) => {
-            let http = crate::tls::Tls::load(files.clone(), &[b"http/1.1"])?;
-            let grpc = crate::tls::Tls::load(files, &[b"h2"])?;
-            tokio::spawn(http.clone().watch(shutdown.clone()));
-            tokio::spawn(grpc.clone().watch(shutdown.clone()));
-            (Some(http), Some(grpc))
-        }
-    };
-    let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, http_tls.clone(), shutdown.clone()));
+    let tls = config.tls_files().map(crate::tls::Tls::load).transpose()?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(shutdown.clone()));
+    }
+    let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, tls.clone(), shutdown.clone()));
     let otlp_grpc = tokio::spawn(
         tonic::transport::Server::builder()
             // The whole call, body included: a trickling client cannot hold a call for ever.
@@ -145,14 +139,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .max_concurrent_streams(64)
             .add_routes(ingest_otlp::grpc_routes(otlp, auth.clone()))
             .serve_with_incoming_shutdown(
-                crate::listen::incoming(grpc_listener, limits, grpc_tls, shutdown.clone()),
+                crate::listen::incoming(grpc_listener, limits, tls.clone(), shutdown.clone()),
                 shutdown.clone().cancelled_owned(),
             ),
     );
     tokio::spawn(crate::auth::watch(auth.clone(), config.clone(), shutdown.clone()));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
-    tracing::info!(%http_addr, %otlp_grpc_addr, tls = http_tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");
+    tracing::info!(%http_addr, %otlp_grpc_addr, tls = tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");
     Ok(Running {
         http_addr,
         mqtt_addr: mqtt.endpoint_addr,

@@ -1,16 +1,12 @@
-//! The server's TLS (rustls): certificate and key from `server.tls_cert_file` / `tls_key_file`, an optional
-//! client CA for mutual TLS, reloaded when the files change (cert-manager renews them in place). HTTP and
-//! OTLP gRPC share the files; each listener has its own ALPN.
+//! The server's TLS: certificate and key from `server.tls_cert_file` / `tls_key_file`, an optional client
+//! CA for mutual TLS, reloaded when the files change (cert-manager renews them in place). HTTP and OTLP
+//! gRPC share the files and the watcher; each listener takes the config of its own ALPN.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
 use parking_lot::RwLock;
-use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
 /// How often the certificate files are checked for changes.
@@ -25,27 +21,49 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The TLS settings of one listener, swapped when the files change.
+/// What a listener speaks, and so which ALPN its handshakes offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (with upgrades): the HTTP port.
+    Http1,
+    /// HTTP/2: OTLP gRPC.
+    Grpc,
+}
+
+struct Configs {
+    http1: Arc<::tls::rustls::ServerConfig>,
+    grpc: Arc<::tls::rustls::ServerConfig>,
+}
+
+/// The server's TLS settings, swapped as a whole when the files change.
 pub struct Tls {
     files: TlsFiles,
-    alpn: Vec<Vec<u8>>,
-    config: RwLock<Arc<rustls::ServerConfig>>,
+    configs: RwLock<Configs>,
+}
+
+fn build(files: &TlsFiles) -> Result<Configs, String> {
+    let config = |alpn: &[&[u8]]| ::tls::server_config(&files.cert, &files.key, files.client_ca.as_deref(), alpn);
+    Ok(Configs { http1: Arc::new(config(&[b"http/1.1"])?), grpc: Arc::new(config(&[b"h2"])?) })
 }
 
 impl Tls {
-    /// Reads the files. `alpn` is what the listener speaks (`http/1.1`, or `h2` for gRPC).
+    /// Reads the files.
     ///
     /// # Errors
     /// A file that cannot be read or holds no certificate or key; the message names it and the key.
-    pub fn load(files: TlsFiles, alpn: &[&[u8]]) -> anyhow::Result<Arc<Tls>> {
-        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let config = build(&files, &alpn)?;
-        Ok(Arc::new(Tls { files, alpn, config: RwLock::new(Arc::new(config)) }))
+    pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Tls>> {
+        let configs = build(&files).map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(Tls { files, configs: RwLock::new(configs) }))
     }
 
-    /// The acceptor for a new connection, with the current certificate.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.config.read().clone())
+    /// The acceptor for a new connection of `protocol`, with the current certificate.
+    pub fn acceptor(&self, protocol: Protocol) -> tokio_rustls::TlsAcceptor {
+        let configs = self.configs.read();
+        let config = match protocol {
+            Protocol::Http1 => configs.http1.clone(),
+            Protocol::Grpc => configs.grpc.clone(),
+        };
+        tokio_rustls::TlsAcceptor::from(config)
     }
 
     fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
@@ -63,67 +81,23 @@ impl Tls {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RELOAD_EVERY) => {}
             }
-            let now = self.stamp();
-            if now == last {
+            if self.stamp() == last {
                 continue;
             }
             // cert-manager writes the key and the certificate one after the other: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
             last = self.stamp();
-            match build(&self.files, &self.alpn) {
-                Ok(config) => {
-                    *self.config.write() = Arc::new(config);
+            match build(&self.files) {
+                Ok(configs) => {
+                    *self.configs.write() = configs;
                     tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                 }
-                Err(e) => tracing::error!(
+                Err(error) => tracing::error!(
                     cert = %self.files.cert.display(),
-                    error = format!("{e:#}"),
+                    %error,
                     "TLS certificate not reloaded: keeping the one in use"
                 ),
             }
         }
     }
-}
-
-fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read {} ({key})", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{} ({key}) is not a PEM certificate file", path.display()))?;
-    if certs.is_empty() {
-        bail!("{} ({key}) holds no PEM certificate", path.display());
-    }
-    Ok(certs)
-}
-
-fn build(files: &TlsFiles, alpn: &[Vec<u8>]) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = read_certs(&files.cert, "server.tls_cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("cannot read a PEM private key from {} (server.tls_key_file)", files.key.display()))?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("no TLS protocol version is available")?;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(ca, "server.tls_client_ca_file")? {
-                roots.add(cert).with_context(|| format!("{} holds an unusable CA certificate", ca.display()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .with_context(|| format!("cannot verify clients against {}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder.with_single_cert(certs, key).with_context(|| {
-        format!(
-            "the key in {} does not match the certificate in {} (or is of an unsupported kind)",
-            files.key.display(),
-            files.cert.display()
-        )
-    })?;
-    config.alpn_protocols = alpn.to_vec();
-    Ok(config)
 }

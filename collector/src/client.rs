@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The TLS files of the agent's connections to the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,47 +22,19 @@ pub struct TlsFiles {
 ///
 /// # Errors
 /// A file that cannot be read or holds no usable certificate or key; the message names it.
-pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
+pub fn tls_config(files: &TlsFiles) -> Result<tls::rustls::ClientConfig, String> {
     // A container without CA bundle simply has no system roots; the CA file may be all it needs.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    let mut roots = tls::system_roots();
     if let Some(ca) = &files.ca {
-        for cert in read_certs(ca, "agent.tls_ca_file")? {
-            roots.add(cert).map_err(|e| format!("{} (agent.tls_ca_file) holds an unusable CA: {e}", ca.display()))?;
-        }
+        tls::add_roots(&mut roots, ca, "agent.tls_ca_file")?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("no TLS protocol version is available: {e}"))?
-        .with_root_certificates(roots);
-    match &files.client_cert {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            let certs = read_certs(cert, "agent.tls_client_cert_file")?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!("cannot read a PEM private key from {} (agent.tls_client_key_file): {e}", key.display())
-            })?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                format!(
-                    "the client key does not match the certificate {} (agent.tls_client_cert_file): {e}",
-                    cert.display()
-                )
-            })
-        }
-    }
-}
-
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {} ({key}): {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} ({key}) is not a PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} ({key}) holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
+    let client = files.client_cert.as_ref().map(|(cert, key)| tls::ClientCert {
+        cert,
+        cert_key: "agent.tls_client_cert_file",
+        key,
+        key_key: "agent.tls_client_key_file",
+    });
+    tls::client_config(roots, client)
 }
 
 /// A reqwest client builder with TLS set (so that building never needs a process-wide provider).

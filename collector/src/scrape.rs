@@ -218,23 +218,11 @@ impl Scraper {
     /// are never behind the node's proxy), follows up to 10 redirects as Prometheus does, and does not decompress
     /// by itself: the scraper asks for gzip and decompresses under its body limit.
     pub fn new() -> Scraper {
-        // Scrapes are plain http (see `fetch`), but reqwest wants its TLS configured all the same.
+        // Scrapes are plain http (see `fetch`), but reqwest wants its TLS configured all the same. With no
+        // file to read, building cannot fail but for a provider without TLS versions, which ring is not.
         let client = crate::client::builder(&crate::client::TlsFiles::default())
             .and_then(|b| b.no_proxy().build().map_err(|e| e.to_string()))
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot build the scrape http client with its settings, using the defaults");
-                reqwest::Client::builder()
-                    .tls_backend_preconfigured(
-                        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                            rustls::crypto::ring::default_provider(),
-                        ))
-                        .with_safe_default_protocol_versions()
-                        .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
-                        .expect("ring supports the default TLS versions"),
-                    )
-                    .build()
-                    .expect("a client without options builds")
-            });
+            .expect("a TLS config without files always builds");
         Scraper { client, body_limit: DEFAULT_BODY_LIMIT, server_token: None }
     }
 

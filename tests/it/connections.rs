@@ -22,6 +22,20 @@ async fn start() -> (TestServer, tempfile::TempDir) {
     (TestServer::start(config).await, dir)
 }
 
+/// Pushes one line stamped now; returns the status.
+async fn push_one_line(server: &TestServer) -> reqwest::StatusCode {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let body = serde_json::json!({"streams": [{"stream": {"job": "x"}, "values": [[ns.to_string(), "a"]]}]});
+    let r = crate::harness::client()
+        .post(server.url("/loki/api/v1/push"))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    r.status()
+}
+
 /// Reads until the server closes the connection; returns what it sent.
 async fn until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {
     let mut out = Vec::new();
@@ -105,17 +119,7 @@ async fn slow_bodies_time_out_and_bodies_beyond_the_budget_wait_for_it() {
     // wait past the waiter's own body timeout is a 503 with Retry-After: src/inflight.rs tests that.)
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let body =
-        serde_json::json!({"streams": [{"stream": {"job": "x"}, "values": [[ns.to_string(), "a"]]}]}).to_string();
-    let r = crate::harness::client()
-        .post(server.url("/loki/api/v1/push"))
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(push_one_line(&server).await, 204);
     assert!(started.elapsed() >= Duration::from_millis(1200), "it waited for the budget: {:?}", started.elapsed());
 
     let answer = until_closed(&mut trickle, Duration::from_secs(10)).await.expect("the trickling upload is answered");
@@ -123,16 +127,6 @@ async fn slow_bodies_time_out_and_bodies_beyond_the_budget_wait_for_it() {
     assert!(answer.contains("server.http_body_timeout"), "{answer}");
 
     // The budget is back: an ordinary push goes through.
-    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let body =
-        serde_json::json!({"streams": [{"stream": {"job": "x"}, "values": [[ns.to_string(), "a"]]}]}).to_string();
-    let r = crate::harness::client()
-        .post(server.url("/loki/api/v1/push"))
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(push_one_line(&server).await, 204);
     server.stop().await;
 }

@@ -17,72 +17,44 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 and localhost named `name`.pem / `name`.key.
+/// `openssl req` arguments for a new P-256 key without a passphrase.
+const NEW_EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+
+/// A CA: ca.pem and ca.key.
 fn make_ca(dir: &Path) -> PathBuf {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=lumen test CA",
-        ],
-    );
+    let rest = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lumen test CA"];
+    openssl(dir, &[&["req", "-x509"][..], &NEW_EC_KEY, &rest].concat());
     dir.join("ca.pem")
 }
 
+/// A certificate the CA signed for 127.0.0.1 and localhost: `name`.pem and `name`.key.
 fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ext = dir.join(format!("{name}.ext"));
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    let (key, csr, pem, ext) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+    std::fs::write(dir.join(&ext), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    let subject = format!("/CN={name}");
+    openssl(dir, &[&["req"][..], &NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &subject]].concat());
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            &format!("{name}.csr"),
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            &format!("{name}.pem"),
+            &pem,
             "-days",
             "2",
             "-extfile",
-            &format!("{name}.ext"),
+            &ext,
         ],
     );
-    (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
+    (dir.join(pem), dir.join(key))
 }
 
 fn https_client(ca: &Path) -> reqwest::Client {
