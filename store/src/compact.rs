@@ -19,6 +19,7 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::head::table_schema;
 use crate::manifest::PartMeta;
+use crate::metrics::StoreMetrics;
 use crate::part::{Part, PartWriter, WriteOptions};
 use crate::scan::conform;
 
@@ -60,19 +61,23 @@ pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Ve
 }
 
 struct Cursor {
+    /// Index of its input.
+    input: usize,
     reader: ParquetRecordBatchReader,
     slot: usize,
     row: usize,
     done: bool,
 }
 
-/// Merges `inputs` (one tenant, one day) into a new part described by `meta`.
+/// Merges `inputs` (one tenant, one day) into a new part described by `meta`. An input that fails to
+/// read is marked unreadable (see [`Part::set_unreadable`]), so that the next compaction goes on without it.
 pub(crate) fn merge(
     inputs: &[Arc<Part>],
     dir: &Path,
     mut meta: PartMeta,
     options: WriteOptions,
     rg_rows: usize,
+    metrics: &StoreMetrics,
 ) -> Result<Arc<Part>> {
     let labels: BTreeSet<String> = inputs.iter().flat_map(|p| p.meta.labels.iter().cloned()).collect();
     let fields: BTreeSet<String> =
@@ -93,15 +98,19 @@ pub(crate) fn merge(
         let mut slots: Vec<RecordBatch> = Vec::new();
         let mut cursors: Vec<Cursor> = Vec::new();
         let mut heap = BinaryHeap::new();
-        for part in inputs {
-            let Some(mut reader) = part.reader(&columns, None, 8192)? else {
+        let unreadable = |input: usize, e: Error| {
+            inputs[input].set_unreadable(&e, metrics);
+            e
+        };
+        for (input, part) in inputs.iter().enumerate() {
+            let Some(mut reader) = part.reader(&columns, None, 8192).map_err(|e| unreadable(input, e))? else {
                 continue;
             };
-            if let Some(batch) = next_batch(&mut reader, &schema)? {
+            if let Some(batch) = next_batch(&mut reader, &schema).map_err(|e| unreadable(input, e))? {
                 let c = cursors.len();
                 heap.push(Reverse((key(&batch, 0), c)));
                 slots.push(batch);
-                cursors.push(Cursor { reader, slot: slots.len() - 1, row: 0, done: false });
+                cursors.push(Cursor { input, reader, slot: slots.len() - 1, row: 0, done: false });
             }
         }
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rg_rows);
@@ -110,7 +119,7 @@ pub(crate) fn merge(
             picks.push((cur.slot, cur.row));
             cur.row += 1;
             if cur.row == slots[cur.slot].num_rows() {
-                match next_batch(&mut cur.reader, &schema)? {
+                match next_batch(&mut cur.reader, &schema).map_err(|e| unreadable(cur.input, e))? {
                     Some(batch) => {
                         slots.push(batch);
                         cur.slot = slots.len() - 1;

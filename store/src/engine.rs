@@ -31,14 +31,16 @@ use crate::config::StoreOptions;
 use crate::error::{Error, Result};
 use crate::head::{self, MemTable, label_column, table_schema};
 use crate::head::{STREAM_ID, TIME};
+use crate::manifest::QuarantinedPart;
 use crate::manifest::{Manifest, PartMeta, TimeUnitTag};
 use crate::marks::{DeliveryMark, Marks};
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, LogBatch, Tenant};
-use crate::part::{Part, PartWriter, WriteOptions};
+use crate::part::{Opened, Part, PartWriter, WriteOptions};
+use crate::quarantine::{Quarantine, SkippedPart};
 use crate::scan::{LabelMatcher, PartSlice, Scan, ScanPlan, ScanRequest, ScanTask, conform};
 use crate::time::{day_of_ns, now_ns};
-use crate::wal::Wal;
+use crate::wal::{Replayed, Wal};
 
 /// A handle to the log store; cheap to clone.
 #[derive(Clone)]
@@ -117,14 +119,21 @@ impl LogStore {
         fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let lock = lock_dir(&dir)?;
         let metrics = StoreMetrics::register(registry);
-        let manifest = Manifest::load(&dir)?;
-        let catalog = Catalog::load(&dir)?;
-        let mut parts = Vec::with_capacity(manifest.parts.len());
-        for meta in &manifest.parts {
-            parts.push(Arc::new(Part::open(&dir, meta.clone())?));
+        let quarantine = Quarantine::new(&dir, metrics.clone());
+        let mut manifest = Manifest::load(&dir)?;
+        // Never a number a part file on disk already has, whatever the manifest says.
+        manifest.next_part_id = manifest.next_part_id.max(crate::manifest::next_free_part_id(&dir, "logs"));
+        let (catalog, label_files) = Catalog::load(&dir, &quarantine)?;
+        let write_options = write_options(&options.tuning, 0);
+        let (parts, changed, missing) = open_parts(&dir, &mut manifest, &write_options, &quarantine)?;
+        if changed {
+            manifest.store(&dir)?;
         }
-        remove_unlisted_files(&dir, &manifest)?;
-
+        // Unlisted part files are leftovers of an unfinished flush or compaction, unless the manifest is
+        // older than the data (restored from a backup): then parts it names are missing, or the WAL was
+        // truncated past its checkpoint, and those files are set aside instead of deleted.
+        let doubtful = missing || crate::wal::starts_after(&dir.join("wal"), manifest.wal_checkpoint);
+        remove_unlisted_files(&dir, &manifest, doubtful.then_some(&quarantine))?;
         let active = Arc::new(Mutex::new(MemTable::default()));
         let mut replayed = 0usize;
         let producers: Arc<Mutex<HashMap<(String, String), u64>>> =
@@ -140,12 +149,10 @@ impl LogStore {
                 manifest.wal_checkpoint,
                 options.tuning.wal_segment_size.as_u64(),
                 metrics.clone(),
+                &quarantine,
                 |r| {
-                    let (tenant, batch, meta) = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
-                        what: "wal record",
-                        path: dir.join("wal"),
-                        reason: format!("record {}: {reason}", r.seq),
-                    })?;
+                    let (tenant, batch, meta) =
+                        codec::decode(&r.payload).map_err(|reason| undecodable_record(&r, &reason))?;
                     catalog.register(&tenant, &batch.streams);
                     if let Some((name, seq)) = meta.producer {
                         let mut p = producers.lock();
@@ -165,6 +172,7 @@ impl LogStore {
                 },
             )?
         };
+        catalog.check_parts(&label_files, &parts)?;
         tracing::info!(
             data_dir = %dir.display(),
             parts = parts.len(),
@@ -505,12 +513,7 @@ impl LogStore {
     }
 
     fn write_options(&self, level: u32) -> WriteOptions {
-        let t = &self.inner.options.tuning;
-        WriteOptions {
-            zstd_level: if level == 0 { t.zstd_level } else { t.compaction_zstd_level },
-            token_filter_bits: t.token_filter_bits,
-            index_numbers: t.index_numbers,
-        }
+        write_options(&self.inner.options.tuning, level)
     }
 
     /// The columns of a tenant's logs: `time`, `_stream_id`, `message`, then labels and fields.
@@ -564,7 +567,8 @@ impl LogStore {
     }
 
     /// Starts a scan; see [`ScanRequest`]. Must be called within a Tokio runtime: the reading runs on a
-    /// blocking thread and streams its batches back.
+    /// blocking thread and streams its batches back. Parts that cannot be read are left out; once the
+    /// stream has ended, [`LogStore::skipped_parts`] names them.
     ///
     /// # Errors
     /// None today; reading errors arrive in the stream.
@@ -673,10 +677,13 @@ impl LogStore {
                 head.extend(t.batches.iter().cloned());
             }
         }
+        // Unreadable parts are left out; `skipped_parts` names them.
         let parts: Vec<Arc<Part>> = st
             .parts
             .iter()
-            .filter(|p| p.meta.tenant == tenant.as_str() && overlaps(p.meta.min_time, p.meta.max_time))
+            .filter(|p| {
+                p.meta.tenant == tenant.as_str() && overlaps(p.meta.min_time, p.meta.max_time) && !p.is_unreadable()
+            })
             .cloned()
             .collect();
         (head, parts)
@@ -693,10 +700,10 @@ impl LogStore {
 
     /// Entries per stream of the streams matching `matchers` in `[start, end)`, exactly. A part's stream
     /// whose time bounds lie inside the range is counted from the index alone; the others read only the
-    /// time column of their rows.
+    /// time column of their rows. A part that cannot be read is left out (see [`LogStore::skipped_parts`]).
     ///
     /// # Errors
-    /// I/O or Parquet errors while reading.
+    /// None today; the `Result` is kept for the callers.
     pub fn count_by_stream(
         &self,
         tenant: &Tenant,
@@ -735,10 +742,25 @@ impl LogStore {
             if partial.is_empty() {
                 continue;
             }
-            if let Some(reader) = part.reader(&[TIME, STREAM_ID], Some(&partial), 8192)? {
-                for batch in reader {
-                    count_batch(&mut counts, &crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?);
+            // A part that fails is left out (see `skipped_parts`); counts taken from it so far stay, as
+            // its index vouches for them.
+            let read = (|| {
+                if let Some(reader) = part.reader(&[TIME, STREAM_ID], Some(&partial), 8192)? {
+                    let mut local = HashMap::new();
+                    for batch in reader {
+                        count_batch(&mut local, &crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?);
+                    }
+                    return Ok::<_, Error>(local);
                 }
+                Ok(HashMap::new())
+            })();
+            match read {
+                Ok(local) => {
+                    for (id, n) in local {
+                        *counts.entry(id).or_default() += n;
+                    }
+                }
+                Err(error) => part.set_unreadable(&error, &self.inner.metrics),
             }
         }
         Ok(counts)
@@ -773,6 +795,32 @@ impl LogStore {
         out
     }
 
+    /// The tenant's parts with rows in `[start, end)` (nanoseconds) that reads leave out because they
+    /// cannot be read: found unreadable by a read since the start, or set aside into the quarantine at a
+    /// start (until an operator deletes their files there). A query over that range answered from the
+    /// rest; each entry's `Display` is the warning to pass on. Call it after the reads of a query, as
+    /// reads are what find unreadable parts.
+    pub fn skipped_parts(&self, tenant: &Tenant, start: i64, end: i64) -> Vec<SkippedPart> {
+        let inner = &self.inner;
+        let mut out: Vec<SkippedPart> = inner
+            .state
+            .read()
+            .parts
+            .iter()
+            .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= start && p.meta.min_time < end)
+            .filter_map(|p| p.skipped())
+            .collect();
+        let manifest = inner.manifest.lock();
+        out.extend(
+            manifest
+                .quarantined
+                .iter()
+                .filter(|q| q.overlaps(tenant.as_str(), start, end))
+                .map(|q| q.skipped(&inner.options.data_dir)),
+        );
+        out
+    }
+
     pub fn stats(&self) -> StoreStats {
         let st = self.inner.state.read();
         let active = self.inner.active.lock();
@@ -790,6 +838,10 @@ impl LogStore {
     fn update_gauges(&self) {
         let s = self.stats();
         let m = &self.inner.metrics;
+        // One lock at a time: compaction takes the manifest before the state.
+        let marked = self.inner.state.read().parts.iter().filter(|p| p.is_unreadable()).count();
+        let unreadable = marked + self.inner.manifest.lock().quarantined.len();
+        m.unreadable_parts.set(unreadable as i64);
         m.parts.set(s.parts as i64);
         m.disk_bytes.set(s.disk_bytes as i64);
         m.head_rows.set(s.head_rows as i64);
@@ -812,7 +864,7 @@ impl LogStore {
 
     fn compact_blocking(&self) -> Result<usize> {
         let inner = &self.inner;
-        let parts = inner.state.read().parts.clone();
+        let parts: Vec<Arc<Part>> = inner.state.read().parts.iter().filter(|p| !p.is_unreadable()).cloned().collect();
         let today = day_of_ns(now_ns());
         let jobs = crate::compact::plan(&parts, &inner.options.tuning, today);
         let mut merged = 0;
@@ -841,6 +893,7 @@ impl LogStore {
                 meta,
                 self.write_options(level),
                 inner.options.tuning.row_group_rows,
+                &inner.metrics,
             )?;
             // Commit, unless retention removed an input meanwhile.
             let mut manifest = inner.manifest.lock();
@@ -981,35 +1034,115 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
+fn write_options(t: &crate::config::StoreConfig, level: u32) -> WriteOptions {
+    WriteOptions {
+        zstd_level: if level == 0 { t.zstd_level } else { t.compaction_zstd_level },
+        token_filter_bits: t.token_filter_bits,
+        index_numbers: t.index_numbers,
+    }
+}
+
+/// A WAL record that passes its checksum but does not decode: not damage (the checksum holds) but a
+/// format this build does not know, so the start is refused rather than the record dropped.
+pub(crate) fn undecodable_record(r: &Replayed, reason: &str) -> Error {
+    Error::Refused {
+        what: "wal segment",
+        path: r.segment.clone(),
+        reason: format!("record {} passes its checksum but does not decode: {reason}", r.seq),
+        remedy: "run the lumen version that wrote it (a newer one?); to start without the records of this \
+                 segment instead, move it into the quarantine directory of the data directory"
+            .to_string(),
+    }
+}
+
+/// Opens the parts the manifest lists (see [`Part::open`]). A part whose Parquet file is damaged or
+/// missing leaves the manifest's parts for its `quarantined` list, its files set aside into the
+/// quarantine; a rebuilt index updates the entry. Entries of the `quarantined` list whose files are all
+/// gone from the quarantine (an operator dealt with them) are dropped. Returns the parts and whether the
+/// manifest changed.
+fn open_parts(
+    dir: &Path,
+    manifest: &mut Manifest,
+    options: &WriteOptions,
+    quarantine: &Quarantine,
+) -> Result<(Vec<Arc<Part>>, bool, bool)> {
+    let mut parts = Vec::with_capacity(manifest.parts.len());
+    let mut kept = Vec::with_capacity(manifest.parts.len());
+    let mut changed = false;
+    let mut any_missing = false;
+    for meta in std::mem::take(&mut manifest.parts) {
+        let (reason, missing) = match Part::open(dir, meta.clone(), options, quarantine)? {
+            Opened::Good(part) => {
+                kept.push(meta);
+                parts.push(Arc::from(part));
+                continue;
+            }
+            Opened::Rebuilt(part) => {
+                kept.push(part.meta.clone());
+                parts.push(Arc::from(part));
+                changed = true;
+                continue;
+            }
+            Opened::Damaged(reason) => (reason, false),
+            Opened::Missing(reason) => (reason, true),
+        };
+        let (parquet, index) = (meta.parquet_path(dir), meta.index_path(dir));
+        let mut files = Vec::new();
+        any_missing |= missing;
+        if missing {
+            files.push(quarantine.note_missing(&parquet, &format!("part of {} rows: {reason}", meta.rows))?);
+        } else {
+            files.push(quarantine.set_aside(&parquet, &format!("part of {} rows: {reason}", meta.rows))?);
+        }
+        if index.exists() {
+            files.push(quarantine.set_aside(&index, "the index of a part set aside")?);
+        }
+        manifest.quarantined.push(QuarantinedPart {
+            tenant: meta.tenant.clone(),
+            min_time_ns: meta.min_time,
+            max_time_ns: meta.max_time,
+            rows: meta.rows,
+            files: files.iter().map(|f| quarantine.relative(f)).collect(),
+            reason,
+        });
+        changed = true;
+    }
+    manifest.parts = kept;
+    let before = manifest.quarantined.len();
+    manifest.quarantined.retain(|q| q.still_there(dir));
+    if manifest.quarantined.len() != before {
+        tracing::info!(
+            parts = before - manifest.quarantined.len(),
+            "quarantined parts whose files were removed are forgotten"
+        );
+        changed = true;
+    }
+    Ok((parts, changed, any_missing))
+}
+
 /// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
-/// before its commit.
-fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
+/// before its commit. With `set_aside`, they go into the quarantine instead.
+fn remove_unlisted_files(dir: &Path, manifest: &Manifest, set_aside: Option<&Quarantine>) -> Result<()> {
     let listed: HashSet<PathBuf> =
         manifest.parts.iter().flat_map(|m| [m.parquet_path(dir), m.index_path(dir)]).collect();
-    let logs = dir.join("logs");
-    let Ok(tenants) = fs::read_dir(&logs) else {
-        return Ok(());
-    };
-    for tenant in tenants.flatten() {
-        let Ok(days) = fs::read_dir(tenant.path()) else {
+    for (_, path) in crate::manifest::part_files(&dir.join("logs")) {
+        if listed.contains(&path) {
             continue;
-        };
-        for day in days.flatten() {
-            if !day.file_name().to_string_lossy().starts_with("date=") {
-                continue;
+        }
+        match set_aside {
+            Some(q) => {
+                q.set_aside(
+                    &path,
+                    "part file the manifest does not name, while the manifest looks older than the data",
+                )?;
             }
-            let Ok(files) = fs::read_dir(day.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let path = f.path();
-                let ext = path.extension().and_then(|e| e.to_str());
-                if matches!(ext, Some("parquet" | "idx")) && !listed.contains(&path) {
-                    tracing::info!(file = %path.display(), "removing part file of an unfinished flush");
-                    fs::remove_file(&path).map_err(Error::io("remove", &path))?;
-                }
+            None => {
+                tracing::info!(file = %path.display(), "removing part file of an unfinished flush");
+                fs::remove_file(&path).map_err(Error::io("remove", &path))?;
             }
-            let _ = fs::remove_dir(day.path());
+        }
+        if let Some(day) = path.parent() {
+            let _ = fs::remove_dir(day);
         }
     }
     Ok(())

@@ -30,6 +30,11 @@ pub enum Error {
     #[error("corrupt {what} {}: {reason}", path.display())]
     Corrupt { what: &'static str, path: PathBuf, reason: String },
 
+    /// A file the store cannot start without is missing or damaged, and going on could hide or overwrite
+    /// data; `remedy` tells the operator what to do.
+    #[error("{what} {}: {reason}; {remedy}", path.display())]
+    Refused { what: &'static str, path: PathBuf, reason: String, remedy: String },
+
     #[error("parquet error on {}: {source}", path.display())]
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
 

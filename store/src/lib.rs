@@ -15,7 +15,13 @@
 //! logs/tenant=<t>/streams.bin            the tenant's stream catalog
 //! logs/tenant=<t>/date=<YYYY-MM-DD>/<id>.parquet, <id>.idx   parts and their indexes
 //! metrics/...                            the metric store, laid out the same way (see [`metric`])
+//! quarantine/...                         damaged files set aside, under their relative paths
 //! ```
+//!
+//! Recovery never destroys data: a file that is missing or damaged either stops the start with
+//! [`Error::Refused`] (naming it and what to do), or is set aside into `quarantine/` while the rest is
+//! served, logged at ERROR and counted (`lumen_store_quarantined_files_total`); reads that leave data
+//! out say so ([`LogStore::skipped_parts`], [`MetricStore::skipped_parts`]).
 
 pub mod config;
 pub mod error;
@@ -34,6 +40,7 @@ mod head;
 mod manifest;
 mod marks;
 mod part;
+mod quarantine;
 mod scan;
 mod tokens;
 mod wal;
@@ -44,4 +51,5 @@ pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
 pub use marks::DeliveryMark;
 pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SampleTag, SelectedSeries};
+pub use quarantine::SkippedPart;
 pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest, ScanTask, StreamLimit};

@@ -1,8 +1,14 @@
 //! The manifest: the list of live parts and the write-ahead-log checkpoint, in one JSON file that is
 //! replaced atomically (write, fsync, rename, fsync the directory). It is the single source of truth: a
-//! part file that the manifest does not name is an unfinished flush or compaction, deleted at startup.
+//! part file that the manifest does not name is an unfinished flush or compaction, deleted at startup
+//! (set aside into the quarantine instead when the manifest looks older than the data).
 //! A flush is committed by the manifest write that adds its parts and moves the checkpoint together, so
 //! after a crash every WAL record is either in a listed part or replayed, never both.
+//!
+//! Without its manifest a store cannot tell its parts from leftovers, nor where the WAL stops being in
+//! parts: a missing manifest next to part files stops the start ([`Manifest::load`]) rather than starting
+//! empty, and part numbers are taken above every part file on disk (quarantine included), so a lost or
+//! older manifest can never make a new part land on an existing file.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -24,6 +30,44 @@ pub(crate) struct Manifest {
     /// The highest batch sequence stored of each producer (tenant, name) that numbers its batches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) producers: Vec<(String, String, u64)>,
+    /// Parts set aside into the quarantine (see `quarantine.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) quarantined: Vec<QuarantinedPart>,
+}
+
+/// A part that was set aside into the quarantine (damaged or missing at a start). It stays listed so that
+/// reads over its tenant and time range say that data is missing, until none of its `files` is left in
+/// the quarantine (an operator deleted them, having restored or given up the data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct QuarantinedPart {
+    pub(crate) tenant: String,
+    pub(crate) min_time_ns: i64,
+    pub(crate) max_time_ns: i64,
+    pub(crate) rows: u64,
+    /// Where its files (or the note of a missing one) lie, relative to the data directory; the first is
+    /// the Parquet file.
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) reason: String,
+}
+
+impl QuarantinedPart {
+    pub(crate) fn still_there(&self, data_dir: &Path) -> bool {
+        self.files.iter().any(|f| data_dir.join(f).exists())
+    }
+
+    pub(crate) fn skipped(&self, data_dir: &Path) -> crate::quarantine::SkippedPart {
+        crate::quarantine::SkippedPart {
+            file: self.files.first().map(|f| data_dir.join(f)).unwrap_or_default(),
+            min_time_ns: self.min_time_ns,
+            max_time_ns: self.max_time_ns,
+            rows: self.rows,
+            reason: self.reason.clone(),
+        }
+    }
+
+    pub(crate) fn overlaps(&self, tenant: &str, start_ns: i64, end_ns: i64) -> bool {
+        self.tenant == tenant && self.max_time_ns >= start_ns && self.min_time_ns < end_ns
+    }
 }
 
 /// What the engine knows of a part without opening it.
@@ -112,15 +156,22 @@ impl Manifest {
         data_dir.join("manifest.json")
     }
 
+    /// Reads the manifest; a new store has none.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when the manifest is missing but part files exist; `Corrupt` when it does not
+    /// parse or comes from a newer version.
     pub(crate) fn load(data_dir: &Path) -> Result<Manifest> {
         let m: Option<Manifest> = load_json(data_dir, "manifest.json", "manifest")?;
         let Some(m) = m else {
+            refuse_without_manifest(&Self::path(data_dir), &data_dir.join("logs"))?;
             return Ok(Manifest {
                 version: MANIFEST_VERSION,
                 wal_checkpoint: 0,
                 next_part_id: 1,
                 parts: Vec::new(),
                 producers: Vec::new(),
+                quarantined: Vec::new(),
             });
         };
         check_version(m.version, &Self::path(data_dir))?;
@@ -132,6 +183,73 @@ impl Manifest {
     }
 }
 
+/// Part files (`<hex id>.parquet`, `.idx`, and quarantined copies with a suffix) under `root`'s
+/// `tenant=*/date=*/` directories, with their ids.
+pub(crate) fn part_files(root: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out = Vec::new();
+    for tenant in fs::read_dir(root).into_iter().flatten().flatten() {
+        if !tenant.file_name().to_string_lossy().starts_with("tenant=") {
+            continue;
+        }
+        for day in fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+            if !day.file_name().to_string_lossy().starts_with("date=") {
+                continue;
+            }
+            for f in fs::read_dir(day.path()).into_iter().flatten().flatten() {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                let mut pieces = name.split('.');
+                let (Some(stem), Some(ext)) = (pieces.next(), pieces.next()) else {
+                    continue;
+                };
+                if !matches!(ext, "parquet" | "idx") {
+                    continue;
+                }
+                if let Ok(id) = u64::from_str_radix(stem, 16) {
+                    out.push((id, f.path()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The lowest part id above every part file of a store (`logs` or `metrics`) on disk, quarantine included.
+pub(crate) fn next_free_part_id(data_dir: &Path, store: &str) -> u64 {
+    let live = part_files(&data_dir.join(store));
+    let quarantined = part_files(&data_dir.join(crate::quarantine::DIR).join(store));
+    live.iter().chain(&quarantined).map(|(id, _)| id + 1).max().unwrap_or(1)
+}
+
+/// A missing manifest is a new store only when no part file exists under `parts_root`. Otherwise the
+/// manifest was lost: starting without it would serve nothing of those parts, replay the WAL from its
+/// start and remove the parts as leftovers, so the start is refused.
+pub(crate) fn refuse_without_manifest(manifest: &Path, parts_root: &Path) -> Result<()> {
+    let files = part_files(parts_root);
+    let Some((_, first)) = files.first() else {
+        return Ok(());
+    };
+    Err(Error::Refused {
+        what: "manifest",
+        path: manifest.to_path_buf(),
+        reason: format!(
+            "missing, but {} part files exist under {} (such as {}); the manifest lists the live parts and how \
+             much of the write-ahead log they hold, and starting without it would hide those parts and remove \
+             them as leftovers",
+            files.len(),
+            parts_root.display(),
+            first.display()
+        ),
+        remedy: format!(
+            "restore {} from a backup of the data directory and start again; to start without those parts \
+             instead, move the date=… directories under {} out of the data directory",
+            manifest.file_name().unwrap_or_default().to_string_lossy(),
+            parts_root.display()
+        ),
+    })
+}
+
 /// Reads `<dir>/<name>` as JSON; `None` when the file does not exist.
 pub(crate) fn load_json<T: serde::de::DeserializeOwned>(
     dir: &Path,
@@ -140,10 +258,14 @@ pub(crate) fn load_json<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>> {
     let path = dir.join(name);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Refused {
             what,
             path: path.clone(),
-            reason: e.to_string(),
+            reason: format!("does not parse ({e})"),
+            remedy: format!(
+                "restore {name} from a backup of the data directory and start again; the store does not start \
+                 without it, as it could not tell live parts from leftovers"
+            ),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Io { op: "read", path, source: e }),

@@ -26,6 +26,17 @@ pub struct StoreMetrics {
     pub head_rows: Gauge,
     pub scans: Counter,
     pub scan_skipped_row_groups: Counter,
+    /// Files set aside into `<data>/quarantine/` (or recorded there as missing) since the start.
+    pub quarantined_files: Counter,
+    /// Parts left out of reads: set aside at a start (until their quarantined files are deleted) or
+    /// found unreadable by a read since.
+    pub unreadable_parts: Gauge,
+    /// Part index files rebuilt from their Parquet file since the start.
+    pub rebuilt_indexes: Counter,
+    /// Damaged stretches of the write-ahead log, found by the replay at the start, that lost records.
+    pub wal_gaps: Counter,
+    /// Acknowledged records lost in those gaps.
+    pub wal_lost_records: Counter,
 }
 
 impl StoreMetrics {
@@ -54,6 +65,11 @@ impl StoreMetrics {
             head_rows: Gauge::default(),
             scans: Counter::default(),
             scan_skipped_row_groups: Counter::default(),
+            quarantined_files: Counter::default(),
+            unreadable_parts: Gauge::default(),
+            rebuilt_indexes: Counter::default(),
+            wal_gaps: Counter::default(),
+            wal_lost_records: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix(prefix);
         r.register("wal_fsyncs", "fsyncs of the write-ahead log (one per commit group)", m.wal_fsyncs.clone());
@@ -98,6 +114,27 @@ impl StoreMetrics {
             "scan_skipped_row_groups",
             "row groups skipped by the time, stream and token indexes",
             m.scan_skipped_row_groups.clone(),
+        );
+        r.register(
+            "quarantined_files",
+            "damaged files set aside into the quarantine directory of the data directory, or recorded there as missing",
+            m.quarantined_files.clone(),
+        );
+        r.register(
+            "unreadable_parts",
+            "parts left out of every read because they cannot be read (queries over their tenant and time range say so)",
+            m.unreadable_parts.clone(),
+        );
+        r.register("rebuilt_indexes", "part index files rebuilt from their Parquet file", m.rebuilt_indexes.clone());
+        r.register(
+            "wal_gaps",
+            "damaged stretches in the middle of the write-ahead log that lost acknowledged records (found at start-up)",
+            m.wal_gaps.clone(),
+        );
+        r.register(
+            "wal_lost_records",
+            "acknowledged write-ahead-log records lost in damaged stretches",
+            m.wal_lost_records.clone(),
         );
         Arc::new(m)
     }

@@ -15,7 +15,7 @@
 //! matchers into exact row ranges and time bounds into row-group skips. Token filters stay on disk and
 //! are read only for full-text searches.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -36,8 +36,10 @@ use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 
 use crate::error::{Error, Result};
-use crate::head::{MESSAGE, TIME};
+use crate::head::{MESSAGE, STREAM_ID, TIME};
 use crate::manifest::PartMeta;
+use crate::metrics::StoreMetrics;
+use crate::quarantine::{Quarantine, SkippedPart};
 use crate::tokens::{TokenCollector, TokenFilter};
 
 const MAGIC: &[u8; 8] = b"LUMNIDX1";
@@ -72,61 +74,143 @@ pub(crate) struct Part {
     pub(crate) streams: Vec<StreamRange>,
     pub(crate) row_groups: Vec<RowGroupIndex>,
     obsolete: AtomicBool,
-    /// The Parquet footer and page index, read by the first scan and kept: parts never change.
+    /// The Parquet footer and page index, read when the part is opened (or by its first scan) and kept:
+    /// parts never change.
     metadata: OnceLock<ArrowReaderMetadata>,
+    /// Why a read of this part failed: from then on every read leaves it out (see [`Part::set_unreadable`]).
+    unreadable: OnceLock<String>,
+}
+
+/// What opening a part named by the manifest found.
+pub(crate) enum Opened {
+    Good(Box<Part>),
+    /// Its index was missing or damaged and was rebuilt from the Parquet file (`meta.index_bytes` is the
+    /// new size).
+    Rebuilt(Box<Part>),
+    /// The Parquet file does not match its manifest entry or cannot be read.
+    Damaged(String),
+    /// The Parquet file is missing.
+    Missing(String),
+}
+
+/// What is wrong with an index file.
+enum IndexProblem {
+    /// Cannot be read for a reason that is not its content (permissions, I/O): not something to repair.
+    Io(Error),
+    /// Missing, or its content is wrong.
+    Bad(String),
 }
 
 impl Part {
-    pub(crate) fn open(data_dir: &Path, meta: PartMeta) -> Result<Part> {
+    /// Opens a part the manifest names and checks it against its entry: the Parquet file must have the
+    /// recorded size and a readable footer with the recorded rows (the footer is kept for the reads),
+    /// and the index must match it. A missing or damaged index is rebuilt from the Parquet file, the
+    /// damaged one set aside into the quarantine.
+    ///
+    /// # Errors
+    /// I/O errors that say nothing about the content (permissions, a failing disk): the store does not
+    /// start rather than set aside files it could not look at.
+    pub(crate) fn open(
+        data_dir: &Path,
+        mut meta: PartMeta,
+        options: &WriteOptions,
+        quarantine: &Quarantine,
+    ) -> Result<Opened> {
         let index_path = meta.index_path(data_dir);
         let parquet_path = meta.parquet_path(data_dir);
-        let corrupt =
-            |reason: &str| Error::Corrupt { what: "part index", path: index_path.clone(), reason: reason.to_string() };
-        let file = File::open(&index_path).map_err(Error::io("open", &index_path))?;
-        let mut head = [0u8; 16];
-        file.read_exact_at(&mut head, 0).map_err(Error::io("read", &index_path))?;
-        if &head[0..8] != MAGIC {
-            return Err(corrupt("bad magic"));
+        let file = match File::open(&parquet_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Opened::Missing("the manifest names it but the file is missing".to_string()));
+            }
+            Err(e) => return Err(Error::Io { op: "open", path: parquet_path, source: e }),
+        };
+        let len = file.metadata().map_err(Error::io("stat", &parquet_path))?.len();
+        if len != meta.parquet_bytes {
+            return Ok(Opened::Damaged(format!("{len} bytes where the manifest says {}", meta.parquet_bytes)));
         }
-        let n_streams = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
-        let n_rgs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
-        let header_len = 16 + n_streams * STREAM_REC + n_rgs * RG_REC;
-        let mut header = vec![0u8; header_len + 4];
-        file.read_exact_at(&mut header, 0).map_err(Error::io("read", &index_path))?;
-        let crc = u32::from_le_bytes(header[header_len..].try_into().unwrap_or_default());
-        if crc32fast::hash(&header[..header_len]) != crc {
-            return Err(corrupt("checksum mismatch"));
+        let reader_options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let metadata = match ArrowReaderMetadata::load(&file, reader_options) {
+            Ok(m) => m,
+            Err(e) => return Ok(Opened::Damaged(format!("unreadable Parquet footer: {e}"))),
+        };
+        let rows = metadata.metadata().file_metadata().num_rows();
+        if rows != meta.rows as i64 {
+            return Ok(Opened::Damaged(format!("{rows} rows where the manifest says {}", meta.rows)));
         }
-        let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-        let streams = header[16..16 + n_streams * STREAM_REC]
-            .chunks_exact(STREAM_REC)
-            .map(|c| StreamRange {
-                id: u64_at(c, 0),
-                first_row: u64_at(c, 1),
-                rows: u64_at(c, 2),
-                min_time: u64_at(c, 3) as i64,
-                max_time: u64_at(c, 4) as i64,
-            })
-            .collect();
-        let row_groups = header[16 + n_streams * STREAM_REC..header_len]
-            .chunks_exact(RG_REC)
-            .map(|c| RowGroupIndex {
-                first_row: u64_at(c, 0),
-                rows: u64_at(c, 1),
-                min_time: u64_at(c, 2) as i64,
-                max_time: u64_at(c, 3) as i64,
-                filter_offset: u64_at(c, 4),
-                filter_len: u64_at(c, 5),
-            })
-            .collect();
-        Ok(Part {
+        let n_row_groups = metadata.metadata().num_row_groups();
+        let mut rebuilt = false;
+        let (streams, row_groups) = match read_index(&index_path, &meta, n_row_groups) {
+            Ok(index) => index,
+            Err(IndexProblem::Io(e)) => return Err(e),
+            Err(IndexProblem::Bad(reason)) => {
+                if index_path.exists() {
+                    quarantine.replace(&index_path, &format!("part index {reason}; rebuilt from its part"))?;
+                }
+                let built = match build_index(&parquet_path, &file, &metadata, options) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Ok(Opened::Damaged(format!(
+                            "its index {reason}, and reading it to rebuild the index failed: {e}"
+                        )));
+                    }
+                };
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&index_path)
+                    .map_err(Error::io("create", &index_path))?;
+                f.write_all(&built.bytes).and_then(|()| f.sync_all()).map_err(Error::io("write", &index_path))?;
+                crate::manifest::sync_dir(&data_dir.join(meta.partition_dir()))?;
+                meta.index_bytes = built.bytes.len() as u64;
+                quarantine.metrics().rebuilt_indexes.inc();
+                tracing::warn!(part = %parquet_path.display(), %reason, "rebuilt the index of a part from its Parquet file");
+                rebuilt = true;
+                (built.streams, built.row_groups)
+            }
+        };
+        let part = Part {
             meta,
             parquet_path,
             index_path,
             streams,
             row_groups,
             obsolete: AtomicBool::new(false),
-            metadata: OnceLock::new(),
+            metadata: OnceLock::from(metadata),
+            unreadable: OnceLock::new(),
+        };
+        Ok(if rebuilt { Opened::Rebuilt(Box::new(part)) } else { Opened::Good(Box::new(part)) })
+    }
+
+    /// Marks the part unreadable after `error` in a read of it: every later read leaves it out, and
+    /// [`crate::LogStore::skipped_parts`] names it. The first time, logs at ERROR and counts it. Until a
+    /// restart only: a part may be unreadable for a passing reason, and the checks at the next start
+    /// decide whether its files go into the quarantine.
+    pub(crate) fn set_unreadable(&self, error: &Error, metrics: &StoreMetrics) {
+        if self.unreadable.set(error.to_string()).is_ok() {
+            metrics.unreadable_parts.inc();
+            tracing::error!(
+                part = %self.parquet_path.display(),
+                tenant = %self.meta.tenant,
+                rows = self.meta.rows,
+                %error,
+                "a part cannot be read; reads leave it out and say so until the next start, which checks it again"
+            );
+        }
+    }
+
+    pub(crate) fn is_unreadable(&self) -> bool {
+        self.unreadable.get().is_some()
+    }
+
+    /// The part as a [`SkippedPart`], if it is unreadable.
+    pub(crate) fn skipped(&self) -> Option<SkippedPart> {
+        self.unreadable.get().map(|reason| SkippedPart {
+            file: self.parquet_path.clone(),
+            min_time_ns: self.meta.min_time,
+            max_time_ns: self.meta.max_time,
+            rows: self.meta.rows,
+            reason: reason.clone(),
         })
     }
 
@@ -216,6 +300,226 @@ impl Part {
     }
 }
 
+/// Reads and checks a part's index file against its manifest entry and its Parquet file.
+fn read_index(
+    path: &Path,
+    meta: &PartMeta,
+    n_row_groups: usize,
+) -> std::result::Result<(Vec<StreamRange>, Vec<RowGroupIndex>), IndexProblem> {
+    let bad = |reason: String| Err(IndexProblem::Bad(reason));
+    let io = |e: std::io::Error| IndexProblem::Io(Error::Io { op: "read", path: path.to_path_buf(), source: e });
+    // The header only: the token filters after it are read by the scans that need them.
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return bad("is missing".to_string()),
+        Err(e) => return Err(io(e)),
+    };
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut head = [0u8; 16];
+    if file_len < 16 {
+        return bad("is shorter than its header".to_string());
+    }
+    file.read_exact_at(&mut head, 0).map_err(io)?;
+    if &head[0..8] != MAGIC {
+        return bad("has a bad magic".to_string());
+    }
+    if meta.index_bytes != 0 && file_len != meta.index_bytes {
+        return bad(format!("is {file_len} bytes where the manifest says {}", meta.index_bytes));
+    }
+    let n_streams = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+    let n_rgs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
+    let header_len = 16 + n_streams * STREAM_REC + n_rgs * RG_REC;
+    if header_len as u64 + 4 > file_len {
+        return bad("is shorter than its header".to_string());
+    }
+    let mut header = vec![0u8; header_len + 4];
+    file.read_exact_at(&mut header, 0).map_err(io)?;
+    let crc = u32::from_le_bytes(header[header_len..].try_into().unwrap_or_default());
+    if crc32fast::hash(&header[..header_len]) != crc {
+        return bad("fails its checksum".to_string());
+    }
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    let streams: Vec<StreamRange> = header[16..16 + n_streams * STREAM_REC]
+        .chunks_exact(STREAM_REC)
+        .map(|c| StreamRange {
+            id: u64_at(c, 0),
+            first_row: u64_at(c, 1),
+            rows: u64_at(c, 2),
+            min_time: u64_at(c, 3) as i64,
+            max_time: u64_at(c, 4) as i64,
+        })
+        .collect();
+    let row_groups: Vec<RowGroupIndex> = header[16 + n_streams * STREAM_REC..header_len]
+        .chunks_exact(RG_REC)
+        .map(|c| RowGroupIndex {
+            first_row: u64_at(c, 0),
+            rows: u64_at(c, 1),
+            min_time: u64_at(c, 2) as i64,
+            max_time: u64_at(c, 3) as i64,
+            filter_offset: u64_at(c, 4),
+            filter_len: u64_at(c, 5),
+        })
+        .collect();
+    if row_groups.len() != n_row_groups {
+        return bad(format!("has {} row groups where the part has {n_row_groups}", row_groups.len()));
+    }
+    let rg_rows: u64 = row_groups.iter().map(|g| g.rows).sum();
+    let stream_rows: u64 = streams.iter().map(|s| s.rows).sum();
+    if rg_rows != meta.rows || stream_rows != meta.rows {
+        return bad(format!("counts {rg_rows} and {stream_rows} rows where the part has {}", meta.rows));
+    }
+    if row_groups.iter().any(|g| g.filter_offset.saturating_add(g.filter_len) > file_len) {
+        return bad("has a token filter beyond its end".to_string());
+    }
+    Ok((streams, row_groups))
+}
+
+/// An index built from a part's Parquet file.
+struct BuiltIndex {
+    bytes: Vec<u8>,
+    streams: Vec<StreamRange>,
+    row_groups: Vec<RowGroupIndex>,
+}
+
+/// Rebuilds a part's index from its Parquet file: each Parquet row group is one index row group, as
+/// [`PartWriter::write_row_group`] wrote them.
+fn build_index(path: &Path, file: &File, metadata: &ArrowReaderMetadata, options: &WriteOptions) -> Result<BuiltIndex> {
+    let perr = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let mut index = IndexBuilder::new(options);
+    for g in 0..metadata.metadata().num_row_groups() {
+        let file = file.try_clone().map_err(Error::io("reopen", path))?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
+        let roots: Vec<usize> = builder
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| [TIME, STREAM_ID, MESSAGE].contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let rows = metadata.metadata().row_group(g).num_rows().max(1) as usize;
+        let reader =
+            builder.with_projection(mask).with_row_groups(vec![g]).with_batch_size(rows).build().map_err(perr)?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            batches.push(time_to_ns(batch?)?);
+        }
+        let Some(first) = batches.first() else {
+            continue;
+        };
+        let batch = arrow::compute::concat_batches(&first.schema(), &batches)?;
+        index.add_row_group(&batch)?;
+    }
+    let (bytes, streams, row_groups) = index.encode();
+    Ok(BuiltIndex { bytes, streams, row_groups })
+}
+
+/// Builds a part's index, one row group at a time.
+struct IndexBuilder {
+    streams: Vec<StreamRange>,
+    row_groups: Vec<RowGroupIndex>,
+    filters: Vec<u8>,
+    tokens: TokenCollector,
+    token_filter_bits: u32,
+    index_numbers: bool,
+}
+
+impl IndexBuilder {
+    fn new(options: &WriteOptions) -> IndexBuilder {
+        IndexBuilder {
+            streams: Vec::new(),
+            row_groups: Vec::new(),
+            filters: Vec::new(),
+            tokens: TokenCollector::default(),
+            token_filter_bits: options.token_filter_bits,
+            index_numbers: options.index_numbers,
+        }
+    }
+
+    /// Adds the next row group: `batch` has `time` (nanoseconds), `_stream_id` and `message`, in
+    /// (stream id, time) order.
+    fn add_row_group(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| {
+                Error::Arrow(arrow::error::ArrowError::SchemaError(format!("part has no {name} column")))
+            })
+        };
+        let times = column(TIME)?.as_primitive::<TimestampNanosecondType>();
+        let ids = column(STREAM_ID)?.as_primitive::<UInt64Type>();
+        let messages = column(MESSAGE)?.as_string::<i32>();
+        let first_row = self.row_groups.last().map_or(0, |g| g.first_row + g.rows);
+        let (mut rg_min, mut rg_max) = (i64::MAX, i64::MIN);
+        for row in 0..rows {
+            let (id, t) = (ids.value(row), times.value(row));
+            rg_min = rg_min.min(t);
+            rg_max = rg_max.max(t);
+            match self.streams.last_mut() {
+                Some(s) if s.id == id => {
+                    s.rows += 1;
+                    s.min_time = s.min_time.min(t);
+                    s.max_time = s.max_time.max(t);
+                }
+                _ => self.streams.push(StreamRange {
+                    id,
+                    first_row: first_row + row as u64,
+                    rows: 1,
+                    min_time: t,
+                    max_time: t,
+                }),
+            }
+        }
+        for row in 0..rows {
+            if messages.is_valid(row) {
+                self.tokens.add_text(messages.value(row), self.index_numbers);
+            }
+        }
+        let filter = self.tokens.build(self.token_filter_bits).to_bytes();
+        self.row_groups.push(RowGroupIndex {
+            first_row,
+            rows: rows as u64,
+            min_time: rg_min,
+            max_time: rg_max,
+            filter_offset: self.filters.len() as u64,
+            filter_len: filter.len() as u64,
+        });
+        self.filters.extend_from_slice(&filter);
+        Ok(())
+    }
+
+    /// The index file's bytes, with the ranges it holds.
+    fn encode(self) -> (Vec<u8>, Vec<StreamRange>, Vec<RowGroupIndex>) {
+        let IndexBuilder { streams, mut row_groups, filters, .. } = self;
+        let header_len = 16 + streams.len() * STREAM_REC + row_groups.len() * RG_REC;
+        let filters_start = (header_len + 4) as u64;
+        for rg in &mut row_groups {
+            rg.filter_offset += filters_start;
+        }
+        let mut buf = Vec::with_capacity(header_len + 4 + filters.len());
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&(streams.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(row_groups.len() as u32).to_le_bytes());
+        for s in &streams {
+            for v in [s.id, s.first_row, s.rows, s.min_time as u64, s.max_time as u64] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        for g in &row_groups {
+            for v in [g.first_row, g.rows, g.min_time as u64, g.max_time as u64, g.filter_offset, g.filter_len] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.extend_from_slice(&filters);
+        (buf, streams, row_groups)
+    }
+}
+
 /// Brings a batch read from a part to nanosecond `time`, whatever unit the part stores.
 pub(crate) fn time_to_ns(batch: RecordBatch) -> Result<RecordBatch> {
     let Some((i, field)) = batch.schema().column_with_name(TIME).map(|(i, f)| (i, f.clone())) else {
@@ -261,11 +565,7 @@ pub(crate) struct PartWriter {
     schema: SchemaRef,
     /// The schema on disk (`time` in the part's unit).
     stored: SchemaRef,
-    options: WriteOptions,
-    streams: Vec<StreamRange>,
-    row_groups: Vec<RowGroupIndex>,
-    filters: Vec<u8>,
-    tokens: TokenCollector,
+    index: IndexBuilder,
 }
 
 impl PartWriter {
@@ -281,7 +581,12 @@ impl PartWriter {
         fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let parquet_path = meta.parquet_path(data_dir);
         let index_path = meta.index_path(data_dir);
-        let file = File::create(&parquet_path).map_err(Error::io("create", &parquet_path))?;
+        // Never over an existing file: part ids are kept above every part file on disk, and this makes sure.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&parquet_path)
+            .map_err(Error::io("create", &parquet_path))?;
         let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
         let labels_json = serde_json::to_string(&meta.labels).unwrap_or_default();
         // The configured level pays off only on the message column; the others are dictionary or delta
@@ -318,19 +623,7 @@ impl PartWriter {
         let stored: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
         let writer = ArrowWriter::try_new(file, stored.clone(), Some(props))
             .map_err(|source| Error::Parquet { path: parquet_path.clone(), source })?;
-        Ok(PartWriter {
-            meta,
-            writer,
-            parquet_path,
-            index_path,
-            schema,
-            stored,
-            options,
-            streams: Vec::new(),
-            row_groups: Vec::new(),
-            filters: Vec::new(),
-            tokens: TokenCollector::default(),
-        })
+        Ok(PartWriter { meta, writer, parquet_path, index_path, schema, stored, index: IndexBuilder::new(&options) })
     }
 
     pub(crate) fn schema(&self) -> &SchemaRef {
@@ -339,49 +632,10 @@ impl PartWriter {
 
     /// Writes one row group; `batch` must have the part's schema.
     pub(crate) fn write_row_group(&mut self, batch: &RecordBatch) -> Result<()> {
-        let rows = batch.num_rows();
-        if rows == 0 {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
-        let first_row = self.row_groups.last().map_or(0, |g| g.first_row + g.rows);
-        let times = batch.column(0).as_primitive::<TimestampNanosecondType>();
-        let ids = batch.column(1).as_primitive::<UInt64Type>();
-        let messages = batch.column(2).as_string::<i32>();
-        let (mut rg_min, mut rg_max) = (i64::MAX, i64::MIN);
-        for row in 0..rows {
-            let (id, t) = (ids.value(row), times.value(row));
-            rg_min = rg_min.min(t);
-            rg_max = rg_max.max(t);
-            match self.streams.last_mut() {
-                Some(s) if s.id == id => {
-                    s.rows += 1;
-                    s.min_time = s.min_time.min(t);
-                    s.max_time = s.max_time.max(t);
-                }
-                _ => self.streams.push(StreamRange {
-                    id,
-                    first_row: first_row + row as u64,
-                    rows: 1,
-                    min_time: t,
-                    max_time: t,
-                }),
-            }
-        }
-        for row in 0..rows {
-            if messages.is_valid(row) {
-                self.tokens.add_text(messages.value(row), self.options.index_numbers);
-            }
-        }
-        let filter = self.tokens.build(self.options.token_filter_bits).to_bytes();
-        self.row_groups.push(RowGroupIndex {
-            first_row,
-            rows: rows as u64,
-            min_time: rg_min,
-            max_time: rg_max,
-            filter_offset: self.filters.len() as u64,
-            filter_len: filter.len() as u64,
-        });
-        self.filters.extend_from_slice(&filter);
+        self.index.add_row_group(batch)?;
         let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
         let mut columns = batch.columns().to_vec();
         columns[0] = arrow::compute::cast(&columns[0], self.stored.field(0).data_type())?;
@@ -392,34 +646,17 @@ impl PartWriter {
 
     /// Finishes both files, syncs them, and returns the part's manifest entry.
     pub(crate) fn finish(self, data_dir: &Path) -> Result<Arc<Part>> {
-        let PartWriter { mut meta, writer, parquet_path, index_path, streams, mut row_groups, filters, .. } = self;
+        let PartWriter { mut meta, writer, parquet_path, index_path, index, .. } = self;
         let file = writer.into_inner().map_err(|source| Error::Parquet { path: parquet_path.clone(), source })?;
         file.sync_all().map_err(Error::io("sync", &parquet_path))?;
         let parquet_bytes = file.metadata().map_err(Error::io("stat", &parquet_path))?.len();
 
-        let header_len = 16 + streams.len() * STREAM_REC + row_groups.len() * RG_REC;
-        let filters_start = (header_len + 4) as u64;
-        for rg in &mut row_groups {
-            rg.filter_offset += filters_start;
-        }
-        let mut buf = Vec::with_capacity(header_len + 4 + filters.len());
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&(streams.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&(row_groups.len() as u32).to_le_bytes());
-        for s in &streams {
-            for v in [s.id, s.first_row, s.rows, s.min_time as u64, s.max_time as u64] {
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        for g in &row_groups {
-            for v in [g.first_row, g.rows, g.min_time as u64, g.max_time as u64, g.filter_offset, g.filter_len] {
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        let crc = crc32fast::hash(&buf);
-        buf.extend_from_slice(&crc.to_le_bytes());
-        buf.extend_from_slice(&filters);
-        let mut f = File::create(&index_path).map_err(Error::io("create", &index_path))?;
+        let (buf, streams, row_groups) = index.encode();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&index_path)
+            .map_err(Error::io("create", &index_path))?;
         f.write_all(&buf).and_then(|()| f.sync_all()).map_err(Error::io("write", &index_path))?;
 
         meta.rows = row_groups.iter().map(|g| g.rows).sum();
@@ -436,13 +673,14 @@ impl PartWriter {
             row_groups,
             obsolete: AtomicBool::new(false),
             metadata: OnceLock::new(),
+            unreadable: OnceLock::new(),
         }))
     }
 
-    /// Abandons a half-written part, deleting its files.
+    /// Abandons a half-written part, deleting its Parquet file (its index is written only by
+    /// [`PartWriter::finish`]).
     pub(crate) fn abort(self) {
         drop(self.writer);
         let _ = fs::remove_file(&self.parquet_path);
-        let _ = fs::remove_file(&self.index_path);
     }
 }

@@ -7,6 +7,9 @@
 //! matchers into stream ids and each part's index turns those into row ranges; row groups outside the
 //! time range, or whose token filter lacks a word of a searched substring, are skipped; the remaining
 //! rows are filtered exactly.
+//!
+//! A part that fails to read is left out of the answer rather than failing it, and marked unreadable so
+//! that later scans skip it too; [`crate::LogStore::skipped_parts`] names it for the query's warnings.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -124,10 +127,11 @@ pub struct ScanTask(pub(crate) ScanPlan);
 
 impl ScanTask {
     /// Reads, calling `f` with each non-empty batch (in the plan's output schema) until done or until `f`
-    /// returns false. Blocking: run it on a blocking thread.
+    /// returns false. Blocking: run it on a blocking thread. A part that cannot be read is left out, not
+    /// an error: afterwards [`crate::LogStore::skipped_parts`] names it, for the caller's warnings.
     ///
     /// # Errors
-    /// I/O, Parquet or Arrow errors while reading.
+    /// Arrow errors shaping head data.
     pub fn run(self, f: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         self.0.for_each(f)
     }
@@ -187,30 +191,53 @@ impl ScanPlan {
         let tokens: Vec<u64> =
             self.req.line_contains.iter().flat_map(|s| required_tokens(s, self.index_numbers)).collect();
         for (part, restrict) in &self.parts {
-            let Some(mut ranges) = self.part_ranges(part, &tokens)? else {
+            // Another scan may have found it unreadable since this one was planned.
+            if part.is_unreadable() {
                 continue;
-            };
-            if let Some(only) = restrict {
-                ranges = intersect(&ranges, only);
-                if ranges.is_empty() {
-                    continue;
-                }
             }
-            let Some(reader) = part.reader(&needed, Some(&ranges), BATCH_ROWS)? else {
-                continue;
-            };
-            for batch in reader {
-                let batch = crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?;
-                let filtered = self.filter(&batch)?;
-                if filtered.num_rows() == 0 {
-                    continue;
-                }
-                if !send(conform(&filtered, &self.output, None)?) {
-                    return Ok(());
-                }
+            match self.read_part(part, restrict.as_deref(), &needed, &tokens, &mut send) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                // An unreadable part is left out, not the whole answer: the caller learns of it through
+                // `LogStore::skipped_parts`. Rows it gave before failing were sent already.
+                Err(error) => part.set_unreadable(&error, &self.metrics),
             }
         }
         Ok(())
+    }
+
+    /// Reads one part's matching rows; false when `send` asked to stop.
+    fn read_part(
+        &self,
+        part: &Part,
+        restrict: Option<&[Range<u64>]>,
+        needed: &[&str],
+        tokens: &[u64],
+        send: &mut impl FnMut(RecordBatch) -> bool,
+    ) -> Result<bool> {
+        let Some(mut ranges) = self.part_ranges(part, tokens) else {
+            return Ok(true);
+        };
+        if let Some(only) = restrict {
+            ranges = intersect(&ranges, only);
+            if ranges.is_empty() {
+                return Ok(true);
+            }
+        }
+        let Some(reader) = part.reader(needed, Some(&ranges), BATCH_ROWS)? else {
+            return Ok(true);
+        };
+        for batch in reader {
+            let batch = crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?;
+            let filtered = self.filter(&batch)?;
+            if filtered.num_rows() == 0 {
+                continue;
+            }
+            if !send(conform(&filtered, &self.output, None)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Columns to read from parts: the output plus what the filters need.
@@ -227,18 +254,19 @@ impl ScanPlan {
         cols
     }
 
-    /// The part's row ranges that may hold matching rows, or `None` when none can.
-    fn part_ranges(&self, part: &Part, tokens: &[u64]) -> Result<Option<Vec<Range<u64>>>> {
+    /// The part's row ranges that may hold matching rows, or `None` when none can. Token filters that
+    /// cannot be read rule nothing out: the rows are read and filtered exactly.
+    fn part_ranges(&self, part: &Part, tokens: &[u64]) -> Option<Vec<Range<u64>>> {
         let (start, end) = (self.req.start_ns, self.req.end_ns);
         let overlaps = |min: i64, max: i64| max >= start && min < end;
         // Row groups that survive the time bounds and the token filters.
-        let index = if tokens.is_empty() { None } else { Some(part.open_index()?) };
+        let index = if tokens.is_empty() { None } else { part.open_index().ok() };
         let mut keep = Vec::with_capacity(part.row_groups.len());
         for (i, rg) in part.row_groups.iter().enumerate() {
             let mut ok = overlaps(rg.min_time, rg.max_time);
             if ok
                 && let Some(index) = &index
-                && let Some(filter) = part.token_filter(index, i)?
+                && let Ok(Some(filter)) = part.token_filter(index, i)
             {
                 ok = tokens.iter().all(|&h| filter.may_contain(h));
             }
@@ -249,10 +277,10 @@ impl ScanPlan {
             keep.push(rg.first_row..rg.first_row + rg.rows);
         }
         if keep.is_empty() {
-            return Ok(None);
+            return None;
         }
         if self.streams.is_none() && self.req.stream_limit.is_none() {
-            return Ok(Some(keep));
+            return Some(keep);
         }
         let streams: Vec<Range<u64>> = part
             .streams
@@ -261,7 +289,7 @@ impl ScanPlan {
             .map(|s| self.limited(s.first_row..s.first_row + s.rows, s.min_time, s.max_time))
             .collect();
         let out = intersect(&streams, &keep);
-        Ok((!out.is_empty()).then_some(out))
+        (!out.is_empty()).then_some(out)
     }
 
     /// A stream's rows in a part, cut to the stream limit when every row is inside the time range (else

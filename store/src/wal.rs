@@ -9,6 +9,9 @@
 //! and after its `on_durable` callback ran, in sequence order. The engine uses the callback to put the
 //! batch into the head, so the head always holds a prefix of the log and a flush can name the exact
 //! sequence number up to which the log is persisted elsewhere.
+//!
+//! Replay ([`replay_segments`]) cuts a torn tail of the newest segment, and replays the intact records
+//! after damage anywhere else, reporting the records lost there as a gap.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -21,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
+use crate::quarantine::Quarantine;
 
 const FRAME_HEADER: usize = 16;
 
@@ -45,29 +49,23 @@ pub(crate) struct Wal {
 pub(crate) struct Replayed {
     pub(crate) seq: u64,
     pub(crate) payload: Vec<u8>,
+    /// The segment it was read from, for messages.
+    pub(crate) segment: PathBuf,
 }
 
 impl Wal {
-    /// Reads every record after `checkpoint` from `dir`, repairing a torn tail, then starts the writer on
-    /// a fresh segment.
+    /// Reads every record after `checkpoint` from `dir` (see [`replay_segments`]), then starts the writer
+    /// on a fresh segment.
     pub(crate) fn open(
         dir: &Path,
         checkpoint: u64,
         segment_bytes: u64,
         metrics: Arc<StoreMetrics>,
-        mut replay: impl FnMut(Replayed) -> Result<()>,
+        quarantine: &Quarantine,
+        replay: impl FnMut(Replayed) -> Result<()>,
     ) -> Result<Wal> {
         fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-        let mut last_seq = checkpoint;
-        let segments = list_segments(dir)?;
-        let n_segments = segments.len();
-        for (i, (_, path)) in segments.into_iter().enumerate() {
-            let is_last = i + 1 == n_segments;
-            read_segment(&path, is_last, |seq, payload| {
-                last_seq = last_seq.max(seq);
-                if seq > checkpoint { replay(Replayed { seq, payload }) } else { Ok(()) }
-            })?;
-        }
+        let last_seq = replay_segments(dir, checkpoint, quarantine, replay)?;
         let next_seq = last_seq + 1;
         let segment = Segment::create(dir, next_seq)?;
         let (tx, rx) = mpsc::channel();
@@ -141,6 +139,12 @@ impl Drop for Wal {
     }
 }
 
+/// True when the oldest segment in `dir` starts after `checkpoint + 1`: records between the checkpoint
+/// and it are gone, which a manifest older than the log (restored from a backup) shows as.
+pub(crate) fn starts_after(dir: &Path, checkpoint: u64) -> bool {
+    list_segments(dir).ok().and_then(|s| s.first().map(|(first, _)| *first)).is_some_and(|first| first > checkpoint + 1)
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(Error::io("read", dir))? {
@@ -155,57 +159,196 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Reads a segment's frames. A torn or corrupt tail of the newest segment is what `kill -9` during a write
-/// leaves: it was never acknowledged, so it is cut off. Damage inside an older segment is data loss and
-/// is reported as an error.
-fn read_segment(path: &Path, is_last: bool, mut f: impl FnMut(u64, Vec<u8>) -> Result<()>) -> Result<()> {
-    let mut data = Vec::new();
-    File::open(path).and_then(|mut file| file.read_to_end(&mut data)).map_err(Error::io("read", path))?;
-    let mut pos = 0;
-    while pos < data.len() {
-        let bad = |reason: &str| reason.to_string();
-        let frame = (|| {
-            let header = data.get(pos..pos + FRAME_HEADER).ok_or_else(|| bad("truncated frame header"))?;
-            let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
-            let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
-            let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-            let payload =
-                data.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len).ok_or_else(|| bad("truncated frame payload"))?;
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&header[8..16]);
-            hasher.update(payload);
-            if hasher.finalize() != crc {
-                return Err(bad("checksum mismatch"));
+/// Damaged bytes met by the replay whose cost is not known yet: that is known at the next intact record
+/// (or segment start), whose sequence number says how many records the damage held.
+struct Damage {
+    segment: PathBuf,
+    offset: usize,
+    bytes: usize,
+}
+
+/// Reads the records of every segment in order and calls `replay` with those after `checkpoint`.
+/// Returns the highest sequence number read (at least `checkpoint`).
+///
+/// Damage is told apart by where it lies:
+/// - At the end of the newest segment, with no intact record after it: a torn tail, what `kill -9`
+///   during a write leaves. Those records were never acknowledged, so the tail is cut off.
+/// - Anywhere else: acknowledged records are lost there, but the records after it are intact and are
+///   replayed. The replay finds the next intact frame (its checksum holds and its sequence number fits),
+///   and the sequence numbers around the damage (and segment names, which are the sequence number of
+///   their first record) say how many records were lost. Lost records past the checkpoint are a gap:
+///   logged at ERROR, counted in `wal_gaps`/`wal_lost_records`, and the damaged segment copied into the
+///   quarantine (it stays in use until a flush truncates it).
+pub(crate) fn replay_segments(
+    dir: &Path,
+    checkpoint: u64,
+    quarantine: &Quarantine,
+    mut replay: impl FnMut(Replayed) -> Result<()>,
+) -> Result<u64> {
+    let mut last_seq = 0u64;
+    let mut damage: Option<Damage> = None;
+    let segments = list_segments(dir)?;
+    let n_segments = segments.len();
+    for (i, (first_seq, path)) in segments.into_iter().enumerate() {
+        let is_last = i + 1 == n_segments;
+        // Every record before this segment had a lower number: a missing stretch shows here too.
+        let expected = last_seq.max(checkpoint) + 1;
+        if first_seq > expected {
+            report_gap(quarantine, damage.take(), &path, 0, expected..first_seq, checkpoint);
+            last_seq = first_seq - 1;
+        }
+        let mut data = Vec::new();
+        File::open(&path).and_then(|mut file| file.read_to_end(&mut data)).map_err(Error::io("read", &path))?;
+        let mut pos = 0;
+        while pos < data.len() {
+            if let Some((seq, len)) = frame_at(&data, pos, last_seq) {
+                let expected = last_seq.max(checkpoint) + 1;
+                if seq > expected {
+                    report_gap(quarantine, damage.take(), &path, pos, expected..seq, checkpoint);
+                } else if let Some(d) = damage.take() {
+                    tracing::warn!(
+                        segment = %d.segment.display(),
+                        offset = d.offset,
+                        bytes = d.bytes,
+                        "damaged bytes in the write-ahead log held no record that is not in a part"
+                    );
+                }
+                if seq > checkpoint {
+                    let payload = data[pos + FRAME_HEADER..pos + FRAME_HEADER + len].to_vec();
+                    replay(Replayed { seq, payload, segment: path.clone() })?;
+                }
+                last_seq = seq;
+                pos += FRAME_HEADER + len;
+                continue;
             }
-            Ok((seq, payload.to_vec(), FRAME_HEADER + len))
-        })();
-        match frame {
-            Ok((seq, payload, size)) => {
-                f(seq, payload)?;
-                pos += size;
-            }
-            Err(reason) if is_last => {
-                tracing::warn!(segment = %path.display(), offset = pos, %reason, "cutting torn tail of wal segment");
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .and_then(|file| {
-                        file.set_len(pos as u64)?;
-                        file.sync_all()
-                    })
-                    .map_err(Error::io("truncate", path))?;
-                return Ok(());
-            }
-            Err(reason) => {
-                return Err(Error::Corrupt {
-                    what: "wal segment",
-                    path: path.to_path_buf(),
-                    reason: format!("{reason} at offset {pos}"),
-                });
+            let base = last_seq.max(first_seq.saturating_sub(1));
+            match next_frame(&data, pos, base) {
+                Some(next) => {
+                    damage.get_or_insert(Damage { segment: path.clone(), offset: pos, bytes: 0 }).bytes += next - pos;
+                    pos = next;
+                }
+                None if is_last => {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset = pos,
+                        bytes = data.len() - pos,
+                        "cutting torn tail of wal segment (records never acknowledged)"
+                    );
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|file| {
+                            file.set_len(pos as u64)?;
+                            file.sync_all()
+                        })
+                        .map_err(Error::io("truncate", &path))?;
+                    break;
+                }
+                None => {
+                    damage.get_or_insert(Damage { segment: path.clone(), offset: pos, bytes: 0 }).bytes +=
+                        data.len() - pos;
+                    break;
+                }
             }
         }
     }
-    Ok(())
+    if let Some(d) = damage {
+        // Damage followed by no record at all: the next segment's name would tell, but there is none.
+        tracing::warn!(
+            segment = %d.segment.display(),
+            offset = d.offset,
+            bytes = d.bytes,
+            "damaged bytes at the end of an older wal segment, with no later record to tell what they held"
+        );
+    }
+    Ok(last_seq.max(checkpoint))
+}
+
+/// The intact frame at `pos` whose sequence number is above `last_seq`: (seq, payload length).
+fn frame_at(data: &[u8], pos: usize, last_seq: u64) -> Option<(u64, usize)> {
+    let header = data.get(pos..pos + FRAME_HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    if seq <= last_seq {
+        return None;
+    }
+    let payload = data.get(pos + FRAME_HEADER..(pos + FRAME_HEADER).checked_add(len)?)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[8..16]);
+    hasher.update(payload);
+    (hasher.finalize() == crc).then_some((seq, len))
+}
+
+/// The offset of the first intact frame after the damaged one at `pos`. Candidates are screened by their
+/// sequence number before the checksum is computed: above `base` (the last record before the damage),
+/// and at most one more than the records the damaged bytes could have held (each takes 16 bytes or more).
+fn next_frame(data: &[u8], pos: usize, base: u64) -> Option<usize> {
+    let mut q = pos + 1;
+    while q + FRAME_HEADER <= data.len() {
+        let seq = u64::from_le_bytes(data[q + 8..q + 16].try_into().unwrap_or_default());
+        let most = base + 1 + ((q - pos) / FRAME_HEADER) as u64;
+        if seq > base && seq <= most && frame_at(data, q, base).is_some() {
+            return Some(q);
+        }
+        q += 1;
+    }
+    None
+}
+
+/// Reports records `lost` (sequence numbers) at `segment`/`offset`: an ERROR, the gap counters and a copy
+/// of the damaged segment in the quarantine when records past the checkpoint are lost; a WARN otherwise.
+fn report_gap(
+    quarantine: &Quarantine,
+    damage: Option<Damage>,
+    segment: &Path,
+    offset: usize,
+    lost: std::ops::Range<u64>,
+    checkpoint: u64,
+) {
+    let (segment, offset, bytes) = match &damage {
+        Some(d) => (d.segment.as_path(), d.offset, d.bytes),
+        None => (segment, offset, 0),
+    };
+    let lost_acked = lost.start.max(checkpoint + 1)..lost.end;
+    if lost_acked.is_empty() {
+        tracing::warn!(
+            segment = %segment.display(),
+            offset,
+            bytes,
+            first_seq = lost.start,
+            last_seq = lost.end - 1,
+            "damaged or missing records in the write-ahead log were already in parts"
+        );
+        return;
+    }
+    let n = lost_acked.end - lost_acked.start;
+    let metrics = quarantine.metrics();
+    metrics.wal_gaps.inc();
+    metrics.wal_lost_records.inc_by(n);
+    tracing::error!(
+        segment = %segment.display(),
+        offset,
+        damaged_bytes = bytes,
+        first_lost_seq = lost_acked.start,
+        last_lost_seq = lost_acked.end - 1,
+        lost_records = n,
+        "acknowledged records of the write-ahead log are lost (damaged or missing); the intact records after them are replayed"
+    );
+    let kept = if damage.is_some() {
+        quarantine.keep_copy(segment, "write-ahead-log segment with damaged records").map(|_| ())
+    } else {
+        let missing = segment.with_file_name(format!("{:020}.wal", lost_acked.start));
+        quarantine
+            .note_missing(
+                &missing,
+                &format!("write-ahead-log records {}..={} are missing", lost_acked.start, lost_acked.end - 1),
+            )
+            .map(|_| ())
+    };
+    if let Err(error) = kept {
+        tracing::error!(%error, segment = %segment.display(), "cannot keep the damaged wal segment in the quarantine");
+    }
 }
 
 struct Segment {
@@ -351,10 +494,68 @@ mod tests {
         StoreMetrics::register(&mut prometheus_client::registry::Registry::default())
     }
 
+    /// A data directory with its WAL in `wal/` and the quarantine beside it.
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        data: PathBuf,
+        wal: PathBuf,
+        quarantine: Quarantine,
+    }
+
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().to_path_buf();
+        let quarantine = Quarantine::new(&data, metrics());
+        Dirs { wal: data.join("wal"), data, _tmp: tmp, quarantine }
+    }
+
+    /// Writes records with payloads `[n; 10]`, starting a new segment before each record in `rotate_before`.
+    async fn write(d: &Dirs, payloads: std::ops::Range<u8>, rotate_before: &[u8]) {
+        let wal = Wal::open(&d.wal, 0, 1 << 20, metrics(), &d.quarantine, |_| Ok(())).unwrap();
+        for i in payloads {
+            if rotate_before.contains(&i) {
+                wal.rotate(Box::new(|_| {})).await.unwrap();
+            }
+            wal.append(vec![i; 10], Box::new(|_| {})).await.unwrap();
+        }
+        wal.close();
+    }
+
+    /// Replays with `checkpoint`: the (seq, payload byte) pairs seen.
+    fn replay(d: &Dirs, checkpoint: u64) -> (Vec<(u64, u8)>, Wal) {
+        let mut seen = Vec::new();
+        let wal = Wal::open(&d.wal, checkpoint, 1 << 20, metrics(), &d.quarantine, |r| {
+            seen.push((r.seq, r.payload[0]));
+            Ok(())
+        })
+        .unwrap();
+        (seen, wal)
+    }
+
+    /// Flips a byte of the payload of the `k`th frame (from 0) of a segment; returns the frame's offset.
+    fn damage(segment: &Path, k: usize, at: usize) -> usize {
+        let mut bytes = fs::read(segment).unwrap();
+        let mut pos = 0;
+        for _ in 0..k {
+            pos += FRAME_HEADER + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        }
+        bytes[pos + at] ^= 0x5a;
+        fs::write(segment, bytes).unwrap();
+        pos
+    }
+
+    fn segments(d: &Dirs) -> Vec<PathBuf> {
+        list_segments(&d.wal).unwrap().into_iter().map(|(_, p)| p).collect()
+    }
+
+    fn gaps(q: &Quarantine) -> (u64, u64) {
+        (q.metrics().wal_gaps.get(), q.metrics().wal_lost_records.get())
+    }
+
     #[tokio::test]
     async fn appends_replay_after_reopen_and_torn_tails_are_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), 0, 1 << 20, metrics(), |_| Ok(())).unwrap();
+        let d = dirs();
+        let wal = Wal::open(&d.wal, 0, 1 << 20, metrics(), &d.quarantine, |_| Ok(())).unwrap();
         let applied = Arc::new(Mutex::new(Vec::new()));
         for i in 0..5u8 {
             let applied = applied.clone();
@@ -366,20 +567,102 @@ mod tests {
         drop(wal);
 
         // A torn frame at the end of the newest segment: half a header.
-        let (_, newest) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let (_, newest) = list_segments(&d.wal).unwrap().pop().unwrap();
         let mut f = OpenOptions::new().append(true).open(&newest).unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
+        let len = fs::metadata(&newest).unwrap().len();
 
-        let mut seen = Vec::new();
-        let wal = Wal::open(dir.path(), 2, 1 << 20, metrics(), |r| {
-            seen.push((r.seq, r.payload[0]));
-            Ok(())
-        })
-        .unwrap();
+        let (seen, wal) = replay(&d, 2);
         assert_eq!(seen, vec![(3, 2), (4, 3), (5, 4)]);
+        assert_eq!(fs::metadata(&newest).unwrap().len(), len - 3, "the torn tail is cut");
+        assert_eq!(gaps(&d.quarantine), (0, 0), "a torn tail is no gap");
         assert_eq!(wal.append(vec![9], Box::new(|_| {})).await.unwrap(), 6);
         // Every segment but the newest is wholly below 6 and goes.
         assert_eq!(wal.truncate(6).unwrap(), 1);
-        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(list_segments(&d.wal).unwrap().len(), 1);
+    }
+
+    /// Issue 17 §5: a damaged record in the middle of the newest segment was cut off as a torn tail with
+    /// every intact record after it.
+    #[tokio::test]
+    async fn a_damaged_record_in_the_middle_is_a_gap_and_the_records_after_it_are_replayed() {
+        let d = dirs();
+        write(&d, 1..7, &[]).await;
+        let segment = segments(&d)[0].clone();
+        let len = fs::metadata(&segment).unwrap().len();
+        damage(&segment, 2, FRAME_HEADER + 4); // the payload of record 3
+
+        let (seen, wal) = replay(&d, 0);
+        assert_eq!(seen, vec![(1, 1), (2, 2), (4, 4), (5, 5), (6, 6)]);
+        assert_eq!(gaps(&d.quarantine), (1, 1));
+        assert_eq!(fs::metadata(&segment).unwrap().len(), len, "nothing is cut");
+        let copy = d.data.join("quarantine/wal").join(segment.file_name().unwrap());
+        assert_eq!(fs::read(&copy).unwrap(), fs::read(&segment).unwrap(), "a copy of the damaged segment is kept");
+        assert_eq!(wal.append(vec![7], Box::new(|_| {})).await.unwrap(), 7, "numbering goes on after the last record");
+        wal.close();
+        drop(wal);
+
+        // Until a flush truncates it, every start reports the gap again, but keeps one copy.
+        let (seen, _wal) = replay(&d, 0);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 4, 5, 6, 7]);
+        assert_eq!(gaps(&d.quarantine), (2, 2));
+        assert_eq!(fs::read_dir(d.data.join("quarantine/wal")).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_length_does_not_hide_the_records_after_it() {
+        let d = dirs();
+        write(&d, 1..6, &[]).await;
+        let segment = segments(&d)[0].clone();
+        // The high byte of record 2's length: the frame now claims to run far past the end of the file.
+        damage(&segment, 1, 3);
+        let (seen, _wal) = replay(&d, 0);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 3, 4, 5]);
+        assert_eq!(gaps(&d.quarantine), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn damage_at_the_end_of_an_older_segment_is_a_gap_told_by_the_next_segment() {
+        let d = dirs();
+        write(&d, 1..6, &[4]).await; // records 1..=3 | 4, 5
+        let older = segments(&d)[0].clone();
+        damage(&older, 2, FRAME_HEADER + 1); // record 3, the last of its segment
+        let (seen, _wal) = replay(&d, 0);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 4, 5]);
+        assert_eq!(gaps(&d.quarantine), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn damage_at_or_below_the_checkpoint_is_no_gap() {
+        let d = dirs();
+        write(&d, 1..6, &[]).await;
+        damage(&segments(&d)[0], 1, FRAME_HEADER + 1); // record 2, already in a part
+        let (seen, _wal) = replay(&d, 3);
+        assert_eq!(seen, vec![(4, 4), (5, 5)]);
+        assert_eq!(gaps(&d.quarantine), (0, 0));
+        assert!(!d.data.join("quarantine").exists());
+    }
+
+    #[tokio::test]
+    async fn a_missing_segment_is_a_gap() {
+        let d = dirs();
+        write(&d, 1..7, &[3, 5]).await; // 1, 2 | 3, 4 | 5, 6
+        let middle = segments(&d)[1].clone();
+        fs::remove_file(&middle).unwrap();
+        let (seen, _wal) = replay(&d, 0);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 5, 6]);
+        assert_eq!(gaps(&d.quarantine), (1, 2));
+        let note =
+            d.data.join("quarantine/wal").join(format!("{}.missing", middle.file_name().unwrap().to_string_lossy()));
+        assert!(note.exists(), "{}", note.display());
+    }
+
+    #[test]
+    fn a_log_older_than_the_checkpoint_is_told() {
+        let d = dirs();
+        fs::create_dir_all(&d.wal).unwrap();
+        fs::write(d.wal.join(format!("{:020}.wal", 11)), b"").unwrap();
+        assert!(!starts_after(&d.wal, 10));
+        assert!(starts_after(&d.wal, 9), "records 10 was truncated, so the checkpoint must have passed it");
     }
 }

@@ -26,6 +26,7 @@ mod otlp;
 mod prom_api;
 #[cfg(feature = "external-tests")]
 mod prometheus_compare;
+mod recovery;
 mod retention;
 mod shippers;
 #[cfg(feature = "external-tests")]

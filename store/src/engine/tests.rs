@@ -303,3 +303,135 @@ async fn delivery_marks_survive_replay_and_flush() {
     assert!(store.delivered("endpoint:dev", 3, 33).is_none());
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3);
 }
+
+/// The log store's part files (Parquet and index), sorted.
+fn part_files(dir: &Path) -> Vec<PathBuf> {
+    crate::manifest::part_files(&dir.join("logs")).into_iter().map(|(_, p)| p).collect()
+}
+
+/// Issue 17 §5: without its manifest the store started empty and its next flush overwrote a part.
+#[tokio::test]
+async fn a_missing_manifest_is_refused_and_part_numbers_stay_above_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns();
+    {
+        let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+        store.append(&tenant(), batch("api", 0, 100, t0)).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let manifest = dir.path().join("manifest.json");
+    let saved = fs::read(&manifest).unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> =
+        part_files(dir.path()).into_iter().map(|p| (p.clone(), fs::read(p).unwrap())).collect();
+    fs::remove_file(&manifest).unwrap();
+    let err = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }) && err.to_string().contains("manifest.json"), "{err}");
+    for (p, bytes) in &before {
+        assert_eq!(&fs::read(p).unwrap(), bytes, "{} is untouched", p.display());
+    }
+
+    // A part file the manifest never knew of (here one set aside earlier) keeps its number.
+    fs::write(&manifest, saved).unwrap();
+    let day = before[0].0.parent().unwrap().strip_prefix(dir.path()).unwrap().to_path_buf();
+    let stray = dir.path().join("quarantine").join(&day).join("0000000000000050.parquet");
+    fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    fs::write(&stray, b"not a part").unwrap();
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    store.append(&tenant(), batch("api", 100, 10, t0)).await.unwrap();
+    store.flush().await.unwrap();
+    let ids: Vec<u64> = crate::manifest::part_files(&dir.path().join("logs")).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![1, 1, 0x51, 0x51], "the new part is numbered above the stray file");
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 110);
+
+    // And a part is never written over an existing file.
+    let meta = store.inner.state.read().parts[0].meta.clone();
+    let schema = table_schema(std::iter::empty::<&String>(), std::iter::empty::<&String>());
+    let err = PartWriter::create(dir.path(), meta.clone(), schema, store.write_options(0)).err().unwrap();
+    assert!(err.to_string().contains("create"), "{err}");
+    assert_eq!(fs::read(meta.parquet_path(dir.path())).unwrap(), before[1].1);
+}
+
+/// Issue 17 §5: a truncated part failed every scan of its tenant.
+#[tokio::test]
+async fn an_unreadable_part_is_left_out_named_and_set_aside_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns();
+    let mut registry = Registry::default();
+    let store = LogStore::open(options(dir.path()), &mut registry).unwrap();
+    store.append(&tenant(), batch("api", 0, 100, t0)).await.unwrap();
+    store.flush().await.unwrap();
+    store.append(&tenant(), batch("web", 0, 50, t0)).await.unwrap();
+    store.flush().await.unwrap();
+    store.append(&tenant(), batch("db", 0, 20, t0)).await.unwrap();
+    let first = part_files(dir.path())[1].clone(); // the first part's Parquet file (after its index)
+    assert!(first.to_string_lossy().ends_with("0000000000000001.parquet"));
+    let len = fs::metadata(&first).unwrap().len();
+    OpenOptions::new().write(true).open(&first).unwrap().set_len(len / 2).unwrap();
+
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 70, "the other part and the head");
+    let skipped = store.skipped_parts(&tenant(), i64::MIN, i64::MAX);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!((skipped[0].file.clone(), skipped[0].rows), (first.clone(), 100));
+    assert!(skipped[0].to_string().contains("100 rows"), "{}", skipped[0]);
+    assert!(store.skipped_parts(&tenant(), t0 + 200, t0 + 300).is_empty(), "outside its time range");
+    let counts = store.count_by_stream(&tenant(), &[], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 70);
+    assert_eq!(store.compact().await.unwrap(), 0, "compaction leaves it alone");
+    store.update_gauges();
+    assert_eq!(store.metrics().unreadable_parts.get(), 1);
+    drop(store);
+
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 70);
+    assert_eq!(store.metrics().quarantined_files.get(), 2, "the part and its index");
+    let skipped = store.skipped_parts(&tenant(), i64::MIN, i64::MAX);
+    assert_eq!(skipped.len(), 1, "still named after the restart");
+    let kept = dir.path().join("quarantine").join(first.strip_prefix(dir.path()).unwrap());
+    assert_eq!(skipped[0].file, kept);
+    assert_eq!(fs::metadata(&kept).unwrap().len(), len / 2);
+    drop(store);
+
+    // Once an operator deleted the quarantined files, the part is forgotten.
+    fs::remove_dir_all(dir.path().join("quarantine")).unwrap();
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    assert!(store.skipped_parts(&tenant(), i64::MIN, i64::MAX).is_empty());
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 70);
+}
+
+/// Issue 17 §5: a corrupt index file stopped the store from opening.
+#[tokio::test]
+async fn a_damaged_index_is_rebuilt_byte_for_byte_from_its_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns();
+    {
+        let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+        store.append(&tenant(), batch("api", 0, 3000, t0)).await.unwrap(); // three row groups
+        store.append(&tenant(), batch("web", 0, 500, t0)).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let index = part_files(dir.path())[0].clone();
+    assert!(index.to_string_lossy().ends_with(".idx"));
+    let good = fs::read(&index).unwrap();
+    for damage in [0, 30, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[damage] ^= 0x10;
+        if damage == good.len() - 1 {
+            bad.truncate(damage); // cut short
+        }
+        fs::write(&index, &bad).unwrap();
+        let mut registry = Registry::default();
+        let store = LogStore::open(options(dir.path()), &mut registry).unwrap();
+        assert_eq!(store.metrics().rebuilt_indexes.get(), 1, "damage at {damage}");
+        assert_eq!(fs::read(&index).unwrap(), good, "damage at {damage}");
+        let mut req = ScanRequest::all(tenant());
+        req.line_contains = vec![" word3".into()];
+        assert_eq!(
+            count(&store, req).await,
+            (0..3000).filter(|i| i % 7 == 3).count() + (0..500).filter(|i| i % 7 == 3).count()
+        );
+    }
+    assert_eq!(
+        fs::read_dir(index.parent().unwrap().to_string_lossy().replace("/logs/", "/quarantine/logs/")).unwrap().count(),
+        3
+    );
+}

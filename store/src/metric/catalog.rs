@@ -6,6 +6,11 @@
 //! its labels (every record does until one of them is durable, see [`SeriesEntry::logged`]), and at each
 //! flush the new series are appended to `metrics/tenant=<t>/series.bin` before the manifest names parts
 //! that use their ids. At start-up the file is read and the postings rebuilt in memory.
+//!
+//! Ids are never given twice: a new series gets an id above every id the catalog, the parts and the
+//! replayed WAL samples use ([`SeriesCatalog::check_parts`]), so a series whose labels were lost keeps
+//! its samples to itself (unreachable by selectors) instead of lending them to a newcomer. A damaged
+//! `series.bin` stops the start unless the operator asks for a salvage (see `crate::catalog`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,9 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 use roaring::RoaringBitmap;
 
-use crate::catalog::{append_label_records, read_stream_file};
+use crate::catalog::{LabelFile, append_label_records, load_label_file};
 use crate::error::Result;
 use crate::model::{Labels, Tenant};
+use crate::quarantine::Quarantine;
 use crate::scan::{LabelMatcher, MatchOp};
 
 /// One series of a tenant.
@@ -74,6 +80,11 @@ impl TenantSeries {
         if self.series.len() <= id as usize {
             self.series.resize_with(id as usize + 1, || None);
         }
+        if let Some(other) = &self.series[id as usize] {
+            // Only a store that once gave one id to two series gets here; the first keeps it.
+            tracing::error!(id, kept = %other.labels, dropped = %labels, "two label sets for one series id");
+            return id;
+        }
         for (n, v) in labels.iter() {
             let by_value = match self.postings.get_mut(n) {
                 Some(m) => m,
@@ -95,6 +106,13 @@ impl TenantSeries {
             self.unpersisted.push(id);
         }
         id
+    }
+
+    /// Makes ids up to `max` taken: the next new series gets a higher one.
+    pub(crate) fn reserve_ids(&mut self, max: u32) {
+        if self.series.len() <= max as usize {
+            self.series.resize_with(max as usize + 1, || None);
+        }
     }
 
     pub(crate) fn entry(&self, id: u32) -> Option<&SeriesEntry> {
@@ -204,11 +222,13 @@ pub(crate) struct SeriesCatalog {
 }
 
 impl SeriesCatalog {
-    /// Loads `series.bin` of every tenant under `root` (`<data>/metrics`).
-    pub(crate) fn load(root: &Path) -> Result<SeriesCatalog> {
+    /// Loads `series.bin` of every tenant under `root` (`<data>/metrics`), see
+    /// [`crate::catalog::load_label_file`]; with how each file was loaded, for [`SeriesCatalog::check_parts`].
+    pub(crate) fn load(root: &Path, quarantine: &Quarantine) -> Result<(SeriesCatalog, Vec<(Tenant, LabelFile)>)> {
         let catalog = SeriesCatalog { root: root.to_path_buf(), tenants: RwLock::default() };
+        let mut files = Vec::new();
         let Ok(dir) = std::fs::read_dir(root) else {
-            return Ok(catalog);
+            return Ok((catalog, files));
         };
         let mut scratch = Vec::new();
         for entry in dir.flatten() {
@@ -218,17 +238,51 @@ impl SeriesCatalog {
                 continue;
             };
             let path = entry.path().join("series.bin");
-            if !path.exists() {
-                continue;
-            }
             let t = catalog.tenant(&tenant);
             let mut t = t.write();
-            read_stream_file(&path, true, |id, labels| {
+            let file = load_label_file(&path, true, quarantine, |id, labels| {
                 let hash = labels_hash(labels.iter(), &mut scratch);
                 t.insert(hash, labels, Some(id.0 as u32), true, true);
             })?;
+            drop(t);
+            files.push((tenant, file));
         }
-        Ok(catalog)
+        Ok((catalog, files))
+    }
+
+    /// Once the WAL is replayed: keeps new series ids above every id the tenant's parts (`max_part_ids`)
+    /// and the replayed samples use, so that a series whose labels were lost never lends its id (and its
+    /// samples) to a new one; checks that the highest id of the parts has its labels (the catalog file is
+    /// appended before the manifest names parts that use new ids, so a loss shows there first); then
+    /// cuts torn tails, which held nothing the parts use.
+    ///
+    /// # Errors
+    /// [`crate::Error::Refused`] naming the file whose loss would leave the parts' samples without labels.
+    pub(crate) fn check_parts(
+        &self,
+        files: &[(Tenant, LabelFile)],
+        max_part_ids: &HashMap<Tenant, u32>,
+        max_replayed_ids: &HashMap<Tenant, u32>,
+    ) -> Result<()> {
+        for (tenant, &max) in max_part_ids.iter().chain(max_replayed_ids) {
+            self.tenant(tenant).write().reserve_ids(max);
+        }
+        for (tenant, file) in files {
+            let Some(&max) = max_part_ids.get(tenant) else {
+                file.cut_torn_tail()?;
+                continue;
+            };
+            // Only a tail that looks torn, or a missing file, can have lost what parts use at this start;
+            // a salvage was the operator's choice to go on without it.
+            let suspect = !file.salvaged && (!file.present || file.torn_tail.is_some());
+            if suspect && self.tenant(tenant).read().labels(max).is_none() {
+                return Err(
+                    file.lost(format!("the tenant's parts hold samples of series id {max}, which it does not name"))
+                );
+            }
+            file.cut_torn_tail()?;
+        }
+        Ok(())
     }
 
     /// The tenant's series, created empty on first use.
@@ -237,6 +291,11 @@ impl SeriesCatalog {
             return t.clone();
         }
         self.tenants.write().entry(tenant.clone()).or_default().clone()
+    }
+
+    /// Every tenant with series.
+    pub(crate) fn tenants(&self) -> Vec<Tenant> {
+        self.tenants.read().keys().cloned().collect()
     }
 
     pub(crate) fn get(&self, tenant: &Tenant) -> Option<Arc<RwLock<TenantSeries>>> {
@@ -309,11 +368,19 @@ mod tests {
         assert_eq!(t.label_names(Some(&only_b)).into_iter().collect::<Vec<_>>(), vec!["__name__", "job"]);
     }
 
+    fn quarantine(dir: &Path) -> Quarantine {
+        Quarantine::new(
+            dir,
+            crate::metrics::StoreMetrics::register(&mut prometheus_client::registry::Registry::default()),
+        )
+    }
+
     #[test]
     fn series_file_round_trips_ids() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let cat = SeriesCatalog::load(dir.path()).unwrap();
+        let q = quarantine(dir.path());
+        let (cat, _) = SeriesCatalog::load(dir.path(), &q).unwrap();
         let tenant = Tenant::new("t1").unwrap();
         let (x, y) = {
             let t = cat.tenant(&tenant);
@@ -321,11 +388,13 @@ mod tests {
             (add(&mut t, &[("__name__", "x")]), add(&mut t, &[("__name__", "y"), ("a", "b")]))
         };
         cat.persist().unwrap();
-        // A torn append (a crash mid-write) is cut off at the next load.
+        // A torn append (a crash mid-write) is cut off once the parts are known not to use it.
         let file = dir.path().join("tenant=t1").join("series.bin");
         let len = std::fs::metadata(&file).unwrap().len();
         std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(&[7, 0, 0, 0, 1, 2]).unwrap();
-        let again = SeriesCatalog::load(dir.path()).unwrap();
+        let (again, files) = SeriesCatalog::load(dir.path(), &q).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), len + 6, "loading changes nothing");
+        again.check_parts(&files, &HashMap::from([(tenant.clone(), y)]), &HashMap::new()).unwrap();
         assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
         let t = again.get(&tenant).unwrap();
         let t = t.read();
@@ -333,5 +402,71 @@ mod tests {
         assert_eq!(t.labels(y).unwrap().get("a"), Some("b"));
         assert!(t.entry(y).unwrap().logged.load(Ordering::Relaxed));
         assert_eq!(t.len(), 2);
+    }
+
+    /// Issue 17 §5: a damaged series.bin dropped every series with a WARN, and new series took the old ids.
+    #[test]
+    fn a_damaged_series_file_stops_the_start_and_a_salvage_never_reuses_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quarantine(dir.path());
+        let tenant = Tenant::new("t1").unwrap();
+        let file = dir.path().join("tenant=t1").join("series.bin");
+        {
+            let (cat, _) = SeriesCatalog::load(dir.path(), &q).unwrap();
+            let t = cat.tenant(&tenant);
+            for name in ["a", "b", "c"] {
+                add(&mut t.write(), &[("__name__", name)]); // ids 0, 1, 2: one frame each
+                cat.persist().unwrap();
+            }
+        }
+        let good = std::fs::read(&file).unwrap();
+        let frame_len = |at: usize| 8 + u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+        let second = frame_len(0);
+        let third = second + frame_len(second);
+
+        // Damage in the middle, intact records after it: refused at once, the file untouched.
+        let mut bad = good.clone();
+        bad[second + 10] ^= 0xff;
+        std::fs::write(&file, &bad).unwrap();
+        let err = SeriesCatalog::load(dir.path(), &q).err().expect("refused").to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("series.bin.salvage"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), bad);
+
+        // Damage in the last frame looks like a torn append; the parts say it is not (they use id 2).
+        let mut bad = good.clone();
+        bad[third + 10] ^= 0xff;
+        std::fs::write(&file, &bad).unwrap();
+        let max_part_ids = HashMap::from([(tenant.clone(), 2u32)]);
+        let (cat, files) = SeriesCatalog::load(dir.path(), &q).unwrap();
+        let err = cat.check_parts(&files, &max_part_ids, &HashMap::new()).unwrap_err().to_string();
+        assert!(err.contains("series id 2"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), bad, "nothing is cut");
+
+        // The operator asks for a salvage: the intact records are kept, id 2 is never given again.
+        std::fs::rename(&file, dir.path().join("tenant=t1/series.bin.salvage")).unwrap();
+        let (cat, files) = SeriesCatalog::load(dir.path(), &q).unwrap();
+        cat.check_parts(&files, &max_part_ids, &HashMap::new()).unwrap();
+        let t = cat.get(&tenant).unwrap();
+        assert_eq!(t.read().len(), 2);
+        assert_eq!(add(&mut t.write(), &[("__name__", "d")]), 3, "above the ids the parts use");
+        assert!(dir.path().join("quarantine/tenant=t1/series.bin.salvage").exists());
+        assert_eq!(q.metrics().quarantined_files.get(), 1);
+        cat.persist().unwrap();
+        let (cat, _) = SeriesCatalog::load(dir.path(), &q).unwrap();
+        let t = cat.get(&tenant).unwrap();
+        let names: Vec<_> = [0, 1, 2, 3].iter().map(|&id| t.read().labels(id).map(|l| l.to_string())).collect();
+        assert_eq!(names[2], None);
+        assert!(names[0].is_some() && names[1].is_some() && names[3].is_some(), "{names:?}");
+    }
+
+    #[test]
+    fn replayed_samples_keep_their_ids_from_new_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quarantine(dir.path());
+        let tenant = Tenant::new("t1").unwrap();
+        let (cat, files) = SeriesCatalog::load(dir.path(), &q).unwrap();
+        // Samples of id 7 replayed from the WAL, whose labels were lost with a damaged record.
+        cat.check_parts(&files, &HashMap::new(), &HashMap::from([(tenant.clone(), 7)])).unwrap();
+        assert_eq!(add(&mut cat.tenant(&tenant).write(), &[("__name__", "new")]), 8);
     }
 }

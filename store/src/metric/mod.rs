@@ -35,14 +35,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StoreOptions;
 use crate::error::{Error, Result};
-use crate::manifest::{MANIFEST_VERSION, check_version, load_json, store_json};
+use crate::manifest::{MANIFEST_VERSION, QuarantinedPart, check_version, load_json, store_json};
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, Tenant};
+use crate::quarantine::{Quarantine, SkippedPart};
 use crate::scan::LabelMatcher;
 use crate::wal::Wal;
 use catalog::{SeriesCatalog, TenantSeries, labels_hash};
 use head::{MetricHead, sort_dedup};
-use part::{MetricPart, MetricPartMeta, MetricPartWriter};
+use part::{MetricOpened, MetricPart, MetricPartMeta, MetricPartWriter};
 
 pub use part::{decode_value, encode_run};
 
@@ -63,6 +64,9 @@ struct MetricManifest {
     /// Per epoch, the highest batch tag durable in the store (see [`MetricStore::append_tagged`]).
     #[serde(default)]
     tags: Vec<(u64, u64)>,
+    /// Parts set aside into the quarantine (see `quarantine.rs`); times in nanoseconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quarantined: Vec<QuarantinedPart>,
 }
 
 /// Numbers a batch of one writer (the MQTT pipeline): `epoch` is unique to one run of the writer, `n`
@@ -322,24 +326,36 @@ impl MetricStore {
         let metrics = StoreMetrics::register_with_prefix(registry, "lumen_metric_store");
         let series_gauge = Gauge::default();
         registry.register("lumen_metric_store_series", "series in the metric catalog", series_gauge.clone());
-        let manifest: MetricManifest = match load_json(&root, "manifest.json", "metric manifest")? {
+        let quarantine = Quarantine::new(&data_dir, metrics.clone());
+        let mut manifest: MetricManifest = match load_json(&root, "manifest.json", "metric manifest")? {
             Some(m) => {
                 let m: MetricManifest = m;
                 check_version(m.version, &root.join("manifest.json"))?;
                 m
             }
-            None => MetricManifest {
-                version: MANIFEST_VERSION,
-                wal_checkpoint: 0,
-                next_part_id: 1,
-                parts: Vec::new(),
-                tags: Vec::new(),
-            },
+            None => {
+                crate::manifest::refuse_without_manifest(&root.join("manifest.json"), &root)?;
+                MetricManifest {
+                    version: MANIFEST_VERSION,
+                    wal_checkpoint: 0,
+                    next_part_id: 1,
+                    parts: Vec::new(),
+                    tags: Vec::new(),
+                    quarantined: Vec::new(),
+                }
+            }
         };
-        let catalog = SeriesCatalog::load(&root)?;
-        let parts: Vec<Arc<MetricPart>> =
-            manifest.parts.iter().map(|m| Arc::new(MetricPart::open(&data_dir, m.clone()))).collect();
-        remove_unlisted_parts(&data_dir, &manifest)?;
+        // Never a number a part file on disk already has, whatever the manifest says.
+        manifest.next_part_id = manifest.next_part_id.max(crate::manifest::next_free_part_id(&data_dir, "metrics"));
+        let (catalog, label_files) = SeriesCatalog::load(&root, &quarantine)?;
+        let opened = open_parts(&data_dir, &mut manifest, &quarantine)?;
+        let parts = opened.parts;
+        if opened.changed {
+            store_json(&root, "manifest.json", "metric manifest", &manifest)?;
+        }
+        let doubtful = opened.missing || crate::wal::starts_after(&root.join("wal"), manifest.wal_checkpoint);
+        remove_unlisted_parts(&data_dir, &manifest, doubtful.then_some(&quarantine))?;
+        let mut max_replayed_ids: HashMap<Tenant, u32> = HashMap::new();
         let active = Arc::new(Mutex::new(MetricHead::default()));
         let mut replayed = 0usize;
         let mut tags = Tags::default();
@@ -352,17 +368,20 @@ impl MetricStore {
             let tags = tags.clone();
             let catalog = &catalog;
             let wal_dir = root.join("wal");
+            let max_replayed_ids = &mut max_replayed_ids;
             Wal::open(
                 &wal_dir,
                 manifest.wal_checkpoint,
                 options.tuning.wal_segment_size.as_u64(),
                 metrics.clone(),
+                &quarantine,
                 |r| {
-                    let rec = codec::decode(&r.payload).map_err(|reason| Error::Corrupt {
-                        what: "metric wal record",
-                        path: wal_dir.clone(),
-                        reason: format!("record {}: {reason}", r.seq),
-                    })?;
+                    let rec =
+                        codec::decode(&r.payload).map_err(|reason| crate::engine::undecodable_record(&r, &reason))?;
+                    if let Some(max) = rec.samples.iter().map(|s| s.0).max() {
+                        let e = max_replayed_ids.entry(rec.tenant.clone()).or_insert(max);
+                        *e = (*e).max(max);
+                    }
                     if let Some(tag) = rec.tag {
                         tags.lock().add(tag);
                     }
@@ -379,6 +398,8 @@ impl MetricStore {
                 },
             )?
         };
+        catalog.check_parts(&label_files, &opened.max_ids, &max_replayed_ids)?;
+        report_unnamed_series(&catalog, &active.lock());
         tracing::info!(
             dir = %root.display(),
             parts = parts.len(),
@@ -708,6 +729,7 @@ impl MetricStore {
                 .parts
                 .iter()
                 .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= mint && p.meta.min_time <= maxt)
+                .filter(|p| !p.is_unreadable())
                 .cloned()
                 .collect();
             parts.sort_by_key(|p| p.meta.id);
@@ -722,20 +744,32 @@ impl MetricStore {
             (a < b).then(|| (t.slice(off + a, b - a), v.slice(off + a, b - a)))
         };
         for part in &parts {
-            let wanted = part.ids()? & &ids;
-            if wanted.is_empty() {
-                continue;
-            }
-            let runs: Vec<part::Run> = part
-                .runs()?
-                .iter()
-                .filter(|r| wanted.contains(r.id) && r.max_t >= mint && r.min_t <= maxt)
-                .copied()
-                .collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let (t, v) = part.read_runs(&runs)?;
+            // An unreadable part is left out, not the whole answer: `skipped_parts` names it.
+            let read = (|| {
+                let wanted = part.ids()? & &ids;
+                if wanted.is_empty() {
+                    return Ok(None);
+                }
+                let runs: Vec<part::Run> = part
+                    .runs()?
+                    .iter()
+                    .filter(|r| wanted.contains(r.id) && r.max_t >= mint && r.min_t <= maxt)
+                    .copied()
+                    .collect();
+                if runs.is_empty() {
+                    return Ok(None);
+                }
+                let (t, v) = part.read_runs(&runs)?;
+                Ok::<_, Error>(Some((runs, t, v)))
+            })();
+            let (runs, t, v) = match read {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(error) => {
+                    part.set_unreadable(&error, &inner.metrics);
+                    continue;
+                }
+            };
             let mut off = 0;
             for r in &runs {
                 if let Some(p) = trim(&t, &v, off, r.rows as usize) {
@@ -818,14 +852,17 @@ impl MetricStore {
             let st = self.inner.state.read();
             (st.parts.clone(), st.frozen.clone())
         };
-        for p in parts
-            .iter()
-            .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= start && p.meta.min_time <= end)
-        {
-            if p.meta.min_time >= start && p.meta.max_time <= end {
-                active |= p.ids()?;
+        for p in parts.iter().filter(|p| {
+            p.meta.tenant == tenant.as_str() && p.meta.max_time >= start && p.meta.min_time <= end && !p.is_unreadable()
+        }) {
+            let read = if p.meta.min_time >= start && p.meta.max_time <= end {
+                p.ids().map(|ids| active |= ids)
             } else {
-                active.extend(p.runs()?.iter().filter(|r| r.max_t >= start && r.min_t <= end).map(|r| r.id));
+                p.runs()
+                    .map(|runs| active.extend(runs.iter().filter(|r| r.max_t >= start && r.min_t <= end).map(|r| r.id)))
+            };
+            if let Err(error) = read {
+                p.set_unreadable(&error, &self.inner.metrics);
             }
         }
         let mut from_head = |head: &MetricHead| {
@@ -925,6 +962,11 @@ impl MetricStore {
         }
     }
 
+    /// Every tenant with series in the catalog.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        self.inner.catalog.tenants()
+    }
+
     /// The metadata known of a tenant's metrics, by name.
     pub fn metadata(&self, tenant: &Tenant) -> BTreeMap<String, MetricMetadata> {
         self.inner.metadata.read().get(tenant).cloned().unwrap_or_default()
@@ -942,9 +984,37 @@ impl MetricStore {
         }
     }
 
+    /// The tenant's parts with samples in `[mint, maxt]` (ms) that reads leave out because they cannot
+    /// be read; see [`crate::LogStore::skipped_parts`], which this mirrors (times there are nanoseconds).
+    pub fn skipped_parts(&self, tenant: &Tenant, mint: i64, maxt: i64) -> Vec<SkippedPart> {
+        let inner = &self.inner;
+        let mut out: Vec<SkippedPart> = inner
+            .state
+            .read()
+            .parts
+            .iter()
+            .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= mint && p.meta.min_time <= maxt)
+            .filter_map(|p| p.skipped())
+            .collect();
+        let (start, end) = (mint.saturating_mul(1_000_000), maxt.saturating_add(1).saturating_mul(1_000_000));
+        let manifest = inner.manifest.lock();
+        out.extend(
+            manifest
+                .quarantined
+                .iter()
+                .filter(|q| q.overlaps(tenant.as_str(), start, end))
+                .map(|q| q.skipped(&inner.data_dir)),
+        );
+        out
+    }
+
     fn update_gauges(&self) {
         let s = self.stats();
         let m = &self.inner.metrics;
+        // One lock at a time: compaction takes the manifest before the state.
+        let marked = self.inner.state.read().parts.iter().filter(|p| p.is_unreadable()).count();
+        let unreadable = marked + self.inner.manifest.lock().quarantined.len();
+        m.unreadable_parts.set(unreadable as i64);
         m.parts.set(s.parts as i64);
         m.disk_bytes.set(s.disk_bytes as i64);
         m.head_rows.set(s.head_samples as i64);
@@ -972,7 +1042,7 @@ impl MetricStore {
         let inner = &self.inner;
         let today = crate::time::day_of_ns(crate::time::now_ns());
         let mut by_day: HashMap<(String, i64), Vec<Arc<MetricPart>>> = HashMap::new();
-        for p in inner.state.read().parts.iter() {
+        for p in inner.state.read().parts.iter().filter(|p| !p.is_unreadable()) {
             by_day.entry((p.meta.tenant.clone(), p.meta.day)).or_default().push(p.clone());
         }
         let min_parts = inner.options.tuning.compaction_min_parts;
@@ -1025,11 +1095,18 @@ impl MetricStore {
         let mut writer = MetricPartWriter::create(dir, meta.clone(), self.zstd_level(meta.level))?;
         let res = (|| {
             // Each part's runs by id.
-            let runs: Vec<HashMap<u32, part::Run>> =
-                job.iter().map(|p| Ok(p.runs()?.iter().map(|r| (r.id, *r)).collect())).collect::<Result<_>>()?;
+            // An input that fails to read is marked unreadable, so that the next compaction goes on without it.
+            let unreadable = |p: &MetricPart, e: Error| {
+                p.set_unreadable(&e, &self.inner.metrics);
+                e
+            };
+            let runs: Vec<HashMap<u32, part::Run>> = job
+                .iter()
+                .map(|p| Ok(p.runs().map_err(|e| unreadable(p, e))?.iter().map(|r| (r.id, *r)).collect()))
+                .collect::<Result<_>>()?;
             let mut all = RoaringBitmap::new();
             for p in job {
-                all |= p.ids()?;
+                all |= p.ids().map_err(|e| unreadable(p, e))?;
             }
             let tenant = Tenant::new(&meta.tenant)?;
             let order = self.part_order(&tenant, all.iter());
@@ -1048,7 +1125,7 @@ impl MetricStore {
                     let mut chunk: Vec<part::Run> =
                         order[i..hi].iter().filter_map(|id| runs[k].get(id)).copied().collect();
                     chunk.sort_unstable_by_key(|r| r.first_row);
-                    let (t, v) = p.read_runs(&chunk)?;
+                    let (t, v) = p.read_runs(&chunk).map_err(|e| unreadable(p, e))?;
                     let mut at: HashMap<u32, (usize, usize)> = HashMap::with_capacity(chunk.len());
                     let mut off = 0;
                     for r in &chunk {
@@ -1153,24 +1230,106 @@ fn compaction_job(parts: Vec<Arc<MetricPart>>, finished: bool, min_parts: usize)
     by_level.into_values().find(|tier| tier.len() >= min_parts)
 }
 
-/// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
-/// before its commit.
-fn remove_unlisted_parts(data_dir: &Path, manifest: &MetricManifest) -> Result<()> {
-    let listed: HashSet<PathBuf> = manifest.parts.iter().map(|m| m.path(data_dir)).collect();
-    let root = data_dir.join("metrics");
-    for tenant in fs::read_dir(&root).into_iter().flatten().flatten() {
-        for day in fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
-            if !day.file_name().to_string_lossy().starts_with("date=") {
+/// What [`open_parts`] found.
+struct OpenedParts {
+    parts: Vec<Arc<MetricPart>>,
+    /// The manifest changed (parts set aside, quarantine entries forgotten).
+    changed: bool,
+    /// A part the manifest names is missing.
+    missing: bool,
+    /// The highest series id in each tenant's parts.
+    max_ids: HashMap<Tenant, u32>,
+}
+
+/// Opens the parts the manifest lists (see [`MetricPart::open_checked`]), as the log store does: a
+/// damaged or missing one moves to the manifest's `quarantined` list, its file set aside.
+fn open_parts(data_dir: &Path, manifest: &mut MetricManifest, quarantine: &Quarantine) -> Result<OpenedParts> {
+    let mut out = OpenedParts { parts: Vec::new(), changed: false, missing: false, max_ids: HashMap::new() };
+    let mut kept = Vec::with_capacity(manifest.parts.len());
+    for meta in std::mem::take(&mut manifest.parts) {
+        let (reason, missing) = match MetricPart::open_checked(data_dir, meta.clone())? {
+            MetricOpened::Good(part, max_id) => {
+                if let (Some(max), Ok(tenant)) = (max_id, Tenant::new(&meta.tenant)) {
+                    let e = out.max_ids.entry(tenant).or_insert(max);
+                    *e = (*e).max(max);
+                }
+                kept.push(meta);
+                out.parts.push(Arc::from(part));
                 continue;
             }
-            for f in fs::read_dir(day.path()).into_iter().flatten().flatten() {
-                let path = f.path();
-                if path.extension().is_some_and(|e| e == "parquet") && !listed.contains(&path) {
-                    tracing::info!(file = %path.display(), "removing metric part of an unfinished flush");
-                    fs::remove_file(&path).map_err(Error::io("remove", &path))?;
-                }
+            MetricOpened::Damaged(reason) => (reason, false),
+            MetricOpened::Missing(reason) => (reason, true),
+        };
+        let path = meta.path(data_dir);
+        let why = format!("metric part of {} samples: {reason}", meta.rows);
+        let file = if missing { quarantine.note_missing(&path, &why)? } else { quarantine.set_aside(&path, &why)? };
+        out.missing |= missing;
+        manifest.quarantined.push(QuarantinedPart {
+            tenant: meta.tenant.clone(),
+            min_time_ns: meta.min_time.saturating_mul(1_000_000),
+            max_time_ns: meta.max_time.saturating_mul(1_000_000),
+            rows: meta.rows,
+            files: vec![quarantine.relative(&file)],
+            reason,
+        });
+        out.changed = true;
+    }
+    manifest.parts = kept;
+    let before = manifest.quarantined.len();
+    manifest.quarantined.retain(|q| q.still_there(data_dir));
+    out.changed |= manifest.quarantined.len() != before;
+    Ok(out)
+}
+
+/// Logs at ERROR the series that replayed samples use but whose labels are known nowhere: their labels
+/// were in a WAL record lost in a gap (or a catalog record lost). Their samples are kept, unreachable by
+/// selectors; their ids are never given to another series.
+fn report_unnamed_series(catalog: &SeriesCatalog, head: &MetricHead) {
+    for (tenant, th) in &head.tenants {
+        let Some(series) = catalog.get(tenant) else {
+            continue;
+        };
+        let series = series.read();
+        let unnamed: Vec<usize> = th
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(id, b)| !b.t.is_empty() && series.labels(*id as u32).is_none())
+            .map(|(id, _)| id)
+            .collect();
+        if let Some(first) = unnamed.first() {
+            tracing::error!(
+                %tenant,
+                series = unnamed.len(),
+                first_id = first,
+                "replayed samples belong to series whose labels are lost (a damaged write-ahead log?); they cannot be selected"
+            );
+        }
+    }
+}
+
+/// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
+/// before its commit. With `set_aside`, they go into the quarantine instead.
+fn remove_unlisted_parts(data_dir: &Path, manifest: &MetricManifest, set_aside: Option<&Quarantine>) -> Result<()> {
+    let listed: HashSet<PathBuf> = manifest.parts.iter().map(|m| m.path(data_dir)).collect();
+    for (_, path) in crate::manifest::part_files(&data_dir.join("metrics")) {
+        if listed.contains(&path) {
+            continue;
+        }
+        match set_aside {
+            Some(q) => {
+                q.set_aside(
+                    &path,
+                    "part file the manifest does not name, while the manifest looks older than the data",
+                )?;
             }
-            let _ = fs::remove_dir(day.path());
+            None => {
+                tracing::info!(file = %path.display(), "removing metric part of an unfinished flush");
+                fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+            }
+        }
+        if let Some(day) = path.parent() {
+            let _ = fs::remove_dir(day);
         }
     }
     Ok(())

@@ -47,6 +47,8 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::metrics::StoreMetrics;
+use crate::quarantine::SkippedPart;
 
 pub(crate) const SERIES_ID: &str = "series_id";
 pub(crate) const T: &str = "t";
@@ -110,6 +112,17 @@ pub(crate) struct MetricPart {
     ids: OnceLock<RoaringBitmap>,
     metadata: OnceLock<ArrowReaderMetadata>,
     obsolete: AtomicBool,
+    /// Why a read of this part failed: from then on every read leaves it out.
+    unreadable: OnceLock<String>,
+}
+
+/// What opening a metric part named by the manifest found.
+pub(crate) enum MetricOpened {
+    /// With the highest series id it holds.
+    Good(Box<MetricPart>, Option<u32>),
+    /// The file does not match its manifest entry or cannot be read.
+    Damaged(String),
+    Missing(String),
 }
 
 impl Drop for MetricPart {
@@ -141,7 +154,89 @@ impl MetricPart {
             ids: OnceLock::new(),
             metadata: OnceLock::new(),
             obsolete: AtomicBool::new(false),
+            unreadable: OnceLock::new(),
         }
+    }
+
+    /// Opens a part the manifest names and checks it against its entry: the recorded size, a readable
+    /// footer (kept for the reads) with the recorded rows. Also returns the highest series id it holds
+    /// (from the footer's statistics), below which new series ids never go.
+    ///
+    /// # Errors
+    /// I/O errors that say nothing about the content (permissions, a failing disk).
+    pub(crate) fn open_checked(data_dir: &Path, meta: MetricPartMeta) -> Result<MetricOpened> {
+        let path = meta.path(data_dir);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(MetricOpened::Missing("the manifest names it but the file is missing".to_string()));
+            }
+            Err(e) => return Err(Error::Io { op: "open", path, source: e }),
+        };
+        let len = file.metadata().map_err(Error::io("stat", &path))?.len();
+        if len != meta.bytes {
+            return Ok(MetricOpened::Damaged(format!("{len} bytes where the manifest says {}", meta.bytes)));
+        }
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let metadata = match ArrowReaderMetadata::load(&file, options) {
+            Ok(m) => m,
+            Err(e) => return Ok(MetricOpened::Damaged(format!("unreadable Parquet footer: {e}"))),
+        };
+        let rows = metadata.metadata().file_metadata().num_rows();
+        if rows != meta.rows as i64 {
+            return Ok(MetricOpened::Damaged(format!("{rows} rows where the manifest says {}", meta.rows)));
+        }
+        let mut max_id: Option<u32> = None;
+        let mut complete = true;
+        for rg in metadata.metadata().row_groups() {
+            match rg.column(0).statistics() {
+                Some(parquet::file::statistics::Statistics::Int32(s)) if s.max_opt().is_some() => {
+                    let m = s.max_opt().copied().unwrap_or_default() as u32;
+                    max_id = Some(max_id.map_or(m, |x| x.max(m)));
+                }
+                _ => complete = false,
+            }
+        }
+        let part = MetricPart::open(data_dir, meta);
+        let _ = part.metadata.set(metadata);
+        if !complete {
+            // No statistics: the ids are read from the column itself.
+            match part.ids() {
+                Ok(ids) => max_id = ids.max(),
+                Err(e) => return Ok(MetricOpened::Damaged(format!("unreadable series ids: {e}"))),
+            }
+        }
+        Ok(MetricOpened::Good(Box::new(part), max_id))
+    }
+
+    /// Marks the part unreadable after `error` in a read of it (see `Part::set_unreadable` of the log
+    /// store: the same rules).
+    pub(crate) fn set_unreadable(&self, error: &Error, metrics: &StoreMetrics) {
+        if self.unreadable.set(error.to_string()).is_ok() {
+            metrics.unreadable_parts.inc();
+            tracing::error!(
+                part = %self.path.display(),
+                tenant = %self.meta.tenant,
+                samples = self.meta.rows,
+                %error,
+                "a metric part cannot be read; reads leave it out and say so until the next start, which checks it again"
+            );
+        }
+    }
+
+    pub(crate) fn is_unreadable(&self) -> bool {
+        self.unreadable.get().is_some()
+    }
+
+    /// The part as a [`SkippedPart`], if it is unreadable.
+    pub(crate) fn skipped(&self) -> Option<SkippedPart> {
+        self.unreadable.get().map(|reason| SkippedPart {
+            file: self.path.clone(),
+            min_time_ns: self.meta.min_time.saturating_mul(1_000_000),
+            max_time_ns: self.meta.max_time.saturating_mul(1_000_000),
+            rows: self.meta.rows,
+            reason: reason.clone(),
+        })
     }
 
     pub(crate) fn mark_obsolete(&self) {
@@ -329,7 +424,9 @@ impl MetricPartWriter {
         let dir = data_dir.join(meta.partition_dir());
         fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let path = meta.path(data_dir);
-        let file = File::create(&path).map_err(Error::io("create", &path))?;
+        // Never over an existing file: part ids are kept above every part file on disk, and this makes sure.
+        let file =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(Error::io("create", &path))?;
         let level = ZstdLevel::try_new(zstd_level).unwrap_or_default();
         let props = WriterProperties::builder()
             .set_writer_version(WriterVersion::PARQUET_2_0)

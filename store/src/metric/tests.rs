@@ -236,3 +236,57 @@ async fn batch_tags_are_durable_across_replay_and_flush() {
     assert!(store.tag_durable(tag(1, 5)) && store.tag_durable(tag(2, 1)));
     assert_eq!(store.max_tag_epoch(), 2);
 }
+
+/// Issue 17 §5: a truncated part failed every query; a lost catalog let new series take old ids.
+#[tokio::test]
+async fn an_unreadable_part_is_left_out_and_new_series_never_take_the_ids_of_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms() - 600_000;
+    let all = [LabelMatcher::new("__name__", MatchOp::Re, ".+").unwrap()];
+    let tenant = Tenant::default_tenant();
+    {
+        let store = open(dir.path());
+        write(&store, &[("__name__", "a")], &[(t0, 1.0), (t0 + 1000, 2.0)]).await; // id 0
+        store.flush().await.unwrap();
+        write(&store, &[("__name__", "b")], &[(t0, 3.0)]).await; // id 1
+        store.flush().await.unwrap();
+        let parts = crate::manifest::part_files(&dir.path().join("metrics"));
+        assert_eq!(parts.len(), 2);
+        let len = fs::metadata(&parts[0].1).unwrap().len();
+        fs::OpenOptions::new().write(true).open(&parts[0].1).unwrap().set_len(len - 10).unwrap();
+        let got = read(&store, &all, t0 - 1, t0 + 10_000);
+        assert_eq!(got, vec![("__name__=b".to_string(), vec![(t0, 3.0f64.to_bits())])]);
+        let skipped = store.skipped_parts(&tenant, t0 - 1, t0 + 10_000);
+        assert_eq!((skipped.len(), skipped[0].rows, skipped[0].min_time_ns), (1, 2, t0 * 1_000_000));
+        assert!(store.skipped_parts(&tenant, t0 + 5000, t0 + 10_000).is_empty());
+        assert_eq!(store.series(&tenant, &[all.to_vec()], t0 - 1, t0 + 10_000).unwrap().len(), 1);
+    }
+    // Set aside at the start; the catalog is lost and salvaged empty: the ids 0 and 1 stay taken.
+    let catalog = dir.path().join("metrics/tenant=default/series.bin");
+    fs::remove_file(&catalog).unwrap();
+    let err = MetricStore::open(
+        StoreOptions {
+            data_dir: dir.path().to_path_buf(),
+            retention: Duration::from_secs(7 * 86_400),
+            retention_max_disk: None,
+            tuning: StoreConfig::default(),
+        },
+        &mut Registry::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("series.bin") && err.to_string().contains("missing"), "{err}");
+    fs::write(dir.path().join("metrics/tenant=default/series.bin.salvage"), b"").unwrap();
+    let store = open(dir.path());
+    // The damaged part was set aside by the refused start already (a repair of its own); this one
+    // set aside the salvage request.
+    assert_eq!(store.inner.metrics.quarantined_files.get(), 1);
+    assert_eq!(crate::manifest::part_files(&dir.path().join("quarantine/metrics")).len(), 1);
+    assert_eq!(store.skipped_parts(&tenant, t0 - 1, t0 + 10_000).len(), 1);
+    write(&store, &[("__name__", "c")], &[(t0 + 5000, 4.0)]).await;
+    let got = read(&store, &all, t0 - 1, t0 + 10_000);
+    assert_eq!(got, vec![("__name__=c".to_string(), vec![(t0 + 5000, 4.0f64.to_bits())])], "not b's sample");
+    drop(store);
+    // The salvage is remembered: the next start goes on without asking again.
+    let store = open(dir.path());
+    assert_eq!(read(&store, &all, t0 - 1, t0 + 10_000), got);
+}
