@@ -21,6 +21,37 @@ pub struct Config {
     pub agent: collector::AgentConfig,
     pub mqtt: ingest_mqtt::MqttConfig,
     pub otlp: ingest_otlp::OtlpConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one tenant may take of the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most tenants the server holds; a write for a new tenant past it is a 403. 0: no limit.
+    pub max_tenants: usize,
+    /// Request body bytes per second one tenant may send over HTTP (a token bucket); past it 429 with
+    /// Retry-After. "0 B": no limit.
+    pub tenant_ingest_rate: ByteSize,
+    /// What a tenant may send at once above its rate; at least server.max_request_size.
+    pub tenant_ingest_burst: ByteSize,
+    /// Queries one tenant runs at once (LogQL, PromQL, SQL, labels); more wait for a slot.
+    pub tenant_max_concurrent_queries: usize,
+    /// Longest a query waits for its tenant's slot; then 503 with Retry-After.
+    #[serde(with = "store::config::duration")]
+    pub tenant_query_queue_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_tenants: 1000,
+            tenant_ingest_rate: ByteSize::mib(64),
+            tenant_ingest_burst: ByteSize::mib(128),
+            tenant_max_concurrent_queries: 8,
+            tenant_query_queue_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[log]`: the server's own logs.
@@ -222,6 +253,15 @@ impl Config {
             bail!(
                 "server.max_inflight_request_bytes must be at least server.max_request_size, or the largest request could never be received"
             );
+        }
+        let l = &self.limits;
+        if l.tenant_ingest_rate.as_u64() > 0 && l.tenant_ingest_burst < s.max_request_size {
+            bail!(
+                "limits.tenant_ingest_burst must be at least server.max_request_size, or the largest request could never be taken"
+            );
+        }
+        if l.tenant_max_concurrent_queries == 0 {
+            bail!("limits.tenant_max_concurrent_queries must be at least 1");
         }
         if s.max_labels_per_stream == 0 {
             bail!("server.max_labels_per_stream must be at least 1");

@@ -122,7 +122,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
         s.http_body_timeout,
     );
-    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies);
+    let existing = store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string());
+    let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
+    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies, tenants);
     let limits =
         crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
     let tls = config.tls_files().map(crate::tls::Tls::load).transpose()?;

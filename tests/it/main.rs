@@ -28,6 +28,7 @@ mod prom_api;
 mod prometheus_compare;
 mod retention;
 mod shippers;
+mod tenant_limits;
 #[cfg(feature = "external-tests")]
 mod tls;
 mod vector;

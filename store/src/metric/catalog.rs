@@ -239,6 +239,11 @@ impl SeriesCatalog {
         self.tenants.write().entry(tenant.clone()).or_default().clone()
     }
 
+    /// Every tenant with series.
+    pub(crate) fn tenants(&self) -> Vec<Tenant> {
+        self.tenants.read().keys().cloned().collect()
+    }
+
     pub(crate) fn get(&self, tenant: &Tenant) -> Option<Arc<RwLock<TenantSeries>>> {
         self.tenants.read().get(tenant).cloned()
     }

@@ -925,6 +925,11 @@ impl MetricStore {
         }
     }
 
+    /// Every tenant with series in the catalog.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        self.inner.catalog.tenants()
+    }
+
     /// The metadata known of a tenant's metrics, by name.
     pub fn metadata(&self, tenant: &Tenant) -> BTreeMap<String, MetricMetadata> {
         self.inner.metadata.read().get(tenant).cloned().unwrap_or_default()
