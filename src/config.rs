@@ -31,7 +31,8 @@ pub struct LimitsConfig {
     /// Most tenants the server holds; a write for a new tenant past it is a 403. 0: no limit.
     pub max_tenants: usize,
     /// Request body bytes per second one tenant may send over HTTP (a token bucket); past it 429 with
-    /// Retry-After. "0 B": no limit.
+    /// Retry-After. "0 B" (the default): no limit, so one tenant gets the whole server; set it when tenants
+    /// share one.
     pub tenant_ingest_rate: ByteSize,
     /// What a tenant may send at once above its rate; at least server.max_request_size.
     pub tenant_ingest_burst: ByteSize,
@@ -46,7 +47,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_tenants: 1000,
-            tenant_ingest_rate: ByteSize::mib(64),
+            tenant_ingest_rate: ByteSize::b(0),
             tenant_ingest_burst: ByteSize::mib(128),
             tenant_max_concurrent_queries: 8,
             tenant_query_queue_timeout: Duration::from_secs(30),
@@ -89,6 +90,8 @@ pub struct ServerConfig {
     pub otlp_grpc_addr: SocketAddr,
     /// Embedded MQTT endpoint address (devices publish here directly), or "off".
     pub mqtt_listen: String,
+    /// The same endpoint over TLS (`mqtts`, usually port 8883), on the server's certificate, or "off".
+    pub mqtts_listen: String,
     /// Delete whole days of data older than this.
     #[serde(with = "store::config::duration")]
     pub retention: Duration,
@@ -147,6 +150,7 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9700)),
             otlp_grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
             mqtt_listen: "127.0.0.1:1883".to_string(),
+            mqtts_listen: "off".to_string(),
             retention: Duration::from_secs(30 * 86_400),
             retention_max_disk: ByteSize::b(0),
             max_line_size: ByteSize::kib(256),
@@ -210,6 +214,14 @@ impl Config {
         let s = &self.server;
         if s.mqtt_listen != "off" && s.mqtt_listen.parse::<SocketAddr>().is_err() {
             bail!("server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"", s.mqtt_listen);
+        }
+        if s.mqtts_listen != "off" {
+            if s.mqtts_listen.parse::<SocketAddr>().is_err() {
+                bail!("server.mqtts_listen = {:?} is neither an address like 0.0.0.0:8883 nor \"off\"", s.mqtts_listen);
+            }
+            if s.tls_cert_file.as_os_str().is_empty() {
+                bail!("server.mqtts_listen needs server.tls_cert_file and server.tls_key_file (its certificate)");
+            }
         }
         if s.retention < Duration::from_secs(3600) {
             bail!("server.retention = {} is below the minimum of 1h", humantime::format_duration(s.retention));
