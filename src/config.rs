@@ -21,6 +21,38 @@ pub struct Config {
     pub agent: collector::AgentConfig,
     pub mqtt: ingest_mqtt::MqttConfig,
     pub otlp: ingest_otlp::OtlpConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one tenant may take of the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most tenants the server holds; a write for a new tenant past it is a 403. 0: no limit.
+    pub max_tenants: usize,
+    /// Request body bytes per second one tenant may send over HTTP (a token bucket); past it 429 with
+    /// Retry-After. "0 B" (the default): no limit, so one tenant gets the whole server; set it when tenants
+    /// share one.
+    pub tenant_ingest_rate: ByteSize,
+    /// What a tenant may send at once above its rate; at least server.max_request_size.
+    pub tenant_ingest_burst: ByteSize,
+    /// Queries one tenant runs at once (LogQL, PromQL, SQL, labels); more wait for a slot.
+    pub tenant_max_concurrent_queries: usize,
+    /// Longest a query waits for its tenant's slot; then 503 with Retry-After.
+    #[serde(with = "store::config::duration")]
+    pub tenant_query_queue_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_tenants: 1000,
+            tenant_ingest_rate: ByteSize::b(0),
+            tenant_ingest_burst: ByteSize::mib(128),
+            tenant_max_concurrent_queries: 8,
+            tenant_query_queue_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[log]`: the server's own logs.
@@ -58,6 +90,8 @@ pub struct ServerConfig {
     pub otlp_grpc_addr: SocketAddr,
     /// Embedded MQTT endpoint address (devices publish here directly), or "off".
     pub mqtt_listen: String,
+    /// The same endpoint over TLS (`mqtts`, usually port 8883), on the server's certificate, or "off".
+    pub mqtts_listen: String,
     /// Delete whole days of data older than this.
     #[serde(with = "store::config::duration")]
     pub retention: Duration,
@@ -116,6 +150,7 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9700)),
             otlp_grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
             mqtt_listen: "127.0.0.1:1883".to_string(),
+            mqtts_listen: "off".to_string(),
             retention: Duration::from_secs(30 * 86_400),
             retention_max_disk: ByteSize::b(0),
             max_line_size: ByteSize::kib(256),
@@ -180,6 +215,14 @@ impl Config {
         if s.mqtt_listen != "off" && s.mqtt_listen.parse::<SocketAddr>().is_err() {
             bail!("server.mqtt_listen = {:?} is neither an address like 127.0.0.1:1883 nor \"off\"", s.mqtt_listen);
         }
+        if s.mqtts_listen != "off" {
+            if s.mqtts_listen.parse::<SocketAddr>().is_err() {
+                bail!("server.mqtts_listen = {:?} is neither an address like 0.0.0.0:8883 nor \"off\"", s.mqtts_listen);
+            }
+            if s.tls_cert_file.as_os_str().is_empty() {
+                bail!("server.mqtts_listen needs server.tls_cert_file and server.tls_key_file (its certificate)");
+            }
+        }
         if s.retention < Duration::from_secs(3600) {
             bail!("server.retention = {} is below the minimum of 1h", humantime::format_duration(s.retention));
         }
@@ -222,6 +265,15 @@ impl Config {
             bail!(
                 "server.max_inflight_request_bytes must be at least server.max_request_size, or the largest request could never be received"
             );
+        }
+        let l = &self.limits;
+        if l.tenant_ingest_rate.as_u64() > 0 && l.tenant_ingest_burst < s.max_request_size {
+            bail!(
+                "limits.tenant_ingest_burst must be at least server.max_request_size, or the largest request could never be taken"
+            );
+        }
+        if l.tenant_max_concurrent_queries == 0 {
+            bail!("limits.tenant_max_concurrent_queries must be at least 1");
         }
         if s.max_labels_per_stream == 0 {
             bail!("server.max_labels_per_stream must be at least 1");

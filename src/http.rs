@@ -42,16 +42,20 @@ pub struct AppState {
 /// after routing and before the handler reads the body.
 ///
 /// Bodies are read by [`crate::inflight::limit_body`] (time limit, in-flight budget) after the credential
-/// was checked, so an unauthenticated client cannot make the server hold its body.
+/// was checked, so an unauthenticated client cannot make the server hold its body; then the tenant's limits
+/// apply ([`crate::tenant_limits`]).
 pub fn router(
     app: AppState,
     query: query::http::QueryState,
     otlp: Router,
     auth: auth::Auth,
     bodies: crate::inflight::BodyLimits,
+    tenants: crate::tenant_limits::TenantLimits,
 ) -> Router {
     let limit = app.limits.max_body_bytes;
     let body = axum::middleware::from_fn_with_state(bodies, crate::inflight::limit_body);
+    let writes = axum::middleware::from_fn_with_state(tenants.clone(), crate::tenant_limits::limit_writes);
+    let queries = axum::middleware::from_fn_with_state(tenants, crate::tenant_limits::limit_queries);
     // route_layer wraps what was added before, so the guard (added last) runs first.
     let guard =
         |scope| axum::middleware::from_fn_with_state(auth::RequireScope { auth: auth.clone(), scope }, auth::require);
@@ -64,10 +68,17 @@ pub fn router(
     probes
         .merge(read)
         .merge(admin)
-        .merge(crate::ingest::router().route_layer(body.clone()).route_layer(guard(Scope::Write)))
+        .merge(
+            crate::ingest::router()
+                .route_layer(writes.clone())
+                .route_layer(body.clone())
+                .route_layer(guard(Scope::Write)),
+        )
         .with_state(app)
-        .merge(query::http::router(query).route_layer(body.clone()).route_layer(guard(Scope::Read)))
-        .merge(otlp.route_layer(body).route_layer(guard(Scope::Write)))
+        .merge(
+            query::http::router(query).route_layer(queries).route_layer(body.clone()).route_layer(guard(Scope::Read)),
+        )
+        .merge(otlp.route_layer(writes).route_layer(body).route_layer(guard(Scope::Write)))
         .layer(DefaultBodyLimit::max(limit))
 }
 

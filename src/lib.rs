@@ -15,6 +15,7 @@ pub mod listen;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod tenant_limits;
 pub mod tls;
 
 pub use config::Config;

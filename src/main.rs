@@ -59,6 +59,9 @@ struct ServerArgs {
     /// Embedded MQTT endpoint address, or "off" [default: 127.0.0.1:1883].
     #[arg(long, env = "LUMEN_MQTT_LISTEN")]
     mqtt_listen: Option<String>,
+    /// The MQTT endpoint over TLS (needs --tls-cert-file), e.g. 0.0.0.0:8883, or "off" [default: off].
+    #[arg(long, env = "LUMEN_MQTTS_LISTEN")]
+    mqtts_listen: Option<String>,
     /// External MQTT broker to subscribe to, mqtt://HOST:PORT or mqtts://HOST:PORT [default: none].
     #[arg(long, env = "LUMEN_MQTT_BROKER")]
     mqtt_broker: Option<String>,
@@ -173,6 +176,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.mqtt_listen {
         s.mqtt_listen = v;
+    }
+    if let Some(v) = args.mqtts_listen {
+        s.mqtts_listen = v;
     }
     if let Some(v) = args.retention {
         s.retention = v.into();

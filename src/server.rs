@@ -20,6 +20,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The bound address of the embedded MQTT endpoint, when it listens.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The bound address of its `mqtts` listener, when it listens.
+    pub mqtts_addr: Option<SocketAddr>,
     /// The bound OTLP gRPC address.
     pub otlp_grpc_addr: SocketAddr,
     pub store: LogStore,
@@ -74,7 +76,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let otlp_grpc_addr = grpc_listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let mqtt_shutdown = CancellationToken::new();
+    let tls = config.tls_files().map(crate::tls::Tls::load).transpose()?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(shutdown.clone()));
+    }
     let mqtt_listen = if s.mqtt_listen == "off" { None } else { Some(s.mqtt_listen.parse()?) };
+    let mqtts_listen = match (s.mqtts_listen.as_str(), &tls) {
+        ("off", _) => None,
+        (addr, Some(tls)) => {
+            let tls = tls.clone();
+            let config: ingest_mqtt::ServerTls = Arc::new(move || tls.config(crate::tls::Protocol::Mqtt));
+            Some((addr.parse()?, config))
+        }
+        // `Config::validate` refuses mqtts without certificate files.
+        (_, None) => None,
+    };
     let mut mqtt_config = config.mqtt.clone();
     if mqtt_config.broker.client_id.is_empty() {
         // Stable across restarts of this server (the broker keeps its session), different between servers.
@@ -82,16 +98,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let mqtt = ingest_mqtt::start(
         &mqtt_config,
-        mqtt_listen,
+        ingest_mqtt::EndpointListen { plain: mqtt_listen, tls: mqtts_listen, auth: auth.clone() },
         store.clone(),
         metric_store.clone(),
         &mut registry,
-        auth.clone(),
         mqtt_shutdown.clone(),
     )
     .await
     .map_err(anyhow::Error::msg)
-    .context("cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtt-broker, --mqtt-topic)")?;
+    .context(
+        "cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtts-listen, --mqtt-broker, --mqtt-topic)",
+    )?;
     let otlp = ingest_otlp::Otlp::new(
         store.clone(),
         metric_store.clone(),
@@ -122,13 +139,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
         s.http_body_timeout,
     );
-    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies);
+    let existing = store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string());
+    let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
+    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies, tenants);
     let limits =
         crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
-    let tls = config.tls_files().map(crate::tls::Tls::load).transpose()?;
-    if let Some(tls) = &tls {
-        tokio::spawn(tls.clone().watch(shutdown.clone()));
-    }
     let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, tls.clone(), shutdown.clone()));
     let otlp_grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -150,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         http_addr,
         mqtt_addr: mqtt.endpoint_addr,
+        mqtts_addr: mqtt.endpoint_tls_addr,
         otlp_grpc_addr,
         store,
         metric_store,

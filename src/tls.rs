@@ -1,6 +1,6 @@
 //! The server's TLS: certificate and key from `server.tls_cert_file` / `tls_key_file`, an optional client
 //! CA for mutual TLS, reloaded when the files change (cert-manager renews them in place). HTTP and OTLP
-//! gRPC share the files and the watcher; each listener takes the config of its own ALPN.
+//! gRPC and `mqtts` share the files and the watcher; each listener takes the config of its own ALPN.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,11 +28,14 @@ pub enum Protocol {
     Http1,
     /// HTTP/2: OTLP gRPC.
     Grpc,
+    /// MQTT over TLS (`mqtts`): no ALPN required.
+    Mqtt,
 }
 
 struct Configs {
     http1: Arc<::tls::rustls::ServerConfig>,
     grpc: Arc<::tls::rustls::ServerConfig>,
+    mqtt: Arc<::tls::rustls::ServerConfig>,
 }
 
 /// The server's TLS settings, swapped as a whole when the files change.
@@ -43,7 +46,11 @@ pub struct Tls {
 
 fn build(files: &TlsFiles) -> Result<Configs, String> {
     let config = |alpn: &[&[u8]]| ::tls::server_config(&files.cert, &files.key, files.client_ca.as_deref(), alpn);
-    Ok(Configs { http1: Arc::new(config(&[b"http/1.1"])?), grpc: Arc::new(config(&[b"h2"])?) })
+    Ok(Configs {
+        http1: Arc::new(config(&[b"http/1.1"])?),
+        grpc: Arc::new(config(&[b"h2"])?),
+        mqtt: Arc::new(config(&[])?),
+    })
 }
 
 impl Tls {
@@ -56,14 +63,19 @@ impl Tls {
         Ok(Arc::new(Tls { files, configs: RwLock::new(configs) }))
     }
 
-    /// The acceptor for a new connection of `protocol`, with the current certificate.
-    pub fn acceptor(&self, protocol: Protocol) -> tokio_rustls::TlsAcceptor {
+    /// The current configuration of `protocol`.
+    pub fn config(&self, protocol: Protocol) -> Arc<::tls::rustls::ServerConfig> {
         let configs = self.configs.read();
-        let config = match protocol {
+        match protocol {
             Protocol::Http1 => configs.http1.clone(),
             Protocol::Grpc => configs.grpc.clone(),
-        };
-        tokio_rustls::TlsAcceptor::from(config)
+            Protocol::Mqtt => configs.mqtt.clone(),
+        }
+    }
+
+    /// The acceptor for a new connection of `protocol`, with the current certificate.
+    pub fn acceptor(&self, protocol: Protocol) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config(protocol))
     }
 
     fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {

@@ -182,12 +182,11 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
     .map_err(AgentError::Credentials)?;
     let shipper = tokio::spawn(shipper.run(stop_sending.clone()));
 
-    // The token goes to the server, and to scrape targets on the server's own scheme, host and port (its
-    // /metrics), never to other targets.
-    let scraper = Arc::new(match crate::client::origin(&cfg.server) {
-        Some(origin) if token.header().is_some() => Scraper::new().with_token_for(origin, token.clone()),
-        _ => Scraper::new(),
-    });
+    // The token goes to the server, and to scrape targets that are the server: a static target on the
+    // server's own scheme, host and port, or a pod of the agent's namespace that asks for it
+    // (`crate::kube::wants_token`). Never to other targets.
+    let scraper = Arc::new(Scraper::new().with_token(token.clone()));
+    let server_origin = crate::client::origin(&cfg.server);
     let timeout = cfg.scrape_timeout.min(cfg.scrape_interval);
     for url in &cfg.scrape_targets {
         let target = Target {
@@ -198,6 +197,7 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
             honor_timestamps: true,
             timeout,
             interval: cfg.scrape_interval,
+            send_token: server_origin.is_some() && crate::client::origin(url) == server_origin,
         };
         tasks.push(tokio::spawn(scrape_loop(
             scraper.clone(),
@@ -392,6 +392,7 @@ async fn pod_targets_loop(
     metrics: Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) {
+    let own_namespace = crate::kube::own_namespace();
     let mut running: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
     let mut ticker = tokio::time::interval(POD_TARGETS_INTERVAL.min(cfg.scrape_interval));
     loop {
@@ -414,6 +415,7 @@ async fn pod_targets_loop(
                 honor_timestamps: true,
                 timeout: cfg.scrape_timeout.min(cfg.scrape_interval),
                 interval: cfg.scrape_interval,
+                send_token: crate::kube::wants_token(&pod, own_namespace.as_deref()),
             };
             wanted.insert(url, target);
         }

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +42,9 @@ pub const PATH_ANNOTATION: &str = "prometheus.io/path";
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 /// Annotation by which a pod opts out of log collection when its value is `"true"`.
 pub const EXCLUDE_ANNOTATION: &str = "lumen.io/exclude";
+/// Annotation by which a pod of the agent's own namespace (the Lumen server) asks to be scraped with the
+/// agent's bearer token, when its value is `"true"`.
+pub const SCRAPE_TOKEN_ANNOTATION: &str = "lumen.io/scrape-token";
 
 /// Where a pod's service-account credentials are mounted.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -374,6 +377,19 @@ pub fn scrape_url(pod: &PodInfo) -> Option<String> {
     };
     let slash = if path.starts_with('/') { "" } else { "/" };
     Some(format!("{scheme}://{host}:{port}{slash}{path}"))
+}
+
+/// True when the agent sends its token when scraping `pod`: the pod asks for it
+/// (`lumen.io/scrape-token: "true"`) and runs in the agent's own namespace. Only who may create pods there
+/// can receive the token; an annotation on a pod anywhere else is ignored.
+pub fn wants_token(pod: &PodInfo, own_namespace: Option<&str>) -> bool {
+    pod.annotation(SCRAPE_TOKEN_ANNOTATION) == Some("true") && own_namespace == Some(pod.namespace.as_str())
+}
+
+/// The namespace the agent runs in, from its service account mount; `None` outside Kubernetes.
+pub fn own_namespace() -> Option<String> {
+    let text = std::fs::read_to_string(Path::new(SERVICE_ACCOUNT_DIR).join("namespace")).ok()?;
+    Some(text.trim().to_string()).filter(|ns| !ns.is_empty())
 }
 
 /// True when the pod opts out of log collection with the annotation `lumen.io/exclude: "true"`.
@@ -847,6 +863,16 @@ mod tests {
             ports: vec![("app".into(), 8080, Some("http".into())), ("app".into(), 9090, None)],
             ..PodInfo::default()
         }
+    }
+
+    #[test]
+    fn the_token_goes_only_to_pods_of_the_agents_namespace_that_ask() {
+        let asks = annotated(&[("lumen.io/scrape-token", "true")]);
+        assert!(wants_token(&asks, Some("default")));
+        assert!(!wants_token(&asks, Some("lumen")), "a pod elsewhere cannot ask for the agent's token");
+        assert!(!wants_token(&asks, None), "outside Kubernetes no pod gets it");
+        assert!(!wants_token(&annotated(&[]), Some("default")));
+        assert!(!wants_token(&annotated(&[("lumen.io/scrape-token", "yes")]), Some("default")));
     }
 
     fn annotated(annotations: &[(&str, &str)]) -> PodInfo {

@@ -64,6 +64,9 @@ pub struct Target {
     pub timeout: Duration,
     /// How often the target is scraped; the caller schedules; the scraper does not use it.
     pub interval: Duration,
+    /// Send the scraper's bearer token (the agent's `bearer_token_file`). The agent sets it only for the
+    /// server itself: the token would be given away to any other target.
+    pub send_token: bool,
 }
 
 /// What a target's previous scrape left, for stale markers and `scrape_series_added`.
@@ -201,8 +204,8 @@ pub enum ScrapeError {
 pub struct Scraper {
     client: reqwest::Client,
     body_limit: usize,
-    /// The server's `scheme://host:port` and its token: sent to targets there only.
-    server_token: Option<(String, crate::client::BearerToken)>,
+    /// Sent to targets with `send_token`.
+    token: crate::client::BearerToken,
 }
 
 impl Default for Scraper {
@@ -223,12 +226,12 @@ impl Scraper {
         let client = crate::client::builder(&crate::client::TlsFiles::default())
             .and_then(|b| b.no_proxy().build().map_err(|e| e.to_string()))
             .expect("a TLS config without files always builds");
-        Scraper { client, body_limit: DEFAULT_BODY_LIMIT, server_token: None }
+        Scraper { client, body_limit: DEFAULT_BODY_LIMIT, token: crate::client::BearerToken::none() }
     }
 
-    /// The same scraper, sending `token` to targets whose `scheme://host:port` is `origin` (the server's).
-    pub fn with_token_for(self, origin: String, token: crate::client::BearerToken) -> Scraper {
-        Scraper { server_token: Some((origin, token)), ..self }
+    /// The same scraper, sending `token` to the targets marked `send_token`.
+    pub fn with_token(self, token: crate::client::BearerToken) -> Scraper {
+        Scraper { token, ..self }
     }
 
     /// The same scraper with another limit on the (decompressed) body size, in bytes.
@@ -298,11 +301,7 @@ impl Scraper {
             return Err(ScrapeError::NoHost { url: url_text.clone() });
         }
         let timeout_seconds = target.timeout.as_secs_f64().to_string();
-        let auth = self
-            .server_token
-            .as_ref()
-            .filter(|(origin, _)| crate::client::origin(url_text).as_deref() == Some(origin.as_str()))
-            .and_then(|(_, token)| token.header());
+        let auth = if target.send_token { self.token.header() } else { None };
         let mut request = self.client.get(url);
         if let Some(auth) = auth {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
@@ -681,6 +680,7 @@ mod tests {
             honor_timestamps: true,
             timeout: Duration::from_secs(5),
             interval: Duration::from_secs(15),
+            send_token: false,
         }
     }
 

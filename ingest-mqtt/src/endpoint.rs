@@ -19,7 +19,6 @@ use bytes::{Buf, BytesMut};
 use rumqttc::mqttbytes::v4 as m4;
 use rumqttc::v5::mqttbytes::v5 as m5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -27,6 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{DedupKey, Message, Pipeline};
+
+/// The reading half of a connection, plain or TLS.
+type Rd = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The writing half.
+type Wr = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// The TLS of an `mqtts` listener: called for each new connection, so that a reloaded certificate applies
+/// to the connections made after it.
+pub type ServerTls = Arc<dyn Fn() -> Arc<tls::rustls::ServerConfig> + Send + Sync>;
 
 /// How long a new connection may take to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,10 +105,12 @@ pub enum RejectReason {
     BadConnect,
     /// `max_connections` connections were already open.
     TooManyConnections,
+    /// The TLS handshake of an `mqtts` connection failed or took longer than the CONNECT timeout.
+    TlsHandshake,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::BadCredentials,
         RejectReason::BadClientId,
         RejectReason::UnsupportedProtocol,
@@ -108,6 +118,7 @@ impl RejectReason {
         RejectReason::ConnectTimeout,
         RejectReason::BadConnect,
         RejectReason::TooManyConnections,
+        RejectReason::TlsHandshake,
     ];
 
     /// A label value for metrics.
@@ -120,6 +131,7 @@ impl RejectReason {
             RejectReason::ConnectTimeout => "connect_timeout",
             RejectReason::BadConnect => "bad_connect",
             RejectReason::TooManyConnections => "too_many_connections",
+            RejectReason::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -226,6 +238,7 @@ struct Shared {
 /// pending acknowledgements (bounded wait) and closes them.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     opts: EndpointOptions,
     pipeline: Pipeline,
     metrics: Arc<EndpointMetrics>,
@@ -255,7 +268,7 @@ pub async fn serve(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, peer, shared.clone()));
+                    conns.spawn(connection(stream, peer, shared.clone(), tls.clone()));
                 }
                 Err(e) => {
                     // Usually transient (a connection reset before accept, out of file descriptors): back off a bit.
@@ -313,9 +326,33 @@ struct Session {
     keep_alive: Option<Duration>,
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Option<ServerTls>) {
     let _guard = ConnGuard::new(shared.metrics.clone());
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr): (Rd, Wr) = match tls {
+        None => {
+            let (rd, wr) = stream.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls());
+            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let (rd, wr) = tokio::io::split(stream);
+                    (Box::new(rd), Box::new(wr))
+                }
+                Ok(Err(e)) => {
+                    shared.metrics.reject(RejectReason::TlsHandshake);
+                    debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.reject(RejectReason::TlsHandshake);
+                    debug!(%peer, "MQTT TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let Some(session) = handshake(&mut rd, &mut wr, &mut buf, peer, &shared).await else {
         return;
@@ -406,13 +443,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 }
 
 /// Waits for a complete CONNECT, checks it and answers CONNACK. None when the connection is to be closed.
-async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Option<Session> {
+async fn handshake(rd: &mut Rd, wr: &mut Wr, buf: &mut BytesMut, peer: SocketAddr, shared: &Shared) -> Option<Session> {
     let opts = &shared.opts;
     let metrics = &shared.metrics;
     let peeked = tokio::select! {
@@ -527,7 +558,7 @@ async fn handshake(
 /// Reads until a complete CONNECT frame is buffered; returns whether the protocol name is "MQTT" and the
 /// protocol level.
 async fn read_connect(
-    rd: &mut OwnedReadHalf,
+    rd: &mut Rd,
     buf: &mut BytesMut,
     max: usize,
     metrics: &EndpointMetrics,
@@ -683,7 +714,7 @@ enum Inbound {
 }
 
 struct Reader {
-    rd: OwnedReadHalf,
+    rd: Rd,
     buf: BytesMut,
     version: Version,
     session_key: Arc<str>,
@@ -943,7 +974,7 @@ enum WriterEnd {
 }
 
 struct Writer {
-    wr: OwnedWriteHalf,
+    wr: Wr,
     items: mpsc::Receiver<Item>,
     version: Version,
     permits: Arc<Semaphore>,

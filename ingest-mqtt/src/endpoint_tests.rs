@@ -72,7 +72,8 @@ impl Harness {
         });
         let metrics = Arc::new(EndpointMetrics::default());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, opts, Pipeline::from_sender(tx), metrics.clone(), shutdown.clone()));
+        let server =
+            tokio::spawn(serve(listener, None, opts, Pipeline::from_sender(tx), metrics.clone(), shutdown.clone()));
         Harness { port, metrics, shutdown, server, messages, jobs, held }
     }
 

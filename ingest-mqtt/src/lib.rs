@@ -21,7 +21,8 @@ mod tls;
 pub mod topic;
 
 pub use config::MqttConfig;
-pub use pipeline::{IngestStart, start};
+pub use endpoint::ServerTls;
+pub use pipeline::{EndpointListen, IngestStart, start};
 
 /// One PUBLISH as received, from the external broker or the embedded endpoint.
 #[derive(Debug, Clone)]

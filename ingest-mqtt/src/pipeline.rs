@@ -35,22 +35,34 @@ const QUEUE: usize = 1024;
 pub struct IngestStart {
     /// The embedded endpoint's bound address, when it listens.
     pub endpoint_addr: Option<SocketAddr>,
+    /// The bound address of its `mqtts` listener, when it listens.
+    pub endpoint_tls_addr: Option<SocketAddr>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
+/// Where and for whom the embedded endpoint listens.
+#[derive(Default)]
+pub struct EndpointListen {
+    /// Plain MQTT (`server.mqtt_listen`).
+    pub plain: Option<SocketAddr>,
+    /// MQTT over TLS (`server.mqtts_listen`) and its certificate.
+    pub tls: Option<(SocketAddr, crate::endpoint::ServerTls)>,
+    /// The server's tokens, accepted as passwords (see `EndpointOptions::auth`).
+    pub auth: auth::Auth,
+}
+
 /// Starts the MQTT ingest: the pipeline, the broker subscription when `config.broker.url` is set, and the
-/// embedded endpoint when `listen` is given.
+/// embedded endpoint on the addresses of `listen`.
 ///
 /// # Errors
 /// Invalid templates or settings, an unreadable password or certificate file, or an address in use; the
 /// message names the key.
 pub async fn start(
     config: &MqttConfig,
-    listen: Option<SocketAddr>,
+    listen: EndpointListen,
     logs: LogStore,
     samples: MetricStore,
     registry: &mut Registry,
-    auth: auth::Auth,
     shutdown: CancellationToken,
 ) -> Result<IngestStart, String> {
     let decoder = Decoder::new(config.all_templates())?;
@@ -79,24 +91,14 @@ pub async fn start(
     }
 
     let mut endpoint_addr = None;
-    if let Some(addr) = listen {
+    let mut endpoint_tls_addr = None;
+    let listeners: Vec<(SocketAddr, Option<crate::endpoint::ServerTls>)> =
+        listen.plain.map(|a| (a, None)).into_iter().chain(listen.tls.map(|(a, t)| (a, Some(t)))).collect();
+    let auth = listen.auth;
+    if !listeners.is_empty() {
         let l = &config.listener;
         let password = config::password(&l.password, &l.password_file)?;
         let username = (!l.username.is_empty()).then(|| l.username.clone());
-        if !addr.ip().is_loopback() && (username.is_none() || password.is_none()) && !auth.is_enabled() {
-            return Err(format!(
-                "the embedded MQTT endpoint listens on {addr}, beyond loopback: set mqtt.listener.username and \
-                 mqtt.listener.password (or password_file), or turn on the server's tokens (server.auth_file, \
-                 LUMEN_AUTH_TOKEN), so that only your devices can publish"
-            ));
-        }
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            format!(
-                "cannot listen for MQTT on {addr} (server.mqtt_listen / --mqtt-listen): {e}; if a broker already \
-                     listens there, pass --mqtt-listen off (and --mqtt-broker to subscribe to it) or another address"
-            )
-        })?;
-        endpoint_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
         let options = crate::endpoint::EndpointOptions {
             username,
             password,
@@ -107,17 +109,45 @@ pub async fn start(
             max_connections: l.max_connections.max(1),
             ..crate::endpoint::EndpointOptions::default()
         };
+        // One set of metrics for both listeners (plain and mqtts).
         let endpoint_metrics = crate::metrics::EndpointCollector::register(registry);
-        let shutdown = shutdown.clone();
-        let pipeline = pipeline.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::endpoint::serve(listener, options, pipeline, endpoint_metrics, shutdown).await {
-                tracing::error!(error = %e, "the embedded MQTT endpoint stopped");
+        for (addr, tls) in listeners {
+            let (key, flag) = if tls.is_some() {
+                ("server.mqtts_listen", "--mqtts-listen")
+            } else {
+                ("server.mqtt_listen", "--mqtt-listen")
+            };
+            let anonymous = options.username.is_none() || options.password.is_none();
+            if !addr.ip().is_loopback() && anonymous && !options.auth.is_enabled() {
+                return Err(format!(
+                    "the embedded MQTT endpoint listens on {addr} ({key}), beyond loopback: set mqtt.listener.username \
+                     and mqtt.listener.password (or password_file), or turn on the server's tokens (server.auth_file, \
+                     LUMEN_AUTH_TOKEN), so that only your devices can publish"
+                ));
             }
-        }));
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!(
+                    "cannot listen for MQTT on {addr} ({key} / {flag}): {e}; if a broker already listens there, pass \
+                     {flag} off (and --mqtt-broker to subscribe to it) or another address"
+                )
+            })?;
+            let bound = Some(listener.local_addr().map_err(|e| e.to_string())?);
+            if tls.is_some() {
+                endpoint_tls_addr = bound;
+            } else {
+                endpoint_addr = bound;
+            }
+            let (options, metrics, shutdown, pipeline) =
+                (options.clone(), endpoint_metrics.clone(), shutdown.clone(), pipeline.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::endpoint::serve(listener, tls, options, pipeline, metrics, shutdown).await {
+                    tracing::error!(error = %e, "the embedded MQTT endpoint stopped");
+                }
+            }));
+        }
     }
     drop(pipeline);
-    Ok(IngestStart { endpoint_addr, tasks })
+    Ok(IngestStart { endpoint_addr, endpoint_tls_addr, tasks })
 }
 
 /// Logs at most one warning per period, counting the ones held back.

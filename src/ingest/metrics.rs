@@ -130,6 +130,46 @@ async fn remote_write(State(app): State<AppState>, headers: HeaderMap, body: Byt
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The label limits of remote write, applied to the series the line decoders (text import, line protocol)
+/// produce: a series over them is skipped, counted, and named in the answer.
+struct LabelGate {
+    limits: LabelLimits,
+    rejected: usize,
+    first: Vec<String>,
+}
+
+impl LabelGate {
+    fn new(limits: LabelLimits) -> LabelGate {
+        LabelGate { limits, rejected: 0, first: Vec::new() }
+    }
+
+    fn admit(&mut self, labels: &[(&str, &str)]) -> bool {
+        let l = &self.limits;
+        let problem = if labels.len() > l.max_labels {
+            format!("{} labels (with __name__), over server.max_labels_per_series ({})", labels.len(), l.max_labels)
+        } else if let Some((name, _)) = labels.iter().find(|(n, _)| n.len() > l.max_name_len) {
+            format!("a label name of {} bytes, over {}", name.len(), l.max_name_len)
+        } else if let Some((name, value)) = labels.iter().find(|(_, v)| v.len() > l.max_value_len) {
+            format!("label {} of {} bytes, over {}", clip(name), value.len(), l.max_value_len)
+        } else {
+            return true;
+        };
+        self.rejected += 1;
+        if self.first.len() < 3 {
+            let metric = labels.iter().find(|(n, _)| *n == "__name__").map_or("", |(_, v)| *v);
+            self.first.push(format!("series {}: {problem}", clip(metric)));
+        }
+        false
+    }
+}
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(100) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// Stores what a line-by-line decoder produced, then answers 204, or 400 naming the bad lines and the
 /// out-of-window samples (the good samples are stored either way).
 async fn store_lines(
@@ -138,6 +178,7 @@ async fn store_lines(
     batch: store::MetricBatch,
     errors: &[LineError],
     error_lines: usize,
+    gate: LabelGate,
 ) -> Response {
     let (out_of_window, first) = batch.rejected();
     let first = first.map(str::to_string);
@@ -149,7 +190,8 @@ async fn store_lines(
     app.ingest.accepted_samples(protocol, n);
     app.ingest.rejected_samples(protocol, "bad_line", error_lines);
     app.ingest.rejected_samples(protocol, "out_of_window", out_of_window as usize);
-    if error_lines == 0 && out_of_window == 0 {
+    app.ingest.rejected_samples(protocol, "labels", gate.rejected);
+    if error_lines == 0 && out_of_window == 0 && gate.rejected == 0 {
         return StatusCode::NO_CONTENT.into_response();
     }
     let mut msg = format!("{n} samples stored");
@@ -160,6 +202,12 @@ async fn store_lines(
         }
         if error_lines > 10 {
             msg.push_str("; ...");
+        }
+    }
+    if gate.rejected > 0 {
+        msg.push_str(&format!("; {} samples rejected for their labels", gate.rejected));
+        for e in &gate.first {
+            msg.push_str(&format!("; {e}"));
         }
     }
     if out_of_window > 0 {
@@ -213,12 +261,17 @@ async fn import_prometheus(
     };
     let format = TextFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE));
     let mut batch = app.metric_store.batch(&tenant);
-    let stats = metrics_wire::parse_text(&text, format, default_t, |labels, t, v| batch.add(labels, [(t, v)]));
+    let mut gate = LabelGate::new(label_limits(&app));
+    let stats = metrics_wire::parse_text(&text, format, default_t, |labels, t, v| {
+        if gate.admit(labels) {
+            batch.add(labels, [(t, v)]);
+        }
+    });
     for m in &stats.metadata {
         let meta = MetricMetadata { kind: m.kind.clone(), help: m.help.clone(), unit: m.unit.clone() };
         app.metric_store.set_metadata(&tenant, &m.metric, meta);
     }
-    store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines).await
+    store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines, gate).await
 }
 
 /// `POST /write?precision=` (InfluxDB 1.x; `db` and `rp` are accepted and ignored) and
@@ -248,8 +301,13 @@ async fn influx(
         Err(r) => return r,
     };
     let mut batch = app.metric_store.batch(&tenant);
-    let stats = metrics_wire::parse_influx(&text, precision, now_ms(), |labels, t, v| batch.add(labels, [(t, v)]));
-    store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines).await
+    let mut gate = LabelGate::new(label_limits(&app));
+    let stats = metrics_wire::parse_influx(&text, precision, now_ms(), |labels, t, v| {
+        if gate.admit(labels) {
+            batch.add(labels, [(t, v)]);
+        }
+    });
+    store_lines(&app, PROTOCOL, batch, &stats.errors, stats.error_lines, gate).await
 }
 
 /// `POST /api/v1/read`: Prometheus remote read, SAMPLES response type (a Prometheus that prefers streamed

@@ -432,6 +432,7 @@ fn the_workloads_carry_what_the_deployment_depends_on() {
         "prometheus.io/scrape: \"true\"",
         "prometheus.io/port: \"9700\"",
         "prometheus.io/path: /metrics",
+        "lumen.io/scrape-token: \"true\"",
         "containerPort: 9700",
         "containerPort: 4317",
         "containerPort: 1883",

@@ -238,6 +238,8 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
         let ann = &pod["metadata"]["annotations"];
         assert_eq!(ann["prometheus.io/scrape"], "true", "{}", what("server scrape annotation"));
         assert_eq!(ann["prometheus.io/port"], "9700", "{}", what("server scrape port"));
+        // With tokens on, the agent scrapes the server with its token only when the pod asks for it.
+        assert_eq!(ann["lumen.io/scrape-token"], "true", "{}", what("server scrape-token annotation"));
         let sec = &pod["spec"]["securityContext"];
         assert_eq!(sec["runAsNonRoot"], true, "{}", what("server runAsNonRoot"));
         assert_eq!(sec["runAsUser"], 65532, "{}", what("server runAsUser"));

@@ -29,6 +29,7 @@ mod prometheus_compare;
 mod recovery;
 mod retention;
 mod shippers;
+mod tenant_limits;
 #[cfg(feature = "external-tests")]
 mod tls;
 mod vector;

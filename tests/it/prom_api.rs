@@ -432,6 +432,27 @@ async fn text_import_and_influx_line_protocol() {
     assert!(status == 400 && msg.contains("line 2"), "{msg}");
     let data = api.ok("/api/v1/query", &[("query", "weather_temp".into()), ("time", secs(t))]).await;
     assert_eq!(data["result"].as_array().unwrap().len(), 2, "{data}");
+
+    // The label limits of remote write hold here too (issue 17): a series with more than
+    // max_labels_per_series (40) labels, or a label value over 64 KiB, is left out and named; the rest is stored.
+    let many: String = (0..45).map(|i| format!("l{i}=\"v\"")).collect::<Vec<_>>().join(",");
+    let huge = "x".repeat(70 * 1024);
+    let text = format!("wide_metric{{{many}}} 1 {t}\nhuge_metric{{v=\"{huge}\"}} 1 {t}\nnarrow_metric 1 {t}\n");
+    let (status, msg) = post("/api/v1/import/prometheus", "text/plain; version=0.0.4", text).await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(msg.contains("1 samples stored") && msg.contains("2 samples rejected for their labels"), "{msg}");
+    assert!(
+        msg.contains("series wide_metric: 46 labels (with __name__), over server.max_labels_per_series (40)"),
+        "{msg}"
+    );
+    assert!(msg.contains("series huge_metric: label v of 71680 bytes"), "{msg}");
+    let tags: String = (0..45).map(|i| format!(",t{i}=v")).collect();
+    let (status, msg) = post("/write?precision=ms", "text/plain", format!("wide{tags} f=1 {t}\nok_m f=2 {t}\n")).await;
+    assert!(status == 400 && msg.contains("series wide_f: 46 labels (with __name__)"), "{msg}");
+    for (query, n) in [("wide_metric", 0), ("huge_metric", 0), ("narrow_metric", 1), ("wide_f", 0), ("ok_m_f", 1)] {
+        let data = api.ok("/api/v1/query", &[("query", query.into()), ("time", secs(t))]).await;
+        assert_eq!(data["result"].as_array().unwrap().len(), n, "{query}: {data}");
+    }
     server.stop().await;
 }
 

@@ -169,3 +169,55 @@ fn chrono_like_now() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// `mqtts`: a real MQTT client (mosquitto_pub) publishes over TLS with a token as its password; without the
+/// CA, or in plain MQTT on the TLS port, it gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_publishes_over_mqtts_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = make_ca(&pki);
+    let (cert, key) = make_cert(&pki, "server");
+    let tokens = dir.path().join("tokens.toml");
+    let device = make_token(&tokens, "default", "write");
+    let reader = make_token(&tokens, "default", "read");
+    let mut config = test_config(&dir.path().join("data"));
+    config.server.auth_file = tokens;
+    config.server.tls_cert_file = cert;
+    config.server.tls_key_file = key;
+    config.server.mqtts_listen = "127.0.0.1:0".to_string();
+    let server = TestServer::start(config).await;
+    let port = server.running.as_ref().unwrap().mqtts_addr.expect("mqtts listens").port().to_string();
+
+    let publish = |extra: Vec<String>| {
+        let port = port.clone();
+        let device = device.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-i", "dev-1", "-u", "default", "-P", &device])
+                .args(["-t", "sensors/room-1", "-m", "{\"temp\": 21.5}"])
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+    let plain = publish(vec![]).await.unwrap();
+    assert!(!plain.status.success(), "plain MQTT on the mqtts port must fail");
+    let ca_str = ca.display().to_string();
+    let ok = publish(vec!["--cafile".into(), ca_str]).await.unwrap();
+    assert!(ok.status.success(), "mosquitto_pub over TLS: {}", String::from_utf8_lossy(&ok.stderr));
+
+    let base = format!("https://127.0.0.1:{}", server.running.as_ref().unwrap().http_addr.port());
+    let r = https_client(&ca)
+        .get(format!("{base}/loki/api/v1/query_range"))
+        .header("Authorization", format!("Bearer {reader}"))
+        .query(&[("query", "{source=\"mqtt\"}"), ("since", "1h")])
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let n: usize = v["data"]["result"].as_array().unwrap().iter().map(|s| s["values"].as_array().unwrap().len()).sum();
+    assert_eq!(n, 1, "the message published over mqtts is stored: {v}");
+    server.stop().await;
+}

@@ -1,0 +1,152 @@
+//! Limits per tenant, so that one tenant cannot take the server from the others: how many tenants the
+//! server holds (`limits.max_tenants`), how fast each may send (`limits.tenant_ingest_rate`, a token bucket
+//! of request body bytes with `limits.tenant_ingest_burst`), and how many queries each runs at once
+//! (`limits.tenant_max_concurrent_queries`; more wait up to `limits.tenant_query_queue_timeout`).
+//!
+//! The checks run as middleware after the credential (so the tenant is the one it acts for) and, for
+//! ingest, after the body was received (so its size is known).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use crate::config::LimitsConfig;
+
+/// The tenant a request acts for, as the credential check (or the client) set it.
+fn tenant_of(req: &Request) -> String {
+    req.headers()
+        .get(auth::TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| store::model::DEFAULT_TENANT.to_string())
+}
+
+fn refuse(status: StatusCode, retry_after: Option<u64>, message: String) -> Response {
+    let mut resp = (status, message).into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    resp
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The state of both middlewares: shared by every route.
+#[derive(Clone)]
+pub struct TenantLimits(Arc<Inner>);
+
+struct Inner {
+    config: LimitsConfig,
+    known: Mutex<HashSet<String>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    queries: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl TenantLimits {
+    /// `existing`: the tenants the stores already hold (they always stay writable).
+    pub fn new(config: LimitsConfig, existing: impl IntoIterator<Item = String>) -> TenantLimits {
+        TenantLimits(Arc::new(Inner {
+            config,
+            known: Mutex::new(existing.into_iter().collect()),
+            buckets: Mutex::new(HashMap::new()),
+            queries: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Admits a write of `bytes` for `tenant`, or says which limit it is over.
+    // Fails with the finished response, built once per refused request.
+    #[allow(clippy::result_large_err)]
+    fn admit_write(&self, tenant: &str, bytes: usize) -> Result<(), Response> {
+        let c = &self.0.config;
+        {
+            let mut known = self.0.known.lock();
+            if !known.contains(tenant) {
+                if c.max_tenants > 0 && known.len() >= c.max_tenants {
+                    return Err(refuse(
+                        StatusCode::FORBIDDEN,
+                        None,
+                        format!(
+                            "tenant {tenant:?} would be new, and the server holds limits.max_tenants ({}) already\n",
+                            c.max_tenants
+                        ),
+                    ));
+                }
+                known.insert(tenant.to_string());
+            }
+        }
+        let rate = c.tenant_ingest_rate.as_u64() as f64;
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = c.tenant_ingest_burst.as_u64() as f64;
+        let now = Instant::now();
+        let mut buckets = self.0.buckets.lock();
+        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket { tokens: burst, last: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
+        bucket.last = now;
+        let need = bytes as f64;
+        if bucket.tokens >= need {
+            bucket.tokens -= need;
+            return Ok(());
+        }
+        let wait = ((need - bucket.tokens) / rate).ceil() as u64;
+        Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(wait),
+            format!(
+                "tenant {tenant:?} sends faster than limits.tenant_ingest_rate ({} bytes/s, burst {}): retry in {wait}s\n",
+                c.tenant_ingest_rate.as_u64(),
+                c.tenant_ingest_burst.as_u64()
+            ),
+        ))
+    }
+
+    fn query_slots(&self, tenant: &str) -> Arc<Semaphore> {
+        let n = self.0.config.tenant_max_concurrent_queries.max(1);
+        self.0.queries.lock().entry(tenant.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
+    }
+}
+
+/// On write routes, after the body was read: the tenant count and the ingest rate.
+pub async fn limit_writes(State(limits): State<TenantLimits>, req: Request, next: Next) -> Response {
+    // `inflight::limit_body` ran first: the body is whole, and its size exact.
+    let bytes = usize::try_from(hyper::body::Body::size_hint(req.body()).lower()).unwrap_or(usize::MAX);
+    if let Err(resp) = limits.admit_write(&tenant_of(&req), bytes) {
+        return resp;
+    }
+    next.run(req).await
+}
+
+/// On query routes: at most `tenant_max_concurrent_queries` of a tenant at once; more wait for a slot.
+pub async fn limit_queries(State(limits): State<TenantLimits>, req: Request, next: Next) -> Response {
+    let tenant = tenant_of(&req);
+    let slots = limits.query_slots(&tenant);
+    let timeout = limits.0.config.tenant_query_queue_timeout;
+    let Ok(Ok(_slot)) = tokio::time::timeout(timeout, slots.acquire_owned()).await else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(timeout.as_secs().max(1)),
+            format!(
+                "tenant {tenant:?} runs limits.tenant_max_concurrent_queries ({}) queries already, and none ended within \
+                 limits.tenant_query_queue_timeout ({})\n",
+                limits.0.config.tenant_max_concurrent_queries,
+                humantime::format_duration(timeout)
+            ),
+        );
+    };
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests;

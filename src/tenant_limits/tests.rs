@@ -1,0 +1,90 @@
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::post;
+use bytesize::ByteSize;
+use tower::ServiceExt;
+
+use super::{TenantLimits, limit_queries, limit_writes};
+use crate::config::LimitsConfig;
+
+fn app(limits: &TenantLimits) -> Router {
+    let writes = Router::new()
+        .route("/write", post(|| async { "stored" }))
+        .route_layer(axum::middleware::from_fn_with_state(limits.clone(), limit_writes));
+    let queries = Router::new()
+        .route(
+            "/query",
+            post(|body: String| async move {
+                // "slow" holds its slot for a while, as a heavy query does.
+                if body == "slow" {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
+                "answered"
+            }),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(limits.clone(), limit_queries));
+    writes.merge(queries)
+}
+
+fn req(path: &str, tenant: &str, body: &'static str) -> Request<Body> {
+    Request::post(path).header("X-Scope-OrgID", tenant).body(Body::from(body)).unwrap()
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_ingest_rate_gets_429_with_retry_after_and_others_do_not() {
+    let config = LimitsConfig {
+        tenant_ingest_rate: ByteSize::b(10),
+        tenant_ingest_burst: ByteSize::b(40),
+        ..LimitsConfig::default()
+    };
+    let limits = TenantLimits::new(config, []);
+    let app = app(&limits);
+    let body = "0123456789012345678901234567890"; // 31 bytes: one fits the burst, two do not
+    assert_eq!(app.clone().oneshot(req("/write", "a", body)).await.unwrap().status(), StatusCode::OK);
+    let resp = app.clone().oneshot(req("/write", "a", body)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((2..=3).contains(&wait), "22 bytes missing at 10 bytes/s: {wait}");
+    let text = axum::body::to_bytes(resp.into_body(), 1000).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("limits.tenant_ingest_rate"));
+    assert_eq!(app.oneshot(req("/write", "b", body)).await.unwrap().status(), StatusCode::OK, "b has its own bucket");
+}
+
+#[tokio::test]
+async fn a_new_tenant_past_max_tenants_is_refused_and_existing_ones_keep_writing() {
+    let config = LimitsConfig { max_tenants: 2, ..LimitsConfig::default() };
+    let limits = TenantLimits::new(config, ["old".to_string()]);
+    let app = app(&limits);
+    assert_eq!(app.clone().oneshot(req("/write", "new", "x")).await.unwrap().status(), StatusCode::OK);
+    let resp = app.clone().oneshot(req("/write", "third", "x")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let text = axum::body::to_bytes(resp.into_body(), 1000).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("limits.max_tenants (2)"));
+    for t in ["old", "new"] {
+        assert_eq!(app.clone().oneshot(req("/write", t, "x")).await.unwrap().status(), StatusCode::OK, "{t}");
+    }
+}
+
+#[tokio::test]
+async fn queries_past_a_tenants_concurrency_wait_then_get_503_while_other_tenants_run() {
+    let config = LimitsConfig {
+        tenant_max_concurrent_queries: 1,
+        tenant_query_queue_timeout: Duration::from_millis(200),
+        ..LimitsConfig::default()
+    };
+    let limits = TenantLimits::new(config, []);
+    let app = app(&limits);
+    let slow = tokio::spawn(app.clone().oneshot(req("/query", "a", "slow")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = app.clone().oneshot(req("/query", "a", "fast")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    let text = axum::body::to_bytes(resp.into_body(), 1000).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("limits.tenant_max_concurrent_queries (1)"));
+    assert_eq!(app.clone().oneshot(req("/query", "b", "fast")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(app.oneshot(req("/query", "a", "fast")).await.unwrap().status(), StatusCode::OK, "the slot is back");
+}
