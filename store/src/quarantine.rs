@@ -45,10 +45,23 @@ impl std::fmt::Display for SkippedPart {
             self.rows,
             crate::time::format_rfc3339_ns(self.min_time_ns),
             crate::time::format_rfc3339_ns(self.max_time_ns),
-            self.file.display(),
-            self.reason
+            // The file's name only: clients see this, and the server's paths are none of their business.
+            self.file.file_name().map_or_else(|| self.file.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            without_dirs(&self.reason)
         )
     }
+}
+
+/// `text` with every path in it cut to its last component (the errors of the Parquet reader name the file by
+/// its full path).
+fn without_dirs(text: &str) -> String {
+    text.split(' ')
+        .map(|word| match word.rfind('/') {
+            Some(i) if word.starts_with('/') => &word[i + 1..],
+            _ => word,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Sets files aside under `<data>/quarantine/`.

@@ -410,6 +410,24 @@ async fn truncated_part_is_left_out_and_set_aside_while_the_rest_is_served() {
     assert_eq!(log_counts(&server.base).await, rest, "SQL answers from the other parts and the head");
     assert_eq!(logql_counts(&server.base).await, rest, "LogQL leaves the part out too");
     assert_eq!(samples(&server.base).await, expected(&[("b", 2)], t0, 4));
+    // Each language says the answer left a part out, naming the part's file but not the server's paths.
+    let base = &server.base;
+    let name = log_part.file_name().unwrap().to_string_lossy().into_owned();
+    let mname = metric_part.file_name().unwrap().to_string_lossy().into_owned();
+    let sql = client().post(format!("{base}/api/v1/sql")).body("SELECT count(*) FROM logs").send();
+    let logql = client()
+        .get(format!("{base}/loki/api/v1/query"))
+        .query(&[("query", r#"sum(count_over_time({app=~".+"}[1h]))"#)])
+        .send();
+    let promql = client().get(format!("{base}/api/v1/query")).query(&[("query", "count(m_test)")]).send();
+    for (what, resp, file) in
+        [("SQL", sql.await, &name), ("LogQL", logql.await, &name), ("PromQL", promql.await, &mname)]
+    {
+        let body: Value = resp.unwrap().json().await.unwrap();
+        let warnings = body["warnings"].to_string();
+        assert!(warnings.contains("results may be incomplete") && warnings.contains(file.as_str()), "{what}: {body}");
+        assert!(!warnings.contains(&data.display().to_string()), "{what} leaks the data directory: {body}");
+    }
     let m = metrics_text(&server.base).await;
     assert_eq!(metric(&m, "lumen_store_unreadable_parts"), 1.0, "{m}");
     assert_eq!(metric(&m, "lumen_metric_store_unreadable_parts"), 1.0, "{m}");

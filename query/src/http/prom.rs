@@ -269,7 +269,7 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let opts = r.options()?;
     let store = r.state.metric_store.clone();
     let tenant = r.tenant.clone();
-    tokio::task::spawn_blocking(move || {
+    let mut out = tokio::task::spawn_blocking(move || {
         let src = StoreSource { store: &store, tenant: &tenant };
         match range {
             Some((start, end, step)) => promql::eval_range(&opts, &src, &expr, start, end, step),
@@ -278,7 +278,13 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     })
     .await
     .map_err(|e| error(ErrorType::Internal, format!("query task failed: {e}")))?
-    .map_err(eval_error)
+    .map_err(eval_error)?;
+    // Parts that could not be read were left out (the reads just now are what find them); a day before
+    // the start covers the lookback, ranges and offsets of ordinary queries.
+    let (start, end) = range.map_or((time, time), |(s, e, _)| (s, e));
+    let skipped = r.state.metric_store.skipped_parts(&r.tenant, start.saturating_sub(86_400_000), end);
+    out.warnings.extend(skipped.iter().map(ToString::to_string));
+    Ok(out)
 }
 
 async fn query(r: PromRequest) -> Response {

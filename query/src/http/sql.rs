@@ -113,7 +113,15 @@ async fn run(
     out.extend_from_slice(serde_json::to_string(&columns).unwrap_or_default().as_bytes());
     out.extend_from_slice(b",\"rows\":");
     out.extend_from_slice(&rows);
-    out.extend_from_slice(format!(",\"truncated\":{truncated}}}").as_bytes());
+    out.extend_from_slice(format!(",\"truncated\":{truncated}").as_bytes());
+    // Parts that could not be read were left out of the scan; say so, as LogQL and PromQL answers do.
+    let warnings: Vec<String> =
+        state.store.skipped_parts(&tenant, i64::MIN, i64::MAX).iter().map(ToString::to_string).collect();
+    if !warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":");
+        out.extend_from_slice(serde_json::to_string(&warnings).unwrap_or_default().as_bytes());
+    }
+    out.push(b'}');
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
