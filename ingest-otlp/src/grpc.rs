@@ -193,7 +193,9 @@ impl<S: Signal> UnaryService<S::Request> for Unary<S> {
                 Ok(resp) => Ok(tonic::Response::new(resp)),
                 Err(e) => {
                     tracing::error!(error = %e, signal = S::NAME, "could not store an OTLP request");
-                    let status = if e.is_client_error() {
+                    let status = if e.0.is_limit() {
+                        Status::resource_exhausted(e.to_string())
+                    } else if e.is_client_error() {
                         Status::invalid_argument(e.to_string())
                     } else {
                         // OTLP clients retry UNAVAILABLE with backoff.

@@ -64,6 +64,7 @@ struct RpcStatus {
 
 /// gRPC's INVALID_ARGUMENT, UNAVAILABLE and INTERNAL codes, which the Status body carries.
 const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
 const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
 
@@ -158,7 +159,10 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
 
 fn store_failed(otlp: &Otlp, signal: &str, encoding: Encoding, e: &ExportError) -> Response {
     tracing::error!(error = %e, signal, "could not store an OTLP request");
-    let (status, code) = if e.is_client_error() {
+    let (status, code) = if e.0.is_limit() {
+        // A tenant limit (store.max_streams_per_tenant): OTLP/HTTP clients retry 429 with backoff.
+        (StatusCode::TOO_MANY_REQUESTS, RESOURCE_EXHAUSTED)
+    } else if e.is_client_error() {
         (StatusCode::BAD_REQUEST, INVALID_ARGUMENT)
     } else if matches!(e.0, store::Error::WalClosed { .. }) {
         (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE)

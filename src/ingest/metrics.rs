@@ -110,7 +110,7 @@ async fn remote_write(State(app): State<AppState>, headers: HeaderMap, body: Byt
         return reject(
             StatusCode::BAD_REQUEST,
             format!(
-                "nothing of this request was stored: {out_of_window} of {} samples are outside the accepted window; first: {}",
+                "nothing of this request was stored: {out_of_window} of {} samples are outside the accepted window or of new series past store.max_series_per_tenant; first: {}",
                 stats.samples,
                 first.unwrap_or("")
             ),
@@ -212,7 +212,7 @@ async fn store_lines(
     }
     if out_of_window > 0 {
         msg.push_str(&format!(
-            "; {out_of_window} samples outside the accepted window, first: {}",
+            "; {out_of_window} samples outside the accepted window or of new series past store.max_series_per_tenant, first: {}",
             first.unwrap_or_default()
         ));
     }

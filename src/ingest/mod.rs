@@ -83,6 +83,8 @@ fn plain(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 fn store_error(e: &store::Error) -> Response {
     let status = match e {
         store::Error::WalClosed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        // As Loki answers a stream limit: shippers retry with backoff.
+        e if e.is_limit() => StatusCode::TOO_MANY_REQUESTS,
         e if e.is_client_error() => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -137,6 +137,13 @@ impl Catalog {
         t
     }
 
+    /// How many streams the tenant has, and how many of `streams` it does not have yet.
+    pub(crate) fn count_new(&self, tenant: &Tenant, streams: &[BatchStream]) -> (usize, usize) {
+        let Some(t) = self.get(tenant) else { return (0, streams.len()) };
+        let t = t.read();
+        (t.by_id.len(), streams.iter().filter(|s| !t.by_id.contains_key(&s.id.0)).count())
+    }
+
     /// Registers the streams of a batch that are new.
     pub(crate) fn register(&self, tenant: &Tenant, streams: &[BatchStream]) {
         let t = self.tenant(tenant);

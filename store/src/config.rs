@@ -34,6 +34,11 @@ pub struct StoreConfig {
     /// How often compaction and retention look for work.
     #[serde(with = "duration")]
     pub maintenance_interval: Duration,
+    /// Most log streams one tenant may have; a write that would add more is refused whole (429). 0: no limit.
+    pub max_streams_per_tenant: usize,
+    /// Most metric series one tenant may have; samples of further new series are left out, counted and
+    /// named in the answer. 0: no limit.
+    pub max_series_per_tenant: usize,
 }
 
 impl Default for StoreConfig {
@@ -50,6 +55,8 @@ impl Default for StoreConfig {
             compaction_min_parts: 4,
             compaction_max_part_size: ByteSize::gib(1),
             maintenance_interval: Duration::from_secs(30),
+            max_streams_per_tenant: 10_000,
+            max_series_per_tenant: 500_000,
         }
     }
 }

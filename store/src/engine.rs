@@ -284,6 +284,13 @@ impl LogStore {
             inner.flush_wanted.notify_one();
             let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
+        let limit = inner.options.tuning.max_streams_per_tenant;
+        if limit > 0 {
+            let (have, new) = inner.catalog.count_new(tenant, &batch.streams);
+            if new > 0 && have + new > limit {
+                return Err(Error::TooManyStreams { tenant: tenant.as_str().to_string(), have, new, limit });
+            }
+        }
         inner.catalog.register(tenant, &batch.streams);
         let payload = codec::encode(tenant, &batch, producer, &marks);
         let rb = head::to_record_batch(&batch)?;

@@ -42,6 +42,11 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
 
     /// The write-ahead log thread has stopped, after an I/O error or at shutdown.
+    #[error(
+        "tenant {tenant:?} has {have} streams; this write would add {new} more, over store.max_streams_per_tenant ({limit}): \
+         fewer distinct label sets (move high-cardinality values into fields), or raise the limit"
+    )]
+    TooManyStreams { tenant: String, have: usize, new: usize, limit: usize },
     #[error("write-ahead log is not accepting writes: {reason}")]
     WalClosed { reason: String },
 
@@ -54,6 +59,11 @@ impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { op, path, source }
+    }
+
+    /// True when a tenant limit refused the write (429: it may pass once the tenant has fewer).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Error::TooManyStreams { .. })
     }
 
     /// True when the error was caused by the request (bad input), not by the server.

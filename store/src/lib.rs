@@ -25,6 +25,8 @@
 
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metric;
 pub mod metrics;
 pub mod model;

@@ -300,6 +300,11 @@ impl Part {
     }
 }
 
+/// [`read_index`] for the fuzzers: whether the file passes, as a bool.
+pub(crate) fn check_index_file(path: &Path, meta: &PartMeta, n_row_groups: usize) -> bool {
+    read_index(path, meta, n_row_groups).is_ok()
+}
+
 /// Reads and checks a part's index file against its manifest entry and its Parquet file.
 fn read_index(
     path: &Path,

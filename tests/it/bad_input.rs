@@ -296,6 +296,11 @@ async fn deep_queries_are_refused_in_every_language_and_the_server_stays_up() {
     let text = r.text().await.unwrap();
     assert_eq!(status, 422, "{text}");
     assert!(text.contains("too many samples"), "{text}");
+    // A non-ASCII character where the duration-expression pass looked for `offset` made the handler panic
+    // (found by tests/it/fuzz_corpus.rs); now it is an ordinary parse error.
+    let q = "avg_over\u{fffd}time(up[1m])";
+    let r = client.post(format!("{}/api/v1/query", server.base)).form(&[("query", q)]).send().await.unwrap();
+    assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
     // Within the limits, the same shapes answer.
     for (path, q) in [
         ("/api/v1/query", nested("abs(", "vector(1)", ")", 100)),

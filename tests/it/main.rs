@@ -17,6 +17,7 @@ mod deploy_kustomize;
 mod durability;
 #[cfg(feature = "external-tests")]
 mod elasticsearch_client;
+mod fuzz_corpus;
 mod harness;
 mod ingest;
 mod loki_api;

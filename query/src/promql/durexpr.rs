@@ -359,7 +359,7 @@ pub(super) fn rewrite(q: &str) -> Result<Option<Rewritten>, EvalError> {
             }
             b'o' | b'O'
                 if q.len() >= i + 6
-                    && q[i..i + 6].eq_ignore_ascii_case("offset")
+                    && b[i..i + 6].eq_ignore_ascii_case(b"offset")
                     && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
                     && b.get(i + 6).is_some_and(|c| c.is_ascii_whitespace() || *c == b'(' || *c == b'-') =>
             {

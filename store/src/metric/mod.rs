@@ -189,6 +189,8 @@ pub struct MetricBatch {
     max_t: i64,
     rejected: u64,
     first_rejected: Option<String>,
+    /// `store.max_series_per_tenant` (0: none).
+    max_series: usize,
 }
 
 impl MetricBatch {
@@ -210,8 +212,30 @@ impl MetricBatch {
                 self.reject(sorted, t);
                 continue;
             }
-            let id = *id.get_or_insert_with(|| self.series_id(sorted));
+            let id = match id {
+                Some(id) => id,
+                None => match self.series_id(sorted) {
+                    Some(found) => *id.insert(found),
+                    None => {
+                        self.reject_over_limit(sorted);
+                        return;
+                    }
+                },
+            };
             self.samples.push((id, t, v));
+        }
+    }
+
+    fn reject_over_limit(&mut self, labels: &[(&str, &str)]) {
+        self.rejected += 1;
+        if self.first_rejected.is_none() {
+            let series =
+                crate::model::Labels::from_pairs(labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
+            self.first_rejected = Some(format!(
+                "series {series} would be new, and tenant {:?} has store.max_series_per_tenant ({}) series already",
+                self.tenant.as_str(),
+                self.max_series
+            ));
         }
     }
 
@@ -229,10 +253,14 @@ impl MetricBatch {
         }
     }
 
-    fn series_id(&mut self, sorted: &[(&str, &str)]) -> u32 {
+    /// The series' id; `None` when it is new and the tenant has `max_series` already.
+    fn series_id(&mut self, sorted: &[(&str, &str)]) -> Option<u32> {
         let hash = labels_hash(sorted.iter().copied(), &mut self.scratch);
-        let found = self.series.read().lookup(hash, sorted);
-        match found {
+        let (found, have) = {
+            let series = self.series.read();
+            (series.lookup(hash, sorted), series.len())
+        };
+        Some(match found {
             Some((id, true)) => id,
             Some((id, false)) => {
                 if self.carried.insert(id)
@@ -249,17 +277,23 @@ impl MetricBatch {
                         l.len() == sorted.len() && l.iter().zip(sorted).all(|(a, b)| a == *b)
                     })
                 });
-                let index = known.unwrap_or_else(|| {
-                    let labels =
-                        Labels::from_pairs(sorted.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
-                    let i = self.pending.len() as u32;
-                    self.pending.push((hash, labels));
-                    self.pending_by_hash.entry(hash).or_default().push(i);
-                    i
-                });
+                let index = match known {
+                    Some(i) => i,
+                    None => {
+                        if self.max_series > 0 && have + self.pending.len() >= self.max_series {
+                            return None;
+                        }
+                        let labels =
+                            Labels::from_pairs(sorted.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
+                        let i = self.pending.len() as u32;
+                        self.pending.push((hash, labels));
+                        self.pending_by_hash.entry(hash).or_default().push(i);
+                        i
+                    }
+                };
                 PENDING + index
             }
-        }
+        })
     }
 
     /// Registers the batch's new series and gives their samples the real ids.
@@ -305,7 +339,8 @@ impl MetricBatch {
         self.samples.is_empty()
     }
 
-    /// Samples refused for their timestamp, and a message naming the first.
+    /// Samples refused for their timestamp or for a series past `store.max_series_per_tenant`, and a
+    /// message naming the first.
     pub fn rejected(&self) -> (u64, Option<&str>) {
         (self.rejected, self.first_rejected.as_deref())
     }
@@ -452,6 +487,7 @@ impl MetricStore {
             max_t: now_ms.saturating_add(MAX_FUTURE_MS),
             rejected: 0,
             first_rejected: None,
+            max_series: self.inner.options.tuning.max_series_per_tenant,
         }
     }
 
