@@ -46,11 +46,18 @@ pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Ve
         group.sort_by_key(|p| p.meta.id);
         let mut job = Vec::new();
         let mut bytes = 0;
+        let mut fields: BTreeSet<&str> = BTreeSet::new();
         for p in group {
+            let new_fields = p.meta.fields.iter().filter(|f| !fields.contains(f.as_str())).count();
+            if !job.is_empty() && fields.len() + new_fields > cfg.max_field_columns {
+                // Merging it would make a part wider than store.max_field_columns: try the next one.
+                continue;
+            }
             if job.len() >= 2 && bytes + p.meta.disk_bytes() > cap {
                 break;
             }
             bytes += p.meta.disk_bytes();
+            fields.extend(p.meta.fields.iter().map(String::as_str));
             job.push(p.clone());
         }
         if job.len() >= 2 {

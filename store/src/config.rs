@@ -34,6 +34,9 @@ pub struct StoreConfig {
     /// How often compaction and retention look for work.
     #[serde(with = "duration")]
     pub maintenance_interval: Duration,
+    /// Most field columns a log part has: a flush whose entries carry more distinct field names writes
+    /// several parts, and compaction does not merge past it. At least 1000 (the fields of one entry).
+    pub max_field_columns: usize,
     /// Most log streams one tenant may have; a write that would add more is refused whole (429). 0: no limit.
     pub max_streams_per_tenant: usize,
     /// Most metric series one tenant may have; samples of further new series are left out, counted and
@@ -55,6 +58,7 @@ impl Default for StoreConfig {
             compaction_min_parts: 4,
             compaction_max_part_size: ByteSize::gib(1),
             maintenance_interval: Duration::from_secs(30),
+            max_field_columns: 2000,
             max_streams_per_tenant: 10_000,
             max_series_per_tenant: 500_000,
         }
@@ -78,6 +82,13 @@ impl StoreConfig {
         }
         if self.compaction_min_parts < 2 {
             return Err("store.compaction_min_parts must be at least 2".to_string());
+        }
+        if self.max_field_columns < crate::wire::MAX_FIELDS_PER_ENTRY {
+            return Err(format!(
+                "store.max_field_columns = {} is below {}, the fields one entry may carry",
+                self.max_field_columns,
+                crate::wire::MAX_FIELDS_PER_ENTRY
+            ));
         }
         if self.head_max_size.as_u64() < 1024 * 1024 {
             return Err("store.head_max_size must be at least 1MiB".to_string());

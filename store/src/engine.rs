@@ -465,17 +465,68 @@ impl LogStore {
             }
             let label_cols: Vec<String> = label_names.iter().map(|n| label_column(n)).collect();
             let col_map: HashMap<String, String> = label_names.iter().map(|n| (label_column(n), n.clone())).collect();
-            let fields: Vec<String> = tm.fields.iter().filter(|f| !label_cols.contains(f)).cloned().collect();
             let shared_fields: Vec<String> = tm.fields.iter().filter(|f| label_cols.contains(f)).cloned().collect();
-            let part_schema = table_schema(label_cols.iter(), fields.iter());
-            let arrays: Vec<Vec<&dyn Array>> = (0..head_schema.fields().len())
-                .map(|c| batches.iter().map(|b| b.column(c).as_ref()).collect())
-                .collect();
+            let max_cols = inner.options.tuning.max_field_columns.max(1);
+            // Head columns (index into head_schema) of fields, by row, when a part would have more field
+            // columns than `max_field_columns`: each Parquet column costs its writer tens of KiB, so a few
+            // requests with many distinct field names must not make one part of 100,000 columns.
+            let head_fields = head_schema.fields().len() - 3;
+            let row_fields: Option<Vec<Vec<Vec<u32>>>> = (head_fields > max_cols).then(|| {
+                batches
+                    .iter()
+                    .map(|b| {
+                        let mut rows = vec![Vec::new(); b.num_rows()];
+                        for c in 3..b.num_columns() {
+                            let col = b.column(c);
+                            if col.null_count() == col.len() {
+                                continue;
+                            }
+                            for (r, fields) in rows.iter_mut().enumerate() {
+                                if col.is_valid(r) {
+                                    fields.push(c as u32);
+                                }
+                            }
+                        }
+                        rows
+                    })
+                    .collect()
+            });
 
             let mut start = 0;
             while start < keys.len() {
                 let day = keys[start].0;
-                let end = start + keys[start..].iter().take_while(|k| k.0 == day).count();
+                let day_end = start + keys[start..].iter().take_while(|k| k.0 == day).count();
+                // The rows of this part: a run of the sorted keys whose fields fit `max_field_columns`.
+                let (end, columns): (usize, Vec<usize>) = match &row_fields {
+                    None => (day_end, (0..head_schema.fields().len()).collect()),
+                    Some(row_fields) => {
+                        let mut cols: BTreeSet<u32> = BTreeSet::new();
+                        let mut end = start;
+                        while end < day_end {
+                            let k = keys[end];
+                            let row = &row_fields[k.3 as usize][k.4 as usize];
+                            let new = row.iter().filter(|c| !cols.contains(c)).count();
+                            if end > start && cols.len() + new > max_cols {
+                                break;
+                            }
+                            cols.extend(row.iter().copied());
+                            end += 1;
+                        }
+                        (end, (0..3).chain(cols.into_iter().map(|c| c as usize)).collect())
+                    }
+                };
+                let sub_schema: SchemaRef =
+                    Arc::new(Schema::new(columns.iter().map(|&c| head_schema.field(c).clone()).collect::<Vec<_>>()));
+                let fields: Vec<String> = sub_schema
+                    .fields()
+                    .iter()
+                    .skip(3)
+                    .map(|f| f.name().clone())
+                    .filter(|f| !label_cols.contains(f))
+                    .collect();
+                let part_schema = table_schema(label_cols.iter(), fields.iter());
+                let arrays: Vec<Vec<&dyn Array>> =
+                    columns.iter().map(|&c| batches.iter().map(|b| b.column(c).as_ref()).collect()).collect();
                 let meta = PartMeta {
                     id: self.next_part_id(),
                     tenant: tenant.as_str().to_string(),
@@ -486,18 +537,18 @@ impl LogStore {
                     parquet_bytes: 0,
                     index_bytes: 0,
                     labels: label_cols.clone(),
-                    fields: fields.clone(),
+                    fields,
                     shared_fields: shared_fields.clone(),
                     level: 0,
                     time_unit: keys[start..end].iter().map(|k| TimeUnitTag::of(k.2)).max().unwrap_or_default(),
                 };
-                let mut writer = PartWriter::create(dir, meta, part_schema.clone(), self.write_options(0))?;
+                let mut writer = PartWriter::create(dir, meta, part_schema, self.write_options(0))?;
                 let res = (|| {
                     for chunk in keys[start..end].chunks(rg_rows) {
                         let idx: Vec<(usize, usize)> = chunk.iter().map(|k| (k.3 as usize, k.4 as usize)).collect();
                         let cols: Vec<ArrayRef> =
                             arrays.iter().map(|a| interleave(a, &idx)).collect::<Result<_, _>>()?;
-                        let rb = RecordBatch::try_new(head_schema.clone(), cols)?;
+                        let rb = RecordBatch::try_new(sub_schema.clone(), cols)?;
                         let rb = conform(&rb, writer.schema(), Some((&streams, &col_map)))?;
                         writer.write_row_group(&rb)?;
                     }
