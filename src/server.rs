@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let existing = store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string());
     let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
+    let grpc_admit = tenants.grpc_admit();
     let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies, tenants);
     let limits =
         crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
@@ -152,7 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .max_concurrent_streams(64)
-            .add_routes(ingest_otlp::grpc_routes(otlp, auth.clone()))
+            .add_routes(ingest_otlp::grpc_routes(otlp, auth.clone(), Some(grpc_admit)))
             .serve_with_incoming_shutdown(
                 crate::listen::incoming(grpc_listener, limits, tls.clone(), shutdown.clone()),
                 shutdown.clone().cancelled_owned(),

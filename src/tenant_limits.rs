@@ -4,7 +4,8 @@
 //! (`limits.tenant_max_concurrent_queries`; more wait up to `limits.tenant_query_queue_timeout`).
 //!
 //! The checks run as middleware after the credential (so the tenant is the one it acts for) and, for
-//! ingest, after the body was received (so its size is known).
+//! ingest, after the body was received (so its size is known); OTLP gRPC calls the same write check
+//! through [`TenantLimits::grpc_admit`] (its message's size stands for the body).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +38,13 @@ fn refuse(status: StatusCode, retry_after: Option<u64>, message: String) -> Resp
     resp
 }
 
+/// A refused write: the status, when to retry, and a message naming the limit.
+struct Refusal {
+    status: StatusCode,
+    retry_after: Option<u64>,
+    message: String,
+}
+
 struct Bucket {
     tokens: f64,
     last: Instant,
@@ -64,23 +72,38 @@ impl TenantLimits {
         }))
     }
 
+    /// The same check for OTLP gRPC, which is served outside the HTTP router.
+    pub fn grpc_admit(&self) -> ingest_otlp::Admit {
+        let limits = self.clone();
+        Arc::new(move |tenant: &str, bytes: usize| {
+            limits.check_write(tenant, bytes).map_err(|r| ingest_otlp::Refused {
+                retry: r.status == StatusCode::TOO_MANY_REQUESTS,
+                message: r.message.trim_end().to_string(),
+            })
+        })
+    }
+
     /// Admits a write of `bytes` for `tenant`, or says which limit it is over.
     // Fails with the finished response, built once per refused request.
     #[allow(clippy::result_large_err)]
     fn admit_write(&self, tenant: &str, bytes: usize) -> Result<(), Response> {
+        self.check_write(tenant, bytes).map_err(|r| refuse(r.status, r.retry_after, r.message))
+    }
+
+    fn check_write(&self, tenant: &str, bytes: usize) -> Result<(), Refusal> {
         let c = &self.0.config;
         {
             let mut known = self.0.known.lock();
             if !known.contains(tenant) {
                 if c.max_tenants > 0 && known.len() >= c.max_tenants {
-                    return Err(refuse(
-                        StatusCode::FORBIDDEN,
-                        None,
-                        format!(
+                    return Err(Refusal {
+                        status: StatusCode::FORBIDDEN,
+                        retry_after: None,
+                        message: format!(
                             "tenant {tenant:?} would be new, and the server holds limits.max_tenants ({}) already\n",
                             c.max_tenants
                         ),
-                    ));
+                    });
                 }
                 known.insert(tenant.to_string());
             }
@@ -101,15 +124,15 @@ impl TenantLimits {
             return Ok(());
         }
         let wait = ((need - bucket.tokens) / rate).ceil() as u64;
-        Err(refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(wait),
-            format!(
+        Err(Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(wait),
+            message: format!(
                 "tenant {tenant:?} sends faster than limits.tenant_ingest_rate ({} bytes/s, burst {}): retry in {wait}s\n",
                 c.tenant_ingest_rate.as_u64(),
                 c.tenant_ingest_burst.as_u64()
             ),
-        ))
+        })
     }
 
     fn query_slots(&self, tenant: &str) -> Arc<Semaphore> {

@@ -29,14 +29,23 @@ use crate::{ExportError, Exported, Otlp, Transport};
 /// The tenant header, as HTTP ingest and Loki name it (gRPC metadata keys are lower case).
 pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
 
+/// The server's per-tenant limits, checked before a call is stored: the tenant and the size of its message.
+/// `Err` names the limit; `retry` says whether the same call may pass later (a rate) or not (a count).
+pub type Admit = Arc<dyn Fn(&str, usize) -> Result<(), Refused> + Send + Sync>;
+
+/// Why [`Admit`] refused a call.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub retry: bool,
+    pub message: String,
+}
+
 /// Both services, for the server to serve on its gRPC listener (which owns TLS, the connection cap and the
-/// time limits). With `auth` enabled, each call needs a token with the `write` scope.
-pub fn routes(otlp: Arc<Otlp>, auth: auth::Auth) -> tonic::service::Routes {
-    tonic::service::Routes::new(ExportService::<Logs>::new(otlp.clone(), auth.clone())).add_service(ExportService::<
-        Metrics,
-    >::new(
-        otlp, auth
-    ))
+/// time limits). With `auth` enabled, each call needs a token with the `write` scope; `admit` checks the
+/// tenant's limits.
+pub fn routes(otlp: Arc<Otlp>, auth: auth::Auth, admit: Option<Admit>) -> tonic::service::Routes {
+    let logs = ExportService::<Logs>::new(otlp.clone(), auth.clone(), admit.clone());
+    tonic::service::Routes::new(logs).add_service(ExportService::<Metrics>::new(otlp, auth, admit))
 }
 
 /// A prost codec whose decode errors are `INVALID_ARGUMENT`.
@@ -147,18 +156,19 @@ impl Signal for Metrics {
 struct ExportService<S> {
     otlp: Arc<Otlp>,
     auth: auth::Auth,
+    admit: Option<Admit>,
     signal: PhantomData<fn() -> S>,
 }
 
 impl<S> ExportService<S> {
-    fn new(otlp: Arc<Otlp>, auth: auth::Auth) -> Self {
-        ExportService { otlp, auth, signal: PhantomData }
+    fn new(otlp: Arc<Otlp>, auth: auth::Auth, admit: Option<Admit>) -> Self {
+        ExportService { otlp, auth, admit, signal: PhantomData }
     }
 }
 
 impl<S> Clone for ExportService<S> {
     fn clone(&self) -> Self {
-        ExportService::new(self.otlp.clone(), self.auth.clone())
+        ExportService::new(self.otlp.clone(), self.auth.clone(), self.admit.clone())
     }
 }
 
@@ -167,7 +177,7 @@ impl<S: Signal> NamedService for ExportService<S> {
 }
 
 /// The unary call: tenant from metadata, then export.
-struct Unary<S>(Arc<Otlp>, PhantomData<fn() -> S>);
+struct Unary<S>(Arc<Otlp>, Option<Admit>, PhantomData<fn() -> S>);
 
 impl<S: Signal> UnaryService<S::Request> for Unary<S> {
     type Response = S::Response;
@@ -175,6 +185,7 @@ impl<S: Signal> UnaryService<S::Request> for Unary<S> {
 
     fn call(&mut self, request: tonic::Request<S::Request>) -> Self::Future {
         let otlp = self.0.clone();
+        let admit = self.1.clone();
         Box::pin(async move {
             let tenant = match request.metadata().get(TENANT_HEADER) {
                 None => Tenant::default_tenant(),
@@ -189,6 +200,18 @@ impl<S: Signal> UnaryService<S::Request> for Unary<S> {
                     })?
                 }
             };
+            if let Some(admit) = &admit {
+                let bytes = prost::Message::encoded_len(request.get_ref());
+                if let Err(r) = admit(tenant.as_str(), bytes) {
+                    let status = if r.retry {
+                        Status::resource_exhausted(r.message)
+                    } else {
+                        Status::permission_denied(r.message)
+                    };
+                    otlp.rejected_request(S::NAME, Transport::Grpc, &format!("{:?}", status.code()).to_lowercase());
+                    return Err(status);
+                }
+            }
             match S::export(otlp.clone(), tenant, request.into_inner()).await {
                 Ok(resp) => Ok(tonic::Response::new(resp)),
                 Err(e) => {
@@ -225,6 +248,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let otlp = self.otlp.clone();
+        let admit = self.admit.clone();
         // The credential travels in the `authorization` metadata, as over HTTP; with authentication on, the
         // tenant it acts for replaces whatever `x-scope-orgid` said (after checking it may use that one).
         match self.auth.authorize(req.headers(), auth::Scope::Write) {
@@ -255,7 +279,7 @@ where
             let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S::Request, S::Response>::default())
                 .accept_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(limit);
-            Ok(grpc.unary(Unary::<S>(otlp, PhantomData), req).await)
+            Ok(grpc.unary(Unary::<S>(otlp, admit, PhantomData), req).await)
         })
     }
 }

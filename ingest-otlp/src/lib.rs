@@ -30,7 +30,7 @@ pub mod naming;
 mod value;
 
 pub use config::OtlpConfig;
-pub use grpc::routes as grpc_routes;
+pub use grpc::{Admit, Refused, routes as grpc_routes};
 pub use http::router;
 /// The OTLP message types (from the `opentelemetry-proto` crate), for clients and tests.
 pub use opentelemetry_proto as proto;

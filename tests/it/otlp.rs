@@ -575,4 +575,23 @@ mod python_sdk {
         assert_eq!(promql_value(&server, "team-a", r#"orders_total{job="py-auth"}"#).await, 8.0);
         server.stop().await;
     }
+
+    /// The tenant limits hold on OTLP gRPC too: a call for a new tenant past `limits.max_tenants` is
+    /// PERMISSION_DENIED naming the key; a known tenant's call goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn otlp_grpc_keeps_the_tenant_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.limits.max_tenants = 1;
+        let server = TestServer::start(config).await;
+        let target = server.running.as_ref().unwrap().otlp_grpc_addr.to_string();
+        let first = python(vec!["grpc-tenant".into(), target.clone(), "team-a".into()], vec![]).await;
+        assert_eq!(first["code"], "OK", "{first}");
+        let second = python(vec!["grpc-tenant".into(), target.clone(), "team-b".into()], vec![]).await;
+        assert_eq!(second["code"], "PERMISSION_DENIED", "{second}");
+        assert!(second["message"].as_str().unwrap().contains("limits.max_tenants (1)"), "{second}");
+        let again = python(vec!["grpc-tenant".into(), target, "team-a".into()], vec![]).await;
+        assert_eq!(again["code"], "OK", "{again}");
+        server.stop().await;
+    }
 }

@@ -4,6 +4,7 @@ usage: otlp_client.py grpc <endpoint> <service> <tenant>
        otlp_client.py http - <service> <tenant>      (the base URL comes from OTEL_EXPORTER_OTLP_ENDPOINT)
        otlp_client.py bad-grpc <host:port>
        otlp_client.py grpc-auth <host:port> <write token> <read token>
+       otlp_client.py grpc-tenant <host:port> <tenant>
 
 grpc/http send logs through Python's logging module (some inside a span, so they carry trace ids) and
 metrics of every instrument kind, gzip-compressed, then print what they sent as JSON. The http run
@@ -149,6 +150,14 @@ def grpc_auth(target, writer, reader):
 if __name__ == "__main__":
     if sys.argv[1] == "bad-grpc":
         bad_grpc(sys.argv[2])
+    elif sys.argv[1] == "grpc-tenant":
+        import grpc
+        call = grpc.insecure_channel(sys.argv[2]).unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+        try:
+            call(b"", timeout=10, metadata=[("x-scope-orgid", sys.argv[3])])
+            print(json.dumps({"code": "OK", "message": ""}))
+        except grpc.RpcError as e:
+            print(json.dumps({"code": e.code().name, "message": e.details()}))
     elif sys.argv[1] == "grpc-auth":
         grpc_auth(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
