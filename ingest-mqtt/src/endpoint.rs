@@ -56,10 +56,10 @@ pub struct EndpointOptions {
     pub username: Option<String>,
     /// When set, CONNECT must carry this password (else CONNACK "bad user name or password").
     pub password: Option<String>,
-    /// The server's tokens. When enabled, a CONNECT may also log in with the tenant as user name and a token
-    /// with the `write` scope for it as password; the tenant must be `tenant`, the one this endpoint writes to.
+    /// The server's tokens. When enabled, a CONNECT may also log in with a tenant as user name and a token
+    /// with the `write` scope for it as password; that connection's messages are stored under that tenant.
     pub auth: auth::Auth,
-    /// The tenant the endpoint's messages are stored under (`mqtt.tenant`).
+    /// The tenant of every other connection's messages (`mqtt.tenant`).
     pub tenant: store::model::Tenant,
     /// Largest packet accepted (remaining length); a larger one closes the connection (MQTT 5: DISCONNECT 0x95
     /// first). Advertised to MQTT 5 clients.
@@ -324,6 +324,8 @@ struct Session {
     version: Version,
     client_id: String,
     keep_alive: Option<Duration>,
+    /// The tenant a token login named; None for `mqtt.tenant`.
+    tenant: Option<store::model::Tenant>,
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Option<ServerTls>) {
@@ -357,7 +359,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tl
     let Some(session) = handshake(&mut rd, &mut wr, &mut buf, peer, &shared).await else {
         return;
     };
-    let Session { version, client_id, keep_alive } = session;
+    let Session { version, client_id, keep_alive, tenant } = session;
     debug!(client_id, %peer, ?version, "MQTT client connected");
 
     let permits = Arc::new(Semaphore::new(usize::from(shared.opts.receive_maximum.max(1))));
@@ -378,6 +380,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tl
         buf,
         version,
         session_key: Arc::from(format!("endpoint:{client_id}")),
+        tenant,
         aliases: vec![None; usize::from(TOPIC_ALIAS_MAX) + 1],
         awaiting_rel: HashSet::new(),
         permits,
@@ -480,13 +483,13 @@ async fn handshake(rd: &mut Rd, wr: &mut Wr, buf: &mut BytesMut, peer: SocketAdd
                 if c.client_id.is_empty() && !c.clean_session {
                     refuse_v4(&mut out, m4::ConnectReturnCode::BadClientId);
                     Err((RejectReason::BadClientId, "empty client id without clean session"))
-                } else if !credentials_ok(opts, login) {
-                    refuse_v4(&mut out, m4::ConnectReturnCode::BadUserNamePassword);
-                    Err((RejectReason::BadCredentials, "bad user name or password"))
-                } else {
+                } else if let Some(tenant) = login_tenant(opts, login) {
                     let _ = m4::ConnAck::new(m4::ConnectReturnCode::Success, false).write(&mut out);
                     let client_id = if c.client_id.is_empty() { generate_client_id() } else { c.client_id };
-                    Ok(Session { version: Version::V4, client_id, keep_alive: keep_alive(c.keep_alive, opts) })
+                    Ok(Session { version: Version::V4, client_id, keep_alive: keep_alive(c.keep_alive, opts), tenant })
+                } else {
+                    refuse_v4(&mut out, m4::ConnectReturnCode::BadUserNamePassword);
+                    Err((RejectReason::BadCredentials, "bad user name or password"))
                 }
             }
             _ => Err((RejectReason::BadConnect, "malformed CONNECT")),
@@ -498,10 +501,7 @@ async fn handshake(rd: &mut Rd, wr: &mut Wr, buf: &mut BytesMut, peer: SocketAdd
                 if auth_method.is_some() {
                     refuse_v5(&mut out, m5::ConnectReturnCode::BadAuthenticationMethod);
                     Err((RejectReason::BadAuthMethod, "enhanced authentication is not supported"))
-                } else if !credentials_ok(opts, login_ref) {
-                    refuse_v5(&mut out, m5::ConnectReturnCode::BadUserNamePassword);
-                    Err((RejectReason::BadCredentials, "bad user name or password"))
-                } else {
+                } else if let Some(tenant) = login_tenant(opts, login_ref) {
                     let assigned = c.client_id.is_empty().then(generate_client_id);
                     let properties = m5::ConnAckProperties {
                         session_expiry_interval: None,
@@ -529,7 +529,10 @@ async fn handshake(rd: &mut Rd, wr: &mut Wr, buf: &mut BytesMut, peer: SocketAdd
                     };
                     let _ = connack.write(&mut out);
                     let client_id = assigned.unwrap_or(c.client_id);
-                    Ok(Session { version: Version::V5, client_id, keep_alive: keep_alive(c.keep_alive, opts) })
+                    Ok(Session { version: Version::V5, client_id, keep_alive: keep_alive(c.keep_alive, opts), tenant })
+                } else {
+                    refuse_v5(&mut out, m5::ConnectReturnCode::BadUserNamePassword);
+                    Err((RejectReason::BadCredentials, "bad user name or password"))
                 }
             }
             _ => Err((RejectReason::BadConnect, "malformed CONNECT")),
@@ -620,20 +623,26 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn credentials_ok(opts: &EndpointOptions, login: Option<(&str, &str)>) -> bool {
+/// Who may connect: `Some(tenant)` when the login is accepted — `Some(None)` for `mqtt.tenant` (no
+/// credential needed, or the fixed user name and password), `Some(Some(t))` for a token login as tenant
+/// `t` (user name = tenant, password = a token with the write scope for it) — and `None` when refused.
+fn login_tenant(opts: &EndpointOptions, login: Option<(&str, &str)>) -> Option<Option<store::model::Tenant>> {
     let fixed = opts.username.is_some() || opts.password.is_some();
     if !fixed && !opts.auth.is_enabled() {
-        return true;
+        return Some(None);
     }
-    let Some((user, pass)) = login else { return false };
+    let (user, pass) = login?;
     if fixed {
         let user_ok = opts.username.as_ref().is_none_or(|u| ct_eq(u.as_bytes(), user.as_bytes()));
         let pass_ok = opts.password.as_ref().is_none_or(|p| ct_eq(p.as_bytes(), pass.as_bytes()));
         if user_ok & pass_ok {
-            return true;
+            return Some(None);
         }
     }
-    opts.auth.is_enabled() && opts.auth.login(user, pass, auth::Scope::Write).is_ok_and(|t| t == opts.tenant)
+    if !opts.auth.is_enabled() {
+        return None;
+    }
+    opts.auth.login(user, pass, auth::Scope::Write).ok().map(|t| (t != opts.tenant).then_some(t))
 }
 
 fn generate_client_id() -> String {
@@ -715,6 +724,8 @@ enum Inbound {
 
 struct Reader {
     rd: Rd,
+    /// Where this connection's messages are stored (None: `mqtt.tenant`).
+    tenant: Option<store::model::Tenant>,
     buf: BytesMut,
     version: Version,
     session_key: Arc<str>,
@@ -853,7 +864,7 @@ impl Reader {
                 biased;
                 _ = self.conn_cancel.cancelled() => return Err(Close::WriterEnded),
                 _ = self.shared.shutdown.cancelled() => return Err(Close::Shutdown),
-                r = self.shared.pipeline.submit(messages) => r,
+                r = self.shared.pipeline.submit_for(self.tenant.clone(), messages) => r,
             };
             match submitted {
                 Ok(rx) => Some(rx),

@@ -50,6 +50,8 @@ pub struct DedupKey {
 /// Messages handed to the pipeline, and where to say when they are durable.
 pub struct Job {
     pub messages: Vec<Message>,
+    /// The tenant they are stored under: the one the client logged in as (with a token), else `mqtt.tenant`.
+    pub tenant: Option<store::model::Tenant>,
     /// Ok once every message is in the fsynced write-ahead log (or was found to be a redelivery of a stored
     /// one); Err(reason) when they could not be stored: then none of them may be acknowledged.
     pub done: oneshot::Sender<Result<(), String>>,
@@ -73,8 +75,21 @@ impl Pipeline {
     /// # Errors
     /// When the pipeline has shut down.
     pub async fn submit(&self, messages: Vec<Message>) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        self.submit_for(None, messages).await
+    }
+
+    /// [`Pipeline::submit`] for `tenant` (None: `mqtt.tenant`).
+    ///
+    /// # Errors
+    /// When the pipeline has shut down.
+    pub async fn submit_for(
+        &self,
+        tenant: Option<store::model::Tenant>,
+        messages: Vec<Message>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Job { messages, done }).await.map_err(|_| "the MQTT ingest pipeline has stopped".to_string())?;
+        let job = Job { messages, tenant, done };
+        self.tx.send(job).await.map_err(|_| "the MQTT ingest pipeline has stopped".to_string())?;
         Ok(rx)
     }
 }

@@ -82,6 +82,7 @@ pub async fn start(
         endpoint_window: u32::from(config.listener.receive_maximum.max(1)),
         garbage_log: RateLimit::new(Duration::from_secs(10)),
         next_tag: SampleTag::NONE,
+        held: None,
     };
     let mut tasks = vec![tokio::spawn(worker.run())];
 
@@ -186,11 +187,15 @@ struct Worker {
     garbage_log: RateLimit,
     /// The tag of the next batch; its epoch is this run's, later than any before.
     next_tag: SampleTag,
+    /// A job of another tenant than the batch being gathered: it starts the next batch.
+    held: Option<Job>,
 }
 
 /// A decoded batch, ready to be written.
 struct Decoded {
     jobs: Vec<Job>,
+    /// Every job of a batch is of this tenant.
+    tenant: Tenant,
     samples: MetricBatch,
     logs: LogBatch,
     marks: Vec<DeliveryMark>,
@@ -247,7 +252,9 @@ impl Worker {
     /// Waits for jobs and takes what is queued, up to the batch size. With a write in flight it does not
     /// wait: an empty answer lets the caller finish that write first. None when every producer is gone.
     async fn gather(&mut self, busy: bool) -> Option<Vec<Job>> {
-        let first = if busy {
+        let first = if let Some(held) = self.held.take() {
+            held
+        } else if busy {
             match self.rx.try_recv() {
                 Ok(j) => j,
                 Err(mpsc::error::TryRecvError::Empty) => return Some(Vec::new()),
@@ -257,12 +264,18 @@ impl Worker {
             self.rx.recv().await?
         };
         let mut n = first.messages.len();
+        let tenant = first.tenant.clone();
         let mut jobs = vec![first];
         while n < self.max_batch {
             match self.rx.try_recv() {
-                Ok(j) => {
+                Ok(j) if j.tenant == tenant => {
                     n += j.messages.len();
                     jobs.push(j);
+                }
+                Ok(j) => {
+                    // One tenant per batch: this one starts the next.
+                    self.held = Some(j);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -271,9 +284,11 @@ impl Worker {
     }
 
     fn decode(&mut self, jobs: Vec<Job>, pending: &HashSet<MarkKey>) -> Decoded {
+        let tenant = jobs.first().and_then(|j| j.tenant.clone()).unwrap_or_else(|| self.tenant.clone());
         let mut out = Decoded {
             jobs: Vec::new(),
-            samples: self.samples.batch(&self.tenant),
+            samples: self.samples.batch(&tenant),
+            tenant,
             logs: LogBatch::default(),
             marks: Vec::new(),
             formats: HashMap::new(),
@@ -342,7 +357,7 @@ impl Worker {
 
     fn write(&mut self, mut batch: Decoded) -> Writing {
         let marks: HashSet<MarkKey> = batch.marks.iter().map(|m| (m.session.clone(), m.pkid, m.hash)).collect();
-        let samples = std::mem::replace(&mut batch.samples, self.samples.batch(&self.tenant));
+        let samples = std::mem::replace(&mut batch.samples, self.samples.batch(&batch.tenant));
         let logs = std::mem::take(&mut batch.logs);
         let mut delivery = std::mem::take(&mut batch.marks);
         let tag = self.next_tag;
@@ -352,7 +367,7 @@ impl Worker {
                 m.needs = tag;
             }
         }
-        let (sample_store, log_store, tenant) = (self.samples.clone(), self.logs.clone(), self.tenant.clone());
+        let (sample_store, log_store, tenant) = (self.samples.clone(), self.logs.clone(), batch.tenant.clone());
         let metrics = self.metrics.clone();
         let handle = tokio::spawn(async move {
             let (rejected, _) = samples.rejected();
@@ -510,6 +525,7 @@ mod tests {
             endpoint_window: 16,
             garbage_log: RateLimit::new(Duration::from_secs(10)),
             next_tag: SampleTag::NONE,
+            held: None,
         };
         tokio::spawn(worker.run());
         Fixture { logs, samples, pipeline: Pipeline::from_sender(tx), metrics, _dir: dir }
@@ -578,6 +594,23 @@ mod tests {
         assert_eq!(f.metrics.duplicates.get(), 0);
         assert_eq!(entries(&f), 2);
         assert_eq!(f.metrics.samples.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn jobs_of_different_tenants_queued_together_are_stored_each_under_its_own() {
+        let f = fixture();
+        let mut waiting = Vec::new();
+        for i in 0..30u16 {
+            let tenant = [None, Some(Tenant::new("team-b").unwrap())][usize::from(i % 2)].clone();
+            let m = msg("t", &format!(r#"{{"n":{i}}}"#), i + 1, false);
+            waiting.push(f.pipeline.submit_for(tenant, vec![m]).await.unwrap());
+        }
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        let count = |t: &str| f.logs.count_by_stream(&Tenant::new(t).unwrap(), &[], i64::MIN, i64::MAX).unwrap();
+        let (a, b): (u64, u64) = (count("default").values().sum(), count("team-b").values().sum());
+        assert_eq!((a, b), (15, 15), "each tenant holds its own half");
     }
 
     #[tokio::test]

@@ -131,6 +131,7 @@ async fn every_endpoint_family_needs_a_token_for_its_tenant_and_scope() {
     let writer = make_token(&file, "team-a", "write");
     let reader = make_token(&file, "team-a,team-b", "read");
     let admin = make_token(&file, "*", "admin");
+    let writer_b = make_token(&file, "team-b", "write");
     let text = std::fs::read_to_string(&file).unwrap();
     for t in [&writer, &reader, &admin] {
         assert!(!text.contains(t.as_str()), "the token file holds hashes only");
@@ -214,7 +215,8 @@ async fn every_endpoint_family_needs_a_token_for_its_tenant_and_scope() {
         tokio_tungstenite::connect_async(req).await.expect("a reader may tail");
     }
 
-    // The MQTT endpoint: user name = tenant (the endpoint's, mqtt.tenant), password = a write token.
+    // The MQTT endpoint: user name = tenant, password = a write token for it; each connection's messages go
+    // to the tenant it logged in as.
     let port = server.running.as_ref().unwrap().mqtt_addr.unwrap().port();
     assert!(mqtt_connect(port, None, None).await.is_err(), "anonymous MQTT is refused");
     assert!(mqtt_connect(port, Some(("team-a", &reader)), None).await.is_err(), "a read token cannot publish");
@@ -222,6 +224,10 @@ async fn every_endpoint_family_needs_a_token_for_its_tenant_and_scope() {
     mqtt_connect(port, Some(("team-a", &writer)), Some("{\"temp\": 21.5}")).await.expect("the writer publishes");
     let lines = c.lines(&r, None, "{source=\"mqtt\"}").await;
     assert_eq!(lines.len(), 1, "the MQTT message is stored under team-a: {lines:?}");
+    mqtt_connect(port, Some(("team-b", &writer_b)), Some("{\"temp\": 19}")).await.expect("team-b's device publishes");
+    let lines = c.lines(&r, Some("team-b"), "{source=\"mqtt\"}").await;
+    assert_eq!(lines.len(), 1, "its message is stored under team-b: {lines:?}");
+    assert_eq!(c.lines(&r, None, "{source=\"mqtt\"}").await.len(), 1, "and not under team-a");
 
     server.stop().await;
 }
