@@ -221,3 +221,31 @@ async fn mosquitto_pub_publishes_over_mqtts_with_a_token() {
     assert_eq!(n, 1, "the message published over mqtts is stored: {v}");
     server.stop().await;
 }
+
+/// Mutual TLS: with `server.tls_client_ca_file`, a client without a certificate that CA signed gets no
+/// connection; one with such a certificate gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_required_when_a_client_ca_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = make_ca(&pki);
+    let (cert, key) = make_cert(&pki, "server");
+    let (client_cert, client_key) = make_cert(&pki, "client");
+    let mut config = test_config(&dir.path().join("data"));
+    config.server.tls_cert_file = cert;
+    config.server.tls_key_file = key;
+    config.server.tls_client_ca_file = ca.clone();
+    let server = TestServer::start(config).await;
+    let url = format!("https://127.0.0.1:{}/health", server.running.as_ref().unwrap().http_addr.port());
+
+    assert!(https_client(&ca).get(&url).send().await.is_err(), "no client certificate: refused");
+    let mut pem = std::fs::read(&client_cert).unwrap();
+    pem.extend(std::fs::read(&client_key).unwrap());
+    let identity = reqwest::Identity::from_pem(&pem).unwrap();
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let client = crate::harness::client_builder().add_root_certificate(root).identity(identity).build().unwrap();
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
