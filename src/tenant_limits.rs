@@ -91,6 +91,10 @@ impl TenantLimits {
     }
 
     fn check_write(&self, tenant: &str, bytes: usize) -> Result<(), Refusal> {
+        if store::model::Tenant::new(tenant).is_err() {
+            // Not a tenant: the handler answers 400, and it must not take a place among the tenants.
+            return Ok(());
+        }
         let c = &self.0.config;
         {
             let mut known = self.0.known.lock();
@@ -135,6 +139,18 @@ impl TenantLimits {
         })
     }
 
+    /// Forgets a tenant's query slots when no query holds or waits for them, so that queries naming ever
+    /// new tenants cannot grow the map.
+    fn release_idle(&self, tenant: &str, slots: &Arc<Semaphore>) {
+        let mut map = self.0.queries.lock();
+        // The map's reference and the caller's: nobody else has them.
+        if Arc::strong_count(slots) == 2
+            && slots.available_permits() == self.0.config.tenant_max_concurrent_queries.max(1)
+        {
+            map.remove(tenant);
+        }
+    }
+
     fn query_slots(&self, tenant: &str) -> Arc<Semaphore> {
         let n = self.0.config.tenant_max_concurrent_queries.max(1);
         self.0.queries.lock().entry(tenant.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
@@ -156,7 +172,8 @@ pub async fn limit_queries(State(limits): State<TenantLimits>, req: Request, nex
     let tenant = tenant_of(&req);
     let slots = limits.query_slots(&tenant);
     let timeout = limits.0.config.tenant_query_queue_timeout;
-    let Ok(Ok(_slot)) = tokio::time::timeout(timeout, slots.acquire_owned()).await else {
+    let slot = tokio::time::timeout(timeout, slots.clone().acquire_owned()).await;
+    let Ok(Ok(slot)) = slot else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(timeout.as_secs().max(1)),
@@ -168,7 +185,10 @@ pub async fn limit_queries(State(limits): State<TenantLimits>, req: Request, nex
             ),
         );
     };
-    next.run(req).await
+    let response = next.run(req).await;
+    drop(slot);
+    limits.release_idle(&tenant, &slots);
+    response
 }
 
 #[cfg(test)]

@@ -88,3 +88,15 @@ async fn queries_past_a_tenants_concurrency_wait_then_get_503_while_other_tenant
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
     assert_eq!(app.oneshot(req("/query", "a", "fast")).await.unwrap().status(), StatusCode::OK, "the slot is back");
 }
+
+#[test]
+fn invalid_tenant_names_take_no_place_and_idle_query_slots_are_forgotten() {
+    let limits = TenantLimits::new(LimitsConfig { max_tenants: 1, ..LimitsConfig::default() }, []);
+    for bad in ["../etc", "", "a b"] {
+        assert!(limits.check_write(bad, 1).is_ok(), "left to the handler's 400");
+    }
+    assert!(limits.check_write("real", 1).is_ok(), "the place is still free");
+    let slots = limits.query_slots("q");
+    limits.release_idle("q", &slots);
+    assert!(limits.0.queries.lock().is_empty());
+}
