@@ -31,7 +31,8 @@ pub struct QueryConfig {
     /// How far back a PromQL instant selector looks for a sample (Prometheus' `--query.lookback-delta`).
     #[serde(with = "store::config::duration")]
     pub lookback_delta: Duration,
-    /// Most samples one PromQL query may load (Prometheus' `--query.max-samples`).
+    /// Most samples one PromQL selection may load, and one expression node hold at once (Prometheus'
+    /// `--query.max-samples`, 50,000,000 there; 16 bytes each, so the default stays near 256 MiB).
     pub max_samples: usize,
     /// Step of a PromQL subquery that names none (Prometheus' global evaluation interval).
     #[serde(with = "store::config::duration")]
@@ -49,7 +50,7 @@ impl Default for QueryConfig {
             max_query_length: Duration::from_secs(721 * 3600),
             query_parallelism: 0,
             lookback_delta: Duration::from_secs(300),
-            max_samples: 50_000_000,
+            max_samples: 15_000_000,
             default_subquery_step: Duration::from_secs(60),
         }
     }

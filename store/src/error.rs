@@ -47,6 +47,8 @@ pub enum Error {
          fewer distinct label sets (move high-cardinality values into fields), or raise the limit"
     )]
     TooManyStreams { tenant: String, have: usize, new: usize, limit: usize },
+    #[error("the query would load more than {limit} samples into memory (query.max_samples)")]
+    TooManySamples { limit: usize },
     #[error("write-ahead log is not accepting writes: {reason}")]
     WalClosed { reason: String },
 

@@ -519,3 +519,33 @@ async fn kill_9_during_remote_write_loses_nothing_acknowledged() {
     }
     server.terminate();
 }
+
+/// Issue 17: a PromQL query over more samples than `query.max_samples` is refused while the store loads
+/// them (from parts and from the head), not after it held them all; the server answers the next query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_more_samples_than_max_samples_is_refused_while_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.query.max_samples = 1_000;
+    let server = TestServer::start(config).await;
+    let t0 = store::time::now_ns() / 1_000_000 - 3_000_000;
+    let text: String = (0..1_500).map(|i| format!("heavy_metric {i} {}\n", t0 + i * 1_000)).collect();
+    let r = server.client.post(server.url("/api/v1/import/prometheus")).body(text).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let ask = |q: &'static str| {
+        let req = server.client.get(server.url("/api/v1/query")).query(&[("query", q)]);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for phase in ["head", "parts"] {
+        let (status, body) = ask("count_over_time(heavy_metric[1h])").await;
+        assert_eq!(status, 422, "{phase}: {body}");
+        assert!(body.contains("too many samples"), "{phase}: {body}");
+        let (status, body) = ask("count_over_time(heavy_metric[10m])").await;
+        assert_eq!(status, 200, "{phase}: a query within the limit answers: {body}");
+        server.flush().await;
+    }
+    server.stop().await;
+}

@@ -242,15 +242,18 @@ fn to_store_matcher(m: &Matcher) -> LabelMatcher {
 pub struct StoreSource<'a> {
     pub store: &'a MetricStore,
     pub tenant: &'a Tenant,
+    /// Most samples one selection may load (`query.max_samples`).
+    pub max_samples: usize,
 }
 
 impl SeriesSource for StoreSource<'_> {
     fn select(&self, matchers: &[Matcher], mint_ms: i64, maxt_ms: i64) -> Result<Vec<Series>, EvalError> {
         let ms: Vec<LabelMatcher> = matchers.iter().map(to_store_matcher).collect();
-        let found = self
-            .store
-            .select(self.tenant, &ms, mint_ms, maxt_ms)
-            .map_err(|e| EvalError::Execution(format!("reading the metric store failed: {e}")))?;
+        let found =
+            self.store.select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples).map_err(|e| match e {
+                store::Error::TooManySamples { .. } => crate::promql::too_many_samples(),
+                e => EvalError::Execution(format!("reading the metric store failed: {e}")),
+            })?;
         Ok(found
             .into_iter()
             .map(|SelectedSeries { labels, t, v }| Series {
@@ -270,7 +273,7 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let store = r.state.metric_store.clone();
     let tenant = r.tenant.clone();
     let mut out = tokio::task::spawn_blocking(move || {
-        let src = StoreSource { store: &store, tenant: &tenant };
+        let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples };
         match range {
             Some((start, end, step)) => promql::eval_range(&opts, &src, &expr, start, end, step),
             None => promql::eval_instant(&opts, &src, &expr, time),

@@ -450,7 +450,7 @@ pub(super) fn merge_same_labels(series: Vec<VSeries>) -> Result<Vec<VSeries>, Ev
 }
 
 /// The error for exceeding `max_samples`.
-pub(super) fn too_many_samples() -> EvalError {
+pub fn too_many_samples() -> EvalError {
     EvalError::Execution("query processing would load too many samples into memory in query execution".into())
 }
 

@@ -28,6 +28,7 @@ mod tests;
 
 pub use ast::{AggOp, Aggregate, At, BinOp, Binary, Card, Expr, Selector, Subquery, ValType};
 pub use durexpr::DurExpr;
+pub use eval::too_many_samples;
 
 /// A label set, sorted by label name; includes `__name__` when present.
 pub type Labels = Vec<(String, String)>;
@@ -141,7 +142,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             lookback_ms: 300_000,
-            max_samples: 50_000_000,
+            max_samples: 15_000_000,
             default_subquery_step_ms: 60_000,
             deadline: None,
         }

@@ -751,7 +751,24 @@ impl MetricStore {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SelectedSeries>> {
+        self.select_within(tenant, matchers, mint, maxt, usize::MAX)
+    }
+
+    /// [`MetricStore::select`], refusing with [`Error::TooManySamples`] as soon as more than `max_samples`
+    /// samples were read, so that a query over too much data fails before it holds all of it.
+    ///
+    /// # Errors
+    /// As `select`, and `TooManySamples`.
+    pub fn select_within(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        mint: i64,
+        maxt: i64,
+        max_samples: usize,
+    ) -> Result<Vec<SelectedSeries>> {
         let inner = &self.inner;
+        let mut loaded = 0usize;
         let Some(series) = inner.catalog.get(tenant) else {
             return Ok(Vec::new());
         };
@@ -806,6 +823,10 @@ impl MetricStore {
                     continue;
                 }
             };
+            loaded = loaded.saturating_add(t.len());
+            if loaded > max_samples {
+                return Err(Error::TooManySamples { limit: max_samples });
+            }
             let mut off = 0;
             for r in &runs {
                 if let Some(p) = trim(&t, &v, off, r.rows as usize) {
@@ -828,6 +849,7 @@ impl MetricStore {
                 let (t, v) = buf.sorted();
                 let (t, v) = (ScalarBuffer::from(t), ScalarBuffer::from(v));
                 if let Some(p) = trim(&t, &v, 0, t.len()) {
+                    loaded = loaded.saturating_add(p.0.len());
                     pieces.entry(id).or_default().push(p);
                 }
             }
@@ -836,6 +858,9 @@ impl MetricStore {
             from_head(head);
         }
         from_head(&inner.active.lock());
+        if loaded > max_samples {
+            return Err(Error::TooManySamples { limit: max_samples });
+        }
 
         let s = series.read();
         let mut out = Vec::with_capacity(pieces.len());
