@@ -34,6 +34,9 @@ pub struct QueryConfig {
     /// Most samples one PromQL selection may load, and one expression node hold at once (Prometheus'
     /// `--query.max-samples`, 50,000,000 there; 16 bytes each, so the default stays near 256 MiB).
     pub max_samples: usize,
+    /// Live tails (`/loki/api/v1/tail` WebSockets) running at once, over all tenants; past it 429 (Loki's
+    /// `max_concurrent_tail_requests`).
+    pub max_concurrent_tails: usize,
     /// Step of a PromQL subquery that names none (Prometheus' global evaluation interval).
     #[serde(with = "store::config::duration")]
     pub default_subquery_step: Duration,
@@ -51,6 +54,7 @@ impl Default for QueryConfig {
             query_parallelism: 0,
             lookback_delta: Duration::from_secs(300),
             max_samples: 15_000_000,
+            max_concurrent_tails: 32,
             default_subquery_step: Duration::from_secs(60),
         }
     }

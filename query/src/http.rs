@@ -28,6 +28,8 @@ pub struct QueryState {
     pub metrics: Arc<QueryMetrics>,
     /// The runtime all SQL queries share (its memory pool is `config.sql_max_memory`).
     pub sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    /// Live tails running now, at most `config.max_concurrent_tails`.
+    pub tails: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueryState {
@@ -41,7 +43,8 @@ impl QueryState {
     ) -> datafusion::error::Result<QueryState> {
         let max = usize::try_from(config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
         let sql_runtime = crate::sql::runtime(max)?;
-        Ok(QueryState { store, metric_store, config, metrics, sql_runtime })
+        let tails = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_tails.max(1)));
+        Ok(QueryState { store, metric_store, config, metrics, sql_runtime, tails })
     }
 }
 

@@ -456,3 +456,35 @@ async fn a_query_past_the_timeout_is_a_504_and_the_server_stays_up() {
     assert_eq!(r.status(), 200);
     server.stop().await;
 }
+
+/// Issue 17: live tails are bounded (`query.max_concurrent_tails`): past it a tail is a 429 naming the key,
+/// and a slot is free again once a tail ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tails_past_the_limit_are_refused_until_one_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.query.max_concurrent_tails = 1;
+    let server = TestServer::start(config).await;
+    let url =
+        format!("{}?query={}", server.url("/loki/api/v1/tail").replacen("http://", "ws://", 1), "%7Bapp%3D%22x%22%7D");
+    let (mut first, _) = tokio_tungstenite::connect_async(url.clone()).await.expect("the first tail");
+    match tokio_tungstenite::connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 429);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("query.max_concurrent_tails"), "{body}");
+        }
+        other => panic!("a second tail must be refused, got {:?}", other.map(|_| ())),
+    }
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(url.clone()).await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no slot freed within 10 s: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}

@@ -775,7 +775,21 @@ async fn tail(
         Err(r) => return r,
     };
     let categorize = p.categorize();
-    ws.on_upgrade(move |socket| run_tail(socket, state, tenant, expr, delay, limit, start, categorize))
+    // Each tail holds a connection and polls the store for as long as the client stays: bounded.
+    let Ok(slot) = state.tails.clone().try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} live tails run already, the most query.max_concurrent_tails allows\n",
+                state.config.max_concurrent_tails
+            ),
+        )
+            .into_response();
+    };
+    ws.on_upgrade(move |socket| async move {
+        run_tail(socket, state, tenant, expr, delay, limit, start, categorize).await;
+        drop(slot);
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
