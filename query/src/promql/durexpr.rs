@@ -300,6 +300,47 @@ fn is_plain_literal(s: &str) -> bool {
     !t.is_empty() && t.bytes().all(|c| c.is_ascii_alphanumeric()) && t.as_bytes()[0].is_ascii_digit()
 }
 
+/// Longest duration a literal may give, in seconds (~31,700 years): the parser crate turns larger ones
+/// into a `Duration` and panics (found by `fuzz/`).
+const MAX_LITERAL_SECS: f64 = 1e12;
+
+/// Refuses a plain duration literal (`5m`, `1h30m`, `300`) longer than [`MAX_LITERAL_SECS`]; anything it
+/// cannot read is left to the parser.
+fn check_literal(lit: &str) -> Result<(), EvalError> {
+    let t = lit.trim().trim_start_matches('-');
+    let (mut total, mut i, b) = (0f64, 0, t.as_bytes());
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Ok(());
+        }
+        let n: f64 = t[start..i].parse().unwrap_or(f64::INFINITY);
+        let unit_start = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let secs = match &t[unit_start..i] {
+            "" => 1.0,
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "w" => 604_800.0,
+            "y" => 31_536_000.0,
+            _ => return Ok(()),
+        };
+        total += n * secs;
+    }
+    if total > MAX_LITERAL_SECS {
+        return Err(EvalError::BadData(format!("duration {} is out of range", lit.trim())));
+    }
+    Ok(())
+}
+
 /// Rewrites duration expressions; `None` if the query needs no rewrite.
 pub(super) fn rewrite(q: &str) -> Result<Option<Rewritten>, EvalError> {
     let b = q.as_bytes();
@@ -334,6 +375,9 @@ pub(super) fn rewrite(q: &str) -> Result<Option<Rewritten>, EvalError> {
                 let inner = &q[i + 1..close];
                 let parts: Vec<&str> = inner.splitn(2, ':').collect();
                 if parts.iter().all(|p| p.trim().is_empty() || is_plain_literal(p)) {
+                    for p in &parts {
+                        check_literal(p)?;
+                    }
                     i = close + 1;
                     continue;
                 }
@@ -376,6 +420,9 @@ pub(super) fn rewrite(q: &str) -> Result<Option<Rewritten>, EvalError> {
                 let lit = &rest[..lit_len];
                 let lit_ok = is_plain_literal(lit.trim_start_matches('-'))
                     && !lit.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit() || c == b'.');
+                if is_plain_literal(lit.trim_start_matches('-')) {
+                    check_literal(lit)?;
+                }
                 if lit_ok && !rest[lit_len..].starts_with('(') {
                     i = atom_start + lit_len;
                     continue;

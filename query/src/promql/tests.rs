@@ -213,3 +213,20 @@ fn fill_modifiers() {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(v, vec![(labels(&[("k", "a")]), 0, 1.0), (labels(&[("k", "b")]), 0, 10.0)]);
 }
+
+#[test]
+fn durations_too_long_for_the_parser_crate_are_refused_before_it() {
+    for q in [
+        "rate(metric[18888888888888888888888888888888888] smoothed)",
+        "rate(metric[99999999999999999999y])",
+        "metric offset 18888888888888888888888888888888888",
+        "metric offset -99999999999999999999w",
+        "max_over_time(metric[1h:99999999999999999999999999s])",
+    ] {
+        let err = crate::promql::parse(q).err().unwrap_or_else(|| panic!("{q} parsed"));
+        assert!(err.to_string().contains("out of range"), "{q}: {err}");
+    }
+    for q in ["rate(metric[5m])", "metric offset 1h", "rate(metric[1h30m])", "max_over_time(metric[1h:1m])"] {
+        assert!(crate::promql::parse(q).is_ok(), "{q}");
+    }
+}
