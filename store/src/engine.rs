@@ -442,8 +442,12 @@ impl LogStore {
             let streams = streams.read();
             // The head schema (built-ins and fields) shared by all of this tenant's batches.
             let head_schema = table_schema([], tm.fields.iter());
-            let batches: Vec<RecordBatch> =
-                tm.batches.iter().map(|b| conform(b, &head_schema, None)).collect::<Result<_>>()?;
+            // The batches as appended, each with its own fields: a part's columns are gathered from the
+            // batches its rows come from, so that wide, varied batches are never all widened to every
+            // field of the head (that made batches × distinct fields arrays).
+            let batches = &tm.batches;
+            let head_index: HashMap<&str, usize> =
+                head_schema.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
             // Sort keys: (day, stream, time, batch, row).
             let mut keys: Vec<(i64, u64, i64, u32, u32)> = Vec::with_capacity(tm.rows);
             let mut present: HashSet<u64> = HashSet::new();
@@ -476,14 +480,15 @@ impl LogStore {
                     .iter()
                     .map(|b| {
                         let mut rows = vec![Vec::new(); b.num_rows()];
-                        for c in 3..b.num_columns() {
+                        for (c, field) in b.schema().fields().iter().enumerate().skip(3) {
                             let col = b.column(c);
+                            let Some(&hc) = head_index.get(field.name().as_str()) else { continue };
                             if col.null_count() == col.len() {
                                 continue;
                             }
                             for (r, fields) in rows.iter_mut().enumerate() {
                                 if col.is_valid(r) {
-                                    fields.push(c as u32);
+                                    fields.push(hc as u32);
                                 }
                             }
                         }
@@ -525,8 +530,28 @@ impl LogStore {
                     .filter(|f| !label_cols.contains(f))
                     .collect();
                 let part_schema = table_schema(label_cols.iter(), fields.iter());
+                // The batches these rows come from, renumbered, and each column of the part from each of
+                // them (a batch without the field gives nulls).
+                let mut refs: Vec<u32> = keys[start..end].iter().map(|k| k.3).collect();
+                refs.sort_unstable();
+                refs.dedup();
+                let slot: HashMap<u32, usize> = refs.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+                let owned: Vec<Vec<ArrayRef>> = columns
+                    .iter()
+                    .map(|&c| {
+                        let field = head_schema.field(c);
+                        refs.iter()
+                            .map(|&b| {
+                                let batch = &batches[b as usize];
+                                batch.column_by_name(field.name()).cloned().unwrap_or_else(|| {
+                                    arrow::array::new_null_array(field.data_type(), batch.num_rows())
+                                })
+                            })
+                            .collect()
+                    })
+                    .collect();
                 let arrays: Vec<Vec<&dyn Array>> =
-                    columns.iter().map(|&c| batches.iter().map(|b| b.column(c).as_ref()).collect()).collect();
+                    owned.iter().map(|per_batch| per_batch.iter().map(|a| a.as_ref()).collect()).collect();
                 let meta = PartMeta {
                     id: self.next_part_id(),
                     tenant: tenant.as_str().to_string(),
@@ -545,7 +570,7 @@ impl LogStore {
                 let mut writer = PartWriter::create(dir, meta, part_schema, self.write_options(0))?;
                 let res = (|| {
                     for chunk in keys[start..end].chunks(rg_rows) {
-                        let idx: Vec<(usize, usize)> = chunk.iter().map(|k| (k.3 as usize, k.4 as usize)).collect();
+                        let idx: Vec<(usize, usize)> = chunk.iter().map(|k| (slot[&k.3], k.4 as usize)).collect();
                         let cols: Vec<ArrayRef> =
                             arrays.iter().map(|a| interleave(a, &idx)).collect::<Result<_, _>>()?;
                         let rb = RecordBatch::try_new(sub_schema.clone(), cols)?;
