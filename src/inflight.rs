@@ -4,7 +4,9 @@
 //!
 //! Bytes are reserved from a semaphore (1 KiB per permit) as they arrive, starting from the declared
 //! `Content-Length`, and released when the handler has answered. A request that cannot get its bytes within
-//! the body timeout is answered 503 with `Retry-After`, which every shipper retries.
+//! the body timeout is answered 503 with `Retry-After`, which every shipper retries. A body over
+//! `server.max_request_size` is read and dropped up to twice the limit before the 413, so that a client
+//! still writing it reads the answer instead of a closed connection; a bigger one is refused at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +60,13 @@ pub async fn limit_body(State(limits): State<BodyLimits>, req: Request, next: Ne
         return next.run(req).await;
     }
     if let Some(n) = declared.filter(|n| *n > limits.max_body) {
+        let deadline = Instant::now() + limits.timeout;
+        // Read and drop a body that is not too much bigger, so that the client, still writing it, gets to
+        // read the answer instead of a closed connection; nothing of it is held.
+        if n <= limits.max_body.saturating_mul(2) {
+            let mut body = req.into_body();
+            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, body.frame()).await {}
+        }
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request body of {n} bytes is over server.max_request_size ({} bytes)\n", limits.max_body),
@@ -104,6 +113,15 @@ pub async fn limit_body(State(limits): State<BodyLimits>, req: Request, next: Ne
         };
         let Ok(data) = frame.into_data() else { continue };
         if buf.len() + data.len() > limits.max_body {
+            // As above: drop the rest (up to twice the limit) so that the client reads the answer.
+            let (mut seen, cap) = (buf.len() + data.len(), limits.max_body.saturating_mul(2));
+            drop(buf);
+            while seen <= cap {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is over server.max_request_size ({} bytes)\n", limits.max_body),
