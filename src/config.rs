@@ -95,7 +95,7 @@ pub struct ServerConfig {
     /// Delete whole days of data older than this.
     #[serde(with = "store::config::duration")]
     pub retention: Duration,
-    /// Delete the oldest days while the data takes more than this on disk; "0" for no budget.
+    /// The disk budget, as `store.retention_max_disk` (either may be set; both only to the same value).
     pub retention_max_disk: ByteSize,
     /// Longest log line accepted; longer lines are rejected one by one and counted.
     pub max_line_size: ByteSize,
@@ -207,6 +207,11 @@ impl Config {
     ///
     /// # Errors
     /// A message that names the key.
+    /// The disk budget: `store.retention_max_disk` or `server.retention_max_disk`; `None` for none.
+    pub fn disk_budget(&self) -> Option<ByteSize> {
+        [self.store.retention_max_disk, self.server.retention_max_disk].into_iter().find(|b| b.as_u64() > 0)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         self.store.validate().map_err(anyhow::Error::msg)?;
         self.mqtt.validate().map_err(anyhow::Error::msg)?;
@@ -222,6 +227,15 @@ impl Config {
             if s.tls_cert_file.as_os_str().is_empty() {
                 bail!("server.mqtts_listen needs server.tls_cert_file and server.tls_key_file (its certificate)");
             }
+        }
+        let (old, new) = (s.retention_max_disk.as_u64(), self.store.retention_max_disk.as_u64());
+        if old > 0 && new > 0 && old != new {
+            bail!(
+                "server.retention_max_disk ({}) and store.retention_max_disk ({}) disagree: set only one \
+                 (they are the same setting)",
+                s.retention_max_disk.display().iec(),
+                self.store.retention_max_disk.display().iec()
+            );
         }
         if s.retention < Duration::from_secs(3600) {
             bail!("server.retention = {} is below the minimum of 1h", humantime::format_duration(s.retention));

@@ -32,6 +32,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// False once shutdown has begun, so that load balancers stop sending.
     pub ready: Arc<AtomicBool>,
+    /// The free-space reserve: `/ready` answers 503 while it refuses writes.
+    pub disk: store::DiskGuard,
 }
 
 /// `otlp` is OTLP/HTTP's router (`ingest_otlp::router`), merged here so that the body limit and the
@@ -82,11 +84,15 @@ pub fn router(
         .layer(DefaultBodyLimit::max(limit))
 }
 
+/// 200 while the server takes writes; 503 with the reason while it shuts down or while the disk refuses
+/// them (a readiness probe, not a liveness one: the server recovers by itself, see `/health`).
 async fn ready(State(app): State<AppState>) -> Response {
-    if app.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    if !app.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match app.disk.problem() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
     }
 }
 

@@ -54,10 +54,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let mut registry = Registry::default();
+    let disk =
+        store::DiskGuard::new(&s.data_dir, config.store.min_free_disk.bytes(), config.disk_budget(), &mut registry)
+            .with_context(|| format!("cannot read the free space of the data directory {}", s.data_dir.display()))?;
+    tracing::info!(
+        free_bytes = disk.free(),
+        reserve_bytes = disk.reserve(),
+        budget_bytes = disk.budget().unwrap_or(0),
+        "disk: ingest is refused below the reserve (store.min_free_disk); the budget (store.retention_max_disk, 0: none) covers all data"
+    );
     let options = StoreOptions {
         data_dir: s.data_dir.clone(),
         retention: s.retention,
-        retention_max_disk: (s.retention_max_disk.as_u64() > 0).then_some(s.retention_max_disk),
+        disk: Some(disk.clone()),
         tuning: config.store.clone(),
     };
     let store = tokio::task::block_in_place(|| LogStore::open(options.clone(), &mut registry))
@@ -131,6 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ingest,
         registry: Arc::new(registry),
         ready: ready.clone(),
+        disk: disk.clone(),
     };
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
         .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
@@ -160,6 +170,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ),
     );
     tokio::spawn(crate::auth::watch(auth.clone(), config.clone(), shutdown.clone()));
+    tokio::spawn(store::disk::maintain(
+        disk,
+        store.clone(),
+        metric_store.clone(),
+        config.store.maintenance_interval,
+        shutdown.clone(),
+    ));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
     tracing::info!(%http_addr, %otlp_grpc_addr, tls = tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");

@@ -39,7 +39,7 @@ fn open(dir: &std::path::Path) -> LogStore {
     let options = StoreOptions {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
-        retention_max_disk: None,
+        disk: None,
         tuning: StoreConfig::default(),
     };
     LogStore::open(options, &mut prometheus_client::registry::Registry::default()).unwrap()
@@ -212,7 +212,7 @@ fn metrics(c: &mut Criterion) {
     let options = StoreOptions {
         data_dir: dir.path().to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
-        retention_max_disk: None,
+        disk: None,
         tuning: StoreConfig::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -231,6 +231,12 @@ impl Worker {
             if let Some((handle, _, done)) = writing.take() {
                 let result = handle.await.unwrap_or_else(|e| Err(format!("the MQTT store task failed: {e}")));
                 failed = result.as_ref().err().cloned();
+                if failed.is_some() {
+                    // The store's logs recover from a failed write and take later ones: a later tag of this
+                    // epoch could become durable while this one is not, and a durable tag must mean every
+                    // earlier one of its epoch is. Go on in a new epoch.
+                    self.next_tag = SampleTag { epoch: self.next_tag.epoch + 1, n: 1 };
+                }
                 self.answer(done, result);
             }
             if let Some(next) = next {
@@ -500,7 +506,7 @@ mod tests {
         let options = StoreOptions {
             data_dir: dir.path().to_path_buf(),
             retention: Duration::from_secs(30 * 86_400),
-            retention_max_disk: None,
+            disk: None,
             tuning: StoreConfig::default(),
         };
         let mut registry = Registry::default();

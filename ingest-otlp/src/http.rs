@@ -158,19 +158,29 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
 }
 
 fn store_failed(otlp: &Otlp, signal: &str, encoding: Encoding, e: &ExportError) -> Response {
-    tracing::error!(error = %e, signal, "could not store an OTLP request");
+    if matches!(e.0, store::Error::DiskFull { .. }) {
+        // The disk guard logged the state change once; not every refused request.
+        tracing::debug!(error = %e, signal, "refused an OTLP request");
+    } else {
+        tracing::error!(error = %e, signal, "could not store an OTLP request");
+    }
     let (status, code) = if e.0.is_limit() {
         // A tenant limit (store.max_streams_per_tenant): OTLP/HTTP clients retry 429 with backoff.
         (StatusCode::TOO_MANY_REQUESTS, RESOURCE_EXHAUSTED)
     } else if e.is_client_error() {
         (StatusCode::BAD_REQUEST, INVALID_ARGUMENT)
-    } else if matches!(e.0, store::Error::WalClosed { .. }) {
+    } else if e.0.is_retryable() {
+        // A full or failing disk: OTLP/HTTP exporters retry 503 and keep the data.
         (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, INTERNAL)
     };
     otlp.rejected_request(signal, Transport::Http, status.as_str());
-    error(encoding, status, code, e.to_string())
+    let mut resp = error(encoding, status, code, e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
+    }
+    resp
 }
 
 async fn logs(State(otlp): State<Arc<Otlp>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -81,8 +81,20 @@ fn plain(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 }
 
 fn store_error(e: &store::Error) -> Response {
+    if e.is_retryable() {
+        // A full or failing disk, or a stopping store: 503 with Retry-After, which Loki and
+        // Elasticsearch shippers, Prometheus remote write, OTLP exporters and the agent all retry,
+        // keeping the data. The disk guard has logged the state change once; not every request.
+        if matches!(e, store::Error::DiskFull { .. }) {
+            tracing::debug!(error = %e, "refused a write");
+        } else {
+            tracing::error!(error = %e, "could not store a request");
+        }
+        let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, format!("could not store the request: {e}"));
+        resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
+        return resp;
+    }
     let status = match e {
-        store::Error::WalClosed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // As Loki answers a stream limit: shippers retry with backoff.
         e if e.is_limit() => StatusCode::TOO_MANY_REQUESTS,
         e if e.is_client_error() => StatusCode::BAD_REQUEST,

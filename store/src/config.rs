@@ -42,6 +42,60 @@ pub struct StoreConfig {
     /// Most metric series one tenant may have; samples of further new series are left out, counted and
     /// named in the answer. 0: no limit.
     pub max_series_per_tenant: usize,
+    /// Free space below which ingest is refused until space returns (`auto`: the smaller of 1 GiB and
+    /// 5 % of the volume; `0 B`: no reserve).
+    pub min_free_disk: DiskReserve,
+    /// The most everything the store keeps may take on disk (log and metric parts, catalogs, both
+    /// write-ahead logs); past it the oldest data is deleted. `0 B`: no budget.
+    pub retention_max_disk: ByteSize,
+}
+
+/// `store.min_free_disk`: `"auto"` or a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskReserve {
+    /// The smaller of 1 GiB and 5 % of the volume.
+    #[default]
+    Auto,
+    Bytes(ByteSize),
+}
+
+impl DiskReserve {
+    /// The configured size, `None` for the volume-dependent default.
+    pub fn bytes(self) -> Option<ByteSize> {
+        match self {
+            DiskReserve::Auto => None,
+            DiskReserve::Bytes(b) => Some(b),
+        }
+    }
+}
+
+impl Serialize for DiskReserve {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DiskReserve::Auto => s.serialize_str("auto"),
+            DiskReserve::Bytes(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DiskReserve {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(DiskReserve::Bytes(ByteSize::b(n))),
+            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(DiskReserve::Auto),
+            Raw::Text(t) => t.parse::<ByteSize>().map(DiskReserve::Bytes).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "store.min_free_disk = {t:?} is neither \"auto\" nor a size like \"1 GiB\" ({e})"
+                ))
+            }),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -61,6 +115,8 @@ impl Default for StoreConfig {
             max_field_columns: 2000,
             max_streams_per_tenant: 10_000,
             max_series_per_tenant: 500_000,
+            min_free_disk: DiskReserve::Auto,
+            retention_max_disk: ByteSize::b(0),
         }
     }
 }
@@ -103,8 +159,9 @@ pub struct StoreOptions {
     pub data_dir: std::path::PathBuf,
     /// Delete days older than this.
     pub retention: Duration,
-    /// Delete the oldest days while the parts take more than this; `None` for no budget.
-    pub retention_max_disk: Option<ByteSize>,
+    /// The free-space reserve and the disk budget of the data directory, shared by both stores; `None`
+    /// (tests, tools) for neither.
+    pub disk: Option<crate::disk::DiskGuard>,
     pub tuning: StoreConfig,
 }
 

@@ -278,9 +278,15 @@ impl LogStore {
             return Ok(());
         }
         let inner = &self.inner;
+        if let Some(disk) = &inner.options.disk {
+            disk.admit()?;
+        }
         // Backpressure: while flushes fall behind, hold new writes instead of growing without bound.
         let limit = 3 * inner.options.tuning.head_max_size.as_u64() as usize;
         while self.head_bytes() > limit {
+            if let Some(disk) = &inner.options.disk {
+                disk.admit()?;
+            }
             inner.flush_wanted.notify_one();
             let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
@@ -302,7 +308,7 @@ impl LogStore {
         let wanted = inner.flush_wanted.clone();
         let max = inner.options.tuning.head_max_size.as_u64() as usize;
         let tenant = tenant.clone();
-        inner
+        let res = inner
             .wal
             .append(
                 payload,
@@ -328,8 +334,11 @@ impl LogStore {
                     }
                 }),
             )
-            .await?;
-        Ok(())
+            .await;
+        if let Some(disk) = &inner.options.disk {
+            disk.note_write(&res);
+        }
+        res.map(|_| ())
     }
 
     fn head_bytes(&self) -> usize {
@@ -363,6 +372,9 @@ impl LogStore {
             .map_err(|e| Error::WalClosed { reason: format!("flush task failed: {e}") })?;
         self.inner.flushed.notify_waiters();
         self.update_gauges();
+        if let Some(disk) = &self.inner.options.disk {
+            disk.note_write(&res);
+        }
         res
     }
 
@@ -936,6 +948,10 @@ impl LogStore {
     /// # Errors
     /// I/O errors; the inputs stay in place.
     pub async fn compact(&self) -> Result<usize> {
+        // Compaction writes its output before it frees its inputs: not while the disk is low.
+        if self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
+            return Ok(0);
+        }
         let _guard = self.inner.maintenance_lock.lock().await;
         let this = self.clone();
         let n = tokio::task::spawn_blocking(move || this.compact_blocking())
@@ -1015,49 +1031,63 @@ impl LogStore {
         Ok(merged)
     }
 
-    /// Deletes whole days past the retention period, then the oldest days while the parts exceed the
-    /// disk budget (today's data is never deleted for the budget). Returns the parts deleted.
+    /// Deletes whole days past the retention period. Returns the parts deleted. (The disk budget, over
+    /// both stores, is [`crate::disk::enforce_budget`]'s.)
     ///
     /// # Errors
     /// I/O errors writing the manifest.
     pub async fn apply_retention(&self) -> Result<usize> {
-        let _guard = self.inner.maintenance_lock.lock().await;
-        let inner = &self.inner;
-        let now = now_ns();
-        let retention_ns = i64::try_from(inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff_day = day_of_ns(now.saturating_sub(retention_ns));
-        let today = day_of_ns(now);
-        let mut manifest = inner.manifest.lock();
-        let mut st = inner.state.write();
-        let mut doomed: HashSet<u64> = st.parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
-        if let Some(budget) = inner.options.retention_max_disk {
-            let mut by_day: std::collections::BTreeMap<i64, Vec<&Arc<Part>>> = Default::default();
-            for p in st.parts.iter().filter(|p| !doomed.contains(&p.meta.id)) {
-                by_day.entry(p.meta.day).or_default().push(p);
-            }
-            let mut total: u64 = by_day.values().flatten().map(|p| p.meta.disk_bytes()).sum();
-            for (day, parts) in by_day {
-                if total <= budget.as_u64() || day >= today {
-                    break;
-                }
-                for p in parts {
-                    total -= p.meta.disk_bytes();
-                    doomed.insert(p.meta.id);
-                }
-            }
-        }
+        let retention_ns = i64::try_from(self.inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff_day = day_of_ns(now_ns().saturating_sub(retention_ns));
+        let doomed: HashSet<u64> =
+            self.inner.state.read().parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
         if doomed.is_empty() {
             return Ok(0);
         }
+        let (n, _) = self.delete_parts(&doomed, "retention period").await?;
+        tracing::info!(parts = n, cutoff = %crate::time::format_day(cutoff_day), "retention deleted log parts");
+        Ok(n)
+    }
+
+    /// The parts as the disk budget weighs them.
+    pub(crate) fn budget_parts(&self) -> Vec<crate::disk::BudgetPart> {
+        let st = self.inner.state.read();
+        st.parts
+            .iter()
+            .map(|p| crate::disk::BudgetPart {
+                id: p.meta.id,
+                day: p.meta.day,
+                min_time_ns: p.meta.min_time,
+                bytes: p.meta.disk_bytes(),
+            })
+            .collect()
+    }
+
+    /// Takes the parts named by `ids` out of the manifest (the commit point), then deletes their files
+    /// (a scan still reading one keeps its files until it ends). Returns the parts and bytes deleted.
+    ///
+    /// # Errors
+    /// I/O errors writing the manifest; then nothing is deleted.
+    pub(crate) async fn delete_parts(&self, ids: &HashSet<u64>, why: &'static str) -> Result<(usize, u64)> {
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let inner = &self.inner;
+        let mut manifest = inner.manifest.lock();
+        let mut st = inner.state.write();
+        if !st.parts.iter().any(|p| ids.contains(&p.meta.id)) {
+            return Ok((0, 0));
+        }
         let mut next = manifest.clone();
-        next.parts.retain(|m| !doomed.contains(&m.id));
+        next.parts.retain(|m| !ids.contains(&m.id));
         next.store(&inner.options.data_dir)?;
         *manifest = next;
         let mut dirs = BTreeSet::new();
+        let (mut n, mut bytes) = (0, 0);
         st.parts.retain(|p| {
-            if doomed.contains(&p.meta.id) {
+            if ids.contains(&p.meta.id) {
                 p.mark_obsolete();
                 dirs.insert(inner.options.data_dir.join(p.meta.partition_dir()));
+                n += 1;
+                bytes += p.meta.disk_bytes();
                 false
             } else {
                 true
@@ -1069,10 +1099,10 @@ impl LogStore {
         for d in dirs {
             let _ = fs::remove_dir(&d);
         }
-        inner.metrics.retention_deleted_parts.inc_by(doomed.len() as u64);
-        tracing::info!(parts = doomed.len(), cutoff = %crate::time::format_day(cutoff_day), "retention deleted parts");
+        inner.metrics.retention_deleted_parts.inc_by(n as u64);
+        tracing::debug!(parts = n, bytes, why, "deleted log parts");
         self.update_gauges();
-        Ok(doomed.len())
+        Ok((n, bytes))
     }
 
     /// Flushes by size and age, compacts and applies retention until `shutdown`, then flushes the head

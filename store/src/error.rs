@@ -52,6 +52,10 @@ pub enum Error {
     #[error("write-ahead log is not accepting writes: {reason}")]
     WalClosed { reason: String },
 
+    /// Ingest is refused while the free space is below the reserve (see [`crate::disk`]).
+    #[error("ingest refused: {reason}")]
+    DiskFull { reason: String },
+
     /// A value in the configuration that cannot work.
     #[error("invalid store config: {0}")]
     Config(String),
@@ -66,6 +70,17 @@ impl Error {
     /// True when a tenant limit refused the write (429: it may pass once the tenant has fewer).
     pub fn is_limit(&self) -> bool {
         matches!(self, Error::TooManyStreams { .. })
+    }
+
+    /// True when the write may pass if retried later: the disk is full or failing, or the store is
+    /// stopping. Ingest answers 503 with `Retry-After` (gRPC `UNAVAILABLE`), which every client retries.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::WalClosed { .. } | Error::DiskFull { .. } | Error::Io { .. } | Error::Parquet { .. })
+    }
+
+    /// True when a write to the data directory failed (not a refusal before it).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Error::WalClosed { .. } | Error::Io { .. } | Error::Parquet { .. })
     }
 
     /// True when the error was caused by the request (bad input), not by the server.

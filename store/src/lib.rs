@@ -18,12 +18,16 @@
 //! quarantine/...                         damaged files set aside, under their relative paths
 //! ```
 //!
+//! The disk is a contract ([`disk`]): below a free-space reserve ingest is refused (and resumes by itself),
+//! and one budget covers everything above.
+//!
 //! Recovery never destroys data: a file that is missing or damaged either stops the start with
 //! [`Error::Refused`] (naming it and what to do), or is set aside into `quarantine/` while the rest is
 //! served, logged at ERROR and counted (`lumen_store_quarantined_files_total`); reads that leave data
 //! out say so ([`LogStore::skipped_parts`], [`MetricStore::skipped_parts`]).
 
 pub mod config;
+pub mod disk;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -47,7 +51,8 @@ mod scan;
 mod tokens;
 mod wal;
 
-pub use config::{StoreConfig, StoreOptions};
+pub use config::{DiskReserve, StoreConfig, StoreOptions};
+pub use disk::DiskGuard;
 pub use engine::{Appended, LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column};

@@ -374,8 +374,10 @@ struct Writer {
     next_seq: u64,
     segment_bytes: u64,
     metrics: Arc<StoreMetrics>,
-    /// After an I/O error the log refuses all writes: later records could not be ordered after a
-    /// frame whose state on disk is unknown.
+    /// After an I/O error the log takes no record until [`Writer::recover`] has cut the segment back to
+    /// its last synced frame: later records could not be ordered after a frame whose state on disk is
+    /// unknown. Every later append tries that first, so the log resumes by itself once the disk can
+    /// take writes again (space freed after ENOSPC).
     failed: Option<String>,
 }
 
@@ -400,8 +402,8 @@ impl Writer {
             for msg in msgs {
                 match msg {
                     Msg::Append { payload, on_durable, reply } => {
-                        if let Some(reason) = &self.failed {
-                            let _ = reply.send(Err(Error::WalClosed { reason: reason.clone() }));
+                        if let Err(reason) = self.recover() {
+                            let _ = reply.send(Err(Error::WalClosed { reason }));
                             continue;
                         }
                         let seq = self.next_seq;
@@ -411,9 +413,9 @@ impl Writer {
                     }
                     Msg::Rotate { on_rotate, reply } => {
                         self.commit(&mut buf, &mut group);
-                        let res = match &self.failed {
-                            Some(reason) => Err(Error::WalClosed { reason: reason.clone() }),
-                            None => self.rotate().map(|()| {
+                        let res = match self.recover() {
+                            Err(reason) => Err(Error::WalClosed { reason }),
+                            Ok(()) => self.rotate().map(|()| {
                                 let last = self.next_seq - 1;
                                 on_rotate(last);
                                 last
@@ -442,12 +444,13 @@ impl Writer {
         let res = self.segment.file.write_all(buf).and_then(|()| self.segment.file.sync_data());
         self.metrics.wal_fsyncs.inc();
         self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
-        self.metrics.wal_bytes.inc_by(buf.len() as u64);
-        self.metrics.wal_records.inc_by(group.len() as u64);
-        self.segment.bytes += buf.len() as u64;
+        let written = buf.len() as u64;
         buf.clear();
         match res {
             Ok(()) => {
+                self.metrics.wal_bytes.inc_by(written);
+                self.metrics.wal_records.inc_by(group.len() as u64);
+                self.segment.bytes += written;
                 for p in group.drain(..) {
                     (p.on_durable)(p.seq);
                     let _ = p.reply.send(Ok(p.seq));
@@ -455,7 +458,11 @@ impl Writer {
             }
             Err(source) => {
                 let reason = format!("write {}: {source}", self.segment.path.display());
-                tracing::error!(%reason, records = group.len(), "wal write failed; refusing further writes");
+                tracing::error!(%reason, records = group.len(), "wal write failed; the records are refused and the log recovers before the next one");
+                // None of the group was acknowledged: its sequence numbers are given again after the cut.
+                if let Some(first) = group.first() {
+                    self.next_seq = first.seq;
+                }
                 self.fail(reason.clone());
                 for p in group.drain(..) {
                     let _ = p.reply.send(Err(Error::WalClosed { reason: reason.clone() }));
@@ -466,6 +473,25 @@ impl Writer {
 
     fn rotate(&mut self) -> Result<()> {
         self.segment = Segment::create(&self.dir, self.next_seq)?;
+        Ok(())
+    }
+
+    /// After a failed write: cuts the segment back to its last synced frame (dropping whatever part of
+    /// the failed group reached the file) and goes on in a new segment, named after the next sequence
+    /// number, so that replay reads one unbroken run. Ok at once when nothing failed; the reason when the
+    /// disk still refuses.
+    fn recover(&mut self) -> Result<(), String> {
+        let Some(reason) = self.failed.clone() else { return Ok(()) };
+        let cut = self
+            .segment
+            .file
+            .set_len(self.segment.bytes)
+            .and_then(|()| self.segment.file.sync_all())
+            .map_err(|e| format!("{reason}; cutting {} back failed too: {e}", self.segment.path.display()));
+        cut?;
+        self.rotate().map_err(|e| format!("{reason}; starting a new segment failed too: {e}"))?;
+        tracing::warn!(segment = %self.segment.path.display(), next_seq = self.next_seq, "wal recovered after a failed write; accepting records again");
+        self.failed = None;
         Ok(())
     }
 

@@ -317,6 +317,24 @@ fn dashboard_queries_parse() {
 }
 
 #[test]
+fn the_mqtt_dashboard_lists_only_mqtt_devices() {
+    // node_exporter's disk and network series carry a `device` label too: the MQTT dashboard's device list and
+    // every query that selects by device keep to what came over MQTT, which carries source="mqtt".
+    let text = std::fs::read_to_string(grafana_dir().join("dashboards/mqtt-devices.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).unwrap();
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let device = vars.iter().find(|v| v["name"] == "device").expect("a device variable");
+    assert_eq!(device["query"], r#"label_values({source="mqtt"}, device)"#);
+    let checked = checked_queries();
+    let by_device: Vec<&Checked> =
+        checked.iter().filter(|c| c.dashboard == "mqtt-devices.json" && c.expr.contains("$device")).collect();
+    assert!(by_device.len() >= 3, "the dashboard's queries by device: {by_device:?}");
+    for c in by_device {
+        assert!(c.expr.contains(r#"source="mqtt""#), "{} selects devices beyond MQTT: {}", c.place, c.expr);
+    }
+}
+
+#[test]
 fn variable_substitution() {
     let (s, vars, ok) =
         substitute(r#"sum by (x) (count_over_time({ns=~"$namespace", pod=~"${pod:regex}"} [$__auto]))"#);

@@ -125,6 +125,8 @@ bad = {
     "settings holding a table": set_("server.settings", {"limits": {"a": 1}}),
     "negative grace period": set_("server.terminationGracePeriodSeconds", -5),
     "bad volume size": set_("server.persistence.size", "ten gigs"),
+    "bad disk budget": set_("server.retentionMaxDisk", "most of it"),
+    "negative disk budget": set_("server.retentionMaxDisk", "-1GiB"),
     "missing auth section": delete("auth"),
     "empty token secret name": set_("auth.existingSecret", ""),
     "auth enabled not a boolean": set_("auth.enabled", "yes"),
@@ -154,12 +156,18 @@ good["server"]["service"]["type"] = "LoadBalancer"
 good["global"] = {"imageRegistry": "registry.example"}
 good["auth"].update(existingSecret="lumen-token", tokenKey="token")
 good["grafana"]["datasource"].update(tenant="home", tokenEnv="LUMEN_TOKEN")
+good["server"]["retentionMaxDisk"] = "40GiB"
+good["server"]["persistence"]["size"] = "50Gi"
 jsonschema.validate(good, schema)
 # The documented opt-out: no token, but then explicitly unauthenticated.
 off = copy.deepcopy(values)
 off["auth"]["enabled"] = False
 off["server"]["settings"] = {"allow_unauthenticated": True}
 jsonschema.validate(off, schema)
+# No disk budget at all, explicitly.
+no_budget = copy.deepcopy(values)
+no_budget["server"]["retentionMaxDisk"] = "0"
+jsonschema.validate(no_budget, schema)
 print(json.dumps({"accepted": accepted, "checked": len(bad)}))
 "#;
     let values = chart().join("values.yaml");
@@ -167,7 +175,7 @@ print(json.dumps({"accepted": accepted, "checked": len(bad)}))
     let out = python(script, &[values.as_path(), schema.as_path()], "");
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
-    assert_eq!(result["checked"], 26);
+    assert_eq!(result["checked"], 28);
 }
 
 #[test]
@@ -495,11 +503,11 @@ http_addr = "0.0.0.0:9700"
 mqtt_listen = "0.0.0.0:1883"
 otlp_grpc_addr = "0.0.0.0:4317"
 retention = "30d"
-retention_max_disk = "0 B"
+retention_max_disk = "8GiB"
 # The token is not in this file: LUMEN_AUTH_TOKEN, from the Secret lumen-secrets (key auth-token).
 
 [mqtt]
-topics = []
+topics = ["devices/{site}/{device}/telemetry","spBv1.0/#"]
 
 [mqtt.listener]
 username = "devices"
@@ -632,16 +640,22 @@ fn the_rendered_config_files_pass_lumen_config_check() {
         "# From the Secret {{ include \"lumen.mqttSecretName\" . }} (key {{ .Values.mqtt.listener.passwordKey }}), mounted as a file.",
         "# The token is not in this file: LUMEN_AUTH_TOKEN, from the Secret {{ include \"lumen.authSecretName\" . }} (key {{ .Values.auth.tokenKey }}).",
         "printf \"http://%s:%v\"",
+        "{{- $_ := set $server \"retention_max_disk\" (include \"lumen.retentionMaxDisk\" .) -}}",
+        "{{- define \"lumen.retentionMaxDisk\" -}}",
+        "{{- if .Values.server.retentionMaxDisk -}}",
     ] {
         assert!(helpers.contains(needle), "_helpers.tpl lacks `{needle}`");
     }
     let values = yaml_file("values.yaml");
     assert_eq!(values["log"], serde_json::json!({"level": "info", "format": "text"}));
     assert_eq!(values["server"]["retention"], "30d");
-    assert_eq!(values["server"]["retentionMaxDisk"], "0 B");
+    // The disk budget is derived from the volume: 80% of 10Gi is the "8GiB" of SERVER_CONFIG.
+    assert_eq!(values["server"]["retentionMaxDisk"], "");
+    assert_eq!(values["server"]["persistence"]["size"], "10Gi");
     assert_eq!(values["mqtt"]["listener"]["enabled"], true);
     assert_eq!(values["mqtt"]["listener"]["username"], "devices");
-    assert_eq!(values["mqtt"]["topics"], serde_json::json!([]));
+    // The same templates as Docker Compose's lumen.toml.
+    assert_eq!(values["mqtt"]["topics"], serde_json::json!(["devices/{site}/{device}/telemetry", "spBv1.0/#"]));
     assert_eq!(values["mqtt"]["broker"]["url"], "");
     assert_eq!(values["server"]["extraConfig"], "");
     assert_eq!(values["agent"]["server"], "");

@@ -229,7 +229,10 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
             }
         }
         assert!(kind(&docs, "Secret").is_empty(), "{}", what("a Secret is rendered"));
-        one(&docs, "Namespace", "lumen");
+        // The data volume lives in the namespace: Argo CD must neither delete it with the Application nor prune it.
+        let namespace = one(&docs, "Namespace", "lumen");
+        let sync_options = namespace["metadata"]["annotations"]["argocd.argoproj.io/sync-options"].as_str();
+        assert_eq!(sync_options, Some("Delete=false,Prune=false"), "{}", what("Namespace sync options"));
 
         // The server.
         let sts = one(&docs, "StatefulSet", "lumen");
@@ -273,6 +276,23 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
             .unwrap_or_else(|| panic!("{}", what("/var/lib/lumen is not a volumeClaimTemplate")));
         let storage = str_of(&claim["spec"]["resources"]["requests"]["storage"], "storage").to_string();
         let storage_class = claim["spec"]["storageClassName"].as_str().map(String::from);
+        // The disk budget: about 80% of the volume this overlay requests (the rest is headroom for the WAL and
+        // compaction), parsed as the server parses it.
+        let budget = server_table["server"]
+            .get("retention_max_disk")
+            .and_then(toml::Value::as_str)
+            .unwrap_or_else(|| panic!("{}", what("no server.retention_max_disk")));
+        let budget_bytes = budget.parse::<bytesize::ByteSize>().unwrap_or_else(|e| panic!("{}", what(&e))).as_u64();
+        let volume_bytes = bytes(&storage);
+        assert!(
+            (volume_bytes * 75..=volume_bytes * 85).contains(&(budget_bytes * 100)),
+            "{}",
+            what(&format!("retention_max_disk {budget} is not about 80% of the {storage} volume"))
+        );
+        // The same MQTT topic templates as Docker Compose.
+        let compose_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose/lumen.toml");
+        let compose: toml::Table = toml::from_str(&std::fs::read_to_string(compose_path).unwrap()).unwrap();
+        assert_eq!(server_table["mqtt"]["topics"], compose["mqtt"]["topics"], "{}", what("mqtt.topics"));
 
         let svc = one(&docs, "Service", "lumen");
         let mut ports: Vec<(String, u64)> = svc["spec"]["ports"]

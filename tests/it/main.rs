@@ -14,6 +14,7 @@ mod deploy_grafana;
 mod deploy_helm;
 #[cfg(feature = "external-tests")]
 mod deploy_kustomize;
+mod disk_full;
 mod durability;
 #[cfg(feature = "external-tests")]
 mod elasticsearch_client;

@@ -69,10 +69,13 @@ mod tests {
         assert_eq!(outcome, Outcome::Decoded(Kind::Influx));
         let temps = sink.named("weather_temp");
         assert_eq!(temps.len(), 2);
-        assert_eq!(temps[0].labels, labels(&[("__name__", "weather_temp"), ("site", "north"), ("station", "w1")]));
+        assert_eq!(
+            temps[0].labels,
+            labels(&[("__name__", "weather_temp"), ("site", "north"), ("source", "mqtt"), ("station", "w1")])
+        );
         assert_eq!((temps[0].t_ms, temps[0].value), (1_700_000_001_000, 12.5));
         // The template's label wins over the line's tag, and a line without a time is timed at reception.
-        assert_eq!(temps[1].labels, labels(&[("__name__", "weather_temp"), ("site", "north")]));
+        assert_eq!(temps[1].labels, labels(&[("__name__", "weather_temp"), ("site", "north"), ("source", "mqtt")]));
         assert_eq!(temps[1].t_ms, 1_700_000_000_000);
         assert_eq!(sink.one("weather_hum").1, 80.0);
         assert_eq!(sink.log().line, payload);

@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(sink.one("temp"), (NOW_MS, 21.5));
         assert_eq!(sink.one("hum"), (NOW_MS, 40.0));
         let temp = sink.named("temp")[0];
-        assert_eq!(temp.labels, labels(&[("__name__", "temp"), ("device", "d7"), ("site", "s1")]));
+        assert_eq!(temp.labels, labels(&[("__name__", "temp"), ("device", "d7"), ("site", "s1"), ("source", "mqtt")]));
         let log = sink.log();
         assert_eq!(log.line, r#"{"temp": 21.5, "hum": 40, "name": "pump", "err": null}"#);
         assert_eq!(log.t_ns, NOW_NS);

@@ -239,11 +239,13 @@ impl<'a> Out<'a> {
         self.sample_with(&[("__name__", name)], t_ms, value);
     }
 
-    /// One sample with the message's labels plus `own` (which includes `__name__`). An own label whose name
-    /// the message's labels already have is dropped: the template's labels win.
+    /// One sample with the message's labels, `source="mqtt"` (which tells device series apart from, say,
+    /// node exporter's `device` label), plus `own` (which includes `__name__`). An own label whose name the
+    /// message's labels already have is dropped: the template's labels win.
     pub fn sample_with(&mut self, own: &[(&str, &str)], t_ms: i64, value: f64) {
         let mut labels = recycle(mem::take(&mut self.bufs.sample));
         labels.extend_from_slice(self.labels);
+        labels.push(("source", "mqtt"));
         if self.topic_label {
             labels.push(("topic", self.topic));
         }
@@ -489,7 +491,10 @@ mod tests {
         let (outcome, sink) = run(&mut d, "plant/boiler/temp", b" 21.5\n");
         assert_eq!(outcome, Outcome::Decoded(Kind::Plain));
         assert_eq!(sink.samples.len(), 1);
-        assert_eq!(sink.samples[0].labels, labels(&[("__name__", "temp"), ("topic", "plant/boiler/temp")]));
+        assert_eq!(
+            sink.samples[0].labels,
+            labels(&[("__name__", "temp"), ("source", "mqtt"), ("topic", "plant/boiler/temp")])
+        );
         assert_eq!(sink.samples[0].t_ms, NOW_MS);
         let log = sink.log();
         assert_eq!(log.labels, labels(&[("source", "mqtt")]));

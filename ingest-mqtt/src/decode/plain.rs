@@ -100,7 +100,7 @@ mod tests {
         let (outcome, sink) = run(&mut d, "home/kitchen/temp-C", "21.5");
         assert_eq!(outcome, Outcome::Decoded(Kind::Plain));
         assert_eq!(sink.samples.len(), 1);
-        assert_eq!(sink.samples[0].labels, labels(&[("__name__", "temp_C"), ("room", "kitchen")]));
+        assert_eq!(sink.samples[0].labels, labels(&[("__name__", "temp_C"), ("room", "kitchen"), ("source", "mqtt")]));
         assert_eq!(sink.samples[0].t_ms, 1_700_000_000_987);
         assert_eq!(sink.samples[0].value, 21.5);
         let log = sink.log();

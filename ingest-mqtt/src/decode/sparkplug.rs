@@ -707,7 +707,8 @@ mod tests {
                 ("__name__", "Inputs_Temperature"),
                 ("edge_node", "edge1"),
                 ("group", "plant"),
-                ("site", "north")
+                ("site", "north"),
+                ("source", "mqtt")
             ])
         );
         assert_eq!((t[0].t_ms, t[0].value), (T0 as i64, 21.5));
@@ -1007,7 +1008,8 @@ mod tests {
                 ("device", "pump"),
                 ("edge_node", "edge1"),
                 ("group", "plant"),
-                ("site", "north")
+                ("site", "north"),
+                ("source", "mqtt")
             ])
         );
         // Without a matching template there are no static labels.
@@ -1015,7 +1017,10 @@ mod tests {
         let mut sink = Collect::default();
         let payload = encode(None, Some(0), vec![named("A", 1, DataType::Double, Value::DoubleValue(1.0))]);
         bare.decode("spBv1.0/g/NBIRTH/e", &payload, NOW_NS, &mut sink);
-        assert_eq!(sink.samples[0].labels, labels(&[("__name__", "A"), ("edge_node", "e"), ("group", "g")]));
+        assert_eq!(
+            sink.samples[0].labels,
+            labels(&[("__name__", "A"), ("edge_node", "e"), ("group", "g"), ("source", "mqtt")])
+        );
         // A bad topic in the namespace is garbage with a log entry.
         let (outcome, sink) = h.send("spBv1.0/plant/BOGUS/edge1", b"x");
         assert!(matches!(outcome, Outcome::Garbage { reason: "invalid_sparkplug", .. }), "{outcome:?}");

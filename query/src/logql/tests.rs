@@ -255,7 +255,7 @@ fn open_store(dir: &Path) -> LogStore {
         StoreOptions {
             data_dir: dir.to_path_buf(),
             retention: Duration::from_secs(86_400 * 365 * 100),
-            retention_max_disk: None,
+            disk: None,
             tuning: StoreConfig::default(),
         },
         &mut Registry::default(),

@@ -13,7 +13,7 @@ async fn store_with_rows(dir: &std::path::Path) -> LogStore {
         StoreOptions {
             data_dir: dir.to_path_buf(),
             retention: Duration::from_secs(86_400 * 30),
-            retention_max_disk: None,
+            disk: None,
             tuning: StoreConfig::default(),
         },
         &mut Registry::default(),

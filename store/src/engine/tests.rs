@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use bytesize::ByteSize;
+
 use arrow::array::AsArray;
 use futures::StreamExt;
 
@@ -13,7 +15,7 @@ fn options(dir: &Path) -> StoreOptions {
     StoreOptions {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
-        retention_max_disk: None,
+        disk: None,
         tuning: StoreConfig { row_group_rows: 1024, ..StoreConfig::default() },
     }
 }
@@ -177,27 +179,63 @@ async fn coarse_timestamps_are_stored_in_a_coarse_unit_and_read_back_exactly() {
     assert_eq!((times[0], times[1], times[2]), (t0, t0 + 7, t0 + 1_000_000));
 }
 
+/// One budget over both stores: whole days go oldest first across logs and metrics, then the last day's
+/// oldest parts (today's too).
 #[tokio::test]
-async fn disk_budget_deletes_the_oldest_days_first_but_never_today() {
+async fn disk_budget_deletes_the_oldest_days_across_both_stores() {
+    use crate::disk::{DiskGuard, enforce_budget, usage};
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(dir.path());
     let now = now_ns();
+    let mut opts = options(dir.path());
+    let open = |opts: &StoreOptions| {
+        let mut reg = Registry::default();
+        (LogStore::open(opts.clone(), &mut reg).unwrap(), crate::MetricStore::open(opts.clone(), &mut reg).unwrap())
+    };
     {
-        let store = LogStore::open(opts.clone(), &mut Registry::default()).unwrap();
+        let (logs, metrics) = open(&opts);
         for (age, app) in [(3, "d3"), (2, "d2"), (0, "today")] {
-            store.append(&tenant(), batch(app, 0, 2000, now - age * NANOS_PER_DAY)).await.unwrap();
+            logs.append(&tenant(), batch(app, 0, 2000, now - age * NANOS_PER_DAY)).await.unwrap();
         }
-        store.flush().await.unwrap();
-        assert_eq!(store.stats().parts, 3);
+        let mut b = metrics.batch(&tenant());
+        for age in [3i64, 0] {
+            let t = (now - age * NANOS_PER_DAY) / 1_000_000;
+            b.add(&[("__name__", "up"), ("age", &age.to_string())], (0..500).map(|i| (t + i, i as f64)));
+        }
+        metrics.append(b).await.unwrap();
+        logs.flush().await.unwrap();
+        metrics.flush().await.unwrap();
     }
-    // A budget that two days' parts exceed: the oldest day goes, then the next, today stays.
-    opts.retention_max_disk = Some(bytesize::ByteSize::b(1));
-    let store = LogStore::open(opts, &mut Registry::default()).unwrap();
-    assert_eq!(store.apply_retention().await.unwrap(), 2);
+    let (logs, metrics) = open(&opts);
+    let day3 = day_of_ns(now - 3 * NANOS_PER_DAY);
+    let weigh = |logs: &LogStore, metrics: &crate::MetricStore, day: i64| -> u64 {
+        logs.budget_parts().iter().chain(metrics.budget_parts().iter()).filter(|p| p.day == day).map(|p| p.bytes).sum()
+    };
+    let used = usage(dir.path()).total();
+    assert!(used > 0);
+    assert_eq!(metrics.budget_parts().iter().filter(|p| p.day == day3).count(), 1);
+    // One byte over: day 3 goes whole, in both stores, and nothing else.
+    let guard = DiskGuard::new(dir.path(), Some(ByteSize::b(0)), Some(ByteSize::b(used - 1)), &mut Registry::default())
+        .unwrap();
+    let day3_bytes = weigh(&logs, &metrics, day3);
+    assert_eq!(enforce_budget(&guard, &logs, &metrics).await.unwrap(), 2);
+    assert_eq!(weigh(&logs, &metrics, day3), 0);
+    assert!(usage(dir.path()).total() <= used - day3_bytes);
     let mut req = ScanRequest::all(tenant());
-    req.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, "today").unwrap()];
-    assert_eq!(count(&store, req).await, 2000);
-    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 2000);
+    req.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, "d2").unwrap()];
+    assert_eq!(count(&logs, req).await, 2000);
+    assert_eq!(metrics.stats().parts, 1);
+    // Within budget now: nothing more goes.
+    assert_eq!(enforce_budget(&guard, &logs, &metrics).await.unwrap(), 0);
+    drop((logs, metrics));
+
+    // A budget nothing fits in: every day but the last goes whole, then the last day's parts, today's too.
+    opts.disk = None;
+    let (logs, metrics) = open(&opts);
+    let tiny =
+        DiskGuard::new(dir.path(), Some(ByteSize::b(0)), Some(ByteSize::b(1)), &mut Registry::default()).unwrap();
+    assert_eq!(enforce_budget(&tiny, &logs, &metrics).await.unwrap(), 3);
+    assert_eq!(logs.stats().parts + metrics.stats().parts, 0);
+    assert_eq!(count(&logs, ScanRequest::all(tenant())).await, 0);
 }
 
 /// A field named like another stream's label shares that label's column in parts and scans: neither the

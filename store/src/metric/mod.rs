@@ -501,10 +501,11 @@ impl MetricStore {
 
     /// Stores a batch as [`MetricStore::append`] does, numbered with `tag`: once it resolves,
     /// [`MetricStore::tag_durable`] says so, across restarts too. Within an epoch, one writer (the MQTT
-    /// pipeline) gives tags in increasing order, one batch after the other; since the WAL is replayed as a
-    /// prefix and refuses every write after a failed one, a durable tag means every lower tag of its epoch
-    /// is durable too. That lets a log record written at the same time tell, after a crash, whether these
-    /// samples made it. An empty batch writes nothing, and its tag does not become durable.
+    /// pipeline) gives tags in increasing order, one batch after the other, and starts a new epoch after a
+    /// failed one (the WAL takes writes again once it recovered from a failure); so a durable tag means
+    /// every lower tag of its epoch is durable too. That lets a log record written at the same time tell,
+    /// after a crash, whether these samples made it. An empty batch writes nothing, and its tag does not
+    /// become durable.
     ///
     /// # Errors
     /// As [`MetricStore::append`].
@@ -527,8 +528,14 @@ impl MetricStore {
             return Ok(());
         }
         let inner = &self.inner;
+        if let Some(disk) = &inner.options.disk {
+            disk.admit()?;
+        }
         let limit = 3 * inner.options.tuning.head_max_size.as_u64() as usize;
         while self.head_bytes() > limit {
+            if let Some(disk) = &inner.options.disk {
+                disk.admit()?;
+            }
             inner.flush_wanted.notify_one();
             let _ = tokio::time::timeout(Duration::from_millis(200), inner.flushed.notified()).await;
         }
@@ -539,7 +546,7 @@ impl MetricStore {
         let active = inner.active.clone();
         let wanted = inner.flush_wanted.clone();
         let max = inner.options.tuning.head_max_size.as_u64() as usize;
-        inner
+        let res = inner
             .wal
             .append(
                 payload,
@@ -562,8 +569,11 @@ impl MetricStore {
                     }
                 }),
             )
-            .await?;
-        Ok(())
+            .await;
+        if let Some(disk) = &inner.options.disk {
+            disk.note_write(&res);
+        }
+        res.map(|_| ())
     }
 
     fn head_bytes(&self) -> usize {
@@ -596,6 +606,9 @@ impl MetricStore {
             .map_err(|e| Error::WalClosed { reason: format!("metric flush task failed: {e}") })?;
         self.inner.flushed.notify_waiters();
         self.update_gauges();
+        if let Some(disk) = &self.inner.options.disk {
+            disk.note_write(&res);
+        }
         res
     }
 
@@ -1090,6 +1103,10 @@ impl MetricStore {
     /// # Errors
     /// I/O errors; the inputs stay in place.
     pub async fn compact(&self) -> Result<usize> {
+        // Compaction writes its output before it frees its inputs: not while the disk is low.
+        if self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
+            return Ok(0);
+        }
         let _guard = self.inner.maintenance_lock.lock().await;
         let this = self.clone();
         let n = tokio::task::spawn_blocking(move || this.compact_blocking())
@@ -1229,25 +1246,57 @@ impl MetricStore {
     /// # Errors
     /// I/O errors writing the manifest.
     pub async fn apply_retention(&self) -> Result<usize> {
-        let _guard = self.inner.maintenance_lock.lock().await;
-        let inner = &self.inner;
-        let retention_ns = i64::try_from(inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
+        let retention_ns = i64::try_from(self.inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
         let cutoff_day = crate::time::day_of_ns(crate::time::now_ns().saturating_sub(retention_ns));
-        let mut manifest = inner.manifest.lock();
-        let mut st = inner.state.write();
-        let doomed: HashSet<u64> = st.parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
+        let doomed: HashSet<u64> =
+            self.inner.state.read().parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
         if doomed.is_empty() {
             return Ok(0);
         }
+        let (n, _) = self.delete_parts(&doomed, "retention period").await?;
+        tracing::info!(parts = n, cutoff = %crate::time::format_day(cutoff_day), "retention deleted metric parts");
+        Ok(n)
+    }
+
+    /// The parts as the disk budget weighs them (times in nanoseconds, as the log store's).
+    pub(crate) fn budget_parts(&self) -> Vec<crate::disk::BudgetPart> {
+        let st = self.inner.state.read();
+        st.parts
+            .iter()
+            .map(|p| crate::disk::BudgetPart {
+                id: p.meta.id,
+                day: p.meta.day,
+                min_time_ns: p.meta.min_time.saturating_mul(1_000_000),
+                bytes: p.meta.bytes,
+            })
+            .collect()
+    }
+
+    /// Takes the parts named by `ids` out of the manifest (the commit point), then deletes their files.
+    /// Returns the parts and bytes deleted.
+    ///
+    /// # Errors
+    /// I/O errors writing the manifest; then nothing is deleted.
+    pub(crate) async fn delete_parts(&self, ids: &HashSet<u64>, why: &'static str) -> Result<(usize, u64)> {
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let inner = &self.inner;
+        let mut manifest = inner.manifest.lock();
+        let mut st = inner.state.write();
+        if !st.parts.iter().any(|p| ids.contains(&p.meta.id)) {
+            return Ok((0, 0));
+        }
         let mut next = manifest.clone();
-        next.parts.retain(|m| !doomed.contains(&m.id));
+        next.parts.retain(|m| !ids.contains(&m.id));
         store_json(&inner.root, "manifest.json", "metric manifest", &next)?;
         *manifest = next;
         let mut dirs = BTreeSet::new();
+        let (mut n, mut bytes) = (0, 0);
         st.parts.retain(|p| {
-            if doomed.contains(&p.meta.id) {
+            if ids.contains(&p.meta.id) {
                 p.mark_obsolete();
                 dirs.insert(inner.data_dir.join(p.meta.partition_dir()));
+                n += 1;
+                bytes += p.meta.bytes;
                 false
             } else {
                 true
@@ -1258,10 +1307,10 @@ impl MetricStore {
         for d in dirs {
             let _ = fs::remove_dir(&d);
         }
-        inner.metrics.retention_deleted_parts.inc_by(doomed.len() as u64);
-        tracing::info!(parts = doomed.len(), cutoff = %crate::time::format_day(cutoff_day), "retention deleted metric parts");
+        inner.metrics.retention_deleted_parts.inc_by(n as u64);
+        tracing::debug!(parts = n, bytes, why, "deleted metric parts");
         self.update_gauges();
-        Ok(doomed.len())
+        Ok((n, bytes))
     }
 
     /// Flushes by size and age, compacts and applies retention until `shutdown`, then flushes the head

@@ -10,7 +10,7 @@ fn open(dir: &Path) -> MetricStore {
     let options = StoreOptions {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(7 * 86_400),
-        retention_max_disk: None,
+        disk: None,
         tuning: StoreConfig { compaction_min_parts: 2, ..StoreConfig::default() },
     };
     MetricStore::open(options, &mut Registry::default()).unwrap()
@@ -268,7 +268,7 @@ async fn an_unreadable_part_is_left_out_and_new_series_never_take_the_ids_of_par
         StoreOptions {
             data_dir: dir.path().to_path_buf(),
             retention: Duration::from_secs(7 * 86_400),
-            retention_max_disk: None,
+            disk: None,
             tuning: StoreConfig::default(),
         },
         &mut Registry::default(),

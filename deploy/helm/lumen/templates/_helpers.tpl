@@ -60,17 +60,48 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The Secret of the embedded MQTT endpoint's password: a name is required, the chart never creates it. */}}
 {{- define "lumen.mqttSecretName" -}}
-{{- required "mqtt.listener.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=mqtt-password=...)" .Values.mqtt.listener.existingSecret }}
+{{- required "mqtt.listener.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=auth-token=\"$(openssl rand -hex 32)\" --from-literal=mqtt-password=...)" .Values.mqtt.listener.existingSecret }}
 {{- end }}
 
 {{/* The Secret of the server's token (auth.enabled): a name is required, the chart never creates it. */}}
 {{- define "lumen.authSecretName" -}}
-{{- required "auth.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=auth-token=...)" .Values.auth.existingSecret }}
+{{- required "auth.existingSecret must name an existing Secret (kubectl create secret generic lumen-secrets --from-literal=auth-token=\"$(openssl rand -hex 32)\" --from-literal=mqtt-password=...)" .Values.auth.existingSecret }}
 {{- end }}
 
 {{/* Where the Secrets' keys are mounted in the server and agent containers. */}}
 {{- define "lumen.secretsDir" -}}
 /etc/lumen-secrets
+{{- end }}
+
+{{/*
+The server's disk budget (server.retention_max_disk): server.retentionMaxDisk when set ("0" turns it off),
+else 80% of server.persistence.size, in whole MiB, written in GiB when it is a whole number of them:
+10Gi -> "8GiB", 100Gi -> "80GiB", 2Gi -> "1638MiB", 10G -> "7629MiB". The size is a Kubernetes quantity
+(values.schema.json allows a number and one of k M G T P E Ki Mi Gi Ti Pi Ei): the number times its
+suffix's factor, divided by 2^20, times 4, divided by 5, rounded down (Sprig's mulf and divf compute in
+decimal, so 10Gi gives exactly 8192 MiB).
+*/}}
+{{- define "lumen.retentionMaxDisk" -}}
+{{- if .Values.server.retentionMaxDisk -}}
+{{- .Values.server.retentionMaxDisk -}}
+{{- else -}}
+{{- $size := toString .Values.server.persistence.size -}}
+{{- $number := regexFind `^[0-9]+(\.[0-9]+)?` $size -}}
+{{- $suffix := trimPrefix $number $size -}}
+{{- $factors := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "E" 1000000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 -}}
+{{- if or (not $number) (not (hasKey $factors $suffix)) -}}
+{{- fail (printf "server.persistence.size %q is not a quantity like 10Gi: set server.retentionMaxDisk by hand" $size) -}}
+{{- end -}}
+{{- $mib := int64 (floor (divf (mulf (divf (mulf (float64 $number) (get $factors $suffix)) 1048576) 4) 5)) -}}
+{{- if lt $mib 1 -}}
+{{- fail (printf "server.persistence.size %q is too small for a disk budget: set server.retentionMaxDisk by hand" $size) -}}
+{{- end -}}
+{{- if eq (mod $mib 1024) 0 -}}
+{{- printf "%dGiB" (div $mib 1024) -}}
+{{- else -}}
+{{- printf "%dMiB" $mib -}}
+{{- end -}}
+{{- end -}}
 {{- end }}
 
 {{/*
@@ -98,7 +129,7 @@ server.settings; server.extraConfig is appended as it is. Every key: deploy/conf
 {{- $_ := set $server "otlp_grpc_addr" "0.0.0.0:4317" }}
 {{- $_ := set $server "mqtt_listen" $mqttListen }}
 {{- $_ := set $server "retention" .Values.server.retention }}
-{{- $_ := set $server "retention_max_disk" .Values.server.retentionMaxDisk -}}
+{{- $_ := set $server "retention_max_disk" (include "lumen.retentionMaxDisk" .) -}}
 # Lumen server configuration, rendered by the lumen Helm chart from its values.
 # Every key and its default: deploy/config.example.toml.
 
