@@ -15,6 +15,7 @@ pub mod inflight;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
+pub mod process_metrics;
 pub mod server;
 pub mod telemetry;
 pub mod tenant_limits;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use lumen::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "lumen", version, about = "Logs, metrics and device telemetry in one lean binary")]
+#[command(name = "lumen", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LUMEN_REVISION"), ")"), about = "Logs, metrics and device telemetry in one lean binary")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -259,7 +259,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Server(args) if args.check => {
             let source = args.config.as_ref().map_or("the defaults".to_string(), |p| p.display().to_string());
-            server_config(args).map(|_| eprintln!("{source}: ok"))
+            server_config(args).and_then(|config| lumen::server::check(&config)).map(|()| eprintln!("{source}: ok"))
         }
         Command::Server(args) => server_config(args).and_then(|config| {
             lumen::telemetry::init(&config.log);
@@ -293,7 +293,7 @@ fn main() -> ExitCode {
             {
                 c.server.auth_token = Some(lumen::config::Secret(v));
             }
-            c.validate()?;
+            lumen::server::check(&c)?;
             eprintln!("{}: ok", config.display());
             Ok(())
         }),

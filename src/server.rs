@@ -36,6 +36,32 @@ pub struct Running {
     metric_engine: JoinHandle<store::Result<()>>,
 }
 
+/// Checks, without opening the store or binding a port, everything [`start`] would refuse: the config's
+/// values, the token file, the TLS certificate and key, the MQTT templates, broker and endpoint
+/// credentials (`lumen server --check`, `lumen config check`).
+///
+/// # Errors
+/// The first problem, as `start` would report it.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let auth = crate::auth::load(config)?;
+    if let Some(files) = config.tls_files() {
+        crate::tls::Tls::load(files).context("server.tls_cert_file / server.tls_key_file")?;
+    }
+    let s = &config.server;
+    let mut listen = Vec::new();
+    if s.mqtt_listen != "off" {
+        listen.push((s.mqtt_listen.parse()?, "server.mqtt_listen", "--mqtt-listen"));
+    }
+    if s.mqtts_listen != "off" {
+        listen.push((s.mqtts_listen.parse()?, "server.mqtts_listen", "--mqtts-listen"));
+    }
+    ingest_mqtt::check(&config.mqtt, &listen, auth.is_enabled()).map_err(anyhow::Error::msg).context(
+        "cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtts-listen, --mqtt-broker, --mqtt-topic)",
+    )?;
+    Ok(())
+}
+
 /// Opens the store (replaying its write-ahead log), binds the HTTP listener and starts serving.
 ///
 /// # Errors
@@ -73,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot open the data directory {}", s.data_dir.display()))?;
     let metric_store = tokio::task::block_in_place(|| MetricStore::open(options, &mut registry))
         .with_context(|| format!("cannot open the metric store in {}", s.data_dir.display()))?;
+    crate::process_metrics::register(&mut registry);
     let ingest = IngestMetrics::register(&mut registry);
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
     let listener = tokio::net::TcpListener::bind(s.http_addr)

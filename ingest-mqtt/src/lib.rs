@@ -22,7 +22,7 @@ pub mod topic;
 
 pub use config::MqttConfig;
 pub use endpoint::ServerTls;
-pub use pipeline::{EndpointListen, IngestStart, start};
+pub use pipeline::{EndpointListen, IngestStart, check, start};
 
 /// One PUBLISH as received, from the external broker or the embedded endpoint.
 #[derive(Debug, Clone)]

@@ -57,6 +57,36 @@ pub struct EndpointListen {
 /// # Errors
 /// Invalid templates or settings, an unreadable password or certificate file, or an address in use; the
 /// message names the key.
+/// Checks, without binding or connecting, everything [`start`] would refuse: the templates, the tenant,
+/// the broker settings, the listener's password file, and an endpoint beyond loopback that anyone could
+/// publish to. `listen`: the endpoint addresses with their config key and flag; `auth_enabled`: whether
+/// the server's tokens are on. `lumen server --check` calls it.
+///
+/// # Errors
+/// A message naming the key and what to do.
+pub fn check(config: &MqttConfig, listen: &[(SocketAddr, &str, &str)], auth_enabled: bool) -> Result<(), String> {
+    let decoder = Decoder::new(config.all_templates())?;
+    Tenant::new(&config.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;
+    if !config.broker.url.is_empty() {
+        crate::broker::Settings::from_config(&config.broker, decoder.filters())?;
+    }
+    if !listen.is_empty() {
+        let l = &config.listener;
+        let password = config::password(&l.password, &l.password_file)?;
+        let anonymous = l.username.is_empty() || password.is_none();
+        for (addr, key, _flag) in listen {
+            if !addr.ip().is_loopback() && anonymous && !auth_enabled {
+                return Err(format!(
+                    "the embedded MQTT endpoint listens on {addr} ({key}), beyond loopback: set mqtt.listener.username \
+                     and mqtt.listener.password (or password_file), or turn on the server's tokens (server.auth_file, \
+                     LUMEN_AUTH_TOKEN), so that only your devices can publish"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn start(
     config: &MqttConfig,
     listen: EndpointListen,
@@ -65,6 +95,13 @@ pub async fn start(
     registry: &mut Registry,
     shutdown: CancellationToken,
 ) -> Result<IngestStart, String> {
+    let named: Vec<(SocketAddr, &str, &str)> = listen
+        .plain
+        .map(|a| (a, "server.mqtt_listen", "--mqtt-listen"))
+        .into_iter()
+        .chain(listen.tls.as_ref().map(|(a, _)| (*a, "server.mqtts_listen", "--mqtts-listen")))
+        .collect();
+    check(config, &named, listen.auth.is_enabled())?;
     let decoder = Decoder::new(config.all_templates())?;
     let filters = decoder.filters();
     let tenant = Tenant::new(&config.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;
@@ -118,14 +155,6 @@ pub async fn start(
             } else {
                 ("server.mqtt_listen", "--mqtt-listen")
             };
-            let anonymous = options.username.is_none() || options.password.is_none();
-            if !addr.ip().is_loopback() && anonymous && !options.auth.is_enabled() {
-                return Err(format!(
-                    "the embedded MQTT endpoint listens on {addr} ({key}), beyond loopback: set mqtt.listener.username \
-                     and mqtt.listener.password (or password_file), or turn on the server's tokens (server.auth_file, \
-                     LUMEN_AUTH_TOKEN), so that only your devices can publish"
-                ));
-            }
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 format!(
                     "cannot listen for MQTT on {addr} ({key} / {flag}): {e}; if a broker already listens there, pass \

@@ -59,3 +59,73 @@ fn config_check_accepts_the_example_and_names_a_bad_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `http_adr`"), "{err}");
 }
+
+/// Issue 18: `server --check` refuses what `server` would refuse at start, not only what the config parser
+/// sees: an MQTT endpoint beyond loopback without credentials, a token file that does not exist,
+/// certificate files that cannot be read, and two disk budgets that disagree.
+#[test]
+fn server_check_refuses_what_the_server_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |extra: &[&str], toml: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lumen"))
+            .args(["server", "--check", "--config"])
+            .arg(&path)
+            .args(extra)
+            .env_remove("LUMEN_AUTH_TOKEN")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = check(&[], "");
+    assert!(ok, "the defaults pass: {err}");
+    let (ok, err) = check(&["--mqtt-listen", "0.0.0.0:1883"], "");
+    assert!(!ok && err.contains("beyond loopback") && err.contains("mqtt.listener.username"), "{err}");
+    let (ok, err) =
+        check(&["--mqtt-listen", "0.0.0.0:1883"], "[mqtt.listener]\nusername = \"dev\"\npassword = \"secret-pass\"\n");
+    assert!(ok, "with credentials it passes: {err}");
+    let (ok, err) = check(&[], "[server]\nauth_file = \"/nonexistent/tokens\"\n");
+    assert!(!ok && err.contains("/nonexistent/tokens"), "{err}");
+    let (ok, err) =
+        check(&[], "[server]\ntls_cert_file = \"/nonexistent/cert.pem\"\ntls_key_file = \"/nonexistent/key.pem\"\n");
+    assert!(!ok && err.contains("tls_cert_file"), "{err}");
+    let (ok, err) = check(
+        &[],
+        "[server]\nretention_max_disk = \"1 GiB\"\n[store]\nretention_max_disk = \"2 GiB\"\nmin_free_disk = \"auto\"\n",
+    );
+    assert!(!ok && err.contains("disagree"), "{err}");
+    let (ok, err) = check(&[], "[store]\nmin_free_disk = \"lots\"\n");
+    assert!(!ok && err.contains("min_free_disk"), "{err}");
+}
+
+/// Issue 18: `/metrics` carries the process metrics of every Prometheus exporter and the build info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_process_and_build_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::harness::TestServer::start(crate::harness::test_config(dir.path())).await;
+    // Some CPU time to count (the clock ticks at 10 ms).
+    let spin = std::time::Instant::now();
+    let mut x = 0u64;
+    while spin.elapsed() < std::time::Duration::from_millis(100) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - value("process_start_time_seconds")).abs() < 600.0);
+    let info = text.lines().find(|l| l.starts_with("lumen_build_info{")).expect("lumen_build_info");
+    assert!(
+        info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && info.contains("revision=\""),
+        "{info}"
+    );
+    assert!(value("lumen_disk_free_bytes") > 0.0 && value("lumen_disk_reserve_bytes") > 0.0);
+    server.stop().await;
+}
