@@ -66,6 +66,10 @@ pub fn router(
     let admin = Router::new()
         .route("/api/v1/admin/flush", post(flush))
         .route("/api/v1/admin/compact", post(compact))
+        .route("/api/v1/admin/snapshot", post(snapshot).get(list_snapshots))
+        // Prometheus' path, for tools that call it.
+        .route("/api/v1/admin/tsdb/snapshot", post(snapshot))
+        .route("/api/v1/admin/snapshot/{name}", axum::routing::delete(delete_snapshot))
         .route_layer(guard(Scope::Admin));
     probes
         .merge(read)
@@ -145,5 +149,45 @@ async fn compact(State(app): State<AppState>) -> Response {
             ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("compaction failed: {e}\n")).into_response(),
+    }
+}
+
+/// Makes a point-in-time snapshot of the whole data directory while ingest goes on (`store::snapshot`);
+/// answers as Prometheus' snapshot endpoint does, plus the path and what was linked and copied.
+async fn snapshot(State(app): State<AppState>) -> Response {
+    match store::snapshot::create(&app.store, &app.metric_store).await {
+        Ok(s) => {
+            let body = json!({"status": "success", "data": {
+                "name": s.name, "path": s.path, "files": s.files,
+                "linked_bytes": s.linked_bytes, "copied_bytes": s.copied_bytes,
+            }});
+            ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot failed");
+            let body = json!({"status": "error", "errorType": "internal", "error": format!("snapshot failed: {e}")});
+            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+                .into_response()
+        }
+    }
+}
+
+async fn list_snapshots(State(app): State<AppState>) -> Response {
+    let data = app.store.data_dir_path();
+    let body = json!({"status": "success", "data": store::snapshot::list(&data)});
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn delete_snapshot(
+    State(app): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let data = app.store.data_dir_path();
+    match tokio::task::spawn_blocking(move || store::snapshot::delete(&data, &name)).await {
+        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(false)) => (StatusCode::NOT_FOUND, "no snapshot by that name\n").into_response(),
+        Ok(Err(e @ store::Error::Config(_))) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

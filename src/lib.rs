@@ -6,6 +6,7 @@
 //! subscriber and builds the Tokio runtime.
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -27,6 +27,26 @@ enum Command {
     /// Manage the server's tokens.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Back up a running server: snapshot its data directory (while it keeps ingesting), copy the
+    /// snapshot to DIR, delete the snapshot. Run it where the data directory is. Restore: start a server
+    /// with --data-dir DIR.
+    Backup {
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9700")]
+        server: String,
+        /// Where to copy the snapshot; must not exist or be empty.
+        #[arg(long)]
+        to: PathBuf,
+        /// A file holding a token with the admin scope (else LUMEN_AUTH_TOKEN, when set).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// A CA certificate (PEM) to trust for an https server.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Leave the snapshot in <data>/snapshots after copying it.
+        #[arg(long)]
+        keep_snapshot: bool,
+    },
     /// Ask a running server or agent whether it is healthy (for container health checks): exit 0 when
     /// the URL answers 200.
     Health {
@@ -298,6 +318,28 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Health { url } => lumen::health::check(&url),
+        Command::Backup { server, to, token_file, ca_file, keep_snapshot } => (|| {
+            let token = match token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("LUMEN_AUTH_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+            };
+            let args = lumen::backup::BackupArgs { server, to: to.clone(), token, ca_file, keep_snapshot };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let copied = runtime.block_on(lumen::backup::run(&args))?;
+            eprintln!(
+                "backed up {} files ({} bytes) to {}; restore: lumen server --data-dir {}",
+                copied.files,
+                copied.bytes,
+                to.display(),
+                to.display()
+            );
+            Ok(())
+        })(),
         Command::Auth(AuthCommand::Token { file, tenants, scopes, name }) => {
             let name = name.unwrap_or_else(|| format!("{} {}", tenants.join(","), scopes.join(",")));
             lumen::auth::add_token(&file, &name, &tenants, &scopes).map(|token| {

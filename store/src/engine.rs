@@ -118,6 +118,7 @@ impl LogStore {
         let dir = options.data_dir.clone();
         fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let lock = lock_dir(&dir)?;
+        crate::format::check_and_stamp(&dir)?;
         let metrics = StoreMetrics::register(registry);
         let quarantine = Quarantine::new(&dir, metrics.clone());
         let mut manifest = Manifest::load(&dir)?;
@@ -201,6 +202,11 @@ impl LogStore {
         };
         store.update_gauges();
         Ok(store)
+    }
+
+    /// The data directory.
+    pub fn data_dir_path(&self) -> PathBuf {
+        self.inner.options.data_dir.clone()
     }
 
     pub fn metrics(&self) -> &Arc<StoreMetrics> {
@@ -1047,6 +1053,16 @@ impl LogStore {
         let (n, _) = self.delete_parts(&doomed, "retention period").await?;
         tracing::info!(parts = n, cutoff = %crate::time::format_day(cutoff_day), "retention deleted log parts");
         Ok(n)
+    }
+
+    /// Holds off flushes, compactions and deletions (not appends) while the guards live: a snapshot.
+    pub(crate) async fn quiesce(&self) -> (tokio::sync::MutexGuard<'_, ()>, tokio::sync::MutexGuard<'_, ()>) {
+        let flush = self.inner.flush_lock.lock().await;
+        (flush, self.inner.maintenance_lock.lock().await)
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.inner.options.data_dir
     }
 
     /// The parts as the disk budget weighs them.

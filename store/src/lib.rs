@@ -29,11 +29,13 @@
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metric;
 pub mod metrics;
 pub mod model;
+pub mod snapshot;
 pub mod time;
 pub mod wire;
 

@@ -280,7 +280,10 @@ pub(crate) fn check_version(version: u32, path: &Path) -> Result<()> {
     Err(Error::Corrupt {
         what: "manifest",
         path: path.to_path_buf(),
-        reason: format!("version {version} is not {MANIFEST_VERSION}; this lumen is too old for it"),
+        reason: format!(
+            "version {version} is not {MANIFEST_VERSION}: a newer lumen wrote it; run that version or a newer one \
+             (a format is never downgraded), or start this one on a snapshot taken before the upgrade"
+        ),
     })
 }
 

@@ -164,6 +164,14 @@ pub fn format_rfc3339_ns(ns: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, sod / 60 % 60, sod % 60)
 }
 
+/// Formats nanoseconds as a compact UTC time for file names: `20261206T052000Z`.
+pub fn format_rfc3339_compact(ns: i64) -> String {
+    let secs = ns.div_euclid(NANOS_PER_SEC);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!("{y:04}{mo:02}{d:02}T{:02}{:02}{:02}Z", sod / 3600, sod / 60 % 60, sod % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

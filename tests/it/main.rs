@@ -31,6 +31,7 @@ mod prometheus_compare;
 mod recovery;
 mod retention;
 mod shippers;
+mod snapshot;
 mod tenant_limits;
 #[cfg(feature = "external-tests")]
 mod tls;

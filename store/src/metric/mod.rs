@@ -1258,6 +1258,12 @@ impl MetricStore {
         Ok(n)
     }
 
+    /// Holds off flushes, compactions and deletions (not appends) while the guards live: a snapshot.
+    pub(crate) async fn quiesce(&self) -> (tokio::sync::MutexGuard<'_, ()>, tokio::sync::MutexGuard<'_, ()>) {
+        let flush = self.inner.flush_lock.lock().await;
+        (flush, self.inner.maintenance_lock.lock().await)
+    }
+
     /// The parts as the disk budget weighs them (times in nanoseconds, as the log store's).
     pub(crate) fn budget_parts(&self) -> Vec<crate::disk::BudgetPart> {
         let st = self.inner.state.read();
