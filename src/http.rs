@@ -82,8 +82,12 @@ pub fn router(
         )
         .with_state(app)
         .merge(
-            query::http::router(query).route_layer(queries).route_layer(body.clone()).route_layer(guard(Scope::Read)),
+            query::http::router(query.clone())
+                .route_layer(queries)
+                .route_layer(body.clone())
+                .route_layer(guard(Scope::Read)),
         )
+        .merge(query::http::delete_router(query).route_layer(body.clone()).route_layer(guard(Scope::Admin)))
         .merge(otlp.route_layer(writes).route_layer(body).route_layer(guard(Scope::Write)))
         .layer(DefaultBodyLimit::max(limit))
 }

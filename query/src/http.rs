@@ -1,6 +1,7 @@
 //! The query HTTP handlers and what they share: the tenant header, error envelopes, and timing.
 //! **API Boundary:** only this module knows the JSON shapes of the query APIs.
 
+pub mod delete;
 pub mod loki;
 pub mod prom;
 pub mod sql;
@@ -55,6 +56,12 @@ pub fn router(state: QueryState) -> Router {
         .merge(loki::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), loki::observe)))
         .merge(prom::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), prom::observe)))
         .with_state(state)
+}
+
+/// The delete routes (Loki's `/loki/api/v1/delete`, Prometheus' `delete_series`): destructive, so the
+/// server guards them with the `admin` scope rather than `read`.
+pub fn delete_router(state: QueryState) -> Router {
+    delete::routes().with_state(state)
 }
 
 /// The tenant named by `X-Scope-OrgID`, or `default`.

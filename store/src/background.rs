@@ -21,6 +21,8 @@ pub(crate) trait Maintained: Send + Sync {
     fn flush_due(&self, max_age: Duration) -> bool;
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
     fn apply_retention(&self) -> impl Future<Output = Result<usize>> + Send;
+    /// Rewrites what delete requests past their cancel period cover.
+    fn process_deletes(&self) -> impl Future<Output = Result<usize>> + Send;
     fn compact(&self) -> impl Future<Output = Result<usize>> + Send;
     fn update_gauges(&self);
     fn close_wal(&self);
@@ -49,6 +51,9 @@ pub(crate) async fn run<S: Maintained>(store: S, shutdown: CancellationToken) ->
                     last_maintenance = Instant::now();
                     if let Err(error) = store.apply_retention().await {
                         tracing::error!(%error, kind, "retention failed");
+                    }
+                    if let Err(error) = store.process_deletes().await {
+                        tracing::error!(%error, kind, "processing delete requests failed; they stay hidden and are retried");
                     }
                     if let Err(error) = store.compact().await {
                         tracing::error!(%error, kind, "compaction failed; inputs kept");
@@ -89,6 +94,10 @@ macro_rules! maintained {
 
             fn apply_retention(&self) -> impl std::future::Future<Output = crate::error::Result<usize>> + Send {
                 <$store>::apply_retention(self)
+            }
+
+            fn process_deletes(&self) -> impl std::future::Future<Output = crate::error::Result<usize>> + Send {
+                <$store>::process_deletes(self)
             }
 
             fn compact(&self) -> impl std::future::Future<Output = crate::error::Result<usize>> + Send {

@@ -81,10 +81,26 @@ struct Cursor {
 pub(crate) fn merge(
     inputs: &[Arc<Part>],
     dir: &Path,
+    meta: PartMeta,
+    options: WriteOptions,
+    rg_rows: usize,
+    metrics: &StoreMetrics,
+) -> Result<Arc<Part>> {
+    merge_filtered(inputs, dir, meta, options, rg_rows, metrics, None)
+}
+
+/// A row a rewrite leaves out: (stream id, time, line) → true to drop it.
+pub(crate) type DropRow<'a> = &'a dyn Fn(u64, i64, &str) -> bool;
+
+/// [`merge`], leaving out the rows `drop` names (a delete's rewrite). The output may have no rows.
+pub(crate) fn merge_filtered(
+    inputs: &[Arc<Part>],
+    dir: &Path,
     mut meta: PartMeta,
     options: WriteOptions,
     rg_rows: usize,
     metrics: &StoreMetrics,
+    drop: Option<DropRow<'_>>,
 ) -> Result<Arc<Part>> {
     let labels: BTreeSet<String> = inputs.iter().flat_map(|p| p.meta.labels.iter().cloned()).collect();
     let fields: BTreeSet<String> =
@@ -123,7 +139,15 @@ pub(crate) fn merge(
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rg_rows);
         while let Some(Reverse((_, c))) = heap.pop() {
             let cur = &mut cursors[c];
-            picks.push((cur.slot, cur.row));
+            let dropped = drop.is_some_and(|f| {
+                let b = &slots[cur.slot];
+                let (id, t) = key(b, cur.row);
+                let line = b.column_by_name(crate::head::MESSAGE).map_or("", |m| m.as_string::<i32>().value(cur.row));
+                f(id, t, line)
+            });
+            if !dropped {
+                picks.push((cur.slot, cur.row));
+            }
             cur.row += 1;
             if cur.row == slots[cur.slot].num_rows() {
                 match next_batch(&mut cur.reader, &schema).map_err(|e| unreadable(cur.input, e))? {

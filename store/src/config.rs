@@ -42,6 +42,10 @@ pub struct StoreConfig {
     /// Most metric series one tenant may have; samples of further new series are left out, counted and
     /// named in the answer. 0: no limit.
     pub max_series_per_tenant: usize,
+    /// How long a delete request can be cancelled; after it, the next maintenance rewrites the parts it
+    /// covers. Its rows are hidden from reads at once either way.
+    #[serde(with = "duration")]
+    pub delete_cancel_period: Duration,
     /// Free space below which ingest is refused until space returns (`auto`: the smaller of 1 GiB and
     /// 5 % of the volume; `0 B`: no reserve).
     pub min_free_disk: DiskReserve,
@@ -115,6 +119,7 @@ impl Default for StoreConfig {
             max_field_columns: 2000,
             max_streams_per_tenant: 10_000,
             max_series_per_tenant: 500_000,
+            delete_cancel_period: Duration::from_secs(300),
             min_free_disk: DiskReserve::Auto,
             retention_max_disk: ByteSize::b(0),
         }

@@ -79,6 +79,8 @@ struct Inner {
     producer_locks: Mutex<HashMap<ProducerKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Stored MQTT deliveries, for recognising redeliveries.
     marks: Arc<Mutex<Marks>>,
+    /// Delete requests: they hide rows from scans until their rewrite ran.
+    deletes: crate::delete::Deletes,
     _lock: File,
 }
 
@@ -174,6 +176,7 @@ impl LogStore {
             )?
         };
         catalog.check_parts(&label_files, &parts)?;
+        let deletes = crate::delete::Deletes::load(&dir)?;
         tracing::info!(
             data_dir = %dir.display(),
             parts = parts.len(),
@@ -197,11 +200,185 @@ impl LogStore {
                 producers,
                 producer_locks: Mutex::new(HashMap::new()),
                 marks,
+                deletes,
                 _lock: lock,
             }),
         };
         store.update_gauges();
         Ok(store)
+    }
+
+    /// Records a delete request durably; from now on no read returns what it covers, and its rewrite
+    /// removes that from disk once `store.delete_cancel_period` has passed (see [`crate::delete`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a request that cannot work (the message is for a 400); I/O errors.
+    pub fn request_delete(
+        &self,
+        tenant: &Tenant,
+        spec: crate::delete::DeleteSpec,
+    ) -> Result<crate::delete::DeleteRequest> {
+        let req = self.inner.deletes.add(tenant, spec)?;
+        tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "delete requested; the rows it covers are hidden now");
+        Ok(req)
+    }
+
+    /// The tenant's delete requests, received and processed.
+    pub fn delete_requests(&self, tenant: &Tenant) -> Vec<crate::delete::DeleteRequest> {
+        self.inner.deletes.list(tenant)
+    }
+
+    /// Withdraws a delete request that has not been processed.
+    ///
+    /// # Errors
+    /// I/O errors writing the request list.
+    pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
+        self.inner.deletes.cancel(tenant, id)
+    }
+
+    /// Rewrites the parts holding rows of delete requests past `store.delete_cancel_period`, without
+    /// those rows, then marks the requests processed. The head is flushed first, so every row a request
+    /// covers that was written before it is in a part. Returns the parts rewritten.
+    ///
+    /// # Errors
+    /// I/O errors; a request stays `received` and its rewrite runs again at the next maintenance.
+    pub async fn process_deletes(&self) -> Result<usize> {
+        let period = i64::try_from(self.inner.options.tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
+        let due = self.inner.deletes.due(period);
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.flush().await?;
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let mut rewritten = 0;
+        for req in due {
+            let this = self.clone();
+            let r = req.clone();
+            let started = Instant::now();
+            let (n, removed) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
+                .await
+                .map_err(|e| Error::WalClosed { reason: format!("delete rewrite task failed: {e}") })??;
+            self.inner.deletes.processed(&req.id)?;
+            rewritten += n;
+            tracing::info!(
+                tenant = %req.tenant,
+                id = %req.id,
+                query = %req.spec.query,
+                parts_rewritten = n,
+                rows_removed = removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "delete processed: its rows are gone from disk"
+            );
+        }
+        self.update_gauges();
+        Ok(rewritten)
+    }
+
+    /// Rewrites, one at a time, the tenant's parts that hold rows `req` covers. Returns (parts
+    /// rewritten, rows removed).
+    fn rewrite_for_delete(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
+        let inner = &self.inner;
+        let tenant = Tenant::new(&req.tenant)?;
+        let active = Arc::new(req.spec.compile()?);
+        let mut streams: Option<HashSet<u64>> = Some(HashSet::new());
+        for set in &active.matchers {
+            match (inner.catalog.matching(&tenant, set), &mut streams) {
+                (None, _) => streams = None,
+                (Some(ids), Some(all)) => all.extend(ids),
+                (Some(_), None) => {}
+            }
+        }
+        let mask = crate::scan::DeleteMask { streams: streams.clone(), active: active.clone() };
+        let parts: Vec<Arc<Part>> = inner
+            .state
+            .read()
+            .parts
+            .iter()
+            .filter(|p| p.meta.tenant == tenant.as_str() && !p.is_unreadable())
+            .filter(|p| {
+                p.streams.iter().any(|s| {
+                    streams.as_ref().is_none_or(|set| set.contains(&s.id))
+                        && s.max_time >= active.start_ns
+                        && s.min_time <= active.end_ns
+                })
+            })
+            .cloned()
+            .collect();
+        let (mut n, mut removed) = (0, 0u64);
+        for part in parts {
+            let meta = PartMeta {
+                id: self.next_part_id(),
+                tenant: part.meta.tenant.clone(),
+                day: part.meta.day,
+                min_time: 0,
+                max_time: 0,
+                rows: 0,
+                parquet_bytes: 0,
+                index_bytes: 0,
+                labels: Vec::new(),
+                fields: Vec::new(),
+                shared_fields: Vec::new(),
+                level: part.meta.level,
+                time_unit: part.meta.time_unit,
+            };
+            let drop_row = |id: u64, t: i64, line: &str| mask.covers(id, t, || Some(line.to_string()));
+            let output = crate::compact::merge_filtered(
+                std::slice::from_ref(&part),
+                &inner.options.data_dir,
+                meta,
+                self.write_options(part.meta.level),
+                inner.options.tuning.row_group_rows,
+                &inner.metrics,
+                Some(&drop_row),
+            )?;
+            let gone = part.meta.rows - output.meta.rows;
+            let mut manifest = inner.manifest.lock();
+            let mut st = inner.state.write();
+            if !st.parts.iter().any(|q| Arc::ptr_eq(q, &part)) {
+                output.mark_obsolete();
+                continue;
+            }
+            let mut next = manifest.clone();
+            next.parts.retain(|m| m.id != part.meta.id);
+            if output.meta.rows > 0 {
+                next.parts.push(output.meta.clone());
+            }
+            if let Err(e) = next.store(&inner.options.data_dir) {
+                output.mark_obsolete();
+                return Err(e);
+            }
+            *manifest = next;
+            st.parts.retain(|q| !Arc::ptr_eq(q, &part));
+            if output.meta.rows > 0 {
+                st.parts.push(output.clone());
+            } else {
+                output.mark_obsolete();
+            }
+            part.mark_obsolete();
+            n += 1;
+            removed += gone;
+        }
+        Ok((n, removed))
+    }
+
+    /// The streams each of the tenant's pending deletes covers (`None`: every stream), for a scan.
+    pub(crate) fn delete_masks(&self, tenant: &Tenant) -> Vec<crate::scan::DeleteMask> {
+        self.inner
+            .deletes
+            .active(tenant)
+            .into_iter()
+            .map(|a| {
+                let mut streams: Option<HashSet<u64>> = Some(HashSet::new());
+                for set in &a.matchers {
+                    match (self.inner.catalog.matching(tenant, set), &mut streams) {
+                        (None, _) => streams = None,
+                        (Some(ids), Some(all)) => all.extend(ids),
+                        (Some(_), None) => {}
+                    }
+                }
+                crate::scan::DeleteMask { streams, active: a }
+            })
+            .collect()
     }
 
     /// The data directory.
@@ -704,6 +881,7 @@ impl LogStore {
             }
         };
         let streams = inner.catalog.matching(&req.tenant, &req.matchers);
+        let deletes = Arc::new(self.delete_masks(&req.tenant));
         let (head, parts) = self.snapshot(&req.tenant, req.start_ns, req.end_ns);
         // Each part's candidate rows: its matching streams' ranges that overlap the time range.
         let (start, end) = (req.start_ns, req.end_ns);
@@ -757,6 +935,7 @@ impl LogStore {
                     catalog: inner.catalog.get(&req.tenant),
                     index_numbers: inner.options.tuning.index_numbers,
                     metrics: inner.metrics.clone(),
+                    deletes: deletes.clone(),
                     req: req.clone(),
                 })
             })
@@ -805,6 +984,28 @@ impl LogStore {
     ///
     /// # Errors
     /// None today; the `Result` is kept for the callers.
+    /// `count_by_stream` by reading rows, so that pending deletes are applied.
+    fn count_by_scanning(&self, tenant: &Tenant, matchers: &[LabelMatcher], start: i64, end: i64) -> HashMap<u64, u64> {
+        let mut req = ScanRequest::all(tenant.clone());
+        req.matchers = matchers.to_vec();
+        req.start_ns = start;
+        req.end_ns = end;
+        req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
+        let (_, tasks) = self.plan_scan(req, 1);
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for task in tasks {
+            let _ = task.run(|batch| {
+                if let Some(ids) = batch.column_by_name(STREAM_ID) {
+                    for id in ids.as_primitive::<UInt64Type>().values() {
+                        *counts.entry(*id).or_default() += 1;
+                    }
+                }
+                true
+            });
+        }
+        counts
+    }
+
     pub fn count_by_stream(
         &self,
         tenant: &Tenant,
@@ -812,6 +1013,9 @@ impl LogStore {
         start: i64,
         end: i64,
     ) -> Result<HashMap<u64, u64>> {
+        if !self.inner.deletes.active(tenant).is_empty() {
+            return Ok(self.count_by_scanning(tenant, matchers, start, end));
+        }
         let set = self.inner.catalog.matching(tenant, matchers);
         let wanted = |id: &u64| set.as_ref().is_none_or(|s| s.contains(id));
         let (head, parts) = self.snapshot(tenant, start, end);

@@ -27,6 +27,7 @@
 //! out say so ([`LogStore::skipped_parts`], [`MetricStore::skipped_parts`]).
 
 pub mod config;
+pub mod delete;
 pub mod disk;
 pub mod error;
 pub mod format;

@@ -153,6 +153,27 @@ pub(crate) struct ScanPlan {
     pub(crate) catalog: Option<Arc<RwLock<TenantStreams>>>,
     pub(crate) index_numbers: bool,
     pub(crate) metrics: Arc<StoreMetrics>,
+    /// Pending delete requests of the tenant: their rows are left out.
+    pub(crate) deletes: Arc<Vec<DeleteMask>>,
+}
+
+/// A pending delete as a scan applies it: the streams it covers (`None`: all) and its time range and
+/// line filters.
+#[derive(Debug, Clone)]
+pub(crate) struct DeleteMask {
+    pub(crate) streams: Option<HashSet<u64>>,
+    pub(crate) active: Arc<crate::delete::Active>,
+}
+
+impl DeleteMask {
+    /// Whether the row (stream, time, line) is covered; `line` is read only when needed.
+    pub(crate) fn covers(&self, id: u64, t: i64, line: impl FnOnce() -> Option<String>) -> bool {
+        let a = &self.active;
+        if t < a.start_ns || t > a.end_ns || !self.streams.as_ref().is_none_or(|s| s.contains(&id)) {
+            return false;
+        }
+        !a.has_line_filters() || line().is_some_and(|l| a.line_matches(&l))
+    }
 }
 
 const BATCH_ROWS: usize = 8192;
@@ -248,7 +269,8 @@ impl ScanPlan {
                 cols.push(c.to_string());
             }
         }
-        if !self.req.line_contains.is_empty() && !cols.iter().any(|x| x == MESSAGE) {
+        let deletes_read_lines = self.deletes.iter().any(|d| d.active.has_line_filters());
+        if (!self.req.line_contains.is_empty() || deletes_read_lines) && !cols.iter().any(|x| x == MESSAGE) {
             cols.push(MESSAGE.to_string());
         }
         cols
@@ -336,6 +358,22 @@ impl ScanPlan {
                 if mask.get_bit(i) {
                     let line = msgs.value(i).as_bytes();
                     if !finders.iter().all(|f| f.find(line).is_some()) {
+                        mask.set_bit(i, false);
+                    }
+                }
+            }
+        }
+        if !self.deletes.is_empty()
+            && let (Some(times), Some(ids)) = (batch.column_by_name(TIME), batch.column_by_name(STREAM_ID))
+        {
+            let times = times.as_primitive::<TimestampNanosecondType>();
+            let ids = ids.as_primitive::<UInt64Type>();
+            let msgs = batch.column_by_name(MESSAGE).map(|m| m.as_string::<i32>());
+            for i in 0..n {
+                if mask.get_bit(i) {
+                    let (id, t) = (ids.value(i), times.value(i));
+                    let line = || msgs.map(|m| m.value(i).to_string());
+                    if self.deletes.iter().any(|d| d.covers(id, t, line)) {
                         mask.set_bit(i, false);
                     }
                 }

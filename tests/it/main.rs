@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod config;
 mod connections;
+mod deletes;
 #[cfg(feature = "external-tests")]
 mod deploy;
 #[cfg(feature = "external-tests")]

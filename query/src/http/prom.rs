@@ -225,7 +225,7 @@ impl PromRequest {
     }
 }
 
-fn to_store_matcher(m: &Matcher) -> LabelMatcher {
+pub(crate) fn to_store_matcher(m: &Matcher) -> LabelMatcher {
     let op = match m.op {
         MatchOp::Equal => StoreOp::Eq,
         MatchOp::NotEqual => StoreOp::Neq,

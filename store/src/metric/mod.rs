@@ -123,6 +123,8 @@ struct Inner {
     manifest: Mutex<MetricManifest>,
     flush_lock: tokio::sync::Mutex<()>,
     maintenance_lock: tokio::sync::Mutex<()>,
+    /// Delete requests (`delete_series`): they hide samples from selects until their rewrite ran.
+    deletes: crate::delete::Deletes,
     flush_wanted: Arc<Notify>,
     flushed: Notify,
     metadata: RwLock<HashMap<Tenant, BTreeMap<String, MetricMetadata>>>,
@@ -443,6 +445,7 @@ impl MetricStore {
             checkpoint = manifest.wal_checkpoint,
             "metric store opened"
         );
+        let deletes = crate::delete::Deletes::load(&root)?;
         let store = MetricStore {
             inner: Arc::new(Inner {
                 data_dir,
@@ -458,6 +461,7 @@ impl MetricStore {
                 tags,
                 flush_lock: tokio::sync::Mutex::new(()),
                 maintenance_lock: tokio::sync::Mutex::new(()),
+                deletes,
                 flush_wanted: Arc::new(Notify::new()),
                 flushed: Notify::new(),
                 metadata: RwLock::default(),
@@ -875,12 +879,33 @@ impl MetricStore {
             return Err(Error::TooManySamples { limit: max_samples });
         }
 
+        let masks = self.delete_masks(tenant);
         let s = series.read();
         let mut out = Vec::with_capacity(pieces.len());
         for (id, mut ps) in pieces {
             let Some(labels) = s.labels(id).cloned() else {
                 continue;
             };
+            let covering: Vec<(i64, i64)> =
+                masks.iter().filter(|(ids, _, _)| ids.contains(id)).map(|(_, a, b)| (*a, *b)).collect();
+            if !covering.is_empty() {
+                // A pending delete hides these samples: drop them from every piece.
+                for p in ps.iter_mut() {
+                    let keep: Vec<usize> = (0..p.0.len())
+                        .filter(|&i| !covering.iter().any(|(a, b)| p.0[i] >= *a && p.0[i] <= *b))
+                        .collect();
+                    if keep.len() < p.0.len() {
+                        *p = (
+                            ScalarBuffer::from(keep.iter().map(|&i| p.0[i]).collect::<Vec<i64>>()),
+                            ScalarBuffer::from(keep.iter().map(|&i| p.1[i]).collect::<Vec<f64>>()),
+                        );
+                    }
+                }
+                ps.retain(|p| !p.0.is_empty());
+                if ps.is_empty() {
+                    continue;
+                }
+            }
             let (t, v) = if ps.len() == 1 {
                 ps.pop().unwrap_or_else(|| (ScalarBuffer::from(Vec::new()), ScalarBuffer::from(Vec::new())))
             } else {
@@ -1169,6 +1194,16 @@ impl MetricStore {
     /// Merges parts (oldest first; on equal timestamps the newer part wins) chunk by chunk of series, in
     /// [`MetricStore::part_order`].
     fn merge(&self, job: &[Arc<MetricPart>], meta: MetricPartMeta) -> Result<Arc<MetricPart>> {
+        self.merge_filtered(job, meta, None)
+    }
+
+    /// [`MetricStore::merge`], leaving out the samples `drop` names (series id, time): a delete's rewrite.
+    fn merge_filtered(
+        &self,
+        job: &[Arc<MetricPart>],
+        meta: MetricPartMeta,
+        drop: Option<&dyn Fn(u32, i64) -> bool>,
+    ) -> Result<Arc<MetricPart>> {
         let dir = &self.inner.data_dir;
         let mut writer = MetricPartWriter::create(dir, meta.clone(), self.zstd_level(meta.level))?;
         let res = (|| {
@@ -1221,6 +1256,16 @@ impl MetricStore {
                             v.extend_from_slice(&pv[o..o + n]);
                         }
                     }
+                    if let Some(drop) = drop {
+                        let keep: Vec<usize> = (0..t.len()).filter(|&i| !drop(id, t[i])).collect();
+                        if keep.len() < t.len() {
+                            t = keep.iter().map(|&i| t[i]).collect();
+                            v = keep.iter().map(|&i| v[i]).collect();
+                        }
+                        if t.is_empty() {
+                            continue;
+                        }
+                    }
                     if t.windows(2).all(|w| w[0] < w[1]) {
                         writer.push_series(id, &t, &v)?;
                     } else {
@@ -1256,6 +1301,143 @@ impl MetricStore {
         let (n, _) = self.delete_parts(&doomed, "retention period").await?;
         tracing::info!(parts = n, cutoff = %crate::time::format_day(cutoff_day), "retention deleted metric parts");
         Ok(n)
+    }
+
+    /// Records a delete request (`delete_series`) durably; from now on no select returns the samples it
+    /// covers, and its rewrite removes them from disk after `store.delete_cancel_period`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a request that cannot work; I/O errors.
+    pub fn request_delete(
+        &self,
+        tenant: &Tenant,
+        spec: crate::delete::DeleteSpec,
+    ) -> Result<crate::delete::DeleteRequest> {
+        let req = self.inner.deletes.add(tenant, spec)?;
+        tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "series delete requested; its samples are hidden now");
+        Ok(req)
+    }
+
+    /// The tenant's delete requests.
+    pub fn delete_requests(&self, tenant: &Tenant) -> Vec<crate::delete::DeleteRequest> {
+        self.inner.deletes.list(tenant)
+    }
+
+    /// Withdraws a delete request that has not been processed.
+    ///
+    /// # Errors
+    /// I/O errors writing the request list.
+    pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
+        self.inner.deletes.cancel(tenant, id)
+    }
+
+    /// Each pending delete of the tenant as (series ids, first ms, last ms).
+    fn delete_masks(&self, tenant: &Tenant) -> Vec<(RoaringBitmap, i64, i64)> {
+        let active = self.inner.deletes.active(tenant);
+        if active.is_empty() {
+            return Vec::new();
+        }
+        let Some(series) = self.inner.catalog.get(tenant) else { return Vec::new() };
+        let s = series.read();
+        active
+            .iter()
+            .map(|a| {
+                let ids = a.matchers.iter().fold(RoaringBitmap::new(), |acc, m| acc | s.matching(m));
+                (ids, a.start_ns.div_euclid(1_000_000), a.end_ns.div_euclid(1_000_000))
+            })
+            .collect()
+    }
+
+    /// Rewrites the parts holding samples of delete requests past `store.delete_cancel_period`, without
+    /// them, then marks the requests processed (the head is flushed first). Returns the parts rewritten.
+    ///
+    /// # Errors
+    /// I/O errors; a request stays `received` and is retried at the next maintenance.
+    pub async fn process_deletes(&self) -> Result<usize> {
+        let period = i64::try_from(self.inner.options.tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
+        let due = self.inner.deletes.due(period);
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.flush().await?;
+        let _guard = self.inner.maintenance_lock.lock().await;
+        let mut rewritten = 0;
+        for req in due {
+            let (this, r) = (self.clone(), req.clone());
+            let started = Instant::now();
+            let (n, removed) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
+                .await
+                .map_err(|e| Error::WalClosed { reason: format!("delete rewrite task failed: {e}") })??;
+            self.inner.deletes.processed(&req.id)?;
+            rewritten += n;
+            tracing::info!(tenant = %req.tenant, id = %req.id, query = %req.spec.query, parts_rewritten = n,
+                samples_removed = removed, elapsed_ms = started.elapsed().as_millis() as u64,
+                "series delete processed: its samples are gone from disk");
+        }
+        self.update_gauges();
+        Ok(rewritten)
+    }
+
+    fn rewrite_for_delete(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
+        let inner = &self.inner;
+        let tenant = Tenant::new(&req.tenant)?;
+        let active = req.spec.compile()?;
+        let Some(series) = inner.catalog.get(&tenant) else { return Ok((0, 0)) };
+        let ids = {
+            let s = series.read();
+            active.matchers.iter().fold(RoaringBitmap::new(), |acc, m| acc | s.matching(m))
+        };
+        let (a, b) = (active.start_ns.div_euclid(1_000_000), active.end_ns.div_euclid(1_000_000));
+        let parts: Vec<Arc<MetricPart>> = inner
+            .state
+            .read()
+            .parts
+            .iter()
+            .filter(|p| p.meta.tenant == tenant.as_str() && !p.is_unreadable())
+            .filter(|p| p.meta.max_time >= a && p.meta.min_time <= b)
+            .cloned()
+            .collect();
+        let (mut n, mut removed) = (0, 0u64);
+        for part in parts {
+            let holds = part.ids()? & &ids;
+            let touched =
+                !holds.is_empty() && part.runs()?.iter().any(|r| holds.contains(r.id) && r.max_t >= a && r.min_t <= b);
+            if !touched {
+                continue;
+            }
+            let drop_sample = |id: u32, t: i64| ids.contains(id) && t >= a && t <= b;
+            let output = self.merge_filtered(
+                std::slice::from_ref(&part),
+                self.new_meta(&part.meta.tenant, part.meta.day, part.meta.level),
+                Some(&drop_sample),
+            )?;
+            let mut manifest = inner.manifest.lock();
+            let mut st = inner.state.write();
+            if !st.parts.iter().any(|q| Arc::ptr_eq(q, &part)) {
+                output.mark_obsolete();
+                continue;
+            }
+            let mut next = manifest.clone();
+            next.parts.retain(|m| m.id != part.meta.id);
+            if output.meta.rows > 0 {
+                next.parts.push(output.meta.clone());
+            }
+            if let Err(e) = store_json(&inner.root, "manifest.json", "metric manifest", &next) {
+                output.mark_obsolete();
+                return Err(e);
+            }
+            *manifest = next;
+            st.parts.retain(|q| !Arc::ptr_eq(q, &part));
+            if output.meta.rows > 0 {
+                st.parts.push(output.clone());
+            } else {
+                output.mark_obsolete();
+            }
+            part.mark_obsolete();
+            removed += part.meta.rows - output.meta.rows;
+            n += 1;
+        }
+        Ok((n, removed))
     }
 
     /// Holds off flushes, compactions and deletions (not appends) while the guards live: a snapshot.

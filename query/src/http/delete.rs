@@ -1,0 +1,214 @@
+//! Deleting data, with the APIs clients already call (issue 18 §2):
+//!
+//! - logs, as Loki's compactor: `POST /loki/api/v1/delete?query=<selector with line filters>&start=&end=`
+//!   (204), `GET /loki/api/v1/delete` (the tenant's requests), `DELETE /loki/api/v1/delete?request_id=`
+//!   (cancel before it is processed);
+//! - metrics, as Prometheus: `POST`/`PUT /api/v1/admin/tsdb/delete_series?match[]=&start=&end=` (204).
+//!
+//! The store keeps each request durably and hides what it covers from every read at once; see
+//! `store::delete` for when it leaves the disk. These routes need the `admin` scope.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+use store::delete::{Cancel, DeleteSpec, LineOp};
+use store::{LabelMatcher, MatchOp};
+
+use super::QueryState;
+use super::loki::{Params, parse_time};
+use crate::logql::ast::{Expr, FilterOp, Stage};
+
+/// The delete routes.
+pub fn routes() -> Router<QueryState> {
+    Router::new()
+        .route("/loki/api/v1/delete", post(loki_delete).get(loki_list).delete(loki_cancel))
+        .route("/api/v1/admin/tsdb/delete_series", post(delete_series).put(delete_series))
+}
+
+fn bad(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+fn spec_matcher(m: &LabelMatcher) -> (String, String, String) {
+    let op = match m.op {
+        MatchOp::Eq => "=",
+        MatchOp::Neq => "!=",
+        MatchOp::Re => "=~",
+        MatchOp::Nre => "!~",
+    };
+    (m.name.clone(), op.to_string(), m.value.clone())
+}
+
+/// A Loki delete query as a store request: a stream selector and line filters only, as Loki allows.
+fn loki_spec(query: &str, start_ns: i64, end_ns: i64) -> Result<DeleteSpec, String> {
+    let expr = crate::logql::parser::parse(query).map_err(|e| e.to_string())?;
+    let Expr::Log(log) = expr else {
+        return Err("a delete query is a log selector with optional line filters, not a metric query".into());
+    };
+    let mut line_filters = Vec::new();
+    for stage in &log.stages {
+        let Stage::LineFilter(f) = stage else {
+            return Err("a delete query may only have line filters (|=, !=, |~, !~) after its selector".into());
+        };
+        let op = match f.op {
+            FilterOp::Contains => LineOp::Contains,
+            FilterOp::NotContains => LineOp::NotContains,
+            FilterOp::Regex => LineOp::Matches,
+            FilterOp::NotRegex => LineOp::NotMatches,
+            FilterOp::Pattern | FilterOp::NotPattern => {
+                return Err("pattern line filters (|>, !>) are not supported in a delete query".into());
+            }
+        };
+        if f.values.len() != 1 {
+            return Err("`or` between line filter values is not supported in a delete query".into());
+        }
+        line_filters.push((op, f.values[0].text.clone()));
+    }
+    Ok(DeleteSpec {
+        query: query.to_string(),
+        matchers: vec![log.matchers.iter().map(spec_matcher).collect()],
+        line_filters,
+        start_ns,
+        end_ns,
+    })
+}
+
+fn store_failure(e: &store::Error) -> Response {
+    match e {
+        store::Error::Config(msg) => bad(msg),
+        store::Error::InvalidTenant { .. } => bad(e),
+        _ => {
+            tracing::error!(error = %e, "could not record a delete request");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("could not record the delete request: {e}\n")).into_response()
+        }
+    }
+}
+
+async fn loki_delete(
+    State(state): State<QueryState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let tenant = match super::tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let p = Params::from(headers, raw.as_deref(), &body);
+    let Some(query) = p.get("query").filter(|q| !q.trim().is_empty()) else {
+        return bad("query parameter is required: the stream selector (and line filters) of what to delete");
+    };
+    let time = |key: &str, default: i64| match p.get(key) {
+        None => Ok(default),
+        Some(v) => parse_time(v).ok_or_else(|| format!("invalid {key} {v:?}: Unix seconds or RFC3339")),
+    };
+    let (start, end) = match (time("start", 0), time("end", store::time::now_ns())) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(r), _) | (_, Err(r)) => return bad(r),
+    };
+    let spec = match loki_spec(query, start, end) {
+        Ok(s) => s,
+        Err(e) => return bad(format!("invalid delete query {query:?}: {e}")),
+    };
+    match state.store.request_delete(&tenant, spec) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => store_failure(&e),
+    }
+}
+
+async fn loki_list(State(state): State<QueryState>, headers: HeaderMap) -> Response {
+    let tenant = match super::tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let list: Vec<serde_json::Value> = state
+        .store
+        .delete_requests(&tenant)
+        .into_iter()
+        .map(|r| {
+            json!({
+                "request_id": r.id,
+                "start_time": r.spec.start_ns as f64 / 1e9,
+                "end_time": r.spec.end_ns as f64 / 1e9,
+                "query": r.spec.query,
+                "status": match r.status { store::delete::DeleteStatus::Received => "received", store::delete::DeleteStatus::Processed => "processed" },
+                "created_at": r.created_ns as f64 / 1e9,
+            })
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+async fn loki_cancel(
+    State(state): State<QueryState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let tenant = match super::tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let p = Params::from(headers, raw.as_deref(), &body);
+    let Some(id) = p.get("request_id") else {
+        return bad("request_id parameter is required");
+    };
+    match state.store.cancel_delete(&tenant, id) {
+        Ok(Cancel::Cancelled) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Cancel::NotFound) => (StatusCode::NOT_FOUND, "no delete request by that id\n").into_response(),
+        Ok(Cancel::AlreadyProcessed) => {
+            bad("deletion of a request that is already processed is not allowed: its data is gone")
+        }
+        Err(e) => store_failure(&e),
+    }
+}
+
+async fn delete_series(
+    State(state): State<QueryState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let tenant = match super::tenant(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let p = Params::from(headers, raw.as_deref(), &body);
+    let selectors = p.all("match[]");
+    if selectors.is_empty() {
+        return prom_bad("no match[] parameter provided");
+    }
+    let mut matchers = Vec::new();
+    for s in &selectors {
+        match crate::promql::parse_selector(s) {
+            Ok(ms) => matchers.push(ms.iter().map(|m| spec_matcher(&super::prom::to_store_matcher(m))).collect()),
+            Err(e) => return prom_bad(format!("invalid parameter \"match[]\": {e}")),
+        }
+    }
+    let time = |key: &str, default: i64| match p.get(key) {
+        None => Ok(default),
+        Some(v) => super::prom::parse_time_ms(v)
+            .map(|ms| ms.saturating_mul(1_000_000))
+            .ok_or_else(|| format!("invalid parameter \"{key}\": cannot parse \"{v}\" to a valid timestamp")),
+    };
+    let (start, end) = match (time("start", i64::MIN), time("end", i64::MAX)) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(r), _) | (_, Err(r)) => return prom_bad(r),
+    };
+    let spec =
+        DeleteSpec { query: selectors.join(", "), matchers, line_filters: Vec::new(), start_ns: start, end_ns: end };
+    match state.metric_store.request_delete(&tenant, spec) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(store::Error::Config(msg)) => prom_bad(msg),
+        Err(e) => store_failure(&e),
+    }
+}
+
+fn prom_bad(msg: impl std::fmt::Display) -> Response {
+    let body = json!({"status": "error", "errorType": "bad_data", "error": msg.to_string()});
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
