@@ -22,6 +22,28 @@ pub struct Config {
     pub mqtt: ingest_mqtt::MqttConfig,
     pub otlp: ingest_otlp::OtlpConfig,
     pub limits: LimitsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: retention per tenant and per stream selector, over `server.retention`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// `[[retention.rule]]` entries.
+    pub rule: Vec<RetentionRuleConfig>,
+}
+
+/// One `[[retention.rule]]`: keep `tenant`'s data (only what `selector` matches, when given) for `period`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleConfig {
+    pub tenant: String,
+    /// A stream or series selector such as `{namespace="dev"}` or `{__name__=~"debug_.*"}`; empty for the
+    /// tenant's whole data.
+    #[serde(default)]
+    pub selector: String,
+    #[serde(with = "store::config::duration")]
+    pub period: Duration,
 }
 
 /// `[limits]`: what one tenant may take of the server.
@@ -207,6 +229,52 @@ impl Config {
     ///
     /// # Errors
     /// A message that names the key.
+    /// The retention rules as the stores apply them.
+    ///
+    /// # Errors
+    /// A rule whose tenant or selector is invalid, whose period is under an hour, or that would keep what
+    /// its selector matches longer than its tenant's period (not supported).
+    pub fn retention_rules(&self) -> anyhow::Result<Vec<store::config::RetentionRule>> {
+        let mut out = Vec::new();
+        for (i, r) in self.retention.rule.iter().enumerate() {
+            let what = format!("retention.rule[{i}] (tenant {:?}, selector {:?})", r.tenant, r.selector);
+            store::model::Tenant::new(&r.tenant).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            if r.period < Duration::from_secs(3600) {
+                bail!("{what}: period {} is below the minimum of 1h", humantime::format_duration(r.period));
+            }
+            let matchers = if r.selector.trim().is_empty() {
+                Vec::new()
+            } else {
+                let ms = query::promql::parse_selector(&r.selector)
+                    .map_err(|e| anyhow::anyhow!("{what}: not a selector like {{namespace=\"dev\"}}: {e}"))?;
+                query::http::prom::store_matchers(&ms)
+            };
+            out.push(store::config::RetentionRule {
+                tenant: r.tenant.clone(),
+                matchers,
+                period: r.period,
+                selector: r.selector.clone(),
+            });
+        }
+        for r in out.iter().filter(|r| !r.matchers.is_empty()) {
+            let tenant_period = out
+                .iter()
+                .find(|t| t.tenant == r.tenant && t.matchers.is_empty())
+                .map_or(self.server.retention, |t| t.period);
+            if r.period > tenant_period {
+                bail!(
+                    "retention rule for tenant {:?} and selector {}: {} is longer than the tenant's period ({}); a \
+                     selector may only shorten retention (give the tenant a longer rule without a selector instead)",
+                    r.tenant,
+                    r.selector,
+                    humantime::format_duration(r.period),
+                    humantime::format_duration(tenant_period)
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The disk budget: `store.retention_max_disk` or `server.retention_max_disk`; `None` for none.
     pub fn disk_budget(&self) -> Option<ByteSize> {
         [self.store.retention_max_disk, self.server.retention_max_disk].into_iter().find(|b| b.as_u64() > 0)
@@ -237,6 +305,7 @@ impl Config {
                 self.store.retention_max_disk.display().iec()
             );
         }
+        self.retention_rules()?;
         if s.retention < Duration::from_secs(3600) {
             bail!("server.retention = {} is below the minimum of 1h", humantime::format_duration(s.retention));
         }

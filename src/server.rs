@@ -93,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         data_dir: s.data_dir.clone(),
         retention: s.retention,
         disk: Some(disk.clone()),
+        retention_rules: config.retention_rules()?,
         tuning: config.store.clone(),
     };
     let store = tokio::task::block_in_place(|| LogStore::open(options.clone(), &mut registry))

@@ -40,6 +40,7 @@ fn open(dir: &std::path::Path) -> LogStore {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         disk: None,
+        retention_rules: Vec::new(),
         tuning: StoreConfig::default(),
     };
     LogStore::open(options, &mut prometheus_client::registry::Registry::default()).unwrap()
@@ -213,6 +214,7 @@ fn metrics(c: &mut Criterion) {
         data_dir: dir.path().to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         disk: None,
+        retention_rules: Vec::new(),
         tuning: StoreConfig::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -536,6 +536,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             retention: Duration::from_secs(30 * 86_400),
             disk: None,
+            retention_rules: Vec::new(),
             tuning: StoreConfig::default(),
         };
         let mut registry = Registry::default();

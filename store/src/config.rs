@@ -167,6 +167,8 @@ pub struct StoreOptions {
     /// The free-space reserve and the disk budget of the data directory, shared by both stores; `None`
     /// (tests, tools) for neither.
     pub disk: Option<crate::disk::DiskGuard>,
+    /// Retention per tenant and per stream selector (`[[retention.rule]]`), over the global period.
+    pub retention_rules: Vec<RetentionRule>,
     pub tuning: StoreConfig,
 }
 
@@ -186,4 +188,16 @@ pub mod duration {
             serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"30d\""))
         })
     }
+}
+
+/// A retention rule: a tenant's data, or only the streams (series) matching `matchers`, is kept for
+/// `period` instead of the global retention. A rule without matchers sets the tenant's period (longer or
+/// shorter); a rule with matchers shortens it for what they match.
+#[derive(Debug, Clone)]
+pub struct RetentionRule {
+    pub tenant: String,
+    pub matchers: Vec<crate::scan::LabelMatcher>,
+    pub period: Duration,
+    /// The selector as configured, for messages.
+    pub selector: String,
 }

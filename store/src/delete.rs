@@ -151,6 +151,47 @@ impl DeleteSpec {
     }
 }
 
+/// A matcher as a request stores it.
+pub fn matcher_spec(m: &LabelMatcher) -> (String, String, String) {
+    let op = match m.op {
+        MatchOp::Eq => "=",
+        MatchOp::Neq => "!=",
+        MatchOp::Re => "=~",
+        MatchOp::Nre => "!~",
+    };
+    (m.name.clone(), op.to_string(), m.value.clone())
+}
+
+/// The request a selector retention rule amounts to at `now`: what its selector matches in the whole
+/// days before its period, never stored.
+pub(crate) fn retention_request(rule: &crate::config::RetentionRule, now_ns: i64) -> DeleteRequest {
+    let period = i64::try_from(rule.period.as_nanos()).unwrap_or(i64::MAX);
+    let cutoff_day = crate::time::day_of_ns(now_ns.saturating_sub(period));
+    DeleteRequest {
+        id: format!("retention {}", rule.selector),
+        tenant: rule.tenant.clone(),
+        spec: DeleteSpec {
+            query: rule.selector.clone(),
+            matchers: vec![rule.matchers.iter().map(matcher_spec).collect()],
+            line_filters: Vec::new(),
+            start_ns: i64::MIN,
+            end_ns: cutoff_day.saturating_mul(crate::time::NANOS_PER_DAY) - 1,
+        },
+        created_ns: now_ns,
+        status: DeleteStatus::Received,
+        processed_ns: None,
+    }
+}
+
+/// The retention period of `tenant`: its rule without a selector, else `global`.
+pub(crate) fn tenant_period(
+    rules: &[crate::config::RetentionRule],
+    tenant: &str,
+    global: std::time::Duration,
+) -> std::time::Duration {
+    rules.iter().find(|r| r.tenant == tenant && r.matchers.is_empty()).map_or(global, |r| r.period)
+}
+
 /// What cancelling a request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancel {

@@ -1247,15 +1247,40 @@ impl LogStore {
     /// # Errors
     /// I/O errors writing the manifest.
     pub async fn apply_retention(&self) -> Result<usize> {
-        let retention_ns = i64::try_from(self.inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff_day = day_of_ns(now_ns().saturating_sub(retention_ns));
-        let doomed: HashSet<u64> =
-            self.inner.state.read().parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
-        if doomed.is_empty() {
-            return Ok(0);
+        let now = now_ns();
+        let opts = &self.inner.options;
+        let cutoff = |tenant: &str| {
+            let period = crate::delete::tenant_period(&opts.retention_rules, tenant, opts.retention);
+            day_of_ns(now.saturating_sub(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX)))
+        };
+        let doomed: HashSet<u64> = self
+            .inner
+            .state
+            .read()
+            .parts
+            .iter()
+            .filter(|p| p.meta.day < cutoff(p.meta.tenant.as_str()))
+            .map(|p| p.meta.id)
+            .collect();
+        let mut n = 0;
+        if !doomed.is_empty() {
+            n = self.delete_parts(&doomed, "retention period").await?.0;
+            tracing::info!(parts = n, "retention deleted log parts");
         }
-        let (n, _) = self.delete_parts(&doomed, "retention period").await?;
-        tracing::info!(parts = n, cutoff = %crate::time::format_day(cutoff_day), "retention deleted log parts");
+        // Selector rules: rewrite the matching streams' rows of whole days past their period out.
+        for rule in opts.retention_rules.iter().filter(|r| !r.matchers.is_empty()) {
+            let req = crate::delete::retention_request(rule, now);
+            let _guard = self.inner.maintenance_lock.lock().await;
+            let this = self.clone();
+            let r = req.clone();
+            let (parts, rows) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
+                .await
+                .map_err(|e| Error::WalClosed { reason: format!("retention task failed: {e}") })??;
+            if parts > 0 {
+                tracing::info!(tenant = %rule.tenant, selector = %rule.selector, parts, rows, "retention rule removed rows past its period");
+            }
+            n += parts;
+        }
         Ok(n)
     }
 

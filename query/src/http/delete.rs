@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 use store::delete::{Cancel, DeleteSpec, LineOp};
-use store::{LabelMatcher, MatchOp};
 
 use super::QueryState;
 use super::loki::{Params, parse_time};
@@ -31,16 +30,6 @@ pub fn routes() -> Router<QueryState> {
 
 fn bad(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
-}
-
-fn spec_matcher(m: &LabelMatcher) -> (String, String, String) {
-    let op = match m.op {
-        MatchOp::Eq => "=",
-        MatchOp::Neq => "!=",
-        MatchOp::Re => "=~",
-        MatchOp::Nre => "!~",
-    };
-    (m.name.clone(), op.to_string(), m.value.clone())
 }
 
 /// A Loki delete query as a store request: a stream selector and line filters only, as Loki allows.
@@ -70,7 +59,7 @@ fn loki_spec(query: &str, start_ns: i64, end_ns: i64) -> Result<DeleteSpec, Stri
     }
     Ok(DeleteSpec {
         query: query.to_string(),
-        matchers: vec![log.matchers.iter().map(spec_matcher).collect()],
+        matchers: vec![log.matchers.iter().map(store::delete::matcher_spec).collect()],
         line_filters,
         start_ns,
         end_ns,
@@ -185,7 +174,8 @@ async fn delete_series(
     let mut matchers = Vec::new();
     for s in &selectors {
         match crate::promql::parse_selector(s) {
-            Ok(ms) => matchers.push(ms.iter().map(|m| spec_matcher(&super::prom::to_store_matcher(m))).collect()),
+            Ok(ms) => matchers
+                .push(ms.iter().map(|m| store::delete::matcher_spec(&super::prom::to_store_matcher(m))).collect()),
             Err(e) => return prom_bad(format!("invalid parameter \"match[]\": {e}")),
         }
     }

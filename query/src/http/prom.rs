@@ -225,6 +225,11 @@ impl PromRequest {
     }
 }
 
+/// PromQL matchers as store matchers.
+pub fn store_matchers(ms: &[Matcher]) -> Vec<LabelMatcher> {
+    ms.iter().map(to_store_matcher).collect()
+}
+
 pub(crate) fn to_store_matcher(m: &Matcher) -> LabelMatcher {
     let op = match m.op {
         MatchOp::Equal => StoreOp::Eq,

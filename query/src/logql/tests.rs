@@ -256,6 +256,7 @@ fn open_store(dir: &Path) -> LogStore {
             data_dir: dir.to_path_buf(),
             retention: Duration::from_secs(86_400 * 365 * 100),
             disk: None,
+            retention_rules: Vec::new(),
             tuning: StoreConfig::default(),
         },
         &mut Registry::default(),

@@ -14,6 +14,7 @@ async fn store_with_rows(dir: &std::path::Path) -> LogStore {
             data_dir: dir.to_path_buf(),
             retention: Duration::from_secs(86_400 * 30),
             disk: None,
+            retention_rules: Vec::new(),
             tuning: StoreConfig::default(),
         },
         &mut Registry::default(),

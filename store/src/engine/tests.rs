@@ -16,6 +16,7 @@ fn options(dir: &Path) -> StoreOptions {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         disk: None,
+        retention_rules: Vec::new(),
         tuning: StoreConfig { row_group_rows: 1024, ..StoreConfig::default() },
     }
 }

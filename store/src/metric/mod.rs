@@ -1291,15 +1291,38 @@ impl MetricStore {
     /// # Errors
     /// I/O errors writing the manifest.
     pub async fn apply_retention(&self) -> Result<usize> {
-        let retention_ns = i64::try_from(self.inner.options.retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff_day = crate::time::day_of_ns(crate::time::now_ns().saturating_sub(retention_ns));
-        let doomed: HashSet<u64> =
-            self.inner.state.read().parts.iter().filter(|p| p.meta.day < cutoff_day).map(|p| p.meta.id).collect();
-        if doomed.is_empty() {
-            return Ok(0);
+        let now = crate::time::now_ns();
+        let opts = &self.inner.options;
+        let cutoff = |tenant: &str| {
+            let period = crate::delete::tenant_period(&opts.retention_rules, tenant, opts.retention);
+            crate::time::day_of_ns(now.saturating_sub(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX)))
+        };
+        let doomed: HashSet<u64> = self
+            .inner
+            .state
+            .read()
+            .parts
+            .iter()
+            .filter(|p| p.meta.day < cutoff(p.meta.tenant.as_str()))
+            .map(|p| p.meta.id)
+            .collect();
+        let mut n = 0;
+        if !doomed.is_empty() {
+            n = self.delete_parts(&doomed, "retention period").await?.0;
+            tracing::info!(parts = n, "retention deleted metric parts");
         }
-        let (n, _) = self.delete_parts(&doomed, "retention period").await?;
-        tracing::info!(parts = n, cutoff = %crate::time::format_day(cutoff_day), "retention deleted metric parts");
+        for rule in opts.retention_rules.iter().filter(|r| !r.matchers.is_empty()) {
+            let req = crate::delete::retention_request(rule, now);
+            let _guard = self.inner.maintenance_lock.lock().await;
+            let (this, r) = (self.clone(), req.clone());
+            let (parts, samples) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
+                .await
+                .map_err(|e| Error::WalClosed { reason: format!("retention task failed: {e}") })??;
+            if parts > 0 {
+                tracing::info!(tenant = %rule.tenant, selector = %rule.selector, parts, samples, "retention rule removed samples past its period");
+            }
+            n += parts;
+        }
         Ok(n)
     }
 

@@ -11,6 +11,7 @@ fn open(dir: &Path) -> MetricStore {
         data_dir: dir.to_path_buf(),
         retention: Duration::from_secs(7 * 86_400),
         disk: None,
+        retention_rules: Vec::new(),
         tuning: StoreConfig { compaction_min_parts: 2, ..StoreConfig::default() },
     };
     MetricStore::open(options, &mut Registry::default()).unwrap()
@@ -269,6 +270,7 @@ async fn an_unreadable_part_is_left_out_and_new_series_never_take_the_ids_of_par
             data_dir: dir.path().to_path_buf(),
             retention: Duration::from_secs(7 * 86_400),
             disk: None,
+            retention_rules: Vec::new(),
             tuning: StoreConfig::default(),
         },
         &mut Registry::default(),
