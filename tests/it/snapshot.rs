@@ -166,6 +166,8 @@ async fn backup_under_ingest_restores_everything_acknowledged_before_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("format 99") && err.contains("9.0.0") && err.contains("run that version"), "{err}");
+    // Issue 18: no colour codes when standard error is not a terminal (docker logs, kubectl logs).
+    assert!(!err.contains('\u{1b}'), "escape codes in a log that is not a terminal: {err:?}");
 }
 
 /// The snapshot API as Prometheus tools call it, and its deletion.
