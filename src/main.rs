@@ -279,7 +279,9 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Server(args) if args.check => {
             let source = args.config.as_ref().map_or("the defaults".to_string(), |p| p.display().to_string());
-            server_config(args).and_then(|config| lumen::server::check(&config)).map(|()| eprintln!("{source}: ok"))
+            server_config(args)
+                .and_then(|config| lumen::server::check(&config, true))
+                .map(|()| eprintln!("{source}: ok"))
         }
         Command::Server(args) => server_config(args).and_then(|config| {
             lumen::telemetry::init(&config.log);
@@ -313,7 +315,7 @@ fn main() -> ExitCode {
             {
                 c.server.auth_token = Some(lumen::config::Secret(v));
             }
-            lumen::server::check(&c)?;
+            lumen::server::check(&c, false)?;
             eprintln!("{}: ok", config.display());
             Ok(())
         }),

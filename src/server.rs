@@ -37,17 +37,22 @@ pub struct Running {
 }
 
 /// Checks, without opening the store or binding a port, everything [`start`] would refuse: the config's
-/// values, the token file, the TLS certificate and key, the MQTT templates, broker and endpoint
-/// credentials (`lumen server --check`, `lumen config check`).
+/// values, the MQTT templates, broker and endpoint credentials, and with `read_files` the token file,
+/// the TLS certificate and key and the MQTT password file (`lumen server --check` reads them; `lumen
+/// config check` checks a file that may be meant for another machine, and does not).
 ///
 /// # Errors
 /// The first problem, as `start` would report it.
-pub fn check(config: &Config) -> anyhow::Result<()> {
+pub fn check(config: &Config, read_files: bool) -> anyhow::Result<()> {
     config.validate()?;
-    let auth = crate::auth::load(config)?;
-    if let Some(files) = config.tls_files() {
-        crate::tls::Tls::load(files).context("server.tls_cert_file / server.tls_key_file")?;
-    }
+    let auth_enabled = if read_files {
+        if let Some(files) = config.tls_files() {
+            crate::tls::Tls::load(files).context("server.tls_cert_file / server.tls_key_file")?;
+        }
+        crate::auth::load(config)?.is_enabled()
+    } else {
+        config.auth_enabled()
+    };
     let s = &config.server;
     let mut listen = Vec::new();
     if s.mqtt_listen != "off" {
@@ -56,7 +61,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     if s.mqtts_listen != "off" {
         listen.push((s.mqtts_listen.parse()?, "server.mqtts_listen", "--mqtts-listen"));
     }
-    ingest_mqtt::check(&config.mqtt, &listen, auth.is_enabled()).map_err(anyhow::Error::msg).context(
+    ingest_mqtt::check(&config.mqtt, &listen, auth_enabled, read_files).map_err(anyhow::Error::msg).context(
         "cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtts-listen, --mqtt-broker, --mqtt-topic)",
     )?;
     Ok(())

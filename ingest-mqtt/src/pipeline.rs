@@ -60,20 +60,40 @@ pub struct EndpointListen {
 /// Checks, without binding or connecting, everything [`start`] would refuse: the templates, the tenant,
 /// the broker settings, the listener's password file, and an endpoint beyond loopback that anyone could
 /// publish to. `listen`: the endpoint addresses with their config key and flag; `auth_enabled`: whether
-/// the server's tokens are on. `lumen server --check` calls it.
+/// the server's tokens are on; `read_files`: read the password file (false checks a config written for
+/// another machine, where a named file counts as a password). `lumen server --check` calls it.
 ///
 /// # Errors
 /// A message naming the key and what to do.
-pub fn check(config: &MqttConfig, listen: &[(SocketAddr, &str, &str)], auth_enabled: bool) -> Result<(), String> {
+pub fn check(
+    config: &MqttConfig,
+    listen: &[(SocketAddr, &str, &str)],
+    auth_enabled: bool,
+    read_files: bool,
+) -> Result<(), String> {
     let decoder = Decoder::new(config.all_templates())?;
     Tenant::new(&config.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;
     if !config.broker.url.is_empty() {
-        crate::broker::Settings::from_config(&config.broker, decoder.filters())?;
+        if read_files {
+            crate::broker::Settings::from_config(&config.broker, decoder.filters())?;
+        } else {
+            // Everything but the password file, which may be another machine's.
+            let mut broker = config.broker.clone();
+            if !broker.password_file.as_os_str().is_empty() {
+                broker.password_file = std::path::PathBuf::new();
+                broker.password = "(from a file)".to_string();
+            }
+            crate::broker::Settings::from_config(&broker, decoder.filters())?;
+        }
     }
     if !listen.is_empty() {
         let l = &config.listener;
-        let password = config::password(&l.password, &l.password_file)?;
-        let anonymous = l.username.is_empty() || password.is_none();
+        let has_password = if read_files {
+            config::password(&l.password, &l.password_file)?.is_some()
+        } else {
+            !l.password.is_empty() || !l.password_file.as_os_str().is_empty()
+        };
+        let anonymous = l.username.is_empty() || !has_password;
         for (addr, key, _flag) in listen {
             if !addr.ip().is_loopback() && anonymous && !auth_enabled {
                 return Err(format!(
@@ -101,7 +121,7 @@ pub async fn start(
         .into_iter()
         .chain(listen.tls.as_ref().map(|(a, _)| (*a, "server.mqtts_listen", "--mqtts-listen")))
         .collect();
-    check(config, &named, listen.auth.is_enabled())?;
+    check(config, &named, listen.auth.is_enabled(), true)?;
     let decoder = Decoder::new(config.all_templates())?;
     let filters = decoder.filters();
     let tenant = Tenant::new(&config.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;

@@ -18,13 +18,14 @@ fn run_lumen(args: &[&str]) -> std::process::Output {
 /// A token as the deployments' instructions make one (`openssl rand -hex 32`).
 const DEPLOY_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// Checks a server config that listens beyond loopback the way it is deployed: `lumen server --config FILE
-/// --check` passes with `LUMEN_AUTH_TOKEN` in the environment (as the Secret or `.env` gives it), and is
-/// refused without it, since the server will not serve beyond loopback unauthenticated.
+/// Checks a server config that listens beyond loopback the way it is deployed: `lumen config check --config
+/// FILE` (which checks what `server --check` does but reads none of the files the config names: they are the
+/// pod's secrets) passes with `LUMEN_AUTH_TOKEN` in the environment (as the Secret or `.env` gives it), and
+/// is refused without it, since the server will not serve beyond loopback unauthenticated.
 pub fn server_check_needs_the_token(file: &Path, what: &str) {
     let check = |token: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lumen"));
-        cmd.args(["server", "--check", "--config"]).arg(file);
+        cmd.args(["config", "check", "--config"]).arg(file);
         for var in ["LUMEN_AUTH_TOKEN", "LUMEN_AUTH_FILE", "LUMEN_ALLOW_UNAUTHENTICATED"] {
             cmd.env_remove(var);
         }

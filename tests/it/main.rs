@@ -15,6 +15,7 @@ mod deploy_grafana;
 mod deploy_helm;
 #[cfg(feature = "external-tests")]
 mod deploy_kustomize;
+mod disk_budget;
 mod disk_full;
 mod durability;
 #[cfg(feature = "external-tests")]
