@@ -141,7 +141,21 @@ impl LogStore {
         let mut replayed = 0usize;
         let producers: Arc<Mutex<HashMap<(String, String), u64>>> =
             Arc::new(Mutex::new(manifest.producers.iter().map(|(t, p, seq)| ((t.clone(), p.clone()), *seq)).collect()));
-        let marks = Arc::new(Mutex::new(Marks::load(&dir)?));
+        let marks = match Marks::load(&dir) {
+            Ok(m) => m,
+            // The marks only recognise MQTT redeliveries: without them a redelivered message may be stored
+            // twice, never lost. Set the damaged file aside and go on (the WAL replay below restores the
+            // marks of records past the checkpoint).
+            Err(Error::Corrupt { path, reason, .. }) => {
+                quarantine.set_aside(
+                    &path,
+                    &format!("delivery marks {reason}; MQTT messages redelivered after this start may be stored twice"),
+                )?;
+                Marks::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let marks = Arc::new(Mutex::new(marks));
         let wal = {
             let active = active.clone();
             let producers = producers.clone();

@@ -341,6 +341,16 @@ async fn delivery_marks_survive_replay_and_flush() {
     assert_eq!(store.max_mark_epoch(), 7);
     assert!(store.delivered("endpoint:dev", 3, 33).is_none());
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3);
+    drop(store);
+
+    // A damaged marks file does not stop the start: it is set aside, the data is all there, and the marks
+    // of records past the checkpoint come back from the WAL.
+    std::fs::write(dir.path().join("delivery-marks.bin"), b"LMK1 garbage").unwrap();
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    assert!(dir.path().join("quarantine/delivery-marks.bin").exists(), "the damaged file is kept for inspection");
+    assert!(store.delivered("broker:lumen", 1, 11).is_none(), "that mark lived only in the damaged file");
+    assert!(store.delivered("broker:lumen", 3, 33).is_some(), "replayed from the WAL");
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 3);
 }
 
 /// The log store's part files (Parquet and index), sorted.
