@@ -34,6 +34,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The free-space reserve: `/ready` answers 503 while it refuses writes.
     pub disk: store::DiskGuard,
+    /// The configuration in effect, secrets masked, for `/api/v1/status/lumen`.
+    pub config: Arc<serde_json::Value>,
 }
 
 /// `otlp` is OTLP/HTTP's router (`ingest_otlp::router`), merged here so that the body limit and the
@@ -62,7 +64,10 @@ pub fn router(
     let guard =
         |scope| axum::middleware::from_fn_with_state(auth::RequireScope { auth: auth.clone(), scope }, auth::require);
     let probes = Router::new().route("/health", get(|| async { "ok\n" })).route("/ready", get(ready));
-    let read = Router::new().route("/metrics", get(metrics)).route_layer(guard(Scope::Read));
+    let read = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status/lumen", get(status))
+        .route_layer(guard(Scope::Read));
     let admin = Router::new()
         .route("/api/v1/admin/flush", post(flush))
         .route("/api/v1/admin/compact", post(compact))
@@ -72,6 +77,7 @@ pub fn router(
         .route("/api/v1/admin/snapshot/{name}", axum::routing::delete(delete_snapshot))
         .route_layer(guard(Scope::Admin));
     probes
+        .merge(crate::ui::router())
         .merge(read)
         .merge(admin)
         .merge(
@@ -194,4 +200,74 @@ async fn delete_snapshot(
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// `GET /api/v1/status/lumen`: what the web UI's status page shows: version, uptime, storage, the disk,
+/// ingest totals per protocol, and the configuration in effect (secrets masked).
+async fn status(State(app): State<AppState>) -> Response {
+    let process = crate::process_metrics::read();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let logs = app.store.stats();
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &app.registry);
+    // Ingest totals by protocol, read back from the metrics (the counters are the source of truth).
+    let mut ingest = serde_json::Map::new();
+    for (family, key) in [("lumen_ingest_lines_total{", "lines"), ("lumen_ingest_samples_total{", "samples")] {
+        let mut by = serde_json::Map::new();
+        for line in text.lines().filter(|l| l.starts_with(family)) {
+            let proto = line.split("protocol=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+            let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            by.insert(proto.to_string(), json!(v));
+        }
+        ingest.insert(key.to_string(), serde_json::Value::Object(by));
+    }
+    let mqtt_open = text
+        .lines()
+        .find(|l| l.starts_with("lumen_mqtt_endpoint_connections_open "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    let body = json!({
+        "version": crate::process_metrics::VERSION,
+        "revision": crate::process_metrics::REVISION,
+        "uptime_seconds": (now - process.start_time_seconds).max(0.0),
+        "process": {"resident_bytes": process.resident_bytes, "cpu_seconds": process.cpu_seconds, "open_fds": process.open_fds},
+        "storage": {
+            "logs": {"parts": logs.parts, "rows": logs.part_rows, "disk_bytes": logs.disk_bytes, "head_rows": logs.head_rows},
+            "metrics": metric_stats(&app),
+            "retention_seconds": app.retention.as_secs(),
+            "disk": {
+                "free_bytes": app.disk.free(),
+                "reserve_bytes": app.disk.reserve(),
+                "budget_bytes": app.disk.budget().unwrap_or(0),
+                "problem": app.disk.problem(),
+            },
+        },
+        "ingest": ingest,
+        "mqtt": {"endpoint_connections": mqtt_open},
+        "config": app.config.as_ref(),
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The configuration as JSON with every secret masked: values of keys that name a password, token or
+/// secret (not the `*_file` keys, which are paths) become "***" when set.
+pub fn masked_config(config: &crate::config::Config) -> serde_json::Value {
+    fn mask(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    let secret = ["password", "token", "secret"].iter().any(|s| k.contains(s)) && !k.ends_with("_file");
+                    if secret && v.as_str().is_some_and(|s| !s.is_empty()) {
+                        *v = json!("***");
+                    } else {
+                        mask(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(mask),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    mask(&mut v);
+    v
 }

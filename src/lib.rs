@@ -21,6 +21,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tenant_limits;
 pub mod tls;
+pub mod ui;
 
 pub use config::Config;
 pub use server::{Running, start};

@@ -174,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Arc::new(registry),
         ready: ready.clone(),
         disk: disk.clone(),
+        config: Arc::new(crate::http::masked_config(&config)),
     };
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
         .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;

@@ -32,10 +32,14 @@ pub async fn require(State(guard): State<RequireScope>, mut req: Request, next: 
         Err(denied) => {
             let mut resp = (denied.status(), format!("{denied}\n")).into_response();
             if denied.is_unauthenticated() {
-                resp.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"lumen\", charset=\"UTF-8\""),
-                );
+                // The web UI asks for the token in its own form: a Basic challenge would make the browser
+                // open its login box over it, so its requests (marked `X-Lumen-UI`) get a Bearer one.
+                let challenge = if req.headers().contains_key("x-lumen-ui") {
+                    "Bearer realm=\"lumen\""
+                } else {
+                    "Basic realm=\"lumen\", charset=\"UTF-8\""
+                };
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
             resp
         }

@@ -37,6 +37,9 @@ mod snapshot;
 mod tenant_limits;
 #[cfg(feature = "external-tests")]
 mod tls;
+mod ui;
+#[cfg(feature = "external-tests")]
+mod ui_browser;
 mod vector;
 #[cfg(feature = "external-tests")]
 mod yaml;

@@ -1,0 +1,93 @@
+//! The web UI in a real browser (issue 19): a server loaded with the Loghub logs, metrics and MQTT
+//! telemetry, and `ui/e2e/run.mjs` driving Debian's chromium through playwright-core against it (views,
+//! answers compared with the API, no request to another host, screenshots under
+//! `target/ui-e2e/`). `scripts/test` installs chromium and the UI's npm packages; without them the test
+//! says so and skips.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+use crate::harness::{TestServer, loghub, test_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_answers_like_the_api_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("ui/e2e/run.mjs");
+    let chromium = Path::new("/usr/bin/chromium");
+    if !root.join("ui/node_modules/playwright-core").exists() || !chromium.exists() || !script.exists() {
+        eprintln!(
+            "SKIPPED: the browser tests need ui/node_modules (cd ui && npm ci), /usr/bin/chromium (apt-get install \
+             chromium) and ui/e2e/run.mjs; scripts/test installs them"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.mqtt_listen = "127.0.0.1:0".into();
+    config.mqtt.topics = vec!["devices/{site}/{device}/telemetry".into()];
+    let server = TestServer::start(config).await;
+    let mqtt_port = server.running.as_ref().unwrap().mqtt_addr.unwrap().port();
+
+    // Logs: the Loghub samples, one app each, over the last hour.
+    let now = store::time::now_ns();
+    for (app, lines) in loghub() {
+        let values: Vec<serde_json::Value> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| json!([(now - 3_000_000_000_000 + i as i64 * 1_000_000_000).to_string(), l]))
+            .collect();
+        let body = json!({"streams": [{"stream": {"app": app, "namespace": "loghub"}, "values": values}]});
+        let r = server.client.post(server.url("/loki/api/v1/push")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    }
+    // Metrics: a counter of two instances over the last 30 minutes.
+    let t0 = now / 1_000_000 - 1_800_000;
+    let text: String = (0..120)
+        .flat_map(|i| {
+            ["a", "b"]
+                .into_iter()
+                .map(move |inst| format!("ui_requests_total{{instance=\"{inst}\"}} {} {}\n", i * 10, t0 + i * 15_000))
+        })
+        .collect();
+    let r = server.client.post(server.url("/api/v1/import/prometheus")).body(text).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    // MQTT: two devices publish telemetry to the embedded endpoint.
+    let mut opts = MqttOptions::new("ui-e2e", "127.0.0.1", mqtt_port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    for (site, device, temp) in [("north", "pump1", 21.5), ("south", "pump2", 19.0)] {
+        let payload = format!("{{\"temperature\": {temp}, \"humidity\": 40}}");
+        client.publish(format!("devices/{site}/{device}/telemetry"), QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+    let mut acked = 0;
+    while acked < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await.expect("MQTT acks") {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("MQTT: {e}"),
+        }
+    }
+
+    let out = root.join("target/ui-e2e");
+    std::fs::create_dir_all(&out).unwrap();
+    let (base, script, out2) = (server.base.clone(), script.clone(), out.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(&script).env("LUMEN_URL", &base).env("LUMEN_E2E_OUT", &out2).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        result.status.success(),
+        "the browser tests failed (screenshots in {}):\n{stdout}\n{stderr}",
+        out.display()
+    );
+    drop(client);
+    server.stop().await;
+}
