@@ -2,6 +2,11 @@
 //   LUMEN_URL=http://127.0.0.1:9700 LUMEN_E2E_OUT=/tmp/shots node e2e/run.mjs
 // Optional: CHROMIUM (default /usr/bin/chromium), LUMEN_E2E_PROMQL (default: the first metric name the
 // server knows, else vector(1)).
+// Besides driving every view, it compares what the UI shows with the API's own answers (fetched here with
+// fetch()): log lines, histogram totals, label-click narrowing, live tail, PromQL series, SQL rows, MQTT
+// devices and a shared URL. It expects the data tests/it/ui_browser.rs loads: the Loghub samples as
+// {app="<name>", namespace="loghub"} over the last hour, ui_requests_total{instance="a"|"b"} over the last
+// 30 minutes, and MQTT devices pump1 (north) and pump2 (south) on devices/{site}/{device}/telemetry.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -27,16 +32,87 @@ const browser = await chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
 });
 const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-const page = await ctx.newPage();
 const record = (url) => {
   requests.push(url);
   if (url.startsWith("data:") || url.startsWith("blob:")) return;
   if (!(url.startsWith(origin + "/") || url === origin || url.startsWith(wsOrigin + "/"))) foreign.push(url);
 };
-page.on("request", (r) => record(r.url()));
-page.on("websocket", (ws) => record(ws.url()));
-page.on("pageerror", (e) => pageErrors.push(String(e)));
-page.setDefaultTimeout(15_000);
+function watch(c) {
+  c.on("request", (r) => record(r.url()));
+  c.on("page", (p) => {
+    p.on("websocket", (ws) => record(ws.url()));
+    p.on("pageerror", (e) => pageErrors.push(String(e)));
+    p.setDefaultTimeout(15_000);
+  });
+  return c;
+}
+watch(ctx);
+const page = await ctx.newPage();
+
+// ---- the API, asked directly ----
+async function apiGet(path, params = {}) {
+  const r = await fetch(base + "/" + path + "?" + new URLSearchParams(params));
+  const text = await r.text();
+  if (!r.ok) throw new Error(`GET ${path} -> ${r.status}: ${text.slice(0, 200)}`);
+  return JSON.parse(text);
+}
+async function apiSql(sql) {
+  const r = await fetch(base + "/api/v1/sql", { method: "POST", headers: { "content-type": "text/plain" }, body: sql });
+  const text = await r.text();
+  if (!r.ok) throw new Error(`POST api/v1/sql -> ${r.status}: ${text.slice(0, 200)}`);
+  return JSON.parse(text);
+}
+const ns = (ms) => String(BigInt(ms) * 1_000_000n);
+/** query_range log lines, newest first (the order the UI shows them in). */
+async function apiLines(query, start, end, limit = 1000) {
+  const r = await apiGet("loki/api/v1/query_range", { query, start: ns(start), end: ns(end), limit, direction: "backward" });
+  const es = [];
+  for (const s of r.data.result) for (const [t, line] of s.values) es.push({ t: BigInt(t), line, labels: s.stream });
+  es.sort((a, b) => (a.t < b.t ? 1 : a.t > b.t ? -1 : 0));
+  return es;
+}
+const labelsText = (l) => "{" + Object.keys(l).sort().map((k) => `${k}=${JSON.stringify(l[k])}`).join(", ") + "}";
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `f` (returning null when satisfied, else what is still wrong) until it holds or the time is up. */
+async function until(what, f, timeout = 15_000) {
+  const t0 = Date.now();
+  let last = "";
+  for (;;) {
+    last = await f().catch((e) => String(e?.message ?? e));
+    if (last === null) return;
+    if (Date.now() - t0 > timeout) throw new Error(`${what}: ${last}`);
+    await sleep(150);
+  }
+}
+
+/** The text of the log lines the page shows, in order. */
+const shownLines = (p = page) => p.$$eval(".logline .msg", (els) => els.map((e) => e.textContent));
+/** The "N lines" count above the lines. */
+const shownCount = (p = page) =>
+  p.$$eval(".view > .muted", (els) => {
+    for (const e of els) {
+      const m = /^(\d+) lines/.exec(e.textContent.trim());
+      if (m) return Number(m[1]);
+    }
+    return null;
+  });
+async function busy(p = page) {
+  return p.$$eval(".view .muted", (els) => els.some((e) => e.textContent.trim() === "running…"));
+}
+/** Null when the page shows `want` (line texts) as its first lines, else the first difference. */
+async function compareLines(want, p = page) {
+  if (await busy(p)) return "still running";
+  const got = await shownLines(p);
+  const n = Math.min(want.length, 500);
+  if (got.length !== n) return `the UI shows ${got.length} lines, the API gave ${want.length} (expected ${n} rendered)`;
+  for (let i = 0; i < n; i++) if (got[i] !== want[i]) return `line ${i} differs: UI ${JSON.stringify(got[i])} vs API ${JSON.stringify(want[i])}`;
+  return null;
+}
+const hashUrl = (view, params) => uiBase + "#/" + view + "?" + new URLSearchParams(params).toString().replace(/\+/g, "%20");
+let uiBase = base + "/ui/";
+const nowS = Math.floor(Date.now() / 1000) * 1000;
+const range = { from: String(nowS - 3_600_000), to: String(nowS) }; // the last hour, as epoch ms in the hash
 
 async function step(name, f) {
   const t0 = Date.now();
@@ -70,6 +146,7 @@ await step("logs", async () => {
   await page.goto(base + "/");
   await page.waitForSelector("header nav");
   if (!new URL(page.url()).pathname.endsWith("/ui/")) throw new Error(`"/" did not lead to the UI: ${page.url()}`);
+  uiBase = page.url().split("#")[0];
   await goView("Logs");
   await runQuery('{app=~".+"}');
   await page.waitForFunction(() => document.querySelectorAll(".logline").length > 0 || document.querySelector(".error"));
@@ -81,6 +158,131 @@ await step("logs", async () => {
   await page.waitForSelector(".chart canvas");
   if (!page.url().includes("#/logs?") || !decodeURIComponent(page.url()).includes('{app=~".+"}')) throw new Error(`the query is not in the URL: ${page.url()}`);
   console.log(`     ${n} log lines shown`);
+});
+
+// The histogram answers the UI received (query_range with sum by (detected_level) (count_over_time(...))).
+const histAnswers = new Map();
+page.on("response", async (r) => {
+  const u = new URL(r.url());
+  const q = u.searchParams.get("query") ?? "";
+  if (!u.pathname.endsWith("/loki/api/v1/query_range") || !/^sum( by \(detected_level\) )?\(count_over_time\(/.test(q) || !r.ok()) return;
+  try {
+    histAnswers.set(q, await r.json());
+  } catch {
+    /* a navigation dropped the body */
+  }
+});
+
+const LOGQL = '{app="apache"}';
+let apiApache = null;
+await step("logs-vs-api", async () => {
+  await page.goto(hashUrl("logs", range));
+  await page.waitForSelector("textarea[data-querybox]");
+  await runQuery(LOGQL);
+  apiApache = await apiLines(LOGQL, +range.from, +range.to, 1000);
+  if (!apiApache.length) throw new Error(`the API has no lines for ${LOGQL} in the last hour`);
+  const want = apiApache.map((e) => e.line);
+  await until("the UI's lines differ from query_range's", () => compareLines(want));
+  const n = await shownCount();
+  if (n !== apiApache.length) throw new Error(`the UI counts ${n} lines, query_range returned ${apiApache.length}`);
+  console.log(`     ${LOGQL}: the first ${Math.min(500, want.length)} of ${n} lines equal query_range's (limit 1000, backward)`);
+});
+
+await step("histogram-vs-api", async () => {
+  const span = (+range.to - +range.from) / 1000;
+  const r = await apiGet("loki/api/v1/query", { query: `sum(count_over_time(${LOGQL}[${span}s]))`, time: String(+range.to / 1000) });
+  const want = r.data.result.length ? Number(r.data.result[0].value[1]) : 0;
+  let got = null;
+  await until("the histogram's bars do not add up to the API's count", async () => {
+    if (await busy()) return "still running";
+    const items = await page.$$eval(".view > .legend .item", (els) => els.map((e) => e.textContent.trim()));
+    if (!items.length) return "no histogram legend";
+    got = items.reduce((a, t) => a + Number(/(\d+)$/.exec(t)?.[1] ?? NaN), 0);
+    return got === want ? null : `bars sum to ${got} (${items.join(", ")}), sum(count_over_time(${LOGQL}[${span}s])) = ${want}`;
+  });
+  await page.waitForSelector(".chart canvas");
+  // The histogram answer the UI drew from must add up the same.
+  const key = [...histAnswers.keys()].reverse().find((q) => q.includes(LOGQL));
+  if (!key) throw new Error("the UI made no histogram query for " + LOGQL);
+  const sum = histAnswers.get(key).data.result.reduce((a, s) => a + s.values.reduce((b, [, v]) => b + Number(v), 0), 0);
+  if (sum !== want) throw new Error(`the histogram query ${key} sums to ${sum}, the API count is ${want}`);
+  console.log(`     bars add up to ${got} = sum(count_over_time(${LOGQL}[${span}s])) = the histogram query's own sum`);
+});
+
+let narrowed = null;
+await step("label-click", async () => {
+  await runQuery('{namespace="loghub"}');
+  await until("no lines for {namespace=\"loghub\"}", async () =>
+    !(await busy()) && (await page.locator(".logline").count()) > 0 && decodeURIComponent(page.url()).includes('{namespace="loghub"}') ? null : "waiting",
+  );
+  const first = page.locator(".logline").first();
+  await first.locator(".head").click();
+  const label = first.locator('.labels .label:has(b:text-is("app"))');
+  const value = (await label.locator(".value").textContent()).trim();
+  await label.locator(".value").click();
+  const matcher = `app=${JSON.stringify(value)}`;
+  await until("the query box did not take the clicked label", async () => {
+    const v = await page.locator("textarea[data-querybox]").inputValue();
+    return v.includes(matcher) && v.includes('namespace="loghub"') ? null : `the query box holds ${JSON.stringify(v)}`;
+  });
+  narrowed = await page.locator("textarea[data-querybox]").inputValue();
+  const api = await apiLines(narrowed, +range.from, +range.to, 1000);
+  const bad = api.filter((e) => e.labels.app !== value);
+  if (!api.length || bad.length) throw new Error(`the API answers ${narrowed} with ${api.length} lines, ${bad.length} without ${matcher}`);
+  await until("the narrowed results differ from the API's", () => compareLines(api.map((e) => e.line)));
+  // Every line shown carries the label: open them all and read their labels.
+  await page.$$eval(".logline:not(.open) .head", (els) => els.forEach((e) => e.click()));
+  await until("not every line opened", async () =>
+    (await page.locator(".logline .labels").count()) === (await page.locator(".logline").count()) ? null : "opening",
+  );
+  const apps = await page.$$eval(".logline .labels", (els) =>
+    els.map((l) => [...l.querySelectorAll(".label")].find((x) => x.querySelector("b")?.textContent === "app")?.querySelector(".value")?.textContent),
+  );
+  const wrong = apps.filter((a) => a !== value);
+  if (wrong.length) throw new Error(`${wrong.length} of ${apps.length} lines do not carry ${matcher}: ${[...new Set(wrong)].join(", ")}`);
+  console.log(`     clicked app=${value}: the query became ${narrowed}; all ${apps.length} lines shown carry it, as the API's ${api.length}`);
+});
+
+await step("shared-url", async () => {
+  if (!narrowed) throw new Error("no query to share (label-click failed)");
+  const url = page.url();
+  const want = await shownLines();
+  const ctx2 = watch(await browser.newContext({ viewport: { width: 1280, height: 860 } }));
+  const p2 = await ctx2.newPage();
+  try {
+    await p2.goto(url);
+    await p2.waitForSelector("textarea[data-querybox]");
+    const v = await p2.locator("textarea[data-querybox]").inputValue();
+    if (v !== narrowed) throw new Error(`the shared URL's query box holds ${JSON.stringify(v)}, not ${JSON.stringify(narrowed)}`);
+    await until("the shared URL shows other lines", () => compareLines(want, p2));
+    const [c1, c2] = [await shownCount(), await shownCount(p2)];
+    if (c1 !== c2) throw new Error(`line counts differ: ${c1} vs ${c2} on the shared URL`);
+    await p2.screenshot({ path: join(out, "shared-url-new-page.png"), fullPage: true }).catch(() => {});
+    console.log(`     ${url.slice(url.indexOf("#"))} in a fresh context: same query, same ${want.length} lines`);
+  } finally {
+    await ctx2.close();
+  }
+});
+
+await step("live-tail", async () => {
+  await page.goto(hashUrl("logs", { query: '{app="e2e-tail"}', from: "now-5m", to: "now" }));
+  await page.waitForSelector('button:has-text("▶ Live")');
+  await until("the query did not settle", async () => ((await busy()) ? "running" : null));
+  await page.click('button:has-text("▶ Live")');
+  await page.waitForSelector('.muted:has-text("tail: live")');
+  const probe = `tail-probe-${Math.random().toString(36).slice(2)}`;
+  const t0 = Date.now();
+  const r = await fetch(base + "/loki/api/v1/push", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ streams: [{ stream: { app: "e2e-tail" }, values: [[ns(Date.now()), probe]] }] }),
+  });
+  if (r.status !== 204) throw new Error(`push -> ${r.status}: ${await r.text()}`);
+  await until(`the pushed line ${probe} did not show in live tail`, async () => ((await shownLines()).includes(probe) ? null : "not yet"), 10_000);
+  const ms = Date.now() - t0;
+  await page.screenshot({ path: join(out, "live-tail.png"), fullPage: true }).catch(() => {});
+  await page.click('button:has-text("■ Stop tail")');
+  console.log(`     ${probe} shown ${ms} ms after the push`);
 });
 
 await step("metrics", async () => {
@@ -100,6 +302,22 @@ await step("metrics", async () => {
   console.log(`     graphed ${q}`);
 });
 
+await step("promql-vs-api", async () => {
+  const q = "ui_requests_total";
+  const from = String(nowS - 2_400_000);
+  await page.goto(hashUrl("metrics", { query: q, from, to: range.to }));
+  const r = await apiGet("api/v1/query_range", { query: q, start: String(+from / 1000), end: String(+range.to / 1000), step: "15" });
+  const want = r.data.result.map((s) => labelsText(s.metric)).sort();
+  if (want.length !== 2) throw new Error(`the API gives ${want.length} series for ${q}, not 2: ${want.join(" ")}`);
+  await until("the chart's series differ from the API's", async () => {
+    if (await busy()) return "still running";
+    if (!(await page.locator(".chart canvas").count())) return "no chart";
+    const got = (await page.$$eval(".legend .item", (els) => els.map((e) => e.textContent.trim()))).sort();
+    return JSON.stringify(got) === JSON.stringify(want) ? null : `legend ${JSON.stringify(got)}, API ${JSON.stringify(want)}`;
+  });
+  console.log(`     ${q}: legend = API series = ${want.join(" ")}`);
+});
+
 await step("sql", async () => {
   await goView("SQL");
   await runQuery("SELECT count(*) AS n FROM logs", "Control+Enter");
@@ -111,11 +329,53 @@ await step("sql", async () => {
   console.log(`     count(*) = ${v}`);
 });
 
+await step("sql-vs-api", async () => {
+  const sql = "SELECT app, count(*) AS n FROM logs GROUP BY app ORDER BY app";
+  await runQuery(sql, "Control+Enter");
+  const r = await apiSql(sql);
+  const cell = (v) => (v === null || v === undefined ? "NULL" : typeof v === "object" ? JSON.stringify(v) : String(v));
+  const cols = r.columns.map((c) => c.name);
+  const want = r.rows.map((row) => cols.map((c) => cell(row[c])));
+  if (want.length < 16) throw new Error(`the API gives ${want.length} rows, expected the 16 Loghub apps at least`);
+  await until("the SQL table differs from POST /api/v1/sql", async () => {
+    if (await busy()) return "still running";
+    const head = await page.$$eval("main th", (els) => els.map((e) => e.textContent.split(" · ")[0]));
+    if (JSON.stringify(head) !== JSON.stringify(cols)) return `columns ${JSON.stringify(head)} vs ${JSON.stringify(cols)}`;
+    const got = await page.$$eval("main tbody tr", (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)));
+    if (got.length !== want.length) return `${got.length} rows vs ${want.length}`;
+    const i = got.findIndex((row, i) => JSON.stringify(row) !== JSON.stringify(want[i]));
+    return i < 0 ? null : `row ${i}: ${JSON.stringify(got[i])} vs ${JSON.stringify(want[i])}`;
+  });
+  console.log(`     ${want.length} rows equal the API's (${want.slice(0, 3).map((r) => r.join("=")).join(", ")}, …)`);
+});
+
 await step("devices", async () => {
   await goView("Devices");
   await page.waitForFunction(() => document.querySelector("main table") || document.querySelector("main .empty") || document.querySelector(".error"));
   const e = await viewError();
   if (e) throw new Error(`the devices view failed: ${e}`);
+});
+
+await step("devices-vs-api", async () => {
+  const r = await apiGet("api/v1/query", { query: 'last_over_time(temperature{source="mqtt"}[24h])' });
+  const want = new Map(r.data.result.map((s) => [s.metric.device, Number(s.value[1])]));
+  for (const d of ["pump1", "pump2"]) if (!want.has(d)) throw new Error(`the API has no temperature for ${d}`);
+  const seen = [];
+  await until("the devices table does not show pump1 and pump2 with their latest temperature", async () => {
+    const head = await page.$$eval("main th", (els) => els.map((e) => e.textContent.trim()));
+    const [di, ti] = [head.indexOf("device"), head.indexOf("temperature")];
+    if (di < 0 || ti < 0) return `columns ${JSON.stringify(head)}`;
+    const rows = await page.$$eval("main tbody tr", (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent.trim())));
+    seen.length = 0;
+    for (const d of ["pump1", "pump2"]) {
+      const row = rows.find((x) => x[di] === d);
+      if (!row) return `no row for ${d}`;
+      if (Number(row[ti].replace(/,/g, "")) !== want.get(d)) return `${d}: temperature ${row[ti]} in the UI, ${want.get(d)} from the API`;
+      seen.push(`${d} ${row[ti]}`);
+    }
+    return null;
+  });
+  console.log(`     ${seen.join(", ")} (as last_over_time(temperature{source="mqtt"}[24h]))`);
 });
 
 await step("status", async () => {
