@@ -192,6 +192,87 @@ pub(crate) fn tenant_period(
     rules.iter().find(|r| r.tenant == tenant && r.matchers.is_empty()).map_or(global, |r| r.period)
 }
 
+/// What the delete and retention passes need of a store (both stores implement it).
+pub(crate) trait Rewritable: Clone + Send + Sync + 'static {
+    /// `log` or `metric`, for messages.
+    const KIND: &'static str;
+    fn deletes(&self) -> &Deletes;
+    fn options(&self) -> &crate::config::StoreOptions;
+    fn maintenance_lock(&self) -> &tokio::sync::Mutex<()>;
+    /// Rewrites the parts holding rows `req` covers without them; (parts rewritten, rows removed).
+    fn rewrite_for_delete(&self, req: &DeleteRequest) -> Result<(usize, u64)>;
+    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+/// Runs `rewrite_for_delete` on a blocking thread.
+async fn rewrite<S: Rewritable>(store: &S, req: &DeleteRequest) -> Result<(usize, u64)> {
+    let (this, r) = (store.clone(), req.clone());
+    tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
+        .await
+        .map_err(|e| Error::WalClosed { reason: format!("{} rewrite task failed: {e}", S::KIND) })?
+}
+
+/// Rewrites what the requests past `store.delete_cancel_period` cover, after a flush (so every row they
+/// cover that was written before them is in a part), and marks them processed. Returns the parts rewritten.
+pub(crate) async fn process<S: Rewritable>(store: &S) -> Result<usize> {
+    let period = i64::try_from(store.options().tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
+    let due = store.deletes().due(period);
+    if due.is_empty() {
+        return Ok(0);
+    }
+    store.flush().await?;
+    let _guard = store.maintenance_lock().lock().await;
+    let mut rewritten = 0;
+    for req in due {
+        let started = std::time::Instant::now();
+        let (n, removed) = rewrite(store, &req).await?;
+        store.deletes().processed(&req.id)?;
+        rewritten += n;
+        tracing::info!(
+            kind = S::KIND,
+            tenant = %req.tenant,
+            id = %req.id,
+            query = %req.spec.query,
+            parts_rewritten = n,
+            removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "delete processed: what it covers is gone from disk"
+        );
+    }
+    Ok(rewritten)
+}
+
+/// Applies the selector retention rules: rewrites out what each matches in the whole days past its period.
+/// Returns the parts rewritten.
+pub(crate) async fn apply_rules<S: Rewritable>(store: &S, now_ns: i64) -> Result<usize> {
+    let mut n = 0;
+    for rule in store.options().retention_rules.iter().filter(|r| !r.matchers.is_empty()) {
+        let req = retention_request(rule, now_ns);
+        let _guard = store.maintenance_lock().lock().await;
+        let (parts, removed) = rewrite(store, &req).await?;
+        if parts > 0 {
+            tracing::info!(kind = S::KIND, tenant = %rule.tenant, selector = %rule.selector, parts, removed, "retention rule removed data past its period");
+        }
+        n += parts;
+    }
+    Ok(n)
+}
+
+/// The parts of a store older than their tenant's period (its rule without a selector, else the global one).
+pub(crate) fn past_period<'a>(
+    options: &crate::config::StoreOptions,
+    now_ns: i64,
+    parts: impl Iterator<Item = (u64, &'a str, i64)>,
+) -> std::collections::HashSet<u64> {
+    parts
+        .filter(|(_, tenant, day)| {
+            let period = tenant_period(&options.retention_rules, tenant, options.retention);
+            *day < crate::time::day_of_ns(now_ns.saturating_sub(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX)))
+        })
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
 /// What cancelling a request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancel {

@@ -251,46 +251,21 @@ impl LogStore {
     }
 
     /// Rewrites the parts holding rows of delete requests past `store.delete_cancel_period`, without
-    /// those rows, then marks the requests processed. The head is flushed first, so every row a request
-    /// covers that was written before it is in a part. Returns the parts rewritten.
+    /// those rows, then marks the requests processed (see [`crate::delete`]). Returns the parts rewritten.
     ///
     /// # Errors
     /// I/O errors; a request stays `received` and its rewrite runs again at the next maintenance.
     pub async fn process_deletes(&self) -> Result<usize> {
-        let period = i64::try_from(self.inner.options.tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
-        let due = self.inner.deletes.due(period);
-        if due.is_empty() {
-            return Ok(0);
+        let n = crate::delete::process(self).await?;
+        if n > 0 {
+            self.update_gauges();
         }
-        self.flush().await?;
-        let _guard = self.inner.maintenance_lock.lock().await;
-        let mut rewritten = 0;
-        for req in due {
-            let this = self.clone();
-            let r = req.clone();
-            let started = Instant::now();
-            let (n, removed) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
-                .await
-                .map_err(|e| Error::WalClosed { reason: format!("delete rewrite task failed: {e}") })??;
-            self.inner.deletes.processed(&req.id)?;
-            rewritten += n;
-            tracing::info!(
-                tenant = %req.tenant,
-                id = %req.id,
-                query = %req.spec.query,
-                parts_rewritten = n,
-                rows_removed = removed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "delete processed: its rows are gone from disk"
-            );
-        }
-        self.update_gauges();
-        Ok(rewritten)
+        Ok(n)
     }
 
     /// Rewrites, one at a time, the tenant's parts that hold rows `req` covers. Returns (parts
     /// rewritten, rows removed).
-    fn rewrite_for_delete(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
+    fn rewrite_parts_for(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
         let inner = &self.inner;
         let tenant = Tenant::new(&req.tenant)?;
         let active = Arc::new(req.spec.compile()?);
@@ -1262,40 +1237,24 @@ impl LogStore {
     /// I/O errors writing the manifest.
     pub async fn apply_retention(&self) -> Result<usize> {
         let now = now_ns();
-        let opts = &self.inner.options;
-        let cutoff = |tenant: &str| {
-            let period = crate::delete::tenant_period(&opts.retention_rules, tenant, opts.retention);
-            day_of_ns(now.saturating_sub(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX)))
-        };
-        let doomed: HashSet<u64> = self
-            .inner
-            .state
-            .read()
-            .parts
-            .iter()
-            .filter(|p| p.meta.day < cutoff(p.meta.tenant.as_str()))
-            .map(|p| p.meta.id)
-            .collect();
+        let doomed = crate::delete::past_period(
+            &self.inner.options,
+            now,
+            self.inner
+                .state
+                .read()
+                .parts
+                .iter()
+                .map(|p| (p.meta.id, p.meta.tenant.as_str(), p.meta.day))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         let mut n = 0;
         if !doomed.is_empty() {
             n = self.delete_parts(&doomed, "retention period").await?.0;
             tracing::info!(parts = n, "retention deleted log parts");
         }
-        // Selector rules: rewrite the matching streams' rows of whole days past their period out.
-        for rule in opts.retention_rules.iter().filter(|r| !r.matchers.is_empty()) {
-            let req = crate::delete::retention_request(rule, now);
-            let _guard = self.inner.maintenance_lock.lock().await;
-            let this = self.clone();
-            let r = req.clone();
-            let (parts, rows) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
-                .await
-                .map_err(|e| Error::WalClosed { reason: format!("retention task failed: {e}") })??;
-            if parts > 0 {
-                tracing::info!(tenant = %rule.tenant, selector = %rule.selector, parts, rows, "retention rule removed rows past its period");
-            }
-            n += parts;
-        }
-        Ok(n)
+        Ok(n + crate::delete::apply_rules(self, now).await?)
     }
 
     /// Holds off flushes, compactions and deletions (not appends) while the guards live: a snapshot.
@@ -1375,6 +1334,30 @@ impl LogStore {
 }
 
 crate::background::maintained!(LogStore, "log");
+
+impl crate::delete::Rewritable for LogStore {
+    const KIND: &'static str = "log";
+
+    fn deletes(&self) -> &crate::delete::Deletes {
+        &self.inner.deletes
+    }
+
+    fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    fn maintenance_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.maintenance_lock
+    }
+
+    fn rewrite_for_delete(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
+        self.rewrite_parts_for(req)
+    }
+
+    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send {
+        LogStore::flush(self)
+    }
+}
 
 /// Takes the exclusive lock on `<data>/lock`, writing our pid into it for the next one to name.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File> {

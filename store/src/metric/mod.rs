@@ -1292,38 +1292,24 @@ impl MetricStore {
     /// I/O errors writing the manifest.
     pub async fn apply_retention(&self) -> Result<usize> {
         let now = crate::time::now_ns();
-        let opts = &self.inner.options;
-        let cutoff = |tenant: &str| {
-            let period = crate::delete::tenant_period(&opts.retention_rules, tenant, opts.retention);
-            crate::time::day_of_ns(now.saturating_sub(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX)))
-        };
-        let doomed: HashSet<u64> = self
-            .inner
-            .state
-            .read()
-            .parts
-            .iter()
-            .filter(|p| p.meta.day < cutoff(p.meta.tenant.as_str()))
-            .map(|p| p.meta.id)
-            .collect();
+        let doomed = crate::delete::past_period(
+            &self.inner.options,
+            now,
+            self.inner
+                .state
+                .read()
+                .parts
+                .iter()
+                .map(|p| (p.meta.id, p.meta.tenant.as_str(), p.meta.day))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         let mut n = 0;
         if !doomed.is_empty() {
             n = self.delete_parts(&doomed, "retention period").await?.0;
             tracing::info!(parts = n, "retention deleted metric parts");
         }
-        for rule in opts.retention_rules.iter().filter(|r| !r.matchers.is_empty()) {
-            let req = crate::delete::retention_request(rule, now);
-            let _guard = self.inner.maintenance_lock.lock().await;
-            let (this, r) = (self.clone(), req.clone());
-            let (parts, samples) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
-                .await
-                .map_err(|e| Error::WalClosed { reason: format!("retention task failed: {e}") })??;
-            if parts > 0 {
-                tracing::info!(tenant = %rule.tenant, selector = %rule.selector, parts, samples, "retention rule removed samples past its period");
-            }
-            n += parts;
-        }
-        Ok(n)
+        Ok(n + crate::delete::apply_rules(self, now).await?)
     }
 
     /// Records a delete request (`delete_series`) durably; from now on no select returns the samples it
@@ -1372,36 +1358,19 @@ impl MetricStore {
     }
 
     /// Rewrites the parts holding samples of delete requests past `store.delete_cancel_period`, without
-    /// them, then marks the requests processed (the head is flushed first). Returns the parts rewritten.
+    /// them, then marks the requests processed (see [`crate::delete`]). Returns the parts rewritten.
     ///
     /// # Errors
     /// I/O errors; a request stays `received` and is retried at the next maintenance.
     pub async fn process_deletes(&self) -> Result<usize> {
-        let period = i64::try_from(self.inner.options.tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
-        let due = self.inner.deletes.due(period);
-        if due.is_empty() {
-            return Ok(0);
+        let n = crate::delete::process(self).await?;
+        if n > 0 {
+            self.update_gauges();
         }
-        self.flush().await?;
-        let _guard = self.inner.maintenance_lock.lock().await;
-        let mut rewritten = 0;
-        for req in due {
-            let (this, r) = (self.clone(), req.clone());
-            let started = Instant::now();
-            let (n, removed) = tokio::task::spawn_blocking(move || this.rewrite_for_delete(&r))
-                .await
-                .map_err(|e| Error::WalClosed { reason: format!("delete rewrite task failed: {e}") })??;
-            self.inner.deletes.processed(&req.id)?;
-            rewritten += n;
-            tracing::info!(tenant = %req.tenant, id = %req.id, query = %req.spec.query, parts_rewritten = n,
-                samples_removed = removed, elapsed_ms = started.elapsed().as_millis() as u64,
-                "series delete processed: its samples are gone from disk");
-        }
-        self.update_gauges();
-        Ok(rewritten)
+        Ok(n)
     }
 
-    fn rewrite_for_delete(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
+    fn rewrite_parts_for(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
         let inner = &self.inner;
         let tenant = Tenant::new(&req.tenant)?;
         let active = req.spec.compile()?;
@@ -1535,6 +1504,30 @@ impl MetricStore {
 }
 
 crate::background::maintained!(MetricStore, "metric");
+
+impl crate::delete::Rewritable for MetricStore {
+    const KIND: &'static str = "metric";
+
+    fn deletes(&self) -> &crate::delete::Deletes {
+        &self.inner.deletes
+    }
+
+    fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    fn maintenance_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.maintenance_lock
+    }
+
+    fn rewrite_for_delete(&self, req: &crate::delete::DeleteRequest) -> Result<(usize, u64)> {
+        self.rewrite_parts_for(req)
+    }
+
+    fn flush(&self) -> impl std::future::Future<Output = Result<()>> + Send {
+        MetricStore::flush(self)
+    }
+}
 
 /// What to merge of one day's parts. A finished day becomes one part (a lone flushed part is rewritten
 /// at the compaction zstd level). Today's parts merge by tiers: `min_parts` parts of one level become one
