@@ -853,6 +853,16 @@ impl LogStore {
     /// Plans a scan as up to `partitions` tasks of about equal size, to run on as many threads; together
     /// they read what [`LogStore::scan`] would. The head goes to the first task.
     pub fn plan_scan(&self, req: ScanRequest, partitions: usize) -> (SchemaRef, Vec<ScanTask>) {
+        self.plan_scan_only(req, partitions, None)
+    }
+
+    /// [`LogStore::plan_scan`] over only the streams in `only` (of those the matchers select).
+    fn plan_scan_only(
+        &self,
+        req: ScanRequest,
+        partitions: usize,
+        only: Option<&HashSet<u64>>,
+    ) -> (SchemaRef, Vec<ScanTask>) {
         let inner = &self.inner;
         inner.metrics.scans.inc();
         let full = self.schema(&req.tenant);
@@ -869,7 +879,11 @@ impl LogStore {
                 Arc::new(Schema::new(fields))
             }
         };
-        let streams = inner.catalog.matching(&req.tenant, &req.matchers);
+        let streams = match (inner.catalog.matching(&req.tenant, &req.matchers), only) {
+            (set, None) => set,
+            (None, Some(only)) => Some(only.clone()),
+            (Some(set), Some(only)) => Some(set.intersection(only).copied().collect()),
+        };
         let deletes = Arc::new(self.delete_masks(&req.tenant));
         let (head, parts) = self.snapshot(&req.tenant, req.start_ns, req.end_ns);
         // Each part's candidate rows: its matching streams' ranges that overlap the time range.
@@ -974,13 +988,20 @@ impl LogStore {
     /// # Errors
     /// None today; the `Result` is kept for the callers.
     /// `count_by_stream` by reading rows, so that pending deletes are applied.
-    fn count_by_scanning(&self, tenant: &Tenant, matchers: &[LabelMatcher], start: i64, end: i64) -> HashMap<u64, u64> {
+    fn count_by_scanning(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        start: i64,
+        end: i64,
+        only: Option<&HashSet<u64>>,
+    ) -> HashMap<u64, u64> {
         let mut req = ScanRequest::all(tenant.clone());
         req.matchers = matchers.to_vec();
         req.start_ns = start;
         req.end_ns = end;
         req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
-        let (_, tasks) = self.plan_scan(req, 1);
+        let (_, tasks) = self.plan_scan_only(req, 1, only);
         let mut counts: HashMap<u64, u64> = HashMap::new();
         for task in tasks {
             let _ = task.run(|batch| {
@@ -1002,11 +1023,33 @@ impl LogStore {
         start: i64,
         end: i64,
     ) -> Result<HashMap<u64, u64>> {
-        if !self.inner.deletes.active(tenant).is_empty() {
-            return Ok(self.count_by_scanning(tenant, matchers, start, end));
+        // Pending deletes: the streams they cover are counted by reading their rows (which applies the
+        // deletes), the others from the indexes as usual.
+        let mut covered: HashSet<u64> = HashSet::new();
+        for mask in self.delete_masks(tenant) {
+            match mask.streams {
+                None => return Ok(self.count_by_scanning(tenant, matchers, start, end, None)),
+                Some(ids) => covered.extend(ids),
+            }
         }
+        let mut counts = self.count_from_indexes(tenant, matchers, start, end, &covered);
+        if !covered.is_empty() {
+            counts.extend(self.count_by_scanning(tenant, matchers, start, end, Some(&covered)));
+        }
+        Ok(counts)
+    }
+
+    /// `count_by_stream` from the part indexes (and the head), leaving out the streams in `skip`.
+    fn count_from_indexes(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        start: i64,
+        end: i64,
+        skip: &HashSet<u64>,
+    ) -> HashMap<u64, u64> {
         let set = self.inner.catalog.matching(tenant, matchers);
-        let wanted = |id: &u64| set.as_ref().is_none_or(|s| s.contains(id));
+        let wanted = |id: &u64| set.as_ref().is_none_or(|s| s.contains(id)) && !skip.contains(id);
         let (head, parts) = self.snapshot(tenant, start, end);
         let mut counts: HashMap<u64, u64> = HashMap::new();
         let count_batch = |counts: &mut HashMap<u64, u64>, batch: &RecordBatch| {
@@ -1057,7 +1100,7 @@ impl LogStore {
                 Err(error) => part.set_unreadable(&error, &self.inner.metrics),
             }
         }
-        Ok(counts)
+        counts
     }
 
     /// The streams matching `matchers` that have entries in `[start, end)` (by the index's time bounds

@@ -177,6 +177,17 @@ async fn deletes_hide_at_once_purge_from_disk_and_survive_kill_9() {
         .await
         .unwrap();
     assert_eq!(r["data"]["result"][0]["value"][1], "2000", "{r}");
+    // A count over covered and uncovered streams at once (the uncovered ones from the indexes).
+    let r: Value = client()
+        .get(format!("{base}/loki/api/v1/query"))
+        .query(&[("query", r#"sum(count_over_time({app=~"a|b"}[2h]))"#)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["data"]["result"][0]["value"][1], "3000", "{r}");
 
     // A second request, cancelled before it is processed.
     let r =
