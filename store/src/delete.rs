@@ -293,6 +293,13 @@ pub(crate) struct Deletes {
 
 const FILE: &str = "deletes.json";
 
+/// Most requests one store holds pending: each is applied to every row a read covers until it is
+/// processed, so they are bounded; more are refused (400) until some are processed or cancelled.
+pub const MAX_PENDING: usize = 100;
+
+/// Processed requests kept for `GET /loki/api/v1/delete`; older ones are forgotten.
+const MAX_PROCESSED_KEPT: usize = 1000;
+
 /// (tenant, compiled request, id).
 type ActiveEntry = (String, Arc<Active>, String);
 
@@ -328,6 +335,12 @@ impl Deletes {
         spec.validate()?;
         let now = crate::time::now_ns();
         let mut reqs = self.requests.lock();
+        if reqs.iter().filter(|r| r.status == DeleteStatus::Received).count() >= MAX_PENDING {
+            return Err(Error::Config(format!(
+                "{MAX_PENDING} delete requests are pending already (the limit): wait until they are processed \
+                 (store.delete_cancel_period) or cancel some"
+            )));
+        }
         let mut n = 0;
         let id = loop {
             let id = format!("{:x}{}", now, if n == 0 { String::new() } else { format!("-{n}") });
@@ -398,6 +411,14 @@ impl Deletes {
             r.status = DeleteStatus::Processed;
             r.processed_ns = Some(crate::time::now_ns());
         }
+        // Keep the history bounded: forget the oldest processed requests past the limit.
+        let processed = next.iter().filter(|r| r.status == DeleteStatus::Processed).count();
+        let mut forget = processed.saturating_sub(MAX_PROCESSED_KEPT);
+        next.retain(|r| {
+            let drop = forget > 0 && r.status == DeleteStatus::Processed;
+            forget -= usize::from(drop);
+            !drop
+        });
         self.persist(&next)?;
         *reqs = next;
         drop(reqs);
@@ -439,6 +460,18 @@ mod tests {
         assert!(d.active(&t).is_empty(), "a processed request hides nothing");
         let d = Deletes::load(dir.path()).unwrap();
         assert_eq!(d.list(&t)[0].status, DeleteStatus::Processed);
+    }
+
+    #[test]
+    fn pending_requests_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenant::default_tenant();
+        let d = Deletes::load(dir.path()).unwrap();
+        let ids: Vec<String> = (0..MAX_PENDING).map(|_| d.add(&t, spec()).unwrap().id).collect();
+        let err = d.add(&t, spec()).unwrap_err().to_string();
+        assert!(err.contains("pending already"), "{err}");
+        d.processed(&ids[0]).unwrap();
+        d.add(&t, spec()).unwrap();
     }
 
     #[test]

@@ -215,6 +215,20 @@ async fn deletes_hide_at_once_purge_from_disk_and_survive_kill_9() {
     assert_eq!(left[0]["metric"]["job"], "y");
     let r = client().post(format!("{base}/api/v1/admin/tsdb/delete_series")).send().await.unwrap();
     assert_eq!(r.status(), 400);
+    // Hostile selectors and filters are 400s saying what is wrong, and the server answers on.
+    let r = client()
+        .post(format!("{base}/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", "{job=")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("match[]"));
+    let huge = format!(r#"{{app="a"}} |~ "{}""#, "(a{1000}){1000}");
+    let r =
+        client().post(format!("{base}/loki/api/v1/delete")).query(&[("query", huge.as_str())]).send().await.unwrap();
+    assert_eq!(r.status(), 400, "a regex past the compiler's size limit");
+    assert_eq!(client().get(format!("{base}/ready")).send().await.unwrap().status(), 200);
 
     // kill -9 before the cancel period is over: the requests survive, still hiding.
     server.kill9();

@@ -66,6 +66,13 @@ fn loki_spec(query: &str, start_ns: i64, end_ns: i64) -> Result<DeleteSpec, Stri
     })
 }
 
+/// The tenant and the parameters (query string or form body) of a delete route.
+#[allow(clippy::result_large_err)]
+fn request(headers: HeaderMap, raw: Option<&str>, body: &[u8]) -> Result<(store::model::Tenant, Params), Response> {
+    let tenant = super::tenant(&headers)?;
+    Ok((tenant, Params::from(headers, raw, body)))
+}
+
 fn store_failure(e: &store::Error) -> Response {
     match e {
         store::Error::Config(msg) => bad(msg),
@@ -83,11 +90,10 @@ async fn loki_delete(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let tenant = match super::tenant(&headers) {
-        Ok(t) => t,
+    let (tenant, p) = match request(headers, raw.as_deref(), &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let p = Params::from(headers, raw.as_deref(), &body);
     let Some(query) = p.get("query").filter(|q| !q.trim().is_empty()) else {
         return bad("query parameter is required: the stream selector (and line filters) of what to delete");
     };
@@ -138,11 +144,10 @@ async fn loki_cancel(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let tenant = match super::tenant(&headers) {
-        Ok(t) => t,
+    let (tenant, p) = match request(headers, raw.as_deref(), &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let p = Params::from(headers, raw.as_deref(), &body);
     let Some(id) = p.get("request_id") else {
         return bad("request_id parameter is required");
     };
@@ -162,11 +167,10 @@ async fn delete_series(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let tenant = match super::tenant(&headers) {
-        Ok(t) => t,
+    let (tenant, p) = match request(headers, raw.as_deref(), &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let p = Params::from(headers, raw.as_deref(), &body);
     let selectors = p.all("match[]");
     if selectors.is_empty() {
         return prom_bad("no match[] parameter provided");
