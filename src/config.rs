@@ -23,6 +23,7 @@ pub struct Config {
     pub otlp: ingest_otlp::OtlpConfig,
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
+    pub ruler: ruler::RulerConfig,
 }
 
 /// `[retention]`: retention per tenant and per stream selector, over `server.retention`.

@@ -48,9 +48,11 @@ pub struct AppState {
 /// Bodies are read by [`crate::inflight::limit_body`] (time limit, in-flight budget) after the credential
 /// was checked, so an unauthenticated client cannot make the server hold its body; then the tenant's limits
 /// apply ([`crate::tenant_limits`]).
+#[allow(clippy::too_many_arguments)]
 pub fn router(
     app: AppState,
     query: query::http::QueryState,
+    ruler: ruler::Ruler,
     otlp: Router,
     auth: auth::Auth,
     bodies: crate::inflight::BodyLimits,
@@ -94,6 +96,9 @@ pub fn router(
                 .route_layer(guard(Scope::Read)),
         )
         .merge(query::http::delete_router(query).route_layer(body.clone()).route_layer(guard(Scope::Admin)))
+        // Rules: listings and reading rule groups need `read`; writing them and reloading `admin`.
+        .merge(ruler::api::read_router(ruler.clone()).route_layer(body.clone()).route_layer(guard(Scope::Read)))
+        .merge(ruler::api::admin_router(ruler).route_layer(body.clone()).route_layer(guard(Scope::Admin)))
         .merge(otlp.route_layer(writes).route_layer(body).route_layer(guard(Scope::Write)))
         .layer(DefaultBodyLimit::max(limit))
 }
@@ -267,7 +272,9 @@ pub fn masked_config(config: &crate::config::Config) -> serde_json::Value {
             _ => {}
         }
     }
-    let mut v = serde_json::to_value(config).unwrap_or_default();
+    let mut config = config.clone();
+    config.ruler = config.ruler.masked();
+    let mut v = serde_json::to_value(&config).unwrap_or_default();
     mask(&mut v);
     v
 }

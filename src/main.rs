@@ -47,6 +47,9 @@ enum Command {
         #[arg(long)]
         keep_snapshot: bool,
     },
+    /// Check rule files, or run their unit tests, as `promtool check rules` and `promtool test rules` do.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Ask a running server or agent whether it is healthy (for container health checks): exit 0 when
     /// the URL answers 200.
     Health {
@@ -159,6 +162,25 @@ enum AuthCommand {
         /// A label for the token in the file and in logs [default: the tenants and scopes].
         #[arg(long)]
         name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check rule files (Prometheus' format): exit 0 when every file loads, else print what is wrong, with
+    /// file, line, group and rule.
+    Check {
+        /// The expressions are LogQL (Loki's rule files) instead of PromQL.
+        #[arg(long)]
+        logql: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests in promtool's format (rule_files, input_series, alert_rule_test,
+    /// promql_expr_test): exit 0 when every test passes.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -320,6 +342,21 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Health { url } => lumen::health::check(&url),
+        Command::Rules(cmd) => {
+            let mut out = String::new();
+            let (ok, what) = match cmd {
+                RulesCommand::Check { logql, files } => {
+                    let lang = if logql { ruler::rulefmt::Lang::LogQL } else { ruler::rulefmt::Lang::PromQL };
+                    (ruler::check_files(&files, lang, &mut out), "rule files did not check")
+                }
+                RulesCommand::Test { files } => (ruler::test_files(&files, &mut out), "rule tests failed"),
+            };
+            #[allow(clippy::print_stdout)] // the report is this command's output
+            {
+                print!("{out}");
+            }
+            if ok { Ok(()) } else { Err(anyhow::anyhow!("{what}")) }
+        }
         Command::Backup { server, to, token_file, ca_file, keep_snapshot } => (|| {
             let token = match token_file {
                 Some(f) => Some(

@@ -34,6 +34,9 @@ pub struct Running {
     mqtt_shutdown: CancellationToken,
     engine: JoinHandle<store::Result<()>>,
     metric_engine: JoinHandle<store::Result<()>>,
+    /// The ruler (rules APIs, reload on SIGHUP).
+    pub ruler: ruler::Ruler,
+    ruler_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Checks, without opening the store or binding a port, everything [`start`] would refuse: the config's
@@ -64,6 +67,11 @@ pub fn check(config: &Config, read_files: bool) -> anyhow::Result<()> {
     ingest_mqtt::check(&config.mqtt, &listen, auth_enabled, read_files).map_err(anyhow::Error::msg).context(
         "cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtts-listen, --mqtt-broker, --mqtt-topic)",
     )?;
+    if read_files {
+        ruler::Ruler::check_sources(&config.ruler, &s.data_dir).map_err(anyhow::Error::msg).context(
+            "the rules do not load ([ruler] rule_files, loki_rules_dir; `lumen rules check FILE` says more)",
+        )?;
+    }
     Ok(())
 }
 
@@ -163,6 +171,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &mut registry,
     );
 
+    let ruler_metrics = Arc::new(ruler::RulerMetrics::default());
+    ruler_metrics.register(&mut registry);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let external_url = if config.ruler.external_url.is_empty() {
+        format!("{scheme}://{http_addr}")
+    } else {
+        config.ruler.external_url.trim_end_matches('/').to_string()
+    };
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            ::tls::client_config(::tls::system_roots(), None).map_err(|e| anyhow::anyhow!("ruler TLS: {e}"))?,
+        )
+        .build()
+        .context("cannot build the ruler's HTTP client")?;
+    let backend = ruler::backend::StoreBackend {
+        logs: store.clone(),
+        metrics: metric_store.clone(),
+        query: config.query.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let (ruler_stop, ruler_stop_rx) = tokio::sync::watch::channel(false);
+    let ruler = ruler::Ruler::start(
+        config.ruler.clone(),
+        external_url,
+        &s.data_dir,
+        Arc::new(backend),
+        ruler_metrics,
+        client,
+        ruler_stop_rx,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("cannot start the ruler ([ruler] section; `lumen rules check FILE` checks rule files)")?;
+
     let ready = Arc::new(AtomicBool::new(true));
     let app = AppState {
         store: store.clone(),
@@ -186,7 +227,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let existing = store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string());
     let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
     let grpc_admit = tenants.grpc_admit();
-    let router = crate::http::router(app, query, ingest_otlp::router(otlp.clone()), auth.clone(), bodies, tenants);
+    let router = crate::http::router(
+        app,
+        query,
+        ruler.clone(),
+        ingest_otlp::router(otlp.clone()),
+        auth.clone(),
+        bodies,
+        tenants,
+    );
     let limits =
         crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
     let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, tls.clone(), shutdown.clone()));
@@ -229,6 +278,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mqtt_shutdown,
         engine,
         metric_engine,
+        ruler,
+        ruler_stop,
     })
 }
 
@@ -245,6 +296,9 @@ impl Running {
         for task in self.mqtt {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
         }
+        // Rule groups finish their cycle (their samples reach the stores); notifiers send what they hold.
+        self.ruler.stop().await;
+        let _ = self.ruler_stop.send(true);
         self.shutdown.cancel();
         self.http.await.context("http server task failed")?.context("http server failed")?;
         self.otlp_grpc.await.context("OTLP gRPC task failed")?.context("OTLP gRPC server failed")?;
@@ -263,9 +317,17 @@ impl Running {
     /// See [`Running::stop`].
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the rules");
+                    // A failure is logged by the ruler; the rules in force stay.
+                    let _ = self.ruler.reload().await;
+                }
+            }
         }
         tracing::info!("shutting down");
         self.stop().await

@@ -8,7 +8,7 @@
 //! API call answers 401.
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +27,19 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui", get(|| async { redirect("ui/") }))
         .route("/ui/", get(|headers: HeaderMap| async move { serve("index.html", &headers) }))
         .route("/ui/{*path}", get(|Path(path): Path<String>, headers: HeaderMap| async move { serve(&path, &headers) }))
+        .route("/graph", get(|RawQuery(q): RawQuery| async move { graph(q.as_deref()) }))
+}
+
+/// Prometheus' `/graph?g0.expr=...`, the link alerts carry as `generatorURL` (the ruler writes it as
+/// Prometheus does, so Alertmanager and chat messages link back): the UI's Metrics view with that query.
+fn graph(q: Option<&str>) -> Response {
+    let expr = form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "g0.expr")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let enc: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+    let to = if expr.is_empty() { "ui/#/metrics".to_string() } else { format!("ui/#/metrics?query={enc}") };
+    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
 }
 
 fn redirect(to: &'static str) -> Response {

@@ -6,6 +6,8 @@
 //! - [`sql::LogsTable`]: a DataFusion table provider over [`store::LogStore::scan`], pushing time
 //!   bounds, label equalities and `LIKE '%text%'` searches down to the store's indexes.
 //! - [`depth`]: the bound on LogQL and PromQL nesting, checked before either parser runs.
+//! - [`template`]: Go's `text/template`, for LogQL's `line_format`/`label_format` and for the
+//!   labels and annotations of Prometheus alerting rules.
 //! - [`http`]: `/api/v1/sql`, the Loki API under `/loki/api/v1/`, the tenant header, and the JSON
 //!   shapes of answers and errors; the Prometheus API under `/api/v1/` ([`http::prom`]).
 //!
@@ -19,5 +21,6 @@ pub mod logql;
 pub mod metrics;
 pub mod promql;
 pub mod sql;
+pub mod template;
 
 pub use config::QueryConfig;

@@ -32,6 +32,9 @@ mod prom_api;
 mod prometheus_compare;
 mod recovery;
 mod retention;
+mod ruler;
+#[cfg(feature = "external-tests")]
+mod ruler_peers;
 mod shippers;
 mod snapshot;
 mod tenant_limits;

@@ -22,9 +22,9 @@ const STEP_MS: i64 = 15_000;
 const POINTS: i64 = 240; // one hour
 const OFFSET_MS: i64 = 1_234;
 
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Prometheus {
@@ -32,8 +32,9 @@ impl Prometheus {
         Prometheus::start_with(dir, "scrape_configs: []\n").await
     }
 
-    /// Starts Prometheus with these `scrape_configs` (YAML, with the key).
-    async fn start_with(dir: &Path, scrape_configs: &str) -> Prometheus {
+    /// Starts Prometheus with these `scrape_configs` (YAML, with the key; anything else of its config may
+    /// come before them, e.g. `rule_files`).
+    pub(crate) async fn start_with(dir: &Path, scrape_configs: &str) -> Prometheus {
         let bin = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "/usr/bin/prometheus".to_string());
         assert!(Path::new(&bin).exists(), "{bin} not found: scripts/test installs Debian's prometheus package");
         std::fs::create_dir_all(dir).unwrap();

@@ -25,6 +25,10 @@ async fn the_ui_is_served_from_memory_under_a_relative_redirect() {
         assert_eq!(r.status(), 302, "{path}");
         assert_eq!(r.headers()["location"], "ui/", "{path}: a relative redirect works behind a path prefix");
     }
+    // Alerts' generatorURL (Prometheus' /graph link) opens the Metrics view with the rule's expression.
+    let r = client.get(server.url("/graph?g0.expr=up+%3D%3D+0&g0.tab=1")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "ui/#/metrics?query=up+%3D%3D+0");
     let files = lumen::ui::files();
     assert!(
         files.iter().any(|(p, _)| *p == "index.html"),

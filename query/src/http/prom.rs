@@ -1,6 +1,7 @@
 //! The Prometheus HTTP API under `/api/v1/`, with Prometheus' JSON envelope and error types, as Grafana's
 //! Prometheus data source calls it: `query`, `query_range`, `series`, `labels`, `label/<name>/values`,
-//! `metadata`, `query_exemplars`, `rules`, `alerts`, `status/buildinfo` and `format_query`. Every endpoint
+//! `metadata`, `query_exemplars`, `status/buildinfo` and `format_query` (`rules` and `alerts` are the
+//! ruler's, in the `ruler` crate). Every endpoint
 //! takes GET parameters or a POST form.
 
 // Helpers fail with the finished error response; it is built once per failed request.
@@ -41,8 +42,6 @@ pub(crate) fn routes() -> Router<QueryState> {
         .route("/api/v1/label/{name}/values", get(label_values).post(label_values))
         .route("/api/v1/metadata", get(metadata).post(metadata))
         .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
-        .route("/api/v1/rules", get(rules).post(rules))
-        .route("/api/v1/alerts", get(alerts).post(alerts))
         .route("/api/v1/status/buildinfo", get(buildinfo).post(buildinfo))
         .route("/api/v1/format_query", get(format_query).post(format_query))
 }
@@ -585,14 +584,6 @@ async fn exemplars(r: PromRequest) -> Response {
         return bad("invalid parameter \"query\": query must not be empty");
     }
     success(json!([]))
-}
-
-async fn rules() -> Response {
-    success(json!({"groups": []}))
-}
-
-async fn alerts() -> Response {
-    success(json!({"alerts": []}))
 }
 
 async fn not_allowed() -> Response {

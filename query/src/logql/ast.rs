@@ -8,7 +8,7 @@ use regex::Regex;
 use store::{LabelMatcher, MatchOp};
 
 use super::extract::{JsonPath, Pattern};
-use super::template::Template;
+use crate::template::Template;
 
 /// A whole query: a log query (entries) or a metric query (samples).
 #[derive(Debug, Clone)]
@@ -466,7 +466,7 @@ pub struct LabelReplace {
 
 /// Quotes a string as LogQL (Go) does.
 pub fn quote(s: &str) -> String {
-    super::template::go_quote(s)
+    crate::template::go_quote(s)
 }
 
 /// Prints a duration in nanoseconds as Prometheus does (`1h30m`, `5m`, `250ms`).

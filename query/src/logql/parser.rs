@@ -8,7 +8,7 @@ use store::{LabelMatcher, MatchOp};
 
 use super::ast::*;
 use super::extract::{self, JsonPath, Pattern};
-use super::template::Template;
+use crate::template::Template;
 
 /// A query that does not parse, or parses into something LogQL does not allow.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,12 +23,14 @@ mod eval;
 mod functions;
 #[cfg(test)]
 mod promqltest;
+pub mod series;
 #[cfg(test)]
 mod tests;
 
 pub use ast::{AggOp, Aggregate, At, BinOp, Binary, Card, Expr, Selector, Subquery, ValType};
 pub use durexpr::DurExpr;
 pub use eval::too_many_samples;
+pub use functions::civil_from_days;
 
 /// A label set, sorted by label name; includes `__name__` when present.
 pub type Labels = Vec<(String, String)>;

@@ -1,6 +1,6 @@
 //! Focused unit tests of the engine.
 
-use super::promqltest::MemSource;
+use super::series::MemSource;
 use super::*;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -1,0 +1,113 @@
+//! The server's [`Backend`]: PromQL over the metric store, LogQL over the log store, recorded samples,
+//! `ALERTS` and `ALERTS_FOR_STATE` into the metric store (so every rule's output is queryable by PromQL
+//! and later rules of the same cycle see it). Runs on a blocking thread; the async store calls are
+//! driven with the runtime's handle.
+
+use std::time::{Duration, Instant};
+
+use query::http::prom::StoreSource;
+use query::logql::{Engine, QueryParams, QueryValue};
+use query::promql::{self, EngineOptions, Value as PValue};
+use store::model::Tenant;
+use store::{LabelMatcher, LogStore, MatchOp, MetricStore};
+
+use crate::group::Backend;
+use crate::rule::Labels;
+use crate::rulefmt::Query;
+
+/// The stores and the query limits rules run under.
+#[derive(Clone)]
+pub struct StoreBackend {
+    pub logs: LogStore,
+    pub metrics: MetricStore,
+    pub query: query::QueryConfig,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl StoreBackend {
+    fn options(&self) -> EngineOptions {
+        let c = &self.query;
+        EngineOptions {
+            lookback_ms: c.lookback_delta.as_millis() as i64,
+            max_samples: c.max_samples,
+            default_subquery_step_ms: c.default_subquery_step.as_millis() as i64,
+            deadline: Some(Instant::now() + c.timeout),
+        }
+    }
+}
+
+impl Backend for StoreBackend {
+    fn query(&self, tenant: &Tenant, q: &Query, t_ms: i64) -> Result<Vec<(Labels, f64)>, String> {
+        match q {
+            Query::PromQL(expr) => {
+                let opts = self.options();
+                let src = StoreSource { store: &self.metrics, tenant, max_samples: opts.max_samples };
+                let out = promql::eval_instant(&opts, &src, expr, t_ms).map_err(|e| e.to_string())?;
+                match out.value {
+                    PValue::Vector(v) => Ok(v.into_iter().map(|(l, _, v)| (l, v)).collect()),
+                    PValue::Scalar { v, .. } => Ok(vec![(Vec::new(), v)]),
+                    _ => Err("rule result is not a vector or scalar".to_string()),
+                }
+            }
+            Query::LogQL(expr) => {
+                let engine = Engine { store: self.logs.clone(), limits: self.query.limits() };
+                let params = QueryParams::instant(t_ms.saturating_mul(1_000_000));
+                let (v, _) = self
+                    .runtime
+                    .block_on(tokio::time::timeout(
+                        self.query.timeout + Duration::from_secs(1),
+                        engine.query(tenant, expr, &params),
+                    ))
+                    .map_err(|_| format!("query timed out after {:?}", self.query.timeout))?
+                    .map_err(|e| e.to_string())?;
+                match v {
+                    QueryValue::Vector(v) => Ok(v
+                        .into_iter()
+                        .map(|(mut l, _, v)| {
+                            l.sort();
+                            (l, v)
+                        })
+                        .collect()),
+                    QueryValue::Scalar(_, v) => Ok(vec![(Vec::new(), v)]),
+                    _ => Err("rule result is not a vector or scalar".to_string()),
+                }
+            }
+        }
+    }
+
+    fn write(&self, tenant: &Tenant, t_ms: i64, samples: Vec<(Labels, f64)>) -> Result<(), String> {
+        let mut batch = self.metrics.batch(tenant);
+        for (l, v) in &samples {
+            let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            batch.add(&pairs, [(t_ms, *v)]);
+        }
+        let (rejected, why) = batch.rejected();
+        if rejected > 0 {
+            return Err(format!("{rejected} samples refused: {}", why.unwrap_or("outside the accepted window")));
+        }
+        self.runtime.block_on(self.metrics.append(batch)).map_err(|e| e.to_string())
+    }
+
+    fn last_samples(
+        &self,
+        tenant: &Tenant,
+        matchers: &[(String, String)],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<(Labels, i64, f64)>, String> {
+        let ms: Vec<LabelMatcher> = matchers
+            .iter()
+            .map(|(k, v)| LabelMatcher::new(k.clone(), MatchOp::Eq, v.clone()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let found =
+            self.metrics.select_within(tenant, &ms, mint, maxt, self.query.max_samples).map_err(|e| e.to_string())?;
+        Ok(found
+            .into_iter()
+            .filter_map(|s| {
+                let i = (0..s.t.len()).rev().find(|&i| !promql::is_stale_nan(s.v[i]))?;
+                let l: Labels = s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                Some((l, s.t[i], s.v[i]))
+            })
+            .collect())
+    }
+}
