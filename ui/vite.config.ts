@@ -18,6 +18,7 @@ export default defineConfig({
     proxy: {
       "/loki": { target, ws: true },
       "/api": { target },
+      "/prometheus": { target },
     },
   },
   test: { include: ["src/**/*.test.ts"] },

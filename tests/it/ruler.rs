@@ -141,6 +141,10 @@ async fn rules_record_alert_and_notify_a_webhook() {
         group_interval: Duration::from_secs(1),
         repeat_interval: Duration::from_secs(3600),
     }];
+    // And Slack-style messages (Slack, Mattermost, Discord's /slack) to the same receiver.
+    let mut slack = config.ruler.notifier[0].clone();
+    slack.kind = ruler::NotifierKind::Slack;
+    config.ruler.notifier.push(slack);
     let server = TestServer::start(config).await;
     let base = server.base.clone();
     import(&base, "default", &[("up{job=\"node\",instance=\"a\"}", 1.0), ("up{job=\"node\",instance=\"b\"}", 0.0)])
@@ -230,6 +234,17 @@ async fn rules_record_alert_and_notify_a_webhook() {
         })
         .await;
     assert_eq!(resolved["alerts"][0]["status"], "resolved");
+    let slack = hook
+        .wait_for("a Slack-style firing message", Duration::from_secs(10), |v| {
+            v["text"].as_str().is_some_and(|t| t.contains("[FIRING:1] InstanceDown"))
+        })
+        .await;
+    let text = slack["text"].as_str().unwrap();
+    assert!(text.contains("instance=b job=node severity=page: b of node is down (0)"), "{text}");
+    hook.wait_for("a Slack-style resolved message", Duration::from_secs(10), |v| {
+        v["text"].as_str().is_some_and(|t| t.contains("[RESOLVED] InstanceDown"))
+    })
+    .await;
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
     // The ALERTS series went stale: no longer returned.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -246,6 +261,70 @@ async fn rules_record_alert_and_notify_a_webhook() {
     assert!(m.contains("lumen_ruler_evaluations_total{tenant=\"default\""), "{m}");
     assert!(m.contains("lumen_ruler_notifications_sent_total"), "{m}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_api_filters_and_pages_as_prometheus_and_grafana_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::fs::write(&a, "groups:\n- name: g1\n  interval: 1s\n  rules:\n  - record: r1\n    expr: vector(1)\n  - alert: Page\n    expr: vector(1)\n    labels: {severity: page}\n").unwrap();
+    std::fs::write(&b, "groups:\n- name: g2\n  interval: 1s\n  rules:\n  - alert: Ticket\n    expr: vector(1)\n    labels: {severity: ticket}\n").unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.ruler.rule_files = vec![dir.path().join("*.yaml").display().to_string()];
+    let server = TestServer::start(config).await;
+    let base = server.base.clone();
+    poll(&format!("{base}/api/v1/alerts"), "default", "both alerts", Duration::from_secs(10), |v| {
+        (v["data"]["alerts"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    let names = |v: &Value| -> Vec<String> {
+        v["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let q = |params: &'static str| {
+        let base = base.clone();
+        async move { get_json(&format!("{base}/api/v1/rules?{params}"), "default").await }
+    };
+    assert_eq!(names(&q("").await), ["r1", "Page", "Ticket"]);
+    assert_eq!(names(&q("type=alert").await), ["Page", "Ticket"]);
+    assert_eq!(names(&q("type=record").await), ["r1"]);
+    assert_eq!(names(&q("rule_name[]=Ticket&rule_name[]=r1").await), ["r1", "Ticket"]);
+    assert_eq!(names(&q("rule_name=Ticket").await), ["Ticket"], "Grafana's bracket-less form");
+    assert_eq!(names(&q("rule_group[]=g2").await), ["Ticket"]);
+    let file = format!("file[]={}", urlenc(&a.display().to_string()));
+    let v = get_json(&format!("{base}/api/v1/rules?{file}"), "default").await;
+    assert_eq!(names(&v), ["r1", "Page"]);
+    assert_eq!(names(&q("match[]=%7Bseverity%3D%22page%22%7D").await), ["Page"]);
+    let v = q("exclude_alerts=true").await;
+    assert!(v["data"]["groups"][0]["rules"][1]["alerts"].is_null(), "{v}");
+    // Pages of one group.
+    let p1 = q("group_limit=1").await;
+    assert_eq!(names(&p1), ["r1", "Page"]);
+    let token = p1["data"]["groupNextToken"].as_str().unwrap().to_string();
+    let p2 = get_json(&format!("{base}/api/v1/rules?group_limit=1&group_next_token={token}"), "default").await;
+    assert_eq!(names(&p2), ["Ticket"]);
+    assert!(p2["data"].get("groupNextToken").is_none());
+    for bad in [
+        "type=bogus",
+        "group_next_token=abc",
+        "group_limit=1&group_next_token=abc",
+        "exclude_alerts=maybe",
+        "match[]=%7B",
+    ] {
+        let r = client().get(format!("{base}/api/v1/rules?{bad}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errorType"], "bad_data", "{bad}: {v}");
+    }
+    server.stop().await;
+}
+
+pub fn urlenc(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 const LOKI_RULES: &str = r#"groups:

@@ -14,7 +14,7 @@ use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
 
 use crate::harness::{TestServer, client, free_addr, test_config};
 use crate::prometheus_compare::Prometheus;
-use crate::ruler::{Receiver, get_json, import, now_ms, poll};
+use crate::ruler::{Receiver, get_json, import, now_ms, poll, urlenc};
 
 const RULES: &str = r#"groups:
 - name: compare
@@ -130,10 +130,6 @@ async fn series_set(base: &str, q: &str) -> BTreeMap<String, String> {
             (s["metric"].to_string(), format!("{v:.9}"))
         })
         .collect()
-}
-
-fn urlenc(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 fn settled(v: &Value) -> bool {

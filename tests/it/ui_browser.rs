@@ -29,6 +29,23 @@ async fn the_ui_answers_like_the_api_in_a_real_browser() {
     let mut config = test_config(dir.path());
     config.server.mqtt_listen = "127.0.0.1:0".into();
     config.mqtt.topics = vec!["devices/{site}/{device}/telemetry".into()];
+    // Rules: a firing, a pending and an inactive PromQL alert, a recording rule, and a LogQL alert over the
+    // Loghub lines below (the Rules view lists both languages).
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "groups:\n- name: ui-rules\n  interval: 1s\n  rules:\n  - record: ui:answer\n    expr: vector(42)\n  - alert: UiAlwaysFiring\n    expr: vector(1)\n    labels: {severity: page}\n    annotations: {summary: always firing}\n  - alert: UiPending\n    expr: vector(2)\n    for: 1h\n  - alert: UiNever\n    expr: vector(1) > 5\n",
+    )
+    .unwrap();
+    config.ruler.rule_files = vec![rules.display().to_string()];
+    let loki_rules = dir.path().join("loki-rules");
+    std::fs::create_dir_all(loki_rules.join("fake")).unwrap();
+    std::fs::write(
+        loki_rules.join("fake/loghub.yaml"),
+        "groups:\n- name: ui-logs\n  interval: 1s\n  rules:\n  - alert: UiLoghubErrors\n    expr: sum by (app) (count_over_time({namespace=\"loghub\"} |= \"error\" [1h])) > 0\n    annotations: {summary: '{{ $labels.app }} logged errors'}\n",
+    )
+    .unwrap();
+    config.ruler.loki_rules_dir = loki_rules;
     let server = TestServer::start(config).await;
     let mqtt_port = server.running.as_ref().unwrap().mqtt_addr.unwrap().port();
 

@@ -4,9 +4,11 @@
 // server knows, else vector(1)).
 // Besides driving every view, it compares what the UI shows with the API's own answers (fetched here with
 // fetch()): log lines, histogram totals, label-click narrowing, live tail, PromQL series, SQL rows, MQTT
-// devices and a shared URL. It expects the data tests/it/ui_browser.rs loads: the Loghub samples as
-// {app="<name>", namespace="loghub"} over the last hour, ui_requests_total{instance="a"|"b"} over the last
-// 30 minutes, and MQTT devices pump1 (north) and pump2 (south) on devices/{site}/{device}/telemetry.
+// devices, rules and alerts, and a shared URL. It expects the data tests/it/ui_browser.rs loads: the Loghub
+// samples as {app="<name>", namespace="loghub"} over the last hour, ui_requests_total{instance="a"|"b"} over
+// the last 30 minutes, MQTT devices pump1 (north) and pump2 (south) on devices/{site}/{device}/telemetry, and
+// its rules: the PromQL group ui-rules (ui:answer recording, UiAlwaysFiring firing with the summary "always
+// firing", UiPending pending, UiNever inactive) and the LogQL group ui-logs (UiLoghubErrors, firing per app).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -383,6 +385,158 @@ await step("status", async () => {
   await page.waitForFunction(() => document.querySelector(".status .card h3") || document.querySelector(".error"));
   const e = await viewError();
   if (e) throw new Error(`the status view failed: ${e}`);
+});
+
+// ---- rules: what the Rules view shows against api/v1/rules (PromQL) and prometheus/api/v1/rules (LogQL) ----
+const RULE_APIS = [
+  ["PromQL", "api/v1/rules"],
+  ["LogQL", "prometheus/api/v1/rules"],
+];
+/** Every rule of both rules APIs, with the state as the UI names it ("recording" for recording rules). */
+async function apiRules() {
+  const out = [];
+  for (const [lang, path] of RULE_APIS) {
+    const r = await apiGet(path);
+    for (const g of r.data.groups)
+      for (const rule of g.rules)
+        out.push({
+          lang,
+          group: g.name,
+          name: rule.name,
+          state: rule.type === "recording" ? "recording" : rule.state,
+          error: rule.health === "err",
+          query: rule.query,
+          alerts: rule.alerts ?? [],
+        });
+  }
+  return out;
+}
+/** The rules the page shows, read from what it renders. */
+const shownRules = () =>
+  page.$$eval(".rules .group", (gs) =>
+    gs.flatMap((g) => {
+      const lang = g.querySelector(".group-head .lang").textContent.trim();
+      const group = g.querySelector(".group-head .group-name").textContent.trim();
+      return [...g.querySelectorAll(".rule")].map((r) => ({
+        lang,
+        group,
+        name: r.querySelector(".rule-name").textContent.trim(),
+        state: r.querySelector(".rule-head .state").textContent.trim(),
+        error: !!r.querySelector(".rule-head .err"),
+        href: r.querySelector("a.query")?.getAttribute("href") ?? "",
+        query: r.querySelector("a.query")?.textContent ?? "",
+        alertsHead: r.querySelector(".alerts-head")?.textContent.trim() ?? "",
+        alerts: [...r.querySelectorAll(".alert")].map((a) => ({
+          state: a.querySelector(".state").textContent.trim(),
+          chips: [...a.querySelectorAll(".chip")].map((c) => c.textContent.trim()).sort(),
+          value: a.querySelector(".value")?.textContent.trim() ?? "",
+          text: a.innerText,
+        })),
+      }));
+    }),
+  );
+const ruleKey = (r) => `${r.lang} ${r.group} ${r.name}`;
+/** An alert as "state {labels without alertname} value", from the API or from the page. */
+const apiAlertKey = (a) =>
+  `${a.state} ${Object.keys(a.labels).filter((k) => k !== "alertname").sort().map((k) => `${k}=${a.labels[k]}`).join(",")} ${Number(a.value)}`;
+// The page shows values as plain numbers ("1", "12,345", "0.5"), not as the API's "1e+00".
+const uiAlertKey = (a) => `${a.state} ${a.chips.join(",")} ${/^(-?[\d,]+(\.\d+)?|[+-]Inf|NaN)$/.test(a.value) ? Number(a.value.replace(/,/g, "")) : `unreadable ${a.value}`}`;
+const RULES_WANTED = { "ui:answer": "recording", UiAlwaysFiring: "firing", UiPending: "pending", UiNever: "inactive", UiLoghubErrors: "firing" };
+
+await step("rules", async () => {
+  await goView("Rules");
+  await page.waitForFunction(() => document.querySelector(".rules .rule") || document.querySelector("main .empty") || document.querySelector(".error"));
+  const e = await viewError();
+  if (e) throw new Error(`the rules view failed: ${e}`);
+  if (!(await page.locator(".rules .rule").count())) throw new Error(`the rules view shows no rule: ${await page.locator("main").innerText()}`);
+});
+
+await step("rules-vs-api", async () => {
+  let said = "";
+  await until("the Rules view differs from the rules APIs", async () => {
+    const want = await apiRules();
+    // The server's own answer first: the rules ui_browser.rs configures, settled in their states.
+    for (const [n, st] of Object.entries(RULES_WANTED)) {
+      const w = want.find((r) => r.name === n);
+      if (!w) return `the API has no rule ${n}: ${want.map(ruleKey).join(", ")}`;
+      if (w.state !== st) return `the API gives ${n} the state ${w.state}, not ${st} (yet)`;
+    }
+    const logAlert = want.find((r) => r.name === "UiLoghubErrors");
+    if (logAlert.lang !== "LogQL" || !logAlert.alerts.length) return `the API lists UiLoghubErrors as ${logAlert.lang} with ${logAlert.alerts.length} alerts`;
+    if (await page.locator(".rules .error").count()) return `the view shows an error: ${await viewError()}`;
+    const got = await shownRules();
+    // Every rule of both lists, with its state and error badge, and no other.
+    const list = (rs) => rs.map((r) => `${ruleKey(r)}: ${r.state}${r.error ? " (error)" : ""}`).sort();
+    const [g, w] = [list(got), list(want)];
+    if (JSON.stringify(g) !== JSON.stringify(w)) return `the UI shows ${JSON.stringify(g)}, the APIs have ${JSON.stringify(w)}`;
+    // Firing first, then pending, then the rest, in every group.
+    const rank = (s) => (s === "firing" ? 0 : s === "pending" ? 1 : 2);
+    for (let i = 1; i < got.length; i++)
+      if (got[i].group === got[i - 1].group && got[i].lang === got[i - 1].lang && rank(got[i].state) < rank(got[i - 1].state))
+        return `${got[i].name} (${got[i].state}) is shown after ${got[i - 1].name} (${got[i - 1].state})`;
+    for (const r of want) {
+      const s = got.find((x) => ruleKey(x) === ruleKey(r));
+      // The active alerts: their count, and each one's state, labels and value.
+      const n = r.alerts.length;
+      const head = n ? `${n} active alert${n === 1 ? "" : "s"}` : "";
+      if (n ? !s.alertsHead.startsWith(head) : s.alertsHead) return `${ruleKey(r)}: the UI says ${JSON.stringify(s.alertsHead)}, the API has ${n} active alerts`;
+      const [ga, wa] = [s.alerts.map(uiAlertKey).sort(), r.alerts.map(apiAlertKey).sort()];
+      if (n <= 50 ? JSON.stringify(ga) !== JSON.stringify(wa) : ga.length !== 50)
+        return `${ruleKey(r)}: the UI shows the alerts ${JSON.stringify(ga)}, the API has ${JSON.stringify(wa)}`;
+      // The query, linking to the view of its language.
+      const view = r.lang === "LogQL" ? "logs" : "metrics";
+      const hq = new URLSearchParams(s.href.split("?")[1] ?? "").get("query");
+      if (s.query !== r.query || !s.href.startsWith(`#/${view}?`) || hq !== r.query)
+        return `${ruleKey(r)}: the query ${JSON.stringify(s.query)} links to ${s.href}; the API's query is ${JSON.stringify(r.query)} (a ${view} link)`;
+    }
+    const firing = got.find((r) => r.name === "UiAlwaysFiring");
+    if (!firing.alerts.length || !firing.alerts.every((a) => a.text.includes("always firing")))
+      return `UiAlwaysFiring's alert does not show its summary "always firing": ${JSON.stringify(firing.alerts.map((a) => a.text))}`;
+    const logs = got.find((r) => r.name === "UiLoghubErrors");
+    for (const a of logs.alerts) {
+      const app = a.chips.find((c) => c.startsWith("app="))?.slice(4);
+      if (!app || !a.text.includes(`${app} logged errors`)) return `an alert of UiLoghubErrors does not show "<app> logged errors": ${JSON.stringify(a)}`;
+    }
+    // The summary line counts what the APIs list.
+    const summary = await page.locator(".rules .summary").innerText();
+    const counts = ["firing", "pending", "inactive", "recording"].map((st) => `${want.filter((r) => r.state === st).length} ${st}`);
+    counts.push(`${want.filter((r) => r.error).length} with errors`);
+    const missing = counts.filter((c) => !new RegExp(`(^|\\D)${c}\\b`).test(summary));
+    if (missing.length) return `the summary ${JSON.stringify(summary)} does not say ${missing.join(", ")}`;
+    said = `${got.length} rules as the APIs list them (${g.join("; ")}); UiLoghubErrors shows ${logs.alerts.length} alerts = the API's; summary: ${summary.replace(/\s+/g, " ")}`;
+    return null;
+  }, 30_000);
+  console.log(`     ${said}`);
+});
+
+await step("rules-filter", async () => {
+  const filter = page.locator(".rules input.filter");
+  await filter.fill("UiPending");
+  await until("the text filter UiPending", async () => {
+    const names = (await shownRules()).map((r) => r.name);
+    if (JSON.stringify(names) !== JSON.stringify(["UiPending"])) return `the UI shows ${JSON.stringify(names)}`;
+    return new URL(page.url()).hash.includes("q=UiPending") ? null : `the filter is not in the URL: ${page.url()}`;
+  });
+  await filter.fill("");
+  await page.selectOption(".rules select", "firing");
+  await until("the state filter firing", async () => {
+    const want = (await apiRules()).filter((r) => r.state === "firing").map(ruleKey).sort();
+    const got = await shownRules();
+    const names = got.map(ruleKey).sort();
+    if (JSON.stringify(names) !== JSON.stringify(want)) return `the UI shows ${JSON.stringify(names)}, the APIs' firing rules are ${JSON.stringify(want)}`;
+    return new URL(page.url()).hash.includes("state=firing") ? null : `the state is not in the URL: ${page.url()}`;
+  });
+  await page.screenshot({ path: join(out, "rules-firing.png"), fullPage: true }).catch(() => {});
+  await page.selectOption(".rules select", "all");
+  // The query of a PromQL rule opens in Metrics.
+  const query = (await apiRules()).find((r) => r.name === "UiAlwaysFiring").query;
+  await page.click('.rules .rule:has(.rule-name:text-is("UiAlwaysFiring")) a.query');
+  await page.waitForSelector('header nav a.active:has-text("Metrics")', { state: "attached" });
+  await until("the Metrics view did not take the rule's query", async () => {
+    const v = await page.locator("textarea[data-querybox]").inputValue();
+    return v === query ? null : `the query box holds ${JSON.stringify(v)}, not ${JSON.stringify(query)}`;
+  });
+  console.log(`     the text and state filters narrow the list and stay in the URL; the query link opened ${query} in Metrics`);
 });
 
 await step("phone", async () => {

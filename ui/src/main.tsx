@@ -5,6 +5,7 @@ import { buildHash, parseHash, type Params, type Route } from "./hash";
 import { getAuth, getTenant, onUnauthorized, setAuth, setTenant } from "./api";
 import { Logs } from "./views/Logs";
 import { Metrics } from "./views/Metrics";
+import { Rules } from "./views/Rules";
 import { Sql } from "./views/Sql";
 import { Devices } from "./views/Devices";
 import { Status } from "./views/Status";
@@ -12,6 +13,7 @@ import { Status } from "./views/Status";
 const VIEWS: [string, string][] = [
   ["logs", "Logs"],
   ["metrics", "Metrics"],
+  ["rules", "Rules"],
   ["sql", "SQL"],
   ["devices", "Devices"],
   ["status", "Status"],
@@ -192,6 +194,7 @@ function App() {
       <main key={`${view}:${epoch}`}>
         {view === "logs" && <Logs {...props} />}
         {view === "metrics" && <Metrics {...props} />}
+        {view === "rules" && <Rules {...props} />}
         {view === "sql" && <Sql {...props} />}
         {view === "devices" && <Devices {...props} />}
         {view === "status" && <Status {...props} />}
