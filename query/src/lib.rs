@@ -21,6 +21,7 @@ pub mod logql;
 pub mod metrics;
 pub mod promql;
 pub mod sql;
+pub mod sql_metrics;
 pub mod template;
 
 pub use config::QueryConfig;

@@ -1,4 +1,5 @@
-//! SQL over the log store: the table `logs` of one tenant, answered by DataFusion.
+//! SQL over the stores: the table `logs` of one tenant (here) and its metric tables `samples` and `series`
+//! ([`crate::sql_metrics`]), answered by DataFusion.
 //!
 //! [`LogsTable`] hands DataFusion a single streaming partition fed by [`LogStore::scan`]. Filters that the
 //! store's indexes can use are pushed down as *inexact* (DataFusion still applies them): bounds on
@@ -24,7 +25,9 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use store::model::Tenant;
-use store::{LabelMatcher, LogStore, MatchOp, ScanRequest};
+use store::{LabelMatcher, LogStore, MatchOp, MetricStore, ScanRequest};
+
+use crate::sql_metrics::{Kind, MetricTable};
 
 /// The `logs` table of one tenant.
 #[derive(Debug)]
@@ -237,18 +240,30 @@ pub fn runtime(max_memory: usize) -> Result<Arc<RuntimeEnv>> {
     RuntimeEnvBuilder::new().with_memory_limit(max_memory, 1.0).with_disk_manager_builder(disk).build_arc()
 }
 
-/// A session over the shared `runtime` with the tenant's `logs` table as its only table. Nothing else is
+/// A session over the shared `runtime` with the tenant's tables `logs`, `samples` and `series` (see
+/// [`crate::sql_metrics`]) and nothing else. Nothing else is
 /// reachable: no information schema, no URL tables (`SELECT * FROM 'file.csv'`), no other catalog; the
 /// only table functions are DataFusion's in-memory `generate_series` and `range`.
 ///
 /// # Errors
 /// DataFusion's registration error, which cannot happen for a fresh context.
-pub fn session(store: &LogStore, tenant: &Tenant, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
+pub fn session(
+    store: &LogStore,
+    metrics: &MetricStore,
+    tenant: &Tenant,
+    runtime: Arc<RuntimeEnv>,
+    max_memory: usize,
+) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(false);
     let state =
         SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone())))?;
+    // Half of the memory budget for the samples one scan loads, 16 bytes each.
+    let max_samples = (max_memory / 32).max(1);
+    for (name, kind) in [("samples", Kind::Samples), ("series", Kind::Series)] {
+        ctx.register_table(name, Arc::new(MetricTable::new(metrics.clone(), tenant.clone(), kind, max_samples)))?;
+    }
     Ok(ctx)
 }
 

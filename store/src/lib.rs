@@ -58,7 +58,7 @@ pub use config::{DiskReserve, StoreConfig, StoreOptions};
 pub use disk::DiskGuard;
 pub use engine::{Appended, LogStore, StoreStats};
 pub use error::{Error, Result};
-pub use head::{MESSAGE, STREAM_ID, TIME, label_column};
+pub use head::{MESSAGE, STREAM_ID, TIME, label_column, time_type};
 pub use marks::DeliveryMark;
 pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SampleTag, SelectedSeries};
 pub use quarantine::SkippedPart;

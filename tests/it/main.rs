@@ -37,6 +37,7 @@ mod ruler;
 mod ruler_peers;
 mod shippers;
 mod snapshot;
+mod sql_metrics;
 mod tenant_limits;
 #[cfg(feature = "external-tests")]
 mod tls;

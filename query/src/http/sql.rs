@@ -70,7 +70,8 @@ async fn run(
 
     let max_rows = state.config.sql_max_rows;
     let work = async {
-        let ctx = session(&state.store, &tenant, state.sql_runtime.clone())?;
+        let max_memory = usize::try_from(state.config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
+        let ctx = session(&state.store, &state.metric_store, &tenant, state.sql_runtime.clone(), max_memory)?;
         let df = plan_read_only(&ctx, &sql).await?;
         let schema = df.schema().as_arrow().clone();
         let mut stream = df.execute_stream().await?;

@@ -37,6 +37,23 @@ async fn store_with_rows(dir: &std::path::Path) -> LogStore {
     store
 }
 
+/// A session over `store` and an empty metric store (kept for the test process' life).
+fn session(store: &LogStore, tenant: &Tenant, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let metrics = store::MetricStore::open(
+        StoreOptions {
+            data_dir: dir,
+            retention: Duration::from_secs(86_400 * 30),
+            disk: None,
+            retention_rules: Vec::new(),
+            tuning: StoreConfig::default(),
+        },
+        &mut Registry::default(),
+    )
+    .unwrap();
+    super::session(store, &metrics, tenant, runtime, 1 << 30)
+}
+
 async fn scalar(ctx: &SessionContext, sql: &str) -> i64 {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     batches[0].column(0).as_primitive::<Int64Type>().value(0)

@@ -1,0 +1,445 @@
+//! SQL over the metric store (issue 21 §5): the tables `samples` and `series` of one tenant, beside
+//! `logs`, so one query can join log lines with metric samples.
+//!
+//! - `samples`: `time` (the same type as `logs.time`), `value`, `metric` (the series' `__name__`),
+//!   `labels` (a map of every label but `__name__`), and one column per label name the tenant has (a label
+//!   named `time`, `value`, `metric` or `labels` gets the suffix `_label`, as in `logs`). One row per
+//!   sample, stale markers left out.
+//! - `series`: the catalog: `metric`, `labels` and the label columns, one row per series.
+//!
+//! Bounds on `time`, equality on `metric` and on label columns are pushed down (inexact) to the store's
+//! postings and parts, as `logs` does; without them every series is read. One scan loads at most half of
+//! `query.sql_max_memory` in samples (16 bytes each) before DataFusion sees them, then hands them over in
+//! batches of 8,192 rows: past that the query fails with a message naming the limit and how to narrow
+//! the query.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Float64Builder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use store::model::{Labels, Tenant};
+use store::{LabelMatcher, MatchOp, MetricStore};
+
+/// Rows per record batch handed to DataFusion.
+const BATCH_ROWS: usize = 8192;
+/// Columns every metric table has before its label columns.
+const FIXED: [&str; 4] = ["time", "value", "metric", "labels"];
+
+/// Which table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Samples,
+    Series,
+}
+
+/// `samples` or `series` of one tenant.
+#[derive(Debug)]
+pub struct MetricTable {
+    store: MetricStore,
+    tenant: Tenant,
+    kind: Kind,
+    schema: SchemaRef,
+    /// (column, label name), for the label columns.
+    label_columns: Vec<(String, String)>,
+    max_samples: usize,
+}
+
+fn map_type() -> DataType {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(
+            vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)].into(),
+        ),
+        false,
+    );
+    DataType::Map(Arc::new(entries), false)
+}
+
+/// A label's column name.
+pub fn column_of(label: &str) -> String {
+    if FIXED.contains(&label) { format!("{label}_label") } else { label.to_string() }
+}
+
+impl MetricTable {
+    /// The table over the tenant's series as they are now. `max_samples` bounds one scan.
+    pub fn new(store: MetricStore, tenant: Tenant, kind: Kind, max_samples: usize) -> MetricTable {
+        let names: BTreeSet<String> =
+            store.label_names(&tenant, &[], i64::MIN, i64::MAX).unwrap_or_default().into_iter().collect();
+        let label_columns: Vec<(String, String)> =
+            names.into_iter().filter(|n| n != "__name__").map(|n| (column_of(&n), n)).collect();
+        let mut fields = Vec::new();
+        if kind == Kind::Samples {
+            fields.push(Field::new("time", store::time_type(), false));
+            fields.push(Field::new("value", DataType::Float64, false));
+        }
+        fields.push(Field::new("metric", DataType::Utf8, false));
+        fields.push(Field::new("labels", map_type(), false));
+        fields.extend(label_columns.iter().map(|(c, _)| Field::new(c, DataType::Utf8, true)));
+        MetricTable { store, tenant, kind, schema: Arc::new(Schema::new(fields)), label_columns, max_samples }
+    }
+
+    fn label_of<'a>(&'a self, column: &str) -> Option<&'a str> {
+        if column == "metric" {
+            return Some("__name__");
+        }
+        self.label_columns.iter().find(|(c, _)| c == column).map(|(_, l)| l.as_str())
+    }
+
+    /// Applies what the store can use of `expr`; true when it could use it.
+    fn push_down(&self, expr: &Expr, req: &mut Req) -> bool {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    let l = self.push_down(left, req);
+                    let r = self.push_down(right, req);
+                    return l || r;
+                }
+                let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(c), Expr::Literal(v, _)) => (c.name.as_str(), *op, v),
+                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
+                        Some(op) => (c.name.as_str(), op, v),
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+                if col == "time" && self.kind == Kind::Samples {
+                    let Some(ms) = timestamp_ms(lit) else { return false };
+                    match op {
+                        // Whole milliseconds: a bound inside a millisecond keeps that millisecond (inexact).
+                        Operator::Gt | Operator::GtEq => req.mint = req.mint.max(ms.0),
+                        Operator::Lt | Operator::LtEq => req.maxt = req.maxt.min(ms.1),
+                        Operator::Eq => {
+                            req.mint = req.mint.max(ms.0);
+                            req.maxt = req.maxt.min(ms.1);
+                        }
+                        _ => return false,
+                    }
+                    return true;
+                }
+                if op == Operator::Eq
+                    && let (Some(label), ScalarValue::Utf8(Some(v)) | ScalarValue::Utf8View(Some(v))) =
+                        (self.label_of(col), lit)
+                    && let Ok(m) = LabelMatcher::new(label, MatchOp::Eq, v.clone())
+                {
+                    req.matchers.push(m);
+                    return true;
+                }
+                false
+            }
+            Expr::Between(b) if !b.negated && self.kind == Kind::Samples => {
+                let (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) =
+                    (b.expr.as_ref(), b.low.as_ref(), b.high.as_ref())
+                else {
+                    return false;
+                };
+                match (c.name == "time", timestamp_ms(lo), timestamp_ms(hi)) {
+                    (true, Some(lo), Some(hi)) => {
+                        req.mint = req.mint.max(lo.0);
+                        req.maxt = req.maxt.min(hi.1);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The millisecond range a timestamp literal falls in: (floor, ceil).
+fn timestamp_ms(v: &ScalarValue) -> Option<(i64, i64)> {
+    let ns = match v {
+        ScalarValue::TimestampNanosecond(Some(v), _) => *v,
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000)?,
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000)?,
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000)?,
+        _ => return None,
+    };
+    Some((ns.div_euclid(1_000_000), (ns + 999_999).div_euclid(1_000_000)))
+}
+
+/// What one scan asks of the store.
+#[derive(Debug, Clone)]
+struct Req {
+    matchers: Vec<LabelMatcher>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Req {
+    fn all() -> Req {
+        Req { matchers: Vec::new(), mint: i64::MIN, maxt: i64::MAX }
+    }
+}
+
+#[async_trait]
+impl TableProvider for MetricTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.push_down(f, &mut Req::all()) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut req = Req::all();
+        for f in filters {
+            self.push_down(f, &mut req);
+        }
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let partition = Arc::new(MetricPartition {
+            store: self.store.clone(),
+            tenant: self.tenant.clone(),
+            kind: self.kind,
+            req,
+            schema: schema.clone(),
+            label_columns: self.label_columns.clone(),
+            max_samples: self.max_samples,
+        });
+        Ok(Arc::new(StreamingTableExec::try_new(schema, vec![partition], None, [], false, limit)?))
+    }
+}
+
+struct MetricPartition {
+    store: MetricStore,
+    tenant: Tenant,
+    kind: Kind,
+    req: Req,
+    schema: SchemaRef,
+    label_columns: Vec<(String, String)>,
+    max_samples: usize,
+}
+
+impl std::fmt::Debug for MetricPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricPartition")
+            .field("tenant", &self.tenant)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds record batches of the projected columns, row by row.
+struct Rows<'a> {
+    schema: &'a SchemaRef,
+    label_columns: &'a [(String, String)],
+    time: TimestampNanosecondBuilder,
+    value: Float64Builder,
+    metric: StringBuilder,
+    labels: MapBuilder<StringBuilder, StringBuilder>,
+    cols: Vec<(String, StringBuilder)>,
+    n: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(schema: &'a SchemaRef, label_columns: &'a [(String, String)]) -> Rows<'a> {
+        let names = MapFieldNames { entry: "entries".into(), key: "keys".into(), value: "values".into() };
+        let cols = schema
+            .fields()
+            .iter()
+            .filter(|f| !FIXED.contains(&f.name().as_str()))
+            .filter_map(|f| {
+                label_columns.iter().find(|(c, _)| c == f.name()).map(|(_, l)| (l.clone(), StringBuilder::new()))
+            })
+            .collect();
+        Rows {
+            schema,
+            label_columns,
+            time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
+            value: Float64Builder::new(),
+            metric: StringBuilder::new(),
+            labels: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+            cols,
+            n: 0,
+        }
+    }
+
+    fn push(&mut self, labels: &Labels, sample: Option<(i64, f64)>) {
+        if let Some((t, v)) = sample {
+            self.time.append_value(t.saturating_mul(1_000_000));
+            self.value.append_value(v);
+        }
+        self.metric.append_value(labels.get("__name__").unwrap_or(""));
+        for (k, v) in labels.iter().filter(|(k, _)| *k != "__name__") {
+            self.labels.keys().append_value(k);
+            self.labels.values().append_value(v);
+        }
+        let _ = self.labels.append(true);
+        for (label, b) in &mut self.cols {
+            b.append_option(labels.get(label));
+        }
+        self.n += 1;
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let _ = self.label_columns;
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        let mut time = Some(Arc::new(self.time.finish()) as ArrayRef);
+        let mut value = Some(Arc::new(self.value.finish()) as ArrayRef);
+        let mut metric = Some(Arc::new(self.metric.finish()) as ArrayRef);
+        let mut labels = Some(Arc::new(self.labels.finish()) as ArrayRef);
+        let mut cols: Vec<Option<ArrayRef>> =
+            self.cols.iter_mut().map(|(_, b)| Some(Arc::new(b.finish()) as ArrayRef)).collect();
+        let mut next_col = 0;
+        for f in self.schema.fields() {
+            let a = match f.name().as_str() {
+                "time" => time.take(),
+                "value" => value.take(),
+                "metric" => metric.take(),
+                "labels" => labels.take(),
+                _ => {
+                    next_col += 1;
+                    cols.get_mut(next_col - 1).and_then(Option::take)
+                }
+            };
+            arrays.push(a.ok_or_else(|| DataFusionError::Internal(format!("no column {}", f.name())))?);
+        }
+        self.n = 0;
+        if arrays.is_empty() {
+            // A projection of no columns (`SELECT count(*)`): rows without columns.
+            return RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                arrays,
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(0)),
+            )
+            .map_err(Into::into);
+        }
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(Into::into)
+    }
+}
+
+impl MetricPartition {
+    /// Reads the scan and sends its batches as they fill (on a blocking thread). Stops when the receiver
+    /// is gone (the query ended or was cancelled).
+    fn produce(&self, tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
+        let mut matchers = self.req.matchers.clone();
+        if matchers.is_empty() {
+            matchers.push(
+                LabelMatcher::new("__name__", MatchOp::Re, ".+").map_err(|e| DataFusionError::External(Box::new(e)))?,
+            );
+        }
+        let mut rows = Rows::new(&self.schema, &self.label_columns);
+        let no_columns = self.schema.fields().is_empty();
+        // Sends what `rows` holds; false when nobody listens any more.
+        let send = |rows: &mut Rows| -> Result<bool> {
+            let batch = if no_columns {
+                let n = std::mem::take(&mut rows.n);
+                RecordBatch::try_new_with_options(
+                    self.schema.clone(),
+                    Vec::new(),
+                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+                )?
+            } else {
+                rows.finish()?
+            };
+            Ok(tx.blocking_send(Ok(batch)).is_ok())
+        };
+        match self.kind {
+            Kind::Series => {
+                let found = self
+                    .store
+                    .series(&self.tenant, &[matchers], self.req.mint, self.req.maxt)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                for l in found {
+                    rows.push(&l, None);
+                    if rows.n >= BATCH_ROWS && !send(&mut rows)? {
+                        return Ok(());
+                    }
+                }
+            }
+            Kind::Samples => {
+                let found = self
+                    .store
+                    .select_within(&self.tenant, &matchers, self.req.mint, self.req.maxt, self.max_samples)
+                    .map_err(|e| match e {
+                        store::Error::TooManySamples { .. } => DataFusionError::ResourcesExhausted(format!(
+                            "the query reads more than {} samples of the metric store (half of \
+                             query.sql_max_memory at 16 bytes a sample; the other half is the query's own): \
+                             narrow it with time bounds (WHERE time >= ...), metric = '...' or a label column = '...'",
+                            self.max_samples
+                        )),
+                        e => DataFusionError::External(Box::new(e)),
+                    })?;
+                for s in found {
+                    for (t, v) in s.t.iter().zip(s.v.iter()) {
+                        if crate::promql::is_stale_nan(*v) {
+                            continue;
+                        }
+                        rows.push(&s.labels, Some((*t, *v)));
+                        if rows.n >= BATCH_ROWS && !send(&mut rows)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        if rows.n > 0 {
+            send(&mut rows)?;
+        }
+        Ok(())
+    }
+}
+
+impl PartitionStream for MetricPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let me = MetricPartition {
+            store: self.store.clone(),
+            tenant: self.tenant.clone(),
+            kind: self.kind,
+            req: self.req.clone(),
+            schema: self.schema.clone(),
+            label_columns: self.label_columns.clone(),
+            max_samples: self.max_samples,
+        };
+        // Two batches in flight at most: the reader waits for the query to take them.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = me.produce(&tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
