@@ -21,6 +21,7 @@ pub struct Config {
     pub agent: collector::AgentConfig,
     pub mqtt: ingest_mqtt::MqttConfig,
     pub otlp: ingest_otlp::OtlpConfig,
+    pub syslog: ingest_syslog::SyslogConfig,
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
     pub ruler: ruler::RulerConfig,
@@ -131,7 +132,8 @@ pub struct ServerConfig {
     /// Token file (`lumen auth token` adds to it): each token's SHA-256, tenants and scopes. Reloaded when it
     /// changes. Empty: no file; with neither a file nor `LUMEN_AUTH_TOKEN`, authentication is off.
     pub auth_file: PathBuf,
-    /// Serve beyond loopback without authentication (a trusted network, or a proxy that authenticates).
+    /// Serve beyond loopback without authentication (a trusted network, or a proxy that authenticates); also
+    /// what lets syslog listeners (`syslog.listen`), which have no credentials, listen beyond loopback.
     pub allow_unauthenticated: bool,
     /// PEM certificate (chain) for HTTPS and OTLP gRPC over TLS; with `tls_key_file`. Reloaded when it
     /// changes. Empty: plain HTTP and gRPC.
@@ -339,6 +341,8 @@ impl Config {
         if !cert && !s.tls_client_ca_file.as_os_str().is_empty() {
             bail!("server.tls_client_ca_file needs server.tls_cert_file and server.tls_key_file");
         }
+        // Syslog carries no credentials: beyond loopback only with allow_unauthenticated (or mutual TLS).
+        ingest_syslog::check(&self.syslog, self.syslog_server_side())?;
         if s.max_connections == 0 {
             bail!("server.max_connections must be at least 1");
         }
@@ -377,6 +381,16 @@ impl Config {
             key: s.tls_key_file.clone(),
             client_ca: (!s.tls_client_ca_file.as_os_str().is_empty()).then(|| s.tls_client_ca_file.clone()),
         })
+    }
+
+    /// What the syslog listeners depend on of the server's settings.
+    pub fn syslog_server_side(&self) -> ingest_syslog::ServerSide {
+        let s = &self.server;
+        ingest_syslog::ServerSide {
+            tls: !s.tls_cert_file.as_os_str().is_empty(),
+            client_ca: !s.tls_client_ca_file.as_os_str().is_empty(),
+            allow_unauthenticated: s.allow_unauthenticated,
+        }
     }
 
     /// True when requests must carry a token: a token file or `LUMEN_AUTH_TOKEN` is configured.

@@ -88,6 +88,10 @@ struct ServerArgs {
     /// External MQTT broker to subscribe to, mqtt://HOST:PORT or mqtts://HOST:PORT [default: none].
     #[arg(long, env = "LUMEN_MQTT_BROKER")]
     mqtt_broker: Option<String>,
+    /// Syslog listeners, comma-separated: udp://ADDR, tcp://ADDR, tls://ADDR (TLS needs --tls-cert-file),
+    /// e.g. tcp://127.0.0.1:514,udp://127.0.0.1:514 [default: none].
+    #[arg(long, env = "LUMEN_SYSLOG_LISTEN")]
+    syslog_listen: Option<String>,
     /// MQTT topic template (repeatable), e.g. 'devices/{site}/{device}/telemetry'; each {name} becomes a label.
     #[arg(long = "mqtt-topic")]
     mqtt_topics: Vec<String>,
@@ -224,6 +228,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.retention {
         s.retention = v.into();
+    }
+    if let Some(v) = args.syslog_listen {
+        config.syslog.listen = v;
     }
     if let Some(v) = args.mqtt_broker {
         config.mqtt.broker.url = v;

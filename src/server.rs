@@ -24,6 +24,8 @@ pub struct Running {
     pub mqtts_addr: Option<SocketAddr>,
     /// The bound OTLP gRPC address.
     pub otlp_grpc_addr: SocketAddr,
+    /// The bound syslog listeners (`syslog.listen`), in its order.
+    pub syslog_listeners: Vec<ingest_syslog::Listen>,
     pub store: LogStore,
     pub metric_store: MetricStore,
     shutdown: CancellationToken,
@@ -32,6 +34,8 @@ pub struct Running {
     otlp_grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     mqtt: Vec<JoinHandle<()>>,
     mqtt_shutdown: CancellationToken,
+    syslog: Vec<JoinHandle<()>>,
+    syslog_shutdown: CancellationToken,
     engine: JoinHandle<store::Result<()>>,
     metric_engine: JoinHandle<store::Result<()>>,
     /// The ruler (rules APIs, reload on SIGHUP).
@@ -40,9 +44,10 @@ pub struct Running {
 }
 
 /// Checks, without opening the store or binding a port, everything [`start`] would refuse: the config's
-/// values, the MQTT templates, broker and endpoint credentials, and with `read_files` the token file,
-/// the TLS certificate and key and the MQTT password file (`lumen server --check` reads them; `lumen
-/// config check` checks a file that may be meant for another machine, and does not).
+/// values (the syslog listeners among them), the MQTT templates, broker and endpoint credentials, and with
+/// `read_files` the token file, the TLS certificate and key and the MQTT password file (`lumen server
+/// --check` reads them; `lumen config check` checks a file that may be meant for another machine, and does
+/// not).
 ///
 /// # Errors
 /// The first problem, as `start` would report it.
@@ -159,6 +164,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .context(
         "cannot start the MQTT ingest ([mqtt] section, --mqtt-listen, --mqtts-listen, --mqtt-broker, --mqtt-topic)",
     )?;
+    let syslog_shutdown = CancellationToken::new();
+    let syslog = ingest_syslog::start(
+        ingest_syslog::Settings {
+            config: config.syslog.clone(),
+            server: config.syslog_server_side(),
+            tls: tls
+                .clone()
+                .map(|tls| -> ingest_syslog::ServerTls { Arc::new(move || tls.config(crate::tls::Protocol::Syslog)) }),
+            limits: config.wire_limits(),
+            retention: s.retention,
+        },
+        store.clone(),
+        &mut registry,
+        syslog_shutdown.clone(),
+    )
+    .await
+    .context("cannot start the syslog ingest ([syslog] section, --syslog-listen)")?;
     let otlp = ingest_otlp::Otlp::new(
         store.clone(),
         metric_store.clone(),
@@ -268,6 +290,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mqtt_addr: mqtt.endpoint_addr,
         mqtts_addr: mqtt.endpoint_tls_addr,
         otlp_grpc_addr,
+        syslog_listeners: syslog.listeners,
         store,
         metric_store,
         shutdown,
@@ -276,6 +299,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         otlp_grpc,
         mqtt: mqtt.tasks,
         mqtt_shutdown,
+        syslog: syslog.tasks,
+        syslog_shutdown,
         engine,
         metric_engine,
         ruler,
@@ -295,6 +320,11 @@ impl Running {
         self.mqtt_shutdown.cancel();
         for task in self.mqtt {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+        // Syslog connections stop reading and append what they received (TCP senders cannot be told).
+        self.syslog_shutdown.cancel();
+        for task in self.syslog {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
         }
         // Rule groups finish their cycle (their samples reach the stores); notifiers send what they hold.
         self.ruler.stop().await;

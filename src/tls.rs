@@ -30,6 +30,8 @@ pub enum Protocol {
     Grpc,
     /// MQTT over TLS (`mqtts`): no ALPN required.
     Mqtt,
+    /// Syslog over TLS (RFC 5425): no ALPN either, so the same configuration as MQTT's.
+    Syslog,
 }
 
 struct Configs {
@@ -69,7 +71,7 @@ impl Tls {
         match protocol {
             Protocol::Http1 => configs.http1.clone(),
             Protocol::Grpc => configs.grpc.clone(),
-            Protocol::Mqtt => configs.mqtt.clone(),
+            Protocol::Mqtt | Protocol::Syslog => configs.mqtt.clone(),
         }
     }
 

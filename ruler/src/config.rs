@@ -42,6 +42,12 @@ pub struct RulerConfig {
     /// Least time an alert waits after a restart before it fires again (for `for` of at least this).
     #[serde(with = "store::config::duration")]
     pub for_grace_period: Duration,
+    /// Also send every sample the rules write (recorded series, ALERTS) to these remote-write receivers
+    /// (`http://prometheus:9090/api/v1/write`), with X-Scope-OrgID set to the rule's tenant, as Loki's
+    /// ruler does. The local store keeps them either way.
+    pub remote_write_url: Vec<String>,
+    /// A file with a bearer token for the remote-write receivers; "" for none.
+    pub remote_write_bearer_token_file: PathBuf,
     /// Alerts queued per notification target before new ones are dropped.
     pub notification_queue_capacity: usize,
     /// Most rule groups a tenant may create through the config API.
@@ -65,6 +71,8 @@ impl Default for RulerConfig {
             resend_delay: Duration::from_secs(60),
             for_outage_tolerance: Duration::from_secs(3600),
             for_grace_period: Duration::from_secs(600),
+            remote_write_url: Vec::new(),
+            remote_write_bearer_token_file: PathBuf::new(),
             notification_queue_capacity: 10_000,
             max_rule_groups_per_tenant: 100,
             max_rules_per_rule_group: 100,
@@ -139,6 +147,7 @@ impl RulerConfig {
             }
         }
         c.alertmanager_url = c.alertmanager_url.iter().map(|u| crate::notify::redact(u)).collect();
+        c.remote_write_url = c.remote_write_url.iter().map(|u| crate::notify::redact(u)).collect();
         c
     }
 }

@@ -6,6 +6,7 @@
 //! - [`rule`]: one rule's state and the alert state machine; [`group`]: one evaluation cycle, stale
 //!   markers, `for` restore; [`backend`]: the stores behind them.
 //! - [`manager`]: loading every source, one task per group, reload; [`notify`]: notifications;
+//!   [`remote_write`]: the rules' samples also sent to remote-write receivers;
 //!   [`api`]: HTTP; [`unittest`]: promtool's rule unit tests (`lumen rules test`).
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod group;
 pub mod manager;
 pub mod notify;
+pub mod remote_write;
 pub mod rule;
 pub mod rulefmt;
 pub mod unittest;

@@ -36,6 +36,7 @@ pub struct RulerMetrics {
     pub reload_ok: Gauge,
     pub reload_time: Gauge<f64, AtomicU64>,
     pub notify: Arc<NotifyMetrics>,
+    pub remote_write: Arc<crate::remote_write::RemoteWriteMetrics>,
 }
 
 impl RulerMetrics {
@@ -68,6 +69,10 @@ impl RulerMetrics {
         r.register("notifications_sent", "Alerts delivered, by target (scheme and host)", self.notify.sent.clone());
         r.register("notifications_failed", "Alerts not delivered after retries, by target", self.notify.failed.clone());
         r.register("notifications_dropped", "Alerts dropped on a full queue, by target", self.notify.dropped.clone());
+        let rw = &self.remote_write;
+        r.register("remote_write_samples_sent", "Rule samples remote-written, by target", rw.sent.clone());
+        r.register("remote_write_samples_failed", "Rule samples not remote-written after retries", rw.failed.clone());
+        r.register("remote_write_samples_dropped", "Rule samples dropped on a full queue", rw.dropped.clone());
     }
 }
 
@@ -190,6 +195,31 @@ impl Ruler {
         for c in &config.notifier {
             targets.push(crate::notify::Target::resolve(c)?);
         }
+        let backend: Arc<dyn Backend> = if config.remote_write_url.is_empty() {
+            backend
+        } else {
+            for u in &config.remote_write_url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(format!("ruler.remote_write_url: {} is not an http(s) URL", crate::notify::redact(u)));
+                }
+            }
+            let token = if config.remote_write_bearer_token_file.as_os_str().is_empty() {
+                None
+            } else {
+                let f = &config.remote_write_bearer_token_file;
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| format!("ruler.remote_write_bearer_token_file {}: {e}", f.display()))?;
+                Some(t.lines().next().unwrap_or("").trim().to_string())
+            };
+            Arc::new(crate::remote_write::Tee::start(
+                backend,
+                &config.remote_write_url,
+                token,
+                client.clone(),
+                metrics.remote_write.clone(),
+                shutdown.clone(),
+            ))
+        };
         let notifiers = Notifiers::start(
             targets,
             config.notification_queue_capacity,

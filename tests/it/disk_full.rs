@@ -22,13 +22,13 @@ use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
 use crate::harness::{ServerProcess, client, free_addr, sql_rows};
 
 /// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(size_mib: u64) -> Option<Tmpfs> {
+    pub(crate) fn mount(size_mib: u64) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         let out = Command::new("mount")
@@ -57,7 +57,7 @@ impl Tmpfs {
     }
 
     /// Writes a filler file that leaves about `leave` bytes free (0: until the volume is full).
-    fn fill(&self, leave: u64) -> PathBuf {
+    pub(crate) fn fill(&self, leave: u64) -> PathBuf {
         use std::io::Write;
         let path = self.path.join(format!("filler-{}", rand_suffix()));
         let mut f = std::fs::File::create(&path).unwrap();

@@ -38,6 +38,9 @@ mod ruler_peers;
 mod shippers;
 mod snapshot;
 mod sql_metrics;
+mod syslog;
+#[cfg(feature = "external-tests")]
+mod syslog_peers;
 mod tenant_limits;
 #[cfg(feature = "external-tests")]
 mod tls;

@@ -327,6 +327,38 @@ pub fn urlenc(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_series_are_also_remote_written_under_the_rules_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = TestServer::start(test_config(&dir.path().join("receiver"))).await;
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, "groups:\n- name: g\n  interval: 1s\n  rules:\n  - record: team:answer\n    expr: vector(42)\n    labels: {source: rule}\n").unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.ruler.tenant_rule_files = [("team-a".to_string(), vec![rules.display().to_string()])].into();
+    config.ruler.remote_write_url = vec![format!("{}/api/v1/write", receiver.base)];
+    let server = TestServer::start(config).await;
+    // Stored locally, and at the receiver under the same tenant.
+    for s in [&server, &receiver] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let q = s.promql("team-a", "team:answer", None).await;
+            if q["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                assert_eq!(q["data"]["result"][0]["metric"], json!({"__name__": "team:answer", "source": "rule"}));
+                assert_eq!(q["data"]["result"][0]["value"][1], "42");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: no team:answer: {q}", s.base);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let q = receiver.promql("default", "team:answer", None).await;
+    assert_eq!(q["data"]["result"], json!([]), "not under another tenant");
+    let m = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("lumen_ruler_remote_write_samples_sent_total{target=\"http://127.0.0.1:"), "{m}");
+    server.stop().await;
+    receiver.stop().await;
+}
+
 const LOKI_RULES: &str = r#"groups:
 - name: logs
   interval: 1s

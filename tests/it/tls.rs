@@ -21,14 +21,14 @@ fn openssl(dir: &Path, args: &[&str]) {
 const NEW_EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
 
 /// A CA: ca.pem and ca.key.
-fn make_ca(dir: &Path) -> PathBuf {
+pub(crate) fn make_ca(dir: &Path) -> PathBuf {
     let rest = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lumen test CA"];
     openssl(dir, &[&["req", "-x509"][..], &NEW_EC_KEY, &rest].concat());
     dir.join("ca.pem")
 }
 
 /// A certificate the CA signed for 127.0.0.1 and localhost: `name`.pem and `name`.key.
-fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (key, csr, pem, ext) =
         (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
     std::fs::write(dir.join(&ext), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
