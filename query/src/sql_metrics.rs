@@ -291,21 +291,57 @@ impl<'a> Rows<'a> {
         }
     }
 
-    fn push(&mut self, labels: &Labels, sample: Option<(i64, f64)>) {
-        if let Some((t, v)) = sample {
-            self.time.append_value(t.saturating_mul(1_000_000));
-            self.value.append_value(v);
+    fn wants(&self, column: &str) -> bool {
+        self.schema.fields().iter().any(|f| f.name() == column)
+    }
+
+    /// One series of the catalog.
+    fn push(&mut self, labels: &Labels) {
+        self.push_samples(labels, &[], &[], true);
+    }
+
+    /// The samples of one series (stale markers skipped) from `from`, at most up to a full batch; returns
+    /// how many positions it consumed. With `catalog`, one row without time and value.
+    fn push_samples(&mut self, labels: &Labels, t: &[i64], v: &[f64], catalog: bool) -> usize {
+        let (want_time, want_value, want_metric, want_labels) =
+            (self.wants("time"), self.wants("value"), self.wants("metric"), self.wants("labels"));
+        // The label values are the same for every row of the series: looked up once.
+        let metric = labels.get("__name__").unwrap_or("");
+        let values: Vec<Option<&str>> = self.cols.iter().map(|(l, _)| labels.get(l)).collect();
+        let row = |me: &mut Rows| {
+            if want_metric {
+                me.metric.append_value(metric);
+            }
+            if want_labels {
+                for (k, v) in labels.iter().filter(|(k, _)| *k != "__name__") {
+                    me.labels.keys().append_value(k);
+                    me.labels.values().append_value(v);
+                }
+                let _ = me.labels.append(true);
+            }
+            for ((_, b), v) in me.cols.iter_mut().zip(&values) {
+                b.append_option(*v);
+            }
+            me.n += 1;
+        };
+        if catalog {
+            row(self);
+            return 0;
         }
-        self.metric.append_value(labels.get("__name__").unwrap_or(""));
-        for (k, v) in labels.iter().filter(|(k, _)| *k != "__name__") {
-            self.labels.keys().append_value(k);
-            self.labels.values().append_value(v);
+        let mut i = 0;
+        while i < t.len() && self.n < BATCH_ROWS {
+            if !crate::promql::is_stale_nan(v[i]) {
+                if want_time {
+                    self.time.append_value(t[i].saturating_mul(1_000_000));
+                }
+                if want_value {
+                    self.value.append_value(v[i]);
+                }
+                row(self);
+            }
+            i += 1;
         }
-        let _ = self.labels.append(true);
-        for (label, b) in &mut self.cols {
-            b.append_option(labels.get(label));
-        }
-        self.n += 1;
+        i
     }
 
     fn finish(&mut self) -> Result<RecordBatch> {
@@ -378,7 +414,7 @@ impl MetricPartition {
                     .series(&self.tenant, &[matchers], self.req.mint, self.req.maxt)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 for l in found {
-                    rows.push(&l, None);
+                    rows.push(&l);
                     if rows.n >= BATCH_ROWS && !send(&mut rows)? {
                         return Ok(());
                     }
@@ -398,11 +434,9 @@ impl MetricPartition {
                         e => DataFusionError::External(Box::new(e)),
                     })?;
                 for s in found {
-                    for (t, v) in s.t.iter().zip(s.v.iter()) {
-                        if crate::promql::is_stale_nan(*v) {
-                            continue;
-                        }
-                        rows.push(&s.labels, Some((*t, *v)));
+                    let mut from = 0;
+                    while from < s.t.len() {
+                        from += rows.push_samples(&s.labels, &s.t[from..], &s.v[from..], false);
                         if rows.n >= BATCH_ROWS && !send(&mut rows)? {
                             return Ok(());
                         }
