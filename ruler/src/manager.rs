@@ -79,7 +79,8 @@ impl RulerMetrics {
 struct Running {
     snapshot: Arc<RwLock<Arc<GroupState>>>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<GroupState>,
+    /// Taken while a reload stops the group (its last snapshot stays visible to the APIs meanwhile).
+    task: Option<JoinHandle<GroupState>>,
 }
 
 /// The ruler. Cheap to clone.
@@ -312,11 +313,20 @@ impl Ruler {
 
     /// Replaces the running groups: the same group keeps its state, removed ones mark their series stale.
     async fn apply_async(&self, loaded: Loaded) {
-        let old: BTreeMap<GroupKey, Running> = std::mem::take(&mut *self.inner.groups.lock());
+        // Stop every group; the APIs keep answering from their last snapshots until the new ones start.
+        let tasks: Vec<(GroupKey, JoinHandle<GroupState>)> = {
+            let mut groups = self.inner.groups.lock();
+            groups
+                .iter_mut()
+                .filter_map(|(k, r)| {
+                    let _ = r.stop.send(true);
+                    r.task.take().map(|t| (k.clone(), t))
+                })
+                .collect()
+        };
         let mut stopped: BTreeMap<GroupKey, GroupState> = BTreeMap::new();
-        for (k, r) in old {
-            let _ = r.stop.send(true);
-            match r.task.await {
+        for (k, task) in tasks {
+            match task.await {
                 Ok(state) => {
                     stopped.insert(k, state);
                 }
@@ -359,18 +369,16 @@ impl Ruler {
             }
         })
         .await;
-        let mut groups = self.inner.groups.lock();
-        for (k, state) in new_groups {
-            let running = self.spawn(state);
-            groups.insert(k, running);
-        }
+        let started: BTreeMap<GroupKey, Running> =
+            new_groups.into_iter().map(|(k, state)| (k, self.spawn(state))).collect();
+        *self.inner.groups.lock() = started;
     }
 
     fn spawn(&self, state: GroupState) -> Running {
         let snapshot = Arc::new(RwLock::new(Arc::new(state.clone())));
         let (stop, stop_rx) = watch::channel(false);
         let task = self.inner.runtime.spawn(run_group(self.inner.clone(), state, snapshot.clone(), stop_rx));
-        Running { snapshot, stop, task }
+        Running { snapshot, stop, task: Some(task) }
     }
 
     /// Snapshots of every group of `tenant` in `lang`, ordered by file and name.
@@ -393,7 +401,9 @@ impl Ruler {
         let old: BTreeMap<GroupKey, Running> = std::mem::take(&mut *self.inner.groups.lock());
         for (_, r) in old {
             let _ = r.stop.send(true);
-            let _ = r.task.await;
+            if let Some(t) = r.task {
+                let _ = t.await;
+            }
         }
     }
 
@@ -442,6 +452,19 @@ impl Ruler {
             .map_err(|e| (400, e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
         let _guard = self.inner.reload.lock().await;
         let mut all = self.api_groups(tenant, lang);
+        // A group of a rule file (Loki's directory, rule_files) with this namespace and name: two groups
+        // with one identity would hide each other.
+        let in_api = all.get(ns).is_some_and(|gs| gs.iter().any(|x| x.name == g.name));
+        if !in_api && self.groups(tenant, lang).iter().any(|x| x.spec.file == ns && x.spec.name == g.name) {
+            return Err((
+                400,
+                format!(
+                    "group {:?} of namespace {ns:?} comes from a rule file, which the config API does not change: \
+                     edit the file (and reload), or use another namespace",
+                    g.name
+                ),
+            ));
+        }
         let total: usize = all.values().map(Vec::len).sum();
         let groups = all.entry(ns.to_string()).or_default();
         match groups.iter_mut().find(|x| x.name == g.name) {

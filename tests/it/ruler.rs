@@ -508,6 +508,28 @@ async fn the_config_api_edits_rule_groups_as_grafana_and_lokitool_do() {
     assert_eq!(prom["data"]["groups"].as_array().unwrap().len(), 1);
     server.stop().await;
 
+    // A group of a rule file is not the config API's to change.
+    let loki = dir.path().join("loki-rules");
+    std::fs::create_dir_all(loki.join("team-a")).unwrap();
+    std::fs::write(
+        loki.join("team-a/files.yaml"),
+        "groups:\n- name: from-file\n  rules:\n  - record: x\n    expr: sum(count_over_time({a=\"b\"}[1m]))\n",
+    )
+    .unwrap();
+    config.ruler.loki_rules_dir = loki;
+    let server = TestServer::start(config.clone()).await;
+    let base = server.base.clone();
+    let (s, t) = req(
+        Method::POST,
+        &format!("{base}/api/prom/rules/files.yaml"),
+        Some(&admin),
+        Some("name: from-file\nrules: []\n"),
+    )
+    .await;
+    assert_eq!(s, 400, "{t}");
+    assert!(t.contains("comes from a rule file"), "{t}");
+    server.stop().await;
+
     // Kept in the data directory across a restart.
     let server = TestServer::start(config).await;
     let base = server.base.clone();
@@ -518,7 +540,9 @@ async fn the_config_api_edits_rule_groups_as_grafana_and_lokitool_do() {
     let (s, t) = req(Method::GET, &format!("{base}/api/prom/rules/ns1/api-errors"), Some(&reader), None).await;
     assert_eq!((s, t.trim()), (404, "group does not exist"));
     let rules = get_authed(&format!("{base}/prometheus/api/v1/rules"), &reader).await;
-    assert_eq!(rules["data"]["groups"], json!([]));
+    let files: Vec<&str> =
+        rules["data"]["groups"].as_array().unwrap().iter().map(|g| g["file"].as_str().unwrap()).collect();
+    assert_eq!(files, ["files.yaml"], "only the rule file's group is left");
     server.stop().await;
 }
 
