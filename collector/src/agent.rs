@@ -366,10 +366,16 @@ async fn node_loop(
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let (proc_dir, sys_dir, node, buffer, metrics) =
-            (cfg.proc_dir.clone(), cfg.sys_dir.clone(), node.clone(), buffer.clone(), metrics.clone());
+        let (proc_dir, sys_dir, rootfs, node, buffer, metrics) = (
+            cfg.proc_dir.clone(),
+            cfg.sys_dir.clone(),
+            cfg.rootfs_dir.clone(),
+            node.clone(),
+            buffer.clone(),
+            metrics.clone(),
+        );
         let _ = tokio::task::spawn_blocking(move || {
-            let mut series = crate::node::collect(&proc_dir, &sys_dir, now_ms());
+            let mut series = crate::node::collect(&proc_dir, &sys_dir, &rootfs, now_ms());
             for (labels, _) in &mut series {
                 labels.push(("job".to_string(), "node".to_string()));
                 labels.push(("instance".to_string(), node.clone()));

@@ -62,6 +62,9 @@ pub struct AgentConfig {
     pub proc_dir: PathBuf,
     /// The host's /sys.
     pub sys_dir: PathBuf,
+    /// The host's root file system (in a container, mount / read-only and point here, e.g. /host/root), for
+    /// the sizes of the host's file systems, as node_exporter's --path.rootfs; "/" outside a container.
+    pub rootfs_dir: PathBuf,
     /// Kubernetes API: "auto" (in-cluster config when present, else none), "off", a kubeconfig path, or a URL.
     pub kubernetes_api: String,
     /// Pod labels copied onto the pod's log streams (names made valid: `app.kubernetes.io/name` → `app_kubernetes_io_name`).
@@ -115,6 +118,7 @@ impl Default for AgentConfig {
             scrape_pods: true,
             node_metrics: true,
             proc_dir: PathBuf::from("/proc"),
+            rootfs_dir: PathBuf::from("/"),
             sys_dir: PathBuf::from("/sys"),
             kubernetes_api: "auto".to_string(),
             pod_labels: vec![

@@ -42,7 +42,7 @@ use store::wire::prom::{OwnedSeries, Sample};
 /// Every series has one sample at `t_ms` and labels sorted by name, `__name__` included; the caller adds its
 /// own labels (`job`, `instance`, `node`) and keeps them sorted. Blocking: it reads files and calls `statvfs`, and
 /// can take up to 5 seconds per unresponsive network mount, so run it on a blocking thread.
-pub fn collect(proc_root: &Path, sys_root: &Path, t_ms: i64) -> Vec<OwnedSeries> {
+pub fn collect(proc_root: &Path, sys_root: &Path, rootfs: &Path, t_ms: i64) -> Vec<OwnedSeries> {
     let mut out = Out { series: Vec::with_capacity(512), t_ms };
     if let Some(text) = read(&proc_root.join("stat")) {
         stat(&text, &mut out);
@@ -75,10 +75,14 @@ pub fn collect(proc_root: &Path, sys_root: &Path, t_ms: i64) -> Vec<OwnedSeries>
         }
     }
     // PID 1's mounts are the host's when the agent shares the host's PID namespace; our own are the fallback.
+    // Sizes through the host's root when it is mounted (`agent.rootfs_dir`, node_exporter's --path.rootfs):
+    // the mount points are the host's, this process may not see them itself.
     if let Some(text) = read(&proc_root.join("1/mounts")).or_else(|| read(&proc_root.join("mounts"))) {
-        filesystems(&text, &mut out, statvfs_guarded);
+        filesystems(&text, &mut out, |mount_point, fs_type| statvfs_guarded(&under_root(rootfs, mount_point), fs_type));
     }
-    if let Some(text) = read(&proc_root.join("net/dev")) {
+    // `net/dev` follows the reader's network namespace (it is `self/net/dev`): in a container that is the
+    // container's. PID 1's is the host's whenever the host's /proc is what `proc_root` shows.
+    if let Some(text) = read(&proc_root.join("1/net/dev")).or_else(|| read(&proc_root.join("net/dev"))) {
         net_dev(&text, &mut out);
     }
     net_class(&sys_root.join("class/net"), &mut out);
@@ -89,6 +93,14 @@ pub fn collect(proc_root: &Path, sys_root: &Path, t_ms: i64) -> Vec<OwnedSeries>
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(t_ms as f64 / 1000.0, |d| d.as_secs_f64());
     out.push("node_time_seconds", &[], now);
     out.series
+}
+
+/// `mount_point` (a path of the host) as this process reaches it: under `rootfs` unless that is `/`.
+fn under_root(rootfs: &Path, mount_point: &str) -> String {
+    if rootfs.as_os_str().is_empty() || rootfs == Path::new("/") {
+        return mount_point.to_owned();
+    }
+    rootfs.join(mount_point.trim_start_matches('/')).to_string_lossy().into_owned()
 }
 
 /// Clock ticks per second in `/proc/stat` (USER_HZ; 100 on every architecture Linux runs on today).
@@ -793,6 +805,28 @@ mod tests {
     }
 
     #[test]
+    fn network_counters_come_from_pid_1_and_sizes_through_the_host_root() {
+        let root = tempfile::tempdir().unwrap();
+        let proc_root = root.path().join("proc");
+        std::fs::create_dir_all(proc_root.join("1/net")).unwrap();
+        std::fs::create_dir_all(proc_root.join("net")).unwrap();
+        let head = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+        std::fs::write(proc_root.join("1/net/dev"), format!("{head}  eth0: 100 1 0 0 0 0 0 0 200 2 0 0 0 0 0 0\n"))
+            .unwrap();
+        std::fs::write(proc_root.join("net/dev"), format!("{head}    lo: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n")).unwrap();
+        let series = super::collect(&proc_root, &root.path().join("sys"), Path::new("/"), 42);
+        let devices: Vec<&str> = series
+            .iter()
+            .filter(|(l, _)| l[0].1 == "node_network_receive_bytes_total")
+            .filter_map(|(l, _)| l.iter().find(|(n, _)| n == "device").map(|(_, v)| v.as_str()))
+            .collect();
+        assert_eq!(devices, ["eth0"], "the host's (PID 1's) namespace, not the reader's");
+        assert_eq!(super::under_root(Path::new("/host/root"), "/mnt/data"), "/host/root/mnt/data");
+        assert_eq!(super::under_root(Path::new("/host/root"), "/"), "/host/root/");
+        assert_eq!(super::under_root(Path::new("/"), "/mnt/data"), "/mnt/data");
+    }
+
+    #[test]
     fn missing_files_are_skipped() {
         let root = tempfile::tempdir().unwrap();
         let proc_root = root.path().join("proc");
@@ -800,7 +834,7 @@ mod tests {
         std::fs::write(proc_root.join("loadavg"), "1.5 1.0 0.5 2/300 1234\n").unwrap();
         std::fs::write(proc_root.join("sys/kernel/ostype"), "Linux\n").unwrap();
         std::fs::write(proc_root.join("sys/kernel/hostname"), "node-7\n").unwrap();
-        let series = super::collect(&proc_root, &root.path().join("sys"), 42);
+        let series = super::collect(&proc_root, &root.path().join("sys"), Path::new("/"), 42);
         let mut names: Vec<&str> = series.iter().map(|(l, _)| l[0].1.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["node_load1", "node_load15", "node_load5", "node_time_seconds", "node_uname_info"]);
@@ -816,7 +850,7 @@ mod tests {
     fn collects_this_machine() {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         let t_ms = (now * 1000.0) as i64;
-        let series = super::collect(Path::new("/proc"), Path::new("/sys"), t_ms);
+        let series = super::collect(Path::new("/proc"), Path::new("/sys"), Path::new("/"), t_ms);
         for (labels, samples) in &series {
             assert_eq!(labels[0].0, "__name__", "{labels:?}");
             assert!(labels.windows(2).all(|w| w[0].0 < w[1].0), "{labels:?}");

@@ -26,6 +26,7 @@ mod ingest;
 mod loki_api;
 #[cfg(feature = "external-tests")]
 mod mqtt;
+mod node_netns;
 mod otlp;
 mod prom_api;
 #[cfg(feature = "external-tests")]

@@ -192,6 +192,7 @@ The keys the chart sets win over agent.settings; agent.extraConfig is appended a
 {{- if .Values.agent.hostProcSys }}
 {{- $_ := set $agent "proc_dir" "/host/proc" }}
 {{- $_ := set $agent "sys_dir" "/host/sys" }}
+{{- $_ := set $agent "rootfs_dir" "/host/root" }}
 {{- end }}
 {{- if .Values.auth.enabled }}
 {{- $_ := set $agent "bearer_token_file" (printf "%s/%s" (include "lumen.secretsDir" .) .Values.auth.tokenKey) }}
