@@ -203,9 +203,14 @@ fn fingerprint(l: &Labels) -> String {
 async fn run(ctx: SendCtx, mut rx: mpsc::Receiver<Vec<Outgoing>>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     match ctx.target.kind {
         NotifierKind::Alertmanager => loop {
+            let mut stopping = false;
             let batch = tokio::select! {
                 b = rx.recv() => b,
-                _ = shutdown.changed() => None,
+                // At shutdown what is queued is still sent once, as Prometheus drains its queue.
+                _ = shutdown.changed() => {
+                    stopping = true;
+                    rx.try_recv().ok()
+                }
             };
             let Some(mut batch) = batch else { break };
             while let Ok(more) = rx.try_recv() {
@@ -226,6 +231,9 @@ async fn run(ctx: SendCtx, mut rx: mpsc::Receiver<Vec<Outgoing>>, mut shutdown: 
                     })
                     .collect();
                 post(&ctx, Value::Array(body), chunk.len()).await;
+            }
+            if stopping {
+                break;
             }
         },
         NotifierKind::Webhook | NotifierKind::Slack => {
