@@ -259,7 +259,6 @@ impl std::fmt::Debug for MetricPartition {
 /// Builds record batches of the projected columns, row by row.
 struct Rows<'a> {
     schema: &'a SchemaRef,
-    label_columns: &'a [(String, String)],
     time: TimestampNanosecondBuilder,
     value: Float64Builder,
     metric: StringBuilder,
@@ -281,7 +280,6 @@ impl<'a> Rows<'a> {
             .collect();
         Rows {
             schema,
-            label_columns,
             time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
             value: Float64Builder::new(),
             metric: StringBuilder::new(),
@@ -345,7 +343,6 @@ impl<'a> Rows<'a> {
     }
 
     fn finish(&mut self) -> Result<RecordBatch> {
-        let _ = self.label_columns;
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         let mut time = Some(Arc::new(self.time.finish()) as ArrayRef);
         let mut value = Some(Arc::new(self.value.finish()) as ArrayRef);

@@ -197,7 +197,7 @@ impl GroupState {
                 }
                 Ok(v) => match rule.spec.kind {
                     RuleKind::Recording => rule.record(v, self.spec.limit).map_err(|_| ()),
-                    RuleKind::Alerting { .. } => rule.alert(ts, offset, v, self.spec.limit, &env).map_err(|_| ()),
+                    RuleKind::Alerting { .. } => rule.alert(ts, v, self.spec.limit, &env).map_err(|_| ()),
                 },
             };
             match out {

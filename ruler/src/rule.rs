@@ -246,7 +246,6 @@ impl RuleState {
     pub fn alert(
         &mut self,
         ts: i64,
-        query_offset_ms: i64,
         result: Vec<(Labels, f64)>,
         limit: usize,
         env: &TemplateEnv,
@@ -346,7 +345,6 @@ impl RuleState {
         for fp in remove {
             self.active.remove(&fp);
         }
-        let _ = query_offset_ms;
         if limit > 0 && active_pending > limit {
             self.active.clear();
             return Err(self.failed(format!("exceeded limit of {limit} with {active_pending} alerts")));
@@ -497,12 +495,12 @@ mod tests {
         );
         r.restored = true;
         let res = || vec![(l(&[("__name__", "up"), ("i", "a")]), 0.0)];
-        r.alert(0, 0, res(), 0, &env(&ext)).unwrap();
+        r.alert(0, res(), 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Pending);
         assert!(r.to_send(0, M, M, "u").is_empty(), "pending is never sent");
-        r.alert(M, 0, res(), 0, &env(&ext)).unwrap();
+        r.alert(M, res(), 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Pending);
-        let out = r.alert(2 * M, 0, res(), 0, &env(&ext)).unwrap();
+        let out = r.alert(2 * M, res(), 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Firing);
         let a = r.active_alerts()[0].clone();
         assert_eq!(a.labels, l(&[("alertname", "Down"), ("i", "a"), ("sev", "page")]));
@@ -524,15 +522,15 @@ mod tests {
         assert!(r.to_send(2 * M + 30_000, M, 30_000, "u").is_empty(), "not before the resend delay");
         assert_eq!(r.to_send(3 * M + 1, M, M, "u").len(), 1);
         // Gone: resolved, sent as resolved, kept for 15 minutes, then dropped.
-        let out = r.alert(4 * M, 0, vec![], 0, &env(&ext)).unwrap();
+        let out = r.alert(4 * M, vec![], 0, &env(&ext)).unwrap();
         assert!(out.samples.is_empty());
         assert_eq!(r.state(), AlertState::Inactive);
         assert!(r.active_alerts().is_empty());
         let sent = r.to_send(4 * M, M, M, "u");
         assert!(sent[0].resolved && sent[0].ends_at == 4 * M);
-        r.alert(19 * M, 0, vec![], 0, &env(&ext)).unwrap();
+        r.alert(19 * M, vec![], 0, &env(&ext)).unwrap();
         assert_eq!(r.active.len(), 1, "kept for 15 minutes");
-        r.alert(19 * M + 1, 0, vec![], 0, &env(&ext)).unwrap();
+        r.alert(19 * M + 1, vec![], 0, &env(&ext)).unwrap();
         assert!(r.active.is_empty());
     }
 
@@ -540,11 +538,11 @@ mod tests {
     fn a_pending_alert_that_goes_away_is_dropped_and_zero_for_fires_at_once() {
         let ext = BTreeMap::new();
         let mut r = rule("  - alert: A\n    expr: x\n    for: 5m\n");
-        r.alert(0, 0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
-        r.alert(M, 0, vec![], 0, &env(&ext)).unwrap();
+        r.alert(0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
+        r.alert(M, vec![], 0, &env(&ext)).unwrap();
         assert!(r.active.is_empty());
         let mut r = rule("  - alert: A\n    expr: x\n");
-        r.alert(0, 0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
+        r.alert(0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Firing);
     }
 
@@ -553,13 +551,13 @@ mod tests {
         let ext = BTreeMap::new();
         let mut r = rule("  - alert: A\n    expr: x\n    keep_firing_for: 2m\n");
         let res = || vec![(l(&[("a", "1")]), 1.0)];
-        r.alert(0, 0, res(), 0, &env(&ext)).unwrap();
-        r.alert(M, 0, vec![], 0, &env(&ext)).unwrap();
+        r.alert(0, res(), 0, &env(&ext)).unwrap();
+        r.alert(M, vec![], 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Firing);
         assert_eq!(r.active_alerts()[0].keep_firing_since, Some(M));
-        r.alert(2 * M, 0, vec![], 0, &env(&ext)).unwrap();
+        r.alert(2 * M, vec![], 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Firing);
-        r.alert(3 * M, 0, vec![], 0, &env(&ext)).unwrap();
+        r.alert(3 * M, vec![], 0, &env(&ext)).unwrap();
         assert_eq!(r.state(), AlertState::Inactive);
     }
 
@@ -567,14 +565,14 @@ mod tests {
     fn duplicates_limits_and_failures_leave_state_as_prometheus_does() {
         let ext = BTreeMap::new();
         let mut r = rule("  - alert: A\n    expr: x\n    labels: {a: fixed}\n");
-        let e = r.alert(0, 0, vec![(l(&[("a", "1")]), 1.0), (l(&[("a", "2")]), 1.0)], 0, &env(&ext)).unwrap_err();
+        let e = r.alert(0, vec![(l(&[("a", "1")]), 1.0), (l(&[("a", "2")]), 1.0)], 0, &env(&ext)).unwrap_err();
         assert!(e.contains("same labelset"));
         assert_eq!(r.health, Health::Err);
         let mut r = rule("  - alert: A\n    expr: x\n");
-        r.alert(0, 0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
+        r.alert(0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
         r.fail("boom".into());
         assert_eq!(r.state(), AlertState::Firing, "a failed query leaves the alerts");
-        let e = r.alert(M, 0, vec![(l(&[("a", "1")]), 1.0), (l(&[("a", "2")]), 1.0)], 1, &env(&ext)).unwrap_err();
+        let e = r.alert(M, vec![(l(&[("a", "1")]), 1.0), (l(&[("a", "2")]), 1.0)], 1, &env(&ext)).unwrap_err();
         assert!(e.contains("exceeded limit of 1 with 2 alerts"));
         assert!(r.active.is_empty());
         let mut r = rule("  - record: r\n    expr: x\n    labels: {k: v}\n");
@@ -590,14 +588,14 @@ mod tests {
         let ext = BTreeMap::new();
         let mut r = rule("  - alert: A\n    expr: x\n    for: 1h\n");
         let now = 100 * M;
-        r.alert(now, 0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
+        r.alert(now, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
         let series_labels = l(&[("__name__", "ALERTS_FOR_STATE"), ("a", "1"), ("alertname", "A")]);
         // Active since 60m, down at 90m: 30 of 60 minutes served; restarted at 100m: fires at 130m.
         r.restore(now, &[(series_labels.clone(), 90 * M, (60 * M / 1000) as f64)], 10 * M);
         assert_eq!(r.active_alerts()[0].active_at, 70 * M);
         // 55 of 60 served: less than the grace period left, so it fires `grace` after the restart.
         let mut r2 = rule("  - alert: A\n    expr: x\n    for: 1h\n");
-        r2.alert(now, 0, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
+        r2.alert(now, vec![(l(&[("a", "1")]), 1.0)], 0, &env(&ext)).unwrap();
         r2.restore(now, &[(series_labels, 90 * M, (35 * M / 1000) as f64)], 10 * M);
         assert_eq!(r2.active_alerts()[0].active_at, now + 10 * M - 60 * M);
         assert!(r2.restored);
