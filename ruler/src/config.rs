@@ -33,6 +33,9 @@ pub struct RulerConfig {
     pub external_url: String,
     /// Labels added to alerts sent (where an alert lacks them), visible in templates as $externalLabels.
     pub external_labels: BTreeMap<String, String>,
+    /// Add the rule's tenant to the alerts sent, under this label name (e.g. "tenant"), so that one
+    /// Alertmanager can route several tenants' alerts; "" for none. The APIs and ALERTS do not carry it.
+    pub tenant_label: String,
     /// Least time between two sends of a firing alert (`--rules.alert.resend-delay`).
     #[serde(with = "store::config::duration")]
     pub resend_delay: Duration,
@@ -68,6 +71,7 @@ impl Default for RulerConfig {
             notifier: Vec::new(),
             external_url: String::new(),
             external_labels: BTreeMap::new(),
+            tenant_label: String::new(),
             resend_delay: Duration::from_secs(60),
             for_outage_tolerance: Duration::from_secs(3600),
             for_grace_period: Duration::from_secs(600),

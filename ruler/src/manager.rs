@@ -673,9 +673,20 @@ async fn run_group(
         inner.metrics.last_evaluation.get_or_create(&label).set(now as f64 / 1000.0);
         if !report.alerts.is_empty() {
             let tenant = state.tenant.as_str().to_string();
-            inner
-                .notifiers
-                .send(report.alerts.into_iter().map(|a| Outgoing { tenant: tenant.clone(), alert: a }).collect());
+            let label = &inner.config.tenant_label;
+            inner.notifiers.send(
+                report
+                    .alerts
+                    .into_iter()
+                    .map(|mut a| {
+                        if !label.is_empty() && !a.labels.iter().any(|(k, _)| k == label) {
+                            a.labels.push((label.clone(), tenant.clone()));
+                            a.labels.sort();
+                        }
+                        Outgoing { tenant: tenant.clone(), alert: a }
+                    })
+                    .collect(),
+            );
         }
         *snapshot.write() = Arc::new(state.clone());
         next += interval;

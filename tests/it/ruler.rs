@@ -145,6 +145,7 @@ async fn rules_record_alert_and_notify_a_webhook() {
     let mut slack = config.ruler.notifier[0].clone();
     slack.kind = ruler::NotifierKind::Slack;
     config.ruler.notifier.push(slack);
+    config.ruler.tenant_label = "tenant".into();
     let server = TestServer::start(config).await;
     let base = server.base.clone();
     import(&base, "default", &[("up{job=\"node\",instance=\"a\"}", 1.0), ("up{job=\"node\",instance=\"b\"}", 0.0)])
@@ -219,6 +220,7 @@ async fn rules_record_alert_and_notify_a_webhook() {
         .await;
     assert_eq!(firing["version"], "4");
     assert_eq!(firing["alerts"][0]["labels"]["instance"], "b");
+    assert_eq!(firing["alerts"][0]["labels"]["tenant"], "default", "ruler.tenant_label on what is sent");
     assert_eq!(firing["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
     assert!(firing["alerts"][0]["generatorURL"].as_str().unwrap().contains("/graph?g0.expr=up+%3D%3D+0"));
 
@@ -240,7 +242,7 @@ async fn rules_record_alert_and_notify_a_webhook() {
         })
         .await;
     let text = slack["text"].as_str().unwrap();
-    assert!(text.contains("instance=b job=node severity=page: b of node is down (0)"), "{text}");
+    assert!(text.contains("instance=b job=node severity=page tenant=default: b of node is down (0)"), "{text}");
     hook.wait_for("a Slack-style resolved message", Duration::from_secs(10), |v| {
         v["text"].as_str().is_some_and(|t| t.contains("[RESOLVED] InstanceDown"))
     })
