@@ -59,13 +59,8 @@ impl LogsTable {
                     let r = self.push_down(right, req);
                     return l || r;
                 }
-                let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c.name.as_str(), *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(op) => (c.name.as_str(), op, v),
-                        None => return false,
-                    },
-                    _ => return false,
+                let Some((col, op, lit)) = column_op_literal(left, *op, right) else {
+                    return false;
                 };
                 if col == store::TIME {
                     let Some(ns) = timestamp_ns(lit) else {
@@ -134,7 +129,21 @@ impl LogsTable {
     }
 }
 
-fn timestamp_ns(v: &ScalarValue) -> Option<i64> {
+/// `column op literal` (or `literal op column`, the operator turned around), as filters are written.
+pub(crate) fn column_op_literal<'a>(
+    left: &'a Expr,
+    op: Operator,
+    right: &'a Expr,
+) -> Option<(&'a str, Operator, &'a ScalarValue)> {
+    match (left, right) {
+        (Expr::Column(c), Expr::Literal(v, _)) => Some((c.name.as_str(), op, v)),
+        (Expr::Literal(v, _), Expr::Column(c)) => Some((c.name.as_str(), op.swap()?, v)),
+        _ => None,
+    }
+}
+
+/// A timestamp literal in nanoseconds since the epoch.
+pub(crate) fn timestamp_ns(v: &ScalarValue) -> Option<i64> {
     match v {
         ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
         ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),

@@ -27,6 +27,8 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+
+use crate::sql::column_op_literal;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -108,13 +110,8 @@ impl MetricTable {
                     let r = self.push_down(right, req);
                     return l || r;
                 }
-                let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c.name.as_str(), *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(op) => (c.name.as_str(), op, v),
-                        None => return false,
-                    },
-                    _ => return false,
+                let Some((col, op, lit)) = column_op_literal(left, *op, right) else {
+                    return false;
                 };
                 if col == "time" && self.kind == Kind::Samples {
                     let Some(ms) = timestamp_ms(lit) else { return false };
@@ -162,13 +159,7 @@ impl MetricTable {
 
 /// The millisecond range a timestamp literal falls in: (floor, ceil).
 fn timestamp_ms(v: &ScalarValue) -> Option<(i64, i64)> {
-    let ns = match v {
-        ScalarValue::TimestampNanosecond(Some(v), _) => *v,
-        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000)?,
-        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000)?,
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000)?,
-        _ => return None,
-    };
+    let ns = crate::sql::timestamp_ns(v)?;
     Some((ns.div_euclid(1_000_000), (ns + 999_999).div_euclid(1_000_000)))
 }
 

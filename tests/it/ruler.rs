@@ -502,6 +502,21 @@ async fn the_config_api_edits_rule_groups_as_grafana_and_lokitool_do() {
     let (s, t) = req(Method::POST, &format!("{base}/api/prom/rules/ns1"), Some(&admin), Some("name: [")).await;
     assert_eq!(s, 400);
     assert!(t.contains("unable to decode rule group"), "{t}");
+    // Hostile YAML: 10,000 levels of nesting, and a billion-laughs of aliases: 400s, the server stays up.
+    let deep = format!("name: g\nrules: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let mut laughs = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    for (i, c) in ('b'..='i').enumerate() {
+        let prev = (b'a' + i as u8) as char;
+        laughs.push_str(&format!(
+            "{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+    }
+    laughs.push_str("name: g\nrules: []\n");
+    for body in [deep, laughs] {
+        let (s, t) = req(Method::POST, &format!("{base}/api/prom/rules/ns1"), Some(&admin), Some(&body)).await;
+        assert_eq!(s, 400, "{t}");
+    }
+    assert_eq!(client().get(format!("{base}/ready")).send().await.unwrap().status(), 200);
     // PromQL groups through Mimir's path, apart from the LogQL ones.
     let pgroup = "name: up\nrules:\n- record: job:up:count\n  expr: count by (job) (up)\n";
     assert_eq!(req(Method::POST, &format!("{base}/config/v1/rules/infra"), Some(&admin), Some(pgroup)).await.0, 202);
