@@ -329,6 +329,7 @@ impl Running {
         // Rule groups finish their cycle (their samples reach the stores); notifiers send what they hold.
         self.ruler.stop().await;
         let _ = self.ruler_stop.send(true);
+        self.ruler.notifiers_stopped(std::time::Duration::from_secs(15)).await;
         self.shutdown.cancel();
         self.http.await.context("http server task failed")?.context("http server failed")?;
         self.otlp_grpc.await.context("OTLP gRPC task failed")?.context("OTLP gRPC server failed")?;

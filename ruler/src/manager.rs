@@ -396,6 +396,12 @@ impl Ruler {
         self.inner.last_error.lock().clone()
     }
 
+    /// Waits, at most `limit`, for the notifiers to send what they hold once the ruler's shutdown signal
+    /// fired (call after [`Ruler::stop`] and that signal).
+    pub async fn notifiers_stopped(&self, limit: std::time::Duration) {
+        self.inner.notifiers.stopped(limit).await;
+    }
+
     /// Stops every group (at shutdown).
     pub async fn stop(&self) {
         let old: BTreeMap<GroupKey, Running> = std::mem::take(&mut *self.inner.groups.lock());

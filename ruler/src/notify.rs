@@ -36,6 +36,8 @@ pub struct Outgoing {
 pub struct Notifiers {
     targets: Arc<Vec<(String, mpsc::Sender<Vec<Outgoing>>)>>,
     metrics: Arc<NotifyMetrics>,
+    /// The targets' tasks, taken by [`Notifiers::stopped`].
+    tasks: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// A resolved target: the URL (a secret), the name logs and metrics use.
@@ -124,6 +126,7 @@ impl Notifiers {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Notifiers {
         let mut out = Vec::new();
+        let mut tasks = Vec::new();
         for t in targets {
             let (tx, rx) = mpsc::channel(capacity.max(1) / 16 + 1);
             let name = t.name.clone();
@@ -134,10 +137,24 @@ impl Notifiers {
                 external_labels: external_labels.clone(),
                 external_url: external_url.clone(),
             };
-            tokio::spawn(run(ctx, rx, shutdown.clone()));
+            tasks.push(tokio::spawn(run(ctx, rx, shutdown.clone())));
             out.push((name, tx));
         }
-        Notifiers { targets: Arc::new(out), metrics }
+        Notifiers { targets: Arc::new(out), metrics, tasks: Arc::new(parking_lot::Mutex::new(tasks)) }
+    }
+
+    /// Waits, at most `limit`, for the targets' tasks to end after `shutdown` fired: they send what they
+    /// hold once (each send gives up after its attempts).
+    pub async fn stopped(&self, limit: Duration) {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!(?limit, "notifications still being sent at shutdown were abandoned");
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -245,12 +262,7 @@ async fn run(ctx: SendCtx, mut rx: mpsc::Receiver<Vec<Outgoing>>, mut shutdown: 
                         Some(batch) => {
                             let now = now_ms();
                             for o in batch {
-                                let name = o.alert.labels.iter().find(|(k, _)| k == "alertname").map(|(_, v)| v.clone()).unwrap_or_default();
-                                let g = groups.entry((o.tenant.clone(), name)).or_insert_with(|| Group::new(now));
-                                let fp = fingerprint(&o.alert.labels);
-                                let changed = g.alerts.get(&fp).is_none_or(|old| old.resolved != o.alert.resolved);
-                                g.changed |= changed;
-                                g.alerts.insert(fp, o.alert);
+                                add(&mut groups, o, now);
                             }
                         }
                         None => break,
@@ -268,11 +280,35 @@ async fn run(ctx: SendCtx, mut rx: mpsc::Receiver<Vec<Outgoing>>, mut shutdown: 
                         }
                         groups.retain(|_, g| !g.alerts.is_empty());
                     }
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.changed() => {
+                        // At shutdown a group with news it has not sent yet (waiting for its group wait or
+                        // interval) sends it once, rather than leave it to the next start.
+                        while let Ok(batch) = rx.try_recv() {
+                            let now = now_ms();
+                            for o in batch {
+                                add(&mut groups, o, now);
+                            }
+                        }
+                        let now = now_ms();
+                        for (key, g) in groups.iter_mut().filter(|(_, g)| g.changed) {
+                            flush(&ctx, key, g, now).await;
+                        }
+                        break;
+                    }
                 }
             }
         }
     }
+}
+
+/// Puts an alert into its group, marking the group changed if the alert is new or changed state.
+fn add(groups: &mut HashMap<(String, String), Group>, o: Outgoing, now: i64) {
+    let name = o.alert.labels.iter().find(|(k, _)| k == "alertname").map(|(_, v)| v.clone()).unwrap_or_default();
+    let g = groups.entry((o.tenant.clone(), name)).or_insert_with(|| Group::new(now));
+    let fp = fingerprint(&o.alert.labels);
+    let changed = g.alerts.get(&fp).is_none_or(|old| old.resolved != o.alert.resolved);
+    g.changed |= changed;
+    g.alerts.insert(fp, o.alert);
 }
 
 /// Alerts of one alert name, as an Alertmanager route groups them by `alertname`.

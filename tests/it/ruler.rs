@@ -692,3 +692,37 @@ async fn for_state_survives_kill_9() {
     assert!(fired >= restored + 20_000 - 1_500, "fired before its for had passed");
     p.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_group_still_waiting_is_sent_once_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, "groups:\n- name: g\n  interval: 1s\n  rules:\n  - alert: Now\n    expr: vector(1)\n")
+        .unwrap();
+    let hook = Receiver::start().await;
+    let cfg = dir.path().join("lumen.toml");
+    // A group wait of an hour: only the shutdown can send this group.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ruler]\nrule_files = [{:?}]\n[[ruler.notifier]]\ntype = \"webhook\"\nurl = {:?}\ngroup_wait = \"1h\"\n",
+            rules.display().to_string(),
+            hook.url
+        ),
+    )
+    .unwrap();
+    let mut p = ServerProcess::spawn(&dir.path().join("data"), free_addr(), &["--config", cfg.to_str().unwrap()]);
+    p.wait_ready().await;
+    let base = p.base.clone();
+    poll(&format!("{base}/api/v1/alerts"), "default", "Now firing", Duration::from_secs(15), |v| {
+        (v["data"]["alerts"].as_array()?.first()?["state"] == "firing").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(hook.bodies.lock().is_empty(), "sent before its group wait: {:?}", hook.bodies.lock());
+    tokio::task::block_in_place(|| p.terminate());
+    let bodies = hook.bodies.lock().clone();
+    assert_eq!(bodies.len(), 1, "one notification at shutdown: {bodies:?}");
+    assert_eq!(bodies[0]["status"], "firing");
+    assert_eq!(bodies[0]["alerts"][0]["labels"]["alertname"], "Now");
+}
