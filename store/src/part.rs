@@ -5,11 +5,15 @@
 //! nearly free), `message` plain. Next to `<id>.parquet` lies `<id>.idx`:
 //!
 //! ```text
-//! "LUMNIDX1" | u32le n_streams | u32le n_row_groups
+//! "LUMNIDX2" | u32le n_streams | u32le n_row_groups
 //! | n_streams × (u64 id, u64 first_row, u64 rows, i64 min_time, i64 max_time)
 //! | n_row_groups × (u64 first_row, u64 rows, i64 min_time, i64 max_time, u64 filter_offset, u64 filter_len)
-//! | u32le crc32 of all the above | token filters
+//! | u32le crc32 of all the above | n_row_groups × (token filter | u32le crc32 of that filter)
 //! ```
+//!
+//! A filter that fails its checksum is not used: its row group is read as if it had none, so a damaged
+//! filter costs speed, never a line. Files of the first version (`LUMNIDX1`, filters without checksums)
+//! are still read.
 //!
 //! The header (streams and row groups) is read when the part is opened and kept in memory: it turns label
 //! matchers into exact row ranges and time bounds into row-group skips. Token filters stay on disk and
@@ -42,7 +46,9 @@ use crate::metrics::StoreMetrics;
 use crate::quarantine::{Quarantine, SkippedPart};
 use crate::tokens::{TokenCollector, TokenFilter};
 
-const MAGIC: &[u8; 8] = b"LUMNIDX1";
+const MAGIC: &[u8; 8] = b"LUMNIDX2";
+/// The first version: the same, but its token filters carry no checksum.
+const MAGIC_V1: &[u8; 8] = b"LUMNIDX1";
 const STREAM_REC: usize = 40;
 const RG_REC: usize = 48;
 
@@ -63,6 +69,8 @@ pub(crate) struct RowGroupIndex {
     pub(crate) max_time: i64,
     filter_offset: u64,
     filter_len: u64,
+    /// The filter is followed by its crc32 (not in `filter_len`).
+    filter_crc: bool,
 }
 
 /// A live part: its manifest entry and index header. When the part leaves the manifest (compaction,
@@ -79,6 +87,8 @@ pub(crate) struct Part {
     metadata: OnceLock<ArrowReaderMetadata>,
     /// Why a read of this part failed: from then on every read leaves it out (see [`Part::set_unreadable`]).
     unreadable: OnceLock<String>,
+    /// A damaged token filter of this part was reported (once per part).
+    filter_damage_reported: AtomicBool,
 }
 
 /// What opening a part named by the manifest found.
@@ -178,6 +188,7 @@ impl Part {
             obsolete: AtomicBool::new(false),
             metadata: OnceLock::from(metadata),
             unreadable: OnceLock::new(),
+            filter_damage_reported: AtomicBool::new(false),
         };
         Ok(if rebuilt { Opened::Rebuilt(Box::new(part)) } else { Opened::Good(Box::new(part)) })
     }
@@ -225,8 +236,21 @@ impl Part {
         if rg.filter_len == 0 {
             return Ok(None);
         }
-        let mut buf = vec![0u8; rg.filter_len as usize];
+        let len = rg.filter_len as usize;
+        let mut buf = vec![0u8; len + if rg.filter_crc { 4 } else { 0 }];
         file.read_exact_at(&mut buf, rg.filter_offset).map_err(Error::io("read", &self.index_path))?;
+        if rg.filter_crc {
+            let crc = u32::from_le_bytes(buf[len..].try_into().unwrap_or_default());
+            if crc32fast::hash(&buf[..len]) != crc {
+                // Read the row group as if it had no filter: slower, but no line is skipped on a bad filter.
+                if !self.filter_damage_reported.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(index = %self.index_path.display(), row_group = rg.first_row,
+                        "a token filter of this part fails its checksum; its row groups are read in full until compaction rewrites the part");
+                }
+                return Ok(None);
+            }
+            buf.truncate(len);
+        }
         Ok(TokenFilter::from_bytes(&buf))
     }
 
@@ -325,9 +349,11 @@ fn read_index(
         return bad("is shorter than its header".to_string());
     }
     file.read_exact_at(&mut head, 0).map_err(io)?;
-    if &head[0..8] != MAGIC {
-        return bad("has a bad magic".to_string());
-    }
+    let filter_crc = match &head[0..8] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return bad("has a bad magic".to_string()),
+    };
     if meta.index_bytes != 0 && file_len != meta.index_bytes {
         return bad(format!("is {file_len} bytes where the manifest says {}", meta.index_bytes));
     }
@@ -363,6 +389,7 @@ fn read_index(
             max_time: u64_at(c, 3) as i64,
             filter_offset: u64_at(c, 4),
             filter_len: u64_at(c, 5),
+            filter_crc,
         })
         .collect();
     if row_groups.len() != n_row_groups {
@@ -373,7 +400,8 @@ fn read_index(
     if rg_rows != meta.rows || stream_rows != meta.rows {
         return bad(format!("counts {rg_rows} and {stream_rows} rows where the part has {}", meta.rows));
     }
-    if row_groups.iter().any(|g| g.filter_offset.saturating_add(g.filter_len) > file_len) {
+    let crc_len = if filter_crc { 4 } else { 0 };
+    if row_groups.iter().any(|g| g.filter_len > 0 && g.filter_offset.saturating_add(g.filter_len + crc_len) > file_len) {
         return bad("has a token filter beyond its end".to_string());
     }
     Ok((streams, row_groups))
@@ -491,8 +519,10 @@ impl IndexBuilder {
             max_time: rg_max,
             filter_offset: self.filters.len() as u64,
             filter_len: filter.len() as u64,
+            filter_crc: true,
         });
         self.filters.extend_from_slice(&filter);
+        self.filters.extend_from_slice(&crc32fast::hash(&filter).to_le_bytes());
         Ok(())
     }
 
@@ -683,6 +713,7 @@ impl PartWriter {
             obsolete: AtomicBool::new(false),
             metadata: OnceLock::new(),
             unreadable: OnceLock::new(),
+            filter_damage_reported: AtomicBool::new(false),
         }))
     }
 

@@ -498,3 +498,101 @@ async fn corrupt_index_sidecar_is_rebuilt_from_its_part() {
     assert_eq!(metric(&metrics_text(&server.base).await, "lumen_store_rebuilt_indexes_total"), 0.0);
     stop(server);
 }
+
+/// Issue 17: a token filter damaged on disk (here: every bit cleared, which reads as "no token here") must
+/// not hide lines. Each filter carries its own checksum; one that fails it is not used and its row group is
+/// read in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_token_filter_costs_speed_not_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let server = started(data).await;
+    push_logs(&server.base, "a", 300).await;
+    flush(&server.base).await;
+    let want_lines = logql_lines(&server.base, r#"{app="a"} |= "a line 7""#).await;
+    // "line" is a whole word of the needle, so the token filters are consulted.
+    assert_eq!(want_lines.len(), 11, "line 7 and lines 70..79");
+    stop(server);
+
+    let idx = files(&data.join("logs"), ".idx");
+    assert_eq!(idx.len(), 1);
+    let mut bytes = std::fs::read(&idx[0]).unwrap();
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap()) as usize;
+    let (n_streams, n_rgs) = (u32_at(&bytes, 8), u32_at(&bytes, 12));
+    let mut cleared = 0;
+    for g in 0..n_rgs {
+        let rec = 16 + n_streams * 40 + g * 48;
+        let (offset, len) = (u64_at(&bytes, rec + 32), u64_at(&bytes, rec + 40));
+        bytes[offset..offset + len].fill(0);
+        cleared += len;
+    }
+    assert!(cleared > 0, "the part has token filters");
+    std::fs::write(&idx[0], &bytes).unwrap();
+
+    let server = started(data).await;
+    assert_eq!(logql_lines(&server.base, r#"{app="a"} |= "a line 7""#).await, want_lines);
+    let m = metrics_text(&server.base).await;
+    assert_eq!(metric(&m, "lumen_store_rebuilt_indexes_total"), 0.0, "the header was intact: {m}");
+    stop(server);
+}
+
+/// Index files of the first version (`LUMNIDX1`, token filters without checksums) written by earlier
+/// releases are still read, filters included, without a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_files_of_the_first_version_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let server = started(data).await;
+    push_logs(&server.base, "a", 300).await;
+    flush(&server.base).await;
+    let want_lines = logql_lines(&server.base, r#"{app="a"} |= "a line 7""#).await;
+    stop(server);
+
+    // Rewrite the index as the first version wrote it: magic LUMNIDX1, no checksum after each filter.
+    let idx = files(&data.join("logs"), ".idx");
+    let v2 = std::fs::read(&idx[0]).unwrap();
+    assert_eq!(&v2[..8], b"LUMNIDX2");
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap()) as usize;
+    let (n_streams, n_rgs) = (u32_at(&v2, 8), u32_at(&v2, 12));
+    let header_len = 16 + n_streams * 40 + n_rgs * 48;
+    let mut header = v2[..header_len].to_vec();
+    header[..8].copy_from_slice(b"LUMNIDX1");
+    let mut filters = Vec::new();
+    for g in 0..n_rgs {
+        let rec = 16 + n_streams * 40 + g * 48;
+        let (offset, len) = (u64_at(&v2, rec + 32), u64_at(&v2, rec + 40));
+        let new_offset = (header_len + 4 + filters.len()) as u64;
+        header[rec + 32..rec + 40].copy_from_slice(&new_offset.to_le_bytes());
+        filters.extend_from_slice(&v2[offset..offset + len]);
+    }
+    let crc = crc32(&header);
+    let mut v1 = header;
+    v1.extend_from_slice(&crc.to_le_bytes());
+    v1.extend_from_slice(&filters);
+    std::fs::write(&idx[0], &v1).unwrap();
+    // The manifest records the index's size, as the first version wrote it.
+    let manifest_path = data.join("manifest.json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let (from, to) = (format!("\"index_bytes\":{}", v2.len()), format!("\"index_bytes\":{}", v1.len()));
+    assert!(manifest.contains(&from), "{manifest}");
+    std::fs::write(&manifest_path, manifest.replace(&from, &to)).unwrap();
+    let server = started(data).await;
+    assert_eq!(logql_lines(&server.base, r#"{app="a"} |= "a line 7""#).await, want_lines);
+    let m = metrics_text(&server.base).await;
+    assert_eq!(metric(&m, "lumen_store_rebuilt_indexes_total"), 0.0, "the first version's index was rebuilt: {m}");
+    stop(server);
+}
+
+/// CRC-32 (IEEE, as the `crc32fast` crate and zlib compute it), bit by bit: small and slow, for tests.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
