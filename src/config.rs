@@ -151,6 +151,10 @@ pub struct ServerConfig {
     /// Longest time to receive a request body (408 past it); also the longest OTLP gRPC call.
     #[serde(with = "store::config::duration")]
     pub http_body_timeout: Duration,
+    /// An OTLP gRPC connection that has carried no byte for this long is closed (clients reconnect when they
+    /// next send); longer than `http_body_timeout`, so that it never cuts a call short.
+    #[serde(with = "store::config::duration")]
+    pub grpc_idle_timeout: Duration,
     /// Request bodies held at once, being received or handled; past it requests wait, then get 503.
     pub max_inflight_request_bytes: ByteSize,
     /// A token of every tenant and scope, from `LUMEN_AUTH_TOKEN` only (never from the file).
@@ -190,6 +194,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(60),
+            grpc_idle_timeout: Duration::from_secs(300),
             max_inflight_request_bytes: ByteSize::mib(128),
             auth_token: None,
         }
@@ -348,6 +353,13 @@ impl Config {
         }
         if s.http_header_timeout < Duration::from_secs(1) || s.http_body_timeout < Duration::from_secs(1) {
             bail!("server.http_header_timeout and server.http_body_timeout must be at least 1s");
+        }
+        if s.grpc_idle_timeout <= s.http_body_timeout {
+            bail!(
+                "server.grpc_idle_timeout ({}) must be longer than server.http_body_timeout ({}), the longest gRPC call, or an idle timeout could cut a call short",
+                humantime::format_duration(s.grpc_idle_timeout),
+                humantime::format_duration(s.http_body_timeout)
+            );
         }
         if s.max_inflight_request_bytes < s.max_request_size {
             bail!(

@@ -7,6 +7,7 @@
 //! one does. TLS handshakes run in each connection's own task, so a client that stalls its handshake holds
 //! nothing but its own slot, and only for the header timeout.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct ConnLimits {
     /// Longest wait for the TLS handshake and for a request's headers; also how long an idle keep-alive
     /// connection stays open.
     pub header_timeout: Duration,
+    /// A connection that has carried no byte, either way, for this long is closed (for gRPC, whose HTTP/2
+    /// connections hyper would otherwise keep for ever); `None` for HTTP/1, where the header timeout does it.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// An accepted connection: plain TCP or TLS over it, holding its slot under the cap until dropped.
@@ -40,6 +44,19 @@ pub struct Conn {
     io: ConnIo,
     _slot: OwnedSemaphorePermit,
     peer: Option<std::net::SocketAddr>,
+    idle: Option<Idle>,
+}
+
+/// The idle limit of a connection: a timer pushed back by every byte read or written.
+struct Idle {
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn touch(&mut self) {
+        self.timer.as_mut().reset(tokio::time::Instant::now() + self.limit);
+    }
 }
 
 enum ConnIo {
@@ -49,19 +66,41 @@ enum ConnIo {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
+        let res = match &mut self.io {
             ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let peer = self.peer;
+        let Some(idle) = self.idle.as_mut() else { return res };
+        match res {
+            Poll::Ready(r) => {
+                idle.touch();
+                Poll::Ready(r)
+            }
+            // Nothing to read: past the idle limit, the connection ends as if the client had closed it.
+            Poll::Pending => match idle.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::debug!(peer = ?peer, limit = ?idle.limit, "connection closed: idle past the limit");
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection closed")))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.io {
+        let res = match &mut self.io {
             ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let (Poll::Ready(Ok(n)), Some(idle)) = (&res, self.idle.as_mut())
+            && *n > 0
+        {
+            idle.touch();
         }
+        res
     }
 
     fn poll_write_vectored(
@@ -69,10 +108,16 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.io {
+        let res = match &mut self.io {
             ConnIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if let (Poll::Ready(Ok(n)), Some(idle)) = (&res, self.idle.as_mut())
+            && *n > 0
+        {
+            idle.touch();
         }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -163,7 +208,8 @@ async fn handshake(
             }
         }
     };
-    Some(Conn { io, _slot: slot, peer })
+    let idle = limits.idle_timeout.map(|limit| Idle { limit, timer: Box::pin(tokio::time::sleep(limit)) });
+    Some(Conn { io, _slot: slot, peer, idle })
 }
 
 /// Serves `router` over HTTP/1.1 (with upgrades, for the tail WebSocket) on `listener` until `shutdown`,

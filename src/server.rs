@@ -258,19 +258,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bodies,
         tenants,
     );
-    let limits =
-        crate::listen::ConnLimits { max_connections: s.max_connections, header_timeout: s.http_header_timeout };
+    let limits = crate::listen::ConnLimits {
+        max_connections: s.max_connections,
+        header_timeout: s.http_header_timeout,
+        idle_timeout: None,
+    };
     let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, tls.clone(), shutdown.clone()));
+    let grpc_limits = crate::listen::ConnLimits { idle_timeout: Some(s.grpc_idle_timeout), ..limits };
     let otlp_grpc = tokio::spawn(
         tonic::transport::Server::builder()
             // The whole call, body included: a trickling client cannot hold a call for ever.
             .timeout(s.http_body_timeout)
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            // No keep-alive pings: a silent client is closed by the idle timeout of its connection instead
+            // (`server.grpc_idle_timeout`), which pings would defeat.
             .max_concurrent_streams(64)
             .add_routes(ingest_otlp::grpc_routes(otlp, auth.clone(), Some(grpc_admit)))
             .serve_with_incoming_shutdown(
-                crate::listen::incoming(grpc_listener, limits, tls.clone(), shutdown.clone()),
+                crate::listen::incoming(grpc_listener, grpc_limits, tls.clone(), shutdown.clone()),
                 shutdown.clone().cancelled_owned(),
             ),
     );

@@ -16,6 +16,7 @@ async fn start() -> (TestServer, tempfile::TempDir) {
     config.server.max_connections = 20;
     config.server.http_header_timeout = Duration::from_secs(2);
     config.server.http_body_timeout = Duration::from_secs(2);
+    config.server.grpc_idle_timeout = Duration::from_secs(3);
     config.server.max_request_size = ByteSize::mib(1);
     config.server.max_line_size = ByteSize::kib(256);
     config.server.max_inflight_request_bytes = ByteSize::mib(1);
@@ -129,4 +130,26 @@ async fn slow_bodies_time_out_and_bodies_beyond_the_budget_wait_for_it() {
     // The budget is back: an ordinary push goes through.
     assert_eq!(push_one_line(&server).await, 204);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_grpc_connection_is_closed_after_the_idle_timeout() {
+    let (server, _dir) = start().await;
+    let addr = server.running.as_ref().unwrap().otlp_grpc_addr;
+    // An HTTP/2 client that sends the connection preface and its (empty) SETTINGS, then nothing: past the
+    // header timeout, so only the idle timeout can close it.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let opened = Instant::now();
+    let mut first = [0u8; 9];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(first[3], 4, "the server answers with its SETTINGS frame");
+    assert!(until_closed(&mut s, Duration::from_secs(15)).await.is_some(), "an idle gRPC connection stayed open");
+    let after = opened.elapsed();
+    assert!(after >= Duration::from_millis(2_900), "closed after {after:?}, before the 3 s idle timeout");
+    // A config whose idle timeout could cut a call short is refused.
+    let mut config = test_config(_dir.path());
+    config.server.grpc_idle_timeout = config.server.http_body_timeout;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("server.grpc_idle_timeout"), "{err}");
 }
