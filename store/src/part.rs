@@ -401,7 +401,8 @@ fn read_index(
         return bad(format!("counts {rg_rows} and {stream_rows} rows where the part has {}", meta.rows));
     }
     let crc_len = if filter_crc { 4 } else { 0 };
-    if row_groups.iter().any(|g| g.filter_len > 0 && g.filter_offset.saturating_add(g.filter_len + crc_len) > file_len) {
+    if row_groups.iter().any(|g| g.filter_len > 0 && g.filter_offset.saturating_add(g.filter_len + crc_len) > file_len)
+    {
         return bad("has a token filter beyond its end".to_string());
     }
     Ok((streams, row_groups))
