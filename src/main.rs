@@ -123,6 +123,10 @@ struct AgentArgs {
     /// The kubelet's pod log directory [default: /var/log/pods].
     #[arg(long, env = "LUMEN_AGENT_PODS_DIR")]
     pods_dir: Option<PathBuf>,
+    /// Docker's containers directory, to read its containers' json-file logs too, e.g.
+    /// /var/lib/docker/containers [default: none].
+    #[arg(long, env = "LUMEN_AGENT_DOCKER_DIR")]
+    docker_dir: Option<PathBuf>,
     /// The agent's state: checkpoints and disk buffer [default: /var/lib/lumen-agent].
     #[arg(long, env = "LUMEN_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -132,6 +136,10 @@ struct AgentArgs {
     /// A Prometheus endpoint to scrape (repeatable), e.g. http://127.0.0.1:9100/metrics.
     #[arg(long = "scrape-target")]
     scrape_targets: Vec<String>,
+    /// A systemd journal directory to read (repeatable; replaces the configured list)
+    /// [default: /var/log/journal and /run/log/journal].
+    #[arg(long = "journal-dir")]
+    journal_dirs: Vec<PathBuf>,
     /// How often targets are scraped [default: 15s].
     #[arg(long)]
     scrape_interval: Option<humantime::Duration>,
@@ -274,6 +282,9 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<(Config, String)> {
     if let Some(v) = args.pods_dir {
         a.pods_dir = v;
     }
+    if let Some(v) = args.docker_dir {
+        a.docker_dir = v;
+    }
     if let Some(v) = args.data_dir {
         a.data_dir = v;
     }
@@ -282,6 +293,9 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<(Config, String)> {
     }
     if !args.scrape_targets.is_empty() {
         a.scrape_targets = args.scrape_targets;
+    }
+    if !args.journal_dirs.is_empty() {
+        a.journal_dirs = args.journal_dirs;
     }
     if let Some(v) = args.scrape_interval {
         a.scrape_interval = v.into();

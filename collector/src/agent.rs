@@ -1,5 +1,5 @@
-//! Wiring of `lumen agent`: the data directory, the reader thread, the shipper, the scrapers, the
-//! Kubernetes watch and the agent's own HTTP endpoints.
+//! Wiring of `lumen agent`: the data directory, the reader threads (pod logs, the journal), the shipper,
+//! the scrapers, the Kubernetes watch and the agent's own HTTP endpoints.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{DiskBuffer, Kind};
 use crate::checkpoint::Checkpoints;
 use crate::config::AgentConfig;
+use crate::journal::{JournalReader, JournalSettings};
 use crate::kube::PodCache;
 use crate::metrics::AgentMetrics;
 use crate::scrape::{Scraper, Target, TargetState};
@@ -60,7 +61,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     stop_reading: CancellationToken,
     stop_sending: CancellationToken,
-    reader: Option<std::thread::JoinHandle<()>>,
+    /// The file reader threads: pod logs, the journal.
+    readers: Vec<std::thread::JoinHandle<()>>,
     shipper: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     buffer: Arc<DiskBuffer>,
@@ -102,6 +104,12 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
     if recovered.frames > 0 {
         tracing::info!(batches = recovered.frames, "sending again the batches left unacknowledged");
     }
+    // The journal reader resumes its own files; the pod log reader gets the other positions.
+    let mut recovered = recovered;
+    let journal_resume = crate::journal::reader::take_positions(&mut recovered.positions, &cfg.journal_dirs);
+    if cfg.journal {
+        checkpoints.reserve_journal_dirs(&cfg.journal_dirs);
+    }
     let buffer = Arc::new(buffer);
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let mut registry = Registry::default();
@@ -137,8 +145,15 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
     let reader = if cfg.logs {
         let settings = TailerSettings {
             pods_dir: cfg.pods_dir.clone(),
+            docker_dir: (!cfg.docker_dir.as_os_str().is_empty()).then(|| cfg.docker_dir.clone()),
             node: node.clone(),
             pod_labels: cfg.pod_labels.iter().map(|k| (k.clone(), store::model::sanitize_label_name(k))).collect(),
+            docker_labels: cfg
+                .docker_labels
+                .iter()
+                .map(|k| (k.clone(), store::model::sanitize_label_name(k)))
+                .collect(),
+            docker_exclude: cfg.docker_exclude_labels.iter().map(|s| crate::docker::LabelMatch::parse(s)).collect(),
             max_line_bytes: usize::try_from(cfg.max_line_size.as_u64()).unwrap_or(usize::MAX),
             batch_max_bytes: usize::try_from(cfg.batch_max_size.as_u64()).unwrap_or(usize::MAX),
             batch_wait: cfg.batch_wait,
@@ -163,6 +178,32 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
     } else {
         None
     };
+    let mut readers: Vec<std::thread::JoinHandle<()>> = reader.into_iter().collect();
+    if cfg.journal && !cfg.journal_dirs.is_empty() {
+        let settings = JournalSettings {
+            dirs: cfg.journal_dirs.clone(),
+            max_age: cfg.journal_max_age,
+            max_line_bytes: usize::try_from(cfg.max_line_size.as_u64()).unwrap_or(usize::MAX),
+            batch_max_bytes: usize::try_from(cfg.batch_max_size.as_u64()).unwrap_or(usize::MAX),
+            batch_wait: cfg.batch_wait,
+            discover_interval: cfg.discover_interval,
+            poll_interval: cfg.poll_interval,
+        };
+        let journal = JournalReader::new(
+            settings,
+            cfg.journal_mapping(node.clone())?,
+            buffer.clone(),
+            checkpoints.clone(),
+            journal_resume,
+            metrics.clone(),
+        );
+        let token = stop_reading.clone();
+        let handle = std::thread::Builder::new()
+            .name("lumen-agent-journal".to_string())
+            .spawn(move || journal.run(token))
+            .map_err(io)?;
+        readers.push(handle);
+    }
 
     let shipper = Shipper::new(
         ShipperSettings {
@@ -243,7 +284,7 @@ pub async fn start(cfg: AgentConfig, node: String) -> Result<Running, AgentError
     }));
     ready.store(true, Ordering::Release);
     tracing::info!(%http_addr, %node, server = %crate::redact_urls(&cfg.server), data_dir = %cfg.data_dir.display(), "lumen agent started");
-    Ok(Running { http_addr, stop_reading, stop_sending, reader, shipper, tasks, buffer, _lock: lock })
+    Ok(Running { http_addr, stop_reading, stop_sending, readers, shipper, tasks, buffer, _lock: lock })
 }
 
 fn kube_source(setting: &str) -> Option<crate::kube::ApiSource> {
@@ -260,7 +301,7 @@ impl Running {
     /// (what it cannot deliver stays in the buffer for the next start), and stops.
     pub async fn stop(mut self) {
         self.stop_reading.cancel();
-        if let Some(reader) = self.reader.take() {
+        for reader in std::mem::take(&mut self.readers) {
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
         }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

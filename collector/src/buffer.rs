@@ -276,6 +276,12 @@ impl DiskBuffer {
         }
     }
 
+    /// Every unacknowledged batch, oldest first.
+    #[cfg(test)]
+    pub fn pending_frames(&self) -> Vec<Frame> {
+        self.inner.lock().pending.iter().cloned().collect()
+    }
+
     /// The oldest unacknowledged batch, if any.
     pub fn front(&self) -> Option<Frame> {
         self.inner.lock().pending.front().cloned()

@@ -57,6 +57,9 @@ pub struct Checkpoints {
     acked_seq: u64,
     files: HashMap<u64, FileCheckpoint>,
     dirty: bool,
+    /// The journal reader's directories: [`Checkpoints::mark_present`] leaves the checkpoints of their
+    /// `*.journal` files to [`Checkpoints::mark_journal_present`].
+    journal_dirs: Vec<PathBuf>,
 }
 
 impl Checkpoints {
@@ -73,6 +76,7 @@ impl Checkpoints {
             acked_seq: 0,
             files: HashMap::new(),
             dirty: true,
+            journal_dirs: Vec::new(),
         };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -135,9 +139,33 @@ impl Checkpoints {
         self.dirty = true;
     }
 
+    /// Hands the checkpoints of `*.journal` files under `dirs` to the journal reader: from now on only
+    /// [`Checkpoints::mark_journal_present`] marks them present or gone.
+    pub fn reserve_journal_dirs(&mut self, dirs: &[PathBuf]) {
+        self.journal_dirs = dirs.to_vec();
+    }
+
     /// Marks which checkpointed files are still on disk (by fingerprint); those gone for a day are forgotten.
+    /// The journal reader's files are left alone (see [`Checkpoints::reserve_journal_dirs`]).
     pub fn mark_present(&mut self, present: &dyn Fn(u64) -> bool, now_ns: i64) {
+        let journal_dirs = std::mem::take(&mut self.journal_dirs);
+        let in_scope =
+            |f: &FileCheckpoint| !crate::journal::reader::is_journal_file(&f.path, &f.container_dir, &journal_dirs);
+        self.mark(&in_scope, present, now_ns);
+        self.journal_dirs = journal_dirs;
+    }
+
+    /// [`Checkpoints::mark_present`] for the journal files under `dirs` only.
+    pub fn mark_journal_present(&mut self, dirs: &[PathBuf], present: &dyn Fn(u64) -> bool, now_ns: i64) {
+        let in_scope = |f: &FileCheckpoint| crate::journal::reader::is_journal_file(&f.path, &f.container_dir, dirs);
+        self.mark(&in_scope, present, now_ns);
+    }
+
+    fn mark(&mut self, in_scope: &dyn Fn(&FileCheckpoint) -> bool, present: &dyn Fn(u64) -> bool, now_ns: i64) {
         self.files.retain(|fp, f| {
+            if !in_scope(f) {
+                return true;
+            }
             if present(*fp) {
                 if f.gone_at_ns.take().is_some() {
                     self.dirty = true;
@@ -258,6 +286,31 @@ mod tests {
         cp.mark_present(&|fp| fp == 1, GONE_RETENTION_NS + 1);
         assert!(cp.get(2).is_none());
         assert!(cp.get(1).is_some());
+    }
+
+    #[test]
+    fn the_pod_reader_leaves_journal_checkpoints_to_the_journal_reader() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoints::load(tmp.path()).unwrap();
+        let dirs = [PathBuf::from("/var/log/journal")];
+        cp.reserve_journal_dirs(&dirs);
+        let journal = Position {
+            fingerprint: 9,
+            offset: 3,
+            container_dir: PathBuf::from("/var/log/journal/abc"),
+            path: PathBuf::from("/var/log/journal/abc/system.journal"),
+        };
+        cp.acknowledge(1, &[pos(1, 1), journal]);
+        // The pod reader sees neither file: only its own is forgotten after a day.
+        cp.mark_present(&|_| false, 0);
+        cp.mark_present(&|_| false, GONE_RETENTION_NS + 1);
+        assert!(cp.get(1).is_none());
+        assert_eq!(cp.get(9).unwrap().gone_at_ns, None);
+        // The journal reader marks its own, and only its own.
+        cp.acknowledge(2, &[pos(1, 1)]);
+        cp.mark_journal_present(&dirs, &|_| false, 0);
+        assert_eq!(cp.get(9).unwrap().gone_at_ns, Some(0));
+        assert_eq!(cp.get(1).unwrap().gone_at_ns, None);
     }
 
     #[test]

@@ -42,6 +42,23 @@ pub struct AgentConfig {
     pub metrics_url: String,
     /// Collect pod logs.
     pub logs: bool,
+    /// Read the systemd journal natively (no journalctl needed) from `journal_dirs`.
+    pub journal: bool,
+    /// Directories of journal files, each read with its `<machine-id>/` subdirectories; a missing one is
+    /// skipped. In a container, mount the host's (read-only) at the same paths. (--journal-dir, repeatable)
+    pub journal_dirs: Vec<PathBuf>,
+    /// Globs of systemd units (`_SYSTEMD_UNIT`) whose entries are read, e.g. "kubelet.service", "k3s*";
+    /// empty reads every entry (with it set, entries without a unit, like the kernel's, are left out).
+    pub journal_units: Vec<String>,
+    /// Globs of systemd units whose entries are left out, e.g. "session-*.scope".
+    pub journal_exclude_units: Vec<String>,
+    /// Other journal fields kept as fields, e.g. "_CMDLINE", "CODE_FILE"; they are named in lower case
+    /// without leading underscores (`cmdline`, `code_file`).
+    pub journal_fields: Vec<String>,
+    /// On the agent's first start on a host (no position yet), journal entries older than this are not
+    /// read (as Promtail's max_age); "0s" reads the whole journal.
+    #[serde(with = "store::config::duration")]
+    pub journal_max_age: Duration,
     /// Prometheus endpoints to scrape, e.g. "http://127.0.0.1:9100/metrics". (--scrape-target, repeatable)
     pub scrape_targets: Vec<String>,
     /// How often every target is scraped. (--scrape-interval)
@@ -69,6 +86,14 @@ pub struct AgentConfig {
     pub kubernetes_api: String,
     /// Pod labels copied onto the pod's log streams (names made valid: `app.kubernetes.io/name` → `app_kubernetes_io_name`).
     pub pod_labels: Vec<String>,
+    /// Docker's containers directory, to read the json-file logs of a Docker host's containers too, e.g.
+    /// /var/lib/docker/containers; empty reads none. (--docker-dir)
+    pub docker_dir: PathBuf,
+    /// Docker container labels copied onto the container's log streams, besides the Compose project and
+    /// service (names made valid as for `pod_labels`).
+    pub docker_labels: Vec<String>,
+    /// Docker containers whose logs are not read: `label` (present) or `label=value`.
+    pub docker_exclude_labels: Vec<String>,
     /// Most disk the buffer of unacknowledged batches may take; when full, the agent stops reading files.
     pub buffer_max_size: ByteSize,
     /// A batch is cut once its lines take this much.
@@ -110,6 +135,12 @@ impl Default for AgentConfig {
             logs_url: String::new(),
             metrics_url: String::new(),
             logs: true,
+            journal: true,
+            journal_dirs: vec![PathBuf::from("/var/log/journal"), PathBuf::from("/run/log/journal")],
+            journal_units: Vec::new(),
+            journal_exclude_units: Vec::new(),
+            journal_fields: Vec::new(),
+            journal_max_age: Duration::from_secs(7 * 3600),
             scrape_targets: Vec::new(),
             scrape_interval: Duration::from_secs(15),
             scrape_timeout: Duration::from_secs(10),
@@ -127,6 +158,9 @@ impl Default for AgentConfig {
                 "app.kubernetes.io/instance".to_string(),
                 "app.kubernetes.io/component".to_string(),
             ],
+            docker_dir: PathBuf::new(),
+            docker_labels: Vec::new(),
+            docker_exclude_labels: vec!["lumen.io/exclude=true".to_string()],
             buffer_max_size: ByteSize::gib(1),
             batch_max_size: ByteSize::mib(1),
             batch_wait: Duration::from_secs(1),
@@ -151,9 +185,25 @@ pub enum ConfigError {
     ClientCertPair,
     #[error(transparent)]
     Parse(#[from] crate::transform::TransformError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalConfigError),
 }
 
 impl AgentConfig {
+    /// How journal entries become log lines on node `node`, from the `journal_*` keys.
+    ///
+    /// # Errors
+    /// A bad unit glob or journal field name.
+    pub fn journal_mapping(&self, node: String) -> Result<crate::journal::Mapping, ConfigError> {
+        Ok(crate::journal::Mapping::new(
+            node,
+            &self.journal_units,
+            &self.journal_exclude_units,
+            &self.journal_fields,
+            usize::try_from(self.max_line_size.as_u64()).unwrap_or(usize::MAX),
+        )?)
+    }
+
     /// The TLS files of the connections to the server.
     pub fn tls_files(&self) -> crate::client::TlsFiles {
         let set = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
@@ -225,6 +275,7 @@ impl AgentConfig {
             }
         }
         crate::transform::Transform::new(&self.parse)?;
+        self.journal_mapping(String::new())?;
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! The path of a log line: [`tail`] reads it, [`format`] decodes the runtime's framing, [`transform`]
 //! joins, filters and parses it, [`tail`] cuts batches into the [`buffer`] with the file positions they
 //! reach, and [`ship`] sends each batch and, on the server's acknowledgement, moves the [`checkpoint`]s.
+//! [`journal`] reads the systemd journal's files natively on a second thread and cuts its entries into
+//! the same buffer, with positions of the same kind.
 //! [`agent`] wires it all and serves the agent's own `/metrics` ([`metrics`]), `/health` and `/ready`.
 //!
 //! The crate uses `store`'s data model and wire formats (never its engine) and `query`'s LogQL line
@@ -16,7 +18,9 @@ pub mod buffer;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
+pub mod docker;
 pub mod format;
+pub mod journal;
 pub mod kube;
 pub mod metrics;
 pub mod node;

@@ -33,6 +33,10 @@ pub struct AgentMetrics {
     pub scrapes: Family<Labels, Counter>,
     pub scrape_samples: Counter,
     pub scrapes_dropped: Counter,
+    pub journal_entries: Counter,
+    pub journal_entries_filtered: Counter,
+    pub journal_files_open: Gauge,
+    pub journal_errors: Family<Labels, Counter>,
 }
 
 impl AgentMetrics {
@@ -81,6 +85,19 @@ impl AgentMetrics {
             "scrapes_dropped",
             "scrape results dropped because the disk buffer was full",
             m.scrapes_dropped.clone(),
+        );
+        r.register("journal_entries", "systemd journal entries read", m.journal_entries.clone());
+        r.register(
+            "journal_entries_filtered",
+            "journal entries left out by journal_units / journal_exclude_units",
+            m.journal_entries_filtered.clone(),
+        );
+        r.register("journal_files_open", "systemd journal files being followed", m.journal_files_open.clone());
+        r.register(
+            "journal_errors",
+            "journal files, entries and fields that could not be read, by reason (io, header, unsupported, \
+             bounds, object, chain, codec, decompress, field, directory, corrupt_file)",
+            m.journal_errors.clone(),
         );
         Arc::new(m)
     }

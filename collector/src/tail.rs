@@ -57,9 +57,15 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone)]
 pub struct TailerSettings {
     pub pods_dir: PathBuf,
+    /// Docker's containers directory (`/var/lib/docker/containers`), when its json-file logs are read too.
+    pub docker_dir: Option<PathBuf>,
     pub node: String,
     /// Pod labels copied onto streams, with their sanitized label names.
     pub pod_labels: Vec<(String, String)>,
+    /// Docker container labels copied onto streams, with their sanitized label names.
+    pub docker_labels: Vec<(String, String)>,
+    /// Docker containers not read, by label.
+    pub docker_exclude: Vec<crate::docker::LabelMatch>,
     pub max_line_bytes: usize,
     pub batch_max_bytes: usize,
     pub batch_wait: Duration,
@@ -67,12 +73,23 @@ pub struct TailerSettings {
     pub poll_interval: Duration,
 }
 
-/// One container: its stream labels (as a Loki label set) and identity.
+/// One container: its log directory, stream labels (as a Loki label set) and identity.
 #[derive(Debug)]
 struct Container {
-    dir: ContainerDir,
+    dir: PathBuf,
     labels: String,
-    uid: String,
+    /// The field naming the container's identity: `pod_uid` for a pod's container, `container_id` for Docker.
+    id_field: &'static str,
+    id: String,
+}
+
+/// A container directory found at a listing, with what its files are to carry.
+struct Found {
+    dir: PathBuf,
+    labels: String,
+    id_field: &'static str,
+    id: String,
+    files: Vec<pods::LogFile>,
 }
 
 enum Source {
@@ -163,6 +180,11 @@ pub struct Tailer {
     last_discovery: Option<Instant>,
     /// The last listing of the pods directory failed (warned once).
     listing_failed: bool,
+    /// The last listing of the Docker directory failed (warned once).
+    docker_listing_failed: bool,
+    /// Docker containers' metadata, by container directory, with the modification time of the
+    /// `config.v2.json` it was read from (read again when that changes).
+    docker_meta: HashMap<PathBuf, (Option<std::time::SystemTime>, Result<crate::docker::Metadata, String>)>,
     read_buf: Vec<u8>,
 }
 
@@ -194,13 +216,19 @@ impl Tailer {
             finished: Vec::new(),
             last_discovery: None,
             listing_failed: false,
+            docker_listing_failed: false,
+            docker_meta: HashMap::new(),
             read_buf: vec![0; READ_CHUNK],
         }
     }
 
     /// Reads until `shutdown`, then cuts what it holds into the buffer.
     pub fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(pods_dir = %self.settings.pods_dir.display(), "reading pod logs");
+        match &self.settings.docker_dir {
+            Some(docker_dir) => tracing::info!(pods_dir = %self.settings.pods_dir.display(),
+                docker_dir = %docker_dir.display(), "reading pod and Docker container logs"),
+            None => tracing::info!(pods_dir = %self.settings.pods_dir.display(), "reading pod logs"),
+        }
         while !shutdown.is_cancelled() {
             let now = Instant::now();
             if self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.settings.discover_interval) {
@@ -223,24 +251,26 @@ impl Tailer {
         tracing::info!("stopped reading pod logs");
     }
 
-    fn discover(&mut self) {
+    /// The container directories of the pods directory that the filters select.
+    fn find_pods(&mut self) -> Vec<Found> {
         let dirs = match pods::scan(&self.settings.pods_dir) {
             Ok(d) => {
                 self.listing_failed = false;
                 d
             }
             Err(error) => {
-                if !self.listing_failed {
+                // On a Docker host without Kubernetes there is no pods directory: nothing to say.
+                let expected = self.settings.docker_dir.is_some() && error.kind() == std::io::ErrorKind::NotFound;
+                if !self.listing_failed && !expected {
                     tracing::warn!(%error, pods_dir = %self.settings.pods_dir.display(),
                         "cannot list the pods directory; trying again at every listing");
-                    self.listing_failed = true;
                 }
+                self.listing_failed = true;
                 // Files already open are still read to their end.
                 Vec::new()
             }
         };
-        let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let mut live_dirs: HashSet<PathBuf> = HashSet::new();
+        let mut out = Vec::with_capacity(dirs.len());
         for dir in dirs {
             if !self.transform.selects(&dir.namespace, &dir.container) {
                 continue;
@@ -250,16 +280,96 @@ impl Tailer {
                 continue;
             }
             let labels = self.stream_labels(&dir, pod.as_ref());
+            out.push(Found {
+                files: pods::list_files(&dir.dir),
+                dir: dir.dir,
+                labels,
+                id_field: "pod_uid",
+                id: dir.uid,
+            });
+        }
+        out
+    }
+
+    /// The Docker containers of the Docker directory that the filters select.
+    fn find_docker(&mut self, docker_dir: &Path) -> Vec<Found> {
+        let dirs = match crate::docker::scan(docker_dir) {
+            Ok(d) => {
+                self.docker_listing_failed = false;
+                d
+            }
+            Err(error) => {
+                if !self.docker_listing_failed {
+                    tracing::warn!(%error, docker_dir = %docker_dir.display(),
+                        "cannot list Docker's containers directory; trying again at every listing");
+                    self.docker_listing_failed = true;
+                }
+                Vec::new()
+            }
+        };
+        let mut out = Vec::with_capacity(dirs.len());
+        let live: HashSet<PathBuf> = dirs.iter().map(|(_, d)| d.clone()).collect();
+        self.docker_meta.retain(|d, _| live.contains(d));
+        for (id, dir) in dirs {
+            let files = crate::docker::list_files(&dir, &id);
+            if files.is_empty() {
+                // Another log driver (journald, local, none), or not started yet.
+                continue;
+            }
+            let mtime = std::fs::metadata(dir.join("config.v2.json")).and_then(|m| m.modified()).ok();
+            let stale = self.docker_meta.get(&dir).is_none_or(|(t, _)| *t != mtime || mtime.is_none());
+            if stale {
+                let meta = crate::docker::read_metadata(&dir);
+                if let Err(error) = &meta
+                    && self.docker_meta.get(&dir).is_none_or(|(_, m)| m.is_ok())
+                {
+                    tracing::warn!(%error, container_id = %id,
+                        "cannot read a Docker container's metadata; its logs carry only its id until it can be read");
+                }
+                self.docker_meta.insert(dir.clone(), (mtime, meta));
+            }
+            let meta = match self.docker_meta.get(&dir) {
+                Some((_, Ok(m))) => Some(m),
+                _ => None,
+            };
+            if let Some(m) = meta {
+                if self.settings.docker_exclude.iter().any(|rule| rule.matches(&m.labels)) {
+                    continue;
+                }
+                let project = m.labels.get(crate::docker::COMPOSE_PROJECT).map_or("", String::as_str);
+                if !self.transform.selects(project, &m.name) {
+                    continue;
+                }
+            }
+            let labels = self.docker_stream_labels(&id, meta);
+            out.push(Found { dir, labels, id_field: "container_id", id, files });
+        }
+        out
+    }
+
+    fn discover(&mut self) {
+        let mut found = self.find_pods();
+        if let Some(docker_dir) = self.settings.docker_dir.clone() {
+            found.extend(self.find_docker(&docker_dir));
+        }
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut live_dirs: HashSet<PathBuf> = HashSet::new();
+        for dir in found {
             let container = match self.containers.get(&dir.dir) {
-                Some(c) if c.labels == labels => c.clone(),
+                Some(c) if c.labels == dir.labels => c.clone(),
                 _ => {
-                    let c = Arc::new(Container { uid: dir.uid.clone(), dir: dir.clone(), labels });
+                    let c = Arc::new(Container {
+                        dir: dir.dir.clone(),
+                        labels: dir.labels,
+                        id_field: dir.id_field,
+                        id: dir.id,
+                    });
                     self.containers.insert(dir.dir.clone(), c.clone());
                     c
                 }
             };
             live_dirs.insert(dir.dir.clone());
-            for file in pods::list_files(&dir.dir) {
+            for file in dir.files {
                 let Ok(meta) = std::fs::metadata(&file.path) else { continue };
                 let id = (meta.dev(), meta.ino());
                 seen.insert(id);
@@ -338,28 +448,37 @@ impl Tailer {
                 }
             }
         }
-        pairs.retain(|(_, v)| !v.is_empty());
-        pairs.sort_unstable();
-        let mut out = String::with_capacity(128);
-        out.push('{');
-        for (i, (n, v)) in pairs.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(n);
-            out.push_str("=\"");
-            for c in v.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
+        label_set(pairs)
+    }
+
+    /// `{compose_project="..", compose_service="..", container="..", image="..", node="..", <allow-listed
+    /// container labels>}`; `{container="<short id>", node=".."}` while the metadata cannot be read.
+    fn docker_stream_labels(&self, id: &str, meta: Option<&crate::docker::Metadata>) -> String {
+        let short = &id[..12.min(id.len())];
+        let mut pairs: Vec<(&str, &str)> = vec![("node", &self.settings.node)];
+        match meta {
+            None => pairs.push(("container", short)),
+            Some(m) => {
+                pairs.push(("container", if m.name.is_empty() { short } else { &m.name }));
+                pairs.push(("image", &m.image));
+                for (key, name) in [
+                    (crate::docker::COMPOSE_PROJECT, "compose_project"),
+                    (crate::docker::COMPOSE_SERVICE, "compose_service"),
+                ] {
+                    if let Some(v) = m.labels.get(key) {
+                        pairs.push((name, v));
+                    }
+                }
+                for (key, name) in &self.settings.docker_labels {
+                    if let Some(v) = m.labels.get(key).filter(|v| !v.is_empty())
+                        && !pairs.iter().any(|(n, _)| n == name)
+                    {
+                        pairs.push((name, v));
+                    }
                 }
             }
-            out.push('"');
         }
-        out.push('}');
-        out
+        label_set(pairs)
     }
 
     /// Starts following a file not followed yet, if it has a first line and is not already read.
@@ -370,7 +489,7 @@ impl Tailer {
             self.ignored.insert(id);
             return;
         }
-        let dir = &container.dir.dir;
+        let dir = &container.dir;
         let start = match self.known.get(&fingerprint) {
             Some(&(_, true)) => {
                 self.ignored.insert(id);
@@ -383,7 +502,7 @@ impl Tailer {
                     Some(c) => c.offset,
                     None if kind == FileKind::Gzip
                         && !cp.knows_container(dir)
-                        && !self.files.iter().any(|t| t.container.dir.dir == *dir) =>
+                        && !self.files.iter().any(|t| t.container.dir == *dir) =>
                     {
                         tracing::debug!(file = %path.display(), "skipping a compressed rotation from before the agent");
                         self.ignored.insert(id);
@@ -493,7 +612,7 @@ impl Tailer {
                 finished.push(Position {
                     fingerprint: t.fingerprint,
                     offset: t.offset,
-                    container_dir: t.container.dir.dir.clone(),
+                    container_dir: t.container.dir.clone(),
                     path: t.path.clone(),
                 });
             }
@@ -667,7 +786,7 @@ impl Tailer {
         if let Some(s) = r.stream {
             fields.push(("stream".to_string(), s.as_str().to_string()));
         }
-        fields.push(("pod_uid".to_string(), t.container.uid.clone()));
+        fields.push((t.container.id_field.to_string(), t.container.id.clone()));
         if let Some(reason) = &r.malformed {
             self.metrics.malformed_lines.inc();
             fields.push(("parse_error".to_string(), reason.clone()));
@@ -732,7 +851,7 @@ impl Tailer {
                 positions.push(Position {
                     fingerprint: t.fingerprint,
                     offset: at,
-                    container_dir: t.container.dir.dir.clone(),
+                    container_dir: t.container.dir.clone(),
                     path: t.path.clone(),
                 });
             }
@@ -767,6 +886,32 @@ impl Tailer {
         }
         self.metrics.batches_cut.inc();
     }
+}
+
+/// A Loki label set `{a="1", b="2"}` of the pairs with a value, sorted by name.
+fn label_set(mut pairs: Vec<(&str, &str)>) -> String {
+    pairs.retain(|(_, v)| !v.is_empty());
+    pairs.sort_unstable();
+    let mut out = String::with_capacity(128);
+    out.push('{');
+    for (i, (n, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(n);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 /// The fingerprint of a file's first line (or first [`FINGERPRINT_MAX`] bytes), and that line; `None` while

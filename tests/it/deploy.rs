@@ -137,6 +137,29 @@ fn the_compose_file_wires_lumen_grafana_and_the_secrets_from_env() {
     let out = run_lumen(&["config", "check", "--config", repo("deploy/compose/agent.toml").to_str().unwrap()]);
     assert!(out.status.success(), "deploy/compose/agent.toml: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(services["agent"]["command"][0], "agent", "an agent scrapes Lumen's own metrics");
+    // The agent reads the host's container logs: agent.toml's docker_dir is mounted read-only, and the
+    // agent runs as uid 0 with DAC_READ_SEARCH only, since Docker writes the logs as root with mode 0640.
+    let agent_toml: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo("deploy/compose/agent.toml")).unwrap()).unwrap();
+    let docker_dir = agent_toml["agent"]["docker_dir"].as_str().expect("agent.toml sets docker_dir");
+    assert_eq!(agent_toml["agent"]["logs"].as_bool(), Some(true), "agent.toml reads logs");
+    let agent = &services["agent"];
+    let mounts: Vec<&str> = agent["volumes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(mounts.contains(&format!("/var/lib/docker/containers:{docker_dir}:ro").as_str()), "{mounts:?}");
+    // The host's journal is read through the read-only mount of the host's root, so no journal directory
+    // is created on a host that has none.
+    let rootfs = agent_toml["agent"]["rootfs_dir"].as_str().unwrap();
+    let journal_dirs = agent_toml["agent"]["journal_dirs"].as_array().expect("agent.toml sets journal_dirs");
+    assert_eq!(journal_dirs.len(), 2);
+    for d in journal_dirs {
+        assert!(d.as_str().unwrap().starts_with(&format!("{rootfs}/")), "{d} is not under {rootfs}");
+    }
+    assert!(mounts.iter().any(|m| m.starts_with(&format!("/:{rootfs}:ro"))), "{mounts:?}");
+    assert_eq!(agent["user"], "0:0");
+    assert_eq!(agent["cap_drop"][0], "ALL");
+    assert_eq!(agent["cap_add"].as_array().map(Vec::len), Some(1));
+    assert_eq!(agent["cap_add"][0], "DAC_READ_SEARCH");
+    assert_eq!(agent["read_only"], true);
     let mosquitto = std::fs::read_to_string(repo("deploy/compose/mosquitto.conf")).unwrap();
     assert!(mosquitto.contains("allow_anonymous false") && mosquitto.contains("max_queued_messages 1000000"));
 }

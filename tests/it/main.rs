@@ -17,12 +17,14 @@ mod deploy_helm;
 mod deploy_kustomize;
 mod disk_budget;
 mod disk_full;
+mod docker_logs;
 mod durability;
 #[cfg(feature = "external-tests")]
 mod elasticsearch_client;
 mod fuzz_corpus;
 mod harness;
 mod ingest;
+mod journal;
 mod loki_api;
 #[cfg(feature = "external-tests")]
 mod mqtt;

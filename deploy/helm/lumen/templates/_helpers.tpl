@@ -193,6 +193,7 @@ The keys the chart sets win over agent.settings; agent.extraConfig is appended a
 {{- $_ := set $agent "proc_dir" "/host/proc" }}
 {{- $_ := set $agent "sys_dir" "/host/sys" }}
 {{- $_ := set $agent "rootfs_dir" "/host/root" }}
+{{- $_ := set $agent "journal_dirs" (list "/host/root/var/log/journal" "/host/root/run/log/journal") }}
 {{- end }}
 {{- if .Values.auth.enabled }}
 {{- $_ := set $agent "bearer_token_file" (printf "%s/%s" (include "lumen.secretsDir" .) .Values.auth.tokenKey) }}
