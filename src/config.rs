@@ -155,8 +155,13 @@ pub struct ServerConfig {
     /// next send); longer than `http_body_timeout`, so that it never cuts a call short.
     #[serde(with = "store::config::duration")]
     pub grpc_idle_timeout: Duration,
-    /// Request bodies held at once, being received or handled; past it requests wait, then get 503.
+    /// Request bodies held at once, being received or handled; past it requests wait, then get 503. Left
+    /// at its default: `min(128 MiB, 15% of memory_limit)`, and `max_request_size` at most that.
     pub max_inflight_request_bytes: ByteSize,
+    /// The memory budget: a size, or "auto" (75% of the cgroup's memory limit, else 50% of the RAM). Keys
+    /// left at their default take a share of it (README "Memory"); over 90% of it, heads flush early and
+    /// queries get 503 until memory is below 80%.
+    pub memory_limit: crate::memory::MemoryLimit,
     /// A token of every tenant and scope, from `LUMEN_AUTH_TOKEN` only (never from the file).
     #[serde(skip)]
     pub auth_token: Option<Secret>,
@@ -196,6 +201,7 @@ impl Default for ServerConfig {
             http_body_timeout: Duration::from_secs(60),
             grpc_idle_timeout: Duration::from_secs(300),
             max_inflight_request_bytes: ByteSize::mib(128),
+            memory_limit: crate::memory::MemoryLimit::Auto,
             auth_token: None,
         }
     }
@@ -364,6 +370,16 @@ impl Config {
         if s.max_inflight_request_bytes < s.max_request_size {
             bail!(
                 "server.max_inflight_request_bytes must be at least server.max_request_size, or the largest request could never be received"
+            );
+        }
+        if let crate::memory::MemoryLimit::Bytes(b) = s.memory_limit
+            && b.as_u64() < crate::memory::MIN_BUDGET
+        {
+            bail!(
+                "server.memory_limit = {} is below the minimum of {} (an empty server takes about 20 MiB); set a \
+                 larger size, or \"auto\"",
+                b.display().iec(),
+                ByteSize::b(crate::memory::MIN_BUDGET).display().iec()
             );
         }
         let l = &self.limits;

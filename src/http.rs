@@ -57,6 +57,7 @@ pub fn router(
     auth: auth::Auth,
     bodies: crate::inflight::BodyLimits,
     tenants: crate::tenant_limits::TenantLimits,
+    memory: crate::memory::Pressure,
 ) -> Router {
     let limit = app.limits.max_body_bytes;
     let body = axum::middleware::from_fn_with_state(bodies, crate::inflight::limit_body);
@@ -93,6 +94,8 @@ pub fn router(
             query::http::router(query.clone())
                 .route_layer(queries)
                 .route_layer(body.clone())
+                // Before the body is read: a query refused for memory costs nothing.
+                .route_layer(axum::middleware::from_fn_with_state(memory, crate::memory::refuse_queries))
                 .route_layer(guard(Scope::Read)),
         )
         .merge(query::http::delete_router(query).route_layer(body.clone()).route_layer(guard(Scope::Admin)))

@@ -27,6 +27,7 @@ const PERMIT_BYTES: usize = 1024;
 #[derive(Clone)]
 pub struct BodyLimits {
     budget: Arc<Semaphore>,
+    permits: usize,
     budget_bytes: usize,
     max_body: usize,
     timeout: Duration,
@@ -35,7 +36,12 @@ pub struct BodyLimits {
 impl BodyLimits {
     pub fn new(max_inflight: usize, max_body: usize, timeout: Duration) -> BodyLimits {
         let permits = (max_inflight / PERMIT_BYTES).clamp(1, Semaphore::MAX_PERMITS);
-        BodyLimits { budget: Arc::new(Semaphore::new(permits)), budget_bytes: max_inflight, max_body, timeout }
+        BodyLimits { budget: Arc::new(Semaphore::new(permits)), permits, budget_bytes: max_inflight, max_body, timeout }
+    }
+
+    /// Bytes of the budget held now by bodies being received or handled (what the memory budget reports).
+    pub fn in_use(&self) -> usize {
+        self.permits.saturating_sub(self.budget.available_permits()) * PERMIT_BYTES
     }
 }
 
@@ -158,6 +164,7 @@ mod tests {
     async fn a_body_that_cannot_get_the_budget_within_the_timeout_is_a_503_with_retry_after() {
         let limits = BodyLimits::new(64 * 1024, 64 * 1024, Duration::from_millis(300));
         let held = limits.budget.clone().acquire_many_owned(64).await.unwrap();
+        assert_eq!(limits.in_use(), 64 * 1024);
         let app = Router::new()
             .route("/push", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
             .route_layer(axum::middleware::from_fn_with_state(limits.clone(), limit_body));
@@ -171,5 +178,6 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 100).await.unwrap();
         assert_eq!(&body[..], b"5", "the handler got the whole body");
         assert_eq!(limits.budget.available_permits(), 64, "the budget is given back after the answer");
+        assert_eq!(limits.in_use(), 0);
     }
 }

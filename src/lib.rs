@@ -15,6 +15,7 @@ pub mod http;
 pub mod inflight;
 pub mod ingest;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod process_metrics;
 pub mod server;

@@ -33,6 +33,16 @@ pub struct ProcessStats {
     pub max_fds: u64,
 }
 
+/// The resident set size of this process in bytes, from `/proc/self/statm` alone (cheaper than [`read`]:
+/// the memory budget samples it every second and at each query); 0 when it cannot be read.
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
+
 /// Reads the stats of this process; fields that cannot be read stay 0.
 pub fn read() -> ProcessStats {
     let mut s = ProcessStats::default();
@@ -108,5 +118,7 @@ mod tests {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         assert!(s.start_time_seconds > now - 3600.0 && s.start_time_seconds <= now + 1.0, "{s:?}");
         assert!(s.cpu_seconds >= 0.0);
+        let rss = super::resident_bytes();
+        assert!(rss > 1 << 20 && rss < s.virtual_bytes, "statm says {rss}, {s:?}");
     }
 }

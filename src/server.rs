@@ -86,6 +86,11 @@ pub fn check(config: &Config, read_files: bool) -> anyhow::Result<()> {
 /// An invalid config, a locked or unreadable data directory, or an address in use.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
+    // The keys left at their default follow the memory budget; the derived values are checked again.
+    let mut config = config;
+    let budget = crate::memory::Budget::resolve(config.server.memory_limit, crate::memory::HostMemory::read());
+    let shares = budget.map(|b| crate::memory::derive(&mut config, &b)).unwrap_or_default();
+    config.validate().context("the values derived from server.memory_limit")?;
     let s = &config.server;
     let auth = crate::auth::load(&config)?;
     if auth.is_enabled() {
@@ -120,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot open the metric store in {}", s.data_dir.display()))?;
     crate::process_metrics::register(&mut registry);
     let ingest = IngestMetrics::register(&mut registry);
+    let memory = crate::memory::Pressure::new(budget, crate::memory::MemoryMetrics::register(&mut registry));
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
     let listener = tokio::net::TcpListener::bind(s.http_addr)
         .await
@@ -227,6 +233,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .context("cannot start the ruler ([ruler] section; `lumen rules check FILE` checks rule files)")?;
 
     let ready = Arc::new(AtomicBool::new(true));
+    let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
+        .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
+    let bodies = crate::inflight::BodyLimits::new(
+        usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),
+        usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
+        s.http_body_timeout,
+    );
+    let monitor = crate::memory::Monitor {
+        pressure: memory.clone(),
+        logs: store.clone(),
+        metrics: metric_store.clone(),
+        bodies: bodies.clone(),
+        query: query.clone(),
+        logs_head_limit: usize::try_from(config.store.head_max_size.as_u64()).unwrap_or(usize::MAX),
+    };
+    monitor.announce(budget.as_ref(), &shares);
     let app = AppState {
         store: store.clone(),
         metric_store: metric_store.clone(),
@@ -239,13 +261,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         disk: disk.clone(),
         config: Arc::new(crate::http::masked_config(&config)),
     };
-    let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
-        .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
-    let bodies = crate::inflight::BodyLimits::new(
-        usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),
-        usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
-        s.http_body_timeout,
-    );
     let existing = store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string());
     let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
     let grpc_admit = tenants.grpc_admit();
@@ -257,6 +272,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth.clone(),
         bodies,
         tenants,
+        memory,
     );
     let limits = crate::listen::ConnLimits {
         max_connections: s.max_connections,
@@ -286,6 +302,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.store.maintenance_interval,
         shutdown.clone(),
     ));
+    tokio::spawn(monitor.run(shutdown.clone()));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
     tracing::info!(%http_addr, %otlp_grpc_addr, tls = tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");

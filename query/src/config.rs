@@ -17,7 +17,8 @@ pub struct QueryConfig {
     /// Most rows a SQL answer carries; more are cut off and the answer says `"truncated": true`.
     pub sql_max_rows: usize,
     /// Memory all SQL queries together may hold (DataFusion's memory pool: hash tables of `GROUP BY` and
-    /// `DISTINCT`, sorts, joins); a query that needs more than is left is answered 503.
+    /// `DISTINCT`, sorts, joins); a query that needs more than is left is answered 503. Left at its default,
+    /// the server takes `min(256 MiB, 20% of server.memory_limit)`.
     pub sql_max_memory: ByteSize,
     /// Most log entries one LogQL query may ask for (`limit`); more is a 400.
     pub max_entries_limit_per_query: usize,
@@ -32,7 +33,8 @@ pub struct QueryConfig {
     #[serde(with = "store::config::duration")]
     pub lookback_delta: Duration,
     /// Most samples one PromQL selection may load, and one expression node hold at once (Prometheus'
-    /// `--query.max-samples`, 50,000,000 there; 16 bytes each, so the default stays near 256 MiB).
+    /// `--query.max-samples`, 50,000,000 there; 16 bytes each, so the default stays near 256 MiB). Left at
+    /// its default, the server takes `min(15,000,000, 20% of server.memory_limit / 16 bytes)`.
     pub max_samples: usize,
     /// Live tails (`/loki/api/v1/tail` WebSockets) running at once, over all tenants; past it 429 (Loki's
     /// `max_concurrent_tail_requests`).

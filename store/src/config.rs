@@ -10,14 +10,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Flush the in-memory head to Parquet once it holds this much Arrow data.
+    /// Flush the in-memory head to Parquet once it holds this much Arrow data. Left at its default, the
+    /// server takes `min(48 MiB, 10% of server.memory_limit / 3)` (a head holds up to 3 times this).
     pub head_max_size: ByteSize,
     /// Flush the head at the latest this long after its first write.
     #[serde(with = "duration")]
     pub head_max_age: Duration,
     /// Start a new write-ahead-log segment past this size.
     pub wal_segment_size: ByteSize,
-    /// Rows per Parquet row group: the unit of the time and token indexes.
+    /// Rows per Parquet row group: the unit of the time and token indexes. Left at its default, the server
+    /// takes `min(65536, server.memory_limit / 8 KiB)`: a flush encodes a row group at a time.
     pub row_group_rows: usize,
     /// zstd level of Parquet pages written by flushes (1 fastest .. 22 smallest).
     pub zstd_level: i32,

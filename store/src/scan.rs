@@ -190,22 +190,27 @@ impl ScanPlan {
 
     fn for_each(&self, mut f: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         let mut send = |batch: RecordBatch| -> bool { batch.num_rows() == 0 || f(batch) };
-        let labels = self.catalog.as_ref().map(|c| c.read());
-        let label_cols: HashMap<String, String> = labels
+        let label_cols: HashMap<String, String> = self
+            .catalog
             .as_ref()
-            .map(|l| l.label_names().iter().map(|n| (label_column(n), n.clone())).collect())
+            .map(|c| c.read().label_names().iter().map(|n| (label_column(n), n.clone())).collect())
             .unwrap_or_default();
         for batch in &self.head {
             let filtered = self.filter(batch)?;
             if filtered.num_rows() == 0 {
                 continue;
             }
-            let out = conform(&filtered, &self.output, labels.as_deref().map(|l| (l, &label_cols)))?;
+            // The catalog's lock is held while the labels are copied in, never across `send`: a full
+            // channel waits for a consumer on the runtime, whose appends may be waiting for this lock
+            // (a writer queued behind this reader blocks them), and that deadlocked the server (issue 23).
+            let out = {
+                let labels = self.catalog.as_ref().map(|c| c.read());
+                conform(&filtered, &self.output, labels.as_deref().map(|l| (l, &label_cols)))?
+            };
             if !send(out) {
                 return Ok(());
             }
         }
-        drop(labels);
 
         let needed = self.read_columns();
         let needed: Vec<&str> = needed.iter().map(String::as_str).collect();

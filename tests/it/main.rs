@@ -26,6 +26,7 @@ mod harness;
 mod ingest;
 mod journal;
 mod loki_api;
+mod memory_budget;
 #[cfg(feature = "external-tests")]
 mod mqtt;
 mod node_netns;

@@ -580,9 +580,18 @@ impl MetricStore {
         res.map(|_| ())
     }
 
-    fn head_bytes(&self) -> usize {
+    /// Bytes the in-memory head holds now (active and frozen memtables), as the flush-by-size rule counts
+    /// them: what the server's memory budget reports for this store's head.
+    pub fn head_bytes(&self) -> usize {
         let st = self.inner.state.read();
         st.frozen.iter().map(|m| m.bytes()).sum::<usize>() + self.inner.active.lock().bytes()
+    }
+
+    /// Asks the background loop ([`Self::run`]) to flush the head now, as a full head does; returns at
+    /// once. The flush takes the usual path (WAL rotation, parts, manifest), so durability is unchanged:
+    /// it only moves acknowledged data from memory to parts earlier. Used under memory pressure.
+    pub fn request_flush(&self) {
+        self.inner.flush_wanted.notify_one();
     }
 
     /// Writes the head to parts now and truncates the write-ahead log.
