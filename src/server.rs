@@ -157,12 +157,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // Stable across restarts of this server (the broker keeps its session), different between servers.
         mqtt_config.broker.client_id = format!("lumen-{}", crate::config::node_name(""));
     }
+    // The tenants the stores hold, and the one a broker subscription writes to (`mqtt.tenant`), are always
+    // writable: limits.max_tenants counts them. (A subscription refused its tenant would have to stop.)
+    let broker_tenant = (!config.mqtt.broker.url.is_empty()).then(|| config.mqtt.tenant.clone());
+    let existing =
+        store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string()).chain(broker_tenant);
+    let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
     let mqtt = ingest_mqtt::start(
         &mqtt_config,
         ingest_mqtt::EndpointListen { plain: mqtt_listen, tls: mqtts_listen, auth: auth.clone() },
         store.clone(),
         metric_store.clone(),
         &mut registry,
+        Some(tenants.mqtt_admit()),
         mqtt_shutdown.clone(),
     )
     .await
@@ -261,8 +268,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         disk: disk.clone(),
         config: Arc::new(crate::http::masked_config(&config)),
     };
-    let existing = store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string());
-    let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
     let grpc_admit = tenants.grpc_admit();
     let router = crate::http::router(
         app,

@@ -5,7 +5,8 @@
 //!
 //! The checks run as middleware after the credential (so the tenant is the one it acts for) and, for
 //! ingest, after the body was received (so its size is known); OTLP gRPC calls the same write check
-//! through [`TenantLimits::grpc_admit`] (its message's size stands for the body).
+//! through [`TenantLimits::grpc_admit`] (its message's size stands for the body), and MQTT through
+//! [`TenantLimits::mqtt_admit`] (a batch's topics and payloads; over the rate it waits instead).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -83,6 +84,19 @@ impl TenantLimits {
         })
     }
 
+    /// The same check for MQTT (the embedded endpoint and the broker subscription): a tenant over its rate
+    /// waits (MQTT has no 429: the connection is not read meanwhile), a new tenant past `max_tenants` is
+    /// refused and its connection closed, its messages unacknowledged.
+    pub fn mqtt_admit(&self) -> ingest_mqtt::Admit {
+        let limits = self.clone();
+        Arc::new(move |tenant: &str, bytes: usize| {
+            limits.check_write(tenant, bytes).map_err(|r| ingest_mqtt::Refused {
+                retry_after: r.retry_after.map(std::time::Duration::from_secs),
+                message: r.message.trim_end().to_string(),
+            })
+        })
+    }
+
     /// Admits a write of `bytes` for `tenant`, or says which limit it is over.
     // Fails with the finished response, built once per refused request.
     #[allow(clippy::result_large_err)]
@@ -123,11 +137,15 @@ impl TenantLimits {
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
         bucket.last = now;
         let need = bytes as f64;
-        if bucket.tokens >= need {
+        // A write larger than the burst (an MQTT batch: HTTP requests are at most the burst, which
+        // `max_request_size` may not pass) is taken once the bucket is full, and leaves it in debt: the
+        // writes after it wait until the rate has paid for it.
+        let enough = need.min(burst);
+        if bucket.tokens >= enough {
             bucket.tokens -= need;
             return Ok(());
         }
-        let wait = ((need - bucket.tokens) / rate).ceil() as u64;
+        let wait = ((enough - bucket.tokens) / rate).ceil() as u64;
         Err(Refusal {
             status: StatusCode::TOO_MANY_REQUESTS,
             retry_after: Some(wait),

@@ -57,16 +57,50 @@ pub struct Job {
     pub done: oneshot::Sender<Result<(), String>>,
 }
 
+/// The server's per-tenant write limits (`[limits]`), asked before each job with the tenant and the bytes
+/// of its messages (topics and payloads).
+pub type Admit = Arc<dyn Fn(&str, usize) -> Result<(), Refused> + Send + Sync>;
+
+/// Why [`Admit`] refused a job.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Over a rate: ask again after this long. `None`: refused for good (a tenant past `limits.max_tenants`).
+    pub retry_after: Option<std::time::Duration>,
+    /// What was refused and which limit, for the log.
+    pub message: String,
+}
+
+/// The longest single wait for a tenant's rate before asking again.
+const ADMIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The handle producers submit to; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     tx: mpsc::Sender<Job>,
+    /// The write limits, and the tenant of jobs that name none (`mqtt.tenant`).
+    admit: Option<(Admit, store::model::Tenant)>,
+    /// Jobs that waited for their tenant's rate.
+    rate_waits: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Pipeline {
     /// A pipeline whose jobs arrive on `tx`'s receiver (tests use this to play the store).
     pub fn from_sender(tx: mpsc::Sender<Job>) -> Pipeline {
-        Pipeline { tx }
+        Pipeline { tx, admit: None, rate_waits: None }
+    }
+
+    /// Asks `admit` before each job: a tenant over its rate waits (the connection, or the broker
+    /// subscription, is not read meanwhile, so the sender slows down and nothing is dropped); a refused
+    /// one fails the submit.
+    pub fn with_admit(
+        mut self,
+        admit: Admit,
+        default_tenant: store::model::Tenant,
+        rate_waits: prometheus_client::metrics::counter::Counter,
+    ) -> Pipeline {
+        self.admit = Some((admit, default_tenant));
+        self.rate_waits = Some(rate_waits);
+        self
     }
 
     /// Submits messages (in order). Await the returned receiver: Ok(Ok(())) = durable, acknowledge them now.
@@ -78,15 +112,33 @@ impl Pipeline {
         self.submit_for(None, messages).await
     }
 
-    /// [`Pipeline::submit`] for `tenant` (None: `mqtt.tenant`).
+    /// [`Pipeline::submit`] for `tenant` (None: `mqtt.tenant`). Waits first while the tenant is over its
+    /// ingest rate (see [`Pipeline::with_admit`]).
     ///
     /// # Errors
-    /// When the pipeline has shut down.
+    /// When the pipeline has shut down, or the tenant is refused (the message says which limit).
     pub async fn submit_for(
         &self,
         tenant: Option<store::model::Tenant>,
         messages: Vec<Message>,
     ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        if let Some((admit, default_tenant)) = &self.admit {
+            let name = tenant.as_ref().unwrap_or(default_tenant).as_str().to_string();
+            let bytes: usize = messages.iter().map(|m| m.topic.len() + m.payload.len()).sum();
+            loop {
+                match admit(&name, bytes) {
+                    Ok(()) => break,
+                    Err(Refused { retry_after: Some(wait), message }) => {
+                        if let Some(c) = &self.rate_waits {
+                            c.inc();
+                        }
+                        tracing::debug!(tenant = %name, %message, "MQTT messages wait for their tenant's ingest rate");
+                        tokio::time::sleep(wait.min(ADMIT_WAIT_MAX)).await;
+                    }
+                    Err(Refused { retry_after: None, message }) => return Err(message),
+                }
+            }
+        }
         let (done, rx) = oneshot::channel();
         let job = Job { messages, tenant, done };
         self.tx.send(job).await.map_err(|_| "the MQTT ingest pipeline has stopped".to_string())?;
@@ -96,3 +148,44 @@ impl Pipeline {
 
 #[cfg(test)]
 mod endpoint_tests;
+
+#[cfg(test)]
+mod admit_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message() -> Message {
+        Message { topic: "t".into(), payload: Bytes::from_static(b"{}"), received_ns: 0, dedup: None }
+    }
+
+    #[tokio::test]
+    async fn a_job_waits_for_its_tenants_rate_and_a_refused_tenant_fails() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let a = asked.clone();
+        let admit: Admit = Arc::new(move |tenant: &str, bytes: usize| {
+            assert_eq!(bytes, 3, "topic and payload bytes");
+            match tenant {
+                // The default tenant is over its rate twice, then admitted.
+                "default" if a.fetch_add(1, Ordering::SeqCst) < 2 => {
+                    Err(Refused { retry_after: Some(Duration::from_millis(20)), message: "slow down".into() })
+                }
+                "default" => Ok(()),
+                _ => Err(Refused { retry_after: None, message: "limits.max_tenants".into() }),
+            }
+        });
+        let waits = prometheus_client::metrics::counter::Counter::default();
+        let pipeline =
+            Pipeline::from_sender(tx).with_admit(admit, store::model::Tenant::default_tenant(), waits.clone());
+        pipeline.submit_for(None, vec![message()]).await.expect("admitted after waiting");
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert_eq!(waits.get(), 2);
+        assert!(rx.try_recv().is_ok(), "the job reached the pipeline");
+        let other = store::model::Tenant::new("other").unwrap();
+        let err = pipeline.submit_for(Some(other), vec![message()]).await.unwrap_err();
+        assert!(err.contains("limits.max_tenants"), "{err}");
+        assert!(rx.try_recv().is_err(), "a refused job never reaches the pipeline");
+    }
+}

@@ -31,6 +31,8 @@ pub struct MqttMetrics {
     pub broker_connections: Counter,
     pub broker_errors: Counter,
     pub broker_subscribe_failures: Counter,
+    /// Jobs that waited because their tenant was over `limits.tenant_ingest_rate`.
+    pub rate_limited: Counter,
 }
 
 pub(crate) fn label(name: &str, value: &str) -> Labels {
@@ -42,6 +44,11 @@ impl MqttMetrics {
         let m = MqttMetrics::default();
         let r = registry.sub_registry_with_prefix("lumen_mqtt");
         r.register("messages", "MQTT messages stored, by payload format (garbage included)", m.messages.clone());
+        r.register(
+            "rate_limited_waits",
+            "Batches of MQTT messages that waited for their tenant's ingest rate (limits.tenant_ingest_rate)",
+            m.rate_limited.clone(),
+        );
         r.register_with_unit("payload", "bytes of MQTT payloads stored", Unit::Bytes, m.payload_bytes.clone());
         r.register(
             "garbage_messages",

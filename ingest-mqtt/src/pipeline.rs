@@ -113,6 +113,7 @@ pub async fn start(
     logs: LogStore,
     samples: MetricStore,
     registry: &mut Registry,
+    admit: Option<crate::Admit>,
     shutdown: CancellationToken,
 ) -> Result<IngestStart, String> {
     let named: Vec<(SocketAddr, &str, &str)> = listen
@@ -127,7 +128,10 @@ pub async fn start(
     let tenant = Tenant::new(&config.tenant).map_err(|e| format!("mqtt.tenant: {e}"))?;
     let metrics = MqttMetrics::register(registry);
     let (tx, rx) = mpsc::channel(QUEUE);
-    let pipeline = Pipeline::from_sender(tx);
+    let mut pipeline = Pipeline::from_sender(tx);
+    if let Some(admit) = admit {
+        pipeline = pipeline.with_admit(admit, tenant.clone(), metrics.rate_limited.clone());
+    }
     let worker = Worker {
         rx,
         decoder,

@@ -100,3 +100,26 @@ fn invalid_tenant_names_take_no_place_and_idle_query_slots_are_forgotten() {
     limits.release_idle("q", &slots);
     assert!(limits.0.queries.lock().is_empty());
 }
+
+#[test]
+fn mqtt_waits_for_the_rate_and_is_refused_past_max_tenants() {
+    let config = LimitsConfig {
+        max_tenants: 2,
+        tenant_ingest_rate: ByteSize::b(100),
+        tenant_ingest_burst: ByteSize::b(1000),
+        ..LimitsConfig::default()
+    };
+    let limits = TenantLimits::new(config, ["default".to_string()]);
+    let admit = limits.mqtt_admit();
+    // A batch larger than the burst passes once the bucket is full...
+    assert!(admit("default", 5000).is_ok());
+    // ...and leaves it 4000 bytes in debt: the next one waits for the rate to pay for both, 41 s at 100 B/s.
+    let r = admit("default", 100).unwrap_err();
+    assert_eq!(r.retry_after, Some(Duration::from_secs(41)), "{r:?}");
+    assert!(r.message.contains("limits.tenant_ingest_rate"), "{}", r.message);
+    // A second tenant is fine; a third is refused for good.
+    assert!(admit("b", 10).is_ok());
+    let r = admit("c", 10).unwrap_err();
+    assert_eq!(r.retry_after, None);
+    assert!(r.message.contains("limits.max_tenants (2)"), "{}", r.message);
+}

@@ -769,3 +769,35 @@ async fn the_embedded_endpoint_acknowledges_only_what_survives_kill_9() {
         stored.len()
     );
 }
+
+/// `[limits]` on MQTT (issue 17): a tenant over `limits.tenant_ingest_rate` is slowed down, not refused or
+/// dropped (MQTT has no 429: the endpoint stops reading its connection until the rate allows), and every
+/// message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_rate_slows_an_mqtt_publisher_down_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.mqtt_listen = "127.0.0.1:0".into();
+    config.limits.tenant_ingest_rate = bytesize::ByteSize::kib(20);
+    config.limits.tenant_ingest_burst = bytesize::ByteSize::kib(4);
+    // The burst must hold the largest HTTP request.
+    config.server.max_request_size = bytesize::ByteSize::kib(4);
+    config.server.max_line_size = bytesize::ByteSize::kib(4);
+    let server = TestServer::start(config).await;
+    let port = server.running.as_ref().unwrap().mqtt_addr.unwrap().port();
+    // 100 messages of about 1 KiB: 100 KiB at 20 KiB/s after a 4 KiB burst, so at least 4 s.
+    let messages: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| {
+            (format!("limits/dev{}", i % 4), format!("{{\"seq\":{i},\"pad\":\"{}\"}}", "x".repeat(1000)).into_bytes())
+        })
+        .collect();
+    let started = Instant::now();
+    publish_all(port, "limited", None, messages).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3), "100 KiB at 20 KiB/s were all acknowledged in {took:?}");
+    wait_stored(&server.base, 100, Duration::from_secs(30)).await;
+    let waits = metric_sum(&server.base, "lumen_mqtt_rate_limited_waits_total").await;
+    assert!(waits > 0.0, "no batch waited for the rate");
+    assert_eq!(crate::harness::get(server.url("/ready")).await.unwrap().status(), 200);
+    server.stop().await;
+}
