@@ -157,11 +157,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // Stable across restarts of this server (the broker keeps its session), different between servers.
         mqtt_config.broker.client_id = format!("lumen-{}", crate::config::node_name(""));
     }
-    // The tenants the stores hold, and the one a broker subscription writes to (`mqtt.tenant`), are always
-    // writable: limits.max_tenants counts them. (A subscription refused its tenant would have to stop.)
+    // The tenants the stores hold, and those a broker subscription and the syslog listeners write to
+    // (`mqtt.tenant`, `syslog.tenant`), are always writable: limits.max_tenants counts them. (A subscription
+    // refused its tenant would have to stop.)
     let broker_tenant = (!config.mqtt.broker.url.is_empty()).then(|| config.mqtt.tenant.clone());
-    let existing =
-        store.tenants().into_iter().chain(metric_store.tenants()).map(|t| t.as_str().to_string()).chain(broker_tenant);
+    let syslog_tenant = (!config.syslog.listen.trim().is_empty()).then(|| config.syslog.tenant.clone());
+    let existing = store
+        .tenants()
+        .into_iter()
+        .chain(metric_store.tenants())
+        .map(|t| t.as_str().to_string())
+        .chain(broker_tenant)
+        .chain(syslog_tenant);
     let tenants = crate::tenant_limits::TenantLimits::new(config.limits.clone(), existing);
     let mqtt = ingest_mqtt::start(
         &mqtt_config,
@@ -169,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store.clone(),
         metric_store.clone(),
         &mut registry,
-        Some(tenants.mqtt_admit()),
+        Some(tenants.stream_admit()),
         mqtt_shutdown.clone(),
     )
     .await
@@ -187,6 +194,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .map(|tls| -> ingest_syslog::ServerTls { Arc::new(move || tls.config(crate::tls::Protocol::Syslog)) }),
             limits: config.wire_limits(),
             retention: s.retention,
+            admit: Some(tenants.stream_admit()),
         },
         store.clone(),
         &mut registry,

@@ -6,7 +6,7 @@
 //! The checks run as middleware after the credential (so the tenant is the one it acts for) and, for
 //! ingest, after the body was received (so its size is known); OTLP gRPC calls the same write check
 //! through [`TenantLimits::grpc_admit`] (its message's size stands for the body), and MQTT through
-//! [`TenantLimits::mqtt_admit`] (a batch's topics and payloads; over the rate it waits instead).
+//! [`TenantLimits::stream_admit`] (a batch's bytes; over the rate it waits instead), and so does syslog.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -84,13 +84,13 @@ impl TenantLimits {
         })
     }
 
-    /// The same check for MQTT (the embedded endpoint and the broker subscription): a tenant over its rate
-    /// waits (MQTT has no 429: the connection is not read meanwhile), a new tenant past `max_tenants` is
-    /// refused and its connection closed, its messages unacknowledged.
-    pub fn mqtt_admit(&self) -> ingest_mqtt::Admit {
+    /// The same check for MQTT (the embedded endpoint and the broker subscription) and syslog: a tenant
+    /// over its rate waits (neither has a 429: the connection is not read meanwhile), a new tenant past
+    /// `max_tenants` is refused (an MQTT connection is closed with its messages unacknowledged).
+    pub fn stream_admit(&self) -> store::wire::Admit {
         let limits = self.clone();
         Arc::new(move |tenant: &str, bytes: usize| {
-            limits.check_write(tenant, bytes).map_err(|r| ingest_mqtt::Refused {
+            limits.check_write(tenant, bytes).map_err(|r| store::wire::AdmitRefused {
                 retry_after: r.retry_after.map(std::time::Duration::from_secs),
                 message: r.message.trim_end().to_string(),
             })

@@ -59,16 +59,7 @@ pub struct Job {
 
 /// The server's per-tenant write limits (`[limits]`), asked before each job with the tenant and the bytes
 /// of its messages (topics and payloads).
-pub type Admit = Arc<dyn Fn(&str, usize) -> Result<(), Refused> + Send + Sync>;
-
-/// Why [`Admit`] refused a job.
-#[derive(Debug, Clone)]
-pub struct Refused {
-    /// Over a rate: ask again after this long. `None`: refused for good (a tenant past `limits.max_tenants`).
-    pub retry_after: Option<std::time::Duration>,
-    /// What was refused and which limit, for the log.
-    pub message: String,
-}
+pub use store::wire::{Admit, AdmitRefused as Refused};
 
 /// The longest single wait for a tenant's rate before asking again.
 const ADMIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);

@@ -53,6 +53,10 @@ pub struct Settings {
     /// The server's ingest limits (line length, labels, fields); the time window comes from `retention`.
     pub limits: store::wire::Limits,
     pub retention: Duration,
+    /// The server's per-tenant write limits: a batch over `syslog.tenant`'s ingest rate waits (a TCP
+    /// sender is not read meanwhile; UDP datagrams wait in the socket's buffer, and the kernel drops
+    /// what overflows it).
+    pub admit: Option<store::wire::Admit>,
 }
 
 /// Started listeners.
@@ -91,6 +95,7 @@ pub async fn start(
     let tenant = store::model::Tenant::new(&config.tenant).map_err(|e| Error::Tenant { reason: e.to_string() })?;
     let shared = Arc::new(listen::Shared {
         logs,
+        admit: settings.admit.clone(),
         tenant,
         mapping: batch::Mapping {
             limits: settings.limits,

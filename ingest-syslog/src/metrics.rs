@@ -32,6 +32,8 @@ pub struct SyslogMetrics {
     pub connections: Gauge,
     /// Connections refused or closed early, by reason (too_many, tls_handshake).
     pub connections_rejected: Family<Labels, Counter>,
+    /// Batches that waited for the tenant's ingest rate (`limits.tenant_ingest_rate`).
+    pub rate_limited: Counter,
 }
 
 impl SyslogMetrics {
@@ -51,6 +53,11 @@ impl SyslogMetrics {
             m.rejected.clone(),
         );
         r.register("stored", "syslog messages appended to the store (fsynced)", m.stored.clone());
+        r.register(
+            "rate_limited_waits",
+            "syslog batches that waited for their tenant's ingest rate (limits.tenant_ingest_rate)",
+            m.rate_limited.clone(),
+        );
         r.register("batches", "batches of syslog messages appended (one WAL commit each)", m.batches.clone());
         r.register(
             "store_retries",

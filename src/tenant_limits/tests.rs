@@ -110,7 +110,7 @@ fn mqtt_waits_for_the_rate_and_is_refused_past_max_tenants() {
         ..LimitsConfig::default()
     };
     let limits = TenantLimits::new(config, ["default".to_string()]);
-    let admit = limits.mqtt_admit();
+    let admit = limits.stream_admit();
     // A batch larger than the burst passes once the bucket is full...
     assert!(admit("default", 5000).is_ok());
     // ...and leaves it 4000 bytes in debt: the next one waits for the rate to pay for both, 41 s at 100 B/s.

@@ -40,6 +40,20 @@ pub struct Limits {
     pub max_field_bytes: usize,
 }
 
+/// The server's per-tenant write limits (`[limits]`) for ingest paths that are not HTTP requests (MQTT,
+/// syslog): asked with the tenant and the bytes of a batch before it is stored.
+pub type Admit = std::sync::Arc<dyn Fn(&str, usize) -> Result<(), AdmitRefused> + Send + Sync>;
+
+/// Why an [`Admit`] refused a batch.
+#[derive(Debug, Clone)]
+pub struct AdmitRefused {
+    /// Over a rate: ask again after this long (the caller waits: a connection-based sender is slowed down,
+    /// not refused). `None`: refused for good (a tenant past `limits.max_tenants`).
+    pub retry_after: Option<std::time::Duration>,
+    /// What was refused and which limit, for the log.
+    pub message: String,
+}
+
 /// Most fields one log entry may carry (VictoriaLogs' default `-insert.maxFieldsPerLine`).
 pub const MAX_FIELDS_PER_ENTRY: usize = 1000;
 /// Most bytes of field names and values one log entry may carry (the default line limit).

@@ -307,3 +307,32 @@ async fn a_batch_the_full_disk_refuses_is_stored_once_space_returns() {
     assert_eq!(metric(&server, "lumen_syslog_rejected_total{reason=\"store_refused\"}").await, 0.0);
     server.stop().await;
 }
+
+/// `[limits]` on syslog (issue 17): `syslog.tenant` over `limits.tenant_ingest_rate` is slowed down over
+/// TCP (the connection is not read while it waits), and every message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_rate_slows_a_tcp_syslog_sender_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = syslog_config(dir.path(), "tcp://127.0.0.1:0");
+    c.limits.tenant_ingest_rate = ByteSize::kib(20);
+    c.limits.tenant_ingest_burst = ByteSize::kib(4);
+    // The burst must hold the largest HTTP request.
+    c.server.max_request_size = ByteSize::kib(4);
+    c.server.max_line_size = ByteSize::kib(4);
+    // Batches of 10 messages: the first passes on the burst, the others wait for the rate.
+    c.syslog.batch_max_lines = 10;
+    let server = TestServer::start(c).await;
+    let addr = listener(&server, ingest_syslog::Transport::Tcp);
+    // 100 messages of about 1 KiB: at 20 KiB/s after a 4 KiB burst, at least 4 s to store.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    for i in 0..100 {
+        let line = format!("<14>1 2026-12-06T10:00:00Z host app - - - message {i} {}\n", "x".repeat(1000));
+        stream.write_all(line.as_bytes()).await.unwrap();
+    }
+    stream.shutdown().await.unwrap();
+    rows_once_stored(&server, 100, "SELECT count(*) AS n FROM logs").await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3), "100 KiB at 20 KiB/s were stored in {took:?}");
+    assert!(metric(&server, "lumen_syslog_rate_limited_waits_total").await > 0.0, "no batch waited");
+}
