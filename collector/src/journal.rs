@@ -199,7 +199,7 @@ impl Mapping {
         if let Some(p) = priority {
             pairs.push(("level", level(p)));
         }
-        let labels = label_set(pairs);
+        let labels = crate::tail::label_set(pairs);
 
         let mut fields: Vec<(String, String)> = Vec::with_capacity(8);
         for (name, out) in [(&b"_PID"[..], "pid"), (b"_HOSTNAME", "hostname"), (b"_TRANSPORT", "transport")] {
@@ -262,32 +262,6 @@ fn globs(key: &'static str, list: &[String]) -> Result<Option<GlobSet>, JournalC
         b.add(Glob::new(g).map_err(|source| JournalConfigError::Glob { key, glob: g.clone(), source })?);
     }
     b.build().map(Some).map_err(|source| JournalConfigError::Glob { key, glob: list.join(", "), source })
-}
-
-/// `{a="x", b="y"}`, sorted by name, empty values left out, `"`, `\` and newlines escaped.
-fn label_set(mut pairs: Vec<(&str, &str)>) -> String {
-    pairs.retain(|(_, v)| !v.is_empty());
-    pairs.sort_unstable();
-    let mut out = String::with_capacity(96);
-    out.push('{');
-    for (i, (n, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(n);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out.push('}');
-    out
 }
 
 #[cfg(test)]

@@ -857,29 +857,7 @@ impl Tailer {
             }
         }
         let batch = std::mem::take(&mut self.batch);
-        let payload = if batch.entries == 0 {
-            Vec::new()
-        } else {
-            let req = PushRequest {
-                streams: batch
-                    .streams
-                    .into_iter()
-                    .map(|(labels, entries)| StreamAdapter { labels: labels.into_bytes(), entries, hash: 0 })
-                    .collect(),
-            };
-            store::wire::loki::encode_protobuf(&req)
-        };
-        loop {
-            match self.buffer.append(Kind::Logs, positions.clone(), &payload) {
-                Ok(_) => break,
-                Err(error) => {
-                    // Nothing is read on until the batch is safe; the files keep the lines meanwhile.
-                    tracing::error!(%error, "cannot write a batch to the disk buffer; retrying in 1s");
-                    self.metrics.buffer_errors.inc();
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
+        append_batch(&self.buffer, &self.metrics, positions, batch.streams);
         for t in &mut self.files {
             t.cut_offset = t.safe_offset();
             self.known.insert(t.fingerprint, (t.cut_offset, false));
@@ -888,8 +866,9 @@ impl Tailer {
     }
 }
 
-/// A Loki label set `{a="1", b="2"}` of the pairs with a value, sorted by name.
-fn label_set(mut pairs: Vec<(&str, &str)>) -> String {
+/// A Loki label set `{a="1", b="2"}` of the pairs with a value, sorted by name, with `"`, `\` and newlines
+/// escaped: the stream labels of pod, Docker and journal lines.
+pub(crate) fn label_set(mut pairs: Vec<(&str, &str)>) -> String {
     pairs.retain(|(_, v)| !v.is_empty());
     pairs.sort_unstable();
     let mut out = String::with_capacity(128);
@@ -912,6 +891,38 @@ fn label_set(mut pairs: Vec<(&str, &str)>) -> String {
     }
     out.push('}');
     out
+}
+
+/// Cuts a batch of log entries, by stream label set, into the disk buffer (a Loki push body) with the
+/// positions it reaches; `streams` may be empty when only positions moved. Retries until the buffer takes
+/// it: nothing is read on until the batch is safe, and the files (or the journal) keep the lines meanwhile.
+pub(crate) fn append_batch(
+    buffer: &DiskBuffer,
+    metrics: &AgentMetrics,
+    positions: Vec<Position>,
+    streams: HashMap<String, Vec<EntryAdapter>>,
+) {
+    let payload = if streams.is_empty() {
+        Vec::new()
+    } else {
+        let req = PushRequest {
+            streams: streams
+                .into_iter()
+                .map(|(labels, entries)| StreamAdapter { labels: labels.into_bytes(), entries, hash: 0 })
+                .collect(),
+        };
+        store::wire::loki::encode_protobuf(&req)
+    };
+    loop {
+        match buffer.append(Kind::Logs, positions.clone(), &payload) {
+            Ok(_) => break,
+            Err(error) => {
+                tracing::error!(%error, "cannot write a batch to the disk buffer; retrying in 1s");
+                metrics.buffer_errors.inc();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// The fingerprint of a file's first line (or first [`FINGERPRINT_MAX`] bytes), and that line; `None` while

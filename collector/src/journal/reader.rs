@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use store::wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
+use store::wire::loki::{EntryAdapter, LabelPairAdapter, Timestamp};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{DiskBuffer, Kind, Position};
+use crate::buffer::{DiskBuffer, Position};
 use crate::checkpoint::Checkpoints;
 use crate::journal::Mapping;
 use crate::journal::file::{Entry, FormatError, JournalFile, Next, State};
@@ -608,29 +608,7 @@ impl JournalReader {
             }
         }
         let batch = std::mem::take(&mut self.batch);
-        let payload = if batch.entries == 0 {
-            Vec::new()
-        } else {
-            let req = PushRequest {
-                streams: batch
-                    .streams
-                    .into_iter()
-                    .map(|(labels, entries)| StreamAdapter { labels: labels.into_bytes(), entries, hash: 0 })
-                    .collect(),
-            };
-            store::wire::loki::encode_protobuf(&req)
-        };
-        loop {
-            match self.buffer.append(Kind::Logs, positions.clone(), &payload) {
-                Ok(_) => break,
-                Err(error) => {
-                    // Nothing is read on until the batch is safe; the journal keeps the entries meanwhile.
-                    tracing::error!(%error, "cannot write a batch to the disk buffer; retrying in 1s");
-                    self.metrics.buffer_errors.inc();
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
+        crate::tail::append_batch(&self.buffer, &self.metrics, positions, batch.streams);
         for f in &mut self.files {
             f.cut_offset = f.file.consumed();
             self.known.insert(f.fingerprint, (f.cut_offset, false));
