@@ -30,7 +30,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -62,43 +61,9 @@ pub const DEFAULTS_KEPT_FROM: u64 = 1440 * 1024 * 1024;
 /// A cgroup limit at or above this means none (cgroup v1 writes 2^63 rounded down to a page).
 const NO_LIMIT: u64 = 1 << 60;
 
-/// `server.memory_limit`: `"auto"` or a size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MemoryLimit {
-    /// A share of the cgroup's limit, else of the machine's RAM (see the module docs).
-    #[default]
-    Auto,
-    Bytes(ByteSize),
-}
-
-impl Serialize for MemoryLimit {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            MemoryLimit::Auto => s.serialize_str("auto"),
-            MemoryLimit::Bytes(b) => b.serialize(s),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for MemoryLimit {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Bytes(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(MemoryLimit::Bytes(ByteSize::b(n))),
-            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(MemoryLimit::Auto),
-            Raw::Text(t) => t.parse::<ByteSize>().map(MemoryLimit::Bytes).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "server.memory_limit = {t:?} is neither \"auto\" nor a size like \"512MiB\" ({e})"
-                ))
-            }),
-        }
-    }
-}
+/// `server.memory_limit`: `"auto"` (a share of the cgroup's limit, else of the machine's RAM; see the
+/// module docs) or a size.
+pub type MemoryLimit = store::config::AutoSize;
 
 /// What the machine says about memory: the cgroup's limit (None: no limit, or no cgroup) and `MemTotal`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

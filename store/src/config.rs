@@ -56,35 +56,39 @@ pub struct StoreConfig {
     pub retention_max_disk: ByteSize,
 }
 
-/// `store.min_free_disk`: `"auto"` or a size.
+/// A size that may be left to the server to work out: `"auto"` or a size (`store.min_free_disk`,
+/// `server.memory_limit`); each key's docs say what `auto` means for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DiskReserve {
-    /// The smaller of 1 GiB and 5 % of the volume.
+pub enum AutoSize {
+    /// Worked out by the server from the machine (see the key).
     #[default]
     Auto,
     Bytes(ByteSize),
 }
 
-impl DiskReserve {
+/// `store.min_free_disk`: `auto` is the smaller of 1 GiB and 5 % of the volume.
+pub type DiskReserve = AutoSize;
+
+impl AutoSize {
     /// The configured size, `None` for the volume-dependent default.
     pub fn bytes(self) -> Option<ByteSize> {
         match self {
-            DiskReserve::Auto => None,
-            DiskReserve::Bytes(b) => Some(b),
+            AutoSize::Auto => None,
+            AutoSize::Bytes(b) => Some(b),
         }
     }
 }
 
-impl Serialize for DiskReserve {
+impl Serialize for AutoSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            DiskReserve::Auto => s.serialize_str("auto"),
-            DiskReserve::Bytes(b) => b.serialize(s),
+            AutoSize::Auto => s.serialize_str("auto"),
+            AutoSize::Bytes(b) => b.serialize(s),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for DiskReserve {
+impl<'de> Deserialize<'de> for AutoSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -93,12 +97,10 @@ impl<'de> Deserialize<'de> for DiskReserve {
             Bytes(u64),
         }
         match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(DiskReserve::Bytes(ByteSize::b(n))),
-            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(DiskReserve::Auto),
-            Raw::Text(t) => t.parse::<ByteSize>().map(DiskReserve::Bytes).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "store.min_free_disk = {t:?} is neither \"auto\" nor a size like \"1 GiB\" ({e})"
-                ))
+            Raw::Bytes(n) => Ok(AutoSize::Bytes(ByteSize::b(n))),
+            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(AutoSize::Auto),
+            Raw::Text(t) => t.parse::<ByteSize>().map(AutoSize::Bytes).map_err(|e| {
+                serde::de::Error::custom(format!("{t:?} is neither \"auto\" nor a size like \"512MiB\" ({e})"))
             }),
         }
     }
