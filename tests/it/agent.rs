@@ -203,7 +203,8 @@ fn append(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
 }
 
-async fn count(base: &str) -> i64 {
+/// Log lines the server holds for the default tenant (-1 while SQL cannot answer).
+pub(crate) async fn count(base: &str) -> i64 {
     let client = crate::harness::client();
     match client.post(format!("{base}/api/v1/sql")).body("SELECT count(*) AS n FROM logs").send().await {
         Ok(r) if r.status() == 200 => {
@@ -214,7 +215,8 @@ async fn count(base: &str) -> i64 {
     }
 }
 
-async fn wait_count(base: &str, want: usize, what: &str) {
+/// Waits (at most 60 s) until the server holds at least `want` lines.
+pub(crate) async fn wait_count(base: &str, want: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = -1;
     while Instant::now() < deadline {

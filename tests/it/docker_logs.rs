@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::agent::{AgentProcess, agent_config};
+use crate::agent::{AgentProcess, agent_config, count, wait_count};
 use crate::harness::{ServerProcess, free_addr, sql_rows};
 
 /// One container of a Docker host, written as dockerd's json-file driver writes it.
@@ -123,27 +123,6 @@ fn write_config(dir: &Path, id: &str, name: &str, image: &str, labels: Value) {
 
 fn append(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
-}
-
-async fn count(base: &str) -> i64 {
-    let client = crate::harness::client();
-    match client.post(format!("{base}/api/v1/sql")).body("SELECT count(*) AS n FROM logs").send().await {
-        Ok(r) if r.status() == 200 => r.json::<Value>().await.unwrap()["rows"][0]["n"].as_i64().unwrap_or(0),
-        _ => -1,
-    }
-}
-
-async fn wait_count(base: &str, want: usize, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = -1;
-    while Instant::now() < deadline {
-        last = count(base).await;
-        if last >= want as i64 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: the server holds {last} lines after 60s, expected {want}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
