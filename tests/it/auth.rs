@@ -293,3 +293,31 @@ async fn beyond_loopback_needs_authentication_or_an_explicit_opt_in() {
     let server = TestServer::start(config).await;
     server.stop().await;
 }
+
+/// `[limits]` on MQTT (issue 17): a token login as a new tenant past `limits.max_tenants` has its connection
+/// closed with its message unacknowledged and stored nowhere; the tenants already held keep publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_login_as_a_new_tenant_past_max_tenants_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let writer_a = make_token(&file, "team-a", "write");
+    let writer_b = make_token(&file, "team-b", "write");
+    let reader = make_token(&file, "team-a,team-b", "read");
+    let mut config = test_config(&dir.path().join("data"));
+    config.server.auth_file = file.clone();
+    config.server.mqtt_listen = "127.0.0.1:0".to_string();
+    config.mqtt.tenant = "team-a".to_string();
+    config.limits.max_tenants = 1;
+    let server = TestServer::start(config).await;
+    let c = Client { server: &server };
+    let r = bearer(&reader);
+    let port = server.running.as_ref().unwrap().mqtt_addr.unwrap().port();
+
+    mqtt_connect(port, Some(("team-a", &writer_a)), Some("{\"temp\": 21.5}")).await.expect("team-a publishes");
+    let err = mqtt_connect(port, Some(("team-b", &writer_b)), Some("{\"temp\": 19}")).await.unwrap_err();
+    assert!(!err.contains("timed out"), "the connection is closed, not left hanging: {err}");
+    assert!(c.lines(&r, Some("team-b"), "{source=\"mqtt\"}").await.is_empty(), "team-b's message was stored");
+    mqtt_connect(port, Some(("team-a", &writer_a)), Some("{\"temp\": 22}")).await.expect("team-a still publishes");
+    assert_eq!(c.lines(&r, None, "{source=\"mqtt\"}").await.len(), 2);
+    server.stop().await;
+}
