@@ -50,7 +50,8 @@ impl AgentProcess {
     }
 }
 
-/// Writes an agent config for tests: fast batching and discovery, no Kubernetes API, no node metrics.
+/// Writes an agent config for tests: fast batching and discovery, no Kubernetes API, no node metrics, and
+/// no journal unless `extra` names `journal_dirs`.
 pub fn agent_config(dir: &Path, server: &str, pods: &Path, extra: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     let text = format!(
@@ -69,10 +70,12 @@ discover_interval = "100ms"
 poll_interval = "20ms"
 retry_max_backoff = "300ms"
 request_timeout = "5s"
-{extra}
+{journal}{extra}
 "#,
         pods = pods.display(),
         data = dir.join("agent-data").display(),
+        // The machine's own journal stays out of tests that do not name journal directories.
+        journal = if extra.contains("journal_dirs") { "" } else { "journal_dirs = []\n" },
     );
     std::fs::write(&path, text).unwrap();
     path
