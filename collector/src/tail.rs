@@ -149,13 +149,94 @@ impl Tailed {
     }
 }
 
-/// Entries of the batch being built, by container.
+/// Entries of the batch being built, by stream label set: the pod and Docker reader's and the journal's.
 #[derive(Default)]
-struct Batch {
-    streams: HashMap<String, Vec<EntryAdapter>>,
-    bytes: usize,
-    entries: usize,
-    first_at: Option<Instant>,
+pub(crate) struct Batch {
+    pub(crate) streams: HashMap<String, Vec<EntryAdapter>>,
+    pub(crate) bytes: usize,
+    pub(crate) entries: usize,
+    /// When the first entry (or moved position) of this batch came.
+    pub(crate) first_at: Option<Instant>,
+}
+
+impl Batch {
+    /// Adds an entry of the stream `labels` that counts `bytes` towards the batch size.
+    pub(crate) fn push(&mut self, labels: &str, entry: EntryAdapter, bytes: usize, now: Instant) {
+        match self.streams.get_mut(labels) {
+            Some(v) => v.push(entry),
+            None => {
+                self.streams.insert(labels.to_string(), vec![entry]);
+            }
+        }
+        self.bytes += bytes;
+        self.entries += 1;
+        self.first_at.get_or_insert(now);
+    }
+}
+
+/// How a reader thread paces itself: batch size and age, and how often it lists and polls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) batch_max_bytes: usize,
+    pub(crate) batch_wait: Duration,
+    pub(crate) discover_interval: Duration,
+    pub(crate) poll_interval: Duration,
+}
+
+/// A reader thread that cuts batches into the disk buffer: the pod and Docker reader ([`Tailer`]) and the
+/// journal's ([`crate::journal::JournalReader`]). [`ReadLoop::run_loop`] is their common loop.
+pub(crate) trait ReadLoop {
+    /// Lists what there is to follow.
+    fn discover(&mut self);
+    /// Reads what the followed sources gained; returns the bytes (or entries) read.
+    fn read_round(&mut self) -> usize;
+    /// Whether a source's position moved past the last cut (entries read but none kept still move it).
+    fn positions_moved(&self) -> bool;
+    /// Cuts the batch, with the positions reached, into the buffer.
+    fn cut(&mut self);
+    fn batch(&mut self) -> &mut Batch;
+    fn pace(&self) -> Pace;
+    fn buffer(&self) -> &DiskBuffer;
+    fn metrics(&self) -> &AgentMetrics;
+
+    /// Cuts the batch once large or old enough; starts its clock when only positions moved.
+    fn cut_if_due(&mut self, now: Instant) {
+        let pace = self.pace();
+        let batch = self.batch();
+        let due = batch.bytes >= pace.batch_max_bytes
+            || batch.first_at.is_some_and(|t| now.duration_since(t) >= pace.batch_wait);
+        if due {
+            self.cut();
+        } else if self.batch().first_at.is_none() && self.positions_moved() {
+            // Read but nothing kept (dropped, filtered, partial): the positions still move, in time.
+            self.batch().first_at = Some(now);
+        }
+    }
+
+    /// Lists, reads and cuts until `shutdown`, waiting while the buffer is full; then cuts what it holds.
+    fn run_loop(&mut self, shutdown: &CancellationToken) {
+        let pace = self.pace();
+        let mut last_discovery: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            if last_discovery.is_none_or(|t| now.duration_since(t) >= pace.discover_interval) {
+                self.discover();
+                last_discovery = Some(now);
+            }
+            if !self.buffer().has_space() {
+                self.metrics().buffer_full_waits.inc();
+                self.buffer().wait_for_space(pace.poll_interval);
+                self.cut_if_due(Instant::now());
+                continue;
+            }
+            let read = self.read_round();
+            self.cut_if_due(Instant::now());
+            if read == 0 {
+                std::thread::sleep(pace.poll_interval);
+            }
+        }
+        self.cut();
+    }
 }
 
 /// The reader. Build it with [`Tailer::new`] and run it on a thread with [`Tailer::run`].
@@ -177,7 +258,6 @@ pub struct Tailer {
     batch: Batch,
     /// Final positions of files closed since the last cut.
     finished: Vec<Position>,
-    last_discovery: Option<Instant>,
     /// The last listing of the pods directory failed (warned once).
     listing_failed: bool,
     /// The last listing of the Docker directory failed (warned once).
@@ -214,7 +294,6 @@ impl Tailer {
             containers: HashMap::new(),
             batch: Batch::default(),
             finished: Vec::new(),
-            last_discovery: None,
             listing_failed: false,
             docker_listing_failed: false,
             docker_meta: HashMap::new(),
@@ -229,25 +308,7 @@ impl Tailer {
                 docker_dir = %docker_dir.display(), "reading pod and Docker container logs"),
             None => tracing::info!(pods_dir = %self.settings.pods_dir.display(), "reading pod logs"),
         }
-        while !shutdown.is_cancelled() {
-            let now = Instant::now();
-            if self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.settings.discover_interval) {
-                self.discover();
-                self.last_discovery = Some(now);
-            }
-            if !self.buffer.has_space() {
-                self.metrics.buffer_full_waits.inc();
-                self.buffer.wait_for_space(self.settings.poll_interval);
-                self.cut_if_due(Instant::now());
-                continue;
-            }
-            let read = self.read_round();
-            self.cut_if_due(Instant::now());
-            if read == 0 {
-                std::thread::sleep(self.settings.poll_interval);
-            }
-        }
-        self.cut();
+        self.run_loop(&shutdown);
         tracing::info!("stopped reading pod logs");
     }
 
@@ -810,28 +871,8 @@ impl Tailer {
                 .collect(),
             parsed: Vec::new(),
         };
-        let labels = &self.files[i].container.labels;
-        match self.batch.streams.get_mut(labels) {
-            Some(v) => v.push(entry),
-            None => {
-                self.batch.streams.insert(labels.clone(), vec![entry]);
-            }
-        }
-        self.batch.bytes += bytes;
-        self.batch.entries += 1;
-        self.batch.first_at.get_or_insert(now);
+        self.batch.push(&self.files[i].container.labels, entry, bytes, now);
         self.metrics.records.inc();
-    }
-
-    fn cut_if_due(&mut self, now: Instant) {
-        let due = self.batch.bytes >= self.settings.batch_max_bytes
-            || self.batch.first_at.is_some_and(|t| now.duration_since(t) >= self.settings.batch_wait);
-        if due {
-            self.cut();
-        } else if self.batch.first_at.is_none() && self.positions_moved() {
-            // Lines were read but none kept (dropped, partial): the positions still move, in time.
-            self.batch.first_at = Some(now);
-        }
     }
 
     fn positions_moved(&self) -> bool {
@@ -863,6 +904,46 @@ impl Tailer {
             self.known.insert(t.fingerprint, (t.cut_offset, false));
         }
         self.metrics.batches_cut.inc();
+    }
+}
+
+impl ReadLoop for Tailer {
+    fn discover(&mut self) {
+        Tailer::discover(self);
+    }
+
+    fn read_round(&mut self) -> usize {
+        Tailer::read_round(self)
+    }
+
+    fn positions_moved(&self) -> bool {
+        Tailer::positions_moved(self)
+    }
+
+    fn cut(&mut self) {
+        Tailer::cut(self);
+    }
+
+    fn batch(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
+    fn pace(&self) -> Pace {
+        let s = &self.settings;
+        Pace {
+            batch_max_bytes: s.batch_max_bytes,
+            batch_wait: s.batch_wait,
+            discover_interval: s.discover_interval,
+            poll_interval: s.poll_interval,
+        }
+    }
+
+    fn buffer(&self) -> &DiskBuffer {
+        &self.buffer
+    }
+
+    fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
     }
 }
 

@@ -18,6 +18,7 @@ use crate::checkpoint::Checkpoints;
 use crate::journal::Mapping;
 use crate::journal::file::{Entry, FormatError, JournalFile, Next, State};
 use crate::metrics::AgentMetrics;
+use crate::tail::{Batch, Pace, ReadLoop};
 
 /// Entries read from one file per round before moving to the next (fairness between files).
 const ENTRY_BUDGET: usize = 4096;
@@ -77,14 +78,6 @@ enum Ignored {
     Unreadable { len: u64 },
 }
 
-#[derive(Default)]
-struct Batch {
-    streams: HashMap<String, Vec<EntryAdapter>>,
-    bytes: usize,
-    entries: usize,
-    first_at: Option<Instant>,
-}
-
 /// Warnings at most once per [`WARN_EVERY`] per reason.
 #[derive(Default)]
 struct Warnings {
@@ -130,7 +123,6 @@ pub struct JournalReader {
     batch: Batch,
     /// Final positions of files closed since the last cut.
     finished: Vec<Position>,
-    last_discovery: Option<Instant>,
     /// Directories warned about (unreadable) or noted (missing), until they list again.
     dir_problems: HashSet<PathBuf>,
     /// `*.journal~` files already counted.
@@ -165,7 +157,6 @@ impl JournalReader {
             known_dirs,
             batch: Batch::default(),
             finished: Vec::new(),
-            last_discovery: None,
             dir_problems: HashSet::new(),
             corrupt_seen: HashSet::new(),
             warnings: Warnings::default(),
@@ -177,25 +168,7 @@ impl JournalReader {
     pub fn run(mut self, shutdown: CancellationToken) {
         let dirs: Vec<String> = self.settings.dirs.iter().map(|d| d.display().to_string()).collect();
         tracing::info!(journal_dirs = ?dirs, "reading the systemd journal");
-        while !shutdown.is_cancelled() {
-            let now = Instant::now();
-            if self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.settings.discover_interval) {
-                self.discover();
-                self.last_discovery = Some(now);
-            }
-            if !self.buffer.has_space() {
-                self.metrics.buffer_full_waits.inc();
-                self.buffer.wait_for_space(self.settings.poll_interval);
-                self.cut_if_due(Instant::now());
-                continue;
-            }
-            let read = self.read_round();
-            self.cut_if_due(Instant::now());
-            if read == 0 {
-                std::thread::sleep(self.settings.poll_interval);
-            }
-        }
-        self.cut();
+        self.run_loop(&shutdown);
         tracing::info!("stopped reading the systemd journal");
     }
 
@@ -574,21 +547,7 @@ impl JournalReader {
                 .collect(),
             parsed: Vec::new(),
         };
-        self.batch.streams.entry(m.labels).or_default().push(e);
-        self.batch.bytes += bytes;
-        self.batch.entries += 1;
-        self.batch.first_at.get_or_insert(now);
-    }
-
-    fn cut_if_due(&mut self, now: Instant) {
-        let due = self.batch.bytes >= self.settings.batch_max_bytes
-            || self.batch.first_at.is_some_and(|t| now.duration_since(t) >= self.settings.batch_wait);
-        if due {
-            self.cut();
-        } else if self.batch.first_at.is_none() && self.positions_moved() {
-            // Entries were read but none kept (filtered, passed over): the positions still move, in time.
-            self.batch.first_at = Some(now);
-        }
+        self.batch.push(&m.labels, e, bytes, now);
     }
 
     fn positions_moved(&self) -> bool {
@@ -614,6 +573,46 @@ impl JournalReader {
             self.known.insert(f.fingerprint, (f.cut_offset, false));
         }
         self.metrics.batches_cut.inc();
+    }
+}
+
+impl ReadLoop for JournalReader {
+    fn discover(&mut self) {
+        JournalReader::discover(self);
+    }
+
+    fn read_round(&mut self) -> usize {
+        JournalReader::read_round(self)
+    }
+
+    fn positions_moved(&self) -> bool {
+        JournalReader::positions_moved(self)
+    }
+
+    fn cut(&mut self) {
+        JournalReader::cut(self);
+    }
+
+    fn batch(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
+    fn pace(&self) -> Pace {
+        let s = &self.settings;
+        Pace {
+            batch_max_bytes: s.batch_max_bytes,
+            batch_wait: s.batch_wait,
+            discover_interval: s.discover_interval,
+            poll_interval: s.poll_interval,
+        }
+    }
+
+    fn buffer(&self) -> &DiskBuffer {
+        &self.buffer
+    }
+
+    fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
     }
 }
 
