@@ -12,25 +12,14 @@ use crate::template::format::{
 use crate::template::lex::hex_val;
 use crate::template::{Dialect, Host, Value};
 
-/// Every function name a Loki template may call; anything else is a parse error.
-const LOKI_FUNCS: &[&str] = &[
-    // text/template builtins
-    "and",
-    "or",
-    "not",
-    "len",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "printf",
-    "print",
-    "println",
-    "urlquery",
-    "html",
+/// The `text/template` builtins both dialects offer.
+const GO_BUILTINS: &[&str] = &[
+    "and", "or", "not", "len", "eq", "ne", "lt", "le", "gt", "ge", "printf", "print", "println", "urlquery", "html",
     "js",
+];
+
+/// The function names a Loki template may call besides [`GO_BUILTINS`]; anything else is a parse error.
+const LOKI_FUNCS: &[&str] = &[
     // Go strings.*
     "ToLower",
     "ToUpper",
@@ -100,30 +89,14 @@ const LOKI_FUNCS: &[&str] = &[
     "float64",
 ];
 
-/// Every function name a Prometheus template may call: the `text/template` builtins and the
-/// `funcMap` of Prometheus' `template/template.go`, plus `tmpl` (which Prometheus offers to its
-/// HTML consoles only).
+/// The function names a Prometheus template may call besides [`GO_BUILTINS`]: the other builtins and the
+/// `funcMap` of Prometheus' `template/template.go`, plus `tmpl` (which Prometheus offers to its HTML
+/// consoles only).
 const PROMETHEUS_FUNCS: &[&str] = &[
-    // text/template builtins
-    "and",
-    "or",
-    "not",
-    "len",
+    // the other text/template builtins
     "index",
     "slice",
     "call",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "printf",
-    "print",
-    "println",
-    "urlquery",
-    "html",
-    "js",
     // Prometheus
     "query",
     "first",
@@ -163,7 +136,7 @@ pub(super) fn lookup(dialect: Dialect, name: &str) -> Option<&'static str> {
         Dialect::Loki => LOKI_FUNCS,
         Dialect::Prometheus => PROMETHEUS_FUNCS,
     };
-    set.iter().find(|f| **f == name).copied()
+    GO_BUILTINS.iter().chain(set).find(|f| **f == name).copied()
 }
 
 /// Functions whose first argument is a regular expression, compiled once at parse time when it is
