@@ -61,9 +61,6 @@ pub struct Job {
 /// of its messages (topics and payloads).
 pub use store::wire::{Admit, AdmitRefused as Refused};
 
-/// The longest single wait for a tenant's rate before asking again.
-const ADMIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// The handle producers submit to; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -116,19 +113,13 @@ impl Pipeline {
         if let Some((admit, default_tenant)) = &self.admit {
             let name = tenant.as_ref().unwrap_or(default_tenant).as_str().to_string();
             let bytes: usize = messages.iter().map(|m| m.topic.len() + m.payload.len()).sum();
-            loop {
-                match admit(&name, bytes) {
-                    Ok(()) => break,
-                    Err(Refused { retry_after: Some(wait), message }) => {
-                        if let Some(c) = &self.rate_waits {
-                            c.inc();
-                        }
-                        tracing::debug!(tenant = %name, %message, "MQTT messages wait for their tenant's ingest rate");
-                        tokio::time::sleep(wait.min(ADMIT_WAIT_MAX)).await;
-                    }
-                    Err(Refused { retry_after: None, message }) => return Err(message),
+            store::wire::admitted(admit, &name, bytes, |message| {
+                if let Some(c) = &self.rate_waits {
+                    c.inc();
                 }
-            }
+                tracing::debug!(tenant = %name, %message, "MQTT messages wait for their tenant's ingest rate");
+            })
+            .await?;
         }
         let (done, rx) = oneshot::channel();
         let job = Job { messages, tenant, done };

@@ -133,28 +133,19 @@ impl Shared {
         let lines = batch.len() as u64;
         if let Some(admit) = &self.admit {
             let bytes: usize = batch.entries.iter().map(|e| e.line.len()).sum();
-            loop {
-                match admit(self.tenant.as_str(), bytes) {
-                    Ok(()) => break,
-                    Err(store::wire::AdmitRefused { retry_after: Some(wait), .. }) => {
-                        self.metrics.rate_limited.inc();
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait.min(MAX_BACKOFF)) => {}
-                            // At shutdown what was received is stored rather than held back.
-                            _ = self.shutdown.cancelled() => break,
-                        }
-                    }
-                    Err(store::wire::AdmitRefused { retry_after: None, message }) => {
-                        self.metrics
-                            .rejected
-                            .get_or_create(&vec![("reason".into(), "tenant_limit".into())])
-                            .inc_by(lines);
-                        if let Some(held) = self.warnings.allow("tenant_limit") {
-                            error!(%message, lines, held_back = held, "syslog messages refused by the tenant limits");
-                        }
-                        return;
-                    }
+            let admitted = tokio::select! {
+                r = store::wire::admitted(admit, self.tenant.as_str(), bytes, |_| {
+                    self.metrics.rate_limited.inc();
+                }) => r,
+                // At shutdown what was received is stored rather than held back.
+                _ = self.shutdown.cancelled() => Ok(()),
+            };
+            if let Err(message) = admitted {
+                self.metrics.rejected.get_or_create(&vec![("reason".into(), "tenant_limit".into())]).inc_by(lines);
+                if let Some(held) = self.warnings.allow("tenant_limit") {
+                    error!(%message, lines, held_back = held, "syslog messages refused by the tenant limits");
                 }
+                return;
             }
         }
         let mut backoff = Duration::from_millis(100);

@@ -54,6 +54,24 @@ pub struct AdmitRefused {
     pub message: String,
 }
 
+/// Waits until `admit` takes `bytes` for `tenant`: while the tenant is over its rate, `on_wait` is called
+/// and the wait it was told (at most 5 s at a time) is slept, then it asks again.
+///
+/// # Errors
+/// The refusal's message, when the tenant is refused for good.
+pub async fn admitted(admit: &Admit, tenant: &str, bytes: usize, mut on_wait: impl FnMut(&str)) -> Result<(), String> {
+    loop {
+        match admit(tenant, bytes) {
+            Ok(()) => return Ok(()),
+            Err(AdmitRefused { retry_after: Some(wait), message }) => {
+                on_wait(&message);
+                tokio::time::sleep(wait.min(std::time::Duration::from_secs(5))).await;
+            }
+            Err(AdmitRefused { retry_after: None, message }) => return Err(message),
+        }
+    }
+}
+
 /// Most fields one log entry may carry (VictoriaLogs' default `-insert.maxFieldsPerLine`).
 pub const MAX_FIELDS_PER_ENTRY: usize = 1000;
 /// Most bytes of field names and values one log entry may carry (the default line limit).
