@@ -60,7 +60,7 @@ pub struct LimitsConfig {
     pub tenant_ingest_rate: ByteSize,
     /// What a tenant may send at once above its rate; at least server.max_request_size.
     pub tenant_ingest_burst: ByteSize,
-    /// Queries one tenant runs at once (LogQL, PromQL, SQL, labels); more wait for a slot.
+    /// Queries one tenant runs at once (LogQL, PromQL, SQL, labels, series, rule evaluations); more wait for a slot.
     pub tenant_max_concurrent_queries: usize,
     /// Longest a query waits for its tenant's slot; then 503 with Retry-After.
     #[serde(with = "store::config::duration")]

@@ -233,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metric_store.clone(),
         query: config.query.clone(),
         runtime: tokio::runtime::Handle::current(),
+        gate: Some(Arc::new(crate::tenant_limits::RuleGate { limits: tenants.clone(), pressure: memory.clone() })),
     };
     let (ruler_stop, ruler_stop_rx) = tokio::sync::watch::channel(false);
     let ruler = ruler::Ruler::start(

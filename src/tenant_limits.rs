@@ -185,27 +185,80 @@ pub async fn limit_writes(State(limits): State<TenantLimits>, req: Request, next
     next.run(req).await
 }
 
+/// A query's place among its tenant's `tenant_max_concurrent_queries`: held until dropped.
+pub struct QuerySlot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    limits: TenantLimits,
+    tenant: String,
+    slots: Arc<Semaphore>,
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        // The permit (and its reference to the semaphore) goes back first, so an idle tenant is forgotten.
+        drop(self.permit.take());
+        self.limits.release_idle(&self.tenant, &self.slots);
+    }
+}
+
+impl TenantLimits {
+    /// Waits up to `tenant_query_queue_timeout` for one of the tenant's query slots: the HTTP query routes
+    /// and the ruler's evaluations both take one. The error names the limit.
+    pub async fn query_slot(&self, tenant: &str) -> Result<QuerySlot, String> {
+        let slots = self.query_slots(tenant);
+        let timeout = self.0.config.tenant_query_queue_timeout;
+        match tokio::time::timeout(timeout, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                Ok(QuerySlot { permit: Some(permit), limits: self.clone(), tenant: tenant.to_string(), slots })
+            }
+            _ => Err(format!(
+                "tenant {tenant:?} runs limits.tenant_max_concurrent_queries ({}) queries already, and none ended within \
+                 limits.tenant_query_queue_timeout ({})",
+                self.0.config.tenant_max_concurrent_queries,
+                humantime::format_duration(timeout)
+            )),
+        }
+    }
+}
+
+/// The ruler's evaluations pass the limits an HTTP query passes: refused under memory pressure (counted
+/// as `api="ruler"`), then one of the tenant's query slots.
+pub struct RuleGate {
+    pub limits: TenantLimits,
+    pub pressure: crate::memory::Pressure,
+}
+
+impl ruler::backend::QueryGate for RuleGate {
+    fn enter(
+        &self,
+        tenant: &store::model::Tenant,
+    ) -> futures::future::BoxFuture<'static, Result<Box<dyn Send>, String>> {
+        let limits = self.limits.clone();
+        let pressure = self.pressure.clone();
+        let tenant = tenant.as_str().to_string();
+        Box::pin(async move {
+            if let Err(message) = pressure.admit_query() {
+                pressure.metrics().refused_queries.get_or_create(&vec![("api".to_string(), "ruler".to_string())]).inc();
+                return Err(message);
+            }
+            let slot = limits.query_slot(&tenant).await?;
+            Ok(Box::new(slot) as Box<dyn Send>)
+        })
+    }
+}
+
 /// On query routes: at most `tenant_max_concurrent_queries` of a tenant at once; more wait for a slot.
 pub async fn limit_queries(State(limits): State<TenantLimits>, req: Request, next: Next) -> Response {
     let tenant = tenant_of(&req);
-    let slots = limits.query_slots(&tenant);
-    let timeout = limits.0.config.tenant_query_queue_timeout;
-    let slot = tokio::time::timeout(timeout, slots.clone().acquire_owned()).await;
-    let Ok(Ok(slot)) = slot else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(timeout.as_secs().max(1)),
-            format!(
-                "tenant {tenant:?} runs limits.tenant_max_concurrent_queries ({}) queries already, and none ended within \
-                 limits.tenant_query_queue_timeout ({})\n",
-                limits.0.config.tenant_max_concurrent_queries,
-                humantime::format_duration(timeout)
-            ),
-        );
+    let slot = match limits.query_slot(&tenant).await {
+        Ok(slot) => slot,
+        Err(message) => {
+            let retry = limits.0.config.tenant_query_queue_timeout.as_secs().max(1);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, Some(retry), format!("{message}\n"));
+        }
     };
     let response = next.run(req).await;
     drop(slot);
-    limits.release_idle(&tenant, &slots);
     response
 }
 

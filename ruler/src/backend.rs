@@ -3,7 +3,10 @@
 //! and later rules of the same cycle see it). Runs on a blocking thread; the async store calls are
 //! driven with the runtime's handle.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use query::http::prom::StoreSource;
 use query::logql::{Engine, QueryParams, QueryValue};
@@ -15,6 +18,13 @@ use crate::group::Backend;
 use crate::rule::Labels;
 use crate::rulefmt::Query;
 
+/// What a rule's query passes before it runs, as an HTTP query does: the server's gate takes one of the
+/// tenant's query slots (`limits.tenant_max_concurrent_queries`) and is refused under memory pressure.
+pub trait QueryGate: Send + Sync {
+    /// Waits for admission; the guard holds it until dropped. The error says which limit refused.
+    fn enter(&self, tenant: &Tenant) -> BoxFuture<'static, Result<Box<dyn Send>, String>>;
+}
+
 /// The stores and the query limits rules run under.
 #[derive(Clone)]
 pub struct StoreBackend {
@@ -22,6 +32,8 @@ pub struct StoreBackend {
     pub metrics: MetricStore,
     pub query: query::QueryConfig,
     pub runtime: tokio::runtime::Handle,
+    /// None: rules run without taking a slot (tests of the ruler alone).
+    pub gate: Option<Arc<dyn QueryGate>>,
 }
 
 impl StoreBackend {
@@ -38,6 +50,10 @@ impl StoreBackend {
 
 impl Backend for StoreBackend {
     fn query(&self, tenant: &Tenant, q: &Query, t_ms: i64) -> Result<Vec<(Labels, f64)>, String> {
+        let _slot = match &self.gate {
+            Some(gate) => Some(self.runtime.block_on(gate.enter(tenant))?),
+            None => None,
+        };
         match q {
             Query::PromQL(expr) => {
                 let opts = self.options();

@@ -113,6 +113,21 @@ pub fn generator_url(external_url: &str, expr: &str) -> String {
     format!("{}/graph?g0.expr={q}&g0.tab=1", external_url.trim_end_matches('/'))
 }
 
+/// Prometheus' phase of a group within its interval, in ms: `labels.Hash()` of `{file="…", name="…"}` (the
+/// labels in name order, each as `name 0xff value 0xff`, hashed with XXH64 seed 0) modulo the interval
+/// in nanoseconds (`Group.EvalTimestamp`). A whole-millisecond interval keeps the grid the same in ms.
+pub fn prometheus_group_offset_ms(file: &str, name: &str, interval_ms: i64) -> i64 {
+    let mut b = Vec::with_capacity(file.len() + name.len() + 12);
+    for (k, v) in [("file", file), ("name", name)] {
+        b.extend_from_slice(k.as_bytes());
+        b.push(0xff);
+        b.extend_from_slice(v.as_bytes());
+        b.push(0xff);
+    }
+    let interval_ns = (interval_ms.max(1) as u64).saturating_mul(1_000_000);
+    (xxhash_rust::xxh64::xxh64(&b, 0) % interval_ns / 1_000_000) as i64
+}
+
 impl GroupState {
     pub fn new(tenant: Tenant, spec: GroupSpec) -> GroupState {
         let rules = spec.rules.iter().cloned().map(RuleState::new).collect();
@@ -137,11 +152,13 @@ impl GroupState {
     }
 
     /// The evaluation time of the cycle that `now_ms` falls in: aligned to the interval plus a per-group
-    /// offset (a hash of file and name), so ticks are stable across restarts and spread between groups.
+    /// offset, so ticks are stable across restarts and spread between groups. The offset is Prometheus'
+    /// own (XXH64 of the label set `{file, name}` in its byte form, modulo the interval in nanoseconds),
+    /// so the same group file evaluates at the same instants in both, and their `ALERTS` samples,
+    /// `activeAt` and `ALERTS_FOR_STATE` values agree to the millisecond.
     pub fn eval_timestamp(&self, now_ms: i64) -> i64 {
         let interval = (self.spec.interval.as_millis() as i64).max(1);
-        let h = xxhash_rust::xxh3::xxh3_64(format!("{};{}", self.spec.file, self.spec.name).as_bytes());
-        let offset = (h % interval as u64) as i64;
+        let offset = prometheus_group_offset_ms(&self.spec.file, &self.spec.name, interval);
         let adj = now_ms - offset;
         adj - adj.rem_euclid(interval) + offset
     }
@@ -272,5 +289,27 @@ impl GroupState {
         for r in &mut self.rules {
             r.previous_series.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_is_prometheus_hash_of_file_and_name_in_nanoseconds() {
+        // The hash's reference value (XXH64 of "abc", seed 0), so a change of hash function shows here.
+        assert_eq!(xxhash_rust::xxh64::xxh64(b"abc", 0), 0x44bc_2cf5_ad77_0999);
+        let bytes = b"file\xffrules.yaml\xffname\xffg\xff";
+        let h = xxhash_rust::xxh64::xxh64(bytes, 0);
+        assert_eq!(prometheus_group_offset_ms("rules.yaml", "g", 60_000), (h % 60_000_000_000 / 1_000_000) as i64);
+        for interval in [1, 1_000, 15_000, 86_400_000] {
+            let o = prometheus_group_offset_ms("/etc/rules/a.yaml", "group", interval);
+            assert!((0..interval).contains(&o), "{o} outside [0, {interval})");
+        }
+        // Groups differ in phase; the same group keeps its phase.
+        let a = prometheus_group_offset_ms("f", "a", 60_000);
+        assert_eq!(a, prometheus_group_offset_ms("f", "a", 60_000));
+        assert_ne!(a, prometheus_group_offset_ms("f", "b", 60_000));
     }
 }

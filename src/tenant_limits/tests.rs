@@ -123,3 +123,32 @@ fn mqtt_waits_for_the_rate_and_is_refused_past_max_tenants() {
     assert_eq!(r.retry_after, None);
     assert!(r.message.contains("limits.max_tenants (2)"), "{}", r.message);
 }
+
+#[tokio::test]
+async fn rule_evaluations_take_a_query_slot_and_wait_behind_the_tenants_queries() {
+    use ruler::backend::QueryGate;
+    let config = LimitsConfig {
+        tenant_max_concurrent_queries: 1,
+        tenant_query_queue_timeout: Duration::from_millis(200),
+        ..LimitsConfig::default()
+    };
+    let limits = TenantLimits::new(config, []);
+    let metrics = crate::memory::MemoryMetrics::default();
+    let gate = super::RuleGate { limits: limits.clone(), pressure: crate::memory::Pressure::new(None, metrics) };
+    let (a, b) = (store::model::Tenant::new("a").unwrap(), store::model::Tenant::new("b").unwrap());
+    // A query of tenant a holds its only slot: a's rule waits, then fails naming the limit; b's runs.
+    let held = limits.query_slot("a").await.unwrap();
+    let err = gate.enter(&a).await.err().expect("the slot is taken");
+    assert!(err.contains("limits.tenant_max_concurrent_queries (1)"), "{err}");
+    let b_slot = gate.enter(&b).await.expect("another tenant's slot");
+    drop(held);
+    let rule = gate.enter(&a).await.expect("the slot is back");
+    // While the rule runs, a's HTTP queries wait for it.
+    let app = app(&limits);
+    let resp = app.clone().oneshot(req("/query", "a", "fast")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(rule);
+    drop(b_slot);
+    assert_eq!(app.oneshot(req("/query", "a", "fast")).await.unwrap().status(), StatusCode::OK);
+    assert!(limits.0.queries.lock().is_empty(), "idle tenants are forgotten");
+}

@@ -91,7 +91,16 @@ async fn write(base: &str, body: &[u8]) {
     assert!(status.is_success(), "{base}: {status} {}", r.text().await.unwrap());
 }
 
-/// What must agree of a rule: everything but the timing fields; values as numbers.
+/// An RFC 3339 time as Unix ms: Prometheus' `activeAt` carries its evaluation instant to the nanosecond
+/// (its group phase is a hash modulo the interval in ns), Lumen's to the millisecond it evaluates at;
+/// both evaluate their queries at the same millisecond.
+fn unix_ms(rfc3339: &Value) -> i64 {
+    let t = humantime::parse_rfc3339(rfc3339.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// What must agree of a rule: everything but the timing fields of the rule itself (how long and when
+/// on the wall clock it ran); alerts' `activeAt` to the ms; values as numbers.
 fn rule_view(r: &Value) -> Value {
     let mut m = r.as_object().unwrap().clone();
     for k in ["evaluationTime", "lastEvaluation", "keepFiringFor"] {
@@ -100,7 +109,8 @@ fn rule_view(r: &Value) -> Value {
     if let Some(Value::Array(alerts)) = m.get_mut("alerts") {
         for a in alerts.iter_mut() {
             let o = a.as_object_mut().unwrap();
-            o.remove("activeAt");
+            let at = unix_ms(&o["activeAt"]);
+            o.insert("activeAt".into(), json!(at));
             let v: f64 = o["value"].as_str().unwrap().parse().unwrap();
             o.insert("value".into(), json!(format!("{v:.9}")));
         }
@@ -147,7 +157,19 @@ fn settled(v: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_alerts_and_recorded_series_agree_with_prometheus() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yaml");
+    // Both systems run each group at the same phase of its 1 s interval (Prometheus' hash of file and
+    // name). A file path whose two groups are at least 300 ms apart, so "second" always runs after
+    // "compare" has written, in both.
+    let phase = |file: &str, group: &str| ruler::group::prometheus_group_offset_ms(file, group, 1000);
+    let circular = |a: i64, b: i64| (a - b).rem_euclid(1000).min((b - a).rem_euclid(1000));
+    let rules = (0..)
+        .map(|i| dir.path().join(format!("r{i}.yaml")))
+        .find(|f| {
+            let f = f.display().to_string();
+            circular(phase(&f, "compare"), phase(&f, "second")) >= 300
+        })
+        .unwrap();
+    let phases = [phase(&rules.display().to_string(), "compare"), phase(&rules.display().to_string(), "second")];
     std::fs::write(&rules, RULES).unwrap();
     let prom = Prometheus::start_with(
         &dir.path().join("prom"),
@@ -158,6 +180,11 @@ async fn rules_alerts_and_recorded_series_agree_with_prometheus() {
     config.ruler.rule_files = vec![rules.display().to_string()];
     let lumen = TestServer::start(config).await;
     let body = encode_write_request(&workload());
+    // Write at the phase furthest from both groups' ticks, so the data lands between the same two
+    // evaluations in both systems and every alert becomes active at the same instant.
+    let target = (0..1000).step_by(10).max_by_key(|&p| phases.iter().map(|&o| circular(p, o)).min().unwrap()).unwrap();
+    let wait = (target - now_ms().rem_euclid(1000)).rem_euclid(1000);
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     for base in [&prom.base, &lumen.base] {
         write(base, &body).await;
     }
@@ -199,13 +226,16 @@ async fn rules_alerts_and_recorded_series_agree_with_prometheus() {
             }
         }
     }
-    // The alerts API (activeAt differs by each system's evaluation times).
+    // The alerts API, activeAt included: both evaluated at the same instants.
     let alerts = |v: Value| {
         let mut a: Vec<Value> = v["data"]["alerts"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| json!({"labels": a["labels"], "annotations": a["annotations"], "state": a["state"]}))
+            .map(|a| {
+                json!({"labels": a["labels"], "annotations": a["annotations"], "state": a["state"],
+                    "activeAt": unix_ms(&a["activeAt"])})
+            })
             .collect();
         a.sort_by_key(|a| a.to_string());
         a
@@ -214,16 +244,19 @@ async fn rules_alerts_and_recorded_series_agree_with_prometheus() {
         alerts(get_json(&format!("{}/api/v1/alerts", prom.base), "default").await),
         alerts(get_json(&format!("{}/api/v1/alerts", lumen.base), "default").await)
     );
-    for q in ["ALERTS_FOR_STATE", "job:http_requests:rate5m", "job:http_errors:ratio"] {
+    // ALERTS_FOR_STATE's value is activeAt in seconds; `timestamp(...)` is the instant of the last
+    // evaluation that wrote the series, the same grid in both.
+    for q in [
+        "ALERTS_FOR_STATE",
+        "job:http_requests:rate5m",
+        "job:http_errors:ratio",
+        "timestamp(ALERTS) % 1",
+        "timestamp(job:http_errors:ratio) % 1",
+    ] {
         let p = series_set(&prom.base, q).await;
         let l = series_set(&lumen.base, q).await;
         assert!(!p.is_empty(), "{q}: Prometheus has none");
-        if q == "ALERTS_FOR_STATE" {
-            // The value is ActiveAt, which depends on each system's evaluation times: compare label sets.
-            assert_eq!(p.keys().collect::<Vec<_>>(), l.keys().collect::<Vec<_>>(), "{q}");
-        } else {
-            assert_eq!(p, l, "{q}");
-        }
+        assert_eq!(p, l, "{q}");
     }
     lumen.stop().await;
 }
