@@ -33,8 +33,9 @@ pub struct QueryConfig {
     #[serde(with = "store::config::duration")]
     pub lookback_delta: Duration,
     /// Most samples one PromQL selection may load, and one expression node hold at once (Prometheus'
-    /// `--query.max-samples`, 50,000,000 there; 16 bytes each, so the default stays near 256 MiB). Left at
-    /// its default, the server takes `min(15,000,000, 20% of server.memory_limit / 16 bytes)`.
+    /// `--query.max-samples`, 50,000,000 there; 16 bytes each, so the default stays near 256 MiB); also
+    /// what one LogQL query may hold (a metric point counts 2, a line kept its bytes / 16). Left at its
+    /// default, the server takes `min(15,000,000, 20% of server.memory_limit / 16 bytes)`.
     pub max_samples: usize,
     /// Live tails (`/loki/api/v1/tail` WebSockets) running at once, over all tenants; past it 429 (Loki's
     /// `max_concurrent_tail_requests`).
@@ -69,6 +70,7 @@ impl QueryConfig {
         Limits {
             max_entries: self.max_entries_limit_per_query,
             max_series: self.max_query_series,
+            max_held_samples: self.max_samples,
             max_query_length: self.max_query_length,
             timeout: self.timeout,
             partitions: if self.query_parallelism == 0 { defaults.partitions } else { self.query_parallelism },

@@ -488,3 +488,53 @@ async fn live_tails_past_the_limit_are_refused_until_one_ends() {
     }
     server.stop().await;
 }
+
+/// Issue 17: a LogQL metric query that would hold more than `query.max_samples` (one series per request
+/// id, many steps) is refused with a 400 naming the key before it takes the memory, the same query summed
+/// answers, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logql_query_that_would_hold_too_much_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.query.max_samples = 200_000;
+    let server = TestServer::start(config).await;
+    let now = store::time::now_ns();
+    let values: Vec<Value> = (0..500)
+        .map(|i| json!([(now - 3_000_000_000_000 + i * 1_000_000_000).to_string(), format!("id=r{i} ok")]))
+        .collect();
+    let body = json!({"streams": [{"stream": {"app": "wide"}, "values": values}]});
+    let r = server.client.post(server.url("/loki/api/v1/push")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let ask = |q: &'static str| {
+        let end = (now / 1_000_000_000).to_string();
+        let start = (now / 1_000_000_000 - 3_600).to_string();
+        let req = server.client.get(server.url("/loki/api/v1/query_range")).query(&[
+            ("query", q),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", "10"),
+        ]);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for phase in ["head", "parts"] {
+        // 500 series × 361 steps × 2: about 360,000 samples.
+        let (status, body) = ask(r#"count_over_time({app="wide"} | logfmt [1m])"#).await;
+        assert_eq!(status, 400, "{phase}: {body}");
+        assert!(body.contains("query.max_samples (200000)"), "{phase}: {body}");
+        let (status, body) = ask(r#"sum(count_over_time({app="wide"} | logfmt [1m]))"#).await;
+        assert_eq!(status, 200, "{phase}: the sum keeps one series: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let total: f64 = v["data"]["result"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_str().unwrap().parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(total, 60.0, "{phase}: one line a second, 60 in each 1m window");
+        server.flush().await;
+    }
+    server.stop().await;
+}

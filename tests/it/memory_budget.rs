@@ -45,7 +45,8 @@ struct Outcomes {
     ok: AtomicU64,
     /// 503 naming `server.memory_limit`.
     refused_memory: AtomicU64,
-    /// Refused by the query's own limit, derived from the budget (SQL's pool, PromQL's samples).
+    /// Refused by the query's own limit, derived from the budget (SQL's pool, PromQL's and LogQL's
+    /// samples).
     refused_own_limit: AtomicU64,
 }
 
@@ -59,7 +60,7 @@ impl Outcomes {
                 &self.refused_memory
             }
             503 if body.contains("query.sql_max_memory") => &self.refused_own_limit,
-            422 if body.contains("query.max_samples") => &self.refused_own_limit,
+            422 | 400 if body.contains("query.max_samples") => &self.refused_own_limit,
             _ => panic!("{what}: neither answered nor refused naming a limit: {status} {body}"),
         };
         counter.fetch_add(1, Ordering::Relaxed);

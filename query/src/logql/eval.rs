@@ -8,7 +8,7 @@
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, StringArray};
@@ -29,6 +29,10 @@ pub struct Limits {
     pub max_series: usize,
     pub max_query_length: Duration,
     pub max_points: usize,
+    /// What a metric query may hold in memory while it runs, in 16-byte samples (`query.max_samples`,
+    /// shared with PromQL): each series' points and labels, and the values `quantile_over_time` and its
+    /// kind keep.
+    pub max_held_samples: usize,
     pub timeout: Duration,
     pub partitions: usize,
 }
@@ -40,6 +44,7 @@ impl Default for Limits {
             max_series: 500,
             max_query_length: Duration::from_secs(721 * 3600),
             max_points: 11_000,
+            max_held_samples: 15_000_000,
             timeout: Duration::from_secs(60),
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
@@ -250,6 +255,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let categorize = p.categorize;
+        let held = Arc::new(Held::new(self.limits.max_held_samples));
         let sinks = self
             .select(
                 ctx,
@@ -259,7 +265,15 @@ impl Engine {
                 MetaNeed::All,
                 Some(StreamLimit { rows: limit as u64, newest: backward }),
                 true,
-                move || LogSink { limit, backward, heap: BinaryHeap::new(), seq: 0, categorize },
+                move || LogSink {
+                    limit,
+                    backward,
+                    heap: BinaryHeap::new(),
+                    seq: 0,
+                    categorize,
+                    held: held.clone(),
+                    over: false,
+                },
             )
             .await?;
         let mut all: Vec<HeapItem> = sinks.into_iter().flat_map(|s| s.heap.into_vec()).collect();
@@ -507,20 +521,33 @@ impl Engine {
                 })
                 .collect()
         } else {
+            // Under `sum` or `sum by (...)`, a linear aggregation keeps only the sum's labels (and the
+            // error labels, so a pipeline error is still reported): the same sums, with one series per
+            // group instead of one per label set.
+            let grouping = match (&r.grouping, &meta) {
+                (None, MetaNeed::Only(keep)) if r.op.is_linear() => {
+                    let mut labels: Vec<String> = keep.iter().cloned().collect();
+                    labels.extend([ERROR.to_string(), ERROR_DETAILS.to_string()]);
+                    labels.sort();
+                    Some(Grouping { without: false, labels })
+                }
+                (g, _) => g.clone(),
+            };
             let spec = Arc::new(RangeSpec {
                 op: r.op,
                 steps: steps.clone(),
                 range_ns: r.range_ns,
                 offset_ns: r.offset_ns,
                 unwrap: r.unwrap.clone(),
-                grouping: r.grouping.clone(),
+                grouping,
+                held: Held::new(self.limits.max_held_samples),
             });
             let sinks = self
                 .select(ctx, &r.log, lo, hi, meta, None, matches!(r.op, RangeOp::Bytes | RangeOp::BytesRate), || {
                     MetricSink::new(spec.clone())
                 })
                 .await?;
-            let mut merged = MetricSink::new(spec.clone());
+            let mut merged = MetricSink::merged(spec.clone());
             for s in sinks {
                 merged.merge(s);
             }
@@ -574,6 +601,11 @@ impl RangeOp {
     fn is_linear(self) -> bool {
         matches!(self, RangeOp::Count | RangeOp::Rate | RangeOp::Bytes | RangeOp::BytesRate | RangeOp::Sum)
     }
+
+    /// Whether its accumulator keeps every value of the window rather than a running figure.
+    fn keeps_samples(self) -> bool {
+        matches!(self, RangeOp::Stdvar | RangeOp::Stddev | RangeOp::Quantile | RangeOp::RateCounter)
+    }
 }
 
 // ----- rows into sinks -----
@@ -582,6 +614,10 @@ trait Sink: Send + 'static {
     /// Whether a row at `ts` can still matter.
     fn wants(&self, _ts: i64) -> bool {
         true
+    }
+    /// Set once the sink went over a limit: the scan stops with this error.
+    fn over(&self) -> Option<QueryError> {
+        None
     }
     /// An entry that passed the pipeline. `labels` is `None` when the entry's labels are exactly its
     /// stream's.
@@ -626,6 +662,9 @@ fn feed<S: Sink>(
     // The level the stream's labels decide, for the stream of `last`.
     let mut stream_level: Option<&'static str> = None;
     for i in 0..n {
+        if let Some(e) = sink.over() {
+            return Err(e);
+        }
         let ts = times[i];
         if !sink.wants(ts) {
             continue;
@@ -672,7 +711,7 @@ fn feed<S: Sink>(
     }
     lines.fetch_add(n_lines, Ordering::Relaxed);
     bytes.fetch_add(n_bytes, Ordering::Relaxed);
-    Ok(())
+    sink.over().map_or(Ok(()), Err)
 }
 
 fn pairs(labels: &Labels) -> LabelPairs {
@@ -712,6 +751,8 @@ struct LogSink {
     heap: BinaryHeap<HeapItem>,
     seq: u64,
     categorize: bool,
+    held: Arc<Held>,
+    over: bool,
 }
 
 impl LogSink {
@@ -725,6 +766,10 @@ impl Sink for LogSink {
         self.heap.len() < self.limit || self.heap.peek().is_some_and(|w| self.badness(ts) < w.badness)
     }
 
+    fn over(&self) -> Option<QueryError> {
+        self.over.then(|| self.held.lines_error())
+    }
+
     fn accept(&mut self, ts: i64, _sid: u64, line: &str, labels: Option<&mut LabelSet>, stream: &Arc<Labels>) {
         let (stream_key, metadata, parsed) = match labels {
             None => (pairs(stream), Vec::new(), Vec::new()),
@@ -734,15 +779,17 @@ impl Sink for LogSink {
             Some(set) => (set.sorted(), Vec::new(), Vec::new()),
         };
         self.seq += 1;
-        let item = HeapItem {
-            badness: self.badness(ts),
-            seq: self.seq,
-            stream: stream_key,
-            entry: EntryOut { ts, line: line.to_string(), metadata, parsed },
-        };
+        let entry = EntryOut { ts, line: line.to_string(), metadata, parsed };
+        if !self.held.charge(entry_cost(&stream_key, &entry)) {
+            self.over = true;
+            return;
+        }
+        let item = HeapItem { badness: self.badness(ts), seq: self.seq, stream: stream_key, entry };
         self.heap.push(item);
-        if self.heap.len() > self.limit {
-            self.heap.pop();
+        if self.heap.len() > self.limit
+            && let Some(worst) = self.heap.pop()
+        {
+            self.held.release(entry_cost(&worst.stream, &worst.entry));
         }
     }
 }
@@ -794,6 +841,63 @@ struct RangeSpec {
     offset_ns: i64,
     unwrap: Option<Unwrap>,
     grouping: Option<Grouping>,
+    held: Held,
+}
+
+/// Memory a query holds, counted before it is allocated, in 16-byte samples over all of the query's
+/// scan tasks (`query.max_samples`, as PromQL counts). A metric query's series cost their labels' bytes
+/// and two samples per step (an accumulator takes 32 bytes), and every value kept for
+/// `quantile_over_time`, `stddev_over_time` and the like one more; a log query's lines kept as
+/// candidates cost their bytes, labels and metadata included.
+struct Held {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Held {
+    fn new(max: usize) -> Held {
+        Held { used: AtomicUsize::new(0), max }
+    }
+
+    /// Counts `n` more; false once the query is over its limit.
+    fn charge(&self, n: usize) -> bool {
+        self.used.fetch_add(n, Ordering::Relaxed).saturating_add(n) <= self.max
+    }
+
+    /// Gives back `n` (a candidate line dropped).
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn metric_error(&self) -> QueryError {
+        QueryError::BadRequest(format!(
+            "the query would hold more than query.max_samples ({}) samples in memory (a LogQL metric query holds two \
+             per series and step, its labels, and the values quantile_over_time and its kind keep); narrow the \
+             selector or the time range, raise the step, or group by fewer labels",
+            self.max
+        ))
+    }
+
+    fn lines_error(&self) -> QueryError {
+        QueryError::BadRequest(format!(
+            "the lines this query returns would take more than {} MiB in memory (query.max_samples ({}) × 16 bytes); \
+             lower the limit, or narrow the selector or the time range",
+            self.max.saturating_mul(16) >> 20,
+            self.max
+        ))
+    }
+}
+
+/// A candidate line's cost, in samples: its text, its stream's labels, metadata and parsed labels.
+fn entry_cost(stream: &LabelPairs, entry: &EntryOut) -> usize {
+    let pairs = |l: &LabelPairs| l.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+    (entry.line.len() + pairs(stream) + pairs(&entry.metadata) + pairs(&entry.parsed) + 96) / 16
+}
+
+/// The cost of a series slot, in samples: its points and its labels' bytes.
+fn slot_cost(labels: &LabelPairs, steps: usize) -> usize {
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+    steps.saturating_mul(2).saturating_add(bytes / 16 + 4)
 }
 
 #[derive(Debug, Clone)]
@@ -948,6 +1052,11 @@ struct MetricSink {
     by_stream_level: HashMap<(u64, &'static str), usize>,
     by_labels: HashMap<LabelPairs, usize>,
     series: Vec<(LabelPairs, Vec<Option<Acc>>)>,
+    /// Whether what this sink allocates is counted in `spec.held` (not for the sink the scan tasks'
+    /// sinks merge into: what it takes over was counted once).
+    counted: bool,
+    /// Over `spec.held`'s limit: nothing more is added, and the scan stops.
+    over: bool,
 }
 
 impl MetricSink {
@@ -958,12 +1067,29 @@ impl MetricSink {
             by_stream_level: HashMap::new(),
             by_labels: HashMap::new(),
             series: Vec::new(),
+            counted: true,
+            over: false,
         }
+    }
+
+    fn merged(spec: Arc<RangeSpec>) -> MetricSink {
+        MetricSink { counted: false, ..MetricSink::new(spec) }
+    }
+
+    fn charge(&mut self, n: usize) -> bool {
+        if self.counted && !self.spec.held.charge(n) {
+            self.over = true;
+        }
+        !self.over
     }
 
     fn slot_for_labels(&mut self, labels: LabelPairs) -> usize {
         if let Some(&i) = self.by_labels.get(&labels) {
             return i;
+        }
+        if !self.charge(slot_cost(&labels, self.spec.steps.n)) {
+            // `add` adds nothing once over, and the scan stops at the next row.
+            return 0;
         }
         let i = self.series.len();
         self.series.push((labels.clone(), vec![None; self.spec.steps.n]));
@@ -972,13 +1098,19 @@ impl MetricSink {
     }
 
     fn add(&mut self, slot: usize, ts: i64, v: f64) {
-        let spec = &self.spec;
-        let range = spec.steps.covering(ts, spec.range_ns, spec.offset_ns);
+        if self.over {
+            return;
+        }
+        let op = self.spec.op;
+        let range = self.spec.steps.covering(ts, self.spec.range_ns, self.spec.offset_ns);
+        if op.keeps_samples() && !self.charge(range.len()) {
+            return;
+        }
         let points = &mut self.series[slot].1;
         for k in range {
             match &mut points[k] {
                 Some(acc) => acc.add(ts, v),
-                p @ None => *p = Some(Acc::new(spec.op, ts, v)),
+                p @ None => *p = Some(Acc::new(op, ts, v)),
             }
         }
     }
@@ -1009,6 +1141,10 @@ impl MetricSink {
 }
 
 impl Sink for MetricSink {
+    fn over(&self) -> Option<QueryError> {
+        self.over.then(|| self.spec.held.metric_error())
+    }
+
     fn accept_with_level(&mut self, ts: i64, sid: u64, line: &str, level: &'static str, stream: &Arc<Labels>) {
         if self.spec.unwrap.is_some() || self.spec.grouping.is_some() {
             let mut set = LabelSet::from_stream(stream);
@@ -1085,18 +1221,19 @@ impl Sink for MetricSink {
             return;
         }
         let slot = match labels {
-            None if spec.grouping.is_none() => match self.by_stream.get(&sid) {
+            // The stream's labels alone: its slot is the same for every row.
+            None => match self.by_stream.get(&sid) {
                 Some(&slot) => slot,
                 None => {
-                    let slot = self.slot_for_labels(pairs(stream));
+                    let key = match &spec.grouping {
+                        Some(g) => group_labels(&pairs(stream), g),
+                        None => pairs(stream),
+                    };
+                    let slot = self.slot_for_labels(key);
                     self.by_stream.insert(sid, slot);
                     slot
                 }
             },
-            None => {
-                let key = group_labels(&pairs(stream), spec.grouping.as_ref().expect("checked"));
-                self.slot_for_labels(key)
-            }
             Some(set) => {
                 let mut key = set.sorted();
                 if let Some(g) = &spec.grouping {

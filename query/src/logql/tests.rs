@@ -506,3 +506,48 @@ fn check_round_trip(text: &str) {
         assert!(parse(&printed).is_ok(), "{text:?} printed as {printed:?}, which does not parse");
     }
 }
+
+/// Memory a query would hold is counted as it grows (`query.max_samples`), so a query that would take
+/// too much is refused with the limit's name before it takes it, and the same query fits a larger limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_that_would_hold_too_much_are_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let s = 1_000_000_000i64;
+    // 200 lines, each with its own request id: `| logfmt` makes 200 series; lines of 2 KB.
+    let loads: Vec<Load> = (0..200)
+        .map(|i| Load {
+            labels: vec![("app".into(), "api".into())],
+            metadata: Vec::new(),
+            time_ns: 1_000 * s + i * s,
+            line: format!("id=r{i} latency={} pad={}", i % 17, "x".repeat(2000)),
+        })
+        .collect();
+    append(&store, &loads).await;
+    let run = |max: usize, q: &'static str, params: QueryParams| {
+        let engine = Engine {
+            store: store.clone(),
+            limits: Limits { partitions: 2, max_held_samples: max, ..Limits::default() },
+        };
+        async move { engine.query(&Tenant::default_tenant(), &parse(q).unwrap(), &params).await.map(|_| ()) }
+    };
+    let range = || QueryParams::range(1_000 * s, 1_400 * s, s);
+    // 200 series × 401 steps × 2 samples each, plus labels: about 165,000.
+    let q = r#"count_over_time({app="api"} | logfmt | drop pad [10s])"#;
+    let err = run(100_000, q, range()).await.unwrap_err().to_string();
+    assert!(err.contains("query.max_samples (100000)"), "{err}");
+    run(200_000, q, range()).await.expect("fits a larger limit");
+    // Grouped to one series it fits the small limit.
+    run(100_000, r#"sum(count_over_time({app="api"} | logfmt [10s]))"#, range()).await.expect("one series");
+    // quantile_over_time keeps each value once per step its window covers: 200 × 50 = 10,000.
+    let q = r#"quantile_over_time(0.9, {app="api"} | logfmt | unwrap latency [50s]) by (app)"#;
+    assert!(run(9_000, q, range()).await.unwrap_err().to_string().contains("query.max_samples (9000)"));
+    run(20_000, q, range()).await.expect("fits");
+    // 100 lines of 2 KB returned: about 13,000 samples of 16 bytes.
+    let mut p = QueryParams::range(1_000 * s, 1_400 * s, s);
+    p.limit = 100;
+    let q = r#"{app="api"}"#;
+    let err = run(10_000, q, p.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("query.max_samples (10000)") && err.contains("lines"), "{err}");
+    run(20_000, q, p).await.expect("fits");
+}
