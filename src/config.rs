@@ -431,12 +431,12 @@ impl Config {
         toml::to_string(&Config::default()).unwrap_or_default()
     }
 
-    pub fn wire_limits(&self) -> store::wire::Limits {
-        store::wire::Limits {
+    pub fn wire_limits(&self) -> wire::Limits {
+        wire::Limits {
             max_line_bytes: self.server.max_line_size.as_u64() as usize,
             max_labels: self.server.max_labels_per_stream,
             max_body_bytes: self.server.max_request_size.as_u64() as usize,
-            ..store::wire::Limits::default()
+            ..wire::Limits::default()
         }
     }
 }

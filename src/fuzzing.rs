@@ -5,9 +5,9 @@
 
 use bytes::Bytes;
 use prost::Message;
-use store::wire::loki::PushFormat;
-use store::wire::prom::{Precision, TextFormat};
-use store::wire::{FieldMapping, Limits};
+use wire::loki::PushFormat;
+use wire::prom::{Precision, TextFormat};
+use wire::{FieldMapping, Limits};
 
 /// Every target, by name (the file names of `fuzz/fuzz_targets/` and the directories of `fuzz/corpus/`).
 pub const TARGETS: &[&str] = &[
@@ -56,30 +56,30 @@ pub fn run(target: &str, data: &[u8]) {
     let text = || String::from_utf8_lossy(data);
     match target {
         "loki_push_json" => {
-            let _ = store::wire::loki::decode(PushFormat::Json, data, limits(), NOW_NS);
+            let _ = wire::loki::decode(PushFormat::Json, data, limits(), NOW_NS);
         }
         "loki_push_protobuf" => {
             // As sent (snappy), and the message itself, so that the fuzzer reaches the protobuf walker.
             let body = Bytes::copy_from_slice(data);
-            let _ = store::wire::loki::decode_request(None, Some("snappy"), body, limits(), NOW_NS);
-            let _ = store::wire::loki::decode(PushFormat::Protobuf, data, limits(), NOW_NS);
+            let _ = wire::loki::decode_request(None, Some("snappy"), body, limits(), NOW_NS);
+            let _ = wire::loki::decode(PushFormat::Protobuf, data, limits(), NOW_NS);
         }
         "remote_write" => {
-            let _ = store::wire::prom::decode_write_request(data, |labels, samples| {
+            let _ = wire::prom::decode_write_request(data, |labels, samples| {
                 std::hint::black_box((labels.len(), samples.len()));
                 Ok(())
             });
         }
         "es_bulk" => {
             let mapping = FieldMapping::from_params(None, None, Some("host,app"), None, "@timestamp", "message");
-            let _ = store::wire::esbulk::decode(data, &mapping, limits(), NOW_NS);
+            let _ = wire::esbulk::decode(data, &mapping, limits(), NOW_NS);
         }
         "jsonline" => {
             let mapping = FieldMapping::from_params(None, None, Some("host,app"), None, "_time", "_msg");
-            let _ = store::wire::jsonline::decode(data, &mapping, limits(), NOW_NS);
+            let _ = wire::jsonline::decode(data, &mapping, limits(), NOW_NS);
         }
         "influx" => {
-            let _ = store::wire::prom::parse_influx(&text(), Precision::Ns, NOW_NS / 1_000_000, |l, t, v| {
+            let _ = wire::prom::parse_influx(&text(), Precision::Ns, NOW_NS / 1_000_000, |l, t, v| {
                 std::hint::black_box((l.len(), t, v));
             });
         }
@@ -87,7 +87,7 @@ pub fn run(target: &str, data: &[u8]) {
             // The first byte picks the format, so one corpus covers both.
             let format =
                 if data.first().is_some_and(|b| b & 1 == 1) { TextFormat::OpenMetrics } else { TextFormat::Prometheus };
-            let _ = store::wire::prom::parse_text(&text(), format, NOW_NS / 1_000_000, |l, t, v| {
+            let _ = wire::prom::parse_text(&text(), format, NOW_NS / 1_000_000, |l, t, v| {
                 std::hint::black_box((l.len(), t, v));
             });
         }

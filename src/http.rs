@@ -23,7 +23,7 @@ pub use query::http::tenant;
 pub struct AppState {
     pub store: LogStore,
     pub metric_store: MetricStore,
-    pub limits: store::wire::Limits,
+    pub limits: wire::Limits,
     /// Most labels a metric series may have.
     pub max_labels_per_series: usize,
     /// The retention period: older entries are rejected at ingest.

@@ -87,10 +87,10 @@ impl TenantLimits {
     /// The same check for MQTT (the embedded endpoint and the broker subscription) and syslog: a tenant
     /// over its rate waits (neither has a 429: the connection is not read meanwhile), a new tenant past
     /// `max_tenants` is refused (an MQTT connection is closed with its messages unacknowledged).
-    pub fn stream_admit(&self) -> store::wire::Admit {
+    pub fn stream_admit(&self) -> wire::Admit {
         let limits = self.clone();
         Arc::new(move |tenant: &str, bytes: usize| {
-            limits.check_write(tenant, bytes).map_err(|r| store::wire::AdmitRefused {
+            limits.check_write(tenant, bytes).map_err(|r| wire::AdmitRefused {
                 retry_after: r.retry_after.map(std::time::Duration::from_secs),
                 message: r.message.trim_end().to_string(),
             })

@@ -7,9 +7,9 @@ use std::time::Duration;
 use benches::{jsonline_body, loghub_lines, loki_json_body, loki_proto_body, otlp_logs_body};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use store::model::Tenant;
-use store::wire::loki::PushFormat;
-use store::wire::{FieldMapping, Limits, jsonline, loki};
 use store::{LogStore, StoreConfig, StoreOptions};
+use wire::loki::PushFormat;
+use wire::{FieldMapping, Limits, jsonline, loki};
 
 const LINES: usize = 2000;
 
@@ -166,7 +166,7 @@ fn logql(c: &mut Criterion) {
 /// A node_exporter-like remote-write body: 2,000 series of ten labels, one sample each (as Prometheus
 /// sends them), at time `t`.
 fn remote_write_body(t: i64, round: i64) -> Vec<u8> {
-    use store::wire::prom::{Sample, encode_write_request};
+    use wire::prom::{Sample, encode_write_request};
     let series: Vec<_> = (0..2000)
         .map(|i| {
             let labels = vec![
@@ -190,7 +190,7 @@ fn remote_write_body(t: i64, round: i64) -> Vec<u8> {
 /// The metric ingest and PromQL hot paths: remote-write decode, catalog lookup per sample, the decimal
 /// value encoding of parts, and a `rate` over 2,000 series.
 fn metrics(c: &mut Criterion) {
-    use store::wire::prom::{decode_write_request, decompress_snappy, normalize_labels};
+    use wire::prom::{decode_write_request, decompress_snappy, normalize_labels};
     let t0 = store::time::now_ns() / 1_000_000;
     let mut g = c.benchmark_group("metrics");
     g.throughput(Throughput::Elements(2000));
@@ -241,7 +241,7 @@ fn metrics(c: &mut Criterion) {
             let mut batch = ms.batch(&tenant);
             let mut norm = Vec::new();
             decode_write_request(&raw, |l, s| {
-                store::wire::prom::check_labels(l, 40, 1024, 65536)?;
+                wire::prom::check_labels(l, 40, 1024, 65536)?;
                 normalize_labels(l, &mut norm);
                 batch.add(&norm, s.iter().map(|s| (s.t, s.v)));
                 Ok(())

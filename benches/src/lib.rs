@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::json;
-use store::wire::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
+use wire::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
 
 /// Loghub lines of all 16 systems, interleaved.
 pub fn loghub_lines() -> Vec<(String, String)> {

@@ -353,7 +353,7 @@ fn now_ms() -> i64 {
 }
 
 /// Puts one scrape's series into the buffer, unless it is full (scrapes cannot wait: the next one comes).
-fn buffer_series(buffer: &DiskBuffer, metrics: &AgentMetrics, series: &[store::wire::prom::OwnedSeries]) {
+fn buffer_series(buffer: &DiskBuffer, metrics: &AgentMetrics, series: &[wire::prom::OwnedSeries]) {
     if series.is_empty() {
         return;
     }
@@ -361,7 +361,7 @@ fn buffer_series(buffer: &DiskBuffer, metrics: &AgentMetrics, series: &[store::w
         metrics.scrapes_dropped.inc();
         return;
     }
-    let payload = store::wire::prom::encode_write_request(series);
+    let payload = wire::prom::encode_write_request(series);
     if let Err(error) = buffer.append(Kind::Metrics, Vec::new(), &payload) {
         metrics.buffer_errors.inc();
         tracing::error!(%error, "cannot write scraped samples to the disk buffer; they are lost");

@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use store::wire::prom::{OwnedSeries, Sample};
+use wire::prom::{OwnedSeries, Sample};
 
 /// Collects node metrics from `proc_root` (normally `/proc`) and `sys_root` (normally `/sys`) at `t_ms`.
 ///
@@ -586,7 +586,7 @@ fn uname(kernel: &Path, out: &mut Out) {
 mod tests {
     use std::path::Path;
 
-    use store::wire::prom::OwnedSeries;
+    use wire::prom::OwnedSeries;
 
     use super::{FsStats, Out};
 

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
 use reqwest::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
-use store::wire::prom::{OwnedSeries, Sample, TextFormat, parse_text};
 use tokio::time::Instant;
+use wire::prom::{OwnedSeries, Sample, TextFormat, parse_text};
 
 /// Bits of the NaN that Prometheus writes as a stale marker: the series ended at that timestamp.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
@@ -601,7 +601,7 @@ mod tests {
     use axum::extract::State;
     use axum::http::{HeaderMap, Uri};
     use axum::response::Response;
-    use store::wire::prom::{OwnedSeries, TextFormat, parse_text};
+    use wire::prom::{OwnedSeries, TextFormat, parse_text};
 
     use super::{STALE_NAN_BITS, ScrapeOutcome, Scraper, Target, TargetState};
 

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use store::wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
 use tokio_util::sync::CancellationToken;
+use wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
 
 use crate::buffer::{DiskBuffer, Kind, Position};
 use crate::checkpoint::Checkpoints;
@@ -992,7 +992,7 @@ pub(crate) fn append_batch(
                 .map(|(labels, entries)| StreamAdapter { labels: labels.into_bytes(), entries, hash: 0 })
                 .collect(),
         };
-        store::wire::loki::encode_protobuf(&req)
+        wire::loki::encode_protobuf(&req)
     };
     loop {
         match buffer.append(Kind::Logs, positions.clone(), &payload) {

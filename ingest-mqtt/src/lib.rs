@@ -59,7 +59,7 @@ pub struct Job {
 
 /// The server's per-tenant write limits (`[limits]`), asked before each job with the tenant and the bytes
 /// of its messages (topics and payloads).
-pub use store::wire::{Admit, AdmitRefused as Refused};
+pub use wire::{Admit, AdmitRefused as Refused};
 
 /// The handle producers submit to; cheap to clone.
 #[derive(Clone)]
@@ -113,7 +113,7 @@ impl Pipeline {
         if let Some((admit, default_tenant)) = &self.admit {
             let name = tenant.as_ref().unwrap_or(default_tenant).as_str().to_string();
             let bytes: usize = messages.iter().map(|m| m.topic.len() + m.payload.len()).sum();
-            store::wire::admitted(admit, &name, bytes, |message| {
+            wire::admitted(admit, &name, bytes, |message| {
                 if let Some(c) = &self.rate_waits {
                     c.inc();
                 }

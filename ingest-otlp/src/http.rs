@@ -117,10 +117,10 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
         }
     };
     let encoding_header = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-    let raw = store::wire::body::decode(encoding_header, body, otlp.max_message_bytes()).map_err(|e| {
+    let raw = wire::body::decode(encoding_header, body, otlp.max_message_bytes()).map_err(|e| {
         let status = match e {
-            store::wire::WireError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            store::wire::WireError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            wire::WireError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            wire::WireError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
         bad(status, format!("nothing of this request was stored: {e}"))

@@ -17,8 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use store::model::Tenant;
-use store::wire::Limits;
 use store::{LogStore, MetricStore};
+use wire::Limits;
 
 pub mod config;
 pub mod delta;

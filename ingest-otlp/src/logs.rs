@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use store::model::{Labels, LogBatch, LogEntry};
-use store::wire::Limits;
+use wire::Limits;
 
 use crate::naming::label_name;
 use crate::value::{self, dedup_last_wins, flatten_into};

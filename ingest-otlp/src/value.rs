@@ -20,7 +20,7 @@ pub fn text(v: Option<&AnyValue>) -> String {
 }
 
 /// A double as Prometheus prints it: shortest round-trip form, `NaN`, `+Inf`, `-Inf`.
-pub use store::wire::prom::format_float as double_text;
+pub use wire::prom::format_float as double_text;
 
 /// A value as JSON text, for bodies and attributes that are maps or arrays; map keys keep their order.
 pub fn json(v: Option<&Value>) -> String {

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use store::model::{Labels, LogBatch, LogEntry};
-use store::wire::{Limits, RejectReason};
 use tokio::time::{Duration, Instant};
+use wire::{Limits, RejectReason};
 
 use crate::parse::{self, Message, ParseError};
 

@@ -51,12 +51,12 @@ pub struct Settings {
     /// The server's TLS, for `tls://` listeners.
     pub tls: Option<ServerTls>,
     /// The server's ingest limits (line length, labels, fields); the time window comes from `retention`.
-    pub limits: store::wire::Limits,
+    pub limits: wire::Limits,
     pub retention: Duration,
     /// The server's per-tenant write limits: a batch over `syslog.tenant`'s ingest rate waits (a TCP
     /// sender is not read meanwhile; UDP datagrams wait in the socket's buffer, and the kernel drops
     /// what overflows it).
-    pub admit: Option<store::wire::Admit>,
+    pub admit: Option<wire::Admit>,
 }
 
 /// Started listeners.

@@ -50,7 +50,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// What every listener and connection shares.
 pub(crate) struct Shared {
     pub logs: LogStore,
-    pub admit: Option<store::wire::Admit>,
+    pub admit: Option<wire::Admit>,
     pub tenant: Tenant,
     pub mapping: Mapping,
     pub max_message: usize,
@@ -134,7 +134,7 @@ impl Shared {
         if let Some(admit) = &self.admit {
             let bytes: usize = batch.entries.iter().map(|e| e.line.len()).sum();
             let admitted = tokio::select! {
-                r = store::wire::admitted(admit, self.tenant.as_str(), bytes, |_| {
+                r = wire::admitted(admit, self.tenant.as_str(), bytes, |_| {
                     self.metrics.rate_limited.inc();
                 }) => r,
                 // At shutdown what was received is stored rather than held back.

@@ -10,8 +10,8 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use store::model::Tenant;
-use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
 use tokio::sync::mpsc;
+use wire::prom::{OwnedSeries, Sample, encode_write_request};
 
 use crate::group::Backend;
 use crate::rule::Labels;

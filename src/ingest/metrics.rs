@@ -21,7 +21,7 @@ use store::MetricMetadata;
 
 use super::{header_str, plain, store_error};
 use crate::http::{AppState, tenant};
-use store::wire::prom::{self as metrics_wire, LabelLimits, LineError, Precision, TextFormat, WireError};
+use wire::prom::{self as metrics_wire, LabelLimits, LineError, Precision, TextFormat, WireError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -73,9 +73,9 @@ async fn remote_write(State(app): State<AppState>, headers: HeaderMap, body: Byt
             Err(e) => return reject(StatusCode::BAD_REQUEST, e.to_string()),
         },
         Some(other @ ("gzip" | "x-gzip" | "deflate" | "zstd")) => {
-            match store::wire::body::decode(Some(other), body, app.limits.max_body_bytes) {
+            match wire::body::decode(Some(other), body, app.limits.max_body_bytes) {
                 Ok(raw) => raw.to_vec(),
-                Err(e @ store::wire::WireError::BodyTooLarge { .. }) => {
+                Err(e @ wire::WireError::BodyTooLarge { .. }) => {
                     return reject(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
                 }
                 Err(e) => return reject(StatusCode::BAD_REQUEST, e.to_string()),
@@ -224,7 +224,7 @@ async fn store_lines(
 #[allow(clippy::result_large_err)]
 fn text_body(app: &AppState, protocol: &'static str, headers: &HeaderMap, body: Bytes) -> Result<String, Response> {
     let limit = app.limits.max_body_bytes;
-    let raw = store::wire::body::decode(header_str(headers, header::CONTENT_ENCODING), body, limit).map_err(|e| {
+    let raw = wire::body::decode(header_str(headers, header::CONTENT_ENCODING), body, limit).map_err(|e| {
         app.ingest.rejected_request(protocol, 400);
         plain(StatusCode::BAD_REQUEST, e)
     })?;

@@ -3,7 +3,7 @@
 //! ILM setup).
 //!
 //! Every handler follows one path: tenant from `X-Scope-OrgID`, body decompressed and decoded by
-//! `store::wire` (a malformed request fails whole and stores nothing), the batch appended to the store
+//! `wire` (a malformed request fails whole and stores nothing), the batch appended to the store
 //! (resolving only once it is fsynced), then the protocol's own answer. Lines rejected one by one (too
 //! long) are counted in the answer and in `lumen_ingest_rejected_lines_total`.
 
@@ -18,8 +18,8 @@ use axum::routing::{any, get, post};
 use bytes::Bytes;
 use serde_json::json;
 use store::model::Tenant;
-use store::wire::esbulk::BulkItem;
-use store::wire::{Decoded, FieldMapping, WireError, body, esbulk, jsonline, loki};
+use wire::esbulk::BulkItem;
+use wire::{Decoded, FieldMapping, WireError, body, esbulk, jsonline, loki};
 
 use crate::http::AppState;
 
@@ -52,9 +52,9 @@ pub fn router() -> Router<AppState> {
 
 /// The decoding limits of a request received at `now`: entries must fall between the retention cutoff
 /// and two days ahead.
-fn limits(app: &AppState, now: i64) -> store::wire::Limits {
+fn limits(app: &AppState, now: i64) -> wire::Limits {
     let retention = i64::try_from(app.retention.as_nanos()).unwrap_or(i64::MAX);
-    store::wire::Limits {
+    wire::Limits {
         oldest_ns: now.saturating_sub(retention),
         newest_ns: now.saturating_add(2 * store::time::NANOS_PER_DAY),
         ..app.limits
@@ -335,12 +335,12 @@ fn bulk_response(took: u64, items: &[BulkItem], decoded: &Decoded) -> String {
             Some(r) => {
                 body.insert("status".into(), json!(400));
                 let kind = match r.reason {
-                    store::wire::RejectReason::LineTooLong { .. } | store::wire::RejectReason::FieldsTooLong { .. } => {
+                    wire::RejectReason::LineTooLong { .. } | wire::RejectReason::FieldsTooLong { .. } => {
                         "document_too_large_exception"
                     }
-                    store::wire::RejectReason::TooManyFields { .. } => "document_parsing_exception",
-                    store::wire::RejectReason::UnsupportedAction { .. } => "action_request_validation_exception",
-                    store::wire::RejectReason::TooOld { .. } | store::wire::RejectReason::TooNew { .. } => {
+                    wire::RejectReason::TooManyFields { .. } => "document_parsing_exception",
+                    wire::RejectReason::UnsupportedAction { .. } => "action_request_validation_exception",
+                    wire::RejectReason::TooOld { .. } | wire::RejectReason::TooNew { .. } => {
                         "illegal_argument_exception"
                     }
                 };

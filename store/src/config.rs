@@ -148,11 +148,11 @@ impl StoreConfig {
         if self.compaction_min_parts < 2 {
             return Err("store.compaction_min_parts must be at least 2".to_string());
         }
-        if self.max_field_columns < crate::wire::MAX_FIELDS_PER_ENTRY {
+        if self.max_field_columns < crate::model::MAX_FIELDS_PER_ENTRY {
             return Err(format!(
                 "store.max_field_columns = {} is below {}, the fields one entry may carry",
                 self.max_field_columns,
-                crate::wire::MAX_FIELDS_PER_ENTRY
+                crate::model::MAX_FIELDS_PER_ENTRY
             ));
         }
         if self.head_max_size.as_u64() < 1024 * 1024 {

@@ -2,18 +2,12 @@
 
 use std::path::PathBuf;
 
-use crate::wire;
-
 /// Everything that can go wrong inside the store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A tenant id that cannot name a directory or a Loki tenant.
     #[error("invalid tenant {tenant:?}: {reason}")]
     InvalidTenant { tenant: String, reason: &'static str },
-
-    /// A request body that could not be decoded; the caller answers 4xx.
-    #[error(transparent)]
-    Wire(#[from] wire::WireError),
 
     /// An I/O error on a named file.
     #[error("{op} {}: {source}", path.display())]
@@ -85,7 +79,7 @@ impl Error {
 
     /// True when the error was caused by the request (bad input), not by the server.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Error::InvalidTenant { .. } | Error::Wire(_))
+        matches!(self, Error::InvalidTenant { .. })
     }
 }
 

@@ -1,8 +1,8 @@
-//! The store: Lumen's data model, wire formats, write-ahead log, Arrow head, Parquet parts, indexes,
-//! compaction, retention and the scan API. It knows nothing of HTTP or query languages.
+//! The store: Lumen's data model, write-ahead log, Arrow head, Parquet parts, indexes, compaction,
+//! retention and the scan API. It knows nothing of HTTP, ingest formats (the `wire` crate decodes them
+//! into this crate's batches) or query languages.
 //!
 //! - [`model`]: tenants, labels, entries, batches.
-//! - [`wire`]: decoders of the ingest formats (Loki push, JSON lines, Elasticsearch bulk).
 //! - [`LogStore`]: the engine. [`LogStore::append`] resolves only once a batch is fsynced in the
 //!   write-ahead log and visible to scans; [`LogStore::scan`] answers with Arrow record batches.
 //!
@@ -38,7 +38,6 @@ pub mod metrics;
 pub mod model;
 pub mod snapshot;
 pub mod time;
-pub mod wire;
 
 mod background;
 mod catalog;

@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 /// The longest tenant id accepted, as in Loki.
 pub const MAX_TENANT_LEN: usize = 150;
 
+/// Most fields one log entry may carry (VictoriaLogs' default `-insert.maxFieldsPerLine`): the decoders
+/// refuse more, and a part's field columns are never fewer.
+pub const MAX_FIELDS_PER_ENTRY: usize = 1000;
+
 /// The tenant used when a request names none.
 pub const DEFAULT_TENANT: &str = "default";
 

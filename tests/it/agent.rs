@@ -447,12 +447,12 @@ async fn scraped_exposition_samples_reach_the_server() {
         let path = dir.join(name);
         let text = std::fs::read_to_string(&path).unwrap();
         let format = if name.ends_with(".om.txt") {
-            store::wire::prom::TextFormat::OpenMetrics
+            wire::prom::TextFormat::OpenMetrics
         } else {
-            store::wire::prom::TextFormat::Prometheus
+            wire::prom::TextFormat::Prometheus
         };
         let mut series = std::collections::HashSet::new();
-        let stats = store::wire::prom::parse_text(&text, format, 0, |labels, _, _| {
+        let stats = wire::prom::parse_text(&text, format, 0, |labels, _, _| {
             series.insert(format!("{labels:?}"));
         });
         assert_eq!(stats.error_lines, 0, "{name}");

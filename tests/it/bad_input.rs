@@ -5,7 +5,7 @@ use std::io::Write;
 
 use bytesize::ByteSize;
 use serde_json::{Value, json};
-use store::wire::loki::encode_protobuf;
+use wire::loki::encode_protobuf;
 
 use crate::harness::{TestServer, test_config};
 
@@ -161,10 +161,10 @@ async fn bad_requests_are_rejected_clearly_and_store_nothing() {
     assert_eq!(status, 200);
     let rows = s.sql("utf8", "SELECT message FROM logs").await;
     assert_eq!(rows[0]["message"], "bad \u{fffd} byte");
-    let req = store::wire::loki::PushRequest {
-        streams: vec![store::wire::loki::StreamAdapter {
+    let req = wire::loki::PushRequest {
+        streams: vec![wire::loki::StreamAdapter {
             labels: b"{app=\"x\"}".to_vec(),
-            entries: vec![store::wire::loki::EntryAdapter {
+            entries: vec![wire::loki::EntryAdapter {
                 timestamp: None,
                 line: b"\xc3\x28 proto".to_vec(),
                 structured_metadata: vec![],

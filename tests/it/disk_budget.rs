@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
+use wire::prom::{OwnedSeries, Sample, encode_write_request};
 
 use crate::harness::{ServerProcess, client, free_addr, sql_rows};
 

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use serde_json::{Value, json};
-use store::wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
+use wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
 
 use crate::harness::{TestServer, loghub, test_config};
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use store::wire::prom::{OwnedSeries, Sample, compress_snappy, encode_write_request};
+use wire::prom::{OwnedSeries, Sample, compress_snappy, encode_write_request};
 
 use crate::harness::{ServerProcess, TestServer, free_addr, test_config};
 
@@ -279,7 +279,7 @@ async fn remote_read(
     instance: &str,
 ) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
     use prost::Message;
-    use store::wire::prom::remote::pb;
+    use wire::prom::remote::pb;
     let matcher =
         |n: &str, v: &str| pb::LabelMatcher { r#type: pb::MatchType::Eq as i32, name: n.into(), value: v.into() };
     let req = pb::ReadRequest {

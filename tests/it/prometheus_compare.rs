@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
+use wire::prom::{OwnedSeries, Sample, encode_write_request};
 
 use crate::harness::{TestServer, free_addr, test_config};
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use store::wire::prom::{OwnedSeries, Sample, encode_write_request};
+use wire::prom::{OwnedSeries, Sample, encode_write_request};
 
 use crate::harness::{TestServer, client, free_addr, test_config};
 use crate::prometheus_compare::Prometheus;

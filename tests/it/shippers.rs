@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use serde_json::{Value, json};
-use store::wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
+use wire::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
 
 use crate::harness::{TestServer, test_config};
 
@@ -203,7 +203,7 @@ async fn every_shippers_loki_request_is_stored_as_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_in_every_compression_a_sender_uses() {
     use prost::Message as _;
-    use store::wire::prom::remote::pb;
+    use wire::prom::remote::pb;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let r = server.client.get(server.url("/api/v1/write")).send().await.unwrap();

@@ -398,7 +398,7 @@ async fn vector_prometheus_remote_write_of_a_real_exposition() {
     let text = std::fs::read_to_string(&fixture).unwrap();
     // What the exposition holds, read by Lumen's own parser.
     let mut want: HashMap<String, f64> = HashMap::new();
-    store::wire::prom::parse_text(&text, store::wire::prom::TextFormat::Prometheus, 0, |labels, _, v| {
+    wire::prom::parse_text(&text, wire::prom::TextFormat::Prometheus, 0, |labels, _, v| {
         want.insert(series_key(labels.iter().map(|(k, v)| (k.to_string(), v.to_string()))), v);
     });
     assert!(want.len() > 1800, "{}", want.len());

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use prost::Message;
 use serde_json::Value;
-use store::wire::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
+use wire::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, encode_protobuf};
 
 #[derive(Parser)]
 struct Args {

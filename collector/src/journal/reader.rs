@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use store::wire::loki::{EntryAdapter, LabelPairAdapter, Timestamp};
 use tokio_util::sync::CancellationToken;
+use wire::loki::{EntryAdapter, LabelPairAdapter, Timestamp};
 
 use crate::buffer::{DiskBuffer, Position};
 use crate::checkpoint::Checkpoints;

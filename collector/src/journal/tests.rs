@@ -501,7 +501,7 @@ impl Harness {
             if payload.is_empty() {
                 continue;
             }
-            let limits = store::wire::Limits {
+            let limits = wire::Limits {
                 max_line_bytes: usize::MAX,
                 max_labels: 64,
                 max_body_bytes: usize::MAX,
@@ -510,7 +510,7 @@ impl Harness {
                 max_fields: 1000,
                 max_field_bytes: usize::MAX,
             };
-            let d = store::wire::loki::decode(store::wire::loki::PushFormat::Protobuf, &payload, limits, 0).unwrap();
+            let d = wire::loki::decode(wire::loki::PushFormat::Protobuf, &payload, limits, 0).unwrap();
             for e in d.batch.entries {
                 let labels = &d.batch.streams[e.stream as usize].labels;
                 out.push(Line {

@@ -1,6 +1,6 @@
 //! Influx line protocol payloads, parsed by the store's parser (nanosecond precision).
 
-use store::wire::prom::influx::{InfluxStats, Precision, parse_influx};
+use wire::prom::influx::{InfluxStats, Precision, parse_influx};
 
 use super::{Kind, Out, Outcome};
 

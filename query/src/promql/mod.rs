@@ -281,7 +281,7 @@ pub fn eval_range(
 }
 
 /// Formats a float like Go's `strconv.FormatFloat(v, 'f', -1, 64)`, with `NaN`, `+Inf` and `-Inf`.
-pub use store::wire::prom::format_float;
+pub use wire::prom::format_float;
 
 /// Formats a label set the way Prometheus prints it: `{a="b", c="d"}`.
 pub fn labels_to_string(labels: &Labels) -> String {

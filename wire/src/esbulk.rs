@@ -4,9 +4,9 @@
 
 use serde_json::Value;
 
-use crate::wire::flatten::{Pair, flatten_object};
-use crate::wire::jsonline::DocSink;
-use crate::wire::{Decoded, FieldMapping, Limits, RejectReason, WireError, lossy_utf8};
+use crate::flatten::{Pair, flatten_object};
+use crate::jsonline::DocSink;
+use crate::{Decoded, FieldMapping, Limits, RejectReason, WireError, lossy_utf8};
 
 /// One action of the request, for the bulk response's `items`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use prost::Message as _;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-use crate::model::{BatchStream, Labels, LogEntry, is_valid_label_name};
-use crate::wire::flatten::{BorrowedStr, ScalarText};
-use crate::wire::{Decoded, Limits, RejectReason, WireError, body, lossy_utf8};
+use crate::flatten::{BorrowedStr, ScalarText};
+use crate::{Decoded, Limits, RejectReason, WireError, body, lossy_utf8};
+use store::model::{BatchStream, Labels, LogEntry, is_valid_label_name};
 
 /// Loki's `logproto.PushRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -344,8 +344,8 @@ fn add_stream(
     shown: &str,
     limits: Limits,
 ) -> Result<u32, WireError> {
-    if let Some(reason) = crate::wire::label_set_problem(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
-        return Err(WireError::Labels { stream: i, labels: crate::wire::shorten(shown, 256), reason });
+    if let Some(reason) = crate::label_set_problem(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+        return Err(WireError::Labels { stream: i, labels: crate::shorten(shown, 256), reason });
     }
     let labels = Labels::from_pairs(pairs);
     if labels.is_empty() {
@@ -528,7 +528,7 @@ mod tests {
         };
         let e = decode(PushFormat::Protobuf, &encode_protobuf(&req), Limits::default(), 0).unwrap_err();
         assert!(e.to_string().contains("appears more than once"), "{e}");
-        let big = "v".repeat(crate::wire::MAX_LABEL_VALUE_BYTES + 1);
+        let big = "v".repeat(crate::MAX_LABEL_VALUE_BYTES + 1);
         let body = format!(r#"{{"streams":[{{"stream":{{"app":"{big}"}},"values":[["1","x"]]}}]}}"#);
         let e = decode(PushFormat::Json, body.as_bytes(), Limits::default(), 0).unwrap_err().to_string();
         assert!(e.contains("more than the limit of 65536 bytes"), "{e}");

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use crate::wire::WireError;
+use crate::WireError;
 
 /// Decodes a body according to its `Content-Encoding` (absent, `identity`, `gzip`, `x-gzip`, `deflate`
 /// or `zstd`).

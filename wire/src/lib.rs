@@ -19,7 +19,7 @@ pub mod prom;
 
 mod flatten;
 
-use crate::model::LogBatch;
+use store::model::LogBatch;
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +72,7 @@ pub async fn admitted(admit: &Admit, tenant: &str, bytes: usize, mut on_wait: im
     }
 }
 
-/// Most fields one log entry may carry (VictoriaLogs' default `-insert.maxFieldsPerLine`).
-pub const MAX_FIELDS_PER_ENTRY: usize = 1000;
+pub use store::model::MAX_FIELDS_PER_ENTRY;
 /// Most bytes of field names and values one log entry may carry (the default line limit).
 pub const MAX_FIELD_BYTES_PER_ENTRY: usize = 256 * 1024;
 
@@ -94,9 +93,9 @@ impl Limits {
     /// The rejection of an entry at `time_ns`, if its time is outside the accepted window.
     pub(crate) fn check_time(&self, time_ns: i64) -> Option<RejectReason> {
         if time_ns < self.oldest_ns {
-            Some(RejectReason::TooOld { time: crate::time::format_rfc3339_ns(time_ns) })
+            Some(RejectReason::TooOld { time: store::time::format_rfc3339_ns(time_ns) })
         } else if time_ns > self.newest_ns {
-            Some(RejectReason::TooNew { time: crate::time::format_rfc3339_ns(time_ns) })
+            Some(RejectReason::TooNew { time: store::time::format_rfc3339_ns(time_ns) })
         } else {
             None
         }

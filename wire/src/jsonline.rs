@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::model::{BatchStream, Labels, LogEntry, sanitize_label_name, stream_id_of};
-use crate::time::{epoch_auto_ns, parse_rfc3339_ns};
-use crate::wire::flatten::{Pair, flatten_object};
-use crate::wire::{Decoded, FieldMapping, Limits, RejectReason, WireError, lossy_utf8};
+use crate::flatten::{Pair, flatten_object};
+use crate::{Decoded, FieldMapping, Limits, RejectReason, WireError, lossy_utf8};
+use store::model::{BatchStream, Labels, LogEntry, sanitize_label_name, stream_id_of};
+use store::time::{epoch_auto_ns, parse_rfc3339_ns};
 
 /// Decodes a JSON-lines body. Blank lines are skipped.
 ///
@@ -107,10 +107,10 @@ impl<'m> DocSink<'m> {
             Some(&i) => i,
             None => {
                 let named = labels.iter().map(|&(name, pos)| (name, pairs[pos].1.as_ref()));
-                if let Some(reason) = crate::wire::label_set_problem(named) {
+                if let Some(reason) = crate::label_set_problem(named) {
                     return Err(WireError::Labels {
                         stream: self.streams.len(),
-                        labels: crate::wire::shorten(&labels.iter().map(|l| l.0).collect::<Vec<_>>().join(","), 256),
+                        labels: crate::shorten(&labels.iter().map(|l| l.0).collect::<Vec<_>>().join(","), 256),
                         reason,
                     });
                 }
@@ -171,7 +171,7 @@ pub(crate) fn parse_time(value: &str) -> Result<Option<i64>, &'static str> {
         return value
             .parse::<i64>()
             .ok()
-            .and_then(crate::time::epoch_auto_ns_int)
+            .and_then(store::time::epoch_auto_ns_int)
             .map(Some)
             .ok_or("epoch number out of range");
     }
