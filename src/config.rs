@@ -25,6 +25,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
     pub ruler: ruler::RulerConfig,
+    pub storage: bucket::StorageConfig,
 }
 
 /// `[retention]`: retention per tenant and per stream selector, over `server.retention`.
@@ -296,6 +297,7 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.store.validate().map_err(anyhow::Error::msg)?;
+        self.storage.validate().map_err(anyhow::Error::msg)?;
         self.mqtt.validate().map_err(anyhow::Error::msg)?;
         self.otlp.validate().map_err(anyhow::Error::msg)?;
         let s = &self.server;

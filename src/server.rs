@@ -41,6 +41,8 @@ pub struct Running {
     /// The ruler (rules APIs, reload on SIGHUP).
     pub ruler: ruler::Ruler,
     ruler_stop: tokio::sync::watch::Sender<bool>,
+    /// The sync into `[storage]`'s bucket, when there is one: once more after the final flush.
+    syncer: Option<Arc<tokio::sync::Mutex<bucket::sync::Syncer>>>,
 }
 
 /// Checks, without opening the store or binding a port, everything [`start`] would refuse: the config's
@@ -102,6 +104,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "serving beyond loopback WITHOUT authentication (server.allow_unauthenticated): anyone who reaches these ports reads and writes every tenant"
         );
     }
+    // `[storage]`: a bucket that refuses a second create of the same key, and a data directory without
+    // state of its own filled from the bucket's newest commit before the stores open.
+    let bucket = bucket::Bucket::open(&config.storage).map_err(anyhow::Error::msg)?;
+    if let Some(b) = &bucket {
+        b.check_conditional_create().await.map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(&s.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", s.data_dir.display()))?;
+        if let Some(r) = b.restore_if_empty(&s.data_dir).await.map_err(anyhow::Error::msg)? {
+            tracing::info!(commit = r.commit, files = r.files, bytes = r.bytes, bucket = %b.describe(), "data directory restored from the bucket");
+        }
+    }
     let mut registry = Registry::default();
     let disk =
         store::DiskGuard::new(&s.data_dir, config.store.min_free_disk.bytes(), config.disk_budget(), &mut registry)
@@ -124,6 +137,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metric_store = tokio::task::block_in_place(|| MetricStore::open(options, &mut registry))
         .with_context(|| format!("cannot open the metric store in {}", s.data_dir.display()))?;
     crate::process_metrics::register(&mut registry);
+    let syncer = bucket.map(|b| {
+        tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
+        Arc::new(tokio::sync::Mutex::new(bucket::sync::Syncer::new(
+            b,
+            store.clone(),
+            metric_store.clone(),
+            crate::config::node_name(""),
+            config.storage.keep_commits,
+            bucket::sync::SyncMetrics::register(&mut registry),
+        )))
+    });
     let ingest = IngestMetrics::register(&mut registry);
     let memory = crate::memory::Pressure::new(budget, crate::memory::MemoryMetrics::register(&mut registry));
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
@@ -319,6 +343,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tokio::spawn(monitor.run(shutdown.clone()));
     let engine = tokio::spawn(store.clone().run(shutdown.clone()));
     let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
+    if let Some(syncer) = syncer.clone() {
+        let (interval, stop) = (config.storage.sync_interval, shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.cancelled() => break,
+                }
+                if let Err(e) = syncer.lock().await.sync_once().await {
+                    tracing::warn!(error = %e, "storage: the sync into the bucket failed; it is retried at the next interval");
+                }
+            }
+        });
+    }
     tracing::info!(%http_addr, %otlp_grpc_addr, tls = tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");
     Ok(Running {
         http_addr,
@@ -340,6 +378,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metric_engine,
         ruler,
         ruler_stop,
+        syncer,
     })
 }
 
@@ -373,6 +412,13 @@ impl Running {
             self.metric_engine.await.context("metric store task failed")?.context("final metric flush failed");
         logs?;
         metrics?;
+        // What the final flush wrote goes into the bucket too.
+        if let Some(syncer) = self.syncer {
+            let report = syncer.lock().await.sync_once().await.map_err(anyhow::Error::msg).context(
+                "the final sync into the bucket ([storage]) failed; the local data directory holds everything",
+            )?;
+            tracing::info!(commit = ?report.commit, files = report.files, uploaded = report.uploaded_objects, "final sync into the bucket");
+        }
         tracing::info!("lumen server stopped");
         Ok(())
     }

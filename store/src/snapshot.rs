@@ -23,6 +23,9 @@ use crate::{LogStore, MetricStore};
 /// The directory snapshots are made in.
 pub const DIR: &str = "snapshots";
 
+/// The directory an object-store sync stages its views in (see [`stage`]); never part of a snapshot.
+pub const STAGING: &str = "bucket-sync";
+
 /// What a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -58,7 +61,7 @@ fn create_blocking(data: &Path) -> Result<Snapshot> {
         .find_map(|(p, name)| fs::create_dir(&p).ok().map(|()| (name, p)))
         .expect("some name is free");
     let mut snap = Snapshot { name, path: path.clone(), files: 0, linked_bytes: 0, copied_bytes: 0 };
-    let res = copy_tree(data, &path, data, &mut snap).and_then(|()| {
+    let res = copy_tree(data, &path, data, &mut snap, true).and_then(|()| {
         crate::manifest::sync_dir(&path)?;
         crate::manifest::sync_dir(&root)
     });
@@ -82,7 +85,35 @@ fn newest_segment(dir: &Path) -> Option<PathBuf> {
     names.pop()
 }
 
-fn copy_tree(src: &Path, dst: &Path, data: &Path, snap: &mut Snapshot) -> Result<()> {
+/// A consistent view of the data directory without its write-ahead logs, made the way a snapshot is, at
+/// `<data>/bucket-sync/<name>` (replaced if it exists): what an object-store sync uploads. Its manifests'
+/// WAL checkpoints name records that are in its parts; a server started on it begins the WAL after them.
+///
+/// # Errors
+/// I/O errors; a half-made view is removed.
+pub async fn stage(logs: &LogStore, metrics: &MetricStore, name: &str) -> Result<Snapshot> {
+    let _logs = logs.quiesce().await;
+    let _metrics = metrics.quiesce().await;
+    let data = logs.data_dir().to_path_buf();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let path = data.join(STAGING).join(&name);
+        if path.exists() {
+            fs::remove_dir_all(&path).map_err(Error::io("remove", &path))?;
+        }
+        fs::create_dir_all(&path).map_err(Error::io("create", &path))?;
+        let mut snap = Snapshot { name, path: path.clone(), files: 0, linked_bytes: 0, copied_bytes: 0 };
+        if let Err(e) = copy_tree(&data, &path, &data, &mut snap, false) {
+            let _ = fs::remove_dir_all(&path);
+            return Err(e);
+        }
+        Ok(snap)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("the staging task failed: {e}")))?
+}
+
+fn copy_tree(src: &Path, dst: &Path, data: &Path, snap: &mut Snapshot, wal: bool) -> Result<()> {
     let newest: Vec<PathBuf> =
         [data.join("wal"), data.join("metrics").join("wal")].iter().filter_map(|d| newest_segment(d)).collect();
     let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
@@ -93,8 +124,10 @@ fn copy_tree(src: &Path, dst: &Path, data: &Path, snap: &mut Snapshot) -> Result
             let (src_path, dst_path) = (entry.path(), to.join(&name));
             let top = from == data;
             let n = name.to_string_lossy();
-            if (top && (n == DIR || n == "quarantine" || n == "lock"))
+            let wal_dir = (top || from == data.join("metrics")) && n == "wal";
+            if (top && (n == DIR || n == STAGING || n == "quarantine" || n == "lock"))
                 || (from == data.join("metrics") && n == "lock")
+                || (wal_dir && !wal)
                 || n.ends_with(".tmp")
             {
                 continue;

@@ -4,6 +4,8 @@
 mod agent;
 mod auth;
 mod bad_input;
+#[cfg(feature = "external-tests")]
+mod bucket;
 mod config;
 mod connections;
 mod deletes;

@@ -1,0 +1,243 @@
+//! The object-store stage (issue 22, first step): `[storage]` names an S3-compatible bucket, and the
+//! server keeps there what its local disk holds once flushed, so that a node that loses its disk starts
+//! again from the bucket.
+//!
+//! - [`Bucket`]: the client ([`object_store`]'s S3 implementation; credentials from the environment or
+//!   files, never from the config file) and [`Bucket::check_conditional_create`], the start-up check that
+//!   the store really refuses a second create of the same key (some S3 imitations ignore
+//!   `If-None-Match`), without which commits could silently overwrite each other.
+//! - [`commit`]: the commit log, `commits/<seq, 20 digits>.json`, each written with a conditional create
+//!   (`PutMode::Create`), so that two writers can never both believe they wrote commit N.
+//! - [`sync`]: every `storage.sync_interval` (and once more at shutdown), a consistent view of the data
+//!   directory without its write-ahead logs ([`store::snapshot::stage`]) is uploaded: part files under
+//!   `data/<their path>` (they never change), everything else (manifests, catalogs, delivery marks)
+//!   content-addressed under `objects/<hash>`, then a commit naming every file; old commits and the
+//!   objects only they named are deleted.
+//! - [`restore`]: a server whose data directory holds no manifest downloads the newest commit's files
+//!   before it opens its stores.
+//!
+//! What the bucket holds is what was flushed: acknowledged writes still in the head are in the local
+//! write-ahead log only (the durability contract does not change), and a graceful stop flushes and
+//! syncs them. Local disk stays the full copy here; reading parts from the bucket through a bounded
+//! cache, and several nodes on one bucket, are the next steps of issue 22.
+
+pub mod commit;
+pub mod restore;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use serde::{Deserialize, Serialize};
+
+/// Where flushed data lives besides the local data directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The local data directory only (the default).
+    #[default]
+    Local,
+    /// An S3 or S3-compatible bucket (AWS, MinIO, SeaweedFS, R2, Ceph).
+    S3,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// "local" (default) or "s3".
+    pub backend: Backend,
+    /// The bucket's name (s3).
+    pub bucket: String,
+    /// Key prefix inside the bucket, so that several deployments can share one bucket.
+    pub prefix: String,
+    /// The S3 endpoint, for S3-compatible stores ("http://127.0.0.1:8333"); empty: AWS.
+    pub endpoint: String,
+    /// The region; empty: `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
+    pub region: String,
+    /// Allow a plain-HTTP endpoint (a store on loopback or a private network).
+    pub allow_http: bool,
+    /// File holding the access key id; empty: `AWS_ACCESS_KEY_ID` from the environment.
+    pub access_key_id_file: PathBuf,
+    /// File holding the secret access key; empty: `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub secret_access_key_file: PathBuf,
+    /// How often flushed data is synced into the bucket.
+    #[serde(with = "store::config::duration")]
+    pub sync_interval: Duration,
+    /// Commits kept in the bucket (older ones and the objects only they name are deleted); at least 1.
+    pub keep_commits: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            backend: Backend::Local,
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: String::new(),
+            region: String::new(),
+            allow_http: false,
+            access_key_id_file: PathBuf::new(),
+            secret_access_key_file: PathBuf::new(),
+            sync_interval: Duration::from_secs(10),
+            keep_commits: 3,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks what can be checked without the network.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backend == Backend::Local {
+            return Ok(());
+        }
+        if self.bucket.is_empty() {
+            return Err("storage.backend = \"s3\" needs storage.bucket".into());
+        }
+        if self.sync_interval < Duration::from_secs(1) {
+            return Err("storage.sync_interval must be at least 1s".into());
+        }
+        if self.keep_commits == 0 {
+            return Err("storage.keep_commits must be at least 1".into());
+        }
+        if self.access_key_id_file.as_os_str().is_empty() != self.secret_access_key_file.as_os_str().is_empty() {
+            return Err("set both storage.access_key_id_file and storage.secret_access_key_file, or neither (then \
+                        AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY come from the environment)"
+                .into());
+        }
+        Ok(())
+    }
+}
+
+/// An opened bucket: the client and the key prefix.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    /// `s3://bucket/prefix` at `endpoint`, for messages (no credential).
+    describe: String,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+fn read_secret(path: &std::path::Path, key: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(format!("{key} {} is empty", path.display()));
+    }
+    Ok(text)
+}
+
+impl Bucket {
+    /// The bucket `[storage]` names; None for the local backend. Nothing is sent yet.
+    ///
+    /// # Errors
+    /// A configuration the client refuses, or a credential file that cannot be read.
+    pub fn open(config: &StorageConfig) -> Result<Option<Bucket>, String> {
+        config.validate()?;
+        if config.backend == Backend::Local {
+            return Ok(None);
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_allow_http(config.allow_http)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(config.allow_http)
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(Duration::from_secs(300)),
+            );
+        if !config.endpoint.is_empty() {
+            b = b.with_endpoint(&config.endpoint);
+        }
+        if !config.region.is_empty() {
+            b = b.with_region(&config.region);
+        } else if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+            b = b.with_region("us-east-1");
+        }
+        if !config.access_key_id_file.as_os_str().is_empty() {
+            b = b
+                .with_access_key_id(read_secret(&config.access_key_id_file, "storage.access_key_id_file")?)
+                .with_secret_access_key(read_secret(&config.secret_access_key_file, "storage.secret_access_key_file")?);
+        }
+        let store = b.build().map_err(|e| format!("storage: cannot set up the S3 client: {e}"))?;
+        let prefix = config.prefix.trim_matches('/').to_string();
+        let endpoint = if config.endpoint.is_empty() { "AWS" } else { config.endpoint.as_str() };
+        let describe = format!("s3://{}/{prefix} at {endpoint}", config.bucket);
+        Ok(Some(Bucket { store: Arc::new(store), prefix, describe }))
+    }
+
+    /// A bucket over any object store (tests).
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Bucket {
+        Bucket { store, prefix: prefix.trim_matches('/').to_string(), describe: format!("object store /{prefix}") }
+    }
+
+    /// `prefix/key`.
+    pub(crate) fn key(&self, key: &str) -> ObjectPath {
+        if self.prefix.is_empty() { ObjectPath::from(key) } else { ObjectPath::from(format!("{}/{key}", self.prefix)) }
+    }
+
+    /// The key without the prefix.
+    pub(crate) fn unprefixed<'a>(&self, path: &'a ObjectPath) -> &'a str {
+        let s = path.as_ref();
+        if self.prefix.is_empty() { s } else { s.strip_prefix(&self.prefix).map_or(s, |r| r.trim_start_matches('/')) }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// What the messages call it.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Creates one probe object twice with a conditional create: the second must be refused, or the store
+    /// ignores the condition and commits could overwrite each other. The probe is deleted after.
+    ///
+    /// # Errors
+    /// The store cannot be reached, or it ignores conditional creates (the message says which and what to
+    /// do).
+    pub async fn check_conditional_create(&self) -> Result<(), String> {
+        let nonce = format!(
+            "{:x}-{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            std::process::id()
+        );
+        let probe = self.key(&format!("probe/{nonce}"));
+        let create = || self.store.put_opts(&probe, PutPayload::from_static(b"lumen probe"), PutMode::Create.into());
+        create().await.map_err(|e| format!("storage: cannot write to {}: {e}", self.describe))?;
+        let second = create().await;
+        let _ = self.store.delete(&probe).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) => Err(format!(
+                "storage: {} accepted a second create of the same key: it ignores conditional writes \
+                 (If-None-Match: *), which Lumen needs so that two writers never overwrite each other's commits. \
+                 Use a store that honours them (AWS S3, MinIO, SeaweedFS, R2, recent Ceph), or storage.backend = \"local\"",
+                self.describe
+            )),
+            Err(e) => Err(format!("storage: the conditional-create check against {} failed: {e}", self.describe)),
+        }
+    }
+}
+
+/// Hex of the xxh3-128 of `bytes`: the key of a content-addressed object.
+pub(crate) fn content_key(bytes: &[u8]) -> String {
+    format!("objects/{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! The restore at start: a data directory that holds no manifest (a new disk, a lost volume) is filled
+//! from the bucket's newest commit before the stores open. Files are downloaded under temporary names and
+//! renamed into place only when all arrived, so a restore cut short leaves no manifest and runs again at
+//! the next start.
+
+use std::path::{Component, Path};
+
+use object_store::ObjectStoreExt;
+
+use crate::Bucket;
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub commit: u64,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Whether `data_dir` holds data of its own: a manifest of either store.
+pub fn has_local_state(data_dir: &Path) -> bool {
+    data_dir.join("manifest.json").exists() || data_dir.join("metrics").join("manifest.json").exists()
+}
+
+/// A path of a commit that stays inside the data directory: relative, no `..`, no root.
+fn safe(path: &str) -> bool {
+    !path.is_empty() && Path::new(path).components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+impl Bucket {
+    /// Restores the newest commit into `data_dir` when it has no state of its own. Ok(None): it has, or
+    /// the bucket holds no commit (a first start).
+    ///
+    /// # Errors
+    /// A commit that cannot be read or names a path outside the data directory, or a download that
+    /// fails: the server must not start empty over a bucket that holds data.
+    pub async fn restore_if_empty(&self, data_dir: &Path) -> Result<Option<Restored>, String> {
+        if has_local_state(data_dir) {
+            return Ok(None);
+        }
+        let Some(commit) = self.latest_commit().await? else {
+            return Ok(None);
+        };
+        if let Some(bad) = commit.files.iter().find(|f| !safe(&f.path)) {
+            return Err(format!(
+                "storage: commit {} of {} names the path {:?}, outside the data directory; refusing to restore it",
+                commit.seq,
+                self.describe(),
+                bad.path
+            ));
+        }
+        tracing::info!(commit = commit.seq, files = commit.files.len(), bucket = %self.describe(), "the data directory is empty: restoring it from the bucket");
+        let mut bytes = 0u64;
+        let mut staged = Vec::with_capacity(commit.files.len());
+        for f in &commit.files {
+            let dest = data_dir.join(&f.path);
+            let tmp = dest.with_file_name(format!(
+                "{}.restore.tmp",
+                dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ));
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            let key = self.key(&f.key);
+            let content = async { self.store().get(&key).await?.bytes().await }.await.map_err(|e| {
+                format!("storage: cannot download {key} (for {}) from {}: {e}", f.path, self.describe())
+            })?;
+            if content.len() as u64 != f.bytes {
+                return Err(format!(
+                    "storage: {key} holds {} bytes, commit {} says {}: refusing to restore a damaged file",
+                    content.len(),
+                    commit.seq,
+                    f.bytes
+                ));
+            }
+            bytes += f.bytes;
+            let tmp2 = tmp.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp2)?;
+                file.write_all(&content)?;
+                file.sync_all()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            staged.push((tmp, dest));
+        }
+        // Manifests last: a restore cut short leaves none, and the next start restores again.
+        staged.sort_by_key(|(_, dest)| dest.file_name().is_some_and(|n| n == "manifest.json"));
+        for (tmp, dest) in &staged {
+            tokio::fs::rename(tmp, dest).await.map_err(|e| format!("{}: {e}", dest.display()))?;
+        }
+        let dirs: std::collections::BTreeSet<_> =
+            staged.iter().filter_map(|(_, d)| d.parent().map(Path::to_path_buf)).collect();
+        for d in dirs {
+            if let Ok(f) = std::fs::File::open(&d) {
+                let _ = f.sync_all();
+            }
+        }
+        tracing::info!(commit = commit.seq, files = staged.len(), bytes, "restored the data directory from the bucket");
+        Ok(Some(Restored { commit: commit.seq, files: staged.len(), bytes }))
+    }
+}

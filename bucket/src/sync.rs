@@ -1,0 +1,308 @@
+//! The sync of a data directory's flushed state into the bucket: stage a consistent view (both stores'
+//! flushes, compactions and deletions wait while it is made; appends go on), upload what the bucket does
+//! not hold yet, commit, then delete the commits past `storage.keep_commits` and the objects only they
+//! named.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use store::{LogStore, MetricStore};
+
+use crate::Bucket;
+use crate::commit::CommitFile;
+
+/// Files up to this size go up in one request; larger ones in parts of [`PART_BYTES`].
+const SINGLE_PUT_BYTES: u64 = 16 * 1024 * 1024;
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// The sync's own metrics, `lumen_bucket_*`.
+#[derive(Clone, Default)]
+pub struct SyncMetrics {
+    pub syncs: Counter,
+    pub failures: Counter,
+    pub uploaded_objects: Counter,
+    pub uploaded_bytes: Counter,
+    pub deleted_objects: Counter,
+    pub last_commit: Gauge,
+    pub last_success_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl SyncMetrics {
+    pub fn register(registry: &mut Registry) -> SyncMetrics {
+        let m = SyncMetrics::default();
+        let r = registry.sub_registry_with_prefix("lumen_bucket");
+        r.register("syncs", "syncs of the data directory into the bucket that ended well", m.syncs.clone());
+        r.register(
+            "sync_failures",
+            "syncs into the bucket that failed (retried at the next interval)",
+            m.failures.clone(),
+        );
+        r.register("uploaded_objects", "objects uploaded into the bucket", m.uploaded_objects.clone());
+        r.register("uploaded_bytes", "bytes uploaded into the bucket", m.uploaded_bytes.clone());
+        r.register(
+            "deleted_objects",
+            "objects deleted from the bucket (old commits and what only they named)",
+            m.deleted_objects.clone(),
+        );
+        r.register("last_commit", "number of the last commit written", m.last_commit.clone());
+        r.register(
+            "last_success_timestamp_seconds",
+            "when a sync last ended well (Unix seconds)",
+            m.last_success_seconds.clone(),
+        );
+        m
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The commit written; None when nothing changed since the last one.
+    pub commit: Option<u64>,
+    pub files: usize,
+    pub uploaded_objects: usize,
+    pub uploaded_bytes: u64,
+    pub deleted_objects: usize,
+}
+
+/// Syncs one data directory into one bucket; one at a time (hold it in a mutex).
+pub struct Syncer {
+    bucket: Bucket,
+    logs: LogStore,
+    metric_store: MetricStore,
+    node: String,
+    keep_commits: usize,
+    /// Keys known to be in the bucket.
+    known: HashSet<String>,
+    seeded: bool,
+    /// The files of the last commit: a sync that finds the same writes no commit.
+    last_files: Option<Vec<CommitFile>>,
+    metrics: SyncMetrics,
+}
+
+impl Syncer {
+    pub fn new(
+        bucket: Bucket,
+        logs: LogStore,
+        metric_store: MetricStore,
+        node: String,
+        keep_commits: usize,
+        metrics: SyncMetrics,
+    ) -> Syncer {
+        Syncer {
+            bucket,
+            logs,
+            metric_store,
+            node,
+            keep_commits: keep_commits.max(1),
+            known: HashSet::new(),
+            seeded: false,
+            last_files: None,
+            metrics,
+        }
+    }
+
+    /// One sync, counted in the metrics; an error leaves the bucket's last commit as it was (objects
+    /// uploaded before the error are reused by the next sync).
+    ///
+    /// # Errors
+    /// A message naming what failed.
+    pub async fn sync_once(&mut self) -> Result<SyncReport, String> {
+        match self.sync_inner().await {
+            Ok(r) => {
+                self.metrics.syncs.inc();
+                if let Some(seq) = r.commit {
+                    self.metrics.last_commit.set(seq as i64);
+                }
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                self.metrics.last_success_seconds.set(now.as_secs_f64());
+                Ok(r)
+            }
+            Err(e) => {
+                self.metrics.failures.inc();
+                Err(e)
+            }
+        }
+    }
+
+    async fn seed(&mut self) -> Result<(), String> {
+        for dir in ["data", "objects"] {
+            let prefix = self.bucket.key(dir);
+            let metas: Vec<_> = self
+                .bucket
+                .store()
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.bucket.describe()))?;
+            for m in metas {
+                self.known.insert(self.bucket.unprefixed(&m.location).to_string());
+            }
+        }
+        self.last_files = self.bucket.latest_commit().await?.map(|c| c.files);
+        self.seeded = true;
+        Ok(())
+    }
+
+    async fn sync_inner(&mut self) -> Result<SyncReport, String> {
+        if !self.seeded {
+            self.seed().await?;
+        }
+        let view = store::snapshot::stage(&self.logs, &self.metric_store, "current")
+            .await
+            .map_err(|e| format!("storage: cannot stage the data directory for the sync: {e}"))?;
+        let result = self.upload_view(&view.path).await;
+        let _ = tokio::fs::remove_dir_all(&view.path).await;
+        let (files, mut report) = result?;
+        report.files = files.len();
+        if self.last_files.as_ref() == Some(&files) {
+            return Ok(report);
+        }
+        let commit = self.bucket.append_commit(&self.node, files.clone()).await?;
+        tracing::debug!(
+            commit = commit.seq,
+            files = files.len(),
+            uploaded = report.uploaded_objects,
+            "synced into the bucket"
+        );
+        report.commit = Some(commit.seq);
+        self.last_files = Some(files);
+        match self.collect_garbage().await {
+            Ok(n) => report.deleted_objects = n,
+            // The next sync tries again; nothing a commit names is ever deleted.
+            Err(e) => tracing::warn!(error = %e, "storage: cleaning old commits out of the bucket failed"),
+        }
+        Ok(report)
+    }
+
+    async fn upload_view(&mut self, root: &Path) -> Result<(Vec<CommitFile>, SyncReport), String> {
+        let mut report = SyncReport::default();
+        let mut files = Vec::new();
+        for (rel, abs) in
+            walk(root).map_err(|e| format!("storage: cannot read the staged view {}: {e}", root.display()))?
+        {
+            let immutable = matches!(abs.extension().and_then(|x| x.to_str()), Some("parquet" | "idx"));
+            let bytes = std::fs::metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?.len();
+            let (key, content) = if immutable {
+                (format!("data/{rel}"), None)
+            } else {
+                let content = tokio::fs::read(&abs).await.map_err(|e| format!("{}: {e}", abs.display()))?;
+                (crate::content_key(&content), Some(content))
+            };
+            if !self.known.contains(&key) {
+                self.upload(&key, &abs, bytes, content).await?;
+                self.known.insert(key.clone());
+                report.uploaded_objects += 1;
+                report.uploaded_bytes += bytes;
+                self.metrics.uploaded_objects.inc();
+                self.metrics.uploaded_bytes.inc_by(bytes);
+            }
+            files.push(CommitFile { path: rel, key, bytes });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((files, report))
+    }
+
+    async fn upload(&self, key: &str, path: &Path, bytes: u64, content: Option<Vec<u8>>) -> Result<(), String> {
+        let location = self.bucket.key(key);
+        let fail = |e: &dyn std::fmt::Display| format!("storage: cannot upload {} to {location}: {e}", path.display());
+        if bytes <= SINGLE_PUT_BYTES || content.is_some() {
+            let content = match content {
+                Some(c) => c,
+                None => tokio::fs::read(path).await.map_err(|e| fail(&e))?,
+            };
+            // Part names are never reused and content keys name their content: an object already there
+            // holds these bytes.
+            return match self
+                .bucket
+                .store()
+                .put_opts(&location, PutPayload::from(content), PutMode::Create.into())
+                .await
+            {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                    Ok(())
+                }
+                Err(e) => Err(fail(&e)),
+            };
+        }
+        let upload = self.bucket.store().put_multipart(&location).await.map_err(|e| fail(&e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
+        let mut buf = vec![0u8; PART_BYTES];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf).await.map_err(|e| fail(&e))?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(4).await.map_err(|e| fail(&e))?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
+    /// Deletes the commits before the newest `keep_commits`, and the objects they named that no kept commit
+    /// names. Returns the objects deleted.
+    async fn collect_garbage(&mut self) -> Result<usize, String> {
+        let seqs = self.bucket.commit_numbers().await?;
+        if seqs.len() <= self.keep_commits {
+            return Ok(0);
+        }
+        let (old, kept) = seqs.split_at(seqs.len() - self.keep_commits);
+        let mut live: BTreeSet<String> = BTreeSet::new();
+        for &seq in kept {
+            live.extend(self.bucket.read_commit(seq).await?.files.into_iter().map(|f| f.key));
+        }
+        let mut deleted = 0;
+        for &seq in old {
+            let doomed: Vec<String> = match self.bucket.read_commit(seq).await {
+                Ok(c) => c.files.into_iter().map(|f| f.key).filter(|k| !live.contains(k)).collect(),
+                // A commit this build cannot read names nothing it can judge: drop only the commit.
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "storage: an old commit cannot be read; deleting it alone");
+                    Vec::new()
+                }
+            };
+            // The commit goes first: no commit ever names a deleted object.
+            self.bucket.delete_commit(seq).await?;
+            for key in doomed {
+                match self.bucket.store().delete(&self.bucket.key(&key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        self.known.remove(&key);
+                        deleted += 1;
+                        self.metrics.deleted_objects.inc();
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "storage: cannot delete an object no commit names"),
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Every file under `root`, as (path relative to `root` with `/` separators, absolute path).
+fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                out.push((rel.join("/"), path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
