@@ -1306,7 +1306,19 @@ impl LogStore {
             n = self.delete_parts(&doomed, "retention period").await?.0;
             tracing::info!(parts = n, "retention deleted log parts");
         }
-        Ok(n + crate::delete::apply_rules(self, now).await?)
+        let expired = {
+            let _guard = self.inner.maintenance_lock.lock().await;
+            let mut manifest = self.inner.manifest.lock();
+            let mut next = manifest.clone();
+            let expired = crate::manifest::expire_quarantined(&mut next.quarantined, &self.inner.options, now);
+            if !expired.is_empty() {
+                next.store(&self.inner.options.data_dir)?;
+                *manifest = next;
+            }
+            expired
+        };
+        crate::manifest::remove_quarantined_files(&expired, &self.inner.options.data_dir);
+        Ok(n + expired.len() + crate::delete::apply_rules(self, now).await?)
     }
 
     /// Holds off flushes, compactions and deletions (not appends) while the guards live: a snapshot.

@@ -50,6 +50,34 @@ pub(crate) struct QuarantinedPart {
     pub(crate) reason: String,
 }
 
+/// Quarantined parts whose rows all lie in days before their tenant's retention period: retention would
+/// have deleted them had they been readable. Their files leave the quarantine and their entries the list
+/// (so queries stop warning about data that is past retention anyway). Returns how many; the caller
+/// stores the manifest before anything else relies on it.
+pub(crate) fn expire_quarantined(
+    list: &mut Vec<QuarantinedPart>,
+    options: &crate::config::StoreOptions,
+    now_ns: i64,
+) -> Vec<QuarantinedPart> {
+    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(list).into_iter().partition(|q| {
+        let period = crate::delete::tenant_period(&options.retention_rules, &q.tenant, options.retention);
+        let cutoff = now_ns.saturating_sub(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX));
+        crate::time::day_of_ns(q.max_time_ns) < crate::time::day_of_ns(cutoff)
+    });
+    *list = kept;
+    expired
+}
+
+/// Deletes the files of expired quarantined parts (after the manifest without them was stored).
+pub(crate) fn remove_quarantined_files(expired: &[QuarantinedPart], data_dir: &Path) {
+    for q in expired {
+        for f in &q.files {
+            let _ = std::fs::remove_file(data_dir.join(f));
+        }
+        tracing::info!(tenant = %q.tenant, file = %q.files.first().map(|f| f.display().to_string()).unwrap_or_default(), "retention deleted a quarantined part past the retention period");
+    }
+}
+
 impl QuarantinedPart {
     pub(crate) fn still_there(&self, data_dir: &Path) -> bool {
         self.files.iter().any(|f| data_dir.join(f).exists())

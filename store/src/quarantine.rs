@@ -7,7 +7,9 @@
 //! Every file put here is logged at ERROR with its original path and the reason, and counted in
 //! `lumen_store_quarantined_files_total` (`lumen_metric_store_…` for the metric store). Parts set aside
 //! stay in their manifest's `quarantined` list, so that queries over their tenant and time range keep
-//! saying that data is missing ([`SkippedPart`]) until an operator deletes their files from the quarantine.
+//! saying that data is missing ([`SkippedPart`]) until an operator deletes their files from the quarantine,
+//! or until their days are past the retention period: then retention deletes them as it would have
+//! deleted the parts (`manifest::expire_quarantined`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -447,6 +447,44 @@ async fn an_unreadable_part_is_left_out_named_and_set_aside_at_the_next_start() 
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 70);
 }
 
+/// A quarantined part is kept (and named by queries) until its days are past the retention period; then
+/// retention deletes it as it would have deleted the part, files and entry.
+#[tokio::test]
+async fn a_quarantined_part_past_the_retention_period_is_deleted_by_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = now_ns() - 10 * 86_400 * 1_000_000_000;
+    {
+        let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+        store.append(&tenant(), batch("api", 0, 100, old)).await.unwrap();
+        store.flush().await.unwrap();
+        store.append(&tenant(), batch("web", 0, 50, now_ns())).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let first = part_files(dir.path())[1].clone();
+    assert!(first.to_string_lossy().ends_with("0000000000000001.parquet"));
+    let len = fs::metadata(&first).unwrap().len();
+    OpenOptions::new().write(true).open(&first).unwrap().set_len(len / 2).unwrap();
+    let kept = dir.path().join("quarantine").join(first.strip_prefix(dir.path()).unwrap());
+    {
+        // Within the 30-day period: quarantined at start, kept by retention, still named.
+        let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+        assert!(kept.exists());
+        assert_eq!(store.apply_retention().await.unwrap(), 0);
+        assert_eq!(store.skipped_parts(&tenant(), i64::MIN, i64::MAX).len(), 1);
+        assert!(kept.exists(), "kept while within the period");
+    }
+    // A 5-day period: its days are past it.
+    let short = StoreOptions { retention: Duration::from_secs(5 * 86_400), ..options(dir.path()) };
+    let store = LogStore::open(short.clone(), &mut Registry::default()).unwrap();
+    assert_eq!(store.apply_retention().await.unwrap(), 1);
+    assert!(store.skipped_parts(&tenant(), i64::MIN, i64::MAX).is_empty(), "no longer named");
+    assert!(!kept.exists(), "its files left the quarantine");
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 50, "the other part stays");
+    drop(store);
+    let store = LogStore::open(short, &mut Registry::default()).unwrap();
+    assert!(store.skipped_parts(&tenant(), i64::MIN, i64::MAX).is_empty(), "the manifest no longer lists it");
+}
+
 /// Issue 17 §5: a corrupt index file stopped the store from opening.
 #[tokio::test]
 async fn a_damaged_index_is_rebuilt_byte_for_byte_from_its_part() {

@@ -1318,7 +1318,20 @@ impl MetricStore {
             n = self.delete_parts(&doomed, "retention period").await?.0;
             tracing::info!(parts = n, "retention deleted metric parts");
         }
-        Ok(n + crate::delete::apply_rules(self, now).await?)
+        let expired = {
+            let inner = &self.inner;
+            let _guard = inner.maintenance_lock.lock().await;
+            let mut manifest = inner.manifest.lock();
+            let mut next = manifest.clone();
+            let expired = crate::manifest::expire_quarantined(&mut next.quarantined, &inner.options, now);
+            if !expired.is_empty() {
+                store_json(&inner.root, "manifest.json", "metric manifest", &next)?;
+                *manifest = next;
+            }
+            expired
+        };
+        crate::manifest::remove_quarantined_files(&expired, &self.inner.data_dir);
+        Ok(n + expired.len() + crate::delete::apply_rules(self, now).await?)
     }
 
     /// Records a delete request (`delete_series`) durably; from now on no select returns the samples it
