@@ -16,6 +16,11 @@ use store::{LogStore, MetricStore};
 use crate::Bucket;
 use crate::commit::CommitFile;
 
+/// Every this many syncs (and at the first), objects no kept commit names are looked for.
+const ORPHAN_SWEEP_EVERY: u64 = 60;
+/// An unnamed object younger than this may belong to a sync in progress: it is left for a later sweep.
+const ORPHAN_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Files up to this size go up in one request; larger ones in parts of [`PART_BYTES`].
 const SINGLE_PUT_BYTES: u64 = 16 * 1024 * 1024;
 const PART_BYTES: usize = 8 * 1024 * 1024;
@@ -82,6 +87,9 @@ pub struct Syncer {
     seeded: bool,
     /// The files of the last commit: a sync that finds the same writes no commit.
     last_files: Option<Vec<CommitFile>>,
+    /// Syncs that ended well, for the orphan sweep's rhythm.
+    done: u64,
+    orphan_min_age: std::time::Duration,
     metrics: SyncMetrics,
 }
 
@@ -103,8 +111,16 @@ impl Syncer {
             known: HashSet::new(),
             seeded: false,
             last_files: None,
+            done: 0,
+            orphan_min_age: ORPHAN_MIN_AGE,
             metrics,
         }
+    }
+
+    /// How old an object no commit names must be before a sweep deletes it (tests shorten it).
+    pub fn with_orphan_min_age(mut self, age: std::time::Duration) -> Syncer {
+        self.orphan_min_age = age;
+        self
     }
 
     /// One sync, counted in the metrics; an error leaves the bucket's last commit as it was (objects
@@ -160,6 +176,13 @@ impl Syncer {
         let _ = tokio::fs::remove_dir_all(&view.path).await;
         let (files, mut report) = result?;
         report.files = files.len();
+        self.done += 1;
+        if self.done % ORPHAN_SWEEP_EVERY == 1 {
+            match self.sweep_orphans(&files).await {
+                Ok(n) => report.deleted_objects += n,
+                Err(e) => tracing::warn!(error = %e, "storage: looking for unnamed objects in the bucket failed"),
+            }
+        }
         if self.last_files.as_ref() == Some(&files) {
             return Ok(report);
         }
@@ -173,7 +196,7 @@ impl Syncer {
         report.commit = Some(commit.seq);
         self.last_files = Some(files);
         match self.collect_garbage().await {
-            Ok(n) => report.deleted_objects = n,
+            Ok(n) => report.deleted_objects += n,
             // The next sync tries again; nothing a commit names is ever deleted.
             Err(e) => tracing::warn!(error = %e, "storage: cleaning old commits out of the bucket failed"),
         }
@@ -280,6 +303,50 @@ impl Syncer {
                     Err(e) => tracing::warn!(key, error = %e, "storage: cannot delete an object no commit names"),
                 }
             }
+        }
+        Ok(deleted)
+    }
+}
+
+impl Syncer {
+    /// Deletes objects under `data/` and `objects/` that no kept commit names and that are older than
+    /// [`ORPHAN_MIN_AGE`]: uploads of a sync that failed or was killed before its commit. Returns how many.
+    async fn sweep_orphans(&mut self, current: &[CommitFile]) -> Result<usize, String> {
+        let mut live: BTreeSet<String> = current.iter().map(|f| f.key.clone()).collect();
+        for seq in self.bucket.commit_numbers().await? {
+            live.extend(self.bucket.read_commit(seq).await?.files.into_iter().map(|f| f.key));
+        }
+        if let Some(files) = &self.last_files {
+            live.extend(files.iter().map(|f| f.key.clone()));
+        }
+        let cutoff = std::time::SystemTime::now() - self.orphan_min_age;
+        let mut deleted = 0;
+        for dir in ["data", "objects"] {
+            let prefix = self.bucket.key(dir);
+            let metas: Vec<_> = self
+                .bucket
+                .store()
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.bucket.describe()))?;
+            for m in metas {
+                let key = self.bucket.unprefixed(&m.location).to_string();
+                if live.contains(&key) || std::time::SystemTime::from(m.last_modified) > cutoff {
+                    continue;
+                }
+                match self.bucket.store().delete(&m.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        self.known.remove(&key);
+                        deleted += 1;
+                        self.metrics.deleted_objects.inc();
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "storage: cannot delete an object no commit names"),
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(objects = deleted, "storage: deleted objects no commit names (left by an unfinished sync)");
         }
         Ok(deleted)
     }

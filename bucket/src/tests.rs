@@ -139,3 +139,95 @@ async fn restore_fills_an_empty_directory_and_leaves_a_full_one_alone() {
     let err = bucket.restore_if_empty(other.path()).await.unwrap_err();
     assert!(err.contains("outside the data directory"), "{err}");
 }
+
+mod syncer {
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+    use store::model::{Labels, LogBatch, LogEntry, Tenant};
+    use store::{LogStore, MetricStore, StoreConfig, StoreOptions};
+
+    use super::*;
+    use crate::sync::{SyncMetrics, Syncer};
+
+    fn stores(dir: &std::path::Path) -> (LogStore, MetricStore) {
+        let options = StoreOptions {
+            data_dir: dir.to_path_buf(),
+            retention: Duration::from_secs(30 * 86_400),
+            disk: None,
+            retention_rules: Vec::new(),
+            tuning: StoreConfig { compaction_min_parts: 2, ..StoreConfig::default() },
+        };
+        let mut r = Registry::default();
+        (LogStore::open(options.clone(), &mut r).unwrap(), MetricStore::open(options, &mut r).unwrap())
+    }
+
+    async fn append(logs: &LogStore, app: &str, n: usize) {
+        let mut b = LogBatch::default();
+        let s = b.stream_index(Labels::from_pairs(vec![("app".into(), app.into())]));
+        let t0 = store::time::now_ns();
+        for i in 0..n {
+            b.entries.push(LogEntry { stream: s, time_ns: t0 + i as i64, line: format!("{app} {i}"), fields: vec![] });
+        }
+        logs.append(&Tenant::default_tenant(), b).await.unwrap();
+    }
+
+    async fn keys(store: &Arc<dyn ObjectStore>, dir: &str) -> Vec<String> {
+        let mut k: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(store.list(Some(&ObjectPath::from(dir))))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[tokio::test]
+    async fn syncs_commit_only_changes_and_old_commits_take_their_objects_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, metrics) = stores(dir.path());
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bucket = Bucket::with_store(mem.clone(), "");
+        let mut syncer =
+            Syncer::new(bucket.clone(), logs.clone(), metrics.clone(), "n".into(), 1, SyncMetrics::default())
+                .with_orphan_min_age(Duration::ZERO);
+        // An upload of a sync that died before its commit.
+        mem.put(&ObjectPath::from("data/logs/orphan.parquet"), PutPayload::from_static(b"x")).await.unwrap();
+
+        append(&logs, "a", 10).await;
+        logs.flush().await.unwrap();
+        let r1 = syncer.sync_once().await.unwrap();
+        assert_eq!(r1.commit, Some(1));
+        assert_eq!(r1.deleted_objects, 1, "the orphan is swept at the first sync");
+        let parts1 = keys(&mem, "data").await;
+        assert!(!parts1.iter().any(|k| k.contains("orphan")), "{parts1:?}");
+        assert!(
+            parts1.iter().any(|k| k.ends_with(".parquet")) && parts1.iter().any(|k| k.ends_with(".idx")),
+            "{parts1:?}"
+        );
+        assert!(!bucket.latest_commit().await.unwrap().unwrap().files.iter().any(|f| f.path.contains("wal")));
+
+        let r2 = syncer.sync_once().await.unwrap();
+        assert_eq!((r2.commit, r2.uploaded_objects), (None, 0), "nothing changed: no commit, no upload");
+
+        // More data, then a compaction: the next commit names one part; with keep_commits = 1 the old
+        // commit goes, and with it the parts only it named.
+        append(&logs, "b", 10).await;
+        logs.flush().await.unwrap();
+        assert_eq!(syncer.sync_once().await.unwrap().commit, Some(2));
+        assert_eq!(logs.compact().await.unwrap(), 2, "the two parts merge");
+        let r = syncer.sync_once().await.unwrap();
+        assert_eq!(r.commit, Some(3));
+        assert!(r.deleted_objects >= 4, "two parts and their indexes of commit 2: {r:?}");
+        assert_eq!(bucket.commit_numbers().await.unwrap(), vec![3]);
+        let named: std::collections::BTreeSet<String> =
+            bucket.latest_commit().await.unwrap().unwrap().files.into_iter().map(|f| f.key).collect();
+        for k in keys(&mem, "data").await.into_iter().chain(keys(&mem, "objects").await) {
+            assert!(named.contains(&k), "{k} is in the bucket but no commit names it");
+        }
+        for k in &named {
+            mem.head(&ObjectPath::from(k.as_str())).await.unwrap_or_else(|e| panic!("{k} is named but missing: {e}"));
+        }
+    }
+}
