@@ -43,13 +43,13 @@ if [ ! -f "$work/meta.json" ]; then
 fi
 
 # SeaweedFS, every port chosen here, with credentials (so requests are signed as on a real store).
-ports=(); for _ in $(seq 11); do ports+=("$(free_port)"); done
+ports=(); for _ in $(seq 12); do ports+=("$(free_port)"); done
 S3_PORT=${ports[6]}
 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret "$WEED" mini -dir="$OUT/weed" \
   -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false -webdav=false -bucket=lumen -s3.port.iceberg=0 -s3.port.lance=0 \
   -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" -volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
   -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" -s3.port="$S3_PORT" -s3.port.grpc="${ports[7]}" \
-  -admin.port="${ports[8]}" -admin.port.grpc="${ports[9]}" -metricsPort="$(free_port)" -s3.metricsPort="${ports[10]}" \
+  -admin.port="${ports[8]}" -admin.port.grpc="${ports[9]}" -metricsPort="${ports[10]}" -s3.metricsPort="${ports[11]}" \
   >"$OUT/weed.log" 2>&1 &
 WEED_PID=$!
 trap 'kill $WEED_PID 2>/dev/null || true' EXIT
@@ -60,8 +60,8 @@ done
 printf 'bench\n' >"$OUT/key_id"
 printf 'bench-secret\n' >"$OUT/secret"
 
-s3_requests() { # requests SeaweedFS' S3 gateway counted so far
-  curl -sf "http://127.0.0.1:${ports[10]}/metrics" | awk '$1 ~ /^SeaweedFS_s3_request_total/ {s += $2} END {print s + 0}'
+s3_requests() { # requests SeaweedFS' S3 gateway counted so far (its request-time histogram's counts)
+  curl -sf "http://127.0.0.1:${ports[10]}/metrics" | awk '$1 ~ /^SeaweedFS_s3_request_seconds_count/ {s += $2} END {print s + 0}'
 }
 
 run() { # mode
