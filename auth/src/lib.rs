@@ -6,6 +6,12 @@
 //! allowed a set of tenants (or every tenant, `*`) and a set of [`Scope`]s. [`Auth::authorize`] turns the
 //! headers of a request into the tenant it acts for, or a [`Denied`] that says what was wrong.
 //!
+//! A browser cannot put headers on a WebSocket, so a WebSocket handshake without an `Authorization`
+//! header may carry its credential as subprotocols instead, as Kubernetes' API server takes them: it
+//! offers [`WEBSOCKET_PROTOCOL`] (`lumen.bearer`) and one of `base64url.bearer.authorization.lumen.<token>`
+//! or `base64url.basic.authorization.lumen.<tenant:token>` (base64url without padding, since `=` may not
+//! appear in a subprotocol), and the server answers with `lumen.bearer` alone, never the credential.
+//!
 //! Tokens are kept as their SHA-256 only ([`TokenSet`], parsed from the token file), so the file that
 //! lists them is not itself a secret. A token is 32 random bytes, so a plain hash is enough: there is
 //! nothing to guess that a slow hash would protect.
@@ -31,6 +37,16 @@ pub use tokens::{Grant, Tenants, TokenSet, entry_toml, hash_hex, new_token, pars
 
 /// The header that names the tenant, as in Loki.
 pub const TENANT_HEADER: &str = "X-Scope-OrgID";
+
+/// The WebSocket subprotocol a browser offers to say that another of its subprotocols is its credential;
+/// [`require`] answers a successful handshake with this one (a browser fails a handshake whose answer
+/// names none of the subprotocols it offered).
+pub const WEBSOCKET_PROTOCOL: &str = "lumen.bearer";
+
+/// The subprotocol that carries a bearer token: the prefix, then the token in base64url.
+const WEBSOCKET_BEARER: &str = "base64url.bearer.authorization.lumen.";
+/// The subprotocol that carries basic credentials: the prefix, then `tenant:token` in base64url.
+const WEBSOCKET_BASIC: &str = "base64url.basic.authorization.lumen.";
 
 /// What a request does, and so what its token must allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +98,8 @@ pub enum Denied {
     Missing,
     /// An `Authorization` header that is neither Bearer nor Basic, or does not decode (401).
     Malformed(&'static str),
+    /// A WebSocket credential subprotocol that does not decode (401).
+    MalformedProtocol(&'static str),
     /// A token this server does not know (401).
     UnknownToken,
     /// The token may not do this (403).
@@ -97,7 +115,9 @@ impl Denied {
     /// a malformed tenant.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            Denied::Missing | Denied::Malformed(_) | Denied::UnknownToken => http::StatusCode::UNAUTHORIZED,
+            Denied::Missing | Denied::Malformed(_) | Denied::MalformedProtocol(_) | Denied::UnknownToken => {
+                http::StatusCode::UNAUTHORIZED
+            }
             Denied::Scope { .. } | Denied::Tenant { .. } => http::StatusCode::FORBIDDEN,
             Denied::BadTenant(_) => http::StatusCode::BAD_REQUEST,
         }
@@ -120,6 +140,11 @@ impl std::fmt::Display for Denied {
             Denied::Malformed(what) => {
                 write!(f, "the Authorization header {what}: send `Bearer <token>` or basic auth")
             }
+            Denied::MalformedProtocol(what) => write!(
+                f,
+                "the WebSocket credential {what}: offer the subprotocols `{WEBSOCKET_PROTOCOL}` and \
+                 `{WEBSOCKET_BEARER}<token in base64url>`"
+            ),
             Denied::UnknownToken => f.write_str(
                 "the token is not known to this server: check it against server.auth_file (or LUMEN_AUTH_TOKEN)",
             ),
@@ -182,13 +207,17 @@ impl Auth {
     /// The tenant is the `X-Scope-OrgID` header when the request sends one, else the basic-auth user name,
     /// else the token's first tenant (`default` for a token of every tenant).
     ///
+    /// The credential is the `Authorization` header; a WebSocket handshake without one may offer it as
+    /// subprotocols instead (see the crate's documentation).
+    ///
     /// # Errors
     /// [`Denied`], saying what was missing or not allowed.
     pub fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<Option<Tenant>, Denied> {
         let Some(cell) = &self.0 else { return Ok(None) };
-        let header = headers.get(http::header::AUTHORIZATION).ok_or(Denied::Missing)?;
-        let header = header.to_str().map_err(|_| Denied::Malformed("is not ASCII"))?;
-        let (user, token) = parse_authorization(header)?;
+        let (user, token) = match headers.get(http::header::AUTHORIZATION) {
+            Some(header) => parse_authorization(header.to_str().map_err(|_| Denied::Malformed("is not ASCII"))?)?,
+            None => websocket_credential(headers)?.ok_or(Denied::Missing)?,
+        };
         let requested = match headers.get(TENANT_HEADER) {
             Some(v) => Some(
                 v.to_str()
@@ -238,4 +267,53 @@ fn parse_authorization(header: &str) -> Result<(Option<String>, String), Denied>
     } else {
         Err(Denied::Malformed("uses a scheme other than Bearer and Basic"))
     }
+}
+
+/// True when the request is a WebSocket handshake that offers [`WEBSOCKET_PROTOCOL`].
+pub(crate) fn offers_websocket_credential(headers: &HeaderMap) -> bool {
+    let upgrade = headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok());
+    upgrade.is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && offered_protocols(headers).any(|p| p == WEBSOCKET_PROTOCOL)
+}
+
+fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// The (basic-auth user, token) a WebSocket handshake offers as subprotocols, `None` when it offers none.
+fn websocket_credential(headers: &HeaderMap) -> Result<Option<(Option<String>, String)>, Denied> {
+    if !offers_websocket_credential(headers) {
+        return Ok(None);
+    }
+    let decode = |b64: &str| {
+        // Padding cannot be sent (`=` is not allowed in a subprotocol), but a client may add it anyway.
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or(Denied::MalformedProtocol("is not base64url of UTF-8 text"))
+    };
+    for protocol in offered_protocols(headers) {
+        if let Some(b64) = protocol.strip_prefix(WEBSOCKET_BEARER) {
+            let token = decode(b64)?;
+            if token.is_empty() {
+                return Err(Denied::MalformedProtocol("holds an empty token"));
+            }
+            return Ok(Some((None, token)));
+        }
+        if let Some(b64) = protocol.strip_prefix(WEBSOCKET_BASIC) {
+            let pair = decode(b64)?;
+            let (user, token) = pair.split_once(':').ok_or(Denied::MalformedProtocol("holds no ':'"))?;
+            if token.is_empty() {
+                return Err(Denied::MalformedProtocol("holds no token after the ':'"));
+            }
+            return Ok(Some((Some(user.to_string()), token.to_string())));
+        }
+    }
+    Ok(None)
 }

@@ -19,15 +19,27 @@ pub struct RequireScope {
 /// is on or not. With authentication disabled the request passes untouched.
 ///
 /// Use as `route_layer(axum::middleware::from_fn_with_state(RequireScope { .. }, require))`.
+///
+/// A WebSocket handshake that offered its credential as subprotocols ([`crate::WEBSOCKET_PROTOCOL`]) is
+/// answered with `Sec-WebSocket-Protocol: lumen.bearer`, which the browser requires; the handler behind
+/// needs to know nothing of it.
 pub async fn require(State(guard): State<RequireScope>, mut req: Request, next: Next) -> Response {
+    let echo = crate::offers_websocket_credential(req.headers());
+    let answer = |mut resp: Response| {
+        if echo && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(http::header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(crate::WEBSOCKET_PROTOCOL));
+        }
+        resp
+    };
     match guard.auth.authorize(req.headers(), guard.scope) {
-        Ok(None) => next.run(req).await,
+        Ok(None) => answer(next.run(req).await),
         Ok(Some(tenant)) => {
             // A validated tenant id is ASCII without control characters, so it is always a valid header.
             if let Ok(v) = HeaderValue::from_str(tenant.as_str()) {
                 req.headers_mut().insert(TENANT_HEADER, v);
             }
-            next.run(req).await
+            answer(next.run(req).await)
         }
         Err(denied) => {
             let mut resp = (denied.status(), format!("{denied}\n")).into_response();

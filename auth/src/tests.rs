@@ -142,3 +142,47 @@ fn bad_token_files_say_which_token_is_wrong() {
     assert!(TokenSet::parse(&twice).unwrap_err().contains("twice"));
     assert!(TokenSet::parse("").unwrap().is_empty());
 }
+
+/// Issue 19: a browser's WebSocket carries its credential as subprotocols, since it cannot send headers.
+#[test]
+fn a_websocket_handshake_may_offer_its_credential_as_subprotocols() {
+    let (text, t) =
+        file_with(&[("ui", &["team-a", "team-b"], &[Scope::Read]), ("shipper", &["team-a"], &[Scope::Write])]);
+    let auth = Auth::new(TokenSet::parse(&text).unwrap());
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let ws =
+        |protocols: String| headers(&[("upgrade", "websocket".to_string()), ("sec-websocket-protocol", protocols)]);
+    let bearer = |tok: &str| format!("lumen.bearer, base64url.bearer.authorization.lumen.{}", b64(tok));
+    let basic = |tenant: &str, tok: &str| {
+        format!("lumen.bearer, base64url.basic.authorization.lumen.{}", b64(&format!("{tenant}:{tok}")))
+    };
+
+    let got = auth.authorize(&ws(bearer(&t[0])), Scope::Read).unwrap().unwrap();
+    assert_eq!(got.as_str(), "team-a", "a bearer token acts for its first tenant");
+    let got = auth.authorize(&ws(basic("team-b", &t[0])), Scope::Read).unwrap().unwrap();
+    assert_eq!(got.as_str(), "team-b", "basic credentials name the tenant");
+    // A wrong token is a 401, a tenant or scope the token lacks a 403, and no message holds the credential.
+    for (h, status) in [
+        (ws(bearer("lumen_0000")), 401),
+        (ws(basic("team-a", "lumen_0000")), 401),
+        (ws(basic("team-c", &t[0])), 403),
+        (ws(bearer(&t[1])), 403),
+        (ws("lumen.bearer, base64url.bearer.authorization.lumen.!!!".to_string()), 401),
+        (ws(format!("lumen.bearer, base64url.basic.authorization.lumen.{}", b64("no-colon"))), 401),
+        (ws("lumen.bearer".to_string()), 401),
+    ] {
+        let err = auth.authorize(&h, Scope::Read).unwrap_err();
+        assert_eq!(err.status(), status, "{err}");
+        assert!(!err.to_string().contains("lumen_0000") && !err.to_string().contains(&t[0]), "{err}");
+    }
+    // Without `lumen.bearer`, or outside a WebSocket handshake, the subprotocols are not a credential.
+    let lone = format!("base64url.bearer.authorization.lumen.{}", b64(&t[0]));
+    assert_eq!(auth.authorize(&ws(lone), Scope::Read), Err(Denied::Missing));
+    let plain = headers(&[("sec-websocket-protocol", bearer(&t[0]))]);
+    assert_eq!(auth.authorize(&plain, Scope::Read), Err(Denied::Missing));
+    // The Authorization header, when sent, is the credential, as before.
+    let mut h = ws(bearer(&t[0]));
+    h.insert("authorization", HeaderValue::from_str(&format!("Bearer {}", "lumen_0000")).unwrap());
+    assert_eq!(auth.authorize(&h, Scope::Read), Err(Denied::UnknownToken));
+    assert!(crate::offers_websocket_credential(&ws(bearer(&t[0]))));
+}

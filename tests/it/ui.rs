@@ -104,3 +104,66 @@ async fn with_tokens_on_the_ui_loads_and_the_apis_ask_for_a_token() {
     assert_eq!(r.status(), 200);
     server.stop().await;
 }
+
+/// The UI's live tail with tokens on (issue 19): a browser cannot put a header on a WebSocket, so it offers
+/// `lumen.bearer` and its credential as subprotocols; the server answers with `lumen.bearer` alone and
+/// streams the tenant's lines, and refuses a wrong token (401) and a tenant the token lacks (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_websocket_takes_the_token_as_a_subprotocol() {
+    use base64::Engine;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let reader = crate::auth::make_token(&file, "team-a", "read");
+    let writer = crate::auth::make_token(&file, "team-a", "write");
+    let mut config = test_config(&dir.path().join("data"));
+    config.server.auth_file = file;
+    let server = TestServer::start(config).await;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let url = format!("ws://{}/loki/api/v1/tail?query=%7Bapp%3D%22ws%22%7D", &server.base[7..]);
+    let connect = |protocols: String| {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let basic = |tenant: &str, token: &str| {
+        format!("lumen.bearer, base64url.basic.authorization.lumen.{}", b64(&format!("{tenant}:{token}")))
+    };
+    for (protocols, want) in [
+        (basic("team-a", "lumen_not_a_token"), 401),
+        (format!("lumen.bearer, base64url.bearer.authorization.lumen.{}", b64("lumen_not_a_token")), 401),
+        (basic("team-b", &reader), 403),
+        (basic("team-a", &writer), 403),
+        ("lumen.bearer".to_string(), 401),
+    ] {
+        match connect(protocols.clone()).await {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), want, "{protocols}"),
+            other => panic!("{protocols}: must be refused with {want}, got {:?}", other.map(|_| ())),
+        }
+    }
+    let (mut socket, resp) = connect(basic("team-a", &reader)).await.expect("the UI's credential opens the tail");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "lumen.bearer", "only the fixed name is echoed");
+    // The bearer form works too, for the token's first tenant.
+    let bearer = format!("lumen.bearer, base64url.bearer.authorization.lumen.{}", b64(&reader));
+    connect(bearer).await.expect("a bearer token as a subprotocol opens the tail");
+
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let body =
+        serde_json::json!({"streams": [{"stream": {"app": "ws"}, "values": [[ns.to_string(), "pushed over ws"]]}]});
+    let r = server.client.post(server.url("/loki/api/v1/push")).bearer_auth(&writer).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match socket.next().await.expect("the tail stays open").unwrap() {
+                tungstenite::Message::Text(t) if t.contains("pushed over ws") => break t.to_string(),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the pushed line arrives over the WebSocket");
+    assert!(frame.contains("\"app\":\"ws\""), "{frame}");
+    server.stop().await;
+}

@@ -1,7 +1,8 @@
 //! The web UI in a real browser (issue 19): a server loaded with the Loghub logs, metrics and MQTT
 //! telemetry, and `ui/e2e/run.mjs` driving Debian's chromium through playwright-core against it (views,
 //! answers compared with the API, no request to another host, screenshots under
-//! `target/ui-e2e/`). `scripts/test` installs chromium and the UI's npm packages; without them the test
+//! `target/ui-e2e/`). A second server with tokens on checks that the UI's live tail signs in over the
+//! WebSocket itself (the token as subprotocols) rather than polling. `scripts/test` installs chromium and the UI's npm packages; without them the test
 //! says so and skips.
 
 use std::path::Path;
@@ -89,11 +90,29 @@ async fn the_ui_answers_like_the_api_in_a_real_browser() {
         }
     }
 
+    // A server with tokens on: a reader of team-a signs in to the UI and tails; a writer pushes the line.
+    let auth_dir = tempfile::tempdir().unwrap();
+    let tokens = auth_dir.path().join("tokens.toml");
+    let reader = crate::auth::make_token(&tokens, "team-a", "read");
+    let writer = crate::auth::make_token(&tokens, "team-a", "write");
+    let mut auth_config = test_config(&auth_dir.path().join("data"));
+    auth_config.server.auth_file = tokens;
+    let auth_server = TestServer::start(auth_config).await;
+
     let out = root.join("target/ui-e2e");
     std::fs::create_dir_all(&out).unwrap();
-    let (base, script, out2) = (server.base.clone(), script.clone(), out.clone());
+    let (base, script, out2, auth_base) = (server.base.clone(), script.clone(), out.clone(), auth_server.base.clone());
     let result = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(&script).env("LUMEN_URL", &base).env("LUMEN_E2E_OUT", &out2).output().unwrap()
+        Command::new("node")
+            .arg(&script)
+            .env("LUMEN_URL", &base)
+            .env("LUMEN_E2E_OUT", &out2)
+            .env("LUMEN_AUTH_URL", &auth_base)
+            .env("LUMEN_AUTH_TENANT", "team-a")
+            .env("LUMEN_AUTH_READ_TOKEN", &reader)
+            .env("LUMEN_AUTH_WRITE_TOKEN", &writer)
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
@@ -107,4 +126,5 @@ async fn the_ui_answers_like_the_api_in_a_real_browser() {
     );
     drop(client);
     server.stop().await;
+    auth_server.stop().await;
 }

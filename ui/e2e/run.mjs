@@ -3,8 +3,11 @@
 // Optional: CHROMIUM (default /usr/bin/chromium), LUMEN_E2E_PROMQL (default: the first metric name the
 // server knows, else vector(1)).
 // Besides driving every view, it compares what the UI shows with the API's own answers (fetched here with
-// fetch()): log lines, histogram totals, label-click narrowing, live tail, PromQL series, SQL rows, MQTT
-// devices, rules and alerts, and a shared URL. It expects the data tests/it/ui_browser.rs loads: the Loghub
+// fetch()): log lines, histogram totals, lines shown before the histogram, a line's context, parsed field
+// and metric name suggestions, label-click narrowing, the time picker in UTC and local time, live tail,
+// PromQL series and the chart's hover box, SQL rows, MQTT devices, rules and alerts, and a shared URL.
+// With LUMEN_AUTH_URL (a server with tokens on), LUMEN_AUTH_TENANT, LUMEN_AUTH_READ_TOKEN and
+// LUMEN_AUTH_WRITE_TOKEN it also signs in there and checks that live tail streams over the WebSocket. It expects the data tests/it/ui_browser.rs loads: the Loghub
 // samples as {app="<name>", namespace="loghub"} over the last hour, ui_requests_total{instance="a"|"b"} over
 // the last 30 minutes, MQTT devices pump1 (north) and pump2 (south) on devices/{site}/{device}/telemetry, and
 // its rules: the PromQL group ui-rules (ui:answer recording, UiAlwaysFiring firing with the summary "always
@@ -211,6 +214,111 @@ await step("histogram-vs-api", async () => {
   console.log(`     bars add up to ${got} = sum(count_over_time(${LOGQL}[${span}s])) = the histogram query's own sum`);
 });
 
+// The lines show before the histogram: with the histogram's answer held back, the lines are on screen and
+// the histogram's place is kept; once it comes, the bars replace the placeholder.
+await step("lines-before-histogram", async () => {
+  let release;
+  const held = new Promise((r) => (release = r));
+  const isHist = (u) => /^sum( by \(detected_level\) )?\(count_over_time\(/.test(new URL(u).searchParams.get("query") ?? "");
+  const hold = async (route) => {
+    if (!isHist(route.request().url())) return route.continue();
+    await held;
+    await route.continue().catch(() => {});
+  };
+  await page.route("**/loki/api/v1/query_range?**", hold);
+  try {
+    const want = (await apiLines('{app="hadoop"}', +range.from, +range.to, 1000)).map((e) => e.line);
+    await page.goto(hashUrl("logs", { ...range, query: '{app="hadoop"}' }));
+    await until("the lines of {app=\"hadoop\"} did not show while the histogram was held back", async () => {
+      if (await busy()) return "running";
+      return (await compareLines(want)) ?? null;
+    }, 10_000);
+    if (!(await page.locator(".chart.pending").count())) throw new Error("no placeholder keeps the histogram's place");
+    if (await page.locator(".chart canvas").count()) throw new Error("a chart is drawn before its answer came");
+  } finally {
+    release();
+  }
+  await page.waitForSelector(".chart canvas");
+  await page.unroute("**/loki/api/v1/query_range?**", hold);
+  if (await page.locator(".chart.pending").count()) throw new Error("the placeholder stays after the histogram came");
+  console.log("     the lines showed while the histogram query was held back; its bars came after");
+});
+
+// The lines around a line: the UI's context of a line of {app="apache"} against the whole stream, read from
+// query_range (the Loghub lines are a second apart, so "before" and "after" are unambiguous).
+await step("context-vs-api", async () => {
+  await page.goto(hashUrl("logs", { ...range, query: LOGQL }));
+  await until("the UI's lines differ from query_range's", () => compareLines(apiApache.map((e) => e.line)));
+  const pick = 20; // newest first: 20 newer lines exist, so 10 after it
+  const line = page.locator(".logline").nth(pick);
+  await line.locator(".head").click();
+  const ns = (await line.locator(".labels .muted").last().textContent()).replace(/\s*ns$/, "").trim();
+  await line.locator("button.context-toggle").click();
+  const stream = await apiLines('{app="apache", namespace="loghub"}', +range.from - 7_200_000, +range.to + 3_600_000, 5000);
+  stream.reverse(); // oldest first
+  const i = stream.findIndex((e) => e.t === BigInt(ns));
+  if (i < 10 || i + 10 >= stream.length) throw new Error(`line ${ns} is at ${i} of the ${stream.length} lines of its stream: no 10 lines each way`);
+  const want = { before: stream.slice(i - 10, i).map((e) => e.line), self: stream[i].line, after: stream.slice(i + 1, i + 11).map((e) => e.line) };
+  await until("the context differs from the stream's neighbouring lines", async () => {
+    const got = await line.evaluate((el) => ({
+      before: [...el.querySelectorAll(".context .ctxline.before .text")].map((x) => x.textContent),
+      self: el.querySelector(".context .ctxline.self .text")?.textContent,
+      after: [...el.querySelectorAll(".context .ctxline.after .text")].map((x) => x.textContent),
+    }));
+    return JSON.stringify(got) === JSON.stringify(want) ? null : `the UI shows ${JSON.stringify(got)}, the stream has ${JSON.stringify(want)}`;
+  });
+  await page.screenshot({ path: join(out, "context.png"), fullPage: true }).catch(() => {});
+  // More each way.
+  await line.locator('.context button:has-text("more each way")').click();
+  await until("the context did not grow to 20 lines each way", async () => {
+    const n = await line.evaluate((el) => [el.querySelectorAll(".ctxline.before").length, el.querySelectorAll(".ctxline.after").length]);
+    return n[0] === 20 && n[1] === 20 ? null : `${n[0]} before, ${n[1]} after`;
+  });
+  console.log(`     the line at ${ns}: the 10 lines before and after it equal its stream's, from query_range; 20 each way after "more"`);
+});
+
+// Autocomplete of parsed field names: logfmt lines pushed here, the UI's suggestions after "| " against
+// /loki/api/v1/detected_fields.
+await step("autocomplete-field", async () => {
+  const t = Date.now();
+  const values = [0, 1, 2, 3, 4].map((i) => [ns(t - 60_000 + i * 1000), `level=info user=u${i} took_ms=${10 + i} path=/api/${i}`]);
+  const r = await fetch(base + "/loki/api/v1/push", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ streams: [{ stream: { app: "e2e-fields" }, values }] }),
+  });
+  if (r.status !== 204) throw new Error(`push -> ${r.status}: ${await r.text()}`);
+  await page.goto(hashUrl("logs", { from: "now-1h", to: "now" }));
+  const sel = '{app="e2e-fields"}';
+  const api = await apiGet("loki/api/v1/detected_fields", { query: sel, start: ns(t - 3_600_000), end: ns(t + 60_000) });
+  const fields = api.fields.map((f) => f.label);
+  if (!fields.includes("user")) throw new Error(`detected_fields has no "user": ${JSON.stringify(api)}`);
+  const box = page.locator("textarea[data-querybox]");
+  await box.fill(`${sel} | logfmt | `);
+  await box.press("End");
+  await box.type("us");
+  await until("no suggestion of the detected field user", async () => {
+    const items = await page.$$eval(".suggest li", (els) => els.map((e) => e.textContent));
+    const want = fields.filter((f) => f.startsWith("us") && f !== "us");
+    return JSON.stringify(items) === JSON.stringify(want) ? null : `the UI offers ${JSON.stringify(items)}, detected_fields gives ${JSON.stringify(want)}`;
+  });
+  await box.press("Tab");
+  const v = await box.inputValue();
+  if (v !== `${sel} | logfmt | user`) throw new Error(`Tab made the query ${JSON.stringify(v)}`);
+  // All the fields right after a pipe.
+  await box.fill(`${sel} | logfmt | `);
+  await box.press("End");
+  await box.type(" ");
+  await box.press("Backspace");
+  await until("the fields offered after a pipe differ from detected_fields", async () => {
+    const items = await page.$$eval(".suggest li", (els) => els.map((e) => e.textContent));
+    return JSON.stringify(items) === JSON.stringify(fields.slice(0, 30)) ? null : `the UI offers ${JSON.stringify(items)}, detected_fields gives ${JSON.stringify(fields)}`;
+  });
+  await page.screenshot({ path: join(out, "autocomplete-field.png"), fullPage: true }).catch(() => {});
+  await box.press("Escape");
+  console.log(`     after "| " the UI offers ${fields.join(", ")} (= detected_fields); "us" + Tab gave ${v}`);
+});
+
 let narrowed = null;
 await step("label-click", async () => {
   await runQuery('{namespace="loghub"}');
@@ -266,6 +374,39 @@ await step("shared-url", async () => {
   }
 });
 
+// The time picker, in a browser whose zone is not UTC (Asia/Kolkata, +05:30): UTC chosen, an absolute range
+// typed into its date-time inputs becomes that range in the URL (epoch ms) and the button names it in UTC;
+// back in the browser's zone, the button shows the same instants in local time.
+await step("time-picker", async () => {
+  const ctx3 = watch(await browser.newContext({ viewport: { width: 1280, height: 860 }, timezoneId: "Asia/Kolkata" }));
+  const p3 = await ctx3.newPage();
+  try {
+    await p3.goto(hashUrl("logs", { query: LOGQL, from: "now-1h", to: "now" }));
+    await p3.click(".timepicker > button");
+    await p3.selectOption(".popover .tz select", "utc");
+    await p3.fill('.popover input[name="abs-from"]', "2026-03-04T05:06:07");
+    await p3.fill('.popover input[name="abs-to"]', "2026-03-04T06:07:08");
+    await p3.click('.popover button:has-text("Apply absolute")');
+    const [from, to] = [String(Date.UTC(2026, 2, 4, 5, 6, 7)), String(Date.UTC(2026, 2, 4, 6, 7, 8))];
+    await until("the absolute range is not in the URL", async () => {
+      const q = new URLSearchParams(new URL(p3.url()).hash.split("?")[1] ?? "");
+      return q.get("from") === from && q.get("to") === to ? null : `from=${q.get("from")} to=${q.get("to")}, want ${from} and ${to}`;
+    });
+    const button = async () => (await p3.locator(".timepicker > button").innerText()).trim();
+    const utc = await button();
+    if (utc !== "2026-03-04 05:06:07 → 2026-03-04 06:07:08 UTC ▾") throw new Error(`in UTC the range button says ${JSON.stringify(utc)}`);
+    await p3.screenshot({ path: join(out, "time-picker-utc.png") }).catch(() => {});
+    await p3.click(".timepicker > button");
+    await p3.selectOption(".popover .tz select", "local");
+    await p3.click(".timepicker > button");
+    const local = await button();
+    if (local !== "2026-03-04 10:36:07 → 2026-03-04 11:37:08 ▾") throw new Error(`in Asia/Kolkata the range button says ${JSON.stringify(local)}`);
+    console.log(`     05:06:07–06:07:08 typed in UTC → from=${from}&to=${to}; the button says ${utc}, then in the browser's zone ${local}`);
+  } finally {
+    await ctx3.close();
+  }
+});
+
 await step("live-tail", async () => {
   await page.goto(hashUrl("logs", { query: '{app="e2e-tail"}', from: "now-5m", to: "now" }));
   await page.waitForSelector('button:has-text("▶ Live")');
@@ -285,6 +426,64 @@ await step("live-tail", async () => {
   await page.screenshot({ path: join(out, "live-tail.png"), fullPage: true }).catch(() => {});
   await page.click('button:has-text("■ Stop tail")');
   console.log(`     ${probe} shown ${ms} ms after the push`);
+});
+
+// With tokens on, the live tail is a WebSocket that carries the token as subprotocols, not polling.
+const authBase = (process.env.LUMEN_AUTH_URL ?? "").replace(/\/+$/, "");
+await step("live-tail-token", async () => {
+  if (!authBase) throw new Error("LUMEN_AUTH_URL (a server with tokens on) is not set");
+  const [tenant, reader, writer] = [process.env.LUMEN_AUTH_TENANT, process.env.LUMEN_AUTH_READ_TOKEN, process.env.LUMEN_AUTH_WRITE_TOKEN];
+  const authOrigin = new URL(authBase).origin;
+  const ctx2 = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  ctx2.on("request", (r) => {
+    if (!r.url().startsWith(authOrigin + "/")) foreign.push(r.url());
+  });
+  const p2 = await ctx2.newPage();
+  p2.setDefaultTimeout(15_000);
+  p2.on("pageerror", (e) => pageErrors.push(String(e)));
+  const sockets = [];
+  const polls = [];
+  p2.on("request", (r) => {
+    const u = new URL(r.url());
+    if (u.pathname.endsWith("/loki/api/v1/query_range") && u.searchParams.get("direction") === "forward") polls.push(r.url());
+  });
+  p2.on("websocket", (ws) => {
+    const s = { url: ws.url(), frames: [], closed: false };
+    sockets.push(s);
+    ws.on("framereceived", (f) => s.frames.push(String(f.payload)));
+    ws.on("close", () => (s.closed = true));
+  });
+  try {
+    await p2.goto(authBase + "/ui/#/logs?" + new URLSearchParams({ query: '{app="e2e-tail-auth"}', from: "now-5m", to: "now" }).toString().replace(/\+/g, "%20"));
+    // The first query answers 401: the UI asks for the tenant and token.
+    await p2.waitForSelector('.modal input[name="token"]');
+    await p2.fill('.modal input[name="tenant"]', tenant);
+    await p2.fill('.modal input[name="token"]', reader);
+    await p2.click('.modal button[type="submit"]');
+    await p2.waitForSelector(".modal", { state: "detached" });
+    await until("the signed-in query did not settle", async () => ((await busy(p2)) ? "running" : (await p2.locator(".error").count()) ? await p2.locator(".error").innerText() : null));
+    await p2.click('button:has-text("▶ Live")');
+    await p2.waitForSelector('.muted:has-text("tail: live")');
+    const probe = `tail-token-probe-${Math.random().toString(36).slice(2)}`;
+    const t0 = Date.now();
+    const r = await fetch(authBase + "/loki/api/v1/push", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${writer}` },
+      body: JSON.stringify({ streams: [{ stream: { app: "e2e-tail-auth" }, values: [[ns(Date.now()), probe]] }] }),
+    });
+    if (r.status !== 204) throw new Error(`push -> ${r.status}: ${await r.text()}`);
+    await until(`the pushed line ${probe} did not show in live tail`, async () => ((await shownLines(p2)).includes(probe) ? null : `not yet (tail: ${await p2.locator('.muted:has-text("tail:")').textContent().catch(() => "?")})`), 10_000);
+    const ms = Date.now() - t0;
+    const tail = sockets.filter((s) => s.url.includes("/loki/api/v1/tail"));
+    if (!tail.length) throw new Error("the UI opened no tail WebSocket");
+    if (!tail.some((s) => s.frames.some((f) => f.includes(probe)))) throw new Error(`no tail WebSocket frame carried ${probe}`);
+    if (polls.length) throw new Error(`the UI polled query_range ${polls.length} times instead of using the WebSocket`);
+    if (tail.some((s) => s.url.includes(reader))) throw new Error("the token is in the WebSocket's URL");
+    await p2.screenshot({ path: join(out, "live-tail-token.png"), fullPage: true }).catch(() => {});
+    console.log(`     signed in as ${tenant}: ${probe} arrived in a frame of the tail WebSocket and showed ${ms} ms after the push; no polling`);
+  } finally {
+    await ctx2.close();
+  }
 });
 
 await step("metrics", async () => {
@@ -318,6 +517,51 @@ await step("promql-vs-api", async () => {
     return JSON.stringify(got) === JSON.stringify(want) ? null : `legend ${JSON.stringify(got)}, API ${JSON.stringify(want)}`;
   });
   console.log(`     ${q}: legend = API series = ${want.join(" ")}`);
+});
+
+// Hovering the chart shows the time under the cursor and each series' value there, as the API gives them.
+await step("chart-hover", async () => {
+  const q = "ui_requests_total";
+  const from = String(nowS - 2_400_000);
+  await page.goto(hashUrl("metrics", { query: q, from, to: range.to }));
+  await until("no chart", async () => ((await busy()) ? "running" : (await page.locator(".chart canvas").count()) ? null : "no chart"));
+  const over = page.locator(".chart .u-over").first();
+  const box = await over.boundingBox();
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height / 2);
+  await page.waitForSelector(".chart .hover .time", { state: "visible" });
+  const tip = await page.$eval(".chart .hover", (el) => ({
+    time: el.querySelector(".time").textContent,
+    rows: [...el.children].slice(1).map((r) => r.textContent),
+  }));
+  // The UI's step for this range (40 min / 250 points → 10 s) and the API's values at the time shown.
+  const r = await apiGet("api/v1/query_range", { query: q, start: String(+from / 1000), end: String(+range.to / 1000), step: "10" });
+  const t = Date.parse(tip.time.replace(" ", "T")) / 1000;
+  const want = r.data.result
+    .map((s) => [s.values.find(([x]) => x === t)?.[1], labelsText(s.metric)])
+    .filter(([v]) => v !== undefined)
+    .map(([v, l]) => `${Number(v).toLocaleString("en-US")} ${l}`)
+    .sort();
+  if (!want.length) throw new Error(`the API has no value at ${tip.time} (${t})`);
+  if (JSON.stringify([...tip.rows].sort()) !== JSON.stringify(want)) throw new Error(`the hover box shows ${JSON.stringify(tip)}, the API has ${JSON.stringify(want)} at ${t}`);
+  await page.screenshot({ path: join(out, "chart-hover.png"), fullPage: true }).catch(() => {});
+  console.log(`     at ${tip.time}: ${tip.rows.join("; ")} (= query_range)`);
+});
+
+// Autocomplete of metric names in the PromQL box, from /api/v1/label/__name__/values.
+await step("autocomplete-metric", async () => {
+  const names = (await apiGet("api/v1/label/__name__/values")).data;
+  const want = names.filter((n) => n.startsWith("ui_req") && n !== "ui_req");
+  if (!want.includes("ui_requests_total")) throw new Error(`the API has no ui_requests_total: ${JSON.stringify(names)}`);
+  const box = page.locator("textarea[data-querybox]");
+  await box.fill("rate(");
+  await box.press("End");
+  await box.type("ui_req");
+  await until("the metric names offered differ from the API's", async () => {
+    const items = await page.$$eval(".suggest li", (els) => els.map((e) => e.textContent));
+    return JSON.stringify(items) === JSON.stringify(want.slice(0, 30)) ? null : `the UI offers ${JSON.stringify(items)}, the API ${JSON.stringify(want)}`;
+  });
+  await box.press("Escape");
+  console.log(`     "rate(ui_req" offers ${want.join(", ")}`);
 });
 
 await step("sql", async () => {

@@ -66,6 +66,24 @@ export function wsUrl(path: string, params?: Record<string, string | number | un
   return apiUrl(path, params, href).replace(/^http/, "ws");
 }
 
+/** Base64url of a string's UTF-8 bytes, without padding (`=` may not appear in a WebSocket subprotocol). */
+export function base64url(s: string): string {
+  return btoa(unescape(encodeURIComponent(s))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** The subprotocol the server answers a WebSocket that carries its credential with. */
+export const WS_CREDENTIAL_PROTOCOL = "lumen.bearer";
+
+/**
+ * The subprotocols that carry the signed-in tenant and token on a WebSocket (a browser cannot put an
+ * Authorization header on one): `lumen.bearer`, which the server echoes, and the basic credentials as
+ * `base64url.basic.authorization.lumen.<base64url(tenant:token)>`. Undefined when not signed in.
+ */
+export function wsProtocols(a: Auth | null = getAuth()): string[] | undefined {
+  if (!a) return undefined;
+  return [WS_CREDENTIAL_PROTOCOL, "base64url.basic.authorization.lumen." + base64url(`${a.tenant}:${a.token}`)];
+}
+
 function headers(extra?: Record<string, string>): Record<string, string> {
   // X-Lumen-UI asks the server to answer 401 without a `WWW-Authenticate: Basic` challenge, which would make
   // the browser show its own login dialog instead of ours.
@@ -79,13 +97,20 @@ function headers(extra?: Record<string, string>): Record<string, string> {
 
 export async function api<T = any>(
   path: string,
-  opts: { params?: Record<string, string | number | undefined>; method?: string; body?: string; signal?: AbortSignal; contentType?: string } = {},
+  opts: {
+    params?: Record<string, string | number | undefined>;
+    method?: string;
+    body?: string;
+    signal?: AbortSignal;
+    contentType?: string;
+    headers?: Record<string, string>;
+  } = {},
 ): Promise<T> {
   const res = await fetch(apiUrl(path, opts.params), {
     method: opts.method ?? "GET",
     body: opts.body,
     signal: opts.signal,
-    headers: headers(opts.body !== undefined ? { "Content-Type": opts.contentType ?? "text/plain" } : undefined),
+    headers: headers({ ...opts.headers, ...(opts.body !== undefined ? { "Content-Type": opts.contentType ?? "text/plain" } : undefined) }),
   });
   const text = await res.text();
   let json: any = undefined;
@@ -113,5 +138,9 @@ export interface Series {
 }
 export interface Stream {
   stream: Record<string, string>;
-  values: [string, string][];
+  /** [ns, line], plus the entry's structured metadata and parsed fields when labels are categorized. */
+  values: ([string, string] | [string, string, { structuredMetadata?: Record<string, string>; parsed?: Record<string, string> }])[];
 }
+
+/** Asks Loki's API to keep stream labels, structured metadata and parsed fields apart. */
+export const CATEGORIZE = { "X-Loki-Response-Encoding-Flags": "categorize-labels" };

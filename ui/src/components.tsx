@@ -2,7 +2,30 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import type { ComponentChildren } from "preact";
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
-import { RELATIVE_RANGES, describeRange, type TimeRange } from "./time";
+import {
+  RELATIVE_RANGES,
+  describeRange,
+  fmtTime,
+  fromDatetimeLocal,
+  getTimeZone,
+  resolveRange,
+  setTimeZone,
+  toDatetimeLocal,
+  type TimeRange,
+  type TimeZone,
+} from "./time";
+import { hoverRows } from "./hover";
+
+/** The time zone times are shown in; re-renders the component when the user changes it. */
+export function useTimeZone(): TimeZone {
+  const [tz, setTz] = useState(getTimeZone());
+  useEffect(() => {
+    const f = () => setTz(getTimeZone());
+    addEventListener("lumen-tz", f);
+    return () => removeEventListener("lumen-tz", f);
+  }, []);
+  return tz;
+}
 
 // ---------- query box with history ----------
 
@@ -142,14 +165,30 @@ export function TimePicker(props: {
   const [open, setOpen] = useState(false);
   const [from, setFrom] = useState(props.range.from);
   const [to, setTo] = useState(props.range.to);
+  const tz = useTimeZone();
+  const [absFrom, setAbsFrom] = useState("");
+  const [absTo, setAbsTo] = useState("");
+  const [absError, setAbsError] = useState("");
   useEffect(() => {
     setFrom(props.range.from);
     setTo(props.range.to);
   }, [props.range.from, props.range.to]);
+  // The absolute inputs start at the range in force, as wall-clock times in the chosen zone.
+  useEffect(() => {
+    if (!open) return;
+    try {
+      const { start, end } = resolveRange(props.range);
+      setAbsFrom(toDatetimeLocal(start, tz));
+      setAbsTo(toDatetimeLocal(end, tz));
+    } catch {
+      /* an unreadable range: leave the inputs empty */
+    }
+    setAbsError("");
+  }, [open, props.range.from, props.range.to, tz]);
   return (
     <div class="timepicker">
       <button onClick={() => setOpen(!open)} title="Time range">
-        {describeRange(props.range)} ▾
+        {describeRange(props.range, tz)} ▾
       </button>
       {props.onRefresh && (
         <select value={props.refresh || ""} onChange={(e) => props.onRefresh!(e.currentTarget.value)} title="Auto-refresh">
@@ -189,6 +228,33 @@ export function TimePicker(props: {
               Apply
             </button>
           </form>
+          <form
+            class="absolute"
+            onSubmit={(e) => {
+              e.preventDefault();
+              const [a, b] = [fromDatetimeLocal(absFrom, tz), fromDatetimeLocal(absTo, tz)];
+              if (a === null || b === null) return setAbsError("pick both times");
+              if (a >= b) return setAbsError("the start is not before the end");
+              props.onChange({ from: String(a), to: String(b) });
+              setOpen(false);
+            }}
+          >
+            <label>
+              From <input type="datetime-local" step="1" name="abs-from" value={absFrom} onInput={(e) => setAbsFrom(e.currentTarget.value)} />
+            </label>
+            <label>
+              To <input type="datetime-local" step="1" name="abs-to" value={absTo} onInput={(e) => setAbsTo(e.currentTarget.value)} />
+            </label>
+            <button type="submit">Apply absolute</button>
+            {absError && <span class="error-text">{absError}</span>}
+          </form>
+          <label class="tz">
+            Time zone{" "}
+            <select value={tz} onChange={(e) => setTimeZone(e.currentTarget.value as TimeZone)}>
+              <option value="local">Browser ({Intl.DateTimeFormat().resolvedOptions().timeZone || "local"})</option>
+              <option value="utc">UTC</option>
+            </select>
+          </label>
         </div>
       )}
     </div>
@@ -210,6 +276,7 @@ export function Chart(props: {
   onSelect?: (startMs: number, endMs: number) => void;
 }) {
   const el = useRef<HTMLDivElement>(null);
+  const tz = useTimeZone();
   const [theme, setTheme] = useState(document.documentElement.dataset.theme);
   useEffect(() => {
     const f = () => setTheme(document.documentElement.dataset.theme);
@@ -234,10 +301,51 @@ export function Chart(props: {
       data = stacked as uPlot.AlignedData;
     }
     const bars = props.bars ? uPlot.paths.bars!({ size: [0.9, 60], align: 1 }) : undefined;
+    // The hover box: the time under the cursor and the (unstacked) values of the series there.
+    const tip = document.createElement("div");
+    tip.className = "hover";
+    tip.style.display = "none";
+    const showTip = (u: uPlot) => {
+      const idx = u.cursor.idx;
+      const h = idx == null || u.cursor.left == null || u.cursor.left < 0 ? null : hoverRows(props.data as any, props.series, idx);
+      if (!h) {
+        tip.style.display = "none";
+        return;
+      }
+      tip.replaceChildren();
+      const head = document.createElement("div");
+      head.className = "time";
+      head.textContent = fmtTime(h.time * 1000, tz).slice(0, 19) + (tz === "utc" ? " UTC" : "");
+      tip.append(head);
+      for (const r of h.rows) {
+        const row = document.createElement("div");
+        const dot = document.createElement("i");
+        dot.style.background = r.color;
+        const v = document.createElement("b");
+        v.textContent = fmtNum(r.value);
+        row.append(dot, v, " " + r.label);
+        tip.append(row);
+      }
+      if (h.more) {
+        const more = document.createElement("div");
+        more.className = "muted";
+        more.textContent = `and ${h.more} more`;
+        tip.append(more);
+      }
+      if (!h.rows.length) tip.append("no value here");
+      tip.style.display = "";
+      // Beside the cursor, flipped to its left past the middle so that it stays inside the chart.
+      const left = u.cursor.left!;
+      const flip = left > u.over.clientWidth / 2;
+      tip.style.left = flip ? "" : `${left + 14}px`;
+      tip.style.right = flip ? `${u.over.clientWidth - left + 14}px` : "";
+      tip.style.top = `${Math.max(0, (u.cursor.top ?? 0) - 10)}px`;
+    };
     const opts: uPlot.Options = {
       width: width(),
       height: props.height ?? 220,
       legend: { show: false },
+      tzDate: tz === "utc" ? (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC") : undefined,
       cursor: { drag: { x: !!props.onSelect, y: false } },
       scales: { x: props.xRange ? { time: true, range: () => props.xRange! } : { time: true } },
       axes: [
@@ -257,18 +365,21 @@ export function Chart(props: {
           spanGaps: false,
         })),
       ],
-      hooks: props.onSelect
-        ? {
-            setSelect: [
-              (u: uPlot) => {
-                if (u.select.width < 3) return;
-                const a = u.posToVal(u.select.left, "x");
-                const b = u.posToVal(u.select.left + u.select.width, "x");
-                props.onSelect!(a * 1000, b * 1000);
-              },
-            ],
-          }
-        : {},
+      hooks: {
+        setCursor: [showTip],
+        ...(props.onSelect
+          ? {
+              setSelect: [
+                (u: uPlot) => {
+                  if (u.select.width < 3) return;
+                  const a = u.posToVal(u.select.left, "x");
+                  const b = u.posToVal(u.select.left + u.select.width, "x");
+                  props.onSelect!(a * 1000, b * 1000);
+                },
+              ],
+            }
+          : {}),
+      },
     };
     if (props.stacked) {
       // Draw the tallest (last) stack first so the smaller ones stay visible over it.
@@ -276,13 +387,14 @@ export function Chart(props: {
       data = [data[0], ...(data.slice(1) as any[]).reverse()] as uPlot.AlignedData;
     }
     const u = new uPlot(opts, data, node);
+    u.over.append(tip);
     const ro = new ResizeObserver(() => u.setSize({ width: width(), height: props.height ?? 220 }));
     ro.observe(node);
     return () => {
       ro.disconnect();
       u.destroy();
     };
-  }, [props.data, props.series, props.bars, props.height, props.xRange?.[0], props.xRange?.[1], theme]);
+  }, [props.data, props.series, props.bars, props.height, props.xRange?.[0], props.xRange?.[1], theme, tz]);
   return <div class="chart" ref={el} />;
 }
 

@@ -3,6 +3,7 @@ import { useEffect, useState } from "preact/hooks";
 import "./style.css";
 import { buildHash, parseHash, type Params, type Route } from "./hash";
 import { getAuth, getTenant, onUnauthorized, setAuth, setTenant } from "./api";
+import { useTimeZone } from "./components";
 import { Logs } from "./views/Logs";
 import { Metrics } from "./views/Metrics";
 import { Rules } from "./views/Rules";
@@ -104,6 +105,7 @@ function App() {
   const [tenant, setTenantState] = useState(getTenant());
   const [epoch, setEpoch] = useState(0); // bumped after sign-in / tenant change to re-run views
   const [menu, setMenu] = useState(false);
+  useTimeZone(); // a new time zone re-renders every view's times
 
   useEffect(() => {
     applyTheme(theme);

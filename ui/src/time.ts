@@ -42,12 +42,65 @@ export function formatDuration(ms: number): string {
   return out;
 }
 
+// ---- the time zone times are shown and read in: the browser's, or UTC (a preference, like the theme) ----
+
+export type TimeZone = "local" | "utc";
+const TZ_KEY = "lumen.tz";
+
+export function getTimeZone(): TimeZone {
+  try {
+    return localStorage.getItem(TZ_KEY) === "utc" ? "utc" : "local";
+  } catch {
+    return "local";
+  }
+}
+
+/** Stores the choice and tells the page (the `lumen-tz` event), which redraws its times. */
+export function setTimeZone(tz: TimeZone) {
+  try {
+    if (tz === "utc") localStorage.setItem(TZ_KEY, "utc");
+    else localStorage.removeItem(TZ_KEY);
+  } catch {
+    /* storage off: the choice lasts for this page only */
+  }
+  dispatchEvent(new Event("lumen-tz"));
+}
+
+/** Epoch ms of a wall-clock time in `tz` (month from 1). */
+function wallClock(tz: TimeZone, y: number, mo: number, d: number, h = 0, mi = 0, sec = 0, ms = 0): number {
+  return tz === "utc" ? Date.UTC(y, mo - 1, d, h, mi, sec, ms) : new Date(y, mo - 1, d, h, mi, sec, ms).getTime();
+}
+
+/** The wall-clock fields of `ms` in `tz`. */
+function fields(ms: number, tz: TimeZone) {
+  const d = new Date(ms);
+  return tz === "utc"
+    ? { y: d.getUTCFullYear(), mo: d.getUTCMonth() + 1, d: d.getUTCDate(), h: d.getUTCHours(), mi: d.getUTCMinutes(), s: d.getUTCSeconds(), ms: d.getUTCMilliseconds() }
+    : { y: d.getFullYear(), mo: d.getMonth() + 1, d: d.getDate(), h: d.getHours(), mi: d.getMinutes(), s: d.getSeconds(), ms: d.getMilliseconds() };
+}
+
+const pad = (n: number, w = 2) => String(n).padStart(w, "0");
+
+/** `ms` as the value of an `<input type="datetime-local" step="1">`: "YYYY-MM-DDTHH:MM:SS" in `tz`. */
+export function toDatetimeLocal(ms: number, tz: TimeZone = getTimeZone()): string {
+  const f = fields(ms, tz);
+  return `${f.y}-${pad(f.mo)}-${pad(f.d)}T${pad(f.h)}:${pad(f.mi)}:${pad(f.s)}`;
+}
+
+/** The value of a datetime-local input, read in `tz` → epoch ms, or null. */
+export function fromDatetimeLocal(s: string, tz: TimeZone = getTimeZone()): number | null {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?$/.exec(s.trim());
+  if (!m) return null;
+  const [, y, mo, d, h, mi, sec, frac] = m;
+  return wallClock(tz, +y, +mo, +d, +h, +mi, +(sec ?? 0), +(frac ?? "0").padEnd(3, "0"));
+}
+
 /**
  * A point in time → epoch milliseconds, or null when it cannot be read.
  * "now", "now-1h", "now+5m", "-15m" (= now-15m), an epoch in seconds or milliseconds,
- * RFC 3339 / ISO 8601, or "YYYY-MM-DD[ HH:MM[:SS]]" in local time.
+ * RFC 3339 / ISO 8601, or "YYYY-MM-DD[ HH:MM[:SS]]" in the chosen time zone (`tz`).
  */
-export function parseTime(s: string, now: number = Date.now()): number | null {
+export function parseTime(s: string, now: number = Date.now(), tz: TimeZone = getTimeZone()): number | null {
   const t = s.trim();
   if (!t) return null;
   if (t === "now") return now;
@@ -64,7 +117,7 @@ export function parseTime(s: string, now: number = Date.now()): number | null {
   const local = /^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$/.exec(t);
   if (local) {
     const [, y, mo, d, h, mi, sec] = local;
-    return new Date(+y, +mo - 1, +d, +(h ?? 0), +(mi ?? 0), +(sec ?? 0)).getTime();
+    return wallClock(tz, +y, +mo, +d, +(h ?? 0), +(mi ?? 0), +(sec ?? 0));
   }
   const iso = Date.parse(t);
   return Number.isNaN(iso) ? null : iso;
@@ -99,15 +152,19 @@ export function chooseStep(startMs: number, endMs: number, points = 200): number
   return Math.ceil(raw / 86400) * 86400;
 }
 
-/** Label for a range: "Last 1h" or "from – to". */
-export function describeRange(r: TimeRange): string {
+/** Label for a range: "Last 1h", or "from → to" with absolute ends shown as times in `tz`. */
+export function describeRange(r: TimeRange, tz: TimeZone = getTimeZone()): string {
   const m = /^now-(.+)$/.exec(r.from.trim());
   if (m && (r.to.trim() === "now" || r.to.trim() === "")) return `Last ${m[1]}`;
-  return `${r.from} → ${r.to || "now"}`;
+  const end = (s: string) => {
+    if (/^now\b|^[+-]/.test(s.trim())) return s.trim();
+    const t = parseTime(s, Date.now(), tz);
+    return t === null ? s : fmtTime(t, tz).slice(0, 19);
+  };
+  return `${end(r.from)} → ${end(r.to || "now")}${tz === "utc" ? " UTC" : ""}`;
 }
 
-export function fmtTime(ms: number): string {
-  const d = new Date(ms);
-  const p = (n: number, w = 2) => String(n).padStart(w, "0");
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+export function fmtTime(ms: number, tz: TimeZone = getTimeZone()): string {
+  const f = fields(ms, tz);
+  return `${f.y}-${pad(f.mo)}-${pad(f.d)} ${pad(f.h)}:${pad(f.mi)}:${pad(f.s)}.${pad(f.ms, 3)}`;
 }

@@ -1,16 +1,20 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import type { ViewProps } from "../main";
-import { api, getAuth, getTenant, wsUrl, type Series, type Stream } from "../api";
-import { addMatcher, histogramQuery, isLogQuery, type Op } from "../logql";
+import { CATEGORIZE, api, getAuth, getTenant, wsProtocols, wsUrl, type Series, type Stream } from "../api";
+import { addMatcher, histogramQuery, isLogQuery, quote, type Op } from "../logql";
 import { chooseStep, fmtTime, parseDuration, resolveRange, type TimeRange } from "../time";
 import { Chart, ErrorBox, PALETTE, QueryBox, TimePicker, download, labelsText, useInterval } from "../components";
-import { labelSuggest } from "../suggest";
+import { logqlSuggest } from "../suggest";
+import { contextRequests, mergeContext, type ContextLine } from "../context";
 
-interface Entry {
+export interface Entry {
   ns: string; // nanoseconds as a decimal string
   ms: number;
   line: string;
+  /** The stream's labels. */
   labels: Record<string, string>;
+  /** Structured metadata and parsed fields (categorized answers only). */
+  fields: Record<string, string>;
   key: string; // stream key
 }
 
@@ -29,18 +33,22 @@ const RENDER_LIMIT = 500;
 const TAIL_CAP = 2000;
 
 export function levelOf(e: Entry): string {
-  const l = (e.labels.detected_level || e.labels.level || e.labels.severity || "").toLowerCase();
+  const f = { ...e.fields, ...e.labels };
+  const l = (f.detected_level || f.level || f.severity || "").toLowerCase();
   if (l) return l;
   const m = /\b(level|lvl|severity)[=:]\s*"?(\w+)/i.exec(e.line) ?? /\b(FATAL|CRITICAL|ERROR|WARN|WARNING|INFO|DEBUG|TRACE)\b/.exec(e.line);
   const v = (m ? m[m.length - 1] : "").toLowerCase();
   return v === "err" ? "error" : v === "wrn" ? "warn" : v;
 }
 
-function toEntries(streams: Stream[]): Entry[] {
+export function toEntries(streams: Stream[]): Entry[] {
   const out: Entry[] = [];
   for (const s of streams) {
     const key = labelsText(s.stream);
-    for (const [ns, line] of s.values) out.push({ ns, ms: Number(ns.slice(0, -6) || "0"), line, labels: s.stream, key });
+    for (const [ns, line, cat] of s.values) {
+      const fields = cat ? { ...cat.structuredMetadata, ...cat.parsed } : {};
+      out.push({ ns, ms: Number(ns.slice(0, -6) || "0"), line, labels: s.stream, fields, key });
+    }
   }
   out.sort((a, b) => (a.ns.length !== b.ns.length ? b.ns.length - a.ns.length : a.ns < b.ns ? 1 : a.ns > b.ns ? -1 : 0));
   return out;
@@ -58,6 +66,7 @@ export function Logs({ params, setParams }: ViewProps) {
   const [entries, setEntries] = useState<Entry[] | null>(null);
   const [metric, setMetric] = useState<{ result: Series[]; span: [number, number] } | null>(null);
   const [hist, setHist] = useState<{ data: any; series: any[] } | null>(null);
+  const [histPending, setHistPending] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [showAll, setShowAll] = useState(false);
@@ -71,6 +80,7 @@ export function Logs({ params, setParams }: ViewProps) {
   const run = async () => {
     const query = (params.query ?? "").trim();
     abort.current?.abort();
+    setHistPending(false);
     if (!query) {
       setEntries(null);
       setMetric(null);
@@ -93,23 +103,36 @@ export function Logs({ params, setParams }: ViewProps) {
         setMetric({ result: r.data.result as Series[], span: [start / 1000, end / 1000] });
         return;
       }
-      const logs = api("loki/api/v1/query_range", { params: { query, ...common, limit, direction: "backward" }, signal: ac.signal });
+      // The lines and the histogram run at once, and the lines show as soon as they arrive: over a large
+      // range the histogram (which counts every line) takes much longer than the newest `limit` lines.
+      const logs = api("loki/api/v1/query_range", { params: { query, ...common, limit, direction: "backward" }, signal: ac.signal, headers: CATEGORIZE });
       const histogram = api("loki/api/v1/query_range", { params: { query: histogramQuery(query, step), ...common, step }, signal: ac.signal }).catch(
-        () => api("loki/api/v1/query_range", { params: { query: histogramQuery(query, step, false), ...common, step }, signal: ac.signal }),
+        (e) => {
+          if (e?.name === "AbortError") throw e;
+          return api("loki/api/v1/query_range", { params: { query: histogramQuery(query, step, false), ...common, step }, signal: ac.signal });
+        },
       );
-      const [l, h] = await Promise.allSettled([logs, histogram]);
-      if (l.status === "rejected") throw l.reason;
+      let histDone = false;
+      setHistPending(true);
+      histogram
+        .then(
+          (h) => abort.current === ac && setHist(histData(h.data.result as Series[], start, end, step)),
+          () => abort.current === ac && setHist(null),
+        )
+        .finally(() => {
+          histDone = true;
+          if (abort.current === ac) setHistPending(false);
+        });
+      const l = await logs;
+      if (abort.current !== ac) return;
       setMetric(null);
-      setEntries(toEntries(l.value.data.result as Stream[]));
-      if (h.status === "fulfilled") setHist(histData(h.value.data.result as Series[], start, end, step));
-      else setHist(null);
+      setEntries(toEntries(l.data.result as Stream[]));
+      // A histogram still counting must not show the previous query's bars beside these lines.
+      if (!histDone) setHist(null);
     } catch (e: any) {
       if (e?.name !== "AbortError") setError(String(e?.message ?? e));
     } finally {
-      if (abort.current === ac) {
-        setBusy(false);
-        abort.current = null;
-      }
+      if (abort.current === ac) setBusy(false);
     }
   };
 
@@ -136,6 +159,9 @@ export function Logs({ params, setParams }: ViewProps) {
     let retry = 0;
     let timer: any;
     tailBuf.current = [];
+    // The tail replaces the query's answer: a histogram still counting is of no use any more.
+    abort.current?.abort();
+    setHistPending(false);
     setEntries([]);
     setHist(null);
     setMetric(null);
@@ -148,8 +174,8 @@ export function Logs({ params, setParams }: ViewProps) {
       tailBuf.current = [...fresh, ...tailBuf.current].slice(0, TAIL_CAP);
       if (!pausedRef.current) setEntries(tailBuf.current);
     };
-    // Polling, for when a WebSocket cannot carry what the server needs (browsers cannot add an
-    // Authorization or X-Scope-OrgID header to it) or the WebSocket fails to open.
+    // Polling, only for a tenant chosen without a token: a browser cannot put X-Scope-OrgID on a WebSocket.
+    // A token travels as WebSocket subprotocols instead (wsProtocols), so signed in, the tail is a WebSocket.
     const poll = async () => {
       if (stopped) return;
       try {
@@ -170,7 +196,7 @@ export function Logs({ params, setParams }: ViewProps) {
     };
     const connect = () => {
       let opened = false;
-      ws = new WebSocket(wsUrl("loki/api/v1/tail", { query, limit: 100, start: lastNs.toString() }));
+      ws = new WebSocket(wsUrl("loki/api/v1/tail", { query, limit: 100, start: lastNs.toString() }), wsProtocols(auth));
       setTailState("connecting…");
       ws.onopen = () => {
         opened = true;
@@ -190,8 +216,7 @@ export function Logs({ params, setParams }: ViewProps) {
       ws.onclose = (ev) => {
         if (stopped) return;
         if (!opened) {
-          // The handshake failed (a bad query, or auth): polling shows why, or works where the WebSocket cannot.
-          poll();
+          diagnose();
           return;
         }
         retry++;
@@ -200,7 +225,27 @@ export function Logs({ params, setParams }: ViewProps) {
         timer = setTimeout(connect, wait);
       };
     };
-    if (getAuth() || getTenant()) poll();
+    // A failed handshake tells the page nothing; one query_range does: a bad query or a refused token (4xx)
+    // is shown and ends the tail, anything else (the server restarting, too many tails) is retried.
+    const diagnose = async () => {
+      try {
+        const now = BigInt(Date.now()) * 1_000_000n;
+        await api("loki/api/v1/query_range", { params: { query, start: String(now - 1_000_000_000n), end: String(now), limit: 1 } });
+      } catch (e: any) {
+        if (e?.status >= 400 && e?.status < 500) {
+          setError(String(e.message));
+          setLive(false);
+          return;
+        }
+      }
+      if (stopped) return;
+      retry++;
+      const wait = Math.min(30_000, 1000 * 2 ** Math.min(retry, 5));
+      setTailState(`cannot connect; retrying in ${wait / 1000}s`);
+      timer = setTimeout(connect, wait);
+    };
+    const auth = getAuth();
+    if (!auth && getTenant()) poll();
     else connect();
     return () => {
       stopped = true;
@@ -215,6 +260,8 @@ export function Logs({ params, setParams }: ViewProps) {
 
   const setQuery = (q: string, push = true) => setParams({ ...params, query: q }, push);
   const addLabel = (name: string, op: Op, value: string) => setQuery(addMatcher(params.query ?? "", name, op, value));
+  // A field (structured metadata or parsed) is not in the selector: it is filtered after the pipeline.
+  const addFilter = (name: string, op: "=" | "!=", value: string) => setQuery(`${(params.query ?? "").trimEnd()} | ${name}${op}${quote(value)}`);
 
   const shown = entries ? (showAll ? entries : entries.slice(0, RENDER_LIMIT)) : [];
   const groups = useMemo(() => {
@@ -225,7 +272,7 @@ export function Logs({ params, setParams }: ViewProps) {
   }, [shown, group]);
 
   const exportJson = () =>
-    download("logs.jsonl", (entries ?? []).map((e) => JSON.stringify({ time: e.ns, labels: e.labels, line: e.line })).join("\n") + "\n", "application/x-ndjson");
+    download("logs.jsonl", (entries ?? []).map((e) => JSON.stringify({ time: e.ns, labels: e.labels, ...(Object.keys(e.fields).length ? { fields: e.fields } : {}), line: e.line })).join("\n") + "\n", "application/x-ndjson");
   const exportCsv = () =>
     download(
       "logs.csv",
@@ -241,7 +288,12 @@ export function Logs({ params, setParams }: ViewProps) {
         onRun={(v) => (v === params.query ? run() : setQuery(v))}
         historyKey="lumen.history.logql"
         placeholder='{app="web"} |= "error"   (Enter runs, Shift+Enter new line, Ctrl+↑/↓ history, / focuses)'
-        suggest={(t, c) => labelSuggest("loki/api/v1/", t, c)}
+        suggest={(t, c) =>
+          logqlSuggest(t, c, () => {
+            const { start, end } = resolveRange(range);
+            return { start: String(BigInt(start) * 1_000_000n), end: String(BigInt(end) * 1_000_000n) };
+          })
+        }
       />
       <div class="toolbar">
         <TimePicker
@@ -262,7 +314,7 @@ export function Logs({ params, setParams }: ViewProps) {
           {live ? "■ Stop tail" : "▶ Live"}
         </button>
         {live && <button onClick={() => setPaused(!paused)}>{paused ? "Resume" : "Pause"}</button>}
-        {busy && (
+        {(busy || histPending) && (
           <button onClick={() => abort.current?.abort()} title="Cancel the running query">
             Cancel
           </button>
@@ -289,6 +341,12 @@ export function Logs({ params, setParams }: ViewProps) {
         </div>
       )}
       {hist && <Chart data={hist.data} series={hist.series} bars stacked height={120} onSelect={(a, b) => setParams({ ...params, from: new Date(a).toISOString(), to: new Date(b).toISOString() }, true)} />}
+      {!hist && histPending && entries && (
+        // The lines came first: keep the histogram's place so they do not jump when it arrives.
+        <div class="chart pending" style={{ height: 120 }}>
+          counting lines…
+        </div>
+      )}
       {metric && <MetricResult result={metric.result} span={metric.span} />}
       {entries && (
         <div class="muted">
@@ -315,20 +373,45 @@ export function Logs({ params, setParams }: ViewProps) {
                   <code>{key}</code> <span class="muted">{es.length} lines</span>
                 </summary>
                 {es.map((e) => (
-                  <LogLine e={e} addLabel={addLabel} />
+                  <LogLine e={e} addLabel={addLabel} addFilter={addFilter} />
                 ))}
               </details>
             ))
-          : shown.map((e) => <LogLine e={e} addLabel={addLabel} />)}
+          : shown.map((e) => <LogLine e={e} addLabel={addLabel} addFilter={addFilter} />)}
       </div>
       {entries && entries.length === 0 && !busy && !live && <div class="muted empty">No lines in this range.</div>}
     </section>
   );
 }
 
-function LogLine({ e, addLabel }: { e: Entry; addLabel: (n: string, op: Op, v: string) => void }) {
+const CONTEXT_STEP = 10;
+
+function LogLine({
+  e,
+  addLabel,
+  addFilter,
+}: {
+  e: Entry;
+  addLabel: (n: string, op: Op, v: string) => void;
+  addFilter: (n: string, op: "=" | "!=", v: string) => void;
+}) {
   const [open, setOpen] = useState(false);
+  const [context, setContext] = useState(0); // lines asked for each way; 0 = context not shown
   const lvl = levelOf(e);
+  const pair = (k: string, v: string, add: (n: string, op: any, v: string) => void, where: string, cls: string) => (
+    <span class={cls}>
+      <b>{k}</b>=
+      <span class="value" title={`add ${k}="${v}" to the ${where}`} onClick={() => add(k, "=", v)}>
+        {v}
+      </span>
+      <button title={`add ${k}="${v}" to the ${where}`} onClick={() => add(k, "=", v)}>
+        +
+      </button>
+      <button title={`add ${k}!="${v}" to the ${where}`} onClick={() => add(k, "!=", v)}>
+        −
+      </button>
+    </span>
+  );
   return (
     <div class={"logline" + (open ? " open" : "")} style={{ borderLeftColor: LEVELS[lvl] ?? "transparent" }}>
       <div class="head" onClick={() => setOpen(!open)}>
@@ -339,23 +422,55 @@ function LogLine({ e, addLabel }: { e: Entry; addLabel: (n: string, op: Op, v: s
         <div class="labels">
           {Object.keys(e.labels)
             .sort()
-            .map((k) => (
-              <span class="label">
-                <b>{k}</b>=
-                <span class="value" title={`add ${k}="${e.labels[k]}" to the selector`} onClick={() => addLabel(k, "=", e.labels[k])}>
-                  {e.labels[k]}
-                </span>
-                <button title={`add ${k}="${e.labels[k]}" to the selector`} onClick={() => addLabel(k, "=", e.labels[k])}>
-                  +
-                </button>
-                <button title={`add ${k}!="${e.labels[k]}" to the selector`} onClick={() => addLabel(k, "!=", e.labels[k])}>
-                  −
-                </button>
-              </span>
-            ))}
+            .map((k) => pair(k, e.labels[k], addLabel, "selector", "label"))}
+          {Object.keys(e.fields)
+            .filter((k) => !(k in e.labels))
+            .sort()
+            .map((k) => pair(k, e.fields[k], addFilter, "query as a filter", "label field"))}
           <span class="muted">{e.ns} ns</span>
+          <button class="context-toggle" onClick={() => setContext(context ? 0 : CONTEXT_STEP)} title="The lines before and after this one in its stream">
+            {context ? "Hide context" : "Show context"}
+          </button>
         </div>
       )}
+      {open && context > 0 && <Context e={e} n={context} more={() => setContext(context + CONTEXT_STEP)} />}
+    </div>
+  );
+}
+
+/** The `n` lines before and after `e` in its stream, oldest first, `e` marked. */
+function Context({ e, n, more }: { e: Entry; n: number; more: () => void }) {
+  const [ctx, setCtx] = useState<{ before: ContextLine[]; after: ContextLine[] } | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    const ac = new AbortController();
+    const req = contextRequests(e.labels, e.ns, n);
+    const lines = (r: any) => toEntries(r.data.result as Stream[]).map((x) => ({ ns: x.ns, line: x.line }));
+    Promise.all([
+      api("loki/api/v1/query_range", { params: req.before, signal: ac.signal }),
+      api("loki/api/v1/query_range", { params: req.after, signal: ac.signal }),
+    ])
+      .then(([b, a]) => setCtx(mergeContext(e, lines(b), lines(a), n)))
+      .catch((err) => err?.name !== "AbortError" && setError(String(err?.message ?? err)));
+    return () => ac.abort();
+  }, [e.ns, e.line, e.key, n]);
+  if (error) return <ErrorBox error={error} />;
+  if (!ctx) return <div class="context muted">loading the lines around this one…</div>;
+  const row = (l: ContextLine, cls: string) => (
+    <div class={"ctxline " + cls}>
+      <span class="ts">{fmtTime(Number(l.ns.slice(0, -6) || "0"))}</span>
+      <span class="text">{l.line}</span>
+    </div>
+  );
+  return (
+    <div class="context">
+      <div class="muted">
+        {ctx.before.length} lines before and {ctx.after.length} after, in this stream, oldest first{" "}
+        {(ctx.before.length >= n || ctx.after.length >= n) && <button onClick={more}>{CONTEXT_STEP} more each way</button>}
+      </div>
+      {ctx.before.map((l) => row(l, "before"))}
+      {row(e, "self")}
+      {ctx.after.map((l) => row(l, "after"))}
     </div>
   );
 }

@@ -4,7 +4,7 @@ import { api, type Series } from "../api";
 import { chooseStep, fmtTime, parseDuration, resolveRange, type TimeRange } from "../time";
 import { Chart, ErrorBox, PALETTE, QueryBox, Table, TimePicker, fmtNum, labelsText, useInterval } from "../components";
 import { seriesToChart } from "./Logs";
-import { labelSuggest } from "../suggest";
+import { promqlSuggest } from "../suggest";
 
 const MAX_SERIES = 100;
 
@@ -70,7 +70,7 @@ export function Metrics({ params, setParams }: ViewProps) {
         onRun={(v) => (v === params.query ? run() : setParams({ ...params, query: v }, true))}
         historyKey="lumen.history.promql"
         placeholder="rate(http_requests_total[5m])   (Enter runs, Shift+Enter new line)"
-        suggest={(t, c) => labelSuggest("api/v1/", t, c)}
+        suggest={promqlSuggest}
       />
       <div class="toolbar">
         <div class="tabs">

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { deviceLogQuery, groupDevices } from "./Devices";
 import { numericLeaves } from "./Status";
-import { seriesToChart } from "./Logs";
+import { levelOf, seriesToChart, toEntries } from "./Logs";
 
 describe("groupDevices", () => {
   it("groups series by labels without __name__ and reads last seen", () => {
@@ -56,5 +56,25 @@ describe("seriesToChart", () => {
     ]);
     expect(c.data).toEqual([[1, 2, 3], [1, null, 3], [null, 2, null]]);
     expect(c.series.map((s) => s.label)).toEqual(['{a="1"}', '{a="2"}']);
+  });
+});
+
+describe("toEntries", () => {
+  it("keeps stream labels apart from structured metadata and parsed fields, newest first", () => {
+    const es = toEntries([
+      {
+        stream: { app: "a" },
+        values: [
+          ["1000000000", "old"],
+          ["2000000000", "level=error user=ann", { structuredMetadata: { trace_id: "t1" }, parsed: { level: "error", user: "ann" } }],
+        ],
+      },
+    ]);
+    expect(es.map((e) => e.line)).toEqual(["level=error user=ann", "old"]);
+    expect(es[0].labels).toEqual({ app: "a" });
+    expect(es[0].fields).toEqual({ trace_id: "t1", level: "error", user: "ann" });
+    expect(es[1].fields).toEqual({});
+    expect(levelOf(es[0])).toBe("error");
+    expect(es[0].ms).toBe(2000);
   });
 });
