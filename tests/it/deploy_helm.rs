@@ -128,6 +128,10 @@ bad = {
     "bad disk budget": set_("server.retentionMaxDisk", "most of it"),
     "negative disk budget": set_("server.retentionMaxDisk", "-1GiB"),
     "missing auth section": delete("auth"),
+    "storage backend not in the enum": set_("storage.backend", "gcs"),
+    "s3 without a bucket": set_("storage.backend", "s3"),
+    "keepCommits of 0": set_("storage.keepCommits", 0),
+    "sync interval without a unit": set_("storage.syncInterval", "10"),
     "empty token secret name": set_("auth.existingSecret", ""),
     "auth enabled not a boolean": set_("auth.enabled", "yes"),
     "unknown key under auth": set_("auth.token", "0123456789abcdef"),
@@ -168,6 +172,11 @@ jsonschema.validate(off, schema)
 no_budget = copy.deepcopy(values)
 no_budget["server"]["retentionMaxDisk"] = "0"
 jsonschema.validate(no_budget, schema)
+# A bucket: s3 with a bucket name, endpoint, Secret.
+s3 = copy.deepcopy(values)
+s3["storage"].update({"backend": "s3", "bucket": "lumen", "endpoint": "http://minio.minio:9000",
+                      "allowHttp": True, "existingSecret": "lumen-bucket"})
+jsonschema.validate(s3, schema)
 print(json.dumps({"accepted": accepted, "checked": len(bad)}))
 "#;
     let values = chart().join("values.yaml");
@@ -175,7 +184,7 @@ print(json.dumps({"accepted": accepted, "checked": len(bad)}))
     let out = python(script, &[values.as_path(), schema.as_path()], "");
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
-    assert_eq!(result["checked"], 28);
+    assert_eq!(result["checked"], 32);
 }
 
 #[test]
@@ -396,7 +405,7 @@ fn authentication_is_on_with_the_token_from_the_secret() {
     // The server: LUMEN_AUTH_TOKEN from the Secret, never optional.
     let server = read("templates/server-statefulset.yaml");
     for needle in [
-        "{{- if or .Values.auth.enabled .Values.mqtt.listener.enabled .Values.mqtt.broker.existingSecret }}\n          env:",
+        "{{- if or .Values.auth.enabled .Values.mqtt.listener.enabled .Values.mqtt.broker.existingSecret .Values.storage.existingSecret }}\n          env:",
         "            - name: LUMEN_AUTH_TOKEN\n              valueFrom:\n                secretKeyRef:\n                  name: {{ include \"lumen.authSecretName\" . }}\n                  key: {{ .Values.auth.tokenKey }}\n                  optional: false",
         // Without a token the server would not start (it listens on 0.0.0.0): the chart says so at once.
         "{{- fail ",
@@ -574,6 +583,34 @@ format = "plain"
 labels = { site = "home" }
 "#;
 
+/// The server's config with `storage.backend: s3`, a bucket on a MinIO in the cluster and its Secret.
+const SERVER_CONFIG_WITH_STORAGE: &str = r#"[log]
+format = "text"
+level = "info"
+
+[server]
+data_dir = "/var/lib/lumen"
+http_addr = "0.0.0.0:9700"
+mqtt_listen = "0.0.0.0:1883"
+otlp_grpc_addr = "0.0.0.0:4317"
+retention = "30d"
+retention_max_disk = "8GiB"
+
+[mqtt]
+topics = ["devices/{site}/{device}/telemetry","spBv1.0/#"]
+
+[storage]
+backend = "s3"
+bucket = "lumen"
+prefix = "home"
+endpoint = "http://minio.minio:9000"
+region = ""
+allow_http = true
+sync_interval = "10s"
+keep_commits = 3
+# The credentials are not in this file: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from the Secret lumen-bucket.
+"#;
+
 /// The agent's config with agent.settings (tenant, a list, a boolean) and an [agent.parse] extraConfig.
 const AGENT_CONFIG_WITH_EXTRAS: &str = r#"[log]
 format = "text"
@@ -622,6 +659,10 @@ fn the_rendered_config_files_pass_lumen_config_check() {
     config_check(AGENT_CONFIG, "the agent's default config");
     server_check(SERVER_CONFIG_WITH_EXTRAS, "the server's config with settings and extraConfig");
     config_check(AGENT_CONFIG_WITH_EXTRAS, "the agent's config with settings and extraConfig");
+    server_check(SERVER_CONFIG_WITH_STORAGE, "the server's config with storage.backend s3");
+    let storage: toml::Table = toml::from_str(SERVER_CONFIG_WITH_STORAGE).unwrap();
+    assert!(!SERVER_CONFIG_WITH_STORAGE.contains("key_id_file"), "the credentials come from the Secret's env");
+    assert_eq!(storage["storage"]["backend"].as_str(), Some("s3"));
 
     // The hand-rendered text follows from the helpers and the defaults: the fixed parts are in
     // _helpers.tpl, the variable ones in values.yaml.
@@ -643,6 +684,11 @@ fn the_rendered_config_files_pass_lumen_config_check() {
         "{{- $_ := set $server \"retention_max_disk\" (include \"lumen.retentionMaxDisk\" .) -}}",
         "{{- define \"lumen.retentionMaxDisk\" -}}",
         "{{- if .Values.server.retentionMaxDisk -}}",
+        "{{- if eq .Values.storage.backend \"s3\" }}",
+        "bucket = {{ required \"storage.bucket is required with storage.backend s3\" .Values.storage.bucket | toJson }}",
+        "allow_http = {{ .Values.storage.allowHttp }}",
+        "keep_commits = {{ .Values.storage.keepCommits }}",
+        "# The credentials are not in this file: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from the Secret {{ .Values.storage.existingSecret }}.",
     ] {
         assert!(helpers.contains(needle), "_helpers.tpl lacks `{needle}`");
     }
@@ -667,4 +713,18 @@ fn the_rendered_config_files_pass_lumen_config_check() {
     assert_eq!(values["agent"]["hostProcSys"], true);
     assert_eq!(values["agent"]["extraConfig"], "");
     assert_eq!(values["fullnameOverride"], "");
+    assert_eq!(values["storage"]["backend"], "local", "single-node local disk stays the default");
+    assert_eq!(values["storage"]["syncInterval"], "10s");
+    assert_eq!(values["storage"]["keepCommits"], 3);
+    // With a Secret, the server gets the bucket's credentials as AWS_* variables, never optional.
+    let server = read("templates/server-statefulset.yaml");
+    for key in ["accessKeyIdKey", "secretAccessKeyKey"] {
+        assert!(
+            server.contains(&format!(
+                "                secretKeyRef:\n                  name: {{{{ .Values.storage.existingSecret }}}}\n                  key: {{{{ .Values.storage.{key} }}}}\n                  optional: false"
+            )),
+            "server-statefulset.yaml does not take {key} from storage.existingSecret"
+        );
+    }
+    assert!(server.contains("- name: AWS_ACCESS_KEY_ID") && server.contains("- name: AWS_SECRET_ACCESS_KEY"));
 }

@@ -163,6 +163,21 @@ username = {{ toJson .Values.mqtt.broker.username }}
 password_file = {{ printf "%s/%s" (include "lumen.secretsDir" .) .Values.mqtt.broker.passwordKey | toJson }}
 {{- end }}
 {{- end }}
+{{- if eq .Values.storage.backend "s3" }}
+
+[storage]
+backend = "s3"
+bucket = {{ required "storage.bucket is required with storage.backend s3" .Values.storage.bucket | toJson }}
+prefix = {{ toJson .Values.storage.prefix }}
+endpoint = {{ toJson .Values.storage.endpoint }}
+region = {{ toJson .Values.storage.region }}
+allow_http = {{ .Values.storage.allowHttp }}
+sync_interval = {{ toJson .Values.storage.syncInterval }}
+keep_commits = {{ .Values.storage.keepCommits }}
+{{- if .Values.storage.existingSecret }}
+# The credentials are not in this file: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from the Secret {{ .Values.storage.existingSecret }}.
+{{- end }}
+{{- end }}
 {{- with .Values.server.extraConfig }}
 
 # server.extraConfig
