@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, StringArray, StringBuilder, TimestampNanosecondArray, UInt64Array};
+use arrow::array::{ArrayRef, StringBuilder, TimestampNanosecondArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
@@ -161,7 +161,7 @@ pub(crate) fn table_schema<'a>(
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::Array;
+    use arrow::array::{Array, StringArray};
 
     use super::*;
     use crate::model::{Labels, LogEntry};

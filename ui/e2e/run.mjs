@@ -7,7 +7,11 @@
 // and metric name suggestions, label-click narrowing, the time picker in UTC and local time, live tail,
 // PromQL series and the chart's hover box, SQL rows, MQTT devices, rules and alerts, and a shared URL.
 // With LUMEN_AUTH_URL (a server with tokens on), LUMEN_AUTH_TENANT, LUMEN_AUTH_READ_TOKEN and
-// LUMEN_AUTH_WRITE_TOKEN it also signs in there and checks that live tail streams over the WebSocket. It expects the data tests/it/ui_browser.rs loads: the Loghub
+// LUMEN_AUTH_WRITE_TOKEN it also signs in there and checks that live tail streams over the WebSocket. With
+// LUMEN_PROXY_URL (the same server behind a reverse proxy under a path prefix, e.g.
+// http://127.0.0.1:8080/lumen/) it loads the UI there, runs a LogQL query and a live tail through the proxy.
+// With LUMEN_E2E_DEVICES (JSON: [{labels, values, seen}], seen = the sample time in epoch ms the devices
+// published at) the Devices view must list each device with those values and that exact last seen. It expects the data tests/it/ui_browser.rs loads: the Loghub
 // samples as {app="<name>", namespace="loghub"} over the last hour, ui_requests_total{instance="a"|"b"} over
 // the last 30 minutes, MQTT devices pump1 (north) and pump2 (south) on devices/{site}/{device}/telemetry, and
 // its rules: the PromQL group ui-rules (ui:answer recording, UiAlwaysFiring firing with the summary "always
@@ -428,6 +432,72 @@ await step("live-tail", async () => {
   console.log(`     ${probe} shown ${ms} ms after the push`);
 });
 
+// Behind a reverse proxy under a path prefix: the UI loads from there, asks everything of the prefix (no
+// request goes around the proxy), runs a LogQL query and live-tails over a WebSocket through the proxy.
+const proxyUrl = process.env.LUMEN_PROXY_URL ?? "";
+await step("behind-proxy", async () => {
+  if (!proxyUrl) throw new Error("LUMEN_PROXY_URL (the server behind a reverse proxy under a path prefix) is not set");
+  const prefix = proxyUrl.endsWith("/") ? proxyUrl : proxyUrl + "/";
+  const wsPrefix = prefix.replace(/^http/, "ws");
+  const ctxP = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const outside = [];
+  const sockets = [];
+  const polls = [];
+  ctxP.on("request", (r) => {
+    if (!r.url().startsWith(prefix)) outside.push(r.url());
+  });
+  const p = await ctxP.newPage();
+  p.setDefaultTimeout(15_000);
+  p.on("pageerror", (e) => pageErrors.push(String(e)));
+  p.on("request", (r) => {
+    const u = new URL(r.url());
+    if (u.pathname.endsWith("/loki/api/v1/query_range") && u.searchParams.get("direction") === "forward") polls.push(r.url());
+  });
+  p.on("websocket", (ws) => {
+    const s = { url: ws.url(), frames: [] };
+    sockets.push(s);
+    if (!ws.url().startsWith(wsPrefix)) outside.push(ws.url());
+    ws.on("framereceived", (f) => s.frames.push(String(f.payload)));
+  });
+  try {
+    await p.goto(prefix);
+    await p.waitForSelector("header nav");
+    if (!p.url().startsWith(prefix + "ui/")) throw new Error(`${prefix} did not lead to ${prefix}ui/: ${p.url()}`);
+    const ui = p.url().split("#")[0];
+    const hash = (params) => ui + "#/logs?" + new URLSearchParams(params).toString().replace(/\+/g, "%20");
+    await p.goto(hash({ ...range, query: LOGQL }));
+    const want = (await apiLines(LOGQL, +range.from, +range.to, 1000)).map((e) => e.line);
+    await until(`the lines of ${LOGQL} through the proxy differ from query_range's`, async () => {
+      const err = (await p.locator(".error").count()) ? await p.locator(".error").first().innerText() : null;
+      return err ? `the query failed: ${err}` : compareLines(want, p);
+    });
+    await p.goto(hash({ query: '{app="e2e-proxy-tail"}', from: "now-5m", to: "now" }));
+    await p.waitForSelector('button:has-text("▶ Live")');
+    await until("the query did not settle", async () => ((await busy(p)) ? "running" : null));
+    await p.click('button:has-text("▶ Live")');
+    await p.waitForSelector('.muted:has-text("tail: live")');
+    const probe = `proxy-tail-probe-${Math.random().toString(36).slice(2)}`;
+    const t0 = Date.now();
+    const r = await fetch(prefix + "loki/api/v1/push", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ streams: [{ stream: { app: "e2e-proxy-tail" }, values: [[ns(Date.now()), probe]] }] }),
+    });
+    if (r.status !== 204) throw new Error(`push through the proxy -> ${r.status}: ${await r.text()}`);
+    await until(`the pushed line ${probe} did not show in live tail behind the proxy`, async () => ((await shownLines(p)).includes(probe) ? null : `not yet (${await p.locator('.muted:has-text("tail:")').textContent().catch(() => "?")})`), 10_000);
+    const ms = Date.now() - t0;
+    const tail = sockets.filter((s) => s.url.startsWith(wsPrefix + "loki/api/v1/tail"));
+    if (!tail.some((s) => s.frames.some((f) => f.includes(probe)))) throw new Error(`no tail WebSocket under ${wsPrefix} carried ${probe}: ${JSON.stringify(sockets.map((s) => s.url))}`);
+    if (polls.length) throw new Error(`the UI polled query_range ${polls.length} times instead of tailing over the WebSocket`);
+    if (outside.length) throw new Error(`requests around the proxy: ${[...new Set(outside)].join(", ")}`);
+    await p.screenshot({ path: join(out, "behind-proxy.png"), fullPage: true }).catch(() => {});
+    await p.click('button:has-text("■ Stop tail")');
+    console.log(`     under ${prefix}: ${want.length} lines of ${LOGQL} = query_range's; ${probe} came over ${tail[0].url} ${ms} ms after the push`);
+  } finally {
+    await ctxP.close();
+  }
+});
+
 // With tokens on, the live tail is a WebSocket that carries the token as subprotocols, not polling.
 const authBase = (process.env.LUMEN_AUTH_URL ?? "").replace(/\/+$/, "");
 await step("live-tail-token", async () => {
@@ -622,6 +692,51 @@ await step("devices-vs-api", async () => {
     return null;
   });
   console.log(`     ${seen.join(", ")} (as last_over_time(temperature{source="mqtt"}[24h]))`);
+});
+
+// The devices published (JSON on a topic template and Sparkplug B by group/edge node/device), each with
+// its latest values and its last seen: the exact time of its newest sample, as published.
+const wantDevices = JSON.parse(process.env.LUMEN_E2E_DEVICES ?? "[]");
+await step("devices-last-seen", async () => {
+  if (!wantDevices.length) throw new Error("LUMEN_E2E_DEVICES (the devices published and their sample times) is not set");
+  const said = [];
+  await until("the devices table differs from what was published", async () => {
+    // Read in the page: the last seen cell's title is the time in the browser's zone, to the millisecond.
+    const table = await page.evaluate(() => {
+      const head = [...document.querySelectorAll("main th")].map((e) => e.textContent.trim());
+      const rows = [...document.querySelectorAll("main tbody tr")].map((tr) =>
+        [...tr.querySelectorAll("td")].map((td) => {
+          const title = td.querySelector("span[title]")?.getAttribute("title");
+          return { text: td.textContent.trim(), ms: title ? Date.parse(title.replace(" ", "T")) : null };
+        }),
+      );
+      return { head, rows };
+    });
+    const seenCol = table.head.indexOf("last seen");
+    if (seenCol < 0) return `no "last seen" column: ${JSON.stringify(table.head)}`;
+    const labelCols = table.head.slice(0, seenCol);
+    said.length = 0;
+    for (const d of wantDevices) {
+      const name = Object.entries(d.labels).map(([k, v]) => `${k}=${v}`).join(" ");
+      const row = table.rows.find((r) => labelCols.every((c, i) => r[i].text === (d.labels[c] ?? "")));
+      if (!row) return `no row for ${name} (label columns ${JSON.stringify(labelCols)})`;
+      for (const [m, v] of Object.entries(d.values)) {
+        const i = table.head.indexOf(m);
+        if (i < 0) return `no column ${m} for ${name}`;
+        if (Number(row[i].text.replace(/,/g, "")) !== v) return `${name}: ${m} is ${row[i].text} in the UI, ${v} was published`;
+      }
+      const cell = row[seenCol];
+      if (cell.ms !== d.seen) return `${name}: last seen ${cell.ms} (${cell.text}) in the UI, its newest sample is at ${d.seen}`;
+      const m = /^((\d+)d)?((\d+)h)?((\d+)m(?!s))?((\d+)s)?( ago)$/.exec(cell.text);
+      if (!m) return `${name}: last seen reads ${JSON.stringify(cell.text)}, not an exact age`;
+      const age = ((+(m[2] ?? 0) * 24 + +(m[4] ?? 0)) * 60 + +(m[6] ?? 0)) * 60_000 + +(m[8] ?? 0) * 1000;
+      const real = Date.now() - d.seen;
+      if (age > real || age < real - 30_000) return `${name}: last seen says ${cell.text}, the sample is ${Math.round(real / 1000)}s old`;
+      said.push(`${name} ${cell.text}`);
+    }
+    return null;
+  });
+  console.log(`     ${said.join("; ")}: values as published, last seen = the published sample times to the millisecond`);
 });
 
 await step("status", async () => {

@@ -25,8 +25,42 @@ export function deviceLogQuery(labels: Record<string, string>): string {
   return formatSelector(ms) + ("topic" in labels ? ` | topic=${quote(labels.topic)}` : "");
 }
 
-/** Groups MQTT series into devices: one per label set without `__name__`. */
-export function groupDevices(latest: Series[], stamps: Series[]): Device[] {
+/**
+ * The two instant queries the view makes: every MQTT series' latest value over the last day, and each
+ * device's newest sample time. `timestamp()` of a plain selector is the time of the sample it picked (of
+ * anything else, the evaluation time), so the second asks for it with a lookback of a day: the newest
+ * sample of each series in the same window as `last_over_time(...[24h])`, exact to the millisecond, from
+ * one scan of the same series. `max without ()` drops the metric name and takes the newest per device.
+ */
+export const LATEST_QUERY = 'last_over_time({source="mqtt"}[24h])';
+export const SEEN_QUERY = { query: 'max without () (timestamp({source="mqtt"}))', lookback_delta: "24h" };
+
+/** The `samples` column of a label in Lumen's SQL (labels named like a fixed column get `_label`). */
+function sqlColumn(name: string): string {
+  return '"' + (["time", "value", "metric", "labels"].includes(name) ? name + "_label" : name).replace(/"/g, '""') + '"';
+}
+
+/**
+ * SQL for the newest sample time of one device, for a device SEEN_QUERY has no time for: its series all
+ * end in a stale marker (a Sparkplug death), which the selector does not pick, while `samples` leaves
+ * stale markers out. Equality on its labels is pushed down to the store's index; `IS NULL` on the other
+ * MQTT label names keeps out devices whose labels are a superset of its own.
+ */
+export function deviceSeenSql(labels: Record<string, string>, labelNames: string[]): string {
+  const conds = ["source = 'mqtt'", "time > now() - INTERVAL '24 hours'"];
+  for (const k of Object.keys(labels).sort()) conds.push(`${sqlColumn(k)} = '${labels[k].replace(/'/g, "''")}'`);
+  for (const k of [...new Set(labelNames)].sort())
+    if (!(k in labels) && k !== "__name__" && k !== "source") conds.push(`${sqlColumn(k)} IS NULL`);
+  return `SELECT max(time) AS t FROM samples WHERE ${conds.join(" AND ")}`;
+}
+
+/**
+ * Groups MQTT series into devices: one per label set without `__name__`. `seen` holds the newest sample
+ * time per device (SEEN_QUERY's answer, and deviceSeenSql's for devices whose series a stale marker
+ * ended); `buckets`, for devices still without one, per-minute counts of samples (a range answer), whose
+ * last step with samples is an approximate last seen.
+ */
+export function groupDevices(latest: Series[], seen: Series[], buckets: Series[] = []): Device[] {
   const key = (m: Record<string, string>) =>
     JSON.stringify(
       Object.keys(m)
@@ -47,13 +81,17 @@ export function groupDevices(latest: Series[], stamps: Series[]): Device[] {
     }
     if (s.value) d.values[s.metric.__name__ ?? "value"] = Number(s.value[1]);
   }
-  for (const s of stamps) {
+  for (const s of seen) {
     const d = devs.get(key(s.metric));
-    if (!d) continue;
-    // A sample time equal to the evaluation time is the evaluation time, not when the device reported.
-    if (s.value && Number(s.value[1]) !== Number(s.value[0])) d.lastSeen = Math.max(d.lastSeen, Number(s.value[1]) * 1000);
+    const t = s.value ? Number(s.value[1]) * 1000 : NaN;
+    // Seconds with a millisecond fraction: round away the float's error.
+    if (d && Number.isFinite(t)) d.lastSeen = Math.max(d.lastSeen, Math.round(t));
+  }
+  for (const s of buckets) {
+    const d = devs.get(key(s.metric));
+    if (!d || (d.lastSeen && !d.approx)) continue;
     for (const [t, v] of s.values ?? [])
-      if (Number(v) > 0 && (!d.lastSeen || d.approx) && t * 1000 > d.lastSeen) {
+      if (Number(v) > 0 && t * 1000 > d.lastSeen) {
         d.lastSeen = t * 1000;
         d.approx = true;
       }
@@ -77,21 +115,36 @@ export function Devices({ params, setParams, navigate }: ViewProps) {
   const q = params.q ?? "";
   const load = async () => {
     try {
-      // label_replace keeps the metric name, so that timestamp() (which drops __name__) gives distinct series.
       const [a, b] = await Promise.all([
-        api("api/v1/query", { params: { query: 'last_over_time({source="mqtt"}[24h])' } }),
-        api("api/v1/query", {
-          params: { query: `timestamp(label_replace(last_over_time({source="mqtt"}[24h]), "${METRIC}", "$1", "__name__", "(.+)"))` },
-        }).catch(() => ({ data: { result: [] } })),
+        api("api/v1/query", { params: { query: LATEST_QUERY } }),
+        api("api/v1/query", { params: SEEN_QUERY }).catch(() => ({ data: { result: [] } })),
       ]);
-      let devs = groupDevices(a.data.result, b.data.result);
+      const seen: Series[] = b.data.result;
+      let devs = groupDevices(a.data.result, seen);
+      const missing = devs.filter((d) => !d.lastSeen).slice(0, 20);
+      if (missing.length) {
+        // Devices whose series a stale marker ended: their newest sample from SQL, a few at most.
+        const names = a.data.result.flatMap((s: Series) => Object.keys(s.metric));
+        const times = await Promise.all(
+          missing.map((d) =>
+            api("api/v1/sql", { method: "POST", body: deviceSeenSql(d.labels, names), contentType: "text/plain" })
+              .then((r) => Date.parse(r.rows?.[0]?.t ?? ""))
+              .catch(() => NaN),
+          ),
+        );
+        missing.forEach((d, i) => {
+          if (Number.isFinite(times[i])) seen.push({ metric: { ...d.labels, source: "mqtt" }, value: [0, String(times[i] / 1000)] });
+        });
+        devs = groupDevices(a.data.result, seen);
+      }
       if (devs.some((d) => !d.lastSeen)) {
-        // Fallback: the last minute with samples over the last 24 hours.
+        // Fallback: the last minute with samples over the last 24 hours. label_replace keeps the metric
+        // name apart, so that the series of one device stay distinct when count_over_time drops it.
         const end = Math.floor(Date.now() / 1000);
         const r = await api("api/v1/query_range", {
           params: { query: `label_replace(count_over_time({source="mqtt"}[1m]), "${METRIC}", "$1", "__name__", "(.+)")`, start: end - 86400, end, step: 60 },
         }).catch(() => null);
-        if (r) devs = groupDevices(a.data.result, [...b.data.result, ...r.data.result]);
+        if (r) devs = groupDevices(a.data.result, seen, r.data.result);
       }
       setDevices(devs);
       setError(null);

@@ -1,33 +1,66 @@
 import { describe, expect, it } from "vitest";
-import { deviceLogQuery, groupDevices } from "./Devices";
+import type { Series } from "../api";
+import { deviceLogQuery, deviceSeenSql, groupDevices, lastSeenText } from "./Devices";
 import { numericLeaves } from "./Status";
 import { levelOf, seriesToChart, toEntries } from "./Logs";
 
 describe("groupDevices", () => {
-  it("groups series by labels without __name__ and reads last seen", () => {
-    const latest = [
-      { metric: { __name__: "temperature", source: "mqtt", site: "berlin", device: "d1" }, value: [100, "21.5"] as [number, string] },
-      { metric: { __name__: "humidity", source: "mqtt", site: "berlin", device: "d1" }, value: [100, "40"] as [number, string] },
-      { metric: { __name__: "temperature", source: "mqtt", site: "paris", device: "d2" }, value: [100, "18"] as [number, string] },
+  const latest: Series[] = [
+    { metric: { __name__: "temperature", source: "mqtt", site: "berlin", device: "d1" }, value: [100, "21.5"] as [number, string] },
+    { metric: { __name__: "humidity", source: "mqtt", site: "berlin", device: "d1" }, value: [100, "40"] as [number, string] },
+    { metric: { __name__: "temperature", source: "mqtt", site: "paris", device: "d2" }, value: [100, "18"] as [number, string] },
+    // Sparkplug: the edge node's own metrics, and a device of it
+    { metric: { __name__: "Node_Uptime", source: "mqtt", group: "plant", edge_node: "e1" }, value: [100, "65"] as [number, string] },
+    { metric: { __name__: "Inputs_Pressure", source: "mqtt", group: "plant", edge_node: "e1", device: "pump7" }, value: [100, "2.75"] as [number, string] },
+  ];
+
+  it("groups series by labels without __name__ and takes the exact newest sample time", () => {
+    // max without () (timestamp(...)): no __name__, one per device, seconds with a millisecond fraction
+    const seen: Series[] = [
+      { metric: { source: "mqtt", site: "berlin", device: "d1" }, value: [100, "95.123"] as [number, string] },
+      { metric: { source: "mqtt", site: "paris", device: "d2" }, value: [100, "1733490000.007"] as [number, string] },
+      { metric: { source: "mqtt", group: "plant", edge_node: "e1" }, value: [100, "90.5"] as [number, string] },
+      { metric: { source: "mqtt", group: "plant", edge_node: "e1", device: "pump7" }, value: [100, "99.999"] as [number, string] },
+      // a device the latest values do not know is left out
+      { metric: { source: "mqtt", device: "gone" }, value: [100, "99"] as [number, string] },
     ];
-    const stamps = [
-      { metric: { lumen_ui_metric: "temperature", source: "mqtt", site: "berlin", device: "d1" }, value: [100, "90.5"] as [number, string] },
-      { metric: { lumen_ui_metric: "humidity", source: "mqtt", site: "berlin", device: "d1" }, value: [100, "95"] as [number, string] },
-      // the evaluation time is not a sample time
-      { metric: { lumen_ui_metric: "temperature", source: "mqtt", site: "paris", device: "d2" }, value: [100, "100"] as [number, string] },
-      // a range answer: the last step with samples
-      { metric: { lumen_ui_metric: "temperature", source: "mqtt", site: "paris", device: "d2" }, values: [[60, "1"], [80, "2"], [99, "0"]] as [number, string][] },
+    const d = groupDevices(latest, seen);
+    expect(d.map((x) => x.labels)).toEqual([
+      { site: "paris", device: "d2" },
+      { group: "plant", edge_node: "e1", device: "pump7" },
+      { site: "berlin", device: "d1" },
+      { group: "plant", edge_node: "e1" },
+    ]);
+    expect(d.map((x) => x.lastSeen)).toEqual([1_733_490_000_007, 99_999, 95_123, 90_500]);
+    expect(d.every((x) => !x.approx)).toBe(true);
+    expect(d[2].values).toEqual({ temperature: 21.5, humidity: 40 });
+    expect(d[1].values).toEqual({ Inputs_Pressure: 2.75 });
+    expect(lastSeenText(d[2], 95_123 + 61_500)).toBe("1m1s ago");
+  });
+
+  it("falls back to the last minute with samples only for devices without an exact time", () => {
+    const seen: Series[] = [{ metric: { source: "mqtt", site: "berlin", device: "d1" }, value: [200, "95"] as [number, string] }];
+    const buckets: Series[] = [
+      { metric: { lumen_ui_metric: "temperature", source: "mqtt", site: "paris", device: "d2" }, values: [[60, "1"], [120, "2"], [180, "0"]] as [number, string][] },
       // an exact time is not replaced by a bucket's end
       { metric: { lumen_ui_metric: "humidity", source: "mqtt", site: "berlin", device: "d1" }, values: [[120, "1"]] as [number, string][] },
     ];
-    const d = groupDevices(latest, stamps);
-    expect(d).toHaveLength(2);
-    expect(d[0].labels).toEqual({ site: "berlin", device: "d1" });
-    expect(d[0].values).toEqual({ temperature: 21.5, humidity: 40 });
-    expect(d[0].lastSeen).toBe(95_000);
-    expect(d[0].approx).toBeFalsy();
-    expect(d[1].lastSeen).toBe(80_000);
-    expect(d[1].approx).toBe(true);
+    const d = groupDevices(latest, seen, buckets);
+    const by = (dev: string) => d.find((x) => x.labels.device === dev)!;
+    expect(by("d1").lastSeen).toBe(95_000);
+    expect(by("d1").approx).toBeFalsy();
+    expect(by("d2").lastSeen).toBe(120_000);
+    expect(by("d2").approx).toBe(true);
+    expect(lastSeenText(by("d2"), 200_000)).toBe("~1m ago");
+    expect(lastSeenText(by("pump7"), 200_000)).toBe("?");
+  });
+});
+
+describe("deviceSeenSql", () => {
+  it("matches exactly the device's labels, pushed down as equalities, and no other MQTT label", () => {
+    expect(deviceSeenSql({ group: "plant", edge_node: "e'1", device: "pump7" }, ["__name__", "source", "group", "edge_node", "device", "site", "time", "site"])).toBe(
+      "SELECT max(time) AS t FROM samples WHERE source = 'mqtt' AND time > now() - INTERVAL '24 hours' AND \"device\" = 'pump7' AND \"edge_node\" = 'e''1' AND \"group\" = 'plant' AND \"site\" IS NULL AND \"time_label\" IS NULL",
+    );
   });
 });
 
