@@ -40,6 +40,10 @@ pub struct QueryConfig {
     /// Live tails (`/loki/api/v1/tail` WebSockets) running at once, over all tenants; past it 429 (Loki's
     /// `max_concurrent_tail_requests`).
     pub max_concurrent_tails: usize,
+    /// A live tail with nothing to send this long sends a WebSocket ping, so that proxies with an idle
+    /// timeout (nginx's 60 s) keep it open and a vanished client is noticed.
+    #[serde(with = "store::config::duration")]
+    pub tail_ping_interval: Duration,
     /// Step of a PromQL subquery that names none (Prometheus' global evaluation interval).
     #[serde(with = "store::config::duration")]
     pub default_subquery_step: Duration,
@@ -58,6 +62,7 @@ impl Default for QueryConfig {
             lookback_delta: Duration::from_secs(300),
             max_samples: 15_000_000,
             max_concurrent_tails: 32,
+            tail_ping_interval: Duration::from_secs(30),
             default_subquery_step: Duration::from_secs(60),
         }
     }

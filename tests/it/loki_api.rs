@@ -435,6 +435,32 @@ async fn live_tail_over_websocket() {
     server.stop().await;
 }
 
+/// A quiet live tail sends WebSocket pings every `query.tail_ping_interval`, so proxies with an idle
+/// timeout (nginx: 60 s) keep it open; a tail with lines to send needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_live_tail_sends_pings() {
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.query.tail_ping_interval = Duration::from_secs(1);
+    let server = TestServer::start(config).await;
+    let url = server.url("/loki/api/v1/tail").replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?query=%7Bapp%3D%22quiet%22%7D")).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        let msg =
+            tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a ping within 5 s").unwrap().unwrap();
+        match msg {
+            Message::Ping(_) => pings += 1,
+            other => panic!("a quiet tail sent {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2500), "three pings one second apart came in {took:?}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_the_timeout_is_a_504_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -809,6 +809,8 @@ async fn run_tail(
     let mut first = true;
     let mut sent_at_edge: Vec<(i64, String)> = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let ping_every = state.config.tail_ping_interval.max(Duration::from_millis(100));
+    let mut last_sent = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -816,6 +818,12 @@ async fn run_tail(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => continue,
             },
+        }
+        if last_sent.elapsed() >= ping_every {
+            if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                return;
+            }
+            last_sent = std::time::Instant::now();
         }
         let until = store::time::now_ns() - delay;
         if until <= from {
@@ -868,5 +876,6 @@ async fn run_tail(
         if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
             return;
         }
+        last_sent = std::time::Instant::now();
     }
 }
