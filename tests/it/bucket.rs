@@ -107,6 +107,7 @@ fn storage(endpoint: &str, creds: &(PathBuf, PathBuf)) -> bucket::StorageConfig 
     }
 }
 
+/// Lines (LogQL, as Grafana counts them) and samples (PromQL) the server answers.
 async fn count_lines(server: &TestServer) -> u64 {
     let v: Value = server
         .client
@@ -122,16 +123,7 @@ async fn count_lines(server: &TestServer) -> u64 {
 }
 
 async fn count_samples(server: &TestServer) -> u64 {
-    let v: Value = server
-        .client
-        .get(server.url("/api/v1/query"))
-        .query(&[("query", "sum(count_over_time(bucket_metric[1h]))")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = server.promql("default", "sum(count_over_time(bucket_metric[1h]))", None).await;
     v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse().unwrap())
 }
 
