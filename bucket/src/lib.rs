@@ -13,8 +13,8 @@
 //!   `data/<their path>` (they never change), everything else (manifests, catalogs, delivery marks)
 //!   content-addressed under `objects/<hash>`, then a commit naming every file; old commits and the
 //!   objects only they named are deleted.
-//! - [`restore`]: a server whose data directory holds no manifest downloads the newest commit's files
-//!   before it opens its stores.
+//! - [`restore`]: a server whose data directory holds no data of its own (no manifest, part, catalog or
+//!   written WAL segment) downloads the newest commit's files before it opens its stores.
 //!
 //! What the bucket holds is what was flushed: acknowledged writes still in the head are in the local
 //! write-ahead log only (the durability contract does not change), and a graceful stop flushes and

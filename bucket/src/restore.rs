@@ -1,7 +1,7 @@
-//! The restore at start: a data directory that holds no manifest (a new disk, a lost volume) is filled
-//! from the bucket's newest commit before the stores open. Files are downloaded under temporary names and
-//! renamed into place only when all arrived, so a restore cut short leaves no manifest and runs again at
-//! the next start.
+//! The restore at start: a data directory that holds no data of its own (a new disk, a lost volume) is
+//! filled from the bucket's newest commit before the stores open. Files are downloaded under temporary
+//! names and renamed into place only when all arrived; a restore that fails removes what it downloaded,
+//! so it runs again from scratch at the next start.
 
 use std::path::{Component, Path};
 
@@ -17,9 +17,31 @@ pub struct Restored {
     pub bytes: u64,
 }
 
-/// Whether `data_dir` holds data of its own: a manifest of either store.
+/// What a file being restored is called until every file arrived.
+const TMP_SUFFIX: &str = ".restore.tmp";
+
+/// Whether `data_dir` holds data of its own: any file with content besides the lock files and
+/// `format.json` (a manifest, a part, a catalog, a write-ahead-log segment with records). A restore goes
+/// only into a directory without any, so that it can never overwrite or shadow acknowledged local data.
 pub fn has_local_state(data_dir: &Path) -> bool {
-    data_dir.join("manifest.json").exists() || data_dir.join("metrics").join("manifest.json").exists()
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { return true };
+            let name = e.file_name();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if name != "lock"
+                && name != "format.json"
+                && !name.to_string_lossy().ends_with(TMP_SUFFIX)
+                && e.metadata().map_or(true, |m| m.len() > 0)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// A path of a commit that stays inside the data directory: relative, no `..`, no root.
@@ -50,12 +72,44 @@ impl Bucket {
             ));
         }
         tracing::info!(commit = commit.seq, files = commit.files.len(), bucket = %self.describe(), "the data directory is empty: restoring it from the bucket");
-        let mut bytes = 0u64;
         let mut staged = Vec::with_capacity(commit.files.len());
+        let result = self.download(data_dir, &commit, &mut staged).await;
+        if result.is_err() {
+            // Nothing half-restored stays: the next start tries again from scratch.
+            for (tmp, _) in &staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+        let bytes = result?;
+        // Manifests last: a restore cut short leaves none, and the next start restores again.
+        staged.sort_by_key(|(_, dest)| dest.file_name().is_some_and(|n| n == "manifest.json"));
+        for (tmp, dest) in &staged {
+            tokio::fs::rename(tmp, dest).await.map_err(|e| format!("{}: {e}", dest.display()))?;
+        }
+        let dirs: std::collections::BTreeSet<_> =
+            staged.iter().filter_map(|(_, d)| d.parent().map(Path::to_path_buf)).collect();
+        for d in dirs {
+            if let Ok(f) = std::fs::File::open(&d) {
+                let _ = f.sync_all();
+            }
+        }
+        tracing::info!(commit = commit.seq, files = staged.len(), bytes, "restored the data directory from the bucket");
+        Ok(Some(Restored { commit: commit.seq, files: staged.len(), bytes }))
+    }
+
+    /// Downloads every file of `commit` under its temporary name, listing each in `staged` as it is
+    /// written; returns the bytes.
+    async fn download(
+        &self,
+        data_dir: &Path,
+        commit: &crate::commit::Commit,
+        staged: &mut Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Result<u64, String> {
+        let mut bytes = 0u64;
         for f in &commit.files {
             let dest = data_dir.join(&f.path);
             let tmp = dest.with_file_name(format!(
-                "{}.restore.tmp",
+                "{}{TMP_SUFFIX}",
                 dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
             ));
             if let Some(parent) = dest.parent() {
@@ -86,19 +140,6 @@ impl Bucket {
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
             staged.push((tmp, dest));
         }
-        // Manifests last: a restore cut short leaves none, and the next start restores again.
-        staged.sort_by_key(|(_, dest)| dest.file_name().is_some_and(|n| n == "manifest.json"));
-        for (tmp, dest) in &staged {
-            tokio::fs::rename(tmp, dest).await.map_err(|e| format!("{}: {e}", dest.display()))?;
-        }
-        let dirs: std::collections::BTreeSet<_> =
-            staged.iter().filter_map(|(_, d)| d.parent().map(Path::to_path_buf)).collect();
-        for d in dirs {
-            if let Ok(f) = std::fs::File::open(&d) {
-                let _ = f.sync_all();
-            }
-        }
-        tracing::info!(commit = commit.seq, files = staged.len(), bytes, "restored the data directory from the bucket");
-        Ok(Some(Restored { commit: commit.seq, files: staged.len(), bytes }))
+        Ok(bytes)
     }
 }

@@ -59,6 +59,21 @@ impl ObjectStore for NoConditions {
     }
 }
 
+fn walkdir(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
 fn file(path: &str, key: &str, bytes: u64) -> CommitFile {
     CommitFile { path: path.into(), key: key.into(), bytes }
 }
@@ -124,6 +139,17 @@ async fn restore_fills_an_empty_directory_and_leaves_a_full_one_alone() {
     assert_eq!((r.commit, r.files, r.bytes), (1, 3, 16));
     assert_eq!(std::fs::read_to_string(empty.path().join("logs/tenant=x/streams.bin")).unwrap(), "streams");
     assert_eq!(std::fs::read_to_string(empty.path().join("manifest.json")).unwrap(), "{}");
+    // A directory a server ran in without ever flushing (lock, format, an empty and a written WAL
+    // segment): its WAL holds acknowledged writes, so nothing is restored over it.
+    let ran = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(ran.path().join("wal")).unwrap();
+    std::fs::write(ran.path().join("lock"), "").unwrap();
+    std::fs::write(ran.path().join("format.json"), "{}").unwrap();
+    std::fs::write(ran.path().join("wal/00000000000000000001.wal"), "").unwrap();
+    assert!(!super::restore::has_local_state(ran.path()), "only empty files: nothing of its own yet");
+    std::fs::write(ran.path().join("wal/00000000000000000001.wal"), "records").unwrap();
+    assert_eq!(bucket.restore_if_empty(ran.path()).await.unwrap(), None, "its WAL has records");
+    assert!(!ran.path().join("manifest.json").exists());
     // Now it has a manifest: nothing is touched.
     std::fs::write(empty.path().join("logs/a.parquet"), "local").unwrap();
     assert_eq!(bucket.restore_if_empty(empty.path()).await.unwrap(), None);
@@ -135,6 +161,8 @@ async fn restore_fills_an_empty_directory_and_leaves_a_full_one_alone() {
     let err = bucket.restore_if_empty(other.path()).await.unwrap_err();
     assert!(err.contains("refusing to restore a damaged file"), "{err}");
     assert!(!other.path().join("manifest.json").exists(), "no manifest after a failed restore");
+    let leftovers: Vec<_> = walkdir(other.path()).into_iter().filter(|p| p.ends_with(".restore.tmp")).collect();
+    assert!(leftovers.is_empty(), "a failed restore leaves nothing: {leftovers:?}");
     bucket.append_commit("n", vec![file("../escape", "objects/m", 2)]).await.unwrap();
     let err = bucket.restore_if_empty(other.path()).await.unwrap_err();
     assert!(err.contains("outside the data directory"), "{err}");
