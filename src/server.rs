@@ -107,11 +107,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // `[storage]`: a bucket that refuses a second create of the same key, and a data directory without
     // state of its own filled from the bucket's newest commit before the stores open.
     let bucket = bucket::Bucket::open(&config.storage).map_err(anyhow::Error::msg)?;
+    let mut bucket_verified = false;
     if let Some(b) = &bucket {
-        b.check_conditional_create().await.map_err(anyhow::Error::msg)?;
+        match b.check_conditional_create().await {
+            Ok(()) => bucket_verified = true,
+            // A server with data of its own starts while the store is away (it keeps everything locally);
+            // the sync checks again before its first commit. One without needs the bucket to start.
+            Err(bucket::CheckError::Unreachable(e)) if bucket::restore::has_local_state(&s.data_dir) => {
+                tracing::warn!(error = %e, "storage: the bucket cannot be reached; starting on the local data, the sync retries");
+            }
+            Err(e) => return Err(anyhow::Error::new(e)),
+        }
         std::fs::create_dir_all(&s.data_dir)
             .with_context(|| format!("cannot create the data directory {}", s.data_dir.display()))?;
-        if let Some(r) = b.restore_if_empty(&s.data_dir).await.map_err(anyhow::Error::msg)? {
+        if bucket_verified && let Some(r) = b.restore_if_empty(&s.data_dir).await.map_err(anyhow::Error::msg)? {
             tracing::info!(commit = r.commit, files = r.files, bytes = r.bytes, bucket = %b.describe(), "data directory restored from the bucket");
         }
     }
@@ -139,14 +148,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::process_metrics::register(&mut registry);
     let syncer = bucket.map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
-        Arc::new(tokio::sync::Mutex::new(bucket::sync::Syncer::new(
+        let syncer = bucket::sync::Syncer::new(
             b,
             store.clone(),
             metric_store.clone(),
             crate::config::node_name(""),
             config.storage.keep_commits,
             bucket::sync::SyncMetrics::register(&mut registry),
-        )))
+        );
+        Arc::new(tokio::sync::Mutex::new(if bucket_verified { syncer.verified() } else { syncer }))
     });
     let ingest = IngestMetrics::register(&mut registry);
     let memory = crate::memory::Pressure::new(budget, crate::memory::MemoryMetrics::register(&mut registry));
@@ -412,12 +422,17 @@ impl Running {
             self.metric_engine.await.context("metric store task failed")?.context("final metric flush failed");
         logs?;
         metrics?;
-        // What the final flush wrote goes into the bucket too.
+        // What the final flush wrote goes into the bucket too. A failure is logged, not returned: the
+        // local data directory holds everything, and the next start's sync uploads it.
         if let Some(syncer) = self.syncer {
-            let report = syncer.lock().await.sync_once().await.map_err(anyhow::Error::msg).context(
-                "the final sync into the bucket ([storage]) failed; the local data directory holds everything",
-            )?;
-            tracing::info!(commit = ?report.commit, files = report.files, uploaded = report.uploaded_objects, "final sync into the bucket");
+            match syncer.lock().await.sync_once().await {
+                Ok(report) => {
+                    tracing::info!(commit = ?report.commit, files = report.files, uploaded = report.uploaded_objects, "final sync into the bucket");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the final sync into the bucket ([storage]) failed; the local data directory holds everything and the next start syncs it");
+                }
+            }
         }
         tracing::info!("lumen server stopped");
         Ok(())

@@ -208,9 +208,13 @@ impl Bucket {
     /// ignores the condition and commits could overwrite each other. The probe is deleted after.
     ///
     /// # Errors
-    /// The store cannot be reached, or it ignores conditional creates (the message says which and what to
-    /// do).
-    pub async fn check_conditional_create(&self) -> Result<(), String> {
+    /// [`CheckError`]: the store cannot be reached, or it ignores conditional creates (the message says
+    /// which and what to do).
+    pub async fn check_conditional_create(&self) -> Result<(), CheckError> {
+        self.probe().await
+    }
+
+    async fn probe(&self) -> Result<(), CheckError> {
         let nonce = format!(
             "{:x}-{}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
@@ -218,21 +222,45 @@ impl Bucket {
         );
         let probe = self.key(&format!("probe/{nonce}"));
         let create = || self.store.put_opts(&probe, PutPayload::from_static(b"lumen probe"), PutMode::Create.into());
-        create().await.map_err(|e| format!("storage: cannot write to {}: {e}", self.describe))?;
+        create()
+            .await
+            .map_err(|e| CheckError::Unreachable(format!("storage: cannot write to {}: {e}", self.describe)))?;
         let second = create().await;
         let _ = self.store.delete(&probe).await;
         match second {
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
-            Ok(_) => Err(format!(
+            Ok(_) => Err(CheckError::IgnoresConditions(format!(
                 "storage: {} accepted a second create of the same key: it ignores conditional writes \
                  (If-None-Match: *), which Lumen needs so that two writers never overwrite each other's commits. \
                  Use a store that honours them (AWS S3, MinIO, SeaweedFS, R2, recent Ceph), or storage.backend = \"local\"",
                 self.describe
-            )),
-            Err(e) => Err(format!("storage: the conditional-create check against {} failed: {e}", self.describe)),
+            ))),
+            Err(e) => Err(CheckError::Unreachable(format!(
+                "storage: the conditional-create check against {} failed: {e}",
+                self.describe
+            ))),
         }
     }
 }
+
+/// Why [`Bucket::check_conditional_create`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// The store could not be written to (network, credentials, bucket): may pass later.
+    Unreachable(String),
+    /// The store accepted a second create of one key: never usable.
+    IgnoresConditions(String),
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckError::Unreachable(m) | CheckError::IgnoresConditions(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CheckError {}
 
 /// Hex of the xxh3-128 of `bytes`: the key of a content-addressed object.
 pub(crate) fn content_key(bytes: &[u8]) -> String {

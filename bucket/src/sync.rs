@@ -85,6 +85,8 @@ pub struct Syncer {
     /// Keys known to be in the bucket.
     known: HashSet<String>,
     seeded: bool,
+    /// The store passed the conditional-create check (at start, or before this syncer's first commit).
+    verified: bool,
     /// The files of the last commit: a sync that finds the same writes no commit.
     last_files: Option<Vec<CommitFile>>,
     /// Syncs that ended well, for the orphan sweep's rhythm.
@@ -110,6 +112,7 @@ impl Syncer {
             keep_commits: keep_commits.max(1),
             known: HashSet::new(),
             seeded: false,
+            verified: false,
             last_files: None,
             done: 0,
             orphan_min_age: ORPHAN_MIN_AGE,
@@ -146,6 +149,12 @@ impl Syncer {
         }
     }
 
+    /// Records that the store passed the conditional-create check already (at start).
+    pub fn verified(mut self) -> Syncer {
+        self.verified = true;
+        self
+    }
+
     async fn seed(&mut self) -> Result<(), String> {
         for dir in ["data", "objects"] {
             let prefix = self.bucket.key(dir);
@@ -166,6 +175,10 @@ impl Syncer {
     }
 
     async fn sync_inner(&mut self) -> Result<SyncReport, String> {
+        if !self.verified {
+            self.bucket.check_conditional_create().await.map_err(|e| e.to_string())?;
+            self.verified = true;
+        }
         if !self.seeded {
             self.seed().await?;
         }

@@ -84,6 +84,8 @@ async fn a_store_that_ignores_conditional_creates_is_refused() {
     good.check_conditional_create().await.expect("InMemory honours PutMode::Create");
     let bad = Bucket::with_store(Arc::new(NoConditions(InMemory::new())), "p");
     let err = bad.check_conditional_create().await.unwrap_err();
+    assert!(matches!(err, super::CheckError::IgnoresConditions(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("ignores conditional writes") && err.contains("storage.backend"), "{err}");
 }
 

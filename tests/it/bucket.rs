@@ -217,13 +217,33 @@ async fn a_server_on_s3_starts_again_from_the_bucket_with_an_empty_disk() {
     assert_eq!(count("logs/**/*.parquet"), 1000, "DuckDB counts every log line");
     assert_eq!(count("metrics/**/*.parquet"), 1000, "DuckDB counts every sample");
 
-    // Wrong credentials: the server says so and does not start.
+    // Wrong credentials and a data directory without data of its own: the server cannot know what the
+    // bucket holds, says so and does not start.
     let bad = credential_files(&dir.path().join("bad").tap_mkdir(), KEY_ID, "not-the-secret");
     let mut wrong = config.clone();
     wrong.storage = storage(&weed.endpoint, &bad);
-    let err = lumen::start(wrong).await.err().expect("refused").to_string();
+    wrong.server.data_dir = dir.path().join("fresh");
+    let err = format!("{:#}", lumen::start(wrong.clone()).await.err().expect("refused"));
     assert!(err.contains("storage: cannot write to s3://lumen/cluster-a"), "{err}");
     assert!(!err.contains("not-the-secret"), "the secret is never shown: {err}");
+
+    // With data of its own, a server starts while the bucket is out of reach (it keeps everything
+    // locally), answers from it, and counts its failed syncs.
+    wrong.server.data_dir = data.clone();
+    wrong.storage.sync_interval = Duration::from_secs(1);
+    let server = TestServer::start(wrong).await;
+    assert_eq!((count_lines(&server).await, count_samples(&server).await), (1000, 1000));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if m.lines().any(|l| l.starts_with("lumen_bucket_sync_failures_total ") && !l.ends_with(" 0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed sync counted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its stop succeeds although the final sync cannot: the local directory holds everything.
+    server.stop().await;
 }
 
 trait TapMkdir {
