@@ -2,7 +2,9 @@
 //!
 //! A part holds one tenant's rows of one day, sorted by stream id then time, in Parquet with zstd: `time`
 //! delta-encoded, `_stream_id` and label columns dictionary-encoded (a sorted column of few values is
-//! nearly free), `message` plain. Next to `<id>.parquet` lies `<id>.idx`:
+//! nearly free), `message` plain, its data pages starting anew where a large stream's run starts or ends
+//! (see [`PartWriter`]), so that a read of one stream decompresses no other stream's lines. Next to
+//! `<id>.parquet` lies `<id>.idx`:
 //!
 //! ```text
 //! "LUMNIDX2" | u32le n_streams | u32le n_row_groups
@@ -35,9 +37,16 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
 };
+use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::{KeyValue, PageIndexPolicy};
-use parquet::file::properties::{WriterProperties, WriterVersion};
+use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
+use parquet::column::writer::{ColumnCloseResult, ColumnWriter, get_column_writer};
+use parquet::data_type::ByteArray;
+use parquet::file::metadata::{KeyValue, PageEncodingStats, PageIndexPolicy};
+use parquet::file::page_index::offset_index::OffsetIndexMetaData;
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesPtr, WriterVersion};
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
+use parquet::schema::types::ColumnDescPtr;
 
 use crate::error::{Error, Result};
 use crate::head::{MESSAGE, STREAM_ID, TIME};
@@ -592,9 +601,23 @@ pub(crate) struct WriteOptions {
 }
 
 /// Writes a part from record batches that arrive in (stream id, time) order, one row group per call.
+///
+/// The `message` column starts a new data page where a stream's run of rows starts or ends, when that
+/// run holds at least [`PAGE_RUN_BYTES`] of messages (see [`run_cuts`]): a read of one stream's row
+/// range then decompresses only pages of that stream, not the pages it shares with its neighbours.
+/// Parquet's writer cuts pages only by size, so this column is written run by run with a column writer
+/// of its own per run (each closed run ends its last page), the runs' pages laid end to end and their
+/// metadata and offset index merged into one column chunk (`write_message_runs`).
 pub(crate) struct PartWriter {
     meta: PartMeta,
-    writer: ArrowWriter<File>,
+    writer: SerializedFileWriter<File>,
+    /// Column writers for each row group (all columns but `message`).
+    columns: ArrowRowGroupWriterFactory,
+    row_groups: usize,
+    /// The file's properties with `message` uncompressed: its runs' column writers leave compression
+    /// to `message_zstd`, one context for the whole part instead of a new one per run.
+    message_props: WriterPropertiesPtr,
+    message_zstd: MessageCompressor,
     parquet_path: PathBuf,
     index_path: PathBuf,
     /// The schema callers write in (`time` in nanoseconds).
@@ -653,6 +676,15 @@ impl PartWriter {
                 .set_column_compression(f.as_str().into(), Compression::ZSTD(level))
                 .set_column_encoding(f.as_str().into(), Encoding::PLAIN);
         }
+        // Nothing reads the message column's min/max, and its column index would need merging across the
+        // runs it is written in; the offset index (page locations), which reads need, stays.
+        let props = props.set_column_statistics_enabled(MESSAGE.into(), EnabledStatistics::None);
+        let message_props =
+            Arc::new(props.clone().set_column_compression(MESSAGE.into(), Compression::UNCOMPRESSED).build());
+        let message_zstd = MessageCompressor {
+            zstd: zstd::bulk::Compressor::new(level.compression_level()).map_err(Error::io("zstd", &parquet_path))?,
+            compression: Compression::ZSTD(level),
+        };
         let props = props.build();
         let mut fields: Vec<arrow::datatypes::Field> = schema.fields().iter().map(|f| (**f).clone()).collect();
         fields[0] = arrow::datatypes::Field::new(
@@ -661,9 +693,25 @@ impl PartWriter {
             false,
         );
         let stored: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
-        let writer = ArrowWriter::try_new(file, stored.clone(), Some(props))
-            .map_err(|source| Error::Parquet { path: parquet_path.clone(), source })?;
-        Ok(PartWriter { meta, writer, parquet_path, index_path, schema, stored, index: IndexBuilder::new(&options) })
+        let perr = |source| Error::Parquet { path: parquet_path.clone(), source };
+        // The Arrow writer puts the Arrow schema into the file's metadata; rows are then written through
+        // its lower-level parts.
+        let (writer, columns) = ArrowWriter::try_new(file, stored.clone(), Some(props))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(perr)?;
+        Ok(PartWriter {
+            meta,
+            writer,
+            columns,
+            row_groups: 0,
+            message_props,
+            message_zstd,
+            parquet_path,
+            index_path,
+            schema,
+            stored,
+            index: IndexBuilder::new(&options),
+        })
     }
 
     pub(crate) fn schema(&self) -> &SchemaRef {
@@ -679,14 +727,41 @@ impl PartWriter {
         let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
         let mut columns = batch.columns().to_vec();
         columns[0] = arrow::compute::cast(&columns[0], self.stored.field(0).data_type())?;
-        let batch = RecordBatch::try_new(self.stored.clone(), columns)?;
-        self.writer.write(&batch).map_err(perr)?;
-        self.writer.flush().map_err(perr)
+        let ids = batch
+            .column_by_name(STREAM_ID)
+            .map(|c| c.as_primitive::<UInt64Type>().values().to_vec())
+            .unwrap_or_default();
+        let writers = self.columns.create_column_writers(self.row_groups).map_err(perr)?;
+        let message_descr = row_group_column_descr(&self.writer, MESSAGE);
+        let mut row_group = self.writer.next_row_group().map_err(perr)?;
+        // Every column is flat: one leaf, one writer per field, in schema order.
+        for ((field, column), mut writer) in self.stored.fields().iter().zip(&columns).zip(writers) {
+            if field.name() == MESSAGE
+                && let Some(lines) = column.as_string_opt::<i32>()
+                && let Some(descr) = message_descr.clone()
+                && descr.max_def_level() == 0
+                && descr.max_rep_level() == 0
+            {
+                let (bytes, close) =
+                    write_message_runs(descr, &self.message_props, &mut self.message_zstd, lines, &ids, PAGE_RUN_BYTES)
+                        .map_err(perr)?;
+                row_group.append_column(&bytes, close).map_err(perr)?;
+                continue;
+            }
+            for leaf in compute_leaves(field, column).map_err(perr)? {
+                writer.write(&leaf).map_err(perr)?;
+            }
+            writer.close().and_then(|chunk| chunk.append_to_row_group(&mut row_group)).map_err(perr)?;
+        }
+        row_group.close().map_err(perr)?;
+        self.row_groups += 1;
+        Ok(())
     }
 
     /// Finishes both files, syncs them, and returns the part's manifest entry.
     pub(crate) fn finish(self, data_dir: &Path) -> Result<Arc<Part>> {
         let PartWriter { mut meta, writer, parquet_path, index_path, index, .. } = self;
+        // Writes the footer, then hands back the file.
         let file = writer.into_inner().map_err(|source| Error::Parquet { path: parquet_path.clone(), source })?;
         file.sync_all().map_err(Error::io("sync", &parquet_path))?;
         let parquet_bytes = file.metadata().map_err(Error::io("stat", &parquet_path))?.len();
@@ -723,5 +798,221 @@ impl PartWriter {
     pub(crate) fn abort(self) {
         drop(self.writer);
         let _ = fs::remove_file(&self.parquet_path);
+    }
+}
+
+/// A run of one stream at least this large (bytes of messages) gets data pages of its own in the
+/// `message` column. Each cut costs a page (header, an offset index entry, and a shorter zstd frame);
+/// a query naming the stream saves decompressing up to a page (1 MiB) of other streams at each end.
+pub(crate) const PAGE_RUN_BYTES: usize = 64 * 1024;
+
+/// Where the `message` column of a row group starts a new page: the rows (never 0) where the stream
+/// changes and the run before or after the change holds at least `min_bytes` of messages. Small runs of
+/// neighbouring streams stay together in shared pages.
+pub(crate) fn run_cuts(ids: &[u64], offsets: &[i32], min_bytes: usize) -> Vec<usize> {
+    // Runs as (first row, end row).
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (row, id) in ids.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run) if ids[run.0] == *id => run.1 = row + 1,
+            _ => runs.push((row, row + 1)),
+        }
+    }
+    let bytes = |run: &(usize, usize)| (offsets[run.1] - offsets[run.0]) as usize;
+    runs.windows(2).filter(|w| bytes(&w[0]) >= min_bytes || bytes(&w[1]) >= min_bytes).map(|w| w[1].0).collect()
+}
+
+/// The descriptor of the named top-level column of the file being written.
+fn row_group_column_descr(writer: &SerializedFileWriter<File>, name: &str) -> Option<ColumnDescPtr> {
+    writer.schema_descr().columns().iter().find(|c| c.path().parts() == [name]).cloned()
+}
+
+/// Writes the `message` column of one row group (`lines`, not null, in the rows' order; `ids` the rows'
+/// stream ids) as one column chunk whose data pages start anew at each of [`run_cuts`] (runs of at least
+/// `min_run_bytes`): one column writer
+/// per stretch between cuts, each closed (which ends its last page) before the next starts on the same
+/// buffer. Returns the chunk's bytes, at offset 0, and its merged [`ColumnCloseResult`], for
+/// `SerializedRowGroupWriter::append_column`.
+fn write_message_runs(
+    descr: ColumnDescPtr,
+    props: &WriterPropertiesPtr,
+    compressor: &mut MessageCompressor,
+    lines: &arrow::array::StringArray,
+    ids: &[u64],
+    min_run_bytes: usize,
+) -> parquet::errors::Result<(bytes::Bytes, ColumnCloseResult)> {
+    let offsets = lines.value_offsets();
+    let mut cuts = if ids.len() == lines.len() { run_cuts(ids, offsets, min_run_bytes) } else { Vec::new() };
+    cuts.push(lines.len());
+    // The values as slices of one shared buffer: no allocation per line.
+    let base = offsets.first().copied().unwrap_or(0) as usize;
+    let data = bytes::Bytes::copy_from_slice(&lines.value_data()[base..offsets[lines.len()] as usize]);
+    let mut sink = TrackedWrite::new(Vec::with_capacity(data.len() / 4));
+    let mut closed = Vec::with_capacity(cuts.len());
+    let mut start = 0;
+    for end in cuts {
+        let values: Vec<ByteArray> = (start..end)
+            .map(|i| ByteArray::from(data.slice(offsets[i] as usize - base..offsets[i + 1] as usize - base)))
+            .collect();
+        let page_writer =
+            Box::new(CompressingPageWriter { inner: SerializedPageWriter::new(&mut sink), zstd: &mut compressor.zstd });
+        let ColumnWriter::ByteArrayColumnWriter(mut writer) =
+            get_column_writer(descr.clone(), props.clone(), page_writer)
+        else {
+            return Err(parquet::errors::ParquetError::General("the message column is not a byte array".to_string()));
+        };
+        writer.write_batch(&values, None, None)?;
+        closed.push(writer.close()?);
+        start = end;
+    }
+    let bytes = bytes::Bytes::from(sink.into_inner()?);
+    let mut close = merge_closed_runs(closed);
+    // The pages are compressed, though the runs' writers were told not to.
+    close.metadata = close.metadata.clone().into_builder().set_compression(compressor.compression).build()?;
+    Ok((bytes, close))
+}
+
+/// One column chunk's close result from those of its consecutive runs, written one after another into
+/// one buffer (their page offsets are already in that buffer's coordinates).
+fn merge_closed_runs(mut runs: Vec<ColumnCloseResult>) -> ColumnCloseResult {
+    let first = runs.remove(0);
+    if runs.is_empty() {
+        return first;
+    }
+    let sum = |f: &dyn Fn(&ColumnCloseResult) -> i64| f(&first) + runs.iter().map(f).sum::<i64>();
+    let num_values = sum(&|r| r.metadata.num_values());
+    let compressed = sum(&|r| r.metadata.compressed_size());
+    let uncompressed = sum(&|r| r.metadata.uncompressed_size());
+    let unencoded = first
+        .metadata
+        .unencoded_byte_array_data_bytes()
+        .map(|b| b + runs.iter().filter_map(|r| r.metadata.unencoded_byte_array_data_bytes()).sum::<i64>());
+    let mut encoding_stats: Vec<PageEncodingStats> = Vec::new();
+    for stats in std::iter::once(&first).chain(&runs).filter_map(|r| r.metadata.page_encoding_stats()) {
+        for s in stats {
+            match encoding_stats.iter_mut().find(|e| e.page_type == s.page_type && e.encoding == s.encoding) {
+                Some(e) => e.count += s.count,
+                None => encoding_stats.push(s.clone()),
+            }
+        }
+    }
+    let offset_index = first.offset_index.clone().map(|mut index| {
+        let mut rows = first.rows_written as i64;
+        for run in &runs {
+            if let Some(more) = &run.offset_index {
+                index.page_locations.extend(more.page_locations.iter().map(|p| {
+                    let mut p = p.clone();
+                    p.first_row_index += rows;
+                    p
+                }));
+                if let (Some(all), Some(more)) =
+                    (&mut index.unencoded_byte_array_data_bytes, &more.unencoded_byte_array_data_bytes)
+                {
+                    all.extend_from_slice(more);
+                }
+            }
+            rows += run.rows_written as i64;
+        }
+        index
+    });
+    let mut metadata = first
+        .metadata
+        .clone()
+        .into_builder()
+        .set_num_values(num_values)
+        .set_total_compressed_size(compressed)
+        .set_total_uncompressed_size(uncompressed)
+        .set_unencoded_byte_array_data_bytes(unencoded)
+        .clear_statistics();
+    if first.metadata.page_encoding_stats().is_some() {
+        metadata = metadata.set_page_encoding_stats(encoding_stats);
+    }
+    let offset_index: Option<OffsetIndexMetaData> = offset_index;
+    ColumnCloseResult {
+        bytes_written: first.bytes_written + runs.iter().map(|r| r.bytes_written).sum::<u64>(),
+        rows_written: first.rows_written + runs.iter().map(|r| r.rows_written).sum::<u64>(),
+        metadata: metadata.build().unwrap_or(first.metadata),
+        bloom_filter: None,
+        column_index: None,
+        offset_index,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The zstd context that compresses a part's `message` pages, and the codec recorded for the column.
+struct MessageCompressor {
+    zstd: zstd::bulk::Compressor<'static>,
+    compression: Compression,
+}
+
+/// A page writer that compresses the pages of an uncompressed column writer with a context it is lent,
+/// then writes them as `inner` does. Parquet's column writer makes a new zstd context for each writer,
+/// and at the compaction level a new context costs about as much as compressing a page (its tables are
+/// cleared); the runs of [`write_message_runs`] would make one per run.
+struct CompressingPageWriter<'a> {
+    inner: SerializedPageWriter<'a, Vec<u8>>,
+    zstd: &'a mut zstd::bulk::Compressor<'static>,
+}
+
+impl PageWriter for CompressingPageWriter<'_> {
+    fn write_page(&mut self, page: CompressedPage) -> parquet::errors::Result<PageWriteSpec> {
+        let uncompressed = page.uncompressed_size();
+        let mut compress = |data: &[u8]| -> parquet::errors::Result<Vec<u8>> {
+            self.zstd.compress(data).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        };
+        let page = match page.compressed_page().clone() {
+            Page::DataPageV2 {
+                buf,
+                num_values,
+                encoding,
+                num_nulls,
+                num_rows,
+                def_levels_byte_len,
+                rep_levels_byte_len,
+                is_compressed: false,
+                statistics,
+            } => {
+                // Version 2 pages keep their levels uncompressed, in front of the values.
+                let levels = (def_levels_byte_len + rep_levels_byte_len) as usize;
+                let mut out = buf[..levels].to_vec();
+                out.extend_from_slice(&compress(&buf[levels..])?);
+                Page::DataPageV2 {
+                    buf: out.into(),
+                    num_values,
+                    encoding,
+                    num_nulls,
+                    num_rows,
+                    def_levels_byte_len,
+                    rep_levels_byte_len,
+                    is_compressed: true,
+                    statistics,
+                }
+            }
+            Page::DataPage { buf, num_values, encoding, def_level_encoding, rep_level_encoding, statistics } => {
+                Page::DataPage {
+                    buf: compress(&buf)?.into(),
+                    num_values,
+                    encoding,
+                    def_level_encoding,
+                    rep_level_encoding,
+                    statistics,
+                }
+            }
+            Page::DictionaryPage { buf, num_values, encoding, is_sorted } => {
+                Page::DictionaryPage { buf: compress(&buf)?.into(), num_values, encoding, is_sorted }
+            }
+            Page::DataPageV2 { .. } => {
+                return Err(parquet::errors::ParquetError::General(
+                    "a message page arrived compressed already".to_string(),
+                ));
+            }
+        };
+        self.inner.write_page(CompressedPage::new(page, uncompressed))
+    }
+
+    fn close(&mut self) -> parquet::errors::Result<()> {
+        self.inner.close()
     }
 }

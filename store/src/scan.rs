@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, StringArray, new_null_array};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -196,7 +197,7 @@ impl ScanPlan {
             .map(|c| c.read().label_names().iter().map(|n| (label_column(n), n.clone())).collect())
             .unwrap_or_default();
         for batch in &self.head {
-            let filtered = self.filter(batch)?;
+            let filtered = self.filter(batch, Known::default())?;
             if filtered.num_rows() == 0 {
                 continue;
             }
@@ -253,9 +254,15 @@ impl ScanPlan {
         let Some(reader) = part.reader(needed, Some(&ranges), BATCH_ROWS)? else {
             return Ok(true);
         };
+        // The ranges come from the part's index of the selected streams (`part_ranges`), and a part
+        // wholly inside the time range needs no row checked against it.
+        let known = Known {
+            in_streams: self.streams.is_some(),
+            in_time: part.meta.min_time >= self.req.start_ns && part.meta.max_time < self.req.end_ns,
+        };
         for batch in reader {
             let batch = crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?;
-            let filtered = self.filter(&batch)?;
+            let filtered = self.filter(&batch, known)?;
             if filtered.num_rows() == 0 {
                 continue;
             }
@@ -332,40 +339,62 @@ impl ScanPlan {
         }
     }
 
-    /// Applies the time range, the stream set and the substrings exactly.
-    fn filter(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    /// Applies the time range, the stream set and the substrings exactly, except what `known` says the
+    /// indexes have decided already for every row of the batch.
+    fn filter(&self, batch: &RecordBatch, known: Known) -> Result<RecordBatch> {
         let n = batch.num_rows();
-        let mut mask = BooleanBufferBuilder::new(n);
-        mask.append_n(n, true);
-        if let Some(times) = batch.column_by_name(TIME) {
-            let times = times.as_primitive::<TimestampNanosecondType>();
-            for (i, t) in times.values().iter().enumerate() {
-                if *t < self.req.start_ns || *t >= self.req.end_ns {
-                    mask.set_bit(i, false);
-                }
-            }
+        // `None` while every row passes.
+        let mut mask: Option<BooleanBuffer> = None;
+        let keep = |mask: &mut Option<BooleanBuffer>, m: BooleanBuffer| {
+            *mask = Some(match mask.take() {
+                Some(a) => &a & &m,
+                None => m,
+            });
+        };
+        if !known.in_time
+            && let Some(times) = batch.column_by_name(TIME)
+        {
+            let (start, end) = (self.req.start_ns, self.req.end_ns);
+            let times = times.as_primitive::<TimestampNanosecondType>().values();
+            keep(&mut mask, BooleanBuffer::collect_bool(n, |i| times[i] >= start && times[i] < end));
         }
-        if let (Some(set), Some(ids)) = (&self.streams, batch.column_by_name(STREAM_ID)) {
-            let ids = ids.as_primitive::<UInt64Type>();
-            for (i, id) in ids.values().iter().enumerate() {
-                if !set.contains(id) {
-                    mask.set_bit(i, false);
-                }
-            }
+        if !known.in_streams
+            && let (Some(set), Some(ids)) = (&self.streams, batch.column_by_name(STREAM_ID))
+        {
+            // Rows come sorted by stream, so the set is asked once per run of one stream, not per row.
+            let ids = ids.as_primitive::<UInt64Type>().values();
+            let mut last: Option<(u64, bool)> = None;
+            keep(
+                &mut mask,
+                BooleanBuffer::collect_bool(n, |i| match last {
+                    Some((id, inside)) if id == ids[i] => inside,
+                    _ => {
+                        let inside = set.contains(&ids[i]);
+                        last = Some((ids[i], inside));
+                        inside
+                    }
+                }),
+            );
         }
         if !self.req.line_contains.is_empty()
             && let Some(msgs) = batch.column_by_name(MESSAGE)
         {
             let msgs = msgs.as_string::<i32>();
-            let finders: Vec<memchr::memmem::Finder<'_>> =
-                self.req.line_contains.iter().map(|s| memchr::memmem::Finder::new(s.as_bytes())).collect();
-            for i in 0..n {
-                if mask.get_bit(i) {
-                    let line = msgs.value(i).as_bytes();
-                    if !finders.iter().all(|f| f.find(line).is_some()) {
-                        mask.set_bit(i, false);
-                    }
-                }
+            let mut needles = self.req.line_contains.iter().filter(|s| !s.is_empty());
+            // The first substring is searched for in the column's buffer at once; the others only in the
+            // lines still in.
+            if let Some(first) = needles.next() {
+                keep(&mut mask, rows_containing(msgs, &memchr::memmem::Finder::new(first.as_bytes())));
+            }
+            let rest: Vec<memchr::memmem::Finder<'_>> =
+                needles.map(|s| memchr::memmem::Finder::new(s.as_bytes())).collect();
+            if !rest.is_empty()
+                && let Some(m) = &mask
+            {
+                let m = BooleanBuffer::collect_bool(n, |i| {
+                    m.value(i) && rest.iter().all(|f| f.find(msgs.value(i).as_bytes()).is_some())
+                });
+                keep(&mut mask, m);
             }
         }
         if !self.deletes.is_empty()
@@ -374,22 +403,68 @@ impl ScanPlan {
             let times = times.as_primitive::<TimestampNanosecondType>();
             let ids = ids.as_primitive::<UInt64Type>();
             let msgs = batch.column_by_name(MESSAGE).map(|m| m.as_string::<i32>());
-            for i in 0..n {
-                if mask.get_bit(i) {
-                    let (id, t) = (ids.value(i), times.value(i));
-                    let line = || msgs.map(|m| m.value(i).to_string());
-                    if self.deletes.iter().any(|d| d.covers(id, t, line)) {
-                        mask.set_bit(i, false);
-                    }
+            let kept = BooleanBuffer::collect_bool(n, |i| {
+                if !mask.as_ref().is_none_or(|m| m.value(i)) {
+                    return false;
                 }
-            }
+                let (id, t) = (ids.value(i), times.value(i));
+                let line = || msgs.map(|m| m.value(i).to_string());
+                !self.deletes.iter().any(|d| d.covers(id, t, line))
+            });
+            keep(&mut mask, kept);
         }
-        let mask = BooleanArray::new(mask.finish(), None);
+        let Some(mask) = mask else {
+            return Ok(batch.clone());
+        };
+        let mask = BooleanArray::new(mask, None);
         if mask.true_count() == n {
             return Ok(batch.clone());
         }
         Ok(filter_record_batch(batch, &mask)?)
     }
+}
+
+/// What the indexes have decided already for every row of a batch, so that [`ScanPlan::filter`] need
+/// not check it again row by row.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// Every row is of a selected stream: the rows were read from the part's row ranges of those streams.
+    in_streams: bool,
+    /// Every row is inside the time range: the part's whole time range is.
+    in_time: bool,
+}
+
+/// The rows of `lines` that contain the finder's needle (not empty), found by searching the column's
+/// value buffer from one line to the next rather than calling the searcher once per line: on lines that
+/// rarely match, the search runs over many lines per call. A match that runs over the end of its line
+/// does not count, and the search goes on from the next line.
+fn rows_containing(lines: &StringArray, finder: &memchr::memmem::Finder<'_>) -> BooleanBuffer {
+    let n = lines.len();
+    let mut out = BooleanBufferBuilder::new(n);
+    out.append_n(n, false);
+    if n == 0 {
+        return out.finish();
+    }
+    let offsets = lines.value_offsets();
+    let values = lines.value_data();
+    let needle = finder.needle().len();
+    let end = offsets[n] as usize;
+    let (mut pos, mut row) = (offsets[0] as usize, 0usize);
+    while pos < end {
+        let Some(found) = finder.find(&values[pos..end]) else {
+            break;
+        };
+        let at = pos + found;
+        // The line holding `at`: the last one starting at or before it (empty lines skipped).
+        row += offsets[row + 1..].partition_point(|&o| o as usize <= at);
+        let line_end = offsets[row + 1] as usize;
+        if at + needle <= line_end {
+            out.set_bit(row, true);
+        }
+        pos = line_end;
+        row += 1;
+    }
+    out.finish()
 }
 
 /// The intersection of two sorted lists of disjoint ranges.
@@ -469,6 +544,57 @@ mod tests {
         let m = LabelMatcher::new("app", MatchOp::Nre, "a.*").unwrap();
         assert!(m.matches("") && !m.matches("abc"));
         assert!(LabelMatcher::new("a", MatchOp::Re, "(").is_err());
+    }
+
+    /// The buffer-wide search finds exactly the lines a search per line finds (issue 23): matches that
+    /// run over a line's end, empty and null lines, a match in the line after such a run.
+    #[test]
+    fn substring_search_over_the_buffer() {
+        let per_line = |lines: &StringArray, needle: &str| -> Vec<bool> {
+            (0..lines.len()).map(|i| lines.value(i).contains(needle)).collect()
+        };
+        let lines = StringArray::from(vec![
+            Some("a"),
+            Some("aa"),
+            Some("xxerr"),
+            Some("or error"),
+            None,
+            Some(""),
+            Some("erro"),
+            Some("r"),
+            Some("error"),
+            Some("no"),
+        ]);
+        for needle in ["a", "aa", "error", "err", "or", "r", "zz", "oerr"] {
+            let found = rows_containing(&lines, &memchr::memmem::Finder::new(needle));
+            assert_eq!(found.iter().collect::<Vec<_>>(), per_line(&lines, needle), "{needle}");
+        }
+        // A sliced array starts its offsets past 0.
+        let sliced = lines.slice(3, 6);
+        for needle in ["error", "r", "o"] {
+            let found = rows_containing(&sliced, &memchr::memmem::Finder::new(needle));
+            assert_eq!(found.iter().collect::<Vec<_>>(), per_line(&sliced, needle), "{needle}");
+        }
+        // Pseudo-random lines over a small alphabet, so that matches across line ends are frequent.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let lines: StringArray = (0..next() % 40)
+                .map(|_| {
+                    let len = next() % 6;
+                    Some((0..len).map(|_| ["a", "b", "ab"][(next() % 3) as usize]).collect::<String>())
+                })
+                .collect();
+            for needle in ["ab", "aba", "bb", "abab", "b"] {
+                let found = rows_containing(&lines, &memchr::memmem::Finder::new(needle));
+                assert_eq!(found.iter().collect::<Vec<_>>(), per_line(&lines, needle), "{needle}");
+            }
+        }
     }
 
     #[test]

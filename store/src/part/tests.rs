@@ -1,0 +1,123 @@
+use arrow::array::{ArrayRef, StringArray, TimestampNanosecondArray, UInt64Array};
+use arrow::datatypes::Schema;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::serialized_reader::ReadOptionsBuilder;
+
+use super::*;
+use crate::manifest::TimeUnitTag;
+
+fn meta() -> PartMeta {
+    PartMeta {
+        id: 1,
+        tenant: "default".to_string(),
+        day: 0,
+        min_time: 0,
+        max_time: 0,
+        rows: 0,
+        parquet_bytes: 0,
+        index_bytes: 0,
+        labels: Vec::new(),
+        fields: Vec::new(),
+        shared_fields: Vec::new(),
+        level: 0,
+        time_unit: TimeUnitTag::Ns,
+    }
+}
+
+fn options() -> WriteOptions {
+    WriteOptions { zstd_level: 3, token_filter_bits: 10, index_numbers: false }
+}
+
+/// Rows of streams 1..=5 in order, with runs of 3000, 20, 20, 5000 and 1 rows: lines of about 60 bytes,
+/// so the first and fourth runs pass [`PAGE_RUN_BYTES`] and the small ones in between do not.
+fn runs() -> Vec<(u64, usize)> {
+    vec![(1, 3000), (2, 20), (3, 20), (4, 5000), (5, 1)]
+}
+
+fn batch(schema: &SchemaRef) -> RecordBatch {
+    let (mut ids, mut times, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, n) in runs() {
+        for i in 0..n {
+            ids.push(id);
+            times.push(i as i64 * 1_000);
+            lines.push(format!("stream {id} line {i:06} {}", "x".repeat(40)));
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampNanosecondArray::from(times).with_timezone("UTC")),
+        Arc::new(UInt64Array::from(ids)),
+        Arc::new(StringArray::from(lines)),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).unwrap()
+}
+
+#[test]
+fn cuts_fall_where_a_large_run_starts_or_ends() {
+    let ids = [7, 7, 7, 8, 9, 9, 9, 9, 10];
+    // Line lengths: stream 7 has 30 bytes, 8 has 1, 9 has 40, 10 has 1.
+    let offsets = [0, 10, 20, 30, 31, 41, 51, 61, 71, 72];
+    assert_eq!(run_cuts(&ids, &offsets, 25), vec![3, 4, 8]);
+    assert_eq!(run_cuts(&ids, &offsets, 35), vec![4, 8]);
+    assert_eq!(run_cuts(&ids, &offsets, 100), Vec::<usize>::new());
+    assert_eq!(run_cuts(&[], &[0], 1), Vec::<usize>::new());
+}
+
+/// Issue 23: the `message` column of a part with several streams starts a data page where a large
+/// stream's run starts and where it ends, and a read of one stream's row range gives exactly its rows.
+#[test]
+fn message_pages_start_at_large_streams_and_a_stream_reads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema: SchemaRef = Arc::new(Schema::new(crate::head::base_fields().to_vec()));
+    let mut writer = PartWriter::create(dir.path(), meta(), schema.clone(), options()).unwrap();
+    let input = batch(&schema);
+    // Two row groups, the second starting inside stream 4's run.
+    writer.write_row_group(&input.slice(0, 5000)).unwrap();
+    writer.write_row_group(&input.slice(5000, input.num_rows() - 5000)).unwrap();
+    let part = writer.finish(dir.path()).unwrap();
+    assert_eq!(part.meta.rows, 8041);
+
+    // Page starts of the message column, in the part's row numbers.
+    let file = File::open(&part.parquet_path).unwrap();
+    let options = ReadOptionsBuilder::new().with_page_index().build();
+    let reader = SerializedFileReader::new_with_options(file, options).unwrap();
+    let metadata = reader.metadata();
+    let message = metadata.file_metadata().schema_descr().columns().iter().position(|c| c.name() == MESSAGE).unwrap();
+    // Compressed with the part's codec although written run by run.
+    for g in metadata.row_groups() {
+        let chunk = g.column(message);
+        assert!(matches!(chunk.compression(), parquet::basic::Compression::ZSTD(_)));
+        assert!(chunk.compressed_size() * 4 < chunk.uncompressed_size(), "{chunk:?}");
+    }
+    let mut page_starts = Vec::new();
+    let mut first_row = 0;
+    for (g, index) in metadata.offset_index().unwrap().iter().enumerate() {
+        page_starts.extend(index[message].page_locations.iter().map(|p| first_row + p.first_row_index as u64));
+        first_row += metadata.row_group(g).num_rows() as u64;
+    }
+    // Stream 1: rows 0..3000, then 2 and 3 (small) share a page up to stream 4 at 3040; the second
+    // row group starts at 5000; stream 4 ends at 8040, where stream 5's single row starts.
+    for start in [0, 3000, 3040, 5000, 8040] {
+        assert!(page_starts.contains(&start), "no page starts at row {start}: {page_starts:?}");
+    }
+    assert!(!page_starts.contains(&3020), "small runs share a page: {page_starts:?}");
+
+    // The index and the Parquet reader agree on each stream's rows.
+    for (id, n) in runs() {
+        let range = part.streams.iter().find(|s| s.id == id).unwrap();
+        assert_eq!(range.rows, n as u64);
+        let rows = range.first_row..range.first_row + range.rows;
+        let reader = part.reader(&[TIME, STREAM_ID, MESSAGE], Some(&[rows]), 1024).unwrap().unwrap();
+        let mut got = 0;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name(STREAM_ID).unwrap().as_primitive::<UInt64Type>();
+            let lines = batch.column_by_name(MESSAGE).unwrap().as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                assert_eq!(ids.value(row), id);
+                assert_eq!(lines.value(row), format!("stream {id} line {got:06} {}", "x".repeat(40)));
+                got += 1;
+            }
+        }
+        assert_eq!(got, n);
+    }
+}
