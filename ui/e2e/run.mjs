@@ -397,14 +397,23 @@ await step("time-picker", async () => {
       return q.get("from") === from && q.get("to") === to ? null : `from=${q.get("from")} to=${q.get("to")}, want ${from} and ${to}`;
     });
     const button = async () => (await p3.locator(".timepicker > button").innerText()).trim();
+    // The hash changes first and the button renders after it: wait for the text, not only the URL.
+    const utcWant = "2026-03-04 05:06:07 → 2026-03-04 06:07:08 UTC ▾";
+    await until("in UTC the range button does not name the range", async () => {
+      const text = await button();
+      return text === utcWant ? null : `it says ${JSON.stringify(text)}`;
+    });
     const utc = await button();
-    if (utc !== "2026-03-04 05:06:07 → 2026-03-04 06:07:08 UTC ▾") throw new Error(`in UTC the range button says ${JSON.stringify(utc)}`);
     await p3.screenshot({ path: join(out, "time-picker-utc.png") }).catch(() => {});
     await p3.click(".timepicker > button");
     await p3.selectOption(".popover .tz select", "local");
     await p3.click(".timepicker > button");
+    const localWant = "2026-03-04 10:36:07 → 2026-03-04 11:37:08 ▾";
+    await until("in Asia/Kolkata the range button does not name the range", async () => {
+      const text = await button();
+      return text === localWant ? null : `it says ${JSON.stringify(text)}`;
+    });
     const local = await button();
-    if (local !== "2026-03-04 10:36:07 → 2026-03-04 11:37:08 ▾") throw new Error(`in Asia/Kolkata the range button says ${JSON.stringify(local)}`);
     console.log(`     05:06:07–06:07:08 typed in UTC → from=${from}&to=${to}; the button says ${utc}, then in the browser's zone ${local}`);
   } finally {
     await ctx3.close();
