@@ -542,7 +542,7 @@ async fn a_query_over_more_samples_than_max_samples_is_refused_while_loading() {
     for phase in ["head", "parts"] {
         let (status, body) = ask("count_over_time(heavy_metric[1h])").await;
         assert_eq!(status, 422, "{phase}: {body}");
-        assert!(body.contains("too many samples"), "{phase}: {body}");
+        assert!(body.contains("too many samples") && body.contains("query.max_samples"), "{phase}: {body}");
         let (status, body) = ask("count_over_time(heavy_metric[10m])").await;
         assert_eq!(status, 200, "{phase}: a query within the limit answers: {body}");
         server.flush().await;

@@ -449,9 +449,13 @@ pub(super) fn merge_same_labels(series: Vec<VSeries>) -> Result<Vec<VSeries>, Ev
     Ok(out)
 }
 
-/// The error for exceeding `max_samples`.
+/// The error for exceeding `max_samples`: Prometheus' words, then the key that sets the limit.
 pub fn too_many_samples() -> EvalError {
-    EvalError::Execution("query processing would load too many samples into memory in query execution".into())
+    EvalError::Execution(
+        "query processing would load too many samples into memory in query execution (past query.max_samples: \
+         narrow the time range or the selector, raise the step, or raise query.max_samples)"
+            .into(),
+    )
 }
 
 /// The error for duplicate output label sets.
