@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
@@ -91,6 +92,9 @@ pub struct Syncer {
     last_files: Option<Vec<CommitFile>>,
     /// Syncs that ended well, for the orphan sweep's rhythm.
     done: u64,
+    /// The object keys of the commits read or written, by number: a commit never changes, so the
+    /// clean-up after each sync reads none it already knows (pruned with the commits it deletes).
+    commit_keys: std::collections::BTreeMap<u64, Arc<BTreeSet<String>>>,
     orphan_min_age: std::time::Duration,
     metrics: SyncMetrics,
 }
@@ -115,6 +119,7 @@ impl Syncer {
             verified: false,
             last_files: None,
             done: 0,
+            commit_keys: std::collections::BTreeMap::new(),
             orphan_min_age: ORPHAN_MIN_AGE,
             metrics,
         }
@@ -207,6 +212,7 @@ impl Syncer {
             "synced into the bucket"
         );
         report.commit = Some(commit.seq);
+        self.commit_keys.insert(commit.seq, Arc::new(files.iter().map(|f| f.key.clone()).collect()));
         self.last_files = Some(files);
         match self.collect_garbage().await {
             Ok(n) => report.deleted_objects += n,
@@ -292,12 +298,12 @@ impl Syncer {
         let (old, kept) = seqs.split_at(seqs.len() - self.keep_commits);
         let mut live: BTreeSet<String> = BTreeSet::new();
         for &seq in kept {
-            live.extend(self.bucket.read_commit(seq).await?.files.into_iter().map(|f| f.key));
+            live.extend(self.keys_of(seq).await?.iter().cloned());
         }
         let mut deleted = 0;
         for &seq in old {
-            let doomed: Vec<String> = match self.bucket.read_commit(seq).await {
-                Ok(c) => c.files.into_iter().map(|f| f.key).filter(|k| !live.contains(k)).collect(),
+            let doomed: Vec<String> = match self.keys_of(seq).await {
+                Ok(keys) => keys.iter().filter(|k| !live.contains(*k)).cloned().collect(),
                 // A commit this build cannot read names nothing it can judge: drop only the commit.
                 Err(e) => {
                     tracing::warn!(seq, error = %e, "storage: an old commit cannot be read; deleting it alone");
@@ -306,6 +312,7 @@ impl Syncer {
             };
             // The commit goes first: no commit ever names a deleted object.
             self.bucket.delete_commit(seq).await?;
+            self.commit_keys.remove(&seq);
             for key in doomed {
                 match self.bucket.store().delete(&self.bucket.key(&key)).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {
@@ -319,6 +326,17 @@ impl Syncer {
         }
         Ok(deleted)
     }
+
+    /// The object keys commit `seq` names, read once.
+    async fn keys_of(&mut self, seq: u64) -> Result<Arc<BTreeSet<String>>, String> {
+        if let Some(k) = self.commit_keys.get(&seq) {
+            return Ok(k.clone());
+        }
+        let keys: Arc<BTreeSet<String>> =
+            Arc::new(self.bucket.read_commit(seq).await?.files.into_iter().map(|f| f.key).collect());
+        self.commit_keys.insert(seq, keys.clone());
+        Ok(keys)
+    }
 }
 
 impl Syncer {
@@ -327,7 +345,7 @@ impl Syncer {
     async fn sweep_orphans(&mut self, current: &[CommitFile]) -> Result<usize, String> {
         let mut live: BTreeSet<String> = current.iter().map(|f| f.key.clone()).collect();
         for seq in self.bucket.commit_numbers().await? {
-            live.extend(self.bucket.read_commit(seq).await?.files.into_iter().map(|f| f.key));
+            live.extend(self.keys_of(seq).await?.iter().cloned());
         }
         if let Some(files) = &self.last_files {
             live.extend(files.iter().map(|f| f.key.clone()));
