@@ -492,6 +492,17 @@ impl Pressure {
             iec(s.resident.load(Ordering::Relaxed))
         ))
     }
+
+    /// [`Pressure::admit_query`] for a query of `api`, counting a refusal in
+    /// `lumen_memory_refused_queries_total{api}`.
+    ///
+    /// # Errors
+    /// As `admit_query`.
+    pub fn admit_query_of(&self, api: &str) -> Result<(), String> {
+        self.admit_query().inspect_err(|_| {
+            self.metrics().refused_queries.get_or_create(&vec![("api".to_string(), api.to_string())]).inc();
+        })
+    }
 }
 
 /// The paths that run a LogQL, PromQL or SQL query (or scan logs like one); metadata lookups (labels,
@@ -520,9 +531,8 @@ fn query_api(path: &str) -> Option<&'static str> {
 /// `Retry-After` and a message naming `server.memory_limit`, and counted.
 pub async fn refuse_queries(State(pressure): State<Pressure>, req: Request, next: Next) -> Response {
     if let Some(api) = query_api(req.uri().path())
-        && let Err(message) = pressure.admit_query()
+        && let Err(message) = pressure.admit_query_of(api)
     {
-        pressure.metrics().refused_queries.get_or_create(&vec![("api".to_string(), api.to_string())]).inc();
         let mut resp = (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response();
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return resp;

@@ -237,10 +237,7 @@ impl ruler::backend::QueryGate for RuleGate {
         let pressure = self.pressure.clone();
         let tenant = tenant.as_str().to_string();
         Box::pin(async move {
-            if let Err(message) = pressure.admit_query() {
-                pressure.metrics().refused_queries.get_or_create(&vec![("api".to_string(), "ruler".to_string())]).inc();
-                return Err(message);
-            }
+            pressure.admit_query_of("ruler")?;
             let slot = limits.query_slot(&tenant).await?;
             Ok(Box::new(slot) as Box<dyn Send>)
         })

@@ -161,18 +161,8 @@ impl Syncer {
     }
 
     async fn seed(&mut self) -> Result<(), String> {
-        for dir in ["data", "objects"] {
-            let prefix = self.bucket.key(dir);
-            let metas: Vec<_> = self
-                .bucket
-                .store()
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.bucket.describe()))?;
-            for m in metas {
-                self.known.insert(self.bucket.unprefixed(&m.location).to_string());
-            }
+        for m in self.stored_objects().await? {
+            self.known.insert(self.bucket.unprefixed(&m.location).to_string());
         }
         self.last_files = self.bucket.latest_commit().await?.map(|c| c.files);
         self.seeded = true;
@@ -314,17 +304,45 @@ impl Syncer {
             self.bucket.delete_commit(seq).await?;
             self.commit_keys.remove(&seq);
             for key in doomed {
-                match self.bucket.store().delete(&self.bucket.key(&key)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                        self.known.remove(&key);
-                        deleted += 1;
-                        self.metrics.deleted_objects.inc();
-                    }
-                    Err(e) => tracing::warn!(key, error = %e, "storage: cannot delete an object no commit names"),
+                if self.delete_object(&key).await {
+                    deleted += 1;
                 }
             }
         }
         Ok(deleted)
+    }
+
+    /// Deletes the object `key` (no commit names it), counted; false when the store refused (logged; a
+    /// later clean-up tries again).
+    async fn delete_object(&mut self, key: &str) -> bool {
+        match self.bucket.store().delete(&self.bucket.key(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.known.remove(key);
+                self.metrics.deleted_objects.inc();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "storage: cannot delete an object no commit names");
+                false
+            }
+        }
+    }
+
+    /// Every object under `data/` and `objects/`: what commits may name.
+    async fn stored_objects(&self) -> Result<Vec<object_store::ObjectMeta>, String> {
+        let mut out = Vec::new();
+        for dir in ["data", "objects"] {
+            let prefix = self.bucket.key(dir);
+            let metas: Vec<_> = self
+                .bucket
+                .store()
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.bucket.describe()))?;
+            out.extend(metas);
+        }
+        Ok(out)
     }
 
     /// The object keys commit `seq` names, read once.
@@ -352,28 +370,13 @@ impl Syncer {
         }
         let cutoff = std::time::SystemTime::now() - self.orphan_min_age;
         let mut deleted = 0;
-        for dir in ["data", "objects"] {
-            let prefix = self.bucket.key(dir);
-            let metas: Vec<_> = self
-                .bucket
-                .store()
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.bucket.describe()))?;
-            for m in metas {
-                let key = self.bucket.unprefixed(&m.location).to_string();
-                if live.contains(&key) || std::time::SystemTime::from(m.last_modified) > cutoff {
-                    continue;
-                }
-                match self.bucket.store().delete(&m.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                        self.known.remove(&key);
-                        deleted += 1;
-                        self.metrics.deleted_objects.inc();
-                    }
-                    Err(e) => tracing::warn!(key, error = %e, "storage: cannot delete an object no commit names"),
-                }
+        for m in self.stored_objects().await? {
+            let key = self.bucket.unprefixed(&m.location).to_string();
+            if !live.contains(&key)
+                && std::time::SystemTime::from(m.last_modified) <= cutoff
+                && self.delete_object(&key).await
+            {
+                deleted += 1;
             }
         }
         if deleted > 0 {
@@ -384,7 +387,7 @@ impl Syncer {
 }
 
 /// Every file under `root`, as (path relative to `root` with `/` separators, absolute path).
-fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+pub(crate) fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

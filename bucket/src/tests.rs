@@ -59,21 +59,6 @@ impl ObjectStore for NoConditions {
     }
 }
 
-fn walkdir(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
-}
-
 fn file(path: &str, key: &str, bytes: u64) -> CommitFile {
     CommitFile { path: path.into(), key: key.into(), bytes }
 }
@@ -163,7 +148,8 @@ async fn restore_fills_an_empty_directory_and_leaves_a_full_one_alone() {
     let err = bucket.restore_if_empty(other.path()).await.unwrap_err();
     assert!(err.contains("refusing to restore a damaged file"), "{err}");
     assert!(!other.path().join("manifest.json").exists(), "no manifest after a failed restore");
-    let leftovers: Vec<_> = walkdir(other.path()).into_iter().filter(|p| p.ends_with(".restore.tmp")).collect();
+    let leftovers: Vec<_> =
+        crate::sync::walk(other.path()).unwrap().into_iter().filter(|(p, _)| p.ends_with(".restore.tmp")).collect();
     assert!(leftovers.is_empty(), "a failed restore leaves nothing: {leftovers:?}");
     bucket.append_commit("n", vec![file("../escape", "objects/m", 2)]).await.unwrap();
     let err = bucket.restore_if_empty(other.path()).await.unwrap_err();
