@@ -321,6 +321,19 @@ impl Config {
                 self.store.retention_max_disk.display().iec()
             );
         }
+        let cache = self.storage.cache_max_bytes.as_u64();
+        if let Some(budget) = self.disk_budget()
+            && self.storage.backend == bucket::Backend::S3
+            && cache > 0
+            && cache >= budget.as_u64()
+        {
+            bail!(
+                "storage.cache_max_bytes ({}) must stay below the disk budget store.retention_max_disk ({}): the \
+                 budget deletes data everywhere, the cache only evicts the local copy of what the bucket holds",
+                self.storage.cache_max_bytes.display().iec(),
+                budget.display().iec()
+            );
+        }
         self.retention_rules()?;
         if s.retention < Duration::from_secs(3600) {
             bail!("server.retention = {} is below the minimum of 1h", humantime::format_duration(s.retention));

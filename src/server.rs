@@ -108,6 +108,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // state of its own filled from the bucket's newest commit before the stores open.
     let bucket = bucket::Bucket::open(&config.storage).map_err(anyhow::Error::msg)?;
     let mut bucket_verified = false;
+    // The commit the data directory was restored from: it holds all of it (the writer lease's check).
+    let mut restored_commit = None;
     if let Some(b) = &bucket {
         match b.check_conditional_create().await {
             Ok(()) => bucket_verified = true,
@@ -120,8 +122,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         std::fs::create_dir_all(&s.data_dir)
             .with_context(|| format!("cannot create the data directory {}", s.data_dir.display()))?;
-        if bucket_verified && let Some(r) = b.restore_if_empty(&s.data_dir).await.map_err(anyhow::Error::msg)? {
-            tracing::info!(commit = r.commit, files = r.files, bytes = r.bytes, bucket = %b.describe(), "data directory restored from the bucket");
+        let warm = Some(config.storage.cache_max_bytes.as_u64()).filter(|&b| b > 0);
+        if bucket_verified
+            && let Some(r) = b.restore_if_empty_within(&s.data_dir, warm).await.map_err(anyhow::Error::msg)?
+        {
+            tracing::info!(commit = r.commit, files = r.files, bytes = r.bytes, left_in_bucket = r.left_in_bucket, bucket = %b.describe(), "data directory restored from the bucket");
+            restored_commit = Some(r.commit);
         }
     }
     let mut registry = Registry::default();
@@ -146,16 +152,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metric_store = tokio::task::block_in_place(|| MetricStore::open(options, &mut registry))
         .with_context(|| format!("cannot open the metric store in {}", s.data_dir.display()))?;
     crate::process_metrics::register(&mut registry);
+    let cache_metrics = bucket.as_ref().map(|b| {
+        let metrics = bucket::cache::CacheMetrics::register(&mut registry);
+        let parts: Arc<dyn store::remote::RemoteParts> = bucket::cache::BucketParts::new(b.clone(), metrics.clone());
+        store.attach_remote(parts.clone());
+        metric_store.attach_remote(parts);
+        metrics
+    });
     let syncer = bucket.map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
+        let node = crate::config::node_name("");
+        // Only the holder of the lease `writer` syncs: a second server on this bucket and prefix waits.
+        let lease = bucket::lease::Lease::new(
+            b.clone(),
+            bucket::lease::WriterLease::NAME,
+            &node,
+            config.storage.lease_ttl(),
+        );
+        let lease = bucket::lease::WriterLease::new(lease, bucket::lease::LeaseMetrics::register(&mut registry))
+            .with_base_commit(restored_commit);
         let syncer = bucket::sync::Syncer::new(
             b,
             store.clone(),
             metric_store.clone(),
-            crate::config::node_name(""),
+            node,
             config.storage.keep_commits,
             bucket::sync::SyncMetrics::register(&mut registry),
-        );
+        )
+        .with_lease(lease);
+        let syncer = match (config.storage.cache_max_bytes.as_u64(), cache_metrics) {
+            (max, Some(metrics)) if max > 0 => syncer.with_cache(max, metrics),
+            _ => syncer,
+        };
         Arc::new(tokio::sync::Mutex::new(if bucket_verified { syncer.verified() } else { syncer }))
     });
     let ingest = IngestMetrics::register(&mut registry);
@@ -425,13 +453,19 @@ impl Running {
         // What the final flush wrote goes into the bucket too. A failure is logged, not returned: the
         // local data directory holds everything, and the next start's sync uploads it.
         if let Some(syncer) = self.syncer {
-            match syncer.lock().await.sync_once().await {
+            let mut syncer = syncer.lock().await;
+            match syncer.sync_once().await {
+                Ok(report) if report.waiting => {}
                 Ok(report) => {
                     tracing::info!(commit = ?report.commit, files = report.files, uploaded = report.uploaded_objects, "final sync into the bucket");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the final sync into the bucket ([storage]) failed; the local data directory holds everything and the next start syncs it");
                 }
+            }
+            // A successor need not wait for the lease to expire.
+            if let Err(e) = syncer.release_lease().await {
+                tracing::warn!(error = %e, "storage: the writer lease could not be released; a successor takes it over after storage.lease_ttl");
             }
         }
         tracing::info!("lumen server stopped");

@@ -5,7 +5,8 @@
 //! - [`Bucket`]: the client ([`object_store`]'s S3 implementation; credentials from the environment or
 //!   files, never from the config file) and [`Bucket::check_conditional_create`], the start-up check that
 //!   the store really refuses a second create of the same key (some S3 imitations ignore
-//!   `If-None-Match`), without which commits could silently overwrite each other.
+//!   `If-None-Match`), without which commits could silently overwrite each other, and a replacement
+//!   naming a stale ETag (`If-Match`), without which two servers could hold the writer lease.
 //! - [`commit`]: the commit log, `commits/<seq, 20 digits>.json`, each written with a conditional create
 //!   (`PutMode::Create`), so that two writers can never both believe they wrote commit N.
 //! - [`sync`]: every `storage.sync_interval` (and once more at shutdown), a consistent view of the data
@@ -13,15 +14,22 @@
 //!   `data/<their path>` (they never change), everything else (manifests, catalogs, delivery marks)
 //!   content-addressed under `objects/<hash>`, then a commit naming every file; old commits and the
 //!   objects only they named are deleted.
+//! - [`lease`]: a lease object taken with conditional writes; only the holder of the lease `writer`
+//!   syncs, so that two servers pointed at one bucket and prefix never alternate commits or delete what
+//!   the other's commits name. A second server waits, and takes over when the holder stops renewing.
 //! - [`restore`]: a server whose data directory holds no data of its own (no manifest, part, catalog or
-//!   written WAL segment) downloads the newest commit's files before it opens its stores.
+//!   written WAL segment) downloads the newest commit's files before it opens its stores; with
+//!   `storage.cache_max_bytes`, only the newest parts up to that size.
+//! - [`cache`]: the local disk as a bounded cache of the bucket's parts: evicted after a sync while over
+//!   `storage.cache_max_bytes`, fetched back when a read needs them.
 //!
 //! What the bucket holds is what was flushed: acknowledged writes still in the head are in the local
 //! write-ahead log only (the durability contract does not change), and a graceful stop flushes and
-//! syncs them. Local disk stays the full copy here; reading parts from the bucket through a bounded
-//! cache, and several nodes on one bucket, are the next steps of issue 22.
+//! syncs them. Several nodes on one bucket are the next step of issue 22.
 
+pub mod cache;
 pub mod commit;
+pub mod lease;
 pub mod restore;
 pub mod sync;
 
@@ -70,6 +78,15 @@ pub struct StorageConfig {
     pub sync_interval: Duration,
     /// Commits kept in the bucket (older ones and the objects only they name are deleted); at least 1.
     pub keep_commits: usize,
+    /// Part bytes kept on the local disk; beyond them, the least recently read parts the bucket holds are
+    /// evicted and fetched again when read, and a restore downloads only the newest this much. 0: no
+    /// bound (every part stays local too).
+    pub cache_max_bytes: bytesize::ByteSize,
+    /// How long the writer lease stays with a server that stopped renewing it (it renews at every sync)
+    /// before another server on the same bucket and prefix takes it over; "0s" (default): the larger of
+    /// 30s and 3 × `sync_interval`. At least 2 × `sync_interval`.
+    #[serde(with = "store::config::duration")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for StorageConfig {
@@ -85,6 +102,8 @@ impl Default for StorageConfig {
             secret_access_key_file: PathBuf::new(),
             sync_interval: Duration::from_secs(10),
             keep_commits: 3,
+            cache_max_bytes: bytesize::ByteSize::b(0),
+            lease_ttl: Duration::ZERO,
         }
     }
 }
@@ -107,12 +126,23 @@ impl StorageConfig {
         if self.keep_commits == 0 {
             return Err("storage.keep_commits must be at least 1".into());
         }
+        if !self.lease_ttl.is_zero() && self.lease_ttl < 2 * self.sync_interval {
+            return Err(format!(
+                "storage.lease_ttl ({:?}) must be at least twice storage.sync_interval ({:?}), or \"0s\" for the default",
+                self.lease_ttl, self.sync_interval
+            ));
+        }
         if self.access_key_id_file.as_os_str().is_empty() != self.secret_access_key_file.as_os_str().is_empty() {
             return Err("set both storage.access_key_id_file and storage.secret_access_key_file, or neither (then \
                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY come from the environment)"
                 .into());
         }
         Ok(())
+    }
+
+    /// `lease_ttl`, with "0s" resolved: the larger of 30s and 3 × `sync_interval`.
+    pub fn lease_ttl(&self) -> Duration {
+        if self.lease_ttl.is_zero() { (3 * self.sync_interval).max(Duration::from_secs(30)) } else { self.lease_ttl }
     }
 }
 
@@ -205,11 +235,13 @@ impl Bucket {
     }
 
     /// Creates one probe object twice with a conditional create: the second must be refused, or the store
-    /// ignores the condition and commits could overwrite each other. The probe is deleted after.
+    /// ignores the condition and commits could overwrite each other. Then replaces it naming an ETag it
+    /// does not have (If-Match): refused too, or two servers could hold the writer lease. The probe is
+    /// deleted after.
     ///
     /// # Errors
-    /// [`CheckError`]: the store cannot be reached, or it ignores conditional creates (the message says
-    /// which and what to do).
+    /// [`CheckError`]: the store cannot be reached, or it ignores conditional creates or replacements (the
+    /// message says which and what to do).
     pub async fn check_conditional_create(&self) -> Result<(), CheckError> {
         self.probe().await
     }
@@ -226,16 +258,37 @@ impl Bucket {
             .await
             .map_err(|e| CheckError::Unreachable(format!("storage: cannot write to {}: {e}", self.describe)))?;
         let second = create().await;
+        // And a replacement on an ETag the object does not have must be refused too (If-Match): the writer
+        // lease is renewed and taken over with it (see [`lease`]).
+        let stale = object_store::UpdateVersion { e_tag: Some("\"lumen-probe-stale-etag\"".into()), version: None };
+        let update = match second {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Some(
+                self.store
+                    .put_opts(&probe, PutPayload::from_static(b"lumen probe 2"), PutMode::Update(stale).into())
+                    .await,
+            ),
+            _ => None,
+        };
         let _ = self.store.delete(&probe).await;
-        match second {
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
-            Ok(_) => Err(CheckError::IgnoresConditions(format!(
+        match (second, update) {
+            (Err(_), Some(Err(object_store::Error::Precondition { .. }))) => Ok(()),
+            (Err(_), Some(Ok(_))) => Err(CheckError::IgnoresConditions(format!(
+                "storage: {} accepted a replacement of an object whose ETag did not match: it ignores If-Match, \
+                 which Lumen needs so that only one server holds the bucket's writer lease. Use a store that honours \
+                 it (AWS S3, MinIO, SeaweedFS, R2), or storage.backend = \"local\"",
+                self.describe
+            ))),
+            (Err(_), Some(Err(e))) => Err(CheckError::Unreachable(format!(
+                "storage: the conditional-replace (If-Match) check against {} failed: {e}",
+                self.describe
+            ))),
+            (Ok(_), _) => Err(CheckError::IgnoresConditions(format!(
                 "storage: {} accepted a second create of the same key: it ignores conditional writes \
                  (If-None-Match: *), which Lumen needs so that two writers never overwrite each other's commits. \
                  Use a store that honours them (AWS S3, MinIO, SeaweedFS, R2, recent Ceph), or storage.backend = \"local\"",
                 self.describe
             ))),
-            Err(e) => Err(CheckError::Unreachable(format!(
+            (Err(e), None) => Err(CheckError::Unreachable(format!(
                 "storage: the conditional-create check against {} failed: {e}",
                 self.describe
             ))),

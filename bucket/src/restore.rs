@@ -14,7 +14,30 @@ use crate::Bucket;
 pub struct Restored {
     pub commit: u64,
     pub files: usize,
+    /// Bytes downloaded.
     pub bytes: u64,
+    /// Part files left in the bucket (a sidecar stands in their place).
+    pub left_in_bucket: usize,
+}
+
+/// The part files of `commit` a restore leaves in the bucket: all but the newest `warm_bytes`.
+fn remote_parts(commit: &crate::commit::Commit, warm_bytes: Option<u64>) -> std::collections::HashSet<String> {
+    let Some(warm) = warm_bytes else {
+        return std::collections::HashSet::new();
+    };
+    let mut parts: Vec<&crate::commit::CommitFile> =
+        commit.files.iter().filter(|f| crate::cache::is_part_file(&f.path)).collect();
+    parts.sort_by_key(|f| std::cmp::Reverse(crate::cache::warm_order(&f.path)));
+    let mut used = 0u64;
+    let mut out = std::collections::HashSet::new();
+    for f in parts {
+        if used + f.bytes <= warm {
+            used += f.bytes;
+        } else {
+            out.insert(f.path.clone());
+        }
+    }
+    out
 }
 
 /// What a file being restored is called until every file arrived.
@@ -57,6 +80,19 @@ impl Bucket {
     /// A commit that cannot be read or names a path outside the data directory, or a download that
     /// fails: the server must not start empty over a bucket that holds data.
     pub async fn restore_if_empty(&self, data_dir: &Path) -> Result<Option<Restored>, String> {
+        self.restore_if_empty_within(data_dir, None).await
+    }
+
+    /// As [`Bucket::restore_if_empty`], downloading part files (newest day first) only up to `warm_bytes`;
+    /// the others get a sidecar and stay in the bucket until a read fetches them (see [`crate::cache`]).
+    ///
+    /// # Errors
+    /// As [`Bucket::restore_if_empty`].
+    pub async fn restore_if_empty_within(
+        &self,
+        data_dir: &Path,
+        warm_bytes: Option<u64>,
+    ) -> Result<Option<Restored>, String> {
         if has_local_state(data_dir) {
             return Ok(None);
         }
@@ -73,7 +109,8 @@ impl Bucket {
         }
         tracing::info!(commit = commit.seq, files = commit.files.len(), bucket = %self.describe(), "the data directory is empty: restoring it from the bucket");
         let mut staged = Vec::with_capacity(commit.files.len());
-        let result = self.download(data_dir, &commit, &mut staged).await;
+        let remote = remote_parts(&commit, warm_bytes);
+        let result = self.download(data_dir, &commit, &remote, &mut staged).await;
         if result.is_err() {
             // Nothing half-restored stays: the next start tries again from scratch.
             for (tmp, _) in &staged {
@@ -93,8 +130,14 @@ impl Bucket {
                 let _ = f.sync_all();
             }
         }
-        tracing::info!(commit = commit.seq, files = staged.len(), bytes, "restored the data directory from the bucket");
-        Ok(Some(Restored { commit: commit.seq, files: staged.len(), bytes }))
+        tracing::info!(
+            commit = commit.seq,
+            files = staged.len(),
+            bytes,
+            left_in_bucket = remote.len(),
+            "restored the data directory from the bucket"
+        );
+        Ok(Some(Restored { commit: commit.seq, files: staged.len(), bytes, left_in_bucket: remote.len() }))
     }
 
     /// Downloads every file of `commit` under its temporary name, listing each in `staged` as it is
@@ -103,17 +146,28 @@ impl Bucket {
         &self,
         data_dir: &Path,
         commit: &crate::commit::Commit,
+        remote: &std::collections::HashSet<String>,
         staged: &mut Vec<(std::path::PathBuf, std::path::PathBuf)>,
     ) -> Result<u64, String> {
         let mut bytes = 0u64;
         for f in &commit.files {
-            let dest = data_dir.join(&f.path);
+            let mut dest = data_dir.join(&f.path);
+            if remote.contains(&f.path) {
+                dest = store::remote::sidecar_path(&dest);
+            }
             let tmp = dest.with_file_name(format!(
                 "{}{TMP_SUFFIX}",
                 dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
             ));
             if let Some(parent) = dest.parent() {
                 tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            if remote.contains(&f.path) {
+                let sidecar = store::remote::Sidecar { bytes: f.bytes, row_groups: None, max_series_id: None };
+                let content = serde_json::to_vec(&sidecar).map_err(|e| e.to_string())?;
+                write_synced(&tmp, content).await?;
+                staged.push((tmp, dest));
+                continue;
             }
             let key = self.key(&f.key);
             let content = async { self.store().get(&key).await?.bytes().await }.await.map_err(|e| {
@@ -128,18 +182,23 @@ impl Bucket {
                 ));
             }
             bytes += f.bytes;
-            let tmp2 = tmp.clone();
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&tmp2)?;
-                file.write_all(&content)?;
-                file.sync_all()
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            write_synced(&tmp, content).await?;
             staged.push((tmp, dest));
         }
         Ok(bytes)
     }
+}
+
+/// Writes `content` to `path` and fsyncs it.
+async fn write_synced(path: &Path, content: impl AsRef<[u8]> + Send + 'static) -> Result<(), String> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&p)?;
+        file.write_all(content.as_ref())?;
+        file.sync_all()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{}: {e}", path.display()))
 }

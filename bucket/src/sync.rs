@@ -74,6 +74,8 @@ pub struct SyncReport {
     pub uploaded_objects: usize,
     pub uploaded_bytes: u64,
     pub deleted_objects: usize,
+    /// Nothing was done: another server holds the writer lease, or this one is behind the bucket.
+    pub waiting: bool,
 }
 
 /// Syncs one data directory into one bucket; one at a time (hold it in a mutex).
@@ -85,6 +87,11 @@ pub struct Syncer {
     keep_commits: usize,
     /// Keys known to be in the bucket.
     known: HashSet<String>,
+    /// The part objects (`data/…`) this writer may take as its own, with their sizes: those a kept commit
+    /// names, and those this process uploaded. Any other object under a part's key is an upload of a
+    /// writer that died before its commit (part ids start again from the restored commit), and is
+    /// overwritten, never named as if it held this part.
+    ours: std::collections::HashMap<String, u64>,
     seeded: bool,
     /// The store passed the conditional-create check (at start, or before this syncer's first commit).
     verified: bool,
@@ -97,6 +104,10 @@ pub struct Syncer {
     commit_keys: std::collections::BTreeMap<u64, Arc<BTreeSet<String>>>,
     orphan_min_age: std::time::Duration,
     metrics: SyncMetrics,
+    /// `storage.cache_max_bytes` and the cache's metrics: parts past it are evicted after each sync.
+    cache: Option<(u64, crate::cache::CacheMetrics)>,
+    /// The writer lease: without it (tests), this syncer assumes it is the only writer.
+    lease: Option<crate::lease::WriterLease>,
 }
 
 impl Syncer {
@@ -115,6 +126,7 @@ impl Syncer {
             node,
             keep_commits: keep_commits.max(1),
             known: HashSet::new(),
+            ours: std::collections::HashMap::new(),
             seeded: false,
             verified: false,
             last_files: None,
@@ -122,7 +134,61 @@ impl Syncer {
             commit_keys: std::collections::BTreeMap::new(),
             orphan_min_age: ORPHAN_MIN_AGE,
             metrics,
+            cache: None,
+            lease: None,
         }
+    }
+
+    /// Syncs only while holding the writer lease (see [`crate::lease`]).
+    pub fn with_lease(mut self, lease: crate::lease::WriterLease) -> Syncer {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Lets the writer lease go, after the final sync of a graceful stop, so that a successor need not
+    /// wait for it to expire.
+    ///
+    /// # Errors
+    /// The write failed (a successor waits for the lease's ttl).
+    pub async fn release_lease(&mut self) -> Result<(), String> {
+        match &mut self.lease {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Bounds the local part bytes to `max_bytes` after each sync, evicting what the bucket holds (see
+    /// [`crate::cache`]).
+    pub fn with_cache(mut self, max_bytes: u64, metrics: crate::cache::CacheMetrics) -> Syncer {
+        self.cache = Some((max_bytes, metrics));
+        self
+    }
+
+    /// Evicts local part files the newest commit names, least recently read first, while the local part
+    /// bytes are above the cache's bound. Returns the parts evicted.
+    async fn evict(&self) -> Result<usize, String> {
+        let (Some((budget, metrics)), Some(files)) = (&self.cache, &self.last_files) else {
+            return Ok(0);
+        };
+        let named: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
+        let (logs, metric_store, budget) = (self.logs.clone(), self.metric_store.clone(), *budget);
+        let report = tokio::task::spawn_blocking(move || {
+            store::remote::evict(&logs, &metric_store, budget, &|rel| named.contains(rel))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("storage: evicting parts from the local cache failed: {e}"))?;
+        metrics.evicted_parts.inc_by(report.evicted_parts as u64);
+        metrics.evicted_bytes.inc_by(report.evicted_bytes);
+        metrics.local_bytes.set((report.local_bytes - report.evicted_bytes) as i64);
+        if report.evicted_parts > 0 {
+            tracing::debug!(
+                parts = report.evicted_parts,
+                bytes = report.evicted_bytes,
+                "evicted parts the bucket holds from the local cache"
+            );
+        }
+        Ok(report.evicted_parts)
     }
 
     /// How old an object no commit names must be before a sweep deletes it (tests shorten it).
@@ -138,6 +204,7 @@ impl Syncer {
     /// A message naming what failed.
     pub async fn sync_once(&mut self) -> Result<SyncReport, String> {
         match self.sync_inner().await {
+            Ok(r) if r.waiting => Ok(r),
             Ok(r) => {
                 self.metrics.syncs.inc();
                 if let Some(seq) = r.commit {
@@ -164,6 +231,12 @@ impl Syncer {
         for m in self.stored_objects().await? {
             self.known.insert(self.bucket.unprefixed(&m.location).to_string());
         }
+        for seq in self.bucket.commit_numbers().await? {
+            let commit = self.bucket.read_commit(seq).await?;
+            for f in commit.files.iter().filter(|f| f.key.starts_with("data/")) {
+                self.ours.insert(f.key.clone(), f.bytes);
+            }
+        }
         self.last_files = self.bucket.latest_commit().await?.map(|c| c.files);
         self.seeded = true;
         Ok(())
@@ -173,6 +246,21 @@ impl Syncer {
         if !self.verified {
             self.bucket.check_conditional_create().await.map_err(|e| e.to_string())?;
             self.verified = true;
+        }
+        if let Some(lease) = &mut self.lease {
+            match lease.before_sync().await? {
+                crate::lease::Gate::Wait => return Ok(SyncReport { waiting: true, ..SyncReport::default() }),
+                // What this syncer knew of the bucket may be stale: another writer may have committed and
+                // deleted since.
+                crate::lease::Gate::Write { fresh: true } => {
+                    self.seeded = false;
+                    self.known.clear();
+                    self.ours.clear();
+                    self.commit_keys.clear();
+                    self.last_files = None;
+                }
+                crate::lease::Gate::Write { fresh: false } => {}
+            }
         }
         if !self.seeded {
             self.seed().await?;
@@ -185,16 +273,25 @@ impl Syncer {
         let (files, mut report) = result?;
         report.files = files.len();
         self.done += 1;
-        if self.done % ORPHAN_SWEEP_EVERY == 1 {
+        if self.done % ORPHAN_SWEEP_EVERY == 1 && self.lease.as_ref().is_none_or(|l| l.may_delete()) {
             match self.sweep_orphans(&files).await {
                 Ok(n) => report.deleted_objects += n,
                 Err(e) => tracing::warn!(error = %e, "storage: looking for unnamed objects in the bucket failed"),
             }
         }
         if self.last_files.as_ref() == Some(&files) {
+            if let Err(e) = self.evict().await {
+                tracing::warn!(error = %e, "storage: the local cache could not be trimmed; retried after the next sync");
+            }
             return Ok(report);
         }
+        if let Some(lease) = &mut self.lease {
+            lease.before_commit().await?;
+        }
         let commit = self.bucket.append_commit(&self.node, files.clone()).await?;
+        if let Some(lease) = &mut self.lease {
+            lease.committed(commit.seq);
+        }
         tracing::debug!(
             commit = commit.seq,
             files = files.len(),
@@ -204,10 +301,15 @@ impl Syncer {
         report.commit = Some(commit.seq);
         self.commit_keys.insert(commit.seq, Arc::new(files.iter().map(|f| f.key.clone()).collect()));
         self.last_files = Some(files);
-        match self.collect_garbage().await {
+        // Deletions only while the lease is valid by this server's clock: a successor may be acting.
+        let holding = self.lease.as_ref().is_none_or(|l| l.may_delete());
+        match if holding { self.collect_garbage().await } else { Ok(0) } {
             Ok(n) => report.deleted_objects += n,
             // The next sync tries again; nothing a commit names is ever deleted.
             Err(e) => tracing::warn!(error = %e, "storage: cleaning old commits out of the bucket failed"),
+        }
+        if let Err(e) = self.evict().await {
+            tracing::warn!(error = %e, "storage: the local cache could not be trimmed; retried after the next sync");
         }
         Ok(report)
     }
@@ -215,20 +317,59 @@ impl Syncer {
     async fn upload_view(&mut self, root: &Path) -> Result<(Vec<CommitFile>, SyncReport), String> {
         let mut report = SyncReport::default();
         let mut files = Vec::new();
-        for (rel, abs) in
-            walk(root).map_err(|e| format!("storage: cannot read the staged view {}: {e}", root.display()))?
-        {
+        let staged = walk(root).map_err(|e| format!("storage: cannot read the staged view {}: {e}", root.display()))?;
+        let present: HashSet<&str> = staged.iter().map(|(rel, _)| rel.as_str()).collect();
+        for (rel, abs) in &staged {
+            let (rel, abs) = (rel.clone(), abs.as_path());
+            if let Some(stem) = rel.strip_suffix(".remote") {
+                // A part the bucket holds and the local disk does not (evicted, or left there by a restore):
+                // the commit names its object as the earlier ones did.
+                let parquet = format!("{stem}.parquet");
+                if present.contains(parquet.as_str()) {
+                    continue;
+                }
+                let sidecar = store::remote::read_sidecar(&root.join(&parquet))
+                    .map_err(|e| format!("storage: {e}"))?
+                    .ok_or_else(|| format!("storage: the sidecar {rel} vanished from the staged view"))?;
+                let key = format!("data/{parquet}");
+                if self.ours.get(&key) != Some(&sidecar.bytes) {
+                    return Err(format!(
+                        "storage: {parquet} lives in the bucket only, but {key} is not in {}; the sync stops rather \
+                         than commit a state without it",
+                        self.bucket.describe()
+                    ));
+                }
+                files.push(CommitFile { path: parquet, key, bytes: sidecar.bytes });
+                continue;
+            }
+            if rel.ends_with(".fetch") || rel.ends_with(".remote-tmp") {
+                continue;
+            }
             let immutable = matches!(abs.extension().and_then(|x| x.to_str()), Some("parquet" | "idx"));
-            let bytes = std::fs::metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?.len();
+            let bytes = std::fs::metadata(abs).map_err(|e| format!("{}: {e}", abs.display()))?.len();
             let (key, content) = if immutable {
                 (format!("data/{rel}"), None)
             } else {
                 let content = tokio::fs::read(&abs).await.map_err(|e| format!("{}: {e}", abs.display()))?;
                 (crate::content_key(&content), Some(content))
             };
-            if !self.known.contains(&key) {
-                self.upload(&key, &abs, bytes, content).await?;
+            let upload = match (content.is_none(), self.ours.get(&key)) {
+                (true, Some(&b)) if b == bytes => false,
+                (true, Some(&b)) => {
+                    return Err(format!(
+                        "storage: the part {rel} ({bytes} bytes) has the name of another part the bucket keeps ({b} \
+                         bytes under {key}); the sync stops rather than name the wrong object"
+                    ));
+                }
+                (true, None) => true,
+                (false, _) => !self.known.contains(&key),
+            };
+            if upload {
+                self.upload(&key, abs, bytes, content).await?;
                 self.known.insert(key.clone());
+                if key.starts_with("data/") {
+                    self.ours.insert(key.clone(), bytes);
+                }
                 report.uploaded_objects += 1;
                 report.uploaded_bytes += bytes;
                 self.metrics.uploaded_objects.inc();
@@ -244,18 +385,15 @@ impl Syncer {
         let location = self.bucket.key(key);
         let fail = |e: &dyn std::fmt::Display| format!("storage: cannot upload {} to {location}: {e}", path.display());
         if bytes <= SINGLE_PUT_BYTES || content.is_some() {
+            // A content key names its content: an object already there holds these bytes. A part's key is
+            // written whatever is there: only the upload of a writer that died before naming it can be
+            // (see `ours`), as a multipart upload overwrites too.
+            let mode = if content.is_some() { PutMode::Create } else { PutMode::Overwrite };
             let content = match content {
                 Some(c) => c,
                 None => tokio::fs::read(path).await.map_err(|e| fail(&e))?,
             };
-            // Part names are never reused and content keys name their content: an object already there
-            // holds these bytes.
-            return match self
-                .bucket
-                .store()
-                .put_opts(&location, PutPayload::from(content), PutMode::Create.into())
-                .await
-            {
+            return match self.bucket.store().put_opts(&location, PutPayload::from(content), mode.into()).await {
                 Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                     Ok(())
                 }
@@ -318,6 +456,7 @@ impl Syncer {
         match self.bucket.store().delete(&self.bucket.key(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                 self.known.remove(key);
+                self.ours.remove(key);
                 self.metrics.deleted_objects.inc();
                 true
             }

@@ -11,51 +11,57 @@ use object_store::{
 use super::Bucket;
 use super::commit::CommitFile;
 
-/// A store that ignores conditional writes, as some S3 imitations do: every put overwrites.
+/// A store that ignores conditional writes, as some S3 imitations do: `If-Match` (every update overwrites)
+/// and, with `create`, `If-None-Match` too (every put overwrites).
 #[derive(Debug)]
-struct NoConditions(InMemory);
+struct Ignores {
+    inner: InMemory,
+    create: bool,
+}
 
-impl std::fmt::Display for NoConditions {
+impl std::fmt::Display for Ignores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NoConditions")
+        write!(f, "Ignores(create: {})", self.create)
     }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for NoConditions {
+impl ObjectStore for Ignores {
     async fn put_opts(
         &self,
         location: &ObjectPath,
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        opts.mode = PutMode::Overwrite;
-        self.0.put_opts(location, payload, opts).await
+        if self.create || matches!(opts.mode, PutMode::Update(_)) {
+            opts.mode = PutMode::Overwrite;
+        }
+        self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
         &self,
         location: &ObjectPath,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
+        self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
-        self.0.get_opts(location, options).await
+        self.inner.get_opts(location, options).await
     }
     fn delete_stream(
         &self,
         locations: BoxStream<'static, object_store::Result<ObjectPath>>,
     ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
-        self.0.delete_stream(locations)
+        self.inner.delete_stream(locations)
     }
     fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.0.list(prefix)
+        self.inner.list(prefix)
     }
     async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> object_store::Result<ListResult> {
-        self.0.list_with_delimiter(prefix).await
+        self.inner.list_with_delimiter(prefix).await
     }
     async fn copy_opts(&self, from: &ObjectPath, to: &ObjectPath, options: CopyOptions) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
+        self.inner.copy_opts(from, to, options).await
     }
 }
 
@@ -67,7 +73,7 @@ fn file(path: &str, key: &str, bytes: u64) -> CommitFile {
 async fn a_store_that_ignores_conditional_creates_is_refused() {
     let good = Bucket::with_store(Arc::new(InMemory::new()), "p");
     good.check_conditional_create().await.expect("InMemory honours PutMode::Create");
-    let bad = Bucket::with_store(Arc::new(NoConditions(InMemory::new())), "p");
+    let bad = Bucket::with_store(Arc::new(Ignores { inner: InMemory::new(), create: true }), "p");
     let err = bad.check_conditional_create().await.unwrap_err();
     assert!(matches!(err, super::CheckError::IgnoresConditions(_)), "{err:?}");
     let err = err.to_string();
@@ -246,4 +252,237 @@ mod syncer {
             mem.head(&ObjectPath::from(k.as_str())).await.unwrap_or_else(|e| panic!("{k} is named but missing: {e}"));
         }
     }
+
+    /// A writer killed after uploading a part and before its commit leaves the object; the writer restored
+    /// from the last commit numbers its next part the same. The sync writes the new part over it instead of
+    /// naming the dead writer's bytes.
+    #[tokio::test]
+    async fn an_unnamed_object_under_a_new_parts_key_is_overwritten_not_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, metrics) = stores(dir.path());
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bucket = Bucket::with_store(mem.clone(), "");
+        let mut syncer =
+            Syncer::new(bucket.clone(), logs.clone(), metrics.clone(), "n".into(), 2, SyncMetrics::default());
+        append(&logs, "a", 10).await;
+        logs.flush().await.unwrap();
+        let part = crate::sync::walk(dir.path())
+            .unwrap()
+            .into_iter()
+            .find(|(rel, _)| rel.ends_with(".parquet"))
+            .expect("a part");
+        let key = format!("data/{}", part.0);
+        mem.put(&ObjectPath::from(key.as_str()), PutPayload::from_static(b"a dead writer's part")).await.unwrap();
+
+        assert_eq!(syncer.sync_once().await.unwrap().commit, Some(1));
+        let named = bucket.latest_commit().await.unwrap().unwrap();
+        let f = named.files.iter().find(|f| f.path == part.0).unwrap();
+        assert_eq!(f.key, key);
+        let stored = mem.get(&ObjectPath::from(key.as_str())).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored.as_ref(), std::fs::read(&part.1).unwrap().as_slice(), "the object holds this part");
+    }
+}
+
+/// The writer lease (issue 22: "exactly one acts at a time ... a second one waits"), on `InMemory`,
+/// which honours `PutMode::Create` and `PutMode::Update` as S3 does; short ttls, real time.
+mod lease {
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+    use store::model::{Labels, LogBatch, LogEntry, Tenant};
+    use store::{LogStore, MetricStore, StoreConfig, StoreOptions};
+
+    use super::*;
+    use crate::lease::{Lease, LeaseError, LeaseMetrics, LeaseRecord, Observed, WriterLease};
+    use crate::sync::{SyncMetrics, Syncer};
+
+    const TTL: Duration = Duration::from_millis(300);
+
+    fn lease(bucket: &Bucket, node: &str) -> Lease {
+        Lease::new(bucket.clone(), "writer", node, TTL)
+    }
+
+    async fn record(store: &Arc<dyn ObjectStore>) -> LeaseRecord {
+        let bytes = store.get(&ObjectPath::from("p/leases/writer.json")).await.unwrap().bytes().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_holder_a_waiter_renewal_takeover_after_the_ttl_loss_and_release() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bucket = Bucket::with_store(store.clone(), "p");
+        let (mut a, mut b) = (lease(&bucket, "a"), lease(&bucket, "b"));
+        assert!(a.holder().starts_with("a/") && a.holder() != lease(&bucket, "a").holder(), "a random id per process");
+
+        // Absent: created by the first.
+        assert_eq!(a.acquire().await.unwrap(), Observed::Held);
+        assert!(a.is_valid());
+        let r = record(&store).await;
+        assert_eq!((r.holder.as_str(), r.node.as_str(), r.ttl_ms, r.released), (a.holder(), "a", 300, false));
+
+        // The second waits, and keeps waiting while the holder renews, however long that goes on.
+        for _ in 0..3 {
+            match b.acquire().await.unwrap() {
+                Observed::HeldBy { holder, expires_in } => {
+                    assert_eq!(holder, a.holder());
+                    assert!(expires_in <= TTL && expires_in > TTL / 2, "{expires_in:?}");
+                }
+                o => panic!("the second must wait: {o:?}"),
+            }
+            tokio::time::sleep(TTL * 2 / 3).await;
+            a.renew().await.unwrap();
+        }
+        assert!(!b.is_held());
+        assert_eq!(record(&store).await.renewals, 3);
+
+        // The holder stops renewing: once the record has not changed for the ttl by the waiter's clock,
+        // the waiter takes over.
+        assert!(matches!(b.acquire().await.unwrap(), Observed::HeldBy { .. }));
+        tokio::time::sleep(TTL + TTL / 3).await;
+        assert!(!a.is_valid(), "the old holder's own clock told it to stop first");
+        assert_eq!(b.acquire().await.unwrap(), Observed::Held);
+        assert_eq!(record(&store).await.holder, b.holder());
+
+        // The old holder finds out at its next renewal: its If-Match fails.
+        match a.renew().await {
+            Err(LeaseError::Lost { holder }) => assert_eq!(holder, b.holder()),
+            r => panic!("the old holder must find the lease lost: {r:?}"),
+        }
+        assert!(!a.is_held());
+        assert!(matches!(a.acquire().await.unwrap(), Observed::HeldBy { .. }), "and waits like any other");
+
+        // A release lets a waiter take it at once, without the ttl.
+        b.release().await.unwrap();
+        assert!(record(&store).await.released);
+        assert!(!b.is_held());
+        assert_eq!(a.acquire().await.unwrap(), Observed::Held);
+        b.release().await.unwrap();
+        assert_eq!(record(&store).await.holder, a.holder(), "releasing a lease not held writes nothing");
+    }
+
+    #[tokio::test]
+    async fn of_two_waiters_of_an_expired_lease_only_one_takes_it() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bucket = Bucket::with_store(store.clone(), "p");
+        let mut dead = lease(&bucket, "dead");
+        assert_eq!(dead.acquire().await.unwrap(), Observed::Held);
+        let (mut c, mut d) = (lease(&bucket, "c"), lease(&bucket, "d"));
+        assert!(matches!(c.observe().await.unwrap(), Observed::HeldBy { .. }));
+        assert!(matches!(d.observe().await.unwrap(), Observed::HeldBy { .. }));
+        assert!(!c.take().await.unwrap(), "a lease observed held is not taken");
+        tokio::time::sleep(TTL + TTL / 3).await;
+        assert_eq!(c.observe().await.unwrap(), Observed::Free);
+        assert_eq!(d.observe().await.unwrap(), Observed::Free);
+        assert!(c.take().await.unwrap());
+        assert!(!d.take().await.unwrap(), "the second take's If-Match fails");
+        assert!(c.is_held() && !d.is_held());
+        assert!(matches!(d.acquire().await.unwrap(), Observed::HeldBy { holder, .. } if holder == c.holder()));
+
+        // Two first takers of an absent lease: one create wins.
+        let other = Bucket::with_store(Arc::new(InMemory::new()), "p");
+        let (mut e, mut f) = (lease(&other, "e"), lease(&other, "f"));
+        assert_eq!(e.observe().await.unwrap(), Observed::Free);
+        assert_eq!(f.observe().await.unwrap(), Observed::Free);
+        assert!(e.take().await.unwrap());
+        assert!(!f.take().await.unwrap(), "the second create is refused");
+    }
+
+    fn stores(dir: &std::path::Path) -> (LogStore, MetricStore) {
+        let options = StoreOptions {
+            data_dir: dir.to_path_buf(),
+            retention: Duration::from_secs(30 * 86_400),
+            disk: None,
+            retention_rules: Vec::new(),
+            tuning: StoreConfig::default(),
+        };
+        let mut r = Registry::default();
+        (LogStore::open(options.clone(), &mut r).unwrap(), MetricStore::open(options, &mut r).unwrap())
+    }
+
+    async fn flushed_lines(logs: &LogStore, app: &str) {
+        let mut b = LogBatch::default();
+        let s = b.stream_index(Labels::from_pairs(vec![("app".into(), app.into())]));
+        b.entries.push(LogEntry { stream: s, time_ns: store::time::now_ns(), line: app.into(), fields: vec![] });
+        logs.append(&Tenant::default_tenant(), b).await.unwrap();
+        logs.flush().await.unwrap();
+    }
+
+    struct Node {
+        syncer: Syncer,
+        logs: LogStore,
+        metrics: LeaseMetrics,
+        _dir: tempfile::TempDir,
+    }
+
+    fn node(bucket: &Bucket, name: &str, base_commit: Option<u64>) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, metric_store) = stores(dir.path());
+        let metrics = LeaseMetrics::default();
+        let writer = WriterLease::new(lease(bucket, name), metrics.clone()).with_base_commit(base_commit);
+        let syncer = Syncer::new(bucket.clone(), logs.clone(), metric_store, name.into(), 2, SyncMetrics::default())
+            .with_lease(writer);
+        Node { syncer, logs, metrics, _dir: dir }
+    }
+
+    #[tokio::test]
+    async fn only_the_lease_holder_syncs_and_a_successor_must_hold_the_newest_commit() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bucket = Bucket::with_store(store.clone(), "p");
+        let mut a = node(&bucket, "a", None);
+        let mut b = node(&bucket, "b", None);
+        flushed_lines(&a.logs, "a").await;
+        flushed_lines(&b.logs, "b").await;
+
+        let r = a.syncer.sync_once().await.unwrap();
+        assert_eq!((r.commit, r.waiting), (Some(1), false));
+        assert_eq!(a.metrics.held.get(), 1);
+        // The second writes nothing: no upload, no commit.
+        let r = b.syncer.sync_once().await.unwrap();
+        assert!(r.waiting && r.commit.is_none() && r.uploaded_objects == 0, "{r:?}");
+        assert_eq!((b.metrics.waits.get(), b.metrics.held.get()), (1, 0));
+        assert_eq!(bucket.commit_numbers().await.unwrap(), vec![1]);
+
+        // a stops renewing. b's data directory does not hold a's commit (it was never restored from
+        // it): b never takes over, so that its sync cannot replace a's data with its own.
+        tokio::time::sleep(TTL + TTL / 3).await;
+        assert!(b.syncer.sync_once().await.unwrap().waiting);
+        assert_eq!(b.metrics.behind.get(), 1);
+        assert_eq!(bucket.latest_commit().await.unwrap().unwrap().node, "a");
+
+        // c was restored from commit 1 (as a server on an empty disk is): it takes over and commits.
+        let mut c = node(&bucket, "c", Some(1));
+        assert!(c.syncer.sync_once().await.unwrap().waiting, "the lease is new to c: it starts its own clock");
+        tokio::time::sleep(TTL + TTL / 3).await;
+        flushed_lines(&c.logs, "c").await;
+        let r = c.syncer.sync_once().await.unwrap();
+        assert_eq!(r.commit, Some(2), "{r:?}");
+        assert_eq!(bucket.latest_commit().await.unwrap().unwrap().node, "c");
+
+        // a comes back (it was only paused): its renewal fails, it counts the loss and writes nothing.
+        flushed_lines(&a.logs, "a2").await;
+        let r = a.syncer.sync_once().await.unwrap();
+        assert!(r.waiting && r.commit.is_none(), "{r:?}");
+        assert_eq!((a.metrics.lost.get(), a.metrics.held.get()), (1, 0));
+        assert_eq!(bucket.commit_numbers().await.unwrap(), vec![1, 2]);
+
+        // A graceful stop releases: a successor holding the newest commit takes over at once.
+        c.syncer.release_lease().await.unwrap();
+        assert_eq!(c.metrics.held.get(), 0);
+        let mut d = node(&bucket, "d", Some(2));
+        flushed_lines(&d.logs, "d").await;
+        assert_eq!(d.syncer.sync_once().await.unwrap().commit, Some(3));
+        // Its first clean-up went as usual: keep_commits = 2.
+        assert_eq!(bucket.commit_numbers().await.unwrap(), vec![2, 3]);
+        // a, which lost the lease, stays out.
+        assert!(a.syncer.sync_once().await.unwrap().waiting);
+        assert_eq!(bucket.commit_numbers().await.unwrap(), vec![2, 3]);
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_ignores_if_match_is_refused() {
+    let bad = Bucket::with_store(Arc::new(Ignores { inner: InMemory::new(), create: false }), "p");
+    let err = bad.check_conditional_create().await.unwrap_err();
+    assert!(matches!(err, super::CheckError::IgnoresConditions(_)), "{err:?}");
+    assert!(err.to_string().contains("ignores If-Match"), "{err}");
 }

@@ -81,6 +81,8 @@ struct Inner {
     marks: Arc<Mutex<Marks>>,
     /// Delete requests: they hide rows from scans until their rewrite ran.
     deletes: crate::delete::Deletes,
+    /// Where parts evicted from the local disk are fetched from (see [`crate::remote`]).
+    remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
     _lock: File,
 }
 
@@ -215,6 +217,7 @@ impl LogStore {
                 producer_locks: Mutex::new(HashMap::new()),
                 marks,
                 deletes,
+                remote: std::sync::OnceLock::new(),
                 _lock: lock,
             }),
         };
@@ -373,6 +376,20 @@ impl LogStore {
     /// The data directory.
     pub fn data_dir_path(&self) -> PathBuf {
         self.inner.options.data_dir.clone()
+    }
+
+    /// Attaches the source that parts living in the object store are fetched from (once; see
+    /// [`crate::remote`]). Until then a read of such a part fails with [`Error::Remote`].
+    pub fn attach_remote(&self, source: Arc<dyn crate::remote::RemoteParts>) {
+        crate::remote::attach(&self.inner.state.read().parts, self.inner.remote.get_or_init(|| source));
+    }
+
+    /// The live parts whose file is on the local disk, for [`crate::remote::evict`].
+    pub(crate) fn eviction_candidates(&self) -> Vec<crate::remote::Candidate> {
+        match self.inner.remote.get() {
+            Some(source) => crate::remote::candidates(self.inner.state.read().parts.clone(), source),
+            None => Vec::new(),
+        }
     }
 
     pub fn metrics(&self) -> &Arc<StoreMetrics> {
@@ -1331,11 +1348,13 @@ impl LogStore {
         &self.inner.options.data_dir
     }
 
-    /// The parts as the disk budget weighs them.
+    /// The parts as the disk budget weighs them: those on the local disk (a part that lives in the object
+    /// store only takes no local space; retention deletes it).
     pub(crate) fn budget_parts(&self) -> Vec<crate::disk::BudgetPart> {
         let st = self.inner.state.read();
         st.parts
             .iter()
+            .filter(|p| !p.remote.in_bucket() || p.parquet_path.exists())
             .map(|p| crate::disk::BudgetPart {
                 id: p.meta.id,
                 day: p.meta.day,
@@ -1542,8 +1561,14 @@ fn open_parts(
 /// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
 /// before its commit. With `set_aside`, they go into the quarantine instead.
 fn remove_unlisted_files(dir: &Path, manifest: &Manifest, set_aside: Option<&Quarantine>) -> Result<()> {
-    let listed: HashSet<PathBuf> =
-        manifest.parts.iter().flat_map(|m| [m.parquet_path(dir), m.index_path(dir)]).collect();
+    let listed: HashSet<PathBuf> = manifest
+        .parts
+        .iter()
+        .flat_map(|m| {
+            let parquet = m.parquet_path(dir);
+            [crate::remote::sidecar_path(&parquet), parquet, m.index_path(dir)]
+        })
+        .collect();
     for (_, path) in crate::manifest::part_files(&dir.join("logs")) {
         if listed.contains(&path) {
             continue;

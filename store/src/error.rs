@@ -50,6 +50,11 @@ pub enum Error {
     #[error("ingest refused: {reason}")]
     DiskFull { reason: String },
 
+    /// A part that lives in the object store could not be fetched (see [`crate::remote`]); the read can be
+    /// retried.
+    #[error("cannot fetch {} from the object store: {reason}", path.display())]
+    Remote { path: PathBuf, reason: String },
+
     /// A value in the configuration that cannot work.
     #[error("invalid store config: {0}")]
     Config(String),
@@ -80,6 +85,11 @@ impl Error {
     /// True when the error was caused by the request (bad input), not by the server.
     pub fn is_client_error(&self) -> bool {
         matches!(self, Error::InvalidTenant { .. })
+    }
+
+    /// True when a part could not be fetched from the object store: the read failed, the part is fine.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Error::Remote { .. })
     }
 }
 

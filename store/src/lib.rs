@@ -36,6 +36,7 @@ pub mod fuzzing;
 pub mod metric;
 pub mod metrics;
 pub mod model;
+pub mod remote;
 pub mod snapshot;
 pub mod time;
 

@@ -166,6 +166,11 @@ impl PartMeta {
         data_dir.join(self.partition_dir()).join(format!("{:016x}.parquet", self.id))
     }
 
+    /// The Parquet file's path under the data directory.
+    pub(crate) fn parquet_rel(&self) -> PathBuf {
+        self.partition_dir().join(format!("{:016x}.parquet", self.id))
+    }
+
     pub(crate) fn index_path(&self, data_dir: &Path) -> PathBuf {
         data_dir.join(self.partition_dir()).join(format!("{:016x}.idx", self.id))
     }
@@ -211,7 +216,8 @@ impl Manifest {
     }
 }
 
-/// Part files (`<hex id>.parquet`, `.idx`, and quarantined copies with a suffix) under `root`'s
+/// Part files (`<hex id>.parquet`, `.idx`, the sidecar `.remote` of a part in the object store, a
+/// download `.fetch` left by a crash, and quarantined copies with a suffix) under `root`'s
 /// `tenant=*/date=*/` directories, with their ids.
 pub(crate) fn part_files(root: &Path) -> Vec<(u64, PathBuf)> {
     let mut out = Vec::new();
@@ -230,7 +236,7 @@ pub(crate) fn part_files(root: &Path) -> Vec<(u64, PathBuf)> {
                 let (Some(stem), Some(ext)) = (pieces.next(), pieces.next()) else {
                     continue;
                 };
-                if !matches!(ext, "parquet" | "idx") {
+                if !matches!(ext, "parquet" | "idx" | crate::remote::SIDECAR_EXT | "fetch") {
                     continue;
                 }
                 if let Ok(id) = u64::from_str_radix(stem, 16) {

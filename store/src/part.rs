@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::remote::RemoteState;
+
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt64Type};
 use arrow::record_batch::RecordBatch;
@@ -98,6 +100,8 @@ pub(crate) struct Part {
     unreadable: OnceLock<String>,
     /// A damaged token filter of this part was reported (once per part).
     filter_damage_reported: AtomicBool,
+    /// Its standing towards the object store (see [`crate::remote`]).
+    pub(crate) remote: RemoteState,
 }
 
 /// What opening a part named by the manifest found.
@@ -140,10 +144,15 @@ impl Part {
         let file = match File::open(&parquet_path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Opened::Missing("the manifest names it but the file is missing".to_string()));
+                return match crate::remote::read_sidecar(&parquet_path) {
+                    Ok(Some(sidecar)) => Ok(Part::open_remote(meta, &sidecar, parquet_path, index_path)),
+                    Ok(None) => Ok(Opened::Missing("the manifest names it but the file is missing".to_string())),
+                    Err(e) => Ok(Opened::Damaged(e.to_string())),
+                };
             }
             Err(e) => return Err(Error::Io { op: "open", path: parquet_path, source: e }),
         };
+        let in_bucket = crate::remote::sidecar_path(&parquet_path).exists();
         let len = file.metadata().map_err(Error::io("stat", &parquet_path))?.len();
         if len != meta.parquet_bytes {
             return Ok(Opened::Damaged(format!("{len} bytes where the manifest says {}", meta.parquet_bytes)));
@@ -159,7 +168,7 @@ impl Part {
         }
         let n_row_groups = metadata.metadata().num_row_groups();
         let mut rebuilt = false;
-        let (streams, row_groups) = match read_index(&index_path, &meta, n_row_groups) {
+        let (streams, row_groups) = match read_index(&index_path, &meta, Some(n_row_groups)) {
             Ok(index) => index,
             Err(IndexProblem::Io(e)) => return Err(e),
             Err(IndexProblem::Bad(reason)) => {
@@ -188,18 +197,60 @@ impl Part {
                 (built.streams, built.row_groups)
             }
         };
-        let part = Part {
+        let part = Part::new(meta, (parquet_path, index_path), (streams, row_groups), Some(metadata), in_bucket);
+        Ok(if rebuilt { Opened::Rebuilt(Box::new(part)) } else { Opened::Good(Box::new(part)) })
+    }
+
+    /// Opens a part whose Parquet file lives in the object store only (a sidecar stands in its place):
+    /// its index is local and checked; the file itself is checked when a read fetches it.
+    fn open_remote(
+        meta: PartMeta,
+        sidecar: &crate::remote::Sidecar,
+        parquet_path: PathBuf,
+        index_path: PathBuf,
+    ) -> Opened {
+        if sidecar.bytes != meta.parquet_bytes {
+            return Opened::Missing(format!(
+                "its sidecar says {} bytes where the manifest says {}",
+                sidecar.bytes, meta.parquet_bytes
+            ));
+        }
+        let (streams, row_groups) = match read_index(&index_path, &meta, sidecar.row_groups) {
+            Ok(index) => index,
+            Err(IndexProblem::Io(e)) => return Opened::Missing(e.to_string()),
+            Err(IndexProblem::Bad(reason)) => {
+                // Set aside as missing (there is no local Parquet file to move): the object stays in the
+                // bucket until the commits that name it age out.
+                return Opened::Missing(format!(
+                    "it lives in the object store under {}, and its local index {reason}",
+                    meta.parquet_rel().display()
+                ));
+            }
+        };
+        Opened::Good(Box::new(Part::new(meta, (parquet_path, index_path), (streams, row_groups), None, true)))
+    }
+
+    /// A part from its entry, its files' paths, its index and (when read) its footer.
+    fn new(
+        meta: PartMeta,
+        (parquet_path, index_path): (PathBuf, PathBuf),
+        (streams, row_groups): (Vec<StreamRange>, Vec<RowGroupIndex>),
+        metadata: Option<ArrowReaderMetadata>,
+        in_bucket: bool,
+    ) -> Part {
+        let remote = RemoteState::new(meta.parquet_rel(), meta.max_time / 1_000_000, in_bucket);
+        Part {
             meta,
             parquet_path,
             index_path,
             streams,
             row_groups,
             obsolete: AtomicBool::new(false),
-            metadata: OnceLock::from(metadata),
+            metadata: metadata.map_or_else(OnceLock::new, OnceLock::from),
             unreadable: OnceLock::new(),
             filter_damage_reported: AtomicBool::new(false),
-        };
-        Ok(if rebuilt { Opened::Rebuilt(Box::new(part)) } else { Opened::Good(Box::new(part)) })
+            remote,
+        }
     }
 
     /// Marks the part unreadable after `error` in a read of it: every later read leaves it out, and
@@ -207,6 +258,11 @@ impl Part {
     /// restart only: a part may be unreadable for a passing reason, and the checks at the next start
     /// decide whether its files go into the quarantine.
     pub(crate) fn set_unreadable(&self, error: &Error, metrics: &StoreMetrics) {
+        if error.is_remote() {
+            // Not damage: the object store did not deliver it this time.
+            tracing::warn!(%error, "a part could not be fetched from the object store; this read leaves it out");
+            return;
+        }
         if self.unreadable.set(error.to_string()).is_ok() {
             metrics.unreadable_parts.inc();
             tracing::error!(
@@ -272,7 +328,7 @@ impl Part {
         batch_size: usize,
     ) -> Result<Option<ParquetRecordBatchReader>> {
         let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
-        let file = File::open(&self.parquet_path).map_err(Error::io("open", &self.parquet_path))?;
+        let file = self.remote.open_file(&self.parquet_path, self.meta.parquet_bytes)?;
         let metadata = match self.metadata.get() {
             Some(m) => m.clone(),
             None => {
@@ -335,14 +391,14 @@ impl Part {
 
 /// [`read_index`] for the fuzzers: whether the file passes, as a bool.
 pub(crate) fn check_index_file(path: &Path, meta: &PartMeta, n_row_groups: usize) -> bool {
-    read_index(path, meta, n_row_groups).is_ok()
+    read_index(path, meta, Some(n_row_groups)).is_ok()
 }
 
 /// Reads and checks a part's index file against its manifest entry and its Parquet file.
 fn read_index(
     path: &Path,
     meta: &PartMeta,
-    n_row_groups: usize,
+    n_row_groups: Option<usize>,
 ) -> std::result::Result<(Vec<StreamRange>, Vec<RowGroupIndex>), IndexProblem> {
     let bad = |reason: String| Err(IndexProblem::Bad(reason));
     let io = |e: std::io::Error| IndexProblem::Io(Error::Io { op: "read", path: path.to_path_buf(), source: e });
@@ -401,8 +457,10 @@ fn read_index(
             filter_crc,
         })
         .collect();
-    if row_groups.len() != n_row_groups {
-        return bad(format!("has {} row groups where the part has {n_row_groups}", row_groups.len()));
+    if let Some(n) = n_row_groups
+        && row_groups.len() != n
+    {
+        return bad(format!("has {} row groups where the part has {n}", row_groups.len()));
     }
     let rg_rows: u64 = row_groups.iter().map(|g| g.rows).sum();
     let stream_rows: u64 = streams.iter().map(|s| s.rows).sum();
@@ -584,12 +642,34 @@ pub(crate) fn time_to_ns(batch: RecordBatch) -> Result<RecordBatch> {
 impl Drop for Part {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
-            for path in [&self.parquet_path, &self.index_path] {
-                if let Err(error) = fs::remove_file(path) {
+            let sidecar = crate::remote::sidecar_path(&self.parquet_path);
+            for path in [&self.parquet_path, &self.index_path, &sidecar] {
+                if let Err(error) = fs::remove_file(path)
+                    && !(error.kind() == std::io::ErrorKind::NotFound && path != &self.index_path)
+                {
                     tracing::warn!(%error, file = %path.display(), "failed to delete obsolete part file");
                 }
             }
         }
+    }
+}
+
+impl crate::remote::CachedPart for Part {
+    fn remote(&self) -> &RemoteState {
+        &self.remote
+    }
+
+    fn file(&self) -> (&Path, u64) {
+        (&self.parquet_path, self.meta.parquet_bytes)
+    }
+
+    fn evict(&self) -> Result<bool> {
+        if self.obsolete.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let row_groups = Some(self.row_groups.len());
+        let sidecar = crate::remote::Sidecar { bytes: self.meta.parquet_bytes, row_groups, max_series_id: None };
+        self.remote.evict(&self.parquet_path, &sidecar)
     }
 }
 
@@ -780,17 +860,7 @@ impl PartWriter {
         meta.parquet_bytes = parquet_bytes;
         meta.index_bytes = buf.len() as u64;
         crate::manifest::sync_dir(&data_dir.join(meta.partition_dir()))?;
-        Ok(Arc::new(Part {
-            meta,
-            parquet_path,
-            index_path,
-            streams,
-            row_groups,
-            obsolete: AtomicBool::new(false),
-            metadata: OnceLock::new(),
-            unreadable: OnceLock::new(),
-            filter_damage_reported: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(Part::new(meta, (parquet_path, index_path), (streams, row_groups), None, false)))
     }
 
     /// Abandons a half-written part, deleting its Parquet file (its index is written only by

@@ -227,6 +227,8 @@ impl ScanPlan {
                 Ok(false) => return Ok(()),
                 // An unreadable part is left out, not the whole answer: the caller learns of it through
                 // `LogStore::skipped_parts`. Rows it gave before failing were sent already.
+                // A part the object store did not deliver fails the answer: it is fine, the read can be retried.
+                Err(error) if error.is_remote() => return Err(error),
                 Err(error) => part.set_unreadable(&error, &self.metrics),
             }
         }

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestServer, client, free_addr, test_config};
 
-const KEY_ID: &str = "lumen-test";
-const SECRET: &str = "lumen-test-secret-key";
+pub(crate) const KEY_ID: &str = "lumen-test";
+pub(crate) const SECRET: &str = "lumen-test-secret-key";
 
 /// A SeaweedFS `weed mini` (master, volume, filer and S3 gateway in one process) with a `lumen` bucket.
 pub struct SeaweedFs {
@@ -85,14 +85,14 @@ impl Drop for SeaweedFs {
 }
 
 /// Credentials in files, as `[storage]` takes them.
-fn credential_files(dir: &Path, id: &str, secret: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn credential_files(dir: &Path, id: &str, secret: &str) -> (PathBuf, PathBuf) {
     let (a, b) = (dir.join("key_id"), dir.join("secret"));
     std::fs::write(&a, format!("{id}\n")).unwrap();
     std::fs::write(&b, secret).unwrap();
     (a, b)
 }
 
-fn storage(endpoint: &str, creds: &(PathBuf, PathBuf)) -> bucket::StorageConfig {
+pub(crate) fn storage(endpoint: &str, creds: &(PathBuf, PathBuf)) -> bucket::StorageConfig {
     bucket::StorageConfig {
         backend: bucket::Backend::S3,
         bucket: "lumen".into(),
@@ -108,7 +108,7 @@ fn storage(endpoint: &str, creds: &(PathBuf, PathBuf)) -> bucket::StorageConfig 
 }
 
 /// Lines (LogQL, as Grafana counts them) and samples (PromQL) the server answers.
-async fn count_lines(server: &TestServer) -> u64 {
+pub(crate) async fn count_lines(server: &TestServer) -> u64 {
     let v: Value = server
         .client
         .get(server.url("/loki/api/v1/query"))
@@ -122,12 +122,12 @@ async fn count_lines(server: &TestServer) -> u64 {
     v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse().unwrap())
 }
 
-async fn count_samples(server: &TestServer) -> u64 {
+pub(crate) async fn count_samples(server: &TestServer) -> u64 {
     let v = server.promql("default", "sum(count_over_time(bucket_metric[1h]))", None).await;
     v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse().unwrap())
 }
 
-async fn push(server: &TestServer, app: &str, n: usize, now_ns: i64) {
+pub(crate) async fn push(server: &TestServer, app: &str, n: usize, now_ns: i64) {
     let values: Vec<Value> = (0..n)
         .map(|i| json!([(now_ns - 600_000_000_000 + i as i64 * 1_000_000).to_string(), format!("{app} line {i}")]))
         .collect();

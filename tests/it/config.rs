@@ -97,6 +97,12 @@ fn server_check_refuses_what_the_server_would_refuse() {
     assert!(!ok && err.contains("disagree"), "{err}");
     let (ok, err) = check(&[], "[store]\nmin_free_disk = \"lots\"\n");
     assert!(!ok && err.contains("min_free_disk"), "{err}");
+    // A bucket's local cache at or above the disk budget: the budget would delete what the cache evicts.
+    let s3 = "[storage]\nbackend = \"s3\"\nbucket = \"b\"\ncache_max_bytes = \"2 GiB\"\n";
+    let (ok, err) = check(&[], &format!("{s3}[store]\nretention_max_disk = \"1 GiB\"\n"));
+    assert!(!ok && err.contains("storage.cache_max_bytes") && err.contains("retention_max_disk"), "{err}");
+    let (ok, err) = check(&[], &format!("{s3}[store]\nretention_max_disk = \"4 GiB\"\n"));
+    assert!(ok, "a cache below the budget passes: {err}");
 }
 
 /// Issue 18: `/metrics` carries the process metrics of every Prometheus exporter and the build info.

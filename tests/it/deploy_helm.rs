@@ -132,6 +132,7 @@ bad = {
     "s3 without a bucket": set_("storage.backend", "s3"),
     "keepCommits of 0": set_("storage.keepCommits", 0),
     "sync interval without a unit": set_("storage.syncInterval", "10"),
+    "cache bound not a size": set_("storage.cacheMaxBytes", "half the disk"),
     "empty token secret name": set_("auth.existingSecret", ""),
     "auth enabled not a boolean": set_("auth.enabled", "yes"),
     "unknown key under auth": set_("auth.token", "0123456789abcdef"),
@@ -175,7 +176,7 @@ jsonschema.validate(no_budget, schema)
 # A bucket: s3 with a bucket name, endpoint, Secret.
 s3 = copy.deepcopy(values)
 s3["storage"].update({"backend": "s3", "bucket": "lumen", "endpoint": "http://minio.minio:9000",
-                      "allowHttp": True, "existingSecret": "lumen-bucket"})
+                      "allowHttp": True, "existingSecret": "lumen-bucket", "cacheMaxBytes": "4GiB"})
 jsonschema.validate(s3, schema)
 print(json.dumps({"accepted": accepted, "checked": len(bad)}))
 "#;
@@ -184,7 +185,7 @@ print(json.dumps({"accepted": accepted, "checked": len(bad)}))
     let out = python(script, &[values.as_path(), schema.as_path()], "");
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
-    assert_eq!(result["checked"], 32);
+    assert_eq!(result["checked"], 33);
 }
 
 #[test]
@@ -583,7 +584,8 @@ format = "plain"
 labels = { site = "home" }
 "#;
 
-/// The server's config with `storage.backend: s3`, a bucket on a MinIO in the cluster and its Secret.
+/// The server's config with `storage.backend: s3`, a bucket on a MinIO in the cluster and its Secret, and
+/// `storage.cacheMaxBytes: 4GiB` (below the default disk budget of 8GiB).
 const SERVER_CONFIG_WITH_STORAGE: &str = r#"[log]
 format = "text"
 level = "info"
@@ -608,6 +610,7 @@ region = ""
 allow_http = true
 sync_interval = "10s"
 keep_commits = 3
+cache_max_bytes = "4GiB"
 # The credentials are not in this file: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from the Secret lumen-bucket.
 "#;
 
@@ -688,6 +691,7 @@ fn the_rendered_config_files_pass_lumen_config_check() {
         "bucket = {{ required \"storage.bucket is required with storage.backend s3\" .Values.storage.bucket | toJson }}",
         "allow_http = {{ .Values.storage.allowHttp }}",
         "keep_commits = {{ .Values.storage.keepCommits }}",
+        "{{- with .Values.storage.cacheMaxBytes }}\ncache_max_bytes = {{ toJson . }}",
         "# The credentials are not in this file: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from the Secret {{ .Values.storage.existingSecret }}.",
     ] {
         assert!(helpers.contains(needle), "_helpers.tpl lacks `{needle}`");
@@ -716,6 +720,7 @@ fn the_rendered_config_files_pass_lumen_config_check() {
     assert_eq!(values["storage"]["backend"], "local", "single-node local disk stays the default");
     assert_eq!(values["storage"]["syncInterval"], "10s");
     assert_eq!(values["storage"]["keepCommits"], 3);
+    assert_eq!(values["storage"]["cacheMaxBytes"], "", "no cache bound unless set");
     // With a Secret, the server gets the bucket's credentials as AWS_* variables, never optional.
     let server = read("templates/server-statefulset.yaml");
     for key in ["accessKeyIdKey", "secretAccessKeyKey"] {

@@ -16,7 +16,8 @@ const BASE: &str = "base";
 const DEV: &str = "overlays/dev";
 const PROD: &str = "overlays/prod";
 const K3S: &str = "overlays/k3s";
-const ALL: [&str; 4] = [BASE, DEV, PROD, K3S];
+const S3: &str = "overlays/s3";
+const ALL: [&str; 5] = [BASE, DEV, PROD, K3S, S3];
 
 fn kustomize_dir(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomize").join(sub)
@@ -416,6 +417,34 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                 assert_eq!(mqtt["spec"]["ports"][0]["port"], 1883);
                 assert_eq!(mqtt["spec"]["selector"], sts["spec"]["selector"]["matchLabels"]);
             }
+            S3 => {
+                assert_eq!(retention(&docs), "365d");
+                assert_eq!(storage, "10Gi");
+                let config: toml::Table =
+                    toml::from_str(str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config"))
+                        .unwrap();
+                let st = &config["storage"];
+                assert_eq!(st["backend"].as_str(), Some("s3"));
+                assert!(st.get("access_key_id_file").is_none(), "credentials come from the Secret's env");
+                // The cache stays below the disk budget (the server refuses it otherwise; checked below).
+                assert_eq!(st["cache_max_bytes"].as_str(), Some("5GiB"));
+                let c = container(sts);
+                for (var, key) in
+                    [("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key")]
+                {
+                    let e = c["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["name"] == var)
+                        .unwrap_or_else(|| panic!("no {var}"));
+                    let r = &e["valueFrom"]["secretKeyRef"];
+                    assert_eq!(
+                        (r["name"].as_str(), r["key"].as_str(), r["optional"].as_bool()),
+                        (Some("lumen-bucket"), Some(key), Some(false))
+                    );
+                }
+            }
             _ => unreachable!(),
         }
     }
@@ -430,7 +459,9 @@ fn config_check(file: &Path) {
 #[test]
 fn kustomize_config_files_pass_config_check() {
     // The server's configs listen on 0.0.0.0: they pass with the token the pod gets, and not without it.
-    for file in ["base/config/server.toml", "overlays/dev/server.toml", "overlays/prod/server.toml"] {
+    for file in
+        ["base/config/server.toml", "overlays/dev/server.toml", "overlays/prod/server.toml", "overlays/s3/server.toml"]
+    {
         server_check_needs_the_token(&kustomize_dir(file), file);
     }
     config_check(&kustomize_dir("base/config/agent.toml"));

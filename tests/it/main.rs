@@ -6,6 +6,10 @@ mod auth;
 mod bad_input;
 #[cfg(feature = "external-tests")]
 mod bucket;
+#[cfg(feature = "external-tests")]
+mod bucket_cache;
+#[cfg(feature = "external-tests")]
+mod bucket_lease;
 mod config;
 mod connections;
 mod deletes;

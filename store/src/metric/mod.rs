@@ -128,6 +128,8 @@ struct Inner {
     flush_wanted: Arc<Notify>,
     flushed: Notify,
     metadata: RwLock<HashMap<Tenant, BTreeMap<String, MetricMetadata>>>,
+    /// Where parts evicted from the local disk are fetched from (see [`crate::remote`]).
+    remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
     _lock: File,
 }
 
@@ -465,6 +467,7 @@ impl MetricStore {
                 flush_wanted: Arc::new(Notify::new()),
                 flushed: Notify::new(),
                 metadata: RwLock::default(),
+                remote: std::sync::OnceLock::new(),
                 _lock: lock,
             }),
         };
@@ -473,6 +476,20 @@ impl MetricStore {
     }
 
     /// Starts a batch for a tenant.
+    /// Attaches the source that parts living in the object store are fetched from (once; see
+    /// [`crate::remote`]). Until then a read of such a part fails with [`Error::Remote`].
+    pub fn attach_remote(&self, source: Arc<dyn crate::remote::RemoteParts>) {
+        crate::remote::attach(&self.inner.state.read().parts, self.inner.remote.get_or_init(|| source));
+    }
+
+    /// The live parts whose file is on the local disk, for [`crate::remote::evict`].
+    pub(crate) fn eviction_candidates(&self) -> Vec<crate::remote::Candidate> {
+        match self.inner.remote.get() {
+            Some(source) => crate::remote::candidates(self.inner.state.read().parts.clone(), source),
+            None => Vec::new(),
+        }
+    }
+
     pub fn batch(&self, tenant: &Tenant) -> MetricBatch {
         let now_ms = crate::time::now_ns() / 1_000_000;
         let retention_ms = i64::try_from(self.inner.options.retention.as_millis()).unwrap_or(i64::MAX);
@@ -844,6 +861,8 @@ impl MetricStore {
             let (runs, t, v) = match read {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
+                // A part the object store did not deliver fails the answer (see `crate::remote`).
+                Err(error) if error.is_remote() => return Err(error),
                 Err(error) => {
                     part.set_unreadable(&error, &inner.metrics);
                     continue;
@@ -1460,11 +1479,13 @@ impl MetricStore {
         (flush, self.inner.maintenance_lock.lock().await)
     }
 
-    /// The parts as the disk budget weighs them (times in nanoseconds, as the log store's).
+    /// The parts on the local disk as the disk budget weighs them (times in nanoseconds, as the log
+    /// store's; a part in the object store only takes no local space).
     pub(crate) fn budget_parts(&self) -> Vec<crate::disk::BudgetPart> {
         let st = self.inner.state.read();
         st.parts
             .iter()
+            .filter(|p| !p.remote.in_bucket() || p.path.exists())
             .map(|p| crate::disk::BudgetPart {
                 id: p.meta.id,
                 day: p.meta.day,
@@ -1647,7 +1668,14 @@ fn report_unnamed_series(catalog: &SeriesCatalog, head: &MetricHead) {
 /// Deletes part files the manifest does not list: leftovers of a flush or compaction that crashed
 /// before its commit. With `set_aside`, they go into the quarantine instead.
 fn remove_unlisted_parts(data_dir: &Path, manifest: &MetricManifest, set_aside: Option<&Quarantine>) -> Result<()> {
-    let listed: HashSet<PathBuf> = manifest.parts.iter().map(|m| m.path(data_dir)).collect();
+    let listed: HashSet<PathBuf> = manifest
+        .parts
+        .iter()
+        .flat_map(|m| {
+            let path = m.path(data_dir);
+            [crate::remote::sidecar_path(&path), path]
+        })
+        .collect();
     for (_, path) in crate::manifest::part_files(&data_dir.join("metrics")) {
         if listed.contains(&path) {
             continue;

@@ -89,7 +89,12 @@ impl MetricPartMeta {
     }
 
     pub(crate) fn path(&self, data_dir: &Path) -> PathBuf {
-        data_dir.join(self.partition_dir()).join(format!("{:016x}.parquet", self.id))
+        data_dir.join(self.rel())
+    }
+
+    /// The file's path under the data directory.
+    pub(crate) fn rel(&self) -> PathBuf {
+        self.partition_dir().join(format!("{:016x}.parquet", self.id))
     }
 }
 
@@ -114,6 +119,8 @@ pub(crate) struct MetricPart {
     obsolete: AtomicBool,
     /// Why a read of this part failed: from then on every read leaves it out.
     unreadable: OnceLock<String>,
+    /// Its standing towards the object store (see [`crate::remote`]).
+    pub(crate) remote: crate::remote::RemoteState,
 }
 
 /// What opening a metric part named by the manifest found.
@@ -127,11 +134,47 @@ pub(crate) enum MetricOpened {
 
 impl Drop for MetricPart {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::Acquire)
-            && let Err(error) = fs::remove_file(&self.path)
-        {
-            tracing::warn!(%error, file = %self.path.display(), "failed to delete obsolete metric part");
+        if self.obsolete.load(Ordering::Acquire) {
+            // An evicted part has no local file; a cached one has a sidecar besides.
+            let _ = fs::remove_file(crate::remote::sidecar_path(&self.path));
+            if let Err(error) = fs::remove_file(&self.path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, file = %self.path.display(), "failed to delete obsolete metric part");
+            }
         }
+    }
+}
+
+impl crate::remote::CachedPart for MetricPart {
+    fn remote(&self) -> &crate::remote::RemoteState {
+        &self.remote
+    }
+
+    fn file(&self) -> (&Path, u64) {
+        (&self.path, self.meta.bytes)
+    }
+
+    fn evict(&self) -> Result<bool> {
+        if self.obsolete.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        // The highest id, which a start needs, from the runs when they were read (else the footer's
+        // statistics, read again at the start, are not there: the catalog alone then vouches).
+        let max_series_id = self.runs.get().and_then(|r| r.last().map(|r| r.id)).or_else(|| {
+            self.metadata.get().and_then(|m| {
+                m.metadata()
+                    .row_groups()
+                    .iter()
+                    .filter_map(|rg| match rg.column(0).statistics() {
+                        Some(parquet::file::statistics::Statistics::Int32(s)) => s.max_opt().map(|m| *m as u32),
+                        _ => None,
+                    })
+                    .max()
+            })
+        });
+        let sidecar = crate::remote::Sidecar { bytes: self.meta.bytes, row_groups: None, max_series_id };
+        self.remote.evict(&self.path, &sidecar)
     }
 }
 
@@ -147,7 +190,9 @@ pub(crate) fn schema() -> SchemaRef {
 impl MetricPart {
     pub(crate) fn open(data_dir: &Path, meta: MetricPartMeta) -> MetricPart {
         let path = meta.path(data_dir);
+        let remote = crate::remote::RemoteState::new(meta.rel(), meta.max_time, false);
         MetricPart {
+            remote,
             meta,
             path,
             runs: OnceLock::new(),
@@ -169,10 +214,25 @@ impl MetricPart {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(MetricOpened::Missing("the manifest names it but the file is missing".to_string()));
+                return Ok(match crate::remote::read_sidecar(&path) {
+                    // In the object store only: checked when a read fetches it.
+                    Ok(Some(sidecar)) if sidecar.bytes == meta.bytes => {
+                        let max_id = sidecar.max_series_id;
+                        let part = MetricPart::open(data_dir, meta);
+                        part.remote.set_in_bucket();
+                        MetricOpened::Good(Box::new(part), max_id)
+                    }
+                    Ok(Some(sidecar)) => MetricOpened::Missing(format!(
+                        "it lives in the object store, and its sidecar says {} bytes where the manifest says {}",
+                        sidecar.bytes, meta.bytes
+                    )),
+                    Ok(None) => MetricOpened::Missing("the manifest names it but the file is missing".to_string()),
+                    Err(e) => MetricOpened::Missing(e.to_string()),
+                });
             }
             Err(e) => return Err(Error::Io { op: "open", path, source: e }),
         };
+        let in_bucket = crate::remote::sidecar_path(&path).exists();
         let len = file.metadata().map_err(Error::io("stat", &path))?.len();
         if len != meta.bytes {
             return Ok(MetricOpened::Damaged(format!("{len} bytes where the manifest says {}", meta.bytes)));
@@ -198,6 +258,9 @@ impl MetricPart {
             }
         }
         let part = MetricPart::open(data_dir, meta);
+        if in_bucket {
+            part.remote.set_in_bucket();
+        }
         let _ = part.metadata.set(metadata);
         if !complete {
             // No statistics: the ids are read from the column itself.
@@ -212,6 +275,11 @@ impl MetricPart {
     /// Marks the part unreadable after `error` in a read of it (see `Part::set_unreadable` of the log
     /// store: the same rules).
     pub(crate) fn set_unreadable(&self, error: &Error, metrics: &StoreMetrics) {
+        if error.is_remote() {
+            // Not damage: the object store did not deliver it this time.
+            tracing::warn!(%error, "a metric part could not be fetched from the object store; this read leaves it out");
+            return;
+        }
         if self.unreadable.set(error.to_string()).is_ok() {
             metrics.unreadable_parts.inc();
             tracing::error!(
@@ -248,7 +316,7 @@ impl MetricPart {
     }
 
     fn builder(&self, columns: &[usize]) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-        let file = File::open(&self.path).map_err(Error::io("open", &self.path))?;
+        let file = self.remote.open_file(&self.path, self.meta.bytes)?;
         let metadata = match self.metadata.get() {
             Some(m) => m.clone(),
             None => {

@@ -174,6 +174,9 @@ region = {{ toJson .Values.storage.region }}
 allow_http = {{ .Values.storage.allowHttp }}
 sync_interval = {{ toJson .Values.storage.syncInterval }}
 keep_commits = {{ .Values.storage.keepCommits }}
+{{- with .Values.storage.cacheMaxBytes }}
+cache_max_bytes = {{ toJson . }}
+{{- end }}
 {{- if .Values.storage.existingSecret }}
 # The credentials are not in this file: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from the Secret {{ .Values.storage.existingSecret }}.
 {{- end }}
