@@ -163,9 +163,28 @@ pub struct ServerConfig {
     /// left at their default take a share of it (README "Memory"); over 90% of it, heads flush early and
     /// queries get 503 until memory is below 80%.
     pub memory_limit: crate::memory::MemoryLimit,
+    /// What this process does: "all" (ingest, store, query, compact and sync: one node, the default) or
+    /// "query" (a query node: follows the bucket of `[storage]` that an "all" node writes, answers
+    /// queries from it, takes no writes). "ingest" and "compactor" are not built yet. (--role)
+    pub role: Role,
     /// A token of every tenant and scope, from `LUMEN_AUTH_TOKEN` only (never from the file).
     #[serde(skip)]
     pub auth_token: Option<Secret>,
+}
+
+/// `server.role`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// One process does everything (the default).
+    #[default]
+    All,
+    /// Several ingest nodes on one bucket (not built yet).
+    Ingest,
+    /// Follows the bucket an "all" node writes and answers queries from it; takes no writes.
+    Query,
+    /// A compactor on a shared bucket (not built yet).
+    Compactor,
 }
 
 /// A secret held in memory: its `Debug` form never shows it.
@@ -203,6 +222,7 @@ impl Default for ServerConfig {
             grpc_idle_timeout: Duration::from_secs(300),
             max_inflight_request_bytes: ByteSize::mib(128),
             memory_limit: crate::memory::MemoryLimit::Auto,
+            role: Role::All,
             auth_token: None,
         }
     }
@@ -320,6 +340,19 @@ impl Config {
                 s.retention_max_disk.display().iec(),
                 self.store.retention_max_disk.display().iec()
             );
+        }
+        match s.role {
+            Role::All => {}
+            Role::Query if self.storage.backend != bucket::Backend::S3 => bail!(
+                "server.role = \"query\" follows a bucket: set [storage] backend = \"s3\" and the bucket the writer \
+                 (a server with role \"all\") syncs into"
+            ),
+            Role::Query => {}
+            Role::Ingest | Role::Compactor => bail!(
+                "server.role = {:?} is not built yet: run one server with role \"all\" per bucket prefix (it ingests, \
+                 compacts and syncs) and as many with role \"query\" as queries need",
+                format!("{:?}", s.role).to_lowercase()
+            ),
         }
         let cache = self.storage.cache_max_bytes.as_u64();
         if let Some(budget) = self.disk_budget()

@@ -93,6 +93,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let budget = crate::memory::Budget::resolve(config.server.memory_limit, crate::memory::HostMemory::read());
     let shares = budget.map(|b| crate::memory::derive(&mut config, &b)).unwrap_or_default();
     config.validate().context("the values derived from server.memory_limit")?;
+    let query_node = config.server.role == crate::config::Role::Query;
+    if query_node {
+        // A query node takes no writes and evaluates no rules: the writer does (issue 22).
+        config.server.mqtt_listen = "off".into();
+        config.server.mqtts_listen = "off".into();
+        config.mqtt.broker.url.clear();
+        config.syslog.listen.clear();
+        config.ruler.rule_files.clear();
+        config.ruler.tenant_rule_files.clear();
+        config.ruler.loki_rules_dir = std::path::PathBuf::new();
+        tracing::info!(
+            "server.role = query: answers queries from the bucket's newest commit; MQTT, syslog and rules are off, writes are refused"
+        );
+    }
     let s = &config.server;
     let auth = crate::auth::load(&config)?;
     if auth.is_enabled() {
@@ -152,6 +166,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metric_store = tokio::task::block_in_place(|| MetricStore::open(options, &mut registry))
         .with_context(|| format!("cannot open the metric store in {}", s.data_dir.display()))?;
     crate::process_metrics::register(&mut registry);
+    if query_node {
+        let reason = "this is a query node (server.role = \"query\"): it answers from the bucket the writer syncs \
+                      into; send writes to the writer (server.role = \"all\")";
+        store.set_read_only(reason);
+        metric_store.set_read_only(reason);
+    }
     let cache_metrics = bucket.as_ref().map(|b| {
         let metrics = bucket::cache::CacheMetrics::register(&mut registry);
         let parts: Arc<dyn store::remote::RemoteParts> = bucket::cache::BucketParts::new(b.clone(), metrics.clone());
@@ -159,7 +179,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metric_store.attach_remote(parts);
         metrics
     });
-    let syncer = bucket.map(|b| {
+    let follower = match (&bucket, query_node) {
+        (Some(b), true) => {
+            let follower = bucket::follow::Follower::new(
+                b.clone(),
+                store.clone(),
+                metric_store.clone(),
+                restored_commit,
+                bucket::follow::FollowMetrics::register(&mut registry),
+            );
+            let mut follower = match (config.storage.cache_max_bytes.as_u64(), cache_metrics.clone()) {
+                (max, Some(metrics)) if max > 0 => follower.with_cache(max, metrics),
+                _ => follower,
+            };
+            // Catch up before serving: a restarted query node's directory may hold an older commit.
+            if let Err(e) = follower.follow_once().await {
+                tracing::warn!(error = %e, "storage: following the bucket failed; answering from the last commit applied, retried every sync_interval");
+            }
+            Some(follower)
+        }
+        _ => None,
+    };
+    let syncer = bucket.filter(|_| !query_node).map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
         let node = crate::config::node_name("");
         // Only the holder of the lease `writer` syncs: a second server on this bucket and prefix waits.
@@ -371,24 +412,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ),
     );
     tokio::spawn(crate::auth::watch(auth.clone(), config.clone(), shutdown.clone()));
-    tokio::spawn(store::disk::maintain(
-        disk,
-        store.clone(),
-        metric_store.clone(),
-        config.store.maintenance_interval,
-        shutdown.clone(),
-    ));
+    // A query node's stores hold the writer's parts: no flush, compaction, retention or budget here (the
+    // cache bound keeps its disk in check).
+    let (engine, metric_engine) = if query_node {
+        let idle = |stop: CancellationToken| {
+            tokio::spawn(async move {
+                stop.cancelled_owned().await;
+                Ok(())
+            })
+        };
+        (idle(shutdown.clone()), idle(shutdown.clone()))
+    } else {
+        tokio::spawn(store::disk::maintain(
+            disk,
+            store.clone(),
+            metric_store.clone(),
+            config.store.maintenance_interval,
+            shutdown.clone(),
+        ));
+        (tokio::spawn(store.clone().run(shutdown.clone())), tokio::spawn(metric_store.clone().run(shutdown.clone())))
+    };
     tokio::spawn(monitor.run(shutdown.clone()));
-    let engine = tokio::spawn(store.clone().run(shutdown.clone()));
-    let metric_engine = tokio::spawn(metric_store.clone().run(shutdown.clone()));
-    if let Some(syncer) = syncer.clone() {
-        let (interval, stop) = (config.storage.sync_interval, shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = stop.cancelled() => break,
+    if let Some(follower) = follower {
+        let follower = Arc::new(tokio::sync::Mutex::new(follower));
+        every(config.storage.sync_interval, shutdown.clone(), move || {
+            let follower = follower.clone();
+            async move {
+                if let Err(e) = follower.lock().await.follow_once().await {
+                    tracing::warn!(error = %e, "storage: following the bucket failed; answering from the last commit applied, retried at the next interval");
                 }
+            }
+        });
+    }
+    if let Some(syncer) = syncer.clone() {
+        every(config.storage.sync_interval, shutdown.clone(), move || {
+            let syncer = syncer.clone();
+            async move {
                 if let Err(e) = syncer.lock().await.sync_once().await {
                     tracing::warn!(error = %e, "storage: the sync into the bucket failed; it is retried at the next interval");
                 }
@@ -493,4 +552,21 @@ impl Running {
         tracing::info!("shutting down");
         self.stop().await
     }
+}
+
+/// Runs `task` every `interval` (the first time one interval from now) until `stop`.
+fn every<F, Fut>(interval: std::time::Duration, stop: CancellationToken, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => break,
+            }
+            task().await;
+        }
+    });
 }

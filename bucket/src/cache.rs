@@ -111,6 +111,39 @@ impl store::remote::RemoteParts for BucketParts {
     }
 }
 
+/// Evicts local part files that `files` (the newest commit's) name, least recently read first, while the
+/// local part bytes are above `budget`; counted in `metrics`. Returns the parts evicted.
+///
+/// # Errors
+/// A message naming what failed (the parts evicted before it stay evicted).
+pub(crate) async fn trim(
+    logs: &store::LogStore,
+    metric_store: &store::MetricStore,
+    budget: u64,
+    metrics: &CacheMetrics,
+    files: &[crate::commit::CommitFile],
+) -> Result<usize, String> {
+    let named: std::collections::HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
+    let (logs, metric_store) = (logs.clone(), metric_store.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        store::remote::evict(&logs, &metric_store, budget, &|rel| named.contains(rel))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("storage: evicting parts from the local cache failed: {e}"))?;
+    metrics.evicted_parts.inc_by(report.evicted_parts as u64);
+    metrics.evicted_bytes.inc_by(report.evicted_bytes);
+    metrics.local_bytes.set((report.local_bytes - report.evicted_bytes) as i64);
+    if report.evicted_parts > 0 {
+        tracing::debug!(
+            parts = report.evicted_parts,
+            bytes = report.evicted_bytes,
+            "evicted parts the bucket holds from the local cache"
+        );
+    }
+    Ok(report.evicted_parts)
+}
+
 /// Whether `path` (under the data directory) is a part's Parquet file, which a restore may leave in the
 /// bucket.
 pub(crate) fn is_part_file(path: &str) -> bool {

@@ -29,6 +29,7 @@
 
 pub mod cache;
 pub mod commit;
+pub mod follow;
 pub mod lease;
 pub mod restore;
 pub mod sync;

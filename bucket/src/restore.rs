@@ -68,7 +68,7 @@ pub fn has_local_state(data_dir: &Path) -> bool {
 }
 
 /// A path of a commit that stays inside the data directory: relative, no `..`, no root.
-fn safe(path: &str) -> bool {
+pub(crate) fn safe(path: &str) -> bool {
     !path.is_empty() && Path::new(path).components().all(|c| matches!(c, Component::Normal(_)))
 }
 

@@ -167,28 +167,12 @@ impl Syncer {
     /// Evicts local part files the newest commit names, least recently read first, while the local part
     /// bytes are above the cache's bound. Returns the parts evicted.
     async fn evict(&self) -> Result<usize, String> {
-        let (Some((budget, metrics)), Some(files)) = (&self.cache, &self.last_files) else {
-            return Ok(0);
-        };
-        let named: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
-        let (logs, metric_store, budget) = (self.logs.clone(), self.metric_store.clone(), *budget);
-        let report = tokio::task::spawn_blocking(move || {
-            store::remote::evict(&logs, &metric_store, budget, &|rel| named.contains(rel))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("storage: evicting parts from the local cache failed: {e}"))?;
-        metrics.evicted_parts.inc_by(report.evicted_parts as u64);
-        metrics.evicted_bytes.inc_by(report.evicted_bytes);
-        metrics.local_bytes.set((report.local_bytes - report.evicted_bytes) as i64);
-        if report.evicted_parts > 0 {
-            tracing::debug!(
-                parts = report.evicted_parts,
-                bytes = report.evicted_bytes,
-                "evicted parts the bucket holds from the local cache"
-            );
+        match (&self.cache, &self.last_files) {
+            (Some((budget, metrics)), Some(files)) => {
+                crate::cache::trim(&self.logs, &self.metric_store, *budget, metrics, files).await
+            }
+            _ => Ok(0),
         }
-        Ok(report.evicted_parts)
     }
 
     /// How old an object no commit names must be before a sweep deletes it (tests shorten it).

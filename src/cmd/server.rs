@@ -54,6 +54,9 @@ pub struct ServerArgs {
     #[arg(long, env = "LUMEN_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
     /// Validate the configuration (file, flags and environment) and exit without starting.
+    /// What this process does (server.role): all, or query (a query node following the bucket).
+    #[arg(long, env = "LUMEN_ROLE", value_enum)]
+    pub role: Option<lumen::config::Role>,
     #[arg(long)]
     pub check: bool,
 }
@@ -82,6 +85,9 @@ fn config(args: ServerArgs) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     let s = &mut config.server;
+    if let Some(v) = args.role {
+        s.role = v;
+    }
     if let Some(v) = args.data_dir {
         s.data_dir = v;
     }

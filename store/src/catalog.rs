@@ -66,10 +66,17 @@ impl Catalog {
     /// loaded, for [`Catalog::check_parts`].
     pub(crate) fn load(data_dir: &Path, quarantine: &Quarantine) -> Result<(Catalog, Vec<(Tenant, LabelFile)>)> {
         let catalog = Catalog { data_dir: data_dir.to_path_buf(), tenants: RwLock::default() };
+        let files = catalog.load_files(quarantine)?;
+        Ok((catalog, files))
+    }
+
+    /// Reads every tenant's stream file into the catalog (the streams it already has stay as they are):
+    /// at the start, and when a query node follows a directory another process writes.
+    pub(crate) fn load_files(&self, quarantine: &Quarantine) -> Result<Vec<(Tenant, LabelFile)>> {
         let mut files = Vec::new();
-        let logs = data_dir.join("logs");
+        let logs = self.data_dir.join("logs");
         let Ok(dir) = fs::read_dir(&logs) else {
-            return Ok((catalog, files));
+            return Ok(files);
         };
         for entry in dir {
             let entry = entry.map_err(Error::io("read", &logs))?;
@@ -81,13 +88,13 @@ impl Catalog {
                 continue;
             };
             let path = entry.path().join("streams.bin");
-            let streams = catalog.tenant(&tenant);
+            let streams = self.tenant(&tenant);
             let mut streams = streams.write();
             let file = load_label_file(&path, false, quarantine, |id, labels| streams.insert(id, &labels, true))?;
             drop(streams);
             files.push((tenant, file));
         }
-        Ok((catalog, files))
+        Ok(files)
     }
 
     /// Checks, once the WAL is replayed, that every stream of every part has its labels (the catalog file

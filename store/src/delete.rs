@@ -316,6 +316,14 @@ impl Deletes {
         Ok(d)
     }
 
+    /// Reads the requests again from disk (a query node following a directory another process writes).
+    pub(crate) fn reload(&self) -> Result<()> {
+        let requests: Vec<DeleteRequest> =
+            crate::manifest::load_json(&self.dir, FILE, "delete requests")?.unwrap_or_default();
+        *self.requests.lock() = requests;
+        self.rebuild()
+    }
+
     fn rebuild(&self) -> Result<()> {
         let reqs = self.requests.lock();
         let mut active = Vec::new();

@@ -83,6 +83,8 @@ struct Inner {
     deletes: crate::delete::Deletes,
     /// Where parts evicted from the local disk are fetched from (see [`crate::remote`]).
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
+    /// Set on a query node: why writes are refused (see `set_read_only`).
+    read_only: std::sync::OnceLock<String>,
     _lock: File,
 }
 
@@ -218,6 +220,7 @@ impl LogStore {
                 marks,
                 deletes,
                 remote: std::sync::OnceLock::new(),
+                read_only: std::sync::OnceLock::new(),
                 _lock: lock,
             }),
         };
@@ -235,6 +238,7 @@ impl LogStore {
         tenant: &Tenant,
         spec: crate::delete::DeleteSpec,
     ) -> Result<crate::delete::DeleteRequest> {
+        self.refuse_if_read_only()?;
         let req = self.inner.deletes.add(tenant, spec)?;
         tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "delete requested; the rows it covers are hidden now");
         Ok(req)
@@ -250,6 +254,7 @@ impl LogStore {
     /// # Errors
     /// I/O errors writing the request list.
     pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
+        self.refuse_if_read_only()?;
         self.inner.deletes.cancel(tenant, id)
     }
 
@@ -378,10 +383,68 @@ impl LogStore {
         self.inner.options.data_dir.clone()
     }
 
+    /// Refuses every write from now on with [`Error::ReadOnly`] and `reason` (a query node, which follows
+    /// a directory another process writes with [`Self::refresh`]).
+    pub fn set_read_only(&self, reason: &str) {
+        let _ = self.inner.read_only.set(reason.to_string());
+    }
+
+    fn refuse_if_read_only(&self) -> Result<()> {
+        match self.inner.read_only.get() {
+            Some(reason) => Err(Error::ReadOnly { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Attaches the source that parts living in the object store are fetched from (once; see
     /// [`crate::remote`]). Until then a read of such a part fails with [`Error::Remote`].
     pub fn attach_remote(&self, source: Arc<dyn crate::remote::RemoteParts>) {
         crate::remote::attach(&self.inner.state.read().parts, self.inner.remote.get_or_init(|| source));
+    }
+
+    /// Follows the data directory as another process writes it (a query node, issue 22: `bucket::follow`
+    /// brings the writer's newest commit into it): reads the stream catalogs, the delete requests and the
+    /// manifest again, opens the parts it names that are new, and drops those it no longer names (their
+    /// local files go once the last read lets go). Writes neither the manifest nor the WAL. Returns the
+    /// parts opened and dropped.
+    ///
+    /// # Errors
+    /// A manifest or catalog that cannot be read; the store keeps what it had.
+    pub fn refresh(&self) -> Result<(usize, usize)> {
+        let inner = &self.inner;
+        let dir = &inner.options.data_dir;
+        let quarantine = Quarantine::new(dir, inner.metrics.clone());
+        // The catalog first: the parts the new manifest names use streams it holds.
+        inner.catalog.load_files(&quarantine)?;
+        inner.deletes.reload()?;
+        let manifest = Manifest::load(dir)?;
+        let options = write_options(&inner.options.tuning, 0);
+        let current = inner.state.read().parts.clone();
+        let (parts, opened, dropped) = crate::remote::follow_parts(
+            &current,
+            &manifest.parts,
+            |p| p.meta.id,
+            |m| m.id,
+            |meta| {
+                Ok(match Part::open(dir, meta.clone(), &options, &quarantine)? {
+                    Opened::Good(p) | Opened::Rebuilt(p) => {
+                        if let Some(source) = inner.remote.get() {
+                            p.remote.attach(source);
+                        }
+                        Some(*p)
+                    }
+                    Opened::Damaged(reason) | Opened::Missing(reason) => {
+                        tracing::warn!(part = meta.id, %reason, "a part the followed manifest names cannot be opened; left out");
+                        None
+                    }
+                })
+            },
+            Part::mark_obsolete,
+        )?;
+        inner.state.write().parts = parts;
+        *inner.manifest.lock() = manifest;
+        self.update_gauges();
+        Ok((opened, dropped))
     }
 
     /// The live parts whose file is on the local disk, for [`crate::remote::evict`].
@@ -457,6 +520,7 @@ impl LogStore {
         producer: Option<(&str, u64)>,
         marks: Vec<DeliveryMark>,
     ) -> Result<()> {
+        self.refuse_if_read_only()?;
         if batch.is_empty() && marks.is_empty() {
             if let Some((name, seq)) = producer {
                 // Nothing to make durable; remembering the sequence in memory is enough to answer a resend.
@@ -1216,8 +1280,9 @@ impl LogStore {
     /// # Errors
     /// I/O errors; the inputs stay in place.
     pub async fn compact(&self) -> Result<usize> {
+        // A query node's parts are the writer's: it compacts them, not this process.
         // Compaction writes its output before it frees its inputs: not while the disk is low.
-        if self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
+        if self.inner.read_only.get().is_some() || self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
             return Ok(0);
         }
         let _guard = self.inner.maintenance_lock.lock().await;

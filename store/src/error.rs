@@ -55,6 +55,10 @@ pub enum Error {
     #[error("cannot fetch {} from the object store: {reason}", path.display())]
     Remote { path: PathBuf, reason: String },
 
+    /// The store follows a directory another process writes (a query node): it takes no writes.
+    #[error("this server takes no writes: {reason}")]
+    ReadOnly { reason: String },
+
     /// A value in the configuration that cannot work.
     #[error("invalid store config: {0}")]
     Config(String),
@@ -84,7 +88,7 @@ impl Error {
 
     /// True when the error was caused by the request (bad input), not by the server.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Error::InvalidTenant { .. })
+        matches!(self, Error::InvalidTenant { .. } | Error::ReadOnly { .. })
     }
 
     /// True when a part could not be fetched from the object store: the read failed, the part is fine.

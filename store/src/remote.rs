@@ -245,6 +245,44 @@ pub(crate) fn candidates<P: CachedPart>(parts: Vec<Arc<P>>, source: &Arc<dyn Rem
         .collect()
 }
 
+/// The parts a manifest read again names (a query node's refresh): those open already are kept, new ones
+/// are opened by `open` (None: left out, it said why), and those it no longer names are marked obsolete by
+/// `drop_part` (their local files go once the last read lets go). Returns the parts, and how many were
+/// opened and dropped.
+///
+/// # Errors
+/// What `open` returns.
+pub(crate) fn follow_parts<P, M>(
+    current: &[Arc<P>],
+    wanted: &[M],
+    part_id: impl Fn(&P) -> u64,
+    meta_id: impl Fn(&M) -> u64,
+    mut open: impl FnMut(&M) -> Result<Option<P>>,
+    drop_part: impl Fn(&P),
+) -> Result<(Vec<Arc<P>>, usize, usize)> {
+    let by_id: std::collections::HashMap<u64, &Arc<P>> = current.iter().map(|p| (part_id(p), p)).collect();
+    let mut parts = Vec::with_capacity(wanted.len());
+    let mut opened = 0;
+    for meta in wanted {
+        match by_id.get(&meta_id(meta)) {
+            Some(p) => parts.push(Arc::clone(p)),
+            None => {
+                if let Some(p) = open(meta)? {
+                    parts.push(Arc::new(p));
+                    opened += 1;
+                }
+            }
+        }
+    }
+    let live: std::collections::HashSet<u64> = wanted.iter().map(&meta_id).collect();
+    let mut dropped = 0;
+    for p in current.iter().filter(|p| !live.contains(&part_id(p))) {
+        drop_part(p);
+        dropped += 1;
+    }
+    Ok((parts, opened, dropped))
+}
+
 /// A part both stores can evict, as [`evict`] sees it.
 pub(crate) struct Candidate {
     pub(crate) rel: String,

@@ -103,6 +103,13 @@ fn server_check_refuses_what_the_server_would_refuse() {
     assert!(!ok && err.contains("storage.cache_max_bytes") && err.contains("retention_max_disk"), "{err}");
     let (ok, err) = check(&[], &format!("{s3}[store]\nretention_max_disk = \"4 GiB\"\n"));
     assert!(ok, "a cache below the budget passes: {err}");
+    // Roles: a query node needs a bucket to follow; the roles not built yet say so.
+    let (ok, err) = check(&["--role", "query"], "");
+    assert!(!ok && err.contains("role = \"query\" follows a bucket"), "{err}");
+    let (ok, err) = check(&["--role", "query"], s3);
+    assert!(ok, "a query node on a bucket passes: {err}");
+    let (ok, err) = check(&["--role", "ingest"], s3);
+    assert!(!ok && err.contains("not built yet"), "{err}");
 }
 
 /// Issue 18: `/metrics` carries the process metrics of every Prometheus exporter and the build info.

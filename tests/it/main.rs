@@ -10,6 +10,8 @@ mod bucket;
 mod bucket_cache;
 #[cfg(feature = "external-tests")]
 mod bucket_lease;
+#[cfg(feature = "external-tests")]
+mod bucket_query;
 mod config;
 mod connections;
 mod deletes;

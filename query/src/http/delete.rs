@@ -76,7 +76,7 @@ fn request(headers: HeaderMap, raw: Option<&str>, body: &[u8]) -> Result<(store:
 fn store_failure(e: &store::Error) -> Response {
     match e {
         store::Error::Config(msg) => bad(msg),
-        store::Error::InvalidTenant { .. } => bad(e),
+        store::Error::InvalidTenant { .. } | store::Error::ReadOnly { .. } => bad(e),
         _ => {
             tracing::error!(error = %e, "could not record a delete request");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("could not record the delete request: {e}\n")).into_response()

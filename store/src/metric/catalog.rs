@@ -226,9 +226,16 @@ impl SeriesCatalog {
     /// [`crate::catalog::load_label_file`]; with how each file was loaded, for [`SeriesCatalog::check_parts`].
     pub(crate) fn load(root: &Path, quarantine: &Quarantine) -> Result<(SeriesCatalog, Vec<(Tenant, LabelFile)>)> {
         let catalog = SeriesCatalog { root: root.to_path_buf(), tenants: RwLock::default() };
+        let files = catalog.load_files(quarantine)?;
+        Ok((catalog, files))
+    }
+
+    /// Reads every tenant's series file into the catalog (series it already has keep their ids): at the
+    /// start, and when a query node follows a directory another process writes.
+    pub(crate) fn load_files(&self, quarantine: &Quarantine) -> Result<Vec<(Tenant, LabelFile)>> {
         let mut files = Vec::new();
-        let Ok(dir) = std::fs::read_dir(root) else {
-            return Ok((catalog, files));
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return Ok(files);
         };
         let mut scratch = Vec::new();
         for entry in dir.flatten() {
@@ -238,7 +245,7 @@ impl SeriesCatalog {
                 continue;
             };
             let path = entry.path().join("series.bin");
-            let t = catalog.tenant(&tenant);
+            let t = self.tenant(&tenant);
             let mut t = t.write();
             let file = load_label_file(&path, true, quarantine, |id, labels| {
                 let hash = labels_hash(labels.iter(), &mut scratch);
@@ -247,7 +254,7 @@ impl SeriesCatalog {
             drop(t);
             files.push((tenant, file));
         }
-        Ok((catalog, files))
+        Ok(files)
     }
 
     /// Once the WAL is replayed: keeps new series ids above every id the tenant's parts (`max_part_ids`)

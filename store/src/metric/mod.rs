@@ -130,6 +130,8 @@ struct Inner {
     metadata: RwLock<HashMap<Tenant, BTreeMap<String, MetricMetadata>>>,
     /// Where parts evicted from the local disk are fetched from (see [`crate::remote`]).
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
+    /// Set on a query node: why writes are refused (see `set_read_only`).
+    read_only: std::sync::OnceLock<String>,
     _lock: File,
 }
 
@@ -468,6 +470,7 @@ impl MetricStore {
                 flushed: Notify::new(),
                 metadata: RwLock::default(),
                 remote: std::sync::OnceLock::new(),
+                read_only: std::sync::OnceLock::new(),
                 _lock: lock,
             }),
         };
@@ -476,10 +479,67 @@ impl MetricStore {
     }
 
     /// Starts a batch for a tenant.
+    /// Refuses every write from now on with [`Error::ReadOnly`] and `reason` (a query node, which follows
+    /// a directory another process writes with [`Self::refresh`]).
+    pub fn set_read_only(&self, reason: &str) {
+        let _ = self.inner.read_only.set(reason.to_string());
+    }
+
+    fn refuse_if_read_only(&self) -> Result<()> {
+        match self.inner.read_only.get() {
+            Some(reason) => Err(Error::ReadOnly { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Attaches the source that parts living in the object store are fetched from (once; see
     /// [`crate::remote`]). Until then a read of such a part fails with [`Error::Remote`].
     pub fn attach_remote(&self, source: Arc<dyn crate::remote::RemoteParts>) {
         crate::remote::attach(&self.inner.state.read().parts, self.inner.remote.get_or_init(|| source));
+    }
+
+    /// Follows the data directory as another process writes it (a query node; see `LogStore::refresh`):
+    /// reads the series catalogs, the delete requests and the manifest again, opens the parts it names
+    /// that are new and drops those it no longer names. Writes neither the manifest nor the WAL. Returns
+    /// the parts opened and dropped.
+    ///
+    /// # Errors
+    /// A manifest or catalog that cannot be read; the store keeps what it had.
+    pub fn refresh(&self) -> Result<(usize, usize)> {
+        let inner = &self.inner;
+        let quarantine = Quarantine::new(&inner.data_dir, inner.metrics.clone());
+        inner.catalog.load_files(&quarantine)?;
+        inner.deletes.reload()?;
+        let Some(manifest) = load_json::<MetricManifest>(&inner.root, "manifest.json", "metric manifest")? else {
+            return Ok((0, 0));
+        };
+        check_version(manifest.version, &inner.root.join("manifest.json"))?;
+        let current = inner.state.read().parts.clone();
+        let (parts, opened, dropped) = crate::remote::follow_parts(
+            &current,
+            &manifest.parts,
+            |p| p.meta.id,
+            |m| m.id,
+            |meta| {
+                Ok(match MetricPart::open_checked(&inner.data_dir, meta.clone())? {
+                    part::MetricOpened::Good(p, _) => {
+                        if let Some(source) = inner.remote.get() {
+                            p.remote.attach(source);
+                        }
+                        Some(*p)
+                    }
+                    part::MetricOpened::Damaged(reason) | part::MetricOpened::Missing(reason) => {
+                        tracing::warn!(part = meta.id, %reason, "a metric part the followed manifest names cannot be opened; left out");
+                        None
+                    }
+                })
+            },
+            MetricPart::mark_obsolete,
+        )?;
+        inner.state.write().parts = parts;
+        *inner.manifest.lock() = manifest;
+        self.update_gauges();
+        Ok((opened, dropped))
     }
 
     /// The live parts whose file is on the local disk, for [`crate::remote::evict`].
@@ -545,6 +605,7 @@ impl MetricStore {
     }
 
     async fn append_record(&self, mut batch: MetricBatch, tag: Option<SampleTag>) -> Result<()> {
+        self.refuse_if_read_only()?;
         if batch.samples.is_empty() {
             return Ok(());
         }
@@ -1156,8 +1217,9 @@ impl MetricStore {
     /// # Errors
     /// I/O errors; the inputs stay in place.
     pub async fn compact(&self) -> Result<usize> {
+        // A query node's parts are the writer's: it compacts them, not this process.
         // Compaction writes its output before it frees its inputs: not while the disk is low.
-        if self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
+        if self.inner.read_only.get().is_some() || self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
             return Ok(0);
         }
         let _guard = self.inner.maintenance_lock.lock().await;
@@ -1363,6 +1425,7 @@ impl MetricStore {
         tenant: &Tenant,
         spec: crate::delete::DeleteSpec,
     ) -> Result<crate::delete::DeleteRequest> {
+        self.refuse_if_read_only()?;
         let req = self.inner.deletes.add(tenant, spec)?;
         tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "series delete requested; its samples are hidden now");
         Ok(req)
@@ -1378,6 +1441,7 @@ impl MetricStore {
     /// # Errors
     /// I/O errors writing the request list.
     pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
+        self.refuse_if_read_only()?;
         self.inner.deletes.cancel(tenant, id)
     }
 

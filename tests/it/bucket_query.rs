@@ -1,0 +1,108 @@
+//! A query node (`server.role = "query"`, issue 22) on real SeaweedFS: it follows the bucket a writer
+//! (role "all") syncs into, answers every line and sample the writer synced, exactly once across the
+//! writer's compactions, refuses writes with a message that says where they go, never writes to the bucket,
+//! and starts again on its own directory.
+
+use std::time::{Duration, Instant};
+
+use crate::bucket::{KEY_ID, SECRET, SeaweedFs, count_lines, count_samples, credential_files, push, storage};
+use crate::harness::{TestServer, test_config};
+
+async fn metrics(server: &TestServer) -> String {
+    server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Waits until the node answers `want` lines and samples.
+async fn until_answers(node: &TestServer, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = (count_lines(node).await, count_samples(node).await);
+        if got == (want, want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the query node answers {got:?}, not {want} after 30s:\n{}",
+            metrics(node).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_node_answers_what_the_writer_synced_exactly_once_and_takes_no_writes() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut writer_config = test_config(&dir.path().join("writer"));
+    writer_config.storage = storage(&weed.endpoint, &creds);
+    writer_config.storage.prefix = "followed".into();
+    writer_config.store.compaction_min_parts = 2;
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = writer_config.storage.clone();
+    query_config.storage.cache_max_bytes = bytesize::ByteSize::b(1);
+    query_config.server.role = lumen::config::Role::Query;
+    let now = store::time::now_ns();
+
+    let writer = TestServer::start(writer_config.clone()).await;
+    push(&writer, "first", 300, now).await;
+    writer.flush().await;
+    let query = TestServer::start(query_config.clone()).await;
+    until_answers(&query, 300).await;
+
+    // More data, then a compaction that merges the parts the query node opened.
+    push(&writer, "second", 200, now).await;
+    writer.flush().await;
+    until_answers(&query, 500).await;
+    let before = metric(&metrics(&query).await, "lumen_bucket_follow_applied_commit");
+    let r = writer.client.post(writer.url("/api/v1/admin/compact")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let merged: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        merged["merged_parts"].as_u64() >= Some(2) && merged["metrics"]["merged_parts"].as_u64() >= Some(2),
+        "{merged}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&metrics(&query).await, "lumen_bucket_follow_applied_commit") <= before {
+        assert!(Instant::now() < deadline, "the compaction's commit did not reach the query node");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!((count_lines(&query).await, count_samples(&query).await), (500, 500), "exactly once after a compaction");
+
+    // Writes are refused, saying where they go; deletes too.
+    let body =
+        serde_json::json!({"streams": [{"stream": {"app": "x"}, "values": [[now.to_string(), "to the wrong node"]]}]});
+    let r = query.client.post(query.url("/loki/api/v1/push")).json(&body).send().await.unwrap();
+    let (status, text) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("query node") && text.contains("server.role"), "{text}");
+    let r = query.client.post(query.url("/api/v1/import/prometheus")).body("x 1\n").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = query
+        .client
+        .post(query.url("/loki/api/v1/delete"))
+        .query(&[("query", r#"{app="first"}"#), ("start", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // It never writes to the bucket: no sync, no lease.
+    let m = metrics(&query).await;
+    assert!(!m.contains("lumen_bucket_syncs_total") && !m.contains("lumen_bucket_lease_held"), "{m}");
+    let b = bucket::Bucket::open(&writer_config.storage).unwrap().unwrap();
+    let commits = b.commit_numbers().await.unwrap();
+
+    // Restarted on its own directory, it answers at once.
+    query.stop().await;
+    let query = TestServer::start(query_config).await;
+    assert_eq!((count_lines(&query).await, count_samples(&query).await), (500, 500));
+    query.stop().await;
+    assert_eq!(b.commit_numbers().await.unwrap(), commits, "the query node wrote no commit");
+    writer.stop().await;
+}
