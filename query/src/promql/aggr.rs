@@ -122,6 +122,11 @@ pub(super) fn eval(ev: &mut Evaluator, a: &Aggregate, g: &Grid) -> Result<Val, E
     }
     let mut out: Vec<VSeries> =
         groups.iter().map(|(l, d)| VSeries { labels: l.clone(), drop_name: *d, vals: vec![None; g.n] }).collect();
+    if a.op == AggOp::Sum {
+        sum_series_major(ev, &input, &member, &mut out, g)?;
+        out.retain(|s| s.vals.iter().any(Option::is_some));
+        return Ok(Val::Vector(out));
+    }
     // Per-group accumulators, reset each step.
     let mut count = vec![0f64; ng];
     let mut val = vec![0f64; ng];
@@ -226,6 +231,59 @@ pub(super) fn eval(ev: &mut Evaluator, a: &Aggregate, g: &Grid) -> Result<Val, E
     }
     out.retain(|s| s.vals.iter().any(Option::is_some));
     Ok(Val::Vector(out))
+}
+
+/// `sum` series by series: each series' values go into its group's accumulators for a block of steps at
+/// a time (contiguous reads, no per-value dispatch on the operator). Per group and step the values are
+/// added in input order, as the step-by-step loop adds them, so the Neumaier sums are the same bits.
+fn sum_series_major(
+    ev: &mut Evaluator,
+    input: &[VSeries],
+    member: &[usize],
+    out: &mut [VSeries],
+    g: &Grid,
+) -> Result<(), EvalError> {
+    let ng = out.len();
+    if ng == 0 {
+        return Ok(());
+    }
+    // Steps per block: the accumulators of every group for one block stay around 64 Ki values.
+    let block = ((1usize << 16) / ng).clamp(1, g.n.max(1));
+    let mut val = vec![0f64; ng * block];
+    let mut comp = vec![0f64; ng * block];
+    let mut seen = vec![false; ng * block];
+    let mut from = 0;
+    while from < g.n {
+        let to = (from + block).min(g.n);
+        let width = to - from;
+        seen.iter_mut().for_each(|x| *x = false);
+        for (s, &k) in input.iter().zip(member) {
+            ev.check_deadline_work(width)?;
+            let base = k * block;
+            let (val, comp, seen) =
+                (&mut val[base..base + width], &mut comp[base..base + width], &mut seen[base..base + width]);
+            for (j, x) in s.vals[from..to].iter().enumerate() {
+                let Some(f) = *x else { continue };
+                if seen[j] {
+                    (val[j], comp[j]) = kahan_inc(f, val[j], comp[j]);
+                } else {
+                    seen[j] = true;
+                    val[j] = f;
+                    comp[j] = 0.0;
+                }
+            }
+        }
+        for (k, o) in out.iter_mut().enumerate() {
+            let base = k * block;
+            for j in 0..width {
+                if seen[base + j] {
+                    o.vals[from + j] = Some(val[base + j] + comp[base + j]);
+                }
+            }
+        }
+        from = to;
+    }
+    Ok(())
 }
 
 fn count_values(

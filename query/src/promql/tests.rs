@@ -230,3 +230,143 @@ fn durations_too_long_for_the_parser_crate_are_refused_before_it() {
         assert!(crate::promql::parse(q).is_ok(), "{q}");
     }
 }
+
+/// A small seeded generator (splitmix64), so the random tests below are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Random series for the fast-path tests: counters with resets, gauges, NaN, ±Inf and stale markers,
+/// irregular intervals and gaps; labels `g` (2 values) and `i`.
+fn random_source(rng: &mut Rng) -> MemSource {
+    let mut src = MemSource::default();
+    for i in 0..1 + rng.below(7) {
+        let l = labels(&[("__name__", "m_total"), ("g", ["a", "b"][rng.below(2) as usize]), ("i", &i.to_string())]);
+        let mut t = rng.below(60_000) as i64;
+        let mut v = rng.below(1000) as f64 * if rng.chance(50) { 1.0 } else { 0.25 };
+        for _ in 0..rng.below(300) {
+            t += 1 + rng.below(30_000) as i64 + if rng.chance(3) { rng.below(600_000) as i64 } else { 0 };
+            v = match rng.below(100) {
+                0..=7 => (v * (rng.below(100) as f64 / 100.0)).floor(), // a reset (or a repeat)
+                8..=9 => f64::NAN,
+                10 => f64::from_bits(STALE_NAN_BITS),
+                11 => f64::INFINITY,
+                12..=14 => -(rng.below(50) as f64),
+                _ if v.is_finite() => v + rng.below(500) as f64 * 0.5,
+                _ => rng.below(100) as f64,
+            };
+            src.add(l.clone(), t, v);
+        }
+    }
+    src
+}
+
+/// `rate`, `increase` and `delta` over a range query (one pass per series with the resets found once,
+/// see `functions::rate_family`) give the same bits as the per-window reference, `extrapolated_rate`, at
+/// every step, on random data; and `sum by` over them (summed series by series) the same bits as
+/// Neumaier sums taken step by step.
+#[test]
+fn rate_fast_path_matches_per_window_reference() {
+    let mut rng = Rng(23);
+    for case in 0..400 {
+        let src = random_source(&mut rng);
+        let func = ["rate", "increase", "delta"][rng.below(3) as usize];
+        let range = 1_000 + rng.below(900_000) as i64;
+        let start = rng.below(3_000_000) as i64;
+        let step = 1 + rng.below(90_000) as i64;
+        let n = 1 + rng.below(250) as i64;
+        let end = start + (n - 1) * step;
+        let offset = if rng.chance(20) { rng.below(600_000) as i64 } else { 0 };
+        let at = rng.chance(10).then(|| rng.below(4_000_000) as i64);
+        let mut q = format!("{func}(m_total[{range}ms]");
+        if let Some(a) = at {
+            q += &format!(" @ {}.{:03}", a / 1000, a % 1000);
+        }
+        if offset > 0 {
+            q += &format!(" offset {offset}ms");
+        }
+        q += ")";
+        let o = EngineOptions { max_samples: 10_000_000, ..EngineOptions::default() };
+        let expr = parse(&q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let got = eval_range(&o, &src, &expr, start, end, step).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let Value::Matrix(got) = got.value else { panic!("{q}: not a matrix") };
+        // The reference, window by window.
+        let mut want: Vec<(Labels, Vec<(i64, f64)>)> = Vec::new();
+        for (l, (ts, vs)) in &src.series {
+            let (ts, vs): (Vec<i64>, Vec<f64>) =
+                ts.iter().zip(vs).filter(|(_, v)| !is_stale_nan(**v)).map(|(t, v)| (*t, *v)).unzip();
+            let mut pts = Vec::new();
+            for k in 0..n {
+                let t = start + k * step;
+                let e = at.unwrap_or(t) - offset;
+                let s = e - range;
+                let (lo, hi) = (ts.partition_point(|&x| x <= s), ts.partition_point(|&x| x <= e));
+                let r = super::functions::extrapolated_rate(
+                    &ts[lo..hi],
+                    &vs[lo..hi],
+                    s,
+                    e,
+                    func != "delta",
+                    func == "rate",
+                    range,
+                );
+                if let Some(r) = r {
+                    pts.push((t, r));
+                }
+            }
+            if !pts.is_empty() {
+                let mut l = l.clone();
+                l.retain(|(n, _)| n != METRIC_NAME);
+                want.push((l, pts));
+            }
+        }
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        let bits = |m: &[(Labels, Vec<(i64, f64)>)]| -> Vec<(Labels, Vec<(i64, u64)>)> {
+            m.iter().map(|(l, p)| (l.clone(), p.iter().map(|(t, v)| (*t, v.to_bits())).collect())).collect()
+        };
+        assert_eq!(bits(&got), bits(&want), "case {case}: {q} over {start}..{end} step {step}");
+
+        // `sum by (g)` of the same, against step-by-step Neumaier sums in input (label) order.
+        let expr = parse(&format!("sum by (g) ({q})")).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let got = eval_range(&o, &src, &expr, start, end, step).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let Value::Matrix(got) = got.value else { panic!("{q}: not a matrix") };
+        let mut sums: Vec<(Labels, Vec<(i64, f64)>)> = Vec::new();
+        for gv in ["a", "b"] {
+            let members: Vec<_> = want.iter().filter(|(l, _)| label_value(l, "g") == Some(gv)).collect();
+            let mut pts = Vec::new();
+            for k in 0..n {
+                let t = start + k * step;
+                let mut acc: Option<(f64, f64)> = None;
+                for (_, p) in &members {
+                    if let Some(&(_, f)) = p.iter().find(|(pt, _)| *pt == t) {
+                        acc = Some(match acc {
+                            None => (f, 0.0),
+                            Some((sum, c)) => super::aggr::kahan_inc(f, sum, c),
+                        });
+                    }
+                }
+                if let Some((sum, c)) = acc {
+                    pts.push((t, sum + c));
+                }
+            }
+            if !pts.is_empty() {
+                sums.push((labels(&[("g", gv)]), pts));
+            }
+        }
+        assert_eq!(bits(&got), bits(&sums), "case {case}: sum by (g) ({q})");
+    }
+}
