@@ -53,10 +53,10 @@ pub struct ServerArgs {
     /// Serve beyond loopback without authentication (only behind a proxy that authenticates).
     #[arg(long, env = "LUMEN_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
-    /// Validate the configuration (file, flags and environment) and exit without starting.
     /// What this process does (server.role): all, or query (a query node following the bucket).
     #[arg(long, env = "LUMEN_ROLE", value_enum)]
     pub role: Option<lumen::config::Role>,
+    /// Validate the configuration (file, flags and environment) and exit without starting.
     #[arg(long)]
     pub check: bool,
 }

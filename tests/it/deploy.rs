@@ -16,7 +16,7 @@ fn run_lumen(args: &[&str]) -> std::process::Output {
 }
 
 /// A token as the deployments' instructions make one (`openssl rand -hex 32`).
-const DEPLOY_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const DEPLOY_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// Checks a server config that listens beyond loopback the way it is deployed: `lumen config check --config
 /// FILE` (which checks what `server --check` does but reads none of the files the config names: they are the

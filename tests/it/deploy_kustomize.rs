@@ -186,7 +186,8 @@ fn the_secret_example_holds_every_key_the_manifests_reference() {
     for sub in ALL {
         let docs = yaml_documents(&render(sub));
         let mut keys = Vec::new();
-        for workload in kind(&docs, "StatefulSet").into_iter().chain(kind(&docs, "DaemonSet")) {
+        let workloads = [kind(&docs, "StatefulSet"), kind(&docs, "DaemonSet"), kind(&docs, "Deployment")].concat();
+        for workload in workloads {
             let spec = &workload["spec"]["template"]["spec"];
             for c in spec["containers"].as_array().unwrap() {
                 for e in c["env"].as_array().into_iter().flatten() {
@@ -444,6 +445,42 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                         (Some("lumen-bucket"), Some(key), Some(false))
                     );
                 }
+                // Query nodes: a Deployment on the same config and bucket, `--role query`, a cache volume
+                // that holds cache_max_bytes, the token and the bucket's credentials, a Service of their own
+                // that the writer's Service does not share.
+                let query = one(&docs, "Deployment", "lumen-query");
+                let qc = container(query);
+                let args: Vec<&str> = qc["args"].as_array().unwrap().iter().map(|a| str_of(a, "arg")).collect();
+                assert_eq!(args, ["server", "--config", "/etc/lumen/config.toml", "--role", "query"]);
+                assert_eq!(qc["image"], c["image"], "the writer's image");
+                assert_eq!(
+                    volume(query, "config")["configMap"]["name"],
+                    volume(sts, "config")["configMap"]["name"],
+                    "the writer's config"
+                );
+                assert_eq!(secret_env(qc, "LUMEN_AUTH_TOKEN", "query"), "auth-token");
+                let envs: Vec<&str> = qc["env"].as_array().unwrap().iter().map(|e| str_of(&e["name"], "env")).collect();
+                for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                    assert!(envs.contains(&var), "query nodes lack {var}: {envs:?}");
+                }
+                assert!(!envs.contains(&"LUMEN_MQTT_LISTENER_PASSWORD"), "query nodes run no MQTT endpoint");
+                let cache = volume(query, "data");
+                let size = bytes(str_of(&cache["emptyDir"]["sizeLimit"], "the cache's sizeLimit"));
+                assert!(size > 5 << 30, "the cache volume ({size} bytes) must hold cache_max_bytes and a fetch");
+                assert_eq!(mount(qc, "/var/lib/lumen")["name"], "data");
+                assert_eq!(probe(qc, "readinessProbe").0, "/ready");
+                check_resources(qc, "query", None);
+                let pod_labels = &query["spec"]["template"]["metadata"]["labels"];
+                let service = one(&docs, "Service", "lumen-query");
+                assert_eq!(service["spec"]["ports"][0]["port"], 9700);
+                for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+                    assert_eq!(&pod_labels[k], v, "lumen-query selects the query pods");
+                }
+                let writer_selector = one(&docs, "Service", "lumen")["spec"]["selector"].as_object().unwrap();
+                assert!(
+                    writer_selector.iter().any(|(k, v)| &pod_labels[k] != v),
+                    "the writer's Service `lumen` must not send shippers' writes to query pods"
+                );
             }
             _ => unreachable!(),
         }
@@ -469,6 +506,19 @@ fn kustomize_config_files_pass_config_check() {
     let dir = tempfile::tempdir().unwrap();
     for sub in ALL {
         let docs = yaml_documents(&render(sub));
+        if sub == S3 {
+            // The query nodes run the same file with `--role query`.
+            let file = dir.path().join("s3-query.toml");
+            std::fs::write(&file, str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config"))
+                .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+                .args(["server", "--role", "query", "--check", "--config"])
+                .arg(&file)
+                .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "s3 query node: {}", String::from_utf8_lossy(&out.stderr));
+        }
         for prefix in ["lumen-server-config", "lumen-agent-config"] {
             let file = dir.path().join(format!("{}-{prefix}.toml", sub.replace('/', "-")));
             std::fs::write(&file, str_of(&config_map(&docs, prefix)["data"]["config.toml"], prefix)).unwrap();
