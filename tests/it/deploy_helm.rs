@@ -1,7 +1,7 @@
 //! The Helm chart in deploy/helm/lumen, checked without a helm binary: Chart.yaml's fields, values.yaml
 //! against values.schema.json (and bad values rejected by it), the templates' action syntax, the YAML
 //! skeleton of the manifest templates, the token wiring (server environment, agent token file, Grafana data
-//! sources), and the config files the chart renders with its default values passing `lumen config check`
+//! sources), the optional query nodes (a Deployment on the server's config and bucket), and the config files the chart renders with its default values passing `lumen config check`
 //! (the server's with the token, as deployed). Needs python3 with PyYAML and jsonschema.
 
 use std::io::Write;
@@ -138,6 +138,11 @@ bad = {
     "unknown key under auth": set_("auth.token", "0123456789abcdef"),
     "token env not a variable name": set_("grafana.datasource.tokenEnv", "$LUMEN_AUTH_TOKEN"),
     "tenant with a slash": set_("grafana.datasource.tenant", "a/b"),
+    "negative query replicas": set_("query.replicas", -1),
+    "query replicas not an integer": set_("query.replicas", 1.5),
+    "unknown key under query": set_("query.replica", 2),
+    "bad query cache volume size": set_("query.cacheVolumeSize", "8 gigs"),
+    "missing query section": delete("query"),
 }
 accepted = []
 for name, mutate in bad.items():
@@ -178,6 +183,13 @@ s3 = copy.deepcopy(values)
 s3["storage"].update({"backend": "s3", "bucket": "lumen", "endpoint": "http://minio.minio:9000",
                       "allowHttp": True, "existingSecret": "lumen-bucket", "cacheMaxBytes": "4GiB"})
 jsonschema.validate(s3, schema)
+# Query nodes on that bucket, spread over nodes.
+query = copy.deepcopy(s3)
+query["query"].update({"replicas": 2, "cacheVolumeSize": "16Gi", "podAnnotations": {"team": "obs"},
+                       "nodeSelector": {"disk": "ssd"}, "tolerations": [{"operator": "Exists"}],
+                       "affinity": {"podAntiAffinity": {}}})
+query["query"]["resources"]["limits"]["memory"] = "1Gi"
+jsonschema.validate(query, schema)
 print(json.dumps({"accepted": accepted, "checked": len(bad)}))
 "#;
     let values = chart().join("values.yaml");
@@ -185,7 +197,7 @@ print(json.dumps({"accepted": accepted, "checked": len(bad)}))
     let out = python(script, &[values.as_path(), schema.as_path()], "");
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
-    assert_eq!(result["checked"], 33);
+    assert_eq!(result["checked"], 38);
 }
 
 #[test]
@@ -193,7 +205,9 @@ fn the_schema_closes_the_value_sections() {
     let schema: Value = serde_json::from_str(&read("values.schema.json")).unwrap();
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
     assert_eq!(schema["additionalProperties"], false);
-    for section in ["image", "server", "auth", "mqtt", "agent", "serviceAccount", "rbac", "grafana", "ingress"] {
+    for section in
+        ["image", "server", "auth", "storage", "query", "mqtt", "agent", "serviceAccount", "rbac", "grafana", "ingress"]
+    {
         assert_eq!(schema["properties"][section]["additionalProperties"], false, "{section} is open");
     }
     // Every top-level value of values.yaml is described by the schema, and the other way round, but for
@@ -313,6 +327,7 @@ fn manifest_templates_are_yaml_once_the_actions_are_placeholders() {
         ("agent-daemonset.yaml", &["DaemonSet"]),
         ("grafana-datasource.yaml", &["ConfigMap"]),
         ("ingress.yaml", &["Ingress"]),
+        ("query-deployment.yaml", &["Deployment", "Service"]),
         ("rbac.yaml", &["ClusterRole", "ClusterRoleBinding"]),
         ("server-configmap.yaml", &["ConfigMap"]),
         ("server-service.yaml", &["Service"]),
@@ -327,6 +342,74 @@ fn manifest_templates_are_yaml_once_the_actions_are_placeholders() {
         let found: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("?")).collect();
         assert_eq!(found, kinds.to_vec(), "{name}");
     }
+}
+
+#[test]
+fn query_nodes_follow_the_bucket_on_the_servers_config() {
+    // Off by default (the single server answers everything), and only with the server and a bucket.
+    let values = yaml_file("values.yaml");
+    assert_eq!(values["query"]["replicas"], 0, "no query nodes unless asked for");
+    assert_eq!(values["query"]["cacheVolumeSize"], "8Gi");
+    let text = read("templates/query-deployment.yaml");
+    assert!(
+        text.starts_with("{{- if and .Values.server.enabled (gt (int .Values.query.replicas) 0) }}\n"),
+        "query-deployment.yaml is not gated on server.enabled and query.replicas > 0"
+    );
+    assert!(
+        text.contains("{{- if ne .Values.storage.backend \"s3\" }}\n{{- fail \"query.replicas > 0: query nodes follow a bucket: set storage.backend=s3"),
+        "query-deployment.yaml does not refuse query nodes without a bucket"
+    );
+    // The skeleton keeps both branches of every `if`: the whole Deployment and Service.
+    let docs = yaml_documents(&skeleton(&text));
+    let (deployment, service) = (&docs[0], &docs[1]);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["server", "--config", "/etc/lumen/config.toml", "--role", "query"]),
+        "a query node runs `lumen server --role query` on the server's config file"
+    );
+    let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        env,
+        ["LUMEN_AUTH_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        "the token and the bucket's keys only"
+    );
+    let ports: Vec<&str> = container["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(ports, ["http"]);
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    // The server's ConfigMap; the data directory is an emptyDir (a cache refilled from the bucket).
+    let volume = |name: &str| pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned();
+    assert_eq!(volume("config").unwrap()["configMap"]["name"], "placeholder-server-config");
+    assert!(text.contains("            name: {{ include \"lumen.fullname\" . }}-server-config\n"));
+    assert!(read("templates/server-configmap.yaml").contains("name: {{ include \"lumen.fullname\" . }}-server-config"));
+    assert!(volume("data").unwrap()["emptyDir"].is_object(), "the data volume is not an emptyDir");
+    assert!(text.contains("          emptyDir:\n            sizeLimit: {{ .Values.query.cacheVolumeSize | quote }}"));
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "data" && m["mountPath"] == "/var/lib/lumen"), "no data directory");
+    // The query Service selects the query pods, the server's Service the server's pod only: writes sent to
+    // the server's Service never reach a query node (which would refuse them).
+    let component = serde_json::json!({"app.kubernetes.io/component": "query"});
+    assert_eq!(deployment["spec"]["selector"]["matchLabels"], component);
+    assert_eq!(deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"], "query");
+    assert_eq!(service["spec"]["selector"], component);
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert_eq!(service["spec"]["ports"][0]["name"], "http");
+    let server_component = serde_json::json!({"app.kubernetes.io/component": "server"});
+    let server_service = yaml_documents(&skeleton(&read("templates/server-service.yaml")));
+    assert_eq!(server_service[0]["spec"]["selector"], server_component, "the server's Service would select query pods");
+    let statefulset = yaml_documents(&skeleton(&read("templates/server-statefulset.yaml")));
+    assert_eq!(statefulset[0]["spec"]["selector"]["matchLabels"], server_component);
+    // Documented: what they do, their lag, where Grafana points; NOTES.txt lists them only when they run.
+    let readme = read("README.md");
+    for needle in ["### Query nodes", "--role query", "query.replicas", "`<fullname>-query`", "storage.syncInterval"] {
+        assert!(readme.contains(needle), "README.md lacks `{needle}`");
+    }
+    let notes = read("templates/NOTES.txt");
+    assert!(notes.contains("{{- if gt (int .Values.query.replicas) 0 }}"));
+    assert!(notes.contains("http://{{ $fullname }}-query.{{ $ns }}.svc:"));
 }
 
 #[test]
@@ -414,6 +497,17 @@ fn authentication_is_on_with_the_token_from_the_secret() {
     ] {
         assert!(server.contains(needle), "server-statefulset.yaml lacks `{needle}`");
     }
+    // The query nodes: the same token, the same way; no MQTT password (they run no MQTT).
+    let query = read("templates/query-deployment.yaml");
+    for needle in [
+        "{{- if or .Values.auth.enabled .Values.storage.existingSecret }}\n          env:",
+        "            - name: LUMEN_AUTH_TOKEN\n              valueFrom:\n                secretKeyRef:\n                  name: {{ include \"lumen.authSecretName\" . }}\n                  key: {{ .Values.auth.tokenKey }}\n                  optional: false",
+    ] {
+        assert!(query.contains(needle), "query-deployment.yaml lacks `{needle}`");
+    }
+    for needle in ["LUMEN_MQTT", "mqttSecretName", ".Values.mqtt.", "lumen.secretsDir"] {
+        assert!(!query.contains(needle), "query-deployment.yaml names `{needle}`: query nodes run no MQTT");
+    }
     // The agents: the token key alone, mounted read-only where agent.bearer_token_file points.
     let agent = read("templates/agent-daemonset.yaml");
     for needle in [
@@ -437,18 +531,23 @@ fn authentication_is_on_with_the_token_from_the_secret() {
     assert!(readme.contains("LUMEN_AUTH_TOKEN") && readme.contains("auth.existingSecret"));
 }
 
+/// What the server's pod and a query node's pod both carry: the hardened user and root filesystem, the
+/// probes, and the scrape annotations of port 9700.
+const SERVER_POD: [&str; 7] = [
+    "runAsUser: 65532",
+    "runAsNonRoot: true",
+    "readOnlyRootFilesystem: true",
+    "path: /health",
+    "path: /ready",
+    "prometheus.io/scrape: \"true\"",
+    "prometheus.io/port: \"9700\"",
+];
+
 #[test]
 fn the_workloads_carry_what_the_deployment_depends_on() {
     let server = read("templates/server-statefulset.yaml");
-    for needle in [
+    for needle in SERVER_POD.iter().copied().chain([
         "kind: StatefulSet",
-        "runAsUser: 65532",
-        "runAsNonRoot: true",
-        "readOnlyRootFilesystem: true",
-        "path: /health",
-        "path: /ready",
-        "prometheus.io/scrape: \"true\"",
-        "prometheus.io/port: \"9700\"",
         "prometheus.io/path: /metrics",
         "lumen.io/scrape-token: \"true\"",
         "containerPort: 9700",
@@ -457,7 +556,7 @@ fn the_workloads_carry_what_the_deployment_depends_on() {
         "mountPath: /var/lib/lumen",
         "volumeClaimTemplates:",
         "args: [\"server\", \"--config\", \"/etc/lumen/config.toml\"]",
-    ] {
+    ]) {
         assert!(server.contains(needle), "server-statefulset.yaml lacks `{needle}`");
     }
     let agent = read("templates/agent-daemonset.yaml");
@@ -481,6 +580,25 @@ fn the_workloads_carry_what_the_deployment_depends_on() {
     assert!(
         rbac.contains("resources: [\"pods\", \"nodes\"]") && rbac.contains("verbs: [\"get\", \"list\", \"watch\"]")
     );
+    let query = read("templates/query-deployment.yaml");
+    for needle in SERVER_POD.iter().copied().chain([
+        "kind: Deployment",
+        "name: {{ include \"lumen.fullname\" . }}-query",
+        "replicas: {{ int .Values.query.replicas }}",
+        "lumen.io/scrape-token: \"true\"",
+        // The server's config, so a change of it rolls the query pods too.
+        "checksum/config: {{ include \"lumen.serverConfig\" . | sha256sum }}",
+        "containerPort: 9700",
+        "mountPath: /var/lib/lumen",
+        "args: [\"server\", \"--config\", \"/etc/lumen/config.toml\", \"--role\", \"query\"]",
+        "{{- toYaml .Values.query.resources | nindent 12 }}",
+    ]) {
+        assert!(query.contains(needle), "query-deployment.yaml lacks `{needle}`");
+    }
+    // HTTP only, and no volume of its own to claim.
+    for needle in ["containerPort: 4317", "containerPort: 1883", "volumeClaimTemplates", "persistentVolumeClaim"] {
+        assert!(!query.contains(needle), "query-deployment.yaml holds `{needle}`");
+    }
     let service = read("templates/server-service.yaml");
     for port in ["name: http", "name: otlp-grpc", "name: mqtt"] {
         assert!(service.contains(port), "server-service.yaml lacks `{port}`");
@@ -496,6 +614,7 @@ fn the_workloads_carry_what_the_deployment_depends_on() {
         values["agent"]["resources"],
         serde_json::json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}})
     );
+    assert_eq!(values["query"]["resources"], values["server"]["resources"], "a query node is sized as the server");
 }
 
 /// The server's config.toml as "lumen.serverConfig" renders it with the default values and release
@@ -721,15 +840,21 @@ fn the_rendered_config_files_pass_lumen_config_check() {
     assert_eq!(values["storage"]["syncInterval"], "10s");
     assert_eq!(values["storage"]["keepCommits"], 3);
     assert_eq!(values["storage"]["cacheMaxBytes"], "", "no cache bound unless set");
-    // With a Secret, the server gets the bucket's credentials as AWS_* variables, never optional.
-    let server = read("templates/server-statefulset.yaml");
-    for key in ["accessKeyIdKey", "secretAccessKeyKey"] {
+    // With a Secret, the server and the query nodes get the bucket's credentials as AWS_* variables, never
+    // optional.
+    for name in ["server-statefulset.yaml", "query-deployment.yaml"] {
+        let workload = read(&format!("templates/{name}"));
+        for key in ["accessKeyIdKey", "secretAccessKeyKey"] {
+            assert!(
+                workload.contains(&format!(
+                    "                secretKeyRef:\n                  name: {{{{ .Values.storage.existingSecret }}}}\n                  key: {{{{ .Values.storage.{key} }}}}\n                  optional: false"
+                )),
+                "{name} does not take {key} from storage.existingSecret"
+            );
+        }
         assert!(
-            server.contains(&format!(
-                "                secretKeyRef:\n                  name: {{{{ .Values.storage.existingSecret }}}}\n                  key: {{{{ .Values.storage.{key} }}}}\n                  optional: false"
-            )),
-            "server-statefulset.yaml does not take {key} from storage.existingSecret"
+            workload.contains("- name: AWS_ACCESS_KEY_ID") && workload.contains("- name: AWS_SECRET_ACCESS_KEY"),
+            "{name} lacks the AWS_* variables"
         );
     }
-    assert!(server.contains("- name: AWS_ACCESS_KEY_ID") && server.contains("- name: AWS_SECRET_ACCESS_KEY"));
 }
