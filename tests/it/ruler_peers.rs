@@ -211,9 +211,26 @@ async fn rules_alerts_and_recorded_series_agree_with_prometheus() {
     assert_eq!(p.keys().collect::<Vec<_>>(), l.keys().collect::<Vec<_>>());
     for (k, pv) in &p {
         let lv = &l[k];
-        // Every field Prometheus has, Lumen has with the same value.
+        // Every field Prometheus has, Lumen has with the same value; except that FiringSeen, which reads
+        // the ALERTS another group writes, may become active one interval apart: the two groups tick at
+        // fixed phases of the same 1 s interval, and on a loaded machine the writing group's evaluation can
+        // slip past the reading group's tick in either system (Prometheus' groups race the same way).
         for (field, want) in pv.as_object().unwrap() {
-            assert_eq!(lv.get(field), Some(want), "{k}.{field}:\nprometheus {pv:#}\nlumen {lv:#}");
+            let (mut got, mut want) = (lv.get(field).cloned(), Some(want.clone()));
+            if k == "second/FiringSeen" && field == "alerts" {
+                let active = |v: &Option<Value>| v.as_ref().and_then(|a| a[0]["activeAt"].as_i64());
+                let (g, w) = (active(&got), active(&want));
+                assert!(
+                    matches!((g, w), (Some(g), Some(w)) if (g - w).abs() <= 1000),
+                    "{k}.activeAt more than one interval apart:\nprometheus {pv:#}\nlumen {lv:#}"
+                );
+                for v in [&mut got, &mut want] {
+                    if let Some(a) = v.as_mut().and_then(|a| a.get_mut(0)) {
+                        a["activeAt"] = json!(0);
+                    }
+                }
+            }
+            assert_eq!(got, want, "{k}.{field}:\nprometheus {pv:#}\nlumen {lv:#}");
         }
     }
     // The groups' own fields.
