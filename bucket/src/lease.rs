@@ -381,6 +381,7 @@ pub struct LeaseMetrics {
     pub waits: Counter,
     pub lost: Counter,
     pub behind: Gauge,
+    pub renewals_during_sync: Counter,
 }
 
 impl LeaseMetrics {
@@ -399,6 +400,11 @@ impl LeaseMetrics {
             "1 while the bucket's newest commit is not in this data directory, so this server never takes the writer lease",
             m.behind.clone(),
         );
+        r.register(
+            "renewals_during_sync",
+            "renewals of the writer lease while a sync's uploads ran longer than a third of storage.lease_ttl",
+            m.renewals_during_sync.clone(),
+        );
         m
     }
 }
@@ -412,8 +418,8 @@ pub(crate) enum Gate {
     Wait,
 }
 
-/// The lease `writer` as the sync uses it: taken before the first upload, renewed at each sync and
-/// again just before each commit, released at a graceful stop.
+/// The lease `writer` as the sync uses it: taken before the first upload, renewed at each sync, every
+/// third of its ttl while the uploads run, and again just before each commit, released at a graceful stop.
 pub struct WriterLease {
     lease: Lease,
     metrics: LeaseMetrics,
@@ -497,8 +503,40 @@ impl WriterLease {
         Ok(Gate::Write { fresh: true })
     }
 
+    /// Awaits `work` (a sync's uploads) while renewing the lease every third of its ttl, so that uploads
+    /// that take longer than the ttl (a first sync of a large directory, a slow link) do not let a waiting
+    /// server take over in the middle of a sync. A renewal that finds the lease taken stops the renewals
+    /// but not the uploads (a dropped multipart upload would stay behind in the bucket):
+    /// [`WriterLease::before_commit`] then refuses the commit. A renewal that fails is retried at the next
+    /// third; the lease stays valid by this server's clock until its share of the ttl runs out.
+    pub(crate) async fn renewing_while<F: std::future::Future>(&mut self, work: F) -> F::Output {
+        let every = self.lease.ttl / 3;
+        tokio::pin!(work);
+        loop {
+            if !self.lease.is_held() {
+                return work.await;
+            }
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(every) => match self.lease.renew().await {
+                    Ok(()) => {
+                        self.metrics.renewals_during_sync.inc();
+                    }
+                    Err(LeaseError::Lost { holder }) => self.lost(&holder),
+                    Err(LeaseError::Store(e)) => {
+                        tracing::warn!(error = %e, "storage: renewing the writer lease during the sync's uploads failed; retried")
+                    }
+                },
+            }
+        }
+    }
+
     /// Just before a commit: the lease must be renewed, so that a commit never follows a takeover.
     pub(crate) async fn before_commit(&mut self) -> Result<(), String> {
+        if !self.lease.is_held() {
+            // Lost during the uploads (told then).
+            return Err("storage: the writer lease was taken over during the sync; nothing committed".into());
+        }
         match self.lease.renew().await {
             Ok(()) => Ok(()),
             Err(LeaseError::Lost { holder }) => {

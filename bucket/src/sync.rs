@@ -108,6 +108,8 @@ pub struct Syncer {
     cache: Option<(u64, crate::cache::CacheMetrics)>,
     /// The writer lease: without it (tests), this syncer assumes it is the only writer.
     lease: Option<crate::lease::WriterLease>,
+    /// The lease is out of `lease` while the uploads run (see `sync_inner`).
+    lease_out: bool,
 }
 
 impl Syncer {
@@ -136,6 +138,7 @@ impl Syncer {
             metrics,
             cache: None,
             lease: None,
+            lease_out: false,
         }
     }
 
@@ -252,7 +255,24 @@ impl Syncer {
         let view = store::snapshot::stage(&self.logs, &self.metric_store, "current")
             .await
             .map_err(|e| format!("storage: cannot stage the data directory for the sync: {e}"))?;
-        let result = self.upload_view(&view.path).await;
+        // The lease leaves `self` while the uploads borrow it (renewed meanwhile); `lease_out` marks that,
+        // so that a sync dropped half-way (it never is: its loop awaits it) cannot leave a syncer that
+        // believes it is the only writer.
+        if self.lease_out {
+            return Err(
+                "storage: an earlier sync was interrupted while it held the writer lease; restart the server".into()
+            );
+        }
+        let result = match self.lease.take() {
+            Some(mut lease) => {
+                self.lease_out = true;
+                let result = lease.renewing_while(self.upload_view(&view.path)).await;
+                self.lease = Some(lease);
+                self.lease_out = false;
+                result
+            }
+            None => self.upload_view(&view.path).await,
+        };
         let _ = tokio::fs::remove_dir_all(&view.path).await;
         let (files, mut report) = result?;
         report.files = files.len();

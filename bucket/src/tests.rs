@@ -10,6 +10,7 @@ use object_store::{
 
 use super::Bucket;
 use super::commit::CommitFile;
+use super::lease::LeaseRecord;
 
 /// A store that ignores conditional writes, as some S3 imitations do: `If-Match` (every update overwrites)
 /// and, with `create`, `If-None-Match` too (every put overwrites).
@@ -485,4 +486,62 @@ async fn a_store_that_ignores_if_match_is_refused() {
     let err = bad.check_conditional_create().await.unwrap_err();
     assert!(matches!(err, super::CheckError::IgnoresConditions(_)), "{err:?}");
     assert!(err.to_string().contains("ignores If-Match"), "{err}");
+}
+
+/// Uploads that run longer than the lease's ttl: the writer renews every third of the ttl meanwhile, so a
+/// waiting server never finds the lease free during them; and when another server takes the record over
+/// in the middle, the uploads still finish and the commit is refused.
+#[tokio::test]
+async fn the_writer_lease_is_renewed_during_long_uploads_and_a_takeover_refuses_the_commit() {
+    use crate::lease::{Gate, Lease, LeaseMetrics, Observed, WriterLease};
+    use std::time::Duration;
+
+    let bucket = Bucket::with_store(Arc::new(InMemory::new()), "p");
+    let ttl = Duration::from_millis(300);
+    let metrics = LeaseMetrics::default();
+    let mut writer = WriterLease::new(Lease::new(bucket.clone(), WriterLease::NAME, "a", ttl), metrics.clone());
+    assert_eq!(writer.before_sync().await.unwrap(), Gate::Write { fresh: true });
+    let mut waiter = Lease::new(bucket.clone(), WriterLease::NAME, "b", ttl);
+    assert!(matches!(waiter.observe().await.unwrap(), Observed::HeldBy { .. }));
+
+    // "Uploads" of 4 ttls, while the waiter looks every 50 ms: it never sees the lease free.
+    let uploads = async {
+        tokio::time::sleep(ttl * 4).await;
+        "uploaded"
+    };
+    let watch = async {
+        let until = tokio::time::Instant::now() + ttl * 4;
+        let mut looks = 0;
+        while tokio::time::Instant::now() < until {
+            let seen = waiter.observe().await.unwrap();
+            assert!(matches!(seen, Observed::HeldBy { .. }), "look {looks}: {seen:?}");
+            looks += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        looks
+    };
+    let (out, looks) = tokio::join!(writer.renewing_while(uploads), watch);
+    assert_eq!(out, "uploaded");
+    assert!(looks >= 10, "{looks}");
+    let renewed = metrics.renewals_during_sync.get();
+    assert!((4..=13).contains(&renewed), "renewed {renewed} times in 4 ttls (every third of the ttl: ~11)");
+    writer.before_commit().await.expect("still the holder");
+
+    // Another server overwrites the record in the middle of the next uploads (as a takeover does): the
+    // renewal after it finds it, the uploads finish anyway, and the commit is refused.
+    let record = waiter.read().await.unwrap().unwrap();
+    let key = ObjectPath::from(format!("p/leases/{}.json", WriterLease::NAME));
+    let taken = LeaseRecord { holder: "b/other".into(), node: "b".into(), renewals: record.renewals + 100, ..record };
+    let uploads = async {
+        tokio::time::sleep(ttl / 2).await;
+        bucket.store().put(&key, PutPayload::from(serde_json::to_vec(&taken).unwrap())).await.unwrap();
+        tokio::time::sleep(ttl * 2).await;
+        "uploaded"
+    };
+    assert_eq!(writer.renewing_while(uploads).await, "uploaded");
+    assert_eq!(metrics.lost.get(), 1);
+    let err = writer.before_commit().await.unwrap_err();
+    assert!(err.contains("taken over during the sync") && err.contains("nothing committed"), "{err}");
+    assert_eq!(metrics.lost.get(), 1, "the loss is told once");
+    assert_eq!(waiter.read().await.unwrap().unwrap().holder, "b/other", "the new holder's record stands");
 }
