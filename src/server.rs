@@ -485,6 +485,26 @@ impl Running {
     /// # Errors
     /// The HTTP server's or the final flush's error.
     pub async fn stop(self) -> anyhow::Result<()> {
+        // The data directory's lock goes with the last handle on each store: wait for it, so that a
+        // restart in the same process (tests, an embedding) never finds the directory still locked by a
+        // task that was finishing with it.
+        let closed: [Box<dyn Fn() -> bool + Send + Sync>; 2] =
+            [Box::new(self.store.closed_probe()), Box::new(self.metric_store.closed_probe())];
+        let result = self.stop_serving().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while closed.iter().any(|c| !c()) {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "a task still holds the store 10 s after the stop; the data directory stays locked until it ends"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        result
+    }
+
+    async fn stop_serving(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Release);
         // The MQTT sources stop taking messages and send the acknowledgements of what was stored, and the
         // pipeline drains, while the stores are still open.

@@ -114,6 +114,13 @@ pub struct StoreStats {
 }
 
 impl LogStore {
+    /// Whether this store is closed: every handle on it dropped, its data directory unlocked. For a
+    /// caller that stops the store and must wait until another may open the directory.
+    pub fn closed_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        move || weak.strong_count() == 0
+    }
+
     /// Opens (or creates) the store in `options.data_dir`: takes the directory lock, loads the manifest
     /// and catalog, deletes files of unfinished flushes, and replays the write-ahead log into the head.
     ///

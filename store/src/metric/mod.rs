@@ -353,6 +353,13 @@ impl MetricBatch {
 }
 
 impl MetricStore {
+    /// Whether this store is closed: every handle on it dropped, its data directory unlocked. For a
+    /// caller that stops the store and must wait until another may open the directory.
+    pub fn closed_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        move || weak.strong_count() == 0
+    }
+
     /// Opens (or creates) the metric store under `<options.data_dir>/metrics`: takes its lock, loads the
     /// manifest and series catalog, deletes files of unfinished flushes, replays the write-ahead log.
     ///
