@@ -353,7 +353,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let ready = Arc::new(AtomicBool::new(true));
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
-        .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?
+        .with_shutdown(shutdown.clone());
     let bodies = crate::inflight::BodyLimits::new(
         usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),
         usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),

@@ -31,6 +31,9 @@ pub struct QueryState {
     pub sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     /// Live tails running now, at most `config.max_concurrent_tails`.
     pub tails: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the server stops: live tails close their WebSockets (they outlive the HTTP
+    /// server's graceful shutdown otherwise, and hold the stores).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl QueryState {
@@ -45,7 +48,14 @@ impl QueryState {
         let max = usize::try_from(config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
         let sql_runtime = crate::sql::runtime(max)?;
         let tails = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_tails.max(1)));
-        Ok(QueryState { store, metric_store, config, metrics, sql_runtime, tails })
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        Ok(QueryState { store, metric_store, config, metrics, sql_runtime, tails, shutdown })
+    }
+
+    /// Live tails end when `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> QueryState {
+        self.shutdown = shutdown;
+        self
     }
 }
 

@@ -461,6 +461,36 @@ async fn a_quiet_live_tail_sends_pings() {
     server.stop().await;
 }
 
+/// A live tail open while the server stops is closed with 1001 "going away" (Grafana reconnects), the
+/// stop does not wait for it, and the data directory is free for the next server at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_closes_its_live_tails() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let url = server.url("/loki/api/v1/tail").replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?query=%7Bapp%3D%22quiet%22%7D")).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (stopped, close) = tokio::join!(server.stop(), async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(8), ws.next()).await.expect("a close frame within 8 s") {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("the tail ended without a close frame: {other:?}"),
+            }
+        }
+    });
+    let () = stopped;
+    let took = started.elapsed();
+    let frame = close.expect("a close frame with a code");
+    assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+    assert!(took < Duration::from_secs(5), "the stop waited {took:?} for the tail");
+    // The directory is free: a new server opens it at once.
+    let server = TestServer::start(test_config(dir.path())).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_the_timeout_is_a_504_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();

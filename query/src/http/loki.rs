@@ -818,6 +818,12 @@ async fn run_tail(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => continue,
             },
+            () = state.shutdown.cancelled() => {
+                // 1001 "going away": the client (Grafana) reconnects to whichever server answers next.
+                let frame = axum::extract::ws::CloseFrame { code: 1001, reason: "the server is stopping".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
         }
         if last_sent.elapsed() >= ping_every {
             if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
