@@ -230,6 +230,13 @@ impl Syncer {
     }
 
     async fn sync_inner(&mut self) -> Result<SyncReport, String> {
+        // A sync dropped half-way (it never is: its loop awaits it) must not leave a syncer that, its lease
+        // gone, believes it is the only writer.
+        if self.lease_out {
+            return Err(
+                "storage: an earlier sync was interrupted while it held the writer lease; restart the server".into()
+            );
+        }
         if !self.verified {
             self.bucket.check_conditional_create().await.map_err(|e| e.to_string())?;
             self.verified = true;
@@ -255,14 +262,8 @@ impl Syncer {
         let view = store::snapshot::stage(&self.logs, &self.metric_store, "current")
             .await
             .map_err(|e| format!("storage: cannot stage the data directory for the sync: {e}"))?;
-        // The lease leaves `self` while the uploads borrow it (renewed meanwhile); `lease_out` marks that,
-        // so that a sync dropped half-way (it never is: its loop awaits it) cannot leave a syncer that
-        // believes it is the only writer.
-        if self.lease_out {
-            return Err(
-                "storage: an earlier sync was interrupted while it held the writer lease; restart the server".into()
-            );
-        }
+        // The lease leaves `self` while the uploads borrow it (renewed meanwhile); `lease_out` marks that
+        // (checked first thing in `sync_inner`).
         let result = match self.lease.take() {
             Some(mut lease) => {
                 self.lease_out = true;
