@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 
-use object_store::ObjectStoreExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -190,18 +189,7 @@ impl Follower {
             if holds(&dest, f) {
                 continue;
             }
-            let key = self.bucket.key(&f.key);
-            let content = async { self.bucket.store().get(&key).await?.bytes().await }.await.map_err(|e| {
-                format!("storage: cannot download {key} (for {}) from {}: {e}", f.path, self.bucket.describe())
-            })?;
-            if content.len() as u64 != f.bytes {
-                return Err(format!(
-                    "storage: {key} holds {} bytes, commit {} says {}",
-                    content.len(),
-                    commit.seq,
-                    f.bytes
-                ));
-            }
+            let content = self.bucket.fetch_committed(f, commit.seq).await?;
             let tmp = tmp_name(&dest);
             std::fs::write(&tmp, &content).map_err(|e| format!("{}: {e}", tmp.display()))?;
             staged.push((tmp, dest));

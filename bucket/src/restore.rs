@@ -169,23 +169,35 @@ impl Bucket {
                 staged.push((tmp, dest));
                 continue;
             }
-            let key = self.key(&f.key);
-            let content = async { self.store().get(&key).await?.bytes().await }.await.map_err(|e| {
-                format!("storage: cannot download {key} (for {}) from {}: {e}", f.path, self.describe())
-            })?;
-            if content.len() as u64 != f.bytes {
-                return Err(format!(
-                    "storage: {key} holds {} bytes, commit {} says {}: refusing to restore a damaged file",
-                    content.len(),
-                    commit.seq,
-                    f.bytes
-                ));
-            }
+            let content = self.fetch_committed(f, commit.seq).await?;
             bytes += f.bytes;
             write_synced(&tmp, content).await?;
             staged.push((tmp, dest));
         }
         Ok(bytes)
+    }
+}
+
+impl Bucket {
+    /// The object of a commit's file, refused when it does not hold the size the commit names (a damaged
+    /// or replaced object is never restored or followed).
+    pub(crate) async fn fetch_committed(
+        &self,
+        f: &crate::commit::CommitFile,
+        seq: u64,
+    ) -> Result<bytes::Bytes, String> {
+        let key = self.key(&f.key);
+        let content = async { self.store().get(&key).await?.bytes().await }
+            .await
+            .map_err(|e| format!("storage: cannot download {key} (for {}) from {}: {e}", f.path, self.describe()))?;
+        if content.len() as u64 != f.bytes {
+            return Err(format!(
+                "storage: {key} holds {} bytes, commit {seq} says {}: refusing to restore a damaged file",
+                content.len(),
+                f.bytes
+            ));
+        }
+        Ok(content)
     }
 }
 

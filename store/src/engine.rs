@@ -84,7 +84,7 @@ struct Inner {
     /// Where parts evicted from the local disk are fetched from (see [`crate::remote`]).
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
     /// Set on a query node: why writes are refused (see `set_read_only`).
-    read_only: std::sync::OnceLock<String>,
+    read_only: crate::error::ReadOnly,
     _lock: File,
 }
 
@@ -227,7 +227,7 @@ impl LogStore {
                 marks,
                 deletes,
                 remote: std::sync::OnceLock::new(),
-                read_only: std::sync::OnceLock::new(),
+                read_only: crate::error::ReadOnly::default(),
                 _lock: lock,
             }),
         };
@@ -245,7 +245,7 @@ impl LogStore {
         tenant: &Tenant,
         spec: crate::delete::DeleteSpec,
     ) -> Result<crate::delete::DeleteRequest> {
-        self.refuse_if_read_only()?;
+        self.inner.read_only.check()?;
         let req = self.inner.deletes.add(tenant, spec)?;
         tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "delete requested; the rows it covers are hidden now");
         Ok(req)
@@ -261,7 +261,7 @@ impl LogStore {
     /// # Errors
     /// I/O errors writing the request list.
     pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
-        self.refuse_if_read_only()?;
+        self.inner.read_only.check()?;
         self.inner.deletes.cancel(tenant, id)
     }
 
@@ -393,14 +393,7 @@ impl LogStore {
     /// Refuses every write from now on with [`Error::ReadOnly`] and `reason` (a query node, which follows
     /// a directory another process writes with [`Self::refresh`]).
     pub fn set_read_only(&self, reason: &str) {
-        let _ = self.inner.read_only.set(reason.to_string());
-    }
-
-    fn refuse_if_read_only(&self) -> Result<()> {
-        match self.inner.read_only.get() {
-            Some(reason) => Err(Error::ReadOnly { reason: reason.clone() }),
-            None => Ok(()),
-        }
+        self.inner.read_only.set(reason);
     }
 
     /// Attaches the source that parts living in the object store are fetched from (once; see
@@ -527,7 +520,7 @@ impl LogStore {
         producer: Option<(&str, u64)>,
         marks: Vec<DeliveryMark>,
     ) -> Result<()> {
-        self.refuse_if_read_only()?;
+        self.inner.read_only.check()?;
         if batch.is_empty() && marks.is_empty() {
             if let Some((name, seq)) = producer {
                 // Nothing to make durable; remembering the sequence in memory is enough to answer a resend.
@@ -1289,7 +1282,7 @@ impl LogStore {
     pub async fn compact(&self) -> Result<usize> {
         // A query node's parts are the writer's: it compacts them, not this process.
         // Compaction writes its output before it frees its inputs: not while the disk is low.
-        if self.inner.read_only.get().is_some() || self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
+        if self.inner.read_only.is_set() || self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
             return Ok(0);
         }
         let _guard = self.inner.maintenance_lock.lock().await;

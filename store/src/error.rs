@@ -98,3 +98,27 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A store's read-only switch (a query node, which follows a directory another process writes): once
+/// set, every write is refused with [`Error::ReadOnly`] and the reason.
+#[derive(Debug, Default)]
+pub(crate) struct ReadOnly(std::sync::OnceLock<String>);
+
+impl ReadOnly {
+    /// Turns writes off for good (a second call keeps the first reason).
+    pub(crate) fn set(&self, reason: &str) {
+        let _ = self.0.set(reason.to_string());
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// [`Error::ReadOnly`] once set.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.0.get() {
+            Some(reason) => Err(Error::ReadOnly { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+}

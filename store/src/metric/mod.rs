@@ -131,7 +131,7 @@ struct Inner {
     /// Where parts evicted from the local disk are fetched from (see [`crate::remote`]).
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
     /// Set on a query node: why writes are refused (see `set_read_only`).
-    read_only: std::sync::OnceLock<String>,
+    read_only: crate::error::ReadOnly,
     _lock: File,
 }
 
@@ -477,7 +477,7 @@ impl MetricStore {
                 flushed: Notify::new(),
                 metadata: RwLock::default(),
                 remote: std::sync::OnceLock::new(),
-                read_only: std::sync::OnceLock::new(),
+                read_only: crate::error::ReadOnly::default(),
                 _lock: lock,
             }),
         };
@@ -485,18 +485,10 @@ impl MetricStore {
         Ok(store)
     }
 
-    /// Starts a batch for a tenant.
     /// Refuses every write from now on with [`Error::ReadOnly`] and `reason` (a query node, which follows
     /// a directory another process writes with [`Self::refresh`]).
     pub fn set_read_only(&self, reason: &str) {
-        let _ = self.inner.read_only.set(reason.to_string());
-    }
-
-    fn refuse_if_read_only(&self) -> Result<()> {
-        match self.inner.read_only.get() {
-            Some(reason) => Err(Error::ReadOnly { reason: reason.clone() }),
-            None => Ok(()),
-        }
+        self.inner.read_only.set(reason);
     }
 
     /// Attaches the source that parts living in the object store are fetched from (once; see
@@ -557,6 +549,7 @@ impl MetricStore {
         }
     }
 
+    /// Starts a batch for a tenant.
     pub fn batch(&self, tenant: &Tenant) -> MetricBatch {
         let now_ms = crate::time::now_ns() / 1_000_000;
         let retention_ms = i64::try_from(self.inner.options.retention.as_millis()).unwrap_or(i64::MAX);
@@ -612,7 +605,7 @@ impl MetricStore {
     }
 
     async fn append_record(&self, mut batch: MetricBatch, tag: Option<SampleTag>) -> Result<()> {
-        self.refuse_if_read_only()?;
+        self.inner.read_only.check()?;
         if batch.samples.is_empty() {
             return Ok(());
         }
@@ -1226,7 +1219,7 @@ impl MetricStore {
     pub async fn compact(&self) -> Result<usize> {
         // A query node's parts are the writer's: it compacts them, not this process.
         // Compaction writes its output before it frees its inputs: not while the disk is low.
-        if self.inner.read_only.get().is_some() || self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
+        if self.inner.read_only.is_set() || self.inner.options.disk.as_ref().is_some_and(|d| d.low()) {
             return Ok(0);
         }
         let _guard = self.inner.maintenance_lock.lock().await;
@@ -1432,7 +1425,7 @@ impl MetricStore {
         tenant: &Tenant,
         spec: crate::delete::DeleteSpec,
     ) -> Result<crate::delete::DeleteRequest> {
-        self.refuse_if_read_only()?;
+        self.inner.read_only.check()?;
         let req = self.inner.deletes.add(tenant, spec)?;
         tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "series delete requested; its samples are hidden now");
         Ok(req)
@@ -1448,7 +1441,7 @@ impl MetricStore {
     /// # Errors
     /// I/O errors writing the request list.
     pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
-        self.refuse_if_read_only()?;
+        self.inner.read_only.check()?;
         self.inner.deletes.cancel(tenant, id)
     }
 
