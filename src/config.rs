@@ -354,6 +354,23 @@ impl Config {
                 format!("{:?}", s.role).to_lowercase()
             ),
         }
+        for url in &self.query.ingest_urls {
+            let host = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .map(|r| r.split('/').next().unwrap_or(""));
+            match host {
+                // The URL is not echoed: what precedes the `@` may be a password.
+                Some(h) if h.contains('@') => bail!(
+                    "query.ingest_urls: an entry carries credentials (user:password@): remove them; the query node \
+                     passes each caller's own Authorization on to its ingest nodes"
+                ),
+                Some(h) if !h.is_empty() => {}
+                _ => bail!(
+                    "query.ingest_urls: {url:?} is not an ingest node's base URL: write http://host:port or https://host:port"
+                ),
+            }
+        }
         let cache = self.storage.cache_max_bytes.as_u64();
         if let Some(budget) = self.disk_budget()
             && self.storage.backend == bucket::Backend::S3

@@ -106,6 +106,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(
             "server.role = query: answers queries from the bucket's newest commit; MQTT, syslog and rules are off, writes are refused"
         );
+        if config.query.ingest_urls.is_empty() {
+            tracing::warn!(
+                "query.ingest_urls is empty: this query node answers from the bucket alone, without what the writer \
+                 acknowledged since its last sync (up to one storage.sync_interval); name the writer's URL there"
+            );
+        } else {
+            tracing::info!(ingest_urls = ?config.query.ingest_urls, "query node: selections also ask these ingest nodes for what the bucket does not hold yet");
+        }
     }
     let s = &config.server;
     let auth = crate::auth::load(&config)?;
@@ -200,6 +208,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
+    // Whether this server holds the writer lease now (None: no bucket): only the holder answers a query
+    // node's delta requests.
+    let mut lease_held: Option<prometheus_client::metrics::gauge::Gauge> = None;
     let syncer = bucket.filter(|_| !query_node).map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
         let node = crate::config::node_name("");
@@ -210,8 +221,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             &node,
             config.storage.lease_ttl(),
         );
-        let lease = bucket::lease::WriterLease::new(lease, bucket::lease::LeaseMetrics::register(&mut registry))
-            .with_base_commit(restored_commit);
+        let lease_metrics = bucket::lease::LeaseMetrics::register(&mut registry);
+        lease_held = Some(lease_metrics.held.clone());
+        let lease = bucket::lease::WriterLease::new(lease, lease_metrics).with_base_commit(restored_commit);
         let syncer = bucket::sync::Syncer::new(
             b,
             store.clone(),
@@ -345,7 +357,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &s.data_dir,
         Arc::new(backend),
         ruler_metrics,
-        client,
+        client.clone(),
         ruler_stop_rx,
     )
     .map_err(anyhow::Error::msg)
@@ -355,6 +367,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
         .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?
         .with_shutdown(shutdown.clone());
+    let query = match (&lease_held, query_node) {
+        (_, true) if !config.query.ingest_urls.is_empty() => {
+            let peers = query::peers::Peers::new(
+                config.query.ingest_urls.clone(),
+                client.clone(),
+                config.query.ingest_timeout,
+                query::peers::PeerMetrics::register(&mut registry),
+            );
+            query.with_peers(Arc::new(peers))
+        }
+        (_, true) => query.with_serves_delta(Arc::new(|| false)),
+        (Some(held), false) => {
+            let held = held.clone();
+            query.with_serves_delta(Arc::new(move || held.get() > 0))
+        }
+        (None, false) => query,
+    };
     let bodies = crate::inflight::BodyLimits::new(
         usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),
         usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
@@ -446,6 +475,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         });
     }
     if let Some(syncer) = syncer.clone() {
+        // A first sync at once: it takes the writer lease (or learns who holds it), so that this server
+        // answers query nodes for what it acknowledges from the start (see `query::peers`).
+        let first = syncer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = first.lock().await.sync_once().await {
+                tracing::warn!(error = %e, "storage: the first sync into the bucket failed; it is retried at the next interval");
+            }
+        });
         every(config.storage.sync_interval, shutdown.clone(), move || {
             let syncer = syncer.clone();
             async move {

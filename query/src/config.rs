@@ -47,6 +47,16 @@ pub struct QueryConfig {
     /// Step of a PromQL subquery that names none (Prometheus' global evaluation interval).
     #[serde(with = "store::config::duration")]
     pub default_subquery_step: Duration,
+    /// On a query node (`server.role = "query"`): the base URLs of the ingest nodes it asks, for each
+    /// selection, for what they acknowledged that the bucket does not hold yet (their heads and unsynced
+    /// parts), e.g. `["http://lumen-0.lumen-headless:3100"]` (a Kubernetes StatefulSet's pod behind a
+    /// headless Service) or the writer's Service. Only the holder of the writer lease answers. Empty: the
+    /// query node answers from the bucket alone, up to one `storage.sync_interval` behind.
+    pub ingest_urls: Vec<String>,
+    /// How long a query node waits for an ingest node's answer before it answers without it (with a
+    /// warning).
+    #[serde(with = "store::config::duration")]
+    pub ingest_timeout: Duration,
 }
 
 impl Default for QueryConfig {
@@ -64,6 +74,8 @@ impl Default for QueryConfig {
             max_concurrent_tails: 32,
             tail_ping_interval: Duration::from_secs(30),
             default_subquery_step: Duration::from_secs(60),
+            ingest_urls: Vec::new(),
+            ingest_timeout: Duration::from_secs(10),
         }
     }
 }

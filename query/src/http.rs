@@ -2,6 +2,7 @@
 //! **API Boundary:** only this module knows the JSON shapes of the query APIs.
 
 pub mod delete;
+pub mod delta;
 pub mod loki;
 pub mod prom;
 pub mod sql;
@@ -34,6 +35,13 @@ pub struct QueryState {
     /// Cancelled when the server stops: live tails close their WebSockets (they outlive the HTTP
     /// server's graceful shutdown otherwise, and hold the stores).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// On a query node: the ingest nodes it asks for what the bucket does not hold yet.
+    pub peers: Option<Arc<crate::peers::Peers>>,
+    /// Whether this node answers a query node's delta requests (it holds the bucket's writer lease, or
+    /// has no bucket); see [`crate::peers`].
+    pub serves_delta: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The `Authorization` of the request this clone serves, passed on to the ingest nodes.
+    caller_auth: Option<axum::http::HeaderValue>,
 }
 
 impl QueryState {
@@ -49,7 +57,47 @@ impl QueryState {
         let sql_runtime = crate::sql::runtime(max)?;
         let tails = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_tails.max(1)));
         let shutdown = tokio_util::sync::CancellationToken::new();
-        Ok(QueryState { store, metric_store, config, metrics, sql_runtime, tails, shutdown })
+        Ok(QueryState {
+            store,
+            metric_store,
+            config,
+            metrics,
+            sql_runtime,
+            tails,
+            shutdown,
+            peers: None,
+            serves_delta: Arc::new(|| true),
+            caller_auth: None,
+        })
+    }
+
+    /// A query node: selections also ask `peers` (see [`crate::peers`]), and this node answers no delta.
+    pub fn with_peers(mut self, peers: Arc<crate::peers::Peers>) -> QueryState {
+        self.peers = Some(peers);
+        self.serves_delta = Arc::new(|| false);
+        self
+    }
+
+    /// Whether this node answers delta requests, asked at each one (the writer lease comes and goes).
+    pub fn with_serves_delta(mut self, serves: Arc<dyn Fn() -> bool + Send + Sync>) -> QueryState {
+        self.serves_delta = serves;
+        self
+    }
+
+    /// This state for one request: a query node passes the caller's credential on to its ingest nodes.
+    pub fn for_caller(&self, headers: &HeaderMap) -> QueryState {
+        let mut s = self.clone();
+        if s.peers.is_some() {
+            s.caller_auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
+        }
+        s
+    }
+
+    /// One query's calls to the ingest nodes, with the caller's credential (see [`QueryState::for_caller`]);
+    /// None when this is no query node.
+    pub fn peer_call(&self) -> Option<crate::peers::PeerCall> {
+        let peers = self.peers.clone()?;
+        Some(crate::peers::PeerCall::new(peers, self.caller_auth.clone()))
     }
 
     /// Live tails end when `shutdown` is cancelled.
@@ -63,6 +111,7 @@ impl QueryState {
 pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/api/v1/sql", axum::routing::get(sql::handle).post(sql::handle))
+        .merge(delta::routes())
         .merge(loki::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), loki::observe)))
         .merge(prom::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), prom::observe)))
         .with_state(state)

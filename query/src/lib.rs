@@ -19,6 +19,7 @@ pub mod depth;
 pub mod http;
 pub mod logql;
 pub mod metrics;
+pub mod peers;
 pub mod promql;
 pub mod sql;
 pub mod sql_metrics;

@@ -56,6 +56,10 @@ pub struct ServerArgs {
     /// What this process does (server.role): all, or query (a query node following the bucket).
     #[arg(long, env = "LUMEN_ROLE", value_enum)]
     pub role: Option<lumen::config::Role>,
+    /// A query node's ingest node, asked for what the bucket does not hold yet (query.ingest_urls;
+    /// repeat the flag, or separate with commas in the environment).
+    #[arg(long = "ingest-url", env = "LUMEN_INGEST_URLS", value_delimiter = ',')]
+    pub ingest_urls: Vec<String>,
     /// Validate the configuration (file, flags and environment) and exit without starting.
     #[arg(long)]
     pub check: bool,
@@ -84,6 +88,9 @@ fn config(args: ServerArgs) -> anyhow::Result<Config> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    if !args.ingest_urls.is_empty() {
+        config.query.ingest_urls = args.ingest_urls.clone();
+    }
     let s = &mut config.server;
     if let Some(v) = args.role {
         s.role = v;

@@ -38,7 +38,7 @@ use crate::metrics::StoreMetrics;
 use crate::model::{Labels, LogBatch, Tenant};
 use crate::part::{Opened, Part, PartWriter, WriteOptions};
 use crate::quarantine::{Quarantine, SkippedPart};
-use crate::scan::{LabelMatcher, PartSlice, Scan, ScanPlan, ScanRequest, ScanTask, conform};
+use crate::scan::{LabelMatcher, PartFilter, PartSlice, Scan, ScanPlan, ScanRequest, ScanTask, conform};
 use crate::time::{day_of_ns, now_ns};
 use crate::wal::{Replayed, Wal};
 
@@ -953,6 +953,18 @@ impl LogStore {
         partitions: usize,
         only: Option<&HashSet<u64>>,
     ) -> (SchemaRef, Vec<ScanTask>) {
+        self.plan_scan_inner(req, partitions, only, None)
+    }
+
+    /// [`LogStore::plan_scan_only`], also filling `keep` (when given) with the ids of the request's
+    /// `PartFilter::Except` set that are live parts of the tenant at the scan's instant.
+    fn plan_scan_inner(
+        &self,
+        req: ScanRequest,
+        partitions: usize,
+        only: Option<&HashSet<u64>>,
+        keep: Option<&mut Vec<u64>>,
+    ) -> (SchemaRef, Vec<ScanTask>) {
         let inner = &self.inner;
         inner.metrics.scans.inc();
         let full = self.schema(&req.tenant);
@@ -975,7 +987,10 @@ impl LogStore {
             (Some(set), Some(only)) => Some(set.intersection(only).copied().collect()),
         };
         let deletes = Arc::new(self.delete_masks(&req.tenant));
-        let (head, parts) = self.snapshot(&req.tenant, req.start_ns, req.end_ns);
+        let (head, parts, live) = self.snapshot_filtered(&req.tenant, req.start_ns, req.end_ns, &req.parts);
+        if let (Some(keep), PartFilter::Except(have)) = (keep, &req.parts) {
+            keep.extend(live.into_iter().filter(|id| have.contains(id)));
+        }
         // Each part's candidate rows: its matching streams' ranges that overlap the time range.
         let (start, end) = (req.start_ns, req.end_ns);
         let mut units: Vec<(u64, Arc<Part>, Vec<std::ops::Range<u64>>)> = parts
@@ -1038,6 +1053,19 @@ impl LogStore {
 
     /// The head batches and parts of a tenant that may hold rows in `[start, end)`.
     fn snapshot(&self, tenant: &Tenant, start: i64, end: i64) -> (Vec<RecordBatch>, Vec<Arc<Part>>) {
+        let (head, parts, _) = self.snapshot_filtered(tenant, start, end, &PartFilter::All);
+        (head, parts)
+    }
+
+    /// [`LogStore::snapshot`] of the parts `filter` admits, with the ids of all the tenant's live parts
+    /// at that instant (whatever their time range and the filter).
+    fn snapshot_filtered(
+        &self,
+        tenant: &Tenant,
+        start: i64,
+        end: i64,
+        filter: &PartFilter,
+    ) -> (Vec<RecordBatch>, Vec<Arc<Part>>, Vec<u64>) {
         let inner = &self.inner;
         let overlaps = |min: i64, max: i64| max >= start && min < end;
         let st = inner.state.read();
@@ -1050,16 +1078,35 @@ impl LogStore {
                 head.extend(t.batches.iter().cloned());
             }
         }
+        let mut live = Vec::new();
         // Unreadable parts are left out; `skipped_parts` names them.
         let parts: Vec<Arc<Part>> = st
             .parts
             .iter()
-            .filter(|p| {
-                p.meta.tenant == tenant.as_str() && overlaps(p.meta.min_time, p.meta.max_time) && !p.is_unreadable()
-            })
+            .filter(|p| p.meta.tenant == tenant.as_str())
+            .inspect(|p| live.push(p.meta.id))
+            .filter(|p| overlaps(p.meta.min_time, p.meta.max_time) && !p.is_unreadable() && filter.admits(p.meta.id))
             .cloned()
             .collect();
-        (head, parts)
+        (head, parts, live)
+    }
+
+    /// The ids of the tenant's parts a read of `[start, end)` would take: what a query node tells its
+    /// ingest node it holds (see [`LogStore::plan_delta`]).
+    pub fn part_ids(&self, tenant: &Tenant, start: i64, end: i64) -> Vec<u64> {
+        let (_, parts, _) = self.snapshot_filtered(tenant, start, end, &PartFilter::All);
+        parts.iter().map(|p| p.meta.id).collect()
+    }
+
+    /// What an ingest node adds to a query node's read (issue 22): plans `req` over the head and the parts
+    /// not in `have` (the query node's parts), and returns with it the ids of `have` still live here, taken
+    /// at the same instant. The query node reads those of its parts plus these rows: each acknowledged row
+    /// once, although flushes, compactions and syncs go on meanwhile.
+    pub fn plan_delta(&self, mut req: ScanRequest, have: HashSet<u64>) -> (Vec<u64>, SchemaRef, Vec<ScanTask>) {
+        req.parts = PartFilter::Except(Arc::new(have));
+        let mut keep = Vec::new();
+        let (schema, tasks) = self.plan_scan_inner(req, 1, None, Some(&mut keep));
+        (keep, schema, tasks)
     }
 
     /// The labels of the given streams of a tenant (unknown ids are left out).

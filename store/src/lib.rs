@@ -62,4 +62,4 @@ pub use head::{MESSAGE, STREAM_ID, TIME, label_column, time_type};
 pub use marks::DeliveryMark;
 pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SampleTag, SelectedSeries};
 pub use quarantine::SkippedPart;
-pub use scan::{LabelMatcher, MatchOp, Scan, ScanRequest, ScanTask, StreamLimit};
+pub use scan::{LabelMatcher, MatchOp, PartFilter, Scan, ScanRequest, ScanTask, StreamLimit};

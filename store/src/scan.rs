@@ -93,6 +93,29 @@ pub struct ScanRequest {
     /// without `line_contains`, whose caller keeps the newest (oldest) rows overall: a part holds each
     /// stream's rows in time order, so its last rows of a stream are its newest. Head rows are all read.
     pub stream_limit: Option<StreamLimit>,
+    /// Which of the tenant's parts to read (the head is always read).
+    pub parts: PartFilter,
+}
+
+/// Which parts a read takes, by part id. A query node reads only the parts of the bucket's commit that
+/// its ingest node still holds (`Only`); the ingest node answers for the rest (`Except` those the query
+/// node has), so that together they read each row once (issue 22).
+#[derive(Debug, Clone, Default)]
+pub enum PartFilter {
+    #[default]
+    All,
+    Only(Arc<HashSet<u64>>),
+    Except(Arc<HashSet<u64>>),
+}
+
+impl PartFilter {
+    pub fn admits(&self, id: u64) -> bool {
+        match self {
+            PartFilter::All => true,
+            PartFilter::Only(set) => set.contains(&id),
+            PartFilter::Except(set) => !set.contains(&id),
+        }
+    }
 }
 
 /// See [`ScanRequest::stream_limit`].
@@ -113,6 +136,7 @@ impl ScanRequest {
             line_contains: Vec::new(),
             columns: None,
             stream_limit: None,
+            parts: PartFilter::All,
         }
     }
 }

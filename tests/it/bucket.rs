@@ -109,17 +109,14 @@ pub(crate) fn storage(endpoint: &str, creds: &(PathBuf, PathBuf)) -> bucket::Sto
 
 /// Lines (LogQL, as Grafana counts them) and samples (PromQL) the server answers.
 pub(crate) async fn count_lines(server: &TestServer) -> u64 {
-    let v: Value = server
-        .client
-        .get(server.url("/loki/api/v1/query"))
-        .query(&[("query", r#"sum(count_over_time({app=~".+"}[1h]))"#)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = count_lines_answer(server).await;
     v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse().unwrap())
+}
+
+/// The whole answer of the LogQL count behind [`count_lines`] (its warnings too).
+pub(crate) async fn count_lines_answer(server: &TestServer) -> Value {
+    let q = [("query", r#"sum(count_over_time({app=~".+"}[1h]))"#)];
+    server.client.get(server.url("/loki/api/v1/query")).query(&q).send().await.unwrap().json().await.unwrap()
 }
 
 pub(crate) async fn count_samples(server: &TestServer) -> u64 {

@@ -144,8 +144,20 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
     // a holds the lease and commits what it was sent.
     let mut a = spawn(&config, &dir.path().join("a"), "lease-a");
     a.wait_ready().await;
+    // a's first sync, at its start, may have committed its empty directory already: wait for a later one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        if let Some(c) = b.latest_commit().await.unwrap() {
+            break c.seq;
+        }
+        assert!(Instant::now() < deadline, "a committed nothing at its start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     push(&a.base, "a", 400).await;
-    newest_commit_by(&b, "lease-a", Duration::from_secs(20)).await;
+    while b.latest_commit().await.unwrap().is_none_or(|c| c.seq == before) {
+        assert!(Instant::now() < deadline, "a did not commit its lines");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // b starts on an empty disk: it restores a's commit, serves, takes writes of its own, and waits.
     let mut second = spawn(&config, &dir.path().join("b"), "lease-b");

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bucket::{KEY_ID, SECRET, SeaweedFs, count_lines, count_samples, credential_files, push, storage};
+use crate::bucket::{
+    KEY_ID, SECRET, SeaweedFs, count_lines, count_lines_answer, count_samples, credential_files, push, storage,
+};
 use crate::harness::{TestServer, test_config};
 
 async fn metrics(server: &TestServer) -> String {
@@ -105,4 +107,94 @@ async fn a_query_node_answers_what_the_writer_synced_exactly_once_and_takes_no_w
     query.stop().await;
     assert_eq!(b.commit_numbers().await.unwrap(), commits, "the query node wrote no commit");
     writer.stop().await;
+}
+
+/// The warnings of a LogQL count on the node.
+async fn line_count_warnings(node: &TestServer) -> Vec<String> {
+    let v = count_lines_answer(node).await;
+    v["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts, over `for_`, that every answer is `want`: whatever the writer's flushes, syncs and the query
+/// node's follows do meanwhile, no line or sample is missing or counted twice.
+async fn always_answers(node: &TestServer, want: u64, for_: Duration) {
+    let until = Instant::now() + for_;
+    let mut answers = 0;
+    while Instant::now() < until || answers == 0 {
+        let got = (count_lines(node).await, count_samples(node).await);
+        assert_eq!(got, (want, want), "answer {answers} of the query node");
+        answers += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_exactly_once() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut writer_config = test_config(&dir.path().join("writer"));
+    writer_config.storage = storage(&weed.endpoint, &creds);
+    writer_config.storage.prefix = "fresh".into();
+    writer_config.store.compaction_min_parts = 2;
+    let now = store::time::now_ns();
+    let writer = TestServer::start(writer_config.clone()).await;
+
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = writer_config.storage.clone();
+    query_config.server.role = lumen::config::Role::Query;
+    query_config.query.ingest_urls = vec![writer.url("")];
+    let query = TestServer::start(query_config.clone()).await;
+    // The writer takes its lease at start: until then it answers 409 and the query node warns.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !line_count_warnings(&query).await.is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", line_count_warnings(&query).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Acknowledged is answered at once, from the writer's head, before any flush or sync.
+    push(&writer, "first", 300, now).await;
+    assert_eq!((count_lines(&query).await, count_samples(&query).await), (300, 300), "read after the acknowledgement");
+    // Flushed into parts the bucket does not hold yet, then synced and followed: always exactly once.
+    writer.flush().await;
+    always_answers(&query, 300, Duration::from_secs(3)).await;
+    push(&writer, "second", 200, now).await;
+    always_answers(&query, 500, Duration::from_millis(500)).await;
+    writer.flush().await;
+    let r = writer.client.post(writer.url("/api/v1/admin/compact")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    always_answers(&query, 500, Duration::from_secs(3)).await;
+    assert!(line_count_warnings(&query).await.is_empty());
+    let m = metrics(&query).await;
+    assert!(metric(&m, "lumen_query_ingest_requests_total") > 0.0, "{m}");
+
+    // A node that holds no writer lease (another query node) answers 409, and is passed over.
+    let r = query
+        .client
+        .post(query.url(query::peers::LOGS_PATH))
+        .json(&serde_json::json!({"start_ns": 0, "end_ns": now, "matchers": [], "columns": null, "have": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    // Without the writer, the query node answers what the bucket holds, and says what may be missing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(&writer).await;
+        let applied = metric(&metrics(&query).await, "lumen_bucket_follow_applied_commit");
+        if metric(&m, "lumen_bucket_last_commit") > 0.0 && applied >= metric(&m, "lumen_bucket_last_commit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the writer's data did not reach the query node through the bucket");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    writer.stop().await;
+    until_answers(&query, 500).await;
+    let warnings = line_count_warnings(&query).await;
+    assert!(warnings.iter().any(|w| w.contains("no ingest node answered")), "{warnings:?}");
+    query.stop().await;
 }

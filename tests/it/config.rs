@@ -110,6 +110,13 @@ fn server_check_refuses_what_the_server_would_refuse() {
     assert!(ok, "a query node on a bucket passes: {err}");
     let (ok, err) = check(&["--role", "ingest"], s3);
     assert!(!ok && err.contains("not built yet"), "{err}");
+    // A query node's ingest nodes: base URLs without credentials, from the flag (commas) or the file.
+    let (ok, err) = check(&["--role", "query", "--ingest-url", "http://lumen:9700,https://lumen-1:9700"], s3);
+    assert!(ok, "two ingest URLs pass: {err}");
+    let (ok, err) = check(&["--role", "query", "--ingest-url", "lumen:9700"], s3);
+    assert!(!ok && err.contains("query.ingest_urls") && err.contains("http://host:port"), "{err}");
+    let (ok, err) = check(&[], &format!("{s3}[query]\ningest_urls = [\"http://user:secret@lumen:9700\"]\n"));
+    assert!(!ok && err.contains("carries credentials") && !err.contains("secret"), "{err}");
 }
 
 /// Issue 18: `/metrics` carries the process metrics of every Prometheus exporter and the build info.

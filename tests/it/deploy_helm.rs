@@ -366,8 +366,22 @@ fn query_nodes_follow_the_bucket_on_the_servers_config() {
     let container = &pod["containers"][0];
     assert_eq!(
         container["args"],
-        serde_json::json!(["server", "--config", "/etc/lumen/config.toml", "--role", "query"]),
-        "a query node runs `lumen server --role query` on the server's config file"
+        serde_json::json!([
+            "server",
+            "--config",
+            "/etc/lumen/config.toml",
+            "--role",
+            "query",
+            "--ingest-url",
+            "http://placeholder:placeholder"
+        ]),
+        "a query node runs `lumen server --role query` on the server's config file, asking the server"
+    );
+    assert!(
+        text.contains(
+            r#""--ingest-url", "http://{{ include "lumen.fullname" . }}:{{ .Values.server.service.ports.http }}""#
+        ),
+        "query nodes ask the server's Service for what it has not synced"
     );
     let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(
@@ -415,6 +429,11 @@ fn query_nodes_follow_the_bucket_on_the_servers_config() {
 #[test]
 fn the_grafana_data_sources_are_loki_and_prometheus_with_the_sidecar_label() {
     let text = read("templates/grafana-datasource.yaml");
+    // With query nodes, Grafana queries them rather than the server.
+    assert!(
+        text.contains("{{- if gt (int .Values.query.replicas) 0 }}\n{{- $service = printf \"%s-query\" $service }}"),
+        "grafana-datasource.yaml does not point at the query nodes when they run"
+    );
     for needle in [
         "kind: ConfigMap",
         "lumen-datasources.yaml: |",
@@ -590,7 +609,7 @@ fn the_workloads_carry_what_the_deployment_depends_on() {
         "checksum/config: {{ include \"lumen.serverConfig\" . | sha256sum }}",
         "containerPort: 9700",
         "mountPath: /var/lib/lumen",
-        "args: [\"server\", \"--config\", \"/etc/lumen/config.toml\", \"--role\", \"query\"]",
+        "args: [\"server\", \"--config\", \"/etc/lumen/config.toml\", \"--role\", \"query\", \"--ingest-url\",",
         "{{- toYaml .Values.query.resources | nindent 12 }}",
     ]) {
         assert!(query.contains(needle), "query-deployment.yaml lacks `{needle}`");

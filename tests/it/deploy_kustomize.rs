@@ -451,7 +451,22 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                 let query = one(&docs, "Deployment", "lumen-query");
                 let qc = container(query);
                 let args: Vec<&str> = qc["args"].as_array().unwrap().iter().map(|a| str_of(a, "arg")).collect();
-                assert_eq!(args, ["server", "--config", "/etc/lumen/config.toml", "--role", "query"]);
+                assert_eq!(
+                    args,
+                    [
+                        "server",
+                        "--config",
+                        "/etc/lumen/config.toml",
+                        "--role",
+                        "query",
+                        "--ingest-url",
+                        "http://lumen:9700"
+                    ]
+                );
+                // The URL it asks for what the writer has not synced is the writer's Service.
+                let writer = one(&docs, "Service", "lumen");
+                assert_eq!(writer["spec"]["ports"][0]["port"], 9700);
+                assert_eq!(writer["spec"]["selector"]["app.kubernetes.io/component"], "server");
                 assert_eq!(qc["image"], c["image"], "the writer's image");
                 assert_eq!(
                     volume(query, "config")["configMap"]["name"],

@@ -171,7 +171,7 @@ fn query_error(e: QueryError) -> Response {
 }
 
 fn engine(state: &QueryState) -> Engine {
-    Engine { store: state.store.clone(), limits: state.config.limits() }
+    Engine { store: state.store.clone(), limits: state.config.limits(), peers: state.peer_call() }
 }
 
 fn parse_query(q: Option<&str>) -> Result<Expr, Response> {
@@ -207,8 +207,9 @@ impl FromRequest<QueryState> for LokiRequest {
         let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
             .await
             .map_err(|e| bad(format!("cannot read the form body (at most {MAX_FORM_BYTES} bytes): {e}")))?;
+        let state = state.for_caller(&parts.headers);
         let p = Params::from(parts.headers, parts.uri.query(), &body);
-        Ok(LokiRequest { state: state.clone(), tenant, p })
+        Ok(LokiRequest { state, tenant, p })
     }
 }
 
@@ -285,7 +286,8 @@ async fn run_query(
     expr: &Expr,
     params: &QueryParams,
 ) -> Result<Response, Response> {
-    let (value, stats) = engine(state).query(tenant, expr, params).await.map_err(query_error)?;
+    let engine = engine(state);
+    let (value, stats) = engine.query(tenant, expr, params).await.map_err(query_error)?;
     let mut data = encode_value(value, params.categorize);
     data["stats"] = stats_json(&stats);
     if params.categorize {
@@ -296,10 +298,11 @@ async fn run_query(
     const DAY_NS: i64 = 86_400 * 1_000_000_000;
     let from = params.start_ns.saturating_sub(DAY_NS);
     let skipped = state.store.skipped_parts(tenant, from, params.end_ns.saturating_add(1));
-    if skipped.is_empty() {
+    let mut warnings: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    warnings.extend(engine.peers.iter().flat_map(|p| p.warnings()));
+    if warnings.is_empty() {
         return Ok(success(data));
     }
-    let warnings: Vec<String> = skipped.iter().map(ToString::to_string).collect();
     Ok(axum::Json(json!({"status": "success", "data": data, "warnings": warnings})).into_response())
 }
 
@@ -750,6 +753,7 @@ async fn tail(
         Ok(t) => t,
         Err(r) => return r,
     };
+    let state = state.for_caller(&headers);
     let p = Params::from(headers, raw.as_deref(), &[]);
     let setup = (|| {
         let expr = parse_query(p.get("query"))?;

@@ -131,8 +131,9 @@ impl FromRequest<QueryState> for PromRequest {
         let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
             .await
             .map_err(|e| bad(format!("cannot read the form body (at most {MAX_FORM_BYTES} bytes): {e}")))?;
+        let state = state.for_caller(&parts.headers);
         let p = Params::from(parts.headers, parts.uri.query(), &body);
-        Ok(PromRequest { state: state.clone(), tenant, p })
+        Ok(PromRequest { state, tenant, p })
     }
 }
 
@@ -248,16 +249,48 @@ pub struct StoreSource<'a> {
     pub tenant: &'a Tenant,
     /// Most samples one selection may load (`query.max_samples`).
     pub max_samples: usize,
+    /// On a query node, the ingest nodes asked for what the bucket does not hold yet, and the runtime
+    /// to ask them on (selections run on a blocking thread).
+    pub peers: Option<(crate::peers::PeerCall, tokio::runtime::Handle)>,
 }
 
 impl SeriesSource for StoreSource<'_> {
     fn select(&self, matchers: &[Matcher], mint_ms: i64, maxt_ms: i64) -> Result<Vec<Series>, EvalError> {
         let ms: Vec<LabelMatcher> = matchers.iter().map(to_store_matcher).collect();
-        let found =
-            self.store.select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples).map_err(|e| match e {
-                store::Error::TooManySamples { .. } => crate::promql::too_many_samples(),
-                e => EvalError::Execution(format!("reading the metric store failed: {e}")),
-            })?;
+        let read_error = |e| match e {
+            store::Error::TooManySamples { .. } => crate::promql::too_many_samples(),
+            e => EvalError::Execution(format!("reading the metric store failed: {e}")),
+        };
+        let found = match &self.peers {
+            None => {
+                self.store.select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples).map_err(read_error)?
+            }
+            Some((peers, runtime)) => {
+                let req = crate::peers::MetricDeltaRequest {
+                    mint: mint_ms,
+                    maxt: maxt_ms,
+                    matchers: ms.iter().map(crate::peers::WireMatcher::from_store).collect(),
+                    max_samples: self.max_samples,
+                    have: self.store.part_ids(self.tenant, mint_ms, maxt_ms),
+                };
+                match runtime.block_on(peers.metrics(self.tenant, &req)) {
+                    None => self
+                        .store
+                        .select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples)
+                        .map_err(read_error)?,
+                    Some(delta) => {
+                        let added: usize = delta.series.iter().map(|s| s.t.len()).sum();
+                        let left = self.max_samples.checked_sub(added).ok_or_else(crate::promql::too_many_samples)?;
+                        let only = store::PartFilter::Only(std::sync::Arc::new(delta.keep));
+                        let local = self
+                            .store
+                            .select_filtered(self.tenant, &ms, mint_ms, maxt_ms, left, &only, None)
+                            .map_err(read_error)?;
+                        crate::peers::merge_series(local, delta.series)
+                    }
+                }
+            }
+        };
         Ok(found
             .into_iter()
             .map(|SelectedSeries { labels, t, v }| Series {
@@ -276,8 +309,10 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let opts = r.options()?;
     let store = r.state.metric_store.clone();
     let tenant = r.tenant.clone();
+    let peers = r.state.peer_call();
+    let call = peers.clone().map(|p| (p, tokio::runtime::Handle::current()));
     let mut out = tokio::task::spawn_blocking(move || {
-        let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples };
+        let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples, peers: call };
         match range {
             Some((start, end, step)) => promql::eval_range(&opts, &src, &expr, start, end, step),
             None => promql::eval_instant(&opts, &src, &expr, time),
@@ -291,6 +326,7 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let (start, end) = range.map_or((time, time), |(s, e, _)| (s, e));
     let skipped = r.state.metric_store.skipped_parts(&r.tenant, start.saturating_sub(86_400_000), end);
     out.warnings.extend(skipped.iter().map(ToString::to_string));
+    out.warnings.extend(peers.iter().flat_map(|p| p.warnings()));
     Ok(out)
 }
 

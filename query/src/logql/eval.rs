@@ -145,6 +145,9 @@ type QResult<T> = Result<T, QueryError>;
 pub struct Engine {
     pub store: LogStore,
     pub limits: Limits,
+    /// On a query node, the ingest nodes asked for what the bucket does not hold yet (see
+    /// [`crate::peers`]); None elsewhere.
+    pub peers: Option<crate::peers::PeerCall>,
 }
 
 /// Shared state of one query's scans.
@@ -311,11 +314,13 @@ impl Engine {
         needs_line: bool,
         make_sink: impl Fn() -> S,
     ) -> QResult<Vec<S>> {
+        // On a query node, what the ingest node holds that this node's parts do not, asked for below once
+        // the scan is known; the streams this node knows are found first.
         let series = self.store.series(&ctx.tenant, &log.matchers, start, end);
-        if series.is_empty() {
+        if series.is_empty() && self.peers.is_none() {
             return Ok(Vec::new());
         }
-        let labels: Arc<HashMap<u64, Arc<Labels>>> = Arc::new(series.into_iter().collect());
+        let mut labels: HashMap<u64, Arc<Labels>> = series.into_iter().collect();
         // Leading `|= "literal"` filters are done by the store.
         let mut stages = log.stages.as_slice();
         let mut line_contains = Vec::new();
@@ -368,9 +373,38 @@ impl Engine {
             line_contains,
             columns: Some(columns),
             stream_limit,
+            parts: store::PartFilter::All,
         };
+        let delta = match &self.peers {
+            Some(peers) => self.delta(peers, &req).await,
+            None => None,
+        };
+        let mut req = req;
+        let mut extra = Vec::new();
+        if let Some(d) = delta {
+            req.parts = store::PartFilter::Only(Arc::new(d.keep));
+            labels.extend(d.streams);
+            extra = d.batches;
+        }
+        if labels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let labels = Arc::new(labels);
         let (_, tasks) = self.store.plan_scan(req, self.limits.partitions);
-        let mut handles = Vec::with_capacity(tasks.len());
+        let mut handles = Vec::with_capacity(tasks.len() + 1);
+        if !extra.is_empty() {
+            // The ingest node's rows are filtered already: they go through the pipeline like the others.
+            let mut sink = make_sink();
+            let pipeline = pipeline.clone();
+            let labels = labels.clone();
+            let (lines, bytes) = (ctx.lines.clone(), ctx.bytes.clone());
+            handles.push(tokio::task::spawn_blocking(move || {
+                for batch in &extra {
+                    feed(batch, &pipeline, &labels, &mut sink, &lines, &bytes)?;
+                }
+                Ok(sink)
+            }));
+        }
         for task in tasks {
             let mut sink = make_sink();
             let pipeline = pipeline.clone();
@@ -397,6 +431,20 @@ impl Engine {
             sinks.push(h.await.map_err(|e| QueryError::BadRequest(format!("query task failed: {e}")))??);
         }
         Ok(sinks)
+    }
+
+    /// Asks the ingest nodes for the rows of `req` this node's parts do not hold (see [`crate::peers`]).
+    async fn delta(&self, peers: &crate::peers::PeerCall, req: &ScanRequest) -> Option<crate::peers::LogDelta> {
+        let wire = crate::peers::LogDeltaRequest {
+            start_ns: req.start_ns,
+            end_ns: req.end_ns,
+            matchers: req.matchers.iter().map(crate::peers::WireMatcher::from_store).collect(),
+            line_contains: req.line_contains.clone(),
+            columns: req.columns.clone(),
+            stream_limit: req.stream_limit.map(|l| (l.rows, l.newest)),
+            have: self.store.part_ids(&req.tenant, req.start_ns, req.end_ns),
+        };
+        peers.logs(&req.tenant, &wire).await
     }
 
     // ----- metric queries -----
@@ -497,7 +545,9 @@ impl Engine {
         let hi = steps.at(steps.n - 1).saturating_sub(r.offset_ns).saturating_add(1);
         let meta = if r.op.is_linear() { meta } else { MetaNeed::All };
         let linear_count = matches!(r.op, RangeOp::Count | RangeOp::Rate) && r.unwrap.is_none();
+        // On a query node the index answers only for this node's parts: the rows are counted instead.
         let mut series = if steps.n == 1
+            && self.peers.is_none()
             && linear_count
             && r.log.stages.is_empty()
             && r.grouping.is_none()

@@ -39,7 +39,7 @@ use crate::manifest::{MANIFEST_VERSION, QuarantinedPart, check_version, load_jso
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, Tenant};
 use crate::quarantine::{Quarantine, SkippedPart};
-use crate::scan::LabelMatcher;
+use crate::scan::{LabelMatcher, PartFilter};
 use crate::wal::Wal;
 use catalog::{SeriesCatalog, TenantSeries, labels_hash};
 use head::{MetricHead, sort_dedup};
@@ -871,27 +871,74 @@ impl MetricStore {
         maxt: i64,
         max_samples: usize,
     ) -> Result<Vec<SelectedSeries>> {
+        self.select_filtered(tenant, matchers, mint, maxt, max_samples, &PartFilter::All, None)
+    }
+
+    /// The ids of the tenant's parts a select of `[mint, maxt]` would read: what a query node tells its
+    /// ingest node it holds (see [`MetricStore::select_delta`]).
+    pub fn part_ids(&self, tenant: &Tenant, mint: i64, maxt: i64) -> Vec<u64> {
+        let st = self.inner.state.read();
+        readable_parts(&st.parts, tenant, mint, maxt, &PartFilter::All).map(|p| p.meta.id).collect()
+    }
+
+    /// What an ingest node adds to a query node's select (issue 22): the samples of the head and of the
+    /// parts not in `have` (the query node's), with the ids of `have` still live here at the same instant.
+    /// The query node reads those of its parts and merges these series in.
+    ///
+    /// # Errors
+    /// As [`MetricStore::select_within`].
+    pub fn select_delta(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        mint: i64,
+        maxt: i64,
+        max_samples: usize,
+        have: HashSet<u64>,
+    ) -> Result<(Vec<u64>, Vec<SelectedSeries>)> {
+        let mut keep = Vec::new();
+        let filter = PartFilter::Except(Arc::new(have));
+        let series = self.select_filtered(tenant, matchers, mint, maxt, max_samples, &filter, Some(&mut keep))?;
+        Ok((keep, series))
+    }
+
+    /// [`MetricStore::select_within`] over the parts `filter` admits (and the head); with `keep`, also the
+    /// ids of `filter`'s `Except` set that are live parts of the tenant when the parts are taken.
+    #[allow(clippy::too_many_arguments)] // the select's arguments plus the two of issue 22's split reads
+    pub fn select_filtered(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        mint: i64,
+        maxt: i64,
+        max_samples: usize,
+        filter: &PartFilter,
+        keep: Option<&mut Vec<u64>>,
+    ) -> Result<Vec<SelectedSeries>> {
         let inner = &self.inner;
         let mut loaded = 0usize;
         let Some(series) = inner.catalog.get(tenant) else {
             return Ok(Vec::new());
         };
         let ids = series.read().matching(matchers);
-        if ids.is_empty() || mint > maxt {
-            return Ok(Vec::new());
-        }
         let (parts, frozen) = {
             let st = inner.state.read();
-            let mut parts: Vec<Arc<MetricPart>> = st
-                .parts
-                .iter()
-                .filter(|p| p.meta.tenant == tenant.as_str() && p.meta.max_time >= mint && p.meta.min_time <= maxt)
-                .filter(|p| !p.is_unreadable())
-                .cloned()
-                .collect();
+            if let (Some(keep), PartFilter::Except(have)) = (keep, filter) {
+                keep.extend(
+                    st.parts
+                        .iter()
+                        .filter(|p| p.meta.tenant == tenant.as_str() && have.contains(&p.meta.id))
+                        .map(|p| p.meta.id),
+                );
+            }
+            let mut parts: Vec<Arc<MetricPart>> =
+                readable_parts(&st.parts, tenant, mint, maxt, filter).cloned().collect();
             parts.sort_by_key(|p| p.meta.id);
             (parts, st.frozen.clone())
         };
+        if ids.is_empty() || mint > maxt {
+            return Ok(Vec::new());
+        }
         type Piece = (ScalarBuffer<i64>, ScalarBuffer<f64>);
         let mut pieces: HashMap<u32, Vec<Piece>> = HashMap::new();
         let trim = |t: &ScalarBuffer<i64>, v: &ScalarBuffer<f64>, off: usize, len: usize| -> Option<Piece> {
@@ -1761,6 +1808,24 @@ fn remove_unlisted_parts(data_dir: &Path, manifest: &MetricManifest, set_aside: 
         }
     }
     Ok(())
+}
+
+/// The tenant's parts with samples in `[mint, maxt]` that `filter` admits, leaving out the unreadable
+/// ones (`skipped_parts` names them).
+fn readable_parts<'a>(
+    parts: &'a [Arc<MetricPart>],
+    tenant: &'a Tenant,
+    mint: i64,
+    maxt: i64,
+    filter: &'a PartFilter,
+) -> impl Iterator<Item = &'a Arc<MetricPart>> {
+    parts.iter().filter(move |p| {
+        p.meta.tenant == tenant.as_str()
+            && p.meta.max_time >= mint
+            && p.meta.min_time <= maxt
+            && !p.is_unreadable()
+            && filter.admits(p.meta.id)
+    })
 }
 
 #[cfg(test)]

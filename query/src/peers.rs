@@ -1,0 +1,492 @@
+//! Query nodes and their ingest nodes (issue 22).
+//!
+//! A query node (`server.role = "query"`) reads the parts of the bucket commit it follows. What an
+//! ingest node acknowledged since (its head, parts it flushed or compacted and has not synced yet) is
+//! only there, so for each selection the query node asks the ingest nodes named in `query.ingest_urls`
+//! for it: it sends the ids of the parts it would read, and the ingest node answers, from one consistent
+//! view of its store, which of those it still holds (`keep`: a compaction may have replaced some) and
+//! every matching row of its head and of its other parts. The query node then reads only the kept parts
+//! and adds the rows: each acknowledged row once, whatever flushes, compactions and syncs run meanwhile.
+//! Part ids are safe to compare: the ingest node's numbering continues from the commits the query node
+//! follows, and a successor writer continues from the newest commit.
+//!
+//! Only the writer (the holder of the bucket's writer lease) answers; another node answers 409, which
+//! the query node passes over. When no ingest node answers, the query answers from the bucket alone and
+//! says so in a warning.
+//!
+//! The wire format, both ways over HTTP POST with the caller's own `Authorization` and
+//! `X-Scope-OrgID` headers (the ingest node checks them as for any read): the request is JSON
+//! ([`LogDeltaRequest`], [`MetricDeltaRequest`]); the answer is `u32le n | n bytes of JSON`
+//! ([`DeltaHead`]) followed by an Arrow IPC stream of the rows (logs: the requested columns, as a scan
+//! gives them; metrics: `series` u32 (an index into `DeltaHead::series`), `t` i64 ms, `v` f64).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt32Type};
+use arrow_buffer::ScalarBuffer;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use store::model::{Labels, Tenant};
+use store::{LabelMatcher, MatchOp, SelectedSeries};
+
+/// Where the log delta is asked for.
+pub const LOGS_PATH: &str = "/internal/v1/delta/logs";
+/// Where the metric delta is asked for.
+pub const METRICS_PATH: &str = "/internal/v1/delta/metrics";
+
+/// A label matcher on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireMatcher {
+    pub name: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    pub op: String,
+    pub value: String,
+}
+
+impl WireMatcher {
+    pub fn from_store(m: &LabelMatcher) -> WireMatcher {
+        let op = match m.op {
+            MatchOp::Eq => "=",
+            MatchOp::Neq => "!=",
+            MatchOp::Re => "=~",
+            MatchOp::Nre => "!~",
+        };
+        WireMatcher { name: m.name.clone(), op: op.into(), value: m.value.clone() }
+    }
+
+    /// # Errors
+    /// An unknown operator or an invalid regular expression.
+    pub fn to_store(&self) -> Result<LabelMatcher, String> {
+        let op = match self.op.as_str() {
+            "=" => MatchOp::Eq,
+            "!=" => MatchOp::Neq,
+            "=~" => MatchOp::Re,
+            "!~" => MatchOp::Nre,
+            other => return Err(format!("unknown matcher operator {other:?}")),
+        };
+        LabelMatcher::new(self.name.clone(), op, self.value.clone()).map_err(|e| e.to_string())
+    }
+}
+
+/// A query node's request for the log rows it does not hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogDeltaRequest {
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub matchers: Vec<WireMatcher>,
+    #[serde(default)]
+    pub line_contains: Vec<String>,
+    /// The columns wanted, as in [`store::ScanRequest::columns`].
+    pub columns: Option<Vec<String>>,
+    /// `(rows, newest)`, as in [`store::ScanRequest::stream_limit`].
+    #[serde(default)]
+    pub stream_limit: Option<(u64, bool)>,
+    /// The ids of the parts the query node would read.
+    pub have: Vec<u64>,
+}
+
+/// A query node's request for the samples it does not hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricDeltaRequest {
+    pub mint: i64,
+    pub maxt: i64,
+    pub matchers: Vec<WireMatcher>,
+    pub max_samples: usize,
+    pub have: Vec<u64>,
+}
+
+/// The JSON head of an answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeltaHead {
+    /// Of the parts the query node named, those the ingest node still holds.
+    pub keep: Vec<u64>,
+    /// Logs: the labels of every stream whose rows follow, by stream id.
+    #[serde(default)]
+    pub streams: Vec<(u64, Vec<(String, String)>)>,
+    /// Metrics: the labels of each series the rows' `series` column points into.
+    #[serde(default)]
+    pub series: Vec<Vec<(String, String)>>,
+}
+
+/// What an ingest node added to a log selection.
+#[derive(Debug, Default)]
+pub struct LogDelta {
+    pub keep: HashSet<u64>,
+    pub streams: HashMap<u64, Arc<Labels>>,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// What an ingest node added to a metric selection.
+#[derive(Debug, Default)]
+pub struct MetricDelta {
+    pub keep: HashSet<u64>,
+    pub series: Vec<SelectedSeries>,
+}
+
+fn pairs(labels: &Labels) -> Vec<(String, String)> {
+    labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Encodes an answer.
+///
+/// # Errors
+/// Arrow's IPC writer failed (batches of another schema).
+pub fn encode(head: &DeltaHead, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(head).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(4 + json.len());
+    out.extend_from_slice(&u32::try_from(json.len()).map_err(|_| "answer head too large")?.to_le_bytes());
+    out.extend_from_slice(&json);
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema).map_err(|e| e.to_string())?;
+    for b in batches {
+        w.write(b).map_err(|e| e.to_string())?;
+    }
+    w.finish().map_err(|e| e.to_string())?;
+    drop(w);
+    Ok(out)
+}
+
+/// Decodes an answer.
+///
+/// # Errors
+/// A body that is not one.
+pub fn decode(body: &[u8]) -> Result<(DeltaHead, Vec<RecordBatch>), String> {
+    let n = body.get(..4).ok_or("answer shorter than its length prefix")?;
+    let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+    let json = body.get(4..4 + n).ok_or("answer shorter than its JSON head")?;
+    let head: DeltaHead = serde_json::from_slice(json).map_err(|e| format!("answer head: {e}"))?;
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&body[4 + n..]), None)
+        .map_err(|e| format!("answer rows: {e}"))?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("answer rows: {e}"))?;
+    Ok((head, batches))
+}
+
+/// The schema of a metric answer's rows.
+pub fn metric_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("series", DataType::UInt32, false),
+        Field::new("t", DataType::Int64, false),
+        Field::new("v", DataType::Float64, false),
+    ]))
+}
+
+/// Encodes a metric answer.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_metrics(keep: Vec<u64>, series: &[SelectedSeries]) -> Result<Vec<u8>, String> {
+    let schema = metric_schema();
+    let head = DeltaHead { keep, series: series.iter().map(|s| pairs(&s.labels)).collect(), ..DeltaHead::default() };
+    let mut batches = Vec::with_capacity(series.len());
+    for (i, s) in series.iter().enumerate() {
+        let i = u32::try_from(i).map_err(|_| "too many series")?;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(UInt32Array::from(vec![i; s.t.len()])),
+                Arc::new(Int64Array::new(s.t.clone(), None)),
+                Arc::new(Float64Array::new(s.v.clone(), None)),
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+        batches.push(batch);
+    }
+    encode(&head, &schema, &batches)
+}
+
+/// Decodes a metric answer.
+///
+/// # Errors
+/// A body that is not one.
+pub fn decode_metrics(body: &[u8]) -> Result<MetricDelta, String> {
+    let (head, batches) = decode(body)?;
+    let mut samples: Vec<(Vec<i64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); head.series.len()];
+    for b in &batches {
+        let (Some(s), Some(t), Some(v)) = (b.column_by_name("series"), b.column_by_name("t"), b.column_by_name("v"))
+        else {
+            return Err("answer rows lack series, t or v".into());
+        };
+        let (s, t, v) =
+            (s.as_primitive::<UInt32Type>(), t.as_primitive::<Int64Type>(), v.as_primitive::<Float64Type>());
+        for i in 0..b.num_rows() {
+            let slot = samples.get_mut(s.value(i) as usize).ok_or("answer row names a series it does not list")?;
+            slot.0.push(t.value(i));
+            slot.1.push(v.value(i));
+        }
+    }
+    let series = head
+        .series
+        .into_iter()
+        .zip(samples)
+        .map(|(labels, (t, v))| SelectedSeries {
+            labels: Arc::new(Labels::from_pairs(labels)),
+            t: ScalarBuffer::from(t),
+            v: ScalarBuffer::from(v),
+        })
+        .collect();
+    Ok(MetricDelta { keep: head.keep.into_iter().collect(), series })
+}
+
+/// Decodes a log answer.
+///
+/// # Errors
+/// A body that is not one.
+pub fn decode_logs(body: &[u8]) -> Result<LogDelta, String> {
+    let (head, batches) = decode(body)?;
+    Ok(LogDelta {
+        keep: head.keep.into_iter().collect(),
+        streams: head.streams.into_iter().map(|(id, l)| (id, Arc::new(Labels::from_pairs(l)))).collect(),
+        batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
+    })
+}
+
+/// Merges the samples a query node read itself with those its ingest node added: series by labels,
+/// samples by time (an ingest node's sample for a timestamp the query node also read wins: it is the
+/// newer write).
+pub fn merge_series(mut local: Vec<SelectedSeries>, delta: Vec<SelectedSeries>) -> Vec<SelectedSeries> {
+    let mut index: HashMap<Arc<Labels>, usize> = local.iter().enumerate().map(|(i, s)| (s.labels.clone(), i)).collect();
+    for d in delta {
+        let Some(&i) = index.get(&d.labels) else {
+            index.insert(d.labels.clone(), local.len());
+            local.push(d);
+            continue;
+        };
+        let l = &local[i];
+        let (mut t, mut v) = (Vec::with_capacity(l.t.len() + d.t.len()), Vec::with_capacity(l.t.len() + d.t.len()));
+        let (mut a, mut b) = (0, 0);
+        while a < l.t.len() || b < d.t.len() {
+            let take_local = b >= d.t.len() || (a < l.t.len() && l.t[a] < d.t[b]);
+            if take_local {
+                t.push(l.t[a]);
+                v.push(l.v[a]);
+                a += 1;
+            } else {
+                if a < l.t.len() && l.t[a] == d.t[b] {
+                    a += 1;
+                }
+                t.push(d.t[b]);
+                v.push(d.v[b]);
+                b += 1;
+            }
+        }
+        local[i].t = ScalarBuffer::from(t);
+        local[i].v = ScalarBuffer::from(v);
+    }
+    local
+}
+
+/// The ingest nodes a query node asks (`query.ingest_urls`).
+pub struct Peers {
+    urls: Vec<String>,
+    client: reqwest::Client,
+    timeout: Duration,
+    metrics: PeerMetrics,
+}
+
+/// `lumen_query_ingest_*`: the query node's requests to its ingest nodes.
+#[derive(Clone, Default)]
+pub struct PeerMetrics {
+    pub requests: prometheus_client::metrics::counter::Counter,
+    pub failures: prometheus_client::metrics::counter::Counter,
+    pub bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl PeerMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> PeerMetrics {
+        let m = PeerMetrics::default();
+        let r = registry.sub_registry_with_prefix("lumen_query_ingest");
+        r.register(
+            "requests",
+            "requests of a query node to its ingest nodes for rows not in the bucket yet",
+            m.requests.clone(),
+        );
+        r.register(
+            "failures",
+            "such requests that failed (the query answered from the bucket, with a warning)",
+            m.failures.clone(),
+        );
+        r.register("bytes", "bytes of the ingest nodes' answers", m.bytes.clone());
+        m
+    }
+}
+
+impl Peers {
+    pub fn new(urls: Vec<String>, client: reqwest::Client, timeout: Duration, metrics: PeerMetrics) -> Peers {
+        let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+        Peers { urls, client, timeout, metrics }
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Asks every ingest node at once; the first answer of the writer is taken. Err: why none answered.
+    async fn ask(
+        &self,
+        path: &str,
+        auth: Option<&http::HeaderValue>,
+        tenant: &Tenant,
+        body: Vec<u8>,
+    ) -> Result<bytes::Bytes, String> {
+        let asks = self.urls.iter().map(|url| {
+            let mut req = self
+                .client
+                .post(format!("{url}{path}"))
+                .timeout(self.timeout)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(crate::http::TENANT_HEADER, tenant.as_str())
+                .body(body.clone());
+            if let Some(a) = auth {
+                req = req.header(http::header::AUTHORIZATION, a.clone());
+            }
+            self.metrics.requests.inc();
+            async move {
+                let answer = async {
+                    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+                    let status = resp.status();
+                    if status == reqwest::StatusCode::CONFLICT {
+                        return Ok(None);
+                    }
+                    let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+                    if !status.is_success() {
+                        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).trim().to_string();
+                        return Err(format!("{url}: {status}: {text}"));
+                    }
+                    Ok(Some(bytes))
+                }
+                .await;
+                if answer.is_err() {
+                    self.metrics.failures.inc();
+                }
+                answer
+            }
+        });
+        let mut errors = Vec::new();
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Some(bytes)) => {
+                    self.metrics.bytes.inc_by(bytes.len() as u64);
+                    return Ok(bytes);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Err(format!("none of {} holds the bucket's writer lease", self.urls.join(", ")))
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// One query's calls to its ingest nodes: the caller's credential, and the warnings to pass on.
+#[derive(Clone)]
+pub struct PeerCall {
+    pub peers: Arc<Peers>,
+    pub auth: Option<http::HeaderValue>,
+    pub warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl PeerCall {
+    pub fn new(peers: Arc<Peers>, auth: Option<http::HeaderValue>) -> PeerCall {
+        PeerCall { peers, auth, warnings: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    fn warn(&self, what: &str, error: String) {
+        tracing::warn!(%error, "query node: no ingest node answered for {what}; answering from the bucket alone");
+        let w = format!(
+            "no ingest node answered ({error}): {what} acknowledged since the bucket's last commit may be missing"
+        );
+        let mut ws = self.warnings.lock();
+        if !ws.contains(&w) {
+            ws.push(w);
+        }
+    }
+
+    /// The warnings so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().clone()
+    }
+
+    /// The log rows an ingest node holds beyond `req.have`; None (and a warning) when none answered.
+    pub async fn logs(&self, tenant: &Tenant, req: &LogDeltaRequest) -> Option<LogDelta> {
+        let body = serde_json::to_vec(req).ok()?;
+        let answer = self.peers.ask(LOGS_PATH, self.auth.as_ref(), tenant, body).await;
+        match answer.and_then(|b| decode_logs(&b)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.warn("lines", e);
+                None
+            }
+        }
+    }
+
+    /// The samples an ingest node holds beyond `req.have`; None (and a warning) when none answered.
+    pub async fn metrics(&self, tenant: &Tenant, req: &MetricDeltaRequest) -> Option<MetricDelta> {
+        let body = serde_json::to_vec(req).ok()?;
+        let answer = self.peers.ask(METRICS_PATH, self.auth.as_ref(), tenant, body).await;
+        match answer.and_then(|b| decode_metrics(&b)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.warn("samples", e);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(labels: &[(&str, &str)], t: &[i64], v: &[f64]) -> SelectedSeries {
+        SelectedSeries {
+            labels: Arc::new(Labels::from_pairs(labels.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())),
+            t: ScalarBuffer::from(t.to_vec()),
+            v: ScalarBuffer::from(v.to_vec()),
+        }
+    }
+
+    #[test]
+    fn metric_answers_round_trip_with_nan_bits() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let s = vec![
+            series(&[("__name__", "up"), ("job", "a")], &[1, 2], &[1.0, stale]),
+            series(&[("__name__", "x")], &[], &[]),
+        ];
+        let body = encode_metrics(vec![3, 7], &s).unwrap();
+        let d = decode_metrics(&body).unwrap();
+        assert_eq!(d.keep, HashSet::from([3, 7]));
+        assert_eq!(d.series.len(), 2);
+        assert_eq!(d.series[0].labels, s[0].labels);
+        assert_eq!(&d.series[0].t[..], &[1, 2]);
+        assert_eq!(d.series[0].v[1].to_bits(), stale.to_bits());
+        assert!(d.series[1].t.is_empty());
+        assert!(decode(&body[..3]).is_err());
+    }
+
+    #[test]
+    fn merged_series_keep_time_order_and_the_ingest_nodes_sample_wins() {
+        let local = vec![series(&[("a", "1")], &[1, 3, 5], &[1.0, 3.0, 5.0]), series(&[("a", "2")], &[1], &[9.0])];
+        let delta = vec![series(&[("a", "1")], &[2, 5, 6], &[2.0, 50.0, 6.0]), series(&[("a", "3")], &[4], &[4.0])];
+        let out = merge_series(local, delta);
+        assert_eq!(out.len(), 3);
+        assert_eq!(&out[0].t[..], &[1, 2, 3, 5, 6]);
+        assert_eq!(&out[0].v[..], &[1.0, 2.0, 3.0, 50.0, 6.0]);
+        assert_eq!(&out[1].t[..], &[1]);
+        assert_eq!(&out[2].t[..], &[4]);
+    }
+
+    #[test]
+    fn matchers_cross_the_wire_unchanged() {
+        for op in [MatchOp::Eq, MatchOp::Neq, MatchOp::Re, MatchOp::Nre] {
+            let m = LabelMatcher::new("job", op, "a.*").unwrap();
+            let back = WireMatcher::from_store(&m).to_store().unwrap();
+            assert_eq!((back.name.as_str(), back.op, back.value.as_str()), ("job", op, "a.*"));
+        }
+        assert!(WireMatcher { name: "a".into(), op: "<".into(), value: String::new() }.to_store().is_err());
+    }
+}
