@@ -227,7 +227,8 @@ pub enum Consumer {
     Promql,
 }
 
-/// The share of the budget of each consumer, in percent. The remaining 25 % is for what has no limit of
+/// The share of the budget of each consumer, in percent. Of the remaining 25 %, 5 % bound the PromQL results
+/// cache (`query.results_cache_max_bytes`); the rest is for what has no limit of
 /// its own: the binary and its runtime, catalogs, part indexes, LogQL's scans, the allocator's slack.
 pub const SHARES: [(Consumer, u64); 5] = [
     (Consumer::LogHead, 10),
@@ -319,6 +320,9 @@ pub fn derive(config: &mut Config, budget: &Budget) -> Vec<Share> {
         let samples = share(Consumer::Promql) / SAMPLE_BYTES;
         q.max_samples = usize::try_from(samples).unwrap_or(usize::MAX).clamp(100_000, defaults.query.max_samples);
     }
+
+    // The PromQL results cache takes 5 % out of the part no share covers.
+    size(&mut q.results_cache_max_bytes, defaults.query.results_cache_max_bytes, percent(budget.bytes, 5), 0);
 
     let head = config.store.head_max_size.as_u64() * HEAD_FACTOR;
     SHARES
@@ -627,6 +631,8 @@ impl Monitor {
                 (lowest, flat_ticks) = (u64::MAX, 0);
                 continue;
             }
+            // Under pressure, caches go first: the PromQL results cache is rebuilt by the next queries.
+            self.query.results_cache.clear();
             let mut flushed = 0;
             if used[0].1 > 0 {
                 self.logs.request_flush();

@@ -47,6 +47,11 @@ pub struct QueryConfig {
     /// Step of a PromQL subquery that names none (Prometheus' global evaluation interval).
     #[serde(with = "store::config::duration")]
     pub default_subquery_step: Duration,
+    /// Most bytes the cache of PromQL range results holds (dashboards re-run the same queries at every
+    /// refresh; a window that moved takes the steps it shares from the cache, exact until a sample
+    /// arrives for them). 0 turns it off. Left at its default, the server takes `min(32 MiB, 5% of
+    /// server.memory_limit)`.
+    pub results_cache_max_bytes: ByteSize,
     /// On a query node (`server.role = "query"`): the base URLs of the ingest nodes it asks, for each
     /// selection, for what they acknowledged that the bucket does not hold yet (their heads and unsynced
     /// parts), e.g. `["http://lumen-0.lumen-headless:3100"]` (a Kubernetes StatefulSet's pod behind a
@@ -74,6 +79,7 @@ impl Default for QueryConfig {
             max_concurrent_tails: 32,
             tail_ping_interval: Duration::from_secs(30),
             default_subquery_step: Duration::from_secs(60),
+            results_cache_max_bytes: ByteSize::mib(32),
             ingest_urls: Vec::new(),
             ingest_timeout: Duration::from_secs(10),
         }

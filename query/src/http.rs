@@ -5,6 +5,7 @@ pub mod delete;
 pub mod delta;
 pub mod loki;
 pub mod prom;
+pub mod prom_cache;
 pub mod sql;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct QueryState {
     /// Whether this node answers a query node's delta requests (it holds the bucket's writer lease, or
     /// has no bucket); see [`crate::peers`].
     pub serves_delta: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Results of PromQL range queries (see [`prom_cache`]).
+    pub results_cache: Arc<prom_cache::ResultsCache>,
     /// The `Authorization` of the request this clone serves, passed on to the ingest nodes.
     caller_auth: Option<axum::http::HeaderValue>,
 }
@@ -57,6 +60,8 @@ impl QueryState {
         let sql_runtime = crate::sql::runtime(max)?;
         let tails = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_tails.max(1)));
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let cache_bytes = usize::try_from(config.results_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
+        let results_cache = Arc::new(prom_cache::ResultsCache::new(cache_bytes, metrics.results_cache.clone()));
         Ok(QueryState {
             store,
             metric_store,
@@ -67,6 +72,7 @@ impl QueryState {
             shutdown,
             peers: None,
             serves_delta: Arc::new(|| true),
+            results_cache,
             caller_auth: None,
         })
     }

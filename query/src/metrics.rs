@@ -15,6 +15,8 @@ pub struct QueryMetrics {
     pub queries: Family<Labels, Counter>,
     /// Query latency by API.
     pub duration: Family<Labels, Histogram>,
+    /// The PromQL results cache's (`lumen_query_results_cache_*`).
+    pub results_cache: crate::http::prom_cache::CacheMetrics,
 }
 
 impl QueryMetrics {
@@ -24,6 +26,7 @@ impl QueryMetrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             }),
+            results_cache: crate::http::prom_cache::CacheMetrics::register(registry),
         };
         let r = registry.sub_registry_with_prefix("lumen_query");
         r.register("queries", "queries answered, by api and outcome", m.queries.clone());

@@ -60,6 +60,6 @@ pub use engine::{Appended, LogStore, StoreStats};
 pub use error::{Error, Result};
 pub use head::{MESSAGE, STREAM_ID, TIME, label_column, time_type};
 pub use marks::DeliveryMark;
-pub use metric::{MetricBatch, MetricMetadata, MetricStats, MetricStore, SampleTag, SelectedSeries};
+pub use metric::{ChangeMark, MetricBatch, MetricMetadata, MetricStats, MetricStore, SampleTag, SelectedSeries};
 pub use quarantine::SkippedPart;
 pub use scan::{LabelMatcher, MatchOp, PartFilter, Scan, ScanRequest, ScanTask, StreamLimit};

@@ -549,3 +549,72 @@ async fn a_query_over_more_samples_than_max_samples_is_refused_while_loading() {
     }
     server.stop().await;
 }
+
+/// A range query's `data.result` on `server` (the default tenant).
+async fn range_result(server: &TestServer, query: &str, start_ms: i64, end_ms: i64) -> Value {
+    let params =
+        [("query", query.to_string()), ("start", secs(start_ms)), ("end", secs(end_ms)), ("step", "60".into())];
+    let v: Value =
+        server.client.get(server.url("/api/v1/query_range")).query(&params).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    v["data"]["result"].clone()
+}
+
+async fn import(server: &TestServer, text: String) {
+    let r = server.client.post(server.url("/api/v1/import/prometheus")).body(text).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// Issue 23: a dashboard's moved window takes the steps it shares from the results cache, and every answer
+/// equals a fresh evaluation, after a late sample and a delete too. The fresh evaluation is the same
+/// query with a leading space: another cache key, evaluated whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_range_results_equal_fresh_ones_across_late_samples_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let t0 = (store::time::now_ns() / 1_000_000 - 3_600_000) / 60_000 * 60_000;
+    let text: String = (0..240)
+        .flat_map(|i| {
+            let t = t0 + i * 15_000;
+            [format!("cache_metric{{a=\"1\"}} {} {t}\n", i * 2), format!("cache_metric{{a=\"2\"}} {} {t}\n", i * 3)]
+        })
+        .collect();
+    import(&server, text).await;
+    let q = "sum by (a) (rate(cache_metric[5m]))";
+    let fresh = format!(" {q}");
+    let hits = |m: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("lumen_query_results_cache_hits_total "))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let metrics = || async { server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+
+    let first = range_result(&server, q, t0 + 600_000, t0 + 3_000_000).await;
+    assert_eq!(first, range_result(&server, &fresh, t0 + 600_000, t0 + 3_000_000).await);
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    let before = hits(&metrics().await);
+    // The window moved by two steps: the shared steps come from the cache.
+    let moved = range_result(&server, q, t0 + 720_000, t0 + 3_120_000).await;
+    assert_eq!(hits(&metrics().await), before + 1.0, "the moved window hit the cache");
+    assert_eq!(moved, range_result(&server, &fresh, t0 + 720_000, t0 + 3_120_000).await);
+
+    // A late sample inside the cached window: the steps from it on are evaluated again.
+    import(&server, format!("cache_metric{{a=\"1\"}} 100000 {}\n", t0 + 1_800_000 + 7_000)).await;
+    let late = range_result(&server, q, t0 + 720_000, t0 + 3_120_000).await;
+    assert_ne!(late, moved, "the late sample changed the answer");
+    assert_eq!(late, range_result(&server, &fresh, t0 + 720_000, t0 + 3_120_000).await);
+
+    // A delete voids the cache.
+    let r = server
+        .client
+        .post(server.url("/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", "cache_metric{a=\"2\"}")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deleted = range_result(&server, q, t0 + 720_000, t0 + 3_120_000).await;
+    assert_eq!(deleted.as_array().unwrap().len(), 1, "{deleted}");
+    assert_eq!(deleted, range_result(&server, &fresh, t0 + 720_000, t0 + 3_120_000).await);
+    server.stop().await;
+}

@@ -21,7 +21,7 @@ use store::{LabelMatcher, MatchOp as StoreOp};
 use store::{MetricStore, SelectedSeries};
 
 use super::loki::Params;
-use crate::http::{QueryState, tenant};
+use crate::http::{QueryState, prom_cache, tenant};
 use crate::promql::{
     self, EngineOptions, EvalError, MatchOp, Matcher, QueryResult, Series, SeriesSource, Value as PValue,
 };
@@ -311,11 +311,35 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let tenant = r.tenant.clone();
     let peers = r.state.peer_call();
     let call = peers.clone().map(|p| (p, tokio::runtime::Handle::current()));
+    // Range queries of a node with its data at hand go through the results cache.
+    let cache = r.state.results_cache.clone();
+    let key = match range {
+        Some((start, _, step)) if cache.enabled() && peers.is_none() => {
+            prom_cache::Key::of(&tenant, q, start, step, opts.lookback_ms, opts.default_subquery_step_ms)
+        }
+        _ => None,
+    };
     let mut out = tokio::task::spawn_blocking(move || {
         let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples, peers: call };
-        match range {
-            Some((start, end, step)) => promql::eval_range(&opts, &src, &expr, start, end, step),
-            None => promql::eval_instant(&opts, &src, &expr, time),
+        match (range, key) {
+            (Some((start, end, step)), Some(key)) => {
+                // The mark comes first: whatever is appended from here on voids the steps it reaches.
+                let mark = store.change_mark();
+                let result = match cache.lookup(&key, start, end, |m| store.changed_since(&tenant, m)) {
+                    Some(reuse) if reuse.upto + step > end => {
+                        prom_cache::merge(&reuse, start, QueryResult::empty_matrix())
+                    }
+                    Some(reuse) => {
+                        let fresh = promql::eval_range(&opts, &src, &expr, reuse.upto + step, end, step)?;
+                        prom_cache::merge(&reuse, start, fresh)
+                    }
+                    None => promql::eval_range(&opts, &src, &expr, start, end, step)?,
+                };
+                cache.insert(key, start, end, mark, &result);
+                Ok(result)
+            }
+            (Some((start, end, step)), None) => promql::eval_range(&opts, &src, &expr, start, end, step),
+            (None, _) => promql::eval_instant(&opts, &src, &expr, time),
         }
     })
     .await

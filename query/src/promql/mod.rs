@@ -187,6 +187,13 @@ pub struct QueryResult {
     pub samples_scanned: u64,
 }
 
+impl QueryResult {
+    /// A range result with no series.
+    pub fn empty_matrix() -> QueryResult {
+        QueryResult { value: Value::Matrix(Vec::new()), warnings: Vec::new(), infos: Vec::new(), samples_scanned: 0 }
+    }
+}
+
 /// Errors of parsing and evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

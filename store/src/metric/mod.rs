@@ -13,6 +13,7 @@
 //! ```
 
 mod catalog;
+mod changes;
 mod codec;
 mod head;
 mod part;
@@ -42,6 +43,7 @@ use crate::quarantine::{Quarantine, SkippedPart};
 use crate::scan::{LabelMatcher, PartFilter};
 use crate::wal::Wal;
 use catalog::{SeriesCatalog, TenantSeries, labels_hash};
+pub use changes::ChangeMark;
 use head::{MetricHead, sort_dedup};
 use part::{MetricOpened, MetricPart, MetricPartMeta, MetricPartWriter};
 
@@ -132,6 +134,8 @@ struct Inner {
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
     /// Set on a query node: why writes are refused (see `set_read_only`).
     read_only: crate::error::ReadOnly,
+    /// What changed, for caches of query results (see [`MetricStore::changed_since`]).
+    changes: Arc<Mutex<changes::Changes>>,
     _lock: File,
 }
 
@@ -478,6 +482,7 @@ impl MetricStore {
                 metadata: RwLock::default(),
                 remote: std::sync::OnceLock::new(),
                 read_only: crate::error::ReadOnly::default(),
+                changes: Arc::default(),
                 _lock: lock,
             }),
         };
@@ -506,6 +511,7 @@ impl MetricStore {
     /// A manifest or catalog that cannot be read; the store keeps what it had.
     pub fn refresh(&self) -> Result<(usize, usize)> {
         let inner = &self.inner;
+        inner.changes.lock().everything();
         let quarantine = Quarantine::new(&inner.data_dir, inner.metrics.clone());
         inner.catalog.load_files(&quarantine)?;
         inner.deletes.reload()?;
@@ -623,6 +629,8 @@ impl MetricStore {
         }
         batch.register_pending();
         let MetricBatch { tenant, series, new_series, samples, .. } = batch;
+        let changes = inner.changes.clone();
+        let earliest = samples.iter().map(|s| s.1).min().unwrap_or(i64::MAX);
         let payload = codec::encode(&tenant, &new_series, &samples, tag);
         let tags = inner.tags.clone();
         let active = inner.active.clone();
@@ -646,6 +654,8 @@ impl MetricStore {
                     }
                     let mut a = active.lock();
                     a.insert(&tenant, &samples);
+                    // Under the head's lock: a query that reads the head after this sees the samples.
+                    changes.lock().appended(&tenant, earliest);
                     if a.bytes() >= max {
                         wanted.notify_one();
                     }
@@ -872,6 +882,19 @@ impl MetricStore {
         max_samples: usize,
     ) -> Result<Vec<SelectedSeries>> {
         self.select_filtered(tenant, matchers, mint, maxt, max_samples, &PartFilter::All, None)
+    }
+
+    /// A mark of the store's changes now, to pass to [`MetricStore::changed_since`] later: take it
+    /// before a select whose result is cached.
+    pub fn change_mark(&self) -> ChangeMark {
+        self.inner.changes.lock().mark()
+    }
+
+    /// The earliest time (ms) of the tenant's samples appended since `mark`: a result evaluated after
+    /// `mark` is still exact at every step before it. `i64::MAX`: nothing appended; `i64::MIN`: unknown
+    /// (samples deleted or a delete cancelled, parts dropped, a refresh, or too many appends since).
+    pub fn changed_since(&self, tenant: &Tenant, mark: ChangeMark) -> i64 {
+        self.inner.changes.lock().since(tenant, mark)
     }
 
     /// The ids of the tenant's parts a select of `[mint, maxt]` would read: what a query node tells its
@@ -1474,6 +1497,7 @@ impl MetricStore {
     ) -> Result<crate::delete::DeleteRequest> {
         self.inner.read_only.check()?;
         let req = self.inner.deletes.add(tenant, spec)?;
+        self.inner.changes.lock().everything();
         tracing::info!(tenant = %tenant, id = %req.id, query = %req.spec.query, "series delete requested; its samples are hidden now");
         Ok(req)
     }
@@ -1489,7 +1513,9 @@ impl MetricStore {
     /// I/O errors writing the request list.
     pub fn cancel_delete(&self, tenant: &Tenant, id: &str) -> Result<crate::delete::Cancel> {
         self.inner.read_only.check()?;
-        self.inner.deletes.cancel(tenant, id)
+        let cancel = self.inner.deletes.cancel(tenant, id);
+        self.inner.changes.lock().everything();
+        cancel
     }
 
     /// Each pending delete of the tenant as (series ids, first ms, last ms).
@@ -1638,6 +1664,7 @@ impl MetricStore {
         });
         drop(st);
         drop(manifest);
+        inner.changes.lock().everything();
         for d in dirs {
             let _ = fs::remove_dir(&d);
         }
