@@ -24,7 +24,8 @@ holds the bucket's newest commit and takes the writer lease) and a query node (r
 cache, query.ingest_urls naming the writer) on the same prefix. After one warm-up, query node and local
 server alternate N runs per query: the query node's median wall time against local, its CPU, the writer's
 CPU for answering the query node's delta requests, and the bytes those answers carried. The writer holds
-nothing unsynced, so this is the fixed cost of asking it (one round trip per selection).
+nothing unsynced, so this is the fixed cost of asking it (one round trip per selection). Every server here
+runs with the PromQL results cache off (query.results_cache_max_bytes = 0): the script compares reads.
 
 With --days30, a second bucket prefix gets 2,592,000 generated lines spread over 30 days (one line per
 second of log time: each day's partitions as 30 days of a real workload lay them out, with 1/23 of the
@@ -133,6 +134,11 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         conf = f"{OUT}/{name}.toml"
+        # The PromQL results cache is off: this compares reads (and query nodes do not use it).
+        if "[query]\n" in storage:
+            storage = storage.replace("[query]\n", "[query]\nresults_cache_max_bytes = 0\n", 1)
+        else:
+            storage += "\n[query]\nresults_cache_max_bytes = 0\n"
         with open(conf, "w") as f:
             f.write(storage)
         self.t0 = time.monotonic()

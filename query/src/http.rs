@@ -120,6 +120,8 @@ pub fn router(state: QueryState) -> Router {
         .merge(delta::routes())
         .merge(loki::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), loki::observe)))
         .merge(prom::routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), prom::observe)))
+        // A query node completes label and series answers with its ingest nodes' (see `crate::peers`).
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::peers::union_metadata))
         .with_state(state)
 }
 

@@ -322,7 +322,8 @@ impl Peers {
         &self.urls
     }
 
-    /// Asks every ingest node at once; the first answer of the writer is taken. Err: why none answered.
+    /// Asks every ingest node at once; the first answer of the writer is taken (the others are dropped).
+    /// Err: why none answered.
     async fn ask(
         &self,
         path: &str,
@@ -364,7 +365,9 @@ impl Peers {
             }
         });
         let mut errors = Vec::new();
-        for answer in futures::future::join_all(asks).await {
+        // The writer's answer is taken as soon as it comes: a node that does not answer costs no wait.
+        let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+        while let Some(answer) = futures::StreamExt::next(&mut pending).await {
             match answer {
                 Ok(Some(bytes)) => {
                     self.metrics.bytes.inc_by(bytes.len() as u64);
@@ -436,6 +439,131 @@ impl PeerCall {
             }
         }
     }
+}
+
+/// Whether a route answers a set (label names, label values, series) that a query node completes with its
+/// ingest nodes' answers to the same request (see [`union_metadata`]).
+pub fn is_metadata_route(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/labels" | "/api/v1/series" | "/loki/api/v1/labels" | "/loki/api/v1/label" | "/loki/api/v1/series"
+    ) || ((path.starts_with("/api/v1/label/") || path.starts_with("/loki/api/v1/label/")) && path.ends_with("/values"))
+}
+
+/// Largest answer of an ingest node to a metadata request that is read.
+const MAX_METADATA_ANSWER: usize = 64 << 20;
+
+impl Peers {
+    /// Sends the same request to every ingest node; the `data` arrays of those that answered, and why
+    /// the others did not.
+    pub async fn forward(
+        &self,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> (Vec<Vec<serde_json::Value>>, Vec<String>) {
+        let asks = self.urls.iter().map(|url| {
+            let mut req = self.client.request(method.clone(), format!("{url}{path_and_query}")).timeout(self.timeout);
+            for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
+                if let Some(v) = headers.get(&name) {
+                    req = req.header(name, v.clone());
+                }
+            }
+            if let Some(v) = headers.get(crate::http::TENANT_HEADER) {
+                req = req.header(crate::http::TENANT_HEADER, v.clone());
+            }
+            let req = req.body(body.clone());
+            self.metrics.requests.inc();
+            async move {
+                let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+                let status = resp.status();
+                let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+                if !status.is_success() {
+                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).trim().to_string();
+                    return Err(format!("{url}: {status}: {text}"));
+                }
+                if bytes.len() > MAX_METADATA_ANSWER {
+                    return Err(format!("{url}: answer over {MAX_METADATA_ANSWER} bytes"));
+                }
+                self.metrics.bytes.inc_by(bytes.len() as u64);
+                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))?;
+                match v.get("data") {
+                    Some(serde_json::Value::Array(a)) => Ok(a.clone()),
+                    _ => Err(format!("{url}: the answer has no data array")),
+                }
+            }
+        });
+        let (mut found, mut errors) = (Vec::new(), Vec::new());
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(a) => found.push(a),
+                Err(e) => {
+                    self.metrics.failures.inc();
+                    errors.push(e);
+                }
+            }
+        }
+        (found, errors)
+    }
+}
+
+/// On a query node, the label names, label values and series answers are sets: the node's own answer
+/// from the bucket, completed with its ingest nodes' answers to the same request (what they hold that
+/// is not synced yet: new streams and series). An ingest node that does not answer leaves a warning.
+pub async fn union_metadata(
+    axum::extract::State(state): axum::extract::State<crate::http::QueryState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(peers) = state.peers.clone() else {
+        return next.run(req).await;
+    };
+    if !is_metadata_route(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 8 << 20).await else {
+        return (http::StatusCode::BAD_REQUEST, "cannot read the form body (at most 8388608 bytes)\n").into_response();
+    };
+    let path_and_query = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+    let (method, headers) = (parts.method.clone(), parts.headers.clone());
+    let own = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body.clone()))).await;
+    if !own.status().is_success() {
+        return own;
+    }
+    let (answers, errors) = peers.forward(&method, &path_and_query, &headers, body).await;
+    let Ok(own_body) = axum::body::to_bytes(own.into_body(), usize::MAX).await else {
+        return (http::StatusCode::INTERNAL_SERVER_ERROR, "cannot read the answer\n").into_response();
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&own_body) else {
+        return (http::StatusCode::INTERNAL_SERVER_ERROR, "the answer is not JSON\n").into_response();
+    };
+    if let Some(serde_json::Value::Array(data)) = v.get_mut("data") {
+        let mut seen: HashSet<String> = data.iter().map(ToString::to_string).collect();
+        for item in answers.into_iter().flatten() {
+            if seen.insert(item.to_string()) {
+                data.push(item);
+            }
+        }
+        // Names and values come sorted; series in no promised order.
+        if data.iter().all(serde_json::Value::is_string) {
+            data.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
+    }
+    if !errors.is_empty() {
+        let w = format!(
+            "no ingest node answered ({}): names and series acknowledged since the bucket's last commit may be missing",
+            errors.join("; ")
+        );
+        tracing::warn!(warning = %w, "query node");
+        let warnings = v.as_object_mut().map(|o| o.entry("warnings").or_insert_with(|| serde_json::json!([])));
+        if let Some(serde_json::Value::Array(ws)) = warnings {
+            ws.push(serde_json::Value::String(w));
+        }
+    }
+    axum::Json(v).into_response()
 }
 
 #[cfg(test)]

@@ -1132,8 +1132,10 @@ impl LogStore {
         start: i64,
         end: i64,
         only: Option<&HashSet<u64>>,
+        parts: &PartFilter,
     ) -> HashMap<u64, u64> {
         let mut req = ScanRequest::all(tenant.clone());
+        req.parts = parts.clone();
         req.matchers = matchers.to_vec();
         req.start_ns = start;
         req.end_ns = end;
@@ -1160,18 +1162,34 @@ impl LogStore {
         start: i64,
         end: i64,
     ) -> Result<HashMap<u64, u64>> {
+        self.count_by_stream_in(tenant, matchers, start, end, &PartFilter::All)
+    }
+
+    /// [`LogStore::count_by_stream`] over the parts `parts` admits (and the head): a query node's
+    /// count over the parts its ingest node kept (issue 22).
+    ///
+    /// # Errors
+    /// None today; the `Result` is kept for the callers.
+    pub fn count_by_stream_in(
+        &self,
+        tenant: &Tenant,
+        matchers: &[LabelMatcher],
+        start: i64,
+        end: i64,
+        parts: &PartFilter,
+    ) -> Result<HashMap<u64, u64>> {
         // Pending deletes: the streams they cover are counted by reading their rows (which applies the
         // deletes), the others from the indexes as usual.
         let mut covered: HashSet<u64> = HashSet::new();
         for mask in self.delete_masks(tenant) {
             match mask.streams {
-                None => return Ok(self.count_by_scanning(tenant, matchers, start, end, None)),
+                None => return Ok(self.count_by_scanning(tenant, matchers, start, end, None, parts)),
                 Some(ids) => covered.extend(ids),
             }
         }
-        let mut counts = self.count_from_indexes(tenant, matchers, start, end, &covered);
+        let mut counts = self.count_from_indexes(tenant, matchers, start, end, &covered, parts);
         if !covered.is_empty() {
-            counts.extend(self.count_by_scanning(tenant, matchers, start, end, Some(&covered)));
+            counts.extend(self.count_by_scanning(tenant, matchers, start, end, Some(&covered), parts));
         }
         Ok(counts)
     }
@@ -1184,10 +1202,11 @@ impl LogStore {
         start: i64,
         end: i64,
         skip: &HashSet<u64>,
+        filter: &PartFilter,
     ) -> HashMap<u64, u64> {
         let set = self.inner.catalog.matching(tenant, matchers);
         let wanted = |id: &u64| set.as_ref().is_none_or(|s| s.contains(id)) && !skip.contains(id);
-        let (head, parts) = self.snapshot(tenant, start, end);
+        let (head, parts, _) = self.snapshot_filtered(tenant, start, end, filter);
         let mut counts: HashMap<u64, u64> = HashMap::new();
         let count_batch = |counts: &mut HashMap<u64, u64>, batch: &RecordBatch| {
             let (Some(times), Some(ids)) = (batch.column_by_name(TIME), batch.column_by_name(STREAM_ID)) else {

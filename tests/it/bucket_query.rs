@@ -118,6 +118,13 @@ async fn line_count_warnings(node: &TestServer) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The `data` array of a metadata answer.
+async fn data(node: &TestServer, path: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = node.client.get(node.url(path)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "success", "{path}: {v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
 /// Asserts, over `for_`, that every answer is `want`: whatever the writer's flushes, syncs and the query
 /// node's follows do meanwhile, no line or sample is missing or counted twice.
 async fn always_answers(node: &TestServer, want: u64, for_: Duration) {
@@ -126,6 +133,18 @@ async fn always_answers(node: &TestServer, want: u64, for_: Duration) {
     while Instant::now() < until || answers == 0 {
         let got = (count_lines(node).await, count_samples(node).await);
         assert_eq!(got, (want, want), "answer {answers} of the query node");
+        // The same count through a line filter: read row by row, not from the part indexes.
+        let v: serde_json::Value = node
+            .client
+            .get(node.url("/loki/api/v1/query"))
+            .query(&[("query", r#"sum(count_over_time({app=~".+"} |= "line" [1h]))"#)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["result"][0]["value"][1].as_str(), Some(want.to_string().as_str()), "{v}");
         answers += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -158,6 +177,12 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     // Acknowledged is answered at once, from the writer's head, before any flush or sync.
     push(&writer, "first", 300, now).await;
     assert_eq!((count_lines(&query).await, count_samples(&query).await), (300, 300), "read after the acknowledgement");
+    // Label names, values and series too: the stream and the series are only in the writer's head.
+    assert_eq!(data(&query, "/loki/api/v1/label/app/values").await, ["first"]);
+    assert!(data(&query, "/loki/api/v1/labels").await.contains(&serde_json::json!("app")));
+    assert_eq!(data(&query, "/api/v1/label/app/values").await, ["first"]);
+    let series = data(&query, "/api/v1/series?match[]=bucket_metric").await;
+    assert_eq!(series, [serde_json::json!({"__name__": "bucket_metric", "app": "first"})]);
     // Flushed into parts the bucket does not hold yet, then synced and followed: always exactly once.
     writer.flush().await;
     always_answers(&query, 300, Duration::from_secs(3)).await;
@@ -196,6 +221,10 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     until_answers(&query, 500).await;
     let warnings = line_count_warnings(&query).await;
     assert!(warnings.iter().any(|w| w.contains("no ingest node answered")), "{warnings:?}");
+    let v: serde_json::Value =
+        query.client.get(query.url("/loki/api/v1/label/app/values")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["data"], serde_json::json!(["first", "second"]), "{v}");
+    assert!(v["warnings"][0].as_str().is_some_and(|w| w.contains("no ingest node answered")), "{v}");
     query.stop().await;
 }
 

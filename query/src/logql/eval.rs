@@ -545,18 +545,44 @@ impl Engine {
         let hi = steps.at(steps.n - 1).saturating_sub(r.offset_ns).saturating_add(1);
         let meta = if r.op.is_linear() { meta } else { MetaNeed::All };
         let linear_count = matches!(r.op, RangeOp::Count | RangeOp::Rate) && r.unwrap.is_none();
-        // On a query node the index answers only for this node's parts: the rows are counted instead.
         let mut series = if steps.n == 1
-            && self.peers.is_none()
             && linear_count
             && r.log.stages.is_empty()
             && r.grouping.is_none()
             && !ctx.detect_level
             && self.no_metadata_needed(&ctx.tenant, &meta)
         {
-            // Counting whole streams: the index knows.
-            let counts = self.store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?;
-            let labels = self.store.stream_labels(&ctx.tenant, counts.keys().copied());
+            // Counting whole streams: the index knows. On a query node, for the parts the ingest node
+            // kept; the rows it holds beyond them are counted as they come.
+            let (counts, labels) = match &self.peers {
+                None => {
+                    let counts = self.store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?;
+                    let labels = self.store.stream_labels(&ctx.tenant, counts.keys().copied());
+                    (counts, labels)
+                }
+                Some(peers) => {
+                    let mut req = ScanRequest::all(ctx.tenant.clone());
+                    (req.start_ns, req.end_ns, req.matchers) = (lo, hi, r.log.matchers.clone());
+                    req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
+                    let delta = self.delta(peers, &req).await;
+                    let parts = delta
+                        .as_ref()
+                        .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
+                    let mut counts = self.store.count_by_stream_in(&ctx.tenant, &r.log.matchers, lo, hi, &parts)?;
+                    let mut labels = self.store.stream_labels(&ctx.tenant, counts.keys().copied());
+                    if let Some(d) = delta {
+                        for batch in &d.batches {
+                            if let Some(ids) = batch.column_by_name(STREAM_ID) {
+                                for id in ids.as_primitive::<arrow::datatypes::UInt64Type>().values() {
+                                    *counts.entry(*id).or_default() += 1;
+                                }
+                            }
+                        }
+                        labels.extend(d.streams);
+                    }
+                    (counts, labels)
+                }
+            };
             let secs = r.range_ns as f64 / 1e9;
             counts
                 .into_iter()
