@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""A dashboard's refresh, with and without the PromQL results cache (issue 23).
+
+Over the metric store benches/e2e_metrics.sh leaves (E2E_OUT/data-metrics-lumen, copied), a release
+`lumen server` answers each range query of that script over its 2 h 05 min window (step 15 s) once, then
+REFRESHES more times with the window moved forward by one step each time, as Grafana does every refresh
+(the window's last step has no samples past the workload's end, so each refresh has one new step to
+evaluate). The same sequence runs on a second server with query.results_cache_max_bytes = 0. Prints per
+query the median wall time (client) of the refreshes with and without the cache, and checks that both
+servers give the same answer to every refresh.
+
+Usage: benches/promql_refresh.py [--refreshes N]   (E2E_OUT as for e2e_metrics.sh, default benches/out)
+Needs: a release build, a finished benches/e2e_metrics.sh run with lumen.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.chdir(ROOT)
+OUT = os.environ.get("E2E_OUT", "benches/out")
+BIN = "target/release/lumen"
+QUERIES = {
+    "rate": "rate(node_cpu_seconds_total[5m])",
+    "sum_by": "sum by (mode) (rate(node_cpu_seconds_total[5m]))",
+    "quantile": "quantile(0.9, sum by (instance) (rate(node_network_receive_bytes_total[5m])))",
+    "histogram_quantile": "histogram_quantile(0.9, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))",
+}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Server:
+    def __init__(self, name, data, cache_bytes):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        conf = f"{OUT}/refresh-{name}.toml"
+        with open(conf, "w") as f:
+            f.write(f"[query]\nresults_cache_max_bytes = {cache_bytes}\n")
+        self.proc = subprocess.Popen(
+            [BIN, "server", "--config", conf, "--data-dir", data, "--http-addr", f"127.0.0.1:{self.port}",
+             "--mqtt-listen", "off", "--otlp-grpc-addr", "127.0.0.1:0", "--retention", "36500d"],
+            stdout=open(f"{OUT}/refresh-{name}.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn"))
+        for _ in range(3000):
+            try:
+                urllib.request.urlopen(self.base + "/ready", timeout=2).read()
+                return
+            except Exception:
+                time.sleep(0.02)
+        sys.exit(f"server {name} not ready")
+
+    def query(self, q, start, end):
+        params = urllib.parse.urlencode({"query": q, "start": start, "end": end, "step": 15})
+        t = time.monotonic()
+        body = urllib.request.urlopen(f"{self.base}/api/v1/query_range?{params}", timeout=120).read()
+        return (time.monotonic() - t) * 1000, json.loads(body)["data"]["result"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--refreshes", type=int, default=30)
+    args = ap.parse_args()
+    src = f"{OUT}/data-metrics-lumen"
+    if not os.path.isdir(src):
+        sys.exit(f"no {src}: run benches/e2e_metrics.sh --systems lumen first")
+    servers = {}
+    for name, cache in (("cached", "33554432"), ("uncached", "0")):
+        d = f"{OUT}/refresh-data-{name}"
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(src, d)
+        if os.path.exists(f"{d}/lock"):
+            os.remove(f"{d}/lock")
+        servers[name] = Server(name, d, cache)
+    try:
+        for name, q in QUERIES.items():
+            with open(f"{OUT}/query-lumen-{name}.json") as f:
+                saved = json.load(f)["data"]["result"]
+            ts = [float(p[0]) for s in saved for p in s["values"]]
+            start, end = min(ts), max(ts)
+            times = {"cached": [], "uncached": []}
+            first = {}
+            for k in range(args.refreshes + 1):
+                answers = {}
+                for sname, server in servers.items():
+                    ms, answer = server.query(q, start + 15 * k, end + 15 * k)
+                    answers[sname] = answer
+                    if k == 0:
+                        first[sname] = ms
+                    else:
+                        times[sname].append(ms)
+                if answers["cached"] != answers["uncached"]:
+                    sys.exit(f"{name}: the cached answer differs at refresh {k}")
+            c, u = statistics.median(times["cached"]), statistics.median(times["uncached"])
+            print(json.dumps({"query": name, "first_ms_cached": round(first["cached"], 1),
+                              "first_ms_uncached": round(first["uncached"], 1), "refresh_ms_cached": round(c, 1),
+                              "refresh_ms_uncached": round(u, 1), "cached_over_uncached": round(c / u, 2),
+                              "refreshes": args.refreshes, "answers_equal": True}), flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+if __name__ == "__main__":
+    main()
