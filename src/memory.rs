@@ -228,7 +228,8 @@ pub enum Consumer {
 }
 
 /// The share of the budget of each consumer, in percent. Of the remaining 25 %, 5 % bound the PromQL results
-/// cache (`query.results_cache_max_bytes`); the rest is for what has no limit of
+/// cache (`query.results_cache_max_bytes`) and 5 % the decoded runs of metric parts
+/// (`store.decoded_cache_max_bytes`); the rest is for what has no limit of
 /// its own: the binary and its runtime, catalogs, part indexes, LogQL's scans, the allocator's slack.
 pub const SHARES: [(Consumer, u64); 5] = [
     (Consumer::LogHead, 10),
@@ -321,8 +322,11 @@ pub fn derive(config: &mut Config, budget: &Budget) -> Vec<Share> {
         q.max_samples = usize::try_from(samples).unwrap_or(usize::MAX).clamp(100_000, defaults.query.max_samples);
     }
 
-    // The PromQL results cache takes 5 % out of the part no share covers.
+    // The PromQL results cache and the decoded runs of metric parts take 5 % each out of the part no
+    // share covers.
     size(&mut q.results_cache_max_bytes, defaults.query.results_cache_max_bytes, percent(budget.bytes, 5), 0);
+    let decoded = &mut config.store.decoded_cache_max_bytes;
+    size(decoded, defaults.store.decoded_cache_max_bytes, percent(budget.bytes, 5), 0);
 
     let head = config.store.head_max_size.as_u64() * HEAD_FACTOR;
     SHARES
@@ -615,6 +619,15 @@ impl Monitor {
             for (c, n) in used {
                 m.used.get_or_create(&consumer_label(c)).set(i64::try_from(n).unwrap_or(i64::MAX));
             }
+            // The caches, which give their memory back under pressure (below).
+            let caches = [
+                ("promql_results_cache", self.query.results_cache.bytes()),
+                ("metric_decoded_cache", self.metrics.decoded_cache_stats().0),
+            ];
+            for (name, n) in caches {
+                let label = vec![("consumer".to_string(), name.to_string())];
+                m.used.get_or_create(&label).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
             if !self.pressure.sample() {
                 (lowest, flat_ticks) = (u64::MAX, 0);
                 continue;
@@ -631,8 +644,9 @@ impl Monitor {
                 (lowest, flat_ticks) = (u64::MAX, 0);
                 continue;
             }
-            // Under pressure, caches go first: the PromQL results cache is rebuilt by the next queries.
+            // Under pressure, caches go first: the next queries fill them again.
             self.query.results_cache.clear();
+            self.metrics.clear_decoded_cache();
             let mut flushed = 0;
             if used[0].1 > 0 {
                 self.logs.request_flush();

@@ -54,6 +54,10 @@ pub struct StoreConfig {
     /// The most everything the store keeps may take on disk (log and metric parts, catalogs, both
     /// write-ahead logs); past it the oldest data is deleted. `0 B`: no budget.
     pub retention_max_disk: ByteSize,
+    /// Metric samples kept decoded in memory for the next query (each series' run of a part, least
+    /// recently used out first): dashboards read the same series at every refresh. `0 B`: off. Left at its
+    /// default, the server takes `min(64 MiB, 5% of server.memory_limit)`.
+    pub decoded_cache_max_bytes: ByteSize,
 }
 
 /// A size that may be left to the server to work out: `"auto"` or a size (`store.min_free_disk`,
@@ -126,6 +130,7 @@ impl Default for StoreConfig {
             delete_cancel_period: Duration::from_secs(300),
             min_free_disk: DiskReserve::Auto,
             retention_max_disk: ByteSize::b(0),
+            decoded_cache_max_bytes: ByteSize::mib(64),
         }
     }
 }

@@ -372,7 +372,12 @@ mod tests {
             retention: Duration::from_secs(30 * 86_400),
             disk: None,
             retention_rules: Vec::new(),
-            tuning: StoreConfig { compaction_min_parts, ..StoreConfig::default() },
+            // No decoded runs kept: these tests count what reads fetch from the parts.
+            tuning: StoreConfig {
+                compaction_min_parts,
+                decoded_cache_max_bytes: bytesize::ByteSize::b(0),
+                ..StoreConfig::default()
+            },
         }
     }
 

@@ -15,6 +15,7 @@
 mod catalog;
 mod changes;
 mod codec;
+mod decoded;
 mod head;
 mod part;
 
@@ -136,6 +137,8 @@ struct Inner {
     read_only: crate::error::ReadOnly,
     /// What changed, for caches of query results (see [`MetricStore::changed_since`]).
     changes: Arc<Mutex<changes::Changes>>,
+    /// Runs of parts decoded by earlier selects (`store.decoded_cache_max_bytes`).
+    decoded: decoded::DecodedRuns,
     _lock: File,
 }
 
@@ -461,6 +464,7 @@ impl MetricStore {
             "metric store opened"
         );
         let deletes = crate::delete::Deletes::load(&root)?;
+        let decoded_bytes = usize::try_from(options.tuning.decoded_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
         let store = MetricStore {
             inner: Arc::new(Inner {
                 data_dir,
@@ -483,6 +487,7 @@ impl MetricStore {
                 remote: std::sync::OnceLock::new(),
                 read_only: crate::error::ReadOnly::default(),
                 changes: Arc::default(),
+                decoded: decoded::DecodedRuns::new(decoded_bytes),
                 _lock: lock,
             }),
         };
@@ -884,6 +889,16 @@ impl MetricStore {
         self.select_filtered(tenant, matchers, mint, maxt, max_samples, &PartFilter::All, None)
     }
 
+    /// Empties the cache of decoded runs (memory pressure).
+    pub fn clear_decoded_cache(&self) {
+        self.inner.decoded.clear();
+    }
+
+    /// The cache of decoded runs: (bytes held, hits, misses).
+    pub fn decoded_cache_stats(&self) -> (usize, u64, u64) {
+        self.inner.decoded.stats()
+    }
+
     /// A mark of the store's changes now, to pass to [`MetricStore::changed_since`] later: take it
     /// before a select whose result is cached.
     pub fn change_mark(&self) -> ChangeMark {
@@ -970,6 +985,7 @@ impl MetricStore {
             let b = ts.partition_point(|&x| x <= maxt);
             (a < b).then(|| (t.slice(off + a, b - a), v.slice(off + a, b - a)))
         };
+        let decoded = &inner.decoded;
         for part in &parts {
             // An unreadable part is left out, not the whole answer: `skipped_parts` names it.
             let read = (|| {
@@ -986,10 +1002,30 @@ impl MetricStore {
                 if runs.is_empty() {
                     return Ok(None);
                 }
-                let (t, v) = part.read_runs(&runs)?;
-                Ok::<_, Error>(Some((runs, t, v)))
+                // Each series' whole run: from the decoded cache, else decoded (and kept) here.
+                let mut got: Vec<(u32, Piece)> = Vec::with_capacity(runs.len());
+                let mut missing: Vec<part::Run> = Vec::new();
+                for r in &runs {
+                    match decoded.enabled().then(|| decoded.get(part.meta.id, r.id)).flatten() {
+                        Some(run) => got.push((r.id, run)),
+                        None => missing.push(*r),
+                    }
+                }
+                if !missing.is_empty() {
+                    let (t, v) = part.read_runs(&missing)?;
+                    let mut off = 0usize;
+                    for r in &missing {
+                        let n = r.rows as usize;
+                        if decoded.enabled() {
+                            decoded.insert(part.meta.id, r.id, &t[off..off + n], &v[off..off + n]);
+                        }
+                        got.push((r.id, (t.slice(off, n), v.slice(off, n))));
+                        off += n;
+                    }
+                }
+                Ok::<_, Error>(Some(got))
             })();
-            let (runs, t, v) = match read {
+            let got = match read {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 // A part the object store did not deliver fails the answer (see `crate::remote`).
@@ -999,16 +1035,14 @@ impl MetricStore {
                     continue;
                 }
             };
-            loaded = loaded.saturating_add(t.len());
+            loaded = loaded.saturating_add(got.iter().map(|(_, (t, _))| t.len()).sum());
             if loaded > max_samples {
                 return Err(Error::TooManySamples { limit: max_samples });
             }
-            let mut off = 0;
-            for r in &runs {
-                if let Some(p) = trim(&t, &v, off, r.rows as usize) {
-                    pieces.entry(r.id).or_default().push(p);
+            for (id, (t, v)) in got {
+                if let Some(p) = trim(&t, &v, 0, t.len()) {
+                    pieces.entry(id).or_default().push(p);
                 }
-                off += r.rows as usize;
             }
         }
         let mut from_head = |head: &MetricHead| {

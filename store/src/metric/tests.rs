@@ -327,3 +327,43 @@ async fn a_delta_and_the_kept_parts_select_each_sample_once_across_flush_and_com
     let merged = store.part_ids(&tenant, i64::MIN, i64::MAX);
     assert_eq!(split(&merged), (150, 0));
 }
+
+/// Issue 23: the second select of the same series reads decoded runs from the cache and answers the
+/// same, also after a compaction replaced the parts and under a pending delete.
+#[tokio::test]
+async fn a_repeated_select_reads_decoded_runs_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t0 = now_ms() - 3_600_000;
+    for job in ["a", "b"] {
+        let up = [("__name__", "up"), ("job", job)];
+        write(&store, &up, &(0..200).map(|i| (t0 + i * 1000, i as f64)).collect::<Vec<_>>()).await;
+        store.flush().await.unwrap();
+    }
+    let m = [eq("__name__", "up")];
+    let first = read(&store, &m, t0, t0 + 100_000);
+    let (_, hits0, misses0) = store.decoded_cache_stats();
+    assert_eq!(hits0, 0);
+    assert!(misses0 >= 2);
+    // Another range over the same runs: all from the cache, trimmed to it.
+    let again = read(&store, &m, t0, t0 + 100_000);
+    assert_eq!(again, first);
+    assert_eq!(store.decoded_cache_stats().1, 2, "both runs came from the cache");
+    let later = read(&store, &m, t0 + 150_000, t0 + 199_000);
+    assert_eq!(later[0].1.len(), 50);
+    assert!(store.compact().await.unwrap() >= 2);
+    assert_eq!(read(&store, &m, t0, t0 + 100_000), first, "the merged part reads the same");
+    let tenant = Tenant::default_tenant();
+    let spec = crate::delete::DeleteSpec {
+        query: "up{job=\"a\"}".into(),
+        matchers: vec![vec![("job".into(), "=".into(), "a".into())]],
+        line_filters: Vec::new(),
+        start_ns: 0,
+        end_ns: i64::MAX,
+    };
+    store.request_delete(&tenant, spec).unwrap();
+    let after = read(&store, &m, t0, t0 + 100_000);
+    assert_eq!(after.len(), 1, "the pending delete hides job a, cached runs or not: {after:?}");
+    store.clear_decoded_cache();
+    assert_eq!(read(&store, &m, t0, t0 + 100_000), after);
+}
