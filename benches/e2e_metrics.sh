@@ -206,7 +206,12 @@ start_server() {
   case "$sys" in
     lumen)
       [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; return 1; }
-      "$BIN" server --data-dir "$data" --http-addr "127.0.0.1:$port" --mqtt-listen off >"$log" 2>&1 &
+      # The results cache is off, as VictoriaMetrics' is below: repeated queries measure the engine (its
+      # data caches, like VictoriaMetrics' block caches, stay on). benches/promql_refresh.py measures the
+      # results caches of both on a dashboard's refreshes.
+      printf '[query]\nresults_cache_max_bytes = 0\n' >"$OUT/lumen-no-results-cache.toml"
+      "$BIN" server --config "$OUT/lumen-no-results-cache.toml" --data-dir "$data" --http-addr "127.0.0.1:$port" \
+        --mqtt-listen off >"$log" 2>&1 &
       ready="$base/ready"; measure="$data/metrics" ;;
     victoriametrics)
       # The response cache is off so that repeated queries measure the engine, not the cache; latencyOffset 0

@@ -5,9 +5,12 @@ Over the metric store benches/e2e_metrics.sh leaves (E2E_OUT/data-metrics-lumen,
 `lumen server` answers each range query of that script over its 2 h 05 min window (step 15 s) once, then
 REFRESHES more times with the window moved forward by one step each time, as Grafana does every refresh
 (the window's last step has no samples past the workload's end, so each refresh has one new step to
-evaluate). The same sequence runs on a second server with query.results_cache_max_bytes = 0. Prints per
-query the median wall time (client) of the refreshes with and without the cache, and checks that both
-servers give the same answer to every refresh.
+evaluate). The same sequence runs on a second server with query.results_cache_max_bytes = 0 and, when
+/usr/bin/victoria-metrics (VM_BIN) and E2E_OUT/data-metrics-victoriametrics exist, on VictoriaMetrics over
+a copy of its store from the same e2e run, with its caches on as it ships (-search.latencyOffset=0s, as
+in e2e_metrics.sh, so that the last samples are visible). Prints per query the median wall time (client)
+of the refreshes on each, and checks that both Lumen servers give the same answer to every refresh and
+VictoriaMetrics the same number of series and points.
 
 Usage: benches/promql_refresh.py [--refreshes N]   (E2E_OUT as for e2e_metrics.sh, default benches/out)
 Needs: a release build, a finished benches/e2e_metrics.sh run with lumen.
@@ -75,6 +78,23 @@ class Server:
         self.proc.wait(60)
 
 
+class Vm(Server):
+    def __init__(self, binary, data):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [binary, f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s",
+             "-retentionPeriod=100y"],
+            stdout=open(f"{OUT}/refresh-vm.log", "w"), stderr=subprocess.STDOUT)
+        for _ in range(3000):
+            try:
+                urllib.request.urlopen(self.base + "/health", timeout=2).read()
+                return
+            except Exception:
+                time.sleep(0.02)
+        sys.exit("VictoriaMetrics not ready")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--refreshes", type=int, default=30)
@@ -90,13 +110,20 @@ def main():
         if os.path.exists(f"{d}/lock"):
             os.remove(f"{d}/lock")
         servers[name] = Server(name, d, cache)
+    vm_bin = os.environ.get("VM_BIN", "/usr/bin/victoria-metrics")
+    vm_src = f"{OUT}/data-metrics-victoriametrics"
+    if os.access(vm_bin, os.X_OK) and os.path.isdir(vm_src):
+        d = f"{OUT}/refresh-data-vm"
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(vm_src, d)
+        servers["victoriametrics"] = Vm(vm_bin, d)
     try:
         for name, q in QUERIES.items():
             with open(f"{OUT}/query-lumen-{name}.json") as f:
                 saved = json.load(f)["data"]["result"]
             ts = [float(p[0]) for s in saved for p in s["values"]]
             start, end = min(ts), max(ts)
-            times = {"cached": [], "uncached": []}
+            times = {k: [] for k in servers}
             first = {}
             for k in range(args.refreshes + 1):
                 answers = {}
@@ -109,11 +136,21 @@ def main():
                         times[sname].append(ms)
                 if answers["cached"] != answers["uncached"]:
                     sys.exit(f"{name}: the cached answer differs at refresh {k}")
+                if "victoriametrics" in answers:
+                    shape = lambda a: (len(a), sum(len(x["values"]) for x in a))  # noqa: E731
+                    if shape(answers["victoriametrics"]) != shape(answers["cached"]):
+                        print(f"WARNING: {name} refresh {k}: VictoriaMetrics answered {shape(answers['victoriametrics'])}"
+                              f" (series, points), Lumen {shape(answers['cached'])}", file=sys.stderr)
             c, u = statistics.median(times["cached"]), statistics.median(times["uncached"])
-            print(json.dumps({"query": name, "first_ms_cached": round(first["cached"], 1),
-                              "first_ms_uncached": round(first["uncached"], 1), "refresh_ms_cached": round(c, 1),
-                              "refresh_ms_uncached": round(u, 1), "cached_over_uncached": round(c / u, 2),
-                              "refreshes": args.refreshes, "answers_equal": True}), flush=True)
+            out = {"query": name, "first_ms_cached": round(first["cached"], 1),
+                   "first_ms_uncached": round(first["uncached"], 1), "refresh_ms_cached": round(c, 1),
+                   "refresh_ms_uncached": round(u, 1), "cached_over_uncached": round(c / u, 2),
+                   "refreshes": args.refreshes, "answers_equal": True}
+            if "victoriametrics" in times:
+                vm = statistics.median(times["victoriametrics"])
+                out.update({"first_ms_vm": round(first["victoriametrics"], 1), "refresh_ms_vm": round(vm, 1),
+                            "cached_over_vm": round(c / vm, 2)})
+            print(json.dumps(out), flush=True)
     finally:
         for s in servers.values():
             s.stop()
