@@ -330,7 +330,7 @@ impl Peers {
         auth: Option<&http::HeaderValue>,
         tenant: &Tenant,
         body: Vec<u8>,
-    ) -> Result<bytes::Bytes, String> {
+    ) -> Result<bytes::Bytes, AskError> {
         let asks = self.urls.iter().map(|url| {
             let mut req = self
                 .client
@@ -351,11 +351,17 @@ impl Peers {
                         return Ok(None);
                     }
                     let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+                    if status == reqwest::StatusCode::BAD_REQUEST {
+                        // The writer refused the selection itself (a limit): the query fails with its words.
+                        return Ok(Some(Err(String::from_utf8_lossy(&bytes[..bytes.len().min(1000)])
+                            .trim()
+                            .to_string())));
+                    }
                     if !status.is_success() {
                         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).trim().to_string();
                         return Err(format!("{url}: {status}: {text}"));
                     }
-                    Ok(Some(bytes))
+                    Ok(Some(Ok(bytes)))
                 }
                 .await;
                 if answer.is_err() {
@@ -369,20 +375,29 @@ impl Peers {
         let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
         while let Some(answer) = futures::StreamExt::next(&mut pending).await {
             match answer {
-                Ok(Some(bytes)) => {
+                Ok(Some(Ok(bytes))) => {
                     self.metrics.bytes.inc_by(bytes.len() as u64);
                     return Ok(bytes);
                 }
+                Ok(Some(Err(refused))) => return Err(AskError::Refused(refused)),
                 Ok(None) => {}
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() {
-            Err(format!("none of {} holds the bucket's writer lease", self.urls.join(", ")))
+        Err(AskError::Unavailable(if errors.is_empty() {
+            format!("none of {} holds the bucket's writer lease", self.urls.join(", "))
         } else {
-            Err(errors.join("; "))
-        }
+            errors.join("; ")
+        }))
     }
+}
+
+/// Why an ingest node's rows are not there.
+enum AskError {
+    /// No writer answered: the query goes on from the bucket, with a warning.
+    Unavailable(String),
+    /// The writer refused the selection (400: a limit such as `query.max_samples`): the query fails.
+    Refused(String),
 }
 
 /// One query's calls to its ingest nodes: the caller's credential, and the warnings to pass on.
@@ -415,28 +430,43 @@ impl PeerCall {
     }
 
     /// The log rows an ingest node holds beyond `req.have`; None (and a warning) when none answered.
-    pub async fn logs(&self, tenant: &Tenant, req: &LogDeltaRequest) -> Option<LogDelta> {
-        let body = serde_json::to_vec(req).ok()?;
-        let answer = self.peers.ask(LOGS_PATH, self.auth.as_ref(), tenant, body).await;
-        match answer.and_then(|b| decode_logs(&b)) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.warn("lines", e);
-                None
-            }
-        }
+    ///
+    /// # Errors
+    /// The writer refused the selection (a limit): its message, for the query's 400.
+    pub async fn logs(&self, tenant: &Tenant, req: &LogDeltaRequest) -> Result<Option<LogDelta>, String> {
+        self.fetch(LOGS_PATH, tenant, req, "lines", decode_logs).await
     }
 
     /// The samples an ingest node holds beyond `req.have`; None (and a warning) when none answered.
-    pub async fn metrics(&self, tenant: &Tenant, req: &MetricDeltaRequest) -> Option<MetricDelta> {
-        let body = serde_json::to_vec(req).ok()?;
-        let answer = self.peers.ask(METRICS_PATH, self.auth.as_ref(), tenant, body).await;
-        match answer.and_then(|b| decode_metrics(&b)) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.warn("samples", e);
-                None
+    ///
+    /// # Errors
+    /// As [`PeerCall::logs`].
+    pub async fn metrics(&self, tenant: &Tenant, req: &MetricDeltaRequest) -> Result<Option<MetricDelta>, String> {
+        self.fetch(METRICS_PATH, tenant, req, "samples", decode_metrics).await
+    }
+
+    async fn fetch<T>(
+        &self,
+        path: &str,
+        tenant: &Tenant,
+        req: &impl Serialize,
+        what: &str,
+        decode: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        match self.peers.ask(path, self.auth.as_ref(), tenant, body).await {
+            Ok(b) => match decode(&b) {
+                Ok(d) => Ok(Some(d)),
+                Err(e) => {
+                    self.warn(what, e);
+                    Ok(None)
+                }
+            },
+            Err(AskError::Unavailable(e)) => {
+                self.warn(what, e);
+                Ok(None)
             }
+            Err(AskError::Refused(e)) => Err(format!("the ingest node refused the selection: {e}")),
         }
     }
 }

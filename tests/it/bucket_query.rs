@@ -301,3 +301,38 @@ async fn a_query_node_passes_the_callers_token_on_and_the_writer_checks_it() {
     query.stop().await;
     writer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selection_the_writer_refuses_for_a_limit_fails_on_the_query_node_with_its_words() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut writer_config = test_config(&dir.path().join("writer"));
+    writer_config.storage = storage(&weed.endpoint, &creds);
+    writer_config.storage.prefix = "limits".into();
+    writer_config.query.max_samples = 100;
+    let writer = TestServer::start(writer_config.clone()).await;
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = writer_config.storage.clone();
+    query_config.server.role = lumen::config::Role::Query;
+    query_config.query.ingest_urls = vec![writer.url("")];
+    let query = TestServer::start(query_config).await;
+    push(&writer, "big", 300, store::time::now_ns()).await;
+
+    // Not an answer with a warning that lines may be missing: the query fails, naming the limit.
+    let r = query
+        .client
+        .get(query.url("/loki/api/v1/query"))
+        .query(&[("query", r#"sum(count_over_time({app=~".+"}[1h]))"#)])
+        .send()
+        .await
+        .unwrap();
+    let (status, text) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("query.max_samples") && text.contains("ingest node refused"), "{text}");
+    let v = query.promql("default", "sum(count_over_time(bucket_metric[1h]))", None).await;
+    assert_eq!(v["status"], "error", "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("query.max_samples")), "{v}");
+    query.stop().await;
+    writer.stop().await;
+}

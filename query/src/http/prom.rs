@@ -273,7 +273,7 @@ impl SeriesSource for StoreSource<'_> {
                     max_samples: self.max_samples,
                     have: self.store.part_ids(self.tenant, mint_ms, maxt_ms),
                 };
-                match runtime.block_on(peers.metrics(self.tenant, &req)) {
+                match runtime.block_on(peers.metrics(self.tenant, &req)).map_err(EvalError::Execution)? {
                     None => self
                         .store
                         .select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples)

@@ -376,7 +376,7 @@ impl Engine {
             parts: store::PartFilter::All,
         };
         let delta = match &self.peers {
-            Some(peers) => self.delta(peers, &req).await,
+            Some(peers) => self.delta(peers, &req).await?,
             None => None,
         };
         let mut req = req;
@@ -434,7 +434,11 @@ impl Engine {
     }
 
     /// Asks the ingest nodes for the rows of `req` this node's parts do not hold (see [`crate::peers`]).
-    async fn delta(&self, peers: &crate::peers::PeerCall, req: &ScanRequest) -> Option<crate::peers::LogDelta> {
+    async fn delta(
+        &self,
+        peers: &crate::peers::PeerCall,
+        req: &ScanRequest,
+    ) -> QResult<Option<crate::peers::LogDelta>> {
         let wire = crate::peers::LogDeltaRequest {
             start_ns: req.start_ns,
             end_ns: req.end_ns,
@@ -444,7 +448,7 @@ impl Engine {
             stream_limit: req.stream_limit.map(|l| (l.rows, l.newest)),
             have: self.store.part_ids(&req.tenant, req.start_ns, req.end_ns),
         };
-        peers.logs(&req.tenant, &wire).await
+        peers.logs(&req.tenant, &wire).await.map_err(QueryError::BadRequest)
     }
 
     // ----- metric queries -----
@@ -564,7 +568,7 @@ impl Engine {
                     let mut req = ScanRequest::all(ctx.tenant.clone());
                     (req.start_ns, req.end_ns, req.matchers) = (lo, hi, r.log.matchers.clone());
                     req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
-                    let delta = self.delta(peers, &req).await;
+                    let delta = self.delta(peers, &req).await?;
                     let parts = delta
                         .as_ref()
                         .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
