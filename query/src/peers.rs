@@ -335,39 +335,24 @@ impl Peers {
             let mut req = self
                 .client
                 .post(format!("{url}{path}"))
-                .timeout(self.timeout)
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header(crate::http::TENANT_HEADER, tenant.as_str())
                 .body(body.clone());
             if let Some(a) = auth {
                 req = req.header(http::header::AUTHORIZATION, a.clone());
             }
-            self.metrics.requests.inc();
             async move {
-                let answer = async {
-                    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
-                    let status = resp.status();
-                    if status == reqwest::StatusCode::CONFLICT {
-                        return Ok(None);
+                let (status, bytes) = self.send(url, req, MAX_DELTA_ANSWER).await?;
+                match status {
+                    reqwest::StatusCode::CONFLICT => Ok(None),
+                    // The writer refused the selection itself (a limit): the query fails with its words.
+                    reqwest::StatusCode::BAD_REQUEST => Ok(Some(Err(excerpt(&bytes, 1000)))),
+                    s if s.is_success() => Ok(Some(Ok(bytes))),
+                    s => {
+                        self.metrics.failures.inc();
+                        Err(format!("{url}: {s}: {}", excerpt(&bytes, 300)))
                     }
-                    let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-                    if status == reqwest::StatusCode::BAD_REQUEST {
-                        // The writer refused the selection itself (a limit): the query fails with its words.
-                        return Ok(Some(Err(String::from_utf8_lossy(&bytes[..bytes.len().min(1000)])
-                            .trim()
-                            .to_string())));
-                    }
-                    if !status.is_success() {
-                        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).trim().to_string();
-                        return Err(format!("{url}: {status}: {text}"));
-                    }
-                    Ok(Some(Ok(bytes)))
                 }
-                .await;
-                if answer.is_err() {
-                    self.metrics.failures.inc();
-                }
-                answer
             }
         });
         let mut errors = Vec::new();
@@ -375,10 +360,7 @@ impl Peers {
         let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
         while let Some(answer) = futures::StreamExt::next(&mut pending).await {
             match answer {
-                Ok(Some(Ok(bytes))) => {
-                    self.metrics.bytes.inc_by(bytes.len() as u64);
-                    return Ok(bytes);
-                }
+                Ok(Some(Ok(bytes))) => return Ok(bytes),
                 Ok(Some(Err(refused))) => return Err(AskError::Refused(refused)),
                 Ok(None) => {}
                 Err(e) => errors.push(e),
@@ -482,6 +464,8 @@ pub fn is_metadata_route(path: &str) -> bool {
 
 /// Largest answer of an ingest node to a metadata request that is read.
 const MAX_METADATA_ANSWER: usize = 64 << 20;
+/// Largest delta answer that is read (the writer bounds its own by its `query.max_samples`).
+const MAX_DELTA_ANSWER: usize = 1 << 30;
 
 impl Peers {
     /// Sends the same request to every ingest node; the `data` arrays of those that answered, and why
@@ -494,7 +478,7 @@ impl Peers {
         body: bytes::Bytes,
     ) -> (Vec<Vec<serde_json::Value>>, Vec<String>) {
         let asks = self.urls.iter().map(|url| {
-            let mut req = self.client.request(method.clone(), format!("{url}{path_and_query}")).timeout(self.timeout);
+            let mut req = self.client.request(method.clone(), format!("{url}{path_and_query}"));
             for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
                 if let Some(v) = headers.get(&name) {
                     req = req.header(name, v.clone());
@@ -504,19 +488,12 @@ impl Peers {
                 req = req.header(crate::http::TENANT_HEADER, v.clone());
             }
             let req = req.body(body.clone());
-            self.metrics.requests.inc();
             async move {
-                let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
-                let status = resp.status();
-                let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+                let (status, bytes) = self.send(url, req, MAX_METADATA_ANSWER).await?;
                 if !status.is_success() {
-                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).trim().to_string();
-                    return Err(format!("{url}: {status}: {text}"));
+                    self.metrics.failures.inc();
+                    return Err(format!("{url}: {status}: {}", excerpt(&bytes, 300)));
                 }
-                if bytes.len() > MAX_METADATA_ANSWER {
-                    return Err(format!("{url}: answer over {MAX_METADATA_ANSWER} bytes"));
-                }
-                self.metrics.bytes.inc_by(bytes.len() as u64);
                 let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))?;
                 match v.get("data") {
                     Some(serde_json::Value::Array(a)) => Ok(a.clone()),
@@ -528,14 +505,50 @@ impl Peers {
         for answer in futures::future::join_all(asks).await {
             match answer {
                 Ok(a) => found.push(a),
-                Err(e) => {
-                    self.metrics.failures.inc();
-                    errors.push(e);
-                }
+                Err(e) => errors.push(e),
             }
         }
         (found, errors)
     }
+
+    /// Sends one request to an ingest node and reads its answer, refusing one over `max` bytes as it
+    /// arrives. Counts the request, the bytes of a 2xx answer, and a failure to get any answer.
+    async fn send(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        max: usize,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), String> {
+        self.metrics.requests.inc();
+        let answer = async {
+            let mut resp = req.timeout(self.timeout).send().await.map_err(|e| format!("{url}: {e}"))?;
+            let status = resp.status();
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+                if body.len() + chunk.len() > max {
+                    return Err(format!("{url}: answer over {max} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((status, body.freeze()))
+        }
+        .await;
+        match &answer {
+            Ok((status, body)) if status.is_success() => {
+                self.metrics.bytes.inc_by(body.len() as u64);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.metrics.failures.inc();
+            }
+        }
+        answer
+    }
+}
+
+/// The start of an answer's text, for a message.
+fn excerpt(body: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(max)]).trim().to_string()
 }
 
 /// On a query node, the label names, label values and series answers are sets: the node's own answer

@@ -115,7 +115,12 @@ pub(crate) async fn count_lines(server: &TestServer) -> u64 {
 
 /// The whole answer of the LogQL count behind [`count_lines`] (its warnings too).
 pub(crate) async fn count_lines_answer(server: &TestServer) -> Value {
-    let q = [("query", r#"sum(count_over_time({app=~".+"}[1h]))"#)];
+    logql_instant(server, r#"sum(count_over_time({app=~".+"}[1h]))"#).await
+}
+
+/// The whole answer of a LogQL instant query.
+pub(crate) async fn logql_instant(server: &TestServer, query: &str) -> Value {
+    let q = [("query", query)];
     server.client.get(server.url("/loki/api/v1/query")).query(&q).send().await.unwrap().json().await.unwrap()
 }
 

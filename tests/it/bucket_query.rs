@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::bucket::{
-    KEY_ID, SECRET, SeaweedFs, count_lines, count_lines_answer, count_samples, credential_files, push, storage,
+    KEY_ID, SECRET, SeaweedFs, count_lines, count_lines_answer, count_samples, credential_files, logql_instant, push,
+    storage,
 };
 use crate::harness::{TestServer, test_config};
 
@@ -134,16 +135,7 @@ async fn always_answers(node: &TestServer, want: u64, for_: Duration) {
         let got = (count_lines(node).await, count_samples(node).await);
         assert_eq!(got, (want, want), "answer {answers} of the query node");
         // The same count through a line filter: read row by row, not from the part indexes.
-        let v: serde_json::Value = node
-            .client
-            .get(node.url("/loki/api/v1/query"))
-            .query(&[("query", r#"sum(count_over_time({app=~".+"} |= "line" [1h]))"#)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = logql_instant(node, r#"sum(count_over_time({app=~".+"} |= "line" [1h]))"#).await;
         assert_eq!(v["data"]["result"][0]["value"][1].as_str(), Some(want.to_string().as_str()), "{v}");
         answers += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -298,6 +290,32 @@ async fn a_query_node_passes_the_callers_token_on_and_the_writer_checks_it() {
     assert_eq!(r.send().await.unwrap().status(), 403);
     let r = writer.client.post(&url).bearer_auth(&read).header("X-Scope-OrgID", "team-a").json(&delta);
     assert_eq!(r.send().await.unwrap().status(), 200);
+    // A request that is not one gets a 400 saying what was wrong; the writer stays up.
+    for (body, says) in [
+        ("{\"start_ns\": 0".to_string(), "invalid log delta request"),
+        (
+            serde_json::json!({"start_ns": 0, "end_ns": now, "columns": null, "have": [],
+                "matchers": [{"name": "app", "op": "<>", "value": "a"}]})
+            .to_string(),
+            "unknown matcher operator",
+        ),
+        (
+            serde_json::json!({"start_ns": 0, "end_ns": now, "columns": null, "have": [],
+                "matchers": [{"name": "app", "op": "=~", "value": "(unclosed"}]})
+            .to_string(),
+            "invalid matcher app",
+        ),
+    ] {
+        let r = writer.client.post(&url).bearer_auth(&read).header("X-Scope-OrgID", "team-a").body(body);
+        let r = r.header("Content-Type", "application/json").send().await.unwrap();
+        let (status, text) = (r.status(), r.text().await.unwrap());
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    let r = writer.client.post(writer.url(query::peers::METRICS_PATH)).bearer_auth(&read).body("[]");
+    let r = r.header("X-Scope-OrgID", "team-a").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(count_as(&query, Some(&read), "team-a").await, (200, 20), "the writer still answers");
     query.stop().await;
     writer.stop().await;
 }
