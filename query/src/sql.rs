@@ -50,8 +50,61 @@ impl LogsTable {
         self.label_columns.iter().find(|(c, _)| c == column).map(|(_, l)| l.as_str())
     }
 
+    /// A field column (not time, stream id, message or a label).
+    fn is_field(&self, column: &str) -> bool {
+        !matches!(column, store::TIME | store::STREAM_ID | store::MESSAGE)
+            && self.label_of(column).is_none()
+            && self.schema.field_with_name(column).is_ok()
+    }
+
+    /// The field that `expr` needs a value in to be true: a comparison, LIKE or regex match of a field with
+    /// a non-null literal, or `field IS NOT NULL`. A row without the field makes such a filter null.
+    fn needed_field<'a>(&self, expr: &'a Expr) -> Option<&'a str> {
+        let column = match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                use Operator::*;
+                let null_rejecting = matches!(
+                    op,
+                    Eq | NotEq
+                        | Lt
+                        | LtEq
+                        | Gt
+                        | GtEq
+                        | IsNotDistinctFrom
+                        | RegexMatch
+                        | RegexIMatch
+                        | RegexNotMatch
+                        | RegexNotIMatch
+                        | LikeMatch
+                        | ILikeMatch
+                        | NotLikeMatch
+                        | NotILikeMatch
+                );
+                let (col, _, lit) = column_op_literal(left, *op, right)?;
+                (null_rejecting && !lit.is_null()).then_some(col)?
+            }
+            Expr::Like(like) => match (like.expr.as_ref(), like.pattern.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) if !v.is_null() => c.name.as_str(),
+                _ => return None,
+            },
+            Expr::IsNotNull(e) => match e.as_ref() {
+                Expr::Column(c) => c.name.as_str(),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        self.is_field(column).then_some(column)
+    }
+
     /// Applies what the store can use of `expr` to `req`; true when it could use it.
     fn push_down(&self, expr: &Expr, req: &mut ScanRequest) -> bool {
+        if let Some(field) = self.needed_field(expr) {
+            // Parts without the field are not read; the filter itself runs on the rows (`Inexact`).
+            if !req.fields_present.iter().any(|f| f == field) {
+                req.fields_present.push(field.to_string());
+            }
+            return true;
+        }
         match expr {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 if *op == Operator::And {

@@ -5,7 +5,7 @@
 //! output in order while holding only one record batch per input in memory.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -116,6 +116,8 @@ pub(crate) fn merge_filtered(
     let schema = table_schema(labels.iter(), fields.iter());
     let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
 
+    let mut options = options;
+    options.small_fields = small_fields_of(inputs, &fields);
     let mut writer = PartWriter::create(dir, meta, schema.clone(), options)?;
     let res = (|| {
         let mut slots: Vec<RecordBatch> = Vec::new();
@@ -188,6 +190,23 @@ pub(crate) fn merge_filtered(
             Err(e)
         }
     }
+}
+
+/// The `fields` whose values total under [`crate::part::SMALL_FIELD_BYTES`] over all `inputs`, by their
+/// footers. An input whose footer cannot be read counts as large for all fields (its read fails later).
+fn small_fields_of(inputs: &[Arc<Part>], fields: &BTreeSet<String>) -> std::collections::HashSet<String> {
+    let mut sizes: HashMap<&str, u64> = fields.iter().map(|f| (f.as_str(), 0)).collect();
+    for part in inputs {
+        match part.column_bytes() {
+            Ok(bytes) => {
+                for (f, total) in sizes.iter_mut() {
+                    *total = total.saturating_add(bytes.get(*f).copied().unwrap_or(0));
+                }
+            }
+            Err(_) => return Default::default(),
+        }
+    }
+    crate::part::small_fields(sizes)
 }
 
 fn next_batch(reader: &mut ParquetRecordBatchReader, schema: &SchemaRef) -> Result<Option<RecordBatch>> {

@@ -841,7 +841,12 @@ impl LogStore {
                     level: 0,
                     time_unit: keys[start..end].iter().map(|k| TimeUnitTag::of(k.2)).max().unwrap_or_default(),
                 };
-                let mut writer = PartWriter::create(dir, meta, part_schema, self.write_options(0))?;
+                let mut options = self.write_options(0);
+                options.small_fields =
+                    crate::part::small_fields(sub_schema.fields().iter().zip(&owned).skip(3).map(|(f, arrays)| {
+                        (f.name().as_str(), arrays.iter().map(|a| crate::part::buffer_bytes(a.as_ref())).sum())
+                    }));
+                let mut writer = PartWriter::create(dir, meta, part_schema, options)?;
                 let res = (|| {
                     for chunk in keys[start..end].chunks(rg_rows) {
                         let idx: Vec<(usize, usize)> = chunk.iter().map(|k| (slot[&k.3], k.4 as usize)).collect();
@@ -995,6 +1000,7 @@ impl LogStore {
         let (start, end) = (req.start_ns, req.end_ns);
         let mut units: Vec<(u64, Arc<Part>, Vec<std::ops::Range<u64>>)> = parts
             .into_iter()
+            .filter(|p| req.fields_present.iter().all(|f| p.meta.has_column(f)))
             .filter_map(|p| {
                 let ranges: Vec<std::ops::Range<u64>> = p
                     .streams
@@ -1608,6 +1614,7 @@ fn write_options(t: &crate::config::StoreConfig, level: u32) -> WriteOptions {
         zstd_level: if level == 0 { t.zstd_level } else { t.compaction_zstd_level },
         token_filter_bits: t.token_filter_bits,
         index_numbers: t.index_numbers,
+        small_fields: Default::default(),
     }
 }
 

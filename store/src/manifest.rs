@@ -157,6 +157,12 @@ impl TimeUnitTag {
 }
 
 impl PartMeta {
+    /// Whether the part has a column named `name`: a field, a label column, or a field stored in a label
+    /// column of the same name.
+    pub(crate) fn has_column(&self, name: &str) -> bool {
+        [&self.fields, &self.labels, &self.shared_fields].iter().any(|names| names.iter().any(|n| n == name))
+    }
+
     /// `logs/tenant=<t>/date=<YYYY-MM-DD>`, relative to the data directory.
     pub(crate) fn partition_dir(&self) -> PathBuf {
         partition_dir(&self.tenant, self.day)

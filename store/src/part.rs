@@ -21,6 +21,7 @@
 //! matchers into exact row ranges and time bounds into row-group skips. Token filters stay on disk and
 //! are read only for full-text searches.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
@@ -157,8 +158,7 @@ impl Part {
         if len != meta.parquet_bytes {
             return Ok(Opened::Damaged(format!("{len} bytes where the manifest says {}", meta.parquet_bytes)));
         }
-        let reader_options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let metadata = match ArrowReaderMetadata::load(&file, reader_options) {
+        let metadata = match ArrowReaderMetadata::load(&file, reader_options()) {
             Ok(m) => m,
             Err(e) => return Ok(Opened::Damaged(format!("unreadable Parquet footer: {e}"))),
         };
@@ -319,6 +319,30 @@ impl Part {
         Ok(TokenFilter::from_bytes(&buf))
     }
 
+    /// The footer and page index, loaded from `file` (this part's Parquet file) by the first caller.
+    fn arrow_metadata(&self, file: &File) -> Result<ArrowReaderMetadata> {
+        if let Some(m) = self.metadata.get() {
+            return Ok(m.clone());
+        }
+        let m = ArrowReaderMetadata::load(file, reader_options())
+            .map_err(|source| Error::Parquet { path: self.parquet_path.clone(), source })?;
+        Ok(self.metadata.get_or_init(|| m).clone())
+    }
+
+    /// Uncompressed bytes of each top-level column over all row groups, from the footer.
+    pub(crate) fn column_bytes(&self) -> Result<HashMap<String, u64>> {
+        let file = self.remote.open_file(&self.parquet_path, self.meta.parquet_bytes)?;
+        let metadata = self.arrow_metadata(&file)?;
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for rg in metadata.metadata().row_groups() {
+            for c in rg.columns() {
+                let name = c.column_descr().path().parts().first().cloned().unwrap_or_default();
+                *out.entry(name).or_default() += c.uncompressed_size().max(0) as u64;
+            }
+        }
+        Ok(out)
+    }
+
     /// A reader of the named columns that exist in this part, over the given row ranges (sorted, disjoint)
     /// or every row.
     pub(crate) fn reader(
@@ -329,14 +353,7 @@ impl Part {
     ) -> Result<Option<ParquetRecordBatchReader>> {
         let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
         let file = self.remote.open_file(&self.parquet_path, self.meta.parquet_bytes)?;
-        let metadata = match self.metadata.get() {
-            Some(m) => m.clone(),
-            None => {
-                let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-                let m = ArrowReaderMetadata::load(&file, options).map_err(perr)?;
-                self.metadata.get_or_init(|| m).clone()
-            }
-        };
+        let metadata = self.arrow_metadata(&file)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
         let schema = builder.parquet_schema();
         let roots: Vec<usize> = builder
@@ -480,6 +497,20 @@ struct BuiltIndex {
     bytes: Vec<u8>,
     streams: Vec<StreamRange>,
     row_groups: Vec<RowGroupIndex>,
+}
+
+/// What of a log part's footer is decoded and kept while the part is live: the offset index (page
+/// locations, for reads of row ranges), not the column index or statistics, which no read of a log part
+/// uses (its own index prunes row groups). Kept for every column, they made a part of 2,000 field columns
+/// hold megabytes for as long as it lives.
+fn reader_options() -> ArrowReaderOptions {
+    use parquet::file::metadata::ParquetStatisticsPolicy;
+    ArrowReaderOptions::new()
+        .with_offset_index_policy(PageIndexPolicy::Optional)
+        .with_column_index_policy(PageIndexPolicy::Skip)
+        .with_column_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_encoding_stats_as_mask(true)
 }
 
 /// Rebuilds a part's index from its Parquet file: each Parquet row group is one index row group, as
@@ -678,6 +709,26 @@ pub(crate) struct WriteOptions {
     pub(crate) zstd_level: i32,
     pub(crate) token_filter_bits: u32,
     pub(crate) index_numbers: bool,
+    /// Fields whose values in this part total under [`SMALL_FIELD_BYTES`] (see [`small_fields`]): they are
+    /// written without compression.
+    pub(crate) small_fields: HashSet<String>,
+}
+
+/// Below this many bytes of values in a part, a field column is written uncompressed. zstd would save a
+/// few KiB at most there, while every compressed column costs its writer a compression and a
+/// decompression context (~100 KiB together, held until the part is finished) and each reader of it a
+/// decompression context: a part of 2,000 sparse field columns took ~200 MiB to write.
+pub(crate) const SMALL_FIELD_BYTES: u64 = 16 * 1024;
+
+/// Bytes of an array's buffers: an upper bound of its values' size (a slice counts its whole buffers).
+pub(crate) fn buffer_bytes(array: &dyn Array) -> u64 {
+    let data = array.to_data();
+    data.buffers().iter().map(|b| b.len() as u64).sum::<u64>() + data.nulls().map_or(0, |n| n.buffer().len() as u64)
+}
+
+/// The fields of `sizes` (field name → bytes of its values, an upper bound) under [`SMALL_FIELD_BYTES`].
+pub(crate) fn small_fields<'a>(sizes: impl IntoIterator<Item = (&'a str, u64)>) -> HashSet<String> {
+    sizes.into_iter().filter(|(_, b)| *b < SMALL_FIELD_BYTES).map(|(f, _)| f.to_string()).collect()
 }
 
 /// Writes a part from record batches that arrive in (stream id, time) order, one row group per call.
@@ -752,8 +803,10 @@ impl PartWriter {
         // dictionary overflows. The writer's default fallback (DELTA_BYTE_ARRAY) allocates ~31 KiB of
         // encoder per column up front, which made a part of 2000 sparse field columns cost ~60 MiB to write.
         for f in &meta.fields {
+            let compression =
+                if options.small_fields.contains(f) { Compression::UNCOMPRESSED } else { Compression::ZSTD(level) };
             props = props
-                .set_column_compression(f.as_str().into(), Compression::ZSTD(level))
+                .set_column_compression(f.as_str().into(), compression)
                 .set_column_encoding(f.as_str().into(), Encoding::PLAIN);
         }
         // Nothing reads the message column's min/max, and its column index would need merging across the

@@ -95,6 +95,9 @@ pub struct ScanRequest {
     pub stream_limit: Option<StreamLimit>,
     /// Which of the tenant's parts to read (the head is always read).
     pub parts: PartFilter,
+    /// Field columns every wanted row has a value in (a SQL filter `field = 'x'`): a part that has no
+    /// column of one of these names holds no such row and is not opened. Rows are not filtered by it.
+    pub fields_present: Vec<String>,
 }
 
 /// Which parts a read takes, by part id. A query node reads only the parts of the bucket's commit that
@@ -137,6 +140,7 @@ impl ScanRequest {
             columns: None,
             stream_limit: None,
             parts: PartFilter::All,
+            fields_present: Vec::new(),
         }
     }
 }

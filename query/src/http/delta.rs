@@ -60,6 +60,7 @@ async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) 
             columns: req.columns,
             stream_limit: req.stream_limit.map(|(rows, newest)| store::StreamLimit { rows, newest }),
             parts: store::PartFilter::All,
+            fields_present: Vec::new(),
         };
         let have: HashSet<u64> = req.have.into_iter().collect();
         // The rows held for the answer count against `query.max_samples` (16 bytes each), as a LogQL

@@ -374,6 +374,7 @@ impl Engine {
             columns: Some(columns),
             stream_limit,
             parts: store::PartFilter::All,
+            fields_present: Vec::new(),
         };
         let delta = match &self.peers {
             Some(peers) => self.delta(peers, &req).await?,

@@ -25,7 +25,7 @@ fn meta() -> PartMeta {
 }
 
 fn options() -> WriteOptions {
-    WriteOptions { zstd_level: 3, token_filter_bits: 10, index_numbers: false }
+    WriteOptions { zstd_level: 3, token_filter_bits: 10, index_numbers: false, small_fields: Default::default() }
 }
 
 /// Rows of streams 1..=5 in order, with runs of 3000, 20, 20, 5000 and 1 rows: lines of about 60 bytes,
