@@ -109,6 +109,10 @@ pub struct DeltaHead {
     /// Metrics: the labels of each series the rows' `series` column points into.
     #[serde(default)]
     pub series: Vec<Vec<(String, String)>>,
+    /// The tenant's delete requests the ingest node has not processed yet, taken before its snapshot: the
+    /// query node hides what they cover in the parts it reads itself.
+    #[serde(default)]
+    pub deletes: Vec<store::delete::DeleteSpec>,
 }
 
 /// What an ingest node added to a log selection.
@@ -117,6 +121,7 @@ pub struct LogDelta {
     pub keep: HashSet<u64>,
     pub streams: HashMap<u64, Arc<Labels>>,
     pub batches: Vec<RecordBatch>,
+    pub deletes: Vec<store::delete::DeleteSpec>,
 }
 
 /// What an ingest node added to a metric selection.
@@ -124,6 +129,7 @@ pub struct LogDelta {
 pub struct MetricDelta {
     pub keep: HashSet<u64>,
     pub series: Vec<SelectedSeries>,
+    pub deletes: Vec<store::delete::DeleteSpec>,
 }
 
 fn pairs(labels: &Labels) -> Vec<(String, String)> {
@@ -176,9 +182,14 @@ pub fn metric_schema() -> SchemaRef {
 ///
 /// # Errors
 /// As [`encode`].
-pub fn encode_metrics(keep: Vec<u64>, series: &[SelectedSeries]) -> Result<Vec<u8>, String> {
+pub fn encode_metrics(
+    keep: Vec<u64>,
+    series: &[SelectedSeries],
+    deletes: Vec<store::delete::DeleteSpec>,
+) -> Result<Vec<u8>, String> {
     let schema = metric_schema();
-    let head = DeltaHead { keep, series: series.iter().map(|s| pairs(&s.labels)).collect(), ..DeltaHead::default() };
+    let head =
+        DeltaHead { keep, series: series.iter().map(|s| pairs(&s.labels)).collect(), streams: Vec::new(), deletes };
     let mut batches = Vec::with_capacity(series.len());
     for (i, s) in series.iter().enumerate() {
         let i = u32::try_from(i).map_err(|_| "too many series")?;
@@ -226,7 +237,7 @@ pub fn decode_metrics(body: &[u8]) -> Result<MetricDelta, String> {
             v: ScalarBuffer::from(v),
         })
         .collect();
-    Ok(MetricDelta { keep: head.keep.into_iter().collect(), series })
+    Ok(MetricDelta { keep: head.keep.into_iter().collect(), series, deletes: head.deletes })
 }
 
 /// Decodes a log answer.
@@ -238,6 +249,7 @@ pub fn decode_logs(body: &[u8]) -> Result<LogDelta, String> {
     Ok(LogDelta {
         keep: head.keep.into_iter().collect(),
         streams: head.streams.into_iter().map(|(id, l)| (id, Arc::new(Labels::from_pairs(l)))).collect(),
+        deletes: head.deletes,
         batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
     })
 }
@@ -628,9 +640,17 @@ mod tests {
             series(&[("__name__", "up"), ("job", "a")], &[1, 2], &[1.0, stale]),
             series(&[("__name__", "x")], &[], &[]),
         ];
-        let body = encode_metrics(vec![3, 7], &s).unwrap();
+        let delete = store::delete::DeleteSpec {
+            query: "up{job=\"a\"}".into(),
+            matchers: vec![vec![("job".into(), "=".into(), "a".into())]],
+            line_filters: Vec::new(),
+            start_ns: 1,
+            end_ns: 2,
+        };
+        let body = encode_metrics(vec![3, 7], &s, vec![delete.clone()]).unwrap();
         let d = decode_metrics(&body).unwrap();
         assert_eq!(d.keep, HashSet::from([3, 7]));
+        assert_eq!(d.deletes, [delete]);
         assert_eq!(d.series.len(), 2);
         assert_eq!(d.series[0].labels, s[0].labels);
         assert_eq!(&d.series[0].t[..], &[1, 2]);

@@ -9,6 +9,7 @@
 //! `received`, and the rewrite runs again (rewriting a part without rows it no longer holds is harmless).
 //! A processed request stops hiding: data written later in its range is not deleted.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
@@ -289,6 +290,9 @@ pub(crate) struct Deletes {
     requests: Mutex<Vec<DeleteRequest>>,
     /// Compiled requests still hiding data, by tenant; rebuilt on change.
     active: Mutex<Arc<Vec<ActiveEntry>>>,
+    /// A query node's copy of its ingest node's pending requests, by tenant, as the last answer of that
+    /// node gave them (see [`Deletes::adopt_peer`]); applied to reads like this store's own.
+    peer: Mutex<HashMap<String, PeerDeletes>>,
 }
 
 const FILE: &str = "deletes.json";
@@ -303,6 +307,9 @@ const MAX_PROCESSED_KEPT: usize = 1000;
 /// (tenant, compiled request, id).
 type ActiveEntry = (String, Arc<Active>, String);
 
+/// An ingest node's pending requests of one tenant, as given and compiled.
+type PeerDeletes = (Vec<DeleteSpec>, Vec<Arc<Active>>);
+
 impl Deletes {
     pub(crate) fn load(dir: &Path) -> Result<Deletes> {
         let requests: Vec<DeleteRequest> =
@@ -311,6 +318,7 @@ impl Deletes {
             dir: dir.to_path_buf(),
             requests: Mutex::new(requests),
             active: Mutex::new(Arc::new(Vec::new())),
+            peer: Mutex::new(HashMap::new()),
         };
         d.rebuild()?;
         Ok(d)
@@ -397,7 +405,48 @@ impl Deletes {
     /// The requests hiding data of `tenant`.
     pub(crate) fn active(&self, tenant: &Tenant) -> Vec<Arc<Active>> {
         let all = self.active.lock().clone();
-        all.iter().filter(|(t, _, _)| t == tenant.as_str()).map(|(_, a, _)| a.clone()).collect()
+        let mut out: Vec<Arc<Active>> =
+            all.iter().filter(|(t, _, _)| t == tenant.as_str()).map(|(_, a, _)| a.clone()).collect();
+        if let Some((_, peer)) = self.peer.lock().get(tenant.as_str()) {
+            out.extend(peer.iter().cloned());
+        }
+        out
+    }
+
+    /// The tenant's requests still hiding data, as given.
+    pub(crate) fn pending(&self, tenant: &Tenant) -> Vec<DeleteSpec> {
+        self.requests
+            .lock()
+            .iter()
+            .filter(|r| r.status == DeleteStatus::Received && r.tenant == tenant.as_str())
+            .map(|r| r.spec.clone())
+            .collect()
+    }
+
+    /// Takes `specs` as the tenant's pending requests of the ingest node this query node asks (issue 22):
+    /// they hide rows of the parts this node reads from the bucket at once, before a commit brings the
+    /// requests themselves. Replaces what the last answer gave; a spec that does not compile is left out
+    /// with a warning (the ingest node compiled it, so this is a version mismatch).
+    pub(crate) fn adopt_peer(&self, tenant: &Tenant, specs: &[DeleteSpec]) {
+        let mut peer = self.peer.lock();
+        if specs.is_empty() {
+            peer.remove(tenant.as_str());
+            return;
+        }
+        if peer.get(tenant.as_str()).is_some_and(|(known, _)| known.as_slice() == specs) {
+            return;
+        }
+        let compiled = specs
+            .iter()
+            .filter_map(|s| match s.compile() {
+                Ok(a) => Some(Arc::new(a)),
+                Err(error) => {
+                    tracing::warn!(%error, query = %s.query, "an ingest node's pending delete does not compile here; it is not applied to this node's parts");
+                    None
+                }
+            })
+            .collect();
+        peer.insert(tenant.as_str().to_string(), (specs.to_vec(), compiled));
     }
 
     /// Received requests older than `min_age_ns`, due for their rewrite.

@@ -354,3 +354,72 @@ async fn a_selection_the_writer_refuses_for_a_limit_fails_on_the_query_node_with
     query.stop().await;
     writer.stop().await;
 }
+
+/// Issue 22: a delete the writer acknowledged hides the rows at once on a query node too, in the parts
+/// the query node reads from its own copy of the bucket, although no commit has brought the request there
+/// yet (the query node follows the bucket only every 30 s here). The writer sends its pending requests
+/// with each answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_the_writer_hides_rows_of_the_query_nodes_own_parts_at_once() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut writer_config = test_config(&dir.path().join("writer"));
+    writer_config.storage = storage(&weed.endpoint, &creds);
+    writer_config.storage.prefix = "deletes".into();
+    let now = store::time::now_ns();
+    let writer = TestServer::start(writer_config.clone()).await;
+    push(&writer, "first", 300, now).await;
+    push(&writer, "second", 200, now).await;
+    writer.flush().await;
+    // Wait for a commit after the flush, and then for one more sync interval: the sync that committed may
+    // have begun before the flush, and the next one then commits the parts.
+    let committed = metric(&metrics(&writer).await, "lumen_bucket_last_commit");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&metrics(&writer).await, "lumen_bucket_last_commit") < committed + 1.0 {
+        assert!(Instant::now() < deadline, "no commit after the flush");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The query node starts from that commit and follows the bucket only every 30 s from then on.
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = writer_config.storage.clone();
+    query_config.storage.sync_interval = Duration::from_secs(30);
+    query_config.server.role = lumen::config::Role::Query;
+    query_config.query.ingest_urls = vec![writer.url("")];
+    let query = TestServer::start(query_config).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (count_lines(&query).await, count_samples(&query).await) != (500, 500) {
+        assert!(Instant::now() < deadline, "{:?}", count_lines_answer(&query).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let follows = metric(&metrics(&query).await, "lumen_bucket_follow_follows_total");
+    // The log parts come from the bucket (the samples' parts too), so the query node reads them itself.
+    assert!(metric(&metrics(&query).await, "lumen_store_parts") > 0.0, "{}", metrics(&query).await);
+
+    let r = writer
+        .client
+        .post(writer.url("/loki/api/v1/delete"))
+        .query(&[("query", r#"{app="first"}"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let r = writer
+        .client
+        .post(writer.url("/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", r#"bucket_metric{app="first"}"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    assert_eq!((count_lines(&writer).await, count_samples(&writer).await), (200, 200));
+    assert_eq!((count_lines(&query).await, count_samples(&query).await), (200, 200), "the query node's own parts");
+    // Not through a commit: the query node has followed none since it answered the first count.
+    assert_eq!(metric(&metrics(&query).await, "lumen_bucket_follow_follows_total"), follows);
+    let lines = logql_instant(&query, r#"count_over_time({app="first"}[1h])"#).await;
+    assert_eq!(lines["data"]["result"], serde_json::json!([]), "{lines}");
+    query.stop().await;
+    writer.stop().await;
+}

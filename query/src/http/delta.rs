@@ -68,6 +68,8 @@ async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) 
         let budget = state.config.max_samples.saturating_mul(16);
         let store = state.store.clone();
         let collected = tokio::task::spawn_blocking(move || {
+            // Before the snapshot: a request processed meanwhile rewrote parts the query node may keep.
+            let deletes = store.pending_deletes(&tenant);
             let (keep, schema, tasks) = store.plan_delta(scan, have);
             let (mut batches, mut held, mut over) = (Vec::new(), 0usize, false);
             let mut ids: HashSet<u64> = HashSet::new();
@@ -99,7 +101,7 @@ async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) 
                 .into_iter()
                 .map(|(id, l)| (id, l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
                 .collect();
-            let head = DeltaHead { keep, streams, ..DeltaHead::default() };
+            let head = DeltaHead { keep, streams, deletes, ..DeltaHead::default() };
             Ok(peers::encode(&head, &schema, &batches))
         })
         .await
@@ -122,6 +124,8 @@ async fn metrics(State(state): State<QueryState>, headers: HeaderMap, body: Byte
         let store = state.metric_store.clone();
         let have: HashSet<u64> = req.have.into_iter().collect();
         let body = tokio::task::spawn_blocking(move || {
+            // Before the snapshot, as for logs.
+            let deletes = store.pending_deletes(&tenant);
             let (keep, series) =
                 store.select_delta(&tenant, &matchers, req.mint, req.maxt, max, have).map_err(|e| match e {
                     store::Error::TooManySamples { limit } => format!(
@@ -129,7 +133,7 @@ async fn metrics(State(state): State<QueryState>, headers: HeaderMap, body: Byte
                     ),
                     e => format!("reading the metric store failed: {e}"),
                 })?;
-            Ok::<_, String>(peers::encode_metrics(keep, &series))
+            Ok::<_, String>(peers::encode_metrics(keep, &series, deletes))
         })
         .await
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("delta task failed: {e}\n")).into_response())?

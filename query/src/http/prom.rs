@@ -281,6 +281,7 @@ impl SeriesSource for StoreSource<'_> {
                     Some(delta) => {
                         let added: usize = delta.series.iter().map(|s| s.t.len()).sum();
                         let left = self.max_samples.checked_sub(added).ok_or_else(crate::promql::too_many_samples)?;
+                        self.store.adopt_peer_deletes(self.tenant, &delta.deletes);
                         let only = store::PartFilter::Only(std::sync::Arc::new(delta.keep));
                         let local = self
                             .store

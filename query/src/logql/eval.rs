@@ -449,7 +449,11 @@ impl Engine {
             stream_limit: req.stream_limit.map(|l| (l.rows, l.newest)),
             have: self.store.part_ids(&req.tenant, req.start_ns, req.end_ns),
         };
-        peers.logs(&req.tenant, &wire).await.map_err(QueryError::BadRequest)
+        let delta = peers.logs(&req.tenant, &wire).await.map_err(QueryError::BadRequest)?;
+        if let Some(d) = &delta {
+            self.store.adopt_peer_deletes(&req.tenant, &d.deletes);
+        }
+        Ok(delta)
     }
 
     // ----- metric queries -----

@@ -1536,6 +1536,18 @@ impl MetricStore {
         Ok(req)
     }
 
+    /// The tenant's delete requests still hiding data, as given: an ingest node sends them with its
+    /// answers to query nodes (issue 22).
+    pub fn pending_deletes(&self, tenant: &Tenant) -> Vec<crate::delete::DeleteSpec> {
+        self.inner.deletes.pending(tenant)
+    }
+
+    /// On a query node: applies the ingest node's pending delete requests of the tenant to this node's
+    /// reads until the next answer replaces them (see [`Self::pending_deletes`]).
+    pub fn adopt_peer_deletes(&self, tenant: &Tenant, specs: &[crate::delete::DeleteSpec]) {
+        self.inner.deletes.adopt_peer(tenant, specs);
+    }
+
     /// The tenant's delete requests.
     pub fn delete_requests(&self, tenant: &Tenant) -> Vec<crate::delete::DeleteRequest> {
         self.inner.deletes.list(tenant)
