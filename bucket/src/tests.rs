@@ -400,11 +400,14 @@ mod lease {
         (LogStore::open(options.clone(), &mut r).unwrap(), MetricStore::open(options, &mut r).unwrap())
     }
 
+    /// A flushed line, under a tenant named after `app`: these nodes' stores start empty while they claim
+    /// to hold a commit (`with_base_commit`), so their part numbers start at 1 each, and one tenant per node
+    /// keeps their part names apart (a real successor restores the commit and numbers after its parts).
     async fn flushed_lines(logs: &LogStore, app: &str) {
         let mut b = LogBatch::default();
         let s = b.stream_index(Labels::from_pairs(vec![("app".into(), app.into())]));
         b.entries.push(LogEntry { stream: s, time_ns: store::time::now_ns(), line: app.into(), fields: vec![] });
-        logs.append(&Tenant::default_tenant(), b).await.unwrap();
+        logs.append(&Tenant::new(app).unwrap(), b).await.unwrap();
         logs.flush().await.unwrap();
     }
 

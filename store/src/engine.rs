@@ -649,6 +649,9 @@ impl LogStore {
         if let Some(disk) = &self.inner.options.disk {
             disk.note_write(&res);
         }
+        if res.is_err() {
+            self.inner.metrics.flush_failures.inc();
+        }
         res
     }
 

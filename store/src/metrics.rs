@@ -15,6 +15,8 @@ pub struct StoreMetrics {
     pub wal_bytes: Counter,
     pub wal_records: Counter,
     pub flushes: Counter,
+    /// Flushes that failed (ENOSPC, EIO, ...): their rows stay in the head and the next flush retries.
+    pub flush_failures: Counter,
     pub flush_seconds: Histogram,
     pub flushed_rows: Counter,
     pub parts: Gauge,
@@ -54,6 +56,7 @@ impl StoreMetrics {
             wal_bytes: Counter::default(),
             wal_records: Counter::default(),
             flushes: Counter::default(),
+            flush_failures: Counter::default(),
             flush_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             flushed_rows: Counter::default(),
             parts: Gauge::default(),
@@ -93,6 +96,11 @@ impl StoreMetrics {
             m.flush_seconds.clone(),
         );
         r.register("flushed_rows", "rows written to Parquet by flushes", m.flushed_rows.clone());
+        r.register(
+            "flush_failures",
+            "flushes that failed; their rows stay in the head and the next flush retries them",
+            m.flush_failures.clone(),
+        );
         r.register("parts", "Parquet parts in the store", m.parts.clone());
         r.register_with_unit(
             "parts_disk",

@@ -791,3 +791,51 @@ async fn the_agent_never_logs_a_credential_of_its_server_url() {
     assert!(!text.contains("s3cret"), "the password reached the log:\n{text}");
     assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
 }
+
+/// Issue 18: while no server takes the agent's batches and its buffer is full, the kubelet rotates the
+/// file three times and keeps no gzipped rotation (the worst `containerLogMaxFiles`): each rotated file is
+/// gone from the directory before the agent reads it. The agent keeps opening each new `0.log` while it
+/// waits, and reads the rotated ones through the descriptors it holds: once the server is there, every
+/// line arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_rotated_away_while_the_buffer_is_full_arrive_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let server_addr = free_addr();
+    let extra = "buffer_max_size = \"256 KiB\"\nbatch_max_size = \"16 KiB\"";
+    let config = agent_config(tmp.path(), &format!("http://{server_addr}"), &pods, extra);
+    let mut agent = AgentProcess::spawn(&config, free_addr());
+    agent.wait_ready().await;
+    let mut app = ContainerLog::create(&pods, "default", "rotating-1", "uid-rotating", "app", Fmt::Cri);
+    app.write(4000);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&agent.metrics().await, "lumen_agent_buffer_full_waits_total") == 0.0 {
+        assert!(Instant::now() < deadline, "the reader never paused:\n{}", agent.metrics().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..3 {
+        app.rotate();
+        for e in std::fs::read_dir(&app.dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".gz") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        app.write(3000);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Only the newest rotation and 0.log are left: the first two files exist only as open descriptors.
+    let left: Vec<String> =
+        std::fs::read_dir(&app.dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    let m = agent.metrics().await;
+    let written: u64 = app.lines.iter().map(|l| l.len() as u64).sum();
+    assert!(metric(&m, "lumen_agent_read_bytes_total") < written as f64 / 2.0, "the agent read on into a full buffer");
+
+    let mut server = ServerProcess::spawn(&tmp.path().join("server"), server_addr, &[]);
+    server.wait_ready().await;
+    wait_count(&server.base, app.lines.len(), "after the server came").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&server.base).await, app.lines.len() as i64);
+    agent.terminate();
+}

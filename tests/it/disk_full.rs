@@ -458,6 +458,47 @@ async fn a_full_disk_refuses_ingest_resumes_by_itself_and_loses_nothing_acknowle
     assert_all_stored(&base, &all).await;
     let rows = sql_rows(&client(), &base, "default", "SELECT count(*) AS n FROM logs WHERE req = 'big'").await;
     assert_eq!(rows[0]["n"], 0, "the refused write left nothing behind");
+
+    // 5. A flush that meets ENOSPC fails and is counted; the rows stay in the head and are answered; once
+    // space returns the flush goes through, and after kill -9 every row is there once.
+    let flush_probe: String = (0..20).map(|k| format!("{{\"_msg\":\"flush {k}\",\"req\":\"flush\"}}\n")).collect();
+    let r = client().post(format!("{base}/insert/jsonline")).body(flush_probe).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let flushes = |base: String| async move {
+        let r = client().post(format!("{base}/api/v1/admin/flush")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let filler = fs.fill(0);
+    let (status, body) = flushes(base.clone()).await;
+    assert_eq!(status, 500, "a flush into a full volume: {body}");
+    assert!(body.contains("No space left"), "{body}");
+    let m = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let failures: f64 = grep(&m, "lumen_store_flush_failures_total ")
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "{}", grep(&m, "flush_failures"));
+    let count = || async {
+        sql_rows(&client(), &base, "default", "SELECT count(*) AS n FROM logs WHERE req = 'flush'").await[0]["n"]
+            .clone()
+    };
+    assert_eq!(count().await, 20, "the head still answers");
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = flushes(base.clone()).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flush did not go through after the space returned: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count().await, 20, "after the flush");
+    server.kill9();
+    let mut server = spawn(&data, addr, &no_reserve, mqtt);
+    server.wait_ready().await;
+    assert_eq!(count().await, 20, "after kill -9 and a restart");
     eprintln!(
         "acknowledged: {} log requests, {} samples, {} MQTT messages; {} refusals",
         all.logs_acked.len(),

@@ -715,6 +715,9 @@ impl MetricStore {
         if let Some(disk) = &self.inner.options.disk {
             disk.note_write(&res);
         }
+        if res.is_err() {
+            self.inner.metrics.flush_failures.inc();
+        }
         res
     }
 
