@@ -692,17 +692,24 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in the agent's metrics:\n{text}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_buffer_stops_reading_and_the_agent_catches_up() {
+/// An agent with a 256 KiB buffer, shipping to a server address nobody listens on yet: (its directory, the
+/// pods directory it follows, that address, the agent).
+async fn agent_with_small_buffer() -> (tempfile::TempDir, PathBuf, SocketAddr, AgentProcess) {
     let tmp = tempfile::tempdir().unwrap();
     let pods = tmp.path().join("pods");
     std::fs::create_dir_all(&pods).unwrap();
     let server_addr = free_addr();
     let extra = "buffer_max_size = \"256 KiB\"\nbatch_max_size = \"16 KiB\"";
     let config = agent_config(tmp.path(), &format!("http://{server_addr}"), &pods, extra);
-    // No server yet.
     let mut agent = AgentProcess::spawn(&config, free_addr());
     agent.wait_ready().await;
+    (tmp, pods, server_addr, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_stops_reading_and_the_agent_catches_up() {
+    // No server yet.
+    let (tmp, pods, server_addr, mut agent) = agent_with_small_buffer().await;
     let mut app = ContainerLog::create(&pods, "default", "chatty-1", "uid-chatty", "app", Fmt::Docker);
     app.write(3000);
     let bytes = std::fs::metadata(app.dir.join("0.log")).unwrap().len();
@@ -799,14 +806,7 @@ async fn the_agent_never_logs_a_credential_of_its_server_url() {
 /// line arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_rotated_away_while_the_buffer_is_full_arrive_whole() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pods = tmp.path().join("pods");
-    std::fs::create_dir_all(&pods).unwrap();
-    let server_addr = free_addr();
-    let extra = "buffer_max_size = \"256 KiB\"\nbatch_max_size = \"16 KiB\"";
-    let config = agent_config(tmp.path(), &format!("http://{server_addr}"), &pods, extra);
-    let mut agent = AgentProcess::spawn(&config, free_addr());
-    agent.wait_ready().await;
+    let (tmp, pods, server_addr, mut agent) = agent_with_small_buffer().await;
     let mut app = ContainerLog::create(&pods, "default", "rotating-1", "uid-rotating", "app", Fmt::Cri);
     app.write(4000);
     let deadline = Instant::now() + Duration::from_secs(15);
