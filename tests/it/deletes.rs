@@ -74,6 +74,34 @@ async fn push_logs(base: &str, app: &str, lines: &[String]) {
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
 }
 
+/// The lines a live tail of `query` (from two hours back, limit 5000) sends until it has sent `want` and
+/// then for another second, or for 15 s.
+async fn tail_lines(base: &str, query: &str, want: usize) -> Vec<String> {
+    use futures::StreamExt;
+    let start = (store::time::now_ns() - 7_200_000_000_000).to_string();
+    let url = reqwest::Url::parse_with_params(
+        &format!("{}/loki/api/v1/tail", base.replacen("http://", "ws://", 1)),
+        &[("query", query), ("limit", "5000"), ("start", &start)],
+    )
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let mut lines = Vec::new();
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        let Ok(text) = msg.to_text() else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(text) else { continue };
+        for s in frame["streams"].as_array().into_iter().flatten() {
+            for e in s["values"].as_array().into_iter().flatten() {
+                lines.push(e[1].as_str().unwrap_or_default().to_string());
+            }
+        }
+        if lines.len() >= want {
+            deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    lines
+}
+
 async fn push_samples(base: &str) {
     let t0 = store::time::now_ns() / 1_000_000 - 120_000;
     let series: Vec<OwnedSeries> = ["x", "y"]
@@ -188,6 +216,10 @@ async fn deletes_hide_at_once_purge_from_disk_and_survive_kill_9() {
         .await
         .unwrap();
     assert_eq!(r["data"]["result"][0]["value"][1], "3000", "{r}");
+    // A live tail replays history without the covered lines.
+    let tailed = tail_lines(&base, r#"{app="a"}"#, 2000).await;
+    assert_eq!(tailed.len(), 2000, "the tail's replay");
+    assert!(tailed.iter().all(|l| !l.contains("secret")), "the tail sends deleted lines");
 
     // A second request, cancelled before it is processed.
     let r =
