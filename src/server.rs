@@ -454,7 +454,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (idle(shutdown.clone()), idle(shutdown.clone()))
     } else {
         tokio::spawn(store::disk::maintain(
-            disk,
+            disk.clone(),
             store.clone(),
             metric_store.clone(),
             config.store.maintenance_interval,
@@ -476,18 +476,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     if let Some(syncer) = syncer.clone() {
         // A first sync at once: it takes the writer lease (or learns who holds it), so that this server
-        // answers query nodes for what it acknowledges from the start (see `query::peers`).
+        // answers query nodes for what it acknowledges from the start (see `query::peers`). While another
+        // server holds the lease, this one refuses writes (503): what it acknowledged would never reach the
+        // bucket. A failed sync leaves that state as it was.
         let first = syncer.clone();
+        let guard = disk.clone();
         tokio::spawn(async move {
-            if let Err(e) = first.lock().await.sync_once().await {
-                tracing::warn!(error = %e, "storage: the first sync into the bucket failed; it is retried at the next interval");
+            match first.lock().await.sync_once().await {
+                Ok(report) => guard.set_standby(report.wait_reason),
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage: the first sync into the bucket failed; it is retried at the next interval");
+                }
             }
         });
+        let guard = disk.clone();
         every(config.storage.sync_interval, shutdown.clone(), move || {
-            let syncer = syncer.clone();
+            let (syncer, guard) = (syncer.clone(), guard.clone());
             async move {
-                if let Err(e) = syncer.lock().await.sync_once().await {
-                    tracing::warn!(error = %e, "storage: the sync into the bucket failed; it is retried at the next interval");
+                match syncer.lock().await.sync_once().await {
+                    Ok(report) => guard.set_standby(report.wait_reason),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "storage: the sync into the bucket failed; it is retried at the next interval");
+                    }
                 }
             }
         });

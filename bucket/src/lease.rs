@@ -410,12 +410,22 @@ impl LeaseMetrics {
 }
 
 /// What the sync may do, by the writer lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Gate {
     /// This server holds the lease; `fresh`: it just took it, what it knew of the bucket may be stale.
     Write { fresh: bool },
-    /// It does not: no upload, commit or deletion.
-    Wait,
+    /// It does not: no upload, commit or deletion; why, for the refusal of writes (see
+    /// [`crate::sync::SyncReport::wait_reason`]).
+    Wait(String),
+}
+
+/// Why a server that waits for the lease `holder` holds takes no writes.
+fn held_by(holder: &str) -> String {
+    format!(
+        "another server ({holder}) holds the bucket's writer lease, and what this one acknowledged would never \
+         reach the bucket: send writes to that server; this one takes over, and takes writes, once that server \
+         stops renewing the lease (storage.lease_ttl)"
+    )
 }
 
 /// The lease `writer` as the sync uses it: taken before the first upload, renewed at each sync, every
@@ -463,15 +473,16 @@ impl WriterLease {
                 Ok(()) => Ok(Gate::Write { fresh: false }),
                 Err(LeaseError::Lost { holder }) => {
                     self.lost(&holder);
-                    Ok(Gate::Wait)
+                    Ok(Gate::Wait(held_by(&holder)))
                 }
                 Err(LeaseError::Store(e)) => Err(e),
             };
         }
         match self.lease.observe().await.map_err(|e| e.to_string())? {
             Observed::HeldBy { holder, expires_in } => {
+                let why = held_by(&holder);
                 self.wait(holder, expires_in);
-                return Ok(Gate::Wait);
+                return Ok(Gate::Wait(why));
             }
             Observed::Held | Observed::Free => {}
         }
@@ -489,13 +500,19 @@ impl WriterLease {
                      empty data directory to restore that commit, or start the server that wrote it"
                 );
             }
-            return Ok(Gate::Wait);
+            return Ok(Gate::Wait(format!(
+                "the bucket's newest commit ({seq}, by {node}) is not in this server's data directory, so it does \
+                 not take the writer lease and takes no writes: send writes to the server that wrote that commit, \
+                 or start this one on an empty data directory to restore it"
+            )));
         }
         self.metrics.behind.set(0);
         self.behind_told = false;
         if !self.lease.take().await.map_err(|e| e.to_string())? {
             self.metrics.waits.inc();
-            return Ok(Gate::Wait);
+            return Ok(Gate::Wait(
+                "another server took the bucket's writer lease first; this one takes no writes".to_string(),
+            ));
         }
         self.metrics.held.set(1);
         self.warned = None;

@@ -76,6 +76,8 @@ pub struct SyncReport {
     pub deleted_objects: usize,
     /// Nothing was done: another server holds the writer lease, or this one is behind the bucket.
     pub waiting: bool,
+    /// Why, while `waiting`: the server refuses writes with it (see `store::disk::DiskGuard::set_standby`).
+    pub wait_reason: Option<String>,
 }
 
 /// Syncs one data directory into one bucket; one at a time (hold it in a mutex).
@@ -243,7 +245,9 @@ impl Syncer {
         }
         if let Some(lease) = &mut self.lease {
             match lease.before_sync().await? {
-                crate::lease::Gate::Wait => return Ok(SyncReport { waiting: true, ..SyncReport::default() }),
+                crate::lease::Gate::Wait(why) => {
+                    return Ok(SyncReport { waiting: true, wait_reason: Some(why), ..SyncReport::default() });
+                }
                 // What this syncer knew of the bucket may be stale: another writer may have committed and
                 // deleted since.
                 crate::lease::Gate::Write { fresh: true } => {

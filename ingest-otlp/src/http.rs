@@ -158,7 +158,7 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
 }
 
 fn store_failed(otlp: &Otlp, signal: &str, encoding: Encoding, e: &ExportError) -> Response {
-    if matches!(e.0, store::Error::DiskFull { .. }) {
+    if e.0.is_refusal() {
         // The disk guard logged the state change once; not every refused request.
         tracing::debug!(error = %e, signal, "refused an OTLP request");
     } else {

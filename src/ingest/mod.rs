@@ -85,7 +85,7 @@ fn store_error(e: &store::Error) -> Response {
         // A full or failing disk, or a stopping store: 503 with Retry-After, which Loki and
         // Elasticsearch shippers, Prometheus remote write, OTLP exporters and the agent all retry,
         // keeping the data. The disk guard has logged the state change once; not every request.
-        if matches!(e, store::Error::DiskFull { .. }) {
+        if e.is_refusal() {
             tracing::debug!(error = %e, "refused a write");
         } else {
             tracing::error!(error = %e, "could not store a request");

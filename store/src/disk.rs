@@ -63,6 +63,8 @@ struct Status {
     reserve: Option<String>,
     /// The last failed write to the WAL or a flush, until a later one succeeds.
     write_error: Option<String>,
+    /// Set while another server holds the bucket's writer lease (issue 22): why writes go elsewhere.
+    standby: Option<String>,
     /// Over the budget with nothing left to delete: warned once.
     budget_stuck: bool,
 }
@@ -76,6 +78,8 @@ struct Inner {
     refusing: AtomicBool,
     /// Mirrors `status.write_error.is_some()`.
     write_failing: AtomicBool,
+    /// Mirrors `status.standby.is_some()`.
+    standby: AtomicBool,
     free: AtomicU64,
     status: Mutex<Status>,
     metrics: DiskMetrics,
@@ -150,7 +154,8 @@ impl DiskGuard {
         );
         r.register(
             "ingest_refused",
-            "1 while ingest is refused, by reason: disk_reserve (free space below store.min_free_disk), \
+            "1 while ingest is refused, by reason: standby (another server holds the bucket's writer lease), \
+             disk_reserve (free space below store.min_free_disk), \
              write_error (the last write to the disk failed)",
             metrics.refused.clone(),
         );
@@ -173,7 +178,7 @@ impl DiskGuard {
         );
         metrics.reserve.set(i64::try_from(reserve).unwrap_or(i64::MAX));
         metrics.budget.set(budget.map_or(0, |b| i64::try_from(b.as_u64()).unwrap_or(i64::MAX)));
-        for reason in ["disk_reserve", "write_error"] {
+        for reason in ["disk_reserve", "write_error", "standby"] {
             metrics.refused.get_or_create(&ReasonLabel { reason }).set(0);
         }
         let guard = DiskGuard {
@@ -183,6 +188,7 @@ impl DiskGuard {
                 budget: budget.map(|b| b.as_u64()).filter(|b| *b > 0),
                 refusing: AtomicBool::new(false),
                 write_failing: AtomicBool::new(false),
+                standby: AtomicBool::new(false),
                 free: AtomicU64::new(sp.free),
                 status: Mutex::new(Status::default()),
                 metrics,
@@ -212,6 +218,11 @@ impl DiskGuard {
     /// # Errors
     /// [`Error::DiskFull`] with the message to answer.
     pub fn admit(&self) -> Result<()> {
+        if self.inner.standby.load(Ordering::Acquire)
+            && let Some(reason) = &self.inner.status.lock().standby
+        {
+            return Err(Error::Standby { reason: reason.clone() });
+        }
         if !self.inner.refusing.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -228,12 +239,16 @@ impl DiskGuard {
 
     /// Why ingest is refused or failing, for `/ready`; `None` when all is well.
     pub fn problem(&self) -> Option<String> {
-        if !self.inner.refusing.load(Ordering::Acquire) && !self.inner.write_failing.load(Ordering::Acquire) {
+        if !self.inner.refusing.load(Ordering::Acquire)
+            && !self.inner.write_failing.load(Ordering::Acquire)
+            && !self.inner.standby.load(Ordering::Acquire)
+        {
             return None;
         }
         let st = self.inner.status.lock();
-        st.reserve
+        st.standby
             .clone()
+            .or_else(|| st.reserve.clone())
             .or_else(|| st.write_error.as_ref().map(|e| format!("the last write to the data directory failed: {e}")))
     }
 
@@ -262,6 +277,31 @@ impl DiskGuard {
             }
             Err(_) => {}
         }
+    }
+
+    /// Refuses ingest with `reason` (a server that does not hold the bucket's writer lease: what it
+    /// acknowledged would never reach the bucket), or takes writes again with `None`. Logged when it
+    /// changes; the refusal is a 503 with `Retry-After` that every client retries.
+    pub fn set_standby(&self, reason: Option<String>) {
+        let inner = &self.inner;
+        let mut st = inner.status.lock();
+        if st.standby == reason {
+            return;
+        }
+        match &reason {
+            Some(why) => {
+                if st.standby.is_none() {
+                    tracing::warn!(reason = %why, "refusing ingest: this server does not hold the bucket's writer lease");
+                }
+                inner.metrics.refused.get_or_create(&ReasonLabel { reason: "standby" }).set(1);
+            }
+            None => {
+                tracing::info!("this server holds the bucket's writer lease: ingest resumes");
+                inner.metrics.refused.get_or_create(&ReasonLabel { reason: "standby" }).set(0);
+            }
+        }
+        inner.standby.store(reason.is_some(), Ordering::Release);
+        st.standby = reason;
     }
 
     /// Reads the free space now and updates the state; returns it.
@@ -627,6 +667,21 @@ mod tests {
         // A failed write does not refuse ingest by itself: the next write is how it recovers.
         assert!(g.admit().is_ok());
         g.note_write(&Ok(()));
+        assert!(g.problem().is_none());
+    }
+
+    #[test]
+    fn a_standby_refuses_ingest_until_it_holds_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::default();
+        let g = DiskGuard::new(dir.path(), Some(ByteSize::b(0)), None, &mut reg).unwrap();
+        g.set_standby(Some("another server (b/1) holds the bucket's writer lease".into()));
+        let err = g.admit().unwrap_err();
+        assert!(matches!(err, Error::Standby { .. }) && err.is_retryable() && err.is_refusal(), "{err}");
+        assert!(err.to_string().contains("b/1"), "{err}");
+        assert!(g.problem().unwrap().contains("writer lease"));
+        g.set_standby(None);
+        assert!(g.admit().is_ok());
         assert!(g.problem().is_none());
     }
 

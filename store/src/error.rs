@@ -50,6 +50,11 @@ pub enum Error {
     #[error("ingest refused: {reason}")]
     DiskFull { reason: String },
 
+    /// Ingest is refused while another server holds the bucket's writer lease (see
+    /// [`crate::disk::DiskGuard::set_standby`]).
+    #[error("ingest refused: {reason}")]
+    Standby { reason: String },
+
     /// A part that lives in the object store could not be fetched (see [`crate::remote`]); the read can be
     /// retried.
     #[error("cannot fetch {} from the object store: {reason}", path.display())]
@@ -78,7 +83,20 @@ impl Error {
     /// True when the write may pass if retried later: the disk is full or failing, or the store is
     /// stopping. Ingest answers 503 with `Retry-After` (gRPC `UNAVAILABLE`), which every client retries.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::WalClosed { .. } | Error::DiskFull { .. } | Error::Io { .. } | Error::Parquet { .. })
+        matches!(
+            self,
+            Error::WalClosed { .. }
+                | Error::DiskFull { .. }
+                | Error::Standby { .. }
+                | Error::Io { .. }
+                | Error::Parquet { .. }
+        )
+    }
+
+    /// True for a refusal of the whole server's ingest (a full disk, a standby), logged once when the
+    /// state changes rather than with every refused request.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::DiskFull { .. } | Error::Standby { .. })
     }
 
     /// True when a write to the data directory failed (not a refusal before it).

@@ -95,6 +95,22 @@ async fn push(base: &str, app: &str, n: usize) {
     assert_eq!(r.status(), 200);
 }
 
+/// Polls `/ready` until it answers `status` (at most `within`); its body.
+async fn ready_answers(base: &str, status: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = client().get(format!("{base}/ready")).send().await {
+            let got = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if got == status {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "/ready answers {got} ({body}), not {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The value of a metric line `name ` in `base`'s `/metrics`.
 async fn metric(base: &str, name: &str) -> f64 {
     let text = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -159,10 +175,20 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // b starts on an empty disk: it restores a's commit, serves, takes writes of its own, and waits.
+    // b starts on an empty disk: it restores a's commit, serves reads, and waits. It refuses writes (503,
+    // Retry-After, naming the holder) and says so on /ready: what it acknowledged would never reach the
+    // bucket while a holds the lease.
     let mut second = spawn(&config, &dir.path().join("b"), "lease-b");
-    second.wait_ready().await;
-    push(&second.base, "b", 100).await;
+    let why = ready_answers(&second.base, 503, Duration::from_secs(20)).await;
+    assert!(why.contains("holds the bucket's writer lease") && why.contains("lease-a/"), "{why}");
+    let body = json!({"streams": [{"stream": {"app": "b"}, "values": [[store::time::now_ns().to_string(), "b"]]}]});
+    let r = client().post(format!("{}/loki/api/v1/push", second.base)).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("lease-a/") && text.contains("send writes to that server"), "{text}");
+    assert_eq!(metric(&second.base, "lumen_ingest_refused{reason=\"standby\"}").await, 1.0);
+    assert_eq!(metric(&a.base, "lumen_ingest_refused{reason=\"standby\"}").await, 0.0);
     tokio::time::sleep(INTERVAL * 4).await;
     let nodes = commit_nodes(&b).await;
     assert!(!nodes.is_empty() && nodes.iter().all(|(_, n)| n == "lease-a"), "only a commits while it lives: {nodes:?}");
@@ -172,12 +198,24 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
     assert_eq!(metric(&a.base, "lumen_bucket_lease_held").await, 1.0);
 
     // a dies without a word: b takes over once the lease went unrenewed for the ttl, and commits.
+    // (b has nothing new to commit yet: the lease shows the takeover.)
     a.kill9();
-    let took = newest_commit_by(&b, "lease-b", TTL + INTERVAL * 2 + Duration::from_secs(10)).await;
+    let killed = Instant::now();
+    let deadline = killed + TTL + INTERVAL * 2 + Duration::from_secs(10);
+    while metric(&second.base, "lumen_bucket_lease_held").await != 1.0 {
+        assert!(Instant::now() < deadline, "b did not take the lease over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = killed.elapsed();
     assert!(took >= TTL - INTERVAL, "the takeover waited for the ttl: {took:?}");
-    assert_eq!(metric(&second.base, "lumen_bucket_lease_held").await, 1.0);
     let lease = Lease::new(b.clone(), "writer", "reader", TTL).read().await.unwrap().unwrap();
     assert!(lease.holder.starts_with("lease-b/"), "{lease:?}");
+    // Holding the lease, b takes writes, and commits them.
+    ready_answers(&second.base, 200, INTERVAL * 3).await;
+    let before = b.latest_commit().await.unwrap().unwrap().seq;
+    push(&second.base, "b", 100).await;
+    newest_commit_by(&b, "lease-b", INTERVAL * 3 + Duration::from_secs(10)).await;
+    assert!(b.latest_commit().await.unwrap().unwrap().seq > before);
 
     // A third server restored from the bucket answers every line a had committed, and b's.
     let c_dir = dir.path().join("c");
@@ -222,13 +260,14 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
     std::fs::remove_dir_all(&c_dir).unwrap();
     let d = TestServer::start(c_config).await;
     assert_eq!(count_lines(&d).await, 550);
-    push(&d.base, "d", 10).await;
     let base = d.base.clone();
     let deadline = Instant::now() + TTL + INTERVAL * 2 + Duration::from_secs(10);
     while metric(&base, "lumen_bucket_lease_held").await != 1.0 {
         assert!(Instant::now() < deadline, "d did not take the lease over");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    ready_answers(&base, 200, INTERVAL * 3).await;
+    push(&d.base, "d", 10).await;
     d.stop().await;
     // Its graceful stop synced and released the lease.
     let lease = Lease::new(b.clone(), "writer", "reader", TTL).read().await.unwrap().unwrap();
