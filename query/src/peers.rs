@@ -30,7 +30,7 @@ use arrow_buffer::ScalarBuffer;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use store::model::{Labels, Tenant};
-use store::{LabelMatcher, MatchOp, SelectedSeries};
+use store::{LabelMatcher, LogStore, MatchOp, ScanRequest, SelectedSeries};
 
 /// Where the log delta is asked for.
 pub const LOGS_PATH: &str = "/internal/v1/delta/logs";
@@ -86,6 +86,10 @@ pub struct LogDeltaRequest {
     pub stream_limit: Option<(u64, bool)>,
     /// The ids of the parts the query node would read.
     pub have: Vec<u64>,
+    /// Also answer the tenant's label and field names ([`DeltaHead::labels`], [`DeltaHead::fields`]): a
+    /// query node's SQL table takes the columns the writer knows and the bucket does not yet.
+    #[serde(default)]
+    pub schema: bool,
 }
 
 /// A query node's request for the samples it does not hold.
@@ -113,6 +117,18 @@ pub struct DeltaHead {
     /// query node hides what they cover in the parts it reads itself.
     #[serde(default)]
     pub deletes: Vec<store::delete::DeleteSpec>,
+    /// Logs, when asked for (`LogDeltaRequest::schema`): the tenant's label names and field names.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+/// The label and field names of a tenant's logs on an ingest node.
+#[derive(Debug, Clone, Default)]
+pub struct LogColumns {
+    pub labels: Vec<String>,
+    pub fields: Vec<String>,
 }
 
 /// What an ingest node added to a log selection.
@@ -122,6 +138,7 @@ pub struct LogDelta {
     pub streams: HashMap<u64, Arc<Labels>>,
     pub batches: Vec<RecordBatch>,
     pub deletes: Vec<store::delete::DeleteSpec>,
+    pub columns: LogColumns,
 }
 
 /// What an ingest node added to a metric selection.
@@ -189,7 +206,7 @@ pub fn encode_metrics(
 ) -> Result<Vec<u8>, String> {
     let schema = metric_schema();
     let head =
-        DeltaHead { keep, series: series.iter().map(|s| pairs(&s.labels)).collect(), streams: Vec::new(), deletes };
+        DeltaHead { keep, series: series.iter().map(|s| pairs(&s.labels)).collect(), deletes, ..DeltaHead::default() };
     let mut batches = Vec::with_capacity(series.len());
     for (i, s) in series.iter().enumerate() {
         let i = u32::try_from(i).map_err(|_| "too many series")?;
@@ -250,6 +267,7 @@ pub fn decode_logs(body: &[u8]) -> Result<LogDelta, String> {
         keep: head.keep.into_iter().collect(),
         streams: head.streams.into_iter().map(|(id, l)| (id, Arc::new(Labels::from_pairs(l)))).collect(),
         deletes: head.deletes,
+        columns: LogColumns { labels: head.labels, fields: head.fields },
         batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
     })
 }
@@ -429,6 +447,48 @@ impl PeerCall {
     /// The writer refused the selection (a limit): its message, for the query's 400.
     pub async fn logs(&self, tenant: &Tenant, req: &LogDeltaRequest) -> Result<Option<LogDelta>, String> {
         self.fetch(LOGS_PATH, tenant, req, "lines", decode_logs).await
+    }
+
+    /// What the ingest node adds to `req`, a selection of this query node's `store`: the request names the
+    /// parts the store would read, and the writer's pending deletes are applied to them at once
+    /// ([`LogStore::adopt_peer_deletes`]). None (and a warning) when no ingest node answered.
+    ///
+    /// # Errors
+    /// As [`PeerCall::logs`].
+    pub async fn log_delta(&self, store: &LogStore, req: &ScanRequest) -> Result<Option<LogDelta>, String> {
+        let wire = LogDeltaRequest {
+            start_ns: req.start_ns,
+            end_ns: req.end_ns,
+            matchers: req.matchers.iter().map(WireMatcher::from_store).collect(),
+            line_contains: req.line_contains.clone(),
+            columns: req.columns.clone(),
+            stream_limit: req.stream_limit.map(|l| (l.rows, l.newest)),
+            have: store.part_ids(&req.tenant, req.start_ns, req.end_ns),
+            schema: false,
+        };
+        let delta = self.logs(&req.tenant, &wire).await?;
+        if let Some(d) = &delta {
+            store.adopt_peer_deletes(&req.tenant, &d.deletes);
+        }
+        Ok(delta)
+    }
+
+    /// The tenant's label and field names on the ingest node; None (and a warning) when none answered.
+    ///
+    /// # Errors
+    /// As [`PeerCall::logs`].
+    pub async fn log_columns(&self, tenant: &Tenant) -> Result<Option<LogColumns>, String> {
+        let wire = LogDeltaRequest {
+            start_ns: 0,
+            end_ns: 0,
+            matchers: Vec::new(),
+            line_contains: Vec::new(),
+            columns: Some(Vec::new()),
+            stream_limit: None,
+            have: Vec::new(),
+            schema: true,
+        };
+        Ok(self.logs(tenant, &wire).await?.map(|d| d.columns))
     }
 
     /// The samples an ingest node holds beyond `req.have`; None (and a warning) when none answered.

@@ -29,13 +29,26 @@ use store::{LabelMatcher, LogStore, MatchOp, MetricStore, ScanRequest};
 
 use crate::sql_metrics::{Kind, MetricTable};
 
+/// A query node's ingest node, for one SQL query: the call, and the tenant's log columns it knows.
+pub struct SqlPeers {
+    pub call: crate::peers::PeerCall,
+    pub columns: crate::peers::LogColumns,
+}
+
 /// The `logs` table of one tenant.
-#[derive(Debug)]
 pub struct LogsTable {
     store: LogStore,
     tenant: Tenant,
     schema: SchemaRef,
     label_columns: Vec<(String, String)>,
+    /// On a query node: the ingest node asked for the rows its parts do not hold (issue 22).
+    peers: Option<crate::peers::PeerCall>,
+}
+
+impl std::fmt::Debug for LogsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogsTable").field("tenant", &self.tenant).finish_non_exhaustive()
+    }
 }
 
 impl LogsTable {
@@ -43,7 +56,42 @@ impl LogsTable {
         let schema = store.schema(&tenant);
         let label_columns =
             store.label_names(&tenant).into_iter().map(|name| (store::label_column(&name), name)).collect();
-        LogsTable { store, tenant, schema, label_columns }
+        LogsTable { store, tenant, schema, label_columns, peers: None }
+    }
+
+    /// Reads, besides this node's parts, what the ingest node holds beyond them (a query node), with the
+    /// label and field columns it knows and the bucket does not yet.
+    pub fn with_peers(mut self, peers: Option<SqlPeers>) -> LogsTable {
+        let Some(p) = peers else { return self };
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+            self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let known =
+            |fields: &[datafusion::arrow::datatypes::Field], name: &str| fields.iter().any(|f| f.name() == name);
+        for label in &p.columns.labels {
+            let column = store::label_column(label);
+            if !known(&fields, &column) {
+                fields.push(datafusion::arrow::datatypes::Field::new(
+                    &column,
+                    datafusion::arrow::datatypes::DataType::Utf8,
+                    true,
+                ));
+            }
+            if self.label_of(&column).is_none() {
+                self.label_columns.push((column, label.clone()));
+            }
+        }
+        for field in &p.columns.fields {
+            if !known(&fields, field) {
+                fields.push(datafusion::arrow::datatypes::Field::new(
+                    field,
+                    datafusion::arrow::datatypes::DataType::Utf8,
+                    true,
+                ));
+            }
+        }
+        self.schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        self.peers = Some(p.call);
+        self
     }
 
     fn label_of(&self, column: &str) -> Option<&str> {
@@ -246,8 +294,66 @@ impl TableProvider for LogsTable {
             None => self.schema.clone(),
         };
         req.columns = Some(schema.fields().iter().map(|f| f.name().clone()).collect());
-        let partition = Arc::new(ScanPartition { store: self.store.clone(), req, schema: schema.clone() });
-        Ok(Arc::new(StreamingTableExec::try_new(schema, vec![partition], None, [], false, limit)?))
+        let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
+        if let Some(peers) = &self.peers {
+            // A query node: this node reads the parts the writer still holds, the writer sends the rest.
+            let delta = peers.log_delta(&self.store, &req).await.map_err(DataFusionError::Plan)?;
+            if let Some(d) = delta {
+                req.parts = store::PartFilter::Only(Arc::new(d.keep));
+                let batches = d.batches.iter().map(|b| conform_to(b, &schema)).collect::<Result<Vec<_>>>()?;
+                partitions.push(Arc::new(Rows { schema: schema.clone(), batches }));
+            }
+        }
+        partitions.insert(0, Arc::new(ScanPartition { store: self.store.clone(), req, schema: schema.clone() }));
+        Ok(Arc::new(StreamingTableExec::try_new(schema, partitions, None, [], false, limit)?))
+    }
+}
+
+/// `batch` (an ingest node's rows of the columns `schema` names, in that order) in exactly `schema`'s
+/// types.
+fn conform_to(
+    batch: &datafusion::arrow::record_batch::RecordBatch,
+    schema: &SchemaRef,
+) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+    use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+    if batch.num_columns() != schema.fields().len() {
+        return Err(DataFusionError::Execution(format!(
+            "the ingest node answered {} columns where {} were asked for",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                datafusion::arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+/// Rows already in memory (an ingest node's answer), as one partition.
+#[derive(Debug)]
+struct Rows {
+    schema: SchemaRef,
+    batches: Vec<datafusion::arrow::record_batch::RecordBatch>,
+}
+
+impl PartitionStream for Rows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batches: Vec<Result<_>> = self.batches.iter().cloned().map(Ok).collect();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(batches)))
     }
 }
 
@@ -315,12 +421,13 @@ pub fn session(
     tenant: &Tenant,
     runtime: Arc<RuntimeEnv>,
     max_memory: usize,
+    peers: Option<SqlPeers>,
 ) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(false);
     let state =
         SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone())))?;
+    ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone()).with_peers(peers)))?;
     // Half of the memory budget for the samples one scan loads, 16 bytes each.
     let max_samples = (max_memory / 32).max(1);
     for (name, kind) in [("samples", Kind::Samples), ("series", Kind::Series)] {

@@ -169,6 +169,10 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     // Acknowledged is answered at once, from the writer's head, before any flush or sync.
     push(&writer, "first", 300, now).await;
     assert_eq!((count_lines(&query).await, count_samples(&query).await), (300, 300), "read after the acknowledgement");
+    // SQL's `logs` too, with a label filter and a field-free projection.
+    assert_eq!(query.sql("default", "SELECT count(*) AS n FROM logs").await[0]["n"], 300);
+    let rows = query.sql("default", "SELECT app, count(*) AS n FROM logs WHERE app = 'first' GROUP BY app").await;
+    assert_eq!(rows, [serde_json::json!({"app": "first", "n": 300})]);
     // Label names, values and series too: the stream and the series are only in the writer's head.
     assert_eq!(data(&query, "/loki/api/v1/label/app/values").await, ["first"]);
     assert!(data(&query, "/loki/api/v1/labels").await.contains(&serde_json::json!("app")));
@@ -180,6 +184,7 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     always_answers(&query, 300, Duration::from_secs(3)).await;
     push(&writer, "second", 200, now).await;
     always_answers(&query, 500, Duration::from_millis(500)).await;
+    assert_eq!(query.sql("default", "SELECT count(*) AS n FROM logs").await[0]["n"], 500, "SQL over parts and head");
     writer.flush().await;
     let r = writer.client.post(writer.url("/api/v1/admin/compact")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -416,6 +421,7 @@ async fn a_delete_on_the_writer_hides_rows_of_the_query_nodes_own_parts_at_once(
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
     assert_eq!((count_lines(&writer).await, count_samples(&writer).await), (200, 200));
     assert_eq!((count_lines(&query).await, count_samples(&query).await), (200, 200), "the query node's own parts");
+    assert_eq!(query.sql("default", "SELECT count(*) AS n FROM logs").await[0]["n"], 200, "SQL");
     // Not through a commit: the query node has followed none since it answered the first count.
     assert_eq!(metric(&metrics(&query).await, "lumen_bucket_follow_follows_total"), follows);
     let lines = logql_instant(&query, r#"count_over_time({app="first"}[1h])"#).await;

@@ -63,6 +63,7 @@ async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) 
             fields_present: Vec::new(),
         };
         let have: HashSet<u64> = req.have.into_iter().collect();
+        let want_schema = req.schema;
         // The rows held for the answer count against `query.max_samples` (16 bytes each), as a LogQL
         // query's do.
         let budget = state.config.max_samples.saturating_mul(16);
@@ -101,7 +102,12 @@ async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) 
                 .into_iter()
                 .map(|(id, l)| (id, l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
                 .collect();
-            let head = DeltaHead { keep, streams, deletes, ..DeltaHead::default() };
+            let (labels, fields) = if want_schema {
+                (store.label_names(&tenant).into_iter().collect(), store.field_names(&tenant).into_iter().collect())
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let head = DeltaHead { keep, streams, deletes, labels, fields, ..DeltaHead::default() };
             Ok(peers::encode(&head, &schema, &batches))
         })
         .await

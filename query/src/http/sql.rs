@@ -69,9 +69,20 @@ async fn run(
     })?;
 
     let max_rows = state.config.sql_max_rows;
+    // A query node also reads what its ingest node holds beyond the bucket (the `logs` table).
+    let peers = state.for_caller(headers).peer_call();
     let work = async {
         let max_memory = usize::try_from(state.config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
-        let ctx = session(&state.store, &state.metric_store, &tenant, state.sql_runtime.clone(), max_memory)?;
+        let sql_peers = match &peers {
+            Some(call) => call
+                .log_columns(&tenant)
+                .await
+                .map_err(DataFusionError::Plan)?
+                .map(|columns| crate::sql::SqlPeers { call: call.clone(), columns }),
+            None => None,
+        };
+        let ctx =
+            session(&state.store, &state.metric_store, &tenant, state.sql_runtime.clone(), max_memory, sql_peers)?;
         let df = plan_read_only(&ctx, &sql).await?;
         let schema = df.schema().as_arrow().clone();
         let mut stream = df.execute_stream().await?;
@@ -116,8 +127,9 @@ async fn run(
     out.extend_from_slice(&rows);
     out.extend_from_slice(format!(",\"truncated\":{truncated}").as_bytes());
     // Parts that could not be read were left out of the scan; say so, as LogQL and PromQL answers do.
-    let warnings: Vec<String> =
+    let mut warnings: Vec<String> =
         state.store.skipped_parts(&tenant, i64::MIN, i64::MAX).iter().map(ToString::to_string).collect();
+    warnings.extend(peers.iter().flat_map(|p| p.warnings()));
     if !warnings.is_empty() {
         out.extend_from_slice(b",\"warnings\":");
         out.extend_from_slice(serde_json::to_string(&warnings).unwrap_or_default().as_bytes());

@@ -440,20 +440,7 @@ impl Engine {
         peers: &crate::peers::PeerCall,
         req: &ScanRequest,
     ) -> QResult<Option<crate::peers::LogDelta>> {
-        let wire = crate::peers::LogDeltaRequest {
-            start_ns: req.start_ns,
-            end_ns: req.end_ns,
-            matchers: req.matchers.iter().map(crate::peers::WireMatcher::from_store).collect(),
-            line_contains: req.line_contains.clone(),
-            columns: req.columns.clone(),
-            stream_limit: req.stream_limit.map(|l| (l.rows, l.newest)),
-            have: self.store.part_ids(&req.tenant, req.start_ns, req.end_ns),
-        };
-        let delta = peers.logs(&req.tenant, &wire).await.map_err(QueryError::BadRequest)?;
-        if let Some(d) = &delta {
-            self.store.adopt_peer_deletes(&req.tenant, &d.deletes);
-        }
-        Ok(delta)
+        peers.log_delta(&self.store, req).await.map_err(QueryError::BadRequest)
     }
 
     // ----- metric queries -----
