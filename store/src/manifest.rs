@@ -156,7 +156,18 @@ impl TimeUnitTag {
     }
 }
 
+/// See [`PartMeta::is_wide`].
+pub(crate) const WIDE_PART_COLUMNS: usize = 256;
+
 impl PartMeta {
+    /// Whether the part has more label and field columns than [`WIDE_PART_COLUMNS`]. Its footer (the
+    /// Parquet and Arrow schemas and every column chunk's metadata, ~1.4 KiB a column) is then not kept
+    /// while the part lives but read by each reader: a tenant with 150,000 distinct field names kept
+    /// ~100 MB of footers after one query that opened all its parts.
+    pub(crate) fn is_wide(&self) -> bool {
+        self.labels.len() + self.fields.len() > WIDE_PART_COLUMNS
+    }
+
     /// Whether the part has a column named `name`: a field, a label column, or a field stored in a label
     /// column of the same name.
     pub(crate) fn has_column(&self, name: &str) -> bool {

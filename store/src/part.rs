@@ -197,7 +197,8 @@ impl Part {
                 (built.streams, built.row_groups)
             }
         };
-        let part = Part::new(meta, (parquet_path, index_path), (streams, row_groups), Some(metadata), in_bucket);
+        let keep = (!meta.is_wide()).then_some(metadata);
+        let part = Part::new(meta, (parquet_path, index_path), (streams, row_groups), keep, in_bucket);
         Ok(if rebuilt { Opened::Rebuilt(Box::new(part)) } else { Opened::Good(Box::new(part)) })
     }
 
@@ -326,6 +327,10 @@ impl Part {
         }
         let m = ArrowReaderMetadata::load(file, reader_options())
             .map_err(|source| Error::Parquet { path: self.parquet_path.clone(), source })?;
+        if self.meta.is_wide() {
+            // Read again by each reader instead: see [`PartMeta::is_wide`].
+            return Ok(m);
+        }
         Ok(self.metadata.get_or_init(|| m).clone())
     }
 

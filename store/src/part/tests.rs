@@ -121,3 +121,36 @@ fn message_pages_start_at_large_streams_and_a_stream_reads_back_exactly() {
         assert_eq!(got, n);
     }
 }
+
+/// Issue 17: the footer of a part with more than `WIDE_PART_COLUMNS` field columns is not kept after a
+/// read (each reader reads it again); a narrow part's is. Both read back the same rows.
+#[test]
+fn a_wide_parts_footer_is_read_per_reader_and_not_kept() {
+    use arrow::datatypes::{DataType, Field};
+    let dir = tempfile::tempdir().unwrap();
+    for (n, wide) in [(8usize, false), (crate::manifest::WIDE_PART_COLUMNS + 1, true)] {
+        let names: Vec<String> = (0..n).map(|i| format!("f{i:04}")).collect();
+        let mut fields: Vec<Field> = crate::head::base_fields().to_vec();
+        fields.extend(names.iter().map(|f| Field::new(f.as_str(), DataType::Utf8, true)));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let mut m = meta();
+        m.id = n as u64;
+        m.fields = names.clone();
+        let base = batch(&Arc::new(Schema::new(crate::head::base_fields().to_vec())));
+        let rows = base.num_rows();
+        let mut columns: Vec<ArrayRef> = base.columns().to_vec();
+        columns.extend(names.iter().map(|f| Arc::new(StringArray::from(vec![Some(f.as_str()); rows])) as ArrayRef));
+        let input = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let mut writer = PartWriter::create(dir.path(), m, schema.clone(), options()).unwrap();
+        writer.write_row_group(&input).unwrap();
+        let part = writer.finish(dir.path()).unwrap();
+        assert_eq!(part.meta.is_wide(), wide);
+        for _ in 0..2 {
+            let last = names.last().unwrap().as_str();
+            let reader = part.reader(&[TIME, last], None, 4096).unwrap().unwrap();
+            let got: usize = reader.map(|b| b.unwrap().column(1).len()).sum();
+            assert_eq!(got, rows);
+        }
+        assert_eq!(part.metadata.get().is_some(), !wide, "{n} fields");
+    }
+}
