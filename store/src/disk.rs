@@ -213,10 +213,11 @@ impl DiskGuard {
         self.inner.free.load(Ordering::Relaxed)
     }
 
-    /// `Ok` when ingest may write; [`Error::DiskFull`] while the free space is below the reserve.
+    /// `Ok` when ingest may write.
     ///
     /// # Errors
-    /// [`Error::DiskFull`] with the message to answer.
+    /// [`Error::Standby`] while another server holds the bucket's writer lease, [`Error::DiskFull`] while
+    /// the free space is below the reserve; each with the message to answer.
     pub fn admit(&self) -> Result<()> {
         if self.inner.standby.load(Ordering::Acquire)
             && let Some(reason) = &self.inner.status.lock().standby

@@ -8,8 +8,8 @@ use store::{StoreConfig, StoreOptions};
 
 use super::*;
 
-async fn store_with_rows(dir: &std::path::Path) -> LogStore {
-    let store = LogStore::open(
+fn open_store(dir: &std::path::Path) -> LogStore {
+    LogStore::open(
         StoreOptions {
             data_dir: dir.to_path_buf(),
             retention: Duration::from_secs(86_400 * 30),
@@ -19,7 +19,11 @@ async fn store_with_rows(dir: &std::path::Path) -> LogStore {
         },
         &mut Registry::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+async fn store_with_rows(dir: &std::path::Path) -> LogStore {
+    let store = open_store(dir);
     let now = store::time::now_ns();
     for (app, n) in [("api", 300), ("web", 200)] {
         let mut b = LogBatch::default();
@@ -214,22 +218,25 @@ fn deep_expressions_never_overflow_the_stack() {
 #[tokio::test]
 async fn a_field_filter_leaves_parts_without_the_field_unopened() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_rows(dir.path()).await;
-    store.flush().await.unwrap();
+    let store = open_store(dir.path());
     let tenant = Tenant::default_tenant();
-    let now = store::time::now_ns();
-    let mut b = LogBatch::default();
-    let s = b.stream_index(Labels::from_pairs(vec![("app".into(), "rare".into())]));
-    for i in 0..3 {
-        b.entries.push(LogEntry {
-            stream: s,
-            time_ns: now - i,
-            line: format!("rare {i}"),
-            fields: vec![("rare".into(), "x".into())],
-        });
+    // Yesterday at noon: both parts fall on one day whatever the time of the run.
+    let day = 86_400 * 1_000_000_000;
+    let noon = store::time::now_ns().div_euclid(day) * day - day / 2;
+    for (app, n, fields) in [("plain", 50, vec![]), ("rare", 3, vec![("rare".to_string(), "x".to_string())])] {
+        let mut b = LogBatch::default();
+        let s = b.stream_index(Labels::from_pairs(vec![("app".into(), app.into())]));
+        for i in 0..n {
+            b.entries.push(LogEntry {
+                stream: s,
+                time_ns: noon + i,
+                line: format!("{app} {i}"),
+                fields: fields.clone(),
+            });
+        }
+        store.append(&tenant, b).await.unwrap();
+        store.flush().await.unwrap();
     }
-    store.append(&tenant, b).await.unwrap();
-    store.flush().await.unwrap();
     // Remove the first part's file (it has no `rare` column).
     let mut files: Vec<std::path::PathBuf> =
         walk(dir.path()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
