@@ -95,22 +95,6 @@ async fn push(base: &str, app: &str, n: usize) {
     assert_eq!(r.status(), 200);
 }
 
-/// Polls `/ready` until it answers `status` (at most `within`); its body.
-async fn ready_answers(base: &str, status: u16, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(r) = client().get(format!("{base}/ready")).send().await {
-            let got = r.status().as_u16();
-            let body = r.text().await.unwrap_or_default();
-            if got == status {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "/ready answers {got} ({body}), not {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The value of a metric line `name ` in `base`'s `/metrics`.
 async fn metric(base: &str, name: &str) -> f64 {
     let text = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -167,7 +151,7 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
     // Retry-After, naming the holder) and says so on /ready: what it acknowledged would never reach the
     // bucket while a holds the lease.
     let mut second = spawn(&config, &dir.path().join("b"), "lease-b");
-    let why = ready_answers(&second.base, 503, Duration::from_secs(20)).await;
+    let why = crate::harness::ready_becomes(&second.base, 503, Duration::from_secs(20)).await;
     assert!(why.contains("holds the bucket's writer lease") && why.contains("lease-a/"), "{why}");
     let body = json!({"streams": [{"stream": {"app": "b"}, "values": [[store::time::now_ns().to_string(), "b"]]}]});
     let r = client().post(format!("{}/loki/api/v1/push", second.base)).json(&body).send().await.unwrap();
@@ -199,7 +183,7 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
     let lease = Lease::new(b.clone(), "writer", "reader", TTL).read().await.unwrap().unwrap();
     assert!(lease.holder.starts_with("lease-b/"), "{lease:?}");
     // Holding the lease, b takes writes, and commits them.
-    ready_answers(&second.base, 200, INTERVAL * 3).await;
+    crate::harness::ready_becomes(&second.base, 200, INTERVAL * 3).await;
     let before = b.latest_commit().await.unwrap().unwrap().seq;
     push(&second.base, "b", 100).await;
     let deadline = Instant::now() + INTERVAL * 3 + Duration::from_secs(10);
@@ -260,7 +244,7 @@ async fn of_two_servers_on_one_prefix_only_the_lease_holder_commits_and_the_othe
         assert!(Instant::now() < deadline, "d did not take the lease over");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    ready_answers(&base, 200, INTERVAL * 3).await;
+    crate::harness::ready_becomes(&base, 200, INTERVAL * 3).await;
     push(&d.base, "d", 10).await;
     d.stop().await;
     // Its graceful stop synced and released the lease.

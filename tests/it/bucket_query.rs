@@ -222,16 +222,7 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
         query.client.get(query.url("/loki/api/v1/label/app/values")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["data"], serde_json::json!(["first", "second"]), "{v}");
     assert!(v["warnings"][0].as_str().is_some_and(|w| w.contains("no ingest node answered")), "{v}");
-    let v: serde_json::Value = query
-        .client
-        .post(query.url("/api/v1/sql"))
-        .body("SELECT count(*) AS n FROM logs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = crate::harness::sql_answer(&query.client, &query.base, "default", "SELECT count(*) AS n FROM logs").await;
     assert_eq!(v["rows"][0]["n"], 500, "{v}");
     assert!(v["warnings"][0].as_str().is_some_and(|w| w.contains("no ingest node answered")), "SQL: {v}");
     query.stop().await;

@@ -19,7 +19,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
 use wire::prom::{OwnedSeries, Sample, encode_write_request};
 
-use crate::harness::{ServerProcess, client, free_addr, sql_rows};
+use crate::harness::{ServerProcess, client, free_addr, ready_becomes, sql_rows};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 pub(crate) struct Tmpfs {
@@ -245,22 +245,6 @@ fn server_config(dir: &Path, min_free: &str) -> PathBuf {
 fn spawn(data: &Path, addr: std::net::SocketAddr, config: &Path, mqtt: std::net::SocketAddr) -> ServerProcess {
     let (config, mqtt) = (config.to_str().unwrap().to_string(), mqtt.to_string());
     ServerProcess::spawn(data, addr, &["--config", &config, "--mqtt-listen", &mqtt, "--mqtt-topic", "dev/{device}"])
-}
-
-/// Polls `/ready` until it answers `want`; returns its body.
-async fn ready_becomes(base: &str, want: u16, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(r) = client().get(format!("{base}/ready")).send().await {
-            let status = r.status().as_u16();
-            let body = r.text().await.unwrap_or_default();
-            if status == want {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "/ready still answers {status} ({body}), not {want}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A write that must succeed now (after space returned): retried for a few seconds.

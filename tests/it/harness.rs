@@ -92,6 +92,11 @@ impl TestServer {
 }
 
 pub async fn sql_rows(client: &reqwest::Client, base: &str, tenant: &str, sql: &str) -> Vec<Value> {
+    sql_answer(client, base, tenant, sql).await["rows"].as_array().unwrap().clone()
+}
+
+/// The whole JSON answer of a SQL query (rows, warnings), asserting a 200.
+pub async fn sql_answer(client: &reqwest::Client, base: &str, tenant: &str, sql: &str) -> Value {
     let r = client
         .post(format!("{base}/api/v1/sql"))
         .header("X-Scope-OrgID", tenant)
@@ -102,7 +107,23 @@ pub async fn sql_rows(client: &reqwest::Client, base: &str, tenant: &str, sql: &
     let status = r.status();
     let body: Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{sql}: {body}");
-    body["rows"].as_array().unwrap().clone()
+    body
+}
+
+/// Polls `/ready` until it answers `want` (at most `within`); returns its body.
+pub async fn ready_becomes(base: &str, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = client().get(format!("{base}/ready")).send().await {
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if status == want {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "/ready still answers {status} ({body}), not {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A free loopback port (bound and released; good enough for tests that start at once).
