@@ -163,10 +163,16 @@ pub struct ServerConfig {
     /// left at their default take a share of it (README "Memory"); over 90% of it, heads flush early and
     /// queries get 503 until memory is below 80%.
     pub memory_limit: crate::memory::MemoryLimit,
-    /// What this process does: "all" (ingest, store, query, compact and sync: one node, the default) or
-    /// "query" (a query node: follows the bucket of `[storage]` that an "all" node writes, answers
-    /// queries from it, takes no writes). "ingest" and "compactor" are not built yet. (--role)
+    /// What this process does: "all" (ingest, store, query, compact and sync: one node, the default),
+    /// "ingest" (one of several ingest nodes on one bucket: it does what "all" does for the writes it
+    /// takes, into its own tree `prefix/nodes/<node_name>/`, and evaluates no rules) or "query" (a query
+    /// node: follows the bucket of `[storage]`, the prefix's own commits and every ingest node's tree,
+    /// answers queries from them, takes no writes). "compactor" is not built yet. (--role)
     pub role: Role,
+    /// An ingest node's name: it names the node's tree in the bucket, so it must be stable across
+    /// restarts and different from every other ingest node's ("" (default): the host name, which a
+    /// Kubernetes StatefulSet makes the pod's stable name). (--node-name)
+    pub node_name: String,
     /// A token of every tenant and scope, from `LUMEN_AUTH_TOKEN` only (never from the file).
     #[serde(skip)]
     pub auth_token: Option<Secret>,
@@ -179,9 +185,9 @@ pub enum Role {
     /// One process does everything (the default).
     #[default]
     All,
-    /// Several ingest nodes on one bucket (not built yet).
+    /// One of several ingest nodes on one bucket, each writing its own tree.
     Ingest,
-    /// Follows the bucket an "all" node writes and answers queries from it; takes no writes.
+    /// Follows the bucket the "all" and "ingest" nodes write and answers queries from it; takes no writes.
     Query,
     /// A compactor on a shared bucket (not built yet).
     Compactor,
@@ -223,6 +229,7 @@ impl Default for ServerConfig {
             max_inflight_request_bytes: ByteSize::mib(128),
             memory_limit: crate::memory::MemoryLimit::Auto,
             role: Role::All,
+            node_name: String::new(),
             auth_token: None,
         }
     }
@@ -237,6 +244,11 @@ pub fn node_name(configured: &str) -> String {
     if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
         return n;
     }
+    host_name()
+}
+
+/// The host name, else "unknown".
+fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())
@@ -246,6 +258,12 @@ pub fn node_name(configured: &str) -> String {
 }
 
 impl Config {
+    /// `server.node_name`, else the host name (not `NODE_NAME`, which names the Kubernetes node: two
+    /// ingest pods may share one).
+    pub fn server_node_name(&self) -> String {
+        if self.server.node_name.is_empty() { host_name() } else { self.server.node_name.clone() }
+    }
+
     /// Reads a TOML file.
     ///
     /// # Errors
@@ -348,10 +366,18 @@ impl Config {
                  (a server with role \"all\") syncs into"
             ),
             Role::Query => {}
-            Role::Ingest | Role::Compactor => bail!(
-                "server.role = {:?} is not built yet: run one server with role \"all\" per bucket prefix (it ingests, \
-                 compacts and syncs) and as many with role \"query\" as queries need",
-                format!("{:?}", s.role).to_lowercase()
+            Role::Ingest if self.storage.backend != bucket::Backend::S3 => bail!(
+                "server.role = \"ingest\" writes its own tree of a shared bucket: set [storage] backend = \"s3\" \
+                 and the bucket (or run one server with role \"all\" and local storage)"
+            ),
+            Role::Ingest => {
+                bucket::check_node_name(&self.server_node_name()).map_err(|e| {
+                    anyhow::anyhow!("server.node_name: {e}; set server.node_name (or --node-name) to a stable name")
+                })?;
+            }
+            Role::Compactor => bail!(
+                "server.role = \"compactor\" is not built yet: each ingest node (role \"ingest\") compacts its own \
+                 tree, and a server with role \"all\" its prefix"
             ),
         }
         for url in &self.query.ingest_urls {

@@ -22,6 +22,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tenant_limits;
 pub mod tls;
+pub mod trees;
 pub mod ui;
 
 pub use config::Config;

@@ -94,6 +94,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shares = budget.map(|b| crate::memory::derive(&mut config, &b)).unwrap_or_default();
     config.validate().context("the values derived from server.memory_limit")?;
     let query_node = config.server.role == crate::config::Role::Query;
+    let ingest_node = config.server.role == crate::config::Role::Ingest;
+    // The name of this node's tree of the bucket (an ingest node), empty for the prefix's own writer.
+    let tree_name = if ingest_node { config.server_node_name() } else { String::new() };
+    if ingest_node {
+        // Rules read every node's data, and an ingest node holds only what came through it.
+        config.ruler.rule_files.clear();
+        config.ruler.tenant_rule_files.clear();
+        config.ruler.loki_rules_dir = std::path::PathBuf::new();
+        tracing::info!(
+            node = %tree_name,
+            "server.role = ingest: takes writes, compacts and syncs them into its own tree of the bucket (nodes/<node>); rules are off"
+        );
+    }
     if query_node {
         // A query node takes no writes and evaluates no rules: the writer does (issue 22).
         config.server.mqtt_listen = "off".into();
@@ -129,6 +142,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // `[storage]`: a bucket that refuses a second create of the same key, and a data directory without
     // state of its own filled from the bucket's newest commit before the stores open.
     let bucket = bucket::Bucket::open(&config.storage).map_err(anyhow::Error::msg)?;
+    // A query node also follows the ingest nodes' trees, listed from the prefix itself.
+    let prefix_bucket = bucket.clone();
+    let bucket = if ingest_node { bucket.map(|b| b.node_tree(&tree_name)) } else { bucket };
     let mut bucket_verified = false;
     // The commit the data directory was restored from: it holds all of it (the writer lease's check).
     let mut restored_commit = None;
@@ -156,6 +172,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let disk =
         store::DiskGuard::new(&s.data_dir, config.store.min_free_disk.bytes(), config.disk_budget(), &mut registry)
             .with_context(|| format!("cannot read the free space of the data directory {}", s.data_dir.display()))?;
+    if ingest_node {
+        // Until its first commit, the node's tree is not in the bucket and no query node would answer
+        // what it acknowledged: writes wait for the first sync (see below).
+        disk.set_standby(Some("waiting for its first sync into the bucket (server.role = \"ingest\")".into()));
+    }
     tracing::info!(
         free_bytes = disk.free(),
         reserve_bytes = disk.reserve(),
@@ -169,6 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         retention_rules: config.retention_rules()?,
         tuning: config.store.clone(),
     };
+    let store_options = options.clone();
     let store = tokio::task::block_in_place(|| LogStore::open(options.clone(), &mut registry))
         .with_context(|| format!("cannot open the data directory {}", s.data_dir.display()))?;
     let metric_store = tokio::task::block_in_place(|| MetricStore::open(options, &mut registry))
@@ -180,6 +202,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store.set_read_only(reason);
         metric_store.set_read_only(reason);
     }
+    let trees = query::peers::Trees::default();
     let cache_metrics = bucket.as_ref().map(|b| {
         let metrics = bucket::cache::CacheMetrics::register(&mut registry);
         let parts: Arc<dyn store::remote::RemoteParts> = bucket::cache::BucketParts::new(b.clone(), metrics.clone());
@@ -189,12 +212,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let follower = match (&bucket, query_node) {
         (Some(b), true) => {
+            let follow_metrics = bucket::follow::FollowMetrics::register(&mut registry);
             let follower = bucket::follow::Follower::new(
                 b.clone(),
                 store.clone(),
                 metric_store.clone(),
                 restored_commit,
-                bucket::follow::FollowMetrics::register(&mut registry),
+                follow_metrics.clone(),
             );
             let mut follower = match (config.storage.cache_max_bytes.as_u64(), cache_metrics.clone()) {
                 (max, Some(metrics)) if max > 0 => follower.with_cache(max, metrics),
@@ -204,7 +228,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             if let Err(e) = follower.follow_once().await {
                 tracing::warn!(error = %e, "storage: following the bucket failed; answering from the last commit applied, retried every sync_interval");
             }
-            Some(follower)
+            let mut node_trees = crate::trees::NodeTrees::new(
+                prefix_bucket.clone().unwrap_or_else(|| b.clone()),
+                &store_options,
+                cache_metrics.clone().map(|m| (config.storage.cache_max_bytes.as_u64(), m)),
+                follow_metrics,
+                trees.clone(),
+            );
+            if let Err(e) = node_trees.follow_once(follower.applied().is_some()).await {
+                tracing::warn!(error = %e, "storage: listing the ingest nodes' trees failed; retried every sync_interval");
+            }
+            Some((follower, node_trees))
         }
         _ => None,
     };
@@ -213,7 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut lease_held: Option<prometheus_client::metrics::gauge::Gauge> = None;
     let syncer = bucket.filter(|_| !query_node).map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
-        let node = crate::config::node_name("");
+        let node = if ingest_node { tree_name.clone() } else { crate::config::node_name("") };
         // Only the holder of the lease `writer` syncs: a second server on this bucket and prefix waits.
         let lease = bucket::lease::Lease::new(
             b.clone(),
@@ -270,7 +304,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut mqtt_config = config.mqtt.clone();
     if mqtt_config.broker.client_id.is_empty() {
         // Stable across restarts of this server (the broker keeps its session), different between servers.
-        mqtt_config.broker.client_id = format!("lumen-{}", crate::config::node_name(""));
+        let name = if ingest_node { tree_name.clone() } else { crate::config::node_name("") };
+        mqtt_config.broker.client_id = format!("lumen-{name}");
     }
     // The tenants the stores hold, and those a broker subscription and the syslog listeners write to
     // (`mqtt.tenant`, `syslog.tenant`), are always writable: limits.max_tenants counts them. (A subscription
@@ -366,7 +401,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ready = Arc::new(AtomicBool::new(true));
     let query = query::http::QueryState::new(store.clone(), metric_store.clone(), config.query.clone(), query_metrics)
         .map_err(|e| anyhow::anyhow!("cannot build the SQL runtime: {e}"))?
-        .with_shutdown(shutdown.clone());
+        .with_shutdown(shutdown.clone())
+        .with_node(tree_name.clone())
+        .with_trees(trees.clone());
     let query = match (&lease_held, query_node) {
         (_, true) if !config.query.ingest_urls.is_empty() => {
             let peers = query::peers::Peers::new(
@@ -468,8 +505,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         every(config.storage.sync_interval, shutdown.clone(), move || {
             let follower = follower.clone();
             async move {
-                if let Err(e) = follower.lock().await.follow_once().await {
+                let mut guard = follower.lock().await;
+                let (own, node_trees) = &mut *guard;
+                if let Some(share) = node_trees.own_cache_share() {
+                    own.set_cache_max(share);
+                }
+                if let Err(e) = own.follow_once().await {
                     tracing::warn!(error = %e, "storage: following the bucket failed; answering from the last commit applied, retried at the next interval");
+                }
+                if let Err(e) = node_trees.follow_once(own.applied().is_some()).await {
+                    tracing::warn!(error = %e, "storage: listing the ingest nodes' trees failed; retried at the next interval");
                 }
             }
         });

@@ -26,6 +26,8 @@ use crate::commit::{Commit, CommitFile};
 #[derive(Clone, Default)]
 pub struct FollowMetrics {
     pub applied_commit: Gauge,
+    /// Ingest nodes' trees followed besides the prefix's own commits (see `lumen::trees`).
+    pub trees: Gauge,
     pub follows: Counter,
     pub failures: Counter,
     pub downloaded_bytes: Counter,
@@ -36,6 +38,7 @@ impl FollowMetrics {
         let m = FollowMetrics::default();
         let r = registry.sub_registry_with_prefix("lumen_bucket_follow");
         r.register("applied_commit", "the writer's commit this query node answers from", m.applied_commit.clone());
+        r.register("trees", "ingest nodes' trees of the bucket this query node follows", m.trees.clone());
         r.register("follows", "newer commits of the writer brought into this query node", m.follows.clone());
         r.register("failures", "follows that failed (retried at the next interval)", m.failures.clone());
         r.register(
@@ -87,6 +90,29 @@ impl Follower {
     pub fn with_cache(mut self, max_bytes: u64, metrics: CacheMetrics) -> Follower {
         self.cache = Some((max_bytes, metrics));
         self
+    }
+
+    /// Changes the bound of the parts fetched into the local cache (a query node following several
+    /// ingest nodes' trees gives each its share of `storage.cache_max_bytes`).
+    pub fn set_cache_max(&mut self, max_bytes: u64) {
+        if let Some((max, _)) = &mut self.cache {
+            *max = max_bytes;
+        }
+    }
+
+    /// The log store it brings up to date.
+    pub fn logs(&self) -> &LogStore {
+        &self.logs
+    }
+
+    /// The metric store it brings up to date.
+    pub fn metrics(&self) -> &MetricStore {
+        &self.metric_store
+    }
+
+    /// The commit the data directory holds, once one was applied (or restored).
+    pub fn applied(&self) -> Option<u64> {
+        self.applied
     }
 
     /// One follow, counted.

@@ -215,6 +215,39 @@ impl Bucket {
         Bucket { store, prefix: prefix.trim_matches('/').to_string(), describe: format!("object store /{prefix}") }
     }
 
+    /// The tree of the ingest node `node` (`server.role = "ingest"`): `prefix/nodes/<node>`, with its own
+    /// commit log, parts, objects and writer lease. Each ingest node writes only its own tree.
+    pub fn node_tree(&self, node: &str) -> Bucket {
+        let prefix = if self.prefix.is_empty() {
+            format!("{NODES_DIR}/{node}")
+        } else {
+            format!("{}/{NODES_DIR}/{node}", self.prefix)
+        };
+        Bucket { store: self.store.clone(), describe: format!("{} (node {node})", self.describe), prefix }
+    }
+
+    /// The ingest nodes whose trees the bucket holds (`prefix/nodes/<name>/`), sorted: what a query node
+    /// follows besides the prefix's own commits.
+    ///
+    /// # Errors
+    /// The listing failed.
+    pub async fn node_trees(&self) -> Result<Vec<String>, String> {
+        let dir = self.key(NODES_DIR);
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| format!("storage: cannot list the ingest nodes' trees in {}: {e}", self.describe))?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|n| check_node_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// `prefix/key`.
     pub(crate) fn key(&self, key: &str) -> ObjectPath {
         if self.prefix.is_empty() { ObjectPath::from(key) } else { ObjectPath::from(format!("{}/{key}", self.prefix)) }
@@ -295,6 +328,25 @@ impl Bucket {
             ))),
         }
     }
+}
+
+/// Where the ingest nodes' trees live under the prefix (see [`Bucket::node_tree`]).
+pub const NODES_DIR: &str = "nodes";
+
+/// Checks an ingest node's name (`server.node_name`): it names the node's tree in the bucket.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("node name {name:?} must be 1 to 128 characters"));
+    }
+    if name.starts_with('.') || !name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
+        return Err(format!(
+            "node name {name:?} may hold only ASCII letters, digits, '-', '_' and '.', and not start with '.'"
+        ));
+    }
+    Ok(())
 }
 
 /// Why [`Bucket::check_conditional_create`] failed.

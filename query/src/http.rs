@@ -41,6 +41,11 @@ pub struct QueryState {
     /// Whether this node answers a query node's delta requests (it holds the bucket's writer lease, or
     /// has no bucket); see [`crate::peers`].
     pub serves_delta: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The bucket tree this node answers delta requests for: its `server.node_name` when it is an ingest
+    /// node (`server.role = "ingest"`), empty otherwise (see [`crate::peers`]).
+    pub node: String,
+    /// On a query node, the trees it reads (see [`crate::peers::TreeSet`]).
+    pub trees: crate::peers::Trees,
     /// Results of PromQL range queries (see [`prom_cache`]).
     pub results_cache: Arc<prom_cache::ResultsCache>,
     /// The `Authorization` of the request this clone serves, passed on to the ingest nodes.
@@ -72,6 +77,8 @@ impl QueryState {
             shutdown,
             peers: None,
             serves_delta: Arc::new(|| true),
+            node: String::new(),
+            trees: crate::peers::Trees::default(),
             results_cache,
             caller_auth: None,
         })
@@ -88,6 +95,23 @@ impl QueryState {
     pub fn with_serves_delta(mut self, serves: Arc<dyn Fn() -> bool + Send + Sync>) -> QueryState {
         self.serves_delta = serves;
         self
+    }
+
+    /// An ingest node: it answers delta requests for its own tree only.
+    pub fn with_node(mut self, node: String) -> QueryState {
+        self.node = node;
+        self
+    }
+
+    /// A query node: it reads these trees (shared with the loop that discovers and follows them).
+    pub fn with_trees(mut self, trees: crate::peers::Trees) -> QueryState {
+        self.trees = trees;
+        self
+    }
+
+    /// The trees a query reads now.
+    pub fn tree_set(&self) -> crate::peers::TreeSet {
+        self.trees.read().clone()
     }
 
     /// This state for one request: a query node passes the caller's credential on to its ingest nodes.

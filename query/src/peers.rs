@@ -90,6 +90,11 @@ pub struct LogDeltaRequest {
     /// query node's SQL table takes the columns the writer knows and the bucket does not yet.
     #[serde(default)]
     pub schema: bool,
+    /// The ingest node whose tree the parts in `have` come from (`server.node_name` of a node with
+    /// `server.role = "ingest"`); empty for the prefix's own writer (`server.role = "all"`). Only that node
+    /// answers; the others answer 409.
+    #[serde(default)]
+    pub node: String,
 }
 
 /// A query node's request for the samples it does not hold.
@@ -100,6 +105,53 @@ pub struct MetricDeltaRequest {
     pub matchers: Vec<WireMatcher>,
     pub max_samples: usize,
     pub have: Vec<u64>,
+    /// As [`LogDeltaRequest::node`].
+    #[serde(default)]
+    pub node: String,
+}
+
+/// The bucket trees a query node reads besides its own data directory's (issue 22, several ingest
+/// nodes): one per ingest node (`prefix/nodes/<name>/`), each followed into its own stores. The query
+/// paths read every tree and ask each tree's node for what it has not synced.
+#[derive(Clone)]
+pub struct Tree {
+    /// The ingest node's name (`server.node_name`).
+    pub node: String,
+    pub logs: LogStore,
+    pub metrics: store::MetricStore,
+}
+
+/// What a query reads: the query node's own stores (the prefix's own commits, node `""`) when `root`, and
+/// the ingest nodes' trees.
+#[derive(Clone)]
+pub struct TreeSet {
+    /// Whether the own stores are read and their writer asked: a query node whose bucket holds ingest
+    /// nodes' trees and no commit of the prefix's own leaves them out (nobody answers for them).
+    pub root: bool,
+    pub others: Arc<Vec<Tree>>,
+}
+
+impl Default for TreeSet {
+    fn default() -> Self {
+        TreeSet { root: true, others: Arc::new(Vec::new()) }
+    }
+}
+
+/// The trees of a query node, replaced as ingest nodes appear in the bucket.
+pub type Trees = Arc<parking_lot::RwLock<TreeSet>>;
+
+impl TreeSet {
+    /// `(node, logs)` of every tree read, the own stores first.
+    pub fn log_stores<'a>(&'a self, own: &'a LogStore) -> Vec<(&'a str, &'a LogStore)> {
+        let own = self.root.then_some(("", own));
+        own.into_iter().chain(self.others.iter().map(|t| (t.node.as_str(), &t.logs))).collect()
+    }
+
+    /// `(node, metrics)` of every tree read, the own stores first.
+    pub fn metric_stores<'a>(&'a self, own: &'a store::MetricStore) -> Vec<(&'a str, &'a store::MetricStore)> {
+        let own = self.root.then_some(("", own));
+        own.into_iter().chain(self.others.iter().map(|t| (t.node.as_str(), &t.metrics))).collect()
+    }
 }
 
 /// The JSON head of an answer.
@@ -359,6 +411,7 @@ impl Peers {
         path: &str,
         auth: Option<&http::HeaderValue>,
         tenant: &Tenant,
+        node: &str,
         body: Vec<u8>,
     ) -> Result<bytes::Bytes, AskError> {
         let asks = self.urls.iter().map(|url| {
@@ -396,8 +449,10 @@ impl Peers {
                 Err(e) => errors.push(e),
             }
         }
-        Err(AskError::Unavailable(if errors.is_empty() {
+        Err(AskError::Unavailable(if errors.is_empty() && node.is_empty() {
             format!("none of {} holds the bucket's writer lease", self.urls.join(", "))
+        } else if errors.is_empty() {
+            format!("none of {} is the ingest node {node:?} holding its writer lease", self.urls.join(", "))
         } else {
             errors.join("; ")
         }))
@@ -446,7 +501,7 @@ impl PeerCall {
     /// # Errors
     /// The writer refused the selection (a limit): its message, for the query's 400.
     pub async fn logs(&self, tenant: &Tenant, req: &LogDeltaRequest) -> Result<Option<LogDelta>, String> {
-        self.fetch(LOGS_PATH, tenant, req, "lines", decode_logs).await
+        self.fetch(LOGS_PATH, tenant, req, &req.node, "lines", decode_logs).await
     }
 
     /// What the ingest node adds to `req`, a selection of this query node's `store`: the request names the
@@ -455,7 +510,7 @@ impl PeerCall {
     ///
     /// # Errors
     /// As [`PeerCall::logs`].
-    pub async fn log_delta(&self, store: &LogStore, req: &ScanRequest) -> Result<Option<LogDelta>, String> {
+    pub async fn log_delta(&self, node: &str, store: &LogStore, req: &ScanRequest) -> Result<Option<LogDelta>, String> {
         let wire = LogDeltaRequest {
             start_ns: req.start_ns,
             end_ns: req.end_ns,
@@ -465,6 +520,7 @@ impl PeerCall {
             stream_limit: req.stream_limit.map(|l| (l.rows, l.newest)),
             have: store.part_ids(&req.tenant, req.start_ns, req.end_ns),
             schema: false,
+            node: node.to_string(),
         };
         let delta = self.logs(&req.tenant, &wire).await?;
         if let Some(d) = &delta {
@@ -477,7 +533,7 @@ impl PeerCall {
     ///
     /// # Errors
     /// As [`PeerCall::logs`].
-    pub async fn log_columns(&self, tenant: &Tenant) -> Result<Option<LogColumns>, String> {
+    pub async fn log_columns(&self, node: &str, tenant: &Tenant) -> Result<Option<LogColumns>, String> {
         let wire = LogDeltaRequest {
             start_ns: 0,
             end_ns: 0,
@@ -487,6 +543,7 @@ impl PeerCall {
             stream_limit: None,
             have: Vec::new(),
             schema: true,
+            node: node.to_string(),
         };
         Ok(self.logs(tenant, &wire).await?.map(|d| d.columns))
     }
@@ -496,7 +553,7 @@ impl PeerCall {
     /// # Errors
     /// As [`PeerCall::logs`].
     pub async fn metrics(&self, tenant: &Tenant, req: &MetricDeltaRequest) -> Result<Option<MetricDelta>, String> {
-        self.fetch(METRICS_PATH, tenant, req, "samples", decode_metrics).await
+        self.fetch(METRICS_PATH, tenant, req, &req.node, "samples", decode_metrics).await
     }
 
     async fn fetch<T>(
@@ -504,11 +561,12 @@ impl PeerCall {
         path: &str,
         tenant: &Tenant,
         req: &impl Serialize,
+        node: &str,
         what: &str,
         decode: fn(&[u8]) -> Result<T, String>,
     ) -> Result<Option<T>, String> {
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-        match self.peers.ask(path, self.auth.as_ref(), tenant, body).await {
+        match self.peers.ask(path, self.auth.as_ref(), tenant, node, body).await {
             Ok(b) => match decode(&b) {
                 Ok(d) => Ok(Some(d)),
                 Err(e) => {

@@ -297,7 +297,7 @@ impl TableProvider for LogsTable {
         let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
         if let Some(peers) = &self.peers {
             // A query node: this node reads the parts the writer still holds, the writer sends the rest.
-            let delta = peers.log_delta(&self.store, &req).await.map_err(DataFusionError::Plan)?;
+            let delta = peers.log_delta("", &self.store, &req).await.map_err(DataFusionError::Plan)?;
             if let Some(d) = delta {
                 req.parts = store::PartFilter::Only(Arc::new(d.keep));
                 let batches = d.batches.iter().map(|b| conform_to(b, &schema)).collect::<Result<Vec<_>>>()?;

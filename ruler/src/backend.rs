@@ -57,7 +57,13 @@ impl Backend for StoreBackend {
         match q {
             Query::PromQL(expr) => {
                 let opts = self.options();
-                let src = StoreSource { store: &self.metrics, tenant, max_samples: opts.max_samples, peers: None };
+                let src = StoreSource {
+                    store: &self.metrics,
+                    tenant,
+                    max_samples: opts.max_samples,
+                    peers: None,
+                    trees: Default::default(),
+                };
                 let out = promql::eval_instant(&opts, &src, expr, t_ms).map_err(|e| e.to_string())?;
                 match out.value {
                     PValue::Vector(v) => Ok(v.into_iter().map(|(l, _, v)| (l, v)).collect()),
@@ -66,7 +72,12 @@ impl Backend for StoreBackend {
                 }
             }
             Query::LogQL(expr) => {
-                let engine = Engine { store: self.logs.clone(), limits: self.query.limits(), peers: None };
+                let engine = Engine {
+                    store: self.logs.clone(),
+                    limits: self.query.limits(),
+                    peers: None,
+                    trees: Default::default(),
+                };
                 let params = QueryParams::instant(t_ms.saturating_mul(1_000_000));
                 let (v, _) = self
                     .runtime

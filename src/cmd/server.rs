@@ -53,9 +53,14 @@ pub struct ServerArgs {
     /// Serve beyond loopback without authentication (only behind a proxy that authenticates).
     #[arg(long, env = "LUMEN_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
-    /// What this process does (server.role): all, or query (a query node following the bucket).
+    /// What this process does (server.role): all; ingest (one of several ingest nodes on one bucket); or
+    /// query (a query node following the bucket).
     #[arg(long, env = "LUMEN_ROLE", value_enum)]
     pub role: Option<lumen::config::Role>,
+    /// An ingest node's stable name, which names its tree in the bucket (server.node_name) [default: the
+    /// host name].
+    #[arg(long, env = "LUMEN_NODE_NAME")]
+    pub node_name: Option<String>,
     /// A query node's ingest node, asked for what the bucket does not hold yet (query.ingest_urls;
     /// repeat the flag, or separate with commas in the environment).
     #[arg(long = "ingest-url", env = "LUMEN_INGEST_URLS", value_delimiter = ',')]
@@ -94,6 +99,9 @@ fn config(args: ServerArgs) -> anyhow::Result<Config> {
     let s = &mut config.server;
     if let Some(v) = args.role {
         s.role = v;
+    }
+    if let Some(v) = args.node_name {
+        s.node_name = v;
     }
     if let Some(v) = args.data_dir {
         s.data_dir = v;

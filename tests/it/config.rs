@@ -103,12 +103,19 @@ fn server_check_refuses_what_the_server_would_refuse() {
     assert!(!ok && err.contains("storage.cache_max_bytes") && err.contains("retention_max_disk"), "{err}");
     let (ok, err) = check(&[], &format!("{s3}[store]\nretention_max_disk = \"4 GiB\"\n"));
     assert!(ok, "a cache below the budget passes: {err}");
-    // Roles: a query node needs a bucket to follow; the roles not built yet say so.
+    // Roles: query and ingest nodes need a bucket; an ingest node a name fit for a key; the compactor
+    // role, not built yet, says so.
     let (ok, err) = check(&["--role", "query"], "");
     assert!(!ok && err.contains("role = \"query\" follows a bucket"), "{err}");
     let (ok, err) = check(&["--role", "query"], s3);
     assert!(ok, "a query node on a bucket passes: {err}");
-    let (ok, err) = check(&["--role", "ingest"], s3);
+    let (ok, err) = check(&["--role", "ingest", "--node-name", "lumen-ingest-0"], s3);
+    assert!(ok, "an ingest node on a bucket passes: {err}");
+    let (ok, err) = check(&["--role", "ingest", "--node-name", "lumen-ingest-0"], "");
+    assert!(!ok && err.contains("role = \"ingest\" writes its own tree"), "{err}");
+    let (ok, err) = check(&["--role", "ingest", "--node-name", "../x"], s3);
+    assert!(!ok && err.contains("server.node_name"), "{err}");
+    let (ok, err) = check(&["--role", "compactor"], s3);
     assert!(!ok && err.contains("not built yet"), "{err}");
     // A query node's ingest nodes: base URLs without credentials, from the flag (commas) or the file.
     let (ok, err) = check(&["--role", "query", "--ingest-url", "http://lumen:9700,https://lumen-1:9700"], s3);

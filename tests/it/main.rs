@@ -11,6 +11,8 @@ mod bucket_cache;
 #[cfg(feature = "external-tests")]
 mod bucket_lease;
 #[cfg(feature = "external-tests")]
+mod bucket_nodes;
+#[cfg(feature = "external-tests")]
 mod bucket_query;
 mod config;
 mod connections;

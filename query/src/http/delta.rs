@@ -23,7 +23,19 @@ fn bad(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
-fn refuse_unless_writer(state: &QueryState) -> Result<(), Response> {
+fn refuse_unless_writer(state: &QueryState, node: &str) -> Result<(), Response> {
+    if node != state.node {
+        let this = if state.node.is_empty() {
+            "the prefix's own writer".to_string()
+        } else {
+            format!("node {:?}", state.node)
+        };
+        return Err((
+            StatusCode::CONFLICT,
+            format!("this is {this}, not the ingest node {node:?} the request is for\n"),
+        )
+            .into_response());
+    }
     if (state.serves_delta)() {
         return Ok(());
     }
@@ -47,10 +59,10 @@ fn matchers(wire: &[peers::WireMatcher]) -> Result<Vec<store::LabelMatcher>, Res
 
 async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) -> Response {
     let res = async {
-        refuse_unless_writer(&state)?;
         let tenant = super::tenant(&headers)?;
         let req: LogDeltaRequest =
             serde_json::from_slice(&body).map_err(|e| bad(format!("invalid log delta request: {e}")))?;
+        refuse_unless_writer(&state, &req.node)?;
         let scan = store::ScanRequest {
             tenant: tenant.clone(),
             start_ns: req.start_ns,
@@ -121,10 +133,10 @@ async fn logs(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) 
 
 async fn metrics(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) -> Response {
     let res = async {
-        refuse_unless_writer(&state)?;
         let tenant = super::tenant(&headers)?;
         let req: MetricDeltaRequest =
             serde_json::from_slice(&body).map_err(|e| bad(format!("invalid metric delta request: {e}")))?;
+        refuse_unless_writer(&state, &req.node)?;
         let matchers = matchers(&req.matchers)?;
         let max = req.max_samples.min(state.config.max_samples);
         let store = state.metric_store.clone();

@@ -171,7 +171,12 @@ fn query_error(e: QueryError) -> Response {
 }
 
 fn engine(state: &QueryState) -> Engine {
-    Engine { store: state.store.clone(), limits: state.config.limits(), peers: state.peer_call() }
+    Engine {
+        store: state.store.clone(),
+        limits: state.config.limits(),
+        peers: state.peer_call(),
+        trees: state.tree_set(),
+    }
 }
 
 fn parse_query(q: Option<&str>) -> Result<Expr, Response> {
@@ -297,8 +302,12 @@ async fn run_query(
     // queries (a part further back would only make the warning too cautious).
     const DAY_NS: i64 = 86_400 * 1_000_000_000;
     let from = params.start_ns.saturating_sub(DAY_NS);
-    let skipped = state.store.skipped_parts(tenant, from, params.end_ns.saturating_add(1));
-    let mut warnings: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    let trees = state.tree_set();
+    let mut warnings: Vec<String> = Vec::new();
+    for (_, store) in trees.log_stores(&state.store) {
+        let skipped = store.skipped_parts(tenant, from, params.end_ns.saturating_add(1));
+        warnings.extend(skipped.iter().map(ToString::to_string));
+    }
     warnings.extend(engine.peers.iter().flat_map(|p| p.warnings()));
     if warnings.is_empty() {
         return Ok(success(data));
@@ -408,15 +417,20 @@ async fn matching_series(
 ) -> Result<Vec<std::sync::Arc<store::model::Labels>>, Response> {
     let (start, end) = p.range(Duration::from_secs(6 * 3600))?;
     let mut out: BTreeMap<u64, std::sync::Arc<store::model::Labels>> = BTreeMap::new();
+    let trees = state.tree_set();
+    let stores = trees.log_stores(&state.store);
+    let mut all = Vec::with_capacity(selectors.len().max(1));
     if selectors.is_empty() {
-        for (id, l) in state.store.series(tenant, &[], start, end.saturating_add(1)) {
-            out.insert(id, l);
-        }
+        all.push(Vec::new());
     }
     for sel in selectors {
-        let matchers = parse_selector(sel)?;
-        for (id, l) in state.store.series(tenant, &matchers, start, end.saturating_add(1)) {
-            out.insert(id, l);
+        all.push(parse_selector(sel)?);
+    }
+    for matchers in &all {
+        for (_, store) in &stores {
+            for (id, l) in store.series(tenant, matchers, start, end.saturating_add(1)) {
+                out.insert(id, l);
+            }
         }
     }
     Ok(out.into_values().collect())
@@ -464,10 +478,16 @@ async fn index_stats(req: LokiRequest) -> Result<Response, Response> {
     let q = p.get("query").ok_or_else(|| bad("missing the query parameter: a stream selector such as {app=\"x\"}"))?;
     let matchers = parse_selector(q)?;
     let (start, end) = p.range(Duration::from_secs(3600))?;
-    let counts = state
-        .store
-        .count_by_stream(&tenant, &matchers, start, end.saturating_add(1))
-        .map_err(|e| query_error(e.into()))?;
+    let mut counts: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let trees = state.tree_set();
+    for (_, store) in trees.log_stores(&state.store) {
+        let found = store
+            .count_by_stream(&tenant, &matchers, start, end.saturating_add(1))
+            .map_err(|e| query_error(e.into()))?;
+        for (id, c) in found {
+            *counts.entry(id).or_default() += c;
+        }
+    }
     let entries: u64 = counts.values().sum();
     let streams = counts.values().filter(|c| **c > 0).count();
     let bytes = if entries == 0 { 0 } else { estimate_bytes(&state, &tenant, q, start, end, entries).await? };

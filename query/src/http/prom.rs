@@ -252,46 +252,64 @@ pub struct StoreSource<'a> {
     /// On a query node, the ingest nodes asked for what the bucket does not hold yet, and the runtime
     /// to ask them on (selections run on a blocking thread).
     pub peers: Option<(crate::peers::PeerCall, tokio::runtime::Handle)>,
+    /// On a query node, the trees read (see [`crate::peers::TreeSet`]); the default elsewhere.
+    pub trees: crate::peers::TreeSet,
+}
+
+impl StoreSource<'_> {
+    /// The series of one tree: its parts, less those its ingest node no longer holds, and that node's
+    /// other samples; at most `max_samples`.
+    fn select_tree(
+        &self,
+        node: &str,
+        store: &MetricStore,
+        ms: &[LabelMatcher],
+        mint_ms: i64,
+        maxt_ms: i64,
+        max_samples: usize,
+    ) -> Result<Vec<SelectedSeries>, EvalError> {
+        let read_error = |e| match e {
+            store::Error::TooManySamples { .. } => crate::promql::too_many_samples(),
+            e => EvalError::Execution(format!("reading the metric store failed: {e}")),
+        };
+        let Some((peers, runtime)) = &self.peers else {
+            return store.select_within(self.tenant, ms, mint_ms, maxt_ms, max_samples).map_err(read_error);
+        };
+        let req = crate::peers::MetricDeltaRequest {
+            mint: mint_ms,
+            maxt: maxt_ms,
+            matchers: ms.iter().map(crate::peers::WireMatcher::from_store).collect(),
+            max_samples,
+            have: store.part_ids(self.tenant, mint_ms, maxt_ms),
+            node: node.to_string(),
+        };
+        match runtime.block_on(peers.metrics(self.tenant, &req)).map_err(EvalError::Execution)? {
+            None => store.select_within(self.tenant, ms, mint_ms, maxt_ms, max_samples).map_err(read_error),
+            Some(delta) => {
+                let added: usize = delta.series.iter().map(|s| s.t.len()).sum();
+                let left = max_samples.checked_sub(added).ok_or_else(crate::promql::too_many_samples)?;
+                store.adopt_peer_deletes(self.tenant, &delta.deletes);
+                let only = store::PartFilter::Only(std::sync::Arc::new(delta.keep));
+                let local =
+                    store.select_filtered(self.tenant, ms, mint_ms, maxt_ms, left, &only, None).map_err(read_error)?;
+                Ok(crate::peers::merge_series(local, delta.series))
+            }
+        }
+    }
 }
 
 impl SeriesSource for StoreSource<'_> {
     fn select(&self, matchers: &[Matcher], mint_ms: i64, maxt_ms: i64) -> Result<Vec<Series>, EvalError> {
         let ms: Vec<LabelMatcher> = matchers.iter().map(to_store_matcher).collect();
-        let read_error = |e| match e {
-            store::Error::TooManySamples { .. } => crate::promql::too_many_samples(),
-            e => EvalError::Execution(format!("reading the metric store failed: {e}")),
-        };
-        let found = match &self.peers {
-            None => {
-                self.store.select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples).map_err(read_error)?
-            }
-            Some((peers, runtime)) => {
-                let req = crate::peers::MetricDeltaRequest {
-                    mint: mint_ms,
-                    maxt: maxt_ms,
-                    matchers: ms.iter().map(crate::peers::WireMatcher::from_store).collect(),
-                    max_samples: self.max_samples,
-                    have: self.store.part_ids(self.tenant, mint_ms, maxt_ms),
-                };
-                match runtime.block_on(peers.metrics(self.tenant, &req)).map_err(EvalError::Execution)? {
-                    None => self
-                        .store
-                        .select_within(self.tenant, &ms, mint_ms, maxt_ms, self.max_samples)
-                        .map_err(read_error)?,
-                    Some(delta) => {
-                        let added: usize = delta.series.iter().map(|s| s.t.len()).sum();
-                        let left = self.max_samples.checked_sub(added).ok_or_else(crate::promql::too_many_samples)?;
-                        self.store.adopt_peer_deletes(self.tenant, &delta.deletes);
-                        let only = store::PartFilter::Only(std::sync::Arc::new(delta.keep));
-                        let local = self
-                            .store
-                            .select_filtered(self.tenant, &ms, mint_ms, maxt_ms, left, &only, None)
-                            .map_err(read_error)?;
-                        crate::peers::merge_series(local, delta.series)
-                    }
-                }
-            }
-        };
+        // A series written through several ingest nodes has samples in each tree: merged by labels.
+        let mut found = Vec::new();
+        let mut left = self.max_samples;
+        for (node, store) in self.trees.metric_stores(self.store) {
+            let got = self.select_tree(node, store, &ms, mint_ms, maxt_ms, left)?;
+            let n: usize = got.iter().map(|s| s.t.len()).sum();
+            left = left.checked_sub(n).ok_or_else(crate::promql::too_many_samples)?;
+            found = if found.is_empty() { got } else { crate::peers::merge_series(found, got) };
+        }
         Ok(found
             .into_iter()
             .map(|SelectedSeries { labels, t, v }| Series {
@@ -312,6 +330,7 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let tenant = r.tenant.clone();
     let peers = r.state.peer_call();
     let call = peers.clone().map(|p| (p, tokio::runtime::Handle::current()));
+    let trees = r.state.tree_set();
     // Range queries of a node with its data at hand go through the results cache.
     let cache = r.state.results_cache.clone();
     let key = match range {
@@ -321,7 +340,7 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
         _ => None,
     };
     let mut out = tokio::task::spawn_blocking(move || {
-        let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples, peers: call };
+        let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples, peers: call, trees };
         match (range, key) {
             (Some((start, end, step)), Some(key)) => {
                 // The mark comes first: whatever is appended from here on voids the steps it reaches.
@@ -349,8 +368,11 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     // Parts that could not be read were left out (the reads just now are what find them); a day before
     // the start covers the lookback, ranges and offsets of ordinary queries.
     let (start, end) = range.map_or((time, time), |(s, e, _)| (s, e));
-    let skipped = r.state.metric_store.skipped_parts(&r.tenant, start.saturating_sub(86_400_000), end);
-    out.warnings.extend(skipped.iter().map(ToString::to_string));
+    let trees = r.state.tree_set();
+    for (_, store) in trees.metric_stores(&r.state.metric_store) {
+        let skipped = store.skipped_parts(&r.tenant, start.saturating_sub(86_400_000), end);
+        out.warnings.extend(skipped.iter().map(ToString::to_string));
+    }
     out.warnings.extend(peers.iter().flat_map(|p| p.warnings()));
     Ok(out)
 }
@@ -552,7 +574,17 @@ async fn series(r: PromRequest) -> Response {
         }
         let (start, end) = r.bounds()?;
         let limit = r.limit()?;
-        let found = r.state.metric_store.series(&r.tenant, &selectors, start, end).map_err(store_error)?;
+        let trees = r.state.tree_set();
+        let stores = trees.metric_stores(&r.state.metric_store);
+        let mut found: Vec<std::sync::Arc<store::model::Labels>> = Vec::new();
+        for (_, store) in &stores {
+            found.extend(store.series(&r.tenant, &selectors, start, end).map_err(store_error)?);
+        }
+        if stores.len() > 1 {
+            // A series written through several ingest nodes is in each of their trees.
+            found.sort();
+            found.dedup();
+        }
         let (found, warnings) = truncate(found, limit);
         let data: Vec<Value> = found.iter().map(|l| labels_obj(l.iter())).collect();
         Ok(success_with(json!(data), &warnings, &[]))
@@ -565,7 +597,10 @@ async fn labels(r: PromRequest) -> Response {
         let selectors = r.selectors()?;
         let (start, end) = r.bounds()?;
         let limit = r.limit()?;
-        let names = r.state.metric_store.label_names(&r.tenant, &selectors, start, end).map_err(store_error)?;
+        let mut names = std::collections::BTreeSet::new();
+        for (_, store) in r.state.tree_set().metric_stores(&r.state.metric_store) {
+            names.extend(store.label_names(&r.tenant, &selectors, start, end).map_err(store_error)?);
+        }
         let (names, warnings) = truncate(names.into_iter().collect(), limit);
         Ok(success_with(json!(names), &warnings, &[]))
     })();
@@ -610,8 +645,10 @@ async fn label_values(Path(name): Path<String>, r: PromRequest) -> Response {
         let selectors = r.selectors()?;
         let (start, end) = r.bounds()?;
         let limit = r.limit()?;
-        let values =
-            r.state.metric_store.label_values(&r.tenant, &name, &selectors, start, end).map_err(store_error)?;
+        let mut values = std::collections::BTreeSet::new();
+        for (_, store) in r.state.tree_set().metric_stores(&r.state.metric_store) {
+            values.extend(store.label_values(&r.tenant, &name, &selectors, start, end).map_err(store_error)?);
+        }
         let (values, warnings) = truncate(values.into_iter().collect(), limit);
         Ok(success_with(json!(values), &warnings, &[]))
     })();
@@ -622,7 +659,10 @@ async fn metadata(r: PromRequest) -> Response {
     let res = (|| {
         let limit = r.limit()?;
         let metric = r.p.get("metric");
-        let all = r.state.metric_store.metadata(&r.tenant);
+        let mut all = std::collections::BTreeMap::new();
+        for (_, store) in r.state.tree_set().metric_stores(&r.state.metric_store) {
+            all.extend(store.metadata(&r.tenant));
+        }
         let mut out = Map::new();
         for (name, m) in all {
             if metric.is_some_and(|want| want != name) {

@@ -51,6 +51,13 @@ async fn run(
 ) -> Result<Response, (&'static str, Response)> {
     let bad = |msg: String| ("bad_request", error(StatusCode::BAD_REQUEST, "bad_data", msg));
     let tenant = tenant(headers).map_err(|r| ("bad_request", r))?;
+    if !state.tree_set().others.is_empty() {
+        // Its tables read one store and one ingest node: over several, they would answer a share silently.
+        let msg = "SQL is not available yet on a query node that reads several ingest nodes' trees \
+                   (server.role = \"ingest\"): use LogQL or PromQL here, or SQL on a server with \
+                   server.role = \"all\"";
+        return Err(("error", error(StatusCode::NOT_IMPLEMENTED, "unavailable", msg)));
+    }
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -75,7 +82,7 @@ async fn run(
         let max_memory = usize::try_from(state.config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
         let sql_peers = match &peers {
             Some(call) => call
-                .log_columns(&tenant)
+                .log_columns("", &tenant)
                 .await
                 .map_err(DataFusionError::Plan)?
                 .map(|columns| crate::sql::SqlPeers { call: call.clone(), columns }),

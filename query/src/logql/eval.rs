@@ -148,6 +148,9 @@ pub struct Engine {
     /// On a query node, the ingest nodes asked for what the bucket does not hold yet (see
     /// [`crate::peers`]); None elsewhere.
     pub peers: Option<crate::peers::PeerCall>,
+    /// On a query node, the trees read: its own stores (`store`, when `trees.root`) and the ingest nodes'
+    /// (see [`crate::peers::TreeSet`]); the default elsewhere (`store` alone).
+    pub trees: crate::peers::TreeSet,
 }
 
 /// Shared state of one query's scans.
@@ -314,13 +317,16 @@ impl Engine {
         needs_line: bool,
         make_sink: impl Fn() -> S,
     ) -> QResult<Vec<S>> {
-        // On a query node, what the ingest node holds that this node's parts do not, asked for below once
+        // On a query node, what the ingest nodes hold that this node's parts do not, asked for below once
         // the scan is known; the streams this node knows are found first.
-        let series = self.store.series(&ctx.tenant, &log.matchers, start, end);
-        if series.is_empty() && self.peers.is_none() {
+        let stores = self.trees.log_stores(&self.store);
+        let mut labels: HashMap<u64, Arc<Labels>> = HashMap::new();
+        for (_, store) in &stores {
+            labels.extend(store.series(&ctx.tenant, &log.matchers, start, end));
+        }
+        if labels.is_empty() && self.peers.is_none() {
             return Ok(Vec::new());
         }
-        let mut labels: HashMap<u64, Arc<Labels>> = series.into_iter().collect();
         // Leading `|= "literal"` filters are done by the store.
         let mut stages = log.stages.as_slice();
         let mut line_contains = Vec::new();
@@ -348,11 +354,12 @@ impl Engine {
         let all_meta = pipeline.touches_labels || matches!(meta, MetaNeed::All);
         // Fields, and label columns: a part stores a field named like another stream's label in that
         // label's column (`feed` tells them apart by the row's stream).
-        let mut candidates: Vec<String> = self.store.field_names(&ctx.tenant).into_iter().collect();
+        let mut candidates: Vec<String> = self.field_names(&ctx.tenant).into_iter().collect();
+        let label_names = self.label_names(&ctx.tenant);
         if all_meta {
-            candidates.extend(self.store.label_names(&ctx.tenant).iter().map(|n| store::label_column(n)));
+            candidates.extend(label_names.iter().map(|n| store::label_column(n)));
         } else if let MetaNeed::Only(set) = &meta {
-            candidates.extend(self.store.label_names(&ctx.tenant).iter().filter(|n| set.contains(*n)).cloned());
+            candidates.extend(label_names.iter().filter(|n| set.contains(*n)).cloned());
         }
         candidates.sort();
         candidates.dedup();
@@ -376,22 +383,24 @@ impl Engine {
             parts: store::PartFilter::All,
             fields_present: Vec::new(),
         };
-        let delta = match &self.peers {
-            Some(peers) => self.delta(peers, &req).await?,
-            None => None,
-        };
-        let mut req = req;
+        // Each tree's parts, less those its ingest node no longer holds, plus that node's other rows.
         let mut extra = Vec::new();
-        if let Some(d) = delta {
-            req.parts = store::PartFilter::Only(Arc::new(d.keep));
-            labels.extend(d.streams);
-            extra = d.batches;
+        let mut tasks = Vec::new();
+        for (node, store) in &stores {
+            let mut req = req.clone();
+            if let Some(peers) = &self.peers
+                && let Some(d) = self.delta(peers, node, store, &req).await?
+            {
+                req.parts = store::PartFilter::Only(Arc::new(d.keep));
+                labels.extend(d.streams);
+                extra.extend(d.batches);
+            }
+            tasks.extend(store.plan_scan(req, self.limits.partitions).1);
         }
         if labels.is_empty() {
             return Ok(Vec::new());
         }
         let labels = Arc::new(labels);
-        let (_, tasks) = self.store.plan_scan(req, self.limits.partitions);
         let mut handles = Vec::with_capacity(tasks.len() + 1);
         if !extra.is_empty() {
             // The ingest node's rows are filtered already: they go through the pipeline like the others.
@@ -434,13 +443,36 @@ impl Engine {
         Ok(sinks)
     }
 
-    /// Asks the ingest nodes for the rows of `req` this node's parts do not hold (see [`crate::peers`]).
+    /// Asks the ingest node `node` for the rows of `req` that `store`'s parts do not hold (see
+    /// [`crate::peers`]).
     async fn delta(
         &self,
         peers: &crate::peers::PeerCall,
+        node: &str,
+        store: &LogStore,
         req: &ScanRequest,
     ) -> QResult<Option<crate::peers::LogDelta>> {
-        peers.log_delta(&self.store, req).await.map_err(QueryError::BadRequest)
+        peers.log_delta(node, store, req).await.map_err(QueryError::BadRequest)
+    }
+
+    /// The tenant's field names in every tree read.
+    fn field_names(&self, tenant: &Tenant) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for (_, store) in self.trees.log_stores(&self.store) {
+            names.extend(store.field_names(tenant));
+        }
+        names
+    }
+
+    /// The tenant's label names in every tree read, sorted.
+    fn label_names(&self, tenant: &Tenant) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (_, store) in self.trees.log_stores(&self.store) {
+            names.extend(store.label_names(tenant));
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     // ----- metric queries -----
@@ -550,35 +582,38 @@ impl Engine {
         {
             // Counting whole streams: the index knows. On a query node, for the parts the ingest node
             // kept; the rows it holds beyond them are counted as they come.
-            let (counts, labels) = match &self.peers {
-                None => {
-                    let counts = self.store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?;
-                    let labels = self.store.stream_labels(&ctx.tenant, counts.keys().copied());
-                    (counts, labels)
-                }
-                Some(peers) => {
-                    let mut req = ScanRequest::all(ctx.tenant.clone());
-                    (req.start_ns, req.end_ns, req.matchers) = (lo, hi, r.log.matchers.clone());
-                    req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
-                    let delta = self.delta(peers, &req).await?;
-                    let parts = delta
-                        .as_ref()
-                        .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
-                    let mut counts = self.store.count_by_stream_in(&ctx.tenant, &r.log.matchers, lo, hi, &parts)?;
-                    let mut labels = self.store.stream_labels(&ctx.tenant, counts.keys().copied());
-                    if let Some(d) = delta {
-                        for batch in &d.batches {
-                            if let Some(ids) = batch.column_by_name(STREAM_ID) {
-                                for id in ids.as_primitive::<arrow::datatypes::UInt64Type>().values() {
-                                    *counts.entry(*id).or_default() += 1;
+            let mut counts: HashMap<u64, u64> = HashMap::new();
+            let mut labels: HashMap<u64, Arc<Labels>> = HashMap::new();
+            for (node, store) in self.trees.log_stores(&self.store) {
+                let found = match &self.peers {
+                    None => store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?,
+                    Some(peers) => {
+                        let mut req = ScanRequest::all(ctx.tenant.clone());
+                        (req.start_ns, req.end_ns, req.matchers) = (lo, hi, r.log.matchers.clone());
+                        req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
+                        let delta = self.delta(peers, node, store, &req).await?;
+                        let parts = delta
+                            .as_ref()
+                            .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
+                        let mut found = store.count_by_stream_in(&ctx.tenant, &r.log.matchers, lo, hi, &parts)?;
+                        if let Some(d) = delta {
+                            for batch in &d.batches {
+                                if let Some(ids) = batch.column_by_name(STREAM_ID) {
+                                    for id in ids.as_primitive::<arrow::datatypes::UInt64Type>().values() {
+                                        *found.entry(*id).or_default() += 1;
+                                    }
                                 }
                             }
+                            labels.extend(d.streams);
                         }
-                        labels.extend(d.streams);
+                        found
                     }
-                    (counts, labels)
+                };
+                labels.extend(store.stream_labels(&ctx.tenant, found.keys().copied()));
+                for (id, c) in found {
+                    *counts.entry(id).or_default() += c;
                 }
-            };
+            }
             let secs = r.range_ns as f64 / 1e9;
             counts
                 .into_iter()
@@ -639,7 +674,7 @@ impl Engine {
     }
 
     fn no_metadata_needed(&self, tenant: &Tenant, meta: &MetaNeed) -> bool {
-        let fields = self.store.field_names(tenant);
+        let fields = self.field_names(tenant);
         match meta {
             MetaNeed::All => fields.is_empty(),
             MetaNeed::Only(set) => fields.iter().all(|f| !set.contains(f)),

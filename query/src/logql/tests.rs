@@ -383,7 +383,12 @@ async fn run_file(path: &Path, flushed: bool) -> Vec<String> {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_store(dir.path());
-    let engine = Engine { store: store.clone(), limits: Limits { partitions: 2, ..Limits::default() }, peers: None };
+    let engine = Engine {
+        store: store.clone(),
+        limits: Limits { partitions: 2, ..Limits::default() },
+        peers: None,
+        trees: Default::default(),
+    };
     let mut failures = Vec::new();
     for cmd in commands {
         match cmd {
@@ -529,6 +534,7 @@ async fn queries_that_would_hold_too_much_are_refused_naming_the_limit() {
             store: store.clone(),
             limits: Limits { partitions: 2, max_held_samples: max, ..Limits::default() },
             peers: None,
+            trees: Default::default(),
         };
         async move { engine.query(&Tenant::default_tenant(), &parse(q).unwrap(), &params).await.map(|_| ()) }
     };

@@ -1,0 +1,133 @@
+//! A query node over several ingest nodes (issue 22, `server.role = "query"` beside servers with
+//! `server.role = "ingest"`): each ingest node writes its own tree of the bucket, `prefix/nodes/<name>/`,
+//! under its own writer lease. The query node lists those trees every `storage.sync_interval`, follows
+//! each into a pair of read-only stores of its own (`<data_dir>/nodes/<name>/`, the same `Follower` as the
+//! prefix's own commits use), and hands the set to the query paths (`query::peers::TreeSet`), which read
+//! every tree and ask each tree's node for what it has not synced yet.
+//!
+//! The prefix's own commits (a server with role "all") stay the query node's own stores; they are read
+//! while they hold a commit, or while no ingest node's tree exists (a writer before its first commit).
+//! `storage.cache_max_bytes` is shared out evenly between the trees followed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use store::{LogStore, MetricStore, StoreOptions};
+
+/// The ingest nodes' trees a query node follows.
+pub struct NodeTrees {
+    bucket: bucket::Bucket,
+    /// Where the trees' stores live: `<data_dir>/nodes`.
+    dir: PathBuf,
+    options: StoreOptions,
+    cache: Option<(u64, bucket::cache::CacheMetrics)>,
+    metrics: bucket::follow::FollowMetrics,
+    followers: Vec<(String, bucket::follow::Follower)>,
+    trees: query::peers::Trees,
+}
+
+impl NodeTrees {
+    /// `options`: the query node's own store options (their data directory is the parent of the trees').
+    pub fn new(
+        bucket: bucket::Bucket,
+        options: &StoreOptions,
+        cache: Option<(u64, bucket::cache::CacheMetrics)>,
+        metrics: bucket::follow::FollowMetrics,
+        trees: query::peers::Trees,
+    ) -> NodeTrees {
+        let dir = options.data_dir.join(bucket::NODES_DIR);
+        let options = StoreOptions { disk: None, ..options.clone() };
+        NodeTrees {
+            bucket,
+            dir,
+            options,
+            cache: cache.filter(|(max, _)| *max > 0),
+            metrics,
+            followers: Vec::new(),
+            trees,
+        }
+    }
+
+    /// Opens the trees that appeared in the bucket, follows every tree to its newest commit, and publishes
+    /// the set: the own stores are read when `own_commit` (they follow a commit of the prefix's own) or
+    /// when there is no ingest node's tree.
+    ///
+    /// # Errors
+    /// The listing failed; the trees followed so far stay as they were.
+    pub async fn follow_once(&mut self, own_commit: bool) -> Result<(), String> {
+        let names = self.bucket.node_trees().await?;
+        for name in names {
+            if self.followers.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            match self.open(&name).await {
+                Ok(f) => {
+                    tracing::info!(node = %name, "query node: following a new ingest node's tree of the bucket");
+                    self.followers.push((name, f));
+                }
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "query node: cannot open an ingest node's tree; retried at the next interval")
+                }
+            }
+        }
+        let share = self.cache.as_ref().map(|(max, _)| max / (self.followers.len() as u64 + 1));
+        for (name, follower) in &mut self.followers {
+            if let Some(share) = share {
+                follower.set_cache_max(share.max(1));
+            }
+            if let Err(e) = follower.follow_once().await {
+                tracing::warn!(node = %name, error = %e, "storage: following an ingest node's tree failed; answering from the last commit applied, retried at the next interval");
+            }
+        }
+        let others: Vec<query::peers::Tree> = self
+            .followers
+            .iter()
+            .map(|(name, f)| query::peers::Tree {
+                node: name.clone(),
+                logs: f.logs().clone(),
+                metrics: f.metrics().clone(),
+            })
+            .collect();
+        self.metrics.trees.set(others.len() as i64);
+        let set = query::peers::TreeSet { root: own_commit || others.is_empty(), others: Arc::new(others) };
+        *self.trees.write() = set;
+        Ok(())
+    }
+
+    /// The share of `storage.cache_max_bytes` of the query node's own stores.
+    pub fn own_cache_share(&self) -> Option<u64> {
+        self.cache.as_ref().map(|(max, _)| (max / (self.followers.len() as u64 + 1)).max(1))
+    }
+
+    async fn open(&self, name: &str) -> Result<bucket::follow::Follower, String> {
+        let options = StoreOptions { data_dir: self.dir.join(name), ..self.options.clone() };
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| format!("{}: {e}", options.data_dir.display()))?;
+        let (logs, metrics) = tokio::task::spawn_blocking(move || {
+            // The trees' store metrics are not exported: the own stores' are.
+            let mut registry = Registry::default();
+            let logs = LogStore::open(options.clone(), &mut registry)?;
+            let metrics = MetricStore::open(options, &mut registry)?;
+            Ok::<_, store::Error>((logs, metrics))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let reason = "this is a query node (server.role = \"query\"): send writes to an ingest node";
+        logs.set_read_only(reason);
+        metrics.set_read_only(reason);
+        let tree = self.bucket.node_tree(name);
+        let cache_metrics = self.cache.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
+        let parts: Arc<dyn store::remote::RemoteParts> = bucket::cache::BucketParts::new(tree.clone(), cache_metrics);
+        logs.attach_remote(parts.clone());
+        metrics.attach_remote(parts);
+        // Counters shared with the own follower; the applied commit is the own stores'.
+        let follow_metrics =
+            bucket::follow::FollowMetrics { applied_commit: Default::default(), ..self.metrics.clone() };
+        let follower = bucket::follow::Follower::new(tree, logs, metrics, None, follow_metrics);
+        Ok(match &self.cache {
+            Some((max, m)) => follower.with_cache(*max, m.clone()),
+            None => follower,
+        })
+    }
+}
