@@ -167,6 +167,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::info!(commit = r.commit, files = r.files, bytes = r.bytes, left_in_bucket = r.left_in_bucket, bucket = %b.describe(), "data directory restored from the bucket");
             restored_commit = Some(r.commit);
         }
+        if !query_node {
+            b.claim_tree(&s.data_dir).map_err(anyhow::Error::msg)?;
+        }
     }
     let mut registry = Registry::default();
     let disk =

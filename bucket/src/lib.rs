@@ -152,6 +152,8 @@ impl StorageConfig {
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// `bucket/prefix`: what a data directory's [`TREE_MARKER`] names.
+    location: String,
     /// `s3://bucket/prefix` at `endpoint`, for messages (no credential).
     describe: String,
 }
@@ -207,12 +209,14 @@ impl Bucket {
         let prefix = config.prefix.trim_matches('/').to_string();
         let endpoint = if config.endpoint.is_empty() { "AWS" } else { config.endpoint.as_str() };
         let describe = format!("s3://{}/{prefix} at {endpoint}", config.bucket);
-        Ok(Some(Bucket { store: Arc::new(store), prefix, describe }))
+        let location = format!("{}/{prefix}", config.bucket);
+        Ok(Some(Bucket { store: Arc::new(store), prefix, location, describe }))
     }
 
     /// A bucket over any object store (tests).
     pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Bucket {
-        Bucket { store, prefix: prefix.trim_matches('/').to_string(), describe: format!("object store /{prefix}") }
+        let prefix = prefix.trim_matches('/').to_string();
+        Bucket { store, location: format!("/{prefix}"), describe: format!("object store /{prefix}"), prefix }
     }
 
     /// The tree of the ingest node `node` (`server.role = "ingest"`): `prefix/nodes/<node>`, with its own
@@ -223,7 +227,52 @@ impl Bucket {
         } else {
             format!("{}/{NODES_DIR}/{node}", self.prefix)
         };
-        Bucket { store: self.store.clone(), describe: format!("{} (node {node})", self.describe), prefix }
+        Bucket {
+            store: self.store.clone(),
+            location: format!("{}/{NODES_DIR}/{node}", self.location),
+            describe: format!("{} (node {node})", self.describe),
+            prefix,
+        }
+    }
+
+    /// Records in `data_dir` the tree of the bucket it syncs into ([`TREE_MARKER`]), or checks the record: a
+    /// directory synced into one tree and then into another (a server started with another
+    /// `storage.prefix`, `server.role` or `server.node_name`) would have its data in both, and query nodes
+    /// would answer it twice.
+    ///
+    /// # Errors
+    /// The directory names another tree (the message says which and what to do), or the record cannot be
+    /// read or written.
+    pub fn claim_tree(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let path = data_dir.join(TREE_MARKER);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let claimed = text.trim();
+                if claimed == self.location {
+                    return Ok(());
+                }
+                Err(format!(
+                    "storage: the data directory {} syncs into {claimed:?} of the bucket ({}), and this server \
+                     would sync it into {:?}: query nodes would then answer its data twice. Start it with the \
+                     storage.prefix, server.role and server.node_name it had, or give this server a new data directory",
+                    data_dir.display(),
+                    path.display(),
+                    self.location
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tmp = data_dir.join(format!("{TREE_MARKER}.tmp"));
+                let write = || -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(&tmp)?;
+                    std::io::Write::write_all(&mut f, format!("{}\n", self.location).as_bytes())?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, &path)?;
+                    std::fs::File::open(data_dir)?.sync_all()
+                };
+                write().map_err(|e| format!("storage: cannot write {}: {e}", path.display()))
+            }
+            Err(e) => Err(format!("storage: cannot read {}: {e}", path.display())),
+        }
     }
 
     /// The ingest nodes whose trees the bucket holds (`prefix/nodes/<name>/`), sorted: what a query node
@@ -329,6 +378,9 @@ impl Bucket {
         }
     }
 }
+
+/// The file in a data directory that names the tree of the bucket it syncs into (see [`Bucket::claim_tree`]).
+pub const TREE_MARKER: &str = "bucket-tree";
 
 /// Where the ingest nodes' trees live under the prefix (see [`Bucket::node_tree`]).
 pub const NODES_DIR: &str = "nodes";

@@ -57,6 +57,7 @@ pub fn has_local_state(data_dir: &Path) -> bool {
                 stack.push(e.path());
             } else if name != "lock"
                 && name != "format.json"
+                && name != crate::TREE_MARKER
                 && !name.to_string_lossy().ends_with(TMP_SUFFIX)
                 && e.metadata().map_or(true, |m| m.len() > 0)
             {

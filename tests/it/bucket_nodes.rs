@@ -169,3 +169,40 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
     b.terminate();
     a.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_synced_into_one_tree_is_refused_for_another() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut config = test_config(&dir.path().join("data"));
+    config.storage = storage(&weed.endpoint, &creds);
+    config.storage.prefix = "claimed".into();
+    config.server.role = lumen::config::Role::Ingest;
+    config.server.node_name = "node-1".into();
+    let node = TestServer::start(config.clone()).await;
+    // An ingest node takes writes once its first sync made its tree.
+    crate::harness::ready_becomes(&node.base, 200, Duration::from_secs(20)).await;
+    push(&node, "alpha", 10, store::time::now_ns()).await;
+    node.stop().await;
+
+    // Another node name, the prefix's own writer, another prefix: each would sync the same data into a
+    // second place of the bucket.
+    let mut renamed = config.clone();
+    renamed.server.node_name = "node-2".into();
+    let mut all = config.clone();
+    all.server.role = lumen::config::Role::All;
+    let mut moved = config.clone();
+    moved.storage.prefix = "elsewhere".into();
+    for (what, c) in [("another node name", renamed), ("role all", all), ("another prefix", moved)] {
+        let err = match lumen::start(c).await {
+            Ok(_) => panic!("{what}: a directory synced into nodes/node-1 started"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("lumen/claimed/nodes/node-1") && err.contains("twice"), "{what}: {err}");
+    }
+    // As it was, it starts and answers what it had.
+    let node = TestServer::start(config).await;
+    assert_eq!(count_lines(&node).await, 10);
+    node.stop().await;
+}
