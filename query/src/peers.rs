@@ -607,6 +607,37 @@ impl Peers {
         headers: &http::HeaderMap,
         body: bytes::Bytes,
     ) -> (Vec<Vec<serde_json::Value>>, Vec<String>) {
+        let (mut found, mut errors) = (Vec::new(), Vec::new());
+        for (url, answer) in self.broadcast(method, path_and_query, headers, body, MAX_METADATA_ANSWER).await {
+            let got = answer.and_then(|(status, bytes)| {
+                if !status.is_success() {
+                    self.metrics.failures.inc();
+                    return Err(format!("{url}: {status}: {}", excerpt(&bytes, 300)));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))?;
+                match v.get("data") {
+                    Some(serde_json::Value::Array(a)) => Ok(a.clone()),
+                    _ => Err(format!("{url}: the answer has no data array")),
+                }
+            });
+            match got {
+                Ok(a) => found.push(a),
+                Err(e) => errors.push(e),
+            }
+        }
+        (found, errors)
+    }
+
+    /// Sends the same request (the caller's `Authorization`, `Content-Type` and tenant header with it) to
+    /// every ingest node at once: each node's URL with its status and body, or why it gave none.
+    pub async fn broadcast(
+        &self,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        body: bytes::Bytes,
+        max: usize,
+    ) -> Vec<(String, Result<(reqwest::StatusCode, bytes::Bytes), String>)> {
         let asks = self.urls.iter().map(|url| {
             let mut req = self.client.request(method.clone(), format!("{url}{path_and_query}"));
             for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
@@ -618,27 +649,9 @@ impl Peers {
                 req = req.header(crate::http::TENANT_HEADER, v.clone());
             }
             let req = req.body(body.clone());
-            async move {
-                let (status, bytes) = self.send(url, req, MAX_METADATA_ANSWER).await?;
-                if !status.is_success() {
-                    self.metrics.failures.inc();
-                    return Err(format!("{url}: {status}: {}", excerpt(&bytes, 300)));
-                }
-                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))?;
-                match v.get("data") {
-                    Some(serde_json::Value::Array(a)) => Ok(a.clone()),
-                    _ => Err(format!("{url}: the answer has no data array")),
-                }
-            }
+            async move { (url.clone(), self.send(url, req, max).await) }
         });
-        let (mut found, mut errors) = (Vec::new(), Vec::new());
-        for answer in futures::future::join_all(asks).await {
-            match answer {
-                Ok(a) => found.push(a),
-                Err(e) => errors.push(e),
-            }
-        }
-        (found, errors)
+        futures::future::join_all(asks).await
     }
 
     /// Sends one request to an ingest node and reads its answer, refusing one over `max` bytes as it

@@ -206,3 +206,101 @@ async fn a_data_directory_synced_into_one_tree_is_refused_for_another() {
     assert_eq!(count_lines(&node).await, 10);
     node.stop().await;
 }
+
+/// Two in-process ingest nodes and a query node asking both, on one prefix of `weed`.
+async fn cluster(weed: &SeaweedFs, dir: &std::path::Path, prefix: &str) -> (TestServer, TestServer, TestServer) {
+    let creds = credential_files(dir, KEY_ID, SECRET);
+    let mut nodes = Vec::new();
+    for name in ["ingest-a", "ingest-b"] {
+        let mut c = test_config(&dir.join(name));
+        c.storage = storage(&weed.endpoint, &creds);
+        c.storage.prefix = prefix.into();
+        c.server.role = lumen::config::Role::Ingest;
+        c.server.node_name = name.into();
+        let node = TestServer::start(c).await;
+        crate::harness::ready_becomes(&node.base, 200, Duration::from_secs(20)).await;
+        nodes.push(node);
+    }
+    let mut q = test_config(&dir.join("query"));
+    q.storage = storage(&weed.endpoint, &creds);
+    q.storage.prefix = prefix.into();
+    q.server.role = lumen::config::Role::Query;
+    q.query.ingest_urls = nodes.iter().map(|n| n.base.clone()).collect();
+    let query = TestServer::start(q).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&metrics_text(&query.base).await, "lumen_bucket_follow_trees") < 2.0 {
+        assert!(Instant::now() < deadline, "the query node did not find both trees");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    (a, b, query)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_sent_to_the_query_node_reaches_every_ingest_node() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, query) = cluster(&weed, dir.path(), "deletes").await;
+    let now = store::time::now_ns();
+    push(&a, "alpha", 100, now).await;
+    push(&b, "alpha", 50, now + 200_000_000_000).await;
+    push(&b, "beta", 70, now).await;
+    a.flush().await;
+    always_answers(&query, 220, Duration::from_millis(200)).await;
+
+    // Lines of alpha through both nodes, and the series alpha: gone from every answer at once.
+    let r = query
+        .client
+        .post(query.url("/loki/api/v1/delete"))
+        .query(&[("query", r#"{app="alpha"}"#), ("start", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let r = query
+        .client
+        .post(query.url("/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", r#"bucket_metric{app="alpha"}"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    always_answers(&query, 70, Duration::from_secs(2)).await;
+    // Each node recorded it: each answers without alpha on its own.
+    assert_eq!((count_lines(&a).await, count_samples(&a).await), (0, 0));
+    assert_eq!((count_lines(&b).await, count_samples(&b).await), (70, 70));
+
+    // The list shows one request whose id names both nodes' requests; a bad query is the nodes' 400.
+    let list: Value = query.client.get(query.url("/loki/api/v1/delete")).send().await.unwrap().json().await.unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["request_id"].as_str().unwrap().split(',').count(), 2, "{list:?}");
+    let r = query.client.post(query.url("/loki/api/v1/delete")).query(&[("query", "{app=")]).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Cancelled through the query node: on both nodes, before it was processed.
+    let id = list[0]["request_id"].as_str().unwrap();
+    let r = query.client.delete(query.url("/loki/api/v1/delete")).query(&[("request_id", id)]).send().await.unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    assert_eq!((count_lines(&a).await, count_lines(&b).await), (100, 120), "the nodes answer at once");
+    // The query node's copy of a's part stops hiding once a's next commit, without the request, is followed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count_lines(&query).await != 220 {
+        assert!(Instant::now() < deadline, "the cancel did not reach the query node: {}", count_lines(&query).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // With an ingest node away, a delete is not taken as done.
+    b.stop().await;
+    let r = query
+        .client
+        .post(query.url("/loki/api/v1/delete"))
+        .query(&[("query", r#"{app="beta"}"#), ("start", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("did not reach every ingest node"));
+    query.stop().await;
+    a.stop().await;
+}

@@ -7,6 +7,11 @@
 //!
 //! The store keeps each request durably and hides what it covers from every read at once; see
 //! `store::delete` for when it leaves the disk. These routes need the `admin` scope.
+//!
+//! A query node (issue 22) records nothing itself: it sends each delete request to every ingest node in
+//! `query.ingest_urls` (each holds its own share of the data) and answers 204 only when all took it. Its
+//! list merges the nodes' requests of one query and range into one entry whose `request_id` joins their
+//! ids with commas; a cancel with such an id goes to every node.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,11 +26,153 @@ use super::QueryState;
 use super::loki::{Params, parse_time};
 use crate::logql::ast::{Expr, FilterOp, Stage};
 
+const LOKI_PATH: &str = "/loki/api/v1/delete";
+const PROM_PATH: &str = "/api/v1/admin/tsdb/delete_series";
+
 /// The delete routes.
 pub fn routes() -> Router<QueryState> {
     Router::new()
-        .route("/loki/api/v1/delete", post(loki_delete).get(loki_list).delete(loki_cancel))
-        .route("/api/v1/admin/tsdb/delete_series", post(delete_series).put(delete_series))
+        .route(LOKI_PATH, post(loki_delete).get(loki_list).delete(loki_cancel))
+        .route(PROM_PATH, post(delete_series).put(delete_series))
+}
+
+/// What a query node does with a delete route's answers from its ingest nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fan {
+    /// A new request: every node must take it.
+    Record,
+    /// The list: merged.
+    List,
+    /// A cancel: whichever node holds the id.
+    Cancel,
+}
+
+/// On a query node, sends the request to every ingest node and answers from theirs (see the module
+/// documentation); None elsewhere.
+async fn fan_out(
+    state: &QueryState,
+    method: axum::http::Method,
+    path: &str,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+    fan: Fan,
+) -> Option<Response> {
+    let peers = state.peers.as_ref()?;
+    if fan == Fan::Cancel {
+        // A merged entry's id names one request on each node.
+        let p = Params::from(headers.clone(), raw, &body);
+        let ids: Vec<String> = p.get("request_id").unwrap_or("").split(',').map(str::to_string).collect();
+        let mut cancelled = 0;
+        let mut refusal = None;
+        let mut errors = Vec::new();
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            let q = form_urlencoded::Serializer::new(String::new()).append_pair("request_id", id).finish();
+            for (url, answer) in peers.broadcast(&method, &format!("{path}?{q}"), headers, Bytes::new(), 1 << 20).await
+            {
+                match answer {
+                    Ok((s, _)) if s.is_success() => cancelled += 1,
+                    Ok((s, _)) if s == reqwest::StatusCode::NOT_FOUND => {}
+                    Ok((s, b)) if s.is_client_error() => refusal = Some(String::from_utf8_lossy(&b).trim().to_string()),
+                    Ok((s, b)) => errors.push(format!("{url}: {s}: {}", String::from_utf8_lossy(&b).trim())),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        return Some(if !errors.is_empty() {
+            unavailable(&errors, "the cancel")
+        } else if let Some(r) = refusal {
+            bad(r)
+        } else if cancelled > 0 {
+            StatusCode::NO_CONTENT.into_response()
+        } else {
+            (StatusCode::NOT_FOUND, "no delete request by that id on any ingest node\n").into_response()
+        });
+    }
+    let mut query = raw.unwrap_or("").to_string();
+    if fan == Fan::Record && path == LOKI_PATH && Params::from(headers.clone(), raw, &body).get("end").is_none() {
+        // Loki's default end is "now": one instant for every node, so that their requests are the same.
+        let now = format!("{:.9}", store::time::now_ns() as f64 / 1e9);
+        let end = form_urlencoded::Serializer::new(String::new()).append_pair("end", &now).finish();
+        query = if query.is_empty() { end } else { format!("{query}&{end}") };
+    }
+    let path_and_query = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+    let answers = peers.broadcast(&method, &path_and_query, headers, body, 64 << 20).await;
+    let mut errors = Vec::new();
+    let mut lists = Vec::new();
+    for (url, answer) in answers {
+        match answer {
+            Ok((s, b)) if s.is_success() => {
+                if fan == Fan::List {
+                    match serde_json::from_slice::<Vec<serde_json::Value>>(&b) {
+                        Ok(l) => lists.push(l),
+                        Err(e) => errors.push(format!("{url}: {e}")),
+                    }
+                }
+            }
+            // The request itself is wrong (or a limit): every node says the same.
+            Ok((s, b)) if s == reqwest::StatusCode::BAD_REQUEST => {
+                let mut r = (StatusCode::BAD_REQUEST, b).into_response();
+                if let Some(ct) = headers_content_type(&path_and_query) {
+                    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, ct);
+                }
+                return Some(r);
+            }
+            Ok((s, b)) => errors.push(format!("{url}: {s}: {}", String::from_utf8_lossy(&b).trim())),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Some(unavailable(&errors, if fan == Fan::List { "the list" } else { "the delete request" }));
+    }
+    Some(match fan {
+        Fan::List => axum::Json(merge_lists(lists)).into_response(),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Prometheus' delete answers its errors as JSON; Loki's as text.
+fn headers_content_type(path_and_query: &str) -> Option<axum::http::HeaderValue> {
+    path_and_query.starts_with("/api/v1/").then(|| axum::http::HeaderValue::from_static("application/json"))
+}
+
+fn unavailable(errors: &[String], what: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{what} did not reach every ingest node ({}); send it again: a node that has a request already records \
+             it a second time, which deletes nothing more\n",
+            errors.join("; ")
+        ),
+    )
+        .into_response()
+}
+
+/// The ingest nodes' lists as one: the requests of one query and range become one entry.
+fn merge_lists(lists: Vec<Vec<serde_json::Value>>) -> Vec<serde_json::Value> {
+    let mut merged: Vec<serde_json::Value> = Vec::new();
+    for entry in lists.into_iter().flatten() {
+        let same =
+            merged.iter_mut().find(|m| ["query", "start_time", "end_time"].iter().all(|k| m.get(*k) == entry.get(*k)));
+        match same {
+            None => merged.push(entry),
+            Some(m) => {
+                let id = format!(
+                    "{},{}",
+                    m["request_id"].as_str().unwrap_or(""),
+                    entry["request_id"].as_str().unwrap_or("")
+                );
+                m["request_id"] = json!(id);
+                if entry["status"] == "received" {
+                    m["status"] = json!("received");
+                }
+                if entry["created_at"].as_f64() < m["created_at"].as_f64() {
+                    m["created_at"] = entry["created_at"].clone();
+                }
+            }
+        }
+    }
+    merged
 }
 
 fn bad(msg: impl std::fmt::Display) -> Response {
@@ -90,6 +237,10 @@ async fn loki_delete(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
+    let post = axum::http::Method::POST;
+    if let Some(r) = fan_out(&state, post, LOKI_PATH, raw.as_deref(), &headers, body.clone(), Fan::Record).await {
+        return r;
+    }
     let (tenant, p) = match request(headers, raw.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -116,6 +267,10 @@ async fn loki_delete(
 }
 
 async fn loki_list(State(state): State<QueryState>, headers: HeaderMap) -> Response {
+    let get = axum::http::Method::GET;
+    if let Some(r) = fan_out(&state, get, LOKI_PATH, None, &headers, Bytes::new(), Fan::List).await {
+        return r;
+    }
     let tenant = match super::tenant(&headers) {
         Ok(t) => t,
         Err(r) => return r,
@@ -144,6 +299,10 @@ async fn loki_cancel(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
+    let delete = axum::http::Method::DELETE;
+    if let Some(r) = fan_out(&state, delete, LOKI_PATH, raw.as_deref(), &headers, body.clone(), Fan::Cancel).await {
+        return r;
+    }
     let (tenant, p) = match request(headers, raw.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -167,6 +326,10 @@ async fn delete_series(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
+    let post = axum::http::Method::POST;
+    if let Some(r) = fan_out(&state, post, PROM_PATH, raw.as_deref(), &headers, body.clone(), Fan::Record).await {
+        return r;
+    }
     let (tenant, p) = match request(headers, raw.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
