@@ -108,7 +108,8 @@ bad = {
     "negative port": set_("server.service.ports.http", -1),
     "port beyond 65535": set_("server.service.ports.mqtt", 70000),
     "port as a string": set_("server.service.ports.otlpGrpc", "4317"),
-    "unknown key under server": set_("server.replicas", 2),
+    "unknown key under server": set_("server.replica", 2),
+    "no server replica": set_("server.replicas", 0),
     "unknown top-level key": set_("serverr", {}),
     "unknown key under agent": set_("agent.podDir", "/var/log/pods"),
     "service type not in the enum": set_("server.service.type", "ExternalName"),
@@ -197,7 +198,7 @@ print(json.dumps({"accepted": accepted, "checked": len(bad)}))
     let out = python(script, &[values.as_path(), schema.as_path()], "");
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["accepted"], serde_json::json!([]), "the schema accepts bad values: {}", result["accepted"]);
-    assert_eq!(result["checked"], 38);
+    assert_eq!(result["checked"], 39);
 }
 
 #[test]
@@ -330,7 +331,7 @@ fn manifest_templates_are_yaml_once_the_actions_are_placeholders() {
         ("query-deployment.yaml", &["Deployment", "Service"]),
         ("rbac.yaml", &["ClusterRole", "ClusterRoleBinding"]),
         ("server-configmap.yaml", &["ConfigMap"]),
-        ("server-service.yaml", &["Service"]),
+        ("server-service.yaml", &["Service", "Service"]),
         ("server-statefulset.yaml", &["StatefulSet"]),
         ("serviceaccount.yaml", &["ServiceAccount"]),
     ];
@@ -373,14 +374,12 @@ fn query_nodes_follow_the_bucket_on_the_servers_config() {
             "--role",
             "query",
             "--ingest-url",
-            "http://placeholder:placeholder"
+            "placeholder"
         ]),
         "a query node runs `lumen server --role query` on the server's config file, asking the server"
     );
     assert!(
-        text.contains(
-            r#""--ingest-url", "http://{{ include "lumen.fullname" . }}:{{ .Values.server.service.ports.http }}""#
-        ),
+        text.contains(r#""--ingest-url", {{ include "lumen.ingestUrls" . | quote }}]"#),
         "query nodes ask the server's Service for what it has not synced"
     );
     let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
@@ -508,7 +507,7 @@ fn authentication_is_on_with_the_token_from_the_secret() {
     // The server: LUMEN_AUTH_TOKEN from the Secret, never optional.
     let server = read("templates/server-statefulset.yaml");
     for needle in [
-        "{{- if or .Values.auth.enabled .Values.mqtt.listener.enabled .Values.mqtt.broker.existingSecret .Values.storage.existingSecret }}\n          env:",
+        "{{- if or .Values.auth.enabled .Values.mqtt.listener.enabled .Values.mqtt.broker.existingSecret .Values.storage.existingSecret (gt (int .Values.server.replicas) 1) }}\n          env:",
         "            - name: LUMEN_AUTH_TOKEN\n              valueFrom:\n                secretKeyRef:\n                  name: {{ include \"lumen.authSecretName\" . }}\n                  key: {{ .Values.auth.tokenKey }}\n                  optional: false",
         // Without a token the server would not start (it listens on 0.0.0.0): the chart says so at once.
         "{{- fail ",
@@ -876,4 +875,58 @@ fn the_rendered_config_files_pass_lumen_config_check() {
             "{name} lacks the AWS_* variables"
         );
     }
+}
+
+#[test]
+fn several_servers_are_ingest_nodes_the_query_nodes_find_by_their_pod_names() {
+    // One server by default; more are ingest nodes, only with a bucket and query nodes (the chart fails
+    // otherwise, with what to set).
+    let values = yaml_file("values.yaml");
+    assert_eq!(values["server"]["replicas"], 1, "one server unless asked for");
+    let sts = read("templates/server-statefulset.yaml");
+    assert!(sts.contains("  replicas: {{ int .Values.server.replicas }}\n"), "the StatefulSet ignores server.replicas");
+    assert!(
+        sts.contains("{{- if gt (int .Values.server.replicas) 1 }}\n{{- if ne .Values.storage.backend \"s3\" }}\n{{- fail \"server.replicas > 1: several servers run as ingest nodes"),
+        "several servers without a bucket are not refused"
+    );
+    assert!(sts.contains(
+        "{{- if eq (int .Values.query.replicas) 0 }}\n{{- fail \"server.replicas > 1: each ingest node answers only"
+    ));
+    // Each pod runs as an ingest node; its node name is its host name, which a StatefulSet makes its pod
+    // name (lumen-0, lumen-1, ...), stable across restarts: the name of its tree in the bucket.
+    assert!(sts.contains(
+        "            {{- if gt (int .Values.server.replicas) 1 }}\n            # One of several ingest nodes (server.role): it writes its own tree of the bucket, nodes/<pod name>/,\n            # and evaluates no rules.\n            - name: LUMEN_ROLE\n              value: ingest\n            {{- end }}"
+    ));
+    assert!(!sts.contains("node-name") && !sts.contains("LUMEN_NODE_NAME"), "the host name is the node name");
+    // The pods' DNS names come from the headless Service the StatefulSet names; the query nodes ask each.
+    assert!(sts.contains(
+        "  serviceName: {{ include \"lumen.fullname\" . }}{{ if gt (int .Values.server.replicas) 1 }}-nodes{{ end }}\n"
+    ));
+    let services = yaml_documents(&skeleton(&read("templates/server-service.yaml")));
+    let headless = &services[1];
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(headless["spec"]["selector"], serde_json::json!({"app.kubernetes.io/component": "server"}));
+    assert!(read("templates/server-service.yaml").contains("  name: {{ include \"lumen.fullname\" . }}-nodes\n"));
+    let helpers = read("templates/_helpers.tpl");
+    assert!(helpers.contains(
+        "{{- range $i := until (int .Values.server.replicas) -}}\n{{- $urls = append $urls (printf \"http://%s-%d.%s-nodes.%s.svc:%v\" $full $i $full $.Release.Namespace $port) -}}"
+    ), "the query nodes' ingest URLs are not <fullname>-<i>.<fullname>-nodes.<namespace>.svc");
+    assert!(helpers.contains("{{- join \",\" $urls -}}"), "--ingest-url takes a comma-separated list");
+    assert!(helpers.contains("{{- printf \"http://%s:%v\" $full $port -}}"), "one server: its Service");
+    // The server's flag takes the comma-separated list as the helper renders it.
+    let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args(["server", "--check", "--role", "query", "--ingest-url"])
+        .arg("http://lumen-0.lumen-nodes.obs.svc:9700,http://lumen-1.lumen-nodes.obs.svc:9700")
+        .env("LUMEN_STORAGE_BACKEND", "s3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("ingest_urls"), "{err}");
+    // Documented for people: the mode, what it needs, and how to move to it.
+    let readme = read("README.md");
+    assert!(
+        readme.contains("server.replicas") && readme.contains("serviceName` cannot change"),
+        "the README lacks the distributed mode"
+    );
 }

@@ -17,7 +17,8 @@ const DEV: &str = "overlays/dev";
 const PROD: &str = "overlays/prod";
 const K3S: &str = "overlays/k3s";
 const S3: &str = "overlays/s3";
-const ALL: [&str; 5] = [BASE, DEV, PROD, K3S, S3];
+const DISTRIBUTED: &str = "overlays/distributed";
+const ALL: [&str; 6] = [BASE, DEV, PROD, K3S, S3, DISTRIBUTED];
 
 fn kustomize_dir(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomize").join(sub)
@@ -238,7 +239,8 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
 
         // The server.
         let sts = one(&docs, "StatefulSet", "lumen");
-        assert_eq!(sts["spec"]["replicas"], 1, "{}", what("replicas"));
+        let replicas = if sub == DISTRIBUTED { 3 } else { 1 };
+        assert_eq!(sts["spec"]["replicas"], replicas, "{}", what("replicas"));
         let pod = &sts["spec"]["template"];
         let ann = &pod["metadata"]["annotations"];
         assert_eq!(ann["prometheus.io/scrape"], "true", "{}", what("server scrape annotation"));
@@ -418,7 +420,7 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                 assert_eq!(mqtt["spec"]["ports"][0]["port"], 1883);
                 assert_eq!(mqtt["spec"]["selector"], sts["spec"]["selector"]["matchLabels"]);
             }
-            S3 => {
+            S3 | DISTRIBUTED => {
                 assert_eq!(retention(&docs), "365d");
                 assert_eq!(storage, "10Gi");
                 let config: toml::Table =
@@ -451,17 +453,30 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                 let query = one(&docs, "Deployment", "lumen-query");
                 let qc = container(query);
                 let args: Vec<&str> = qc["args"].as_array().unwrap().iter().map(|a| str_of(a, "arg")).collect();
+                let urls = if sub == DISTRIBUTED {
+                    // Every ingest pod by its DNS name under the headless Service the StatefulSet names; each
+                    // pod an ingest node named by its host name (no node name set).
+                    assert_eq!(sts["spec"]["serviceName"], "lumen-nodes");
+                    let nodes = one(&docs, "Service", "lumen-nodes");
+                    assert_eq!(nodes["spec"]["clusterIP"], "None");
+                    assert_eq!(nodes["spec"]["publishNotReadyAddresses"], true);
+                    for (k, v) in nodes["spec"]["selector"].as_object().unwrap() {
+                        assert_eq!(
+                            &sts["spec"]["template"]["metadata"]["labels"][k], v,
+                            "lumen-nodes selects the ingest pods"
+                        );
+                    }
+                    let role = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "LUMEN_ROLE").cloned();
+                    assert_eq!(role.map(|e| e["value"].clone()), Some(Value::from("ingest")));
+                    let envs = c["env"].as_array().unwrap();
+                    assert!(!envs.iter().any(|e| e["name"] == "LUMEN_NODE_NAME"), "the host name is the node name");
+                    (0..3).map(|i| format!("http://lumen-{i}.lumen-nodes.lumen.svc:9700")).collect::<Vec<_>>().join(",")
+                } else {
+                    "http://lumen:9700".to_string()
+                };
                 assert_eq!(
                     args,
-                    [
-                        "server",
-                        "--config",
-                        "/etc/lumen/config.toml",
-                        "--role",
-                        "query",
-                        "--ingest-url",
-                        "http://lumen:9700"
-                    ]
+                    ["server", "--config", "/etc/lumen/config.toml", "--role", "query", "--ingest-url", urls.as_str()]
                 );
                 // The URL it asks for what the writer has not synced is the writer's Service.
                 let writer = one(&docs, "Service", "lumen");
@@ -521,8 +536,18 @@ fn kustomize_config_files_pass_config_check() {
     let dir = tempfile::tempdir().unwrap();
     for sub in ALL {
         let docs = yaml_documents(&render(sub));
-        if sub == S3 {
-            // The query nodes run the same file with `--role query`.
+        if sub == S3 || sub == DISTRIBUTED {
+            // The query nodes run the same file with `--role query`, the ingest nodes with `--role ingest`.
+            let file = dir.path().join("s3-ingest.toml");
+            std::fs::write(&file, str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config"))
+                .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+                .args(["server", "--role", "ingest", "--node-name", "lumen-0", "--check", "--config"])
+                .arg(&file)
+                .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "s3 ingest node: {}", String::from_utf8_lossy(&out.stderr));
             let file = dir.path().join("s3-query.toml");
             std::fs::write(&file, str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config"))
                 .unwrap();

@@ -230,3 +230,21 @@ The keys the chart sets win over agent.settings; agent.extraConfig is appended a
 {{ . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The ingest URLs a query node asks (--ingest-url, comma-separated): the server's Service for one server;
+each ingest pod by its DNS name under the headless Service "<fullname>-nodes" for several.
+*/}}
+{{- define "lumen.ingestUrls" -}}
+{{- $full := include "lumen.fullname" . -}}
+{{- $port := .Values.server.service.ports.http -}}
+{{- if gt (int .Values.server.replicas) 1 -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.server.replicas) -}}
+{{- $urls = append $urls (printf "http://%s-%d.%s-nodes.%s.svc:%v" $full $i $full $.Release.Namespace $port) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- else -}}
+{{- printf "http://%s:%v" $full $port -}}
+{{- end -}}
+{{- end -}}
