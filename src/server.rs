@@ -108,16 +108,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     if query_node {
-        // A query node takes no writes and evaluates no rules: the writer does (issue 22).
+        // A query node takes no writes. It evaluates the rules when it knows ingest nodes to write their
+        // samples to (issue 22: with several ingest nodes, none of them sees all the data).
         config.server.mqtt_listen = "off".into();
         config.server.mqtts_listen = "off".into();
         config.mqtt.broker.url.clear();
         config.syslog.listen.clear();
-        config.ruler.rule_files.clear();
-        config.ruler.tenant_rule_files.clear();
-        config.ruler.loki_rules_dir = std::path::PathBuf::new();
+        if config.query.ingest_urls.is_empty() || !config.ruler.on_query_nodes {
+            config.ruler.rule_files.clear();
+            config.ruler.tenant_rule_files.clear();
+            config.ruler.loki_rules_dir = std::path::PathBuf::new();
+        }
         tracing::info!(
-            "server.role = query: answers queries from the bucket's newest commit; MQTT, syslog and rules are off, writes are refused"
+            "server.role = query: answers queries from the bucket's newest commit; MQTT and syslog are off, writes are refused; rules run with ruler.on_query_nodes and query.ingest_urls"
         );
         if config.query.ingest_urls.is_empty() {
             tracing::warn!(
@@ -381,12 +384,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .build()
         .context("cannot build the ruler's HTTP client")?;
+    // A query node's ingest nodes: its queries and its rules ask them.
+    let peers = (query_node && !config.query.ingest_urls.is_empty()).then(|| {
+        Arc::new(query::peers::Peers::new(
+            config.query.ingest_urls.clone(),
+            client.clone(),
+            config.query.ingest_timeout,
+            query::peers::PeerMetrics::register(&mut registry),
+        ))
+    });
+    let cluster = peers.clone().map(|peers| ruler::backend::Cluster {
+        peers,
+        trees: trees.clone(),
+        // Rules present the server's own token to the ingest nodes.
+        auth: s.auth_token.as_ref().and_then(|t| format!("Bearer {}", t.0).parse().ok()),
+        client: client.clone(),
+    });
     let backend = ruler::backend::StoreBackend {
         logs: store.clone(),
         metrics: metric_store.clone(),
         query: config.query.clone(),
         runtime: tokio::runtime::Handle::current(),
         gate: Some(Arc::new(crate::tenant_limits::RuleGate { limits: tenants.clone(), pressure: memory.clone() })),
+        cluster,
     };
     let (ruler_stop, ruler_stop_rx) = tokio::sync::watch::channel(false);
     let ruler = ruler::Ruler::start(
@@ -407,22 +427,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_shutdown(shutdown.clone())
         .with_node(tree_name.clone())
         .with_trees(trees.clone());
-    let query = match (&lease_held, query_node) {
-        (_, true) if !config.query.ingest_urls.is_empty() => {
-            let peers = query::peers::Peers::new(
-                config.query.ingest_urls.clone(),
-                client.clone(),
-                config.query.ingest_timeout,
-                query::peers::PeerMetrics::register(&mut registry),
-            );
-            query.with_peers(Arc::new(peers))
-        }
-        (_, true) => query.with_serves_delta(Arc::new(|| false)),
-        (Some(held), false) => {
+    let query = match (&lease_held, query_node, &peers) {
+        (_, true, Some(peers)) => query.with_peers(peers.clone()),
+        (_, true, None) => query.with_serves_delta(Arc::new(|| false)),
+        (Some(held), false, _) => {
             let held = held.clone();
             query.with_serves_delta(Arc::new(move || held.get() > 0))
         }
-        (None, false) => query,
+        (None, false, _) => query,
     };
     let bodies = crate::inflight::BodyLimits::new(
         usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),

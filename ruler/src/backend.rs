@@ -2,6 +2,10 @@
 //! `ALERTS` and `ALERTS_FOR_STATE` into the metric store (so every rule's output is queryable by PromQL
 //! and later rules of the same cycle see it). Runs on a blocking thread; the async store calls are
 //! driven with the runtime's handle.
+//!
+//! On a query node ([`Cluster`], issue 22) rules read what every query reads there (each ingest node's
+//! tree, and what each node has not synced), and what they write goes to an ingest node as a remote
+//! write, acknowledged before the next rule of the cycle runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,9 +38,71 @@ pub struct StoreBackend {
     pub runtime: tokio::runtime::Handle,
     /// None: rules run without taking a slot (tests of the ruler alone).
     pub gate: Option<Arc<dyn QueryGate>>,
+    /// On a query node: the ingest nodes to read from and write to; None elsewhere.
+    pub cluster: Option<Cluster>,
+}
+
+/// A query node's ingest nodes, as rules use them.
+#[derive(Clone)]
+pub struct Cluster {
+    pub peers: Arc<query::peers::Peers>,
+    /// The trees the query node reads (shared with its follower).
+    pub trees: query::peers::Trees,
+    /// The credential sent to the ingest nodes (the server's own token), if any.
+    pub auth: Option<reqwest::header::HeaderValue>,
+    pub client: reqwest::Client,
+}
+
+impl Cluster {
+    fn call(&self) -> query::peers::PeerCall {
+        query::peers::PeerCall::new(self.peers.clone(), self.auth.clone())
+    }
+
+    /// Sends samples to the first ingest node that takes them (remote write 1.0).
+    async fn write(&self, tenant: &Tenant, t_ms: i64, samples: &[(Labels, f64)]) -> Result<(), String> {
+        let series: Vec<wire::prom::OwnedSeries> =
+            samples.iter().map(|(l, v)| (l.clone(), vec![wire::prom::Sample { t: t_ms, v: *v }])).collect();
+        let body = wire::prom::encode_write_request(&series);
+        let mut errors = Vec::new();
+        for url in self.peers.urls() {
+            let mut req = self
+                .client
+                .post(format!("{url}/api/v1/write"))
+                .timeout(Duration::from_secs(30))
+                .header("Content-Encoding", "snappy")
+                .header("Content-Type", "application/x-protobuf")
+                .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+                .header(query::http::TENANT_HEADER, tenant.as_str())
+                .body(body.clone());
+            if let Some(a) = &self.auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    errors.push(format!("{url}: {status}: {}", text.trim().chars().take(200).collect::<String>()));
+                }
+                Err(e) => errors.push(format!("{url}: {}", e.without_url())),
+            }
+        }
+        Err(format!("no ingest node took the rule's samples: {}", errors.join("; ")))
+    }
 }
 
 impl StoreBackend {
+    /// The series source of PromQL rules: the metric store, or on a query node every tree and its node.
+    fn source<'a>(&'a self, tenant: &'a Tenant, max_samples: usize) -> StoreSource<'a> {
+        StoreSource {
+            store: &self.metrics,
+            tenant,
+            max_samples,
+            peers: self.cluster.as_ref().map(|c| (c.call(), self.runtime.clone())),
+            trees: self.cluster.as_ref().map(|c| c.trees.read().clone()).unwrap_or_default(),
+        }
+    }
+
     fn options(&self) -> EngineOptions {
         let c = &self.query;
         EngineOptions {
@@ -57,13 +123,7 @@ impl Backend for StoreBackend {
         match q {
             Query::PromQL(expr) => {
                 let opts = self.options();
-                let src = StoreSource {
-                    store: &self.metrics,
-                    tenant,
-                    max_samples: opts.max_samples,
-                    peers: None,
-                    trees: Default::default(),
-                };
+                let src = self.source(tenant, opts.max_samples);
                 let out = promql::eval_instant(&opts, &src, expr, t_ms).map_err(|e| e.to_string())?;
                 match out.value {
                     PValue::Vector(v) => Ok(v.into_iter().map(|(l, _, v)| (l, v)).collect()),
@@ -75,8 +135,8 @@ impl Backend for StoreBackend {
                 let engine = Engine {
                     store: self.logs.clone(),
                     limits: self.query.limits(),
-                    peers: None,
-                    trees: Default::default(),
+                    peers: self.cluster.as_ref().map(Cluster::call),
+                    trees: self.cluster.as_ref().map(|c| c.trees.read().clone()).unwrap_or_default(),
                 };
                 let params = QueryParams::instant(t_ms.saturating_mul(1_000_000));
                 let (v, _) = self
@@ -103,6 +163,9 @@ impl Backend for StoreBackend {
     }
 
     fn write(&self, tenant: &Tenant, t_ms: i64, samples: Vec<(Labels, f64)>) -> Result<(), String> {
+        if let Some(cluster) = &self.cluster {
+            return self.runtime.block_on(cluster.write(tenant, t_ms, &samples));
+        }
         let mut batch = self.metrics.batch(tenant);
         for (l, v) in &samples {
             let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -122,6 +185,21 @@ impl Backend for StoreBackend {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<(Labels, i64, f64)>, String> {
+        if self.cluster.is_some() {
+            let ms: Vec<promql::Matcher> = matchers
+                .iter()
+                .map(|(k, v)| promql::Matcher::new(k, "=", v).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            let found = promql::SeriesSource::select(&self.source(tenant, self.query.max_samples), &ms, mint, maxt)
+                .map_err(|e| e.to_string())?;
+            return Ok(found
+                .into_iter()
+                .filter_map(|s| {
+                    let i = (0..s.t.len()).rev().find(|&i| !promql::is_stale_nan(s.v[i]))?;
+                    Some((s.labels, s.t[i], s.v[i]))
+                })
+                .collect());
+        }
         let ms: Vec<LabelMatcher> = matchers
             .iter()
             .map(|(k, v)| LabelMatcher::new(k.clone(), MatchOp::Eq, v.clone()).map_err(|e| e.to_string()))

@@ -57,6 +57,10 @@ pub struct RulerConfig {
     pub max_rule_groups_per_tenant: usize,
     /// Most rules in one group created through the config API.
     pub max_rules_per_rule_group: usize,
+    /// Whether query nodes (`server.role = "query"`) evaluate the rules, writing their samples through
+    /// an ingest node: on with several ingest nodes (`server.role = "ingest"`, which evaluate none), off
+    /// (the default) with one server of role "all", which evaluates them itself.
+    pub on_query_nodes: bool,
 }
 
 impl Default for RulerConfig {
@@ -80,6 +84,7 @@ impl Default for RulerConfig {
             notification_queue_capacity: 10_000,
             max_rule_groups_per_tenant: 100,
             max_rules_per_rule_group: 100,
+            on_query_nodes: false,
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// query (a query node following the bucket).
     #[arg(long, env = "LUMEN_ROLE", value_enum)]
     pub role: Option<lumen::config::Role>,
+    /// A query node evaluates the rules, reading every ingest node and writing through one
+    /// (ruler.on_query_nodes; for several ingest nodes, which evaluate none).
+    #[arg(long, env = "LUMEN_RULES_ON_QUERY_NODES")]
+    pub rules_on_query_nodes: bool,
     /// An ingest node's stable name, which names its tree in the bucket (server.node_name) [default: the
     /// host name].
     #[arg(long, env = "LUMEN_NODE_NAME")]
@@ -102,6 +106,9 @@ fn config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.node_name {
         s.node_name = v;
+    }
+    if args.rules_on_query_nodes {
+        config.ruler.on_query_nodes = true;
     }
     if let Some(v) = args.data_dir {
         s.data_dir = v;

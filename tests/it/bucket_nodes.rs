@@ -207,8 +207,14 @@ async fn a_data_directory_synced_into_one_tree_is_refused_for_another() {
     node.stop().await;
 }
 
-/// Two in-process ingest nodes and a query node asking both, on one prefix of `weed`.
-async fn cluster(weed: &SeaweedFs, dir: &std::path::Path, prefix: &str) -> (TestServer, TestServer, TestServer) {
+/// Two in-process ingest nodes and a query node asking both, on one prefix of `weed`; `query_config`
+/// adds to the query node's config.
+async fn cluster(
+    weed: &SeaweedFs,
+    dir: &std::path::Path,
+    prefix: &str,
+    query_config: impl FnOnce(&mut lumen::config::Config),
+) -> (TestServer, TestServer, TestServer) {
     let creds = credential_files(dir, KEY_ID, SECRET);
     let mut nodes = Vec::new();
     for name in ["ingest-a", "ingest-b"] {
@@ -226,6 +232,7 @@ async fn cluster(weed: &SeaweedFs, dir: &std::path::Path, prefix: &str) -> (Test
     q.storage.prefix = prefix.into();
     q.server.role = lumen::config::Role::Query;
     q.query.ingest_urls = nodes.iter().map(|n| n.base.clone()).collect();
+    query_config(&mut q);
     let query = TestServer::start(q).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&metrics_text(&query.base).await, "lumen_bucket_follow_trees") < 2.0 {
@@ -241,7 +248,7 @@ async fn cluster(weed: &SeaweedFs, dir: &std::path::Path, prefix: &str) -> (Test
 async fn a_delete_sent_to_the_query_node_reaches_every_ingest_node() {
     let weed = SeaweedFs::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, query) = cluster(&weed, dir.path(), "deletes").await;
+    let (a, b, query) = cluster(&weed, dir.path(), "deletes", |_| {}).await;
     let now = store::time::now_ns();
     push(&a, "alpha", 100, now).await;
     push(&b, "alpha", 50, now + 200_000_000_000).await;
@@ -303,4 +310,50 @@ async fn a_delete_sent_to_the_query_node_reaches_every_ingest_node() {
     assert!(r.text().await.unwrap().contains("did not reach every ingest node"));
     query.stop().await;
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_run_on_the_query_node_over_every_ingest_node_and_write_through_one() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "groups:\n- name: cluster\n  interval: 1s\n  rules:\n  - record: cluster:samples\n    expr: sum(count_over_time(bucket_metric[1h]))\n  - alert: ManySamples\n    expr: cluster:samples > 150\n",
+    )
+    .unwrap();
+    let file = rules.display().to_string();
+    let (a, b, query) = cluster(&weed, dir.path(), "rules", |q| {
+        q.ruler.rule_files = vec![file];
+        q.ruler.on_query_nodes = true;
+    })
+    .await;
+    // Samples through both nodes: only a reader of both sees 170.
+    let now = store::time::now_ns();
+    push(&a, "alpha", 100, now).await;
+    push(&b, "beta", 70, now).await;
+    let last = |v: &Value| v["data"]["result"][0]["value"][1].as_str().map(str::to_string);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let recorded = last(&query.promql("default", "cluster:samples", None).await);
+        let alert =
+            last(&query.promql("default", r#"ALERTS{alertname="ManySamples", alertstate="firing"}"#, None).await);
+        if recorded.as_deref() == Some("170") && alert.as_deref() == Some("1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "recorded {recorded:?}, alert {alert:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Written through an ingest node (the first that took it), not into the query node's read-only stores.
+    let on_a = last(&a.promql("default", "cluster:samples", None).await);
+    let on_b = last(&b.promql("default", "cluster:samples", None).await);
+    assert_eq!((on_a.as_deref(), on_b), (Some("170"), None));
+    // The rules API of the query node shows the group and the firing alert.
+    let v: Value = query.client.get(query.url("/api/v1/rules")).send().await.unwrap().json().await.unwrap();
+    let group = &v["data"]["groups"][0];
+    assert_eq!(group["name"], "cluster", "{v}");
+    assert_eq!(group["rules"][1]["state"], "firing", "{v}");
+    query.stop().await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -385,7 +385,7 @@ fn query_nodes_follow_the_bucket_on_the_servers_config() {
     let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(
         env,
-        ["LUMEN_AUTH_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        ["LUMEN_AUTH_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LUMEN_RULES_ON_QUERY_NODES"],
         "the token and the bucket's keys only"
     );
     let ports: Vec<&str> = container["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -518,7 +518,7 @@ fn authentication_is_on_with_the_token_from_the_secret() {
     // The query nodes: the same token, the same way; no MQTT password (they run no MQTT).
     let query = read("templates/query-deployment.yaml");
     for needle in [
-        "{{- if or .Values.auth.enabled .Values.storage.existingSecret }}\n          env:",
+        "{{- if or .Values.auth.enabled .Values.storage.existingSecret (gt (int .Values.server.replicas) 1) }}\n          env:",
         "            - name: LUMEN_AUTH_TOKEN\n              valueFrom:\n                secretKeyRef:\n                  name: {{ include \"lumen.authSecretName\" . }}\n                  key: {{ .Values.auth.tokenKey }}\n                  optional: false",
     ] {
         assert!(query.contains(needle), "query-deployment.yaml lacks `{needle}`");
@@ -898,6 +898,10 @@ fn several_servers_are_ingest_nodes_the_query_nodes_find_by_their_pod_names() {
         "            {{- if gt (int .Values.server.replicas) 1 }}\n            # One of several ingest nodes (server.role): it writes its own tree of the bucket, nodes/<pod name>/,\n            # and evaluates no rules.\n            - name: LUMEN_ROLE\n              value: ingest\n            {{- end }}"
     ));
     assert!(!sts.contains("node-name") && !sts.contains("LUMEN_NODE_NAME"), "the host name is the node name");
+    // The query nodes evaluate the rules then, which the ingest nodes do not.
+    assert!(read("templates/query-deployment.yaml").contains(
+        "            {{- if gt (int .Values.server.replicas) 1 }}\n            # Several ingest nodes evaluate no rules: the query nodes do (ruler.on_query_nodes), reading every\n            # node and writing the rules' samples through one.\n            - name: LUMEN_RULES_ON_QUERY_NODES\n              value: \"true\"\n            {{- end }}"
+    ));
     // The pods' DNS names come from the headless Service the StatefulSet names; the query nodes ask each.
     assert!(sts.contains(
         "  serviceName: {{ include \"lumen.fullname\" . }}{{ if gt (int .Values.server.replicas) 1 }}-nodes{{ end }}\n"

@@ -470,6 +470,13 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                     assert_eq!(role.map(|e| e["value"].clone()), Some(Value::from("ingest")));
                     let envs = c["env"].as_array().unwrap();
                     assert!(!envs.iter().any(|e| e["name"] == "LUMEN_NODE_NAME"), "the host name is the node name");
+                    let rules =
+                        qc["env"].as_array().unwrap().iter().find(|e| e["name"] == "LUMEN_RULES_ON_QUERY_NODES");
+                    assert_eq!(
+                        rules.map(|e| e["value"].clone()),
+                        Some(Value::from("true")),
+                        "the query nodes run the rules"
+                    );
                     (0..3).map(|i| format!("http://lumen-{i}.lumen-nodes.lumen.svc:9700")).collect::<Vec<_>>().join(",")
                 } else {
                     "http://lumen:9700".to_string()
