@@ -82,6 +82,35 @@ pub fn check(config: &Config, read_files: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a sync's report means for writes ([`store::DiskGuard::set_standby`]): refused while another server
+/// holds the writer lease; and for an ingest node whose tree was new, also for `grace` after its first
+/// commit, so that query nodes, which list the trees every `storage.sync_interval`, know the tree before the
+/// node acknowledges anything they would have to answer.
+#[derive(Clone)]
+struct WriteGate {
+    guard: store::DiskGuard,
+    grace: Arc<parking_lot::Mutex<Option<std::time::Duration>>>,
+    open_at: Arc<std::sync::OnceLock<std::time::Instant>>,
+}
+
+impl WriteGate {
+    fn apply(&self, wait_reason: Option<String>) {
+        let grace = *self.grace.lock();
+        let Some(grace) = grace.filter(|_| wait_reason.is_none()) else {
+            return self.guard.set_standby(wait_reason);
+        };
+        let at = *self.open_at.get_or_init(|| std::time::Instant::now() + grace);
+        if std::time::Instant::now() < at {
+            self.guard.set_standby(Some(
+                "its tree is new in the bucket: writes wait until query nodes have listed it (2 x storage.sync_interval)"
+                    .into(),
+            ));
+        } else {
+            self.guard.set_standby(None);
+        }
+    }
+}
+
 /// Opens the store (replaying its write-ahead log), binds the HTTP listener and starts serving.
 ///
 /// # Errors
@@ -251,6 +280,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Whether this server holds the writer lease now (None: no bucket): only the holder answers a query
     // node's delta requests.
     let mut lease_held: Option<prometheus_client::metrics::gauge::Gauge> = None;
+    // An ingest node whose tree is new: query nodes must find it before it acknowledges writes.
+    let new_tree_check = if ingest_node { bucket.clone() } else { None };
     let syncer = bucket.filter(|_| !query_node).map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
         let node = if ingest_node { tree_name.clone() } else { crate::config::node_name("") };
@@ -540,21 +571,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // server holds the lease, this one refuses writes (503): what it acknowledged would never reach the
         // bucket. A failed sync leaves that state as it was.
         let first = syncer.clone();
-        let guard = disk.clone();
+        let gate = WriteGate { guard: disk.clone(), grace: Arc::default(), open_at: Arc::default() };
+        let interval = config.storage.sync_interval;
+        let first_gate = gate.clone();
         tokio::spawn(async move {
+            if let Some(tree) = new_tree_check
+                && matches!(tree.latest_commit().await, Ok(None))
+            {
+                // Query nodes list the trees every sync_interval: in two of them they find this new one.
+                *first_gate.grace.lock() = Some(2 * interval);
+            }
             match first.lock().await.sync_once().await {
-                Ok(report) => guard.set_standby(report.wait_reason),
+                Ok(report) => first_gate.apply(report.wait_reason),
                 Err(e) => {
                     tracing::warn!(error = %e, "storage: the first sync into the bucket failed; it is retried at the next interval");
                 }
             }
         });
-        let guard = disk.clone();
         every(config.storage.sync_interval, shutdown.clone(), move || {
-            let (syncer, guard) = (syncer.clone(), guard.clone());
+            let (syncer, gate) = (syncer.clone(), gate.clone());
             async move {
                 match syncer.lock().await.sync_once().await {
-                    Ok(report) => guard.set_standby(report.wait_reason),
+                    Ok(report) => gate.apply(report.wait_reason),
                     Err(e) => {
                         tracing::warn!(error = %e, "storage: the sync into the bucket failed; it is retried at the next interval");
                     }

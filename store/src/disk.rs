@@ -281,7 +281,8 @@ impl DiskGuard {
     }
 
     /// Refuses ingest with `reason` (a server that does not hold the bucket's writer lease: what it
-    /// acknowledged would never reach the bucket), or takes writes again with `None`. Logged when it
+    /// acknowledged would never reach the bucket; an ingest node whose new tree query nodes have not found
+    /// yet), or takes writes again with `None`. Logged when it
     /// changes; the refusal is a 503 with `Retry-After` that every client retries.
     pub fn set_standby(&self, reason: Option<String>) {
         let inner = &self.inner;
@@ -292,12 +293,12 @@ impl DiskGuard {
         match &reason {
             Some(why) => {
                 if st.standby.is_none() {
-                    tracing::warn!(reason = %why, "refusing ingest: this server does not hold the bucket's writer lease");
+                    tracing::warn!(reason = %why, "refusing ingest: this server may not write into the bucket yet (standby)");
                 }
                 inner.metrics.refused.get_or_create(&ReasonLabel { reason: "standby" }).set(1);
             }
             None => {
-                tracing::info!("this server holds the bucket's writer lease: ingest resumes");
+                tracing::info!("this server may write into the bucket: ingest resumes");
                 inner.metrics.refused.get_or_create(&ReasonLabel { reason: "standby" }).set(0);
             }
         }

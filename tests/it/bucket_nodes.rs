@@ -75,7 +75,7 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
     let config = dir.path().join("lumen.toml");
     let file = json!({"storage": storage, "store": {"compaction_min_parts": 2}});
     std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
-    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a_addr, b_addr, c_addr) = (free_addr(), free_addr(), free_addr());
     let mut a = spawn_ingest(&config, &dir.path().join("a"), "ingest-a", a_addr);
     let mut b = spawn_ingest(&config, &dir.path().join("b"), "ingest-b", b_addr);
     // Ready once its first sync made its tree: until then an ingest node refuses writes.
@@ -86,7 +86,8 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
     let mut query_config = test_config(&dir.path().join("query"));
     query_config.storage = storage.clone();
     query_config.server.role = lumen::config::Role::Query;
-    query_config.query.ingest_urls = vec![a.base.clone(), b.base.clone()];
+    // c joins later.
+    query_config.query.ingest_urls = vec![a.base.clone(), b.base.clone(), format!("http://{c_addr}")];
     let query = TestServer::start(query_config).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&metrics_text(&query.base).await, "lumen_bucket_follow_trees") < 2.0 {
@@ -165,7 +166,17 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     always_answers(&query, 720, Duration::from_secs(2)).await;
+
+    // A node that joins takes writes only once the query node knows its new tree: what it acknowledges is
+    // answered at once.
+    let mut c = spawn_ingest(&config, &dir.path().join("c"), "ingest-c", c_addr);
+    crate::harness::ready_becomes(&c.base, 200, Duration::from_secs(30)).await;
+    push(&remote(&c.base), "zeta", 25, now).await;
+    let (lines, samples, warnings) = answers(&query).await;
+    assert_eq!((lines, samples), (745, 745), "{warnings:?}");
+    assert_eq!(metric(&metrics_text(&query.base).await, "lumen_bucket_follow_trees"), 3.0);
     query.stop().await;
+    c.terminate();
     b.terminate();
     a.terminate();
 }
