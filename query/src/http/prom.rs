@@ -257,12 +257,14 @@ pub struct StoreSource<'a> {
 }
 
 impl StoreSource<'_> {
-    /// The series of one tree: its parts, less those its ingest node no longer holds, and that node's
-    /// other samples; at most `max_samples`.
+    /// The series of one tree: its parts, less those its ingest node no longer holds, plus that node's
+    /// other samples (`delta`: None where this is no query node or no node answered); at most
+    /// `max_samples`.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     fn select_tree(
         &self,
-        node: &str,
         store: &MetricStore,
+        delta: Option<crate::peers::MetricDelta>,
         ms: &[LabelMatcher],
         mint_ms: i64,
         maxt_ms: i64,
@@ -272,29 +274,45 @@ impl StoreSource<'_> {
             store::Error::TooManySamples { .. } => crate::promql::too_many_samples(),
             e => EvalError::Execution(format!("reading the metric store failed: {e}")),
         };
-        let Some((peers, runtime)) = &self.peers else {
+        let Some(delta) = delta else {
             return store.select_within(self.tenant, ms, mint_ms, maxt_ms, max_samples).map_err(read_error);
         };
-        let req = crate::peers::MetricDeltaRequest {
-            mint: mint_ms,
-            maxt: maxt_ms,
-            matchers: ms.iter().map(crate::peers::WireMatcher::from_store).collect(),
-            max_samples,
-            have: store.part_ids(self.tenant, mint_ms, maxt_ms),
-            node: node.to_string(),
+        let added: usize = delta.series.iter().map(|s| s.t.len()).sum();
+        let left = max_samples.checked_sub(added).ok_or_else(crate::promql::too_many_samples)?;
+        store.adopt_peer_deletes(self.tenant, &delta.deletes);
+        let only = store::PartFilter::Only(std::sync::Arc::new(delta.keep));
+        let local = store.select_filtered(self.tenant, ms, mint_ms, maxt_ms, left, &only, None).map_err(read_error)?;
+        Ok(crate::peers::merge_series(local, delta.series))
+    }
+
+    /// Asks every tree's ingest node at once for the samples beyond the tree's parts.
+    fn deltas(
+        &self,
+        stores: &[(&str, &MetricStore)],
+        ms: &[LabelMatcher],
+        mint_ms: i64,
+        maxt_ms: i64,
+    ) -> Result<Vec<Option<crate::peers::MetricDelta>>, EvalError> {
+        let Some((peers, runtime)) = &self.peers else {
+            return Ok(stores.iter().map(|_| None).collect());
         };
-        match runtime.block_on(peers.metrics(self.tenant, &req)).map_err(EvalError::Execution)? {
-            None => store.select_within(self.tenant, ms, mint_ms, maxt_ms, max_samples).map_err(read_error),
-            Some(delta) => {
-                let added: usize = delta.series.iter().map(|s| s.t.len()).sum();
-                let left = max_samples.checked_sub(added).ok_or_else(crate::promql::too_many_samples)?;
-                store.adopt_peer_deletes(self.tenant, &delta.deletes);
-                let only = store::PartFilter::Only(std::sync::Arc::new(delta.keep));
-                let local =
-                    store.select_filtered(self.tenant, ms, mint_ms, maxt_ms, left, &only, None).map_err(read_error)?;
-                Ok(crate::peers::merge_series(local, delta.series))
-            }
-        }
+        let reqs: Vec<crate::peers::MetricDeltaRequest> = stores
+            .iter()
+            .map(|(node, store)| crate::peers::MetricDeltaRequest {
+                mint: mint_ms,
+                maxt: maxt_ms,
+                matchers: ms.iter().map(crate::peers::WireMatcher::from_store).collect(),
+                max_samples: self.max_samples,
+                have: store.part_ids(self.tenant, mint_ms, maxt_ms),
+                node: node.to_string(),
+            })
+            .collect();
+        let asks = reqs.iter().map(|req| peers.metrics(self.tenant, req));
+        runtime
+            .block_on(futures::future::join_all(asks))
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(EvalError::Execution)
     }
 }
 
@@ -304,8 +322,10 @@ impl SeriesSource for StoreSource<'_> {
         // A series written through several ingest nodes has samples in each tree: merged by labels.
         let mut found = Vec::new();
         let mut left = self.max_samples;
-        for (node, store) in self.trees.metric_stores(self.store) {
-            let got = self.select_tree(node, store, &ms, mint_ms, maxt_ms, left)?;
+        let stores = self.trees.metric_stores(self.store);
+        let deltas = self.deltas(&stores, &ms, mint_ms, maxt_ms)?;
+        for ((_, store), delta) in stores.into_iter().zip(deltas) {
+            let got = self.select_tree(store, delta, &ms, mint_ms, maxt_ms, left)?;
             let n: usize = got.iter().map(|s| s.t.len()).sum();
             left = left.checked_sub(n).ok_or_else(crate::promql::too_many_samples)?;
             found = if found.is_empty() { got } else { crate::peers::merge_series(found, got) };

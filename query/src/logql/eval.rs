@@ -386,11 +386,10 @@ impl Engine {
         // Each tree's parts, less those its ingest node no longer holds, plus that node's other rows.
         let mut extra = Vec::new();
         let mut tasks = Vec::new();
-        for (node, store) in &stores {
+        let deltas = self.deltas(&stores, &req).await?;
+        for ((_, store), delta) in stores.iter().zip(deltas) {
             let mut req = req.clone();
-            if let Some(peers) = &self.peers
-                && let Some(d) = self.delta(peers, node, store, &req).await?
-            {
+            if let Some(d) = delta {
                 req.parts = store::PartFilter::Only(Arc::new(d.keep));
                 labels.extend(d.streams);
                 extra.extend(d.batches);
@@ -453,6 +452,20 @@ impl Engine {
         req: &ScanRequest,
     ) -> QResult<Option<crate::peers::LogDelta>> {
         peers.log_delta(node, store, req).await.map_err(QueryError::BadRequest)
+    }
+
+    /// Asks every tree's ingest node at once for what `req` reads beyond the tree's parts (None each where
+    /// this is no query node, or where no node answered).
+    async fn deltas(
+        &self,
+        stores: &[(&str, &LogStore)],
+        req: &ScanRequest,
+    ) -> QResult<Vec<Option<crate::peers::LogDelta>>> {
+        let Some(peers) = &self.peers else {
+            return Ok(stores.iter().map(|_| None).collect());
+        };
+        let asks = stores.iter().map(|(node, store)| self.delta(peers, node, store, req));
+        futures::future::join_all(asks).await.into_iter().collect()
     }
 
     /// The tenant's field names in every tree read.
@@ -584,14 +597,15 @@ impl Engine {
             // kept; the rows it holds beyond them are counted as they come.
             let mut counts: HashMap<u64, u64> = HashMap::new();
             let mut labels: HashMap<u64, Arc<Labels>> = HashMap::new();
-            for (node, store) in self.trees.log_stores(&self.store) {
-                let found = match &self.peers {
-                    None => store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?,
-                    Some(peers) => {
-                        let mut req = ScanRequest::all(ctx.tenant.clone());
-                        (req.start_ns, req.end_ns, req.matchers) = (lo, hi, r.log.matchers.clone());
-                        req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
-                        let delta = self.delta(peers, node, store, &req).await?;
+            let stores = self.trees.log_stores(&self.store);
+            let mut req = ScanRequest::all(ctx.tenant.clone());
+            (req.start_ns, req.end_ns, req.matchers) = (lo, hi, r.log.matchers.clone());
+            req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
+            let deltas = self.deltas(&stores, &req).await?;
+            for ((_, store), delta) in stores.into_iter().zip(deltas) {
+                let found = match (&self.peers, delta) {
+                    (None, _) => store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?,
+                    (Some(_), delta) => {
                         let parts = delta
                             .as_ref()
                             .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
