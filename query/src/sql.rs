@@ -43,6 +43,8 @@ pub struct LogsTable {
     label_columns: Vec<(String, String)>,
     /// On a query node: the ingest node asked for the rows its parts do not hold (issue 22).
     peers: Option<crate::peers::PeerCall>,
+    /// On a query node over several ingest nodes: the trees read (see [`crate::peers::TreeSet`]).
+    trees: crate::peers::TreeSet,
 }
 
 impl std::fmt::Debug for LogsTable {
@@ -56,7 +58,36 @@ impl LogsTable {
         let schema = store.schema(&tenant);
         let label_columns =
             store.label_names(&tenant).into_iter().map(|name| (store::label_column(&name), name)).collect();
-        LogsTable { store, tenant, schema, label_columns, peers: None }
+        LogsTable { store, tenant, schema, label_columns, peers: None, trees: crate::peers::TreeSet::default() }
+    }
+
+    /// Reads the trees of `trees` (a query node over several ingest nodes): their columns join the
+    /// schema.
+    pub fn with_trees(mut self, trees: crate::peers::TreeSet) -> LogsTable {
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+            if trees.root { self.schema.fields().iter().map(|f| f.as_ref().clone()).collect() } else { Vec::new() };
+        if !trees.root {
+            self.label_columns.clear();
+        }
+        for tree in trees.others.iter() {
+            for f in tree.logs.schema(&self.tenant).fields() {
+                if !fields.iter().any(|known| known.name() == f.name()) {
+                    fields.push(f.as_ref().clone());
+                }
+            }
+            for name in tree.logs.label_names(&self.tenant) {
+                let column = store::label_column(&name);
+                if self.label_of(&column).is_none() {
+                    self.label_columns.push((column, name));
+                }
+            }
+        }
+        if fields.is_empty() {
+            fields = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        }
+        self.schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        self.trees = trees;
+        self
     }
 
     /// Reads, besides this node's parts, what the ingest node holds beyond them (a query node), with the
@@ -295,16 +326,28 @@ impl TableProvider for LogsTable {
         };
         req.columns = Some(schema.fields().iter().map(|f| f.name().clone()).collect());
         let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
-        if let Some(peers) = &self.peers {
-            // A query node: this node reads the parts the writer still holds, the writer sends the rest.
-            let delta = peers.log_delta("", &self.store, &req).await.map_err(DataFusionError::Plan)?;
+        let stores = self.trees.log_stores(&self.store);
+        // A query node: it reads the parts each tree's node still holds, each node sends the rest.
+        let deltas = match &self.peers {
+            Some(peers) => {
+                let asks = stores.iter().map(|(node, store)| peers.log_delta(node, store, &req));
+                futures::future::join_all(asks).await.into_iter().collect::<Result<Vec<_>, _>>()
+            }
+            None => Ok(stores.iter().map(|_| None).collect()),
+        }
+        .map_err(DataFusionError::Plan)?;
+        for ((_, store), delta) in stores.into_iter().zip(deltas) {
+            let mut req = req.clone();
             if let Some(d) = delta {
                 req.parts = store::PartFilter::Only(Arc::new(d.keep));
                 let batches = d.batches.iter().map(|b| conform_to(b, &schema)).collect::<Result<Vec<_>>>()?;
                 partitions.push(Arc::new(Rows { schema: schema.clone(), batches }));
             }
+            partitions.push(Arc::new(ScanPartition { store: store.clone(), req, schema: schema.clone() }));
         }
-        partitions.insert(0, Arc::new(ScanPartition { store: self.store.clone(), req, schema: schema.clone() }));
+        if partitions.is_empty() {
+            partitions.push(Arc::new(Rows { schema: schema.clone(), batches: Vec::new() }));
+        }
         Ok(Arc::new(StreamingTableExec::try_new(schema, partitions, None, [], false, limit)?))
     }
 }
@@ -422,16 +465,22 @@ pub fn session(
     runtime: Arc<RuntimeEnv>,
     max_memory: usize,
     peers: Option<SqlPeers>,
+    trees: crate::peers::TreeSet,
 ) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(false);
     let state =
         SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_table("logs", Arc::new(LogsTable::new(store.clone(), tenant.clone()).with_peers(peers)))?;
+    let call = peers.as_ref().map(|p| p.call.clone());
+    let logs = LogsTable::new(store.clone(), tenant.clone()).with_trees(trees.clone()).with_peers(peers);
+    ctx.register_table("logs", Arc::new(logs))?;
     // Half of the memory budget for the samples one scan loads, 16 bytes each.
     let max_samples = (max_memory / 32).max(1);
+    let peers = call.map(|c| (c, tokio::runtime::Handle::current()));
     for (name, kind) in [("samples", Kind::Samples), ("series", Kind::Series)] {
-        ctx.register_table(name, Arc::new(MetricTable::new(metrics.clone(), tenant.clone(), kind, max_samples)))?;
+        let table = MetricTable::new(metrics.clone(), tenant.clone(), kind, max_samples)
+            .with_trees(trees.clone(), peers.clone());
+        ctx.register_table(name, Arc::new(table))?;
     }
     Ok(ctx)
 }

@@ -58,6 +58,20 @@ pub struct MetricTable {
     /// (column, label name), for the label columns.
     label_columns: Vec<(String, String)>,
     max_samples: usize,
+    fed: Federation,
+}
+
+/// On a query node (issue 22): the trees read and the ingest nodes asked, as PromQL there does.
+#[derive(Clone, Default)]
+struct Federation {
+    trees: crate::peers::TreeSet,
+    peers: Option<(crate::peers::PeerCall, tokio::runtime::Handle)>,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation").field("trees", &self.trees.others.len()).finish_non_exhaustive()
+    }
 }
 
 fn map_type() -> DataType {
@@ -91,7 +105,30 @@ impl MetricTable {
         fields.push(Field::new("metric", DataType::Utf8, false));
         fields.push(Field::new("labels", map_type(), false));
         fields.extend(label_columns.iter().map(|(c, _)| Field::new(c, DataType::Utf8, true)));
-        MetricTable { store, tenant, kind, schema: Arc::new(Schema::new(fields)), label_columns, max_samples }
+        let schema = Arc::new(Schema::new(fields));
+        MetricTable { store, tenant, kind, schema, label_columns, max_samples, fed: Federation::default() }
+    }
+
+    /// On a query node: reads every tree of `trees`, and, for `samples`, asks `peers` for what each tree's
+    /// node has not synced (as PromQL there does). The trees' label names join the label columns.
+    pub fn with_trees(
+        mut self,
+        trees: crate::peers::TreeSet,
+        peers: Option<(crate::peers::PeerCall, tokio::runtime::Handle)>,
+    ) -> MetricTable {
+        let mut names: BTreeSet<String> = self.label_columns.iter().map(|(_, n)| n.clone()).collect();
+        for (_, store) in trees.metric_stores(&self.store) {
+            names.extend(store.label_names(&self.tenant, &[], i64::MIN, i64::MAX).unwrap_or_default());
+        }
+        names.remove("__name__");
+        let fresh = MetricTable::new(self.store.clone(), self.tenant.clone(), self.kind, self.max_samples);
+        let mut fields: Vec<Field> = fresh.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.retain(|f| FIXED.contains(&f.name().as_str()));
+        self.label_columns = names.into_iter().map(|n| (column_of(&n), n)).collect();
+        fields.extend(self.label_columns.iter().map(|(c, _)| Field::new(c, DataType::Utf8, true)));
+        self.schema = Arc::new(Schema::new(fields));
+        self.fed = Federation { trees, peers };
+        self
     }
 
     fn label_of<'a>(&'a self, column: &str) -> Option<&'a str> {
@@ -223,6 +260,7 @@ impl TableProvider for MetricTable {
             schema: schema.clone(),
             label_columns: self.label_columns.clone(),
             max_samples: self.max_samples,
+            fed: self.fed.clone(),
         });
         Ok(Arc::new(StreamingTableExec::try_new(schema, vec![partition], None, [], false, limit)?))
     }
@@ -236,6 +274,7 @@ struct MetricPartition {
     schema: SchemaRef,
     label_columns: Vec<(String, String)>,
     max_samples: usize,
+    fed: Federation,
 }
 
 impl std::fmt::Debug for MetricPartition {
@@ -397,10 +436,20 @@ impl MetricPartition {
         };
         match self.kind {
             Kind::Series => {
-                let found = self
-                    .store
-                    .series(&self.tenant, &[matchers], self.req.mint, self.req.maxt)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                // Every tree's catalog; a series written through several ingest nodes is in each.
+                let stores = self.fed.trees.metric_stores(&self.store);
+                let mut found = Vec::new();
+                for (_, store) in &stores {
+                    found.extend(
+                        store
+                            .series(&self.tenant, std::slice::from_ref(&matchers), self.req.mint, self.req.maxt)
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                    );
+                }
+                if stores.len() > 1 {
+                    found.sort();
+                    found.dedup();
+                }
                 for l in found {
                     rows.push(&l);
                     if rows.n >= BATCH_ROWS && !send(&mut rows)? {
@@ -409,18 +458,35 @@ impl MetricPartition {
                 }
             }
             Kind::Samples => {
-                let found = self
-                    .store
-                    .select_within(&self.tenant, &matchers, self.req.mint, self.req.maxt, self.max_samples)
-                    .map_err(|e| match e {
-                        store::Error::TooManySamples { .. } => DataFusionError::ResourcesExhausted(format!(
-                            "the query reads more than {} samples of the metric store (half of \
-                             query.sql_max_memory at 16 bytes a sample; the other half is the query's own): \
-                             narrow it with time bounds (WHERE time >= ...), metric = '...' or a label column = '...'",
-                            self.max_samples
-                        )),
-                        e => DataFusionError::External(Box::new(e)),
-                    })?;
+                let too_many = || {
+                    DataFusionError::ResourcesExhausted(format!(
+                        "the query reads more than {} samples of the metric store (half of \
+                         query.sql_max_memory at 16 bytes a sample; the other half is the query's own): \
+                         narrow it with time bounds (WHERE time >= ...), metric = '...' or a label column = '...'",
+                        self.max_samples
+                    ))
+                };
+                let found = if self.fed.peers.is_none() && self.fed.trees.others.is_empty() {
+                    self.store
+                        .select_within(&self.tenant, &matchers, self.req.mint, self.req.maxt, self.max_samples)
+                        .map_err(|e| match e {
+                            store::Error::TooManySamples { .. } => too_many(),
+                            e => DataFusionError::External(Box::new(e)),
+                        })?
+                } else {
+                    // As PromQL on this node reads: every tree, and what each tree's node has not synced.
+                    let source = crate::http::prom::StoreSource {
+                        store: &self.store,
+                        tenant: &self.tenant,
+                        max_samples: self.max_samples,
+                        peers: self.fed.peers.clone(),
+                        trees: self.fed.trees.clone(),
+                    };
+                    source.select_series(&matchers, self.req.mint, self.req.maxt).map_err(|e| match e {
+                        crate::promql::EvalError::Execution(m) => DataFusionError::Execution(m),
+                        _ => too_many(),
+                    })?
+                };
                 for s in found {
                     let mut from = 0;
                     while from < s.t.len() {
@@ -453,6 +519,7 @@ impl PartitionStream for MetricPartition {
             schema: self.schema.clone(),
             label_columns: self.label_columns.clone(),
             max_samples: self.max_samples,
+            fed: self.fed.clone(),
         };
         // Two batches in flight at most: the reader waits for the query to take them.
         let (tx, rx) = tokio::sync::mpsc::channel(2);

@@ -137,10 +137,29 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
     let r = a_node.client.post(a_node.url(query::peers::LOGS_PATH)).json(&ask("ingest-a")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    // SQL over several trees is not built: it says so instead of answering a share.
-    let r = query.client.post(query.url("/api/v1/sql")).body("SELECT count(*) FROM logs").send().await.unwrap();
-    assert_eq!(r.status(), 501);
-    assert!(r.text().await.unwrap().contains("several ingest nodes"));
+    // SQL reads every tree and asks every node too: each line and sample once, the series by labels.
+    assert_eq!(query.sql("default", "SELECT count(*) AS n FROM logs").await[0]["n"], 650);
+    let rows = query.sql("default", "SELECT app, count(*) AS n FROM logs GROUP BY app ORDER BY app").await;
+    assert_eq!(
+        Value::from(rows),
+        json!([{"app": "alpha", "n": 400}, {"app": "beta", "n": 200}, {"app": "gamma", "n": 50}])
+    );
+    let rows = query.sql("default", "SELECT app, count(*) AS n FROM samples GROUP BY app ORDER BY app").await;
+    assert_eq!(
+        Value::from(rows),
+        json!([{"app": "alpha", "n": 400}, {"app": "beta", "n": 200}, {"app": "gamma", "n": 50}])
+    );
+    // `series` lists the trees' catalogs (what the nodes synced): alpha is in both, and listed once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = query.sql("default", "SELECT count(*) AS n FROM series WHERE metric = 'bucket_metric'").await;
+        assert!(rows[0]["n"].as_i64().unwrap() <= 3, "a series listed twice: {rows:?}");
+        if rows[0]["n"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // kill -9 of b with lines in its head and in a part it has not synced: the query node answers what
     // b's tree holds and warns; b restarts on its disk and everything acknowledged is answered once.

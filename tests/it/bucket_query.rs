@@ -173,6 +173,8 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     assert_eq!(query.sql("default", "SELECT count(*) AS n FROM logs").await[0]["n"], 300);
     let rows = query.sql("default", "SELECT app, count(*) AS n FROM logs WHERE app = 'first' GROUP BY app").await;
     assert_eq!(rows, [serde_json::json!({"app": "first", "n": 300})]);
+    // And the samples table, as PromQL there reads: the writer's head too.
+    assert_eq!(query.sql("default", "SELECT count(*) AS n FROM samples").await[0]["n"], 300);
     // Label names, values and series too: the stream and the series are only in the writer's head.
     assert_eq!(data(&query, "/loki/api/v1/label/app/values").await, ["first"]);
     assert!(data(&query, "/loki/api/v1/labels").await.contains(&serde_json::json!("app")));

@@ -319,17 +319,7 @@ impl StoreSource<'_> {
 impl SeriesSource for StoreSource<'_> {
     fn select(&self, matchers: &[Matcher], mint_ms: i64, maxt_ms: i64) -> Result<Vec<Series>, EvalError> {
         let ms: Vec<LabelMatcher> = matchers.iter().map(to_store_matcher).collect();
-        // A series written through several ingest nodes has samples in each tree: merged by labels.
-        let mut found = Vec::new();
-        let mut left = self.max_samples;
-        let stores = self.trees.metric_stores(self.store);
-        let deltas = self.deltas(&stores, &ms, mint_ms, maxt_ms)?;
-        for ((_, store), delta) in stores.into_iter().zip(deltas) {
-            let got = self.select_tree(store, delta, &ms, mint_ms, maxt_ms, left)?;
-            let n: usize = got.iter().map(|s| s.t.len()).sum();
-            left = left.checked_sub(n).ok_or_else(crate::promql::too_many_samples)?;
-            found = if found.is_empty() { got } else { crate::peers::merge_series(found, got) };
-        }
+        let found = self.select_series(&ms, mint_ms, maxt_ms)?;
         Ok(found
             .into_iter()
             .map(|SelectedSeries { labels, t, v }| Series {
@@ -338,6 +328,33 @@ impl SeriesSource for StoreSource<'_> {
                 v,
             })
             .collect())
+    }
+}
+
+impl StoreSource<'_> {
+    /// The series `ms` selects in `[mint_ms, maxt_ms]`: every tree read, each with what its node has not
+    /// synced; at most `max_samples` samples.
+    ///
+    /// # Errors
+    /// Too many samples, or a store or ingest node that failed.
+    pub fn select_series(
+        &self,
+        ms: &[LabelMatcher],
+        mint_ms: i64,
+        maxt_ms: i64,
+    ) -> Result<Vec<SelectedSeries>, EvalError> {
+        // A series written through several ingest nodes has samples in each tree: merged by labels.
+        let mut found = Vec::new();
+        let mut left = self.max_samples;
+        let stores = self.trees.metric_stores(self.store);
+        let deltas = self.deltas(&stores, ms, mint_ms, maxt_ms)?;
+        for ((_, store), delta) in stores.into_iter().zip(deltas) {
+            let got = self.select_tree(store, delta, ms, mint_ms, maxt_ms, left)?;
+            let n: usize = got.iter().map(|s| s.t.len()).sum();
+            left = left.checked_sub(n).ok_or_else(crate::promql::too_many_samples)?;
+            found = if found.is_empty() { got } else { crate::peers::merge_series(found, got) };
+        }
+        Ok(found)
     }
 }
 

@@ -51,13 +51,6 @@ async fn run(
 ) -> Result<Response, (&'static str, Response)> {
     let bad = |msg: String| ("bad_request", error(StatusCode::BAD_REQUEST, "bad_data", msg));
     let tenant = tenant(headers).map_err(|r| ("bad_request", r))?;
-    if !state.tree_set().others.is_empty() {
-        // Its tables read one store and one ingest node: over several, they would answer a share silently.
-        let msg = "SQL is not available yet on a query node that reads several ingest nodes' trees \
-                   (server.role = \"ingest\"): use LogQL or PromQL here, or SQL on a server with \
-                   server.role = \"all\"";
-        return Err(("error", error(StatusCode::NOT_IMPLEMENTED, "unavailable", msg)));
-    }
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -80,16 +73,40 @@ async fn run(
     let peers = state.for_caller(headers).peer_call();
     let work = async {
         let max_memory = usize::try_from(state.config.sql_max_memory.as_u64()).unwrap_or(usize::MAX);
+        let trees = state.tree_set();
         let sql_peers = match &peers {
-            Some(call) => call
-                .log_columns("", &tenant)
-                .await
-                .map_err(DataFusionError::Plan)?
-                .map(|columns| crate::sql::SqlPeers { call: call.clone(), columns }),
+            Some(call) => {
+                // The label and field names each tree's node knows beyond its tree.
+                let nodes = trees.log_stores(&state.store).into_iter().map(|(node, _)| node);
+                let asks = nodes.map(|node| call.log_columns(node, &tenant));
+                let answers = futures::future::join_all(asks).await;
+                let mut columns: Option<crate::peers::LogColumns> = None;
+                for answer in answers {
+                    if let Some(c) = answer.map_err(DataFusionError::Plan)? {
+                        let all = columns.get_or_insert_with(Default::default);
+                        all.labels.extend(c.labels);
+                        all.fields.extend(c.fields);
+                    }
+                }
+                columns.map(|mut columns| {
+                    for v in [&mut columns.labels, &mut columns.fields] {
+                        v.sort();
+                        v.dedup();
+                    }
+                    crate::sql::SqlPeers { call: call.clone(), columns }
+                })
+            }
             None => None,
         };
-        let ctx =
-            session(&state.store, &state.metric_store, &tenant, state.sql_runtime.clone(), max_memory, sql_peers)?;
+        let ctx = session(
+            &state.store,
+            &state.metric_store,
+            &tenant,
+            state.sql_runtime.clone(),
+            max_memory,
+            sql_peers,
+            trees.clone(),
+        )?;
         let df = plan_read_only(&ctx, &sql).await?;
         let schema = df.schema().as_arrow().clone();
         let mut stream = df.execute_stream().await?;
@@ -134,8 +151,10 @@ async fn run(
     out.extend_from_slice(&rows);
     out.extend_from_slice(format!(",\"truncated\":{truncated}").as_bytes());
     // Parts that could not be read were left out of the scan; say so, as LogQL and PromQL answers do.
-    let mut warnings: Vec<String> =
-        state.store.skipped_parts(&tenant, i64::MIN, i64::MAX).iter().map(ToString::to_string).collect();
+    let mut warnings: Vec<String> = Vec::new();
+    for (_, store) in state.tree_set().log_stores(&state.store) {
+        warnings.extend(store.skipped_parts(&tenant, i64::MIN, i64::MAX).iter().map(ToString::to_string));
+    }
     warnings.extend(peers.iter().flat_map(|p| p.warnings()));
     if !warnings.is_empty() {
         out.extend_from_slice(b",\"warnings\":");

@@ -55,7 +55,7 @@ fn session(store: &LogStore, tenant: &Tenant, runtime: Arc<RuntimeEnv>) -> Resul
         &mut Registry::default(),
     )
     .unwrap();
-    super::session(store, &metrics, tenant, runtime, 1 << 30, None)
+    super::session(store, &metrics, tenant, runtime, 1 << 30, None, Default::default())
 }
 
 async fn scalar(ctx: &SessionContext, sql: &str) -> i64 {
