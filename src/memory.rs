@@ -647,6 +647,10 @@ impl Monitor {
             // Under pressure, caches go first: the next queries fill them again.
             self.query.results_cache.clear();
             self.metrics.clear_decoded_cache();
+            // A query node's stores of the ingest nodes' trees (issue 22) hold decoded runs too.
+            for tree in self.query.tree_set().others.iter() {
+                tree.metrics.clear_decoded_cache();
+            }
             let mut flushed = 0;
             if used[0].1 > 0 {
                 self.logs.request_flush();

@@ -556,6 +556,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 if let Some(share) = node_trees.own_cache_share() {
                     own.set_cache_max(share);
                 }
+                own.metrics().set_decoded_cache_max(node_trees.own_decoded_share());
                 if let Err(e) = own.follow_once().await {
                     tracing::warn!(error = %e, "storage: following the bucket failed; answering from the last commit applied, retried at the next interval");
                 }

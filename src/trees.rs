@@ -7,7 +7,8 @@
 //!
 //! The prefix's own commits (a server with role "all") stay the query node's own stores; they are read
 //! while they hold a commit, or while no ingest node's tree exists (a writer before its first commit).
-//! `storage.cache_max_bytes` is shared out evenly between the trees followed.
+//! `storage.cache_max_bytes` (the parts on disk) and `store.decoded_cache_max_bytes` (decoded metric runs
+//! in memory) are shared out evenly between the own stores and the trees followed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct NodeTrees {
     metrics: bucket::follow::FollowMetrics,
     followers: Vec<(String, bucket::follow::Follower)>,
     trees: query::peers::Trees,
+    /// `store.decoded_cache_max_bytes`, shared out evenly between the own stores and the trees'.
+    decoded_cache: usize,
 }
 
 impl NodeTrees {
@@ -38,15 +41,9 @@ impl NodeTrees {
     ) -> NodeTrees {
         let dir = options.data_dir.join(bucket::NODES_DIR);
         let options = StoreOptions { disk: None, ..options.clone() };
-        NodeTrees {
-            bucket,
-            dir,
-            options,
-            cache: cache.filter(|(max, _)| *max > 0),
-            metrics,
-            followers: Vec::new(),
-            trees,
-        }
+        let decoded_cache = usize::try_from(options.tuning.decoded_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
+        let cache = cache.filter(|(max, _)| *max > 0);
+        NodeTrees { bucket, dir, options, cache, metrics, followers: Vec::new(), trees, decoded_cache }
     }
 
     /// Opens the trees that appeared in the bucket, follows every tree to its newest commit, and publishes
@@ -72,10 +69,12 @@ impl NodeTrees {
             }
         }
         let share = self.cache.as_ref().map(|(max, _)| max / (self.followers.len() as u64 + 1));
+        let decoded = self.own_decoded_share();
         for (name, follower) in &mut self.followers {
             if let Some(share) = share {
                 follower.set_cache_max(share.max(1));
             }
+            follower.metrics().set_decoded_cache_max(decoded);
             if let Err(e) = follower.follow_once().await {
                 tracing::warn!(node = %name, error = %e, "storage: following an ingest node's tree failed; answering from the last commit applied, retried at the next interval");
             }
@@ -93,6 +92,11 @@ impl NodeTrees {
         let set = query::peers::TreeSet { root: own_commit || others.is_empty(), others: Arc::new(others) };
         *self.trees.write() = set;
         Ok(())
+    }
+
+    /// The share of `store.decoded_cache_max_bytes` of each metric store (the own one and each tree's).
+    pub fn own_decoded_share(&self) -> usize {
+        self.decoded_cache / (self.followers.len() + 1)
     }
 
     /// The share of `storage.cache_max_bytes` of the query node's own stores.

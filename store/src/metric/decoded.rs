@@ -8,6 +8,7 @@
 //! bytes goes at once, so that eviction costs one pass over the entries per many inserts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::buffer::ScalarBuffer;
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ const ENTRY_OVERHEAD: usize = 96;
 
 #[derive(Default)]
 pub(crate) struct DecodedRuns {
-    max_bytes: usize,
+    max_bytes: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -42,11 +43,24 @@ fn cost(t: &ScalarBuffer<i64>) -> usize {
 
 impl DecodedRuns {
     pub(crate) fn new(max_bytes: usize) -> DecodedRuns {
-        DecodedRuns { max_bytes, inner: Mutex::default() }
+        DecodedRuns { max_bytes: AtomicUsize::new(max_bytes), inner: Mutex::default() }
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.max_bytes > 0
+        self.max() > 0
+    }
+
+    fn max(&self) -> usize {
+        self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Changes the bound; what is held beyond a lower one goes at once (least recently used first).
+    pub(crate) fn set_max(&self, max_bytes: usize) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        if inner.bytes > max_bytes {
+            inner.evict(max_bytes - max_bytes / 4);
+        }
     }
 
     /// The run of `series` in part `part`, if kept.
@@ -70,7 +84,8 @@ impl DecodedRuns {
     pub(crate) fn insert(&self, part: u64, series: u32, t: &[i64], v: &[f64]) {
         let t = ScalarBuffer::from(t.to_vec());
         let size = cost(&t);
-        if size > self.max_bytes / 8 {
+        let max = self.max();
+        if size > max / 8 {
             return;
         }
         let v = ScalarBuffer::from(v.to_vec());
@@ -81,8 +96,8 @@ impl DecodedRuns {
             inner.bytes -= cost(&old.t);
         }
         inner.bytes += size;
-        if inner.bytes > self.max_bytes {
-            inner.evict(self.max_bytes - self.max_bytes / 4);
+        if inner.bytes > max {
+            inner.evict(max - max / 4);
         }
     }
 
@@ -155,5 +170,27 @@ mod tests {
         assert_eq!(tiny.stats().0, 0, "a run over an eighth of the bound is not kept");
         cache.clear();
         assert_eq!(cache.stats().0, 0);
+    }
+
+    #[test]
+    fn a_lower_bound_evicts_at_once_and_bounds_later_inserts() {
+        let run: Vec<i64> = (0..100).collect();
+        let vals: Vec<f64> = (0..100).map(|i| i as f64).collect();
+        let one = 100 * 16 + ENTRY_OVERHEAD;
+        let cache = DecodedRuns::new(one * 16);
+        for s in 0..16 {
+            cache.insert(1, s, &run, &vals);
+        }
+        assert!(cache.get(1, 15).is_some());
+        cache.set_max(one * 8);
+        assert!(cache.stats().0 <= one * 6, "evicted to three quarters of the new bound: {}", cache.stats().0);
+        assert!(cache.get(1, 15).is_some(), "the most recently read run stays");
+        for s in 16..40 {
+            cache.insert(1, s, &run, &vals);
+        }
+        assert!(cache.stats().0 <= one * 8, "{}", cache.stats().0);
+        cache.set_max(0);
+        assert_eq!(cache.stats().0, 0);
+        assert!(!cache.enabled());
     }
 }

@@ -892,6 +892,12 @@ impl MetricStore {
         self.select_filtered(tenant, matchers, mint, maxt, max_samples, &PartFilter::All, None)
     }
 
+    /// Changes the bound of the cache of decoded runs (`store.decoded_cache_max_bytes` at the start): a
+    /// query node following several ingest nodes' trees shares the bound out between their stores.
+    pub fn set_decoded_cache_max(&self, bytes: usize) {
+        self.inner.decoded.set_max(bytes);
+    }
+
     /// Empties the cache of decoded runs (memory pressure).
     pub fn clear_decoded_cache(&self) {
         self.inner.decoded.clear();
