@@ -476,6 +476,11 @@ fn the_chart_references_the_secret_and_never_creates_one() {
     for (name, text) in templates() {
         assert!(!text.contains("kind: Secret"), "{name} creates a Secret");
     }
+    // The write Service: ready pods only, and a client keeps its pod (retries reach the node that stored).
+    let service = read("templates/server-service.yaml");
+    assert!(service.contains(
+        "  publishNotReadyAddresses: {{ le (int .Values.server.replicas) 1 }}\n  {{- if gt (int .Values.server.replicas) 1 }}\n  sessionAffinity: ClientIP\n  {{- end }}\n"
+    ));
     let helpers = read("templates/_helpers.tpl");
     assert!(helpers.contains("required"), "the secret name is not `required`");
     assert!(

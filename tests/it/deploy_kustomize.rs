@@ -460,6 +460,9 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                     let nodes = one(&docs, "Service", "lumen-nodes");
                     assert_eq!(nodes["spec"]["clusterIP"], "None");
                     assert_eq!(nodes["spec"]["publishNotReadyAddresses"], true);
+                    let writes = one(&docs, "Service", "lumen");
+                    assert_eq!(writes["spec"]["publishNotReadyAddresses"], false, "writes to ready pods only");
+                    assert_eq!(writes["spec"]["sessionAffinity"], "ClientIP");
                     for (k, v) in nodes["spec"]["selector"].as_object().unwrap() {
                         assert_eq!(
                             &sts["spec"]["template"]["metadata"]["labels"][k], v,
