@@ -83,9 +83,9 @@ pub fn check(config: &Config, read_files: bool) -> anyhow::Result<()> {
 }
 
 /// What a sync's report means for writes ([`store::DiskGuard::set_standby`]): refused while another server
-/// holds the writer lease; and for an ingest node whose tree was new, also for `grace` after its first
-/// commit, so that query nodes, which list the trees every `storage.sync_interval`, know the tree before the
-/// node acknowledges anything they would have to answer.
+/// holds the writer lease; and for an ingest node, also for `grace` after its first sync, so that query
+/// nodes, which list the trees and read their leases every `storage.sync_interval`, know its tree (a new
+/// one) and ask it again (after a graceful stop released the lease) before it acknowledges anything.
 #[derive(Clone)]
 struct WriteGate {
     guard: store::DiskGuard,
@@ -102,7 +102,7 @@ impl WriteGate {
         let at = *self.open_at.get_or_init(|| std::time::Instant::now() + grace);
         if std::time::Instant::now() < at {
             self.guard.set_standby(Some(
-                "its tree is new in the bucket: writes wait until query nodes have listed it (2 x storage.sync_interval)"
+                "ingest node starting: writes wait until query nodes have seen its tree and lease (2 x storage.sync_interval)"
                     .into(),
             ));
         } else {
@@ -280,8 +280,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Whether this server holds the writer lease now (None: no bucket): only the holder answers a query
     // node's delta requests.
     let mut lease_held: Option<prometheus_client::metrics::gauge::Gauge> = None;
-    // An ingest node whose tree is new: query nodes must find it before it acknowledges writes.
-    let new_tree_check = if ingest_node { bucket.clone() } else { None };
     let syncer = bucket.filter(|_| !query_node).map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
         let node = if ingest_node { tree_name.clone() } else { crate::config::node_name("") };
@@ -576,10 +574,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let interval = config.storage.sync_interval;
         let first_gate = gate.clone();
         tokio::spawn(async move {
-            if let Some(tree) = new_tree_check
-                && matches!(tree.latest_commit().await, Ok(None))
-            {
-                // Query nodes list the trees every sync_interval: in two of them they find this new one.
+            if ingest_node {
+                // Query nodes list the trees and read their leases every sync_interval: in two of them they
+                // know this node's tree (new) or that it writes again (they skip a tree whose writer
+                // released its lease at a graceful stop).
                 *first_gate.grace.lock() = Some(2 * interval);
             }
             match first.lock().await.sync_once().await {

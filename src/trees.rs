@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use store::{LogStore, MetricStore, StoreOptions};
@@ -68,15 +69,35 @@ impl NodeTrees {
                 }
             }
         }
+        // A writer that released its lease (a graceful stop, after its last sync) left everything in its
+        // tree: nobody is asked for it until a writer takes the lease again. The leases are read before the
+        // follows, so a tree counts as retired only once the commit before the release is applied. (Not the
+        // prefix's own writer: a server with role "all" takes writes as soon as it holds the lease again,
+        // where an ingest node waits until query nodes have seen it taken; see `WriteGate`.)
+        let mut released = std::collections::HashSet::new();
+        for (name, _) in &self.followers {
+            let tree = self.bucket.node_tree(name);
+            let lease = bucket::lease::Lease::new(tree, bucket::lease::WriterLease::NAME, "query-node", Duration::ZERO);
+            if matches!(lease.read().await, Ok(Some(record)) if record.released) {
+                released.insert(name.clone());
+            }
+        }
         let share = self.cache.as_ref().map(|(max, _)| max / (self.followers.len() as u64 + 1));
         let decoded = self.own_decoded_share();
+        let mut retired = std::collections::HashSet::new();
         for (name, follower) in &mut self.followers {
             if let Some(share) = share {
                 follower.set_cache_max(share.max(1));
             }
             follower.metrics().set_decoded_cache_max(decoded);
-            if let Err(e) = follower.follow_once().await {
-                tracing::warn!(node = %name, error = %e, "storage: following an ingest node's tree failed; answering from the last commit applied, retried at the next interval");
+            match follower.follow_once().await {
+                Ok(_) if released.contains(name.as_str()) => {
+                    retired.insert(name.clone());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "storage: following an ingest node's tree failed; answering from the last commit applied, retried at the next interval");
+                }
             }
         }
         let others: Vec<query::peers::Tree> = self
@@ -89,7 +110,7 @@ impl NodeTrees {
             })
             .collect();
         self.metrics.trees.set(others.len() as i64);
-        let set = query::peers::TreeSet { root: own_commit || others.is_empty(), others: Arc::new(others) };
+        let set = query::peers::TreeSet { root: own_commit || others.is_empty(), others: Arc::new(others), retired };
         *self.trees.write() = set;
         Ok(())
     }

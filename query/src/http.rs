@@ -127,7 +127,7 @@ impl QueryState {
     /// None when this is no query node.
     pub fn peer_call(&self) -> Option<crate::peers::PeerCall> {
         let peers = self.peers.clone()?;
-        Some(crate::peers::PeerCall::new(peers, self.caller_auth.clone()))
+        Some(crate::peers::PeerCall::new(peers, self.caller_auth.clone()).with_trees(&self.tree_set()))
     }
 
     /// Live tails end when `shutdown` is cancelled.

@@ -129,11 +129,14 @@ pub struct TreeSet {
     /// nodes' trees and no commit of the prefix's own leaves them out (nobody answers for them).
     pub root: bool,
     pub others: Arc<Vec<Tree>>,
+    /// The trees (by node; `""` for the prefix's own) whose writer lease was released at a graceful stop
+    /// and not taken since: they hold everything their node acknowledged, and nobody is asked for them.
+    pub retired: HashSet<String>,
 }
 
 impl Default for TreeSet {
     fn default() -> Self {
-        TreeSet { root: true, others: Arc::new(Vec::new()) }
+        TreeSet { root: true, others: Arc::new(Vec::new()), retired: HashSet::new() }
     }
 }
 
@@ -473,11 +476,20 @@ pub struct PeerCall {
     pub peers: Arc<Peers>,
     pub auth: Option<http::HeaderValue>,
     pub warnings: Arc<Mutex<Vec<String>>>,
+    /// Trees whose writer released its lease at a graceful stop (see [`TreeSet::retired`]): everything it
+    /// acknowledged is in the bucket, so its node is not asked.
+    pub retired: Arc<HashSet<String>>,
 }
 
 impl PeerCall {
     pub fn new(peers: Arc<Peers>, auth: Option<http::HeaderValue>) -> PeerCall {
-        PeerCall { peers, auth, warnings: Arc::new(Mutex::new(Vec::new())) }
+        PeerCall { peers, auth, warnings: Arc::new(Mutex::new(Vec::new())), retired: Arc::default() }
+    }
+
+    /// Does not ask for the trees of `trees` that are retired.
+    pub fn with_trees(mut self, trees: &TreeSet) -> PeerCall {
+        self.retired = Arc::new(trees.retired.clone());
+        self
     }
 
     fn warn(&self, what: &str, error: String) {
@@ -565,6 +577,10 @@ impl PeerCall {
         what: &str,
         decode: fn(&[u8]) -> Result<T, String>,
     ) -> Result<Option<T>, String> {
+        if self.retired.contains(node) {
+            // Answered from the bucket alone, and rightly so: no warning.
+            return Ok(None);
+        }
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         match self.peers.ask(path, self.auth.as_ref(), tenant, node, body).await {
             Ok(b) => match decode(&b) {

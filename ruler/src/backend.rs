@@ -55,7 +55,7 @@ pub struct Cluster {
 
 impl Cluster {
     fn call(&self) -> query::peers::PeerCall {
-        query::peers::PeerCall::new(self.peers.clone(), self.auth.clone())
+        query::peers::PeerCall::new(self.peers.clone(), self.auth.clone()).with_trees(&self.trees.read())
     }
 
     /// Sends samples to the first ingest node that takes them (remote write 1.0).

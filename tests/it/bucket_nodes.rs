@@ -194,6 +194,27 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
     let (lines, samples, warnings) = answers(&query).await;
     assert_eq!((lines, samples), (745, 745), "{warnings:?}");
     assert_eq!(metric(&metrics_text(&query.base).await, "lumen_bucket_follow_trees"), 3.0);
+
+    // A node stopped gracefully synced everything and released its lease: its tree is answered from the
+    // bucket, without a warning that something may be missing.
+    c.terminate();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // Until its last commit is followed, the query node warns that something may be missing.
+        let (lines, samples, warnings) = answers(&query).await;
+        if warnings.is_empty() {
+            assert_eq!((lines, samples), (745, 745), "no warning, so every line");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still warned about a node that stopped gracefully: {warnings:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Back on its disk, it takes writes once query nodes ask it again: what it acknowledges is answered.
+    let mut c = spawn_ingest(&config, &dir.path().join("c"), "ingest-c", c_addr);
+    crate::harness::ready_becomes(&c.base, 200, Duration::from_secs(30)).await;
+    push(&remote(&c.base), "eta", 5, now).await;
+    let (lines, samples, warnings) = answers(&query).await;
+    assert_eq!((lines, samples, warnings), (750, 750, Vec::<String>::new()));
     query.stop().await;
     c.terminate();
     b.terminate();
