@@ -112,6 +112,19 @@ async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sa
     assert_eq!(result[0]["value"][1], "400", "{v}");
     let v = crate::bucket::logql_instant(&query, r#"sum by (app) (count_over_time({app="alpha"}[1h]))"#).await;
     assert_eq!(v["data"]["result"][0]["value"][1], "400", "{v}");
+    // Loki's index stats too (Grafana's query size estimate): both nodes' heads.
+    let (from, to) = ((now - 3_600_000_000_000).to_string(), (now + 3_600_000_000_000).to_string());
+    let stats: Value = query
+        .client
+        .get(query.url("/loki/api/v1/index/stats"))
+        .query(&[("query", r#"{app=~".+"}"#), ("start", &from), ("end", &to)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((stats["entries"].as_u64(), stats["streams"].as_u64()), (Some(600), Some(2)), "{stats}");
     // Label values and series of both nodes.
     assert_eq!(data(&query, "/loki/api/v1/label/app/values").await, json!(["alpha", "beta"]));
     assert_eq!(data(&query, "/api/v1/label/app/values").await, json!(["alpha", "beta"]));

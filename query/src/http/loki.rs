@@ -478,18 +478,28 @@ async fn index_stats(req: LokiRequest) -> Result<Response, Response> {
     let q = p.get("query").ok_or_else(|| bad("missing the query parameter: a stream selector such as {app=\"x\"}"))?;
     let matchers = parse_selector(q)?;
     let (start, end) = p.range(Duration::from_secs(3600))?;
-    let mut counts: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    let trees = state.tree_set();
-    for (_, store) in trees.log_stores(&state.store) {
-        let found = store
-            .count_by_stream(&tenant, &matchers, start, end.saturating_add(1))
-            .map_err(|e| query_error(e.into()))?;
-        for (id, c) in found {
-            *counts.entry(id).or_default() += c;
+    let (entries, streams) = if state.peers.is_some() {
+        // A query node: the trees' indexes plus what each node has not synced, as an instant count of the
+        // whole range [start, end] does.
+        let range = end.saturating_sub(start).saturating_add(1);
+        let expr = parse_query(Some(&format!("count_over_time({q}[{range}ns])")))?;
+        let (value, _) = engine(&state).query(&tenant, &expr, &QueryParams::instant(end)).await.map_err(query_error)?;
+        match value {
+            QueryValue::Vector(v) => (v.iter().map(|(_, _, c)| *c as u64).sum(), v.len()),
+            _ => (0, 0),
         }
-    }
-    let entries: u64 = counts.values().sum();
-    let streams = counts.values().filter(|c| **c > 0).count();
+    } else {
+        let mut counts: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        for (_, store) in state.tree_set().log_stores(&state.store) {
+            let found = store
+                .count_by_stream(&tenant, &matchers, start, end.saturating_add(1))
+                .map_err(|e| query_error(e.into()))?;
+            for (id, c) in found {
+                *counts.entry(id).or_default() += c;
+            }
+        }
+        (counts.values().sum::<u64>(), counts.values().filter(|c| **c > 0).count())
+    };
     let bytes = if entries == 0 { 0 } else { estimate_bytes(&state, &tenant, q, start, end, entries).await? };
     Ok(axum::Json(json!({"streams": streams, "chunks": streams, "entries": entries, "bytes": bytes})).into_response())
 }
