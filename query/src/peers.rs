@@ -10,9 +10,13 @@
 //! Part ids are safe to compare: the ingest node's numbering continues from the commits the query node
 //! follows, and a successor writer continues from the newest commit.
 //!
-//! Only the writer (the holder of the bucket's writer lease) answers; another node answers 409, which
-//! the query node passes over. When no ingest node answers, the query answers from the bucket alone and
-//! says so in a warning.
+//! Only the writer of the tree the parts come from answers: the holder of that tree's writer lease, whose
+//! `server.node_name` is the request's `node` (empty for the prefix's own writer, role "all"); every other
+//! node answers 409, which the query node passes over. With several ingest nodes (role "ingest") a query
+//! node reads one [`Tree`] per node and asks each node for its own ([`TreeSet`]), all at once. When no
+//! ingest node answers for a tree, the query answers from the bucket alone and says so in a warning,
+//! except for a tree whose writer released its lease at a graceful stop ([`TreeSet::retired`]): that tree
+//! holds everything.
 //!
 //! The wire format, both ways over HTTP POST with the caller's own `Authorization` and
 //! `X-Scope-OrgID` headers (the ingest node checks them as for any read): the request is JSON
