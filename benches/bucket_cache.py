@@ -172,6 +172,16 @@ class Server:
         self.proc.wait(120)
 
 
+def fresh_out():
+    """An empty OUT holding the bucket's credential files (the ones Weed's user is made with)."""
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    with open(f"{OUT}/key_id", "w") as f:
+        f.write("bench\n")
+    with open(f"{OUT}/secret", "w") as f:
+        f.write("bench-secret\n")
+
+
 def storage(weed, prefix, cache_bytes, sync="10s"):
     return f"""[storage]
 backend = "s3"
@@ -208,12 +218,7 @@ def main():
     src = "benches/out/data-loki"
     if not os.path.exists(f"{src}/manifest.json"):
         sys.exit(f"no store in {src}: run benches/e2e_logs.sh first")
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(OUT)
-    with open(f"{OUT}/key_id", "w") as f:
-        f.write("bench\n")
-    with open(f"{OUT}/secret", "w") as f:
-        f.write("bench-secret\n")
+    fresh_out()
     weed = Weed()
     try:
         run(weed, src, args)

@@ -24,7 +24,6 @@ Needs: a release build (cargo build --release), benches/out/work-loki-2000000-20
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -91,12 +90,7 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(f"{WORK}/meta.json"):
         sys.exit(f"{WORK} is missing: run benches/e2e_logs.sh first")
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(OUT)
-    with open(f"{OUT}/key_id", "w") as f:
-        f.write("bench\n")
-    with open(f"{OUT}/secret", "w") as f:
-        f.write("bench-secret\n")
+    bc.fresh_out()
     end = int(time.time()) // 15 * 15
     gen = json.loads(subprocess.check_output(["python3", f"{bc.SHARED}/gen_metrics.py", f"{OUT}/metrics", str(end)]))
     log_halves = split(WORK, f"{OUT}/logs", 2)

@@ -89,14 +89,13 @@ pub fn check(config: &Config, read_files: bool) -> anyhow::Result<()> {
 #[derive(Clone)]
 struct WriteGate {
     guard: store::DiskGuard,
-    grace: Arc<parking_lot::Mutex<Option<std::time::Duration>>>,
+    grace: Option<std::time::Duration>,
     open_at: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
 
 impl WriteGate {
     fn apply(&self, wait_reason: Option<String>) {
-        let grace = *self.grace.lock();
-        let Some(grace) = grace.filter(|_| wait_reason.is_none()) else {
+        let Some(grace) = self.grace.filter(|_| wait_reason.is_none()) else {
             return self.guard.set_standby(wait_reason);
         };
         let at = *self.open_at.get_or_init(|| std::time::Instant::now() + grace);
@@ -570,16 +569,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // server holds the lease, this one refuses writes (503): what it acknowledged would never reach the
         // bucket. A failed sync leaves that state as it was.
         let first = syncer.clone();
-        let gate = WriteGate { guard: disk.clone(), grace: Arc::default(), open_at: Arc::default() };
-        let interval = config.storage.sync_interval;
+        // An ingest node: query nodes list the trees and read their leases every sync_interval; in two of
+        // them they know this node's tree (new) or that it writes again (they skip a tree whose writer
+        // released its lease at a graceful stop).
+        let grace = ingest_node.then(|| 2 * config.storage.sync_interval);
+        let gate = WriteGate { guard: disk.clone(), grace, open_at: Arc::default() };
         let first_gate = gate.clone();
         tokio::spawn(async move {
-            if ingest_node {
-                // Query nodes list the trees and read their leases every sync_interval: in two of them they
-                // know this node's tree (new) or that it writes again (they skip a tree whose writer
-                // released its lease at a graceful stop).
-                *first_gate.grace.lock() = Some(2 * interval);
-            }
             match first.lock().await.sync_once().await {
                 Ok(report) => first_gate.apply(report.wait_reason),
                 Err(e) => {

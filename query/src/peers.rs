@@ -545,6 +545,19 @@ impl PeerCall {
         Ok(delta)
     }
 
+    /// [`PeerCall::log_delta`] for every tree of `stores` (`(node, store)`), asked at once.
+    ///
+    /// # Errors
+    /// As [`PeerCall::logs`].
+    pub async fn log_deltas(
+        &self,
+        stores: &[(&str, &LogStore)],
+        req: &ScanRequest,
+    ) -> Result<Vec<Option<LogDelta>>, String> {
+        let asks = stores.iter().map(|(node, store)| self.log_delta(node, store, req));
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+
     /// The tenant's label and field names on the ingest node; None (and a warning) when none answered.
     ///
     /// # Errors

@@ -329,13 +329,9 @@ impl TableProvider for LogsTable {
         let stores = self.trees.log_stores(&self.store);
         // A query node: it reads the parts each tree's node still holds, each node sends the rest.
         let deltas = match &self.peers {
-            Some(peers) => {
-                let asks = stores.iter().map(|(node, store)| peers.log_delta(node, store, &req));
-                futures::future::join_all(asks).await.into_iter().collect::<Result<Vec<_>, _>>()
-            }
-            None => Ok(stores.iter().map(|_| None).collect()),
-        }
-        .map_err(DataFusionError::Plan)?;
+            Some(peers) => peers.log_deltas(&stores, &req).await.map_err(DataFusionError::Plan)?,
+            None => stores.iter().map(|_| None).collect(),
+        };
         for ((_, store), delta) in stores.into_iter().zip(deltas) {
             let mut req = req.clone();
             if let Some(d) = delta {

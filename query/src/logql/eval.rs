@@ -442,18 +442,6 @@ impl Engine {
         Ok(sinks)
     }
 
-    /// Asks the ingest node `node` for the rows of `req` that `store`'s parts do not hold (see
-    /// [`crate::peers`]).
-    async fn delta(
-        &self,
-        peers: &crate::peers::PeerCall,
-        node: &str,
-        store: &LogStore,
-        req: &ScanRequest,
-    ) -> QResult<Option<crate::peers::LogDelta>> {
-        peers.log_delta(node, store, req).await.map_err(QueryError::BadRequest)
-    }
-
     /// Asks every tree's ingest node at once for what `req` reads beyond the tree's parts (None each where
     /// this is no query node, or where no node answered).
     async fn deltas(
@@ -461,11 +449,10 @@ impl Engine {
         stores: &[(&str, &LogStore)],
         req: &ScanRequest,
     ) -> QResult<Vec<Option<crate::peers::LogDelta>>> {
-        let Some(peers) = &self.peers else {
-            return Ok(stores.iter().map(|_| None).collect());
-        };
-        let asks = stores.iter().map(|(node, store)| self.delta(peers, node, store, req));
-        futures::future::join_all(asks).await.into_iter().collect()
+        match &self.peers {
+            Some(peers) => peers.log_deltas(stores, req).await.map_err(QueryError::BadRequest),
+            None => Ok(stores.iter().map(|_| None).collect()),
+        }
     }
 
     /// The tenant's field names in every tree read.
@@ -603,26 +590,22 @@ impl Engine {
             req.columns = Some(vec![TIME.to_string(), STREAM_ID.to_string()]);
             let deltas = self.deltas(&stores, &req).await?;
             for ((_, store), delta) in stores.into_iter().zip(deltas) {
-                let found = match (&self.peers, delta) {
-                    (None, _) => store.count_by_stream(&ctx.tenant, &r.log.matchers, lo, hi)?,
-                    (Some(_), delta) => {
-                        let parts = delta
-                            .as_ref()
-                            .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
-                        let mut found = store.count_by_stream_in(&ctx.tenant, &r.log.matchers, lo, hi, &parts)?;
-                        if let Some(d) = delta {
-                            for batch in &d.batches {
-                                if let Some(ids) = batch.column_by_name(STREAM_ID) {
-                                    for id in ids.as_primitive::<arrow::datatypes::UInt64Type>().values() {
-                                        *found.entry(*id).or_default() += 1;
-                                    }
-                                }
+                // Counting whole streams: the index knows, for the parts the tree's node kept; the rows it
+                // holds beyond them are counted as they come.
+                let parts = delta
+                    .as_ref()
+                    .map_or(store::PartFilter::All, |d| store::PartFilter::Only(Arc::new(d.keep.clone())));
+                let mut found = store.count_by_stream_in(&ctx.tenant, &r.log.matchers, lo, hi, &parts)?;
+                if let Some(d) = delta {
+                    for batch in &d.batches {
+                        if let Some(ids) = batch.column_by_name(STREAM_ID) {
+                            for id in ids.as_primitive::<arrow::datatypes::UInt64Type>().values() {
+                                *found.entry(*id).or_default() += 1;
                             }
-                            labels.extend(d.streams);
                         }
-                        found
                     }
-                };
+                    labels.extend(d.streams);
+                }
                 labels.extend(store.stream_labels(&ctx.tenant, found.keys().copied()));
                 for (id, c) in found {
                     *counts.entry(id).or_default() += c;
