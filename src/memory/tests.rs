@@ -144,11 +144,16 @@ fn a_big_budget_keeps_every_default() {
         assert_eq!(c, Config::default(), "budget {budget}");
         assert!(shares.iter().all(|s| s.limit <= s.share), "{shares:?}");
     }
-    // Just below it, the heads are cut first.
+    // Just below it, SQL's memory and the decoded runs are cut first; the heads (3 × 16 MiB of a 10 %
+    // share) keep their default down to 480 MiB.
     let mut c = Config::default();
     derive(&mut c, &configured(DEFAULTS_KEPT_FROM - 100 * MIB));
+    assert!(c.query.sql_max_memory < Config::default().query.sql_max_memory);
+    assert!(c.store.decoded_cache_max_bytes < Config::default().store.decoded_cache_max_bytes);
+    assert_eq!(c.store.head_max_size, Config::default().store.head_max_size);
+    let mut c = Config::default();
+    derive(&mut c, &configured(400 * MIB));
     assert!(c.store.head_max_size < Config::default().store.head_max_size);
-    assert_eq!(c.query.sql_max_memory, Config::default().query.sql_max_memory);
 }
 
 #[test]

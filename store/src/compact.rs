@@ -127,8 +127,9 @@ pub(crate) fn merge_filtered(
             inputs[input].set_unreadable(&e, metrics);
             e
         };
+        let batch_rows = merge_batch_rows(rg_rows, inputs.len());
         for (input, part) in inputs.iter().enumerate() {
-            let Some(mut reader) = part.reader(&columns, None, 8192).map_err(|e| unreadable(input, e))? else {
+            let Some(mut reader) = part.reader(&columns, None, batch_rows).map_err(|e| unreadable(input, e))? else {
                 continue;
             };
             if let Some(batch) = next_batch(&mut reader, &schema).map_err(|e| unreadable(input, e))? {
@@ -192,6 +193,13 @@ pub(crate) fn merge_filtered(
     }
 }
 
+/// Rows each input of a merge reads at a time. A merge holds every input's current batch plus the
+/// batches the row group being gathered comes from, so the inputs together read about one row group at a
+/// time (within 1,024 and 8,192 rows each): a merge of many small parts holds little more than one of few.
+fn merge_batch_rows(rg_rows: usize, inputs: usize) -> usize {
+    (rg_rows / inputs.max(1)).clamp(1024, 8192)
+}
+
 /// The `fields` whose values total under [`crate::part::SMALL_FIELD_BYTES`] over all `inputs`, by their
 /// footers. An input whose footer cannot be read counts as large for all fields (its read fails later).
 fn small_fields_of(inputs: &[Arc<Part>], fields: &BTreeSet<String>) -> std::collections::HashSet<String> {
@@ -233,4 +241,19 @@ fn emit(writer: &mut PartWriter, schema: &SchemaRef, slots: &[RecordBatch], pick
         cols.push(interleave(&arrays, picks)?);
     }
     writer.write_row_group(&RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_batch_rows;
+
+    #[test]
+    fn a_merge_of_many_inputs_reads_fewer_rows_from_each() {
+        // Together the inputs read about one row group, within the bounds.
+        assert_eq!(merge_batch_rows(65_536, 2), 8192);
+        assert_eq!(merge_batch_rows(65_536, 16), 4096);
+        assert_eq!(merge_batch_rows(65_536, 200), 1024);
+        assert_eq!(merge_batch_rows(4096, 1), 4096);
+        assert_eq!(merge_batch_rows(65_536, 0), 8192);
+    }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Flush the in-memory head to Parquet once it holds this much Arrow data. Left at its default, the
-    /// server takes `min(48 MiB, 10% of server.memory_limit / 3)` (a head holds up to 3 times this).
+    /// server takes `min(16 MiB, 10% of server.memory_limit / 3)` (a head holds up to 3 times this).
     pub head_max_size: ByteSize,
     /// Flush the head at the latest this long after its first write.
     #[serde(with = "duration")]
@@ -113,7 +113,7 @@ impl<'de> Deserialize<'de> for AutoSize {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            head_max_size: ByteSize::mib(48),
+            head_max_size: ByteSize::mib(16),
             head_max_age: Duration::from_secs(60),
             wal_segment_size: ByteSize::mib(64),
             row_group_rows: 65_536,

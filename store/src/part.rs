@@ -974,7 +974,8 @@ fn write_message_runs(
     cuts.push(lines.len());
     // The values as slices of one shared buffer: no allocation per line.
     let base = offsets.first().copied().unwrap_or(0) as usize;
-    let data = bytes::Bytes::copy_from_slice(&lines.value_data()[base..offsets[lines.len()] as usize]);
+    let end = offsets[lines.len()] as usize;
+    let data = bytes::Bytes::from_owner(ArrowBytes(lines.values().clone())).slice(base..end);
     let mut sink = TrackedWrite::new(Vec::with_capacity(data.len() / 4));
     let mut closed = Vec::with_capacity(cuts.len());
     let mut start = 0;
@@ -998,6 +999,16 @@ fn write_message_runs(
     // The pages are compressed, though the runs' writers were told not to.
     close.metadata = close.metadata.clone().into_builder().set_compression(compressor.compression).build()?;
     Ok((bytes, close))
+}
+
+/// An Arrow buffer as the owner of a [`bytes::Bytes`]: the message values are handed to Parquet's
+/// writer without a copy.
+struct ArrowBytes(arrow::buffer::Buffer);
+
+impl AsRef<[u8]> for ArrowBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
 }
 
 /// One column chunk's close result from those of its consecutive runs, written one after another into
