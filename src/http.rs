@@ -149,12 +149,23 @@ async fn flush(State(app): State<AppState>, _headers: HeaderMap) -> Response {
     }
 }
 
-/// Flushes, then compacts now whatever compaction would merge at its next round.
+/// Enough rounds for 16^4 parts of one day, each round reading each part once.
+const ADMIN_COMPACTION_ROUNDS: usize = 4;
+
+/// Flushes, then compacts now whatever compaction would merge at its next rounds: the log store's rounds
+/// run until one merges nothing (a round merges at most 16 parts per job), at most
+/// [`ADMIN_COMPACTION_ROUNDS`] of them.
 async fn compact(State(app): State<AppState>) -> Response {
     let res = async {
         app.store.flush().await?;
         app.metric_store.flush().await?;
-        let merged = app.store.compact().await?;
+        let mut merged = 0;
+        for _ in 0..ADMIN_COMPACTION_ROUNDS {
+            match app.store.compact().await? {
+                0 => break,
+                n => merged += n,
+            }
+        }
         Ok::<_, store::Error>((merged, app.metric_store.compact().await?))
     }
     .await;

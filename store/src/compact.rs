@@ -23,10 +23,17 @@ use crate::metrics::StoreMetrics;
 use crate::part::{Part, PartWriter, WriteOptions};
 use crate::scan::conform;
 
+/// The most parts one merge reads. Each input holds a batch and Parquet's page buffers while the merge
+/// runs, so a day of many small parts (fast ingest flushes a 16 MiB head every fraction of a second) is
+/// merged in several jobs of at most this many, and their outputs in the next round, instead of in one
+/// merge whose memory grows with the number of parts.
+pub(crate) const MAX_MERGE_INPUTS: usize = 16;
+
 /// Groups of parts to merge: per tenant and day, the parts below the size cap, oldest first, once there
-/// are `compaction_min_parts` of them (or two, for a day that is over), up to the size cap in total. A day
-/// that is over and holds a single flushed (level 0) part gets that part rewritten alone, so that every
-/// finished day rests at the compaction zstd level.
+/// are `compaction_min_parts` of them (or two, for a day that is over), in jobs of at most
+/// [`MAX_MERGE_INPUTS`] parts, up to the size cap in total. A day that is over and holds a single flushed
+/// (level 0) part gets that part rewritten alone, so that every finished day rests at the compaction zstd
+/// level.
 pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Vec<Arc<Part>>> {
     let cap = cfg.compaction_max_part_size.as_u64();
     let mut groups: BTreeMap<(&str, i64), Vec<&Arc<Part>>> = BTreeMap::new();
@@ -44,10 +51,14 @@ pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Ve
             continue;
         }
         group.sort_by_key(|p| p.meta.id);
-        let mut job = Vec::new();
+        let mut job: Vec<Arc<Part>> = Vec::new();
         let mut bytes = 0;
         let mut fields: BTreeSet<&str> = BTreeSet::new();
         for p in group {
+            if job.len() == MAX_MERGE_INPUTS {
+                jobs.push(std::mem::take(&mut job));
+                fields.clear();
+            }
             let new_fields = p.meta.fields.iter().filter(|f| !fields.contains(f.as_str())).count();
             if !job.is_empty() && fields.len() + new_fields > cfg.max_field_columns {
                 // Merging it would make a part wider than store.max_field_columns: try the next one.

@@ -144,6 +144,28 @@ async fn compaction_of_large_multi_stream_parts_keeps_every_row() {
 }
 
 #[tokio::test]
+async fn a_day_of_many_parts_is_merged_in_jobs_of_bounded_fan_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns() - 3 * NANOS_PER_DAY;
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    let parts = 2 * crate::compact::MAX_MERGE_INPUTS + 5;
+    for k in 0..parts {
+        store.append(&tenant(), batch(&format!("app{}", k % 3), k * 10, 10, t0)).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    assert_eq!(store.stats().parts, parts);
+    // One round: jobs of at most MAX_MERGE_INPUTS parts each, every part of the day taken.
+    assert_eq!(store.compact().await.unwrap(), parts);
+    assert_eq!(store.stats().parts, 3);
+    assert!(store.inner.state.read().parts.iter().all(|p| p.meta.rows <= 10 * crate::compact::MAX_MERGE_INPUTS as u64));
+    // The next round merges their outputs.
+    assert_eq!(store.compact().await.unwrap(), 3);
+    assert_eq!(store.stats().parts, 1);
+    assert_eq!(store.stats().part_rows, 10 * parts as u64);
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, 10 * parts);
+}
+
+#[tokio::test]
 async fn coarse_timestamps_are_stored_in_a_coarse_unit_and_read_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
