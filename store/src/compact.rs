@@ -29,11 +29,14 @@ use crate::scan::conform;
 /// merge whose memory grows with the number of parts.
 pub(crate) const MAX_MERGE_INPUTS: usize = 16;
 
-/// Groups of parts to merge: per tenant and day, the parts below the size cap, oldest first, once there
-/// are `compaction_min_parts` of them (or two, for a day that is over), in jobs of at most
-/// [`MAX_MERGE_INPUTS`] parts, up to the size cap in total. A day that is over and holds a single flushed
-/// (level 0) part gets that part rewritten alone, so that every finished day rests at the compaction zstd
-/// level.
+/// Groups of parts to merge: per tenant and day, the parts below the size cap, oldest first, in jobs of at
+/// most [`MAX_MERGE_INPUTS`] parts, up to the size cap in total.
+/// - The current day merges by tiers: the parts of the lowest level (flushed parts are level 0, a merge's
+///   output one more than its inputs' highest) that has `compaction_min_parts` of them. A row is so
+///   rewritten once per level while its day fills, instead of with every merge into the day's growing
+///   part.
+/// - A day that is over merges all its parts once it has two; one flushed (level 0) part alone is
+///   rewritten, so that every finished day rests at the compaction zstd level.
 pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Vec<Arc<Part>>> {
     let cap = cfg.compaction_max_part_size.as_u64();
     let mut groups: BTreeMap<(&str, i64), Vec<&Arc<Part>>> = BTreeMap::new();
@@ -46,9 +49,19 @@ pub(crate) fn plan(parts: &[Arc<Part>], cfg: &StoreConfig, today: i64) -> Vec<Ve
             jobs.push(vec![group[0].clone()]);
             continue;
         }
-        let min = if day < today { 2 } else { cfg.compaction_min_parts };
-        if group.len() < min {
-            continue;
+        if day < today {
+            if group.len() < 2 {
+                continue;
+            }
+        } else {
+            let mut tiers: BTreeMap<u32, Vec<&Arc<Part>>> = BTreeMap::new();
+            for p in group {
+                tiers.entry(p.meta.level).or_default().push(p);
+            }
+            let Some(tier) = tiers.into_values().find(|t| t.len() >= cfg.compaction_min_parts) else {
+                continue;
+            };
+            group = tier;
         }
         group.sort_by_key(|p| p.meta.id);
         let mut job: Vec<Arc<Part>> = Vec::new();

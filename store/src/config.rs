@@ -29,7 +29,8 @@ pub struct StoreConfig {
     pub token_filter_bits: u32,
     /// Put tokens made only of digits into the token filters too.
     pub index_numbers: bool,
-    /// Merge the small parts of a day once it has this many.
+    /// Merge the current day's parts of one level (flushed, merged once, ...) once it has this many; a
+    /// day that is over merges all its parts.
     pub compaction_min_parts: usize,
     /// Parts at least this large are not merged again.
     pub compaction_max_part_size: ByteSize,

@@ -166,6 +166,48 @@ async fn a_day_of_many_parts_is_merged_in_jobs_of_bounded_fan_in() {
 }
 
 #[tokio::test]
+async fn the_current_day_merges_by_tiers_and_leaves_a_merged_part_alone_until_its_tier_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    // Today's rows (the tiers are the current day's rule).
+    let t0 = now_ns();
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    let min = StoreConfig::default().compaction_min_parts;
+    let mut rows = 0;
+    let flush_one = async |k: usize| {
+        store.append(&tenant(), batch("app", k * 10, 10, t0)).await.unwrap();
+        store.flush().await.unwrap();
+    };
+    for k in 0..min {
+        flush_one(k).await;
+        rows += 10;
+    }
+    assert_eq!(store.compact().await.unwrap(), min);
+    let levels = |s: &LogStore| {
+        let mut v: Vec<(u32, u64)> = s.inner.state.read().parts.iter().map(|p| (p.meta.level, p.meta.id)).collect();
+        v.sort_unstable();
+        v
+    };
+    let first = levels(&store);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, 1);
+    // Fewer than `min` new flushed parts: nothing merges, and the merged part is not rewritten with them.
+    for k in min..2 * min - 1 {
+        flush_one(k).await;
+        rows += 10;
+    }
+    assert_eq!(store.compact().await.unwrap(), 0);
+    // The tier of flushed parts fills: they merge among themselves; the first merged part stays as it was.
+    flush_one(2 * min).await;
+    rows += 10;
+    assert_eq!(store.compact().await.unwrap(), min);
+    let now = levels(&store);
+    assert_eq!(now.len(), 2);
+    assert!(now.contains(&first[0]), "{now:?} lost {first:?}");
+    assert!(now.iter().all(|(level, _)| *level == 1));
+    assert_eq!(count(&store, ScanRequest::all(tenant())).await, rows);
+}
+
+#[tokio::test]
 async fn coarse_timestamps_are_stored_in_a_coarse_unit_and_read_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
