@@ -1437,6 +1437,7 @@ impl LogStore {
             }
             inner.metrics.compactions.inc();
             inner.metrics.compacted_parts.inc_by(job.len() as u64);
+            inner.metrics.compacted_rows.inc_by(output.meta.rows);
             merged += job.len();
             tracing::info!(
                 tenant = %output.meta.tenant,

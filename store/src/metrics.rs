@@ -23,6 +23,8 @@ pub struct StoreMetrics {
     pub disk_bytes: Gauge,
     pub compactions: Counter,
     pub compacted_parts: Counter,
+    /// Rows written by compaction (its write amplification against `flushed_rows`).
+    pub compacted_rows: Counter,
     pub retention_deleted_parts: Counter,
     pub head_bytes: Gauge,
     pub head_rows: Gauge,
@@ -63,6 +65,7 @@ impl StoreMetrics {
             disk_bytes: Gauge::default(),
             compactions: Counter::default(),
             compacted_parts: Counter::default(),
+            compacted_rows: Counter::default(),
             retention_deleted_parts: Counter::default(),
             head_bytes: Gauge::default(),
             head_rows: Gauge::default(),
@@ -110,6 +113,11 @@ impl StoreMetrics {
         );
         r.register("compactions", "compactions of small parts into larger ones", m.compactions.clone());
         r.register("compacted_parts", "parts merged away by compaction", m.compacted_parts.clone());
+        r.register(
+            "compacted_rows",
+            "rows written by compaction (against flushed_rows: how often a row is rewritten)",
+            m.compacted_rows.clone(),
+        );
         r.register(
             "retention_deleted_parts",
             "parts deleted by retention (age or disk budget)",

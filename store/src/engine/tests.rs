@@ -163,6 +163,8 @@ async fn a_day_of_many_parts_is_merged_in_jobs_of_bounded_fan_in() {
     assert_eq!(store.stats().parts, 1);
     assert_eq!(store.stats().part_rows, 10 * parts as u64);
     assert_eq!(count(&store, ScanRequest::all(tenant())).await, 10 * parts);
+    // Each row was written by two merges.
+    assert_eq!(store.metrics().compacted_rows.get(), 2 * 10 * parts as u64);
 }
 
 #[tokio::test]

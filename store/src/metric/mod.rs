@@ -1380,6 +1380,7 @@ impl MetricStore {
             job.iter().for_each(|p| p.mark_obsolete());
             inner.metrics.compactions.inc();
             inner.metrics.compacted_parts.inc_by(job.len() as u64);
+            inner.metrics.compacted_rows.inc_by(output.meta.rows);
             merged += job.len();
             tracing::info!(
                 %tenant,
