@@ -145,11 +145,14 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// A run of 100 samples, and the bytes the cache counts for it.
+    fn run_of_100() -> (Vec<i64>, Vec<f64>, usize) {
+        ((0..100).collect(), (0..100).map(f64::from).collect(), 100 * 16 + ENTRY_OVERHEAD)
+    }
+
     #[test]
     fn runs_come_back_and_the_least_recently_used_go_past_the_bound() {
-        let run: Vec<i64> = (0..100).collect();
-        let vals: Vec<f64> = (0..100).map(|i| i as f64).collect();
-        let one = 100 * 16 + ENTRY_OVERHEAD;
+        let (run, vals, one) = run_of_100();
         let cache = DecodedRuns::new(one * 10);
         for s in 0..10 {
             cache.insert(1, s, &run, &vals);
@@ -174,9 +177,7 @@ mod tests {
 
     #[test]
     fn a_lower_bound_evicts_at_once_and_bounds_later_inserts() {
-        let run: Vec<i64> = (0..100).collect();
-        let vals: Vec<f64> = (0..100).map(|i| i as f64).collect();
-        let one = 100 * 16 + ENTRY_OVERHEAD;
+        let (run, vals, one) = run_of_100();
         let cache = DecodedRuns::new(one * 16);
         for s in 0..16 {
             cache.insert(1, s, &run, &vals);
