@@ -1029,7 +1029,11 @@ impl LogStore {
             })
             .collect();
         let n = partitions.max(1);
-        // Too few parts to keep every thread busy: cut each part's candidate rows into `n` slices.
+        // Too few parts to keep every thread busy: cut each part's candidate rows into `4n` slices, dealt
+        // out in turn below, so that rows the filters skip at run time (row groups, pages) do not all
+        // fall on one thread. A slice costs a reader per row group and column (each with its own zstd
+        // contexts, about 5 % of a query of 131,000 rows cut in 8), so none is cut below
+        // `MIN_SLICE_ROWS`.
         let split = n > 1 && units.len() < 2 * n;
         let mut pieces: Vec<(u64, PartSlice)> = Vec::new();
         for (rows, part, ranges) in units.drain(..) {
@@ -1037,7 +1041,8 @@ impl LogStore {
                 pieces.push((rows, (part, None)));
                 continue;
             }
-            for slice in split_ranges(&ranges, rows.div_ceil(n as u64)) {
+            let chunk = rows.div_ceil(4 * n as u64).max(MIN_SLICE_ROWS);
+            for slice in split_ranges(&ranges, chunk, &part.message_page_starts()) {
                 let r: u64 = slice.iter().map(|x| x.end - x.start).sum();
                 pieces.push((r, (part.clone(), Some(slice))));
             }
@@ -1749,19 +1754,29 @@ fn remove_unlisted_files(dir: &Path, manifest: &Manifest, set_aside: Option<&Qua
 #[cfg(test)]
 mod tests;
 
-/// Cuts sorted, disjoint row ranges into consecutive slices of about `chunk` rows each.
-fn split_ranges(ranges: &[std::ops::Range<u64>], chunk: u64) -> Vec<Vec<std::ops::Range<u64>>> {
+/// The fewest rows [`LogStore::plan_scan`] gives one slice of a part.
+const MIN_SLICE_ROWS: u64 = 65_536;
+
+/// Cuts sorted, disjoint row ranges into consecutive slices of about `chunk` rows each (at least `chunk`
+/// but the last). A cut inside a range falls on the next of `snap` (sorted rows where the part's
+/// `message` pages start), so that no page is decompressed by two slices; without one, the range's end.
+fn split_ranges(ranges: &[std::ops::Range<u64>], chunk: u64, snap: &[u64]) -> Vec<Vec<std::ops::Range<u64>>> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut filled = 0;
     for r in ranges {
         let mut start = r.start;
         while start < r.end {
-            let take = (chunk - filled).min(r.end - start);
-            current.push(start..start + take);
-            filled += take;
-            start += take;
-            if filled == chunk {
+            let mut cut = start + (chunk - filled).min(r.end - start);
+            if cut < r.end {
+                // Inside the range: on to the next page start, so that no page is read by two slices.
+                let next = snap[snap.partition_point(|&s| s < cut)..].first().copied().unwrap_or(u64::MAX);
+                cut = next.min(r.end);
+            }
+            current.push(start..cut);
+            filled += cut - start;
+            start = cut;
+            if filled >= chunk {
                 out.push(std::mem::take(&mut current));
                 filled = 0;
             }

@@ -48,6 +48,7 @@ mod engine;
 mod head;
 mod manifest;
 mod marks;
+mod ngrams;
 mod part;
 mod quarantine;
 mod scan;

@@ -30,6 +30,8 @@ pub struct StoreMetrics {
     pub head_rows: Gauge,
     pub scans: Counter,
     pub scan_skipped_row_groups: Counter,
+    /// Data pages of `message` ruled out by their substring filters (never decompressed).
+    pub scan_skipped_pages: Counter,
     /// Files set aside into `<data>/quarantine/` (or recorded there as missing) since the start.
     pub quarantined_files: Counter,
     /// Parts left out of reads: set aside at a start (until their quarantined files are deleted) or
@@ -71,6 +73,7 @@ impl StoreMetrics {
             head_rows: Gauge::default(),
             scans: Counter::default(),
             scan_skipped_row_groups: Counter::default(),
+            scan_skipped_pages: Counter::default(),
             quarantined_files: Counter::default(),
             unreadable_parts: Gauge::default(),
             rebuilt_indexes: Counter::default(),
@@ -130,6 +133,11 @@ impl StoreMetrics {
             "scan_skipped_row_groups",
             "row groups skipped by the time, stream and token indexes",
             m.scan_skipped_row_groups.clone(),
+        );
+        r.register(
+            "scan_skipped_pages",
+            "message pages skipped by their substring (trigram) filters",
+            m.scan_skipped_pages.clone(),
         );
         r.register(
             "quarantined_files",

@@ -7,19 +7,25 @@
 //! `<id>.parquet` lies `<id>.idx`:
 //!
 //! ```text
-//! "LUMNIDX2" | u32le n_streams | u32le n_row_groups
+//! "LUMNIDX3" | u32le n_streams | u32le n_row_groups
 //! | n_streams × (u64 id, u64 first_row, u64 rows, i64 min_time, i64 max_time)
-//! | n_row_groups × (u64 first_row, u64 rows, i64 min_time, i64 max_time, u64 filter_offset, u64 filter_len)
-//! | u32le crc32 of all the above | n_row_groups × (token filter | u32le crc32 of that filter)
+//! | n_row_groups × (u64 first_row, u64 rows, i64 min_time, i64 max_time, u64 filter_offset, u64 filter_len,
+//!                   u64 pages_offset, u64 pages_len)
+//! | u32le crc32 of all the above
+//! | n_row_groups × (token filter | u32le crc32 of it | page filters | u32le crc32 of them)
 //! ```
 //!
-//! A filter that fails its checksum is not used: its row group is read as if it had none, so a damaged
-//! filter costs speed, never a line. Files of the first version (`LUMNIDX1`, filters without checksums)
-//! are still read.
+//! The token filter of a row group rules it out for a search by whole words ([`crate::tokens`]); its page
+//! filters, one per data page of its `message` column, rule out pages for a search by substring
+//! ([`crate::ngrams`]). A filter that fails its checksum is not used: its row group is read as if it had
+//! none, so a damaged filter costs speed, never a line. `pages_len` is 0 where a row group has no page
+//! filters. Files of the earlier versions are still read: `LUMNIDX2` has no page filters (row-group
+//! records of 48 bytes, without the last two fields), `LUMNIDX1` neither, and no checksums on its token
+//! filters.
 //!
 //! The header (streams and row groups) is read when the part is opened and kept in memory: it turns label
-//! matchers into exact row ranges and time bounds into row-group skips. Token filters stay on disk and
-//! are read only for full-text searches.
+//! matchers into exact row ranges and time bounds into row-group skips. Filters stay on disk and are read
+//! only for full-text searches.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -55,14 +61,18 @@ use crate::error::{Error, Result};
 use crate::head::{MESSAGE, STREAM_ID, TIME};
 use crate::manifest::PartMeta;
 use crate::metrics::StoreMetrics;
+use crate::ngrams::{PageFilterBuilder, PageFilters};
 use crate::quarantine::{Quarantine, SkippedPart};
 use crate::tokens::{TokenCollector, TokenFilter};
 
-const MAGIC: &[u8; 8] = b"LUMNIDX2";
-/// The first version: the same, but its token filters carry no checksum.
+const MAGIC: &[u8; 8] = b"LUMNIDX3";
+/// The second version: no page filters, row-group records without their fields.
+const MAGIC_V2: &[u8; 8] = b"LUMNIDX2";
+/// The first version: as the second, but its token filters carry no checksum.
 const MAGIC_V1: &[u8; 8] = b"LUMNIDX1";
 const STREAM_REC: usize = 40;
-const RG_REC: usize = 48;
+const RG_REC: usize = 64;
+const RG_REC_V2: usize = 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StreamRange {
@@ -83,6 +93,9 @@ pub(crate) struct RowGroupIndex {
     filter_len: u64,
     /// The filter is followed by its crc32 (not in `filter_len`).
     filter_crc: bool,
+    /// The page filters ([`crate::ngrams::PageFilters`]), followed by their crc32; `pages_len` 0: none.
+    pages_offset: u64,
+    pages_len: u64,
 }
 
 /// A live part: its manifest entry and index header. When the part leaves the manifest (compaction,
@@ -299,25 +312,69 @@ impl Part {
     /// Reads a row group's token filter from the index file opened by [`Part::open_index`].
     pub(crate) fn token_filter(&self, file: &File, rg: usize) -> Result<Option<TokenFilter>> {
         let rg = &self.row_groups[rg];
-        if rg.filter_len == 0 {
+        let filter = self.read_filter(file, rg, (rg.filter_offset, rg.filter_len), rg.filter_crc, "a token filter")?;
+        Ok(filter.and_then(|f| TokenFilter::from_bytes(&f)))
+    }
+
+    /// Reads a row group's page filters (the bytes [`crate::ngrams::PageFilters::parse`] reads) from the
+    /// index file opened by [`Part::open_index`]; `None` when it has none or they fail their checksum.
+    pub(crate) fn page_filters(&self, file: &File, rg: usize) -> Result<Option<Vec<u8>>> {
+        let rg = &self.row_groups[rg];
+        self.read_filter(file, rg, (rg.pages_offset, rg.pages_len), true, "page filters")
+    }
+
+    /// Reads `len` bytes at `offset` of the index file, followed by their crc32 when `crc`; `None` when
+    /// `len` is 0 or the bytes fail their checksum: their row group is then read as if it had no such
+    /// filter (slower, but no line is skipped on a bad filter).
+    fn read_filter(
+        &self,
+        file: &File,
+        rg: &RowGroupIndex,
+        (offset, len): (u64, u64),
+        crc: bool,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        if len == 0 {
             return Ok(None);
         }
-        let len = rg.filter_len as usize;
-        let mut buf = vec![0u8; len + if rg.filter_crc { 4 } else { 0 }];
-        file.read_exact_at(&mut buf, rg.filter_offset).map_err(Error::io("read", &self.index_path))?;
-        if rg.filter_crc {
-            let crc = u32::from_le_bytes(buf[len..].try_into().unwrap_or_default());
-            if crc32fast::hash(&buf[..len]) != crc {
-                // Read the row group as if it had no filter: slower, but no line is skipped on a bad filter.
+        let len = len as usize;
+        let mut buf = vec![0u8; len + if crc { 4 } else { 0 }];
+        file.read_exact_at(&mut buf, offset).map_err(Error::io("read", &self.index_path))?;
+        if crc {
+            let sum = u32::from_le_bytes(buf[len..].try_into().unwrap_or_default());
+            if crc32fast::hash(&buf[..len]) != sum {
                 if !self.filter_damage_reported.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(index = %self.index_path.display(), row_group = rg.first_row,
-                        "a token filter of this part fails its checksum; its row groups are read in full until compaction rewrites the part");
+                    tracing::warn!(index = %self.index_path.display(), row_group = rg.first_row, filter = what,
+                        "a filter of this part fails its checksum; its row groups are read in full until compaction rewrites the part");
                 }
                 return Ok(None);
             }
             buf.truncate(len);
         }
-        Ok(TokenFilter::from_bytes(&buf))
+        Ok(Some(buf))
+    }
+
+    /// The first rows (in the part) of its `message` column's data pages, when its footer is in memory
+    /// (it is once a read opened the part, except for wide parts); empty otherwise.
+    pub(crate) fn message_page_starts(&self) -> Vec<u64> {
+        let Some(metadata) = self.metadata.get() else {
+            return Vec::new();
+        };
+        let metadata = metadata.metadata();
+        let column =
+            metadata.file_metadata().schema_descr().columns().iter().position(|c| c.path().parts() == [MESSAGE]);
+        let (Some(column), Some(index)) = (column, metadata.offset_index()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut first = 0u64;
+        for (g, rg) in metadata.row_groups().iter().enumerate() {
+            if let Some(pages) = index.get(g).and_then(|c| c.get(column)) {
+                out.extend(page_starts(pages).into_iter().map(|r| first + r));
+            }
+            first += rg.num_rows().max(0) as u64;
+        }
+        out
     }
 
     /// The footer and page index, loaded from `file` (this part's Parquet file) by the first caller.
@@ -436,9 +493,10 @@ fn read_index(
         return bad("is shorter than its header".to_string());
     }
     file.read_exact_at(&mut head, 0).map_err(io)?;
-    let filter_crc = match &head[0..8] {
-        m if m == MAGIC => true,
-        m if m == MAGIC_V1 => false,
+    let (filter_crc, rg_rec) = match &head[0..8] {
+        m if m == MAGIC => (true, RG_REC),
+        m if m == MAGIC_V2 => (true, RG_REC_V2),
+        m if m == MAGIC_V1 => (false, RG_REC_V2),
         _ => return bad("has a bad magic".to_string()),
     };
     if meta.index_bytes != 0 && file_len != meta.index_bytes {
@@ -446,7 +504,7 @@ fn read_index(
     }
     let n_streams = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
     let n_rgs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
-    let header_len = 16 + n_streams * STREAM_REC + n_rgs * RG_REC;
+    let header_len = 16 + n_streams * STREAM_REC + n_rgs * rg_rec;
     if header_len as u64 + 4 > file_len {
         return bad("is shorter than its header".to_string());
     }
@@ -468,7 +526,7 @@ fn read_index(
         })
         .collect();
     let row_groups: Vec<RowGroupIndex> = header[16 + n_streams * STREAM_REC..header_len]
-        .chunks_exact(RG_REC)
+        .chunks_exact(rg_rec)
         .map(|c| RowGroupIndex {
             first_row: u64_at(c, 0),
             rows: u64_at(c, 1),
@@ -477,6 +535,8 @@ fn read_index(
             filter_offset: u64_at(c, 4),
             filter_len: u64_at(c, 5),
             filter_crc,
+            pages_offset: if rg_rec == RG_REC { u64_at(c, 6) } else { 0 },
+            pages_len: if rg_rec == RG_REC { u64_at(c, 7) } else { 0 },
         })
         .collect();
     if let Some(n) = n_row_groups
@@ -490,9 +550,17 @@ fn read_index(
         return bad(format!("counts {rg_rows} and {stream_rows} rows where the part has {}", meta.rows));
     }
     let crc_len = if filter_crc { 4 } else { 0 };
-    if row_groups.iter().any(|g| g.filter_len > 0 && g.filter_offset.saturating_add(g.filter_len + crc_len) > file_len)
+    if row_groups
+        .iter()
+        .any(|g| g.filter_len > 0 && g.filter_offset.saturating_add(g.filter_len.saturating_add(crc_len)) > file_len)
     {
         return bad("has a token filter beyond its end".to_string());
+    }
+    if row_groups
+        .iter()
+        .any(|g| g.pages_len > 0 && g.pages_offset.saturating_add(g.pages_len.saturating_add(4)) > file_len)
+    {
+        return bad("has page filters beyond its end".to_string());
     }
     Ok((streams, row_groups))
 }
@@ -523,6 +591,8 @@ fn reader_options() -> ArrowReaderOptions {
 fn build_index(path: &Path, file: &File, metadata: &ArrowReaderMetadata, options: &WriteOptions) -> Result<BuiltIndex> {
     let perr = |source| Error::Parquet { path: path.to_path_buf(), source };
     let mut index = IndexBuilder::new(options);
+    let message_column =
+        metadata.metadata().file_metadata().schema_descr().columns().iter().position(|c| c.path().parts() == [MESSAGE]);
     for g in 0..metadata.metadata().num_row_groups() {
         let file = file.try_clone().map_err(Error::io("reopen", path))?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
@@ -546,7 +616,8 @@ fn build_index(path: &Path, file: &File, metadata: &ArrowReaderMetadata, options
             continue;
         };
         let batch = arrow::compute::concat_batches(&first.schema(), &batches)?;
-        index.add_row_group(&batch)?;
+        let pages = message_column.and_then(|c| metadata.metadata().offset_index()?.get(g)?.get(c)).map(page_starts);
+        index.add_row_group(&batch, pages.as_deref())?;
     }
     let (bytes, streams, row_groups) = index.encode();
     Ok(BuiltIndex { bytes, streams, row_groups })
@@ -560,6 +631,7 @@ struct IndexBuilder {
     tokens: TokenCollector,
     token_filter_bits: u32,
     index_numbers: bool,
+    pages: PageFilterBuilder,
 }
 
 impl IndexBuilder {
@@ -571,12 +643,14 @@ impl IndexBuilder {
             tokens: TokenCollector::default(),
             token_filter_bits: options.token_filter_bits,
             index_numbers: options.index_numbers,
+            pages: PageFilterBuilder::default(),
         }
     }
 
     /// Adds the next row group: `batch` has `time` (nanoseconds), `_stream_id` and `message`, in
-    /// (stream id, time) order.
-    fn add_row_group(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// (stream id, time) order. `pages` are the first rows (in the row group) of its `message` column's
+    /// data pages, when known: each gets a page filter.
+    fn add_row_group(&mut self, batch: &RecordBatch, pages: Option<&[u64]>) -> Result<()> {
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(());
@@ -616,18 +690,50 @@ impl IndexBuilder {
             }
         }
         let filter = self.tokens.build(self.token_filter_bits).to_bytes();
+        let filter_offset = self.filters.len() as u64;
+        self.filters.extend_from_slice(&filter);
+        self.filters.extend_from_slice(&crc32fast::hash(&filter).to_le_bytes());
+        let pages_offset = self.filters.len() as u64;
+        let pages_len = match pages.filter(|p| p.first() == Some(&0) && p.is_sorted()) {
+            Some(firsts) => {
+                let blob = self.page_filters(messages, firsts);
+                self.filters.extend_from_slice(&blob);
+                self.filters.extend_from_slice(&crc32fast::hash(&blob).to_le_bytes());
+                blob.len() as u64
+            }
+            None => 0,
+        };
         self.row_groups.push(RowGroupIndex {
             first_row,
             rows: rows as u64,
             min_time: rg_min,
             max_time: rg_max,
-            filter_offset: self.filters.len() as u64,
+            filter_offset,
             filter_len: filter.len() as u64,
             filter_crc: true,
+            pages_offset,
+            pages_len,
         });
-        self.filters.extend_from_slice(&filter);
-        self.filters.extend_from_slice(&crc32fast::hash(&filter).to_le_bytes());
         Ok(())
+    }
+
+    /// The page filters of a row group's `message` column whose pages start at rows `firsts`.
+    fn page_filters(&mut self, messages: &arrow::array::StringArray, firsts: &[u64]) -> Vec<u8> {
+        let rows = messages.len() as u64;
+        let mut filters = Vec::new();
+        let mut lens = Vec::with_capacity(firsts.len());
+        for (i, first) in firsts.iter().enumerate() {
+            let end = firsts.get(i + 1).copied().unwrap_or(rows).min(rows);
+            for row in (*first).min(end)..end {
+                if messages.is_valid(row as usize) {
+                    self.pages.add(messages.value(row as usize).as_bytes());
+                }
+            }
+            lens.push(self.pages.finish(&mut filters));
+        }
+        let mut blob = Vec::with_capacity(4 + firsts.len() * 8 + filters.len());
+        PageFilters::encode(firsts, &lens, &filters, &mut blob);
+        blob
     }
 
     /// The index file's bytes, with the ranges it holds.
@@ -637,6 +743,7 @@ impl IndexBuilder {
         let filters_start = (header_len + 4) as u64;
         for rg in &mut row_groups {
             rg.filter_offset += filters_start;
+            rg.pages_offset += filters_start;
         }
         let mut buf = Vec::with_capacity(header_len + 4 + filters.len());
         buf.extend_from_slice(MAGIC);
@@ -648,7 +755,8 @@ impl IndexBuilder {
             }
         }
         for g in &row_groups {
-            for v in [g.first_row, g.rows, g.min_time as u64, g.max_time as u64, g.filter_offset, g.filter_len] {
+            let fields = [g.first_row, g.rows, g.min_time as u64, g.max_time as u64, g.filter_offset, g.filter_len];
+            for v in fields.into_iter().chain([g.pages_offset, g.pages_len]) {
                 buf.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -861,7 +969,6 @@ impl PartWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.index.add_row_group(batch)?;
         let perr = |source| Error::Parquet { path: self.parquet_path.clone(), source };
         let mut columns = batch.columns().to_vec();
         columns[0] = arrow::compute::cast(&columns[0], self.stored.field(0).data_type())?;
@@ -872,6 +979,8 @@ impl PartWriter {
         let writers = self.columns.create_column_writers(self.row_groups).map_err(perr)?;
         let message_descr = row_group_column_descr(&self.writer, MESSAGE);
         let mut row_group = self.writer.next_row_group().map_err(perr)?;
+        // Where the message column's data pages start, for their page filters.
+        let mut pages: Option<Vec<u64>> = None;
         // Every column is flat: one leaf, one writer per field, in schema order.
         for ((field, column), mut writer) in self.stored.fields().iter().zip(&columns).zip(writers) {
             if field.name() == MESSAGE
@@ -883,6 +992,7 @@ impl PartWriter {
                 let (bytes, close) =
                     write_message_runs(descr, &self.message_props, &mut self.message_zstd, lines, &ids, PAGE_RUN_BYTES)
                         .map_err(perr)?;
+                pages = close.offset_index.as_ref().map(page_starts);
                 row_group.append_column(&bytes, close).map_err(perr)?;
                 continue;
             }
@@ -892,6 +1002,7 @@ impl PartWriter {
             writer.close().and_then(|chunk| chunk.append_to_row_group(&mut row_group)).map_err(perr)?;
         }
         row_group.close().map_err(perr)?;
+        self.index.add_row_group(batch, pages.as_deref())?;
         self.row_groups += 1;
         Ok(())
     }
@@ -948,6 +1059,11 @@ pub(crate) fn run_cuts(ids: &[u64], offsets: &[i32], min_bytes: usize) -> Vec<us
     }
     let bytes = |run: &(usize, usize)| (offsets[run.1] - offsets[run.0]) as usize;
     runs.windows(2).filter(|w| bytes(&w[0]) >= min_bytes || bytes(&w[1]) >= min_bytes).map(|w| w[1].0).collect()
+}
+
+/// The first rows (in their row group) of a column chunk's data pages.
+fn page_starts(index: &OffsetIndexMetaData) -> Vec<u64> {
+    index.page_locations().iter().map(|p| p.first_row_index.max(0) as u64).collect()
 }
 
 /// The descriptor of the named top-level column of the file being written.

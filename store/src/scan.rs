@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::head::{MESSAGE, STREAM_ID, TIME, label_column};
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, Tenant};
+use crate::ngrams::{PageFilters, needle_positions};
 use crate::part::Part;
 use crate::tokens::required_tokens;
 
@@ -245,12 +246,15 @@ impl ScanPlan {
         let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
         let tokens: Vec<u64> =
             self.req.line_contains.iter().flat_map(|s| required_tokens(s, self.index_numbers)).collect();
+        let needles: Vec<Vec<u32>> =
+            self.req.line_contains.iter().map(|s| needle_positions(s.as_bytes())).filter(|p| !p.is_empty()).collect();
+        let filters = Filters { tokens: &tokens, needles: &needles };
         for (part, restrict) in &self.parts {
             // Another scan may have found it unreadable since this one was planned.
             if part.is_unreadable() {
                 continue;
             }
-            match self.read_part(part, restrict.as_deref(), &needed, &tokens, &mut send) {
+            match self.read_part(part, restrict.as_deref(), &needed, filters, &mut send) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
                 // An unreadable part is left out, not the whole answer: the caller learns of it through
@@ -269,10 +273,10 @@ impl ScanPlan {
         part: &Part,
         restrict: Option<&[Range<u64>]>,
         needed: &[&str],
-        tokens: &[u64],
+        filters: Filters<'_>,
         send: &mut impl FnMut(RecordBatch) -> bool,
     ) -> Result<bool> {
-        let Some(mut ranges) = self.part_ranges(part, tokens) else {
+        let Some(mut ranges) = self.part_ranges(part, filters) else {
             return Ok(true);
         };
         if let Some(only) = restrict {
@@ -318,17 +322,20 @@ impl ScanPlan {
         cols
     }
 
-    /// The part's row ranges that may hold matching rows, or `None` when none can. Token filters that
-    /// cannot be read rule nothing out: the rows are read and filtered exactly.
-    fn part_ranges(&self, part: &Part, tokens: &[u64]) -> Option<Vec<Range<u64>>> {
+    /// The part's row ranges that may hold matching rows, or `None` when none can. Filters that cannot
+    /// be read rule nothing out: the rows are read and filtered exactly.
+    fn part_ranges(&self, part: &Part, filters: Filters<'_>) -> Option<Vec<Range<u64>>> {
         let (start, end) = (self.req.start_ns, self.req.end_ns);
         let overlaps = |min: i64, max: i64| max >= start && min < end;
-        // Row groups that survive the time bounds and the token filters.
-        let index = if tokens.is_empty() { None } else { part.open_index().ok() };
+        // Row groups that survive the time bounds and the token filters, cut to the pages that survive
+        // their substring filters.
+        let (tokens, needles) = (filters.tokens, filters.needles);
+        let index = if tokens.is_empty() && needles.is_empty() { None } else { part.open_index().ok() };
         let mut keep = Vec::with_capacity(part.row_groups.len());
         for (i, rg) in part.row_groups.iter().enumerate() {
             let mut ok = overlaps(rg.min_time, rg.max_time);
             if ok
+                && !tokens.is_empty()
                 && let Some(index) = &index
                 && let Ok(Some(filter)) = part.token_filter(index, i)
             {
@@ -338,7 +345,22 @@ impl ScanPlan {
                 self.metrics.scan_skipped_row_groups.inc();
                 continue;
             }
-            keep.push(rg.first_row..rg.first_row + rg.rows);
+            let rows = rg.first_row..rg.first_row + rg.rows;
+            let pages = match &index {
+                Some(index) if !needles.is_empty() => part.page_filters(index, i).ok().flatten(),
+                _ => None,
+            };
+            match pages.as_deref().and_then(PageFilters::parse) {
+                Some(pages) => {
+                    let (passing, skipped) = pages.passing(rg.rows, needles);
+                    self.metrics.scan_skipped_pages.inc_by(skipped);
+                    if passing.is_empty() {
+                        self.metrics.scan_skipped_row_groups.inc();
+                    }
+                    keep.extend(passing.into_iter().map(|r| rows.start + r.start..rows.start + r.end));
+                }
+                None => keep.push(rows),
+            }
         }
         if keep.is_empty() {
             return None;
@@ -452,6 +474,14 @@ impl ScanPlan {
         }
         Ok(filter_record_batch(batch, &mask)?)
     }
+}
+
+/// What a scan's filters look for: the token hashes every matching line holds (for the row groups'
+/// token filters) and each substring's trigrams (for the pages' filters).
+#[derive(Clone, Copy)]
+struct Filters<'a> {
+    tokens: &'a [u64],
+    needles: &'a [Vec<u32>],
 }
 
 /// What the indexes have decided already for every row of a batch, so that [`ScanPlan::filter`] need

@@ -549,23 +549,28 @@ async fn index_files_of_the_first_version_are_still_read() {
     let want_lines = logql_lines(&server.base, r#"{app="a"} |= "a line 7""#).await;
     stop(server);
 
-    // Rewrite the index as the first version wrote it: magic LUMNIDX1, no checksum after each filter.
+    // Rewrite the index as the first version wrote it: magic LUMNIDX1, row-group records without the
+    // page filters' offset and length, no checksum after each token filter, no page filters.
     let idx = files(&data.join("logs"), ".idx");
-    let v2 = std::fs::read(&idx[0]).unwrap();
-    assert_eq!(&v2[..8], b"LUMNIDX2");
+    let v3 = std::fs::read(&idx[0]).unwrap();
+    assert_eq!(&v3[..8], b"LUMNIDX3");
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
     let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap()) as usize;
-    let (n_streams, n_rgs) = (u32_at(&v2, 8), u32_at(&v2, 12));
+    let (n_streams, n_rgs) = (u32_at(&v3, 8), u32_at(&v3, 12));
     let header_len = 16 + n_streams * 40 + n_rgs * 48;
-    let mut header = v2[..header_len].to_vec();
+    let mut header = v3[..16 + n_streams * 40].to_vec();
     header[..8].copy_from_slice(b"LUMNIDX1");
+    for g in 0..n_rgs {
+        let rec = 16 + n_streams * 40 + g * 64;
+        header.extend_from_slice(&v3[rec..rec + 48]);
+    }
     let mut filters = Vec::new();
     for g in 0..n_rgs {
         let rec = 16 + n_streams * 40 + g * 48;
-        let (offset, len) = (u64_at(&v2, rec + 32), u64_at(&v2, rec + 40));
+        let (offset, len) = (u64_at(&header, rec + 32), u64_at(&header, rec + 40));
         let new_offset = (header_len + 4 + filters.len()) as u64;
         header[rec + 32..rec + 40].copy_from_slice(&new_offset.to_le_bytes());
-        filters.extend_from_slice(&v2[offset..offset + len]);
+        filters.extend_from_slice(&v3[offset..offset + len]);
     }
     let crc = crc32(&header);
     let mut v1 = header;
@@ -575,7 +580,7 @@ async fn index_files_of_the_first_version_are_still_read() {
     // The manifest records the index's size, as the first version wrote it.
     let manifest_path = data.join("manifest.json");
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
-    let (from, to) = (format!("\"index_bytes\":{}", v2.len()), format!("\"index_bytes\":{}", v1.len()));
+    let (from, to) = (format!("\"index_bytes\":{}", v3.len()), format!("\"index_bytes\":{}", v1.len()));
     assert!(manifest.contains(&from), "{manifest}");
     std::fs::write(&manifest_path, manifest.replace(&from, &to)).unwrap();
     let server = started(data).await;

@@ -51,6 +51,16 @@ fn batch(schema: &SchemaRef) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), columns).unwrap()
 }
 
+/// The rows of [`batch`] written as a part of two row groups, the second starting inside stream 4's run.
+fn two_row_groups(dir: &Path) -> Arc<Part> {
+    let schema: SchemaRef = Arc::new(Schema::new(crate::head::base_fields().to_vec()));
+    let mut writer = PartWriter::create(dir, meta(), schema.clone(), options()).unwrap();
+    let input = batch(&schema);
+    writer.write_row_group(&input.slice(0, 5000)).unwrap();
+    writer.write_row_group(&input.slice(5000, input.num_rows() - 5000)).unwrap();
+    writer.finish(dir).unwrap()
+}
+
 #[test]
 fn cuts_fall_where_a_large_run_starts_or_ends() {
     let ids = [7, 7, 7, 8, 9, 9, 9, 9, 10];
@@ -67,13 +77,7 @@ fn cuts_fall_where_a_large_run_starts_or_ends() {
 #[test]
 fn message_pages_start_at_large_streams_and_a_stream_reads_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let schema: SchemaRef = Arc::new(Schema::new(crate::head::base_fields().to_vec()));
-    let mut writer = PartWriter::create(dir.path(), meta(), schema.clone(), options()).unwrap();
-    let input = batch(&schema);
-    // Two row groups, the second starting inside stream 4's run.
-    writer.write_row_group(&input.slice(0, 5000)).unwrap();
-    writer.write_row_group(&input.slice(5000, input.num_rows() - 5000)).unwrap();
-    let part = writer.finish(dir.path()).unwrap();
+    let part = two_row_groups(dir.path());
     assert_eq!(part.meta.rows, 8041);
 
     // Page starts of the message column, in the part's row numbers.
@@ -153,4 +157,80 @@ fn a_wide_parts_footer_is_read_per_reader_and_not_kept() {
         }
         assert_eq!(part.metadata.get().is_some(), !wide, "{n} fields");
     }
+}
+
+/// Issue 23: each data page of `message` gets a substring filter; the filters rule out the pages of
+/// other streams for a stream's words, never a page that holds the substring. An index of the second
+/// version (no page filters) still opens, and a damaged page filter is ignored, not trusted.
+#[test]
+fn page_filters_rule_out_pages_and_older_or_damaged_indexes_still_read() {
+    use crate::ngrams::{PageFilters, needle_positions};
+    let dir = tempfile::tempdir().unwrap();
+    let part = two_row_groups(dir.path());
+    let index = part.open_index().unwrap();
+    let passing = |needle: &str| -> (Vec<Range<u64>>, u64) {
+        let mut rows = Vec::new();
+        let mut skipped = 0;
+        for (g, rg) in part.row_groups.iter().enumerate() {
+            let blob = part.page_filters(&index, g).unwrap().expect("page filters");
+            let (r, s) = PageFilters::parse(&blob).unwrap().passing(rg.rows, &[needle_positions(needle.as_bytes())]);
+            rows.extend(r.into_iter().map(|r| rg.first_row + r.start..rg.first_row + r.end));
+            skipped += s;
+        }
+        (rows, skipped)
+    };
+    // Stream 4 (rows 3040..8040) has pages of its own in both row groups; the other streams' pages fail.
+    let (rows, skipped) = passing("stream 4 line");
+    assert!(skipped >= 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r.start >= 3040 && r.end <= 8040), "{rows:?}");
+    assert_eq!(rows.iter().map(|r| r.end - r.start).sum::<u64>(), 5000);
+    // A line's every substring passes: stream 1's line 2999 and stream 5's only line.
+    for (needle, row) in [("1 line 002999 xx", 2999u64), ("stream 5 line 000000", 8040)] {
+        assert!(passing(needle).0.iter().any(|r| r.contains(&row)), "{needle}");
+    }
+    assert_eq!(passing("no such text").0, Vec::<Range<u64>>::new());
+
+    // The same index written as the second version: 48-byte row-group records, no page filters.
+    let v3 = fs::read(&part.index_path).unwrap();
+    let (n_streams, n_rgs) = (part.streams.len(), part.row_groups.len());
+    let mut v2 = b"LUMNIDX2".to_vec();
+    v2.extend_from_slice(&v3[8..16 + n_streams * STREAM_REC]);
+    for g in 0..n_rgs {
+        let rec = &v3[16 + n_streams * STREAM_REC + g * RG_REC..][..RG_REC_V2];
+        let offset = u64::from_le_bytes(rec[32..40].try_into().unwrap()) - (n_rgs * (RG_REC - RG_REC_V2)) as u64;
+        v2.extend_from_slice(&rec[..32]);
+        v2.extend_from_slice(&offset.to_le_bytes());
+        v2.extend_from_slice(&rec[40..48]);
+    }
+    let crc = crc32fast::hash(&v2);
+    v2.extend_from_slice(&crc.to_le_bytes());
+    let header_v3 = 16 + n_streams * STREAM_REC + n_rgs * RG_REC + 4;
+    v2.extend_from_slice(&v3[header_v3..]);
+    let mut m = part.meta.clone();
+    m.index_bytes = v2.len() as u64;
+    let old = dir.path().join("old.idx");
+    fs::write(&old, &v2).unwrap();
+    let (_, rgs) = read_index(&old, &m, Some(n_rgs)).ok().expect("a second-version index reads");
+    assert_eq!(rgs.len(), n_rgs);
+    assert!(
+        rgs.iter().zip(&part.row_groups).all(
+            |(a, b)| a.pages_len == 0 && (a.first_row, a.rows, a.filter_len) == (b.first_row, b.rows, b.filter_len)
+        )
+    );
+    let token = crate::tokens::token_hash("line");
+    let f = File::open(&old).unwrap();
+    for rg in &rgs {
+        let mut buf = vec![0u8; rg.filter_len as usize];
+        f.read_exact_at(&mut buf, rg.filter_offset).unwrap();
+        assert!(TokenFilter::from_bytes(&buf).unwrap().may_contain(token));
+    }
+
+    // A flipped byte inside a page filter: its row group has none (read in full), the others keep theirs.
+    let rg0 = part.row_groups[0];
+    let mut damaged = v3.clone();
+    damaged[(rg0.pages_offset + rg0.pages_len / 2) as usize] ^= 0x40;
+    fs::write(&part.index_path, &damaged).unwrap();
+    let index = part.open_index().unwrap();
+    assert!(part.page_filters(&index, 0).unwrap().is_none());
+    assert!(part.page_filters(&index, 1).unwrap().is_some());
 }
