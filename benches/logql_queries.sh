@@ -21,18 +21,25 @@
 # goes to stderr when they differ. Then Lumen / VictoriaLogs of the median wall and CPU per query.
 # Without VL_BIN the peer is skipped with a message.
 #
+# Lumen's cache of scan answers (`store.scan_cache_max_bytes`) is off unless --scan-cache is given: with it,
+# every timed run after the warm-up is answered from the cache (a dashboard's refresh over the same range),
+# not by the engine; VictoriaLogs has no such cache.
+#
 # Usage: [VL_BIN=/path/to/victoria-logs] benches/logql_queries.sh [--data DIR] [--vl-data DIR] [--runs N]
+#        [--scan-cache]
 # Needs: a release build (cargo build --release), python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=benches/out/data-loki
 VL_SRC=benches/out/data-vl-loki
 RUNS=5
+SCAN_CACHE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) SRC=$2; shift 2 ;;
     --vl-data) VL_SRC=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
+    --scan-cache) SCAN_CACHE=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -52,7 +59,9 @@ cp -r "$SRC" "$DATA"
 rm -f "$DATA/lock"
 PORT=$(free_port)
 # A long retention: the workload's day may be in the past.
-"$BIN" server --data-dir "$DATA" --http-addr "127.0.0.1:$PORT" --mqtt-listen off --retention 36500d \
+CONFIG=benches/out/lumen-query.toml
+if [ "$SCAN_CACHE" = 1 ]; then : >"$CONFIG"; else printf '[store]\nscan_cache_max_bytes = 0\n' >"$CONFIG"; fi
+"$BIN" server --config "$CONFIG" --data-dir "$DATA" --http-addr "127.0.0.1:$PORT" --mqtt-listen off --retention 36500d \
   >benches/out/server-query.log 2>&1 &
 PID=$!
 VL_PORT=0

@@ -3,7 +3,8 @@
 
 Starts `target/release/lumen server` on a copy of each store (say one written before a change of the
 part format and one after, both by benches/e2e_logs.sh), then asks each query of both servers in turn,
-one warm-up and N timed runs, so that the machine's noise falls on both. Prints per query and store the
+one warm-up and N timed runs, so that the machine's noise falls on both. The cache of scan answers is
+off (`store.scan_cache_max_bytes = 0`): every run is read from the parts. Prints per query and store the
 median and minimum wall time and the server CPU time per query (utime + stime of the process), and the
 answers, which must agree.
 
@@ -51,6 +52,9 @@ def main():
     servers = []
     try:
         ends = []
+        config = os.path.join(work, "lumen.toml")
+        with open(config, "w") as f:
+            f.write("[store]\nscan_cache_max_bytes = 0\n")
         for i, src in enumerate(args.stores):
             data = os.path.join(work, f"store{i}")
             shutil.copytree(src, data)
@@ -59,7 +63,7 @@ def main():
             manifest = json.load(open(os.path.join(data, "manifest.json")))
             ends.append(max(p["max_time"] for p in manifest["parts"]) + 1)
             port = free_port()
-            cmd = [BIN, "server", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}", "--mqtt-listen", "off",
+            cmd = [BIN, "server", "--config", config, "--data-dir", data, "--http-addr", f"127.0.0.1:{port}", "--mqtt-listen", "off",
                    "--otlp-grpc-addr", f"127.0.0.1:{free_port()}", "--retention", "36500d"]
             servers.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port))
         for proc, port in servers:

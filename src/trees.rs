@@ -7,8 +7,9 @@
 //!
 //! The prefix's own commits (a server with role "all") stay the query node's own stores; they are read
 //! while they hold a commit, or while no ingest node's tree exists (a writer before its first commit).
-//! `storage.cache_max_bytes` (the parts on disk) and `store.decoded_cache_max_bytes` (decoded metric runs
-//! in memory) are shared out evenly between the own stores and the trees followed.
+//! `storage.cache_max_bytes` (the parts on disk), `store.decoded_cache_max_bytes` (decoded metric runs
+//! in memory) and `store.scan_cache_max_bytes` (log scans' answers in memory) are shared out evenly
+//! between the own stores and the trees followed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct NodeTrees {
     trees: query::peers::Trees,
     /// `store.decoded_cache_max_bytes`, shared out evenly between the own stores and the trees'.
     decoded_cache: usize,
+    /// `store.scan_cache_max_bytes`, the same.
+    scan_cache: usize,
 }
 
 impl NodeTrees {
@@ -43,8 +46,9 @@ impl NodeTrees {
         let dir = options.data_dir.join(bucket::NODES_DIR);
         let options = StoreOptions { disk: None, ..options.clone() };
         let decoded_cache = usize::try_from(options.tuning.decoded_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
+        let scan_cache = usize::try_from(options.tuning.scan_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
         let cache = cache.filter(|(max, _)| *max > 0);
-        NodeTrees { bucket, dir, options, cache, metrics, followers: Vec::new(), trees, decoded_cache }
+        NodeTrees { bucket, dir, options, cache, metrics, followers: Vec::new(), trees, decoded_cache, scan_cache }
     }
 
     /// Opens the trees that appeared in the bucket, follows every tree to its newest commit, and publishes
@@ -84,12 +88,14 @@ impl NodeTrees {
         }
         let share = self.cache.as_ref().map(|(max, _)| max / (self.followers.len() as u64 + 1));
         let decoded = self.own_decoded_share();
+        let scan = self.own_scan_share();
         let mut retired = std::collections::HashSet::new();
         for (name, follower) in &mut self.followers {
             if let Some(share) = share {
                 follower.set_cache_max(share.max(1));
             }
             follower.metrics().set_decoded_cache_max(decoded);
+            follower.logs().set_scan_cache_max(scan);
             match follower.follow_once().await {
                 Ok(_) if released.contains(name.as_str()) => {
                     retired.insert(name.clone());
@@ -118,6 +124,11 @@ impl NodeTrees {
     /// The share of `store.decoded_cache_max_bytes` of each metric store (the own one and each tree's).
     pub fn own_decoded_share(&self) -> usize {
         self.decoded_cache / (self.followers.len() + 1)
+    }
+
+    /// The share of `store.scan_cache_max_bytes` of each log store (the own one and each tree's).
+    pub fn own_scan_share(&self) -> usize {
+        self.scan_cache / (self.followers.len() + 1)
     }
 
     /// The share of `storage.cache_max_bytes` of the query node's own stores.

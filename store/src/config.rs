@@ -59,6 +59,11 @@ pub struct StoreConfig {
     /// recently used out first): dashboards read the same series at every refresh. `0 B`: off. Left at its
     /// default, the server takes `min(64 MiB, 5% of server.memory_limit)`.
     pub decoded_cache_max_bytes: ByteSize,
+    /// Answers of log scans from parts kept in memory for the next query (per part: the rows a search,
+    /// selector and time range matched, least recently used out first): a dashboard's log panels ask the
+    /// same of the same parts at every refresh. `0 B`: off. Left at its default, the server takes
+    /// `min(16 MiB, 2% of server.memory_limit)`.
+    pub scan_cache_max_bytes: ByteSize,
 }
 
 /// A size that may be left to the server to work out: `"auto"` or a size (`store.min_free_disk`,
@@ -132,6 +137,7 @@ impl Default for StoreConfig {
             min_free_disk: DiskReserve::Auto,
             retention_max_disk: ByteSize::b(0),
             decoded_cache_max_bytes: ByteSize::mib(64),
+            scan_cache_max_bytes: ByteSize::mib(16),
         }
     }
 }

@@ -85,6 +85,8 @@ struct Inner {
     remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteParts>>,
     /// Set on a query node: why writes are refused (see `set_read_only`).
     read_only: crate::error::ReadOnly,
+    /// Answers of reads of parts (`store.scan_cache_max_bytes`).
+    scan_cache: Arc<crate::scan::ScanCache>,
     _lock: File,
 }
 
@@ -211,6 +213,9 @@ impl LogStore {
         );
         let store = LogStore {
             inner: Arc::new(Inner {
+                scan_cache: Arc::new(crate::scan::ScanCache::new(
+                    usize::try_from(options.tuning.scan_cache_max_bytes.as_u64()).unwrap_or(usize::MAX),
+                )),
                 options,
                 metrics,
                 catalog,
@@ -469,6 +474,22 @@ impl LogStore {
 
     pub fn metrics(&self) -> &Arc<StoreMetrics> {
         &self.inner.metrics
+    }
+
+    /// Changes the bound of the cache of scan answers (`store.scan_cache_max_bytes` at the start): a
+    /// query node shares it out among its trees' stores.
+    pub fn set_scan_cache_max(&self, bytes: usize) {
+        self.inner.scan_cache.set_max(bytes);
+    }
+
+    /// Empties the cache of scan answers (memory pressure).
+    pub fn clear_scan_cache(&self) {
+        self.inner.scan_cache.clear();
+    }
+
+    /// The cache of scan answers: (bytes held, hits, misses).
+    pub fn scan_cache_stats(&self) -> (usize, u64, u64) {
+        self.inner.scan_cache.stats()
     }
 
     /// Stores a tenant's batch durably. Resolves once it is in the fsynced write-ahead log and visible to
@@ -1070,6 +1091,7 @@ impl LogStore {
                     index_numbers: inner.options.tuning.index_numbers,
                     metrics: inner.metrics.clone(),
                     deletes: deletes.clone(),
+                    cache: inner.scan_cache.clone(),
                     req: req.clone(),
                 })
             })

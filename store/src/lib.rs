@@ -46,6 +46,7 @@ mod codec;
 mod compact;
 mod engine;
 mod head;
+mod lru;
 mod manifest;
 mod marks;
 mod ngrams;

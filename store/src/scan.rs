@@ -27,6 +27,7 @@ use regex::Regex;
 use crate::catalog::TenantStreams;
 use crate::error::{Error, Result};
 use crate::head::{MESSAGE, STREAM_ID, TIME, label_column};
+use crate::lru::ByteLru;
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, Tenant};
 use crate::ngrams::{PageFilters, needle_positions};
@@ -185,7 +186,29 @@ pub(crate) struct ScanPlan {
     pub(crate) metrics: Arc<StoreMetrics>,
     /// Pending delete requests of the tenant: their rows are left out.
     pub(crate) deletes: Arc<Vec<DeleteMask>>,
+    /// Answers of earlier reads of parts (`store.scan_cache_max_bytes`).
+    pub(crate) cache: Arc<ScanCache>,
 }
+
+/// Answers of reads of parts, kept for the next scan that asks the same of the same part (issue 23):
+/// a dashboard's log panels ask the same at every refresh, and a part never changes. Not used while
+/// the tenant has pending deletes (they hide rows until their rewrite replaces the parts).
+pub(crate) type ScanCache = ByteLru<ScanKey, Arc<Vec<RecordBatch>>>;
+
+/// What decides a read's answer from one part: the part, the rows read (from the stream index and the
+/// filters), the substrings, the time range unless the part lies wholly inside it, and the output
+/// columns with their types.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ScanKey {
+    part: u64,
+    ranges: Vec<Range<u64>>,
+    line_contains: Vec<String>,
+    time: Option<(i64, i64)>,
+    output: Vec<(String, arrow::datatypes::DataType)>,
+}
+
+/// Bytes an answer is counted at beyond its batches (key, map slot).
+const ANSWER_OVERHEAD: usize = 256;
 
 /// A pending delete as a scan applies it: the streams it covers (`None`: all) and its time range and
 /// line filters.
@@ -276,16 +299,7 @@ impl ScanPlan {
         filters: Filters<'_>,
         send: &mut impl FnMut(RecordBatch) -> bool,
     ) -> Result<bool> {
-        let Some(mut ranges) = self.part_ranges(part, filters) else {
-            return Ok(true);
-        };
-        if let Some(only) = restrict {
-            ranges = intersect(&ranges, only);
-            if ranges.is_empty() {
-                return Ok(true);
-            }
-        }
-        let Some(reader) = part.reader(needed, Some(&ranges), BATCH_ROWS)? else {
+        let Some(ranges) = self.part_ranges(part, restrict, filters) else {
             return Ok(true);
         };
         // The ranges come from the part's index of the selected streams (`part_ranges`), and a part
@@ -294,15 +308,41 @@ impl ScanPlan {
             in_streams: self.streams.is_some(),
             in_time: part.meta.min_time >= self.req.start_ns && part.meta.max_time < self.req.end_ns,
         };
+        let key = (self.cache.enabled() && self.deletes.is_empty()).then(|| ScanKey {
+            part: part.meta.id,
+            ranges: ranges.clone(),
+            line_contains: self.req.line_contains.clone(),
+            time: (!known.in_time).then_some((self.req.start_ns, self.req.end_ns)),
+            output: self.output.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect(),
+        });
+        if let Some(answer) = key.as_ref().and_then(|k| self.cache.get(k)) {
+            return Ok(answer.iter().all(|b| send(b.clone())));
+        }
+        let Some(reader) = part.reader(needed, Some(&ranges), BATCH_ROWS)? else {
+            return Ok(true);
+        };
+        // The answer so far, while it is small enough to keep.
+        let mut kept = key.as_ref().map(|_| (Vec::new(), ANSWER_OVERHEAD));
         for batch in reader {
             let batch = crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?;
             let filtered = self.filter(&batch, known)?;
             if filtered.num_rows() == 0 {
                 continue;
             }
-            if !send(conform(&filtered, &self.output, None)?) {
+            let out = conform(&filtered, &self.output, None)?;
+            if let Some((batches, bytes)) = &mut kept {
+                *bytes += out.get_array_memory_size();
+                batches.push(out.clone());
+                if !self.cache.admits(*bytes) {
+                    kept = None;
+                }
+            }
+            if !send(out) {
                 return Ok(false);
             }
+        }
+        if let (Some(key), Some((batches, bytes))) = (key, kept) {
+            self.cache.insert(key, Arc::new(batches), bytes);
         }
         Ok(true)
     }
@@ -324,7 +364,12 @@ impl ScanPlan {
 
     /// The part's row ranges that may hold matching rows, or `None` when none can. Filters that cannot
     /// be read rule nothing out: the rows are read and filtered exactly.
-    fn part_ranges(&self, part: &Part, filters: Filters<'_>) -> Option<Vec<Range<u64>>> {
+    fn part_ranges(
+        &self,
+        part: &Part,
+        restrict: Option<&[Range<u64>]>,
+        filters: Filters<'_>,
+    ) -> Option<Vec<Range<u64>>> {
         let (start, end) = (self.req.start_ns, self.req.end_ns);
         let overlaps = |min: i64, max: i64| max >= start && min < end;
         // Row groups that survive the time bounds and the token filters, cut to the pages that survive
@@ -333,6 +378,11 @@ impl ScanPlan {
         let index = if tokens.is_empty() && needles.is_empty() { None } else { part.open_index().ok() };
         let mut keep = Vec::with_capacity(part.row_groups.len());
         for (i, rg) in part.row_groups.iter().enumerate() {
+            let rows = rg.first_row..rg.first_row + rg.rows;
+            // Another slice of the part reads the row groups outside `restrict`: their filters are not read.
+            if restrict.is_some_and(|only| !only.iter().any(|r| r.start < rows.end && rows.start < r.end)) {
+                continue;
+            }
             let mut ok = overlaps(rg.min_time, rg.max_time);
             if ok
                 && !tokens.is_empty()
@@ -345,7 +395,6 @@ impl ScanPlan {
                 self.metrics.scan_skipped_row_groups.inc();
                 continue;
             }
-            let rows = rg.first_row..rg.first_row + rg.rows;
             let pages = match &index {
                 Some(index) if !needles.is_empty() => part.page_filters(index, i).ok().flatten(),
                 _ => None,
@@ -361,6 +410,9 @@ impl ScanPlan {
                 }
                 None => keep.push(rows),
             }
+        }
+        if let Some(only) = restrict {
+            keep = intersect(&keep, only);
         }
         if keep.is_empty() {
             return None;

@@ -823,3 +823,66 @@ fn scan_slices_cover_every_row_once_and_cut_at_page_starts() {
         "cuts at 400, 650 and 900 (the last slice runs to the end)"
     );
 }
+
+/// Issue 23: a scan that asks the same of a part again is answered from the cache of scan answers with
+/// the same rows; another substring or time range is not; while a delete is pending, nothing is taken
+/// from or put into the cache, and the delete's rows stay hidden; a bound of 0 turns it off.
+#[tokio::test]
+async fn repeated_scans_are_answered_from_the_cache_and_deletes_bypass_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns() - NANOS_PER_DAY;
+    let store = LogStore::open(options(dir.path()), &mut Registry::default()).unwrap();
+    store.append(&tenant(), batch("api", 0, 3000, t0)).await.unwrap();
+    store.append(&tenant(), batch("web", 0, 500, t0)).await.unwrap();
+    store.flush().await.unwrap();
+    let rows = |batches: Vec<RecordBatch>| -> Vec<String> {
+        let mut out: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let m = b.column_by_name("message").unwrap().as_string::<i32>().clone();
+                (0..m.len()).map(move |i| m.value(i).to_string())
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let request = |needle: &str, from: i64| {
+        let mut r = ScanRequest::all(tenant());
+        r.line_contains = vec![needle.to_string()];
+        r.start_ns = t0 + from;
+        r.columns = Some(vec!["message".into()]);
+        r
+    };
+    let stats = || store.scan_cache_stats();
+    let first = rows(collect(&store, request("word3", 0)).await);
+    assert_eq!(first.len(), (0..3000).filter(|i| i % 7 == 3).count() + (0..500).filter(|i| i % 7 == 3).count());
+    let (bytes, hits, misses) = stats();
+    assert!(bytes > 0 && hits == 0 && misses > 0, "{:?}", stats());
+    assert_eq!(rows(collect(&store, request("word3", 0)).await), first);
+    assert!(stats().1 > hits, "the second scan was answered from the cache: {:?}", stats());
+    // Another substring, another time range: not the cached answer.
+    let word4 = (0..3000).filter(|i| i % 7 == 4).count() + (0..500).filter(|i| i % 7 == 4).count();
+    assert_eq!(rows(collect(&store, request("word4", 0)).await).len(), word4);
+    // From row 4 on: the same row groups and stream rows are read, only the time range differs.
+    let later = rows(collect(&store, request("word3", 4)).await);
+    assert_eq!(later.len(), first.len() - 2, "line 3 of each app is before the range");
+
+    // A pending delete of the web lines with word3: hidden at once, the cache neither asked nor filled.
+    let spec = crate::delete::DeleteSpec {
+        query: r#"{app="web"} |= "word3""#.into(),
+        matchers: vec![vec![("app".into(), "=".into(), "web".into())]],
+        line_filters: vec![(crate::delete::LineOp::Contains, "word3".into())],
+        start_ns: t0,
+        end_ns: t0 + 10_000,
+    };
+    store.request_delete(&tenant(), spec).unwrap();
+    let before = stats();
+    let hidden = rows(collect(&store, request("word3", 0)).await);
+    assert_eq!(hidden.len(), (0..3000).filter(|i| i % 7 == 3).count());
+    assert!(hidden.iter().all(|l| l.contains("from api")));
+    assert_eq!((stats().1, stats().2), (before.1, before.2), "no lookup while a delete is pending");
+
+    store.set_scan_cache_max(0);
+    assert_eq!(stats().0, 0);
+    store.clear_scan_cache();
+}

@@ -4,140 +4,55 @@
 //! (times and values decoded, whole: the select trims them to its range). Parts never change and their
 //! ids are never reused, so an entry is never stale; those of parts that left stay until evicted.
 //!
-//! Bounded by `store.decoded_cache_max_bytes` (0: off); past it the least recently used quarter of the
-//! bytes goes at once, so that eviction costs one pass over the entries per many inserts.
-
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! Bounded by `store.decoded_cache_max_bytes` (0: off), least recently used out first ([`ByteLru`]).
 
 use arrow::buffer::ScalarBuffer;
-use parking_lot::Mutex;
+
+use crate::lru::ByteLru;
 
 /// Bytes an entry is counted at beyond its samples (map slot, buffers' headers).
 const ENTRY_OVERHEAD: usize = 96;
 
-#[derive(Default)]
-pub(crate) struct DecodedRuns {
-    max_bytes: AtomicUsize,
-    inner: Mutex<Inner>,
-}
+/// A run's times and values.
+type Run = (ScalarBuffer<i64>, ScalarBuffer<f64>);
 
-#[derive(Default)]
-struct Inner {
-    map: HashMap<(u64, u32), Entry>,
-    bytes: usize,
-    tick: u64,
-    hits: u64,
-    misses: u64,
-}
-
-struct Entry {
-    t: ScalarBuffer<i64>,
-    v: ScalarBuffer<f64>,
-    used: u64,
-}
-
-fn cost(t: &ScalarBuffer<i64>) -> usize {
-    t.len() * 16 + ENTRY_OVERHEAD
-}
+pub(crate) struct DecodedRuns(ByteLru<(u64, u32), Run>);
 
 impl DecodedRuns {
     pub(crate) fn new(max_bytes: usize) -> DecodedRuns {
-        DecodedRuns { max_bytes: AtomicUsize::new(max_bytes), inner: Mutex::default() }
+        DecodedRuns(ByteLru::new(max_bytes))
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.max() > 0
-    }
-
-    fn max(&self) -> usize {
-        self.max_bytes.load(Ordering::Relaxed)
+        self.0.enabled()
     }
 
     /// Changes the bound; what is held beyond a lower one goes at once (least recently used first).
     pub(crate) fn set_max(&self, max_bytes: usize) {
-        self.max_bytes.store(max_bytes, Ordering::Relaxed);
-        let mut inner = self.inner.lock();
-        if inner.bytes > max_bytes {
-            inner.evict(max_bytes - max_bytes / 4);
-        }
+        self.0.set_max(max_bytes);
     }
 
     /// The run of `series` in part `part`, if kept.
-    pub(crate) fn get(&self, part: u64, series: u32) -> Option<(ScalarBuffer<i64>, ScalarBuffer<f64>)> {
-        let mut inner = self.inner.lock();
-        inner.tick += 1;
-        let tick = inner.tick;
-        let found = inner.map.get_mut(&(part, series)).map(|e| {
-            e.used = tick;
-            (e.t.clone(), e.v.clone())
-        });
-        if found.is_some() {
-            inner.hits += 1;
-        } else {
-            inner.misses += 1;
-        }
-        found
+    pub(crate) fn get(&self, part: u64, series: u32) -> Option<Run> {
+        self.0.get(&(part, series))
     }
 
     /// Keeps a run (its own copy of the samples, so that no larger decoded buffer stays alive with it).
     pub(crate) fn insert(&self, part: u64, series: u32, t: &[i64], v: &[f64]) {
-        let t = ScalarBuffer::from(t.to_vec());
-        let size = cost(&t);
-        let max = self.max();
-        if size > max / 8 {
-            return;
-        }
-        let v = ScalarBuffer::from(v.to_vec());
-        let mut inner = self.inner.lock();
-        inner.tick += 1;
-        let used = inner.tick;
-        if let Some(old) = inner.map.insert((part, series), Entry { t, v, used }) {
-            inner.bytes -= cost(&old.t);
-        }
-        inner.bytes += size;
-        if inner.bytes > max {
-            inner.evict(max - max / 4);
+        let cost = t.len() * 16 + ENTRY_OVERHEAD;
+        if self.0.admits(cost) {
+            self.0.insert((part, series), (ScalarBuffer::from(t.to_vec()), ScalarBuffer::from(v.to_vec())), cost);
         }
     }
 
     /// (bytes held, hits, misses).
     pub(crate) fn stats(&self) -> (usize, u64, u64) {
-        let inner = self.inner.lock();
-        (inner.bytes, inner.hits, inner.misses)
+        self.0.stats()
     }
 
     /// Drops everything (memory pressure).
     pub(crate) fn clear(&self) {
-        let mut inner = self.inner.lock();
-        inner.map.clear();
-        inner.bytes = 0;
-    }
-}
-
-impl Inner {
-    /// Drops the least recently used entries until at most `target` bytes are held.
-    fn evict(&mut self, target: usize) {
-        let mut ages: Vec<(u64, usize)> = self.map.values().map(|e| (e.used, cost(&e.t))).collect();
-        ages.sort_unstable();
-        let mut freed = 0usize;
-        let mut cutoff = 0u64;
-        for (used, size) in ages {
-            if self.bytes - freed <= target {
-                break;
-            }
-            freed += size;
-            cutoff = used;
-        }
-        let mut bytes = self.bytes;
-        self.map.retain(|_, e| {
-            let keep = e.used > cutoff;
-            if !keep {
-                bytes -= cost(&e.t);
-            }
-            keep
-        });
-        self.bytes = bytes;
+        self.0.clear();
     }
 }
 
