@@ -27,7 +27,7 @@ pub(crate) fn for_each_token<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     }
 }
 
-fn is_token_byte(c: u8) -> bool {
+const fn is_token_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
@@ -107,19 +107,59 @@ impl TokenFilter {
     }
 }
 
+/// Slots of [`TokenCollector`]'s table of recently seen hashes.
+const RECENT: usize = 4096;
+
 /// Collects the distinct token hashes of a row group's messages, then builds its filter.
-#[derive(Default)]
 pub(crate) struct TokenCollector {
     hashes: std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdentityHasher>>,
+    /// The last hash seen in each slot (by its low bits): log lines repeat most of their words, and a
+    /// word found here needs no probe of `hashes`.
+    recent: Box<[u64; RECENT]>,
 }
+
+impl Default for TokenCollector {
+    fn default() -> Self {
+        TokenCollector { hashes: Default::default(), recent: Box::new([0; RECENT]) }
+    }
+}
+
+/// Which bytes make tokens (see [`is_token_byte`]), as a table.
+static TOKEN_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = is_token_byte(c as u8);
+        c += 1;
+    }
+    t
+};
 
 impl TokenCollector {
     pub(crate) fn add_text(&mut self, text: &str, index_numbers: bool) {
-        for_each_token(text, |t| {
-            if index_numbers || !is_number(t) {
-                self.hashes.insert(token_hash(t));
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            while i < b.len() && !TOKEN_BYTE[b[i] as usize] {
+                i += 1;
             }
-        });
+            let start = i;
+            let mut digits = true;
+            while i < b.len() && TOKEN_BYTE[b[i] as usize] {
+                digits &= b[i].is_ascii_digit();
+                i += 1;
+            }
+            if i > start && (index_numbers || !digits) {
+                // The same hash as `token_hash` of the token's text.
+                let h = xxh3_64(&b[start..i]);
+                let slot = &mut self.recent[h as usize % RECENT];
+                // An empty slot holds 0, so a hash of 0 is always inserted.
+                if *slot != h || h == 0 {
+                    *slot = h;
+                    self.hashes.insert(h);
+                }
+            }
+        }
     }
 
     pub(crate) fn build(&mut self, bits_per_key: u32) -> TokenFilter {
@@ -127,6 +167,8 @@ impl TokenCollector {
         for h in self.hashes.drain() {
             filter.insert(h);
         }
+        // The next row group starts with its own set: a hash remembered here is not in it.
+        self.recent.fill(0);
         filter
     }
 }
@@ -163,6 +205,41 @@ mod tests {
         assert_eq!(required_tokens(" refused ", true), vec![token_hash("refused")]);
         assert_eq!(required_tokens("port 8080 ", false), Vec::<u64>::new());
         assert_eq!(required_tokens("port 8080 ", true), vec![token_hash("8080")]);
+    }
+
+    /// The collector's one-pass tokenizer and its table of recent hashes keep exactly the hashes of the
+    /// tokens [`for_each_token`] finds (numbers only when asked), row group after row group.
+    #[test]
+    fn the_collector_keeps_exactly_the_tokens_of_its_text() {
+        let words = ["GET", "api", "v1", "12", "0042", "ok_go", "naïve", "über", "x", "_", "Error", "3a"];
+        let seps = [" ", "/", "?", "=", ", ", "-", ":", "\t"];
+        let mut seed = 0x243f_6a88_85a3_08d3u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut c = TokenCollector::default();
+        for index_numbers in [false, true] {
+            for _ in 0..50 {
+                let mut want = std::collections::HashSet::new();
+                for _ in 0..200 {
+                    let line: String = (0..next(12))
+                        .map(|_| format!("{}{}", words[next(words.len())], seps[next(seps.len())]))
+                        .collect();
+                    for_each_token(&line, |t| {
+                        if index_numbers || !is_number(t) {
+                            want.insert(token_hash(t));
+                        }
+                    });
+                    c.add_text(&line, index_numbers);
+                }
+                assert_eq!(c.hashes, want.iter().copied().collect());
+                c.build(10);
+                assert!(c.hashes.is_empty());
+            }
+        }
     }
 
     #[test]
