@@ -6,17 +6,18 @@
 //! `error` may sit inside a longer word (`errors`, `stderr`), so they cannot decide it; every trigram of
 //! it, though, is in any line that holds it. Trigrams are taken within each line, never across two.
 //!
-//! Building: a page's trigrams are set in a scratch of 2^17 bits (16 KiB, which stays in the first-level
-//! cache), one bit per trigram by a multiplicative hash of its three bytes read as a little-endian
-//! number; the scratch's popcount `d` is about the number of distinct trigrams. The stored filter has
-//! `m = 4·d` bits (a multiple of 64, at most 2^17), and scratch bit `p` becomes filter bit `⌊p·m / 2^17⌋`.
+//! Building: a page's trigrams are set in a scratch of 2^17 positions, one per trigram by a multiplicative
+//! hash of its three bytes read as a little-endian number (a byte per position, 128 KiB: setting one is
+//! a plain store, which measured faster than a bit that must be loaded first); the number of positions
+//! set, `d`, is about the number of distinct trigrams. The stored filter has `m = 4·d` bits (a multiple of
+//! 64, at most 2^17), and scratch position `p` becomes filter bit `⌊p·m / 2^17⌋`.
 //! About 22 % of a filter's bits are set (more on a page of over 30,000 distinct trigrams, where the
 //! scratch itself fills up), so a page that lacks all three trigrams of `error` passes by chance about
 //! once in a hundred; the workload's pages hold 6,000–16,000 distinct trigrams per MiB of
 //! lines (3–8 KiB of filter). A page with no trigram at all (only lines shorter than three bytes) has an
 //! empty filter, which no needle of three bytes or more passes.
 
-/// Bits of the build scratch (and of a trigram's hash).
+/// Bits of a trigram's hash: the build scratch has 2^17 positions.
 const SCRATCH_BITS: u32 = 17;
 /// The kind byte of page filters built as this module builds them (see [`PageFilters`]).
 const KIND: u8 = 1;
@@ -57,7 +58,7 @@ pub(crate) fn may_contain(filter: &[u8], positions: &[u32]) -> bool {
 
 /// Builds page filters one page at a time, reusing its scratch.
 pub(crate) struct PageFilterBuilder {
-    /// One byte per scratch bit: setting one is a store, with no load to wait for.
+    /// One byte per scratch position: setting one is a store, with no load to wait for.
     scratch: Vec<u8>,
 }
 
