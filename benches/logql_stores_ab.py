@@ -15,12 +15,17 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
+
+# Store paths are taken from where the script was started: importing bucket_cache moves to the repository.
+CWD = os.getcwd()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bucket_cache import cpu as cpu_seconds, free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/lumen")
@@ -30,24 +35,12 @@ QUERIES = {
 }
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("stores", nargs=2)
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
+    args.stores = [os.path.join(CWD, s) for s in args.stores]
     work = tempfile.mkdtemp(prefix="lumen-ab-")
     servers = []
     try:

@@ -54,8 +54,12 @@ pub fn label_file(data: &[u8], compressed: bool) {
     });
 }
 
-/// A part's `.idx` sidecar, checked as the engine checks it at start (header, stream ranges, row groups).
+/// A part's `.idx` sidecar, checked as the engine checks it at start (header, stream ranges, row groups);
+/// the same bytes as a row group's page filters, read as a substring search reads them.
 pub fn part_index(data: &[u8]) {
+    if let Some(pages) = crate::ngrams::PageFilters::parse(data) {
+        let _ = pages.passing(1_000, &[crate::ngrams::needle_positions(b"error")]);
+    }
     let dir = scratch("index");
     let path = dir.join("0000000000000001.idx");
     let _ = std::fs::write(&path, data);

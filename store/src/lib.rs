@@ -53,6 +53,8 @@ mod ngrams;
 mod part;
 mod quarantine;
 mod scan;
+#[cfg(test)]
+mod testutil;
 mod tokens;
 mod wal;
 

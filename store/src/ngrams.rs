@@ -210,13 +210,7 @@ mod tests {
     /// few needles the page lacks pass, and the scratch is clean for the next page.
     #[test]
     fn no_false_negatives_and_few_false_positives() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut b = PageFilterBuilder::default();
         for page_lines in [1usize, 10, 1000, 20_000] {
             let lines: Vec<Vec<u8>> = (0..page_lines)

@@ -688,13 +688,7 @@ mod tests {
             assert_eq!(found.iter().collect::<Vec<_>>(), per_line(&sliced, needle), "{needle}");
         }
         // Pseudo-random lines over a small alphabet, so that matches across line ends are frequent.
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testutil::xorshift(0x2545_f491_4f6c_dd1du64);
         for _ in 0..200 {
             let lines: StringArray = (0..next() % 40)
                 .map(|_| {

@@ -213,13 +213,8 @@ mod tests {
     fn the_collector_keeps_exactly_the_tokens_of_its_text() {
         let words = ["GET", "api", "v1", "12", "0042", "ok_go", "naïve", "über", "x", "_", "Error", "3a"];
         let seps = [" ", "/", "?", "=", ", ", "-", ":", "\t"];
-        let mut seed = 0x243f_6a88_85a3_08d3u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rng = crate::testutil::xorshift(0x243f_6a88_85a3_08d3u64);
+        let mut next = move |n: usize| (rng() % n as u64) as usize;
         let mut c = TokenCollector::default();
         for index_numbers in [false, true] {
             for _ in 0..50 {
