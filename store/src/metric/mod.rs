@@ -968,7 +968,7 @@ impl MetricStore {
             return Ok(Vec::new());
         };
         let ids = series.read().matching(matchers);
-        let (parts, frozen) = {
+        let (parts, frozen, active) = {
             let st = inner.state.read();
             if let (Some(keep), PartFilter::Except(have)) = (keep, filter) {
                 keep.extend(
@@ -981,7 +981,10 @@ impl MetricStore {
             let mut parts: Vec<Arc<MetricPart>> =
                 readable_parts(&st.parts, tenant, mint, maxt, filter).cloned().collect();
             parts.sort_by_key(|p| p.meta.id);
-            (parts, st.frozen.clone())
+            // The active head is read at the same instant: a flush that froze it after this snapshot and
+            // before a later read of it would hide its samples from this select.
+            let active = head_pieces(&inner.active.lock(), tenant, &ids, mint, maxt);
+            (parts, st.frozen.clone(), active)
         };
         if ids.is_empty() || mint > maxt {
             return Ok(Vec::new());
@@ -1054,29 +1057,11 @@ impl MetricStore {
                 }
             }
         }
-        let mut from_head = |head: &MetricHead| {
-            let Some(th) = head.tenants.get(tenant) else {
-                return;
-            };
-            if th.max_t < mint || th.min_t > maxt {
-                return;
-            }
-            for id in &ids {
-                let Some(buf) = th.series.get(id as usize).filter(|b| !b.t.is_empty()) else {
-                    continue;
-                };
-                let (t, v) = buf.sorted();
-                let (t, v) = (ScalarBuffer::from(t), ScalarBuffer::from(v));
-                if let Some(p) = trim(&t, &v, 0, t.len()) {
-                    loaded = loaded.saturating_add(p.0.len());
-                    pieces.entry(id).or_default().push(p);
-                }
-            }
-        };
-        for head in &frozen {
-            from_head(head);
+        let frozen_pieces = frozen.iter().flat_map(|head| head_pieces(head, tenant, &ids, mint, maxt));
+        for (id, p) in frozen_pieces.chain(active) {
+            loaded = loaded.saturating_add(p.0.len());
+            pieces.entry(id).or_default().push(p);
         }
-        from_head(&inner.active.lock());
         if loaded > max_samples {
             return Err(Error::TooManySamples { limit: max_samples });
         }
@@ -1149,9 +1134,10 @@ impl MetricStore {
             return Ok(ids);
         }
         let mut active = RoaringBitmap::new();
-        let (parts, frozen) = {
+        // The active head at the same instant as the rest (see `select_filtered`).
+        let (parts, frozen, active_hits) = {
             let st = self.inner.state.read();
-            (st.parts.clone(), st.frozen.clone())
+            (st.parts.clone(), st.frozen.clone(), head_hits(&self.inner.active.lock(), tenant, &ids, start, end))
         };
         for p in parts.iter().filter(|p| {
             p.meta.tenant == tenant.as_str() && p.meta.max_time >= start && p.meta.min_time <= end && !p.is_unreadable()
@@ -1166,20 +1152,10 @@ impl MetricStore {
                 p.set_unreadable(&error, &self.inner.metrics);
             }
         }
-        let mut from_head = |head: &MetricHead| {
-            if let Some(th) = head.tenants.get(tenant) {
-                for id in &ids {
-                    let hit = th.series.get(id as usize).is_some_and(|b| b.t.iter().any(|&t| t >= start && t <= end));
-                    if hit {
-                        active.insert(id);
-                    }
-                }
-            }
-        };
         for h in &frozen {
-            from_head(h);
+            active |= head_hits(h, tenant, &ids, start, end);
         }
-        from_head(&self.inner.active.lock());
+        active |= active_hits;
         ids &= active;
         Ok(ids)
     }
@@ -1909,6 +1885,46 @@ fn readable_parts<'a>(
             && !p.is_unreadable()
             && filter.admits(p.meta.id)
     })
+}
+
+/// Sorted times and values of one series.
+type Samples = (ScalarBuffer<i64>, ScalarBuffer<f64>);
+
+/// A head's samples of the series `ids` of `tenant` within `[mint, maxt]`, by series id.
+fn head_pieces(head: &MetricHead, tenant: &Tenant, ids: &RoaringBitmap, mint: i64, maxt: i64) -> Vec<(u32, Samples)> {
+    let Some(th) = head.tenants.get(tenant) else {
+        return Vec::new();
+    };
+    if th.max_t < mint || th.min_t > maxt {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        let Some(buf) = th.series.get(id as usize).filter(|b| !b.t.is_empty()) else {
+            continue;
+        };
+        let (t, v) = buf.sorted();
+        let (t, v) = (ScalarBuffer::from(t), ScalarBuffer::from(v));
+        let a = t.partition_point(|&x| x < mint);
+        let b = t.partition_point(|&x| x <= maxt);
+        if a < b {
+            out.push((id, (t.slice(a, b - a), v.slice(a, b - a))));
+        }
+    }
+    out
+}
+
+/// Which of the series `ids` of `tenant` have a sample in `[start, end]` in a head.
+fn head_hits(head: &MetricHead, tenant: &Tenant, ids: &RoaringBitmap, start: i64, end: i64) -> RoaringBitmap {
+    let mut hits = RoaringBitmap::new();
+    if let Some(th) = head.tenants.get(tenant) {
+        for id in ids {
+            if th.series.get(id as usize).is_some_and(|b| b.t.iter().any(|&t| t >= start && t <= end)) {
+                hits.insert(id);
+            }
+        }
+    }
+    hits
 }
 
 #[cfg(test)]
