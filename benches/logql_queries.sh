@@ -23,10 +23,13 @@
 #
 # Lumen's cache of scan answers (`store.scan_cache_max_bytes`) is off unless --scan-cache is given: with it,
 # every timed run after the warm-up is answered from the cache (a dashboard's refresh over the same range),
-# not by the engine; VictoriaLogs has no such cache.
+# not by the engine; VictoriaLogs has no such cache. Its cache of decoded pages
+# (`store.log_page_cache_max_bytes`, an engine cache any search over the same rows uses) is on at its
+# default unless --no-page-cache is given. The warm-up's wall time is printed too (`first_wall_ms`): the
+# first run after the server's start, with the operating system's file cache warm but Lumen's caches empty.
 #
 # Usage: [VL_BIN=/path/to/victoria-logs] benches/logql_queries.sh [--data DIR] [--vl-data DIR] [--runs N]
-#        [--scan-cache]
+#        [--scan-cache] [--no-page-cache]
 # Needs: a release build (cargo build --release), python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,12 +37,14 @@ SRC=benches/out/data-loki
 VL_SRC=benches/out/data-vl-loki
 RUNS=5
 SCAN_CACHE=0
+PAGE_CACHE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) SRC=$2; shift 2 ;;
     --vl-data) VL_SRC=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --scan-cache) SCAN_CACHE=1; shift ;;
+    --no-page-cache) PAGE_CACHE=0; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +65,9 @@ rm -f "$DATA/lock"
 PORT=$(free_port)
 # A long retention: the workload's day may be in the past.
 CONFIG=benches/out/lumen-query.toml
-if [ "$SCAN_CACHE" = 1 ]; then : >"$CONFIG"; else printf '[store]\nscan_cache_max_bytes = 0\n' >"$CONFIG"; fi
+printf '[store]\n' >"$CONFIG"
+[ "$SCAN_CACHE" = 1 ] || printf 'scan_cache_max_bytes = 0\n' >>"$CONFIG"
+[ "$PAGE_CACHE" = 1 ] || printf 'log_page_cache_max_bytes = 0\n' >>"$CONFIG"
 "$BIN" server --config "$CONFIG" --data-dir "$DATA" --http-addr "127.0.0.1:$PORT" --mqtt-listen off --retention 36500d \
   >benches/out/server-query.log 2>&1 &
 PID=$!
@@ -160,8 +167,12 @@ results, vl_results, agree = [], [], []
 for name, path, params, logsql in queries:
     url = base + path + "?" + urllib.parse.urlencode(params)
     vl_url = vl_base + "/select/logsql/query?" + urllib.parse.urlencode({"query": logsql}) if vl_base else None
+    t0 = time.perf_counter()
     answer = json.load(urllib.request.urlopen(url))  # warm-up
+    first = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
     vl_rows = vl_query(vl_url) if vl_url else None
+    vl_first = (time.perf_counter() - t0) * 1000
     walls, cpus, execs = [], [], []
     vl_walls, vl_cpus = [], []
     for _ in range(runs):
@@ -178,14 +189,16 @@ for name, path, params, logsql in queries:
     results.append({"query": name, "median_wall_ms": round(statistics.median(walls), 2),
                     "median_engine_ms": round(statistics.median(execs), 2),
                     "median_server_cpu_ms": round(statistics.median(cpus), 1),
-                    "min_wall_ms": round(min(walls), 2), "answer": size(answer)})
+                    "min_wall_ms": round(min(walls), 2), "first_wall_ms": round(first, 2),
+                    "answer": size(answer)})
     if vl_url:
         lf, vf = lumen_facts(answer), vl_facts(vl_rows, logsql)
         same = lf == vf
         agree.append(same)
         vl_results.append({"query": name, "logsql": logsql, "median_wall_ms": round(statistics.median(vl_walls), 2),
                            "median_server_cpu_ms": round(statistics.median(vl_cpus), 1),
-                           "min_wall_ms": round(min(vl_walls), 2), "answer": vl_size(vf), "same_answer": same})
+                           "min_wall_ms": round(min(vl_walls), 2), "first_wall_ms": round(vl_first, 2),
+                           "answer": vl_size(vf), "same_answer": same})
         if not same:
             detail = (f"Lumen {lf}, VictoriaLogs {vf}" if not isinstance(lf, list)
                       else f"Lumen {len(lf)} lines (newest {lf[:1]}), VictoriaLogs {len(vf)} lines (newest {vf[:1]})")
@@ -198,6 +211,7 @@ if vl_results:
         {"query": l["query"],
          "median_wall": round(l["median_wall_ms"] / v["median_wall_ms"], 3),
          "min_wall": round(l["min_wall_ms"] / v["min_wall_ms"], 3),
+         "first_wall": round(l["first_wall_ms"] / v["first_wall_ms"], 3),
          "median_server_cpu": round(l["median_server_cpu_ms"] / v["median_server_cpu_ms"], 3)
          if v["median_server_cpu_ms"] else None}
         for l, v in zip(results, vl_results)]

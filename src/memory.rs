@@ -231,8 +231,8 @@ pub enum Consumer {
 
 /// The share of the budget of each consumer, in percent. Of the remaining 25 %, 5 % bound the PromQL results
 /// cache (`query.results_cache_max_bytes`), 5 % the decoded runs of metric parts
-/// (`store.decoded_cache_max_bytes`) and 2 % the answers of log scans (`store.scan_cache_max_bytes`); the
-/// rest is for what has no limit of its own: the binary and its runtime, catalogs, part indexes, LogQL's scans, the allocator's slack.
+/// (`store.decoded_cache_max_bytes`), 2 % the answers of log scans (`store.scan_cache_max_bytes`) and 5 %
+/// the decoded pages of log parts (`store.log_page_cache_max_bytes`); the rest is for what has no limit of its own: the binary and its runtime, catalogs, part indexes, LogQL's scans, the allocator's slack.
 pub const SHARES: [(Consumer, u64); 5] = [
     (Consumer::LogHead, 10),
     (Consumer::MetricHead, 10),
@@ -329,8 +329,10 @@ pub fn derive(config: &mut Config, budget: &Budget) -> Vec<Share> {
     size(&mut q.results_cache_max_bytes, defaults.query.results_cache_max_bytes, percent(budget.bytes, 5), 0);
     let decoded = &mut config.store.decoded_cache_max_bytes;
     size(decoded, defaults.store.decoded_cache_max_bytes, percent(budget.bytes, 5), 0);
-    // The log scans' answers take 2 %.
+    // The log scans' answers take 2 %, log parts' decoded pages 5 %.
     size(&mut config.store.scan_cache_max_bytes, defaults.store.scan_cache_max_bytes, percent(budget.bytes, 2), 0);
+    let pages = &mut config.store.log_page_cache_max_bytes;
+    size(pages, defaults.store.log_page_cache_max_bytes, percent(budget.bytes, 5), 0);
 
     let head = config.store.head_max_size.as_u64() * HEAD_FACTOR;
     SHARES
@@ -637,6 +639,7 @@ impl Monitor {
                 ("promql_results_cache", self.query.results_cache.bytes()),
                 ("metric_decoded_cache", self.metrics.decoded_cache_stats().0),
                 ("log_scan_cache", self.logs.scan_cache_stats().0),
+                ("log_page_cache", self.logs.page_cache_stats().0),
             ];
             for (name, n) in caches {
                 let label = vec![("consumer".to_string(), name.to_string())];
@@ -668,11 +671,13 @@ impl Monitor {
             self.query.results_cache.clear();
             self.metrics.clear_decoded_cache();
             self.logs.clear_scan_cache();
-            // A query node's stores of the ingest nodes' trees (issue 22) hold decoded runs and scan
-            // answers too.
+            self.logs.clear_page_cache();
+            // A query node's stores of the ingest nodes' trees (issue 22) hold decoded runs, scan answers
+            // and pages too.
             for tree in self.query.tree_set().others.iter() {
                 tree.metrics.clear_decoded_cache();
                 tree.logs.clear_scan_cache();
+                tree.logs.clear_page_cache();
             }
             let mut flushed = 0;
             if used[0].1 > 0 {

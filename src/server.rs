@@ -555,6 +555,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 }
                 own.metrics().set_decoded_cache_max(node_trees.own_decoded_share());
                 own.logs().set_scan_cache_max(node_trees.own_scan_share());
+                own.logs().set_page_cache_max(node_trees.own_page_share());
                 if let Err(e) = own.follow_once().await {
                     tracing::warn!(error = %e, "storage: following the bucket failed; answering from the last commit applied, retried at the next interval");
                 }

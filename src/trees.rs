@@ -32,6 +32,8 @@ pub struct NodeTrees {
     decoded_cache: usize,
     /// `store.scan_cache_max_bytes`, the same.
     scan_cache: usize,
+    /// `store.log_page_cache_max_bytes`, the same.
+    page_cache: usize,
 }
 
 impl NodeTrees {
@@ -47,8 +49,20 @@ impl NodeTrees {
         let options = StoreOptions { disk: None, ..options.clone() };
         let decoded_cache = usize::try_from(options.tuning.decoded_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
         let scan_cache = usize::try_from(options.tuning.scan_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
+        let page_cache = usize::try_from(options.tuning.log_page_cache_max_bytes.as_u64()).unwrap_or(usize::MAX);
         let cache = cache.filter(|(max, _)| *max > 0);
-        NodeTrees { bucket, dir, options, cache, metrics, followers: Vec::new(), trees, decoded_cache, scan_cache }
+        NodeTrees {
+            bucket,
+            dir,
+            options,
+            cache,
+            metrics,
+            followers: Vec::new(),
+            trees,
+            decoded_cache,
+            scan_cache,
+            page_cache,
+        }
     }
 
     /// Opens the trees that appeared in the bucket, follows every tree to its newest commit, and publishes
@@ -89,6 +103,7 @@ impl NodeTrees {
         let share = self.cache.as_ref().map(|(max, _)| max / (self.followers.len() as u64 + 1));
         let decoded = self.own_decoded_share();
         let scan = self.own_scan_share();
+        let pages = self.own_page_share();
         let mut retired = std::collections::HashSet::new();
         for (name, follower) in &mut self.followers {
             if let Some(share) = share {
@@ -96,6 +111,7 @@ impl NodeTrees {
             }
             follower.metrics().set_decoded_cache_max(decoded);
             follower.logs().set_scan_cache_max(scan);
+            follower.logs().set_page_cache_max(pages);
             match follower.follow_once().await {
                 Ok(_) if released.contains(name.as_str()) => {
                     retired.insert(name.clone());
@@ -129,6 +145,11 @@ impl NodeTrees {
     /// The share of `store.scan_cache_max_bytes` of each log store (the own one and each tree's).
     pub fn own_scan_share(&self) -> usize {
         self.scan_cache / (self.followers.len() + 1)
+    }
+
+    /// The share of `store.log_page_cache_max_bytes` of each log store (the own one and each tree's).
+    pub fn own_page_share(&self) -> usize {
+        self.page_cache / (self.followers.len() + 1)
     }
 
     /// The share of `storage.cache_max_bytes` of the query node's own stores.

@@ -155,6 +155,7 @@ fn a_big_budget_keeps_every_default() {
     derive(&mut c, &configured(400 * MIB));
     assert!(c.store.head_max_size < Config::default().store.head_max_size);
     assert_eq!(c.store.scan_cache_max_bytes.as_u64(), 400 * MIB / 50, "2 % of the budget");
+    assert_eq!(c.store.log_page_cache_max_bytes.as_u64(), 400 * MIB / 20, "5 % of the budget");
 }
 
 #[test]

@@ -64,6 +64,11 @@ pub struct StoreConfig {
     /// same of the same parts at every refresh. `0 B`: off. Left at its default, the server takes
     /// `min(16 MiB, 2% of server.memory_limit)`.
     pub scan_cache_max_bytes: ByteSize,
+    /// Pages of log parts kept decoded in memory for the next read of the same rows, whatever it searches
+    /// for (least recently used out first); a read that would decode more than half of it takes what is
+    /// there and keeps nothing. `0 B`: off. Left at its default, the server takes
+    /// `min(64 MiB, 5% of server.memory_limit)`.
+    pub log_page_cache_max_bytes: ByteSize,
 }
 
 /// A size that may be left to the server to work out: `"auto"` or a size (`store.min_free_disk`,
@@ -138,6 +143,7 @@ impl Default for StoreConfig {
             retention_max_disk: ByteSize::b(0),
             decoded_cache_max_bytes: ByteSize::mib(64),
             scan_cache_max_bytes: ByteSize::mib(16),
+            log_page_cache_max_bytes: ByteSize::mib(64),
         }
     }
 }

@@ -87,6 +87,8 @@ struct Inner {
     read_only: crate::error::ReadOnly,
     /// Answers of reads of parts (`store.scan_cache_max_bytes`).
     scan_cache: Arc<crate::scan::ScanCache>,
+    /// Parts' pages kept decoded (`store.log_page_cache_max_bytes`).
+    page_cache: Arc<crate::page_cache::PageCache>,
     _lock: File,
 }
 
@@ -215,6 +217,9 @@ impl LogStore {
             inner: Arc::new(Inner {
                 scan_cache: Arc::new(crate::scan::ScanCache::new(
                     usize::try_from(options.tuning.scan_cache_max_bytes.as_u64()).unwrap_or(usize::MAX),
+                )),
+                page_cache: Arc::new(crate::page_cache::PageCache::new(
+                    usize::try_from(options.tuning.log_page_cache_max_bytes.as_u64()).unwrap_or(usize::MAX),
                 )),
                 options,
                 metrics,
@@ -490,6 +495,22 @@ impl LogStore {
     /// The cache of scan answers: (bytes held, hits, misses).
     pub fn scan_cache_stats(&self) -> (usize, u64, u64) {
         self.inner.scan_cache.stats()
+    }
+
+    /// Changes the bound of the cache of decoded pages (`store.log_page_cache_max_bytes` at the start): a
+    /// query node shares it out among its trees' stores.
+    pub fn set_page_cache_max(&self, bytes: usize) {
+        self.inner.page_cache.set_max(bytes);
+    }
+
+    /// Empties the cache of decoded pages (memory pressure).
+    pub fn clear_page_cache(&self) {
+        self.inner.page_cache.clear();
+    }
+
+    /// The cache of decoded pages: (bytes held, hits, misses), a hit or miss per column of a span.
+    pub fn page_cache_stats(&self) -> (usize, u64, u64) {
+        self.inner.page_cache.stats()
     }
 
     /// Stores a tenant's batch durably. Resolves once it is in the fsynced write-ahead log and visible to
@@ -1049,6 +1070,15 @@ impl LogStore {
                 (rows > 0).then_some((rows, p, ranges))
             })
             .collect();
+        // A scan fills the cache of decoded pages unless it would decode more than half of it (see
+        // `page_cache::fills`): guessed from its candidate rows, before the filters skip any.
+        let read_columns = crate::scan::read_columns(&output, &req, &deletes);
+        let read_columns: Vec<&str> = read_columns.iter().map(String::as_str).collect();
+        let fill_pages = inner.page_cache.enabled() && {
+            let bytes: u64 =
+                units.iter().map(|(rows, p, _)| rows.saturating_mul(p.decoded_row_bytes(&read_columns))).sum();
+            crate::page_cache::fills(&inner.page_cache, bytes)
+        };
         let n = partitions.max(1);
         // Too few parts to keep every thread busy: cut each part's candidate rows into `4n` slices, dealt
         // out in turn below, so that rows the filters skip at run time (row groups, pages) do not all
@@ -1092,6 +1122,8 @@ impl LogStore {
                     metrics: inner.metrics.clone(),
                     deletes: deletes.clone(),
                     cache: inner.scan_cache.clone(),
+                    pages: inner.page_cache.clone(),
+                    fill_pages,
                     req: req.clone(),
                 })
             })

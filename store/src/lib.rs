@@ -50,6 +50,7 @@ mod lru;
 mod manifest;
 mod marks;
 mod ngrams;
+mod page_cache;
 mod part;
 mod quarantine;
 mod scan;

@@ -357,26 +357,73 @@ impl Part {
     /// The first rows (in the part) of its `message` column's data pages, when its footer is in memory
     /// (it is once a read opened the part, except for wide parts); empty otherwise.
     pub(crate) fn message_page_starts(&self) -> Vec<u64> {
-        let Some(metadata) = self.metadata.get() else {
-            return Vec::new();
-        };
-        let metadata = metadata.metadata();
-        let column =
-            metadata.file_metadata().schema_descr().columns().iter().position(|c| c.path().parts() == [MESSAGE]);
-        let (Some(column), Some(index)) = (column, metadata.offset_index()) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let mut first = 0u64;
-        for (g, rg) in metadata.row_groups().iter().enumerate() {
-            if let Some(pages) = index.get(g).and_then(|c| c.get(column)) {
-                out.extend(page_starts(pages).into_iter().map(|r| first + r));
-            }
-            first += rg.num_rows().max(0) as u64;
-        }
-        out
+        self.metadata.get().map(message_page_starts).unwrap_or_default()
     }
 
+    /// Where the spans of [`crate::page_cache`] start: at each page of the `message` column and each row
+    /// group, sorted, from 0. Reads the footer if no read has yet.
+    pub(crate) fn span_starts(&self) -> Result<Vec<u64>> {
+        let mut out: Vec<u64> = self.row_groups.iter().map(|rg| rg.first_row).collect();
+        match self.metadata.get() {
+            Some(m) => out.extend(message_page_starts(m)),
+            None => {
+                let file = self.remote.open_file(&self.parquet_path, self.meta.parquet_bytes)?;
+                out.extend(message_page_starts(&self.arrow_metadata(&file)?));
+            }
+        }
+        out.push(0);
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Those of `wanted` this part has, in its file's order (as a reader of them gives them), once a
+    /// read has loaded its footer; `None` before (and for wide parts, whose footer is not kept).
+    pub(crate) fn present_columns<'a>(&self, wanted: &[&'a str]) -> Option<Vec<&'a str>> {
+        let metadata = self.metadata.get()?;
+        let fields = metadata.schema().fields();
+        Some(fields.iter().filter_map(|f| wanted.iter().find(|w| **w == f.name().as_str()).copied()).collect())
+    }
+
+    /// About how many bytes a row of the named columns takes decoded: from the footer's uncompressed
+    /// sizes when a read has loaded it (at least 8 bytes a column), else a guess from the file's size.
+    pub(crate) fn decoded_row_bytes(&self, columns: &[&str]) -> u64 {
+        let rows = self.meta.rows.max(1);
+        let Some(metadata) = self.metadata.get() else {
+            return self.meta.parquet_bytes.saturating_mul(6) / rows;
+        };
+        let mut bytes = 0u64;
+        for rg in metadata.metadata().row_groups() {
+            for c in rg.columns() {
+                if c.column_descr().path().parts().first().is_some_and(|n| columns.contains(&n.as_str())) {
+                    let n = rg.num_rows().max(0) as u64;
+                    bytes += (c.uncompressed_size().max(0) as u64).max(8 * n);
+                }
+            }
+        }
+        bytes / rows
+    }
+}
+
+/// The first rows (in the part) of the pages of the `message` column, from the page index.
+fn message_page_starts(metadata: &ArrowReaderMetadata) -> Vec<u64> {
+    let metadata = metadata.metadata();
+    let column = metadata.file_metadata().schema_descr().columns().iter().position(|c| c.path().parts() == [MESSAGE]);
+    let (Some(column), Some(index)) = (column, metadata.offset_index()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut first = 0u64;
+    for (g, rg) in metadata.row_groups().iter().enumerate() {
+        if let Some(pages) = index.get(g).and_then(|c| c.get(column)) {
+            out.extend(page_starts(pages).into_iter().map(|r| first + r));
+        }
+        first += rg.num_rows().max(0) as u64;
+    }
+    out
+}
+
+impl Part {
     /// The footer and page index, loaded from `file` (this part's Parquet file) by the first caller.
     fn arrow_metadata(&self, file: &File) -> Result<ArrowReaderMetadata> {
         if let Some(m) = self.metadata.get() {

@@ -372,11 +372,12 @@ mod tests {
             retention: Duration::from_secs(30 * 86_400),
             disk: None,
             retention_rules: Vec::new(),
-            // No decoded runs or scan answers kept: these tests count what reads fetch from the parts.
+            // No decoded runs, scan answers or pages kept: these tests count what reads fetch from the parts.
             tuning: StoreConfig {
                 compaction_min_parts,
                 decoded_cache_max_bytes: bytesize::ByteSize::b(0),
                 scan_cache_max_bytes: bytesize::ByteSize::b(0),
+                log_page_cache_max_bytes: bytesize::ByteSize::b(0),
                 ..StoreConfig::default()
             },
         }

@@ -25,12 +25,13 @@ use parking_lot::RwLock;
 use regex::Regex;
 
 use crate::catalog::TenantStreams;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::head::{MESSAGE, STREAM_ID, TIME, label_column};
 use crate::lru::ByteLru;
 use crate::metrics::StoreMetrics;
 use crate::model::{Labels, Tenant};
 use crate::ngrams::{PageFilters, needle_positions};
+use crate::page_cache::PageCache;
 use crate::part::Part;
 use crate::tokens::required_tokens;
 
@@ -188,6 +189,10 @@ pub(crate) struct ScanPlan {
     pub(crate) deletes: Arc<Vec<DeleteMask>>,
     /// Answers of earlier reads of parts (`store.scan_cache_max_bytes`).
     pub(crate) cache: Arc<ScanCache>,
+    /// Parts' pages kept decoded (`store.log_page_cache_max_bytes`).
+    pub(crate) pages: Arc<PageCache>,
+    /// Whether this scan's reads keep what they decode there ([`crate::page_cache::fills`]).
+    pub(crate) fill_pages: bool,
 }
 
 /// Answers of reads of parts, kept for the next scan that asks the same of the same part (issue 23):
@@ -318,16 +323,12 @@ impl ScanPlan {
         if let Some(answer) = key.as_ref().and_then(|k| self.cache.get(k)) {
             return Ok(answer.iter().all(|b| send(b.clone())));
         }
-        let Some(reader) = part.reader(needed, Some(&ranges), BATCH_ROWS)? else {
-            return Ok(true);
-        };
         // The answer so far, while it is small enough to keep.
         let mut kept = key.as_ref().map(|_| (Vec::new(), ANSWER_OVERHEAD));
-        for batch in reader {
-            let batch = crate::part::time_to_ns(batch.map_err(Error::Arrow)?)?;
+        let mut each = |batch: RecordBatch| -> Result<bool> {
             let filtered = self.filter(&batch, known)?;
             if filtered.num_rows() == 0 {
-                continue;
+                return Ok(true);
             }
             let out = conform(&filtered, &self.output, None)?;
             if let Some((batches, bytes)) = &mut kept {
@@ -337,9 +338,10 @@ impl ScanPlan {
                     kept = None;
                 }
             }
-            if !send(out) {
-                return Ok(false);
-            }
+            Ok(send(out))
+        };
+        if !crate::page_cache::read(part, &ranges, needed, &self.pages, self.fill_pages, BATCH_ROWS, &mut each)? {
+            return Ok(false);
         }
         if let (Some(key), Some((batches, bytes))) = (key, kept) {
             self.cache.insert(key, Arc::new(batches), bytes);
@@ -349,17 +351,7 @@ impl ScanPlan {
 
     /// Columns to read from parts: the output plus what the filters need.
     fn read_columns(&self) -> Vec<String> {
-        let mut cols: Vec<String> = self.output.fields().iter().map(|f| f.name().clone()).collect();
-        for c in [TIME, STREAM_ID] {
-            if !cols.iter().any(|x| x == c) {
-                cols.push(c.to_string());
-            }
-        }
-        let deletes_read_lines = self.deletes.iter().any(|d| d.active.has_line_filters());
-        if (!self.req.line_contains.is_empty() || deletes_read_lines) && !cols.iter().any(|x| x == MESSAGE) {
-            cols.push(MESSAGE.to_string());
-        }
-        cols
+        read_columns(&self.output, &self.req, &self.deletes)
     }
 
     /// The part's row ranges that may hold matching rows, or `None` when none can. Filters that cannot
@@ -526,6 +518,21 @@ impl ScanPlan {
         }
         Ok(filter_record_batch(batch, &mask)?)
     }
+}
+
+/// Columns a scan reads from parts: its output plus what its filters need.
+pub(crate) fn read_columns(output: &SchemaRef, req: &ScanRequest, deletes: &[DeleteMask]) -> Vec<String> {
+    let mut cols: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
+    for c in [TIME, STREAM_ID] {
+        if !cols.iter().any(|x| x == c) {
+            cols.push(c.to_string());
+        }
+    }
+    let deletes_read_lines = deletes.iter().any(|d| d.active.has_line_filters());
+    if (!req.line_contains.is_empty() || deletes_read_lines) && !cols.iter().any(|x| x == MESSAGE) {
+        cols.push(MESSAGE.to_string());
+    }
+    cols
 }
 
 /// What a scan's filters look for: the token hashes every matching line holds (for the row groups'

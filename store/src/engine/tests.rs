@@ -886,3 +886,126 @@ async fn repeated_scans_are_answered_from_the_cache_and_deletes_bypass_it() {
     assert_eq!(stats().0, 0);
     store.clear_scan_cache();
 }
+
+/// Issue 23: reads through the cache of decoded pages give exactly what reads without it give: any
+/// streams, substrings, time range, stream limit and columns, in one task or cut into slices, from an
+/// empty cache, a full one and one too small to fill. Another substring over the same rows is served from
+/// the pages a first search kept; a pending delete still hides its rows; a scan that would decode more
+/// than half the cache keeps nothing.
+#[tokio::test]
+async fn reads_through_the_page_cache_answer_as_reads_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns() - NANOS_PER_DAY;
+    let mut o = options(dir.path());
+    o.tuning.scan_cache_max_bytes = ByteSize::b(0);
+    let store = LogStore::open(o, &mut Registry::default()).unwrap();
+    for (app, n) in [("api", 3000), ("web", 500), ("db", 1700), ("one", 1)] {
+        store.append(&tenant(), batch(app, 0, n, t0)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    store.append(&tenant(), batch("api", 3000, 900, t0)).await.unwrap();
+    store.flush().await.unwrap();
+    // Rows as text, in the order the tasks give them (one task: the store's order).
+    async fn read(store: &LogStore, req: ScanRequest, partitions: usize) -> Vec<String> {
+        let (_, tasks) = store.plan_scan(req, partitions);
+        let mut out = Vec::new();
+        for task in tasks {
+            task.run(|b| {
+                for i in 0..b.num_rows() {
+                    let cols: Vec<String> = b
+                        .columns()
+                        .iter()
+                        .map(|c| match c.data_type() {
+                            arrow::datatypes::DataType::Timestamp(..) => {
+                                c.as_primitive::<arrow::datatypes::TimestampNanosecondType>().value(i).to_string()
+                            }
+                            _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
+                        })
+                        .collect();
+                    out.push(cols.join("|"));
+                }
+                true
+            })
+            .unwrap();
+        }
+        out
+    }
+    let mut next = crate::testutil::xorshift(23);
+    let apps = ["api", "web", "db", "one"];
+    for round in 0..60 {
+        let mut req = ScanRequest::all(tenant());
+        if next().is_multiple_of(2) {
+            let app = apps[(next() % 4) as usize];
+            req.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, app).unwrap()];
+        }
+        match next() % 3 {
+            0 => {}
+            1 => req.line_contains = vec![format!("word{}", next() % 7)],
+            _ => req.line_contains = vec![format!("line {}", next() % 40), "word".into()],
+        }
+        if next().is_multiple_of(2) {
+            req.start_ns = t0 + (next() % 3000) as i64;
+            req.end_ns = req.start_ns + (next() % 2000) as i64;
+        }
+        if req.line_contains.is_empty() && next().is_multiple_of(3) {
+            req.stream_limit =
+                Some(crate::scan::StreamLimit { rows: 1 + next() % 300, newest: next().is_multiple_of(2) });
+        }
+        if next().is_multiple_of(2) {
+            req.columns = Some(vec!["message".into(), "level".into()]);
+        }
+        let partitions = 1 + (next() % 3) as usize;
+        store.set_page_cache_max(0);
+        let want = read(&store, req.clone(), partitions).await;
+        // Every few rounds the cache starts empty or too small to fill; else it keeps what it has.
+        match round % 5 {
+            0 => store.clear_page_cache(),
+            1 => store.set_page_cache_max(1024),
+            _ => store.set_page_cache_max(64 << 20),
+        }
+        if round % 5 != 1 {
+            store.set_page_cache_max(64 << 20);
+        }
+        let got = read(&store, req.clone(), partitions).await;
+        assert_eq!(got, want, "round {round}: {req:?}");
+        let again = read(&store, req.clone(), partitions).await;
+        assert_eq!(again, want, "round {round}, from the cache: {req:?}");
+    }
+
+    // A search keeps the pages it decoded; another substring over the same rows decodes nothing.
+    store.clear_page_cache();
+    let search = |needle: &str| {
+        let mut r = ScanRequest::all(tenant());
+        r.matchers = vec![LabelMatcher::new("app", MatchOp::Eq, "db").unwrap()];
+        r.line_contains = vec![needle.to_string()];
+        r.columns = Some(vec!["message".into()]);
+        r
+    };
+    let word3 = read(&store, search("word3"), 1).await;
+    assert_eq!(word3.len(), (0..1700).filter(|i| i % 7 == 3).count());
+    let (bytes, hits, misses) = store.page_cache_stats();
+    assert!(bytes > 0 && misses > 0, "{:?}", store.page_cache_stats());
+    let word5 = read(&store, search("word5"), 1).await;
+    assert_eq!(word5.len(), (0..1700).filter(|i| i % 7 == 5).count());
+    let (_, hits2, misses2) = store.page_cache_stats();
+    assert_eq!(misses2, misses, "no span of the db stream was decoded again");
+    assert!(hits2 > hits);
+
+    // A pending delete hides its rows from reads served from the cache.
+    let spec = crate::delete::DeleteSpec {
+        query: r#"{app="db"} |= "word5""#.into(),
+        matchers: vec![vec![("app".into(), "=".into(), "db".into())]],
+        line_filters: vec![(crate::delete::LineOp::Contains, "word5".into())],
+        start_ns: t0,
+        end_ns: t0 + 10_000,
+    };
+    store.request_delete(&tenant(), spec).unwrap();
+    assert!(read(&store, search("word5"), 1).await.is_empty());
+    assert_eq!(store.page_cache_stats().2, misses, "served from the cache");
+
+    // A cache too small for the scan (over half of it): it takes nothing in.
+    store.set_page_cache_max(0);
+    store.set_page_cache_max(4096);
+    assert!(!read(&store, search("word3"), 1).await.is_empty());
+    assert_eq!(store.page_cache_stats().0, 0, "nothing kept: {:?}", store.page_cache_stats());
+}
