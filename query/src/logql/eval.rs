@@ -318,14 +318,17 @@ impl Engine {
         make_sink: impl Fn() -> S,
     ) -> QResult<Vec<S>> {
         // On a query node, what the ingest nodes hold that this node's parts do not, asked for below once
-        // the scan is known; the streams this node knows are found first.
+        // the scan is known. Elsewhere the streams are found first, so that a selection of none reads
+        // nothing.
         let stores = self.trees.log_stores(&self.store);
         let mut labels: HashMap<u64, Arc<Labels>> = HashMap::new();
-        for (_, store) in &stores {
-            labels.extend(store.series(&ctx.tenant, &log.matchers, start, end));
-        }
-        if labels.is_empty() && self.peers.is_none() {
-            return Ok(Vec::new());
+        if self.peers.is_none() {
+            for (_, store) in &stores {
+                labels.extend(store.series(&ctx.tenant, &log.matchers, start, end));
+            }
+            if labels.is_empty() {
+                return Ok(Vec::new());
+            }
         }
         // Leading `|= "literal"` filters are done by the store.
         let mut stages = log.stages.as_slice();
@@ -393,6 +396,12 @@ impl Engine {
                 req.parts = store::PartFilter::Only(Arc::new(d.keep));
                 labels.extend(d.streams);
                 extra.extend(d.batches);
+            }
+            if self.peers.is_some() {
+                // After the delta: the parts this node said it holds may have been applied by a follow
+                // just before, and their streams must be known (found before the delta, a part applied
+                // in between was read by neither side's labels, and its rows dropped).
+                labels.extend(store.series(&ctx.tenant, &log.matchers, start, end));
             }
             tasks.extend(store.plan_scan(req, self.limits.partitions).1);
         }
