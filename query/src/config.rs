@@ -27,7 +27,8 @@ pub struct QueryConfig {
     /// Longest time range (end - start) of one LogQL query.
     #[serde(with = "store::config::duration")]
     pub max_query_length: Duration,
-    /// Threads one LogQL query scans with; 0 means one per core.
+    /// Threads one LogQL query scans with, and one PromQL range function over many series (`rate`,
+    /// `increase`, `delta`) computes on; 0 means one per core. Rules always use one.
     pub query_parallelism: usize,
     /// How far back a PromQL instant selector looks for a sample (Prometheus' `--query.lookback-delta`).
     #[serde(with = "store::config::duration")]

@@ -110,6 +110,8 @@ impl StoreBackend {
             max_samples: c.max_samples,
             default_subquery_step_ms: c.default_subquery_step.as_millis() as i64,
             deadline: Some(Instant::now() + c.timeout),
+            // Rules run in the background: one thread each, leaving the other cores to what users wait on.
+            threads: 1,
         }
     }
 }

@@ -221,6 +221,7 @@ impl PromRequest {
             max_samples: c.max_samples,
             default_subquery_step_ms: c.default_subquery_step.as_millis() as i64,
             deadline: Some(Instant::now() + timeout),
+            threads: c.limits().partitions,
         })
     }
 }

@@ -77,6 +77,71 @@ impl RangeArg {
     }
 }
 
+/// Below this many windows (series × steps) a range function's series are computed on the calling
+/// thread: starting threads costs more than it saves.
+const PARALLEL_MIN_WINDOWS: usize = 1 << 16;
+
+/// `f` of each series, in order. Over many series and steps, the series are cut into
+/// `EngineOptions::threads` runs computed at once (each series alone, so results are the same bits as
+/// one after the other), each thread reading the clock against the deadline every 65,536 steps.
+pub(super) fn map_series<R: Send>(
+    ev: &mut Evaluator,
+    series: Vec<RSeries>,
+    steps: usize,
+    f: impl Fn(RSeries) -> R + Sync,
+) -> Result<Vec<R>, EvalError> {
+    let threads = ev.opts.threads.clamp(1, series.len().max(1));
+    if threads == 1 || series.len().saturating_mul(steps) < PARALLEL_MIN_WINDOWS {
+        let mut out = Vec::with_capacity(series.len());
+        for r in series {
+            ev.check_deadline_work(steps)?;
+            out.push(f(r));
+        }
+        return Ok(out);
+    }
+    let per = series.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<RSeries>> = Vec::with_capacity(threads);
+    let mut rest = series.into_iter();
+    loop {
+        let chunk: Vec<RSeries> = rest.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let deadline = ev.opts.deadline;
+    let f = &f;
+    let results: Vec<Result<Vec<R>, EvalError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    let mut work = 0usize;
+                    for r in chunk {
+                        work += steps;
+                        if work >= 1 << 16 {
+                            work = 0;
+                            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                                return Err(EvalError::Timeout);
+                            }
+                        }
+                        out.push(f(r));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    ev.check_deadline_work(0)?;
+    Ok(out)
+}
+
 /// Moving-window cursor over one series' timestamps.
 pub(super) struct Cursor {
     lo: usize,

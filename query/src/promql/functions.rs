@@ -582,18 +582,13 @@ fn rate_family(ev: &mut Evaluator, func: &str, arg: RangeArg, g: &Grid) -> Resul
     let is_counter = func != "delta";
     let is_rate = func == "rate";
     let range_ms = arg.range_ms;
-    let mut out = Vec::with_capacity(arg.series.len());
-    let mut resets: Vec<usize> = Vec::new();
     let window = RangeArg { series: Vec::new(), ..arg };
     // Without `@`, the windows of successive steps start and end later and later.
     let forward = window.at.is_none();
-    for r in arg.series {
-        ev.check_deadline_work(g.n)?;
+    let one = |r: super::eval::RSeries| -> Option<VSeries> {
         let (ts, vs): (&[i64], &[f64]) = (&r.t, &r.v);
-        resets.clear();
-        if is_counter {
-            resets.extend((1..vs.len()).filter(|&j| vs[j] < vs[j - 1]));
-        }
+        let resets: Vec<usize> =
+            if is_counter { (1..vs.len()).filter(|&j| vs[j] < vs[j - 1]).collect() } else { Vec::new() };
         let mut cur = Cursor::new();
         let (mut lo, mut hi) = (0usize, 0usize);
         let mut vals = vec![None; g.n];
@@ -637,12 +632,14 @@ fn rate_family(ev: &mut Evaluator, func: &str, arg: RangeArg, g: &Grid) -> Resul
             *slot = Some(extrapolate(result, ts[lo], ts[hi - 1], hi - lo, vs[lo], s, e, is_counter, is_rate, range_ms));
             any = true;
         }
-        if any {
-            if is_counter {
-                check_counter_name(ev, &r.labels);
-            }
-            out.push(VSeries { labels: r.labels, drop_name: true, vals });
+        any.then_some(VSeries { labels: r.labels, drop_name: true, vals })
+    };
+    let mut out = Vec::new();
+    for v in super::eval::map_series(ev, arg.series, g.n, one)?.into_iter().flatten() {
+        if is_counter {
+            check_counter_name(ev, &v.labels);
         }
+        out.push(v);
     }
     Ok(Val::Vector(out))
 }

@@ -138,6 +138,8 @@ pub struct EngineOptions {
     pub default_subquery_step_ms: i64,
     /// Evaluation deadline; past it the query fails with [`EvalError::Timeout`].
     pub deadline: Option<std::time::Instant>,
+    /// Threads a range function over many series may use at once (`query.query_parallelism`).
+    pub threads: usize,
 }
 
 impl Default for EngineOptions {
@@ -147,6 +149,7 @@ impl Default for EngineOptions {
             max_samples: 15_000_000,
             default_subquery_step_ms: 60_000,
             deadline: None,
+            threads: 1,
         }
     }
 }

@@ -548,8 +548,13 @@ struct FileStats {
 
 fn run_file(text: &str, nh_labels_out: &mut BTreeSet<String>) -> Result<FileStats, String> {
     let cmds = parse_script(text)?;
-    let opts =
-        EngineOptions { lookback_ms: 300_000, max_samples: 10_000, default_subquery_step_ms: 60_000, deadline: None };
+    let opts = EngineOptions {
+        lookback_ms: 300_000,
+        max_samples: 10_000,
+        default_subquery_step_ms: 60_000,
+        deadline: None,
+        threads: 1,
+    };
     let mut src = MemSource::default();
     let mut hist: Vec<Labels> = Vec::new();
     let mut st: Vec<Labels> = Vec::new();

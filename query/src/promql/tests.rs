@@ -166,6 +166,51 @@ fn deadline_is_enforced() {
     let e = eval_range(&o, &src, &parse("rate(m[1m])").unwrap_or_else(|e| panic!("{e}")), 0, 1_000_000, 1000);
     assert!(matches!(e, Err(EvalError::Timeout)), "{e:?}");
 }
+/// Issue 23: `rate`, `increase` and `delta` over many series run on several threads give the same series,
+/// in the same order, with the same bits, the same info annotations, and honour the deadline.
+#[test]
+fn range_functions_on_several_threads_answer_as_on_one() {
+    let mut src = MemSource::default();
+    let mut x = 7u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for s in 0..300 {
+        let name = if s % 3 == 0 { "g" } else { "m_total" };
+        let mut v = 0.0;
+        for i in 0..400i64 {
+            // Counters with resets, gaps and uneven spacing.
+            v = if next() % 50 == 0 { (next() % 10) as f64 } else { v + (next() % 1000) as f64 / 7.0 };
+            if next() % 9 != 0 {
+                src.add(labels(&[("__name__", name), ("i", &s.to_string())]), i * 15_000 + (next() % 3000) as i64, v);
+            }
+        }
+    }
+    for q in ["rate(m_total[5m])", "increase({i=~\"1.*\"}[2m])", "delta(g[3m])", "sum(rate({__name__=~\".+\"}[5m]))"] {
+        let expr = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let one = EngineOptions { max_samples: 10_000_000, ..EngineOptions::default() };
+        let many = EngineOptions { threads: 3, ..one.clone() };
+        let a = eval_range(&one, &src, &expr, 0, 6_000_000, 5_000).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let b = eval_range(&many, &src, &expr, 0, 6_000_000, 5_000).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let bits = |r: &QueryResult| match &r.value {
+            Value::Matrix(m) => m
+                .iter()
+                .map(|(l, pts)| (l.clone(), pts.iter().map(|(t, v)| (*t, v.to_bits())).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            other => panic!("{q}: {other:?}"),
+        };
+        assert!(!bits(&a).is_empty(), "{q}");
+        assert_eq!(bits(&a), bits(&b), "{q}");
+        assert_eq!((&a.warnings, &a.infos), (&b.warnings, &b.infos), "{q}");
+    }
+    let past = EngineOptions { threads: 3, deadline: Some(std::time::Instant::now()), ..EngineOptions::default() };
+    let e = eval_range(&past, &src, &parse("rate(m_total[5m])").unwrap(), 0, 6_000_000, 1000);
+    assert!(matches!(e, Err(EvalError::Timeout)), "{e:?}");
+}
+
 #[test]
 fn invalid_utf8_escapes() {
     let src = src_with(&[(&[("__name__", "v")], &[(0, 1.0)])]);
