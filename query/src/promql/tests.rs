@@ -296,15 +296,22 @@ impl Rng {
 }
 
 /// Random series for the fast-path tests: counters with resets, gauges, NaN, ±Inf and stale markers,
-/// irregular intervals and gaps; labels `g` (2 values) and `i`.
+/// irregular intervals and gaps, or (half of them) scraped at a steady 15 s with rare gaps and starting
+/// near zero, where successive windows share their shape and the extrapolation to zero decides; labels
+/// `g` (2 values) and `i`.
 fn random_source(rng: &mut Rng) -> MemSource {
     let mut src = MemSource::default();
     for i in 0..1 + rng.below(7) {
         let l = labels(&[("__name__", "m_total"), ("g", ["a", "b"][rng.below(2) as usize]), ("i", &i.to_string())]);
-        let mut t = rng.below(60_000) as i64;
-        let mut v = rng.below(1000) as f64 * if rng.chance(50) { 1.0 } else { 0.25 };
+        let steady = rng.chance(50);
+        let mut t = if steady { 15_000 * rng.below(4) as i64 } else { rng.below(60_000) as i64 };
+        let mut v = rng.below(if steady { 4 } else { 1000 }) as f64 * if rng.chance(50) { 1.0 } else { 0.25 };
         for _ in 0..rng.below(300) {
-            t += 1 + rng.below(30_000) as i64 + if rng.chance(3) { rng.below(600_000) as i64 } else { 0 };
+            t += match steady {
+                true if rng.chance(3) => 30_000,
+                true => 15_000,
+                false => 1 + rng.below(30_000) as i64 + if rng.chance(3) { rng.below(600_000) as i64 } else { 0 },
+            };
             v = match rng.below(100) {
                 0..=7 => (v * (rng.below(100) as f64 / 100.0)).floor(), // a reset (or a repeat)
                 8..=9 => f64::NAN,
@@ -332,7 +339,7 @@ fn rate_fast_path_matches_per_window_reference() {
         let func = ["rate", "increase", "delta"][rng.below(3) as usize];
         let range = 1_000 + rng.below(900_000) as i64;
         let start = rng.below(3_000_000) as i64;
-        let step = 1 + rng.below(90_000) as i64;
+        let step = if rng.chance(40) { 15_000 * (1 + rng.below(4) as i64) } else { 1 + rng.below(90_000) as i64 };
         let n = 1 + rng.below(250) as i64;
         let end = start + (n - 1) * step;
         let offset = if rng.chance(20) { rng.below(600_000) as i64 } else { 0 };
