@@ -695,13 +695,17 @@ fn extrapolate(
     if to_start >= threshold {
         to_start = avg_dur / 2.0;
     }
-    if is_counter {
-        let mut to_zero = to_start;
-        if result > 0.0 && first_v >= 0.0 {
-            to_zero = sampled * (first_v / result);
-        }
-        if to_zero < to_start {
-            to_start = to_zero;
+    if is_counter && result > 0.0 && first_v >= 0.0 {
+        // `to_zero = sampled * (first_v / result)` counts only below `to_start`. Where `first_v * sampled`
+        // exceeds `to_start * result` by far more than rounding can (both finite, the second normal), it
+        // cannot be, and the division (a sixth of a window's cost) is skipped: a counter's first value
+        // is usually far above what it grows by in one window.
+        let (a, b) = (first_v * sampled, to_start * result);
+        if !(a.is_finite() && b.is_normal() && a > b * (1.0 + 1e-9)) {
+            let to_zero = sampled * (first_v / result);
+            if to_zero < to_start {
+                to_start = to_zero;
+            }
         }
     }
     if to_end >= threshold {
