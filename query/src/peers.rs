@@ -496,7 +496,8 @@ impl PeerCall {
         self
     }
 
-    fn warn(&self, what: &str, error: String) {
+    /// Logs that no ingest node answered for `what`, and keeps the warning for the query's answer.
+    pub fn warn(&self, what: &str, error: String) {
         tracing::warn!(%error, "query node: no ingest node answered for {what}; answering from the bucket alone");
         let w = format!(
             "no ingest node answered ({error}): {what} acknowledged since the bucket's last commit may be missing"

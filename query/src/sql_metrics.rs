@@ -446,7 +446,12 @@ impl MetricPartition {
                             .map_err(|e| DataFusionError::External(Box::new(e)))?,
                     );
                 }
-                if stores.len() > 1 {
+                // On a query node, what the ingest nodes hold and have not synced: a new series is in
+                // their heads and in no tree's catalog yet.
+                if let Some((call, handle)) = &self.fed.peers {
+                    found.extend(peer_series(call, handle, &self.tenant, &matchers, self.req.mint, self.req.maxt));
+                }
+                if stores.len() > 1 || self.fed.peers.is_some() {
                     found.sort();
                     found.dedup();
                 }
@@ -505,6 +510,79 @@ impl MetricPartition {
     }
 }
 
+/// The series the ingest nodes hold for `matchers` over `[mint, maxt]` (ms; unbounded ends are not sent):
+/// their answers to the same selection through `/api/v1/series`, which a query node's `series` table
+/// adds to its trees' catalogs. A node that does not answer, or matchers a selector cannot name, leave the
+/// query's warning instead.
+fn peer_series(
+    call: &crate::peers::PeerCall,
+    handle: &tokio::runtime::Handle,
+    tenant: &Tenant,
+    matchers: &[LabelMatcher],
+    mint: i64,
+    maxt: i64,
+) -> Vec<Arc<Labels>> {
+    let Some(selector) = selector_text(matchers) else {
+        call.warn("series", "a label name of the selection cannot be sent in a selector".to_string());
+        return Vec::new();
+    };
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("match[]", &selector);
+    let seconds = |ms: i64| format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000));
+    if mint > i64::MIN {
+        query.append_pair("start", &seconds(mint));
+    }
+    if maxt < i64::MAX {
+        query.append_pair("end", &seconds(maxt));
+    }
+    let mut headers = http::HeaderMap::new();
+    if let Some(auth) = &call.auth {
+        headers.insert(http::header::AUTHORIZATION, auth.clone());
+    }
+    if let Ok(v) = http::HeaderValue::from_str(tenant.as_str()) {
+        headers.insert(crate::http::TENANT_HEADER, v);
+    }
+    let path = format!("/api/v1/series?{}", query.finish());
+    let (answers, errors) =
+        handle.block_on(call.peers.forward(&http::Method::GET, &path, &headers, bytes::Bytes::new()));
+    for e in errors {
+        call.warn("series", e);
+    }
+    answers
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let pairs: Vec<(String, String)> =
+                v.as_object()?.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect();
+            Some(Arc::new(Labels::from_pairs(pairs)))
+        })
+        .collect()
+}
+
+/// A PromQL selector of `matchers` (`{a="b",c=~"d.*"}`), or None when a label name is not a plain one.
+fn selector_text(matchers: &[LabelMatcher]) -> Option<String> {
+    let plain = |n: &str| {
+        let mut chars = n.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut parts = Vec::with_capacity(matchers.len());
+    for m in matchers {
+        if !plain(&m.name) {
+            return None;
+        }
+        let op = match m.op {
+            MatchOp::Eq => "=",
+            MatchOp::Neq => "!=",
+            MatchOp::Re => "=~",
+            MatchOp::Nre => "!~",
+        };
+        // A JSON string is a valid PromQL double-quoted string: the same escapes.
+        parts.push(format!("{}{op}{}", m.name, serde_json::to_string(&m.value).ok()?));
+    }
+    Some(format!("{{{}}}", parts.join(",")))
+}
+
 impl PartitionStream for MetricPartition {
     fn schema(&self) -> &SchemaRef {
         &self.schema
@@ -530,5 +608,42 @@ impl PartitionStream for MetricPartition {
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The selector a query node sends its ingest nodes for the `series` table parses back to the same
+    /// matchers, whatever the values hold.
+    #[test]
+    fn selectors_for_the_ingest_nodes_parse_back_to_the_same_matchers() {
+        let ms = vec![
+            LabelMatcher::new("__name__", MatchOp::Re, "up|node_.+").unwrap(),
+            LabelMatcher::new("job", MatchOp::Eq, "a \"quoted\" \\ back\nslash").unwrap(),
+            LabelMatcher::new("env", MatchOp::Neq, "").unwrap(),
+            LabelMatcher::new("path", MatchOp::Nre, "/api/.*").unwrap(),
+        ];
+        let text = selector_text(&ms).unwrap();
+        let expr = promql_parser::parser::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let promql_parser::parser::Expr::VectorSelector(sel) = expr else { panic!("{text}: not a selector") };
+        let op = |m: &promql_parser::label::MatchOp| match m {
+            promql_parser::label::MatchOp::Equal => MatchOp::Eq,
+            promql_parser::label::MatchOp::NotEqual => MatchOp::Neq,
+            promql_parser::label::MatchOp::Re(_) => MatchOp::Re,
+            promql_parser::label::MatchOp::NotRe(_) => MatchOp::Nre,
+        };
+        let mut back: Vec<(String, MatchOp, String)> =
+            sel.matchers.matchers.iter().map(|m| (m.name.clone(), op(&m.op), m.value.clone())).collect();
+        if let Some(name) = &sel.name {
+            back.insert(0, ("__name__".to_string(), MatchOp::Eq, name.clone()));
+        }
+        back.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want: Vec<(String, MatchOp, String)> =
+            ms.iter().map(|m| (m.name.clone(), m.op, m.value.clone())).collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(back, want, "{text}");
+        assert!(selector_text(&[LabelMatcher::new("a.b", MatchOp::Eq, "x").unwrap()]).is_none());
     }
 }

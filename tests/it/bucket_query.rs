@@ -175,6 +175,9 @@ async fn a_query_node_answers_what_the_writer_acknowledged_and_has_not_synced_ex
     assert_eq!(rows, [serde_json::json!({"app": "first", "n": 300})]);
     // And the samples table, as PromQL there reads: the writer's head too.
     assert_eq!(query.sql("default", "SELECT count(*) AS n FROM samples").await[0]["n"], 300);
+    // And the series table: the series is in no catalog the query node reads, only in the writer's head.
+    let rows = query.sql("default", "SELECT metric, count(*) AS n FROM series GROUP BY metric").await;
+    assert_eq!(rows, [serde_json::json!({"metric": "bucket_metric", "n": 1})]);
     // Label names, values and series too: the stream and the series are only in the writer's head.
     assert_eq!(data(&query, "/loki/api/v1/label/app/values").await, ["first"]);
     assert!(data(&query, "/loki/api/v1/labels").await.contains(&serde_json::json!("app")));
