@@ -247,18 +247,66 @@ fn sum_series_major(
     if ng == 0 {
         return Ok(());
     }
+    // Steps are summed independently: over many series and steps, runs of steps go to threads at once.
+    let threads = ev.opts.threads.clamp(1, g.n.max(1));
+    if threads == 1 || input.len().saturating_mul(g.n) < super::eval::PARALLEL_MIN_WINDOWS {
+        let sums = sum_steps(input, member, ng, 0..g.n, &mut |w| ev.check_deadline_work(w))?;
+        put(out, 0, sums);
+        return Ok(());
+    }
+    let per = g.n.div_ceil(threads);
+    let deadline = ev.opts.deadline;
+    let results: Vec<(usize, Result<GroupSums, EvalError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| (t * per).min(g.n)..((t + 1) * per).min(g.n))
+            .filter(|r| !r.is_empty())
+            .map(|steps| {
+                scope.spawn(move || {
+                    let mut check = super::eval::deadline_check(deadline);
+                    (steps.start, sum_steps(input, member, ng, steps, &mut check))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    for (first, sums) in results {
+        put(out, first, sums?);
+    }
+    ev.check_deadline_work(0)
+}
+
+/// Each group's sums over a run of steps.
+type GroupSums = Vec<Vec<Option<f64>>>;
+
+/// Writes each group's sums of a run of steps starting at step `first`.
+fn put(out: &mut [VSeries], first: usize, sums: GroupSums) {
+    for (o, v) in out.iter_mut().zip(sums) {
+        o.vals[first..first + v.len()].copy_from_slice(&v);
+    }
+}
+
+/// The sums of each of `ng` groups over the steps `steps`, series by series, a block of steps at a time;
+/// `check` is told the work done (steps) as it goes, for the deadline.
+fn sum_steps(
+    input: &[VSeries],
+    member: &[usize],
+    ng: usize,
+    steps: std::ops::Range<usize>,
+    check: &mut dyn FnMut(usize) -> Result<(), EvalError>,
+) -> Result<GroupSums, EvalError> {
+    let mut out = vec![vec![None; steps.len()]; ng];
     // Steps per block: the accumulators of every group for one block stay around 64 Ki values.
-    let block = ((1usize << 16) / ng).clamp(1, g.n.max(1));
+    let block = ((1usize << 16) / ng).clamp(1, steps.len().max(1));
     let mut val = vec![0f64; ng * block];
     let mut comp = vec![0f64; ng * block];
     let mut seen = vec![false; ng * block];
-    let mut from = 0;
-    while from < g.n {
-        let to = (from + block).min(g.n);
+    let mut from = steps.start;
+    while from < steps.end {
+        let to = (from + block).min(steps.end);
         let width = to - from;
         seen.iter_mut().for_each(|x| *x = false);
         for (s, &k) in input.iter().zip(member) {
-            ev.check_deadline_work(width)?;
+            check(width)?;
             let base = k * block;
             let (val, comp, seen) =
                 (&mut val[base..base + width], &mut comp[base..base + width], &mut seen[base..base + width]);
@@ -277,13 +325,13 @@ fn sum_series_major(
             let base = k * block;
             for j in 0..width {
                 if seen[base + j] {
-                    o.vals[from + j] = Some(val[base + j] + comp[base + j]);
+                    o[from - steps.start + j] = Some(val[base + j] + comp[base + j]);
                 }
             }
         }
         from = to;
     }
-    Ok(())
+    Ok(out)
 }
 
 fn count_values(

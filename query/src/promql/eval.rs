@@ -79,7 +79,7 @@ impl RangeArg {
 
 /// Below this many windows (series × steps) a range function's series are computed on the calling
 /// thread: starting threads costs more than it saves.
-const PARALLEL_MIN_WINDOWS: usize = 1 << 16;
+pub(super) const PARALLEL_MIN_WINDOWS: usize = 1 << 16;
 
 /// `f` of each series, in order. Over many series and steps, the series are cut into
 /// `EngineOptions::threads` runs computed at once (each series alone, so results are the same bits as
@@ -117,15 +117,9 @@ pub(super) fn map_series<R: Send>(
             .map(|chunk| {
                 scope.spawn(move || {
                     let mut out = Vec::with_capacity(chunk.len());
-                    let mut work = 0usize;
+                    let mut check = deadline_check(deadline);
                     for r in chunk {
-                        work += steps;
-                        if work >= 1 << 16 {
-                            work = 0;
-                            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                                return Err(EvalError::Timeout);
-                            }
-                        }
+                        check(steps)?;
                         out.push(f(r));
                     }
                     Ok(out)
@@ -140,6 +134,22 @@ pub(super) fn map_series<R: Send>(
     }
     ev.check_deadline_work(0)?;
     Ok(out)
+}
+
+/// A deadline check for a thread of its own: told the work done (steps), it reads the clock once every
+/// 65,536 steps and fails past `deadline`.
+pub(super) fn deadline_check(deadline: Option<std::time::Instant>) -> impl FnMut(usize) -> Result<(), EvalError> {
+    let mut work = 0usize;
+    move |steps| {
+        work += steps;
+        if work >= 1 << 16 {
+            work = 0;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(EvalError::Timeout);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Moving-window cursor over one series' timestamps.

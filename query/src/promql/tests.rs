@@ -189,7 +189,13 @@ fn range_functions_on_several_threads_answer_as_on_one() {
             }
         }
     }
-    for q in ["rate(m_total[5m])", "increase({i=~\"1.*\"}[2m])", "delta(g[3m])", "sum(rate({__name__=~\".+\"}[5m]))"] {
+    for q in [
+        "rate(m_total[5m])",
+        "increase({i=~\"1.*\"}[2m])",
+        "delta(g[3m])",
+        "sum(rate({__name__=~\".+\"}[5m]))",
+        "sum by (i) (increase(m_total[5m]))",
+    ] {
         let expr = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
         let one = EngineOptions { max_samples: 10_000_000, ..EngineOptions::default() };
         let many = EngineOptions { threads: 3, ..one.clone() };
