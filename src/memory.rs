@@ -232,7 +232,8 @@ pub enum Consumer {
 /// The share of the budget of each consumer, in percent. Of the remaining 25 %, 5 % bound the PromQL results
 /// cache (`query.results_cache_max_bytes`), 5 % the decoded runs of metric parts
 /// (`store.decoded_cache_max_bytes`), 2 % the answers of log scans (`store.scan_cache_max_bytes`) and 5 %
-/// the decoded pages of log parts (`store.log_page_cache_max_bytes`); the rest is for what has no limit of its own: the binary and its runtime, catalogs, part indexes, LogQL's scans, the allocator's slack.
+/// the decoded pages of log parts (`store.log_page_cache_max_bytes`); the rest is for what has no limit
+/// of its own: the binary and its runtime, catalogs, part indexes, LogQL's scans, the allocator's slack.
 pub const SHARES: [(Consumer, u64); 5] = [
     (Consumer::LogHead, 10),
     (Consumer::MetricHead, 10),
