@@ -65,8 +65,8 @@ pub struct StoreConfig {
     /// `min(16 MiB, 2% of server.memory_limit)`.
     pub scan_cache_max_bytes: ByteSize,
     /// Pages of log parts kept decoded in memory for the next read of the same rows, whatever it searches
-    /// for (least recently used out first); a read that would decode more than half of it takes what is
-    /// there and keeps nothing. `0 B`: off. Left at its default, the server takes
+    /// for (least recently used out first); a read that would decode more than half of it, or that reads
+    /// no lines, takes what is there and keeps nothing. `0 B`: off. Left at its default, the server takes
     /// `min(64 MiB, 5% of server.memory_limit)`.
     pub log_page_cache_max_bytes: ByteSize,
 }

@@ -30,7 +30,7 @@ use crate::codec;
 use crate::config::StoreOptions;
 use crate::error::{Error, Result};
 use crate::head::{self, MemTable, label_column, table_schema};
-use crate::head::{STREAM_ID, TIME};
+use crate::head::{MESSAGE, STREAM_ID, TIME};
 use crate::manifest::QuarantinedPart;
 use crate::manifest::{Manifest, PartMeta, TimeUnitTag};
 use crate::marks::{DeliveryMark, Marks};
@@ -1070,11 +1070,13 @@ impl LogStore {
                 (rows > 0).then_some((rows, p, ranges))
             })
             .collect();
-        // A scan fills the cache of decoded pages unless it would decode more than half of it (see
-        // `page_cache::fills`): guessed from its candidate rows, before the filters skip any.
+        // A scan fills the cache of decoded pages when it reads lines (what costs to decode: numbers and
+        // ids decode fast, and a SQL aggregate over every row's time would only push lines out) and
+        // would not decode more than half of it (see `page_cache::fills`): guessed from its candidate
+        // rows, before the filters skip any.
         let read_columns = crate::scan::read_columns(&output, &req, &deletes);
         let read_columns: Vec<&str> = read_columns.iter().map(String::as_str).collect();
-        let fill_pages = inner.page_cache.enabled() && {
+        let fill_pages = inner.page_cache.enabled() && read_columns.contains(&MESSAGE) && {
             let bytes: u64 =
                 units.iter().map(|(rows, p, _)| rows.saturating_mul(p.decoded_row_bytes(&read_columns))).sum();
             crate::page_cache::fills(&inner.page_cache, bytes)

@@ -9,6 +9,8 @@
 //!
 //! A read that would decode more than half the cache ([`fills`]: a search over all data) does not fill
 //! it, so that it cannot push out what smaller, repeated reads keep there; it still takes what is there.
+//! Nor does a scan that reads no lines (`LogStore::plan_scan` decides both): times, ids and fields decode
+//! fast, and a SQL aggregate over every row's time would only push lines out.
 //! Entries are compact copies, never slices of a larger batch, so that their cost is what they hold.
 
 use std::ops::Range;
