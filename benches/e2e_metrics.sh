@@ -26,8 +26,8 @@
 # shared workload, flush, measure CPU/RSS/disk (and compact/merge/snapshot), stop the server and measure the
 # directory at rest (all as before the histograms existed); then restart the server on the same directory (for
 # Prometheus with an out-of-order window, see prometheus-ooo.yml below), send the histogram bodies (hist_* fields),
-# count both workloads back (stored, hist_stored) and run the queries on this restarted server, whose peak RSS is
-# peak_rss_mb_incl_queries.
+# count both workloads back (stored, hist_stored), wait until the server is idle, and run the queries on this
+# restarted server, whose peak RSS is peak_rss_mb_incl_queries.
 #
 # Usage: benches/e2e_metrics.sh [--runs N] [--systems "lumen victoriametrics prometheus"] [--query-reps N]
 # Env:   E2E_OUT=DIR (default benches/out) for bodies, data directories, logs and results.
@@ -320,6 +320,9 @@ run() { # system run-number
       prometheus) : ;;
     esac
     read -r stored hstored < <(count_stored "$base" "$end")
+    # The queries start once the server is idle (merges of what it just took done), for every system:
+    # a query that uses both cores would otherwise share them with the background work.
+    wait_idle "$pid" 60
     queries=$(run_queries "$base" "$start" "$end" "$sys")
     rss2=$(hwm_kb "$pid")
     kill -TERM "$pid"; wait "$pid" || true
