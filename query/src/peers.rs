@@ -52,13 +52,7 @@ pub struct WireMatcher {
 
 impl WireMatcher {
     pub fn from_store(m: &LabelMatcher) -> WireMatcher {
-        let op = match m.op {
-            MatchOp::Eq => "=",
-            MatchOp::Neq => "!=",
-            MatchOp::Re => "=~",
-            MatchOp::Nre => "!~",
-        };
-        WireMatcher { name: m.name.clone(), op: op.into(), value: m.value.clone() }
+        WireMatcher { name: m.name.clone(), op: m.op.symbol().into(), value: m.value.clone() }
     }
 
     /// # Errors

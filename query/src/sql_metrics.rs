@@ -571,14 +571,8 @@ fn selector_text(matchers: &[LabelMatcher]) -> Option<String> {
         if !plain(&m.name) {
             return None;
         }
-        let op = match m.op {
-            MatchOp::Eq => "=",
-            MatchOp::Neq => "!=",
-            MatchOp::Re => "=~",
-            MatchOp::Nre => "!~",
-        };
         // A JSON string is a valid PromQL double-quoted string: the same escapes.
-        parts.push(format!("{}{op}{}", m.name, serde_json::to_string(&m.value).ok()?));
+        parts.push(format!("{}{}{}", m.name, m.op.symbol(), serde_json::to_string(&m.value).ok()?));
     }
     Some(format!("{{{}}}", parts.join(",")))
 }

@@ -44,6 +44,18 @@ pub enum MatchOp {
     Nre,
 }
 
+impl MatchOp {
+    /// The operator as PromQL and LogQL write it: `=`, `!=`, `=~`, `!~`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            MatchOp::Eq => "=",
+            MatchOp::Neq => "!=",
+            MatchOp::Re => "=~",
+            MatchOp::Nre => "!~",
+        }
+    }
+}
+
 /// A label matcher as in Prometheus and Loki selectors. A missing label matches as the empty string.
 #[derive(Debug, Clone)]
 pub struct LabelMatcher {

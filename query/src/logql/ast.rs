@@ -5,7 +5,7 @@
 use std::fmt;
 
 use regex::Regex;
-use store::{LabelMatcher, MatchOp};
+use store::LabelMatcher;
 
 use super::extract::{JsonPath, Pattern};
 use crate::template::Template;
@@ -511,15 +511,6 @@ pub fn format_number(v: f64) -> String {
     }
 }
 
-fn op_symbol(op: MatchOp) -> &'static str {
-    match op {
-        MatchOp::Eq => "=",
-        MatchOp::Neq => "!=",
-        MatchOp::Re => "=~",
-        MatchOp::Nre => "!~",
-    }
-}
-
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -536,7 +527,7 @@ impl fmt::Display for LogExpr {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{}{}{}", m.name, op_symbol(m.op), quote(&m.value))?;
+            write!(f, "{}{}{}", m.name, m.op.symbol(), quote(&m.value))?;
         }
         f.write_str("}")?;
         for stage in &self.stages {
@@ -596,7 +587,7 @@ impl fmt::Display for Stage {
                     .iter()
                     .map(|s| match &s.matcher {
                         None => s.name.clone(),
-                        Some(m) => format!("{}{}{}", s.name, op_symbol(m.op), quote(&m.value)),
+                        Some(m) => format!("{}{}{}", s.name, m.op.symbol(), quote(&m.value)),
                     })
                     .collect();
                 write!(f, "| {name} {}", sels.join(", "))

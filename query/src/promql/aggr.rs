@@ -256,18 +256,11 @@ fn sum_series_major(
     }
     let per = g.n.div_ceil(threads);
     let deadline = ev.opts.deadline;
-    let results: Vec<(usize, Result<GroupSums, EvalError>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| (t * per).min(g.n)..((t + 1) * per).min(g.n))
-            .filter(|r| !r.is_empty())
-            .map(|steps| {
-                scope.spawn(move || {
-                    let mut check = super::eval::deadline_check(deadline);
-                    (steps.start, sum_steps(input, member, ng, steps, &mut check))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    let runs: Vec<std::ops::Range<usize>> =
+        (0..threads).map(|t| (t * per).min(g.n)..((t + 1) * per).min(g.n)).filter(|r| !r.is_empty()).collect();
+    let results = super::eval::in_threads(runs, |steps| {
+        let mut check = super::eval::deadline_check(deadline);
+        (steps.start, sum_steps(input, member, ng, steps, &mut check))
     });
     for (first, sums) in results {
         put(out, first, sums?);

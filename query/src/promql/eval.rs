@@ -110,23 +110,14 @@ pub(super) fn map_series<R: Send>(
         chunks.push(chunk);
     }
     let deadline = ev.opts.deadline;
-    let f = &f;
-    let results: Vec<Result<Vec<R>, EvalError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    let mut out = Vec::with_capacity(chunk.len());
-                    let mut check = deadline_check(deadline);
-                    for r in chunk {
-                        check(steps)?;
-                        out.push(f(r));
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    let results = in_threads(chunks, |chunk: Vec<RSeries>| {
+        let mut out = Vec::with_capacity(chunk.len());
+        let mut check = deadline_check(deadline);
+        for r in chunk {
+            check(steps)?;
+            out.push(f(r));
+        }
+        Ok(out)
     });
     let mut out = Vec::new();
     for r in results {
@@ -134,6 +125,16 @@ pub(super) fn map_series<R: Send>(
     }
     ev.check_deadline_work(0)?;
     Ok(out)
+}
+
+/// `f` of each item, each on a thread of its own, all at once; the results in the items' order. A panic
+/// in one goes on in the caller.
+pub(super) fn in_threads<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.into_iter().map(|item| scope.spawn(move || f(item))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 /// A deadline check for a thread of its own: told the work done (steps), it reads the clock once every

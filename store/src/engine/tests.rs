@@ -40,6 +40,17 @@ async fn collect(store: &LogStore, req: ScanRequest) -> Vec<RecordBatch> {
     scan.stream.map(|b| b.unwrap()).collect().await
 }
 
+/// A delete request of the lines of `app` holding `word`, over the first 10 µs from `t0`.
+fn delete_lines_with(app: &str, word: &str, t0: i64) -> crate::delete::DeleteSpec {
+    crate::delete::DeleteSpec {
+        query: format!(r#"{{app="{app}"}} |= "{word}""#),
+        matchers: vec![vec![("app".into(), "=".into(), app.into())]],
+        line_filters: vec![(crate::delete::LineOp::Contains, word.into())],
+        start_ns: t0,
+        end_ns: t0 + 10_000,
+    }
+}
+
 async fn count(store: &LogStore, req: ScanRequest) -> usize {
     collect(store, req).await.iter().map(RecordBatch::num_rows).sum()
 }
@@ -868,13 +879,7 @@ async fn repeated_scans_are_answered_from_the_cache_and_deletes_bypass_it() {
     assert_eq!(later.len(), first.len() - 2, "line 3 of each app is before the range");
 
     // A pending delete of the web lines with word3: hidden at once, the cache neither asked nor filled.
-    let spec = crate::delete::DeleteSpec {
-        query: r#"{app="web"} |= "word3""#.into(),
-        matchers: vec![vec![("app".into(), "=".into(), "web".into())]],
-        line_filters: vec![(crate::delete::LineOp::Contains, "word3".into())],
-        start_ns: t0,
-        end_ns: t0 + 10_000,
-    };
+    let spec = delete_lines_with("web", "word3", t0);
     store.request_delete(&tenant(), spec).unwrap();
     let before = stats();
     let hidden = rows(collect(&store, request("word3", 0)).await);
@@ -999,13 +1004,7 @@ async fn reads_through_the_page_cache_answer_as_reads_without_it() {
     assert_eq!(store.page_cache_stats().0, before, "nothing kept: {:?}", store.page_cache_stats());
 
     // A pending delete hides its rows from reads served from the cache.
-    let spec = crate::delete::DeleteSpec {
-        query: r#"{app="db"} |= "word5""#.into(),
-        matchers: vec![vec![("app".into(), "=".into(), "db".into())]],
-        line_filters: vec![(crate::delete::LineOp::Contains, "word5".into())],
-        start_ns: t0,
-        end_ns: t0 + 10_000,
-    };
+    let spec = delete_lines_with("db", "word5", t0);
     store.request_delete(&tenant(), spec).unwrap();
     let misses = store.page_cache_stats().2;
     assert!(read(&store, search("word5"), 1).await.is_empty());
