@@ -18,6 +18,7 @@ pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod process_metrics;
+pub mod retired;
 pub mod server;
 pub mod telemetry;
 pub mod tenant_limits;

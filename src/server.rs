@@ -597,6 +597,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         });
     }
+    // An ingest node ages out the trees of ingest nodes that stopped for good (`src/retired.rs`).
+    if let Some(prefix) = prefix_bucket.filter(|_| ingest_node && !config.storage.retired_trees_interval.is_zero()) {
+        let settle = crate::retired::settle(&config.storage, config.query.timeout);
+        let retired = crate::retired::RetiredTrees::new(prefix, &tree_name, &store_options, &config.storage, settle);
+        let retired = Arc::new(tokio::sync::Mutex::new(retired));
+        every(config.storage.retired_trees_interval, shutdown.clone(), move || {
+            let retired = retired.clone();
+            async move {
+                if let Err(e) = retired.lock().await.run_once().await {
+                    tracing::warn!(error = %e, "storage: looking for retired ingest nodes' trees failed; retried at the next interval");
+                }
+            }
+        });
+    }
     tracing::info!(%http_addr, %otlp_grpc_addr, tls = tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");
     Ok(Running {
         http_addr,

@@ -88,7 +88,7 @@ impl NodeTrees {
             }
         }
         // A writer that released its lease (a graceful stop, after its last sync) left everything in its
-        // tree: nobody is asked for it until a writer takes the lease again. The leases are read before the
+        // tree, and so did one whose lease another node took for the tree's retention: nobody is asked for it until a writer takes the lease again. The leases are read before the
         // follows, so a tree counts as retired only once the commit before the release is applied. (Not the
         // prefix's own writer: a server with role "all" takes writes as soon as it holds the lease again,
         // where an ingest node waits until query nodes have seen it taken; see `WriteGate`.)
@@ -96,7 +96,9 @@ impl NodeTrees {
         for (name, _) in &self.followers {
             let tree = self.bucket.node_tree(name);
             let lease = bucket::lease::Lease::new(tree, bucket::lease::WriterLease::NAME, "query-node", Duration::ZERO);
-            if matches!(lease.read().await, Ok(Some(record)) if record.released) {
+            // Held by another node's process: the retention of a retired tree (`crate::retired`), which
+            // has no head to ask for.
+            if matches!(lease.read().await, Ok(Some(record)) if record.released || record.node != *name) {
                 released.insert(name.clone());
             }
         }
@@ -160,24 +162,12 @@ impl NodeTrees {
     async fn open(&self, name: &str) -> Result<bucket::follow::Follower, String> {
         let options = StoreOptions { data_dir: self.dir.join(name), ..self.options.clone() };
         std::fs::create_dir_all(&options.data_dir).map_err(|e| format!("{}: {e}", options.data_dir.display()))?;
-        let (logs, metrics) = tokio::task::spawn_blocking(move || {
-            // The trees' store metrics are not exported: the own stores' are.
-            let mut registry = Registry::default();
-            let logs = LogStore::open(options.clone(), &mut registry)?;
-            let metrics = MetricStore::open(options, &mut registry)?;
-            Ok::<_, store::Error>((logs, metrics))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let tree = self.bucket.node_tree(name);
+        let cache_metrics = self.cache.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
+        let (logs, metrics) = open_tree_stores(options, &tree, cache_metrics).await?;
         let reason = "this is a query node (server.role = \"query\"): send writes to an ingest node";
         logs.set_read_only(reason);
         metrics.set_read_only(reason);
-        let tree = self.bucket.node_tree(name);
-        let cache_metrics = self.cache.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
-        let parts: Arc<dyn store::remote::RemoteParts> = bucket::cache::BucketParts::new(tree.clone(), cache_metrics);
-        logs.attach_remote(parts.clone());
-        metrics.attach_remote(parts);
         // Counters shared with the own follower; the applied commit is the own stores'.
         let follow_metrics =
             bucket::follow::FollowMetrics { applied_commit: Default::default(), ..self.metrics.clone() };
@@ -187,4 +177,29 @@ impl NodeTrees {
             None => follower,
         })
     }
+}
+
+/// Opens a store pair on `options.data_dir` that reads the parts it lacks from `tree` (a tree of the bucket
+/// followed or tended by another node). Its store metrics are not exported: the node's own are.
+///
+/// # Errors
+/// A store does not open.
+pub(crate) async fn open_tree_stores(
+    options: StoreOptions,
+    tree: &bucket::Bucket,
+    cache_metrics: bucket::cache::CacheMetrics,
+) -> Result<(LogStore, MetricStore), String> {
+    let (logs, metrics) = tokio::task::spawn_blocking(move || {
+        let mut registry = Registry::default();
+        let logs = LogStore::open(options.clone(), &mut registry)?;
+        let metrics = MetricStore::open(options, &mut registry)?;
+        Ok::<_, store::Error>((logs, metrics))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let parts: Arc<dyn store::remote::RemoteParts> = bucket::cache::BucketParts::new(tree.clone(), cache_metrics);
+    logs.attach_remote(parts.clone());
+    metrics.attach_remote(parts);
+    Ok((logs, metrics))
 }

@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
@@ -88,6 +89,11 @@ pub struct StorageConfig {
     /// 30s and 3 × `sync_interval`. At least 2 × `sync_interval`.
     #[serde(with = "store::config::duration")]
     pub lease_ttl: Duration,
+    /// How often an ingest node looks for the trees of ingest nodes that stopped for good (their writer
+    /// lease released at a graceful stop) and applies the retention to them, as their own node would
+    /// have; "0s": never.
+    #[serde(with = "store::config::duration")]
+    pub retired_trees_interval: Duration,
 }
 
 impl Default for StorageConfig {
@@ -105,6 +111,7 @@ impl Default for StorageConfig {
             keep_commits: 3,
             cache_max_bytes: bytesize::ByteSize::b(0),
             lease_ttl: Duration::ZERO,
+            retired_trees_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -295,6 +302,19 @@ impl Bucket {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Every object under `dir` (relative to the prefix).
+    ///
+    /// # Errors
+    /// The listing failed.
+    pub async fn objects_under(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>, String> {
+        let prefix = self.key(dir);
+        self.store
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.describe))
     }
 
     /// `prefix/key`.

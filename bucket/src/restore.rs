@@ -46,7 +46,10 @@ const TMP_SUFFIX: &str = ".restore.tmp";
 /// Whether `data_dir` holds data of its own: any file with content besides the lock files and
 /// `format.json` (a manifest, a part, a catalog, a write-ahead-log segment with records). A restore goes
 /// only into a directory without any, so that it can never overwrite or shadow acknowledged local data.
+/// The sync's staging directory (`bucket-sync/`: copies of the data beside it, and the work directories
+/// of retired trees' retention) is not the directory's own data.
 pub fn has_local_state(data_dir: &Path) -> bool {
+    let staging = data_dir.join(store::snapshot::STAGING);
     let mut stack = vec![data_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -54,7 +57,9 @@ pub fn has_local_state(data_dir: &Path) -> bool {
             let Ok(ft) = e.file_type() else { return true };
             let name = e.file_name();
             if ft.is_dir() {
-                stack.push(e.path());
+                if e.path() != staging {
+                    stack.push(e.path());
+                }
             } else if name != "lock"
                 && name != "format.json"
                 && name != crate::TREE_MARKER

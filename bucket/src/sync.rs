@@ -7,7 +7,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -323,6 +322,26 @@ impl Syncer {
         Ok(report)
     }
 
+    /// Deletes every commit but the newest `keep` (at least 1) and the objects only they named, after
+    /// renewing the writer lease (an error when it is not held). For a tree no node writes any more (see
+    /// the retention of retired trees, `src/retired.rs`), once no reader can still be on an older commit.
+    /// Returns the objects deleted.
+    ///
+    /// # Errors
+    /// The lease is not held, or listing or deleting failed.
+    pub async fn trim_commits(&mut self, keep: usize) -> Result<usize, String> {
+        if let Some(lease) = &mut self.lease {
+            lease.before_commit().await?;
+            if !lease.may_delete() {
+                return Ok(0);
+            }
+        }
+        let kept = std::mem::replace(&mut self.keep_commits, keep.max(1));
+        let result = self.collect_garbage().await;
+        self.keep_commits = kept;
+        result
+    }
+
     async fn upload_view(&mut self, root: &Path) -> Result<(Vec<CommitFile>, SyncReport), String> {
         let mut report = SyncReport::default();
         let mut files = Vec::new();
@@ -480,15 +499,7 @@ impl Syncer {
     async fn stored_objects(&self) -> Result<Vec<object_store::ObjectMeta>, String> {
         let mut out = Vec::new();
         for dir in ["data", "objects"] {
-            let prefix = self.bucket.key(dir);
-            let metas: Vec<_> = self
-                .bucket
-                .store()
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| format!("storage: cannot list {prefix} in {}: {e}", self.bucket.describe()))?;
-            out.extend(metas);
+            out.extend(self.bucket.objects_under(dir).await?);
         }
         Ok(out)
     }

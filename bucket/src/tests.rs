@@ -141,6 +141,10 @@ async fn restore_fills_an_empty_directory_and_leaves_a_full_one_alone() {
     std::fs::write(ran.path().join("format.json"), "{}").unwrap();
     std::fs::write(ran.path().join("wal/00000000000000000001.wal"), "").unwrap();
     assert!(!super::restore::has_local_state(ran.path()), "only empty files: nothing of its own yet");
+    // The sync's staging directory (copies, a retired tree's work directory) is not its own data.
+    std::fs::create_dir_all(ran.path().join("bucket-sync/retired/n/logs")).unwrap();
+    std::fs::write(ran.path().join("bucket-sync/retired/n/manifest.json"), "{}").unwrap();
+    assert!(!super::restore::has_local_state(ran.path()), "only a staging directory");
     std::fs::write(ran.path().join("wal/00000000000000000001.wal"), "records").unwrap();
     assert_eq!(bucket.restore_if_empty(ran.path()).await.unwrap(), None, "its WAL has records");
     assert!(!ran.path().join("manifest.json").exists());

@@ -421,3 +421,172 @@ async fn rules_run_on_the_query_node_over_every_ingest_node_and_write_through_on
     a.stop().await;
     b.stop().await;
 }
+
+/// The keys (under the prefix of `b`) of the objects the newest commit of `b` names for `day`'s parts.
+async fn part_keys_of_day(b: &bucket::Bucket, day: &str) -> Vec<String> {
+    let commit = b.latest_commit().await.unwrap().expect("a commit");
+    commit
+        .files
+        .iter()
+        .filter(|f| f.path.contains(day) && f.path.ends_with(".parquet"))
+        .map(|f| f.key.clone())
+        .collect()
+}
+
+/// An ingest node that stopped for good leaves its tree to nobody (issue 22): another ingest node applies
+/// the retention to it, as the stopped node would have: the expired day leaves the newest commit, then
+/// the older commits and the expired parts' objects leave the bucket; the fresh day stays, the lease is
+/// released again (the tree stays retired), and the node, started again on its old disk, takes its tree
+/// back and answers only its fresh lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut storage = storage(&weed.endpoint, &creds);
+    storage.prefix = "retired-test".into();
+    storage.lease_ttl = Duration::from_secs(4);
+    storage.retired_trees_interval = Duration::from_secs(1);
+    // The stopped node keeps 30 days (the default); the one tending its tree, 2.
+    let config = dir.path().join("lumen.toml");
+    std::fs::write(&config, toml::to_string(&json!({"storage": storage})).unwrap()).unwrap();
+    let short = dir.path().join("short.toml");
+    // A query reads one commit for at most query.timeout: the older commits go 2 s (2 x sync_interval)
+    // plus that after the newest.
+    let short_file = json!({"storage": storage, "server": {"retention": "2d"}, "query": {"timeout": "2s"}});
+    std::fs::write(&short, toml::to_string(&short_file).unwrap()).unwrap();
+    let a_data = dir.path().join("a");
+    let a_addr = free_addr();
+    let mut a = spawn_ingest(&config, &a_data, "ingest-a", a_addr);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
+    let a_node = remote(&a.base);
+    let now = store::time::now_ns();
+    let old = now - 4 * 86_400_000_000_000;
+    push(&a_node, "old", 100, old).await;
+    push(&a_node, "fresh", 40, now).await;
+    a_node.flush().await;
+    let prefix = bucket::Bucket::open(&storage).unwrap().unwrap();
+    let tree = prefix.node_tree("ingest-a");
+    let old_day = format!("date={}", store::time::format_day(store::time::day_of_ns(old - 600_000_000_000)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let old_keys = loop {
+        let keys = part_keys_of_day(&tree, &old_day).await;
+        // A log part and a metric part.
+        if keys.len() >= 2 {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "ingest-a did not sync its old day");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A query node answers both days, from the bucket once ingest-a is gone.
+    let b_addr = free_addr();
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = storage.clone();
+    query_config.server.role = lumen::config::Role::Query;
+    query_config.query.ingest_urls = vec![a.base.clone(), format!("http://{b_addr}")];
+    let query = TestServer::start(query_config).await;
+    // The count of `app`'s lines in the hour before `at`, and whether the answer came with a warning.
+    let answer_at = |app: &'static str, at: i64| {
+        let query = &query;
+        async move {
+            let q = [("query", format!("sum(count_over_time({{app=\"{app}\"}}[1h]))")), ("time", at.to_string())];
+            let v: Value =
+                query.client.get(query.url("/loki/api/v1/query")).query(&q).send().await.unwrap().json().await.unwrap();
+            (
+                v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse::<u64>().unwrap()),
+                v["warnings"].clone(),
+            )
+        }
+    };
+    let count_at = |app: &'static str, at: i64| {
+        let answer = answer_at(app, at);
+        async move {
+            let (n, warnings) = answer.await;
+            assert!(warnings.is_null(), "{app}: {warnings}");
+            n
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_at("old", old).await != 100 {
+        assert!(Instant::now() < deadline, "the query node did not answer the old day");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.terminate();
+    // Until the query node reads the released lease (every sync_interval), it asks ingest-a and warns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answer_at("fresh", now).await != (40, Value::Null) {
+        assert!(Instant::now() < deadline, "{:?}", answer_at("fresh", now).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lease = bucket::lease::Lease::new(tree.clone(), "writer", "probe", Duration::from_secs(4));
+    assert!(lease.read().await.unwrap().unwrap().released, "a graceful stop releases the lease");
+
+    // ingest-b tends ingest-a's tree.
+    let mut b = ServerProcess::spawn(
+        &dir.path().join("b"),
+        b_addr,
+        &["--role", "ingest", "--node-name", "ingest-b", "--config", short.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fresh_day = format!("date={}", store::time::format_day(store::time::day_of_ns(now - 600_000_000_000)));
+    loop {
+        let commit = tree.latest_commit().await.unwrap().unwrap();
+        if !commit.files.iter().any(|f| f.path.contains(&old_day)) {
+            assert_eq!(commit.node, "ingest-a", "the retention's commit is named for the tree's node");
+            assert!(
+                commit.files.iter().filter(|f| f.path.contains(&fresh_day) && f.path.ends_with(".parquet")).count()
+                    >= 2,
+                "the fresh day stays: {commit:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest-b did not apply the retention to ingest-a's tree");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Once no reader can be on an older commit: one commit, and the expired parts' objects are gone. The
+    // query node answers the fresh day all along, without a warning (the tree is retired while another
+    // node holds its lease too), and the old day no more once it follows the new commit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert_eq!(count_at("fresh", now).await, 40);
+        let objects: Vec<String> =
+            tree.objects_under("data").await.unwrap().iter().map(|m| m.location.to_string()).collect();
+        let left: Vec<&String> = old_keys.iter().filter(|k| objects.iter().any(|o| o.ends_with(k.as_str()))).collect();
+        if left.is_empty() && tree.commit_numbers().await.unwrap().len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the expired objects stayed: {left:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let record = lease.read().await.unwrap().unwrap();
+    assert!(record.released && record.node == "ingest-b", "the tending node released the lease: {record:?}");
+    assert_eq!(count_at("old", old).await, 0, "the query node follows the retention's commit");
+    // While another node holds the tree's lease (for its retention), the query node does not ask ingest-a:
+    // it has no head there.
+    let mut holder = bucket::lease::Lease::new(tree.clone(), "writer", "retention-probe", Duration::from_secs(30));
+    assert_eq!(holder.acquire().await.unwrap(), bucket::lease::Observed::Held);
+    // Two of the query node's follows (sync_interval).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(count_at("fresh", now).await, 40);
+    holder.release().await.unwrap();
+
+    // ingest-a comes back on its old disk, with the short retention too: it takes its tree back (the
+    // newest commit is named for it) and answers its fresh lines only.
+    let mut a = spawn_ingest(&short, &a_data, "ingest-a", a_addr);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(60)).await;
+    let a_node = remote(&a.base);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = lease.read().await.unwrap().unwrap();
+        if !record.released && record.node == "ingest-a" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest-a did not take its tree back: {record:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fresh = crate::bucket::logql_instant(&a_node, r#"sum(count_over_time({app="fresh"}[1h]))"#).await;
+    assert_eq!(fresh["data"]["result"][0]["value"][1], "40", "{fresh}");
+    a.terminate();
+    b.terminate();
+    query.stop().await;
+}

@@ -1,0 +1,278 @@
+//! Retention for retired trees (issue 22): an ingest node that stopped for good (scaled down, renamed)
+//! leaves its tree in the bucket, `prefix/nodes/<name>/`, with its writer lease released at its graceful
+//! stop. Nobody writes that tree any more, so nobody would age it out: its days would outlive
+//! `server.retention` for ever. Every `storage.retired_trees_interval`, each ingest node looks at the
+//! other trees and tends those whose lease was released (or is held by another tree's retention, and ran
+//! out):
+//!
+//! - it takes the tree's writer lease, the same conditional write a returning node would race it for, so
+//!   that one process at a time acts on a tree;
+//! - when the newest commit names a day older than the shortest retention period, it restores that commit
+//!   into a work directory (`<data_dir>/bucket-sync/retired/<name>`; the manifests and catalogs only, the
+//!   parts stay in the bucket), opens a pair of stores on it, applies the retention as the node itself
+//!   would have (`apply_retention`: whole days, and the `[[retention.rule]]`s), and syncs the result as the
+//!   tree's next commit, named for the tree's node;
+//! - when the newest commit is older than [`settle`] (no query node can still be reading an older one),
+//!   it deletes the older commits and the objects only they named: the expired parts leave the bucket;
+//! - it releases the lease again, so that query nodes keep treating the tree as retired and a node of
+//!   that name that comes back takes it at once.
+//!
+//! A tree whose node holds its lease, or stopped without releasing it (a crash: its disk may hold
+//! acknowledged data not yet synced, which only that node can add), is left to that node.
+//!
+//! A node that comes back with its old data directory finds the newest commit named for it, takes its
+//! lease, and its own retention drops the same days; until it has, a sync of a part the bucket no longer
+//! holds stops with a message (nothing is committed without it) and is retried at the next interval.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bucket::lease::{Lease, Observed, WriterLease};
+use store::{LogStore, MetricStore, StoreOptions};
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Trees whose lease this node took.
+    pub tended: usize,
+    /// Parts the retention deleted.
+    pub parts_expired: usize,
+    /// Commits written.
+    pub commits: usize,
+    /// Objects deleted from the bucket.
+    pub objects_deleted: usize,
+}
+
+/// The retired trees' retention of one ingest node.
+pub struct RetiredTrees {
+    /// The prefix's bucket: the trees are under it.
+    bucket: bucket::Bucket,
+    /// This node's name: its own tree is not tended here, and its leases name it.
+    node: String,
+    /// `<data_dir>/bucket-sync/retired`.
+    work: PathBuf,
+    /// The stores' options of this node (retention, rules, tuning); the data directory is replaced.
+    options: StoreOptions,
+    storage: bucket::StorageConfig,
+    /// See [`settle`].
+    settle: Duration,
+    /// Trees told about once (held by their node without a release).
+    told: std::collections::HashSet<String>,
+}
+
+/// How long after a retired tree's newest commit its older commits and their objects are deleted: no
+/// query node is still on an older one by then. They follow every `sync_interval`, and a query reads the
+/// commit it started on for at most `query.timeout`.
+pub fn settle(storage: &bucket::StorageConfig, query_timeout: Duration) -> Duration {
+    2 * storage.sync_interval + query_timeout
+}
+
+impl RetiredTrees {
+    /// `options`: this node's store options; `settle`: see [`settle`].
+    pub fn new(
+        bucket: bucket::Bucket,
+        node: &str,
+        options: &StoreOptions,
+        storage: &bucket::StorageConfig,
+        settle: Duration,
+    ) -> Self {
+        let work = options.data_dir.join(store::snapshot::STAGING).join("retired");
+        // A round killed half-way leaves its work directory: nothing in it is needed.
+        let _ = std::fs::remove_dir_all(&work);
+        RetiredTrees {
+            bucket,
+            node: node.to_string(),
+            work,
+            options: StoreOptions { disk: None, ..options.clone() },
+            storage: storage.clone(),
+            settle,
+            told: Default::default(),
+        }
+    }
+
+    /// One round over the trees of the bucket.
+    ///
+    /// # Errors
+    /// The listing failed. A tree that fails is logged and tried again at the next round.
+    pub async fn run_once(&mut self) -> Result<Report, String> {
+        let mut report = Report::default();
+        for name in self.bucket.node_trees().await? {
+            if name == self.node {
+                continue;
+            }
+            let tree = self.bucket.node_tree(&name);
+            let probe = Lease::new(tree.clone(), WriterLease::NAME, &self.node, self.storage.lease_ttl());
+            let record = match probe.read().await {
+                Ok(Some(r)) => r,
+                // A node before its first sync (no lease yet), or a record that cannot be read now.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "storage: cannot read a tree's writer lease; retried at the next round");
+                    continue;
+                }
+            };
+            if !record.released && record.node == name {
+                if self.told.insert(name.clone()) {
+                    tracing::debug!(node = %name, "storage: a tree's own node holds its lease (or stopped without releasing it); its retention is that node's");
+                }
+                continue;
+            }
+            self.told.remove(&name);
+            match self.tend(&name, tree).await {
+                Ok(r) => {
+                    report.tended += r.tended;
+                    report.parts_expired += r.parts_expired;
+                    report.commits += r.commits;
+                    report.objects_deleted += r.objects_deleted;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "storage: the retention of a retired tree failed; retried at the next round")
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether the newest commit names a day some retention period has passed.
+    fn has_expired_days(&self, commit: &bucket::commit::Commit) -> bool {
+        let shortest =
+            self.options.retention_rules.iter().map(|r| r.period).fold(self.options.retention, Duration::min);
+        let cutoff = store::time::day_of_ns(
+            store::time::now_ns().saturating_sub(i64::try_from(shortest.as_nanos()).unwrap_or(i64::MAX)),
+        );
+        commit.files.iter().filter_map(|f| day_of_path(&f.path)).any(|day| day < cutoff)
+    }
+
+    async fn tend(&self, name: &str, tree: bucket::Bucket) -> Result<Report, String> {
+        let Some(commit) = tree.latest_commit().await? else {
+            return Ok(Report::default());
+        };
+        let expired = self.has_expired_days(&commit);
+        let age_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+            .saturating_sub(commit.time_unix_ms);
+        let settled = age_ms > self.settle.as_millis() as i64 && tree.commit_numbers().await?.len() > 1;
+        if !expired && !settled {
+            return Ok(Report::default());
+        }
+        let mut lease = Lease::new(tree.clone(), WriterLease::NAME, &self.node, self.storage.lease_ttl());
+        match lease.acquire().await.map_err(|e| e.to_string())? {
+            Observed::Held => {}
+            // The node came back, or another node tends it now.
+            _ => return Ok(Report::default()),
+        }
+        let dir = self.work.join(name);
+        let result = self.adopt(name, tree, lease, &dir, expired).await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        result
+    }
+
+    /// With the tree's lease held: restores, expires, commits or trims, and releases the lease.
+    async fn adopt(
+        &self,
+        name: &str,
+        tree: bucket::Bucket,
+        mut lease: Lease,
+        dir: &std::path::Path,
+        expired: bool,
+    ) -> Result<Report, String> {
+        let mut report = Report { tended: 1, ..Report::default() };
+        let opened = self.open(&tree, dir).await;
+        let (logs, metrics, restored) = match opened {
+            Ok(Some(o)) => o,
+            other => {
+                let _ = lease.release().await;
+                return other.map(|_| report);
+            }
+        };
+        let writer = WriterLease::new(lease, bucket::lease::LeaseMetrics::default()).with_base_commit(Some(restored));
+        // Its commits are named for the tree's node: they hold what that node's own retention would have
+        // done, and a node of that name that comes back continues from them.
+        let mut syncer = bucket::sync::Syncer::new(
+            tree,
+            logs.clone(),
+            metrics.clone(),
+            name.to_string(),
+            self.storage.keep_commits,
+            bucket::sync::SyncMetrics::default(),
+        )
+        .with_lease(writer)
+        .verified();
+        let work = async {
+            if expired {
+                report.parts_expired += logs.apply_retention().await.map_err(|e| e.to_string())?;
+                report.parts_expired += metrics.apply_retention().await.map_err(|e| e.to_string())?;
+            }
+            if report.parts_expired > 0 {
+                let synced = syncer.sync_once().await?;
+                report.commits += usize::from(synced.commit.is_some());
+                report.objects_deleted += synced.deleted_objects;
+                if synced.waiting {
+                    return Err(synced.wait_reason.unwrap_or_else(|| "the tree's lease was lost".into()));
+                }
+            } else {
+                report.objects_deleted += syncer.trim_commits(1).await?;
+            }
+            Ok::<(), String>(())
+        };
+        let result = work.await;
+        if let Err(e) = syncer.release_lease().await {
+            tracing::warn!(node = %name, error = %e, "storage: cannot release a retired tree's lease; it runs out after storage.lease_ttl");
+        }
+        drop(syncer);
+        drop((logs, metrics));
+        result?;
+        if report.parts_expired > 0 || report.objects_deleted > 0 {
+            tracing::info!(
+                node = %name,
+                parts_expired = report.parts_expired,
+                commits = report.commits,
+                objects_deleted = report.objects_deleted,
+                "storage: applied the retention to a retired node's tree"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Restores the tree's newest commit into `dir` (parts left in the bucket) and opens a store pair on
+    /// it. Ok(None): the tree holds no commit.
+    async fn open(
+        &self,
+        tree: &bucket::Bucket,
+        dir: &std::path::Path,
+    ) -> Result<Option<(LogStore, MetricStore, u64)>, String> {
+        let _ = tokio::fs::remove_dir_all(dir).await;
+        tokio::fs::create_dir_all(dir).await.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let Some(restored) = tree.restore_if_empty_within(dir, Some(0)).await? else {
+            return Ok(None);
+        };
+        let options = StoreOptions { data_dir: dir.to_path_buf(), ..self.options.clone() };
+        let (logs, metrics) = crate::trees::open_tree_stores(options, tree, bucket::cache::CacheMetrics::default())
+            .await
+            .map_err(|e| format!("cannot open a retired tree's stores: {e}"))?;
+        Ok(Some((logs, metrics, restored.commit)))
+    }
+}
+
+/// The day of a part's path (`…/date=YYYY-MM-DD/…`), in days since the epoch.
+fn day_of_path(path: &str) -> Option<i64> {
+    path.split('/').find_map(|seg| seg.strip_prefix("date=")).and_then(store::time::parse_day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parts_day_is_read_from_its_path() {
+        assert_eq!(
+            day_of_path("logs/tenant=default/date=1970-01-03/0000000000000001.parquet"),
+            Some(2),
+            "days since the epoch"
+        );
+        assert_eq!(day_of_path("metrics/tenant=t/date=2026-12-07/series.idx"), store::time::parse_day("2026-12-07"));
+        assert_eq!(day_of_path("logs/manifest.json"), None);
+        assert_eq!(day_of_path("logs/tenant=t/date=garbage/1.parquet"), None);
+    }
+}
