@@ -10,7 +10,9 @@
 //! - when the newest commit names a day older than the shortest retention period, it restores that commit
 //!   into a work directory (`<data_dir>/bucket-sync/retired/<name>`; the manifests and catalogs only, the
 //!   parts stay in the bucket), opens a pair of stores on it, applies the retention as the node itself
-//!   would have (`apply_retention`: whole days, and the `[[retention.rule]]`s), and syncs the result as the
+//!   would have (`apply_retention`: whole days past `server.retention` or a tenant's
+//!   `[[retention.rule]]`; not the rules with a selector, which rewrite parts: a rewritten part gets a new
+//!   id, which the node, if it came back, could also give a part of its own), and syncs the result as the
 //!   tree's next commit, named for the tree's node;
 //! - when the newest commit is older than [`settle`] (no query node can still be reading an older one),
 //!   it deletes the older commits and the objects only they named: the expired parts leave the bucket;
@@ -83,7 +85,13 @@ impl RetiredTrees {
             bucket,
             node: node.to_string(),
             work,
-            options: StoreOptions { disk: None, ..options.clone() },
+            // Whole days only: a `[[retention.rule]]` with a selector rewrites parts, and a rewritten part
+            // takes a new id that the tree's node, if it came back, could give a part of its own too.
+            options: StoreOptions {
+                disk: None,
+                retention_rules: options.retention_rules.iter().filter(|r| r.matchers.is_empty()).cloned().collect(),
+                ..options.clone()
+            },
             storage: storage.clone(),
             settle,
             told: Default::default(),

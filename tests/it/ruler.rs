@@ -439,8 +439,16 @@ async fn logql_rules_alert_on_errors_and_record_series_promql_reads() {
         assert!(Instant::now() < deadline, "recorded series: {q}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // team-a's rules ran over team-a's logs only.
-    let q = server.promql("team-a", "app:error_lines:1m", None).await;
+    // team-a's rules ran over team-a's logs only (its groups run on their own schedule: wait for them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let q = loop {
+        let q = server.promql("team-a", "app:error_lines:1m", None).await;
+        if !q["data"]["result"].as_array().unwrap().is_empty() {
+            break q;
+        }
+        assert!(Instant::now() < deadline, "team-a's recorded series: {q}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(q["data"]["result"].as_array().unwrap().len(), 1, "{q}");
     assert_eq!(q["data"]["result"][0]["metric"]["app"], "web");
     server.stop().await;
