@@ -13,7 +13,7 @@
 //!   would have (`apply_retention`: whole days past `server.retention` or a tenant's
 //!   `[[retention.rule]]`; not the rules with a selector, which rewrite parts: a rewritten part gets a new
 //!   id, which the node, if it came back, could also give a part of its own), and syncs the result as the
-//!   tree's next commit, named for the tree's node;
+//!   tree's next commit, named for the tree's writer;
 //! - when the newest commit is older than [`settle`] (no query node can still be reading an older one),
 //!   it deletes the older commits and the objects only they named: the expired parts leave the bucket;
 //! - it releases the lease again, so that query nodes keep treating the tree as retired and a node of
@@ -21,6 +21,9 @@
 //!
 //! A tree whose node holds its lease, or stopped without releasing it (a crash: its disk may hold
 //! acknowledged data not yet synced, which only that node can add), is left to that node.
+//!
+//! The prefix's own tree, the commits of a server with role "all" from before a move to ingest nodes,
+//! is tended the same way once that server released its lease.
 //!
 //! A node that comes back with its old data directory finds the newest commit named for it, takes its
 //! lease, and its own retention drops the same days; until it has, a sync of a part the bucket no longer
@@ -31,6 +34,9 @@ use std::time::Duration;
 
 use bucket::lease::{Lease, Observed, WriterLease};
 use store::{LogStore, MetricStore, StoreOptions};
+
+/// The label (work directory, logs) of the prefix's own tree.
+const PREFIX_TREE: &str = ".prefix";
 
 /// What one round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -104,11 +110,13 @@ impl RetiredTrees {
     /// The listing failed. A tree that fails is logged and tried again at the next round.
     pub async fn run_once(&mut self) -> Result<Report, String> {
         let mut report = Report::default();
-        for name in self.bucket.node_trees().await? {
-            if name == self.node {
-                continue;
-            }
-            let tree = self.bucket.node_tree(&name);
+        let names = self.bucket.node_trees().await?;
+        // The node trees, then the prefix's own tree: the commits of a server with role "all" from before
+        // the move to ingest nodes (labelled `.prefix`, which no node name can be).
+        let mut trees: Vec<(String, bucket::Bucket)> =
+            names.iter().filter(|n| **n != self.node).map(|n| (n.clone(), self.bucket.node_tree(n))).collect();
+        trees.push((PREFIX_TREE.to_string(), self.bucket.clone()));
+        for (name, tree) in trees {
             let probe = Lease::new(tree.clone(), WriterLease::NAME, &self.node, self.storage.lease_ttl());
             let record = match probe.read().await {
                 Ok(Some(r)) => r,
@@ -119,9 +127,13 @@ impl RetiredTrees {
                     continue;
                 }
             };
-            if !record.released && record.node == name {
+            // Its own writer holds it, or stopped without releasing it. (Held by an ingest node for the
+            // prefix's tree, or by another node for a node's tree: a retention round, which ran out if
+            // its process is gone; `Lease::acquire` waits for that.)
+            let writer_holds = if name == PREFIX_TREE { !names.contains(&record.node) } else { record.node == name };
+            if !record.released && writer_holds {
                 if self.told.insert(name.clone()) {
-                    tracing::debug!(node = %name, "storage: a tree's own node holds its lease (or stopped without releasing it); its retention is that node's");
+                    tracing::debug!(node = %name, "storage: a tree's own writer holds its lease (or stopped without releasing it); its retention is that writer's");
                 }
                 continue;
             }
@@ -171,15 +183,18 @@ impl RetiredTrees {
             _ => return Ok(Report::default()),
         }
         let dir = self.work.join(name);
-        let result = self.adopt(name, tree, lease, &dir, expired).await;
+        // Its commits are named for the tree's writer (the node, or the prefix's server): they hold what that
+        // writer's own retention would have done, and the writer, if it comes back, continues from them.
+        let result = self.adopt(&commit.node, tree, lease, &dir, expired).await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         result
     }
 
-    /// With the tree's lease held: restores, expires, commits or trims, and releases the lease.
+    /// With the tree's lease held: restores, expires, commits (named for `writer`) or trims, and releases
+    /// the lease.
     async fn adopt(
         &self,
-        name: &str,
+        writer: &str,
         tree: bucket::Bucket,
         mut lease: Lease,
         dir: &std::path::Path,
@@ -194,18 +209,16 @@ impl RetiredTrees {
                 return other.map(|_| report);
             }
         };
-        let writer = WriterLease::new(lease, bucket::lease::LeaseMetrics::default()).with_base_commit(Some(restored));
-        // Its commits are named for the tree's node: they hold what that node's own retention would have
-        // done, and a node of that name that comes back continues from them.
+        let lease = WriterLease::new(lease, bucket::lease::LeaseMetrics::default()).with_base_commit(Some(restored));
         let mut syncer = bucket::sync::Syncer::new(
             tree,
             logs.clone(),
             metrics.clone(),
-            name.to_string(),
+            writer.to_string(),
             self.storage.keep_commits,
             bucket::sync::SyncMetrics::default(),
         )
-        .with_lease(writer)
+        .with_lease(lease)
         .verified();
         let work = async {
             if expired {
@@ -226,14 +239,14 @@ impl RetiredTrees {
         };
         let result = work.await;
         if let Err(e) = syncer.release_lease().await {
-            tracing::warn!(node = %name, error = %e, "storage: cannot release a retired tree's lease; it runs out after storage.lease_ttl");
+            tracing::warn!(writer = %writer, error = %e, "storage: cannot release a retired tree's lease; it runs out after storage.lease_ttl");
         }
         drop(syncer);
         drop((logs, metrics));
         result?;
         if report.parts_expired > 0 || report.objects_deleted > 0 {
             tracing::info!(
-                node = %name,
+                writer = %writer,
                 parts_expired = report.parts_expired,
                 commits = report.commits,
                 objects_deleted = report.objects_deleted,

@@ -34,6 +34,8 @@ pub struct NodeTrees {
     scan_cache: usize,
     /// `store.log_page_cache_max_bytes`, the same.
     page_cache: usize,
+    /// Whether the prefix's own lease was seen released at the last round.
+    root_released: bool,
 }
 
 impl NodeTrees {
@@ -62,6 +64,7 @@ impl NodeTrees {
             decoded_cache,
             scan_cache,
             page_cache,
+            root_released: false,
         }
     }
 
@@ -88,25 +91,42 @@ impl NodeTrees {
             }
         }
         // A writer that released its lease (a graceful stop, after its last sync) left everything in its
-        // tree, and so did one whose lease another node took for the tree's retention: nobody is asked for it until a writer takes the lease again. The leases are read before the
-        // follows, so a tree counts as retired only once the commit before the release is applied. (Not the
-        // prefix's own writer: a server with role "all" takes writes as soon as it holds the lease again,
-        // where an ingest node waits until query nodes have seen it taken; see `WriteGate`.)
+        // tree, and so did one whose lease another node took for the tree's retention (`crate::retired`):
+        // nobody is asked for it until a writer takes the lease again. The leases are read before the
+        // follows, so a tree counts as retired only once the commit before the release is applied.
         let mut released = std::collections::HashSet::new();
         for (name, _) in &self.followers {
             let tree = self.bucket.node_tree(name);
             let lease = bucket::lease::Lease::new(tree, bucket::lease::WriterLease::NAME, "query-node", Duration::ZERO);
-            // Held by another node's process: the retention of a retired tree (`crate::retired`), which
-            // has no head to ask for.
             if matches!(lease.read().await, Ok(Some(record)) if record.released || record.node != *name) {
                 released.insert(name.clone());
             }
         }
+        // The prefix's own writer (a server with role "all") likewise, but only beside ingest nodes' trees,
+        // after a move to ingest nodes: a query node beside that server alone keeps asking it through its
+        // restarts, since it takes writes again at once (an ingest node waits until query nodes have seen
+        // its lease taken; see `WriteGate`). Its commits were followed before this runs: it counts as
+        // retired once its lease was seen released at two rounds in a row.
+        let root_released = own_commit && !self.followers.is_empty() && {
+            let lease = bucket::lease::Lease::new(
+                self.bucket.clone(),
+                bucket::lease::WriterLease::NAME,
+                "query-node",
+                Duration::ZERO,
+            );
+            let nodes: std::collections::HashSet<&str> = self.followers.iter().map(|(n, _)| n.as_str()).collect();
+            matches!(lease.read().await, Ok(Some(record)) if record.released || nodes.contains(record.node.as_str()))
+        };
+        if root_released && self.root_released {
+            released.insert(String::new());
+        }
+        self.root_released = root_released;
         let share = self.cache.as_ref().map(|(max, _)| max / (self.followers.len() as u64 + 1));
         let decoded = self.own_decoded_share();
         let scan = self.own_scan_share();
         let pages = self.own_page_share();
-        let mut retired = std::collections::HashSet::new();
+        let mut retired: std::collections::HashSet<String> =
+            released.iter().filter(|n| n.is_empty()).cloned().collect();
         for (name, follower) in &mut self.followers {
             if let Some(share) = share {
                 follower.set_cache_max(share.max(1));
