@@ -613,6 +613,29 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(count_at("fresh", now).await, 40);
     holder.release().await.unwrap();
+    // A delete cannot reach a retired tree: refused whole, naming the node, rather than answered 204 while
+    // its rows stay.
+    let r = query
+        .client
+        .post(query.url("/loki/api/v1/delete"))
+        .query(&[("query", r#"{app="fresh"}"#), ("start", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("ingest node ingest-a") && why.contains("nothing was deleted"), "{why}");
+    let r = query
+        .client
+        .post(query.url("/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", "bucket_metric"), ("start", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let why: Value = r.json().await.unwrap();
+    assert!(why["error"].as_str().unwrap().contains("ingest node ingest-a"), "{why}");
+    assert_eq!(count_at("fresh", now).await, 40);
 
     // ingest-a comes back on its old disk, with the short retention too: it takes its tree back (the
     // newest commit is named for it) and answers its fresh lines only.

@@ -11,7 +11,9 @@
 //! A query node (issue 22) records nothing itself: it sends each delete request to every ingest node in
 //! `query.ingest_urls` (each holds its own share of the data) and answers 204 only when all took it. Its
 //! list merges the nodes' requests of one query and range into one entry whose `request_id` joins their
-//! ids with commas; a cancel with such an id goes to every node.
+//! ids with commas; a cancel with such an id goes to every node. A tree whose node stopped for good
+//! (retired: nothing writes it any more) cannot take a delete: when one holds data of the tenant, the
+//! query node refuses the request whole (409, naming the node) instead of deleting everywhere else.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -89,6 +91,28 @@ async fn fan_out(
             (StatusCode::NOT_FOUND, "no delete request by that id on any ingest node\n").into_response()
         });
     }
+    if fan == Fan::Record {
+        let tenant = match super::tenant(headers) {
+            Ok(t) => t,
+            Err(r) => return Some(r),
+        };
+        let gone = retired_with_data(state, &tenant, path == LOKI_PATH);
+        if !gone.is_empty() {
+            let why = format!(
+                "this delete cannot reach the {} of {}, which stopped for good (a released lease: its tree of the \
+                 bucket is retired and nothing writes it): nothing was deleted anywhere. Start a node of that name \
+                 again (it takes its tree back) and send the delete again, or let the retention age that data out",
+                if path == LOKI_PATH { "logs" } else { "samples" },
+                gone.join(", ")
+            );
+            return Some(if path == LOKI_PATH {
+                (StatusCode::CONFLICT, format!("{why}\n")).into_response()
+            } else {
+                (StatusCode::CONFLICT, axum::Json(json!({"status": "error", "errorType": "execution", "error": why})))
+                    .into_response()
+            });
+        }
+    }
     let mut query = raw.unwrap_or("").to_string();
     if fan == Fan::Record && path == LOKI_PATH && Params::from(headers.clone(), raw, &body).get("end").is_none() {
         // Loki's default end is "now": one instant for every node, so that their requests are the same.
@@ -129,6 +153,34 @@ async fn fan_out(
         Fan::List => axum::Json(merge_lists(lists)).into_response(),
         _ => StatusCode::NO_CONTENT.into_response(),
     })
+}
+
+/// On a query node, the retired trees (see `TreeSet::retired`) holding data of `tenant` (logs, else
+/// samples), by their writer: a delete cannot reach them, since nothing writes those trees any more.
+fn retired_with_data(state: &QueryState, tenant: &store::model::Tenant, logs: bool) -> Vec<String> {
+    let set = state.tree_set();
+    let name = |node: &str| {
+        if node.is_empty() {
+            "the server of the prefix's own commits".to_string()
+        } else {
+            format!("ingest node {node}")
+        }
+    };
+    let mut out = Vec::new();
+    if logs {
+        for (node, store) in set.log_stores(&state.store) {
+            if set.retired.contains(node) && !store.series(tenant, &[], 0, i64::MAX).is_empty() {
+                out.push(name(node));
+            }
+        }
+    } else {
+        for (node, store) in set.metric_stores(&state.metric_store) {
+            if set.retired.contains(node) && store.series(tenant, &[], 0, i64::MAX).is_ok_and(|s| !s.is_empty()) {
+                out.push(name(node));
+            }
+        }
+    }
+    out
 }
 
 /// Prometheus' delete answers its errors as JSON; Loki's as text.
