@@ -38,6 +38,16 @@ use store::{LogStore, MetricStore, StoreOptions};
 /// The label (work directory, logs) of the prefix's own tree.
 const PREFIX_TREE: &str = ".prefix";
 
+/// What a round found of a tree's newest commit before taking its lease.
+struct Judged {
+    /// That commit.
+    seq: u64,
+    /// It names a day past the shortest retention period.
+    expired: bool,
+    /// It is older than [`settle`], and older commits exist.
+    settled: bool,
+}
+
 /// What one round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -185,7 +195,7 @@ impl RetiredTrees {
         let dir = self.work.join(name);
         // Its commits are named for the tree's writer (the node, or the prefix's server): they hold what that
         // writer's own retention would have done, and the writer, if it comes back, continues from them.
-        let result = self.adopt(&commit.node, tree, lease, &dir, expired).await;
+        let result = self.adopt(&commit.node, tree, lease, &dir, Judged { seq: commit.seq, expired, settled }).await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         result
     }
@@ -198,12 +208,14 @@ impl RetiredTrees {
         tree: bucket::Bucket,
         mut lease: Lease,
         dir: &std::path::Path,
-        expired: bool,
+        judged: Judged,
     ) -> Result<Report, String> {
         let mut report = Report { tended: 1, ..Report::default() };
         let opened = self.open(&tree, dir).await;
         let (logs, metrics, restored) = match opened {
-            Ok(Some(o)) => o,
+            // A commit written since the judgement (its writer came back and left again): the next round
+            // judges that one.
+            Ok(Some(o)) if o.2 == judged.seq => o,
             other => {
                 let _ = lease.release().await;
                 return other.map(|_| report);
@@ -221,7 +233,7 @@ impl RetiredTrees {
         .with_lease(lease)
         .verified();
         let work = async {
-            if expired {
+            if judged.expired {
                 report.parts_expired += logs.apply_retention().await.map_err(|e| e.to_string())?;
                 report.parts_expired += metrics.apply_retention().await.map_err(|e| e.to_string())?;
             }
@@ -232,7 +244,7 @@ impl RetiredTrees {
                 if synced.waiting {
                     return Err(synced.wait_reason.unwrap_or_else(|| "the tree's lease was lost".into()));
                 }
-            } else {
+            } else if judged.settled {
                 report.objects_deleted += syncer.trim_commits(1).await?;
             }
             Ok::<(), String>(())
