@@ -33,6 +33,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bucket::lease::{Lease, Observed, WriterLease};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use store::{LogStore, MetricStore, StoreOptions};
 
 /// The label (work directory, logs) of the prefix's own tree.
@@ -61,6 +63,37 @@ pub struct Report {
     pub objects_deleted: usize,
 }
 
+/// The rounds' metrics, `lumen_bucket_retired_trees_*`.
+#[derive(Clone, Default)]
+pub struct RetiredMetrics {
+    rounds: Counter,
+    tended: Counter,
+    parts_expired: Counter,
+    objects_deleted: Counter,
+    failures: Counter,
+}
+
+impl RetiredMetrics {
+    pub fn register(registry: &mut Registry) -> RetiredMetrics {
+        let m = RetiredMetrics::default();
+        let r = registry.sub_registry_with_prefix("lumen_bucket_retired_trees");
+        r.register("rounds", "rounds over the other nodes' trees (storage.retired_trees_interval)", m.rounds.clone());
+        r.register("tended", "retired trees whose writer lease a round took", m.tended.clone());
+        r.register("parts_expired", "parts of retired trees the retention deleted", m.parts_expired.clone());
+        r.register(
+            "objects_deleted",
+            "objects of retired trees deleted from the bucket (older commits and what only they named)",
+            m.objects_deleted.clone(),
+        );
+        r.register(
+            "failures",
+            "retired trees (or listings) a round failed on, retried at the next",
+            m.failures.clone(),
+        );
+        m
+    }
+}
+
 /// The retired trees' retention of one ingest node.
 pub struct RetiredTrees {
     /// The prefix's bucket: the trees are under it.
@@ -76,6 +109,7 @@ pub struct RetiredTrees {
     settle: Duration,
     /// Trees told about once (held by their node without a release).
     told: std::collections::HashSet<String>,
+    metrics: RetiredMetrics,
 }
 
 /// How long after a retired tree's newest commit its older commits and their objects are deleted: no
@@ -93,6 +127,7 @@ impl RetiredTrees {
         options: &StoreOptions,
         storage: &bucket::StorageConfig,
         settle: Duration,
+        metrics: RetiredMetrics,
     ) -> Self {
         let work = options.data_dir.join(store::snapshot::STAGING).join("retired");
         // A round killed half-way leaves its work directory: nothing in it is needed.
@@ -111,6 +146,7 @@ impl RetiredTrees {
             storage: storage.clone(),
             settle,
             told: Default::default(),
+            metrics,
         }
     }
 
@@ -119,6 +155,22 @@ impl RetiredTrees {
     /// # Errors
     /// The listing failed. A tree that fails is logged and tried again at the next round.
     pub async fn run_once(&mut self) -> Result<Report, String> {
+        self.metrics.rounds.inc();
+        let result = self.round().await;
+        match &result {
+            Ok(r) => {
+                self.metrics.tended.inc_by(r.tended as u64);
+                self.metrics.parts_expired.inc_by(r.parts_expired as u64);
+                self.metrics.objects_deleted.inc_by(r.objects_deleted as u64);
+            }
+            Err(_) => {
+                self.metrics.failures.inc();
+            }
+        }
+        result
+    }
+
+    async fn round(&mut self) -> Result<Report, String> {
         let mut report = Report::default();
         let names = self.bucket.node_trees().await?;
         // The node trees, then the prefix's own tree: the commits of a server with role "all" from before
@@ -156,6 +208,7 @@ impl RetiredTrees {
                     report.objects_deleted += r.objects_deleted;
                 }
                 Err(e) => {
+                    self.metrics.failures.inc();
                     tracing::warn!(node = %name, error = %e, "storage: the retention of a retired tree failed; retried at the next round")
                 }
             }

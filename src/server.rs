@@ -307,6 +307,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         Arc::new(tokio::sync::Mutex::new(if bucket_verified { syncer.verified() } else { syncer }))
     });
+    let retired_metrics = (ingest_node && prefix_bucket.is_some() && !config.storage.retired_trees_interval.is_zero())
+        .then(|| crate::retired::RetiredMetrics::register(&mut registry));
     let ingest = IngestMetrics::register(&mut registry);
     let memory = crate::memory::Pressure::new(budget, crate::memory::MemoryMetrics::register(&mut registry));
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
@@ -598,9 +600,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         });
     }
     // An ingest node ages out the trees of ingest nodes that stopped for good (`src/retired.rs`).
-    if let Some(prefix) = prefix_bucket.filter(|_| ingest_node && !config.storage.retired_trees_interval.is_zero()) {
+    if let (Some(prefix), Some(metrics)) = (prefix_bucket, retired_metrics) {
         let settle = crate::retired::settle(&config.storage, config.query.timeout);
-        let retired = crate::retired::RetiredTrees::new(prefix, &tree_name, &store_options, &config.storage, settle);
+        let retired =
+            crate::retired::RetiredTrees::new(prefix, &tree_name, &store_options, &config.storage, settle, metrics);
         let retired = Arc::new(tokio::sync::Mutex::new(retired));
         every(config.storage.retired_trees_interval, shutdown.clone(), move || {
             let retired = retired.clone();
