@@ -91,7 +91,7 @@ pub struct StorageConfig {
     pub lease_ttl: Duration,
     /// How often an ingest node looks for the trees of ingest nodes that stopped for good (their writer
     /// lease released at a graceful stop) and applies the retention to them, as their own node would
-    /// have; "0s": never.
+    /// have; at least 1s, "0s": never.
     #[serde(with = "store::config::duration")]
     pub retired_trees_interval: Duration,
 }
@@ -133,6 +133,9 @@ impl StorageConfig {
         }
         if self.keep_commits == 0 {
             return Err("storage.keep_commits must be at least 1".into());
+        }
+        if !self.retired_trees_interval.is_zero() && self.retired_trees_interval < Duration::from_secs(1) {
+            return Err("storage.retired_trees_interval must be at least 1s, or \"0s\" for never".into());
         }
         if !self.lease_ttl.is_zero() && self.lease_ttl < 2 * self.sync_interval {
             return Err(format!(

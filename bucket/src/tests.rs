@@ -552,3 +552,18 @@ async fn the_writer_lease_is_renewed_during_long_uploads_and_a_takeover_refuses_
     assert_eq!(metrics.lost.get(), 1, "the loss is told once");
     assert_eq!(waiter.read().await.unwrap().unwrap().holder, "b/other", "the new holder's record stands");
 }
+
+#[test]
+fn storage_settings_out_of_range_are_refused_naming_the_key() {
+    use std::time::Duration;
+    let base = super::StorageConfig { backend: super::Backend::S3, bucket: "b".into(), ..Default::default() };
+    assert_eq!(base.validate(), Ok(()));
+    let hammering = super::StorageConfig { retired_trees_interval: Duration::from_millis(10), ..base.clone() };
+    let err = hammering.validate().unwrap_err();
+    assert!(err.contains("storage.retired_trees_interval"), "{err}");
+    let off = super::StorageConfig { retired_trees_interval: Duration::ZERO, ..base.clone() };
+    assert_eq!(off.validate(), Ok(()));
+    // Below twice the default sync_interval (10 s).
+    let short_lease = super::StorageConfig { lease_ttl: Duration::from_secs(5), ..base };
+    assert!(short_lease.validate().unwrap_err().contains("storage.lease_ttl"));
+}
