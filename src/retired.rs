@@ -109,6 +109,10 @@ pub struct RetiredTrees {
     settle: Duration,
     /// Trees told about once (held by their node without a release).
     told: std::collections::HashSet<String>,
+    /// The trees' leases this node waits on, kept between rounds: a lease counts as run out once its record
+    /// stayed the same for its ttl as this process saw it (a retention round of a process that died
+    /// holding it).
+    waiting: std::collections::HashMap<String, Lease>,
     metrics: RetiredMetrics,
 }
 
@@ -146,6 +150,7 @@ impl RetiredTrees {
             storage: storage.clone(),
             settle,
             told: Default::default(),
+            waiting: Default::default(),
             metrics,
         }
     }
@@ -226,7 +231,7 @@ impl RetiredTrees {
         commit.files.iter().filter_map(|f| day_of_path(&f.path)).any(|day| day < cutoff)
     }
 
-    async fn tend(&self, name: &str, tree: bucket::Bucket) -> Result<Report, String> {
+    async fn tend(&mut self, name: &str, tree: bucket::Bucket) -> Result<Report, String> {
         let Some(commit) = tree.latest_commit().await? else {
             return Ok(Report::default());
         };
@@ -239,11 +244,17 @@ impl RetiredTrees {
         if !expired && !settled {
             return Ok(Report::default());
         }
-        let mut lease = Lease::new(tree.clone(), WriterLease::NAME, &self.node, self.storage.lease_ttl());
+        let mut lease = self
+            .waiting
+            .remove(name)
+            .unwrap_or_else(|| Lease::new(tree.clone(), WriterLease::NAME, &self.node, self.storage.lease_ttl()));
         match lease.acquire().await.map_err(|e| e.to_string())? {
             Observed::Held => {}
             // The node came back, or another node tends it now.
-            _ => return Ok(Report::default()),
+            _ => {
+                self.waiting.insert(name.to_string(), lease);
+                return Ok(Report::default());
+            }
         }
         let dir = self.work.join(name);
         // Its commits are named for the tree's writer (the node, or the prefix's server): they hold what that

@@ -660,6 +660,34 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
     }
     let fresh = crate::bucket::logql_instant(&a_node, r#"sum(count_over_time({app="fresh"}[1h]))"#).await;
     assert_eq!(fresh["data"]["result"][0]["value"][1], "40", "{fresh}");
+
+    // A node killed without a graceful stop may hold acknowledged lines only its disk has: its tree is
+    // never tended, not even once its lease ran out.
+    let mut c = spawn_ingest(&config, &dir.path().join("c"), "ingest-c", free_addr());
+    crate::harness::ready_becomes(&c.base, 200, Duration::from_secs(30)).await;
+    let c_node = remote(&c.base);
+    push(&c_node, "old-c", 10, old).await;
+    c_node.flush().await;
+    let c_tree = prefix.node_tree("ingest-c");
+    synced_parts_of_day(&c_tree, &old_day).await;
+    c.kill9();
+    let c_commit = c_tree.latest_commit().await.unwrap().unwrap();
+    // Two of ingest-b's rounds after the lease's ttl (4 s) ran out.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rounds = || async { metric(&metrics_text(&b.base).await, "lumen_bucket_retired_trees_rounds_total") };
+    let from = rounds().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rounds().await < from + 2.0 {
+        assert!(Instant::now() < deadline, "ingest-b ran no rounds");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c_tree.latest_commit().await.unwrap().unwrap(), c_commit, "a crashed node's tree is left alone");
+    let record = bucket::lease::Lease::new(c_tree.clone(), "writer", "probe", Duration::from_secs(4))
+        .read()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!record.released && record.node == "ingest-c", "{record:?}");
     a.terminate();
     b.terminate();
     query.stop().await;
