@@ -2,8 +2,8 @@
 //! leaves its tree in the bucket, `prefix/nodes/<name>/`, with its writer lease released at its graceful
 //! stop. Nobody writes that tree any more, so nobody would age it out: its days would outlive
 //! `server.retention` for ever. Every `storage.retired_trees_interval`, each ingest node looks at the
-//! other trees and tends those whose lease was released (or is held by another tree's retention, and ran
-//! out):
+//! other trees and tends those whose lease was released (or is held by another node's retention round
+//! whose process died: once the record stayed the same for its ttl):
 //!
 //! - it takes the tree's writer lease, the same conditional write a returning node would race it for, so
 //!   that one process at a time acts on a tree;
