@@ -94,6 +94,15 @@ impl RetiredMetrics {
     }
 }
 
+impl Report {
+    fn add(&mut self, r: &Report) {
+        self.tended += r.tended;
+        self.parts_expired += r.parts_expired;
+        self.commits += r.commits;
+        self.objects_deleted += r.objects_deleted;
+    }
+}
+
 /// The retired trees' retention of one ingest node.
 pub struct RetiredTrees {
     /// The prefix's bucket: the trees are under it.
@@ -162,15 +171,8 @@ impl RetiredTrees {
     pub async fn run_once(&mut self) -> Result<Report, String> {
         self.metrics.rounds.inc();
         let result = self.round().await;
-        match &result {
-            Ok(r) => {
-                self.metrics.tended.inc_by(r.tended as u64);
-                self.metrics.parts_expired.inc_by(r.parts_expired as u64);
-                self.metrics.objects_deleted.inc_by(r.objects_deleted as u64);
-            }
-            Err(_) => {
-                self.metrics.failures.inc();
-            }
+        if result.is_err() {
+            self.metrics.failures.inc();
         }
         result
     }
@@ -197,8 +199,8 @@ impl RetiredTrees {
             // Its own writer holds it, or stopped without releasing it. (Held by an ingest node for the
             // prefix's tree, or by another node for a node's tree: a retention round, which ran out if
             // its process is gone; `Lease::acquire` waits for that.)
-            let writer_holds = if name == PREFIX_TREE { !names.contains(&record.node) } else { record.node == name };
-            if !record.released && writer_holds {
+            let own = (name != PREFIX_TREE).then_some(name.as_str());
+            if record.writer_holds(own, &names) {
                 if self.told.insert(name.clone()) {
                     tracing::debug!(node = %name, "storage: a tree's own writer holds its lease (or stopped without releasing it); its retention is that writer's");
                 }
@@ -207,10 +209,11 @@ impl RetiredTrees {
             self.told.remove(&name);
             match self.tend(&name, tree).await {
                 Ok(r) => {
-                    report.tended += r.tended;
-                    report.parts_expired += r.parts_expired;
-                    report.commits += r.commits;
-                    report.objects_deleted += r.objects_deleted;
+                    // Counted per tree, as each is done.
+                    self.metrics.tended.inc_by(r.tended as u64);
+                    self.metrics.parts_expired.inc_by(r.parts_expired as u64);
+                    self.metrics.objects_deleted.inc_by(r.objects_deleted as u64);
+                    report.add(&r);
                 }
                 Err(e) => {
                     self.metrics.failures.inc();
@@ -232,15 +235,17 @@ impl RetiredTrees {
     }
 
     async fn tend(&mut self, name: &str, tree: bucket::Bucket) -> Result<Report, String> {
-        let Some(commit) = tree.latest_commit().await? else {
+        let seqs = tree.commit_numbers().await?;
+        let Some(&newest) = seqs.last() else {
             return Ok(Report::default());
         };
+        let commit = tree.read_commit(newest).await?;
         let expired = self.has_expired_days(&commit);
         let age_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64)
             .saturating_sub(commit.time_unix_ms);
-        let settled = age_ms > self.settle.as_millis() as i64 && tree.commit_numbers().await?.len() > 1;
+        let settled = age_ms > self.settle.as_millis() as i64 && seqs.len() > 1;
         if !expired && !settled {
             return Ok(Report::default());
         }

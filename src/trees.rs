@@ -98,7 +98,7 @@ impl NodeTrees {
         for (name, _) in &self.followers {
             let tree = self.bucket.node_tree(name);
             let lease = bucket::lease::Lease::new(tree, bucket::lease::WriterLease::NAME, "query-node", Duration::ZERO);
-            if matches!(lease.read().await, Ok(Some(record)) if record.released || record.node != *name) {
+            if matches!(lease.read().await, Ok(Some(record)) if !record.writer_holds(Some(name), &[])) {
                 released.insert(name.clone());
             }
         }
@@ -114,8 +114,8 @@ impl NodeTrees {
                 "query-node",
                 Duration::ZERO,
             );
-            let nodes: std::collections::HashSet<&str> = self.followers.iter().map(|(n, _)| n.as_str()).collect();
-            matches!(lease.read().await, Ok(Some(record)) if record.released || nodes.contains(record.node.as_str()))
+            let nodes: Vec<String> = self.followers.iter().map(|(n, _)| n.clone()).collect();
+            matches!(lease.read().await, Ok(Some(record)) if !record.writer_holds(None, &nodes))
         };
         if root_released && self.root_released {
             released.insert(String::new());

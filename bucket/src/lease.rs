@@ -67,6 +67,21 @@ pub struct LeaseRecord {
     pub released: bool,
 }
 
+impl LeaseRecord {
+    /// Whether the tree's own writer holds this lease, or stopped without releasing it (its disk may hold
+    /// what it acknowledged and did not sync). A node's tree (`tree` = its node name) is written by that
+    /// node; the prefix's own tree (`tree` = None) by a server with role "all", and never by one of the
+    /// ingest nodes `nodes`. Any other holder is another node's retention round for a retired tree
+    /// (`src/retired.rs`), which has nothing of its own to sync.
+    pub fn writer_holds(&self, tree: Option<&str>, nodes: &[String]) -> bool {
+        !self.released
+            && match tree {
+                Some(node) => self.node == node,
+                None => !nodes.contains(&self.node),
+            }
+    }
+}
+
 /// What [`Lease::observe`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {

@@ -605,11 +605,19 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
     }
     assert_eq!(count_at("fresh-single", now).await, 20);
     assert_eq!(count_at("old-single", old).await, 0);
-    // What the tending node counted: both trees' old log and metric parts, and at least their objects.
-    let text = metrics_text(&b.base).await;
+    // What the tending node counted (once the round that deleted the objects has returned): both trees'
+    // old log and metric parts, and at least their objects.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics_text(&b.base).await;
+        let deleted = metric(&text, "lumen_bucket_retired_trees_objects_deleted_total");
+        if deleted >= (old_keys.len() + single_old_keys.len()) as f64 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "objects deleted: {deleted}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(metric(&text, "lumen_bucket_retired_trees_parts_expired_total") >= 4.0, "{text}");
-    let deleted = metric(&text, "lumen_bucket_retired_trees_objects_deleted_total");
-    assert!(deleted >= (old_keys.len() + single_old_keys.len()) as f64, "{deleted}");
     assert!(metric(&text, "lumen_bucket_retired_trees_tended_total") >= 4.0, "two rounds per tree");
     assert_eq!(metric(&text, "lumen_bucket_retired_trees_failures_total"), 0.0);
     // While another node holds the tree's lease (for its retention), the query node does not ask ingest-a:
