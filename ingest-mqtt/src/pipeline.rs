@@ -355,7 +355,13 @@ impl Worker {
             duplicates: 0,
             payload_bytes: 0,
         };
-        let mut sink = BatchSink { samples: &mut out.samples, logs: &mut out.logs, streams: HashMap::new(), n: 0 };
+        let mut sink = BatchSink {
+            samples: &mut out.samples,
+            logs: &mut out.logs,
+            streams: HashMap::new(),
+            n: 0,
+            logs_off: false,
+        };
         // Deliveries of this batch: a redelivery may come in the same batch as its first delivery.
         let mut here: HashSet<MarkKey> = HashSet::new();
         for job in &jobs {
@@ -364,13 +370,42 @@ impl Worker {
                     let window = if d.session.starts_with("endpoint:") { self.endpoint_window } else { BROKER_WINDOW };
                     (d, window, delivery_hash(m))
                 });
+                // A redelivery whose log entry is stored but whose samples are not (the log record was
+                // durable, the metric record it needs was not: a crash or a failed write between the two)
+                // is decoded again for its samples alone, under a new mark.
+                let mut samples_only = false;
                 if let Some((d, _, hash)) = &mark
                     && d.dup
-                    && (self.stored(&d.session, d.pkid, *hash)
-                        || pending.contains(&(d.session.clone(), d.pkid, *hash))
-                        || here.contains(&(d.session.clone(), d.pkid, *hash)))
                 {
+                    let key = (d.session.clone(), d.pkid, *hash);
+                    let stored = match self.logs.delivered(&d.session, d.pkid, *hash) {
+                        Some(needs) if needs.is_none() || self.samples.tag_durable(needs) => true,
+                        Some(_) => {
+                            samples_only = true;
+                            false
+                        }
+                        None => false,
+                    };
+                    if stored || pending.contains(&key) || here.contains(&key) {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                }
+                if samples_only {
                     out.duplicates += 1;
+                    sink.logs_off = true;
+                    self.decoder.decode(&m.topic, &m.payload, m.received_ns, &mut sink);
+                    sink.logs_off = false;
+                    if let Some((d, window, hash)) = mark {
+                        here.insert((d.session.clone(), d.pkid, hash));
+                        out.marks.push(DeliveryMark {
+                            session: d.session.clone(),
+                            window,
+                            pkid: d.pkid,
+                            hash,
+                            needs: SampleTag::NONE,
+                        });
+                    }
                     continue;
                 }
                 let outcome = self.decoder.decode(&m.topic, &m.payload, m.received_ns, &mut sink);
@@ -407,11 +442,6 @@ impl Worker {
         }
         out.jobs = jobs;
         out
-    }
-
-    /// Whether a delivery is stored whole: its mark is there and the samples it needs are durable.
-    fn stored(&self, session: &str, pkid: u16, hash: u64) -> bool {
-        self.logs.delivered(session, pkid, hash).is_some_and(|needs| needs.is_none() || self.samples.tag_durable(needs))
     }
 
     fn write(&mut self, mut batch: Decoded) -> Writing {
@@ -507,6 +537,8 @@ struct BatchSink<'a> {
     logs: &'a mut LogBatch,
     streams: HashMap<StreamId, u32>,
     n: usize,
+    /// Set while a message whose log entry is already stored is decoded again for its samples.
+    logs_off: bool,
 }
 
 impl Sink for BatchSink<'_> {
@@ -515,6 +547,9 @@ impl Sink for BatchSink<'_> {
     }
 
     fn log(&mut self, labels: &[(&str, &str)], t_ns: i64, line: &str, fields: &[(&str, &str)]) {
+        if self.logs_off {
+            return;
+        }
         let mut sorted: Vec<(&str, &str)> = labels.iter().copied().filter(|(_, v)| !v.is_empty()).collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         sorted.dedup_by(|a, b| a.0 == b.0);
@@ -633,14 +668,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_mark_whose_samples_are_not_durable_does_not_count() {
+    async fn a_redelivery_whose_samples_are_not_durable_stores_its_samples_and_not_its_log_entry_again() {
         let f = fixture();
         submit(&f, vec![msg("a", r#"{"t":1}"#, 1, false)]).await;
         let epoch = f.samples.max_tag_epoch();
         assert!(f.samples.tag_durable(SampleTag { epoch, n: 1 }), "the batch's samples were written under a tag");
-        // As after a crash between the two commits: the log record with the mark is durable, the metric
-        // record with the samples it needs is not.
+        assert_eq!(f.samples.stats().head_samples, 1);
+        // As after a crash between the two commits: the log record with the message's entry and its mark is
+        // durable, the metric record with the samples it needs is not.
         let lost = msg("a", r#"{"t":2}"#, 2, false);
+        let mut samples = f.samples.batch(&Tenant::default_tenant());
+        let mut logs = LogBatch::default();
+        let mut sink =
+            BatchSink { samples: &mut samples, logs: &mut logs, streams: HashMap::new(), n: 0, logs_off: false };
+        let mut decoder = Decoder::new(vec![crate::topic::TemplateConfig {
+            topic: "dev/{device}".into(),
+            format: Default::default(),
+            metric: None,
+            labels: Default::default(),
+        }])
+        .unwrap();
+        decoder.decode(&lost.topic, &lost.payload, lost.received_ns, &mut sink);
+        assert_eq!((logs.entries.len(), samples.len()), (1, 1));
         let mark = DeliveryMark {
             session: Arc::from("endpoint:d"),
             window: 16,
@@ -648,12 +697,31 @@ mod tests {
             hash: delivery_hash(&lost),
             needs: SampleTag { epoch, n: 1_000 },
         };
-        f.logs.append_marked(&Tenant::default_tenant(), LogBatch::default(), vec![mark]).await.unwrap();
-        // The redelivery is stored, so its samples are not lost.
-        submit(&f, vec![msg("a", r#"{"t":2}"#, 2, true)]).await;
-        assert_eq!(f.metrics.duplicates.get(), 0);
+        f.logs.append_marked(&Tenant::default_tenant(), logs, vec![mark]).await.unwrap();
         assert_eq!(entries(&f), 2);
-        assert_eq!(f.metrics.samples.get(), 2);
+        // The redelivery brings the samples back without a second log entry.
+        submit(&f, vec![msg("a", r#"{"t":2}"#, 2, true)]).await;
+        assert_eq!(entries(&f), 2, "the log entry is stored once");
+        assert_eq!(f.samples.stats().head_samples, 2, "the lost sample is stored");
+        assert_eq!(f.metrics.duplicates.get(), 1);
+        // The new mark names durable samples: one more redelivery is a duplicate through and through.
+        submit(&f, vec![msg("a", r#"{"t":2}"#, 2, true)]).await;
+        assert_eq!(entries(&f), 2);
+        assert_eq!(f.samples.stats().head_samples, 2);
+        assert_eq!(f.metrics.duplicates.get(), 2);
+        // A mark that needs no samples (a batch without any) counts as soon as it is there.
+        let plain = msg("a", "not json", 3, false);
+        let mark = DeliveryMark {
+            session: Arc::from("endpoint:d"),
+            window: 16,
+            pkid: 3,
+            hash: delivery_hash(&plain),
+            needs: SampleTag::NONE,
+        };
+        f.logs.append_marked(&Tenant::default_tenant(), LogBatch::default(), vec![mark]).await.unwrap();
+        submit(&f, vec![msg("a", "not json", 3, true)]).await;
+        assert_eq!(f.metrics.duplicates.get(), 3);
+        assert_eq!(entries(&f), 2);
     }
 
     #[tokio::test]
