@@ -396,37 +396,27 @@ impl Worker {
                     sink.logs_off = true;
                     self.decoder.decode(&m.topic, &m.payload, m.received_ns, &mut sink);
                     sink.logs_off = false;
-                    if let Some((d, window, hash)) = mark {
-                        here.insert((d.session.clone(), d.pkid, hash));
-                        out.marks.push(DeliveryMark {
-                            session: d.session.clone(),
-                            window,
-                            pkid: d.pkid,
-                            hash,
-                            needs: SampleTag::NONE,
-                        });
-                    }
-                    continue;
-                }
-                let outcome = self.decoder.decode(&m.topic, &m.payload, m.received_ns, &mut sink);
-                let format = match outcome {
-                    Outcome::Decoded(kind) => kind_name(kind),
-                    Outcome::Garbage { reason, detail } => {
-                        *out.garbage.entry(reason).or_default() += 1;
-                        if let Some(held) = self.garbage_log.allow() {
-                            tracing::warn!(
-                                topic = %m.topic,
-                                reason,
-                                detail = %detail,
-                                similar_warnings_held_back = held,
-                                "MQTT payload could not be decoded; kept as a log entry with an error field"
-                            );
+                } else {
+                    let outcome = self.decoder.decode(&m.topic, &m.payload, m.received_ns, &mut sink);
+                    let format = match outcome {
+                        Outcome::Decoded(kind) => kind_name(kind),
+                        Outcome::Garbage { reason, detail } => {
+                            *out.garbage.entry(reason).or_default() += 1;
+                            if let Some(held) = self.garbage_log.allow() {
+                                tracing::warn!(
+                                    topic = %m.topic,
+                                    reason,
+                                    detail = %detail,
+                                    similar_warnings_held_back = held,
+                                    "MQTT payload could not be decoded; kept as a log entry with an error field"
+                                );
+                            }
+                            "garbage"
                         }
-                        "garbage"
-                    }
-                };
-                *out.formats.entry(format).or_default() += 1;
-                out.payload_bytes += m.payload.len() as u64;
+                    };
+                    *out.formats.entry(format).or_default() += 1;
+                    out.payload_bytes += m.payload.len() as u64;
+                }
                 if let Some((d, window, hash)) = mark {
                     here.insert((d.session.clone(), d.pkid, hash));
                     // `needs` is set when the batch is written and its tag known.
