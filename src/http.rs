@@ -36,6 +36,10 @@ pub struct AppState {
     pub disk: store::DiskGuard,
     /// The configuration in effect, secrets masked, for `/api/v1/status/lumen`.
     pub config: Arc<serde_json::Value>,
+    /// `server.node_name` on an ingest node, empty otherwise: how it names itself to the other nodes.
+    pub node: String,
+    /// On an ingest node with `query.ingest_urls`: the nodes an agent's resent batch is checked against.
+    pub resend: Option<Arc<crate::ingest::resend::ResendCheck>>,
 }
 
 /// `otlp` is OTLP/HTTP's router (`ingest_otlp::router`), merged here so that the body limit and the
@@ -79,10 +83,15 @@ pub fn router(
         .route("/api/v1/admin/tsdb/snapshot", post(snapshot))
         .route("/api/v1/admin/snapshot/{name}", axum::routing::delete(delete_snapshot))
         .route_layer(guard(Scope::Admin));
+    // Another ingest node's question about an agent's resent batch: the agent's own credential, passed on.
+    let resend = Router::new()
+        .route(crate::ingest::resend::PRODUCER_PATH, get(crate::ingest::resend::producer_sequence))
+        .route_layer(guard(Scope::Write));
     probes
         .merge(crate::ui::router())
         .merge(read)
         .merge(admin)
+        .merge(resend)
         .merge(
             crate::ingest::router()
                 .route_layer(writes.clone())

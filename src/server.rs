@@ -423,6 +423,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             query::peers::PeerMetrics::register(&mut registry),
         ))
     });
+    // An ingest node's fellow nodes: an agent's resent batch is checked against them (`ingest/resend.rs`).
+    let resend = (ingest_node && !config.query.ingest_urls.is_empty()).then(|| {
+        tracing::info!(ingest_urls = ?config.query.ingest_urls,
+            "ingest node: an agent's resent batch is stored only if none of these nodes stored it");
+        Arc::new(crate::ingest::resend::ResendCheck::new(
+            config.query.ingest_urls.clone(),
+            client.clone(),
+            config.query.ingest_timeout,
+            tree_name.clone(),
+            &mut registry,
+        ))
+    });
     let cluster = peers.clone().map(|peers| ruler::backend::Cluster {
         peers,
         trees: trees.clone(),
@@ -491,6 +503,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ready: ready.clone(),
         disk: disk.clone(),
         config: Arc::new(crate::http::masked_config(&config)),
+        node: tree_name.clone(),
+        resend,
     };
     let grpc_admit = tenants.grpc_admit();
     let router = crate::http::router(

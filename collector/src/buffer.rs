@@ -68,6 +68,9 @@ struct Inner {
     writer: Option<File>,
     pending: VecDeque<Frame>,
     next_seq: u64,
+    /// The sequence of the first frame this process appended: frames below it were left by an earlier
+    /// run, which may have sent them.
+    first_new_seq: u64,
     bytes: u64,
 }
 
@@ -126,6 +129,7 @@ impl DiskBuffer {
             writer: None,
             pending: VecDeque::new(),
             next_seq: acked_seq + 1,
+            first_new_seq: 0,
             bytes: 0,
         };
         let mut recovered = Recovered { frames: 0, positions: HashMap::new(), torn_bytes: 0 };
@@ -171,6 +175,7 @@ impl DiskBuffer {
             inner.bytes += at as u64;
         }
         recovered.frames = inner.pending.len();
+        inner.first_new_seq = inner.next_seq;
         let buffer = DiskBuffer {
             inner: Mutex::new(inner),
             space: Condvar::new(),
@@ -261,6 +266,12 @@ impl DiskBuffer {
     }
 
     /// Batches not yet acknowledged.
+    /// Whether frame `seq` was left in the buffer by an earlier run of the agent, which may have sent it
+    /// before it stopped.
+    pub fn from_earlier_run(&self, seq: u64) -> bool {
+        seq < self.inner.lock().first_new_seq
+    }
+
     pub fn pending(&self) -> usize {
         self.inner.lock().pending.len()
     }

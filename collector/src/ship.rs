@@ -8,6 +8,10 @@
 //!   the agent forever.
 //! - Anything else (connection refused, timeout, 5xx, 408, 429): the same batch is retried with
 //!   exponential backoff (250 ms doubling up to `retry_max_backoff`), for as long as it takes.
+//!
+//! A log batch that may have reached a server before (a retry, or a batch an earlier run left in the
+//! buffer) carries `X-Lumen-Resend: 1`: an ingest node that did not store it asks the other ingest nodes
+//! whether one of them did before storing it (a load balancer may send the retry elsewhere).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,14 +77,18 @@ impl Shipper {
         let mut backoff = FIRST_BACKOFF;
         let mut failing_since: Option<Instant> = None;
         let mut last_warn: Option<Instant> = None;
+        // The batch last sent: if `next` gives it again, this is a retry.
+        let mut last_sent: Option<u64> = None;
         loop {
             self.update_gauges();
             let frame = tokio::select! {
                 f = self.buffer.next() => f,
                 () = shutdown.cancelled() => return,
             };
+            let resend = last_sent == Some(frame.seq) || self.buffer.from_earlier_run(frame.seq);
+            last_sent = Some(frame.seq);
             let outcome = tokio::select! {
-                o = self.send(&frame) => o,
+                o = self.send(&frame, resend) => o,
                 () = shutdown.cancelled() => return,
             };
             match outcome {
@@ -120,7 +128,7 @@ impl Shipper {
         self.metrics.buffer_batches.set(self.buffer.pending() as i64);
     }
 
-    async fn send(&self, frame: &Frame) -> Outcome {
+    async fn send(&self, frame: &Frame, resend: bool) -> Outcome {
         let payload = match self.buffer.payload(frame) {
             Ok(p) => p,
             Err(e) => return Outcome::Rejected(format!("the batch cannot be read back from the buffer: {e}")),
@@ -144,6 +152,9 @@ impl Shipper {
                 .header("Content-Encoding", "snappy")
                 .header("X-Prometheus-Remote-Write-Version", "0.1.0"),
         };
+        if resend && frame.kind == Kind::Logs {
+            req = req.header("X-Lumen-Resend", "1");
+        }
         if !self.settings.tenant.is_empty() {
             req = req.header("X-Scope-OrgID", &self.settings.tenant);
         }

@@ -57,10 +57,12 @@ pub struct QueryConfig {
     /// selection, for what they acknowledged that the bucket does not hold yet (their heads and unsynced
     /// parts), e.g. `["http://lumen-0.lumen-headless:3100"]` (a Kubernetes StatefulSet's pod behind a
     /// headless Service) or the writer's Service. Only the holder of the writer lease answers. Empty: the
-    /// query node answers from the bucket alone, up to one `storage.sync_interval` behind.
+    /// query node answers from the bucket alone, up to one `storage.sync_interval` behind. On an ingest node
+    /// (`server.role = "ingest"`), the same list: an agent's batch marked as resent (`X-Lumen-Resend`) is
+    /// stored only once none of them has stored it (the lumen binary's `ingest/resend.rs`).
     pub ingest_urls: Vec<String>,
     /// How long a query node waits for an ingest node's answer before it answers without it (with a
-    /// warning).
+    /// warning), and an ingest node for another's answer about a resent batch (without it: 503).
     #[serde(with = "store::config::duration")]
     pub ingest_timeout: Duration,
 }

@@ -24,6 +24,7 @@ use wire::{Decoded, FieldMapping, WireError, body, esbulk, jsonline, loki};
 use crate::http::AppState;
 
 pub mod metrics;
+pub mod resend;
 
 /// The Elasticsearch version reported to shippers. Filebeat refuses a server older than itself and
 /// Vector picks its API flavour from the major version, so this is a recent 8.x.
@@ -131,13 +132,14 @@ async fn store_decoded(
     store_decoded_once(app, protocol, tenant, decoded, None).await
 }
 
-/// As [`store_decoded`]; with a producer and sequence the batch is stored once however often it is sent.
+/// As [`store_decoded`]; with a producer and sequence the batch is stored once however often it is sent,
+/// on this node, and (for a batch marked as resent) on any ingest node of `query.ingest_urls`.
 async fn store_decoded_once(
     app: &AppState,
     protocol: &'static str,
     tenant: &Tenant,
     decoded: &mut Decoded,
-    producer: Option<(&str, u64)>,
+    producer: Option<&Producer>,
 ) -> Result<(), Response> {
     let batch = std::mem::take(&mut decoded.batch);
     let (lines, bytes) = (batch.entries.len(), batch.line_bytes());
@@ -148,9 +150,39 @@ async fn store_decoded_once(
         app.ingest.rejected(protocol, r.reason.kind());
     }
     app.ingest.rejected_bytes(protocol, decoded.rejected_bytes);
+    if let (Some(p), Some(check)) = (producer, &app.resend)
+        && p.resend
+        && app.store.stored_sequence(tenant, &p.name).await < p.seq
+    {
+        match check.ask(tenant, &p.name, p.seq, p.auth.as_ref()).await {
+            resend::Verdict::StoredOn(node, stored) => {
+                tracing::debug!(producer = %p.name, seq = p.seq, %node, stored,
+                    "a resent batch was stored by another ingest node; not storing it here");
+                app.ingest.duplicate_batch(protocol);
+                return Ok(());
+            }
+            resend::Verdict::NotStored => {}
+            resend::Verdict::Unknown(why) => {
+                app.ingest.rejected_request(protocol, 503);
+                tracing::warn!(producer = %p.name, seq = p.seq, %why,
+                    "a resent batch is refused until every ingest node can say whether it stored it");
+                let mut resp = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "batch {} of producer {:?} is marked as resent (X-Lumen-Resend) and not stored on this node; \
+                         another ingest node of query.ingest_urls may have stored it, and not every one answered \
+                         ({why}): storing it here could store it twice, so retry it later",
+                        p.seq, p.name
+                    ),
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return Err(resp);
+            }
+        }
+    }
     let appended = match producer {
         None => app.store.append(tenant, batch).await.map(|()| store::Appended::Stored),
-        Some((name, seq)) => app.store.append_once(tenant, batch, name, seq).await,
+        Some(p) => app.store.append_once(tenant, batch, &p.name, p.seq).await,
     };
     match appended.map_err(|e| {
         app.ingest.rejected_request(protocol, 503);
@@ -159,8 +191,8 @@ async fn store_decoded_once(
         store::Appended::Stored => app.ingest.accepted(protocol, lines, bytes),
         store::Appended::Duplicate { stored } => {
             tracing::debug!(
-                producer = producer.map(|p| p.0),
-                seq = producer.map(|p| p.1),
+                producer = producer.map(|p| p.name.as_str()),
+                seq = producer.map(|p| p.seq),
                 stored,
                 "a resent batch was stored before; not storing it again"
             );
@@ -181,9 +213,18 @@ fn rejection_summary(d: &Decoded) -> String {
     msg
 }
 
-/// The `X-Lumen-Producer` and `X-Lumen-Sequence` headers of a producer that numbers its batches (the
-/// agent), both or neither.
-fn producer(headers: &HeaderMap) -> Result<Option<(String, u64)>, String> {
+/// A batch of a producer that numbers its batches (the agent).
+struct Producer {
+    name: String,
+    seq: u64,
+    /// `X-Lumen-Resend: 1`: the batch may have reached a server before.
+    resend: bool,
+    /// The caller's credential, passed on when other ingest nodes are asked about a resent batch.
+    auth: Option<HeaderValue>,
+}
+
+/// The `X-Lumen-Producer` and `X-Lumen-Sequence` headers (both or neither), and `X-Lumen-Resend`.
+fn producer(headers: &HeaderMap) -> Result<Option<Producer>, String> {
     let name = header_str(headers, "x-lumen-producer");
     let seq = header_str(headers, "x-lumen-sequence");
     match (name, seq) {
@@ -196,7 +237,17 @@ fn producer(headers: &HeaderMap) -> Result<Option<(String, u64)>, String> {
                 .trim()
                 .parse::<u64>()
                 .map_err(|_| format!("X-Lumen-Sequence must be an unsigned integer, got {seq:?}"))?;
-            Ok(Some((name.to_string(), seq)))
+            let resend = match header_str(headers, "x-lumen-resend") {
+                None | Some("0") => false,
+                Some("1") => true,
+                Some(other) => return Err(format!("X-Lumen-Resend must be 0 or 1, got {other:?}")),
+            };
+            Ok(Some(Producer {
+                name: name.to_string(),
+                seq,
+                resend,
+                auth: headers.get(header::AUTHORIZATION).cloned(),
+            }))
         }
         _ => Err("X-Lumen-Producer and X-Lumen-Sequence go together: send both or neither".to_string()),
     }
@@ -232,8 +283,7 @@ async fn loki_push(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
             return plain(status, e);
         }
     };
-    let producer = producer.as_ref().map(|(name, seq)| (name.as_str(), *seq));
-    if let Err(r) = store_decoded_once(&app, "loki", &tenant, &mut decoded, producer).await {
+    if let Err(r) = store_decoded_once(&app, "loki", &tenant, &mut decoded, producer.as_ref()).await {
         return r;
     }
     if decoded.rejected.is_empty() {

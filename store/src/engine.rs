@@ -567,6 +567,18 @@ impl LogStore {
         Ok(Appended::Stored)
     }
 
+    /// The highest sequence of `producer` stored for `tenant` (0 for none), once an append of that producer
+    /// under way has finished: what [`Self::append_once`] would compare a resend with.
+    pub async fn stored_sequence(&self, tenant: &Tenant, producer: &str) -> u64 {
+        let key = (tenant.as_str().to_string(), producer.to_string());
+        let lock = self.inner.producer_locks.lock().get(&key).cloned();
+        let _guard = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        self.inner.producers.lock().get(&key).copied().unwrap_or(0)
+    }
+
     async fn append_record(
         &self,
         tenant: &Tenant,

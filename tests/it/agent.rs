@@ -82,25 +82,25 @@ request_timeout = "5s"
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Fmt {
+pub(crate) enum Fmt {
     Cri,
     Docker,
 }
 
 /// One container's log directory, written as the kubelet and the runtime write it.
-struct ContainerLog {
+pub(crate) struct ContainerLog {
     dir: PathBuf,
     fmt: Fmt,
     file: std::fs::File,
     /// Every line written, for the final check.
-    lines: Vec<String>,
+    pub(crate) lines: Vec<String>,
     tag: String,
     clock_ns: i64,
     rotations: u32,
 }
 
 impl ContainerLog {
-    fn create(pods: &Path, ns: &str, pod: &str, uid: &str, container: &str, fmt: Fmt) -> ContainerLog {
+    pub(crate) fn create(pods: &Path, ns: &str, pod: &str, uid: &str, container: &str, fmt: Fmt) -> ContainerLog {
         let dir = pods.join(format!("{ns}_{pod}_{uid}")).join(container);
         std::fs::create_dir_all(&dir).unwrap();
         let file = append(&dir.join("0.log"));
@@ -122,7 +122,7 @@ impl ContainerLog {
     }
 
     /// Writes `n` lines; every 7th is split into partial records, every 13th goes to stderr.
-    fn write(&mut self, n: usize) {
+    pub(crate) fn write(&mut self, n: usize) {
         let mut out = Vec::new();
         for _ in 0..n {
             let k = self.lines.len();
@@ -490,19 +490,53 @@ async fn scraped_exposition_samples_reach_the_server() {
     agent.terminate();
 }
 
-/// A proxy that forwards pushes to the server and, for every other one, loses the server's answer: the
-/// agent sees a 503 for a batch the server stored. A real server cannot be made to lose an answer on cue.
-async fn ack_losing_proxy(upstream: String) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// What [`ack_losing_proxy`] counts and obeys.
+pub(crate) struct Proxy {
+    pub addr: SocketAddr,
+    /// Answers lost so far.
+    pub lost: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// [`LOSE_EVERY_OTHER`] (at first), [`PASS`] or [`LOSE_AND_HOLD_FIRST`].
+    pub mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// Set once an answer is held ([`LOSE_AND_HOLD_FIRST`]).
+    pub holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Lets the held answer go (as a 503).
+    pub release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Every other stored push loses its answer.
+pub(crate) const LOSE_EVERY_OTHER: u8 = 0;
+/// Answers pass.
+pub(crate) const PASS: u8 = 1;
+/// The next push not marked as resent that the first upstream stores loses its answer, which is held until
+/// `release` (then a 503); the mode becomes [`PASS`].
+pub(crate) const LOSE_AND_HOLD_FIRST: u8 = 2;
+
+/// A proxy that forwards pushes to the upstreams in turn (a load balancer spreading requests) and loses
+/// answers as its mode says: the agent sees a 503 for a batch a server stored. A real server cannot be
+/// made to lose an answer on cue.
+pub(crate) async fn ack_losing_proxy(upstreams: Vec<String>) -> Proxy {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let lost = Arc::new(AtomicUsize::new(0));
+    use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+    let proxy = Proxy {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        lost: Arc::new(AtomicUsize::new(0)),
+        mode: Arc::new(AtomicU8::new(LOSE_EVERY_OTHER)),
+        holding: Arc::new(AtomicBool::new(false)),
+        release: Arc::new(tokio::sync::Notify::new()),
+    };
     let seen = Arc::new(AtomicUsize::new(0));
+    let turn = Arc::new(AtomicUsize::new(0));
+    let upstreams = Arc::new(upstreams);
     let client = crate::harness::client();
-    let lost2 = lost.clone();
+    let (lost, mode, holding, release) =
+        (proxy.lost.clone(), proxy.mode.clone(), proxy.holding.clone(), proxy.release.clone());
     let app = axum::Router::new().route(
         "/loki/api/v1/push",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let (client, upstream, lost, seen) = (client.clone(), upstream.clone(), lost2.clone(), seen.clone());
+            let (client, lost, seen) = (client.clone(), lost.clone(), seen.clone());
+            let (mode, holding, release) = (mode.clone(), holding.clone(), release.clone());
+            let which = turn.fetch_add(1, Ordering::SeqCst) % upstreams.len();
+            let upstream = upstreams[which].clone();
             async move {
                 let mut req = client.post(format!("{upstream}/loki/api/v1/push")).body(body);
                 for (k, v) in &headers {
@@ -514,9 +548,28 @@ async fn ack_losing_proxy(upstream: String) -> (SocketAddr, std::sync::Arc<std::
                     Ok(r) => r.status().as_u16(),
                     Err(_) => 502,
                 };
-                if status < 300 && seen.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
-                    lost.fetch_add(1, Ordering::SeqCst);
-                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                let stored = status < 300;
+                let resent = headers.contains_key("x-lumen-resend");
+                match mode.load(Ordering::SeqCst) {
+                    LOSE_EVERY_OTHER if stored && seen.fetch_add(1, Ordering::SeqCst) % 2 == 1 => {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    LOSE_AND_HOLD_FIRST
+                        if stored
+                            && which == 0
+                            && !resent
+                            && mode
+                                .compare_exchange(LOSE_AND_HOLD_FIRST, PASS, Ordering::SeqCst, Ordering::SeqCst)
+                                .is_ok() =>
+                    {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        let released = release.notified();
+                        holding.store(true, Ordering::SeqCst);
+                        released.await;
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    _ => {}
                 }
                 axum::http::StatusCode::from_u16(status).unwrap()
             }
@@ -525,7 +578,7 @@ async fn ack_losing_proxy(upstream: String) -> (SocketAddr, std::sync::Arc<std::
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, lost)
+    Proxy { addr, ..proxy }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,7 +588,8 @@ async fn a_lost_acknowledgement_does_not_store_a_batch_twice() {
     std::fs::create_dir_all(&pods).unwrap();
     let mut server = ServerProcess::spawn(&tmp.path().join("server"), free_addr(), &[]);
     server.wait_ready().await;
-    let (proxy, lost) = ack_losing_proxy(server.base.clone()).await;
+    let proxy = ack_losing_proxy(vec![server.base.clone()]).await;
+    let (proxy, lost) = (proxy.addr, proxy.lost);
     let config = agent_config(tmp.path(), &format!("http://{proxy}"), &pods, "");
     let mut agent = AgentProcess::spawn(&config, free_addr());
     agent.wait_ready().await;

@@ -316,3 +316,52 @@ async fn deep_queries_are_refused_in_every_language_and_the_server_stays_up() {
     assert_eq!(client.get(format!("{}/ready", server.base)).send().await.unwrap().status(), 200);
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_headers_are_checked_and_a_resent_batch_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let s = &server;
+    let body = |line: &str| loki_json(json!({"app": "agent"}), &[line]).into_bytes();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[JSON, ("X-Lumen-Producer", "p")], "X-Lumen-Producer and X-Lumen-Sequence go together"),
+        (&[JSON, ("X-Lumen-Producer", "p"), ("X-Lumen-Sequence", "-1")], "X-Lumen-Sequence must be an unsigned"),
+        (&[JSON, ("X-Lumen-Producer", ""), ("X-Lumen-Sequence", "1")], "X-Lumen-Producer must be 1 to 256"),
+        (
+            &[JSON, ("X-Lumen-Producer", "p"), ("X-Lumen-Sequence", "1"), ("X-Lumen-Resend", "yes")],
+            "X-Lumen-Resend must be 0 or 1",
+        ),
+    ];
+    for (headers, want) in cases {
+        let (status, text) = post(s, "/loki/api/v1/push", "default", headers, body("refused")).await;
+        assert_eq!(status, 400, "{headers:?}: {text}");
+        assert!(text.contains(want), "{headers:?}: {text}");
+    }
+    assert_eq!(s.count("default").await, 0, "a refused request stores nothing");
+
+    // Batch 1 stored, then resent (marked): on one node without other ingest nodes, stored once.
+    let batch = [JSON, ("X-Lumen-Producer", "agent-1"), ("X-Lumen-Sequence", "1")];
+    assert_eq!(post(s, "/loki/api/v1/push", "default", &batch, body("one")).await.0, 204);
+    let resent = [JSON, ("X-Lumen-Producer", "agent-1"), ("X-Lumen-Sequence", "1"), ("X-Lumen-Resend", "1")];
+    assert_eq!(post(s, "/loki/api/v1/push", "default", &resent, body("one")).await.0, 204);
+    assert_eq!(s.count("default").await, 1);
+    // What another ingest node would be told, per tenant.
+    let ask = |tenant: &'static str, producer: &'static str| async move {
+        let r = s
+            .client
+            .get(s.url("/internal/v1/producer"))
+            .query(&[("producer", producer)])
+            .header("X-Scope-OrgID", tenant)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, text) = ask("default", "agent-1").await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((v["stored"].as_u64(), v["node"].as_str()), (Some(1), Some("")), "{v}");
+    let v: Value = serde_json::from_str(&ask("team-b", "agent-1").await.1).unwrap();
+    assert_eq!(v["stored"], 0, "another tenant's producer of the same name: {v}");
+    assert_eq!(ask("default", "").await.0, 400);
+}

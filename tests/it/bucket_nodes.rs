@@ -700,3 +700,104 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
     b.terminate();
     query.stop().await;
 }
+
+/// Every line's tag and number (the first 40 characters, unique per line) a node holds.
+async fn line_keys(base: &str) -> Vec<String> {
+    let client = crate::harness::client();
+    let rows = crate::harness::sql_rows(&client, base, "default", "SELECT substr(message, 1, 40) AS m FROM logs").await;
+    rows.iter().map(|r| r["m"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_retry_that_lands_on_another_ingest_node_is_not_stored_twice() {
+    use std::sync::atomic::Ordering;
+
+    use crate::agent::{AgentProcess, ContainerLog, Fmt, ack_losing_proxy, agent_config};
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut storage = storage(&weed.endpoint, &creds);
+    storage.prefix = "resend-test".into();
+    storage.lease_ttl = Duration::from_secs(4);
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let urls = vec![format!("http://{a_addr}"), format!("http://{b_addr}")];
+    let config = dir.path().join("lumen.toml");
+    // Each ingest node knows both (its own answer is passed over).
+    let file = json!({"storage": storage, "query": {"ingest_urls": urls}});
+    std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
+    let mut a = spawn_ingest(&config, &dir.path().join("a"), "ingest-a", a_addr);
+    let mut b = spawn_ingest(&config, &dir.path().join("b"), "ingest-b", b_addr);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
+    crate::harness::ready_becomes(&b.base, 200, Duration::from_secs(30)).await;
+
+    // A load balancer that sends each push to the next node and loses every other answer: the agent's
+    // retry of a batch one node stored goes to the other.
+    let proxy = ack_losing_proxy(urls.clone()).await;
+    let pods = dir.path().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let agent_conf = agent_config(&agent_dir, &format!("http://{}", proxy.addr), &pods, "");
+    let mut agent = AgentProcess::spawn(&agent_conf, free_addr());
+    agent.wait_ready().await;
+    let mut app = ContainerLog::create(&pods, "default", "api-1", "uid-api", "api", Fmt::Cri);
+    for _ in 0..8 {
+        app.write(40);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (a_base, b_base) = (a.base.clone(), b.base.clone());
+    let all_stored = |want: usize| {
+        let (a, b) = (a_base.clone(), b_base.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let keys = [line_keys(&a).await, line_keys(&b).await].concat();
+                let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+                if distinct.len() >= want || Instant::now() > deadline {
+                    return keys;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let keys = all_stored(app.lines.len()).await;
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), app.lines.len(), "every line stored");
+    assert_eq!(keys.len(), app.lines.len(), "{} lines stored twice across the two nodes", keys.len() - distinct.len());
+    assert!(proxy.lost.load(Ordering::SeqCst) >= 2, "the proxy lost no answers");
+    let checked =
+        |body: &str, outcome: &str| metric(body, &format!("lumen_ingest_resend_checks_total{{outcome=\"{outcome}\"}}"));
+    let (ma, mb) = (metrics_text(&a.base).await, metrics_text(&b.base).await);
+    assert!(
+        checked(&ma, "stored_elsewhere") + checked(&mb, "stored_elsewhere") >= 2.0,
+        "retries were recognised on the other node:\n{ma}\n{mb}"
+    );
+
+    // A node stores a batch, its answer is lost, and it is killed before the retry reaches the other
+    // node: that node cannot tell whether the dead one stored it, so it refuses the retry until the node
+    // answers again; then everything is there once.
+    proxy.mode.store(crate::agent::LOSE_AND_HOLD_FIRST, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy.holding.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "no batch reached the first node");
+        app.write(30);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.kill9();
+    proxy.release.notify_one();
+    app.write(30);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while checked(&metrics_text(&b.base).await, "unknown") < 1.0 {
+        assert!(Instant::now() < deadline, "no retry was refused while a node was down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut a = spawn_ingest(&config, &dir.path().join("a"), "ingest-a", a_addr);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
+    let keys = all_stored(app.lines.len()).await;
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), app.lines.len(), "every line stored after the restart");
+    assert_eq!(keys.len(), app.lines.len(), "{} lines stored twice", keys.len() - distinct.len());
+    agent.terminate();
+    a.terminate();
+    b.terminate();
+}

@@ -900,7 +900,7 @@ fn several_servers_are_ingest_nodes_the_query_nodes_find_by_their_pod_names() {
     // Each pod runs as an ingest node; its node name is its host name, which a StatefulSet makes its pod
     // name (lumen-0, lumen-1, ...), stable across restarts: the name of its tree in the bucket.
     assert!(sts.contains(
-        "            {{- if gt (int .Values.server.replicas) 1 }}\n            # One of several ingest nodes (server.role): it writes its own tree of the bucket, nodes/<pod name>/,\n            # and evaluates no rules.\n            - name: LUMEN_ROLE\n              value: ingest\n            {{- end }}"
+        "            {{- if gt (int .Values.server.replicas) 1 }}\n            # One of several ingest nodes (server.role): it writes its own tree of the bucket, nodes/<pod name>/,\n            # and evaluates no rules.\n            - name: LUMEN_ROLE\n              value: ingest\n            # Every ingest pod: an agent's batch marked as resent is stored only if none of them stored it\n            # (a retry that lands on another pod than the first attempt).\n            - name: LUMEN_INGEST_URLS\n              value: {{ include \"lumen.ingestUrls\" . | quote }}\n            {{- end }}"
     ));
     assert!(!sts.contains("node-name") && !sts.contains("LUMEN_NODE_NAME"), "the host name is the node name");
     // The query nodes evaluate the rules then, which the ingest nodes do not.

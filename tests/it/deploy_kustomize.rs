@@ -480,7 +480,13 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                         Some(Value::from("true")),
                         "the query nodes run the rules"
                     );
-                    (0..3).map(|i| format!("http://lumen-{i}.lumen-nodes.lumen.svc:9700")).collect::<Vec<_>>().join(",")
+                    let urls = (0..3)
+                        .map(|i| format!("http://lumen-{i}.lumen-nodes.lumen.svc:9700"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let peers = envs.iter().find(|e| e["name"] == "LUMEN_INGEST_URLS").map(|e| e["value"].clone());
+                    assert_eq!(peers, Some(Value::from(urls.as_str())), "each ingest pod knows every other");
+                    urls
                 } else {
                     "http://lumen:9700".to_string()
                 };
