@@ -41,6 +41,25 @@ pub const LOGS_PATH: &str = "/internal/v1/delta/logs";
 /// Where the metric delta is asked for.
 pub const METRICS_PATH: &str = "/internal/v1/delta/metrics";
 
+/// Where an ingest node answers what changed in its samples since a mark (a query node's results cache).
+pub const METRIC_CHANGES_PATH: &str = "/internal/v1/changes/metrics";
+
+/// A query node's question for its results cache: the ingest node's current change mark, and what it
+/// appended since `since` (a mark it gave before).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    pub node: String,
+    pub since: Option<store::ChangeMark>,
+}
+
+/// The answer to [`ChangesRequest`]: [`store::MetricStore::change_mark`] and
+/// [`store::MetricStore::changed_since`] (`i64::MIN` without `since`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesAnswer {
+    pub mark: store::ChangeMark,
+    pub changed_since: i64,
+}
+
 /// A label matcher on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireMatcher {
@@ -578,6 +597,19 @@ impl PeerCall {
     /// As [`PeerCall::logs`].
     pub async fn metrics(&self, tenant: &Tenant, req: &MetricDeltaRequest) -> Result<Option<MetricDelta>, String> {
         self.fetch(METRICS_PATH, tenant, req, &req.node, "samples", decode_metrics).await
+    }
+
+    /// The ingest node's change mark and the earliest sample time it appended since `since`, for the results
+    /// cache; None when no node answered (no warning: the query itself asks again, and warns).
+    pub async fn metric_changes(
+        &self,
+        node: &str,
+        tenant: &Tenant,
+        since: Option<store::ChangeMark>,
+    ) -> Option<ChangesAnswer> {
+        let body = serde_json::to_vec(&ChangesRequest { node: node.to_string(), since }).ok()?;
+        let bytes = self.peers.ask(METRIC_CHANGES_PATH, self.auth.as_ref(), tenant, node, body).await.ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     async fn fetch<T>(

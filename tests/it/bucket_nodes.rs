@@ -273,6 +273,18 @@ async fn a_data_directory_synced_into_one_tree_is_refused_for_another() {
 
 /// Two in-process ingest nodes and a query node asking both, on one prefix of `weed`; `query_config`
 /// adds to the query node's config.
+/// Prometheus' `delete_series` of `selector`, sent to `server`: 204 expected.
+async fn delete_series(server: &TestServer, selector: &str) {
+    let r = server
+        .client
+        .post(server.url("/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", selector)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+}
+
 async fn cluster(
     weed: &SeaweedFs,
     dir: &std::path::Path,
@@ -329,14 +341,7 @@ async fn a_delete_sent_to_the_query_node_reaches_every_ingest_node() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
-    let r = query
-        .client
-        .post(query.url("/api/v1/admin/tsdb/delete_series"))
-        .query(&[("match[]", r#"bucket_metric{app="alpha"}"#)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    delete_series(&query, r#"bucket_metric{app="alpha"}"#).await;
     always_answers(&query, 70, Duration::from_secs(2)).await;
     // Each node recorded it: each answers without alpha on its own.
     assert_eq!((count_lines(&a).await, count_samples(&a).await), (0, 0));
@@ -800,4 +805,73 @@ async fn an_agents_retry_that_lands_on_another_ingest_node_is_not_stored_twice()
     agent.terminate();
     a.terminate();
     b.terminate();
+}
+
+/// A range query's `data.result` from `server`, over `[start, end]` seconds at 15 s steps.
+async fn range_result(server: &TestServer, q: &str, start: i64, end: i64) -> Value {
+    let v: Value = server
+        .client
+        .get(server.url("/api/v1/query_range"))
+        .query(&[("query", q), ("start", &start.to_string()), ("end", &end.to_string()), ("step", "15")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "success", "{q}: {v}");
+    assert!(v.get("warnings").is_none(), "{q}: {v}");
+    v["data"]["result"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_nodes_results_cache_stays_exact_as_its_ingest_nodes_take_late_samples_and_deletes() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, query) = cluster(&weed, dir.path(), "results-cache", |_| {}).await;
+    let now = store::time::now_ns();
+    push(&a, "alpha", 100, now).await;
+    push(&b, "beta", 100, now).await;
+    // The samples start 600 s ago, one a second (see `push`).
+    let t0_ms = now / 1_000_000 - 600_000;
+    let (start, end) = (t0_ms / 1000 - 60, now / 1_000_000_000);
+    let hits = || async { metric(&metrics_text(&query.base).await, "lumen_query_results_cache_hits_total") };
+    // The same query twice: the second from the cache, the same answer.
+    let cached = "sum(bucket_metric)";
+    let first = range_result(&query, cached, start, end).await;
+    let before = hits().await;
+    assert_eq!(range_result(&query, cached, start, end).await, first);
+    assert_eq!(hits().await, before + 1.0, "the second answer came from the cache");
+    // Another spelling of the same query, never run before, is evaluated afresh.
+    let spellings = std::sync::atomic::AtomicUsize::new(1);
+    let fresh = || {
+        let q =
+            format!("sum{}(bucket_metric)", " ".repeat(spellings.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+        let query = &query;
+        async move { range_result(query, &q, start, end).await }
+    };
+    assert_eq!(fresh().await, first);
+
+    // A late sample on one ingest node, at a time the cached steps cover: the cached query sees it.
+    let late = format!("bucket_metric{{app=\"gamma\"}} 1000 {}\n", t0_ms + 10_000);
+    let r = b.client.post(b.url("/api/v1/import/prometheus")).body(late).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let after_late = range_result(&query, cached, start, end).await;
+    assert_ne!(after_late, first, "the late sample is in the answer");
+    assert_eq!(after_late, fresh().await);
+    // A delete through the query node reaches both nodes: the cached query sees that too.
+    delete_series(&query, r#"bucket_metric{app="alpha"}"#).await;
+    let after_delete = range_result(&query, cached, start, end).await;
+    assert_ne!(after_delete, after_late);
+    assert_eq!(after_delete, fresh().await);
+    // Flushed and synced into the bucket and followed: the same answer, still from the cache.
+    a.flush().await;
+    b.flush().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = hits().await;
+    assert_eq!(range_result(&query, cached, start, end).await, after_delete);
+    assert_eq!(hits().await, before + 1.0);
+    query.stop().await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -16,7 +16,26 @@ use super::QueryState;
 use crate::peers::{self, DeltaHead, LogDeltaRequest, MetricDeltaRequest};
 
 pub fn routes() -> Router<QueryState> {
-    Router::new().route(peers::LOGS_PATH, post(logs)).route(peers::METRICS_PATH, post(metrics))
+    Router::new()
+        .route(peers::LOGS_PATH, post(logs))
+        .route(peers::METRICS_PATH, post(metrics))
+        .route(peers::METRIC_CHANGES_PATH, post(metric_changes))
+}
+
+/// What changed in this writer's samples since a query node's mark (its results cache).
+async fn metric_changes(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) -> Response {
+    let res = async {
+        let tenant = super::tenant(&headers)?;
+        let req: peers::ChangesRequest =
+            serde_json::from_slice(&body).map_err(|e| bad(format!("invalid changes request: {e}")))?;
+        refuse_unless_writer(&state, &req.node)?;
+        // The mark first: an append from here on is in the next answer.
+        let mark = state.metric_store.change_mark();
+        let changed_since = req.since.map_or(i64::MIN, |m| state.metric_store.changed_since(&tenant, m));
+        Ok::<_, Response>(axum::Json(peers::ChangesAnswer { mark, changed_since }).into_response())
+    }
+    .await;
+    res.unwrap_or_else(|r| r)
 }
 
 fn bad(msg: impl std::fmt::Display) -> Response {

@@ -361,6 +361,45 @@ impl StoreSource<'_> {
 
 // ----- handlers -----
 
+/// The change marks a result evaluated now is computed from, taken before the evaluation, and the
+/// earliest sample time appended since the marks of `key`'s cached entry (`i64::MIN`: unknown, or no
+/// entry). One mark for a node with its data at hand; on a query node, each ingest node's own (asked for)
+/// and each retired tree's local one. None: not cacheable now (an ingest node did not answer).
+async fn source_marks(
+    cache: &prom_cache::ResultsCache,
+    key: &prom_cache::Key,
+    peers: Option<&crate::peers::PeerCall>,
+    trees: &crate::peers::TreeSet,
+    store: &store::MetricStore,
+    tenant: &store::model::Tenant,
+) -> Option<(prom_cache::Marks, i64)> {
+    let old = cache.marks_of(key);
+    let old_of = |name: &str| old.as_ref()?.iter().find(|(n, _)| n == name).map(|(_, m)| *m);
+    let local = |name: String, s: &store::MetricStore| {
+        let mark = s.change_mark();
+        let changed = old_of(&name).map_or(i64::MIN, |m| s.changed_since(tenant, m));
+        (name, mark, changed)
+    };
+    let found: Vec<(String, store::ChangeMark, i64)> = match peers {
+        None => vec![local(String::new(), store)],
+        Some(p) => {
+            let asks = trees.metric_stores(store).into_iter().map(|(node, s)| async move {
+                if trees.retired.contains(node) {
+                    return Some(local(format!("tree:{node}"), s));
+                }
+                let name = format!("node:{node}");
+                let answer = p.metric_changes(node, tenant, old_of(&name)).await?;
+                Some((name, answer.mark, answer.changed_since))
+            });
+            futures::future::join_all(asks).await.into_iter().collect::<Option<Vec<_>>>()?
+        }
+    };
+    let same_sources =
+        old.as_ref().is_some_and(|o| o.len() == found.len() && o.iter().zip(&found).all(|((a, _), (b, _, _))| a == b));
+    let changed = if same_sources { found.iter().map(|(_, _, c)| *c).min().unwrap_or(i64::MAX) } else { i64::MIN };
+    Some((found.into_iter().map(|(n, m, _)| (n, m)).collect(), changed))
+}
+
 async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64) -> Result<QueryResult, Response> {
     let expr = promql::parse(q).map_err(eval_error)?;
     let opts = r.options()?;
@@ -369,21 +408,24 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let peers = r.state.peer_call();
     let call = peers.clone().map(|p| (p, tokio::runtime::Handle::current()));
     let trees = r.state.tree_set();
-    // Range queries of a node with its data at hand go through the results cache.
+    // Range queries go through the results cache.
     let cache = r.state.results_cache.clone();
     let key = match range {
-        Some((start, _, step)) if cache.enabled() && peers.is_none() => {
+        Some((start, _, step)) if cache.enabled() => {
             prom_cache::Key::of(&tenant, q, start, step, opts.lookback_ms, opts.default_subquery_step_ms)
         }
         _ => None,
     };
+    let sources = match &key {
+        Some(key) => source_marks(&cache, key, peers.as_ref(), &trees, &store, &tenant).await,
+        None => None,
+    };
+    let answered_whole = peers.clone();
     let mut out = tokio::task::spawn_blocking(move || {
         let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples, peers: call, trees };
-        match (range, key) {
-            (Some((start, end, step)), Some(key)) => {
-                // The mark comes first: whatever is appended from here on voids the steps it reaches.
-                let mark = store.change_mark();
-                let result = match cache.lookup(&key, start, end, |m| store.changed_since(&tenant, m)) {
+        match (range, key, sources) {
+            (Some((start, end, step)), Some(key), Some((marks, changed))) => {
+                let result = match cache.lookup(&key, start, end, |_| changed) {
                     Some(reuse) if reuse.upto + step > end => {
                         prom_cache::merge(&reuse, start, QueryResult::empty_matrix())
                     }
@@ -393,11 +435,14 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
                     }
                     None => promql::eval_range(&opts, &src, &expr, start, end, step)?,
                 };
-                cache.insert(key, start, end, mark, &result);
+                // An answer without some ingest node's rows is not kept.
+                if answered_whole.is_none_or(|p| p.warnings().is_empty()) {
+                    cache.insert(key, start, end, marks, &result);
+                }
                 Ok(result)
             }
-            (Some((start, end, step)), None) => promql::eval_range(&opts, &src, &expr, start, end, step),
-            (None, _) => promql::eval_instant(&opts, &src, &expr, time),
+            (Some((start, end, step)), _, _) => promql::eval_range(&opts, &src, &expr, start, end, step),
+            (None, _, _) => promql::eval_instant(&opts, &src, &expr, time),
         }
     })
     .await

@@ -6,8 +6,13 @@
 //! window starts inside a cached one takes those steps from the cache and evaluates only the rest.
 //!
 //! Bounded by `query.results_cache_max_bytes` (least recently used entries go first; 0 turns it off),
-//! emptied under memory pressure. Query nodes do not use it: their ingest node's head changes without
-//! their store knowing.
+//! emptied under memory pressure.
+//!
+//! On a query node an answer is, per tree, exactly its ingest node's state (the bucket's parts plus what
+//! the node adds), so an entry keeps each node's own mark, asked for before the evaluation
+//! (`peers::ChangesRequest`), and the node says what it appended since; a retired tree (nobody to ask)
+//! keeps the query node's local mark of that tree's store. An answer with a peer warning (a node that did
+//! not answer) is not kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +27,10 @@ use crate::promql::{Labels, QueryResult, Value};
 
 /// A matrix: labels and `(ms, value)` points, sorted by labels.
 type Matrix = Vec<(Labels, Vec<(i64, f64)>)>;
+
+/// What a result was computed from: one change mark per source (the local store, or each ingest node and
+/// retired tree of a query node), by name.
+pub type Marks = Vec<(String, ChangeMark)>;
 
 /// What a result was computed from: the query and everything that changes its steps' values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,7 +66,7 @@ impl Key {
 struct Entry {
     start: i64,
     end: i64,
-    mark: ChangeMark,
+    marks: Marks,
     matrix: Arc<Matrix>,
     warnings: Vec<String>,
     infos: Vec<String>,
@@ -127,9 +136,14 @@ impl ResultsCache {
         self.metrics.bytes.set(0);
     }
 
+    /// The marks the entry of `key` was computed at, if there is one.
+    pub fn marks_of(&self, key: &Key) -> Option<Marks> {
+        self.inner.lock().map.get(key).map(|e| e.marks.clone())
+    }
+
     /// The cached steps a window `[start, end]` may reuse: those from `start` that are still exact, given
-    /// what `changed_since` (the store's) says was appended since each entry was computed.
-    pub fn lookup(&self, key: &Key, start: i64, end: i64, changed_since: impl Fn(ChangeMark) -> i64) -> Option<Reuse> {
+    /// what `changed_since` (the sources') says was appended since each entry was computed.
+    pub fn lookup(&self, key: &Key, start: i64, end: i64, changed_since: impl Fn(&Marks) -> i64) -> Option<Reuse> {
         let mut inner = self.inner.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -137,7 +151,7 @@ impl ResultsCache {
             if e.start > start {
                 return None;
             }
-            let changed = changed_since(e.mark);
+            let changed = changed_since(&e.marks);
             if changed == i64::MIN {
                 return None;
             }
@@ -157,9 +171,9 @@ impl ResultsCache {
         found
     }
 
-    /// Keeps the result of the window `[start, end]`, computed from what the store held at `mark` (taken
+    /// Keeps the result of the window `[start, end]`, computed from what the sources held at `marks` (taken
     /// before the lookup and the evaluation).
-    pub fn insert(&self, key: Key, start: i64, end: i64, mark: ChangeMark, result: &QueryResult) {
+    pub fn insert(&self, key: Key, start: i64, end: i64, marks: Marks, result: &QueryResult) {
         let Value::Matrix(m) = &result.value else { return };
         let bytes = size_of(m);
         if bytes > self.max_bytes / 4 {
@@ -170,7 +184,7 @@ impl ResultsCache {
         let entry = Entry {
             start,
             end,
-            mark,
+            marks,
             matrix: Arc::new(m.clone()),
             warnings: result.warnings.clone(),
             infos: result.infos.clone(),
@@ -272,8 +286,10 @@ mod tests {
         let store =
             store::MetricStore::open(store_options(dir.path()), &mut prometheus_client::registry::Registry::default())
                 .unwrap();
-        let mark = store.change_mark();
-        cache.insert(key.clone(), 0, 100, mark, &result(&[(0, 1.0), (10, 2.0), (50, 3.0), (100, 4.0)]));
+        let marks = vec![(String::new(), store.change_mark())];
+        assert!(cache.marks_of(&key).is_none());
+        cache.insert(key.clone(), 0, 100, marks.clone(), &result(&[(0, 1.0), (10, 2.0), (50, 3.0), (100, 4.0)]));
+        assert_eq!(cache.marks_of(&key), Some(marks), "the marks the entry was computed at");
         // Nothing appended since: everything from the window's start is reused.
         let r = cache.lookup(&key, 10, 120, |_| i64::MAX).unwrap();
         assert_eq!(r.upto, 100);
@@ -303,10 +319,10 @@ mod tests {
                 .unwrap();
         let keys: Vec<Key> = (0..5).map(|i| Key::of(&tenant(), &format!("q{i}"), 0, 10, 1, 1).unwrap()).collect();
         for k in &keys[..4] {
-            cache.insert(k.clone(), 0, 1000, store.change_mark(), &result(&pts));
+            cache.insert(k.clone(), 0, 1000, vec![(String::new(), store.change_mark())], &result(&pts));
         }
         assert!(cache.lookup(&keys[0], 0, 1000, |_| i64::MAX).is_some(), "q0 used again");
-        cache.insert(keys[4].clone(), 0, 1000, store.change_mark(), &result(&pts));
+        cache.insert(keys[4].clone(), 0, 1000, vec![(String::new(), store.change_mark())], &result(&pts));
         assert!(cache.bytes() <= one * 4 + one / 2);
         assert!(cache.lookup(&keys[1], 0, 1000, |_| i64::MAX).is_none(), "q1, the least recently used, went");
         assert!(cache.lookup(&keys[0], 0, 1000, |_| i64::MAX).is_some());

@@ -14,8 +14,10 @@ use crate::model::Tenant;
 /// Appends remembered; a mark older than the oldest one kept is treated as "everything changed".
 const KEPT: usize = 16_384;
 
-/// A point in the store's history of changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A point in the store's history of changes. Marks of another run of the store never match (the first
+/// epoch is drawn from the clock at open), so a query node may keep an ingest node's mark across that
+/// node's restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChangeMark {
     epoch: u64,
     seq: u64,
@@ -30,6 +32,11 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
+    /// A history whose marks differ from those of every earlier run.
+    pub(crate) fn starting_now() -> Changes {
+        Changes { epoch: crate::time::now_ns() as u64, ..Changes::default() }
+    }
+
     pub(crate) fn mark(&self) -> ChangeMark {
         ChangeMark { epoch: self.epoch, seq: self.seq }
     }

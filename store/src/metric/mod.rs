@@ -486,7 +486,7 @@ impl MetricStore {
                 metadata: RwLock::default(),
                 remote: std::sync::OnceLock::new(),
                 read_only: crate::error::ReadOnly::default(),
-                changes: Arc::default(),
+                changes: Arc::new(Mutex::new(changes::Changes::starting_now())),
                 decoded: decoded::DecodedRuns::new(decoded_bytes),
                 _lock: lock,
             }),
