@@ -361,10 +361,11 @@ impl StoreSource<'_> {
 
 // ----- handlers -----
 
-/// The change marks a result evaluated now is computed from, taken before the evaluation, and the
-/// earliest sample time appended since the marks of `key`'s cached entry (`i64::MIN`: unknown, or no
-/// entry). One mark for a node with its data at hand; on a query node, each ingest node's own (asked for)
-/// and each retired tree's local one. None: not cacheable now (an ingest node did not answer).
+/// The change marks a result evaluated now is computed from, taken before the evaluation; the marks of
+/// `key`'s cached entry (empty for none) and the earliest sample time appended since them (`i64::MIN`:
+/// unknown, or no entry). One mark for a node with its data at hand; on a query node, each ingest node's
+/// own (asked for) and each retired tree's local one. None: not cacheable now (an ingest node did not
+/// answer).
 async fn source_marks(
     cache: &prom_cache::ResultsCache,
     key: &prom_cache::Key,
@@ -372,7 +373,7 @@ async fn source_marks(
     trees: &crate::peers::TreeSet,
     store: &store::MetricStore,
     tenant: &store::model::Tenant,
-) -> Option<(prom_cache::Marks, i64)> {
+) -> Option<(prom_cache::Marks, prom_cache::Marks, i64)> {
     let old = cache.marks_of(key);
     let old_of = |name: &str| old.as_ref()?.iter().find(|(n, _)| n == name).map(|(_, m)| *m);
     let local = |name: String, s: &store::MetricStore| {
@@ -397,7 +398,7 @@ async fn source_marks(
     let same_sources =
         old.as_ref().is_some_and(|o| o.len() == found.len() && o.iter().zip(&found).all(|((a, _), (b, _, _))| a == b));
     let changed = if same_sources { found.iter().map(|(_, _, c)| *c).min().unwrap_or(i64::MAX) } else { i64::MIN };
-    Some((found.into_iter().map(|(n, m, _)| (n, m)).collect(), changed))
+    Some((found.into_iter().map(|(n, m, _)| (n, m)).collect(), old.unwrap_or_default(), changed))
 }
 
 async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64) -> Result<QueryResult, Response> {
@@ -424,8 +425,8 @@ async fn run(r: &PromRequest, q: &str, range: Option<(i64, i64, i64)>, time: i64
     let mut out = tokio::task::spawn_blocking(move || {
         let src = StoreSource { store: &store, tenant: &tenant, max_samples: opts.max_samples, peers: call, trees };
         match (range, key, sources) {
-            (Some((start, end, step)), Some(key), Some((marks, changed))) => {
-                let result = match cache.lookup(&key, start, end, |_| changed) {
+            (Some((start, end, step)), Some(key), Some((marks, since, changed))) => {
+                let result = match cache.lookup_since(&key, start, end, &since, changed) {
                     Some(reuse) if reuse.upto + step > end => {
                         prom_cache::merge(&reuse, start, QueryResult::empty_matrix())
                     }

@@ -171,6 +171,13 @@ impl ResultsCache {
         found
     }
 
+    /// As [`Self::lookup`], for a caller that found out ahead what was appended since the marks `since`
+    /// (`changed`, from [`Self::marks_of`]'s marks): an entry with other marks (another query replaced it
+    /// meanwhile, perhaps with older ones) is not reused.
+    pub fn lookup_since(&self, key: &Key, start: i64, end: i64, since: &Marks, changed: i64) -> Option<Reuse> {
+        self.lookup(key, start, end, |m| if m == since { changed } else { i64::MIN })
+    }
+
     /// Keeps the result of the window `[start, end]`, computed from what the sources held at `marks` (taken
     /// before the lookup and the evaluation).
     pub fn insert(&self, key: Key, start: i64, end: i64, marks: Marks, result: &QueryResult) {
@@ -300,6 +307,12 @@ mod tests {
         assert!(cache.lookup(&key, 10, 120, |_| 5).is_none(), "nothing before the window's start is left");
         assert!(cache.lookup(&key, 10, 120, |_| i64::MIN).is_none(), "a delete or a refresh voids it");
         assert!(cache.lookup(&key, -10, 120, |_| i64::MAX).is_none(), "a window that starts earlier");
+        // What was appended since marks found ahead holds only for the entry that has them.
+        let ahead = cache.marks_of(&key).unwrap();
+        assert!(cache.lookup_since(&key, 10, 120, &ahead, i64::MAX).is_some());
+        let older = vec![(String::new(), store.change_mark()), ("node:b".to_string(), store.change_mark())];
+        cache.insert(key.clone(), 0, 100, older, &result(&[(0, 1.0)]));
+        assert!(cache.lookup_since(&key, 10, 120, &ahead, i64::MAX).is_none(), "replaced meanwhile");
         cache.clear();
         assert_eq!(cache.bytes(), 0);
         assert!(cache.lookup(&key, 10, 120, |_| i64::MAX).is_none());
