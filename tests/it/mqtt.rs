@@ -581,6 +581,85 @@ async fn a_shared_subscription_splits_messages_between_two_servers_each_stored_o
     }
 }
 
+/// Two servers share a subscription; one is killed with `kill -9` while messages are in flight, and
+/// started again. Mosquitto keeps what it had sent the killed member (unacknowledged) and what it queued
+/// for it in that member's session, and delivers them to it when it comes back, not to the other member:
+/// so each node's own delivery marks see every redelivery, and every message is stored once across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_member_killed_mid_stream_loses_nothing_and_doubles_nothing() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[mqtt]\ntopics = [\"load/{{device}}\"]\n\n[mqtt.broker]\nurl = \"{}\"\nprotocol = \"5\"\n\
+                 client_id = \"lumen-{name}\"\nshared_group = \"lumen\"\n",
+                broker.url()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (a_conf, b_conf) = (config("a"), config("b"));
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_args = ["--config", a_conf.to_str().unwrap()];
+    let mut a = ServerProcess::spawn(&dir.path().join("a"), a_addr, &a_args);
+    let mut b = ServerProcess::spawn(&dir.path().join("b"), b_addr, &["--config", b_conf.to_str().unwrap()]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    for base in [&a.base, &b.base] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric_sum(base, "lumen_mqtt_broker_connected").await < 1.0 {
+            assert!(Instant::now() < deadline, "lumen did not connect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    const N: usize = 20_000;
+    let publisher = publish_in_background(broker.port, "split", N);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric_sum(&a.base, "lumen_mqtt_messages_total").await < (N / 8) as f64 {
+        assert!(Instant::now() < deadline, "the first member took too little in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b_at_kill = metric_sum(&b.base, "lumen_mqtt_messages_total").await;
+    a.kill9();
+    assert!(!publisher.is_finished(), "the kill came while messages were being published");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a = ServerProcess::spawn(&dir.path().join("a"), a_addr, &a_args);
+    a.wait_ready().await;
+    tokio::time::timeout(Duration::from_secs(90), publisher).await.expect("publisher finished").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let client = crate::harness::client();
+    loop {
+        let (na, nb) = (stored(&a.base).await, stored(&b.base).await);
+        assert!(na + nb <= N as i64, "{na} + {nb} stored, more than the {N} sent");
+        if na + nb == N as i64 {
+            assert!(na > 0 && nb as f64 > b_at_kill, "both members took a share, b after the kill too: {na} and {nb}");
+            eprintln!(
+                "shared subscription: {na} + {nb} stored; the restarted member recognised {} redeliveries",
+                metric_sum(&a.base, "lumen_mqtt_duplicate_messages_total").await
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {na} + {nb} of {N} stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let distinct = |base: String| {
+        let client = client.clone();
+        async move {
+            sql_rows(&client, &base, "default", "SELECT count(DISTINCT message) AS n FROM logs").await[0]["n"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    assert_eq!(distinct(a.base.clone()).await + distinct(b.base.clone()).await, N as i64, "each message once");
+    a.terminate();
+    b.terminate();
+}
+
 /// Runs openssl with these arguments in `dir`.
 fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
