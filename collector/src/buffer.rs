@@ -265,13 +265,13 @@ impl DiskBuffer {
         self.inner.lock().bytes
     }
 
-    /// Batches not yet acknowledged.
     /// Whether frame `seq` was left in the buffer by an earlier run of the agent, which may have sent it
     /// before it stopped.
     pub fn from_earlier_run(&self, seq: u64) -> bool {
         seq < self.inner.lock().first_new_seq
     }
 
+    /// Batches not yet acknowledged.
     pub fn pending(&self) -> usize {
         self.inner.lock().pending.len()
     }
@@ -452,6 +452,9 @@ mod tests {
         assert_eq!(f.positions, vec![pos(1, 30), pos(2, 5)]);
         // New frames continue the sequence.
         assert_eq!(buf.append(Kind::Logs, vec![], b"four").unwrap(), 4);
+        // Frames the earlier run left may have been sent by it; this run's own have not.
+        assert!(buf.from_earlier_run(2) && buf.from_earlier_run(3));
+        assert!(!buf.from_earlier_run(4));
     }
 
     #[test]
