@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -49,9 +50,8 @@ struct OutcomeLabel {
 
 /// The ingest nodes a resent batch is checked against.
 pub struct ResendCheck {
-    urls: Vec<String>,
-    client: reqwest::Client,
-    timeout: Duration,
+    /// The nodes, asked as a query node asks them (their answers bounded as they arrive, the timeout).
+    peers: query::peers::Peers,
     /// This node's name: its own answer is not needed (its store was asked first).
     node: String,
     checks: Family<OutcomeLabel, Counter>,
@@ -82,33 +82,32 @@ impl ResendCheck {
              (stored_elsewhere: not stored again; not_stored: stored here; unknown: refused with 503)",
             checks.clone(),
         );
-        let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-        ResendCheck { urls, client, timeout, node, checks }
+        // The query nodes' request counters (lumen_query_ingest_*) are not these: left unregistered.
+        let peers = query::peers::Peers::new(urls, client, timeout, query::peers::PeerMetrics::default());
+        ResendCheck { peers, node, checks }
     }
 
     /// Asks every node at once for `producer`'s highest stored sequence.
     pub async fn ask(&self, tenant: &Tenant, producer: &str, seq: u64, auth: Option<&HeaderValue>) -> Verdict {
-        let asks = self.urls.iter().map(|url| async move {
-            let mut req = self
-                .client
-                .get(format!("{url}{PRODUCER_PATH}"))
-                .query(&[("producer", producer)])
-                .header(query::http::TENANT_HEADER, tenant.as_str())
-                .timeout(self.timeout);
-            if let Some(a) = auth {
-                req = req.header(axum::http::header::AUTHORIZATION, a.clone());
-            }
-            let resp = req.send().await.map_err(|e| format!("{url}: {}", e))?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| format!("{url}: {}", e))?;
-            if !status.is_success() || body.len() > MAX_ANSWER {
+        let mut headers = HeaderMap::new();
+        if let Ok(t) = HeaderValue::from_str(tenant.as_str()) {
+            headers.insert(query::http::TENANT_HEADER, t);
+        }
+        if let Some(a) = auth {
+            headers.insert(axum::http::header::AUTHORIZATION, a.clone());
+        }
+        let q = form_urlencoded::Serializer::new(String::new()).append_pair("producer", producer).finish();
+        let path = format!("{PRODUCER_PATH}?{q}");
+        let answers = self.peers.broadcast(&axum::http::Method::GET, &path, &headers, Bytes::new(), MAX_ANSWER).await;
+        let answers = answers.into_iter().map(|(url, answer)| {
+            let (status, body) = answer?;
+            if !status.is_success() {
                 let text = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string();
                 return Err(format!("{url}: {status}: {text}"));
             }
             serde_json::from_slice::<ProducerAnswer>(&body)
                 .map_err(|e| format!("{url}: not an ingest node's answer: {e}"))
         });
-        let answers = futures::future::join_all(asks).await;
         let mut unknown = Vec::new();
         let mut verdict = Verdict::NotStored;
         for a in answers {

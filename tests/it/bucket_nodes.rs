@@ -21,6 +21,32 @@ fn spawn_ingest(
     ServerProcess::spawn(data, addr, &["--role", "ingest", "--node-name", node, "--config", config])
 }
 
+/// Two `lumen server --role ingest` processes, "ingest-a" and "ingest-b" at `addrs`, on `prefix` of the
+/// bucket (a 4 s lease ttl, so that a restarted node takes its tree's lease over soon after a kill), with
+/// `store` as their `[store]` and `ingest_urls` as their `query.ingest_urls`; once ready (an ingest node
+/// refuses writes until its first sync made its tree). Their config file and `[storage]` come back too.
+async fn ingest_processes(
+    weed: &SeaweedFs,
+    dir: &std::path::Path,
+    prefix: &str,
+    addrs: (std::net::SocketAddr, std::net::SocketAddr),
+    store: Value,
+    ingest_urls: &[String],
+) -> (std::path::PathBuf, bucket::StorageConfig, ServerProcess, ServerProcess) {
+    let creds = credential_files(dir, KEY_ID, SECRET);
+    let mut storage = storage(&weed.endpoint, &creds);
+    storage.prefix = prefix.into();
+    storage.lease_ttl = Duration::from_secs(4);
+    let config = dir.join("lumen.toml");
+    let file = json!({"storage": storage, "store": store, "query": {"ingest_urls": ingest_urls}});
+    std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
+    let a = spawn_ingest(&config, &dir.join("a"), "ingest-a", addrs.0);
+    let b = spawn_ingest(&config, &dir.join("b"), "ingest-b", addrs.1);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
+    crate::harness::ready_becomes(&b.base, 200, Duration::from_secs(30)).await;
+    (config, storage, a, b)
+}
+
 /// A client of a process, as the shared helpers take it.
 fn remote(base: &str) -> TestServer {
     TestServer { running: None, base: base.to_string(), client: crate::harness::client() }
@@ -67,20 +93,10 @@ async fn data(node: &TestServer, path: &str) -> Value {
 async fn two_ingest_nodes_and_a_query_node_answer_every_acknowledged_line_and_sample_once() {
     let weed = SeaweedFs::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let creds = credential_files(dir.path(), KEY_ID, SECRET);
-    let mut storage = storage(&weed.endpoint, &creds);
-    storage.prefix = "nodes-test".into();
-    // A restarted node takes its own tree's lease over once the killed process' lease ran out.
-    storage.lease_ttl = Duration::from_secs(4);
-    let config = dir.path().join("lumen.toml");
-    let file = json!({"storage": storage, "store": {"compaction_min_parts": 2}});
-    std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
     let (a_addr, b_addr, c_addr) = (free_addr(), free_addr(), free_addr());
-    let mut a = spawn_ingest(&config, &dir.path().join("a"), "ingest-a", a_addr);
-    let mut b = spawn_ingest(&config, &dir.path().join("b"), "ingest-b", b_addr);
-    // Ready once its first sync made its tree: until then an ingest node refuses writes.
-    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
-    crate::harness::ready_becomes(&b.base, 200, Duration::from_secs(30)).await;
+    let (config, storage, mut a, mut b) =
+        ingest_processes(&weed, dir.path(), "nodes-test", (a_addr, b_addr), json!({"compaction_min_parts": 2}), &[])
+            .await;
     let (a_node, b_node) = (remote(&a.base), remote(&b.base));
 
     let mut query_config = test_config(&dir.path().join("query"));
@@ -720,20 +736,11 @@ async fn an_agents_retry_that_lands_on_another_ingest_node_is_not_stored_twice()
     use crate::agent::{AgentProcess, ContainerLog, Fmt, ack_losing_proxy, agent_config};
     let weed = SeaweedFs::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let creds = credential_files(dir.path(), KEY_ID, SECRET);
-    let mut storage = storage(&weed.endpoint, &creds);
-    storage.prefix = "resend-test".into();
-    storage.lease_ttl = Duration::from_secs(4);
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let urls = vec![format!("http://{a_addr}"), format!("http://{b_addr}")];
-    let config = dir.path().join("lumen.toml");
     // Each ingest node knows both (its own answer is passed over).
-    let file = json!({"storage": storage, "query": {"ingest_urls": urls}});
-    std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
-    let mut a = spawn_ingest(&config, &dir.path().join("a"), "ingest-a", a_addr);
-    let mut b = spawn_ingest(&config, &dir.path().join("b"), "ingest-b", b_addr);
-    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
-    crate::harness::ready_becomes(&b.base, 200, Duration::from_secs(30)).await;
+    let (config, _, mut a, mut b) =
+        ingest_processes(&weed, dir.path(), "resend-test", (a_addr, b_addr), json!({}), &urls).await;
 
     // A load balancer that sends each push to the next node and loses every other answer: the agent's
     // retry of a batch one node stored goes to the other.
