@@ -365,3 +365,25 @@ async fn producer_headers_are_checked_and_a_resent_batch_is_stored_once() {
     assert_eq!(v["stored"], 0, "another tenant's producer of the same name: {v}");
     assert_eq!(ask("default", "").await.0, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_nodes_change_question_refuses_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let s = &server;
+    let path = "/internal/v1/changes/metrics";
+    let (status, text) = post(s, path, "default", &[JSON], b"{not json".to_vec()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid changes request"), "{text}");
+    // Asked for another node than this one: 409, which a query node passes over.
+    let (status, text) = post(s, path, "default", &[JSON], br#"{"node":"elsewhere","since":null}"#.to_vec()).await;
+    assert_eq!(status, 409, "{text}");
+    // This server (the prefix's own writer, node ""): its mark, and "unknown" without one to compare.
+    let (status, text) = post(s, path, "default", &[JSON], br#"{"node":"","since":null}"#.to_vec()).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["changed_since"], i64::MIN, "{v}");
+    let since = serde_json::to_vec(&json!({"node": "", "since": v["mark"]})).unwrap();
+    let v: Value = serde_json::from_str(&post(s, path, "default", &[JSON], since).await.1).unwrap();
+    assert_eq!(v["changed_since"], i64::MAX, "nothing appended since: {v}");
+}
