@@ -167,7 +167,9 @@ pub struct ServerConfig {
     /// "ingest" (one of several ingest nodes on one bucket: it does what "all" does for the writes it
     /// takes, into its own tree `prefix/nodes/<node_name>/`, and evaluates no rules) or "query" (a query
     /// node: follows the bucket of `[storage]`, the prefix's own commits and every ingest node's tree,
-    /// answers queries from them, takes no writes). "compactor" is not built yet. (--role)
+    /// answers queries from them, takes no writes) or "compactor" (tends the bucket's retired trees, those
+    /// of ingest nodes that stopped for good: retention, merges, old commits; one at a time, by the lease
+    /// `compactor`; a second waits). (--role)
     pub role: Role,
     /// An ingest node's name: it names the node's tree in the bucket, so it must be stable across
     /// restarts and different from every other ingest node's ("" (default): the host name, which a
@@ -189,7 +191,7 @@ pub enum Role {
     Ingest,
     /// Follows the bucket the "all" and "ingest" nodes write and answers queries from it; takes no writes.
     Query,
-    /// A compactor on a shared bucket (not built yet).
+    /// Tends the retired trees of a shared bucket (retention, merges), holding the lease `compactor`.
     Compactor,
 }
 
@@ -375,10 +377,19 @@ impl Config {
                     anyhow::anyhow!("server.node_name: {e}; set server.node_name (or --node-name) to a stable name")
                 })?;
             }
-            Role::Compactor => bail!(
-                "server.role = \"compactor\" is not built yet: each ingest node (role \"ingest\") compacts its own \
-                 tree, and a server with role \"all\" its prefix"
+            Role::Compactor if self.storage.backend != bucket::Backend::S3 => bail!(
+                "server.role = \"compactor\" tends the retired trees of a shared bucket: set [storage] backend = \"s3\" \
+                 and the bucket the ingest nodes write"
             ),
+            Role::Compactor if self.storage.retired_trees_interval.is_zero() => bail!(
+                "server.role = \"compactor\" does its work every storage.retired_trees_interval, which is \"0s\" \
+                 (never): set it, e.g. \"1h\""
+            ),
+            Role::Compactor => {
+                bucket::check_node_name(&self.server_node_name()).map_err(|e| {
+                    anyhow::anyhow!("server.node_name: {e}; set server.node_name (or --node-name) to a stable name")
+                })?;
+            }
         }
         for url in &self.query.ingest_urls {
             let host = url

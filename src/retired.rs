@@ -1,44 +1,53 @@
-//! Retention for retired trees (issue 22): an ingest node that stopped for good (scaled down, renamed)
-//! leaves its tree in the bucket, `prefix/nodes/<name>/`, with its writer lease released at its graceful
-//! stop. Nobody writes that tree any more, so nobody would age it out: its days would outlive
-//! `server.retention` for ever. Every `storage.retired_trees_interval`, each ingest node looks at the
-//! other trees and tends those whose lease was released (or is held by another node's retention round
+//! Retired trees (issue 22): an ingest node that stopped for good (scaled down, renamed) leaves its tree
+//! in the bucket, `prefix/nodes/<name>/`, with its writer lease released at its graceful stop (after a
+//! final sync that succeeded). Nobody writes that tree any more, so nobody would age it out or compact
+//! it: its days would outlive `server.retention` for ever, its last small parts never merge. Every
+//! `storage.retired_trees_interval` one process tends those trees, by a lease `leases/compactor.json`
+//! under the prefix: a compactor (`server.role = "compactor"`), which keeps that lease, or else, round by
+//! round, one of the ingest nodes. For a tree whose writer lease was released (or is held by a round
 //! whose process died: once the record stayed the same for its ttl):
 //!
 //! - it takes the tree's writer lease, the same conditional write a returning node would race it for, so
 //!   that one process at a time acts on a tree;
-//! - when the newest commit names a day older than the shortest retention period, it restores that commit
-//!   into a work directory (`<data_dir>/bucket-sync/retired/<name>`; the manifests and catalogs only, the
-//!   parts stay in the bucket), opens a pair of stores on it, applies the retention as the node itself
-//!   would have (`apply_retention`: whole days past `server.retention` or a tenant's
-//!   `[[retention.rule]]`; not the rules with a selector, which rewrite parts: a rewritten part gets a new
-//!   id, which the node, if it came back, could also give a part of its own), and syncs the result as the
-//!   tree's next commit, named for the tree's writer;
+//! - when the newest commit names a day older than the shortest retention period, or a day with several
+//!   parts, it restores that commit into a work directory (`<data_dir>/bucket-sync/retired/<name>`; the
+//!   manifests and catalogs only, the parts stay in the bucket and a merge fetches its inputs), opens a
+//!   pair of stores on it, applies the retention as the node itself would have (`apply_retention`: whole
+//!   days past `server.retention` or a tenant's `[[retention.rule]]`; not the rules with a selector),
+//!   compacts (`compact`: a finished day's parts become one), and syncs the result as the tree's next
+//!   commit, named for the tree's writer and marked `tended_by` this round's lease holder, renewing the
+//!   tree's lease meanwhile;
 //! - when the newest commit is older than [`settle`] (no query node can still be reading an older one),
-//!   it deletes the older commits and the objects only they named: the expired parts leave the bucket;
+//!   it deletes the older commits and the objects only they named: expired and merged-away parts leave
+//!   the bucket;
 //! - it releases the lease again, so that query nodes keep treating the tree as retired and a node of
 //!   that name that comes back takes it at once.
 //!
-//! A tree whose node holds its lease, or stopped without releasing it (a crash: its disk may hold
-//! acknowledged data not yet synced, which only that node can add), is left to that node.
+//! A tree whose node holds its lease, or stopped without releasing it (a crash, or a final sync that
+//! failed: its disk may hold acknowledged data not yet synced, which only that node can add), is left
+//! to that node.
 //!
 //! The prefix's own tree, the commits of a server with role "all" from before a move to ingest nodes,
 //! is tended the same way once that server released its lease.
 //!
-//! A node that comes back with its old data directory finds the newest commit named for it, takes its
-//! lease, and its own retention drops the same days; until it has, a sync of a part the bucket no longer
-//! holds stops with a message (nothing is committed without it) and is retried at the next interval.
+//! A node that comes back with its old data directory finds a tended newest commit and adopts it before
+//! its stores open (`bucket::adopt`): its directory held nothing the tree's commits do not, and its part
+//! numbering continues after the parts the round wrote.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bucket::lease::{Lease, Observed, WriterLease};
+use bucket::lease::{Lease, LeaseError, Observed, WriterLease};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use store::{LogStore, MetricStore, StoreOptions};
 
 /// The label (work directory, logs) of the prefix's own tree.
 const PREFIX_TREE: &str = ".prefix";
+
+/// The lease, under the prefix, of the one process that tends the retired trees.
+pub const COMPACTOR_LEASE: &str = "compactor";
 
 /// What a round found of a tree's newest commit before taking its lease.
 struct Judged {
@@ -48,6 +57,8 @@ struct Judged {
     expired: bool,
     /// It is older than [`settle`], and older commits exist.
     settled: bool,
+    /// It names a day with several parts of one signal and tenant.
+    compactable: bool,
 }
 
 /// What one round did.
@@ -57,6 +68,8 @@ pub struct Report {
     pub tended: usize,
     /// Parts the retention deleted.
     pub parts_expired: usize,
+    /// Parts merged into others.
+    pub parts_compacted: usize,
     /// Commits written.
     pub commits: usize,
     /// Objects deleted from the bucket.
@@ -69,8 +82,11 @@ pub struct RetiredMetrics {
     rounds: Counter,
     tended: Counter,
     parts_expired: Counter,
+    parts_compacted: Counter,
     objects_deleted: Counter,
     failures: Counter,
+    lease_held: Gauge,
+    lease_waits: Counter,
 }
 
 impl RetiredMetrics {
@@ -80,6 +96,17 @@ impl RetiredMetrics {
         r.register("rounds", "rounds over the other nodes' trees (storage.retired_trees_interval)", m.rounds.clone());
         r.register("tended", "retired trees whose writer lease a round took", m.tended.clone());
         r.register("parts_expired", "parts of retired trees the retention deleted", m.parts_expired.clone());
+        r.register("parts_compacted", "parts of retired trees merged into others", m.parts_compacted.clone());
+        r.register(
+            "lease_held",
+            "1 while this process holds the lease `compactor` (it tends the retired trees)",
+            m.lease_held.clone(),
+        );
+        r.register(
+            "lease_waits",
+            "rounds that did not run because another process holds the lease `compactor`",
+            m.lease_waits.clone(),
+        );
         r.register(
             "objects_deleted",
             "objects of retired trees deleted from the bucket (older commits and what only they named)",
@@ -98,12 +125,13 @@ impl Report {
     fn add(&mut self, r: &Report) {
         self.tended += r.tended;
         self.parts_expired += r.parts_expired;
+        self.parts_compacted += r.parts_compacted;
         self.commits += r.commits;
         self.objects_deleted += r.objects_deleted;
     }
 }
 
-/// The retired trees' retention of one ingest node.
+/// The retired trees' retention and compaction, as one ingest node or a compactor runs them.
 pub struct RetiredTrees {
     /// The prefix's bucket: the trees are under it.
     bucket: bucket::Bucket,
@@ -122,6 +150,14 @@ pub struct RetiredTrees {
     /// stayed the same for its ttl as this process saw it (a retention round of a process that died
     /// holding it).
     waiting: std::collections::HashMap<String, Lease>,
+    /// The lease [`COMPACTOR_LEASE`]; out of `self` while a round runs.
+    compactor: Option<Lease>,
+    /// Keep the lease between rounds (a compactor), rather than releasing it after each (an ingest node).
+    keep_lease: bool,
+    /// The holder last told about waiting for the lease.
+    told_holder: Option<String>,
+    /// Per tree, the newest commit found to hold nothing to merge: not restored again for that.
+    merged: std::collections::HashMap<String, u64>,
     metrics: RetiredMetrics,
 }
 
@@ -146,11 +182,9 @@ impl RetiredTrees {
         // A round killed half-way leaves its work directory: nothing in it is needed.
         let _ = std::fs::remove_dir_all(&work);
         RetiredTrees {
-            bucket,
             node: node.to_string(),
             work,
-            // Whole days only: a `[[retention.rule]]` with a selector rewrites parts, and a rewritten part
-            // takes a new id that the tree's node, if it came back, could give a part of its own too.
+            // Whole days only: the `[[retention.rule]]`s with a selector are not applied to retired trees.
             options: StoreOptions {
                 disk: None,
                 retention_rules: options.retention_rules.iter().filter(|r| r.matchers.is_empty()).cloned().collect(),
@@ -160,21 +194,99 @@ impl RetiredTrees {
             settle,
             told: Default::default(),
             waiting: Default::default(),
+            compactor: Some(Lease::new(bucket.clone(), COMPACTOR_LEASE, node, storage.lease_ttl())),
+            bucket,
+            keep_lease: false,
+            told_holder: None,
+            merged: Default::default(),
             metrics,
         }
     }
 
-    /// One round over the trees of the bucket.
+    /// Keeps the lease [`COMPACTOR_LEASE`] between rounds (a compactor: call [`Self::keep_lease_fresh`]
+    /// every third of `storage.lease_ttl`).
+    pub fn keeping_the_lease(mut self) -> Self {
+        self.keep_lease = true;
+        self
+    }
+
+    /// One round over the trees of the bucket, if this process holds (or takes) the lease
+    /// [`COMPACTOR_LEASE`]; an ingest node releases it again afterwards.
     ///
     /// # Errors
-    /// The listing failed. A tree that fails is logged and tried again at the next round.
+    /// The listing failed, or the lease could not be read. A tree that fails is logged and tried again
+    /// at the next round.
     pub async fn run_once(&mut self) -> Result<Report, String> {
         self.metrics.rounds.inc();
-        let result = self.round().await;
+        if !self.keep_lease_fresh().await? {
+            return Ok(Report::default());
+        }
+        let mut lease = self.compactor.take().expect("the lease is back after each round");
+        let (result, held) = renewing(&mut lease, self.round()).await;
+        if !held {
+            self.lease_lost();
+        } else if !self.keep_lease {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "storage: cannot release the lease `compactor`; it runs out after storage.lease_ttl");
+            }
+            self.metrics.lease_held.set(0);
+        }
+        self.compactor = Some(lease);
         if result.is_err() {
             self.metrics.failures.inc();
         }
         result
+    }
+
+    /// Renews the lease [`COMPACTOR_LEASE`], or takes it when free. Ok(false): another process holds it
+    /// (told once per holder).
+    ///
+    /// # Errors
+    /// The store could not be read or written.
+    pub async fn keep_lease_fresh(&mut self) -> Result<bool, String> {
+        let lease = self.compactor.as_mut().expect("not during a round");
+        if lease.is_held() {
+            match lease.renew().await {
+                Ok(()) => return Ok(true),
+                Err(LeaseError::Lost { .. }) => self.lease_lost(),
+                Err(LeaseError::Store(e)) => return Err(e),
+            }
+        }
+        let lease = self.compactor.as_mut().expect("not during a round");
+        match lease.acquire().await.map_err(|e| e.to_string())? {
+            Observed::Held => {
+                self.metrics.lease_held.set(1);
+                self.told_holder = None;
+                tracing::info!(holder = %lease.holder(), "storage: took the lease `compactor`: this process tends the retired trees");
+                Ok(true)
+            }
+            Observed::HeldBy { holder, .. } => {
+                self.metrics.lease_waits.inc();
+                if self.told_holder.as_deref() != Some(holder.as_str()) {
+                    tracing::info!(%holder, "storage: another process holds the lease `compactor` and tends the retired trees; this one waits");
+                    self.told_holder = Some(holder);
+                }
+                Ok(false)
+            }
+            Observed::Free => Ok(false),
+        }
+    }
+
+    /// Lets the lease [`COMPACTOR_LEASE`] go (a compactor's graceful stop).
+    pub async fn release_lease(&mut self) {
+        if let Some(lease) = self.compactor.as_mut()
+            && let Err(e) = lease.release().await
+        {
+            tracing::warn!(error = %e, "storage: cannot release the lease `compactor`; a successor takes it after storage.lease_ttl");
+        }
+        self.metrics.lease_held.set(0);
+    }
+
+    fn lease_lost(&mut self) {
+        self.metrics.lease_held.set(0);
+        tracing::warn!(
+            "storage: the lease `compactor` was taken over (or ran out); this process stops tending the retired trees until it takes it again"
+        );
     }
 
     async fn round(&mut self) -> Result<Report, String> {
@@ -212,12 +324,13 @@ impl RetiredTrees {
                     // Counted per tree, as each is done.
                     self.metrics.tended.inc_by(r.tended as u64);
                     self.metrics.parts_expired.inc_by(r.parts_expired as u64);
+                    self.metrics.parts_compacted.inc_by(r.parts_compacted as u64);
                     self.metrics.objects_deleted.inc_by(r.objects_deleted as u64);
                     report.add(&r);
                 }
                 Err(e) => {
                     self.metrics.failures.inc();
-                    tracing::warn!(node = %name, error = %e, "storage: the retention of a retired tree failed; retried at the next round")
+                    tracing::warn!(node = %name, error = %e, "storage: tending a retired tree failed; retried at the next round")
                 }
             }
         }
@@ -246,7 +359,8 @@ impl RetiredTrees {
             .map_or(0, |d| d.as_millis() as i64)
             .saturating_sub(commit.time_unix_ms);
         let settled = age_ms > self.settle.as_millis() as i64 && seqs.len() > 1;
-        if !expired && !settled {
+        let compactable = self.merged.get(name) != Some(&commit.seq) && has_days_to_merge(&commit);
+        if !expired && !settled && !compactable {
             return Ok(Report::default());
         }
         let mut lease = self
@@ -264,13 +378,21 @@ impl RetiredTrees {
         let dir = self.work.join(name);
         // Its commits are named for the tree's writer (the node, or the prefix's server): they hold what that
         // writer's own retention would have done, and the writer, if it comes back, continues from them.
-        let result = self.adopt(&commit.node, tree, lease, &dir, Judged { seq: commit.seq, expired, settled }).await;
+        let judged = Judged { seq: commit.seq, expired, settled, compactable };
+        let result = self.adopt(&commit.node, tree, lease, &dir, judged).await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
+        match &result {
+            // Nothing merged although the commit looked like it: not restored again for that commit.
+            Ok(r) if compactable && r.parts_compacted == 0 => {
+                self.merged.insert(name.to_string(), commit.seq);
+            }
+            _ => {}
+        }
         result
     }
 
-    /// With the tree's lease held: restores, expires, commits (named for `writer`) or trims, and releases
-    /// the lease.
+    /// With the tree's lease held: restores, expires, merges, commits (named for `writer`, tended by this
+    /// round) or trims, and releases the lease.
     async fn adopt(
         &self,
         writer: &str,
@@ -290,6 +412,31 @@ impl RetiredTrees {
                 return other.map(|_| report);
             }
         };
+        // The retention and the merges fetch parts and write new ones: the tree's lease is renewed meanwhile.
+        let holder = lease.holder().to_string();
+        let changes = async {
+            let mut expired = 0;
+            if judged.expired {
+                expired += logs.apply_retention().await.map_err(|e| e.to_string())?;
+                expired += metrics.apply_retention().await.map_err(|e| e.to_string())?;
+            }
+            let mut merged = 0;
+            if judged.compactable {
+                merged += logs.compact().await.map_err(|e| e.to_string())?;
+                merged += metrics.compact().await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>((expired, merged))
+        };
+        let (changes, held) = renewing(&mut lease, changes).await;
+        let (expired, merged) = match changes {
+            Ok(c) if held => c,
+            other => {
+                let _ = lease.release().await;
+                return Err(other.err().unwrap_or_else(|| "the tree's writer lease was lost during the round".into()));
+            }
+        };
+        report.parts_expired += expired;
+        report.parts_compacted += merged;
         let lease = WriterLease::new(lease, bucket::lease::LeaseMetrics::default()).with_base_commit(Some(restored));
         let mut syncer = bucket::sync::Syncer::new(
             tree,
@@ -300,13 +447,10 @@ impl RetiredTrees {
             bucket::sync::SyncMetrics::default(),
         )
         .with_lease(lease)
+        .tending(holder)
         .verified();
         let work = async {
-            if judged.expired {
-                report.parts_expired += logs.apply_retention().await.map_err(|e| e.to_string())?;
-                report.parts_expired += metrics.apply_retention().await.map_err(|e| e.to_string())?;
-            }
-            if report.parts_expired > 0 {
+            if report.parts_expired > 0 || report.parts_compacted > 0 {
                 let synced = syncer.sync_once().await?;
                 report.commits += usize::from(synced.commit.is_some());
                 report.objects_deleted += synced.deleted_objects;
@@ -325,13 +469,14 @@ impl RetiredTrees {
         drop(syncer);
         drop((logs, metrics));
         result?;
-        if report.parts_expired > 0 || report.objects_deleted > 0 {
+        if report.parts_expired > 0 || report.parts_compacted > 0 || report.objects_deleted > 0 {
             tracing::info!(
                 writer = %writer,
                 parts_expired = report.parts_expired,
+                parts_compacted = report.parts_compacted,
                 commits = report.commits,
                 objects_deleted = report.objects_deleted,
-                "storage: applied the retention to a retired node's tree"
+                "storage: tended a retired node's tree (retention, merges, old commits)"
             );
         }
         Ok(report)
@@ -357,6 +502,40 @@ impl RetiredTrees {
     }
 }
 
+/// Awaits `work` while renewing `lease` every third of its ttl. Returns its output and whether the lease
+/// is still held (a renewal that fails for the store is retried at the next third; the lease stays valid
+/// by this process's clock meanwhile).
+async fn renewing<F: std::future::Future>(lease: &mut Lease, work: F) -> (F::Output, bool) {
+    let every = lease.ttl() / 3;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return (out, lease.is_held()),
+            () = tokio::time::sleep(every), if lease.is_held() => match lease.renew().await {
+                Ok(()) => {}
+                Err(LeaseError::Lost { holder }) => {
+                    tracing::warn!(%holder, lease = ?lease, "storage: a lease was taken over during a retired trees' round");
+                }
+                Err(LeaseError::Store(e)) => {
+                    tracing::warn!(error = %e, lease = ?lease, "storage: renewing a lease during a retired trees' round failed; retried");
+                }
+            },
+        }
+    }
+}
+
+/// Whether `commit` names two or more part files in one directory (one signal, tenant and day): parts a
+/// merge would make one.
+fn has_days_to_merge(commit: &bucket::commit::Commit) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    commit
+        .files
+        .iter()
+        .filter(|f| f.path.ends_with(".parquet") && day_of_path(&f.path).is_some())
+        .filter_map(|f| f.path.rsplit_once('/').map(|(dir, _)| dir))
+        .any(|dir| !seen.insert(dir))
+}
+
 /// The day of a part's path (`…/date=YYYY-MM-DD/…`), in days since the epoch.
 fn day_of_path(path: &str) -> Option<i64> {
     path.split('/').find_map(|seg| seg.strip_prefix("date=")).and_then(store::time::parse_day)
@@ -365,6 +544,35 @@ fn day_of_path(path: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_has_days_to_merge_when_one_directory_holds_two_parts() {
+        let commit = |paths: &[&str]| bucket::commit::Commit {
+            version: 1,
+            seq: 1,
+            time_unix_ms: 0,
+            node: "n".into(),
+            files: paths
+                .iter()
+                .map(|p| bucket::commit::CommitFile { path: (*p).into(), key: format!("data/{p}"), bytes: 1 })
+                .collect(),
+            tended_by: None,
+        };
+        let one_each = commit(&[
+            "logs/tenant=t/date=2026-12-01/0000000000000001.parquet",
+            "logs/tenant=t/date=2026-12-02/0000000000000002.parquet",
+            "logs/tenant=u/date=2026-12-01/0000000000000003.parquet",
+            "metrics/tenant=t/date=2026-12-01/0000000000000001.parquet",
+            "logs/tenant=t/date=2026-12-01/0000000000000001.idx",
+            "logs/manifest.json",
+        ]);
+        assert!(!has_days_to_merge(&one_each), "one part per signal, tenant and day");
+        let two = commit(&[
+            "logs/tenant=t/date=2026-12-01/0000000000000001.parquet",
+            "logs/tenant=t/date=2026-12-01/0000000000000004.parquet",
+        ]);
+        assert!(has_days_to_merge(&two));
+    }
 
     #[test]
     fn a_parts_day_is_read_from_its_path() {

@@ -43,6 +43,8 @@ pub struct Running {
     ruler_stop: tokio::sync::watch::Sender<bool>,
     /// The sync into `[storage]`'s bucket, when there is one: once more after the final flush.
     syncer: Option<Arc<tokio::sync::Mutex<bucket::sync::Syncer>>>,
+    /// A compactor's rounds over the retired trees: the lease `compactor` is released at a graceful stop.
+    compactor: Option<Arc<tokio::sync::Mutex<crate::retired::RetiredTrees>>>,
 }
 
 /// Checks, without opening the store or binding a port, everything [`start`] would refuse: the config's
@@ -123,6 +125,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate().context("the values derived from server.memory_limit")?;
     let query_node = config.server.role == crate::config::Role::Query;
     let ingest_node = config.server.role == crate::config::Role::Ingest;
+    // A compactor tends the retired trees of the bucket (`src/retired.rs`) and serves only its probes and
+    // metrics.
+    let compactor_node = config.server.role == crate::config::Role::Compactor;
     // The name of this node's tree of the bucket (an ingest node), empty for the prefix's own writer.
     let tree_name = if ingest_node { config.server_node_name() } else { String::new() };
     if ingest_node {
@@ -133,6 +138,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(
             node = %tree_name,
             "server.role = ingest: takes writes, compacts and syncs them into its own tree of the bucket (nodes/<node>); rules are off"
+        );
+    }
+    if compactor_node {
+        config.server.mqtt_listen = "off".into();
+        config.server.mqtts_listen = "off".into();
+        config.mqtt.broker.url.clear();
+        config.syslog.listen.clear();
+        config.ruler.rule_files.clear();
+        config.ruler.tenant_rule_files.clear();
+        config.ruler.loki_rules_dir = std::path::PathBuf::new();
+        tracing::info!(
+            node = %config.server_node_name(),
+            interval = ?config.storage.retired_trees_interval,
+            "server.role = compactor: tends the bucket's retired trees (retention, merges, old commits) while it holds the lease `compactor`; takes no writes and answers no queries"
         );
     }
     if query_node {
@@ -179,6 +198,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut bucket_verified = false;
     // The commit the data directory was restored from: it holds all of it (the writer lease's check).
     let mut restored_commit = None;
+    // The writer lease when the adoption at start took it (see below).
+    let mut early_lease = None;
+    // Who this server writes as: its node's tree (an ingest node), or the prefix's own tree.
+    let writer_node = if ingest_node { tree_name.clone() } else { crate::config::node_name("") };
     if let Some(b) = &bucket {
         match b.check_conditional_create().await {
             Ok(()) => bucket_verified = true,
@@ -193,13 +216,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot create the data directory {}", s.data_dir.display()))?;
         let warm = Some(config.storage.cache_max_bytes.as_u64()).filter(|&b| b > 0);
         if bucket_verified
+            && !compactor_node
             && let Some(r) = b.restore_if_empty_within(&s.data_dir, warm).await.map_err(anyhow::Error::msg)?
         {
             tracing::info!(commit = r.commit, files = r.files, bytes = r.bytes, left_in_bucket = r.left_in_bucket, bucket = %b.describe(), "data directory restored from the bucket");
             restored_commit = Some(r.commit);
         }
-        if !query_node {
+        if !query_node && !compactor_node {
             b.claim_tree(&s.data_dir).map_err(anyhow::Error::msg)?;
+        }
+        // A writer whose tree another node tended while it was away (a retired tree's retention or
+        // compaction) adopts the newest commit instead of syncing its older data over it
+        // (`bucket::adopt`). It takes its writer lease for that; an ingest node keeps it for its sync
+        // (its tree has no other writer that could hold newer data), a server with role "all" lets it go
+        // unless it adopted, so that its sync's check against a newer commit of another server still runs.
+        if bucket_verified && !query_node && !compactor_node && restored_commit.is_none() {
+            let warm = Some(config.storage.cache_max_bytes.as_u64()).filter(|&b| b > 0);
+            let ttl = config.storage.lease_ttl();
+            if let Some(mut adopted) =
+                b.adopt_tended(&s.data_dir, &writer_node, ttl, warm, ingest_node).await.map_err(anyhow::Error::msg)?
+            {
+                if let Some(r) = &adopted.restored {
+                    restored_commit = Some(r.commit);
+                }
+                if ingest_node || adopted.restored.is_some() {
+                    early_lease = Some(adopted.lease);
+                } else {
+                    adopted.lease.release().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
         }
     }
     let mut registry = Registry::default();
@@ -233,6 +278,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if query_node {
         let reason = "this is a query node (server.role = \"query\"): it answers from the bucket the writer syncs \
                       into; send writes to the writer (server.role = \"all\")";
+        store.set_read_only(reason);
+        metric_store.set_read_only(reason);
+    }
+    if compactor_node {
+        let reason =
+            "this is a compactor (server.role = \"compactor\"): it takes no writes; send them to an ingest node";
         store.set_read_only(reason);
         metric_store.set_read_only(reason);
     }
@@ -279,19 +330,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Whether this server holds the writer lease now (None: no bucket): only the holder answers a query
     // node's delta requests.
     let mut lease_held: Option<prometheus_client::metrics::gauge::Gauge> = None;
-    let syncer = bucket.filter(|_| !query_node).map(|b| {
+    let syncer = bucket.filter(|_| !query_node && !compactor_node).map(|b| {
         tracing::info!(bucket = %b.describe(), interval = ?config.storage.sync_interval, "flushed data is synced into the bucket ([storage])");
-        let node = if ingest_node { tree_name.clone() } else { crate::config::node_name("") };
+        let node = writer_node.clone();
         // Only the holder of the lease `writer` syncs: a second server on this bucket and prefix waits.
-        let lease = bucket::lease::Lease::new(
-            b.clone(),
-            bucket::lease::WriterLease::NAME,
-            &node,
-            config.storage.lease_ttl(),
-        );
+        let lease = early_lease.take().unwrap_or_else(|| {
+            bucket::lease::Lease::new(b.clone(), bucket::lease::WriterLease::NAME, &node, config.storage.lease_ttl())
+        });
         let lease_metrics = bucket::lease::LeaseMetrics::register(&mut registry);
         lease_held = Some(lease_metrics.held.clone());
-        let lease = bucket::lease::WriterLease::new(lease, lease_metrics).with_base_commit(restored_commit);
+        // The commit the directory holds: restored from, or recorded after its last commit.
+        let base = restored_commit.or_else(|| bucket::adopt::recorded_commit(&s.data_dir));
+        let lease = bucket::lease::WriterLease::new(lease, lease_metrics).with_base_commit(base);
         let syncer = bucket::sync::Syncer::new(
             b,
             store.clone(),
@@ -307,8 +357,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         Arc::new(tokio::sync::Mutex::new(if bucket_verified { syncer.verified() } else { syncer }))
     });
-    let retired_metrics = (ingest_node && prefix_bucket.is_some() && !config.storage.retired_trees_interval.is_zero())
-        .then(|| crate::retired::RetiredMetrics::register(&mut registry));
+    let retired_metrics = ((ingest_node || compactor_node)
+        && prefix_bucket.is_some()
+        && !config.storage.retired_trees_interval.is_zero())
+    .then(|| crate::retired::RetiredMetrics::register(&mut registry));
     let ingest = IngestMetrics::register(&mut registry);
     let memory = crate::memory::Pressure::new(budget, crate::memory::MemoryMetrics::register(&mut registry));
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
@@ -522,6 +574,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         header_timeout: s.http_header_timeout,
         idle_timeout: None,
     };
+    let router = if compactor_node { router.layer(axum::middleware::from_fn(compactor_routes)) } else { router };
     let http = tokio::spawn(crate::listen::serve_http(listener, router, limits, tls.clone(), shutdown.clone()));
     let grpc_limits = crate::listen::ConnLimits { idle_timeout: Some(s.grpc_idle_timeout), ..limits };
     let otlp_grpc = tokio::spawn(
@@ -540,7 +593,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tokio::spawn(crate::auth::watch(auth.clone(), config.clone(), shutdown.clone()));
     // A query node's stores hold the writer's parts: no flush, compaction, retention or budget here (the
     // cache bound keeps its disk in check).
-    let (engine, metric_engine) = if query_node {
+    let (engine, metric_engine) = if query_node || compactor_node {
         let idle = |stop: CancellationToken| {
             tokio::spawn(async move {
                 stop.cancelled_owned().await;
@@ -613,20 +666,53 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         });
     }
-    // An ingest node ages out the trees of ingest nodes that stopped for good (`src/retired.rs`).
+    // The retention and merges of the trees of ingest nodes that stopped for good (`src/retired.rs`): a
+    // compactor keeps the lease `compactor` and tends them; without one, ingest nodes take it round by round.
+    let mut compactor = None;
     if let (Some(prefix), Some(metrics)) = (prefix_bucket, retired_metrics) {
         let settle = crate::retired::settle(&config.storage, config.query.timeout);
+        let name = if compactor_node { config.server_node_name() } else { tree_name.clone() };
         let retired =
-            crate::retired::RetiredTrees::new(prefix, &tree_name, &store_options, &config.storage, settle, metrics);
-        let retired = Arc::new(tokio::sync::Mutex::new(retired));
-        every(config.storage.retired_trees_interval, shutdown.clone(), move || {
-            let retired = retired.clone();
-            async move {
-                if let Err(e) = retired.lock().await.run_once().await {
-                    tracing::warn!(error = %e, "storage: looking for retired ingest nodes' trees failed; retried at the next interval");
+            crate::retired::RetiredTrees::new(prefix, &name, &store_options, &config.storage, settle, metrics);
+        if compactor_node {
+            let retired = Arc::new(tokio::sync::Mutex::new(retired.keeping_the_lease()));
+            compactor = Some(retired.clone());
+            let interval = config.storage.retired_trees_interval;
+            let tick = interval.min(config.storage.lease_ttl() / 3);
+            // A round at start, then every interval; the lease renewed every tick between rounds.
+            let last = Arc::new(parking_lot::Mutex::new(None::<std::time::Instant>));
+            let run = move || {
+                let (retired, last) = (retired.clone(), last.clone());
+                async move {
+                    let due = last.lock().is_none_or(|t: std::time::Instant| t.elapsed() >= interval);
+                    let mut retired = retired.lock().await;
+                    let result = if due {
+                        retired.run_once().await.map(|r| (true, r.tended))
+                    } else {
+                        retired.keep_lease_fresh().await.map(|_| (false, 0))
+                    };
+                    match result {
+                        Ok((true, _)) => *last.lock() = Some(std::time::Instant::now()),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "storage: the compactor's round over the retired trees failed; retried")
+                        }
+                    }
                 }
-            }
-        });
+            };
+            tokio::spawn(run());
+            every(tick, shutdown.clone(), run);
+        } else {
+            let retired = Arc::new(tokio::sync::Mutex::new(retired));
+            every(config.storage.retired_trees_interval, shutdown.clone(), move || {
+                let retired = retired.clone();
+                async move {
+                    if let Err(e) = retired.lock().await.run_once().await {
+                        tracing::warn!(error = %e, "storage: looking for retired ingest nodes' trees failed; retried at the next interval");
+                    }
+                }
+            });
+        }
     }
     tracing::info!(%http_addr, %otlp_grpc_addr, tls = tls.is_some(), data_dir = %s.data_dir.display(), "lumen server started");
     Ok(Running {
@@ -650,6 +736,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ruler,
         ruler_stop,
         syncer,
+        compactor,
     })
 }
 
@@ -707,19 +794,27 @@ impl Running {
         // local data directory holds everything, and the next start's sync uploads it.
         if let Some(syncer) = self.syncer {
             let mut syncer = syncer.lock().await;
-            match syncer.sync_once().await {
-                Ok(report) if report.waiting => {}
+            let synced = match syncer.sync_once().await {
+                Ok(report) if report.waiting => false,
                 Ok(report) => {
                     tracing::info!(commit = ?report.commit, files = report.files, uploaded = report.uploaded_objects, "final sync into the bucket");
+                    true
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "the final sync into the bucket ([storage]) failed; the local data directory holds everything and the next start syncs it");
+                    tracing::error!(error = %e, "the final sync into the bucket ([storage]) failed; the local data directory holds everything and the next start syncs it; the writer lease is kept (it runs out after storage.lease_ttl), so that no other node tends this tree meanwhile");
+                    false
                 }
-            }
-            // A successor need not wait for the lease to expire.
-            if let Err(e) = syncer.release_lease().await {
+            };
+            // A successor need not wait for the lease to expire. Released only when the bucket holds
+            // everything: a released tree counts as retired, and another node may tend it (and this data
+            // directory adopts what it committed at the next start).
+            if synced && let Err(e) = syncer.release_lease().await {
                 tracing::warn!(error = %e, "storage: the writer lease could not be released; a successor takes it over after storage.lease_ttl");
             }
+        }
+        if let Some(compactor) = self.compactor {
+            // After the round under way, if any.
+            compactor.lock().await.release_lease().await;
         }
         tracing::info!("lumen server stopped");
         Ok(())
@@ -749,6 +844,22 @@ impl Running {
 }
 
 /// Runs `task` every `interval` (the first time one interval from now) until `stop`.
+/// A compactor answers its probes, its metrics and its status; everything else is refused, saying why.
+async fn compactor_routes(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match req.uri().path() {
+        "/health" | "/ready" | "/metrics" | "/api/v1/status/lumen" => next.run(req).await,
+        path => (
+            axum::http::StatusCode::NOT_FOUND,
+            format!(
+                "{path}: this is a compactor (server.role = \"compactor\"): it serves /health, /ready, /metrics and \
+                 /api/v1/status/lumen only; send writes to an ingest node and queries to a query node\n"
+            ),
+        )
+            .into_response(),
+    }
+}
+
 fn every<F, Fut>(interval: std::time::Duration, stop: CancellationToken, task: F)
 where
     F: Fn() -> Fut + Send + 'static,

@@ -7,7 +7,9 @@
 //! "files": [{"path": "logs/tenant=t/date=d/0000000000000001.parquet", "key": "data/logs/…", "bytes": B},
 //! …]}`; `path` is where the file lies under a data directory, `key` the object holding it (under the
 //! prefix). Log parts are plain Parquet; metric parts are Parquet with delta-coded columns (see
-//! ARCHITECTURE.md, *metric parts*).
+//! ARCHITECTURE.md, *metric parts*). A commit another process wrote on the tree's behalf (the retention or
+//! compaction of a retired tree, `src/retired.rs`) also holds `"tended_by": "<node>/<process id>"`; `node`
+//! stays the tree's writer. Readers that do not know the field ignore it.
 
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
@@ -34,9 +36,14 @@ pub struct Commit {
     pub version: u32,
     pub seq: u64,
     pub time_unix_ms: i64,
-    /// The host that wrote it.
+    /// The host that wrote it (a tended commit: the tree's writer, on whose behalf it was written).
     pub node: String,
     pub files: Vec<CommitFile>,
+    /// The lease holder (`<node>/<process id>`) of a round that wrote this commit for a tree whose writer had
+    /// stopped. A writer that comes back to a tree whose newest commit is tended adopts it (see
+    /// [`Bucket::adopt_tended`]) instead of syncing its own older state over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tended_by: Option<String>,
 }
 
 fn commit_key(seq: u64) -> String {
@@ -119,6 +126,19 @@ impl Bucket {
     /// # Errors
     /// Listing or writing failed.
     pub async fn append_commit(&self, node: &str, files: Vec<CommitFile>) -> Result<Commit, String> {
+        self.append_commit_as(node, None, files).await
+    }
+
+    /// As [`Bucket::append_commit`], for a commit written on behalf of the writer `node` by `tended_by`.
+    ///
+    /// # Errors
+    /// Listing or writing failed.
+    pub async fn append_commit_as(
+        &self,
+        node: &str,
+        tended_by: Option<&str>,
+        files: Vec<CommitFile>,
+    ) -> Result<Commit, String> {
         let mut seq = self.commit_numbers().await?.last().map_or(1, |s| s + 1);
         loop {
             let commit = Commit {
@@ -130,6 +150,7 @@ impl Bucket {
                     .unwrap_or(0),
                 node: node.to_string(),
                 files: files.clone(),
+                tended_by: tended_by.map(str::to_string),
             };
             if self.put_commit(&commit).await? {
                 return Ok(commit);

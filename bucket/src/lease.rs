@@ -189,6 +189,11 @@ impl Lease {
         }
     }
 
+    /// How long a waiter lets the record stay unchanged before it takes the lease over.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// This process's holder name.
     pub fn holder(&self) -> &str {
         &self.holder
@@ -465,7 +470,9 @@ impl WriterLease {
     /// The lease name the sync takes.
     pub const NAME: &'static str = "writer";
 
+    /// `lease` may be held already (taken at start, see [`crate::Bucket::adopt_tended`]).
     pub fn new(lease: Lease, metrics: LeaseMetrics) -> WriterLease {
+        metrics.held.set(i64::from(lease.is_held()));
         WriterLease { lease, metrics, base_commit: None, warned: None, behind_told: false }
     }
 
@@ -512,7 +519,8 @@ impl WriterLease {
                     base_commit = ?self.base_commit,
                     "storage: the bucket's newest commit is not in this data directory, so this server does not take \
                      the writer lease (its sync would replace that commit with older data); start this server on an \
-                     empty data directory to restore that commit, or start the server that wrote it"
+                     empty data directory to restore that commit, or start the server that wrote it (a commit another \
+                     node wrote on this server's behalf, tended_by, is adopted when this server starts again)"
                 );
             }
             return Ok(Gate::Wait(format!(
@@ -642,6 +650,8 @@ impl WriterLease {
             return Ok(Some((seq, node)));
         }
         let commit = bucket.read_commit(seq).await?;
-        Ok((commit.node != self.lease.node).then_some((seq, commit.node)))
+        // A commit another process wrote on this node's behalf (a retired tree's round) is not in this
+        // directory: it adopts it at its next start ([`crate::Bucket::adopt_tended`]).
+        Ok((commit.node != self.lease.node || commit.tended_by.is_some()).then_some((seq, commit.node)))
     }
 }

@@ -20,6 +20,8 @@
 //! - [`restore`]: a server whose data directory holds no data of its own (no manifest, part, catalog or
 //!   written WAL segment) downloads the newest commit's files before it opens its stores; with
 //!   `storage.cache_max_bytes`, only the newest parts up to that size.
+//! - [`adopt`]: a writer that comes back to a tree another process tended meanwhile (a retired tree's
+//!   retention or compaction) adopts the newest commit instead of syncing its older state over it.
 //! - [`cache`]: the local disk as a bounded cache of the bucket's parts: evicted after a sync while over
 //!   `storage.cache_max_bytes`, fetched back when a read needs them.
 //!
@@ -27,6 +29,7 @@
 //! write-ahead log only (the durability contract does not change), and a graceful stop flushes and
 //! syncs them. Several nodes on one bucket are the next step of issue 22.
 
+pub mod adopt;
 pub mod cache;
 pub mod commit;
 pub mod follow;

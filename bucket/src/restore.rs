@@ -63,6 +63,7 @@ pub fn has_local_state(data_dir: &Path) -> bool {
             } else if name != "lock"
                 && name != "format.json"
                 && name != crate::TREE_MARKER
+                && name != crate::adopt::COMMIT_MARKER
                 && !name.to_string_lossy().ends_with(TMP_SUFFIX)
                 && e.metadata().map_or(true, |m| m.len() > 0)
             {
@@ -136,6 +137,7 @@ impl Bucket {
                 let _ = f.sync_all();
             }
         }
+        crate::adopt::record_commit(data_dir, commit.seq)?;
         tracing::info!(
             commit = commit.seq,
             files = staged.len(),

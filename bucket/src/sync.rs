@@ -111,6 +111,9 @@ pub struct Syncer {
     lease: Option<crate::lease::WriterLease>,
     /// The lease is out of `lease` while the uploads run (see `sync_inner`).
     lease_out: bool,
+    /// The lease holder of a round that syncs a retired tree on its writer's behalf (see
+    /// [`crate::commit::Commit::tended_by`]).
+    tended_by: Option<String>,
 }
 
 impl Syncer {
@@ -140,7 +143,15 @@ impl Syncer {
             cache: None,
             lease: None,
             lease_out: false,
+            tended_by: None,
         }
+    }
+
+    /// Marks this syncer's commits as written by `holder` on behalf of the tree's writer (a retired tree's
+    /// round): a writer that comes back adopts them.
+    pub fn tending(mut self, holder: String) -> Syncer {
+        self.tended_by = Some(holder);
+        self
     }
 
     /// Syncs only while holding the writer lease (see [`crate::lease`]).
@@ -296,9 +307,13 @@ impl Syncer {
         if let Some(lease) = &mut self.lease {
             lease.before_commit().await?;
         }
-        let commit = self.bucket.append_commit(&self.node, files.clone()).await?;
+        let commit = self.bucket.append_commit_as(&self.node, self.tended_by.as_deref(), files.clone()).await?;
         if let Some(lease) = &mut self.lease {
             lease.committed(commit.seq);
+        }
+        // The data directory holds this commit (what an adoption at the next start compares).
+        if let Err(e) = crate::adopt::record_commit(&self.logs.data_dir_path(), commit.seq) {
+            tracing::warn!(error = %e, "storage: the data directory's record of its commit could not be written");
         }
         tracing::debug!(
             commit = commit.seq,
@@ -370,7 +385,9 @@ impl Syncer {
                 files.push(CommitFile { path: parquet, key, bytes: sidecar.bytes });
                 continue;
             }
-            if rel.ends_with(".fetch") || rel.ends_with(".remote-tmp") {
+            // The record of the commit the directory holds is the directory's own, never a commit's: it would
+            // change each commit, and a restored directory records the commit it came from.
+            if rel.ends_with(".fetch") || rel.ends_with(".remote-tmp") || rel == crate::adopt::COMMIT_MARKER {
                 continue;
             }
             let immutable = matches!(abs.extension().and_then(|x| x.to_str()), Some("parquet" | "idx"));

@@ -567,3 +567,64 @@ fn storage_settings_out_of_range_are_refused_naming_the_key() {
     let short_lease = super::StorageConfig { lease_ttl: Duration::from_secs(5), ..base };
     assert!(short_lease.validate().unwrap_err().contains("storage.lease_ttl"));
 }
+
+#[tokio::test]
+async fn a_writer_adopts_a_tended_newest_commit_and_keeps_its_data_when_the_restore_fails() {
+    use super::adopt::{record_commit, recorded_commit};
+    use super::lease::{Lease, Observed};
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let bucket = Bucket::with_store(store.clone(), "tree");
+    let ttl = std::time::Duration::from_millis(600);
+    for (key, body) in [("data/logs/1.parquet", "one"), ("data/logs/3.parquet", "merged"), ("objects/m2", "m2")] {
+        store.put(&ObjectPath::from(format!("tree/{key}")), PutPayload::from(body.as_bytes().to_vec())).await.unwrap();
+    }
+    // The node's own commit 1, which its data directory holds (with a WAL segment the final flush emptied).
+    let c1 = bucket.append_commit("n", vec![file("logs/1.parquet", "data/logs/1.parquet", 3)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    std::fs::write(dir.path().join("logs/1.parquet"), "one").unwrap();
+    std::fs::write(dir.path().join("lock"), "").unwrap();
+    record_commit(dir.path(), c1.seq).unwrap();
+    assert_eq!(recorded_commit(dir.path()), Some(1));
+    // Not tended: nothing to adopt, and without `keep` the lease is not even taken.
+    assert!(bucket.adopt_tended(dir.path(), "n", ttl, None, false).await.unwrap().is_none());
+    assert!(Lease::new(bucket.clone(), "writer", "probe", ttl).read().await.unwrap().is_none());
+    // With `keep` (an ingest node) it is taken and handed back, nothing restored.
+    let mut kept = bucket.adopt_tended(dir.path(), "n", ttl, None, true).await.unwrap().expect("the lease");
+    assert!(kept.restored.is_none() && kept.lease.is_held());
+    kept.lease.release().await.unwrap();
+
+    // A round merged the node's part into part 3 while it was away (its commit 2 is tended); it still holds
+    // the tree's lease when the node starts, and stops renewing it (its process died).
+    let files = vec![file("logs/3.parquet", "data/logs/3.parquet", 6), file("manifest.json", "objects/m2", 2)];
+    let c2 = bucket.append_commit_as("n", Some("c/round"), files).await.unwrap();
+    assert_eq!(c2.tended_by.as_deref(), Some("c/round"));
+    let mut round = Lease::new(bucket.clone(), "writer", "c", ttl);
+    assert_eq!(round.acquire().await.unwrap(), Observed::Held);
+    let started = std::time::Instant::now();
+    let adopted = bucket.adopt_tended(dir.path(), "n", ttl, None, false).await.unwrap().expect("adopted");
+    assert!(started.elapsed() >= ttl, "it waited for the round's lease to run out");
+    assert_eq!(adopted.restored.as_ref().map(|r| r.commit), Some(2));
+    assert!(adopted.lease.is_held(), "handed to the sync, held");
+    assert!(!dir.path().join("logs/1.parquet").exists(), "the merged-away part is gone");
+    assert_eq!(std::fs::read_to_string(dir.path().join("logs/3.parquet")).unwrap(), "merged");
+    assert_eq!(std::fs::read_to_string(dir.path().join("manifest.json")).unwrap(), "m2");
+    assert!(dir.path().join("lock").exists(), "the directory's own lock stays");
+    assert_eq!(recorded_commit(dir.path()), Some(2));
+    assert!(!dir.path().join("bucket-sync/superseded").exists(), "the set-aside data is removed");
+    let mut lease = adopted.lease;
+    lease.release().await.unwrap();
+    // Holding commit 2 now: nothing to adopt at the next start.
+    assert!(bucket.adopt_tended(dir.path(), "n", ttl, None, false).await.unwrap().is_none());
+
+    // A tended commit 3 whose object is damaged: the restore fails, and the directory is as it was.
+    store.put(&ObjectPath::from("tree/objects/bad"), PutPayload::from_static(b"short")).await.unwrap();
+    bucket.append_commit_as("n", Some("c/round"), vec![file("manifest.json", "objects/bad", 99)]).await.unwrap();
+    let err = bucket.adopt_tended(dir.path(), "n", ttl, None, false).await.err().expect("refused");
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("logs/3.parquet")).unwrap(), "merged");
+    assert_eq!(std::fs::read_to_string(dir.path().join("manifest.json")).unwrap(), "m2");
+    assert_eq!(recorded_commit(dir.path()), Some(2));
+    let record = Lease::new(bucket.clone(), "writer", "probe", ttl).read().await.unwrap().unwrap();
+    assert!(record.released, "a failed adoption lets the lease go: {record:?}");
+}

@@ -882,3 +882,212 @@ async fn a_query_nodes_results_cache_stays_exact_as_its_ingest_nodes_take_late_s
     a.stop().await;
     b.stop().await;
 }
+
+/// The lines of the apps matching `re` and their `bucket_metric` samples in the hour before `at` (ns), as
+/// `server` answers them, and whether either answer warned.
+async fn counts_at(server: &TestServer, re: &str, at: i64) -> (u64, u64, bool) {
+    let q = [("query", format!("sum(count_over_time({{app=~\"{re}\"}}[1h]))")), ("time", at.to_string())];
+    let logs: Value =
+        server.client.get(server.url("/loki/api/v1/query")).query(&q).send().await.unwrap().json().await.unwrap();
+    let q = [
+        ("query", format!("sum(count_over_time(bucket_metric{{app=~\"{re}\"}}[1h]))")),
+        ("time", format!("{:.3}", at as f64 / 1e9)),
+    ];
+    let samples: Value =
+        server.client.get(server.url("/api/v1/query")).query(&q).send().await.unwrap().json().await.unwrap();
+    let n = |v: &Value| v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse::<f64>().unwrap() as u64);
+    (n(&logs), n(&samples), !logs["warnings"].is_null() || !samples["warnings"].is_null())
+}
+
+/// Waits until `server` answers `want` lines and samples of `re` at `at`, without a warning.
+async fn counts_become(server: &TestServer, re: &str, at: i64, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = counts_at(server, re, at).await;
+        if got == (want, want, false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{re}: {got:?}, want {want} lines and samples without a warning");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The newest commit of `tree` once it is tended and names one log part and one metric part of `day`.
+async fn merged_commit(tree: &bucket::Bucket, day: &str) -> bucket::commit::Commit {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let commit = tree.latest_commit().await.unwrap().unwrap();
+        if commit.tended_by.is_some() && part_keys_of_day(tree, day).await.len() == 2 {
+            return commit;
+        }
+        assert!(Instant::now() < deadline, "{} was not merged: {commit:?}", tree.describe());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 22's compactor: two `--role compactor` processes started at once, one holds the lease `compactor`
+/// and merges the parts of a stopped ingest node's tree (its commit tended on the node's behalf), the other
+/// waits, and so do the ingest nodes' own rounds. The holder is `kill -9`ed while it tends a second tree
+/// (that tree's writer lease in its hands): the other takes the lease over and finishes the merge. The
+/// query node answers every line and sample exactly once throughout, and the first node, started again on
+/// its old disk, adopts the merged commit and writes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_compactor_of_two_merges_stopped_nodes_trees_and_a_returning_node_adopts_its_work() {
+    let weed = SeaweedFs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credential_files(dir.path(), KEY_ID, SECRET);
+    let mut storage = storage(&weed.endpoint, &creds);
+    storage.prefix = "compactor-test".into();
+    storage.lease_ttl = Duration::from_secs(4);
+    storage.retired_trees_interval = Duration::from_secs(1);
+    // The nodes' own compaction waits an hour: their finished day keeps the parts of three flushes.
+    let config = dir.path().join("lumen.toml");
+    let file = json!({"storage": storage, "store": {"maintenance_interval": "1h"}});
+    std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
+    let prefix = bucket::Bucket::open(&storage).unwrap().unwrap();
+    let at = store::time::now_ns() - 2 * 86_400_000_000_000;
+    let day = format!("date={}", store::time::format_day(store::time::day_of_ns(at - 600_000_000_000)));
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_data = dir.path().join("a");
+    let mut a = spawn_ingest(&config, &a_data, "ingest-a", a_addr);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(30)).await;
+    let a_node = remote(&a.base);
+    for k in 0..3 {
+        push(&a_node, &format!("a{k}"), 50, at).await;
+        a_node.flush().await;
+    }
+    let mut query_config = test_config(&dir.path().join("query"));
+    query_config.storage = storage.clone();
+    query_config.server.role = lumen::config::Role::Query;
+    query_config.query.ingest_urls = vec![a.base.clone(), format!("http://{b_addr}")];
+    let query = TestServer::start(query_config).await;
+    counts_become(&query, "a.*", at, 150).await;
+    a.terminate();
+    let a_tree = prefix.node_tree("ingest-a");
+    assert_eq!(part_keys_of_day(&a_tree, &day).await.len(), 6, "three flushes' log and metric parts");
+
+    // Two compactors at once: one holds the lease and merges ingest-a's day, the other waits.
+    let config_arg = config.to_str().unwrap();
+    let compactor = |name: &str| {
+        let args = ["--role", "compactor", "--node-name", name, "--config", config_arg];
+        ServerProcess::spawn(&dir.path().join(name), free_addr(), &args)
+    };
+    let (c1, c2) = (compactor("c1"), compactor("c2"));
+    crate::harness::ready_becomes(&c1.base, 200, Duration::from_secs(30)).await;
+    crate::harness::ready_becomes(&c2.base, 200, Duration::from_secs(30)).await;
+    let merged = merged_commit(&a_tree, &day).await;
+    assert_eq!(merged.node, "ingest-a", "a tended commit is named for the tree's writer");
+    let held =
+        |base: String| async move { metric(&metrics_text(&base).await, "lumen_bucket_retired_trees_lease_held") };
+    let (h1, h2) = (held(c1.base.clone()).await, held(c2.base.clone()).await);
+    assert_eq!(h1 + h2, 1.0, "exactly one compactor holds the lease");
+    let (mut holder, waiter, holder_name, waiter_name) =
+        if h1 == 1.0 { (c1, c2, "c1", "c2") } else { (c2, c1, "c2", "c1") };
+    assert!(merged.tended_by.as_deref().unwrap().starts_with(&format!("{holder_name}/")), "{merged:?}");
+    let text = metrics_text(&waiter.base).await;
+    assert!(metric(&text, "lumen_bucket_retired_trees_lease_waits_total") > 0.0, "{text}");
+    assert_eq!(metric(&text, "lumen_bucket_retired_trees_tended_total"), 0.0, "the waiter tends nothing");
+    let text = metrics_text(&holder.base).await;
+    assert_eq!(metric(&text, "lumen_bucket_retired_trees_parts_compacted_total"), 6.0, "{text}");
+    counts_become(&query, "a.*", at, 150).await;
+    // A compactor serves its probes and metrics, nothing else.
+    let r = crate::harness::client().get(format!("{}/loki/api/v1/labels", holder.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("this is a compactor"));
+    let r = crate::harness::client()
+        .post(format!("{}/api/v1/import/prometheus", holder.base))
+        .body("m 1\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // ingest-b writes three flushes of the same day; while a compactor holds the lease, its rounds wait.
+    let mut b = spawn_ingest(&config, &dir.path().join("b"), "ingest-b", b_addr);
+    crate::harness::ready_becomes(&b.base, 200, Duration::from_secs(30)).await;
+    let b_node = remote(&b.base);
+    for k in 0..3 {
+        push(&b_node, &format!("b{k}"), 40, at).await;
+        b_node.flush().await;
+    }
+    counts_become(&query, "b.*", at, 120).await;
+    let text = metrics_text(&b.base).await;
+    assert!(metric(&text, "lumen_bucket_retired_trees_lease_waits_total") > 0.0, "{text}");
+    assert_eq!(metric(&text, "lumen_bucket_retired_trees_tended_total"), 0.0);
+    b.terminate();
+    // The holder is killed while ingest-b's writer lease is in its hands (its round on that tree).
+    let b_tree = prefix.node_tree("ingest-b");
+    let probe = bucket::lease::Lease::new(b_tree.clone(), "writer", "probe", Duration::from_secs(4));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(r)) = probe.read().await
+            && !r.released
+            && r.node == holder_name
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the compactor never took ingest-b's tree");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    holder.kill9();
+    // The other takes the lease over once it ran out, and merges ingest-b's day (or finds it merged, when
+    // the kill came after the commit).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held(waiter.base.clone()).await != 1.0 {
+        assert!(Instant::now() < deadline, "{waiter_name} did not take the lease over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let merged_b = merged_commit(&b_tree, &day).await;
+    assert!(merged_b.tended_by.is_some());
+    counts_become(&query, "b.*", at, 120).await;
+    counts_become(&query, "a.*", at, 150).await;
+
+    // ingest-a comes back on its old disk: it adopts the merged commit (its day holds the merged parts and
+    // no more the three flushed ones), and a new flush of that day takes an id after the merged parts'.
+    let before: Vec<String> = merged
+        .files
+        .iter()
+        .filter(|f| f.path.contains(&day) && f.path.ends_with(".parquet"))
+        .map(|f| f.path.clone())
+        .collect();
+    let mut a = spawn_ingest(&config, &a_data, "ingest-a", a_addr);
+    crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(60)).await;
+    let newest = a_tree.latest_commit().await.unwrap().unwrap();
+    let local: Vec<String> = newest
+        .files
+        .iter()
+        .filter(|f| f.path.contains(&day) && f.path.ends_with(".parquet"))
+        .map(|f| f.path.clone())
+        .collect();
+    assert_eq!(local.len(), 2);
+    for path in &local {
+        assert!(a_data.join(path).exists(), "{path} adopted");
+    }
+    let day_dir = a_data.join(std::path::Path::new(&before[0]).parent().unwrap());
+    let parts = std::fs::read_dir(&day_dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+        .count();
+    assert_eq!(parts, 1, "only the merged part in {}", day_dir.display());
+    assert_eq!(bucket::adopt::recorded_commit(&a_data), Some(newest.seq));
+    let a_node = remote(&a.base);
+    counts_become(&a_node, "a.*", at, 150).await;
+    push(&a_node, "a3", 50, at).await;
+    a_node.flush().await;
+    counts_become(&a_node, "a.*", at, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let commit = a_tree.latest_commit().await.unwrap().unwrap();
+        if commit.tended_by.is_none() && part_keys_of_day(&a_tree, &day).await.len() == 4 {
+            assert!(commit.seq > newest.seq);
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest-a did not sync its new part: {commit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counts_become(&query, "a.*", at, 200).await;
+    counts_become(&query, "b.*", at, 120).await;
+    a.terminate();
+    drop(waiter);
+    query.stop().await;
+}

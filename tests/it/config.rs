@@ -103,8 +103,8 @@ fn server_check_refuses_what_the_server_would_refuse() {
     assert!(!ok && err.contains("storage.cache_max_bytes") && err.contains("retention_max_disk"), "{err}");
     let (ok, err) = check(&[], &format!("{s3}[store]\nretention_max_disk = \"4 GiB\"\n"));
     assert!(ok, "a cache below the budget passes: {err}");
-    // Roles: query and ingest nodes need a bucket; an ingest node a name fit for a key; the compactor
-    // role, not built yet, says so.
+    // Roles: query, ingest and compactor nodes need a bucket; ingest nodes and compactors a name fit for a
+    // key; a compactor an interval to work at.
     let (ok, err) = check(&["--role", "query"], "");
     assert!(!ok && err.contains("role = \"query\" follows a bucket"), "{err}");
     let (ok, err) = check(&["--role", "query"], s3);
@@ -115,8 +115,15 @@ fn server_check_refuses_what_the_server_would_refuse() {
     assert!(!ok && err.contains("role = \"ingest\" writes its own tree"), "{err}");
     let (ok, err) = check(&["--role", "ingest", "--node-name", "../x"], s3);
     assert!(!ok && err.contains("server.node_name"), "{err}");
-    let (ok, err) = check(&["--role", "compactor"], s3);
-    assert!(!ok && err.contains("not built yet"), "{err}");
+    let (ok, err) = check(&["--role", "compactor", "--node-name", "lumen-compactor"], s3);
+    assert!(ok, "a compactor on a bucket passes: {err}");
+    let (ok, err) = check(&["--role", "compactor", "--node-name", "lumen-compactor"], "");
+    assert!(!ok && err.contains("role = \"compactor\" tends the retired trees"), "{err}");
+    let (ok, err) = check(&["--role", "compactor", "--node-name", "../x"], s3);
+    assert!(!ok && err.contains("server.node_name"), "{err}");
+    let never = format!("{s3}retired_trees_interval = \"0s\"\n");
+    let (ok, err) = check(&["--role", "compactor", "--node-name", "c"], &never);
+    assert!(!ok && err.contains("storage.retired_trees_interval"), "{err}");
     // A query node's ingest nodes: base URLs without credentials, from the flag (commas) or the file.
     let (ok, err) = check(&["--role", "query", "--ingest-url", "http://lumen:9700,https://lumen-1:9700"], s3);
     assert!(ok, "two ingest URLs pass: {err}");
