@@ -92,9 +92,9 @@ pub struct StorageConfig {
     /// 30s and 3 × `sync_interval`. At least 2 × `sync_interval`.
     #[serde(with = "store::config::duration")]
     pub lease_ttl: Duration,
-    /// How often an ingest node looks for the trees of ingest nodes that stopped for good (their writer
-    /// lease released at a graceful stop) and applies the retention to them, as their own node would
-    /// have; at least 1s, "0s": never.
+    /// How often the compactor (or, without one, an ingest node) looks for the trees of ingest nodes that
+    /// stopped for good (their writer lease released at a graceful stop) and tends them as their own node
+    /// would have (retention, merges); at least 1s, "0s": never.
     #[serde(with = "store::config::duration")]
     pub retired_trees_interval: Duration,
 }

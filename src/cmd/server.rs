@@ -53,8 +53,8 @@ pub struct ServerArgs {
     /// Serve beyond loopback without authentication (only behind a proxy that authenticates).
     #[arg(long, env = "LUMEN_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
-    /// What this process does (server.role): all; ingest (one of several ingest nodes on one bucket); or
-    /// query (a query node following the bucket).
+    /// What this process does (server.role): all; ingest (one of several ingest nodes on one bucket);
+    /// query (a query node following the bucket); or compactor (tends the trees of stopped ingest nodes).
     #[arg(long, env = "LUMEN_ROLE", value_enum)]
     pub role: Option<lumen::config::Role>,
     /// A query node evaluates the rules, reading every ingest node and writing through one

@@ -326,6 +326,7 @@ fn manifest_templates_are_yaml_once_the_actions_are_placeholders() {
     let expected: &[(&str, &[&str])] = &[
         ("agent-configmap.yaml", &["ConfigMap"]),
         ("agent-daemonset.yaml", &["DaemonSet"]),
+        ("compactor-deployment.yaml", &["Deployment"]),
         ("grafana-datasource.yaml", &["ConfigMap"]),
         ("ingress.yaml", &["Ingress"]),
         ("query-deployment.yaml", &["Deployment", "Service"]),
@@ -865,7 +866,7 @@ fn the_rendered_config_files_pass_lumen_config_check() {
     assert_eq!(values["storage"]["cacheMaxBytes"], "", "no cache bound unless set");
     // With a Secret, the server and the query nodes get the bucket's credentials as AWS_* variables, never
     // optional.
-    for name in ["server-statefulset.yaml", "query-deployment.yaml"] {
+    for name in ["server-statefulset.yaml", "query-deployment.yaml", "compactor-deployment.yaml"] {
         let workload = read(&format!("templates/{name}"));
         for key in ["accessKeyIdKey", "secretAccessKeyKey"] {
             assert!(
@@ -932,6 +933,30 @@ fn several_servers_are_ingest_nodes_the_query_nodes_find_by_their_pod_names() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("ingest_urls"), "{err}");
+    // A compactor only on request, only beside ingest nodes on a bucket, running `--role compactor` on the
+    // server's config (the chart fails otherwise, saying what to set).
+    assert_eq!(values["compactor"]["replicas"], 0, "no compactor unless asked for");
+    let compactor = read("templates/compactor-deployment.yaml");
+    for needle in [
+        "{{- if and .Values.server.enabled (gt (int .Values.compactor.replicas) 0) }}\n{{- if ne .Values.storage.backend \"s3\" }}\n{{- fail \"compactor.replicas > 0:",
+        "{{- if le (int .Values.server.replicas) 1 }}\n{{- fail \"compactor.replicas > 0: the compactor tends the trees of ingest nodes",
+        "args: [\"server\", \"--config\", \"/etc/lumen/config.toml\", \"--role\", \"compactor\"]",
+        "name: {{ include \"lumen.fullname\" . }}-server-config",
+        "app.kubernetes.io/component: compactor",
+        "- name: LUMEN_AUTH_TOKEN",
+    ] {
+        assert!(compactor.contains(needle), "compactor-deployment.yaml lacks `{needle}`");
+    }
+    // A compactor pod's name (its host name) is a valid node name; the server's config on a bucket passes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "[storage]\nbackend = \"s3\"\nbucket = \"lumen\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args(["server", "--check", "--role", "compactor", "--node-name", "lumen-compactor-5d8f-x2k9q", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Documented for people: the mode, what it needs, and how to move to it.
     let readme = read("README.md");
     assert!(

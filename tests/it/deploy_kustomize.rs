@@ -486,6 +486,30 @@ fn rendered_manifests_hold_what_the_deployment_needs() {
                         .join(",");
                     let peers = envs.iter().find(|e| e["name"] == "LUMEN_INGEST_URLS").map(|e| e["value"].clone());
                     assert_eq!(peers, Some(Value::from(urls.as_str())), "each ingest pod knows every other");
+                    // The compactor: the same image, config, token and bucket credentials, `--role compactor`.
+                    let compactor = one(&docs, "Deployment", "lumen-compactor");
+                    let cc = container(compactor);
+                    let args: Vec<&str> = cc["args"].as_array().unwrap().iter().map(|a| str_of(a, "arg")).collect();
+                    assert_eq!(args, ["server", "--config", "/etc/lumen/config.toml", "--role", "compactor"]);
+                    assert_eq!(cc["image"], c["image"]);
+                    assert_eq!(
+                        volume(compactor, "config")["configMap"]["name"],
+                        volume(sts, "config")["configMap"]["name"]
+                    );
+                    assert_eq!(secret_env(cc, "LUMEN_AUTH_TOKEN", "compactor"), "auth-token");
+                    let cenv: Vec<&str> =
+                        cc["env"].as_array().unwrap().iter().map(|e| str_of(&e["name"], "env")).collect();
+                    for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                        assert!(cenv.contains(&var), "the compactor lacks {var}: {cenv:?}");
+                    }
+                    assert_eq!(mount(cc, "/var/lib/lumen")["name"], "data");
+                    assert_eq!(probe(cc, "readinessProbe").0, "/ready");
+                    check_resources(cc, "compactor", None);
+                    let labels = &compactor["spec"]["template"]["metadata"]["labels"];
+                    for svc in ["lumen", "lumen-query", "lumen-nodes"] {
+                        let selector = one(&docs, "Service", svc)["spec"]["selector"].as_object().unwrap();
+                        assert!(selector.iter().any(|(k, v)| &labels[k] != v), "{svc} selects the compactor");
+                    }
                     urls
                 } else {
                     "http://lumen:9700".to_string()
@@ -574,6 +598,13 @@ fn kustomize_config_files_pass_config_check() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "s3 query node: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+                .args(["server", "--role", "compactor", "--node-name", "lumen-compactor-x", "--check", "--config"])
+                .arg(&file)
+                .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "s3 compactor: {}", String::from_utf8_lossy(&out.stderr));
         }
         for prefix in ["lumen-server-config", "lumen-agent-config"] {
             let file = dir.path().join(format!("{}-{prefix}.toml", sub.replace('/', "-")));
