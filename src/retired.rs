@@ -59,6 +59,8 @@ struct Judged {
     settled: bool,
     /// It names a day with several parts of one signal and tenant.
     compactable: bool,
+    /// It holds a delete request past `store.delete_cancel_period` that is not processed yet.
+    deletes_due: bool,
 }
 
 /// What one round did.
@@ -70,6 +72,8 @@ pub struct Report {
     pub parts_expired: usize,
     /// Parts merged into others.
     pub parts_compacted: usize,
+    /// Parts rewritten without the rows of delete requests.
+    pub parts_rewritten: usize,
     /// Commits written.
     pub commits: usize,
     /// Objects deleted from the bucket.
@@ -83,6 +87,8 @@ pub struct RetiredMetrics {
     tended: Counter,
     parts_expired: Counter,
     parts_compacted: Counter,
+    parts_rewritten: Counter,
+    deletes_recorded: Counter,
     objects_deleted: Counter,
     failures: Counter,
     lease_held: Gauge,
@@ -97,6 +103,16 @@ impl RetiredMetrics {
         r.register("tended", "retired trees whose writer lease a round took", m.tended.clone());
         r.register("parts_expired", "parts of retired trees the retention deleted", m.parts_expired.clone());
         r.register("parts_compacted", "parts of retired trees merged into others", m.parts_compacted.clone());
+        r.register(
+            "parts_rewritten",
+            "parts of retired trees rewritten without the rows of delete requests",
+            m.parts_rewritten.clone(),
+        );
+        r.register(
+            "deletes_recorded",
+            "delete requests recorded in retired trees for query nodes",
+            m.deletes_recorded.clone(),
+        );
         r.register(
             "lease_held",
             "1 while this process holds the lease `compactor` (it tends the retired trees)",
@@ -126,6 +142,7 @@ impl Report {
         self.tended += r.tended;
         self.parts_expired += r.parts_expired;
         self.parts_compacted += r.parts_compacted;
+        self.parts_rewritten += r.parts_rewritten;
         self.commits += r.commits;
         self.objects_deleted += r.objects_deleted;
     }
@@ -178,7 +195,31 @@ impl RetiredTrees {
         settle: Duration,
         metrics: RetiredMetrics,
     ) -> Self {
-        let work = options.data_dir.join(store::snapshot::STAGING).join("retired");
+        Self::in_work_dir(bucket, node, options, storage, settle, metrics, "retired")
+    }
+
+    /// As [`Self::new`], for the delete requests query nodes send to retired trees
+    /// ([`Self::record_delete`]): a work directory of its own, so that it runs beside the rounds.
+    pub fn for_deletes(
+        bucket: bucket::Bucket,
+        node: &str,
+        options: &StoreOptions,
+        storage: &bucket::StorageConfig,
+        metrics: RetiredMetrics,
+    ) -> Self {
+        Self::in_work_dir(bucket, node, options, storage, Duration::MAX, metrics, "retired-deletes")
+    }
+
+    fn in_work_dir(
+        bucket: bucket::Bucket,
+        node: &str,
+        options: &StoreOptions,
+        storage: &bucket::StorageConfig,
+        settle: Duration,
+        metrics: RetiredMetrics,
+        work: &str,
+    ) -> Self {
+        let work = options.data_dir.join(store::snapshot::STAGING).join(work);
         // A round killed half-way leaves its work directory: nothing in it is needed.
         let _ = std::fs::remove_dir_all(&work);
         RetiredTrees {
@@ -325,6 +366,7 @@ impl RetiredTrees {
                     self.metrics.tended.inc_by(r.tended as u64);
                     self.metrics.parts_expired.inc_by(r.parts_expired as u64);
                     self.metrics.parts_compacted.inc_by(r.parts_compacted as u64);
+                    self.metrics.parts_rewritten.inc_by(r.parts_rewritten as u64);
                     self.metrics.objects_deleted.inc_by(r.objects_deleted as u64);
                     report.add(&r);
                 }
@@ -360,7 +402,8 @@ impl RetiredTrees {
             .saturating_sub(commit.time_unix_ms);
         let settled = age_ms > self.settle.as_millis() as i64 && seqs.len() > 1;
         let compactable = self.merged.get(name) != Some(&commit.seq) && has_days_to_merge(&commit);
-        if !expired && !settled && !compactable {
+        let deletes_due = self.deletes_due(&tree, &commit).await?;
+        if !expired && !settled && !compactable && !deletes_due {
             return Ok(Report::default());
         }
         let mut lease = self
@@ -378,7 +421,7 @@ impl RetiredTrees {
         let dir = self.work.join(name);
         // Its commits are named for the tree's writer (the node, or the prefix's server): they hold what that
         // writer's own retention would have done, and the writer, if it comes back, continues from them.
-        let judged = Judged { seq: commit.seq, expired, settled, compactable };
+        let judged = Judged { seq: commit.seq, expired, settled, compactable, deletes_due };
         let result = self.adopt(&commit.node, tree, lease, &dir, judged).await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         match &result {
@@ -425,10 +468,15 @@ impl RetiredTrees {
                 merged += logs.compact().await.map_err(|e| e.to_string())?;
                 merged += metrics.compact().await.map_err(|e| e.to_string())?;
             }
-            Ok::<_, String>((expired, merged))
+            let mut rewritten = 0;
+            if judged.deletes_due {
+                rewritten += logs.process_deletes().await.map_err(|e| e.to_string())?;
+                rewritten += metrics.process_deletes().await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>((expired, merged, rewritten))
         };
         let (changes, held) = renewing(&mut lease, changes).await;
-        let (expired, merged) = match changes {
+        let (expired, merged, rewritten) = match changes {
             Ok(c) if held => c,
             other => {
                 let _ = lease.release().await;
@@ -437,6 +485,7 @@ impl RetiredTrees {
         };
         report.parts_expired += expired;
         report.parts_compacted += merged;
+        report.parts_rewritten += rewritten;
         let lease = WriterLease::new(lease, bucket::lease::LeaseMetrics::default()).with_base_commit(Some(restored));
         let mut syncer = bucket::sync::Syncer::new(
             tree,
@@ -450,7 +499,8 @@ impl RetiredTrees {
         .tending(holder)
         .verified();
         let work = async {
-            if report.parts_expired > 0 || report.parts_compacted > 0 {
+            // A processed request is a change too (its status), even when no part held its rows.
+            if report.parts_expired > 0 || report.parts_compacted > 0 || judged.deletes_due {
                 let synced = syncer.sync_once().await?;
                 report.commits += usize::from(synced.commit.is_some());
                 report.objects_deleted += synced.deleted_objects;
@@ -469,17 +519,147 @@ impl RetiredTrees {
         drop(syncer);
         drop((logs, metrics));
         result?;
-        if report.parts_expired > 0 || report.parts_compacted > 0 || report.objects_deleted > 0 {
+        if report.parts_expired > 0 || report.parts_compacted > 0 || report.objects_deleted > 0 || judged.deletes_due {
             tracing::info!(
                 writer = %writer,
                 parts_expired = report.parts_expired,
                 parts_compacted = report.parts_compacted,
+                parts_rewritten = report.parts_rewritten,
                 commits = report.commits,
                 objects_deleted = report.objects_deleted,
-                "storage: tended a retired node's tree (retention, merges, old commits)"
+                "storage: tended a retired node's tree (retention, merges, deletes, old commits)"
             );
         }
         Ok(report)
+    }
+
+    /// Whether the newest commit of `tree` holds a delete request that is not processed and whose cancel
+    /// period (`store.delete_cancel_period`) has passed: its rewrite is due.
+    async fn deletes_due(&self, tree: &bucket::Bucket, commit: &bucket::commit::Commit) -> Result<bool, String> {
+        let period = i64::try_from(self.options.tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
+        let due_before = store::time::now_ns().saturating_sub(period);
+        for f in commit.files.iter().filter(|f| f.path.rsplit('/').next() == Some("deletes.json")) {
+            let bytes = tree.fetch_committed(f, commit.seq).await?;
+            let requests: Vec<store::delete::DeleteRequest> = serde_json::from_slice(&bytes).map_err(|e| {
+                format!("storage: {} of commit {} is not a list of delete requests: {e}", f.path, commit.seq)
+            })?;
+            if requests.iter().any(|r| r.status == store::delete::DeleteStatus::Received && r.created_ns <= due_before)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Records a delete request in the retired tree of `node` ("" for the prefix's own tree), sent by a
+    /// query node: takes the tree's writer lease (waiting while a round holds it, at most three of its
+    /// ttl), restores the newest commit's metadata, records the request (`request_delete`: durable, and
+    /// hiding what it covers from every reader that follows the commit), commits that as the tree's next
+    /// commit (tended), and releases the lease. A later round rewrites the parts once the request's cancel
+    /// period has passed. A node that comes back adopts the commit, and with it the request.
+    ///
+    /// # Errors
+    /// [`DeleteError`]: what the query node answers its caller.
+    pub async fn record_delete(
+        &mut self,
+        node: &str,
+        tenant: &store::model::Tenant,
+        logs: bool,
+        spec: store::delete::DeleteSpec,
+    ) -> Result<(), DeleteError> {
+        let unavailable = |e: String| DeleteError::Unavailable(e);
+        if !node.is_empty() {
+            bucket::check_node_name(node).map_err(DeleteError::BadRequest)?;
+        }
+        let (label, tree) =
+            if node.is_empty() { (PREFIX_TREE, self.bucket.clone()) } else { (node, self.bucket.node_tree(node)) };
+        let names = self.bucket.node_trees().await.map_err(unavailable)?;
+        let mut lease = Lease::new(tree.clone(), WriterLease::NAME, &self.node, self.storage.lease_ttl());
+        let deadline = tokio::time::Instant::now() + 3 * self.storage.lease_ttl();
+        loop {
+            let record = lease.read().await.map_err(|e| unavailable(e.to_string()))?;
+            let Some(record) = record else {
+                return Err(DeleteError::Conflict(format!("the bucket holds no tree of {label:?}")));
+            };
+            if record.writer_holds((!node.is_empty()).then_some(node), &names) {
+                return Err(DeleteError::Conflict(format!(
+                    "the tree of {label:?} is not retired: its node holds its lease again (or stopped without \
+                     releasing it); send the delete again, it reaches that node"
+                )));
+            }
+            match lease.acquire().await.map_err(|e| unavailable(e.to_string()))? {
+                Observed::Held => break,
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(unavailable(format!(
+                        "another process has held the lease of the tree of {label:?} for three times storage.lease_ttl"
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let dir = self.work.join(label);
+        let result = self.record_held(&tree, lease, &dir, tenant, logs, spec).await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        if result.is_ok() {
+            self.metrics.deletes_recorded.inc();
+            tracing::info!(tree = %label, tenant = %tenant, logs, "storage: recorded a delete request in a retired tree");
+        }
+        result
+    }
+
+    async fn record_held(
+        &self,
+        tree: &bucket::Bucket,
+        mut lease: Lease,
+        dir: &std::path::Path,
+        tenant: &store::model::Tenant,
+        logs: bool,
+        spec: store::delete::DeleteSpec,
+    ) -> Result<(), DeleteError> {
+        let (log_store, metric_store, restored) = match self.open(tree, dir).await {
+            Ok(Some(o)) => o,
+            other => {
+                let _ = lease.release().await;
+                return Err(DeleteError::Unavailable(
+                    other.err().unwrap_or_else(|| "the tree holds no commit".to_string()),
+                ));
+            }
+        };
+        let recorded = if logs {
+            log_store.request_delete(tenant, spec).map(|_| ())
+        } else {
+            metric_store.request_delete(tenant, spec).map(|_| ())
+        };
+        if let Err(e) = recorded {
+            let _ = lease.release().await;
+            return Err(match e {
+                store::Error::Config(m) => DeleteError::BadRequest(m),
+                e => DeleteError::Unavailable(e.to_string()),
+            });
+        }
+        let holder = lease.holder().to_string();
+        let writer = tree.latest_commit().await.ok().flatten().map(|c| c.node).unwrap_or_default();
+        let lease = WriterLease::new(lease, bucket::lease::LeaseMetrics::default()).with_base_commit(Some(restored));
+        let mut syncer = bucket::sync::Syncer::new(
+            tree.clone(),
+            log_store.clone(),
+            metric_store.clone(),
+            writer,
+            self.storage.keep_commits,
+            bucket::sync::SyncMetrics::default(),
+        )
+        .with_lease(lease)
+        .tending(holder)
+        .verified();
+        let synced = syncer.sync_once().await;
+        let _ = syncer.release_lease().await;
+        match synced {
+            Ok(r) if r.commit.is_some() => Ok(()),
+            Ok(r) => Err(DeleteError::Unavailable(
+                r.wait_reason.unwrap_or_else(|| "the delete request was not committed".to_string()),
+            )),
+            Err(e) => Err(DeleteError::Unavailable(e)),
+        }
     }
 
     /// Restores the tree's newest commit into `dir` (parts left in the bucket) and opens a store pair on
@@ -534,6 +714,17 @@ fn has_days_to_merge(commit: &bucket::commit::Commit) -> bool {
         .filter(|f| f.path.ends_with(".parquet") && day_of_path(&f.path).is_some())
         .filter_map(|f| f.path.rsplit_once('/').map(|(dir, _)| dir))
         .any(|dir| !seen.insert(dir))
+}
+
+/// Why a delete request could not be recorded in a retired tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteError {
+    /// The request is wrong (400, the same message a node gives).
+    BadRequest(String),
+    /// The tree is not retired (any more), or does not exist (409).
+    Conflict(String),
+    /// The bucket or the lease did not allow it now (503: send it again).
+    Unavailable(String),
 }
 
 /// The day of a part's path (`…/date=YYYY-MM-DD/…`), in days since the epoch.

@@ -357,10 +357,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         Arc::new(tokio::sync::Mutex::new(if bucket_verified { syncer.verified() } else { syncer }))
     });
-    let retired_metrics = ((ingest_node || compactor_node)
-        && prefix_bucket.is_some()
-        && !config.storage.retired_trees_interval.is_zero())
-    .then(|| crate::retired::RetiredMetrics::register(&mut registry));
+    let retired_metrics = ((ingest_node || compactor_node) && prefix_bucket.is_some())
+        .then(|| crate::retired::RetiredMetrics::register(&mut registry));
     let ingest = IngestMetrics::register(&mut registry);
     let memory = crate::memory::Pressure::new(budget, crate::memory::MemoryMetrics::register(&mut registry));
     let query_metrics = query::metrics::QueryMetrics::register(&mut registry);
@@ -530,6 +528,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         (None, false, _) => query,
     };
+    // An ingest node records a query node's delete request in a retired tree (`src/retired.rs`).
+    let query = match (&prefix_bucket, &retired_metrics, ingest_node) {
+        (Some(prefix), Some(metrics), true) => {
+            let deletes = crate::retired::RetiredTrees::for_deletes(
+                prefix.clone(),
+                &tree_name,
+                &store_options,
+                &config.storage,
+                metrics.clone(),
+            );
+            let deletes = Arc::new(tokio::sync::Mutex::new(deletes));
+            query.with_retired_deletes(Arc::new(move |node, tenant, logs, spec| {
+                let deletes = deletes.clone();
+                Box::pin(async move {
+                    use crate::retired::DeleteError;
+                    use axum::http::StatusCode;
+                    deletes.lock().await.record_delete(&node, &tenant, logs, spec).await.map_err(|e| match e {
+                        DeleteError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+                        DeleteError::Conflict(m) => (StatusCode::CONFLICT, m),
+                        DeleteError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+                    })
+                })
+            }))
+        }
+        _ => query,
+    };
     let bodies = crate::inflight::BodyLimits::new(
         usize::try_from(s.max_inflight_request_bytes.as_u64()).unwrap_or(usize::MAX),
         usize::try_from(s.max_request_size.as_u64()).unwrap_or(usize::MAX),
@@ -669,7 +693,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The retention and merges of the trees of ingest nodes that stopped for good (`src/retired.rs`): a
     // compactor keeps the lease `compactor` and tends them; without one, ingest nodes take it round by round.
     let mut compactor = None;
-    if let (Some(prefix), Some(metrics)) = (prefix_bucket, retired_metrics) {
+    if let (Some(prefix), Some(metrics)) =
+        (prefix_bucket, retired_metrics.filter(|_| !config.storage.retired_trees_interval.is_zero()))
+    {
         let settle = crate::retired::settle(&config.storage, config.query.timeout);
         let name = if compactor_node { config.server_node_name() } else { tree_name.clone() };
         let retired =

@@ -189,11 +189,7 @@ impl Bucket {
 impl Bucket {
     /// The object of a commit's file, refused when it does not hold the size the commit names (a damaged
     /// or replaced object is never restored or followed).
-    pub(crate) async fn fetch_committed(
-        &self,
-        f: &crate::commit::CommitFile,
-        seq: u64,
-    ) -> Result<bytes::Bytes, String> {
+    pub async fn fetch_committed(&self, f: &crate::commit::CommitFile, seq: u64) -> Result<bytes::Bytes, String> {
         let key = self.key(&f.key);
         let content = async { self.store().get(&key).await?.bytes().await }
             .await

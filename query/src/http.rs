@@ -50,7 +50,23 @@ pub struct QueryState {
     pub results_cache: Arc<prom_cache::ResultsCache>,
     /// The `Authorization` of the request this clone serves, passed on to the ingest nodes.
     caller_auth: Option<axum::http::HeaderValue>,
+    /// On an ingest node: records a delete request in a retired tree, for a query node (see
+    /// [`delete`]).
+    pub retired_deletes: Option<RetiredDeletes>,
 }
+
+/// Records a delete request (tree's node, tenant, logs rather than samples, the request) in a retired tree:
+/// Ok, or the status and message to answer.
+pub type RetiredDeletes = Arc<
+    dyn Fn(
+            String,
+            store::model::Tenant,
+            bool,
+            store::delete::DeleteSpec,
+        ) -> futures::future::BoxFuture<'static, Result<(), (axum::http::StatusCode, String)>>
+        + Send
+        + Sync,
+>;
 
 impl QueryState {
     /// # Errors
@@ -81,7 +97,14 @@ impl QueryState {
             trees: crate::peers::Trees::default(),
             results_cache,
             caller_auth: None,
+            retired_deletes: None,
         })
+    }
+
+    /// An ingest node on a bucket: a query node's delete may name a retired tree (see [`delete`]).
+    pub fn with_retired_deletes(mut self, f: RetiredDeletes) -> QueryState {
+        self.retired_deletes = Some(f);
+        self
     }
 
     /// A query node: selections also ask `peers` (see [`crate::peers`]), and this node answers no delta.

@@ -699,19 +699,57 @@ impl Peers {
         max: usize,
     ) -> Vec<(String, Result<(reqwest::StatusCode, bytes::Bytes), String>)> {
         let asks = self.urls.iter().map(|url| {
-            let mut req = self.client.request(method.clone(), format!("{url}{path_and_query}"));
-            for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
-                if let Some(v) = headers.get(&name) {
-                    req = req.header(name, v.clone());
-                }
-            }
-            if let Some(v) = headers.get(crate::http::TENANT_HEADER) {
-                req = req.header(crate::http::TENANT_HEADER, v.clone());
-            }
-            let req = req.body(body.clone());
+            let req = self.passing_on(method, url, path_and_query, headers).body(body.clone());
             async move { (url.clone(), self.send(url, req, max).await) }
         });
         futures::future::join_all(asks).await
+    }
+
+    /// A request to `url` with the caller's `Authorization`, `Content-Type` and tenant header.
+    fn passing_on(
+        &self,
+        method: &http::Method,
+        url: &str,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.client.request(method.clone(), format!("{url}{path_and_query}"));
+        for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
+            if let Some(v) = headers.get(&name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        if let Some(v) = headers.get(crate::http::TENANT_HEADER) {
+            req = req.header(crate::http::TENANT_HEADER, v.clone());
+        }
+        req
+    }
+
+    /// Sends the request (as [`Self::broadcast`] does, with `extra` headers) to the ingest nodes one after
+    /// the other until one answers with anything but a server error: that node's URL, status and body. Err:
+    /// why none did.
+    pub async fn first_answer(
+        &self,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        extra: &[(&'static str, String)],
+        body: bytes::Bytes,
+        max: usize,
+    ) -> Result<(String, reqwest::StatusCode, bytes::Bytes), Vec<String>> {
+        let mut errors = Vec::new();
+        for url in &self.urls {
+            let mut req = self.passing_on(method, url, path_and_query, headers);
+            for (name, value) in extra {
+                req = req.header(*name, value.as_str());
+            }
+            match self.send(url, req.body(body.clone()), max).await {
+                Ok((status, b)) if !status.is_server_error() => return Ok((url.clone(), status, b)),
+                Ok((status, b)) => errors.push(format!("{url}: {status}: {}", excerpt(&b, 300))),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(errors)
     }
 
     /// Sends one request to an ingest node and reads its answer, refusing one over `max` bytes as it

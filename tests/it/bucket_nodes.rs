@@ -488,7 +488,13 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
     let short = dir.path().join("short.toml");
     // A query reads one commit for at most query.timeout: the older commits go 2 s (2 x sync_interval)
     // plus that after the newest.
-    let short_file = json!({"storage": storage, "server": {"retention": "2d"}, "query": {"timeout": "2s"}});
+    // A delete request is rewritten into the parts one second after it was made.
+    let short_file = json!({
+        "storage": storage,
+        "server": {"retention": "2d"},
+        "query": {"timeout": "2s"},
+        "store": {"delete_cancel_period": "1s"},
+    });
     std::fs::write(&short, toml::to_string(&short_file).unwrap()).unwrap();
     let now = store::time::now_ns();
     let old = now - 4 * 86_400_000_000_000;
@@ -649,32 +655,75 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(count_at("fresh", now).await, 40);
     holder.release().await.unwrap();
-    // A delete cannot reach a retired tree: refused whole, naming the node, rather than answered 204 while
-    // its rows stay.
+    // A delete reaches a retired tree through an ingest node: committed into the tree, tended, it hides the
+    // rows on every query node once it follows that commit, and ingest-b's next round rewrites the parts
+    // without them. (Sent to a query node that lists the live ingest nodes only, as the chart's list
+    // follows server.replicas: a listed node that does not answer fails a delete, as it may hold data.)
+    let mut live_config = test_config(&dir.path().join("query-live"));
+    live_config.storage = storage.clone();
+    live_config.server.role = lumen::config::Role::Query;
+    live_config.query.ingest_urls = vec![b.base.clone()];
+    let live = TestServer::start(live_config).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::bucket::logql_instant(&live, r#"sum(count_over_time({app="fresh"}[1h]))"#).await["data"]["result"][0]["value"]
+        [1]
+        != "40"
+    {
+        assert!(Instant::now() < deadline, "the second query node did not answer ingest-a's tree");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let r = query
         .client
-        .post(query.url("/loki/api/v1/delete"))
-        .query(&[("query", r#"{app="fresh"}"#), ("start", "0")])
+        .post(live.url("/loki/api/v1/delete"))
+        .query(&[("query", r#"{app="fresh"} |= "line 1""#), ("start", "0")])
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
-    let why = r.text().await.unwrap();
-    assert!(why.contains("ingest node ingest-a") && why.contains("nothing was deleted"), "{why}");
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
     let r = query
         .client
-        .post(query.url("/api/v1/admin/tsdb/delete_series"))
-        .query(&[("match[]", "bucket_metric"), ("start", "0")])
+        .post(live.url("/api/v1/admin/tsdb/delete_series"))
+        .query(&[("match[]", r#"bucket_metric{app="fresh"}"#), ("start", "0")])
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
-    let why: Value = r.json().await.unwrap();
-    assert!(why["error"].as_str().unwrap().contains("ingest node ingest-a"), "{why}");
-    assert_eq!(count_at("fresh", now).await, 40);
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let fresh_samples = |server: &TestServer| {
+        let (client, url) = (server.client.clone(), server.url("/api/v1/query"));
+        async move {
+            let q = [
+                ("query", r#"sum(count_over_time(bucket_metric{app="fresh"}[1h]))"#.to_string()),
+                ("time", format!("{:.3}", now as f64 / 1e9)),
+            ];
+            let v: Value = client.get(url).query(&q).send().await.unwrap().json().await.unwrap();
+            v["data"]["result"][0]["value"][1].as_str().map_or(0, |s| s.parse::<u64>().unwrap())
+        }
+    };
+    // "fresh line 1" and "fresh line 10" to "fresh line 19": 11 of the 40 lines.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (count_at("fresh", now).await, fresh_samples(&live).await) != (29, 0) {
+        assert!(Instant::now() < deadline, "the delete did not reach the query node's answers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = metrics_text(&b.base).await;
+    // ingest-a's tree, and the prefix's own when the query node counted it as retired already.
+    assert!(metric(&text, "lumen_bucket_retired_trees_deletes_recorded_total") >= 2.0, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics_text(&b.base).await;
+        if metric(&text, "lumen_bucket_retired_trees_parts_rewritten_total") >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest-b did not rewrite the retired tree's parts: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let commit = tree.latest_commit().await.unwrap().unwrap();
+    assert!(commit.tended_by.as_deref().is_some_and(|h| h.starts_with("ingest-b/")), "{commit:?}");
+    assert_eq!((count_at("fresh", now).await, fresh_samples(&live).await), (29, 0));
+    live.stop().await;
 
-    // ingest-a comes back on its old disk, with the short retention too: it takes its tree back (the
-    // newest commit is named for it) and answers its fresh lines only.
+    // ingest-a comes back on its old disk, with the short retention too: it adopts the tended commit and
+    // takes its tree back, and answers its fresh lines only, without the deleted ones.
     let mut a = spawn_ingest(&short, &a_data, "ingest-a", a_addr);
     crate::harness::ready_becomes(&a.base, 200, Duration::from_secs(60)).await;
     let a_node = remote(&a.base);
@@ -688,7 +737,8 @@ async fn another_ingest_node_ages_out_a_stopped_nodes_tree() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let fresh = crate::bucket::logql_instant(&a_node, r#"sum(count_over_time({app="fresh"}[1h]))"#).await;
-    assert_eq!(fresh["data"]["result"][0]["value"][1], "40", "{fresh}");
+    assert_eq!(fresh["data"]["result"][0]["value"][1], "29", "{fresh}");
+    assert_eq!(fresh_samples(&a_node).await, 0, "the deleted samples stay deleted");
 
     // A node killed without a graceful stop may hold acknowledged lines only its disk has: its tree is
     // never tended, not even once its lease ran out.

@@ -260,6 +260,29 @@ async fn deletes_hide_at_once_purge_from_disk_and_survive_kill_9() {
     let r =
         client().post(format!("{base}/loki/api/v1/delete")).query(&[("query", huge.as_str())]).send().await.unwrap();
     assert_eq!(r.status(), 400, "a regex past the compiler's size limit");
+    // A delete meant for a retired tree of a bucket (what a query node sends an ingest node) is refused by a
+    // server that writes none, naming the header, and nothing is recorded.
+    let before = requests(&base).await.len();
+    let r = client()
+        .post(format!("{base}/loki/api/v1/delete"))
+        .header("X-Lumen-Retired-Tree", "ingest-gone")
+        .query(&[("query", r#"{app="a"}"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("X-Lumen-Retired-Tree"));
+    let r = client()
+        .post(format!("{base}/api/v1/admin/tsdb/delete_series"))
+        .header("X-Lumen-Retired-Tree", "ingest-gone")
+        .query(&[("match[]", "del_metric")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("X-Lumen-Retired-Tree"), "{v}");
+    assert_eq!(requests(&base).await.len(), before);
     assert_eq!(client().get(format!("{base}/ready")).send().await.unwrap().status(), 200);
 
     // kill -9 before the cancel period is over: the requests survive, still hiding.

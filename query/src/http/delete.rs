@@ -12,8 +12,11 @@
 //! `query.ingest_urls` (each holds its own share of the data) and answers 204 only when all took it. Its
 //! list merges the nodes' requests of one query and range into one entry whose `request_id` joins their
 //! ids with commas; a cancel with such an id goes to every node. A tree whose node stopped for good
-//! (retired: nothing writes it any more) cannot take a delete: when one holds data of the tenant, the
-//! query node refuses the request whole (409, naming the node) instead of deleting everywhere else.
+//! (retired: nothing writes it any more) that holds data of the tenant gets the request first, through
+//! one ingest node: the query node sends it the same request with [`RETIRED_TREE_HEADER`] naming the
+//! tree, and that node records it in the tree under the tree's writer lease (`src/retired.rs`), committed
+//! as the tree's next commit; query nodes hide what it covers once they follow that commit (within
+//! `storage.sync_interval`), a later round rewrites the parts, and the node, if it comes back, adopts it.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -30,6 +33,11 @@ use crate::logql::ast::{Expr, FilterOp, Stage};
 
 const LOKI_PATH: &str = "/loki/api/v1/delete";
 const PROM_PATH: &str = "/api/v1/admin/tsdb/delete_series";
+
+/// On a delete request to an ingest node: record it in the retired tree of this node name ("" for the
+/// prefix's own tree) rather than in this node's stores. Query nodes set it; it needs the admin scope as
+/// any delete.
+pub const RETIRED_TREE_HEADER: &str = "X-Lumen-Retired-Tree";
 
 /// The delete routes.
 pub fn routes() -> Router<QueryState> {
@@ -91,36 +99,33 @@ async fn fan_out(
             (StatusCode::NOT_FOUND, "no delete request by that id on any ingest node\n").into_response()
         });
     }
+    let query = if fan == Fan::Record { with_end(path, raw, headers, &body) } else { raw.unwrap_or("").to_string() };
+    let path_and_query = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
     if fan == Fan::Record {
         let tenant = match super::tenant(headers) {
             Ok(t) => t,
             Err(r) => return Some(r),
         };
-        let gone = retired_with_data(state, &tenant, path == LOKI_PATH);
-        if !gone.is_empty() {
-            let why = format!(
-                "this delete cannot reach the {} of {}, which stopped for good (a released lease: its tree of the \
-                 bucket is retired and nothing writes it): nothing was deleted anywhere. Start a node of that name \
-                 again (it takes its tree back) and send the delete again, or let the retention age that data out",
-                if path == LOKI_PATH { "logs" } else { "samples" },
-                gone.join(", ")
-            );
-            return Some(if path == LOKI_PATH {
-                (StatusCode::CONFLICT, format!("{why}\n")).into_response()
-            } else {
-                (StatusCode::CONFLICT, axum::Json(json!({"status": "error", "errorType": "execution", "error": why})))
-                    .into_response()
-            });
+        // The retired trees first, each through one ingest node: a request they cannot take is refused
+        // before any live node recorded it.
+        for (node, name) in retired_with_data(state, &tenant, path == LOKI_PATH) {
+            let extra = [(RETIRED_TREE_HEADER, node)];
+            match peers.first_answer(&method, &path_and_query, headers, &extra, body.clone(), 1 << 20).await {
+                Ok((_, s, _)) if s.is_success() => {}
+                Ok((url, s, b)) => {
+                    let status = StatusCode::from_u16(s.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let why = format!(
+                        "the delete request for the retired tree of {name} (through {url}): {}",
+                        String::from_utf8_lossy(&b).trim()
+                    );
+                    return Some(refusal(path, status, why));
+                }
+                Err(errors) => {
+                    return Some(unavailable(&errors, &format!("the delete request for the retired tree of {name}")));
+                }
+            }
         }
     }
-    let mut query = raw.unwrap_or("").to_string();
-    if fan == Fan::Record && path == LOKI_PATH && Params::from(headers.clone(), raw, &body).get("end").is_none() {
-        // Loki's default end is "now": one instant for every node, so that their requests are the same.
-        let now = format!("{:.9}", store::time::now_ns() as f64 / 1e9);
-        let end = form_urlencoded::Serializer::new(String::new()).append_pair("end", &now).finish();
-        query = if query.is_empty() { end } else { format!("{query}&{end}") };
-    }
-    let path_and_query = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
     let answers = peers.broadcast(&method, &path_and_query, headers, body, 64 << 20).await;
     let mut errors = Vec::new();
     let mut lists = Vec::new();
@@ -155,9 +160,30 @@ async fn fan_out(
     })
 }
 
+/// A new request's query string as the nodes get it: Loki's default end is "now", made one instant for
+/// every node (and retired tree), so that their requests are the same.
+fn with_end(path: &str, raw: Option<&str>, headers: &HeaderMap, body: &Bytes) -> String {
+    let query = raw.unwrap_or("").to_string();
+    if path != LOKI_PATH || Params::from(headers.clone(), raw, body).get("end").is_some() {
+        return query;
+    }
+    let now = format!("{:.9}", store::time::now_ns() as f64 / 1e9);
+    let end = form_urlencoded::Serializer::new(String::new()).append_pair("end", &now).finish();
+    if query.is_empty() { end } else { format!("{query}&{end}") }
+}
+
+/// An error answer in the API's own form: Prometheus' JSON, Loki's text.
+fn refusal(path: &str, status: StatusCode, why: String) -> Response {
+    if path == LOKI_PATH {
+        (status, format!("{why}\n")).into_response()
+    } else {
+        (status, axum::Json(json!({"status": "error", "errorType": "execution", "error": why}))).into_response()
+    }
+}
+
 /// On a query node, the retired trees (see `TreeSet::retired`) holding data of `tenant` (logs, else
-/// samples), by their writer: a delete cannot reach them, since nothing writes those trees any more.
-fn retired_with_data(state: &QueryState, tenant: &store::model::Tenant, logs: bool) -> Vec<String> {
+/// samples): their node's name ("" for the prefix's own tree) and how a message names them.
+fn retired_with_data(state: &QueryState, tenant: &store::model::Tenant, logs: bool) -> Vec<(String, String)> {
     let set = state.tree_set();
     let name = |node: &str| {
         if node.is_empty() {
@@ -170,13 +196,13 @@ fn retired_with_data(state: &QueryState, tenant: &store::model::Tenant, logs: bo
     if logs {
         for (node, store) in set.log_stores(&state.store) {
             if set.retired.contains(node) && !store.series(tenant, &[], 0, i64::MAX).is_empty() {
-                out.push(name(node));
+                out.push((node.to_string(), name(node)));
             }
         }
     } else {
         for (node, store) in set.metric_stores(&state.metric_store) {
             if set.retired.contains(node) && store.series(tenant, &[], 0, i64::MAX).is_ok_and(|s| !s.is_empty()) {
-                out.push(name(node));
+                out.push((node.to_string(), name(node)));
             }
         }
     }
@@ -293,6 +319,7 @@ async fn loki_delete(
     if let Some(r) = fan_out(&state, post, LOKI_PATH, raw.as_deref(), &headers, body.clone(), Fan::Record).await {
         return r;
     }
+    let retired = retired_tree(&headers);
     let (tenant, p) = match request(headers, raw.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -312,6 +339,9 @@ async fn loki_delete(
         Ok(s) => s,
         Err(e) => return bad(format!("invalid delete query {query:?}: {e}")),
     };
+    if let Some(node) = retired {
+        return in_retired_tree(&state, node, tenant, true, spec).await;
+    }
     match state.store.request_delete(&tenant, spec) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => store_failure(&e),
@@ -382,6 +412,7 @@ async fn delete_series(
     if let Some(r) = fan_out(&state, post, PROM_PATH, raw.as_deref(), &headers, body.clone(), Fan::Record).await {
         return r;
     }
+    let retired = retired_tree(&headers);
     let (tenant, p) = match request(headers, raw.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -410,10 +441,40 @@ async fn delete_series(
     };
     let spec =
         DeleteSpec { query: selectors.join(", "), matchers, line_filters: Vec::new(), start_ns: start, end_ns: end };
+    if let Some(node) = retired {
+        return in_retired_tree(&state, node, tenant, false, spec).await;
+    }
     match state.metric_store.request_delete(&tenant, spec) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(store::Error::Config(msg)) => prom_bad(msg),
         Err(e) => store_failure(&e),
+    }
+}
+
+/// The retired tree a query node names in [`RETIRED_TREE_HEADER`].
+fn retired_tree(headers: &HeaderMap) -> Option<String> {
+    headers.get(RETIRED_TREE_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// Records a delete request in a retired tree, on an ingest node (see the module documentation).
+async fn in_retired_tree(
+    state: &QueryState,
+    node: String,
+    tenant: store::model::Tenant,
+    logs: bool,
+    spec: DeleteSpec,
+) -> Response {
+    let path = if logs { LOKI_PATH } else { PROM_PATH };
+    let Some(record) = state.retired_deletes.clone() else {
+        let why = format!(
+            "{RETIRED_TREE_HEADER}: this server does not write retired trees; an ingest node on a bucket \
+             (server.role = \"ingest\") does"
+        );
+        return refusal(path, StatusCode::BAD_REQUEST, why);
+    };
+    match record(node, tenant, logs, spec).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err((status, why)) => refusal(path, status, why),
     }
 }
 
