@@ -13,7 +13,8 @@
 //!   parts, it restores that commit into a work directory (`<data_dir>/bucket-sync/retired/<name>`; the
 //!   manifests and catalogs only, the parts stay in the bucket and a merge fetches its inputs), opens a
 //!   pair of stores on it, applies the retention as the node itself would have (`apply_retention`: whole
-//!   days past `server.retention` or a tenant's `[[retention.rule]]`; not the rules with a selector),
+//!   days past `server.retention` or a tenant's `[[retention.rule]]`, and what a rule with a selector
+//!   matches in the days past its period),
 //!   compacts (`compact`: a finished day's parts become one), and syncs the result as the tree's next
 //!   commit, named for the tree's writer and marked `tended_by` this round's lease holder, renewing the
 //!   tree's lease meanwhile;
@@ -225,12 +226,9 @@ impl RetiredTrees {
         RetiredTrees {
             node: node.to_string(),
             work,
-            // Whole days only: the `[[retention.rule]]`s with a selector are not applied to retired trees.
-            options: StoreOptions {
-                disk: None,
-                retention_rules: options.retention_rules.iter().filter(|r| r.matchers.is_empty()).cloned().collect(),
-                ..options.clone()
-            },
+            // The node's retention, its `[[retention.rule]]`s with a selector too (they rewrite parts, which
+            // a returning node adopts).
+            options: StoreOptions { disk: None, ..options.clone() },
             storage: storage.clone(),
             settle,
             told: Default::default(),
