@@ -712,14 +712,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 async move {
                     let due = last.lock().is_none_or(|t: std::time::Instant| t.elapsed() >= interval);
                     let mut retired = retired.lock().await;
-                    let result = if due {
-                        retired.run_once().await.map(|r| (true, r.tended))
-                    } else {
-                        retired.keep_lease_fresh().await.map(|_| (false, 0))
+                    // A round is due from when this process holds the lease: a compactor that takes it over
+                    // runs one at once.
+                    let result = match retired.keep_lease_fresh().await {
+                        Ok(true) if due => retired.run_once().await.map(|_| true),
+                        Ok(_) => Ok(false),
+                        Err(e) => Err(e),
                     };
                     match result {
-                        Ok((true, _)) => *last.lock() = Some(std::time::Instant::now()),
-                        Ok(_) => {}
+                        Ok(true) => *last.lock() = Some(std::time::Instant::now()),
+                        Ok(false) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "storage: the compactor's round over the retired trees failed; retried")
                         }
