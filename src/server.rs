@@ -339,9 +339,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         });
         let lease_metrics = bucket::lease::LeaseMetrics::register(&mut registry);
         lease_held = Some(lease_metrics.held.clone());
-        // The commit the directory holds: restored from, or recorded after its last commit.
-        let base = restored_commit.or_else(|| bucket::adopt::recorded_commit(&s.data_dir));
-        let lease = bucket::lease::WriterLease::new(lease, lease_metrics).with_base_commit(base);
+        let lease = bucket::lease::WriterLease::new(lease, lease_metrics)
+            .with_base_commit(restored_commit)
+            .with_recorded_commit(bucket::adopt::recorded_commit(&s.data_dir));
         let syncer = bucket::sync::Syncer::new(
             b,
             store.clone(),

@@ -455,6 +455,9 @@ pub struct WriterLease {
     metrics: LeaseMetrics,
     /// The newest commit this data directory holds all of: the one it was restored from or last wrote.
     base_commit: Option<u64>,
+    /// The commit the data directory recorded as holding at start ([`crate::adopt::COMMIT_MARKER`]): only
+    /// compared with a tended commit (a record that missed a commit of this node's own must not stop it).
+    recorded_commit: Option<u64>,
     /// The holder the last WARN named, so that a wait is told once per holder.
     warned: Option<String>,
     behind_told: bool,
@@ -473,13 +476,19 @@ impl WriterLease {
     /// `lease` may be held already (taken at start, see [`crate::Bucket::adopt_tended`]).
     pub fn new(lease: Lease, metrics: LeaseMetrics) -> WriterLease {
         metrics.held.set(i64::from(lease.is_held()));
-        WriterLease { lease, metrics, base_commit: None, warned: None, behind_told: false }
+        WriterLease { lease, metrics, base_commit: None, recorded_commit: None, warned: None, behind_told: false }
     }
 
     /// The commit this data directory was restored from: it holds all of it. Without one, the data
     /// directory counts as holding the bucket's newest commit only when this node wrote it.
     pub fn with_base_commit(mut self, seq: Option<u64>) -> WriterLease {
         self.base_commit = seq;
+        self
+    }
+
+    /// The commit the data directory recorded as holding (see [`crate::adopt::recorded_commit`]).
+    pub fn with_recorded_commit(mut self, seq: Option<u64>) -> WriterLease {
+        self.recorded_commit = seq;
         self
     }
 
@@ -651,7 +660,8 @@ impl WriterLease {
         }
         let commit = bucket.read_commit(seq).await?;
         // A commit another process wrote on this node's behalf (a retired tree's round) is not in this
-        // directory: it adopts it at its next start ([`crate::Bucket::adopt_tended`]).
-        Ok((commit.node != self.lease.node || commit.tended_by.is_some()).then_some((seq, commit.node)))
+        // directory unless it recorded it: it adopts it at its next start ([`crate::Bucket::adopt_tended`]).
+        let tended_elsewhere = commit.tended_by.is_some() && self.recorded_commit != Some(seq);
+        Ok((commit.node != self.lease.node || tended_elsewhere).then_some((seq, commit.node)))
     }
 }

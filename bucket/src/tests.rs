@@ -628,3 +628,26 @@ async fn a_writer_adopts_a_tended_newest_commit_and_keeps_its_data_when_the_rest
     let record = Lease::new(bucket.clone(), "writer", "probe", ttl).read().await.unwrap().unwrap();
     assert!(record.released, "a failed adoption lets the lease go: {record:?}");
 }
+
+#[tokio::test]
+async fn a_writer_waits_behind_a_tended_commit_it_has_not_recorded_and_not_behind_its_own() {
+    use super::lease::{Gate, Lease, LeaseMetrics, WriterLease};
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let bucket = Bucket::with_store(store, "tree");
+    let ttl = std::time::Duration::from_secs(30);
+    let writer = |recorded: Option<u64>| {
+        WriterLease::new(Lease::new(bucket.clone(), "writer", "n", ttl), LeaseMetrics::default())
+            .with_recorded_commit(recorded)
+    };
+    // Commit 2 is the node's own; its directory's record missed it (a write that failed): not behind.
+    bucket.append_commit("n", vec![file("manifest.json", "objects/1", 1)]).await.unwrap();
+    bucket.append_commit("n", vec![file("manifest.json", "objects/2", 1)]).await.unwrap();
+    let mut w = writer(Some(1));
+    assert_eq!(w.before_sync().await.unwrap(), Gate::Write { fresh: true });
+    w.release().await.unwrap();
+    // Commit 3 was tended on its behalf: behind unless the directory recorded holding it (adopted).
+    bucket.append_commit_as("n", Some("c/round"), vec![file("manifest.json", "objects/3", 1)]).await.unwrap();
+    let gate = writer(Some(2)).before_sync().await.unwrap();
+    assert!(matches!(&gate, Gate::Wait(why) if why.contains("newest commit (3, by n)")), "{gate:?}");
+    assert_eq!(writer(Some(3)).before_sync().await.unwrap(), Gate::Write { fresh: true });
+}
