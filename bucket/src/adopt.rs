@@ -170,13 +170,16 @@ impl Bucket {
 }
 
 /// Whether an entry of a data directory's top level stays in place during an adoption: the locks and
-/// records of the directory itself and the sync's staging directory.
+/// records of the directory itself, the sync's staging directory, and what no commit holds and the
+/// adoption must not remove: the user's snapshots and the parts quarantined for inspection.
 fn stays(name: &std::ffi::OsStr) -> bool {
     name == "lock"
         || name == "format.json"
         || name == crate::TREE_MARKER
         || name == COMMIT_MARKER
         || name == store::snapshot::STAGING
+        || name == store::snapshot::DIR
+        || name == "quarantine"
 }
 
 /// Moves the data directory's own data into `aside` (renames within one file system).

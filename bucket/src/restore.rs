@@ -47,9 +47,11 @@ const TMP_SUFFIX: &str = ".restore.tmp";
 /// `format.json` (a manifest, a part, a catalog, a write-ahead-log segment with records). A restore goes
 /// only into a directory without any, so that it can never overwrite or shadow acknowledged local data.
 /// The sync's staging directory (`bucket-sync/`: copies of the data beside it, and the work directories
-/// of retired trees' retention) is not the directory's own data.
+/// of retired trees' retention), the snapshots and the quarantine are not the directory's own data.
 pub fn has_local_state(data_dir: &Path) -> bool {
     let staging = data_dir.join(store::snapshot::STAGING);
+    // The user's snapshots and quarantined parts are copies set aside, not the directory's state.
+    let aside = [data_dir.join(store::snapshot::DIR), data_dir.join("quarantine")];
     let mut stack = vec![data_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -57,7 +59,7 @@ pub fn has_local_state(data_dir: &Path) -> bool {
             let Ok(ft) = e.file_type() else { return true };
             let name = e.file_name();
             if ft.is_dir() {
-                if e.path() != staging {
+                if e.path() != staging && !aside.contains(&e.path()) {
                     stack.push(e.path());
                 }
             } else if name != "lock"

@@ -584,6 +584,8 @@ async fn a_writer_adopts_a_tended_newest_commit_and_keeps_its_data_when_the_rest
     std::fs::create_dir_all(dir.path().join("logs")).unwrap();
     std::fs::write(dir.path().join("logs/1.parquet"), "one").unwrap();
     std::fs::write(dir.path().join("lock"), "").unwrap();
+    std::fs::create_dir_all(dir.path().join("snapshots/before-upgrade")).unwrap();
+    std::fs::write(dir.path().join("snapshots/before-upgrade/manifest.json"), "mine").unwrap();
     record_commit(dir.path(), c1.seq).unwrap();
     assert_eq!(recorded_commit(dir.path()), Some(1));
     // Not tended: nothing to adopt, and without `keep` the lease is not even taken.
@@ -610,6 +612,11 @@ async fn a_writer_adopts_a_tended_newest_commit_and_keeps_its_data_when_the_rest
     assert_eq!(std::fs::read_to_string(dir.path().join("logs/3.parquet")).unwrap(), "merged");
     assert_eq!(std::fs::read_to_string(dir.path().join("manifest.json")).unwrap(), "m2");
     assert!(dir.path().join("lock").exists(), "the directory's own lock stays");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("snapshots/before-upgrade/manifest.json")).unwrap(),
+        "mine",
+        "the user's snapshots stay"
+    );
     assert_eq!(recorded_commit(dir.path()), Some(2));
     assert!(!dir.path().join("bucket-sync/superseded").exists(), "the set-aside data is removed");
     let mut lease = adopted.lease;
