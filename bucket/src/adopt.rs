@@ -89,6 +89,7 @@ impl Bucket {
         }
         let mut lease = Lease::new(self.clone(), crate::lease::WriterLease::NAME, node, ttl);
         let deadline = tokio::time::Instant::now() + 3 * ttl;
+        let mut told = false;
         loop {
             match lease.acquire().await.map_err(|e| e.to_string())? {
                 Observed::Held => break,
@@ -102,7 +103,10 @@ impl Bucket {
                         );
                         return Ok(None);
                     }
-                    tracing::info!(%holder, "storage: another node tends this node's tree; waiting for it to finish");
+                    if !told {
+                        tracing::info!(%holder, "storage: another node tends this node's tree; waiting for it to finish");
+                        told = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Observed::Free => tokio::time::sleep(Duration::from_millis(100)).await,
