@@ -176,6 +176,9 @@ pub struct RetiredTrees {
     told_holder: Option<String>,
     /// Per tree, the newest commit found to hold nothing to merge: not restored again for that.
     merged: std::collections::HashMap<String, u64>,
+    /// The `deletes.json` objects (content-addressed, so never changing) found to hold no request left
+    /// to process: not downloaded again.
+    no_pending: std::collections::HashSet<String>,
     metrics: RetiredMetrics,
 }
 
@@ -238,6 +241,7 @@ impl RetiredTrees {
             keep_lease: false,
             told_holder: None,
             merged: Default::default(),
+            no_pending: Default::default(),
             metrics,
         }
     }
@@ -250,15 +254,16 @@ impl RetiredTrees {
     }
 
     /// One round over the trees of the bucket, if this process holds (or takes) the lease
-    /// [`COMPACTOR_LEASE`]; an ingest node releases it again afterwards.
+    /// [`COMPACTOR_LEASE`]; an ingest node releases it again afterwards. Ok(None): another process holds
+    /// the lease.
     ///
     /// # Errors
     /// The listing failed, or the lease could not be read. A tree that fails is logged and tried again
     /// at the next round.
-    pub async fn run_once(&mut self) -> Result<Report, String> {
+    pub async fn run_once(&mut self) -> Result<Option<Report>, String> {
         self.metrics.rounds.inc();
         if !self.keep_lease_fresh().await? {
-            return Ok(Report::default());
+            return Ok(None);
         }
         let mut lease = self.compactor.take().expect("the lease is back after each round");
         let (result, held) = renewing(&mut lease, self.round()).await;
@@ -274,7 +279,7 @@ impl RetiredTrees {
         if result.is_err() {
             self.metrics.failures.inc();
         }
-        result
+        result.map(Some)
     }
 
     /// Renews the lease [`COMPACTOR_LEASE`], or takes it when free. Ok(false): another process holds it
@@ -533,16 +538,22 @@ impl RetiredTrees {
 
     /// Whether the newest commit of `tree` holds a delete request that is not processed and whose cancel
     /// period (`store.delete_cancel_period`) has passed: its rewrite is due.
-    async fn deletes_due(&self, tree: &bucket::Bucket, commit: &bucket::commit::Commit) -> Result<bool, String> {
+    async fn deletes_due(&mut self, tree: &bucket::Bucket, commit: &bucket::commit::Commit) -> Result<bool, String> {
         let period = i64::try_from(self.options.tuning.delete_cancel_period.as_nanos()).unwrap_or(i64::MAX);
         let due_before = store::time::now_ns().saturating_sub(period);
         for f in commit.files.iter().filter(|f| f.path.rsplit('/').next() == Some("deletes.json")) {
+            if self.no_pending.contains(&f.key) {
+                continue;
+            }
             let bytes = tree.fetch_committed(f, commit.seq).await?;
             let requests: Vec<store::delete::DeleteRequest> = serde_json::from_slice(&bytes).map_err(|e| {
                 format!("storage: {} of commit {} is not a list of delete requests: {e}", f.path, commit.seq)
             })?;
-            if requests.iter().any(|r| r.status == store::delete::DeleteStatus::Received && r.created_ns <= due_before)
-            {
+            let pending: Vec<_> =
+                requests.iter().filter(|r| r.status == store::delete::DeleteStatus::Received).collect();
+            if pending.is_empty() {
+                self.no_pending.insert(f.key.clone());
+            } else if pending.iter().any(|r| r.created_ns <= due_before) {
                 return Ok(true);
             }
         }

@@ -714,10 +714,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     let mut retired = retired.lock().await;
                     // A round is due from when this process holds the lease: a compactor that takes it over
                     // runs one at once.
-                    let result = match retired.keep_lease_fresh().await {
-                        Ok(true) if due => retired.run_once().await.map(|_| true),
-                        Ok(_) => Ok(false),
-                        Err(e) => Err(e),
+                    let result = if due {
+                        retired.run_once().await.map(|r| r.is_some())
+                    } else {
+                        retired.keep_lease_fresh().await.map(|_| false)
                     };
                     match result {
                         Ok(true) => *last.lock() = Some(std::time::Instant::now()),

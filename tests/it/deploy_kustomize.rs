@@ -577,34 +577,25 @@ fn kustomize_config_files_pass_config_check() {
     for sub in ALL {
         let docs = yaml_documents(&render(sub));
         if sub == S3 || sub == DISTRIBUTED {
-            // The query nodes run the same file with `--role query`, the ingest nodes with `--role ingest`.
-            let file = dir.path().join("s3-ingest.toml");
+            // The ingest nodes, the query nodes and the compactor run the same file, each with its role.
+            let file = dir.path().join("s3-server.toml");
             std::fs::write(&file, str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config"))
                 .unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
-                .args(["server", "--role", "ingest", "--node-name", "lumen-0", "--check", "--config"])
-                .arg(&file)
-                .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "s3 ingest node: {}", String::from_utf8_lossy(&out.stderr));
-            let file = dir.path().join("s3-query.toml");
-            std::fs::write(&file, str_of(&config_map(&docs, "lumen-server-config")["data"]["config.toml"], "config"))
-                .unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
-                .args(["server", "--role", "query", "--check", "--config"])
-                .arg(&file)
-                .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "s3 query node: {}", String::from_utf8_lossy(&out.stderr));
-            let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
-                .args(["server", "--role", "compactor", "--node-name", "lumen-compactor-x", "--check", "--config"])
-                .arg(&file)
-                .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "s3 compactor: {}", String::from_utf8_lossy(&out.stderr));
+            for role in [
+                &["--role", "ingest", "--node-name", "lumen-0"][..],
+                &["--role", "query"],
+                &["--role", "compactor", "--node-name", "lumen-compactor-x"],
+            ] {
+                let out = Command::new(env!("CARGO_BIN_EXE_lumen"))
+                    .arg("server")
+                    .args(role)
+                    .args(["--check", "--config"])
+                    .arg(&file)
+                    .env("LUMEN_AUTH_TOKEN", super::deploy::DEPLOY_TOKEN)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "s3 {role:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
         }
         for prefix in ["lumen-server-config", "lumen-agent-config"] {
             let file = dir.path().join(format!("{}-{prefix}.toml", sub.replace('/', "-")));
