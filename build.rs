@@ -4,7 +4,9 @@
 //! - the built web UI: every file under `ui/dist/` (committed, so no Node is needed here) as a table of
 //!   `include_bytes!` in `$OUT_DIR/ui_files.rs`, which `src/ui.rs` serves from memory;
 //! - on Linux with glibc 2.36+, the binary's relative relocations packed as DT_RELR (issue 23, the empty
-//!   server's RSS).
+//!   server's RSS);
+//! - for a release build linked by LLD, the functions a server runs laid out together, in the order of
+//!   `link/lumen.order` (issue 23, resident memory; written by `scripts/text-order`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +15,58 @@ fn main() {
     revision();
     ui_files();
     packed_relocations();
+    text_order();
+}
+
+/// Each page fault in the binary's text maps a 64 KB window around it, and the functions one path runs are
+/// spread over ~90 MB of text: an empty server had ~17 MB of text resident for ~2 MB of functions it had
+/// run. LLD places the functions `link/lumen.order` lists first, in its order (start, then ingest, then
+/// queries), so they share pages. Only where LLD links: a release build for x86_64 Linux/glibc, whose
+/// default linker is LLD since Rust 1.90, unless the flags choose another linker (GNU ld and gold do not
+/// know the option). Names the file lists that the binary lacks are skipped without a warning: a stale file
+/// costs memory, never correctness.
+fn text_order() {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("link").join("lumen.order");
+    println!("cargo:rerun-if-changed={}", file.display());
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let other_linker = ["linker", "link-self-contained", "linker-flavor", "linker-features", "fuse-ld"]
+        .iter()
+        .any(|k| flags.contains(k));
+    if var("PROFILE") != "release" || var("TARGET") != "x86_64-unknown-linux-gnu" || other_linker || !file.exists() {
+        return;
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version =
+        Command::new(rustc).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let minor = version
+        .as_deref()
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|v| v.split('.').nth(1)?.parse::<u32>().ok());
+    if minor.is_none_or(|m| m < 90) {
+        return;
+    }
+    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", file.display());
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    // The names carry a hash of the toolchain and of every dependency's version: say when they went stale.
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let header = std::fs::read_to_string(&file).unwrap_or_default();
+    let field = |key: &str| header.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("").to_string();
+    let lock_hash = std::fs::read(&lock).map(|b| format!("{:016x}", fnv1a64(&b))).unwrap_or_default();
+    if field("# rustc:") != version.as_deref().unwrap_or("").trim() || field("# Cargo.lock fnv1a64:") != lock_hash {
+        println!(
+            "cargo:warning=link/lumen.order was written for another toolchain or Cargo.lock: the release binary \
+             will use more resident memory until `scripts/text-order` (after this build) writes it again"
+        );
+    }
+}
+
+/// FNV-1a, 64 bits (scripts/text-order computes the same).
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The position-independent binary carries ~219,000 relative relocations; as RELA entries (24 bytes each,

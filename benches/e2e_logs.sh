@@ -12,7 +12,7 @@
 # figure of the same run. Without VL_BIN the peer is skipped with a message. Its store of the Loki run is
 # left in benches/out/data-vl-loki for benches/logql_queries.sh.
 #
-# Usage: [VL_BIN=/path/to/victoria-logs] benches/e2e_logs.sh [--lines N] [--streams N] [--concurrency N]
+# Usage: [VL_BIN=/path/to/victoria-logs] [LUMEN_BIN=target/release/lumen] benches/e2e_logs.sh [--lines N] [--streams N] [--concurrency N]
 # Needs: a release build (cargo build --release), python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 SHARED=../shared/bench
-BIN=target/release/lumen
+BIN=${LUMEN_BIN:-target/release/lumen}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 OUT=benches/out
 mkdir -p "$OUT"

@@ -29,7 +29,7 @@
 # count both workloads back (stored, hist_stored), wait until the server is idle, and run the queries on this
 # restarted server, whose peak RSS is peak_rss_mb_incl_queries.
 #
-# Usage: benches/e2e_metrics.sh [--runs N] [--systems "lumen victoriametrics prometheus"] [--query-reps N]
+# Usage: [LUMEN_BIN=target/release/lumen] benches/e2e_metrics.sh [--runs N] [--systems "lumen victoriametrics prometheus"] [--query-reps N]
 # Env:   E2E_OUT=DIR (default benches/out) for bodies, data directories, logs and results.
 # Needs: python3 (with `cramjam` for real snappy compression of the bodies: pip install cramjam), curl; for
 #        lumen a release build (cargo build --release); the peers as Debian packages:
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 SHARED=../shared/bench
-BIN=target/release/lumen
+BIN=${LUMEN_BIN:-target/release/lumen}
 VM_BIN=${VM_BIN:-/usr/bin/victoria-metrics}
 PROM_BIN=${PROM_BIN:-/usr/bin/prometheus}
 OUT=${E2E_OUT:-benches/out}

@@ -28,7 +28,7 @@
 # default unless --no-page-cache is given. The warm-up's wall time is printed too (`first_wall_ms`): the
 # first run after the server's start, with the operating system's file cache warm but Lumen's caches empty.
 #
-# Usage: [VL_BIN=/path/to/victoria-logs] benches/logql_queries.sh [--data DIR] [--vl-data DIR] [--runs N]
+# Usage: [VL_BIN=/path/to/victoria-logs] [LUMEN_BIN=target/release/lumen] benches/logql_queries.sh [--data DIR] [--vl-data DIR] [--runs N]
 #        [--scan-cache] [--no-page-cache]
 # Needs: a release build (cargo build --release), python3, curl.
 set -euo pipefail
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-BIN=target/release/lumen
+BIN=${LUMEN_BIN:-target/release/lumen}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 [ -f "$SRC/manifest.json" ] || { echo "no store in $SRC: run benches/e2e_logs.sh first" >&2; exit 1; }
 if [ -n "${VL_BIN:-}" ]; then
