@@ -15,7 +15,7 @@
 # to a sink that discards it) as a reference for the cost of tailing and shipping in a mature C shipper:
 # rsyslog CPU µs per line, measured the same way.
 #
-# Usage: [VECTOR_BIN=/path/to/vector] benches/e2e_agent.sh [--lines N] [--streams N] [--peer]
+# Usage: [VECTOR_BIN=/path/to/vector] [LUMEN_BIN=target/release/lumen] benches/e2e_agent.sh [--lines N] [--streams N] [--peer]
 # Needs: a release build (cargo build --release), python3; rsyslog for --peer (apt-get install rsyslog).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 SHARED=../shared/bench
-BIN=target/release/lumen
+BIN=${LUMEN_BIN:-target/release/lumen}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 OUT=benches/out
 mkdir -p "$OUT"
