@@ -20,11 +20,11 @@ fn main() {
 
 /// Each page fault in the binary's text maps a 64 KB window around it, and the functions one path runs are
 /// spread over ~90 MB of text: an empty server had ~17 MB of text resident for ~2 MB of functions it had
-/// run. LLD places the functions `link/lumen.order` lists first, in its order (start, then ingest, then
-/// queries), so they share pages. Only where LLD links: a release build for x86_64 Linux/glibc, whose
-/// default linker is LLD since Rust 1.90, unless the flags choose another linker (GNU ld and gold do not
-/// know the option). Names the file lists that the binary lacks are skipped without a warning: a stale file
-/// costs memory, never correctness.
+/// run. LLD places the functions `link/lumen.order` lists first, in its order (the server's start, ingest
+/// and queries, then the agent's), so they share pages. Only where LLD links: a release build for x86_64
+/// Linux/glibc, whose default linker is rustc's own LLD since Rust 1.90 (where the toolchain ships it),
+/// unless the flags choose another linker (GNU ld and gold do not know the option). Names the file lists
+/// that the binary lacks are skipped without a warning: a stale file costs memory, never correctness.
 fn text_order() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("link").join("lumen.order");
@@ -38,8 +38,17 @@ fn text_order() {
         return;
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version =
-        Command::new(rustc).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let output = |arg: &str| {
+        Command::new(&rustc).arg(arg).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    // The self-contained LLD rustc links with; a toolchain without it (a distribution's rustc may use the
+    // system's GNU ld) would fail the link on the option.
+    let sysroot = output("--print=sysroot").unwrap_or_default();
+    let lld = Path::new(sysroot.trim()).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld");
+    if !lld.exists() {
+        return;
+    }
+    let version = output("--version");
     // "rustc 1.95.0 (59807616e 2026-04-14)"
     let minor = version
         .as_deref()
