@@ -181,9 +181,7 @@ fn stays(name: &std::ffi::OsStr) -> bool {
         || name == "format.json"
         || name == crate::TREE_MARKER
         || name == COMMIT_MARKER
-        || name == store::snapshot::STAGING
-        || name == store::snapshot::DIR
-        || name == "quarantine"
+        || store::snapshot::is_set_aside(name)
 }
 
 /// Moves the data directory's own data into `aside` (renames within one file system).

@@ -49,9 +49,6 @@ const TMP_SUFFIX: &str = ".restore.tmp";
 /// The sync's staging directory (`bucket-sync/`: copies of the data beside it, and the work directories
 /// of retired trees' retention), the snapshots and the quarantine are not the directory's own data.
 pub fn has_local_state(data_dir: &Path) -> bool {
-    let staging = data_dir.join(store::snapshot::STAGING);
-    // The user's snapshots and quarantined parts are copies set aside, not the directory's state.
-    let aside = [data_dir.join(store::snapshot::DIR), data_dir.join("quarantine")];
     let mut stack = vec![data_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -59,7 +56,7 @@ pub fn has_local_state(data_dir: &Path) -> bool {
             let Ok(ft) = e.file_type() else { return true };
             let name = e.file_name();
             if ft.is_dir() {
-                if e.path() != staging && !aside.contains(&e.path()) {
+                if !(dir == data_dir && store::snapshot::is_set_aside(&name)) {
                     stack.push(e.path());
                 }
             } else if name != "lock"

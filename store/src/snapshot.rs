@@ -26,6 +26,12 @@ pub const DIR: &str = "snapshots";
 /// The directory an object-store sync stages its views in (see [`stage`]); never part of a snapshot.
 pub const STAGING: &str = "bucket-sync";
 
+/// Whether a directory at the top of a data directory holds copies set aside rather than the directory's
+/// own data: the snapshots, the sync's staging, the quarantined parts.
+pub fn is_set_aside(name: &std::ffi::OsStr) -> bool {
+    name == DIR || name == STAGING || name == crate::quarantine::DIR
+}
+
 /// What a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -125,7 +131,7 @@ fn copy_tree(src: &Path, dst: &Path, data: &Path, snap: &mut Snapshot, wal: bool
             let top = from == data;
             let n = name.to_string_lossy();
             let wal_dir = (top || from == data.join("metrics")) && n == "wal";
-            if (top && (n == DIR || n == STAGING || n == "quarantine" || n == "lock"))
+            if (top && (is_set_aside(&name) || n == "lock"))
                 || (from == data.join("metrics") && n == "lock")
                 || (wal_dir && !wal)
                 || n.ends_with(".tmp")
